@@ -1,0 +1,29 @@
+//! `rk3s-datastore`: serves the etcd v3 API over a SQLite, Postgres, MySQL or etcd datastore.
+
+use anyhow::Context;
+use clap::Parser;
+use rk3s_datastore::server::{Args, run, shutdown_signal};
+
+/// The rk3s datastore: the etcd v3 API over SQLite, Postgres, MySQL or etcd.
+#[derive(Debug, Parser)]
+#[command(name = "rk3s-datastore", version, about)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    run(cli.args, shutdown_signal())
+        .await
+        .context("rk3s-datastore")?;
+    Ok(())
+}

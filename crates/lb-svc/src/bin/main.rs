@@ -1,0 +1,9 @@
+//! `rk3s-lb`: not built yet (the node-side issues that follow #6).
+
+fn main() -> std::process::ExitCode {
+    eprintln!(
+        "{}: this component is not implemented yet (tracked by the node-side issues that follow #6)",
+        rk3s_lb_svc::COMPONENT
+    );
+    std::process::ExitCode::from(2)
+}

@@ -1,0 +1,1 @@
+//! End-to-end test harness (clusters arrive with issue #6).

@@ -1,0 +1,95 @@
+//! `cargo xtask bench <name> [args...]`: the benchmarks, each a `cargo bench` target of the
+//! crate it measures. Arguments after the name go to the benchmark.
+
+use std::process::ExitCode;
+
+use crate::{cmd, deps};
+
+/// A benchmark, and the issue that delivers it if it is not there yet.
+#[derive(Debug)]
+pub(crate) struct Bench {
+    pub(crate) name: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) target: Target,
+}
+
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// `cargo bench -p <package> --bench <bench>`.
+    Cargo {
+        package: &'static str,
+        bench: &'static str,
+    },
+    /// Not written yet.
+    NotYet { issue: u32 },
+}
+
+pub(crate) const BENCHES: &[Bench] = &[
+    Bench {
+        name: "datastore",
+        what: "writes/s (1 and 16 clients), reads/s, list of 10k keys, watch latency p50/p99 \
+               per backend; the etcd endpoint on SQLite against real etcd",
+        target: Target::Cargo {
+            package: "rk3s-datastore",
+            bench: "datastore",
+        },
+    },
+    Bench {
+        name: "apiserver",
+        what: "creates/s, get p50/p99, list of 10k pods, watch fan-out, RSS",
+        target: Target::NotYet { issue: 3 },
+    },
+    Bench {
+        name: "scheduler",
+        what: "hollow nodes: 10k pods onto 5k nodes, pods/s",
+        target: Target::NotYet { issue: 5 },
+    },
+    Bench {
+        name: "startup",
+        what: "rk3s server to /readyz (cold, warm), idle RSS, dist binary size",
+        target: Target::NotYet { issue: 6 },
+    },
+];
+
+pub(crate) fn run(name: Option<&str>, args: &[String]) -> anyhow::Result<ExitCode> {
+    let Some(name) = name else {
+        list();
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(bench) = BENCHES.iter().find(|b| b.name == name) else {
+        eprintln!("unknown benchmark {name:?}\n");
+        list();
+        return Ok(ExitCode::from(2));
+    };
+    match bench.target {
+        Target::NotYet { issue } => {
+            eprintln!("the {name} benchmark is not written yet: it arrives with issue #{issue}");
+            Ok(ExitCode::from(2))
+        }
+        Target::Cargo { package, bench } => {
+            // Benchmarks use the same servers as the integration tests.
+            deps::ensure()?;
+            let mut command = cmd::cargo();
+            command
+                .args(["bench", "-p", package, "--bench", bench, "--"])
+                .args(args);
+            let status = cmd::status(&mut command)?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn list() {
+    println!("benchmarks (cargo xtask bench <name> [args...]):");
+    for bench in BENCHES {
+        let state = match bench.target {
+            Target::Cargo { .. } => "available".to_string(),
+            Target::NotYet { issue } => format!("not yet (issue #{issue})"),
+        };
+        println!("  {:<10} {:<22} {}", bench.name, state, bench.what);
+    }
+}
