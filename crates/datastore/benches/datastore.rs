@@ -27,6 +27,7 @@
 //! fails or takes too long is reported as `error: <reason>`; neither stops the others.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ async fn main() -> std::process::ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => {
-            println!("{USAGE}");
+            let _ = writeln!(std::io::stdout(), "{USAGE}");
             return std::process::ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -80,6 +81,7 @@ async fn main() -> std::process::ExitCode {
         Counts::FULL
     };
     let started = Instant::now();
+    let load_before = load_average();
     let mut sections = Vec::new();
     let mut comparison = None;
     for which in &args.backends {
@@ -88,9 +90,12 @@ async fn main() -> std::process::ExitCode {
             backend => sections.push(run_backend(*backend, &counts).await),
         }
     }
-    print!(
+    // A closed stdout (`| head`) is not worth a panic.
+    let _ = write!(
+        std::io::stdout(),
         "{}",
         report(
+            &load_before,
             &args,
             &counts,
             &sections,
@@ -607,7 +612,12 @@ async fn run_suite<T: Target>(label: &str, target: T, counts: &Counts) -> Vec<Ro
     let write_op = target.write_op();
     let clients = match within(CONNECT_TIMEOUT, "opening the clients", open_clients(target)).await {
         Ok(clients) => clients,
-        Err(e) => return failed_rows(counts, &format!("error: opening {CLIENTS} clients: {e:#}")),
+        Err(e) => {
+            return failed_rows(
+                counts,
+                &format!("error: opening {CLIENTS} clients: {}", chain(&e)),
+            );
+        }
     };
     let value = value();
     let [m_write1, m_write16, m_read, m_list, m_p50, m_p99] = measure_names(counts);
@@ -631,7 +641,7 @@ async fn run_suite<T: Target>(label: &str, target: T, counts: &Counts) -> Vec<Ro
         .await
     };
     if let Err(e) = warmup {
-        return failed_rows(counts, &format!("error: warm-up failed: {e:#}"));
+        return failed_rows(counts, &format!("error: warm-up failed: {}", chain(&e)));
     }
 
     progress(label, &m_write1);
@@ -739,7 +749,24 @@ async fn write_keys<T: Target>(
 }
 
 fn error(e: anyhow::Error) -> String {
-    format!("error: {e:#}")
+    format!("error: {}", chain(&e))
+}
+
+/// An error and its causes, like `{:#}`, but without a cause whose text its parent already
+/// repeats (errors that print their source and also return it from `source()`).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn progress(label: &str, what: &str) {
@@ -984,8 +1011,9 @@ async fn bench_sql(name: &str, url: String, counts: &Counts) -> Result<(String, 
     let result = bench_store(name, store, counts).await;
     if let Err(e) = drop_database(&url).await {
         eprintln!(
-            "[bench {name}] warning: could not drop database {}: {e:#}",
-            db_name(&url)
+            "[bench {name}] warning: could not drop database {}: {}",
+            db_name(&url),
+            chain(&e)
         );
     }
     Ok(result)
@@ -1055,7 +1083,7 @@ async fn run_endpoint_comparison(counts: &Counts) -> Comparison {
         let etcd = start_etcd().await?;
         let target = EtcdTarget::connect(&etcd.endpoint)
             .await
-            .map_err(|e| format!("skipped: {e:#}"))?;
+            .map_err(|e| format!("skipped: {}", chain(&e)))?;
         let version = target.version().await;
         let rows = run_suite("etcd 3.4 (etcd-client)", target, counts).await;
         drop(etcd);
@@ -1097,11 +1125,11 @@ async fn bench_rk3s_endpoint(counts: &Counts) -> Result<(String, Vec<Row>), Stri
     let result = async {
         let target = EtcdTarget::connect(&format!("http://{addr}"))
             .await
-            .map_err(|e| format!("skipped: {e:#}"))?;
+            .map_err(|e| format!("skipped: {}", chain(&e)))?;
         let version = target.version().await;
         let rows = run_suite("rk3s endpoint (etcd-client)", target, counts).await;
         Ok((
-            format!("rk3s endpoint {version} over SQLite {sqlite_version}"),
+            format!("rk3s endpoint (reports etcd version {version}) over {sqlite_version}"),
             rows,
         ))
     }
@@ -1121,6 +1149,7 @@ async fn bench_rk3s_endpoint(counts: &Counts) -> Result<(String, Vec<Row>), Stri
 // The report
 
 fn report(
+    load_before: &str,
     args: &Args,
     counts: &Counts,
     sections: &[Section],
@@ -1150,12 +1179,18 @@ fn report(
         counts.watch_writes,
         counts.watch_pace.as_millis(),
     );
-    let _ = writeln!(out, "total time: {:.0} s", elapsed.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "total time: {:.0} s; load average (1/5/15 min) {load_before} before, {} after \
+         (other work on the machine skews the figures)",
+        elapsed.as_secs_f64(),
+        load_average(),
+    );
     let _ = writeln!(out, "versions:");
     for s in sections {
         let version = match &s.outcome {
             Ok((version, _)) => version.as_str(),
-            Err(reason) => reason.as_str(),
+            Err(_) => "skipped (see below)",
         };
         let _ = writeln!(out, "  {:<9} {version} ({})", s.name, s.setup);
     }
@@ -1163,7 +1198,7 @@ fn report(
         for (side, r) in [("endpoint", &c.rk3s), ("vs", &c.etcd)] {
             let v = match r {
                 Ok((version, _)) => version.as_str(),
-                Err(reason) => reason.as_str(),
+                Err(_) => "skipped (see below)",
             };
             let _ = writeln!(out, "  {side:<9} {v}");
         }
@@ -1181,19 +1216,14 @@ fn report(
             match &s.outcome {
                 Ok((_, backend_rows)) => {
                     for r in backend_rows {
-                        let (value, detail) = match &r.figure {
-                            Ok(f) => (f.shown(), f.detail.clone()),
-                            Err(e) => (e.clone(), String::new()),
-                        };
+                        let (value, detail) = cells(&r.figure);
                         rows.push(vec![s.name.to_string(), r.measure.clone(), value, detail]);
                     }
                 }
-                Err(reason) => rows.push(vec![
-                    s.name.to_string(),
-                    "-".into(),
-                    reason.clone(),
-                    String::new(),
-                ]),
+                Err(reason) => {
+                    let (value, detail) = split_reason(reason);
+                    rows.push(vec![s.name.to_string(), "-".into(), value, detail]);
+                }
             }
         }
         out.push_str(&table(&["backend", "measure", "result", "details"], &rows));
@@ -1212,87 +1242,67 @@ fn report(
              (/s) higher is better (ratio > 1: rk3s faster); for times and latencies lower is \
              better (ratio < 1: rk3s faster)."
         );
-        let rows = match (&c.rk3s, &c.etcd) {
-            (Err(a), Err(b)) => vec![vec![
-                "-".into(),
-                a.clone(),
-                b.clone(),
-                String::new(),
-                String::new(),
-            ]],
-            (Ok((_, rows)), Err(reason)) => side_rows(rows, reason, true),
-            (Err(reason), Ok((_, rows))) => side_rows(rows, reason, false),
-            (Ok((_, a)), Ok((_, b))) => a
-                .iter()
-                .zip(b)
-                .map(|(ra, rb)| {
-                    let (ratio, better) = match (&ra.figure, &rb.figure) {
-                        (Ok(fa), Ok(fb)) => (
-                            format!("{:.2}", fa.value / fb.value.max(f64::MIN_POSITIVE)),
-                            better(fa.unit).to_string(),
-                        ),
-                        (Ok(f), _) | (_, Ok(f)) => ("-".into(), better(f.unit).to_string()),
-                        _ => ("-".into(), String::new()),
-                    };
-                    vec![
-                        ra.measure.clone(),
-                        shown(&ra.figure),
-                        shown(&rb.figure),
-                        ratio,
-                        better,
-                    ]
-                })
-                .collect(),
+        // A side that did not run at all fails every measure for the same reason.
+        let side = |r: &Result<(String, Vec<Row>), String>| match r {
+            Ok((_, rows)) => rows.clone(),
+            Err(reason) => failed_rows(counts, reason),
         };
+        let (rk3s, etcd) = (side(&c.rk3s), side(&c.etcd));
+        let rows: Vec<Vec<String>> = rk3s
+            .iter()
+            .zip(&etcd)
+            .map(|(ra, rb)| {
+                let (ratio, direction) = match (&ra.figure, &rb.figure) {
+                    (Ok(fa), Ok(fb)) => (
+                        format!("{:.2}", fa.value / fb.value.max(f64::MIN_POSITIVE)),
+                        better(fa.unit),
+                    ),
+                    (Ok(f), _) | (_, Ok(f)) => ("-".into(), better(f.unit)),
+                    _ => ("-".into(), ""),
+                };
+                vec![
+                    ra.measure.clone(),
+                    cells(&ra.figure).0,
+                    cells(&rb.figure).0,
+                    ratio,
+                    direction.to_string(),
+                ]
+            })
+            .collect();
         out.push_str(&table(
             &["measure", "rk3s endpoint", "etcd", "rk3s/etcd", "better"],
             &rows,
         ));
         let mut details = Vec::new();
-        for (side, r) in [("rk3s", &c.rk3s), ("etcd", &c.etcd)] {
-            if let Ok((_, rows)) = r {
-                for row in rows {
-                    if let Ok(f) = &row.figure {
-                        details.push(vec![
-                            side.to_string(),
-                            row.measure.clone(),
-                            f.detail.clone(),
-                        ]);
-                    }
-                }
+        for (name, rows) in [("rk3s", &rk3s), ("etcd", &etcd)] {
+            for row in rows {
+                details.push(vec![
+                    name.to_string(),
+                    row.measure.clone(),
+                    cells(&row.figure).1,
+                ]);
             }
         }
-        if !details.is_empty() {
-            let _ = writeln!(out);
-            out.push_str(&table(&["side", "measure", "details"], &details));
-        }
+        let _ = writeln!(out);
+        out.push_str(&table(&["side", "measure", "details"], &details));
     }
     out
 }
 
-/// Comparison rows when one side has no results.
-fn side_rows(rows: &[Row], reason: &str, rk3s_ran: bool) -> Vec<Vec<String>> {
-    rows.iter()
-        .map(|r| {
-            let (a, b) = if rk3s_ran {
-                (shown(&r.figure), reason.to_string())
-            } else {
-                (reason.to_string(), shown(&r.figure))
-            };
-            let direction = r
-                .figure
-                .as_ref()
-                .map(|f| better(f.unit))
-                .unwrap_or_default();
-            vec![r.measure.clone(), a, b, "-".into(), direction.to_string()]
-        })
-        .collect()
+/// The result and details cells of a figure; a failure shows as `error` or `skipped`, with its
+/// reason in the details (the last column, so a long reason does not widen the table).
+fn cells(figure: &Result<Figure, String>) -> (String, String) {
+    match figure {
+        Ok(f) => (f.shown(), f.detail.clone()),
+        Err(reason) => split_reason(reason),
+    }
 }
 
-fn shown(figure: &Result<Figure, String>) -> String {
-    match figure {
-        Ok(f) => f.shown(),
-        Err(e) => e.clone(),
+/// `"error: why"` into `("error", "why")`.
+fn split_reason(reason: &str) -> (String, String) {
+    match reason.split_once(": ") {
+        Some((kind @ ("error" | "skipped"), why)) => (kind.to_string(), why.to_string()),
+        _ => ("error".to_string(), reason.to_string()),
     }
 }
 
@@ -1338,6 +1348,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join("/"))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// CPUs, CPU model, memory, kernel and the temp dir's file system.

@@ -241,6 +241,9 @@ impl EtcdBackend {
             Error::LeaseNotFound(lease)
         } else if message.contains(ERR_LEASE_EXISTS) {
             Error::LeaseExists(lease)
+        } else if is_invalid_argument(&err) {
+            // A duplicate key in one transaction, an empty key, ignore_value on a missing key.
+            Error::InvalidRequest(message.trim_start_matches("etcdserver: ").to_string())
         } else {
             Error::Etcd(err)
         }
@@ -269,7 +272,7 @@ impl Backend for EtcdBackend {
         }
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(key = %req.compare.first().map(|c| show(&c.key)).unwrap_or_default(), compares = req.compare.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %txn_key(&req), compares = req.compare.len(), ops = req.success.len()))]
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
         // What an error would be about.
         let ops = req.success.iter().chain(&req.failure);
@@ -333,6 +336,12 @@ impl Backend for EtcdBackend {
             )));
         }
         let client = self.client()?;
+        // "From now on" is from the revision after the current one, fixed before we return:
+        // the etcd watch itself is opened by the task, maybe after further writes.
+        let start_revision = match req.start_revision {
+            0 => self.head().await? + 1,
+            rev => rev,
+        };
         let (watch, sender) = Watch::channel();
         let task = WatchTask {
             client,
@@ -340,7 +349,7 @@ impl Backend for EtcdBackend {
             key: etcd_key(&req.key, &req.range_end),
             range_end: req.range_end.to_etcd(),
             prev_kv: req.prev_kv,
-            next_rev: req.start_revision,
+            next_rev: start_revision,
             last_rev: 0,
             sender,
             shutdown: self.shutdown.subscribe(),
@@ -548,6 +557,29 @@ fn show(key: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(key)
 }
 
+/// The key a transaction is mostly about, for its span: the first compared or written key.
+fn txn_key(req: &TxnRequest) -> Cow<'_, str> {
+    let first_op = req
+        .success
+        .iter()
+        .chain(&req.failure)
+        .next()
+        .map(|op| match op {
+            TxnOp::Range(r) => &r.key,
+            TxnOp::Put(p) => &p.key,
+            TxnOp::Delete(d) => &d.key,
+        });
+    req.compare
+        .first()
+        .map(|c| &c.key)
+        .or(first_op)
+        .map_or(Cow::Borrowed(""), |k| show(k))
+}
+
+fn is_invalid_argument(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::InvalidArgument)
+}
+
 fn grpc_message(err: &etcd_client::Error) -> Option<&str> {
     match err {
         etcd_client::Error::GRpcStatus(status) => Some(status.message()),
@@ -740,7 +772,7 @@ struct WatchTask {
     key: Vec<u8>,
     range_end: Vec<u8>,
     prev_kv: bool,
-    /// The first revision not delivered yet; 0 (only at the start) means "from now on".
+    /// The first revision not delivered yet.
     next_rev: i64,
     /// The highest revision reported to the consumer.
     last_rev: i64,
@@ -856,11 +888,8 @@ impl WatchTask {
             created_rev,
             created_at: Instant::now(),
             // A watcher that starts in the past catches up before it is in sync with the store.
-            synced: self.next_rev == 0 || self.next_rev > created_rev,
+            synced: self.next_rev > created_rev,
         };
-        if self.next_rev == 0 {
-            self.next_rev = created_rev + 1;
-        }
         self.resend_at = None;
         if self.progress != ProgressState::Idle {
             // A request was out on the broken stream: ask again on this one.

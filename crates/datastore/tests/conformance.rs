@@ -69,6 +69,13 @@ conformance!(
     lease_expiry,
     concurrent_writers_and_watchers,
     two_stores_see_each_other,
+    txn_duplicate_key,
+    put_ignore_value_and_lease,
+    range_ends_and_binary_keys,
+    large_value,
+    concurrent_cas_one_wins,
+    watch_behind_compaction,
+    lease_keep_alive_extends,
 );
 
 /// Runs one behaviour on a fresh backend of `kind`, within a time limit.
@@ -194,6 +201,7 @@ async fn status_names_backend(b: &TestBackend) {
         rev(&s).await,
         "status revision is the current revision"
     );
+    assert!(status.db_size > 0, "db size {}", status.db_size);
 }
 
 async fn create_conflict(b: &TestBackend) {
@@ -1806,4 +1814,540 @@ async fn two_stores_see_each_other(b: &TestBackend) {
         .map(summary)
         .collect();
     assert_eq!(got, expected);
+
+    // Leases are shared: granted through A, used and revoked through B.
+    let lease = a
+        .backend()
+        .lease_grant(0, 600)
+        .await
+        .expect("lease grant on A");
+    written(
+        other.create(b"/x2/leased", b"l".to_vec(), lease.id).await,
+        "create through B with A's lease",
+    );
+    let status = other
+        .backend()
+        .lease_time_to_live(lease.id, true)
+        .await
+        .expect("time to live on B");
+    assert_eq!(status.keys, vec![b"/x2/leased".to_vec()]);
+    other
+        .backend()
+        .lease_revoke(lease.id)
+        .await
+        .expect("revoke on B");
+    assert_eq!(
+        get(&a, "/x2/leased", 0).await,
+        None,
+        "revoked through B, gone on A"
+    );
+
+    // A compaction through A holds for B.
+    let at = rev(&a).await - 10;
+    a.compact(at).await.expect("compact through A");
+    match other.get(b"/x2/k1", at - 1).await {
+        Err(Error::Compacted {
+            compact_revision, ..
+        }) => assert_eq!(compact_revision, at),
+        other => panic!("a read on B below A's compaction: expected Compacted, got {other:?}"),
+    }
+    assert!(other.get(b"/x2/k1", at).await.is_ok());
+}
+
+async fn txn_duplicate_key(b: &TestBackend) {
+    let s = b.connect().await;
+    create(&s, "/dup/a", "a").await;
+    let r = rev(&s).await;
+    let delete_op = |key: &str, range_end: RangeEnd| {
+        TxnOp::Delete(DeleteRequest {
+            key: key.as_bytes().to_vec(),
+            range_end,
+            prev_kv: false,
+        })
+    };
+    let refused = [
+        (
+            "two puts of one key",
+            vec![put_op("/dup/a", "1"), put_op("/dup/a", "2")],
+        ),
+        (
+            "a put and a delete of one key",
+            vec![put_op("/dup/a", "1"), delete_op("/dup/a", RangeEnd::Single)],
+        ),
+        (
+            "a put into a deleted range",
+            vec![
+                delete_op("/dup/", RangeEnd::prefix(b"/dup/")),
+                put_op("/dup/b", "1"),
+            ],
+        ),
+    ];
+    for (what, success) in refused {
+        let req = TxnRequest {
+            compare: vec![],
+            success,
+            failure: vec![],
+        };
+        match s.backend().txn(req).await {
+            Err(Error::InvalidRequest(_)) => {}
+            other => panic!("{what} in one transaction: expected InvalidRequest, got {other:?}"),
+        }
+    }
+    assert_eq!(rev(&s).await, r, "refused transactions write nothing");
+    assert_eq!(
+        get(&s, "/dup/a", 0).await.map(|kv| kv.value),
+        Some(b"a".to_vec())
+    );
+
+    // The same key in the two branches is fine.
+    let resp = txn(
+        &s,
+        TxnRequest {
+            compare: vec![Compare::new(
+                "/dup/a",
+                CompareOp::Equal,
+                CompareTarget::Version(1),
+            )],
+            success: vec![put_op("/dup/a", "s")],
+            failure: vec![put_op("/dup/a", "f")],
+        },
+    )
+    .await;
+    assert!(resp.succeeded);
+    assert_eq!(resp.revision, r + 1);
+}
+
+async fn put_ignore_value_and_lease(b: &TestBackend) {
+    let s = b.connect().await;
+    let lease = s
+        .backend()
+        .lease_grant(0, 600)
+        .await
+        .expect("lease grant")
+        .id;
+    let r1 = written(
+        s.create(b"/pi/a", b"v".to_vec(), lease).await,
+        "create with a lease",
+    );
+    let put = |req: PutRequest| TxnRequest {
+        compare: vec![],
+        success: vec![TxnOp::Put(req)],
+        failure: vec![],
+    };
+    let resp = txn(
+        &s,
+        put(PutRequest {
+            key: b"/pi/a".to_vec(),
+            ignore_value: true,
+            lease,
+            ..PutRequest::default()
+        }),
+    )
+    .await;
+    assert_eq!(resp.revision, r1 + 1);
+    assert_eq!(
+        get(&s, "/pi/a", 0).await,
+        Some(kv("/pi/a", "v", r1, r1 + 1, 2, lease)),
+        "ignore_value keeps the value"
+    );
+    txn(
+        &s,
+        put(PutRequest {
+            key: b"/pi/a".to_vec(),
+            value: b"w".to_vec(),
+            ignore_lease: true,
+            ..PutRequest::default()
+        }),
+    )
+    .await;
+    assert_eq!(
+        get(&s, "/pi/a", 0).await,
+        Some(kv("/pi/a", "w", r1, r1 + 2, 3, lease)),
+        "ignore_lease keeps the lease"
+    );
+    for (what, req) in [
+        (
+            "ignore_value",
+            PutRequest {
+                key: b"/pi/missing".to_vec(),
+                ignore_value: true,
+                ..PutRequest::default()
+            },
+        ),
+        (
+            "ignore_lease",
+            PutRequest {
+                key: b"/pi/missing".to_vec(),
+                value: b"x".to_vec(),
+                ignore_lease: true,
+                ..PutRequest::default()
+            },
+        ),
+    ] {
+        let result = s.backend().txn(put(req)).await;
+        assert!(
+            result.is_err(),
+            "{what} on a missing key must fail, got {result:?}"
+        );
+    }
+    assert_eq!(rev(&s).await, r1 + 2);
+    assert_eq!(get(&s, "/pi/missing", 0).await, None);
+}
+
+async fn range_ends_and_binary_keys(b: &TestBackend) {
+    let s = b.connect().await;
+    let all: Vec<Vec<u8>> = vec![
+        b"/re/\x00".to_vec(),
+        b"/re/a".to_vec(),
+        b"/re/b".to_vec(),
+        b"/re/c".to_vec(),
+        b"/re/\xff".to_vec(),
+        b"/re/\xff\xff".to_vec(),
+        b"/rf".to_vec(),
+    ];
+    let binary_value: Vec<u8> = (0..=255u8).collect();
+    // Written in reverse, so that key order is not write order.
+    for key in all.iter().rev() {
+        written(
+            s.create(key, binary_value.clone(), 0).await,
+            "create a binary key",
+        );
+    }
+    let range = |key: &[u8], range_end: RangeEnd| RangeRequest {
+        key: key.to_vec(),
+        range_end,
+        ..RangeRequest::default()
+    };
+    let read = async |req: RangeRequest| -> Vec<Vec<u8>> {
+        let resp = s
+            .backend()
+            .range(req.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+        assert_eq!(resp.count, resp.kvs.len() as i64, "{req:?}");
+        for kv in &resp.kvs {
+            assert_eq!(kv.value, binary_value, "binary values round-trip");
+        }
+        resp.kvs.into_iter().map(|kv| kv.key).collect()
+    };
+    assert_eq!(
+        read(range(b"/re/", RangeEnd::prefix(b"/re/"))).await,
+        all[..6],
+        "bytewise key order"
+    );
+    assert_eq!(
+        read(range(b"/re/a", RangeEnd::Before(b"/re/c".to_vec()))).await,
+        all[1..3]
+    );
+    assert_eq!(read(range(b"/re/b", RangeEnd::Unbounded)).await, all[2..]);
+    assert_eq!(read(range(b"/re/b", RangeEnd::Single)).await, all[2..3]);
+    assert_eq!(
+        read(range(b"/re/bb", RangeEnd::Single)).await,
+        Vec::<Vec<u8>>::new()
+    );
+    assert_eq!(read(range(b"\x00", RangeEnd::Unbounded)).await, all);
+    assert_eq!(
+        read(range(b"/re/\xff", RangeEnd::prefix(b"/re/\xff"))).await,
+        all[4..6],
+        "a prefix ending in 0xff"
+    );
+    let resp = s
+        .backend()
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: RangeEnd::Unbounded,
+            count_only: true,
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("count everything");
+    assert_eq!(resp.count, 7);
+
+    let start = rev(&s).await + 1;
+    let mut w = s
+        .watch_prefix(b"/re/\xff", 0, false)
+        .await
+        .expect("watch a binary prefix");
+    for key in &all {
+        let (_, current) = s.get(key, 0).await.expect("get");
+        let current = current.expect("written above");
+        written(
+            s.update(key, b"x".to_vec(), current.mod_revision, 0).await,
+            "update a binary key",
+        );
+    }
+    let got: Vec<_> = events(&mut w, 2, "the binary prefix watch")
+        .await
+        .into_iter()
+        .map(|e| (e.kv.mod_revision, e.kv.key))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(start + 4, all[4].clone()), (start + 5, all[5].clone())]
+    );
+}
+
+async fn large_value(b: &TestBackend) {
+    let s = b.connect().await;
+    let value: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let mut w = watch(&s, "/big/", 0, true).await;
+    let r1 = written(
+        s.create(b"/big/a", value.clone(), 0).await,
+        "create a 1 MiB value",
+    );
+    let got = get(&s, "/big/a", 0).await.expect("the large key");
+    assert!(got.value == value, "the 1 MiB value reads back intact");
+    let mut second = value.clone();
+    second.reverse();
+    let r2 = written(
+        s.update(b"/big/a", second.clone(), r1, 0).await,
+        "update it",
+    );
+    let got = events(&mut w, 2, "the large value's events").await;
+    assert!(
+        got[0].kv.value == value && got[1].kv.value == second,
+        "values in events"
+    );
+    assert!(
+        got[1].prev_kv.as_ref().is_some_and(|p| p.value == value),
+        "prev_kv carries the large value"
+    );
+    assert_eq!((got[0].kv.mod_revision, got[1].kv.mod_revision), (r1, r2));
+}
+
+async fn concurrent_cas_one_wins(b: &TestBackend) {
+    let s = b.connect().await;
+    const RACERS: usize = 16;
+    let r0 = rev(&s).await;
+    for round in 0..8 {
+        let key = format!("/cas/k{round}");
+        let race = |op: u8, expected: i64| {
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS));
+            let tasks: Vec<_> = (0..RACERS)
+                .map(|i| {
+                    let s = s.clone();
+                    let key = key.clone();
+                    let barrier = barrier.clone();
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let value = format!("racer {i}").into_bytes();
+                        let outcome = match op {
+                            0 => s.create(key.as_bytes(), value, 0).await,
+                            1 => s.update(key.as_bytes(), value, expected, 0).await,
+                            _ => s.delete(key.as_bytes(), Some(expected)).await,
+                        };
+                        (
+                            i,
+                            outcome.unwrap_or_else(|e| panic!("racer {i} on {key}: {e}")),
+                        )
+                    })
+                })
+                .collect();
+            async move {
+                let mut results = Vec::new();
+                for task in tasks {
+                    results.push(task.await.expect("racer task"));
+                }
+                results
+            }
+        };
+        for (op, what) in [(0u8, "create"), (1, "update"), (2, "delete")] {
+            let expected = get(&s, &key, 0).await.map_or(0, |kv| kv.mod_revision);
+            let results = race(op, expected).await;
+            let winners: Vec<(usize, i64)> = results
+                .iter()
+                .filter_map(|(i, o)| match o {
+                    WriteOutcome::Written { revision } => Some((*i, *revision)),
+                    WriteOutcome::Conflict { .. } => None,
+                })
+                .collect();
+            assert_eq!(
+                winners.len(),
+                1,
+                "round {round}: one {what} of {key} wins: {results:?}"
+            );
+            let (winner, revision) = winners[0];
+            let now = get(&s, &key, 0).await;
+            match op {
+                2 => assert_eq!(now, None),
+                _ => {
+                    let now = now.expect("written");
+                    assert_eq!(now.value, format!("racer {winner}").into_bytes());
+                    assert_eq!(now.mod_revision, revision);
+                }
+            }
+            for (i, outcome) in &results {
+                if let WriteOutcome::Conflict { current } = outcome {
+                    assert_eq!(
+                        current,
+                        &get(&s, &key, 0).await,
+                        "round {round}: racer {i} lost the {what} and sees the winner's key"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(rev(&s).await, r0 + 8 * 3, "exactly one write per race");
+}
+
+async fn watch_behind_compaction(b: &TestBackend) {
+    let s = b.connect_with(|c| c.datastore_compact_interval = 0).await;
+    let start = rev(&s).await + 1;
+    // Not read while the history is written and compacted.
+    let mut w = watch(&s, "/wc/", start, false).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                for i in 0..75 {
+                    let key = format!("/wc/t{t}-{i}");
+                    let r = written(s.create(key.as_bytes(), b"v".to_vec(), 0).await, &key);
+                    done.push((r, key, Some("v".to_string())));
+                }
+                done
+            })
+        })
+        .collect();
+    let mut log: Vec<Write> = Vec::new();
+    for task in tasks {
+        log.extend(task.await.expect("writer"));
+    }
+    log.sort();
+    let head = rev(&s).await;
+    let at = head - 5;
+    s.compact(at).await.expect("compact");
+
+    // The watch is either caught up in full, or delivers a gapless prefix and then says it
+    // was compacted, and ends.
+    let mut got: Vec<Write> = Vec::new();
+    let mut compacted = None;
+    while got.len() < log.len() {
+        match next_response(&mut w, "a watch behind a compaction").await {
+            WatchResponse::Events { events, .. } => got.extend(events.iter().map(summary)),
+            WatchResponse::Progress { .. } => {}
+            WatchResponse::Compacted { compact_revision } => {
+                compacted = Some(compact_revision);
+                break;
+            }
+        }
+    }
+    assert!(got.len() <= log.len(), "more events than writes");
+    assert_eq!(
+        got,
+        log[..got.len()],
+        "what was delivered is the history, in order, without gaps"
+    );
+    match compacted {
+        Some(compact_revision) => {
+            assert_eq!(compact_revision, at);
+            assert!(
+                matches!(tokio::time::timeout(WAIT, w.next()).await, Ok(None)),
+                "the watch ends after telling it was compacted"
+            );
+        }
+        None => assert_eq!(got.len(), log.len()),
+    }
+}
+
+async fn lease_keep_alive_extends(b: &TestBackend) {
+    let s = b.connect().await;
+    let backend = s.backend();
+    let lease = backend.lease_grant(0, 3).await.expect("lease grant");
+    written(
+        s.create(b"/lk/a", b"a".to_vec(), lease.id).await,
+        "create with the lease",
+    );
+    // Kept alive every 300 ms for twice its TTL, the lease and its key live on.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let kept = backend
+            .lease_keep_alive(lease.id)
+            .await
+            .expect("keep alive");
+        assert_eq!(kept, lease);
+    }
+    assert!(
+        get(&s, "/lk/a", 0).await.is_some(),
+        "a kept-alive lease keeps its key"
+    );
+    // Left alone, it expires.
+    let s2 = s.clone();
+    eventually(
+        Duration::from_secs(20),
+        "the lease to expire after the keep-alives stop",
+        move || {
+            let s = s2.clone();
+            async move {
+                s.get(b"/lk/a", 0)
+                    .await
+                    .expect("get")
+                    .1
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    match backend.lease_keep_alive(lease.id).await {
+        Err(Error::LeaseNotFound(id)) => assert_eq!(id, lease.id),
+        other => panic!("keep-alive of an expired lease: expected LeaseNotFound, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A watcher far behind: more batches than the SQL hub's broadcast buffer keeps (4096), so it must
+// catch up from the log. Only on the backends fast enough to write that much in seconds here:
+// SQLite (the hub is the same code for all three SQL databases) and etcd.
+
+const LAGGING_WRITES: usize = 6000;
+
+async fn watch_lagging_consumer(b: &TestBackend) {
+    let s = b.connect_with(|c| c.datastore_compact_interval = 0).await;
+    let start = rev(&s).await + 1;
+    let mut w = watch(&s, "/lag/", start, true).await;
+    // One write at a time, so that each is a batch of its own.
+    let mut log: Vec<Write> = Vec::with_capacity(LAGGING_WRITES);
+    for i in 0..LAGGING_WRITES {
+        let key = format!("/lag/k{:02}", i % 100);
+        let value = i.to_string();
+        let put = TxnRequest {
+            compare: vec![],
+            success: vec![put_op(&key, &value)],
+            failure: vec![],
+        };
+        log.push((txn(&s, put).await.revision, key, Some(value)));
+    }
+    assert_eq!(log[0].0, start);
+    let got = events(&mut w, LAGGING_WRITES, "the lagging watcher").await;
+    let summaries: Vec<Write> = got.iter().map(summary).collect();
+    assert!(
+        summaries == log,
+        "the lagging watcher's events differ from the log"
+    );
+    let mut last: HashMap<Vec<u8>, KeyValue> = HashMap::new();
+    for event in got {
+        assert_eq!(
+            event.prev_kv,
+            last.get(&event.kv.key).cloned(),
+            "prev_kv of {:?}",
+            summary(&event)
+        );
+        last.insert(event.kv.key.clone(), event.kv);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_watch_lagging_consumer() {
+    run(
+        Kind::Sqlite,
+        "watch_lagging_consumer",
+        watch_lagging_consumer,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_lagging_consumer() {
+    run(Kind::Etcd, "watch_lagging_consumer", watch_lagging_consumer).await;
 }

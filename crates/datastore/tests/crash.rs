@@ -89,11 +89,12 @@ async fn write_and_kill(backend: &TestBackend, round: usize) -> BTreeMap<String,
         .spawn()
         .expect("start the writer process");
     let stdout = child.stdout.take().expect("the child's stdout");
-    tokio::task::spawn_blocking(move || {
+    let pid = child.id();
+    let reader = tokio::task::spawn_blocking(move || {
         let mut acks = BTreeMap::new();
-        let mut lines = BufReader::new(stdout).lines();
+        let lines = BufReader::new(stdout).lines();
         let mut killed = false;
-        while let Some(line) = lines.next() {
+        for line in lines {
             let line = line.expect("read the child's output");
             let Some(ack) = line.strip_prefix("ACK ") else {
                 continue;
@@ -117,9 +118,18 @@ async fn write_and_kill(backend: &TestBackend, round: usize) -> BTreeMap<String,
             acks.len()
         );
         acks
-    })
-    .await
-    .expect("the reader thread")
+    });
+    match tokio::time::timeout(common::WAIT * 4, reader).await {
+        Ok(acks) => acks.expect("the reader thread"),
+        Err(_) => {
+            // Our own child, by its id; the reader thread then sees the end of its output.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!(
+                "the writer process made no {ACKS} acknowledged writes in {:?}",
+                common::WAIT * 4
+            );
+        }
+    }
 }
 
 async fn crash_and_verify(kind: Kind) {
@@ -167,6 +177,12 @@ async fn crash_and_verify(kind: Kind) {
         // At most the writes in flight at the kill were committed without an acknowledgement,
         // and each task's keys are a gapless sequence (it waits for each write).
         let unacked = present.len() - acked.len();
+        eprintln!(
+            "{} round {round}: {} writes acknowledged in all, {unacked} committed without one, \
+             revision {current}",
+            kind.name(),
+            acked.len()
+        );
         assert!(
             unacked <= TASKS * (round + 1),
             "round {round}: {unacked} writes committed without an acknowledgement"

@@ -2,7 +2,7 @@
 //! mapping, compaction, progress, leases, reconnecting watches, connection errors). The
 //! behaviours every backend shares are in the conformance suite.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -554,6 +554,21 @@ async fn txn_maps_every_operation() {
         (&b"a2"[..], lease.id, resp3.revision)
     );
 
+    // ignore_value on a missing key is a bad request, not a backend failure.
+    let err = store
+        .backend()
+        .txn(TxnRequest {
+            success: vec![TxnOp::Put(PutRequest {
+                key: b"/t/missing".to_vec(),
+                ignore_value: true,
+                ..PutRequest::default()
+            })],
+            ..TxnRequest::default()
+        })
+        .await
+        .expect_err("ignore_value on a missing key");
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
+
     // A put with an unknown lease is refused as such.
     let err = store
         .backend()
@@ -760,12 +775,56 @@ async fn missing_tls_file_is_named() {
     );
 }
 
-/// An etcd we can stop and start again on the same ports and data.
+/// An etcd we can stop and start again on the same ports and data, optionally serving TLS.
 struct RestartableEtcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<TlsFiles>,
     child: Option<Child>,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with `openssl`.
+struct TlsFiles {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl TlsFiles {
+    fn generate(dir: &Path) -> Self {
+        let script = r#"
+            set -e
+            openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rk3s-test-ca \
+                -keyout ca.key -out ca.pem 2>/dev/null
+            for who in server client; do
+                openssl req -newkey rsa:2048 -nodes -subj /CN=rk3s-test-$who \
+                    -keyout $who.key -out $who.csr 2>/dev/null
+            done
+            printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+            printf 'extendedKeyUsage=clientAuth\n' > client.ext
+            for who in server client; do
+                openssl x509 -req -days 1 -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                    -extfile $who.ext -out $who.pem 2>/dev/null
+            done
+        "#;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl failed to make test certificates");
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
 }
 
 impl RestartableEtcd {
@@ -774,12 +833,32 @@ impl RestartableEtcd {
             dir: tempfile::tempdir().expect("etcd dir"),
             client_port: testing::free_port().expect("free port"),
             peer_port: testing::free_port().expect("free port"),
+            tls: None,
             child: None,
         }
     }
 
+    /// An etcd that serves clients over TLS and requires a client certificate.
+    fn with_tls() -> Self {
+        let mut etcd = Self::new();
+        etcd.tls = Some(TlsFiles::generate(etcd.dir.path()));
+        etcd
+    }
+
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// A config that can talk to this etcd.
+    fn config(&self) -> Config {
+        let mut config = Config::for_endpoint(self.endpoint());
+        if let Some(tls) = &self.tls {
+            config.datastore_cafile = Some(tls.ca.clone());
+            config.datastore_certfile = Some(tls.client_cert.clone());
+            config.datastore_keyfile = Some(tls.client_key.clone());
+        }
+        config
     }
 
     async fn start(&mut self) {
@@ -787,7 +866,8 @@ impl RestartableEtcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data: PathBuf = self.dir.path().join("data");
         let bin = std::env::var("RK3S_ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("--name=rk3s-restart")
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -799,15 +879,19 @@ impl RestartableEtcd {
             .env_remove("ETCDCTL_API")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
+            .stderr(Stdio::null());
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        self.child = Some(command.spawn().expect("spawn etcd"));
         // Ready when a fresh client can read.
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let config = Config::for_endpoint(client.clone());
-            if let Ok(store) = connect(&config).await
+            if let Ok(store) = connect(&self.config()).await
                 && store.current_revision().await.is_ok()
             {
                 store.close().await;
@@ -815,7 +899,7 @@ impl RestartableEtcd {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "etcd did not come back"
+                "etcd did not come up at {client}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -839,9 +923,7 @@ impl Drop for RestartableEtcd {
 async fn watch_resumes_after_etcd_restart() {
     let mut etcd = RestartableEtcd::new();
     etcd.start().await;
-    let store = connect(&Config::for_endpoint(etcd.endpoint()))
-        .await
-        .expect("connect");
+    let store = connect(&etcd.config()).await.expect("connect");
     let mut watch = store.watch_prefix(b"/r/", 0, false).await.expect("watch");
     let first = put(&store, "/r/a", "1").await;
     match next(&mut watch, "the first put").await {
@@ -880,9 +962,7 @@ async fn watch_resumes_after_etcd_restart() {
 async fn watch_gives_up_when_etcd_stays_away() {
     let mut etcd = RestartableEtcd::new();
     etcd.start().await;
-    let store = connect(&Config::for_endpoint(etcd.endpoint()))
-        .await
-        .expect("connect");
+    let store = connect(&etcd.config()).await.expect("connect");
     let mut watch = store.watch_prefix(b"/g/", 0, false).await.expect("watch");
     etcd.stop();
     // The watch retries for about 30 s, then ends with an error naming the endpoint.
@@ -900,4 +980,33 @@ async fn watch_gives_up_when_etcd_stays_away() {
             .is_none(),
         "nothing follows the error"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificate() {
+    let mut etcd = RestartableEtcd::with_tls();
+    etcd.start().await;
+    let store = connect(&etcd.config()).await.expect("connect over TLS");
+    let revision = put(&store, "/tls/k", "v").await;
+    let (_, kv) = store.get(b"/tls/k", 0).await.expect("get over TLS");
+    assert_eq!(kv.expect("key").mod_revision, revision);
+    let mut watch = store
+        .watch_prefix(b"/tls/", revision, false)
+        .await
+        .expect("watch over TLS");
+    match next(&mut watch, "the put, over TLS").await {
+        WatchResponse::Events { events, .. } => assert_eq!(events[0].kv.value, b"v"),
+        other => panic!("unexpected {other:?}"),
+    }
+    store.close().await;
+
+    // Without a client certificate etcd refuses us, and the error names the endpoint.
+    let config = Config {
+        datastore_certfile: None,
+        datastore_keyfile: None,
+        ..etcd.config()
+    };
+    let err = connect(&config).await.expect_err("no client certificate");
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains(&etcd.endpoint()), "{err}");
 }

@@ -634,3 +634,140 @@ async fn maintenance_status_members_and_unsupported_requests() {
 
     ep.stop().await;
 }
+
+/// Two watches on one stream, one catching up on history, while a writer runs: every progress
+/// answer comes after every event up to its revision on both watches, before any later event,
+/// and is at least the revision the store had when it was asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_answers_are_exact_on_a_busy_stream() {
+    let ep = Endpoint::start().await;
+    let mut c = ep.client.clone();
+    let mut a_revs = Vec::new();
+    for i in 0..100 {
+        let prefix = if i % 2 == 0 { "a" } else { "b" };
+        let put = c
+            .put(format!("{prefix}/{i}"), "v", None)
+            .await
+            .expect("put");
+        if prefix == "a" {
+            a_revs.push(rev(put.header()));
+        }
+    }
+
+    let mut w = c
+        .watch(
+            "a/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+        )
+        .await
+        .expect("watch a");
+    w.watch("b/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch b");
+    // Responses in arrival order: (watch id, event revisions) or a progress answer.
+    let mut ids = Vec::new();
+    let mut b_start = 0;
+    let mut seen: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    while ids.len() < 2 {
+        let resp = next(&mut w).await;
+        if resp.created() {
+            ids.push(resp.watch_id());
+            if ids.len() == 2 {
+                b_start = rev(resp.header());
+            }
+        }
+        let revs = resp
+            .events()
+            .iter()
+            .map(|e| e.kv().expect("kv").mod_revision());
+        seen.entry(resp.watch_id()).or_default().extend(revs);
+    }
+    let (a_id, b_id) = (ids[0], ids[1]);
+
+    let mut writer_client = c.clone();
+    let writer = tokio::spawn(async move {
+        let mut written = Vec::new();
+        for i in 100..300 {
+            let prefix = if i % 2 == 0 { "a" } else { "b" };
+            let put = writer_client
+                .put(format!("{prefix}/{i}"), "v", None)
+                .await
+                .expect("put");
+            written.push((prefix, rev(put.header())));
+        }
+        written
+    });
+
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let asked_at = rev(c.get("a/0", None).await.expect("get").header());
+        w.request_progress().await.expect("progress request");
+        loop {
+            let resp = next(&mut w).await;
+            if resp.watch_id() == -1 {
+                let p = rev(resp.header());
+                assert!(
+                    p >= asked_at,
+                    "progress {p} below the revision {asked_at} asked at"
+                );
+                for (id, revs) in &seen {
+                    assert!(
+                        revs.iter().all(|r| *r <= p),
+                        "watch {id} sent an event after {p} early"
+                    );
+                }
+                answers.push((p, seen.clone()));
+                break;
+            }
+            let revs = resp
+                .events()
+                .iter()
+                .map(|e| e.kv().expect("kv").mod_revision());
+            seen.entry(resp.watch_id()).or_default().extend(revs);
+        }
+    }
+    let written = writer.await.expect("writer");
+    for (prefix, r) in &written {
+        if *prefix == "a" {
+            a_revs.push(*r);
+        }
+    }
+    let b_revs: Vec<i64> = written
+        .iter()
+        .filter(|(p, _)| *p == "b")
+        .map(|(_, r)| *r)
+        .collect();
+    // Drain the rest of the events.
+    let want_a = a_revs.len();
+    let want_b = b_revs.iter().filter(|r| **r > b_start).count();
+    while seen.get(&a_id).map_or(0, Vec::len) < want_a
+        || seen.get(&b_id).map_or(0, Vec::len) < want_b
+    {
+        let resp = next(&mut w).await;
+        let revs = resp
+            .events()
+            .iter()
+            .map(|e| e.kv().expect("kv").mod_revision());
+        seen.entry(resp.watch_id()).or_default().extend(revs);
+    }
+    assert_eq!(seen[&a_id], a_revs, "watch a: every event once, in order");
+    let b_want: Vec<i64> = b_revs.iter().copied().filter(|r| *r > b_start).collect();
+    assert_eq!(
+        seen[&b_id], b_want,
+        "watch b: every event after its start, once, in order"
+    );
+    for (p, before) in answers {
+        let a_upto: Vec<i64> = a_revs.iter().copied().filter(|r| *r <= p).collect();
+        assert_eq!(
+            before[&a_id], a_upto,
+            "watch a had sent everything up to {p}"
+        );
+        let b_upto: Vec<i64> = b_want.iter().copied().filter(|r| *r <= p).collect();
+        assert_eq!(
+            before.get(&b_id).cloned().unwrap_or_default(),
+            b_upto,
+            "watch b up to {p}"
+        );
+    }
+    ep.stop().await;
+}

@@ -1,20 +1,23 @@
-//! Running programs: echo the command line, then run it with inherited stdio.
+//! Running programs: echo the command line (`$ program args`), then run it with inherited stdio.
 
 use std::ffi::OsStr;
 use std::process::{Command, ExitStatus};
 
 use anyhow::{Context, bail};
 
-/// A command about to run, echoed as `$ program args...`.
+/// A command with its arguments (run it with [`status`] or [`run`], which echo it).
 pub(crate) fn new(program: impl AsRef<OsStr>, args: &[&str]) -> Command {
     let mut command = Command::new(program);
     command.args(args);
     command
 }
 
-/// The command line as a shell would show it.
+/// The command line as a shell would show it (the program by its file name: `$CARGO` is a long
+/// toolchain path).
 pub(crate) fn display(command: &Command) -> String {
-    std::iter::once(command.get_program())
+    let program = command.get_program();
+    let program = std::path::Path::new(program).file_name().unwrap_or(program);
+    std::iter::once(program)
         .chain(command.get_args())
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()

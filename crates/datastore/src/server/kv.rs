@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbCompare, PbCompareTarget, PbDeleteRequest,
     PbDeleteResponse, PbKeyValue, PbKvService, PbPutRequest, PbPutResponse, PbRangeRequest,
-    PbRangeResponse, PbRangeStreamResponse, PbResponseOp, PbTargetUnion, PbTxnOpRequest,
-    PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
+    PbRangeResponse, PbRangeStreamResponse, PbResponseHeader, PbResponseOp, PbTargetUnion,
+    PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -182,16 +182,16 @@ fn delete_request(d: PbDeleteRequest) -> Result<DeleteRequest, Status> {
     })
 }
 
-fn put_response(revision: i64, resp: PutResponse) -> PbPutResponse {
+fn put_response(header: Option<PbResponseHeader>, resp: PutResponse) -> PbPutResponse {
     PbPutResponse {
-        header: header(revision),
+        header,
         prev_kv: resp.prev_kv.map(kv_to_pb),
     }
 }
 
-fn delete_response(revision: i64, resp: DeleteResponse) -> PbDeleteResponse {
+fn delete_response(header: Option<PbResponseHeader>, resp: DeleteResponse) -> PbDeleteResponse {
     PbDeleteResponse {
-        header: header(revision),
+        header,
         deleted: resp.deleted,
         prev_kvs: resp.prev_kvs.into_iter().map(kv_to_pb).collect(),
     }
@@ -349,7 +349,7 @@ impl PbKvService for KvService {
             .map_err(to_status)?;
         let revision = resp.revision;
         match resp.responses.into_iter().next() {
-            Some(TxnOpResponse::Put(put)) => Ok(Response::new(put_response(revision, put))),
+            Some(TxnOpResponse::Put(put)) => Ok(Response::new(put_response(header(revision), put))),
             other => Err(Status::internal(format!(
                 "etcdserver: put answered with {other:?}"
             ))),
@@ -375,7 +375,9 @@ impl PbKvService for KvService {
             .map_err(to_status)?;
         let revision = resp.revision;
         match resp.responses.into_iter().next() {
-            Some(TxnOpResponse::Delete(d)) => Ok(Response::new(delete_response(revision, d))),
+            Some(TxnOpResponse::Delete(d)) => {
+                Ok(Response::new(delete_response(header(revision), d)))
+            }
             other => Err(Status::internal(format!(
                 "etcdserver: delete answered with {other:?}"
             ))),
@@ -429,23 +431,31 @@ impl PbKvService for KvService {
             .into_iter()
             .zip(plans)
             .map(|(op, plan)| {
+                // etcd fills only the revision in the headers of a transaction's responses.
+                let nested = Some(PbResponseHeader {
+                    revision,
+                    ..PbResponseHeader::default()
+                });
                 let response = match (op, plan) {
                     (TxnOpResponse::Range(range), Some(plan)) => {
-                        PbTxnOpResponse::ResponseRange(plan.finish(range))
+                        PbTxnOpResponse::ResponseRange(PbRangeResponse {
+                            header: nested,
+                            ..plan.finish(range)
+                        })
                     }
                     (TxnOpResponse::Range(range), None) => {
                         PbTxnOpResponse::ResponseRange(PbRangeResponse {
-                            header: header(range.revision),
+                            header: nested,
                             kvs: range.kvs.into_iter().map(kv_to_pb).collect(),
                             more: range.more,
                             count: range.count,
                         })
                     }
                     (TxnOpResponse::Put(put), _) => {
-                        PbTxnOpResponse::ResponsePut(put_response(revision, put))
+                        PbTxnOpResponse::ResponsePut(put_response(nested, put))
                     }
                     (TxnOpResponse::Delete(d), _) => {
-                        PbTxnOpResponse::ResponseDeleteRange(delete_response(revision, d))
+                        PbTxnOpResponse::ResponseDeleteRange(delete_response(nested, d))
                     }
                 };
                 PbResponseOp {

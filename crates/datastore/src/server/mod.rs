@@ -9,6 +9,7 @@
 //! silently wrong answer.
 
 mod args;
+mod authority;
 mod cluster;
 mod kv;
 mod lease;
@@ -101,12 +102,12 @@ pub async fn serve_with_options(
     };
 
     let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn
-            && let Err(err) = stream.set_nodelay(true)
-        {
-            tracing::debug!(%err, "cannot set TCP_NODELAY");
-        }
-        conn
+        conn.map(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(%err, "cannot set TCP_NODELAY");
+            }
+            authority::FixAuthority::new(stream)
+        })
     });
     let signal = async move {
         shutdown.await;

@@ -281,7 +281,7 @@ impl Manager {
             }) => {
                 // etcd creates the watch, then cancels it as compacted.
                 self.send(created).await?;
-                return self.send(compacted(id, current, compact_revision)).await;
+                return self.send(compacted(id, compact_revision)).await;
             }
             Err(err) => return self.refuse(id, to_status(err).message()).await,
         };
@@ -377,9 +377,8 @@ impl Manager {
             | Some(Err(Error::Compacted {
                 compact_revision, ..
             })) => {
-                let synced = self.remove(id).map_or(0, |e| e.synced);
-                self.emit(id, compacted(id, synced, compact_revision))
-                    .await?;
+                self.remove(id);
+                self.emit(id, compacted(id, compact_revision)).await?;
             }
             Some(Err(err)) => {
                 let entry = self.remove(id);
@@ -565,9 +564,10 @@ fn event_to_pb(event: Event) -> PbEvent {
     }
 }
 
-fn compacted(id: i64, revision: i64, compact_revision: i64) -> PbWatchResponse {
+/// A watch cancelled because its history is compacted. etcd leaves the header revision 0.
+fn compacted(id: i64, compact_revision: i64) -> PbWatchResponse {
     PbWatchResponse {
-        header: header(revision),
+        header: header(0),
         watch_id: id,
         canceled: true,
         compact_revision,

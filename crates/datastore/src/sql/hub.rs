@@ -253,7 +253,19 @@ impl Watcher {
         if let Err(stop) = self.replay().await {
             return stop;
         }
+        let mut pending_progress: Option<i64> = None;
         loop {
+            if let Some(target) = pending_progress
+                && self.seen >= target
+            {
+                pending_progress = None;
+                let progress = WatchResponse::Progress {
+                    revision: self.seen,
+                };
+                if self.sender.tx.send(Ok(progress)).await.is_err() {
+                    return Stop::Done;
+                }
+            }
             tokio::select! {
                 batch = rx.recv() => match batch {
                     Ok(batch) => {
@@ -271,15 +283,27 @@ impl Watcher {
                     Err(broadcast::error::RecvError::Closed) => return Stop::Done,
                 },
                 Some(()) = self.sender.progress.recv() => {
-                    let progress = WatchResponse::Progress { revision: self.seen };
-                    if self.sender.tx.send(Ok(progress)).await.is_err() {
-                        return Stop::Done;
-                    }
+                    // Progress means "caught up with the store": with its current revision,
+                    // not just with what the hub has read so far.
+                    let target = match self.current_revision().await {
+                        Ok(target) => target,
+                        Err(stop) => return stop,
+                    };
+                    self.hub.notify();
+                    pending_progress = Some(target);
                 }
                 _ = self.sender.tx.closed() => return Stop::Done,
                 _ = shutdown.changed() => return Stop::Done,
             }
         }
+    }
+
+    async fn current_revision(&self) -> Result<i64, Stop> {
+        let shared = &self.hub.inner.shared;
+        let mut conn = shared.conn().await.map_err(Stop::Failed)?;
+        rows::meta(&mut conn, shared, META_REVISION)
+            .await
+            .map_err(Stop::Failed)
     }
 
     fn wanted(&self, rev: i64, event: &Event) -> bool {

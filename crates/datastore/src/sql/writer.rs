@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, Row as _};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
 
 use super::hub::Hub;
 use super::rows::{self, LogRow};
@@ -132,32 +133,36 @@ pub(crate) async fn run(
             backend = shared.dialect.name(),
             size = batch.len()
         );
-        let _enter = span.enter();
-        let (maintenance, writes): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|j| j.request.is_maintenance());
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            writes.into_iter().map(|j| (j.request, j.reply)).unzip();
-        if !requests.is_empty() {
-            let results = execute_batch(&shared, &requests).await;
-            hub.notify();
-            for (reply, result) in replies.into_iter().zip(results) {
-                // The requester may have given up; the write stands either way.
-                let _ = reply.send(result);
-            }
-        }
-        for job in maintenance {
-            let result = match job.request {
-                WriteRequest::CompactStep => super::compact::step(&shared)
-                    .await
-                    .map(|more| WriteReply::Compacted { more }),
-                _ => super::compact::sqlite_checkpoint(&shared)
-                    .await
-                    .map(|()| WriteReply::Checkpointed),
-            };
-            let _ = job.reply.send(result);
-        }
+        process(&shared, batch, &hub).instrument(span).await;
     }
     tracing::debug!("writer stopped");
+}
+
+/// Commits the writes of a batch together, then runs its maintenance requests alone.
+async fn process(shared: &Shared, batch: Vec<WriteJob>, hub: &Hub) {
+    let (maintenance, writes): (Vec<_>, Vec<_>) =
+        batch.into_iter().partition(|j| j.request.is_maintenance());
+    let (requests, replies): (Vec<_>, Vec<_>) =
+        writes.into_iter().map(|j| (j.request, j.reply)).unzip();
+    if !requests.is_empty() {
+        let results = execute_batch(shared, &requests).await;
+        hub.notify();
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The requester may have given up; the write stands either way.
+            let _ = reply.send(result);
+        }
+    }
+    for job in maintenance {
+        let result = match job.request {
+            WriteRequest::CompactStep => super::compact::step(shared)
+                .await
+                .map(|more| WriteReply::Compacted { more }),
+            _ => super::compact::sqlite_checkpoint(shared)
+                .await
+                .map(|()| WriteReply::Checkpointed),
+        };
+        let _ = job.reply.send(result);
+    }
 }
 
 /// Runs a batch in one transaction, retrying transient failures; when the batch as a whole

@@ -52,6 +52,7 @@ pub(crate) struct TestBackend {
 impl TestBackend {
     /// A fresh, empty backend of this kind.
     pub(crate) async fn start(kind: Kind) -> TestBackend {
+        init_tracing();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut etcd = None;
         let endpoint = match kind {
@@ -169,6 +170,18 @@ pub(crate) async fn drop_database(kind: Kind, endpoint: &str) {
     if let Err(e) = result {
         eprintln!("could not drop test database {db}: {e}");
     }
+}
+
+/// Logs of the store under test, shown for failed tests. The store's debug spans and events
+/// are on unless `RUST_LOG` says otherwise, so that the suite runs the code paths a debugging
+/// operator turns on too.
+pub(crate) fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rk3s_datastore=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// The revision of a write that must have happened.
