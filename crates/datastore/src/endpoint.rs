@@ -103,7 +103,8 @@ impl Endpoint {
                     return Err(invalid("no etcd endpoints"));
                 }
                 for e in &endpoints {
-                    let u = url::Url::parse(e).map_err(|err| invalid(&format!("{}: {err}", redact(e))))?;
+                    let u = url::Url::parse(e)
+                        .map_err(|err| invalid(&format!("{}: {err}", redact(e))))?;
                     if u.host_str().is_none_or(str::is_empty) {
                         return Err(invalid(&format!("{}: missing host", redact(e))));
                     }
@@ -260,8 +261,13 @@ mod tests {
         assert!(err.contains("redis://u:***@h:1/0"), "{err}");
         assert!(!err.contains("secret"), "{err}");
         assert!(parse("no-scheme").is_err());
-        let err = parse("https://root:pw@h:2379").expect_err("etcd credentials").to_string();
-        assert!(err.contains("client certificates") && !err.contains("pw@"), "{err}");
+        let err = parse("https://root:pw@h:2379")
+            .expect_err("etcd credentials")
+            .to_string();
+        assert!(
+            err.contains("client certificates") && !err.contains("pw@"),
+            "{err}"
+        );
         assert!(parse("postgres://").is_err());
     }
 

@@ -77,7 +77,10 @@ impl Default for Config {
 impl Config {
     /// A config for the given endpoint, everything else default.
     pub fn for_endpoint(endpoint: impl Into<String>) -> Self {
-        Config { datastore_endpoint: Some(endpoint.into()), ..Config::default() }
+        Config {
+            datastore_endpoint: Some(endpoint.into()),
+            ..Config::default()
+        }
     }
 
     /// Checks the values without touching anything.
@@ -93,7 +96,11 @@ impl Config {
         if self.datastore_poll_interval == 0 {
             return Err(bad("datastore-poll-interval", "must be at least 1 ms"));
         }
-        let tls_files = [&self.datastore_cafile, &self.datastore_certfile, &self.datastore_keyfile];
+        let tls_files = [
+            &self.datastore_cafile,
+            &self.datastore_certfile,
+            &self.datastore_keyfile,
+        ];
         if !matches!(endpoint, Endpoint::Etcd { .. }) && tls_files.iter().any(|f| f.is_some()) {
             return Err(bad(
                 "datastore-cafile/certfile/keyfile",

@@ -100,7 +100,8 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// The answer to a [`RangeRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RangeResponse {
-    /// The revision the read was served at (the store's current revision when 0 was asked).
+    /// The store's current revision when the read was served (also for a read at an older
+    /// revision, as etcd's response header reports it).
     pub revision: i64,
     pub kvs: Vec<KeyValue>,
     /// Whether more keys matched than `limit` allowed.

@@ -607,7 +607,7 @@ async fn maintenance_status_members_and_unsupported_requests() {
         panic!("one member: {:?}", members.members())
     };
     assert_eq!(member.id(), MEMBER_ID);
-    assert_eq!(member.client_urls(), [ep.url.clone()]);
+    assert_eq!(member.client_urls(), std::slice::from_ref(&ep.url));
 
     let alarms = c
         .alarm(

@@ -69,6 +69,23 @@ impl Drop for Rk3s {
     }
 }
 
+/// Waits for a process that should exit by itself; kills it (and fails) after `patience`.
+fn kill_after(mut child: Child, patience: Duration) -> std::process::Output {
+    let deadline = Instant::now() + patience;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {patience:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
 /// Runs etcdctl; returns the exit code, stdout, and stderr without etcdctl's JSON log lines
 /// (they carry timestamps and client IDs).
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> String {
@@ -145,6 +162,25 @@ fn mask_remaining(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Sorts the keys of `attached keys([..])`: etcd lists them in no particular order.
+fn sort_attached_keys(text: &str) -> String {
+    const OPEN: &str = "attached keys([";
+    let Some(start) = text.find(OPEN).map(|i| i + OPEN.len()) else {
+        return text.to_string();
+    };
+    let Some(len) = text[start..].find("])") else {
+        return text.to_string();
+    };
+    let mut keys: Vec<&str> = text[start..start + len].split(' ').collect();
+    keys.sort_unstable();
+    format!(
+        "{}{}{}",
+        &text[..start],
+        keys.join(" "),
+        &text[start + len..]
+    )
 }
 
 /// The lease ID (hex) in `lease <id> granted with TTL(..)`.
@@ -287,7 +323,7 @@ fn session(ep: &str) -> Vec<String> {
         None,
     ));
     let lease_json = mask_json_numbers(&leased.join(""), &["lease"]);
-    t.push(mask_remaining(&lease_json).replace(&id, "<lease>"));
+    t.push(sort_attached_keys(&mask_remaining(&lease_json)).replace(&id, "<lease>"));
 
     let mut run = |args: &[&str]| t.push(etcdctl(ep, args, None));
     run(&["del", "dir/", "--prefix"]); // 13
@@ -326,6 +362,9 @@ fn session(ep: &str) -> Vec<String> {
         None,
     ));
     t.push(etcdctl(ep, &["get", "", "--prefix", "--keys-only"], None));
+    t.push(etcdctl(ep, &["put", "w/b", "--ignore-value"], None));
+    t.push(etcdctl(ep, &["put", "absent", "--ignore-value"], None));
+    t.push(etcdctl(ep, &["get", "w/b", "-w", "json"], None));
 
     t.into_iter()
         .map(|out| mask_json_numbers(&out, &["cluster_id", "member_id", "raft_term", "ID"]))
@@ -416,6 +455,7 @@ fn etcdctl_endpoint_status_health_and_members() {
 #[test]
 fn binary_names_what_is_wrong_with_its_configuration() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = format!("--data-dir={}", dir.path().display());
     let config = dir.path().join("rk3s.yaml");
     std::fs::write(
         &config,
@@ -423,14 +463,19 @@ fn binary_names_what_is_wrong_with_its_configuration() {
     )
     .expect("write config");
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rk3s-datastore"))
+        // Each case fails before serving; `kill_after` only ends a bug.
+        let child = Command::new(env!("CARGO_BIN_EXE_rk3s-datastore"))
+            .arg(&data_dir)
             .args(args)
-            .envs(env.iter().copied())
             .env_remove("RK3S_DATASTORE_ENDPOINT")
             .env_remove("K3S_DATASTORE_ENDPOINT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run rk3s-datastore");
+        let out = kill_after(child, PATIENCE);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -455,7 +500,22 @@ fn binary_names_what_is_wrong_with_its_configuration() {
         err.contains("redis://u:***@h/0") && !err.contains("secret"),
         "{err}"
     );
-    // ...and K3s' variable is understood too.
+    // ...and wins over the file.
+    let file2 = dir.path().join("endpoint.yaml");
+    std::fs::write(&file2, "datastore-endpoint: bogus://file\n").expect("write config");
+    let (code, err) = run(
+        &[
+            &format!("--config={}", file2.display()),
+            "--listen-address=127.0.0.1:0",
+        ],
+        &[("RK3S_DATASTORE_ENDPOINT", "nope://environment")],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("nope://environment") && !err.contains("bogus://file"),
+        "{err}"
+    );
+    // K3s' variable is understood too.
     let (code, err) = run(
         &["--listen-address=127.0.0.1:0"],
         &[("K3S_DATASTORE_ENDPOINT", "nope://x")],
@@ -477,8 +537,7 @@ fn binary_names_what_is_wrong_with_its_configuration() {
     // A listen address in use is named.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let data_dir = format!("--data-dir={}", dir.path().display());
-    let (code, err) = run(&[&format!("--listen-address={addr}"), &data_dir], &[]);
+    let (code, err) = run(&[&format!("--listen-address={addr}")], &[]);
     assert_ne!(code, Some(0));
     assert!(err.contains(&addr), "{err}");
 }

@@ -35,7 +35,9 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = usize> + Send + 'static,
 {
-    let store = connect(&Config::for_endpoint(endpoint)).await.expect("connect");
+    let store = connect(&Config::for_endpoint(endpoint))
+        .await
+        .expect("connect");
     let start = store.current_revision().await.expect("revision");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -48,29 +50,50 @@ where
         match store.create(key.as_bytes(), vec![b'x'; 64], 0).await {
             Ok(WriteOutcome::Written { .. }) => {}
             Ok(WriteOutcome::Conflict { current }) => {
-                panic!("create of {key} reported a conflict with {current:?}: a retried commit was applied twice")
+                panic!(
+                    "create of {key} reported a conflict with {current:?}: a retried commit was applied twice"
+                )
             }
             Err(e) => panic!("create of {key} failed through a lost connection: {e}"),
         }
     }
     stop.store(true, Ordering::Relaxed);
     killer.await.expect("killer task");
-    eprintln!("{WRITES} creates through {} killed sessions in {:?}", killed.load(Ordering::Relaxed), began.elapsed());
+    eprintln!(
+        "{WRITES} creates through {} killed sessions in {:?}",
+        killed.load(Ordering::Relaxed),
+        began.elapsed()
+    );
     assert!(
         killed.load(Ordering::Relaxed) > 0,
         "the test killed no database session, so it showed nothing"
     );
 
     let end = store.current_revision().await.expect("revision");
-    assert_eq!(end - start, WRITES as i64, "one revision per acknowledged create, no more");
-    let list = store.list(b"/reconnect/", ListOptions::default()).await.expect("list");
+    assert_eq!(
+        end - start,
+        WRITES as i64,
+        "one revision per acknowledged create, no more"
+    );
+    let list = store
+        .list(b"/reconnect/", ListOptions::default())
+        .await
+        .expect("list");
     assert_eq!(list.kvs.len(), WRITES);
     for kv in &list.kvs {
-        assert_eq!(kv.version, 1, "{} written more than once", String::from_utf8_lossy(&kv.key));
+        assert_eq!(
+            kv.version,
+            1,
+            "{} written more than once",
+            String::from_utf8_lossy(&kv.key)
+        );
     }
 
     // The log replays every create once, in revision order.
-    let mut watch = store.watch_prefix(b"/reconnect/", start + 1, false).await.expect("watch");
+    let mut watch = store
+        .watch_prefix(b"/reconnect/", start + 1, false)
+        .await
+        .expect("watch");
     let mut next = start + 1;
     while next <= end {
         let resp = tokio::time::timeout(Duration::from_secs(10), watch.next())
@@ -95,7 +118,9 @@ async fn postgres_writes_survive_killed_connections() {
     let db = db_name(&endpoint);
     let admin_url =
         std::env::var("RK3S_TEST_POSTGRES").unwrap_or_else(|_| testing::DEFAULT_POSTGRES.into());
-    let admin = sqlx::PgPool::connect(&admin_url).await.expect("admin connection to Postgres");
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("admin connection to Postgres");
     write_through_kills(endpoint, move || {
         let admin = admin.clone();
         let db = db.clone();
@@ -120,21 +145,31 @@ async fn mysql_writes_survive_killed_connections() {
     let db = db_name(&endpoint);
     let admin_url =
         std::env::var("RK3S_TEST_MYSQL").unwrap_or_else(|_| testing::DEFAULT_MYSQL.into());
-    let admin = sqlx::MySqlPool::connect(&admin_url).await.expect("admin connection to MariaDB");
+    let admin = sqlx::MySqlPool::connect(&admin_url)
+        .await
+        .expect("admin connection to MariaDB");
     write_through_kills(endpoint, move || {
         let admin = admin.clone();
         let db = db.clone();
         async move {
-            let ids = sqlx::query("SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ?")
-                .bind(db)
-                .fetch_all(&admin)
-                .await
-                .unwrap_or_default();
+            let ids = sqlx::query(
+                "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ?",
+            )
+            .bind(db)
+            .fetch_all(&admin)
+            .await
+            .unwrap_or_default();
             let mut killed = 0;
             for row in ids {
-                let Ok(id) = row.try_get::<i64, _>(0) else { continue };
+                let Ok(id) = row.try_get::<i64, _>(0) else {
+                    continue;
+                };
                 // The session may have ended by itself meanwhile.
-                if sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}"))).execute(&admin).await.is_ok() {
+                if sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                    .execute(&admin)
+                    .await
+                    .is_ok()
+                {
                     killed += 1;
                 }
             }

@@ -198,7 +198,7 @@ pub fn load_config(args: &Args) -> Result<ServerConfig, RunError> {
                 .map(|_| "datastore-endpoint".into()),
         )
         .merge(Env::prefixed("RK3S_").filter_map(|key| {
-            let key = key.as_str().replace('_', "-");
+            let key = key.as_str().to_ascii_lowercase().replace('_', "-");
             KEYS.contains(&key.as_str()).then(|| key.into())
         }))
         .merge(Serialized::defaults(args))

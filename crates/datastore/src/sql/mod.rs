@@ -123,7 +123,6 @@ impl Shared {
 impl SqlBackend {
     /// Connects (creating the database if it does not exist), migrates the schema and starts
     /// the writer, hub, compactor and lease tasks.
-    #[tracing::instrument(skip_all, fields(endpoint = %endpoint))]
     pub(crate) async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = match endpoint {
