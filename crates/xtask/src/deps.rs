@@ -32,6 +32,8 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "etcdctl, which the etcd-endpoint tests drive",
     ),
     ("sqlite3", "the sqlite3 shell, to look into SQLite stores"),
+    ("curl", "HTTP checks of the apiserver tests"),
+    ("kubectl", "the first client of the apiserver tests"),
     (
         "containerd",
         "the container runtime the kubelet drives over CRI",

@@ -1,9 +1,86 @@
-//! `rk3s-apiserver`: not built yet (issue #3).
+//! `rk3s-apiserver`: the Kubernetes API server of rk3s, alone.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "{}: this component is not implemented yet (tracked by issue #3)",
-        rk3s_apiserver::COMPONENT
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Yaml};
+
+/// Flags, as K3s names them. Unset flags fall back to the config file, then the environment
+/// (`RK3S_*`), then the defaults.
+#[derive(Debug, Parser, serde::Serialize)]
+#[command(
+    name = "rk3s-apiserver",
+    version,
+    about = "The Kubernetes API server of rk3s"
+)]
+struct Args {
+    /// YAML config file with the same keys as the flags.
+    #[arg(long, default_value = "/etc/rk3s/config.yaml")]
+    #[serde(skip)]
+    config: PathBuf,
+    /// Address to listen on (127.0.0.1 by default: the API is not authenticated yet).
+    #[arg(long)]
+    #[serde(rename = "bind-address", skip_serializing_if = "Option::is_none")]
+    bind_address: Option<std::net::IpAddr>,
+    /// HTTPS port.
+    #[arg(long)]
+    #[serde(rename = "https-listen-port", skip_serializing_if = "Option::is_none")]
+    https_listen_port: Option<u16>,
+    /// Data directory (`server/tls`, `server/db` live here).
+    #[arg(long)]
+    #[serde(rename = "data-dir", skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// IPv4 range Service cluster IPs come from.
+    #[arg(long)]
+    #[serde(rename = "service-cidr", skip_serializing_if = "Option::is_none")]
+    service_cidr: Option<String>,
+    /// Datastore URL: sqlite://, postgres://, mysql:// or http(s):// for etcd.
+    #[arg(long)]
+    #[serde(rename = "datastore-endpoint", skip_serializing_if = "Option::is_none")]
+    datastore_endpoint: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut figment = Figment::from(Serialized::defaults(rk3s_apiserver::Config::default()));
+    if args.config.exists() {
+        figment = figment.merge(Yaml::file(&args.config));
+    }
+    let config: rk3s_apiserver::Config = figment
+        .merge(Env::prefixed("RK3S_").map(|k| k.as_str().replace('_', "-").into()))
+        .merge(Serialized::defaults(&args))
+        .extract()
+        .context("reading the configuration")?;
+    config.validate().context("checking the configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime
+        .block_on(rk3s_apiserver::run(config, shutdown_signal()))
+        .context("running the apiserver")
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd sends).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

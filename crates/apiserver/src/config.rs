@@ -1,0 +1,121 @@
+//! [`Config`]: the apiserver's settings, with the names of the K3s flags.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Configuration of the apiserver. The datastore settings (`data-dir`, `datastore-endpoint`,
+/// ...) are flattened in, so one YAML file or flag set configures both.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Address the HTTPS listener binds. Defaults to 127.0.0.1: until authentication lands
+    /// (issue #4) the API is open to whoever can reach it.
+    pub bind_address: IpAddr,
+    /// Port of the HTTPS listener.
+    pub https_listen_port: u16,
+    /// The range Service cluster IPs come from (IPv4).
+    pub service_cidr: String,
+    /// The datastore, including `data-dir`.
+    #[serde(flatten)]
+    pub datastore: rk3s_datastore::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            https_listen_port: 6443,
+            service_cidr: "10.43.0.0/16".into(),
+            datastore: rk3s_datastore::Config::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Where rk3s keeps its state.
+    pub fn data_dir(&self) -> &Path {
+        &self.datastore.data_dir
+    }
+
+    /// Where the serving certificate and its CA live: `<data-dir>/server/tls`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir().join("server").join("tls")
+    }
+
+    /// The socket address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.https_listen_port)
+    }
+
+    /// Checks the values without touching anything.
+    pub fn validate(&self) -> Result<()> {
+        self.datastore
+            .validate()
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        self.service_cidr
+            .parse::<crate::services::ServiceCidr>()
+            .map_err(|e| Error::InvalidConfig(format!("service-cidr: {e}")))?;
+        if self.data_dir().as_os_str().is_empty() {
+            return Err(Error::InvalidConfig("data-dir: must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_k3s_defaults() {
+        let c = Config::default();
+        assert_eq!(c.listen_addr().to_string(), "127.0.0.1:6443");
+        assert_eq!(c.data_dir(), Path::new("/var/lib/rk3s"));
+        assert_eq!(c.tls_dir(), Path::new("/var/lib/rk3s/server/tls"));
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn reads_kebab_case_with_datastore_flattened() {
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "bind-address": "0.0.0.0",
+            "https-listen-port": 7443,
+            "data-dir": "/tmp/x",
+            "datastore-endpoint": "sqlite:///tmp/x/state.db",
+        }))
+        .expect("config parses");
+        assert_eq!(c.listen_addr().to_string(), "0.0.0.0:7443");
+        assert_eq!(c.data_dir(), Path::new("/tmp/x"));
+        assert_eq!(
+            c.datastore.datastore_endpoint.as_deref(),
+            Some("sqlite:///tmp/x/state.db")
+        );
+    }
+
+    #[test]
+    fn keys_of_other_components_are_ignored() {
+        // One K3s-style config file configures every component.
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "node-name": "n1",
+            "cluster-cidr": "10.42.0.0/16",
+            "service-cidr": "10.45.0.0/16",
+        }))
+        .expect("config parses");
+        assert_eq!(c.service_cidr, "10.45.0.0/16");
+        let bad = Config {
+            service_cidr: "10.45.0.0".into(),
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn validation_reports_datastore_errors() {
+        let mut c = Config::default();
+        c.datastore.datastore_endpoint = Some("ftp://nope".into());
+        let err = c.validate().expect_err("bad endpoint");
+        assert!(err.to_string().contains("ftp"), "{err}");
+    }
+}

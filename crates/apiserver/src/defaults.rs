@@ -1,0 +1,385 @@
+//! Defaulting: the values upstream's `SetDefaults_*` functions (and the defaulting admission
+//! plugins that every cluster runs: ServiceAccount, DefaultTolerationSeconds, Priority) fill in,
+//! applied to every object a client writes. Idempotent: defaulting a defaulted object changes
+//! nothing.
+
+use serde_json::{Map, Value, json};
+
+use crate::registry::ResourceInfo;
+
+/// Sets `key` in `obj` when it is absent or null.
+fn default(obj: &mut Map<String, Value>, key: &str, value: Value) {
+    match obj.get(key) {
+        None | Some(Value::Null) => {
+            obj.insert(key.to_string(), value);
+        }
+        Some(_) => {}
+    }
+}
+
+/// The object at `key` in `obj`, created empty if absent.
+fn child<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+    let v = obj
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if v.is_null() {
+        *v = Value::Object(Map::new());
+    }
+    v.as_object_mut()
+}
+
+/// The object at `key`, only if present.
+fn existing<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+    obj.get_mut(key).and_then(Value::as_object_mut)
+}
+
+fn each<'a>(
+    obj: &'a mut Map<String, Value>,
+    key: &str,
+) -> impl Iterator<Item = &'a mut Map<String, Value>> {
+    obj.get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flat_map(|a| a.iter_mut())
+        .filter_map(Value::as_object_mut)
+}
+
+/// Applies the defaults of `info`'s kind to `obj`. `creating` adds what admission adds on
+/// create only (pod tolerations, service account).
+pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
+    let Some(o) = obj.as_object_mut() else { return };
+    match (info.group, info.kind) {
+        ("", "Pod") => {
+            if let Some(spec) = child(o, "spec") {
+                pod_spec(spec);
+                if creating {
+                    pod_admission(spec);
+                }
+            }
+        }
+        ("", "PodTemplate") => {
+            if let Some(t) = existing(o, "template") {
+                pod_template(t);
+            }
+        }
+        ("", "ReplicationController") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "minReadySeconds", json!(0));
+                if let Some(t) = existing(spec, "template") {
+                    pod_template(t);
+                }
+            }
+        }
+        ("", "Service") => {
+            if let Some(spec) = child(o, "spec") {
+                service_spec(spec);
+            }
+        }
+        ("", "Secret") => default(o, "type", json!("Opaque")),
+        ("", "PersistentVolumeClaim") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "volumeMode", json!("Filesystem"));
+            }
+        }
+        ("", "PersistentVolume") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+                default(spec, "volumeMode", json!("Filesystem"));
+            }
+        }
+        ("apps", "Deployment") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "revisionHistoryLimit", json!(10));
+                default(spec, "progressDeadlineSeconds", json!(600));
+                if let Some(strategy) = child(spec, "strategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+                        && let Some(ru) = child(strategy, "rollingUpdate")
+                    {
+                        default(ru, "maxUnavailable", json!("25%"));
+                        default(ru, "maxSurge", json!("25%"));
+                    }
+                }
+                if let Some(t) = existing(spec, "template") {
+                    pod_template(t);
+                }
+            }
+        }
+        ("apps", "ReplicaSet") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "replicas", json!(1));
+                if let Some(t) = existing(spec, "template") {
+                    pod_template(t);
+                }
+            }
+        }
+        ("apps", "StatefulSet") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "podManagementPolicy", json!("OrderedReady"));
+                default(spec, "revisionHistoryLimit", json!(10));
+                if let Some(us) = child(spec, "updateStrategy") {
+                    default(us, "type", json!("RollingUpdate"));
+                    if us.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+                        && let Some(ru) = child(us, "rollingUpdate")
+                    {
+                        default(ru, "partition", json!(0));
+                    }
+                }
+                if let Some(p) = child(spec, "persistentVolumeClaimRetentionPolicy") {
+                    default(p, "whenDeleted", json!("Retain"));
+                    default(p, "whenScaled", json!("Retain"));
+                }
+                if let Some(t) = existing(spec, "template") {
+                    pod_template(t);
+                }
+            }
+        }
+        ("apps", "DaemonSet") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "revisionHistoryLimit", json!(10));
+                if let Some(us) = child(spec, "updateStrategy") {
+                    default(us, "type", json!("RollingUpdate"));
+                    if us.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+                        && let Some(ru) = child(us, "rollingUpdate")
+                    {
+                        default(ru, "maxUnavailable", json!(1));
+                        default(ru, "maxSurge", json!(0));
+                    }
+                }
+                if let Some(t) = existing(spec, "template") {
+                    pod_template(t);
+                }
+            }
+        }
+        ("batch", "Job") => {
+            if let Some(spec) = child(o, "spec") {
+                job_spec(spec);
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "concurrencyPolicy", json!("Allow"));
+                default(spec, "suspend", json!(false));
+                default(spec, "successfulJobsHistoryLimit", json!(3));
+                default(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(jt) = existing(spec, "jobTemplate")
+                    && let Some(js) = child(jt, "spec")
+                {
+                    job_spec(js);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn job_spec(spec: &mut Map<String, Value>) {
+    if spec.get("completions").is_none_or(Value::is_null)
+        && spec.get("parallelism").is_none_or(Value::is_null)
+    {
+        spec.insert("completions".into(), json!(1));
+        spec.insert("parallelism".into(), json!(1));
+    }
+    default(spec, "parallelism", json!(1));
+    default(spec, "backoffLimit", json!(6));
+    default(spec, "completionMode", json!("NonIndexed"));
+    default(spec, "suspend", json!(false));
+    default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    if let Some(t) = existing(spec, "template") {
+        pod_template(t);
+    }
+}
+
+fn pod_template(t: &mut Map<String, Value>) {
+    if let Some(spec) = child(t, "spec") {
+        pod_spec(spec);
+    }
+}
+
+/// `SetDefaults_PodSpec` and the container, probe and volume defaults under it.
+fn pod_spec(spec: &mut Map<String, Value>) {
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "enableServiceLinks", json!(true));
+    for key in ["containers", "initContainers", "ephemeralContainers"] {
+        for c in each(spec, key) {
+            container(c);
+        }
+    }
+    for v in each(spec, "volumes") {
+        for (kind, mode) in [
+            ("configMap", 420),
+            ("secret", 420),
+            ("projected", 420),
+            ("downwardAPI", 420),
+        ] {
+            if let Some(src) = existing(v, kind) {
+                default(src, "defaultMode", json!(mode));
+            }
+        }
+    }
+}
+
+fn container(c: &mut Map<String, Value>) {
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    default(c, "imagePullPolicy", json!(pull_policy(&image)));
+    default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    default(c, "terminationMessagePolicy", json!("File"));
+    default(c, "resources", json!({}));
+    for p in each(c, "ports") {
+        default(p, "protocol", json!("TCP"));
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = existing(c, probe) {
+            default(p, "timeoutSeconds", json!(1));
+            default(p, "periodSeconds", json!(10));
+            default(p, "successThreshold", json!(1));
+            default(p, "failureThreshold", json!(3));
+        }
+    }
+    for e in each(c, "env") {
+        if let Some(vf) = existing(e, "valueFrom")
+            && let Some(fr) = existing(vf, "fieldRef")
+        {
+            default(fr, "apiVersion", json!("v1"));
+        }
+    }
+}
+
+/// `Always` for `:latest` or untagged images, else `IfNotPresent`, as upstream.
+pub(crate) fn pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+/// What the admission plugins every cluster runs add to a new pod.
+fn pod_admission(spec: &mut Map<String, Value>) {
+    // ServiceAccount: the namespace's default account.
+    default(spec, "serviceAccountName", json!("default"));
+    let sa = spec
+        .get("serviceAccountName")
+        .cloned()
+        .unwrap_or(Value::Null);
+    default(spec, "serviceAccount", sa);
+    // Priority.
+    default(spec, "priority", json!(0));
+    default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    // DefaultTolerationSeconds: tolerate not-ready and unreachable nodes for 5 minutes.
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(list) = tolerations.as_array_mut() {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let has = list.iter().any(|t| {
+                t.get("key").and_then(Value::as_str) == Some(key)
+                    || (t.get("key").is_none()
+                        && t.get("operator").and_then(Value::as_str) == Some("Exists"))
+            });
+            if !has {
+                list.push(json!({
+                    "key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300,
+                }));
+            }
+        }
+    }
+}
+
+fn service_spec(spec: &mut Map<String, Value>) {
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if ty != "ExternalName" {
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if ty == "LoadBalancer" {
+        default(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+    for p in each(spec, "ports") {
+        default(p, "protocol", json!("TCP"));
+        if let Some(port) = p.get("port").cloned() {
+            default(p, "targetPort", port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::REGISTRY;
+
+    #[test]
+    fn pull_policies() {
+        assert_eq!(pull_policy("busybox"), "Always");
+        assert_eq!(pull_policy("busybox:latest"), "Always");
+        assert_eq!(pull_policy("busybox:1.36"), "IfNotPresent");
+        assert_eq!(pull_policy("registry:5000/busybox"), "Always");
+        assert_eq!(pull_policy("registry:5000/busybox:1"), "IfNotPresent");
+        assert_eq!(pull_policy("busybox@sha256:abc"), "IfNotPresent");
+    }
+
+    #[test]
+    fn deployment_defaults_reach_the_pod_template_and_are_idempotent() {
+        let info = REGISTRY
+            .find("apps", "v1", "deployments")
+            .expect("deployments");
+        let mut d = json!({"spec": {"selector": {}, "template": {"spec": {"containers": [
+            {"name": "c", "image": "busybox:1.36", "ports": [{"containerPort": 80}]}]}}}});
+        apply(info, &mut d, true);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Always");
+        assert_eq!(pod["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(pod["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert!(
+            pod.get("tolerations").is_none(),
+            "admission defaults are for pods only"
+        );
+        let again = {
+            let mut x = d.clone();
+            apply(info, &mut x, true);
+            x
+        };
+        assert_eq!(again, d);
+    }
+
+    #[test]
+    fn pod_admission_and_service_defaults() {
+        let pods = REGISTRY.find("", "v1", "pods").expect("pods");
+        let mut p = json!({"spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+        apply(pods, &mut p, true);
+        assert_eq!(p["spec"]["serviceAccountName"], "default");
+        assert_eq!(p["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+        assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        let svcs = REGISTRY.find("", "v1", "services").expect("services");
+        let mut s = json!({"spec": {"ports": [{"port": 80}]}});
+        apply(svcs, &mut s, true);
+        assert_eq!(s["spec"]["type"], "ClusterIP");
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(s["spec"]["sessionAffinity"], "None");
+    }
+}

@@ -1,0 +1,285 @@
+//! Discovery: `/api`, `/apis`, `/apis/<group>`, the per-group-version `APIResourceList`s, and
+//! aggregated discovery (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`) on `/api` and
+//! `/apis`, which kubectl 1.32 asks for first.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::registry::{GroupVersion, REGISTRY, ResourceInfo, SCALE_VERBS, STATUS_VERBS};
+use crate::rest::json_response;
+use crate::server::AppState;
+use crate::status::ApiError;
+
+/// The aggregated discovery version a client accepts (`v2` or `v2beta1`), if any.
+fn aggregated_version(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    for entry in accept.split(',') {
+        let params: Vec<&str> = entry.split(';').map(str::trim).collect();
+        if params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"as=APIGroupDiscoveryList")
+        {
+            if params.contains(&"v=v2") {
+                return Some("v2");
+            }
+            if params.contains(&"v=v2beta1") {
+                return Some("v2beta1");
+            }
+        }
+    }
+    None
+}
+
+fn aggregated_response(version: &str, groups: Vec<Value>) -> Response {
+    let body = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": groups,
+    });
+    let ct = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::VARY, "Accept".to_string()),
+        ],
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn with_vary(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::VARY, header::HeaderValue::from_static("Accept"));
+    r
+}
+
+/// `/api`.
+pub(crate) fn api_versions(state: &AppState, headers: &HeaderMap) -> Response {
+    if let Some(v) = aggregated_version(headers) {
+        let core = REGISTRY.groups.iter().filter(|g| g.group.is_empty());
+        return aggregated_response(v, core.map(aggregated_group).collect());
+    }
+    with_vary(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                { "clientCIDR": "0.0.0.0/0", "serverAddress": state.server_address },
+            ],
+        }),
+    ))
+}
+
+fn group_versions(g: &GroupVersion) -> Value {
+    json!({ "groupVersion": g.group_version(), "version": g.version })
+}
+
+fn api_group_json(group: &str) -> Option<Value> {
+    let versions: Vec<&GroupVersion> = REGISTRY
+        .groups
+        .iter()
+        .filter(|g| g.group == group)
+        .collect();
+    let preferred = versions.first()?;
+    Some(json!({
+        "name": group,
+        "versions": versions.iter().map(|g| group_versions(g)).collect::<Vec<_>>(),
+        "preferredVersion": group_versions(preferred),
+    }))
+}
+
+/// `/apis`.
+pub(crate) fn api_groups(headers: &HeaderMap) -> Response {
+    if let Some(v) = aggregated_version(headers) {
+        return aggregated_response(v, REGISTRY.named_groups().map(aggregated_group).collect());
+    }
+    let mut seen = Vec::new();
+    let groups: Vec<Value> = REGISTRY
+        .named_groups()
+        .filter(|g| {
+            let new = !seen.contains(&g.group);
+            seen.push(g.group);
+            new
+        })
+        .filter_map(|g| api_group_json(g.group))
+        .collect();
+    with_vary(json_response(
+        StatusCode::OK,
+        &json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }),
+    ))
+}
+
+/// `/apis/<group>`.
+pub(crate) fn api_group(group: &str) -> Response {
+    match api_group_json(group) {
+        Some(mut g) => {
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            json_response(StatusCode::OK, &g)
+        }
+        None => ApiError::no_route().into_response(),
+    }
+}
+
+fn resource_entry(r: &ResourceInfo) -> Value {
+    let mut e = json!({
+        "name": r.plural,
+        "singularName": r.singular,
+        "namespaced": r.namespaced,
+        "kind": r.kind,
+        "verbs": r.verbs,
+    });
+    if !r.short_names.is_empty() {
+        e["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        e["categories"] = json!(r.categories);
+    }
+    e
+}
+
+/// `/api/v1`, `/apis/<group>/<version>`.
+pub(crate) fn resource_list(group: &str, version: &str) -> Response {
+    let Some(gv) = REGISTRY.group_version(group, version) else {
+        return ApiError::no_route().into_response();
+    };
+    let mut resources = Vec::new();
+    for r in &gv.resources {
+        resources.push(resource_entry(r));
+        if r.status_subresource {
+            resources.push(json!({
+                "name": format!("{}/status", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": STATUS_VERBS,
+            }));
+        }
+        if r.group.is_empty() && r.kind == "Pod" {
+            resources.push(json!({
+                "name": "pods/binding",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+        }
+        if r.scale_subresource {
+            resources.push(json!({
+                "name": format!("{}/scale", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": SCALE_VERBS,
+            }));
+        }
+    }
+    let mut body = json!({
+        "kind": "APIResourceList",
+        "groupVersion": gv.group_version(),
+        "resources": resources,
+    });
+    if !group.is_empty() {
+        body["apiVersion"] = json!("v1");
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// One `APIGroupDiscovery`: the group with its versions and their resources.
+fn aggregated_group(g: &GroupVersion) -> Value {
+    let resources: Vec<Value> = g
+        .resources
+        .iter()
+        .map(|r| {
+            let kind = json!({ "group": r.group, "version": r.version, "kind": r.kind });
+            let mut e = json!({
+                "resource": r.plural,
+                "responseKind": kind,
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": r.verbs,
+            });
+            if !r.short_names.is_empty() {
+                e["shortNames"] = json!(r.short_names);
+            }
+            if !r.categories.is_empty() {
+                e["categories"] = json!(r.categories);
+            }
+            let mut subs = Vec::new();
+            if r.status_subresource {
+                subs.push(json!({
+                    "subresource": "status",
+                    "responseKind": kind,
+                    "verbs": STATUS_VERBS,
+                }));
+            }
+            if r.scale_subresource {
+                subs.push(json!({
+                    "subresource": "scale",
+                    "responseKind": { "group": "autoscaling", "version": "v1", "kind": "Scale" },
+                    "verbs": SCALE_VERBS,
+                }));
+            }
+            if r.group.is_empty() && r.kind == "Pod" {
+                subs.push(json!({
+                    "subresource": "binding",
+                    "responseKind": { "group": "", "version": "v1", "kind": "Binding" },
+                    "verbs": ["create"],
+                }));
+            }
+            if !subs.is_empty() {
+                e["subresources"] = json!(subs);
+            }
+            e
+        })
+        .collect();
+    let mut meta = json!({ "creationTimestamp": null });
+    if !g.group.is_empty() {
+        meta["name"] = json!(g.group);
+    }
+    json!({
+        "metadata": meta,
+        "versions": [{ "version": g.version, "resources": resources, "freshness": "Current" }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn picks_aggregated_version_from_kubectl_accept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json",
+        ));
+        assert_eq!(aggregated_version(&h), Some("v2"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, */*"),
+        );
+        assert_eq!(aggregated_version(&h), None);
+    }
+
+    #[test]
+    fn aggregated_groups_carry_resources() {
+        let apps = REGISTRY.group_version("apps", "v1").expect("apps/v1");
+        let g = aggregated_group(apps);
+        assert_eq!(g["metadata"]["name"], "apps");
+        let deploy = &g["versions"][0]["resources"][0];
+        assert_eq!(deploy["resource"], "deployments");
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(deploy["shortNames"][0], "deploy");
+        assert_eq!(deploy["subresources"][0]["subresource"], "status");
+    }
+}

@@ -1,0 +1,1225 @@
+//! The verbs: get, list, create, update, patch, delete, deletecollection.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use base64::Engine as _;
+use rk3s_datastore::{ListOptions, WriteOutcome};
+use serde_json::{Value, json};
+
+use super::object::{
+    FieldValidation, check_type, decode_stored, encode_for_store, labels, meta_str, metadata_mut,
+    new_uid, request_resource_version, set_resource_version, spec_part, typed_roundtrip_checked,
+};
+use super::{Query, Target, flag, ok};
+use crate::registry::{REGISTRY, ResourceInfo};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::server::AppState;
+use crate::status::{ApiError, Cause};
+use crate::validation::validate_name;
+
+/// How often a write retries after losing a race on an unconditional update or delete.
+const MAX_RETRIES: usize = 16;
+
+/// Everything a verb handler needs about the request.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) state: &'a AppState,
+    pub(crate) target: &'a Target,
+    pub(crate) query: &'a Query,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn info(&self) -> &'static ResourceInfo {
+        self.target.info
+    }
+    pub(crate) fn ns(&self) -> Option<&str> {
+        self.target.namespace.as_deref()
+    }
+    pub(crate) fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+}
+
+/// Whether the request is for a served `scale` subresource.
+fn is_scale(target: &Target) -> bool {
+    target.subresource.as_deref() == Some("scale") && target.info.scale_subresource
+}
+
+/// Rejects subresources other than a served `status`.
+fn check_subresource(target: &Target) -> Result<bool, ApiError> {
+    match target.subresource.as_deref() {
+        None => Ok(false),
+        Some("status") if target.info.status_subresource => Ok(true),
+        Some(_) => Err(ApiError::no_route()),
+    }
+}
+
+/// The request body as JSON, checking its media type.
+pub(crate) fn body_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    if !(ct.is_empty() || ct == "application/json" || ct == "*/*") {
+        return Err(ApiError::unsupported_media_type(&ct));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+/// The media type of the body, without parameters.
+pub(crate) fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The object or its Table form, as the client asked.
+fn respond_object(ctx: Ctx<'_>, code: StatusCode, obj: &Value) -> Result<Response, ApiError> {
+    respond_with_warnings(ctx, code, obj, &[])
+}
+
+/// Like [`respond_object`], with `Warning` headers (as upstream: `299 - "text"`).
+fn respond_with_warnings(
+    ctx: Ctx<'_>,
+    code: StatusCode,
+    obj: &Value,
+    warnings: &[String],
+) -> Result<Response, ApiError> {
+    let mut resp = if super::table::wants_table(ctx.headers) {
+        let rv = meta_str(obj, "resourceVersion").to_string();
+        let table = super::table::to_table(ctx.info(), std::slice::from_ref(obj), &rv, ctx.query);
+        ok(code, &table)?
+    } else {
+        ok(code, obj)?
+    };
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(w.clone()));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// get, list
+
+pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    let Some(name) = ctx.target.name.as_deref() else {
+        if ctx.target.subresource.is_some() {
+            return Err(ApiError::no_route());
+        }
+        if ctx.target.watch_path || flag(ctx.query, "watch") {
+            return super::watch::serve(ctx).await;
+        }
+        return list(ctx).await;
+    };
+    if is_scale(ctx.target) {
+        return super::scale::get(ctx, name).await;
+    }
+    check_subresource(ctx.target)?;
+    let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
+    let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+    let obj = decode_stored(&kv)?;
+    respond_object(ctx, StatusCode::OK, &obj)
+}
+
+/// The parsed selectors of a list or watch.
+pub(crate) struct Selectors {
+    pub(crate) labels: LabelSelector,
+    pub(crate) fields: FieldSelector,
+}
+
+impl Selectors {
+    pub(crate) fn from_query(info: &ResourceInfo, q: &Query) -> Result<Self, ApiError> {
+        let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(
+            q.get("fieldSelector").map_or("", String::as_str),
+            info.fields,
+        )
+        .map_err(ApiError::bad_request)?;
+        Ok(Selectors { labels, fields })
+    }
+
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
+        (self.labels.is_empty() || self.labels.matches(&labels(obj)))
+            && (self.fields.is_empty() || self.fields.matches(obj))
+    }
+}
+
+/// What a continue token carries: the list's revision and the last key returned, relative to
+/// the list's prefix.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: i64,
+    start: String,
+}
+
+const TOKEN_VERSION: &str = "meta.k8s.io/v1";
+
+fn encode_continue(rv: i64, relative_key: &str) -> String {
+    let token = ContinueToken {
+        v: TOKEN_VERSION.into(),
+        rv,
+        start: relative_key.to_string(),
+    };
+    base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
+    let bad = |why: &str| ApiError::bad_request(format!("continue key is not valid: {why}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(token))
+        .map_err(|_| bad("not base64"))?;
+    let t: ContinueToken =
+        serde_json::from_slice(&bytes).map_err(|_| bad("not a continue token"))?;
+    if t.v != TOKEN_VERSION {
+        return Err(bad("unknown version"));
+    }
+    if t.rv <= 0 || t.start.is_empty() || t.start.starts_with('/') || t.start.contains("..") {
+        return Err(bad("malformed"));
+    }
+    Ok((t.rv, t.start))
+}
+
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a \
+    consistent list result. You can start a new list without the continue parameter, or use \
+    the continue token in this response to retrieve the remainder of the results. Continuing \
+    with the provided token results in an inconsistent list - objects that were created, \
+    modified, or deleted between the time the first chunk was returned and now may show up in \
+    the list.";
+
+/// Lists matching objects. Returns the items (with `resourceVersion`), the revision read at
+/// and the continue token, if more remain.
+pub(crate) async fn list_items(
+    state: &AppState,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    selectors: &Selectors,
+    q: &Query,
+) -> Result<(Vec<Value>, i64, Option<String>), ApiError> {
+    let prefix = info.prefix(namespace);
+    let limit: i64 = match q.get("limit").map(String::as_str) {
+        None | Some("") => 0,
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
+            .max(0),
+    };
+    let mut revision = 0;
+    let mut after: Option<Vec<u8>> = None;
+    let continuing = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let (rv, start) = decode_continue(token)?;
+            revision = rv;
+            let mut key = prefix.clone();
+            key.extend_from_slice(start.as_bytes());
+            after = Some(key);
+            true
+        }
+        None => false,
+    };
+    if !continuing && q.get("resourceVersionMatch").is_some_and(|m| m == "Exact") {
+        revision = q
+            .get("resourceVersion")
+            .and_then(|rv| rv.parse().ok())
+            .filter(|rv: &i64| *rv > 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "resourceVersionMatch=Exact needs a resourceVersion greater than 0",
+                )
+            })?;
+    }
+    let mut items = Vec::new();
+    // A field selector that pins the name reads one key instead of the whole prefix.
+    if let (Some(name), false) = (selectors.fields.exact_name(), continuing)
+        && (namespace.is_some() || !info.namespaced)
+    {
+        let (rev, kv) = state
+            .store
+            .get(&info.key(namespace, name), revision)
+            .await?;
+        if let Some(kv) = kv {
+            let obj = decode_stored(&kv)?;
+            if selectors.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        return Ok((items, if revision > 0 { revision } else { rev }, None));
+    }
+    loop {
+        let resp = state
+            .store
+            .list(
+                &prefix,
+                ListOptions {
+                    revision,
+                    limit,
+                    continue_after: after.clone(),
+                    ..ListOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                rk3s_datastore::Error::Compacted { .. } if continuing => {
+                    ApiError::expired(CONTINUE_EXPIRED)
+                }
+                other => other.into(),
+            })?;
+        // A read at a given revision reports the store's current one: keep the list's.
+        if revision == 0 {
+            revision = resp.revision;
+        }
+        let page_len = resp.kvs.len();
+        for (i, kv) in resp.kvs.iter().enumerate() {
+            after = Some(kv.key.clone());
+            let obj = decode_stored(kv)?;
+            if selectors.matches(&obj) {
+                items.push(obj);
+            }
+            if limit > 0 && items.len() as i64 >= limit {
+                let more = i + 1 < page_len || resp.more;
+                let token = more.then(|| {
+                    encode_continue(revision, &String::from_utf8_lossy(&kv.key[prefix.len()..]))
+                });
+                return Ok((items, revision, token));
+            }
+        }
+        if !resp.more || page_len == 0 {
+            return Ok((items, revision, None));
+        }
+    }
+}
+
+async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    let selectors = Selectors::from_query(info, ctx.query)?;
+    let (items, revision, token) =
+        list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    if super::table::wants_table(ctx.headers) {
+        let mut table = super::table::to_table(info, &items, &revision.to_string(), ctx.query);
+        if let Some(t) = token {
+            table["metadata"]["continue"] = json!(t);
+        }
+        return ok(StatusCode::OK, &table);
+    }
+    let mut meta = json!({ "resourceVersion": revision.to_string() });
+    if let Some(t) = token {
+        meta["continue"] = json!(t);
+    }
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|mut o| {
+            if let Some(m) = o.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            o
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        &json!({
+            "kind": info.list_kind,
+            "apiVersion": info.api_version(),
+            "metadata": meta,
+            "items": items,
+        }),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// create
+
+pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    if let (Some(name), Some("binding")) = (
+        ctx.target.name.as_deref(),
+        ctx.target.subresource.as_deref(),
+    ) && is_pod(info)
+    {
+        return bind(ctx, name, body).await;
+    }
+    if ctx.target.name.is_some() || ctx.target.subresource.is_some() {
+        return Err(ApiError::method_not_allowed());
+    }
+    if info.namespaced && ctx.ns().is_none() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let validation = FieldValidation::from_query(ctx.query)?;
+    let obj = body_json(ctx.headers, body)?;
+    let (obj, warnings) =
+        create_object(ctx.state, info, ctx.ns(), obj, ctx.dry_run(), validation).await?;
+    respond_with_warnings(ctx, StatusCode::CREATED, &obj, &warnings)
+}
+
+/// The namespace an object of `info` goes in: the path's, which the body must match.
+fn namespace_of(
+    info: &ResourceInfo,
+    path_ns: Option<&str>,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    let meta =
+        metadata_mut(obj).ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    if !info.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let ns = path_ns.unwrap_or("");
+    match meta.get("namespace").and_then(Value::as_str) {
+        None | Some("") => {
+            meta.insert("namespace".into(), json!(ns));
+        }
+        Some(n) if n == ns => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the \
+                 request",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `ns` exists and is not terminating.
+async fn check_namespace(
+    state: &AppState,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let ns_info = REGISTRY
+        .find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+    let (_, kv) = state.store.get(&ns_info.key(None, ns), 0).await?;
+    let kv = kv.ok_or_else(|| ApiError::not_found(ns_info, ns))?;
+    let ns_obj = decode_stored(&kv)?;
+    if !meta_str(&ns_obj, "deletionTimestamp").is_empty() {
+        return Err(ApiError::forbidden(
+            info,
+            name,
+            &format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates, defaults and stores a new object; returns it as stored, and the warnings about
+/// unknown fields.
+pub(crate) async fn create_object(
+    state: &AppState,
+    info: &ResourceInfo,
+    path_ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+    validation: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    check_type(&mut obj, info)?;
+    let (mut obj, warnings) = typed_roundtrip_checked(obj, info, validation)?;
+    crate::defaults::apply(info, &mut obj, true);
+    namespace_of(info, path_ns, &mut obj)?;
+    let name = meta_str(&obj, "name").to_string();
+    let generate = meta_str(&obj, "generateName").to_string();
+    if name.is_empty() && generate.is_empty() {
+        return Err(ApiError::invalid(
+            info,
+            "",
+            vec![Cause {
+                reason: "FieldValueRequired",
+                message: "Required value: name or generateName is required".into(),
+                field: "metadata.name".into(),
+            }],
+        ));
+    }
+    // Validate the given name, or the generateName prefix (with a stand-in suffix).
+    let checked = if name.is_empty() {
+        format!(
+            "{}a",
+            &generate[..generate
+                .len()
+                .min(crate::validation::GENERATE_NAME_PREFIX_MAX)]
+        )
+    } else {
+        name.clone()
+    };
+    let problems = validate_name(info.name_rule, &checked);
+    if !problems.is_empty() {
+        let (field, shown) = if name.is_empty() {
+            ("metadata.generateName", generate.as_str())
+        } else {
+            ("metadata.name", name.as_str())
+        };
+        let causes = problems
+            .into_iter()
+            .map(|p| Cause {
+                reason: "FieldValueInvalid",
+                message: format!("Invalid value: {shown:?}: {p}"),
+                field: field.into(),
+            })
+            .collect();
+        return Err(ApiError::invalid(info, shown, causes));
+    }
+    if let Some(ns) = path_ns.filter(|_| info.namespaced) {
+        check_namespace(state, info, ns, &name).await?;
+    }
+    set_system_fields(info, &mut obj);
+    // A generated name that collides is generated again, as upstream does.
+    let attempts = if name.is_empty() { 8 } else { 1 };
+    for _ in 0..attempts {
+        let this_name = if name.is_empty() {
+            crate::validation::generate_name(&generate)
+        } else {
+            name.clone()
+        };
+        if let Some(meta) = metadata_mut(&mut obj) {
+            meta.insert("name".into(), json!(this_name));
+        }
+        if dry_run {
+            return Ok((obj, warnings));
+        }
+        let key = info.key(path_ns, &this_name);
+        let outcome = if is_service(info) {
+            crate::services::create(state, info, &key, &mut obj).await?
+        } else {
+            state.store.create(&key, encode_for_store(&obj)?, 0).await?
+        };
+        match outcome {
+            WriteOutcome::Written { revision } => {
+                set_resource_version(&mut obj, revision);
+                tracing::debug!(name = %this_name, revision, "created");
+                return Ok((obj, warnings));
+            }
+            WriteOutcome::Conflict { .. } if attempts > 1 => continue,
+            WriteOutcome::Conflict { .. } => {
+                return Err(ApiError::already_exists(info, &this_name));
+            }
+        }
+    }
+    Err(ApiError::already_exists(info, &generate))
+}
+
+fn is_pod(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.kind == "Pod"
+}
+
+/// `pods/binding`: assigns a pod to a node (what the scheduler does), once. Sets
+/// `spec.nodeName` and the `PodScheduled` condition; answers a `Success` Status.
+async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    let binding = body_json(ctx.headers, body)?;
+    if let Some(n) = binding
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .filter(|n| *n != name)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the binding ({n}) does not match the pod ({name})"
+        )));
+    }
+    let node = binding
+        .get("target")
+        .and_then(|t| t.get("name"))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("a binding needs target.name, the node"))?
+        .to_string();
+    let key = info.key(ctx.ns(), name);
+    guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
+        if !meta_str(old, "deletionTimestamp").is_empty() {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"),
+            ));
+        }
+        let current = old
+            .get("spec")
+            .and_then(|s| s.get("nodeName"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !current.is_empty() {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{current}\""),
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["nodeName"] = json!(node);
+        if !new.get("status").is_some_and(Value::is_object) {
+            new["status"] = json!({});
+        }
+        let mut conditions: Vec<Value> = new["status"]
+            .get("conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+        conditions.push(json!({
+            "type": "PodScheduled",
+            "status": "True",
+            "lastProbeTime": null,
+            "lastTransitionTime": crate::time::now_rfc3339(),
+        }));
+        new["status"]["conditions"] = json!(conditions);
+        Ok(new)
+    })
+    .await?;
+    ok(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "code": 201,
+        }),
+    )
+}
+
+fn is_service(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.kind == "Service"
+}
+
+/// A Job without `manualSelector` selects its pods by its uid, as upstream's job strategy
+/// does: the selector and the template labels are generated.
+fn job_selector(job: &mut serde_json::Map<String, Value>, name: &str) {
+    let uid = job
+        .get("metadata")
+        .and_then(|m| m.get("uid"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let Some(spec) = job.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if spec.get("manualSelector").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    spec.insert(
+        "selector".into(),
+        json!({ "matchLabels": { "batch.kubernetes.io/controller-uid": uid } }),
+    );
+    let template = spec.entry("template").or_insert_with(|| json!({}));
+    if !template.get("metadata").is_some_and(Value::is_object) {
+        template["metadata"] = json!({});
+    }
+    let meta = &mut template["metadata"];
+    if !meta.get("labels").is_some_and(Value::is_object) {
+        meta["labels"] = json!({});
+    }
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", uid.as_str()),
+        ("batch.kubernetes.io/job-name", name),
+        ("controller-uid", uid.as_str()),
+        ("job-name", name),
+    ] {
+        meta["labels"][k] = json!(v);
+    }
+}
+
+/// The fields the server owns on create: uid, creationTimestamp, generation, a reset status,
+/// and the per-kind defaults upstream sets there.
+fn set_system_fields(info: &ResourceInfo, obj: &mut Value) {
+    let name = meta_str(obj, "name").to_string();
+    if let Some(meta) = metadata_mut(obj) {
+        meta.insert("uid".into(), json!(new_uid()));
+        meta.insert(
+            "creationTimestamp".into(),
+            json!(crate::time::now_rfc3339()),
+        );
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(f);
+        }
+        if info.generation {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+        if info.kind == "Namespace" && !name.is_empty() {
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+        }
+    }
+    let Some(o) = obj.as_object_mut() else { return };
+    if info.status_subresource {
+        o.insert("status".into(), json!({}));
+    }
+    match info.kind {
+        "Namespace" => {
+            let spec = o.entry("spec").or_insert_with(|| json!({}));
+            if spec.get("finalizers").is_none() {
+                spec["finalizers"] = json!(["kubernetes"]);
+            }
+            o.insert("status".into(), json!({ "phase": "Active" }));
+        }
+        "Pod" => {
+            o.insert("status".into(), json!({ "phase": "Pending" }));
+        }
+        "Service" => {
+            o.insert("status".into(), json!({ "loadBalancer": {} }));
+        }
+        "Job" if info.group == "batch" => job_selector(o, &name),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// update, patch
+
+/// Reads the object, applies `f` to it and writes the result guarded by the mod revision read,
+/// retrying when another write got in between. `f` sees the current object (with its
+/// `resourceVersion`) and enforces any precondition itself. An unchanged object is not
+/// written. Returns the object as stored.
+pub(crate) async fn guaranteed_update<F>(
+    state: &AppState,
+    info: &ResourceInfo,
+    key: &[u8],
+    name: &str,
+    dry_run: bool,
+    mut f: F,
+) -> Result<Value, ApiError>
+where
+    F: FnMut(&Value) -> Result<Value, ApiError>,
+{
+    for _ in 0..MAX_RETRIES {
+        let (_, kv) = state.store.get(key, 0).await?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+        let old = decode_stored(&kv)?;
+        let mut new = f(&old)?;
+        set_resource_version(&mut new, kv.mod_revision);
+        if new == old || dry_run {
+            return Ok(new);
+        }
+        match state
+            .store
+            .update(key, encode_for_store(&new)?, kv.mod_revision, 0)
+            .await?
+        {
+            WriteOutcome::Written { revision } => {
+                set_resource_version(&mut new, revision);
+                tracing::debug!(name, revision, "updated");
+                // The last finalizer of an object being deleted is gone: delete it now.
+                if !meta_str(&new, "deletionTimestamp").is_empty() && finalizers(&new).is_empty() {
+                    let _ = state.store.delete(key, Some(revision)).await?;
+                }
+                return Ok(new);
+            }
+            WriteOutcome::Conflict { .. } => continue,
+        }
+    }
+    Err(ApiError::conflict(info, name))
+}
+
+fn finalizers(obj: &Value) -> Vec<Value> {
+    obj.get("metadata")
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The object an update of `old` with `req` stores: the system fields of `old` are kept; on the
+/// main resource a status subresource's status is kept; on `/status` only the status changes.
+pub(crate) fn merge_update(
+    info: &ResourceInfo,
+    old: &Value,
+    req: &Value,
+    status_only: bool,
+) -> Result<Value, ApiError> {
+    let name = meta_str(old, "name").to_string();
+    if let Some(rv) = request_resource_version(req)?
+        && meta_str(old, "resourceVersion") != rv.to_string()
+    {
+        return Err(ApiError::conflict(info, &name));
+    }
+    if status_only {
+        let mut new = old.clone();
+        if let Some(o) = new.as_object_mut() {
+            match req.get("status") {
+                Some(s) => o.insert("status".into(), s.clone()),
+                None => o.remove("status"),
+            };
+        }
+        return Ok(new);
+    }
+    let mut new = req.clone();
+    let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    if let Some(meta) = metadata_mut(&mut new) {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
+            match old_meta.get(f) {
+                Some(v) => meta.insert(f.into(), v.clone()),
+                None => meta.remove(f),
+            };
+        }
+        meta.remove("selfLink");
+    }
+    if info.status_subresource
+        && let Some(o) = new.as_object_mut()
+    {
+        match old.get("status") {
+            Some(s) => o.insert("status".into(), s.clone()),
+            None => o.remove("status"),
+        };
+    }
+    if is_service(info) {
+        crate::services::keep_cluster_ip(info, old, &mut new)?;
+    }
+    if info.generation && spec_part(&new) != spec_part(old) {
+        let generation = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            + 1;
+        if let Some(meta) = metadata_mut(&mut new) {
+            meta.insert("generation".into(), json!(generation));
+        }
+    }
+    Ok(new)
+}
+
+pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    let Some(name) = ctx.target.name.as_deref() else {
+        return Err(ApiError::method_not_allowed());
+    };
+    if is_scale(ctx.target) {
+        return super::scale::update(ctx, name, body).await;
+    }
+    let status_only = check_subresource(ctx.target)?;
+    let validation = FieldValidation::from_query(ctx.query)?;
+    let mut req = body_json(ctx.headers, body)?;
+    check_type(&mut req, info)?;
+    let (mut req, warnings) = typed_roundtrip_checked(req, info, validation)?;
+    if !status_only {
+        crate::defaults::apply(info, &mut req, false);
+    }
+    namespace_of(info, ctx.ns(), &mut req)?;
+    match meta_str(&req, "name") {
+        n if n == name => {}
+        "" => {
+            return Err(ApiError::bad_request(
+                "name is required in the request body",
+            ));
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({other}) does not match the name on the URL ({name})"
+            )));
+        }
+    }
+    let key = info.key(ctx.ns(), name);
+    let result = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
+        merge_update(info, old, &req, status_only)
+    })
+    .await;
+    match result {
+        Ok(obj) => respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings),
+        Err(e) if e.code == 404 && info.create_on_update && !status_only => {
+            if let Some(meta) = metadata_mut(&mut req) {
+                meta.remove("resourceVersion");
+            }
+            let (obj, _) = create_object(
+                ctx.state,
+                info,
+                ctx.ns(),
+                req,
+                ctx.dry_run(),
+                FieldValidation::Ignore,
+            )
+            .await?;
+            respond_with_warnings(ctx, StatusCode::CREATED, &obj, &warnings)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    let Some(name) = ctx.target.name.as_deref() else {
+        return Err(ApiError::method_not_allowed());
+    };
+    if is_scale(ctx.target) {
+        return super::scale::patch(ctx, name, body).await;
+    }
+    let status_only = check_subresource(ctx.target)?;
+    let ct = content_type(ctx.headers);
+    let kind = super::patch::PatchKind::from_media_type(&ct)
+        .ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    let validation = FieldValidation::from_query(ctx.query)?;
+    let key = info.key(ctx.ns(), name);
+    let mut warnings = Vec::new();
+    let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
+        let mut patched = super::patch::apply(kind, old, &patch)?;
+        check_type(&mut patched, info)?;
+        let (mut patched, w) = typed_roundtrip_checked(patched, info, validation)?;
+        warnings = w;
+        if !status_only {
+            crate::defaults::apply(info, &mut patched, false);
+        }
+        // Name and namespace come from the stored object; a changed resourceVersion in the
+        // patch is a precondition, checked by merge_update.
+        if let Some(meta) = metadata_mut(&mut patched) {
+            meta.insert("name".into(), json!(name));
+        }
+        namespace_of(info, ctx.ns(), &mut patched)?;
+        merge_update(info, old, &patched, status_only)
+    })
+    .await?;
+    respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings)
+}
+
+// ---------------------------------------------------------------------------------------------
+// delete
+
+/// Namespaces that cannot be deleted, as upstream.
+const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteOptions {
+    #[serde(default)]
+    grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    preconditions: Option<Preconditions>,
+    #[serde(default)]
+    dry_run: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Preconditions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+fn delete_options(ctx: Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let mut opts: DeleteOptions = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    if let Some(g) = ctx.query.get("gracePeriodSeconds") {
+        opts.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
+    }
+    if ctx.dry_run() {
+        opts.dry_run = Some(vec!["All".into()]);
+    }
+    Ok(opts)
+}
+
+pub(crate) async fn delete(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    if ctx.target.subresource.is_some() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let opts = delete_options(ctx, body)?;
+    let Some(name) = ctx.target.name.as_deref() else {
+        return delete_collection(ctx, &opts).await;
+    };
+    let (obj, deleted) = delete_object(ctx.state, info, ctx.ns(), name, &opts).await?;
+    if info.kind == "Pod" || info.kind == "Namespace" || !deleted {
+        return ok(StatusCode::OK, &obj);
+    }
+    let mut details = json!({
+        "name": name,
+        "kind": info.plural,
+        "uid": meta_str(&obj, "uid"),
+    });
+    if !info.group.is_empty() {
+        details["group"] = json!(info.group);
+    }
+    ok(
+        StatusCode::OK,
+        &json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        }),
+    )
+}
+
+/// Deletes one object, or marks it for deletion when finalizers or a pod's graceful
+/// termination hold it. Returns the object's last state and whether it is gone.
+async fn delete_object(
+    state: &AppState,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<(Value, bool), ApiError> {
+    if info.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden(
+            info,
+            name,
+            "this namespace may not be deleted",
+        ));
+    }
+    let dry_run = opts
+        .dry_run
+        .as_ref()
+        .is_some_and(|d| d.iter().any(|x| x == "All"));
+    let key = info.key(ns, name);
+    for _ in 0..MAX_RETRIES {
+        let (_, kv) = state.store.get(&key, 0).await?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+        let mut obj = decode_stored(&kv)?;
+        if let Some(p) = &opts.preconditions {
+            let uid = meta_str(&obj, "uid");
+            if let Some(want) = p.uid.as_deref().filter(|w| *w != uid) {
+                return Err(ApiError {
+                    details: Some(json!({"name": name, "kind": info.plural})),
+                    ..ApiError::new(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {want}, UID in object meta: {uid}",
+                            crate::status::qualified(info)
+                        ),
+                    )
+                });
+            }
+            let rv = meta_str(&obj, "resourceVersion");
+            if let Some(want) = p.resource_version.as_deref().filter(|w| *w != rv) {
+                return Err(ApiError {
+                    details: Some(json!({"name": name, "kind": info.plural})),
+                    ..ApiError::new(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}",
+                            crate::status::qualified(info)
+                        ),
+                    )
+                });
+            }
+        }
+        // Deferred deletion: finalizers, or a scheduled pod with a grace period.
+        let grace = graceful_period(info, &obj, opts);
+        if !finalizers(&obj).is_empty() || grace.is_some() {
+            if !meta_str(&obj, "deletionTimestamp").is_empty() {
+                return Ok((obj, false));
+            }
+            let secs = grace.unwrap_or(0);
+            let when = crate::time::rfc3339_after(secs);
+            if let Some(meta) = metadata_mut(&mut obj) {
+                meta.insert("deletionTimestamp".into(), json!(when));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(secs));
+            }
+            if dry_run {
+                return Ok((obj, false));
+            }
+            match state
+                .store
+                .update(&key, encode_for_store(&obj)?, kv.mod_revision, 0)
+                .await?
+            {
+                WriteOutcome::Written { revision } => {
+                    set_resource_version(&mut obj, revision);
+                    return Ok((obj, false));
+                }
+                WriteOutcome::Conflict { .. } => continue,
+            }
+        }
+        if dry_run {
+            return Ok((obj, true));
+        }
+        if info.kind == "Namespace" {
+            delete_namespace_contents(state, name).await?;
+        }
+        let outcome = if is_service(info) {
+            crate::services::delete(state, &key, kv.mod_revision, &obj).await?
+        } else {
+            state.store.delete(&key, Some(kv.mod_revision)).await?
+        };
+        match outcome {
+            WriteOutcome::Written { revision } => {
+                tracing::debug!(name, revision, "deleted");
+                if info.kind == "Namespace" {
+                    if let Some(meta) = metadata_mut(&mut obj) {
+                        meta.insert(
+                            "deletionTimestamp".into(),
+                            json!(crate::time::now_rfc3339()),
+                        );
+                    }
+                    obj["status"] = json!({ "phase": "Terminating" });
+                }
+                return Ok((obj, true));
+            }
+            WriteOutcome::Conflict { .. } => continue,
+        }
+    }
+    Err(ApiError::conflict(info, name))
+}
+
+/// The grace period of a pod's deletion: only a pod bound to a node waits for its kubelet.
+fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
+    if info.kind != "Pod" {
+        return None;
+    }
+    let node = obj
+        .get("spec")
+        .and_then(|s| s.get("nodeName"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let phase = obj
+        .get("status")
+        .and_then(|s| s.get("phase"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
+        return None;
+    }
+    let default = obj
+        .get("spec")
+        .and_then(|s| s.get("terminationGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
+    let grace = opts.grace_period_seconds.unwrap_or(default);
+    (grace > 0).then_some(grace)
+}
+
+/// Deletes every object in namespace `ns`. Until the namespace controller exists, namespace
+/// deletion does its work inline.
+async fn delete_namespace_contents(state: &AppState, ns: &str) -> Result<(), ApiError> {
+    for info in REGISTRY.namespaced() {
+        let prefix = info.prefix(Some(ns));
+        let resp = state.store.list(&prefix, ListOptions::default()).await?;
+        for kv in resp.kvs {
+            if is_service(info) {
+                // Releases the service's cluster IP and node ports with it.
+                let obj = decode_stored(&kv)?;
+                crate::services::delete(state, &kv.key, kv.mod_revision, &obj).await?;
+            } else {
+                state.store.delete(&kv.key, None).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_collection(ctx: Ctx<'_>, opts: &DeleteOptions) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    if !info.has_verb("deletecollection") || (info.namespaced && ctx.ns().is_none()) {
+        return Err(ApiError::method_not_allowed());
+    }
+    let selectors = Selectors::from_query(info, ctx.query)?;
+    let mut all = ctx.query.clone();
+    all.remove("limit");
+    all.remove("continue");
+    let (items, _, _) = list_items(ctx.state, info, ctx.ns(), &selectors, &all).await?;
+    let mut deleted = Vec::new();
+    for item in items {
+        let ns = meta_str(&item, "namespace");
+        let ns = (!ns.is_empty()).then_some(ns);
+        match delete_object(ctx.state, info, ns, meta_str(&item, "name"), opts).await {
+            Ok((obj, _)) => deleted.push(obj),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    ok(
+        StatusCode::OK,
+        &json!({
+            "kind": info.list_kind,
+            "apiVersion": info.api_version(),
+            "metadata": {},
+            "items": deleted,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_get_a_generated_selector() {
+        let jobs = REGISTRY.find("batch", "v1", "jobs").expect("jobs");
+        let mut job = json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {}}}});
+        set_system_fields(jobs, &mut job);
+        let uid = job["metadata"]["uid"].as_str().expect("uid").to_string();
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            uid.as_str()
+        );
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "j"
+        );
+        let mut manual = json!({"metadata": {"name": "m"},
+            "spec": {"manualSelector": true, "selector": {"matchLabels": {"a": "b"}}}});
+        set_system_fields(jobs, &mut manual);
+        assert_eq!(manual["spec"]["selector"]["matchLabels"], json!({"a": "b"}));
+    }
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let t = encode_continue(42, "default/cm-7");
+        assert_eq!(
+            decode_continue(&t).expect("valid"),
+            (42, "default/cm-7".to_string())
+        );
+        assert!(decode_continue("!!!").is_err());
+        let evil = base64::engine::general_purpose::URL_SAFE
+            .encode(br#"{"v":"meta.k8s.io/v1","rv":3,"start":"../secrets/x"}"#);
+        assert!(decode_continue(&evil).is_err());
+    }
+
+    #[test]
+    fn update_keeps_system_fields_and_bumps_generation_on_spec_change() {
+        let deploy = REGISTRY
+            .find("apps", "v1", "deployments")
+            .expect("deployments");
+        let old = json!({"metadata": {"name": "d", "namespace": "n", "uid": "u",
+            "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 1, "resourceVersion": "5"},
+            "spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let req = json!({"metadata": {"name": "d", "namespace": "n", "resourceVersion": "5"},
+            "spec": {"replicas": 2}, "status": {"replicas": 9}});
+        let new = merge_update(deploy, &old, &req, false).expect("update");
+        assert_eq!(new["metadata"]["uid"], "u");
+        assert_eq!(new["metadata"]["generation"], 2);
+        assert_eq!(new["status"]["replicas"], 1, "main resource keeps status");
+        let st = merge_update(deploy, &old, &req, true).expect("status update");
+        assert_eq!(st["spec"]["replicas"], 1);
+        assert_eq!(st["status"]["replicas"], 9);
+        let stale = json!({"metadata": {"name": "d", "resourceVersion": "4"}});
+        let err = merge_update(deploy, &old, &stale, false).expect_err("stale");
+        assert_eq!((err.code, err.reason), (409, "Conflict"));
+    }
+}

@@ -1,0 +1,305 @@
+//! The generic REST layer: one handler for every resource in the [`crate::registry`].
+//!
+//! A request path is parsed into a [`Target`] (resource, namespace, name, subresource), then
+//! dispatched on the HTTP method: GET (get, list, watch), POST (create), PUT (update), PATCH,
+//! DELETE (delete, deletecollection). Objects are kept in the datastore as JSON bytes under
+//! the upstream keys, without `metadata.resourceVersion`: that is the key's mod revision,
+//! filled in on every read.
+
+mod handlers;
+mod object;
+mod patch;
+mod scale;
+mod table;
+mod watch;
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tracing::Instrument as _;
+
+use crate::registry::{REGISTRY, ResourceInfo};
+use crate::server::AppState;
+use crate::status::ApiError;
+
+pub(crate) use handlers::{create_object, guaranteed_update};
+pub(crate) use object::{FieldValidation, encode_for_store, meta_str as object_meta_str};
+
+/// What a request path names.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) info: &'static ResourceInfo,
+    /// The namespace in the path (`/namespaces/<ns>/...`), if any.
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) subresource: Option<String>,
+    /// The legacy `/watch/` path prefix was used.
+    pub(crate) watch_path: bool,
+}
+
+/// What the path under `/api/v1` or `/apis/<group>/<version>` names.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// The group version itself: its APIResourceList.
+    Discovery,
+    Resource(Target),
+}
+
+/// Parses the segments after the group version. `None`: nothing served there.
+pub(crate) fn parse_path(group: &str, version: &str, segs: &[&str]) -> Option<Parsed> {
+    REGISTRY.group_version(group, version)?;
+    let mut segs = segs;
+    let watch_path = segs.first() == Some(&"watch");
+    if watch_path {
+        segs = &segs[1..];
+    }
+    if segs.is_empty() {
+        return (!watch_path).then_some(Parsed::Discovery);
+    }
+    let find = |plural: &str| REGISTRY.find(group, version, plural);
+    let target = |info, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+        Some(Parsed::Resource(Target {
+            info,
+            namespace: namespace.map(str::to_string),
+            name: name.map(str::to_string),
+            subresource: sub.map(str::to_string),
+            watch_path,
+        }))
+    };
+    // `/namespaces/<ns>/<resource>...` names a namespaced resource when group version has it.
+    if let ["namespaces", ns, plural, rest @ ..] = segs
+        && let Some(info) = find(plural).filter(|i| i.namespaced)
+    {
+        return match rest {
+            [] => target(info, Some(ns), None, None),
+            [name] => target(info, Some(ns), Some(name), None),
+            [name, sub] => target(info, Some(ns), Some(name), Some(sub)),
+            _ => None,
+        };
+    }
+    let info = find(segs[0])?;
+    match &segs[1..] {
+        [] => target(info, None, None, None),
+        [name] if !info.namespaced => target(info, None, Some(name), None),
+        [name, sub] if !info.namespaced => target(info, None, Some(name), Some(sub)),
+        _ => None,
+    }
+}
+
+/// Query parameters, last one wins.
+pub(crate) type Query = HashMap<String, String>;
+
+pub(crate) fn parse_query(uri: &Uri) -> Query {
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Whether a boolean query parameter is set (`1`, `true`).
+pub(crate) fn flag(q: &Query, key: &str) -> bool {
+    q.get(key)
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// A JSON response.
+pub(crate) fn json_response(code: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// The upstream verb name for metrics and logs.
+fn verb_of(method: &Method, target: &Target, q: &Query) -> &'static str {
+    let watch = target.watch_path || flag(q, "watch");
+    match *method {
+        Method::GET if target.name.is_none() && watch => "WATCH",
+        Method::GET if target.name.is_none() => "LIST",
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE if target.name.is_none() => "DELETECOLLECTION",
+        Method::DELETE => "DELETE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The entry point for `/api/...` and `/apis/...` resource paths.
+pub(crate) async fn serve(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api"] => return crate::discovery::api_versions(&state, &headers),
+        ["apis"] => return crate::discovery::api_groups(&headers),
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group] => return crate::discovery::api_group(group),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return ApiError::no_route().into_response(),
+    };
+    let parsed = match parse_path(group, version, rest) {
+        Some(p) => p,
+        None => return ApiError::no_route().into_response(),
+    };
+    let target = match parsed {
+        Parsed::Discovery => return crate::discovery::resource_list(group, version),
+        Parsed::Resource(t) => t,
+    };
+    if !accepts_json(&headers) {
+        return ApiError::not_acceptable().into_response();
+    }
+    let q = parse_query(&uri);
+    let verb = verb_of(&method, &target, &q);
+    let span = tracing::debug_span!(
+        "request",
+        verb,
+        resource = target.info.plural,
+        namespace = target.namespace.as_deref(),
+        name = target.name.as_deref(),
+    );
+    let ctx = handlers::Ctx {
+        state: &state,
+        target: &target,
+        query: &q,
+        headers: &headers,
+    };
+    let response = async {
+        let result = match method {
+            Method::GET => handlers::get_or_list(ctx).await,
+            Method::POST => handlers::create(ctx, &body).await,
+            Method::PUT => handlers::update(ctx, &body).await,
+            Method::PATCH => handlers::patch(ctx, &body).await,
+            Method::DELETE => handlers::delete(ctx, &body).await,
+            _ => Err(ApiError::method_not_allowed()),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::debug!(code = e.code, reason = e.reason, message = %e.message, "request failed");
+            e.into_response()
+        })
+    }
+    .instrument(span)
+    .await;
+    state.metrics.record(
+        verb,
+        target.info,
+        target.subresource.as_deref(),
+        response.status().as_u16(),
+    );
+    response
+}
+
+/// Whether the `Accept` header allows a JSON answer (all this server speaks).
+fn accepts_json(headers: &HeaderMap) -> bool {
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|e| e.split(';').next().unwrap_or("").trim())
+        .filter(|e| !e.is_empty())
+        .collect();
+    accept.is_empty()
+        || accept
+            .iter()
+            .any(|m| matches!(*m, "application/json" | "application/*" | "*/*"))
+}
+
+/// A successful JSON body.
+pub(crate) fn ok(code: StatusCode, body: &Value) -> Result<Response, ApiError> {
+    Ok(json_response(code, body))
+}
+
+/// A streaming body.
+pub(crate) fn stream_response(content_type: &'static str, body: Body) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(group: &str, version: &str, path: &str) -> Target {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match parse_path(group, version, &segs) {
+            Some(Parsed::Resource(t)) => t,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        use axum::http::HeaderValue;
+        let mut h = HeaderMap::new();
+        assert!(accepts_json(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.kubernetes.protobuf,application/json"),
+        );
+        assert!(accepts_json(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+        );
+        assert!(!accepts_json(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
+        );
+        assert!(accepts_json(&h));
+    }
+
+    #[test]
+    fn paths() {
+        let t = resource("", "v1", "namespaces/default/configmaps/x");
+        assert_eq!(
+            (t.info.plural, t.namespace.as_deref(), t.name.as_deref()),
+            ("configmaps", Some("default"), Some("x"))
+        );
+        let t = resource("", "v1", "namespaces/default");
+        assert_eq!(
+            (t.info.plural, t.name.as_deref()),
+            ("namespaces", Some("default"))
+        );
+        let t = resource("", "v1", "namespaces/default/status");
+        assert_eq!(
+            (t.info.plural, t.name.as_deref(), t.subresource.as_deref()),
+            ("namespaces", Some("default"), Some("status"))
+        );
+        let t = resource("", "v1", "pods");
+        assert!(t.namespace.is_none() && t.name.is_none());
+        let t = resource("", "v1", "namespaces/a/pods/p/status");
+        assert_eq!(t.subresource.as_deref(), Some("status"));
+        let t = resource("apps", "v1", "namespaces/a/deployments");
+        assert_eq!(t.info.kind, "Deployment");
+        let t = resource("", "v1", "watch/namespaces/a/configmaps");
+        assert!(t.watch_path);
+        let t = resource("", "v1", "nodes/n1");
+        assert_eq!(t.name.as_deref(), Some("n1"));
+        assert!(
+            parse_path("", "v1", &["pods", "p"]).is_none(),
+            "namespaced object needs a namespace"
+        );
+        assert!(parse_path("", "v1", &["bogus"]).is_none());
+        assert!(parse_path("apps", "v2", &[]).is_none());
+        assert!(matches!(
+            parse_path("apps", "v1", &[]),
+            Some(Parsed::Discovery)
+        ));
+    }
+}

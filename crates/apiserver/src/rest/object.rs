@@ -1,0 +1,296 @@
+//! Object helpers: the stored form, metadata access, the system fields set on create.
+
+use std::collections::BTreeMap;
+
+use rk3s_datastore::KeyValue;
+use serde_json::{Map, Value, json};
+
+use crate::registry::ResourceInfo;
+use crate::status::ApiError;
+
+/// An object as read from the store, with `metadata.resourceVersion` set to the key's mod
+/// revision.
+pub(crate) fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!(
+            "stored object {} is not JSON: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+/// The bytes stored for an object: without `metadata.resourceVersion`, which the store owns.
+pub(crate) fn encode_for_store(obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj).map_err(ApiError::internal)
+}
+
+pub(crate) fn set_resource_version(obj: &mut Value, revision: i64) {
+    if let Some(meta) = metadata_mut(obj) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+}
+
+/// `metadata`, created if missing; `None` if the object is not a JSON object.
+pub(crate) fn metadata_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
+    let o = obj.as_object_mut()?;
+    let meta = o
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    meta.as_object_mut()
+}
+
+/// A string field of `metadata`, empty when absent.
+pub(crate) fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// `metadata.labels`.
+pub(crate) fn labels(obj: &Value) -> BTreeMap<String, String> {
+    obj.get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parsed `metadata.resourceVersion` of a request object, if set. A non-numeric one is a
+/// 400, as upstream.
+pub(crate) fn request_resource_version(obj: &Value) -> Result<Option<i64>, ApiError> {
+    match meta_str(obj, "resourceVersion") {
+        "" => Ok(None),
+        rv => rv
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}"))),
+    }
+}
+
+/// A random UUID (version 4), the form of `metadata.uid`.
+pub(crate) fn new_uid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Checks `apiVersion`/`kind` of a request body against the resource, filling them in when
+/// absent. A mismatch is a 400, as upstream.
+pub(crate) fn check_type(obj: &mut Value, info: &ResourceInfo) -> Result<(), ApiError> {
+    let api_version = info.api_version();
+    let o = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body is not a JSON object"))?;
+    match o.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => {
+            o.insert("apiVersion".into(), json!(api_version));
+        }
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version \
+                 ({api_version})"
+            )));
+        }
+    }
+    match o.get("kind").and_then(Value::as_str) {
+        None | Some("") => {
+            o.insert("kind".into(), json!(info.kind));
+        }
+        Some(k) if k == info.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                info.kind
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes into the typed form and back (schema check, unknown fields dropped).
+pub(crate) fn typed_roundtrip(obj: Value, info: &ResourceInfo) -> Result<Value, ApiError> {
+    (info.roundtrip)(obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
+            kind = info.kind,
+            version = info.version
+        ))
+    })
+}
+
+/// How unknown fields in a request are treated (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldValidation {
+    Ignore,
+    /// The default: accept, drop, and warn.
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub(crate) fn from_query(q: &super::Query) -> Result<Self, ApiError> {
+        match q.get("fieldValidation").map(String::as_str) {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Paths (`spec.foo`, `spec.containers[0].bogus`) present with a value in `original` and gone
+/// from its typed round trip: the unknown fields.
+pub(crate) fn unknown_fields(original: &Value, typed: &Value) -> Vec<String> {
+    fn walk(o: &Value, t: &Value, path: &str, out: &mut Vec<String>) {
+        match (o, t) {
+            (Value::Object(om), Value::Object(tm)) => {
+                for (k, v) in om {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match tm.get(k) {
+                        Some(tv) => walk(v, tv, &p, out),
+                        None if !v.is_null() => out.push(p),
+                        None => {}
+                    }
+                }
+            }
+            (Value::Array(oa), Value::Array(ta)) => {
+                for (i, (ov, tv)) in oa.iter().zip(ta).enumerate() {
+                    walk(ov, tv, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(original, typed, "", &mut out);
+    out
+}
+
+/// The typed round trip under a field validation directive: Strict refuses unknown fields,
+/// Warn returns them as warnings.
+pub(crate) fn typed_roundtrip_checked(
+    obj: Value,
+    info: &ResourceInfo,
+    validation: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let typed = typed_roundtrip(obj.clone(), info)?;
+    if validation == FieldValidation::Ignore {
+        return Ok((typed, Vec::new()));
+    }
+    let unknown: Vec<String> = unknown_fields(&obj, &typed)
+        .into_iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    if validation == FieldValidation::Strict && !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+            unknown.join(", "),
+            kind = info.kind,
+            version = info.version,
+        )));
+    }
+    Ok((typed, unknown))
+}
+
+/// Everything but `metadata` and `status`: what a generation bump looks at.
+pub(crate) fn spec_part(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_unknown_fields() {
+        let cm = crate::registry::REGISTRY
+            .find("", "v1", "configmaps")
+            .expect("cm");
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "bogus": 1, "creationTimestamp": null}, "data": {"k": "v"}, "extra": {}});
+        let (_, warnings) =
+            typed_roundtrip_checked(obj.clone(), cm, FieldValidation::Warn).expect("warn");
+        assert_eq!(
+            warnings,
+            vec![
+                r#"unknown field "extra""#.to_string(),
+                r#"unknown field "metadata.bogus""#.to_string()
+            ]
+        );
+        let err =
+            typed_roundtrip_checked(obj.clone(), cm, FieldValidation::Strict).expect_err("strict");
+        assert_eq!(err.code, 400);
+        assert!(
+            err.message.ends_with(
+                r#"strict decoding error: unknown field "extra", unknown field "metadata.bogus""#
+            ),
+            "{}",
+            err.message
+        );
+        let (_, none) = typed_roundtrip_checked(obj, cm, FieldValidation::Ignore).expect("ignore");
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn uids_are_v4() {
+        let u = new_uid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(u, new_uid());
+    }
+
+    #[test]
+    fn stored_form_has_no_resource_version() {
+        let obj = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
+        let bytes = encode_for_store(&obj).expect("encodes");
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: bytes.clone(),
+            mod_revision: 9,
+            ..KeyValue::default()
+        };
+        assert!(!String::from_utf8_lossy(&bytes).contains("resourceVersion"));
+        assert_eq!(
+            decode_stored(&kv).expect("decodes")["metadata"]["resourceVersion"],
+            "9"
+        );
+    }
+}

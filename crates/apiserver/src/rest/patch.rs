@@ -1,0 +1,324 @@
+//! Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902), and strategic merge patch.
+//!
+//! Strategic merge patch is applied with merge-patch semantics for now, which is exact for
+//! maps and scalars (labels, annotations, data, replicas: what `kubectl label`, `annotate` and
+//! most `edit`s send). A strategic patch that holds lists of objects or `$` directives (what
+//! `kubectl apply` sends for containers, env, ports, ...) would lose data under merge-patch
+//! semantics, so it is refused with 415 until the list merge strategies are implemented.
+
+use serde_json::Value;
+
+use crate::status::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatchKind {
+    Merge,
+    Json,
+    Strategic,
+}
+
+impl PatchKind {
+    pub(crate) fn from_media_type(ct: &str) -> Option<Self> {
+        match ct {
+            "application/merge-patch+json" => Some(PatchKind::Merge),
+            "application/json-patch+json" => Some(PatchKind::Json),
+            "application/strategic-merge-patch+json" => Some(PatchKind::Strategic),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a patch to `doc`.
+pub(crate) fn apply(kind: PatchKind, doc: &Value, patch: &Value) -> Result<Value, ApiError> {
+    if kind == PatchKind::Strategic
+        && let Some(path) = strategic_only(patch, "")
+    {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "strategic merge patch of lists of objects and $ directives is not \
+                     supported yet (at {path:?}); use a JSON merge patch or a JSON patch"
+            ),
+        ));
+    }
+    match kind {
+        PatchKind::Merge | PatchKind::Strategic => {
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            let mut out = doc.clone();
+            merge_patch(&mut out, patch);
+            Ok(out)
+        }
+        PatchKind::Json => json_patch(doc, patch),
+    }
+}
+
+/// The first place in a strategic merge patch where its semantics differ from a merge patch:
+/// a `$` directive or a list of objects.
+fn strategic_only(patch: &Value, path: &str) -> Option<String> {
+    match patch {
+        Value::Object(m) => m.iter().find_map(|(k, v)| {
+            let p = format!("{path}/{k}");
+            if k.starts_with('$') {
+                Some(p)
+            } else {
+                strategic_only(v, &p)
+            }
+        }),
+        Value::Array(a) => a.iter().any(Value::is_object).then(|| path.to_string()),
+        _ => None,
+    }
+}
+
+/// RFC 7386: objects merge recursively, `null` removes, anything else replaces.
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+fn unescape_token(t: &str) -> String {
+    t.replace("~1", "/").replace("~0", "~")
+}
+
+/// Splits a JSON pointer into its parent's tokens and its last token.
+fn split_pointer(path: &str) -> Result<(Vec<String>, String), ApiError> {
+    if path.is_empty() {
+        return Err(ApiError::bad_request(
+            "JSON patch: the root cannot be the target",
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(ApiError::bad_request(format!(
+            "JSON patch: invalid path {path:?}"
+        )));
+    }
+    let mut tokens: Vec<String> = path[1..].split('/').map(unescape_token).collect();
+    let last = tokens.pop().unwrap_or_default();
+    Ok((tokens, last))
+}
+
+fn resolve<'a>(
+    doc: &'a mut Value,
+    tokens: &[String],
+    path: &str,
+) -> Result<&'a mut Value, ApiError> {
+    let mut cur = doc;
+    for t in tokens {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(t),
+            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("JSON patch: path {path:?} does not exist"))
+        })?;
+    }
+    Ok(cur)
+}
+
+fn get_at(doc: &Value, path: &str) -> Result<Value, ApiError> {
+    if path.is_empty() {
+        return Ok(doc.clone());
+    }
+    doc.pointer(path)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request(format!("JSON patch: path {path:?} does not exist")))
+}
+
+fn remove_at(doc: &mut Value, path: &str) -> Result<Value, ApiError> {
+    let (parent, last) = split_pointer(path)?;
+    let missing = || ApiError::bad_request(format!("JSON patch: path {path:?} does not exist"));
+    match resolve(doc, &parent, path)? {
+        Value::Object(m) => m.remove(&last).ok_or_else(missing),
+        Value::Array(a) => {
+            let i: usize = last.parse().map_err(|_| missing())?;
+            (i < a.len()).then(|| a.remove(i)).ok_or_else(missing)
+        }
+        _ => Err(missing()),
+    }
+}
+
+fn add_at(doc: &mut Value, path: &str, value: Value, replace: bool) -> Result<(), ApiError> {
+    let (parent, last) = split_pointer(path)?;
+    let missing = || ApiError::bad_request(format!("JSON patch: path {path:?} does not exist"));
+    match resolve(doc, &parent, path)? {
+        Value::Object(m) => {
+            if replace && !m.contains_key(&last) {
+                return Err(missing());
+            }
+            m.insert(last, value);
+            Ok(())
+        }
+        Value::Array(a) => {
+            if last == "-" && !replace {
+                a.push(value);
+                return Ok(());
+            }
+            let i: usize = last.parse().map_err(|_| missing())?;
+            if replace {
+                let slot = a.get_mut(i).ok_or_else(missing)?;
+                *slot = value;
+            } else if i <= a.len() {
+                a.insert(i, value);
+            } else {
+                return Err(missing());
+            }
+            Ok(())
+        }
+        _ => Err(missing()),
+    }
+}
+
+/// RFC 6902.
+pub(crate) fn json_patch(doc: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let ops = patch
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("a JSON patch must be a JSON array"))?;
+    let mut doc = doc.clone();
+    for op in ops {
+        let name = op.get("op").and_then(Value::as_str).unwrap_or("");
+        let path = op.get("path").and_then(Value::as_str).unwrap_or("");
+        let from = op.get("from").and_then(Value::as_str).unwrap_or("");
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| ApiError::bad_request(format!("JSON patch: {name} needs a value")))
+        };
+        match name {
+            "add" => add_at(&mut doc, path, value()?, false)?,
+            "replace" => add_at(&mut doc, path, value()?, true)?,
+            "remove" => {
+                remove_at(&mut doc, path)?;
+            }
+            "move" => {
+                let v = remove_at(&mut doc, from)?;
+                add_at(&mut doc, path, v, false)?;
+            }
+            "copy" => {
+                let v = get_at(&doc, from)?;
+                add_at(&mut doc, path, v, false)?;
+            }
+            "test" => {
+                if get_at(&doc, path)? != value()? {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("JSON patch: test operation failed at {path:?}"),
+                    ));
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "JSON patch: unknown operation {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_rfc7386() {
+        let doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        let out = apply(
+            PatchKind::Merge,
+            &doc,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        )
+        .expect("applies");
+        assert_eq!(
+            out,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
+        assert!(apply(PatchKind::Merge, &doc, &json!([1])).is_err());
+    }
+
+    #[test]
+    fn strategic_patches_with_lists_are_refused_not_mangled() {
+        let doc = json!({"metadata": {"labels": {"a": "1"}}});
+        let labels = apply(
+            PatchKind::Strategic,
+            &doc,
+            &json!({"metadata": {"labels": {"b": "2"}}}),
+        )
+        .expect("maps merge");
+        assert_eq!(labels["metadata"]["labels"], json!({"a": "1", "b": "2"}));
+        let err = apply(
+            PatchKind::Strategic,
+            &doc,
+            &json!({"spec": {"$setElementOrder/containers": [{"name": "c"}]}}),
+        )
+        .expect_err("directive");
+        assert_eq!(err.code, 415);
+        let err = apply(
+            PatchKind::Strategic,
+            &doc,
+            &json!({"spec": {"containers": [{"name": "c"}]}}),
+        )
+        .expect_err("object list");
+        assert!(err.message.contains("/spec/containers"), "{}", err.message);
+        assert!(
+            apply(
+                PatchKind::Strategic,
+                &doc,
+                &json!({"spec": {"args": ["a"]}})
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn json_patch_rfc6902() {
+        let doc = json!({"metadata": {"labels": {"a/b": "1"}}, "l": [1, 2, 3]});
+        let out = json_patch(
+            &doc,
+            &json!([
+                {"op": "add", "path": "/metadata/labels/x", "value": "y"},
+                {"op": "remove", "path": "/metadata/labels/a~1b"},
+                {"op": "replace", "path": "/l/0", "value": 9},
+                {"op": "add", "path": "/l/-", "value": 4},
+                {"op": "add", "path": "/l/1", "value": 5},
+                {"op": "copy", "from": "/l/0", "path": "/c"},
+                {"op": "move", "from": "/c", "path": "/m"},
+                {"op": "test", "path": "/m", "value": 9},
+            ]),
+        )
+        .expect("applies");
+        assert_eq!(
+            out,
+            json!({"metadata": {"labels": {"x": "y"}}, "l": [9, 5, 2, 3, 4], "m": 9})
+        );
+        let err = json_patch(&doc, &json!([{"op": "test", "path": "/l/0", "value": 7}]))
+            .expect_err("test fails");
+        assert_eq!(err.code, 422);
+        assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+        assert!(
+            json_patch(
+                &doc,
+                &json!([{"op": "replace", "path": "/nope", "value": 1}])
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,596 @@
+//! Table output (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`), what `kubectl get`
+//! prints. Resources without their own printer get Name and Age columns.
+
+use axum::http::{HeaderMap, header};
+use serde_json::{Value, json};
+
+use super::Query;
+use super::object::meta_str;
+use crate::registry::ResourceInfo;
+
+/// Whether the client asked for a Table.
+pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next()
+        .is_some_and(|first| {
+            let params: Vec<&str> = first.split(';').map(str::trim).collect();
+            params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
+        })
+}
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    format: &'static str,
+    description: &'static str,
+    /// 0: always shown; 1: with `-o wide`.
+    priority: u8,
+    cell: fn(&Value) -> Value,
+}
+
+/// A column with no description.
+const fn col(
+    name: &'static str,
+    kind: &'static str,
+    priority: u8,
+    cell: fn(&Value) -> Value,
+) -> Column {
+    Column {
+        name,
+        kind,
+        format: "",
+        description: "",
+        priority,
+        cell,
+    }
+}
+
+fn int_at(o: &Value, path: &[&str]) -> i64 {
+    let mut v = o;
+    for p in path {
+        v = v.get(*p).unwrap_or(&Value::Null);
+    }
+    v.as_i64().unwrap_or(0)
+}
+
+fn arr<'a>(o: &'a Value, path: &[&str]) -> &'a [Value] {
+    let mut v = o;
+    for p in path {
+        v = v.get(*p).unwrap_or(&Value::Null);
+    }
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn or_none(s: String) -> Value {
+    json!(if s.is_empty() {
+        "<none>".to_string()
+    } else {
+        s
+    })
+}
+
+/// The pod status column as upstream computes it, simplified: the phase, or the pod's reason,
+/// or the first container's waiting/terminated reason; Terminating once deleted.
+fn pod_status(o: &Value) -> Value {
+    let mut status = str_at(o, &["status", "phase"]);
+    let reason = str_at(o, &["status", "reason"]);
+    if !reason.is_empty() {
+        status = reason;
+    }
+    for cs in arr(o, &["status", "containerStatuses"]) {
+        let waiting = str_at(cs, &["state", "waiting", "reason"]);
+        let terminated = str_at(cs, &["state", "terminated", "reason"]);
+        if !waiting.is_empty() {
+            status = waiting;
+            break;
+        }
+        if !terminated.is_empty() {
+            status = terminated;
+            break;
+        }
+    }
+    if !meta_str(o, "deletionTimestamp").is_empty() {
+        status = "Terminating".into();
+    }
+    json!(status)
+}
+
+fn pod_ready(o: &Value) -> Value {
+    let total = arr(o, &["spec", "containers"]).len();
+    let ready = arr(o, &["status", "containerStatuses"])
+        .iter()
+        .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
+        .count();
+    json!(format!("{ready}/{total}"))
+}
+
+fn service_ports(o: &Value) -> Value {
+    let ports: Vec<String> = arr(o, &["spec", "ports"])
+        .iter()
+        .map(|p| {
+            let port = int_at(p, &["port"]);
+            let proto = match str_at(p, &["protocol"]) {
+                s if s.is_empty() => "TCP".to_string(),
+                s => s,
+            };
+            match int_at(p, &["nodePort"]) {
+                0 => format!("{port}/{proto}"),
+                np => format!("{port}:{np}/{proto}"),
+            }
+        })
+        .collect();
+    or_none(ports.join(","))
+}
+
+fn service_external_ip(o: &Value) -> Value {
+    let mut ips: Vec<String> = arr(o, &["spec", "externalIPs"])
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    for ing in arr(o, &["status", "loadBalancer", "ingress"]) {
+        let ip = str_at(ing, &["ip"]);
+        let host = str_at(ing, &["hostname"]);
+        ips.push(if ip.is_empty() { host } else { ip });
+    }
+    if ips.is_empty() && str_at(o, &["spec", "type"]) == "LoadBalancer" {
+        return json!("<pending>");
+    }
+    or_none(ips.join(","))
+}
+
+fn node_status(o: &Value) -> Value {
+    let ready = arr(o, &["status", "conditions"])
+        .iter()
+        .find(|c| str_at(c, &["type"]) == "Ready")
+        .map(|c| str_at(c, &["status"]));
+    let mut status = match ready.as_deref() {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if o.get("spec")
+        .and_then(|s| s.get("unschedulable"))
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        status.push_str(",SchedulingDisabled");
+    }
+    json!(status)
+}
+
+fn node_roles(o: &Value) -> Value {
+    let mut roles: Vec<String> = o
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    or_none(roles.join(","))
+}
+
+fn containers_of(o: &Value, field: &str) -> Value {
+    let names: Vec<String> = arr(o, &["spec", "template", "spec", "containers"])
+        .iter()
+        .map(|c| str_at(c, &[field]))
+        .collect();
+    json!(names.join(","))
+}
+
+fn name_cell(o: &Value) -> Value {
+    json!(meta_str(o, "name"))
+}
+fn age_cell(o: &Value) -> Value {
+    json!(crate::time::age(meta_str(o, "creationTimestamp")))
+}
+fn count_of(o: &Value, fields: &[&str]) -> usize {
+    fields
+        .iter()
+        .filter_map(|f| o.get(*f).and_then(Value::as_object))
+        .map(|m| m.len())
+        .sum()
+}
+fn str_at(o: &Value, path: &[&str]) -> String {
+    let mut v = o;
+    for p in path {
+        v = v.get(*p).unwrap_or(&Value::Null);
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+const NAME: Column = Column {
+    name: "Name",
+    kind: "string",
+    format: "name",
+    description: "Name must be unique within a namespace. Is required when creating resources, \
+                  although some resources may allow a client to request the generation of an \
+                  appropriate name automatically.",
+    priority: 0,
+    cell: name_cell,
+};
+const AGE: Column = Column {
+    name: "Age",
+    kind: "string",
+    format: "",
+    description: "CreationTimestamp is a timestamp representing the server time when this \
+                  object was created.",
+    priority: 0,
+    cell: age_cell,
+};
+
+fn columns(info: &ResourceInfo) -> Vec<Column> {
+    match (info.group, info.kind) {
+        ("", "Namespace") => vec![
+            NAME,
+            col("Status", "string", 0, |o| {
+                json!(str_at(o, &["status", "phase"]))
+            }),
+            AGE,
+        ],
+        ("", "ConfigMap") => vec![
+            NAME,
+            col("Data", "integer", 0, |o| {
+                json!(count_of(o, &["data", "binaryData"]))
+            }),
+            AGE,
+        ],
+        ("", "Secret") => vec![
+            NAME,
+            col("Type", "string", 0, |o| json!(str_at(o, &["type"]))),
+            col("Data", "integer", 0, |o| json!(count_of(o, &["data"]))),
+            AGE,
+        ],
+        ("", "Pod") => vec![
+            NAME,
+            col("Ready", "string", 0, pod_ready),
+            col("Status", "string", 0, pod_status),
+            col("Restarts", "string", 0, |o| {
+                let n: i64 = arr(o, &["status", "containerStatuses"])
+                    .iter()
+                    .map(|c| int_at(c, &["restartCount"]))
+                    .sum();
+                json!(n.to_string())
+            }),
+            AGE,
+            col("IP", "string", 1, |o| {
+                or_none(str_at(o, &["status", "podIP"]))
+            }),
+            col("Node", "string", 1, |o| {
+                or_none(str_at(o, &["spec", "nodeName"]))
+            }),
+            col("Nominated Node", "string", 1, |o| {
+                or_none(str_at(o, &["status", "nominatedNodeName"]))
+            }),
+            col("Readiness Gates", "string", 1, |o| {
+                let n = arr(o, &["spec", "readinessGates"]).len();
+                json!(if n == 0 {
+                    "<none>".to_string()
+                } else {
+                    format!("0/{n}")
+                })
+            }),
+        ],
+        ("", "Service") => vec![
+            NAME,
+            col("Type", "string", 0, |o| json!(str_at(o, &["spec", "type"]))),
+            col("Cluster-IP", "string", 0, |o| {
+                or_none(str_at(o, &["spec", "clusterIP"]))
+            }),
+            col("External-IP", "string", 0, service_external_ip),
+            col("Port(s)", "string", 0, service_ports),
+            AGE,
+            col("Selector", "string", 1, |o| {
+                let sel = o
+                    .get("spec")
+                    .and_then(|s| s.get("selector"))
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                or_none(sel)
+            }),
+        ],
+        ("", "Node") => vec![
+            NAME,
+            col("Status", "string", 0, node_status),
+            col("Roles", "string", 0, node_roles),
+            AGE,
+            col("Version", "string", 0, |o| {
+                json!(str_at(o, &["status", "nodeInfo", "kubeletVersion"]))
+            }),
+        ],
+        ("apps", "Deployment") => vec![
+            NAME,
+            col("Ready", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int_at(o, &["status", "readyReplicas"]),
+                    int_at(o, &["spec", "replicas"])
+                ))
+            }),
+            col("Up-to-date", "integer", 0, |o| {
+                json!(int_at(o, &["status", "updatedReplicas"]))
+            }),
+            col("Available", "integer", 0, |o| {
+                json!(int_at(o, &["status", "availableReplicas"]))
+            }),
+            AGE,
+            col("Containers", "string", 1, |o| containers_of(o, "name")),
+            col("Images", "string", 1, |o| containers_of(o, "image")),
+        ],
+        ("apps", "ReplicaSet") => vec![
+            NAME,
+            col("Desired", "integer", 0, |o| {
+                json!(int_at(o, &["spec", "replicas"]))
+            }),
+            col("Current", "integer", 0, |o| {
+                json!(int_at(o, &["status", "replicas"]))
+            }),
+            col("Ready", "integer", 0, |o| {
+                json!(int_at(o, &["status", "readyReplicas"]))
+            }),
+            AGE,
+            col("Containers", "string", 1, |o| containers_of(o, "name")),
+            col("Images", "string", 1, |o| containers_of(o, "image")),
+        ],
+        ("apps", "StatefulSet") => vec![
+            NAME,
+            col("Ready", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int_at(o, &["status", "readyReplicas"]),
+                    int_at(o, &["spec", "replicas"])
+                ))
+            }),
+            AGE,
+            col("Containers", "string", 1, |o| containers_of(o, "name")),
+            col("Images", "string", 1, |o| containers_of(o, "image")),
+        ],
+        ("apps", "DaemonSet") => vec![
+            NAME,
+            col("Desired", "integer", 0, |o| {
+                json!(int_at(o, &["status", "desiredNumberScheduled"]))
+            }),
+            col("Current", "integer", 0, |o| {
+                json!(int_at(o, &["status", "currentNumberScheduled"]))
+            }),
+            col("Ready", "integer", 0, |o| {
+                json!(int_at(o, &["status", "numberReady"]))
+            }),
+            col("Up-to-date", "integer", 0, |o| {
+                json!(int_at(o, &["status", "updatedNumberScheduled"]))
+            }),
+            col("Available", "integer", 0, |o| {
+                json!(int_at(o, &["status", "numberAvailable"]))
+            }),
+            col("Node Selector", "string", 0, |o| {
+                let sel = o
+                    .get("spec")
+                    .and_then(|s| s.get("template"))
+                    .and_then(|t| t.get("spec"))
+                    .and_then(|s| s.get("nodeSelector"))
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                or_none(sel)
+            }),
+            AGE,
+        ],
+        ("", "Endpoints") => vec![
+            NAME,
+            col("Endpoints", "string", 0, |o| {
+                let mut eps = Vec::new();
+                for subset in arr(o, &["subsets"]) {
+                    for a in arr(subset, &["addresses"]) {
+                        for p in arr(subset, &["ports"]) {
+                            eps.push(format!("{}:{}", str_at(a, &["ip"]), int_at(p, &["port"])));
+                        }
+                    }
+                }
+                or_none(eps.join(","))
+            }),
+            AGE,
+        ],
+        ("", "Event") => vec![
+            col("Last Seen", "string", 0, |o| {
+                let last = str_at(o, &["lastTimestamp"]);
+                let t = if last.is_empty() {
+                    str_at(o, &["eventTime"])
+                } else {
+                    last
+                };
+                json!(if t.is_empty() {
+                    age_cell(o)
+                } else {
+                    json!(crate::time::age(&t))
+                })
+            }),
+            col("Type", "string", 0, |o| json!(str_at(o, &["type"]))),
+            col("Reason", "string", 0, |o| json!(str_at(o, &["reason"]))),
+            col("Object", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    str_at(o, &["involvedObject", "kind"]).to_lowercase(),
+                    str_at(o, &["involvedObject", "name"])
+                ))
+            }),
+            col("Message", "string", 0, |o| json!(str_at(o, &["message"]))),
+        ],
+        ("batch", "Job") => vec![
+            NAME,
+            col("Status", "string", 0, |o| {
+                let conds = arr(o, &["status", "conditions"]);
+                let has = |t: &str| {
+                    conds
+                        .iter()
+                        .any(|c| str_at(c, &["type"]) == t && str_at(c, &["status"]) == "True")
+                };
+                json!(if has("Complete") {
+                    "Complete"
+                } else if has("Failed") {
+                    "Failed"
+                } else if has("Suspended") {
+                    "Suspended"
+                } else {
+                    "Running"
+                })
+            }),
+            col("Completions", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int_at(o, &["status", "succeeded"]),
+                    int_at(o, &["spec", "completions"])
+                ))
+            }),
+            AGE,
+        ],
+        ("batch", "CronJob") => vec![
+            NAME,
+            col("Schedule", "string", 0, |o| {
+                json!(str_at(o, &["spec", "schedule"]))
+            }),
+            col("Timezone", "string", 0, |o| {
+                or_none(str_at(o, &["spec", "timeZone"]))
+            }),
+            col("Suspend", "boolean", 0, |o| {
+                json!(
+                    o.get("spec")
+                        .and_then(|s| s.get("suspend"))
+                        .and_then(Value::as_bool)
+                        == Some(true)
+                )
+            }),
+            col("Active", "integer", 0, |o| {
+                json!(arr(o, &["status", "active"]).len())
+            }),
+            col("Last Schedule", "string", 0, |o| {
+                let t = str_at(o, &["status", "lastScheduleTime"]);
+                json!(if t.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    crate::time::age(&t)
+                })
+            }),
+            AGE,
+        ],
+        ("coordination.k8s.io", "Lease") => vec![
+            NAME,
+            col("Holder", "string", 0, |o| {
+                json!(str_at(o, &["spec", "holderIdentity"]))
+            }),
+            AGE,
+        ],
+        _ => vec![NAME, AGE],
+    }
+}
+
+/// A Table of `objects`. `includeObject` (None, Metadata — the default — or Object) says what
+/// each row carries besides its cells.
+pub(crate) fn to_table(info: &ResourceInfo, objects: &[Value], rv: &str, q: &Query) -> Value {
+    let cols = columns(info);
+    let include = q.get("includeObject").map_or("Metadata", String::as_str);
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
+            let mut row = json!({ "cells": cells });
+            match include {
+                "None" => {}
+                "Object" => row["object"] = o.clone(),
+                _ => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": o.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                    })
+                }
+            }
+            row
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": { "resourceVersion": rv },
+        "columnDefinitions": cols.iter().map(|c| json!({
+            "name": c.name, "type": c.kind, "format": c.format,
+            "description": c.description, "priority": c.priority,
+        })).collect::<Vec<_>>(),
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn pod_and_service_columns() {
+        let pods = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods");
+        let pod = json!({"metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Pending", "containerStatuses": [
+                {"ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "ErrImagePull"}}}]}});
+        let t = to_table(pods, &[pod], "5", &Query::new());
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "p");
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "ErrImagePull");
+        assert_eq!(cells[3], "3");
+        assert_eq!(cells[6], "n1");
+        assert_eq!(t["columnDefinitions"][5]["priority"], 1);
+
+        let svcs = crate::registry::REGISTRY
+            .find("", "v1", "services")
+            .expect("svc");
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.5",
+            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        let t = to_table(svcs, &[svc], "5", &Query::new());
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "NodePort");
+        assert_eq!(cells[2], "10.43.0.5");
+        assert_eq!(cells[3], "<none>");
+        assert_eq!(cells[4], "80:30080/TCP,53/UDP");
+    }
+
+    #[test]
+    fn detects_kubectl_table_accept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+            ),
+        );
+        assert!(wants_table(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(!wants_table(&h));
+    }
+}

@@ -1,0 +1,304 @@
+//! Serving: the HTTPS listener (HTTP/1.1 and HTTP/2 by ALPN), the router, and the embeddable
+//! [`Apiserver`] entry point.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rk3s_datastore::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::services::ServiceCidr;
+use crate::tls::TlsMaterial;
+
+/// Largest request body accepted, as upstream (3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+/// How long open connections get to finish on shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Flips to `true` on shutdown; long requests (watches) end.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// `host:port` clients reach this server at (for `/api`'s serverAddressByClientCIDRs).
+    pub(crate) server_address: String,
+    pub(crate) service_cidr: ServiceCidr,
+    bootstrapped: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub(crate) fn bootstrapped(&self) -> bool {
+        self.bootstrapped.load(Ordering::Acquire)
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/version", get(crate::health::version))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/livez", get(crate::health::livez))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/metrics", get(crate::health::metrics))
+        .route("/openapi/v3", get(crate::openapi::index))
+        .route("/openapi/v3/{*path}", get(crate::openapi::group_version))
+        .route("/api", any(crate::rest::serve))
+        .route("/api/{*rest}", any(crate::rest::serve))
+        .route("/apis", any(crate::rest::serve))
+        .route("/apis/{*rest}", any(crate::rest::serve))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
+                "404 page not found\n",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .gzip(true)
+                .compress_when(LargeResponses),
+        )
+        .with_state(state)
+}
+
+/// Responses worth compressing, as upstream's `APIResponseCompression`: complete bodies of at
+/// least 128 KiB, when the client accepts gzip. Streams (watches) are never compressed, so
+/// that each event reaches the client at once.
+#[derive(Debug, Clone, Copy)]
+struct LargeResponses;
+
+impl tower_http::compression::Predicate for LargeResponses {
+    fn should_compress<B>(&self, response: &axum::http::Response<B>) -> bool
+    where
+        B: axum::body::HttpBody,
+    {
+        response
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n >= 128 * 1024)
+    }
+}
+
+/// The apiserver as a library: run it on a [`Store`] in this process.
+///
+/// ```no_run
+/// # async fn demo(store: rk3s_datastore::Store) -> rk3s_apiserver::Result<()> {
+/// let running = rk3s_apiserver::Apiserver::new(store)
+///     .serve("127.0.0.1:0".parse().expect("address"))
+///     .await?;
+/// println!("{} trusts {}", running.url(), running.ca_pem());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Apiserver {
+    store: Store,
+    tls: Option<TlsMaterial>,
+    service_cidr: ServiceCidr,
+}
+
+/// A running apiserver. Dropping it stops it too, without waiting.
+#[derive(Debug)]
+pub struct RunningApiserver {
+    addr: SocketAddr,
+    ca_pem: String,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Apiserver {
+    /// Starts an apiserver on `listen` (use port 0 for any free port) with a fresh, in-memory
+    /// CA and serving certificate and the default service CIDR. Creates the system namespaces
+    /// and the `kubernetes` Service if missing.
+    pub async fn start(store: Store, listen: SocketAddr) -> Result<RunningApiserver> {
+        Self::new(store).serve(listen).await
+    }
+
+    /// An apiserver on `store`, to configure and [`serve`](Apiserver::serve).
+    pub fn new(store: Store) -> Self {
+        Apiserver {
+            store,
+            tls: None,
+            service_cidr: ServiceCidr::default(),
+        }
+    }
+
+    /// Serve with these certificates (default: a fresh in-memory CA).
+    pub fn tls(mut self, tls: TlsMaterial) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Allocate Service cluster IPs from this range (default 10.43.0.0/16).
+    pub fn service_cidr(mut self, cidr: ServiceCidr) -> Self {
+        self.service_cidr = cidr;
+        self
+    }
+
+    /// Binds `listen`, bootstraps, and serves until [`RunningApiserver::shutdown`].
+    pub async fn serve(self, listen: SocketAddr) -> Result<RunningApiserver> {
+        let tls = match self.tls {
+            Some(t) => t,
+            None => TlsMaterial::generate(&[listen.ip()])?,
+        };
+        let store = self.store;
+        let acceptor = TlsAcceptor::from(tls.server_config()?);
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = AppState {
+            store,
+            metrics: Arc::new(Metrics::default()),
+            shutdown: shutdown_rx.clone(),
+            server_address: addr.to_string(),
+            service_cidr: self.service_cidr,
+            bootstrapped: Arc::new(AtomicBool::new(false)),
+        };
+        crate::bootstrap::run(&state, addr).await?;
+        state.bootstrapped.store(true, Ordering::Release);
+        tracing::warn!(
+            %addr,
+            "the Kubernetes API is served WITHOUT authentication or authorization (they arrive \
+             with issue #4): anyone who can reach this address controls the cluster"
+        );
+        tracing::info!(%addr, "apiserver listening");
+        let app = router(state);
+        let task = tokio::spawn(accept_loop(listener, acceptor, app, shutdown_rx));
+        Ok(RunningApiserver {
+            addr,
+            ca_pem: tls.ca_cert_pem.clone(),
+            shutdown: shutdown_tx,
+            task: Some(task),
+        })
+    }
+}
+
+impl RunningApiserver {
+    /// `https://<addr>`, the server URL for a kubeconfig.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CA certificate (PEM) that signed the serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Stops accepting, ends watches, and waits for open requests to finish (at most a few
+    /// seconds).
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningApiserver {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                conns.spawn(serve_connection(tcp, peer, acceptor.clone(), app.clone(), shutdown.clone()));
+            }
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN + Duration::from_secs(1), drain)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
+    tracing::info!("apiserver stopped");
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn.as_mut()).await;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! [`ApiError`]: a failed API request, answered as an upstream `Status` object.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::registry::ResourceInfo;
+
+/// One reason an object is invalid, as a `StatusCause`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cause {
+    /// `FieldValueInvalid`, `FieldValueRequired`, ...
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+    pub(crate) field: String,
+}
+
+/// A failed request: the HTTP code and the `Status` body upstream answers with.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ApiError {
+    pub(crate) code: u16,
+    /// The `StatusReason`: `NotFound`, `AlreadyExists`, `Conflict`, `Invalid`, ...
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+    /// `details`, if any.
+    pub(crate) details: Option<Value>,
+}
+
+/// `resource` or `resource.group`, as upstream messages name a resource.
+pub(crate) fn qualified(info: &ResourceInfo) -> String {
+    if info.group.is_empty() {
+        info.plural.to_string()
+    } else {
+        format!("{}.{}", info.plural, info.group)
+    }
+}
+
+fn details(info: &ResourceInfo, name: &str) -> Value {
+    let mut d = json!({ "name": name, "kind": info.plural });
+    if !info.group.is_empty() {
+        d["group"] = json!(info.group);
+    }
+    d
+}
+
+impl ApiError {
+    pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    pub(crate) fn not_found(info: &ResourceInfo, name: &str) -> Self {
+        ApiError {
+            details: Some(details(info, name)),
+            ..Self::new(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", qualified(info)),
+            )
+        }
+    }
+
+    /// A path the server does not serve.
+    pub(crate) fn no_route() -> Self {
+        ApiError {
+            details: Some(json!({})),
+            ..Self::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
+    }
+
+    pub(crate) fn already_exists(info: &ResourceInfo, name: &str) -> Self {
+        ApiError {
+            details: Some(details(info, name)),
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", qualified(info)),
+            )
+        }
+    }
+
+    pub(crate) fn conflict(info: &ResourceInfo, name: &str) -> Self {
+        ApiError {
+            details: Some(details(info, name)),
+            ..Self::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+                     please apply your changes to the latest version and try again",
+                    qualified(info)
+                ),
+            )
+        }
+    }
+
+    /// 422: the object is invalid, with one cause per problem.
+    pub(crate) fn invalid(info: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
+        let list: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        let message = if list.len() == 1 {
+            format!("{} \"{name}\" is invalid: {}", info.kind, list[0])
+        } else {
+            format!("{} \"{name}\" is invalid: [{}]", info.kind, list.join(", "))
+        };
+        let mut d = json!({
+            "name": name,
+            "kind": info.kind,
+            "causes": causes.iter().map(|c| json!({
+                "reason": c.reason, "message": c.message, "field": c.field,
+            })).collect::<Vec<_>>(),
+        });
+        if !info.group.is_empty() {
+            d["group"] = json!(info.group);
+        }
+        ApiError {
+            details: Some(d),
+            ..Self::new(422, "Invalid", message)
+        }
+    }
+
+    pub(crate) fn method_not_allowed() -> Self {
+        ApiError {
+            details: Some(json!({})),
+            ..Self::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        }
+    }
+
+    pub(crate) fn unsupported_media_type(content_type: &str) -> Self {
+        ApiError {
+            details: Some(json!({})),
+            ..Self::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types \
+                     include: application/json, application/yaml (got {content_type:?})"
+                ),
+            )
+        }
+    }
+
+    /// 406: the client accepts no media type this server produces.
+    pub(crate) fn not_acceptable() -> Self {
+        ApiError {
+            details: Some(json!({})),
+            ..Self::new(
+                406,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json, \
+                 application/json;as=Table;v=v1;g=meta.k8s.io",
+            )
+        }
+    }
+
+    /// 410 Gone, reason `Expired`: a continue token or resource version is too old.
+    pub(crate) fn expired(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    pub(crate) fn forbidden(info: &ResourceInfo, name: &str, why: &str) -> Self {
+        ApiError {
+            details: Some(details(info, name)),
+            ..Self::new(
+                403,
+                "Forbidden",
+                format!("{} \"{name}\" is forbidden: {why}", qualified(info)),
+            )
+        }
+    }
+
+    pub(crate) fn internal(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        )
+    }
+
+    /// The `Status` object.
+    pub(crate) fn to_status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        if self.reason == "InternalError" {
+            s["details"] = json!({ "causes": [{ "message": self.message }] });
+        }
+        s
+    }
+}
+
+impl From<rk3s_datastore::Error> for ApiError {
+    fn from(e: rk3s_datastore::Error) -> Self {
+        match e {
+            rk3s_datastore::Error::Compacted {
+                requested,
+                compact_revision,
+            } => ApiError::expired(format!(
+                "too old resource version: {requested} ({compact_revision})"
+            )),
+            rk3s_datastore::Error::FutureRevision { requested, current } => ApiError::new(
+                504,
+                "Timeout",
+                format!(
+                    "Too large resource version: {requested}, current resource version: {current}"
+                ),
+            ),
+            other => {
+                tracing::warn!(error = %other, "datastore error");
+                ApiError::internal(other)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        crate::rest::json_response(code, &self.to_status())
+    }
+}

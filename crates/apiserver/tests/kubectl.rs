@@ -1,0 +1,451 @@
+//! kubectl against an in-process apiserver: what a user sees.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_and_system_namespaces() {
+    let t = TestServer::start().await;
+    let version = t.kubectl_ok(&["version"]).await;
+    assert!(
+        version.contains("Server Version: v1.33.0+rk3s"),
+        "{version}"
+    );
+    let ns = t.kubectl_ok(&["get", "ns"]).await;
+    let names: Vec<&str> = ns
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "kube-node-lease", "kube-public", "kube-system"],
+        "{ns}"
+    );
+    assert!(
+        ns.lines()
+            .next()
+            .is_some_and(|h| h.split_whitespace().eq(["NAME", "STATUS", "AGE"])),
+        "{ns}"
+    );
+    assert!(ns.contains("Active"), "{ns}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_verbose_lists_checks() {
+    let t = TestServer::start().await;
+    let out = t.kubectl_ok(&["get", "--raw", "/readyz?verbose"]).await;
+    assert!(out.contains("[+]ping ok"), "{out}");
+    assert!(out.contains("[+]datastore ok"), "{out}");
+    assert!(out.contains("readyz check passed"), "{out}");
+    assert_eq!(t.kubectl_ok(&["get", "--raw", "/livez"]).await, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_resources_lists_short_names_and_groups() {
+    let t = TestServer::start().await;
+    let out = t.kubectl_ok(&["api-resources"]).await;
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("pods"), ["pods", "po", "v1", "true", "Pod"]);
+    assert_eq!(
+        row("namespaces"),
+        ["namespaces", "ns", "v1", "false", "Namespace"]
+    );
+    assert_eq!(
+        row("deployments"),
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"]
+    );
+    assert_eq!(
+        row("leases"),
+        ["leases", "coordination.k8s.io/v1", "true", "Lease"]
+    );
+    assert_eq!(
+        row("cronjobs"),
+        ["cronjobs", "cj", "batch/v1", "true", "CronJob"]
+    );
+    let all = t
+        .kubectl_ok(&["api-resources", "--categories=all", "-o", "name"])
+        .await;
+    for r in [
+        "pods",
+        "services",
+        "deployments.apps",
+        "replicasets.apps",
+        "jobs.batch",
+    ] {
+        assert!(
+            all.lines().any(|l| l == r),
+            "{r} not in category all:\n{all}"
+        );
+    }
+    // The aggregated discovery document kubectl asked for is served too.
+    let raw = t.kubectl_ok(&["get", "--raw", "/apis/apps/v1"]).await;
+    assert!(raw.contains(r#""shortNames":["deploy"]"#), "{raw}");
+}
+
+const NS_AND_CM: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: x
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: c1
+  namespace: x
+data:
+  a: b
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_get_label_delete() {
+    let t = TestServer::start().await;
+    let out = t.kubectl_stdin(&["create", "-f", "-"], NS_AND_CM).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("namespace/x created") && stdout.contains("configmap/c1 created"),
+        "{stdout}"
+    );
+
+    let yaml = t
+        .kubectl_ok(&["-n", "x", "get", "cm", "c1", "-o", "yaml"])
+        .await;
+    for want in [
+        "kind: ConfigMap",
+        "name: c1",
+        "namespace: x",
+        "a: b",
+        "uid: ",
+        "resourceVersion: ",
+        "creationTimestamp: ",
+    ] {
+        assert!(yaml.contains(want), "{want} missing:\n{yaml}");
+    }
+    let table = t.kubectl_ok(&["-n", "x", "get", "cm"]).await;
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().take(2).eq(["c1", "1"])),
+        "{table}"
+    );
+
+    t.kubectl_ok(&["-n", "x", "label", "cm", "c1", "tier=web"])
+        .await;
+    let selected = t
+        .kubectl_ok(&[
+            "-n",
+            "x",
+            "get",
+            "cm",
+            "-l",
+            "tier in (web,db)",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(selected.trim(), "configmap/c1");
+    let none = t
+        .kubectl(&["-n", "x", "get", "cm", "-l", "tier!=web", "-o", "name"])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&none.stdout).trim(), "");
+
+    // Creating it again: AlreadyExists, as upstream words it.
+    let again = t.kubectl_stdin(&["create", "-f", "-"], NS_AND_CM).await;
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(r#"configmaps "c1" already exists"#), "{err}");
+
+    let del = t.kubectl_ok(&["-n", "x", "delete", "cm", "c1"]).await;
+    assert_eq!(del.trim(), r#"configmap "c1" deleted"#);
+    let gone = t.kubectl(&["-n", "x", "get", "cm", "c1"]).await;
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        err.contains(r#"Error from server (NotFound): configmaps "c1" not found"#),
+        "{err}"
+    );
+
+    t.kubectl_ok(&["delete", "ns", "x"]).await;
+    let ns = t.kubectl_ok(&["get", "ns", "-o", "name"]).await;
+    assert!(!ns.lines().any(|l| l == "namespace/x"), "{ns}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_shown_as_upstream() {
+    let t = TestServer::start().await;
+    let bad = t
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+        )
+        .await;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains(r#"ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain"#),
+        "{err}"
+    );
+    let missing = t
+        .kubectl_stdin(
+            &["-n", "nope", "create", "-f", "-"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n",
+        )
+        .await;
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains(r#"namespaces "nope" not found"#), "{err}");
+    let strict = t
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\nbogus: 1\n",
+        )
+        .await;
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        err.contains(r#"strict decoding error: unknown field "bogus""#),
+        "{err}"
+    );
+    let forbidden = t.kubectl(&["delete", "ns", "kube-system"]).await;
+    let err = String::from_utf8_lossy(&forbidden.stderr);
+    assert!(err.contains("this namespace may not be deleted"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_with_stale_resource_version_conflicts() {
+    let t = TestServer::start().await;
+    t.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  v: \"1\"\n",
+    )
+    .await;
+    let stale = t.kubectl_ok(&["get", "cm", "c", "-o", "yaml"]).await;
+    t.kubectl_ok(&[
+        "patch",
+        "cm",
+        "c",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"v":"2"}}"#,
+    ])
+    .await;
+    let out = t.kubectl_stdin(&["replace", "-f", "-"], &stale).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"Error from server (Conflict): error when replacing "STDIN": Operation cannot be fulfilled on configmaps "c": the object has been modified; please apply your changes to the latest version and try again"#),
+        "{err}"
+    );
+    let v = t
+        .kubectl_ok(&["get", "cm", "c", "-o", "jsonpath={.data.v}"])
+        .await;
+    assert_eq!(v, "2");
+    // With the current version, replace works.
+    let fresh = t
+        .kubectl_ok(&["get", "cm", "c", "-o", "yaml"])
+        .await
+        .replace("v: \"2\"", "v: \"3\"");
+    let out = t.kubectl_stdin(&["replace", "-f", "-"], &fresh).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        t.kubectl_ok(&["get", "cm", "c", "-o", "jsonpath={.data.v}"])
+            .await,
+        "3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_receives_events() {
+    let t = TestServer::start().await;
+    let mut child = t
+        .kubectl_cmd(&["get", "cm", "-w", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Create until the watcher reports it: kubectl may not have started watching yet.
+    let mut seen = false;
+    for i in 0..50 {
+        let name = format!("w{i}");
+        t.kubectl_stdin(
+            &["create", "-f", "-"],
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n"),
+        )
+        .await;
+        if let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            assert!(line.starts_with("configmap/w"), "{line}");
+            seen = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen, "kubectl get -w never printed an event");
+}
+
+const APP: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports: [{port: 80, protocol: TCP}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p1
+spec:
+  containers: [{name: c, image: busybox}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_and_get_all() {
+    let t = TestServer::start().await;
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], APP).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("deployment.apps/web created"), "{stdout}");
+
+    let all = t.kubectl_ok(&["get", "all", "-o", "name"]).await;
+    let mut names: Vec<&str> = all.lines().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "deployment.apps/web",
+            "pod/p1",
+            "service/kubernetes",
+            "service/web"
+        ]
+    );
+    let pods = t.kubectl_ok(&["get", "pods"]).await;
+    let header: Vec<&str> = pods
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    assert!(
+        pods.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().take(3).eq(["p1", "0/1", "Pending"])),
+        "{pods}"
+    );
+
+    // Re-applying is a no-op; a changed replica count is a patch that bumps the generation.
+    let again = t.kubectl_stdin(&["apply", "-f", "-"], APP).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("deployment.apps/web unchanged"));
+    let scaled = APP.replace("replicas: 2", "replicas: 3");
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &scaled).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deployment.apps/web configured"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spec = t
+        .kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(spec, "3 2");
+
+    // kubectl scale goes through the scale subresource.
+    let out = t.kubectl_ok(&["scale", "deploy/web", "--replicas=5"]).await;
+    assert_eq!(out.trim(), "deployment.apps/web scaled");
+    let spec = t
+        .kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(spec, "5 3");
+    let scale = t
+        .kubectl_ok(&[
+            "get",
+            "--raw",
+            "/apis/apps/v1/namespaces/default/deployments/web/scale",
+        ])
+        .await;
+    assert!(scale.contains(r#""selector":"app=web""#), "{scale}");
+
+    let out = t.kubectl_stdin(&["delete", "-f", "-"], APP).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = t.kubectl(&["get", "all", "-o", "name"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "service/kubernetes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_reads_the_openapi_schemas() {
+    let t = TestServer::start().await;
+    let cm = t.kubectl_ok(&["explain", "configmap"]).await;
+    assert!(cm.contains("KIND:       ConfigMap"), "{cm}");
+    assert!(
+        cm.contains("ConfigMap holds configuration data for pods to consume."),
+        "{cm}"
+    );
+    let field = t
+        .kubectl_ok(&["explain", "deploy.spec.strategy.type"])
+        .await;
+    assert!(field.contains("GROUP:      apps"), "{field}");
+    assert!(field.contains("FIELD: type <string>"), "{field}");
+}
