@@ -43,6 +43,9 @@ use crate::types::{
 use crate::watch::{Watch, WatchSender};
 
 /// How long connecting and the first request may take.
+/// Largest response accepted from etcd: a list of a whole resource type is one message
+/// (kube-apiserver allows about 2 GiB too; tonic's default of 4 MiB breaks big lists).
+const MAX_MESSAGE: usize = 2 * 1024 * 1024 * 1024 - 1;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 keep-alive pings on open streams (etcd refuses pings more often than every 5s).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -153,7 +156,10 @@ impl EtcdBackend {
     }
 
     fn kv(&self) -> Result<KvClient> {
-        Ok(self.client()?.kv_client())
+        Ok(self
+            .client()?
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE))
     }
 
     /// The store's current revision.
@@ -832,7 +838,10 @@ impl WatchTask {
         if self.prev_kv {
             options = options.with_prev_key();
         }
-        let mut client = self.client.watch_client();
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let key = self.key.clone();
         let opening = async move {
             let mut stream = client.watch(key, Some(options)).await?;

@@ -61,6 +61,10 @@ impl Dialect {
     }
 
     /// The statements that create schema version 1 from nothing. Idempotent.
+    ///
+    /// The log is clustered by key (`PRIMARY KEY (name, rev)`; SQLite `WITHOUT ROWID` and InnoDB
+    /// store rows in primary-key order), so a list reads one contiguous range; the unique
+    /// `(rev, sub)` index serves the watch hub, which reads by revision.
     pub(crate) fn create_schema(self) -> Vec<&'static str> {
         match self {
             Dialect::Sqlite => vec![
@@ -77,9 +81,9 @@ impl Dialect {
                     lease INTEGER NOT NULL,
                     deleted INTEGER NOT NULL,
                     value BLOB NOT NULL,
-                    PRIMARY KEY (rev, sub)
+                    PRIMARY KEY (name, rev)
                 ) WITHOUT ROWID",
-                "CREATE UNIQUE INDEX IF NOT EXISTS rk3s_log_name ON rk3s_log (name, rev)",
+                "CREATE UNIQUE INDEX IF NOT EXISTS rk3s_log_rev ON rk3s_log (rev, sub)",
                 "CREATE INDEX IF NOT EXISTS rk3s_log_lease ON rk3s_log (lease) WHERE lease <> 0",
                 "CREATE TABLE IF NOT EXISTS rk3s_lease (
                     id INTEGER PRIMARY KEY,
@@ -99,9 +103,9 @@ impl Dialect {
                     lease BIGINT NOT NULL,
                     deleted BIGINT NOT NULL,
                     value BYTEA NOT NULL,
-                    PRIMARY KEY (rev, sub)
+                    PRIMARY KEY (name, rev)
                 )",
-                "CREATE UNIQUE INDEX IF NOT EXISTS rk3s_log_name ON rk3s_log (name, rev)",
+                "CREATE UNIQUE INDEX IF NOT EXISTS rk3s_log_rev ON rk3s_log (rev, sub)",
                 "CREATE INDEX IF NOT EXISTS rk3s_log_lease ON rk3s_log (lease) WHERE lease <> 0",
                 "CREATE TABLE IF NOT EXISTS rk3s_lease (
                     id BIGINT PRIMARY KEY,
@@ -126,8 +130,8 @@ impl Dialect {
                     lease BIGINT NOT NULL,
                     deleted BIGINT NOT NULL,
                     value LONGBLOB NOT NULL,
-                    PRIMARY KEY (rev, sub),
-                    UNIQUE INDEX rk3s_log_name (name, rev),
+                    PRIMARY KEY (name, rev),
+                    UNIQUE INDEX rk3s_log_rev (rev, sub),
                     INDEX rk3s_log_lease (lease)
                 ) ENGINE = InnoDB",
                 "CREATE TABLE IF NOT EXISTS rk3s_lease (

@@ -160,12 +160,13 @@ pub(crate) async fn range_at(
     at: i64,
 ) -> Result<RangeResponse> {
     let err = shared.sql_err();
-    let (cond, binds) = range_condition("name", &req.key, &req.range_end);
-    // The newest version of each key at `at`, when it is not a deletion.
+    let (cond, binds) = range_condition("l.name", &req.key, &req.range_end);
+    // The newest version of each key at `at`, when it is not a deletion. Rows come in primary
+    // key order (name, rev), and the newer-version probe is a seek next to the row, so a
+    // limited list stops early.
     let visible = format!(
-        "FROM rk3s_log l JOIN (SELECT name AS mname, MAX(rev) AS mrev FROM rk3s_log \
-         WHERE {cond} AND rev <= ? GROUP BY name) m ON l.name = m.mname AND l.rev = m.mrev \
-         WHERE l.deleted = 0"
+        "FROM rk3s_log l WHERE {cond} AND l.rev <= ? AND l.deleted = 0 AND NOT EXISTS \
+         (SELECT 1 FROM rk3s_log n WHERE n.name = l.name AND n.rev > l.rev AND n.rev <= ?)"
     );
     let count_sql = format!("SELECT COUNT(*) {visible}");
     if req.count_only {
@@ -193,6 +194,7 @@ pub(crate) async fn range_at(
         q = q.bind(b.clone());
     }
     let rows = q
+        .bind(at)
         .bind(at)
         .bind(limit)
         .fetch_all(&mut *conn)
@@ -234,7 +236,12 @@ async fn count_rows(
     for b in binds {
         q = q.bind(b.clone());
     }
-    let row = q.bind(at).fetch_one(conn).await.map_err(shared.sql_err())?;
+    let row = q
+        .bind(at)
+        .bind(at)
+        .fetch_one(conn)
+        .await
+        .map_err(shared.sql_err())?;
     row.try_get::<i64, _>(0).map_err(shared.sql_err())
 }
 
