@@ -228,6 +228,45 @@ pub struct TxnRequest {
     pub failure: Vec<TxnOp>,
 }
 
+impl TxnRequest {
+    /// Refuses what etcd refuses before running anything: an empty key, and a branch that
+    /// writes a key twice (two puts, or a put inside a range the branch deletes).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let refuse = |msg: &str| Err(crate::Error::InvalidRequest(msg.to_string()));
+        if self.compare.iter().any(|c| c.key.is_empty()) {
+            return refuse("key is not provided");
+        }
+        for branch in [&self.success, &self.failure] {
+            let mut puts = std::collections::HashSet::new();
+            let mut deletes: Vec<(&[u8], &RangeEnd)> = Vec::new();
+            for op in branch {
+                let key = match op {
+                    TxnOp::Put(p) => &p.key,
+                    TxnOp::Delete(d) => &d.key,
+                    TxnOp::Range(r) => &r.key,
+                };
+                if key.is_empty() {
+                    return refuse("key is not provided");
+                }
+                match op {
+                    TxnOp::Put(p) if !puts.insert(p.key.as_slice()) => {
+                        return refuse("duplicate key given in txn request");
+                    }
+                    TxnOp::Delete(d) => deletes.push((&d.key, &d.range_end)),
+                    _ => {}
+                }
+            }
+            if puts
+                .iter()
+                .any(|key| deletes.iter().any(|(start, end)| end.contains(start, key)))
+            {
+                return refuse("duplicate key given in txn request");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The answer to a [`TxnRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TxnResponse {
@@ -355,5 +394,62 @@ mod tests {
         assert!(holds(CompareOp::Less, CompareTarget::Version(3)));
         assert!(holds(CompareOp::NotEqual, CompareTarget::Version(1)));
         assert!(holds(CompareOp::Equal, CompareTarget::Lease(0)));
+    }
+
+    fn put(key: &str) -> TxnOp {
+        TxnOp::Put(PutRequest {
+            key: key.into(),
+            ..PutRequest::default()
+        })
+    }
+
+    #[test]
+    fn duplicate_puts_are_refused() {
+        let req = TxnRequest {
+            success: vec![put("a"), put("a")],
+            ..TxnRequest::default()
+        };
+        assert!(
+            matches!(req.validate(), Err(crate::Error::InvalidRequest(m)) if m.contains("duplicate"))
+        );
+    }
+
+    #[test]
+    fn put_inside_deleted_range_is_refused() {
+        let del = TxnOp::Delete(DeleteRequest {
+            key: b"a".to_vec(),
+            range_end: RangeEnd::Before(b"c".to_vec()),
+            prev_kv: false,
+        });
+        let req = TxnRequest {
+            failure: vec![del, put("b")],
+            ..TxnRequest::default()
+        };
+        assert!(req.validate().is_err());
+    }
+
+    #[test]
+    fn same_key_in_both_branches_is_fine() {
+        let req = TxnRequest {
+            compare: vec![Compare::new(
+                "a",
+                CompareOp::Equal,
+                CompareTarget::Version(0),
+            )],
+            success: vec![put("a")],
+            failure: vec![put("a")],
+        };
+        assert!(req.validate().is_ok());
+    }
+
+    #[test]
+    fn empty_key_is_refused() {
+        let req = TxnRequest {
+            success: vec![put("")],
+            ..TxnRequest::default()
+        };
+        assert!(
+            matches!(req.validate(), Err(crate::Error::InvalidRequest(m)) if m.contains("not provided"))
+        );
     }
 }

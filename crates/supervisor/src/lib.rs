@@ -1,9 +1,26 @@
 //! The rk3s supervisor: the one binary, `rk3s`, that runs rk3s' components as tasks of one
-//! process. For now it runs the datastore's etcd v3 endpoint (`rk3s datastore`); `rk3s server`
-//! and `rk3s agent` arrive with later issues.
+//! process.
+//!
+//! - `rk3s server` ([`server::run_server`]): the control plane — the datastore in process, the
+//!   apiserver and optionally the etcd v3 endpoint as supervised tasks ([`supervise`]); writes
+//!   the admin kubeconfig when the API is ready. Settings: [`config`].
+//! - `rk3s kubectl ...` ([`kubectl`]): the system kubectl with the admin kubeconfig.
+//! - `rk3s datastore`: the etcd v3 endpoint alone, as `rk3s-datastore`.
+//!
+//! The scheduler and controller (issue #5) and the node half (kubelet, containerd,
+//! networking), `rk3s agent` and joining (issue #4) are not built yet.
+
+pub mod config;
+pub mod kubeconfig;
+pub mod kubectl;
+pub mod server;
+pub mod supervise;
+
+use std::future::Future;
 
 use anyhow::Context;
 
+pub use config::{ServerArgs, ServerConfig, load_config};
 pub use rk3s_datastore::server::Args as DatastoreArgs;
 
 /// The `rk3s` command line.
@@ -12,7 +29,7 @@ pub use rk3s_datastore::server::Args as DatastoreArgs;
     name = "rk3s",
     version,
     about = "rk3s: a lightweight Kubernetes distribution",
-    after_help = "The `server` and `agent` subcommands arrive with later issues."
+    after_help = "`rk3s agent` and the node half of `rk3s server` arrive with later issues."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -22,13 +39,26 @@ pub struct Cli {
 /// The subcommands of `rk3s`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Run the control plane: datastore and Kubernetes API (scheduler, controller and the node
+    /// half are not built yet)
+    Server(ServerArgs),
+    /// Run the system kubectl with the admin kubeconfig
+    Kubectl(kubectl::KubectlArgs),
     /// Serve the etcd v3 API over a SQLite, Postgres, MySQL or etcd datastore
     Datastore(DatastoreArgs),
 }
 
-/// Runs a parsed command line until SIGINT or SIGTERM.
+/// Runs a parsed command line until SIGINT or SIGTERM (`rk3s kubectl` replaces the process).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Server(args) => {
+            let config = load_config(&args).context("rk3s server")?;
+            let shutdown = shutdown_signal().context("installing the signal handlers")?;
+            server::run_server(config, shutdown)
+                .await
+                .context("rk3s server")
+        }
+        Command::Kubectl(args) => kubectl::exec(args).context("rk3s kubectl"),
         Command::Datastore(args) => run_datastore(args).await,
     }
 }
@@ -38,4 +68,18 @@ pub async fn run_datastore(args: DatastoreArgs) -> anyhow::Result<()> {
     rk3s_datastore::server::run(args, rk3s_datastore::server::shutdown_signal())
         .await
         .context("rk3s datastore")
+}
+
+/// Installs the SIGINT and SIGTERM handlers now (so that a signal that arrives during startup
+/// is not lost) and returns a future that resolves at the first of them.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }

@@ -76,7 +76,7 @@ pub struct Args {
     pub datastore_poll_interval: Option<u64>,
 
     /// YAML file with any of the settings above, keyed by their long flag names
-    #[arg(long, value_name = "FILE", env = "RK3S_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "RK3S_CONFIG_FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
 }

@@ -1,7 +1,5 @@
 //! The KV service: Range, Put, DeleteRange, Txn and Compact over the store.
 
-use std::collections::HashSet;
-
 use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbCompare, PbCompareTarget, PbDeleteRequest,
     PbDeleteResponse, PbKeyValue, PbKvService, PbPutRequest, PbPutResponse, PbRangeRequest,
@@ -276,34 +274,7 @@ fn branch(ops: Vec<PbTxnRequestOp>) -> Result<Branch, Status> {
             None => return Err(Status::invalid_argument("etcdserver: empty request in txn")),
         }
     }
-    check_duplicates(&out)?;
     Ok((out, plans))
-}
-
-/// etcd refuses a branch that writes one key twice (two puts, or a put inside a deleted range).
-fn check_duplicates(ops: &[TxnOp]) -> Result<(), Status> {
-    let duplicate = || Status::invalid_argument("etcdserver: duplicate key given in txn request");
-    let mut puts = HashSet::new();
-    for op in ops {
-        if let TxnOp::Put(p) = op
-            && !puts.insert(p.key.as_slice())
-        {
-            return Err(duplicate());
-        }
-    }
-    for op in ops {
-        if let TxnOp::Delete(d) = op {
-            let covers = |key: &[u8]| match &d.range_end {
-                RangeEnd::Single => key == d.key.as_slice(),
-                RangeEnd::Unbounded => key >= d.key.as_slice(),
-                RangeEnd::Before(end) => key >= d.key.as_slice() && key < end.as_slice(),
-            };
-            if puts.iter().any(|k| covers(k)) {
-                return Err(duplicate());
-            }
-        }
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -491,32 +462,6 @@ impl PbKvService for KvService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn put(key: &str) -> TxnOp {
-        TxnOp::Put(PutRequest {
-            key: key.into(),
-            ..PutRequest::default()
-        })
-    }
-
-    #[test]
-    fn duplicate_puts_and_puts_in_deleted_ranges_are_refused() {
-        assert!(check_duplicates(&[put("a"), put("b")]).is_ok());
-        assert!(check_duplicates(&[put("a"), put("a")]).is_err());
-        let del = |key: &str, end: RangeEnd| {
-            TxnOp::Delete(DeleteRequest {
-                key: key.into(),
-                range_end: end,
-                prev_kv: false,
-            })
-        };
-        assert!(check_duplicates(&[put("b"), del("a", RangeEnd::Before(b"c".to_vec()))]).is_err());
-        assert!(check_duplicates(&[put("c"), del("a", RangeEnd::Before(b"c".to_vec()))]).is_ok());
-        assert!(check_duplicates(&[put("a"), del("a", RangeEnd::Single)]).is_err());
-        assert!(
-            check_duplicates(&[del("a", RangeEnd::Single), del("a", RangeEnd::Unbounded)]).is_ok()
-        );
-    }
 
     fn kv(key: &str, create: i64, modr: i64) -> KeyValue {
         KeyValue {

@@ -172,6 +172,8 @@ pub(crate) async fn run(
                         break;
                     }
                 }
+                // The store is closing.
+                Err(Error::Closed) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "compaction step failed; will retry");
                     break;
@@ -181,11 +183,12 @@ pub(crate) async fn run(
                 return;
             }
         }
-        if stepped
-            && shared.dialect == Dialect::Sqlite
-            && let Err(e) = through_writer(&writes, WriteRequest::Checkpoint).await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        if stepped && shared.dialect == Dialect::Sqlite {
+            match through_writer(&writes, WriteRequest::Checkpoint).await {
+                Ok(_) => {}
+                Err(Error::Closed) => return,
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+            }
         }
     }
 }

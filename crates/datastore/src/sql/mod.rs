@@ -369,7 +369,7 @@ impl Backend for SqlBackend {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name()))]
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        writer::validate(&req)?;
+        req.validate()?;
         match self.submit(WriteRequest::Txn(req)).await? {
             writer::WriteReply::Txn(resp) => Ok(resp),
             other => Err(Error::Internal(format!(

@@ -5,7 +5,6 @@
 //! each request still getting its own revision and its own compare-and-swap evaluated against
 //! the state left by the requests before it.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, Row as _};
@@ -17,8 +16,8 @@ use super::rows::{self, LogRow};
 use super::{Dialect, META_COMPACT, META_REVISION, Shared};
 use crate::error::{Error, Result};
 use crate::types::{
-    DeleteRequest, DeleteResponse, KeyValue, PutRequest, PutResponse, RangeEnd, RangeRequest,
-    TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
+    DeleteRequest, DeleteResponse, KeyValue, PutRequest, PutResponse, RangeRequest, TxnOp,
+    TxnOpResponse, TxnRequest, TxnResponse,
 };
 
 /// Most requests committed in one database transaction.
@@ -57,53 +56,6 @@ pub(crate) enum WriteReply {
 pub(crate) struct WriteJob {
     pub(crate) request: WriteRequest,
     pub(crate) reply: oneshot::Sender<Result<WriteReply>>,
-}
-
-/// Rejects what etcd rejects before running anything: empty keys, and a branch that writes a
-/// key twice.
-pub(crate) fn validate(req: &TxnRequest) -> Result<()> {
-    for compare in &req.compare {
-        if compare.key.is_empty() {
-            return Err(Error::InvalidRequest("key is not provided".into()));
-        }
-    }
-    for branch in [&req.success, &req.failure] {
-        let mut puts = HashSet::new();
-        let mut deletes: Vec<(&[u8], &RangeEnd)> = Vec::new();
-        for op in branch {
-            match op {
-                TxnOp::Put(p) => {
-                    if p.key.is_empty() {
-                        return Err(Error::InvalidRequest("key is not provided".into()));
-                    }
-                    if !puts.insert(p.key.as_slice()) {
-                        return Err(Error::InvalidRequest(
-                            "duplicate key given in txn request".into(),
-                        ));
-                    }
-                }
-                TxnOp::Delete(d) => {
-                    if d.key.is_empty() {
-                        return Err(Error::InvalidRequest("key is not provided".into()));
-                    }
-                    deletes.push((&d.key, &d.range_end));
-                }
-                TxnOp::Range(r) => {
-                    if r.key.is_empty() {
-                        return Err(Error::InvalidRequest("key is not provided".into()));
-                    }
-                }
-            }
-        }
-        for key in &puts {
-            if deletes.iter().any(|(start, end)| end.contains(start, key)) {
-                return Err(Error::InvalidRequest(
-                    "duplicate key given in txn request".into(),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Runs until shutdown or until every sender is gone.
@@ -590,65 +542,4 @@ async fn revoke(conn: &mut AnyConnection, shared: &Shared, id: i64, head: &mut i
         .await
         .map_err(shared.sql_err())?;
     Ok(*head)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::{Compare, CompareOp, CompareTarget};
-
-    fn put(key: &str) -> TxnOp {
-        TxnOp::Put(PutRequest {
-            key: key.into(),
-            ..PutRequest::default()
-        })
-    }
-
-    #[test]
-    fn duplicate_puts_are_refused() {
-        let req = TxnRequest {
-            success: vec![put("a"), put("a")],
-            ..TxnRequest::default()
-        };
-        assert!(matches!(validate(&req), Err(Error::InvalidRequest(m)) if m.contains("duplicate")));
-    }
-
-    #[test]
-    fn put_inside_deleted_range_is_refused() {
-        let del = TxnOp::Delete(DeleteRequest {
-            key: b"a".to_vec(),
-            range_end: RangeEnd::Before(b"c".to_vec()),
-            prev_kv: false,
-        });
-        let req = TxnRequest {
-            failure: vec![del, put("b")],
-            ..TxnRequest::default()
-        };
-        assert!(validate(&req).is_err());
-    }
-
-    #[test]
-    fn same_key_in_both_branches_is_fine() {
-        let req = TxnRequest {
-            compare: vec![Compare::new(
-                "a",
-                CompareOp::Equal,
-                CompareTarget::Version(0),
-            )],
-            success: vec![put("a")],
-            failure: vec![put("a")],
-        };
-        assert!(validate(&req).is_ok());
-    }
-
-    #[test]
-    fn empty_key_is_refused() {
-        let req = TxnRequest {
-            success: vec![put("")],
-            ..TxnRequest::default()
-        };
-        assert!(
-            matches!(validate(&req), Err(Error::InvalidRequest(m)) if m.contains("not provided"))
-        );
-    }
 }

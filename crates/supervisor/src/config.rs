@@ -1,0 +1,551 @@
+//! `rk3s server` settings: the flags ([`ServerArgs`]), the merged configuration
+//! ([`ServerConfig`]) and how they are loaded ([`load_config`]).
+//!
+//! Precedence, as in K3s: defaults < the `--config` YAML file < the environment (`RK3S_<FLAG>`,
+//! plus K3s' `K3S_TOKEN`, `K3S_DATASTORE_ENDPOINT`, `K3S_URL`) < flags. The YAML keys are the
+//! long flag names. An unknown key or a bad value is an error naming the key and its source.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The config file read when `--config` is not given (only if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/rk3s/config.yaml";
+/// Where the admin kubeconfig is written by default.
+pub const DEFAULT_KUBECONFIG: &str = "/etc/rk3s/rk3s.yaml";
+
+/// Flags of `rk3s server`. Every value is optional here: what is not given comes from the
+/// environment, the config file or the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize)]
+#[command(
+    after_help = "Settings come from, lowest first: defaults, the --config YAML file \
+(keys are the long flag names), the environment (RK3S_<FLAG>, e.g. RK3S_HTTPS_LISTEN_PORT; \
+K3s' K3S_TOKEN, K3S_DATASTORE_ENDPOINT and K3S_URL too), flags."
+)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServerArgs {
+    /// YAML file keyed by the long flag names [default: /etc/rk3s/config.yaml, if present]
+    #[arg(short = 'c', long, value_name = "FILE", env = "RK3S_CONFIG_FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Directory of rk3s state [default: /var/lib/rk3s]
+    #[arg(short = 'd', long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+
+    /// sqlite:///path, postgres://user:pass@host:5432/db, mysql://user:pass@tcp(host:3306)/db
+    /// or http(s)://host:2379[,host:2379] [default: SQLite at <data-dir>/server/db/state.db]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_endpoint: Option<String>,
+
+    /// CA bundle to verify an etcd datastore's certificate
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_cafile: Option<PathBuf>,
+
+    /// Client certificate for an etcd datastore
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_certfile: Option<PathBuf>,
+
+    /// Client key for an etcd datastore
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_keyfile: Option<PathBuf>,
+
+    /// Also serve the etcd v3 API over the datastore on this address (e.g. 127.0.0.1:2379)
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_listen: Option<SocketAddr>,
+
+    /// HTTPS port of the Kubernetes API [default: 6443]
+    #[arg(long, value_name = "PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_listen_port: Option<u16>,
+
+    /// Address the API listens on [default: 127.0.0.1: there is no authentication yet]
+    #[arg(long, value_name = "IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_address: Option<IpAddr>,
+
+    /// Write the admin kubeconfig to this file [default: /etc/rk3s/rk3s.yaml]
+    #[arg(short = 'o', long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_kubeconfig: Option<PathBuf>,
+
+    /// Mode of the kubeconfig file, in octal, e.g. 0644 [default: 0600]
+    #[arg(long, value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_kubeconfig_mode: Option<String>,
+
+    /// IPv4 range of Service cluster IPs [default: 10.43.0.0/16]
+    #[arg(long, value_name = "CIDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<String>,
+
+    /// IPv4 range of pod IPs [default: 10.42.0.0/16]
+    #[arg(long, value_name = "CIDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
+
+    /// Cluster DNS service IP [default: the 10th address of the service CIDR, 10.43.0.10]
+    #[arg(long, value_name = "IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_dns: Option<IpAddr>,
+
+    /// Cluster domain [default: cluster.local]
+    #[arg(long, value_name = "DOMAIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
+
+    /// Node name [default: the hostname]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
+    /// Shared secret for joining servers and agents (accepted; joining arrives with issue #4)
+    #[arg(short = 't', long, value_name = "TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+
+    /// Server to join (K3S_URL; joining arrives with issue #4, so this is refused for now)
+    #[arg(short = 's', long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+
+    /// Run the control plane only (the node half is not built yet: this is what the server does
+    /// anyway for now)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disable_agent: bool,
+}
+
+/// The merged settings of `rk3s server`, keyed by the long flag names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub datastore_endpoint: Option<String>,
+    pub datastore_cafile: Option<PathBuf>,
+    pub datastore_certfile: Option<PathBuf>,
+    pub datastore_keyfile: Option<PathBuf>,
+    pub datastore_listen: Option<SocketAddr>,
+    pub https_listen_port: u16,
+    pub bind_address: IpAddr,
+    pub write_kubeconfig: PathBuf,
+    /// The mode as a number (0o600); read from an octal string or number ("0644", 644).
+    #[serde(
+        deserialize_with = "deserialize_mode",
+        serialize_with = "serialize_mode"
+    )]
+    pub write_kubeconfig_mode: u32,
+    pub service_cidr: String,
+    pub cluster_cidr: String,
+    pub cluster_dns: Option<IpAddr>,
+    pub cluster_domain: String,
+    pub node_name: Option<String>,
+    pub token: Option<String>,
+    pub server: Option<String>,
+    pub disable_agent: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("/var/lib/rk3s"),
+            datastore_endpoint: None,
+            datastore_cafile: None,
+            datastore_certfile: None,
+            datastore_keyfile: None,
+            datastore_listen: None,
+            https_listen_port: 6443,
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            write_kubeconfig: PathBuf::from(DEFAULT_KUBECONFIG),
+            write_kubeconfig_mode: 0o600,
+            service_cidr: "10.43.0.0/16".into(),
+            cluster_cidr: "10.42.0.0/16".into(),
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
+            node_name: None,
+            token: None,
+            server: None,
+            disable_agent: false,
+        }
+    }
+}
+
+/// The keys the environment may set as `RK3S_<KEY>` (upper case, `_` for `-`).
+const KEYS: &[&str] = &[
+    "data-dir",
+    "datastore-endpoint",
+    "datastore-cafile",
+    "datastore-certfile",
+    "datastore-keyfile",
+    "datastore-listen",
+    "https-listen-port",
+    "bind-address",
+    "write-kubeconfig",
+    "write-kubeconfig-mode",
+    "service-cidr",
+    "cluster-cidr",
+    "cluster-dns",
+    "cluster-domain",
+    "node-name",
+    "token",
+    "server",
+    "disable-agent",
+];
+
+/// K3s' environment names accepted as aliases (below the `RK3S_` ones).
+const K3S_ALIASES: &[(&str, &str)] = &[
+    ("K3S_TOKEN", "token"),
+    ("K3S_DATASTORE_ENDPOINT", "datastore-endpoint"),
+    ("K3S_URL", "server"),
+];
+
+/// A configuration that cannot be used; the message names the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An explicitly named config file does not exist.
+    #[error("config file {}: no such file", .0.display())]
+    MissingFile(PathBuf),
+    /// A key is unknown or has a value of the wrong type (figment names key and source).
+    #[error("invalid configuration: {0}")]
+    Figment(Box<figment::Error>),
+    /// A value has the right type but is not acceptable.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    /// [`ConfigError::Invalid`], with where the value came from.
+    #[error("invalid configuration: {key} ({origin}): {reason}")]
+    InvalidFrom {
+        key: &'static str,
+        origin: String,
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Where a merged value came from, for error messages: the file, the environment, the flags.
+fn origin(figment: &Figment, key: &str) -> Option<String> {
+    let metadata = figment.find_metadata(key)?;
+    if let Some(figment::Source::File(path)) = &metadata.source {
+        return Some(format!("in {}", path.display()));
+    }
+    let name = metadata.name.as_ref();
+    Some(if name.contains("ServerArgs") {
+        "from the command line".to_string()
+    } else if name.contains("ServerConfig") {
+        "the default".to_string()
+    } else {
+        format!("from {name}")
+    })
+}
+
+/// Merges defaults, the config file, the environment and the flags, and validates the result.
+/// Touches nothing.
+pub fn load_config(args: &ServerArgs) -> Result<ServerConfig, ConfigError> {
+    let figment = figment(args)?;
+    let config: ServerConfig = figment
+        .extract()
+        .map_err(|e| ConfigError::Figment(Box::new(e)))?;
+    match config.validate() {
+        Err(ConfigError::Invalid { key, reason }) => match origin(&figment, key) {
+            Some(origin) => Err(ConfigError::InvalidFrom {
+                key,
+                origin,
+                reason,
+            }),
+            None => Err(ConfigError::Invalid { key, reason }),
+        },
+        other => other.map(|()| config),
+    }
+}
+
+/// The merged providers, for [`load_config`] and for `rk3s kubectl` (which only needs the
+/// kubeconfig path).
+pub(crate) fn figment(args: &ServerArgs) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+    match &args.config {
+        Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path.clone())),
+        Some(path) => figment = figment.merge(Yaml::file_exact(path)),
+        None => {
+            let default = Path::new(DEFAULT_CONFIG_FILE);
+            if default.is_file() {
+                figment = figment.merge(Yaml::file_exact(default));
+            }
+        }
+    }
+    for (var, key) in K3S_ALIASES {
+        figment = figment.merge(Env::raw().only(&[var]).map(move |_| (*key).into()));
+    }
+    Ok(figment
+        .merge(Env::prefixed("RK3S_").filter_map(|key| {
+            let key = key.as_str().to_ascii_lowercase().replace('_', "-");
+            KEYS.contains(&key.as_str()).then(|| key.into())
+        }))
+        .merge(Serialized::defaults(args)))
+}
+
+impl ServerConfig {
+    /// The datastore's configuration.
+    pub fn datastore(&self) -> rk3s_datastore::Config {
+        rk3s_datastore::Config {
+            data_dir: self.data_dir.clone(),
+            datastore_endpoint: self
+                .datastore_endpoint
+                .clone()
+                .filter(|e| !e.trim().is_empty()),
+            datastore_cafile: self.datastore_cafile.clone(),
+            datastore_certfile: self.datastore_certfile.clone(),
+            datastore_keyfile: self.datastore_keyfile.clone(),
+            ..rk3s_datastore::Config::default()
+        }
+    }
+
+    /// Where the API listens.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.https_listen_port)
+    }
+
+    /// The address local clients (the kubeconfig, the readiness check) reach the API at:
+    /// 127.0.0.1 when the API listens on every address or on loopback.
+    pub fn local_api_addr(&self) -> SocketAddr {
+        let ip = if self.bind_address.is_unspecified() || self.bind_address.is_loopback() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.bind_address
+        };
+        SocketAddr::new(ip, self.https_listen_port)
+    }
+
+    /// `https://<local api addr>`.
+    pub fn api_url(&self) -> String {
+        format!("https://{}", self.local_api_addr())
+    }
+
+    /// Where the TLS files of the apiserver live.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("server").join("tls")
+    }
+
+    /// The cluster DNS IP: the configured one, or the 10th address of the service CIDR.
+    pub fn cluster_dns(&self) -> Result<IpAddr, ConfigError> {
+        if let Some(ip) = self.cluster_dns {
+            return Ok(ip);
+        }
+        let (base, _) = parse_cidr("service-cidr", &self.service_cidr)?;
+        Ok(IpAddr::V4(Ipv4Addr::from(u32::from(base) + 10)))
+    }
+
+    /// Checks every value without touching anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data-dir", "must not be empty"));
+        }
+        self.datastore()
+            .validate()
+            .map_err(|e| invalid("datastore-endpoint", e.to_string()))?;
+        if self.https_listen_port == 0 {
+            return Err(invalid("https-listen-port", "must not be 0"));
+        }
+        if self.write_kubeconfig.as_os_str().is_empty() {
+            return Err(invalid("write-kubeconfig", "must not be empty"));
+        }
+        if self.write_kubeconfig_mode > 0o777 {
+            return Err(invalid(
+                "write-kubeconfig-mode",
+                format!("{:o} is not a file mode", self.write_kubeconfig_mode),
+            ));
+        }
+        self.service_cidr
+            .parse::<rk3s_apiserver::ServiceCidr>()
+            .map_err(|e| invalid("service-cidr", e))?;
+        parse_cidr("cluster-cidr", &self.cluster_cidr)?;
+        self.cluster_dns()?;
+        if !is_dns_subdomain(&self.cluster_domain) {
+            return Err(invalid(
+                "cluster-domain",
+                format!("{:?} is not a DNS domain", self.cluster_domain),
+            ));
+        }
+        if let Some(name) = &self.node_name
+            && !is_dns_subdomain(name)
+        {
+            return Err(invalid(
+                "node-name",
+                format!("{name:?} is not a lowercase DNS-1123 subdomain"),
+            ));
+        }
+        if let Some(server) = &self.server
+            && !server.trim().is_empty()
+        {
+            return Err(invalid(
+                "server",
+                format!(
+                    "joining an existing cluster ({server}) arrives with issue #4; \
+                     unset --server / K3S_URL to start a new cluster"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An IPv4 CIDR: the network address and prefix length.
+fn parse_cidr(key: &'static str, s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let bad = || invalid(key, format!("{s:?} is not an IPv4 CIDR like 10.42.0.0/16"));
+    let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=30).contains(p))
+        .ok_or_else(bad)?;
+    let mask = u32::MAX << (32 - prefix);
+    Ok((Ipv4Addr::from(u32::from(ip) & mask), prefix))
+}
+
+/// A lowercase DNS-1123 subdomain (what Kubernetes accepts as a node name or domain).
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Reads a file mode written in octal, as K3s takes it: `"0644"`, `"644"`, or a YAML number
+/// whose digits are read as octal (`0644` is the number 644 in YAML 1.2).
+fn deserialize_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Num(u64),
+        Text(String),
+    }
+    let text = match Mode::deserialize(d)? {
+        Mode::Num(n) => n.to_string(),
+        Mode::Text(s) => s,
+    };
+    parse_mode(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses an octal file mode (`0600`, `644`, `0o640`).
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("{text:?} is not an octal file mode like 0600"))?;
+    if mode > 0o777 {
+        return Err(format!("{text:?} is not a file mode (at most 0777)"));
+    }
+    Ok(mode)
+}
+
+fn serialize_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert!(parse_mode("999").is_err());
+        assert!(parse_mode("01777").is_err());
+        assert!(parse_mode("rw").is_err());
+    }
+
+    #[test]
+    fn yaml_modes_are_octal_whether_quoted_or_not() {
+        for (yaml, want) in [
+            ("write-kubeconfig-mode: 0644", 0o644),
+            ("write-kubeconfig-mode: \"0640\"", 0o640),
+            ("write-kubeconfig-mode: 600", 0o600),
+        ] {
+            let c: ServerConfig = Figment::from(Serialized::defaults(ServerConfig::default()))
+                .merge(Yaml::string(yaml))
+                .extract()
+                .expect(yaml);
+            assert_eq!(c.write_kubeconfig_mode, want, "{yaml}");
+        }
+        let err = Figment::from(Serialized::defaults(ServerConfig::default()))
+            .merge(Yaml::string("write-kubeconfig-mode: 0999"))
+            .extract::<ServerConfig>()
+            .expect_err("not octal")
+            .to_string();
+        assert!(err.contains("write-kubeconfig-mode"), "{err}");
+    }
+
+    #[test]
+    fn defaults_validate_and_cluster_dns_is_derived() {
+        let c = ServerConfig::default();
+        c.validate().expect("defaults valid");
+        assert_eq!(c.cluster_dns().expect("dns").to_string(), "10.43.0.10");
+        assert_eq!(c.api_url(), "https://127.0.0.1:6443");
+        let c = ServerConfig {
+            service_cidr: "10.96.0.0/12".into(),
+            bind_address: "0.0.0.0".parse().expect("ip"),
+            ..ServerConfig::default()
+        };
+        assert_eq!(c.cluster_dns().expect("dns").to_string(), "10.96.0.10");
+        assert_eq!(c.api_url(), "https://127.0.0.1:6443");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (c, key) in [
+            (
+                ServerConfig {
+                    cluster_cidr: "10.42.0.0".into(),
+                    ..ServerConfig::default()
+                },
+                "cluster-cidr",
+            ),
+            (
+                ServerConfig {
+                    node_name: Some("Node_1".into()),
+                    ..ServerConfig::default()
+                },
+                "node-name",
+            ),
+            (
+                ServerConfig {
+                    server: Some("https://10.0.0.1:6443".into()),
+                    ..ServerConfig::default()
+                },
+                "server",
+            ),
+            (
+                ServerConfig {
+                    datastore_endpoint: Some("ftp://x".into()),
+                    ..ServerConfig::default()
+                },
+                "datastore-endpoint",
+            ),
+        ] {
+            let err = c.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! `rk3s server` and `rk3s kubectl` through the real binary, each test with its own data dir,
+//! kubeconfig path and ports (never /var/lib/rk3s, /etc/rk3s or 6443).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rk3s_datastore::testing::free_port;
+
+const RK3S: &str = env!("CARGO_BIN_EXE_rk3s");
+/// Generous bound on startup, so that a broken server fails the test instead of hanging it.
+const STARTUP: Duration = Duration::from_secs(90);
+const READY: &str = "rk3s server ready: kubeconfig ";
+
+/// `rk3s` with an environment free of the caller's rk3s/K3s settings.
+fn rk3s_cmd(dir: &Path) -> Command {
+    let mut cmd = Command::new(RK3S);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("RK3S_") || k.starts_with("K3S_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "0")
+        .env("HOME", dir);
+    cmd
+}
+
+/// A temp dir with a config file (so that /etc/rk3s/config.yaml is never read) and paths.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(config: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("config.yaml"), config).expect("config written");
+        Setup { dir }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn data_dir(&self) -> PathBuf {
+        self.path("data")
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        self.path("kubeconfig.yaml")
+    }
+    /// `rk3s server --config <ours> --data-dir <ours> --write-kubeconfig <ours>` + `args`.
+    fn server_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = rk3s_cmd(self.dir.path());
+        cmd.arg("server")
+            .arg("--config")
+            .arg(self.path("config.yaml"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--write-kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args);
+        cmd
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).expect("stdin written");
+        }
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    fn kubectl_ok(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A running `rk3s server` whose stderr is collected line by line.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Server {
+    /// Starts the server and waits for its ready line, which it returns.
+    fn start(mut cmd: Command) -> (Server, String) {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rk3s server starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            lines,
+            log: Vec::new(),
+        };
+        let ready = server.wait_for(READY);
+        (server, ready)
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(STARTUP) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no log line with {needle:?}; log:\n{}", self.log.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and the rest of the log.
+    fn terminate(self) -> (ExitStatus, Vec<String>) {
+        self.signal("-TERM")
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`), then waits for the exit.
+    fn signal(mut self, signal: &str) -> (ExitStatus, Vec<String>) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+        let status = self.child.wait().expect("server exits");
+        self.log.extend(self.lines.iter());
+        (status, std::mem::take(&mut self.log))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port_arg(port: u16) -> String {
+    port.to_string()
+}
+
+const CONFIGMAP: &str = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"survivor","namespace":"default"},"data":{"k":"v"}}"#;
+
+#[test]
+fn server_serves_kubectl_and_keeps_objects_across_a_restart() {
+    let setup = Setup::new("cluster-domain: cluster.local\n");
+    let port = free_port().expect("free port");
+    let (server, ready) =
+        Server::start(setup.server_cmd(&["--https-listen-port", &port_arg(port)]));
+    assert!(
+        ready.contains(&format!(
+            "{READY}{}, API https://127.0.0.1:{port}",
+            setup.kubeconfig().display()
+        )),
+        "{ready}"
+    );
+    let mode = std::fs::metadata(setup.kubeconfig())
+        .expect("kubeconfig written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "kubeconfig mode {mode:o}");
+    assert!(setup.data_dir().join("server/db/state.db").is_file());
+
+    let namespaces = setup.kubectl_ok(&["get", "ns", "-o", "name"], "");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{ns}\n")),
+            "{namespaces}"
+        );
+    }
+    assert_eq!(setup.kubectl_ok(&["get", "--raw", "/readyz"], ""), "ok");
+    setup.kubectl_ok(&["create", "-f", "-"], CONFIGMAP);
+
+    // `rk3s kubectl` with the admin kubeconfig from RK3S_KUBECONFIG.
+    let out = rk3s_cmd(setup.dir.path())
+        .env("RK3S_KUBECONFIG", setup.kubeconfig())
+        .args(["kubectl", "get", "ns", "kube-system", "-o", "name"])
+        .output()
+        .expect("rk3s kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "namespace/kube-system\n"
+    );
+    // Without RK3S_KUBECONFIG: `write-kubeconfig` from the config file.
+    let kubectl_config = setup.path("kubectl-config.yaml");
+    std::fs::write(
+        &kubectl_config,
+        format!("write-kubeconfig: {}\n", setup.kubeconfig().display()),
+    )
+    .expect("config written");
+    let out = rk3s_cmd(setup.dir.path())
+        .env("RK3S_CONFIG_FILE", &kubectl_config)
+        .args(["kubectl", "get", "ns", "default", "-o", "name"])
+        .output()
+        .expect("rk3s kubectl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "namespace/default\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl's own exit code comes back.
+    let out = rk3s_cmd(setup.dir.path())
+        .env("RK3S_KUBECONFIG", setup.kubeconfig())
+        .args(["kubectl", "get", "configmap", "no-such-thing"])
+        .output()
+        .expect("rk3s kubectl runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An open watch does not keep the server from stopping.
+    let mut watch = Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(setup.kubeconfig())
+        .args(["get", "configmaps", "--watch", "-o", "name"])
+        .env("HOME", setup.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl watch runs");
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("watch output");
+    assert_eq!(first, "configmap/survivor\n");
+
+    let (status, log) = server.terminate();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        log.join("\n")
+    );
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("node half"), 1, "{}", log.join("\n"));
+    assert_eq!(count("scheduler and controller"), 1, "{}", log.join("\n"));
+    assert_eq!(count("rk3s server stopped"), 1, "{}", log.join("\n"));
+
+    // Same data dir, same port: the object is still there.
+    std::fs::remove_file(setup.kubeconfig()).expect("kubeconfig removed");
+    let (server, _) = Server::start(setup.server_cmd(&["--https-listen-port", &port_arg(port)]));
+    let data = setup.kubectl_ok(
+        &["get", "configmap", "survivor", "-o", "jsonpath={.data.k}"],
+        "",
+    );
+    assert_eq!(data, "v");
+    let (status, log) = server.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        log.join("\n")
+    );
+}
+
+#[test]
+fn file_env_and_flag_precedence() {
+    let file_port = free_port().expect("free port");
+    let env_port = free_port().expect("free port");
+    let flag_port = free_port().expect("free port");
+    let setup = Setup::new(&format!(
+        "https-listen-port: {file_port}\nwrite-kubeconfig-mode: \"0640\"\n"
+    ));
+    let other_db = setup.path("other.db");
+
+    // File < environment (RK3S_* and the K3s alias of the datastore endpoint).
+    let mut cmd = setup.server_cmd(&[]);
+    cmd.env("RK3S_HTTPS_LISTEN_PORT", env_port.to_string()).env(
+        "K3S_DATASTORE_ENDPOINT",
+        format!("sqlite://{}", other_db.display()),
+    );
+    let (server, ready) = Server::start(cmd);
+    assert!(
+        ready.ends_with(&format!("API https://127.0.0.1:{env_port}")),
+        "{ready}"
+    );
+    let mode = std::fs::metadata(setup.kubeconfig())
+        .expect("kubeconfig")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640, "mode from the config file: {mode:o}");
+    assert!(other_db.is_file(), "K3S_DATASTORE_ENDPOINT used");
+    assert!(!setup.data_dir().join("server/db/state.db").exists());
+    setup.kubectl_ok(&["get", "ns", "default"], "");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    // Environment < flags.
+    let mut cmd = setup.server_cmd(&["--https-listen-port", &port_arg(flag_port)]);
+    cmd.env("RK3S_HTTPS_LISTEN_PORT", env_port.to_string());
+    let (server, ready) = Server::start(cmd);
+    assert!(
+        ready.ends_with(&format!("API https://127.0.0.1:{flag_port}")),
+        "{ready}"
+    );
+    setup.kubectl_ok(&["get", "ns", "default"], "");
+    let (status, log) = server.signal("-INT");
+    assert!(
+        status.success(),
+        "SIGINT: {status}; log:\n{}",
+        log.join("\n")
+    );
+}
+
+/// Runs `rk3s server` that must fail before starting anything; returns its stderr.
+fn fails(setup: &Setup, cmd: &mut Command) -> String {
+    let out = cmd.output().expect("rk3s runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(
+        !setup.kubeconfig().exists(),
+        "no kubeconfig after a failed start"
+    );
+    stderr
+}
+
+#[test]
+fn bad_configuration_fails_naming_the_key_before_starting() {
+    for (body, key) in [
+        ("https-listen-port: \"abc\"\n", "https-listen-port"),
+        ("write-kubeconfig-mode: 999\n", "write-kubeconfig-mode"),
+        ("datastore-endpiont: sqlite:///x.db\n", "datastore-endpiont"),
+        ("cluster-cidr: 10.42.0.0\n", "cluster-cidr"),
+    ] {
+        let setup = Setup::new(body);
+        let stderr = fails(&setup, &mut setup.server_cmd(&[]));
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert!(!setup.data_dir().exists(), "nothing started for {key}");
+        let file = setup.path("config.yaml").display().to_string();
+        assert!(stderr.contains(&file), "names the file: {stderr}");
+    }
+
+    // A bad value in the environment names the variable's key.
+    let setup = Setup::new("");
+    let stderr = fails(
+        &setup,
+        setup
+            .server_cmd(&[])
+            .env("RK3S_HTTPS_LISTEN_PORT", "not-a-port"),
+    );
+    assert!(
+        stderr.to_lowercase().contains("https-listen-port"),
+        "{stderr}"
+    );
+
+    // An explicitly named config file that does not exist.
+    let setup = Setup::new("");
+    let missing = setup.path("missing.yaml");
+    let stderr = fails(
+        &setup,
+        rk3s_cmd(setup.dir.path())
+            .arg("server")
+            .arg("--config")
+            .arg(&missing)
+            .arg("--data-dir")
+            .arg(setup.data_dir())
+            .arg("--write-kubeconfig")
+            .arg(setup.kubeconfig()),
+    );
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn a_taken_port_is_a_clear_startup_error() {
+    let setup = Setup::new("");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let stderr = fails(
+        &setup,
+        &mut setup.server_cmd(&["--https-listen-port", &port_arg(port)]),
+    );
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_datastore_is_a_clear_startup_error() {
+    let setup = Setup::new("");
+    let closed = free_port().expect("free port");
+    let endpoint = format!("postgres://rk3s:secret@127.0.0.1:{closed}/rk3s");
+    let port = free_port().expect("free port");
+    let stderr = fails(
+        &setup,
+        &mut setup.server_cmd(&[
+            "--https-listen-port",
+            &port_arg(port),
+            "--datastore-endpoint",
+            &endpoint,
+        ]),
+    );
+    assert!(
+        stderr.contains(&format!("postgres://rk3s:***@127.0.0.1:{closed}/rk3s")),
+        "names the endpoint: {stderr}"
+    );
+    assert!(!stderr.contains("secret"), "password shown: {stderr}");
+}
+
+#[test]
+fn datastore_listen_serves_etcdctl_over_the_same_store() {
+    let setup = Setup::new("disable-agent: true\n");
+    let port = free_port().expect("free port");
+    let etcd_port = free_port().expect("free port");
+    let etcd = format!("127.0.0.1:{etcd_port}");
+    let mut cmd = setup.server_cmd(&[
+        "--https-listen-port",
+        &port_arg(port),
+        "--datastore-listen",
+        &etcd,
+    ]);
+    cmd.env("K3S_TOKEN", "k3s-style-token");
+    let (server, _) = Server::start(cmd);
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new("/usr/bin/etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&etcd)
+            .args(args)
+            .output()
+            .expect("etcdctl runs");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = etcdctl(&["endpoint", "status"]);
+    assert!(status.contains(&etcd), "{status}");
+    let keys = etcdctl(&["get", "--prefix", "--keys-only", "/registry/namespaces/"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            keys.contains(&format!("/registry/namespaces/{ns}\n")),
+            "{keys}"
+        );
+    }
+    // A write through the API is visible through the etcd endpoint.
+    setup.kubectl_ok(&["create", "-f", "-"], CONFIGMAP);
+    let keys = etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/registry/configmaps/default/",
+    ]);
+    assert!(
+        keys.contains("/registry/configmaps/default/survivor"),
+        "{keys}"
+    );
+
+    let (status, log) = server.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        log.join("\n")
+    );
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("--disable-agent"), 1, "{}", log.join("\n"));
+    assert_eq!(
+        count("--token accepted"),
+        1,
+        "K3S_TOKEN: {}",
+        log.join("\n")
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("k3s-style-token")),
+        "token logged"
+    );
+}
