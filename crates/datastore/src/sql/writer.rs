@@ -182,10 +182,10 @@ async fn execute(shared: &Shared, requests: &[WriteRequest]) -> Result<Vec<Resul
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         let result = match request {
-            WriteRequest::Txn(txn) => apply_txn(&mut tx, shared, txn, &mut head)
+            WriteRequest::Txn(txn) => apply_txn(&mut tx, shared, txn, &mut head, &mut first)
                 .await
                 .map(WriteReply::Txn),
-            WriteRequest::RevokeLease(id) => revoke(&mut tx, shared, *id, &mut head)
+            WriteRequest::RevokeLease(id) => revoke(&mut tx, shared, *id, &mut head, &mut first)
                 .await
                 .map(|revision| WriteReply::Revoked { revision }),
             WriteRequest::CompactStep | WriteRequest::Checkpoint => {
@@ -198,13 +198,6 @@ async fn execute(shared: &Shared, requests: &[WriteRequest]) -> Result<Vec<Resul
             Err(e @ Error::Sql { .. }) => return Err(e),
             Err(e) => Err(e),
         };
-        if first.is_none() && head > start {
-            let name = first_name(&mut tx, shared, start + 1).await?;
-            first = Some(Written {
-                rev: start + 1,
-                name,
-            });
-        }
         results.push(result);
     }
     if head == start {
@@ -293,6 +286,7 @@ async fn apply_txn(
     shared: &Shared,
     txn: &TxnRequest,
     head: &mut i64,
+    first: &mut Option<Written>,
 ) -> Result<TxnResponse> {
     let mut succeeded = true;
     for compare in &txn.compare {
@@ -348,9 +342,11 @@ async fn apply_txn(
                 resp.revision = visible;
                 TxnOpResponse::Range(resp)
             }
-            TxnOp::Put(put) => TxnOpResponse::Put(put_row(conn, shared, put, rev, &mut sub).await?),
+            TxnOp::Put(put) => {
+                TxnOpResponse::Put(put_row(conn, shared, put, rev, &mut sub, first).await?)
+            }
             TxnOp::Delete(delete) => TxnOpResponse::Delete(
-                delete_rows(conn, shared, delete, rev, visible, &mut sub).await?,
+                delete_rows(conn, shared, delete, rev, visible, &mut sub, first).await?,
             ),
         };
         responses.push(response);
@@ -397,7 +393,13 @@ async fn check_revision(
     Ok(())
 }
 
-async fn insert(conn: &mut AnyConnection, shared: &Shared, row: &LogRow) -> Result<()> {
+/// Writes one log row, and remembers the batch's first one (see [`committed_anyway`]).
+async fn insert(
+    conn: &mut AnyConnection,
+    shared: &Shared,
+    row: &LogRow,
+    first: &mut Option<Written>,
+) -> Result<()> {
     let sql = format!(
         "INSERT INTO rk3s_log ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows::COLUMNS
@@ -416,6 +418,10 @@ async fn insert(conn: &mut AnyConnection, shared: &Shared, row: &LogRow) -> Resu
         .execute(conn)
         .await
         .map_err(shared.sql_err())?;
+    first.get_or_insert_with(|| Written {
+        rev: row.rev,
+        name: row.name.clone(),
+    });
     Ok(())
 }
 
@@ -425,6 +431,7 @@ async fn put_row(
     put: &PutRequest,
     rev: i64,
     sub: &mut i64,
+    first: &mut Option<Written>,
 ) -> Result<PutResponse> {
     let prev = rows::latest(conn, shared, &put.key)
         .await?
@@ -448,7 +455,7 @@ async fn put_row(
         deleted: false,
         value,
     };
-    insert(conn, shared, &row).await?;
+    insert(conn, shared, &row, first).await?;
     *sub += 1;
     Ok(PutResponse {
         prev_kv: if put.prev_kv {
@@ -466,6 +473,7 @@ async fn delete_rows(
     rev: i64,
     visible: i64,
     sub: &mut i64,
+    first: &mut Option<Written>,
 ) -> Result<DeleteResponse> {
     let current = rows::range_at(
         conn,
@@ -480,7 +488,7 @@ async fn delete_rows(
     .await?;
     let deleted = current.kvs.len() as i64;
     for kv in &current.kvs {
-        tombstone(conn, shared, kv, rev, sub).await?;
+        tombstone(conn, shared, kv, rev, sub, first).await?;
     }
     Ok(DeleteResponse {
         deleted,
@@ -498,6 +506,7 @@ async fn tombstone(
     kv: &KeyValue,
     rev: i64,
     sub: &mut i64,
+    first: &mut Option<Written>,
 ) -> Result<()> {
     let row = LogRow {
         rev,
@@ -510,13 +519,19 @@ async fn tombstone(
         deleted: true,
         value: Vec::new(),
     };
-    insert(conn, shared, &row).await?;
+    insert(conn, shared, &row, first).await?;
     *sub += 1;
     Ok(())
 }
 
 /// Deletes a lease's keys (one revision for all) and the lease.
-async fn revoke(conn: &mut AnyConnection, shared: &Shared, id: i64, head: &mut i64) -> Result<i64> {
+async fn revoke(
+    conn: &mut AnyConnection,
+    shared: &Shared,
+    id: i64,
+    head: &mut i64,
+    first: &mut Option<Written>,
+) -> Result<i64> {
     if !lease_exists(conn, shared, id).await? {
         return Err(Error::LeaseNotFound(id));
     }
@@ -529,7 +544,7 @@ async fn revoke(conn: &mut AnyConnection, shared: &Shared, id: i64, head: &mut i
             .await?
             .filter(|r| !r.deleted && r.lease == id)
         {
-            tombstone(conn, shared, &row.into_kv(), rev, &mut sub).await?;
+            tombstone(conn, shared, &row.into_kv(), rev, &mut sub, first).await?;
         }
     }
     if sub > 0 {
