@@ -24,6 +24,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "protoc, for prost-build (etcd-client's generated gRPC code)",
     ),
     (
+        "libprotobuf-dev",
+        "the well-known .proto files (google/protobuf/descriptor.proto) etcd-client's protos import",
+    ),
+    (
         "etcd-server",
         "the real etcd the datastore tests run against",
     ),
