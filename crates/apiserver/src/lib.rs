@@ -21,6 +21,7 @@ mod error;
 mod health;
 mod metrics;
 mod openapi;
+mod protobuf;
 mod registry;
 mod rest;
 mod selectors;

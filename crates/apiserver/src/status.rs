@@ -152,7 +152,8 @@ impl ApiError {
                 "UnsupportedMediaType",
                 format!(
                     "the body of the request was in an unknown format - accepted media types \
-                     include: application/json, application/yaml (got {content_type:?})"
+                     include: application/json, application/vnd.kubernetes.protobuf (got \
+                     {content_type:?})"
                 ),
             )
         }

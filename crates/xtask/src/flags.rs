@@ -10,6 +10,7 @@ commands:
                           make sure Postgres (127.0.0.1:5432) and MariaDB (127.0.0.1:3306) run
   test                    deps, then every test tier: lint, build, tests (what .ci/run runs)
   bench [<name> [args]]   run a benchmark; without a name, list them
+  codegen                 regenerate the apiserver's protobuf message table from k8s-pb
   dist                    release build of the rk3s binary (arrives with issue #6)
   help                    this text";
 
@@ -25,6 +26,7 @@ pub(crate) enum Command {
         args: Vec<String>,
     },
     Dist,
+    Codegen,
 }
 
 /// A command line that does not parse.
@@ -72,6 +74,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Command, UsageError> {
         "deps" => no_args("deps", Command::Deps),
         "test" => no_args("test", Command::Test),
         "dist" => no_args("dist", Command::Dist),
+        "codegen" => no_args("codegen", Command::Codegen),
         "bench" => {
             let (name, args) = match rest.split_first() {
                 None => (None, Vec::new()),
@@ -104,6 +107,7 @@ mod tests {
         assert_eq!(parse_str("deps"), Ok(Command::Deps));
         assert_eq!(parse_str("test"), Ok(Command::Test));
         assert_eq!(parse_str("dist"), Ok(Command::Dist));
+        assert_eq!(parse_str("codegen"), Ok(Command::Codegen));
         assert_eq!(parse_str("--help"), Ok(Command::Help));
     }
 

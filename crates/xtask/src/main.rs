@@ -7,9 +7,11 @@
 //!   sure the machine's Postgres and MariaDB answer.
 //! - `cargo xtask test`: `deps`, then every test tier (lint, build, tests). `.ci/run` runs it.
 //! - `cargo xtask bench <name> [args...]`: runs a benchmark.
+//! - `cargo xtask codegen`: regenerates the apiserver's table of Kubernetes protobuf messages.
 
 mod bench;
 mod cmd;
+mod codegen;
 mod deps;
 mod flags;
 mod suite;
@@ -53,6 +55,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Test => suite::run(),
+        Command::Codegen => {
+            codegen::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { name, args } => bench::run(name.as_deref(), &args),
         Command::Dist => {
             eprintln!(

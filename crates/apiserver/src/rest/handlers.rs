@@ -55,9 +55,16 @@ fn check_subresource(target: &Target) -> Result<bool, ApiError> {
     }
 }
 
-/// The request body as JSON, checking its media type.
+/// The request body as JSON, from JSON or Kubernetes protobuf as its media type says.
 pub(crate) fn body_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = content_type(headers);
+    if ct == crate::protobuf::MEDIA_TYPE {
+        return crate::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body is not a valid protobuf object: {e}"
+            ))
+        });
+    }
     if !(ct.is_empty() || ct == "application/json" || ct == "*/*") {
         return Err(ApiError::unsupported_media_type(&ct));
     }
@@ -926,7 +933,7 @@ fn delete_options(ctx: Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError> 
     let mut opts: DeleteOptions = if body.iter().all(u8::is_ascii_whitespace) {
         DeleteOptions::default()
     } else {
-        serde_json::from_slice(body)
+        serde_json::from_value(body_json(ctx.headers, body)?)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
     if let Some(g) = ctx.query.get("gracePeriodSeconds") {
