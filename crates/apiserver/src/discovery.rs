@@ -11,6 +11,12 @@ use crate::rest::json_response;
 use crate::server::AppState;
 use crate::status::ApiError;
 
+/// The create-only subresources of pods: (name, group of the kind, kind), all at v1.
+const POD_CREATE_SUBRESOURCES: &[(&str, &str, &str)] = &[
+    ("binding", "", "Binding"),
+    ("eviction", "policy", "Eviction"),
+];
+
 /// The aggregated discovery version a client accepts (`v2` or `v2beta1`), if any.
 fn aggregated_version(headers: &HeaderMap) -> Option<&'static str> {
     let accept = headers
@@ -163,13 +169,20 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Response {
             }));
         }
         if r.group.is_empty() && r.kind == "Pod" {
-            resources.push(json!({
-                "name": "pods/binding",
-                "singularName": "",
-                "namespaced": true,
-                "kind": "Binding",
-                "verbs": ["create"],
-            }));
+            for (sub, group, kind) in POD_CREATE_SUBRESOURCES {
+                let mut e = json!({
+                    "name": format!("pods/{sub}"),
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": kind,
+                    "verbs": ["create"],
+                });
+                if !group.is_empty() {
+                    e["group"] = json!(group);
+                    e["version"] = json!("v1");
+                }
+                resources.push(e);
+            }
         }
         if r.scale_subresource {
             resources.push(json!({
@@ -230,11 +243,13 @@ fn aggregated_group(g: &GroupVersion) -> Value {
                 }));
             }
             if r.group.is_empty() && r.kind == "Pod" {
-                subs.push(json!({
-                    "subresource": "binding",
-                    "responseKind": { "group": "", "version": "v1", "kind": "Binding" },
-                    "verbs": ["create"],
-                }));
+                for (sub, group, kind) in POD_CREATE_SUBRESOURCES {
+                    subs.push(json!({
+                        "subresource": sub,
+                        "responseKind": { "group": group, "version": "v1", "kind": kind },
+                        "verbs": ["create"],
+                    }));
+                }
             }
             if !subs.is_empty() {
                 e["subresources"] = json!(subs);

@@ -137,6 +137,49 @@ fn validate_value(value: &str, sel: &str) -> Result<(), String> {
     }
 }
 
+/// A label selector object (`matchLabels`, `matchExpressions`) as selector text, or a plain
+/// map (replicationcontrollers) as `k=v,...`.
+pub(crate) fn selector_text(sel: Option<&Value>) -> String {
+    let Some(sel) = sel.and_then(Value::as_object) else {
+        return String::new();
+    };
+    let has_structure = sel.contains_key("matchLabels") || sel.contains_key("matchExpressions");
+    let mut parts = Vec::new();
+    let labels = if has_structure {
+        sel.get("matchLabels").and_then(Value::as_object)
+    } else {
+        Some(sel)
+    };
+    if let Some(labels) = labels {
+        for (k, v) in labels {
+            parts.push(format!("{k}={}", v.as_str().unwrap_or("")));
+        }
+    }
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+        let values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+            "In" => parts.push(format!("{key} in ({})", values.join(","))),
+            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
+            "Exists" => parts.push(key.to_string()),
+            "DoesNotExist" => parts.push(format!("!{key}")),
+            _ => {}
+        }
+    }
+    parts.join(",")
+}
+
 impl LabelSelector {
     /// Parses the `labelSelector` query parameter.
     pub(crate) fn parse(sel: &str) -> Result<Self, String> {

@@ -36,8 +36,12 @@ pub(crate) const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "apiserver",
-        what: "creates/s, get p50/p99, list of 10k pods, watch fan-out, RSS",
-        target: Target::NotYet { issue: 3 },
+        what: "the rk3s-apiserver process on SQLite: creates/s, get p50/p99, list of 10k pods, \
+               watch fan-out to 1000 watchers, RSS idle and loaded",
+        target: Target::Cargo {
+            package: "rk3s-apiserver",
+            bench: "apiserver",
+        },
     },
     Bench {
         name: "scheduler",

@@ -201,7 +201,8 @@ fn a_deployment_with_every_kind_of_field() {
         })
     );
     // And it is a valid typed object.
-    let typed: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(v).expect("a typed Deployment");
+    let typed: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_value(v).expect("a typed Deployment");
     assert_eq!(typed.spec.expect("spec").replicas, Some(0));
     // The table of non-pointer fields names only fields that exist.
     for (message, fields) in OMIT_ZERO {

@@ -356,6 +356,13 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     {
         return bind(ctx, name, body).await;
     }
+    if let (Some(name), Some("eviction")) = (
+        ctx.target.name.as_deref(),
+        ctx.target.subresource.as_deref(),
+    ) && is_pod(info)
+    {
+        return super::eviction::evict(ctx, name, body).await;
+    }
     if ctx.target.name.is_some() || ctx.target.subresource.is_some() {
         return Err(ApiError::method_not_allowed());
     }
@@ -911,15 +918,24 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
 /// Namespaces that cannot be deleted, as upstream.
 const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
+/// The parts of `meta/v1` `DeleteOptions` the server acts on.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct DeleteOptions {
+pub(crate) struct DeleteOptions {
     #[serde(default)]
     grace_period_seconds: Option<i64>,
     #[serde(default)]
     preconditions: Option<Preconditions>,
     #[serde(default)]
-    dry_run: Option<Vec<String>>,
+    pub(crate) dry_run: Option<Vec<String>>,
+}
+
+impl DeleteOptions {
+    pub(crate) fn is_dry_run(&self) -> bool {
+        self.dry_run
+            .as_ref()
+            .is_some_and(|d| d.iter().any(|x| x == "All"))
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -983,7 +999,7 @@ pub(crate) async fn delete(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
 
 /// Deletes one object, or marks it for deletion when finalizers or a pod's graceful
 /// termination hold it. Returns the object's last state and whether it is gone.
-async fn delete_object(
+pub(crate) async fn delete_object(
     state: &AppState,
     info: &ResourceInfo,
     ns: Option<&str>,
@@ -997,10 +1013,7 @@ async fn delete_object(
             "this namespace may not be deleted",
         ));
     }
-    let dry_run = opts
-        .dry_run
-        .as_ref()
-        .is_some_and(|d| d.iter().any(|x| x == "All"));
+    let dry_run = opts.is_dry_run();
     let key = info.key(ns, name);
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(&key, 0).await?;

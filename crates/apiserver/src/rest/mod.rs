@@ -6,6 +6,7 @@
 //! the upstream keys, without `metadata.resourceVersion`: that is the key's mod revision,
 //! filled in on every read.
 
+mod eviction;
 mod handlers;
 mod object;
 mod patch;

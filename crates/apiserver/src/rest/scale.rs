@@ -10,49 +10,6 @@ use super::object::{meta_str, request_resource_version};
 use super::ok;
 use crate::status::ApiError;
 
-/// A label selector object (`matchLabels`, `matchExpressions`) as selector text, or a plain
-/// map (replicationcontrollers) as `k=v,...`.
-fn selector_string(sel: Option<&Value>) -> String {
-    let Some(sel) = sel.and_then(Value::as_object) else {
-        return String::new();
-    };
-    let has_structure = sel.contains_key("matchLabels") || sel.contains_key("matchExpressions");
-    let mut parts = Vec::new();
-    let labels = if has_structure {
-        sel.get("matchLabels").and_then(Value::as_object)
-    } else {
-        Some(sel)
-    };
-    if let Some(labels) = labels {
-        for (k, v) in labels {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or("")));
-        }
-    }
-    for e in sel
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-        let values: Vec<&str> = e
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-            "In" => parts.push(format!("{key} in ({})", values.join(","))),
-            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
-            "Exists" => parts.push(key.to_string()),
-            "DoesNotExist" => parts.push(format!("!{key}")),
-            _ => {}
-        }
-    }
-    parts.join(",")
-}
-
 /// The Scale view of a workload.
 pub(crate) fn to_scale(obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
@@ -76,7 +33,7 @@ pub(crate) fn to_scale(obj: &Value) -> Value {
         "spec": { "replicas": spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64).unwrap_or(0) },
         "status": {
             "replicas": obj.get("status").and_then(|s| s.get("replicas")).and_then(Value::as_i64).unwrap_or(0),
-            "selector": selector_string(spec.and_then(|s| s.get("selector"))),
+            "selector": crate::selectors::selector_text(spec.and_then(|s| s.get("selector"))),
         },
     })
 }
@@ -163,6 +120,9 @@ mod tests {
         assert_eq!(s["status"]["selector"], "app=d,tier in (a,b)");
         assert_eq!(s["metadata"]["resourceVersion"], "4");
         assert!(s["metadata"].get("labels").is_none());
-        assert_eq!(selector_string(Some(&json!({"app": "rc"}))), "app=rc");
+        assert_eq!(
+            crate::selectors::selector_text(Some(&json!({"app": "rc"}))),
+            "app=rc"
+        );
     }
 }
