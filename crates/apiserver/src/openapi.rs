@@ -168,6 +168,7 @@ fn document(g: &GroupVersion) -> Value {
         );
     }
     let mut schemas = generator.take_definitions(true);
+    add_patch_extensions(&mut schemas);
     for (name, r) in gvks {
         if let Some(s) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
             s.insert(
@@ -182,6 +183,45 @@ fn document(g: &GroupVersion) -> Value {
         "paths": paths,
         "components": { "schemas": schemas },
     })
+}
+
+/// Adds upstream's patch and list extensions to the properties of every definition
+/// (`x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`, `x-kubernetes-list-type`,
+/// `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`), from [`crate::patch_meta`]. kubectl
+/// reads them to compute `apply` patches.
+pub(crate) fn add_patch_extensions(schemas: &mut Map<String, Value>) {
+    for (name, schema) in schemas.iter_mut() {
+        let Some(def) = crate::patch_meta::SCHEMAS.definition(name) else {
+            continue;
+        };
+        let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (field, prop) in props.iter_mut() {
+            let (Some(meta), Some(prop)) = (def.fields.get(field), prop.as_object_mut()) else {
+                continue;
+            };
+            if let Some(tag) = meta.strategy.as_tag() {
+                prop.insert("x-kubernetes-patch-strategy".into(), tag.into());
+            }
+            if let Some(key) = meta.merge_key {
+                prop.insert("x-kubernetes-patch-merge-key".into(), key.into());
+            }
+            if let Some(list) = meta.list_type {
+                prop.insert("x-kubernetes-list-type".into(), list.as_str().into());
+                if !meta.list_map_keys.is_empty() {
+                    prop.insert(
+                        "x-kubernetes-list-map-keys".into(),
+                        meta.list_map_keys.to_vec().into(),
+                    );
+                }
+            }
+            if let Some(element) = meta.element_type {
+                // Upstream uses this one name for `+mapType` and `+structType`.
+                prop.insert("x-kubernetes-map-type".into(), element.as_str().into());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +248,26 @@ mod tests {
             "ConfigMap"
         );
         assert!(cm["properties"]["data"]["description"].is_string());
+        let meta = &doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"];
+        assert_eq!(
+            meta["properties"]["finalizers"]["x-kubernetes-patch-strategy"],
+            "merge"
+        );
+        assert_eq!(
+            meta["properties"]["finalizers"]["x-kubernetes-list-type"],
+            "set"
+        );
+        let ports =
+            &doc["components"]["schemas"]["io.k8s.api.core.v1.Container"]["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
+        assert_eq!(ports["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            ports["x-kubernetes-list-map-keys"],
+            json!(["containerPort", "protocol"])
+        );
+        let volumes =
+            &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
+        assert_eq!(volumes["x-kubernetes-patch-strategy"], "merge,retainKeys");
         assert!(
             doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]
                 .is_object()
