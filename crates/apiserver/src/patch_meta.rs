@@ -13,9 +13,6 @@
 //! without metadata (custom resources, later) gets `None` from [`for_resource`]: upstream
 //! answers 415 to a strategic merge patch of those.
 
-// Parts of the API are for server-side apply and the strategic merge patch still to come.
-#![allow(dead_code)]
-
 mod facts;
 
 use std::collections::HashMap;
@@ -169,6 +166,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    #[allow(dead_code, reason = "for server-side apply")]
     pub(crate) fn shape(&self) -> &'a Shape {
         self.shape
     }
@@ -207,6 +205,7 @@ impl<'a> Node<'a> {
     /// Walks a path of field names from here, stepping through list items and map values
     /// implicitly (`["spec", "template", "spec", "containers", "ports"]`); returns the last
     /// field's metadata.
+    #[allow(dead_code, reason = "for server-side apply")]
     pub(crate) fn lookup(&self, path: &[&str]) -> Option<&'a Field> {
         let mut node = *self;
         let mut last = None;
@@ -238,11 +237,6 @@ impl Schemas {
     /// A definition by name.
     pub(crate) fn definition(&self, name: &str) -> Option<&Definition> {
         self.defs.get(*self.by_name.get(name)?)
-    }
-
-    /// Every definition (for the OpenAPI extensions).
-    pub(crate) fn definitions(&self) -> impl Iterator<Item = &Definition> {
-        self.defs.iter()
     }
 
     fn build() -> Self {
