@@ -343,3 +343,39 @@ async fn openapi_v2_is_swagger_with_patch_metadata() {
         "#/definitions/io.k8s.api.core.v1.Container"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_edit_changes_one_container_of_a_deployment() {
+    let t = TestServer::start().await;
+    let d = deployment(json!([
+        {"name": "a", "image": "nginx:1", "env": [{"name": "E1", "value": "1"}]},
+        {"name": "b", "image": "busybox:1"},
+    ]));
+    let out = t.kubectl_stdin(&["create", "-f", "-"], &d).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl edit sends a two-way strategic merge patch of what the "editor" changed.
+    let mut cmd = t.kubectl_cmd(&["edit", "deployment", "web", "-o", "json"]);
+    cmd.env(
+        "KUBE_EDITOR",
+        r#"sed -i -e 's/"nginx:1"/"nginx:3"/' -e 's/"value": "1"/"value": "one"/'"#,
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("kubectl edit runs"))
+        .await
+        .expect("thread");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let d = get_json(&t, &["deployment", "web"]).await;
+    let containers = &d["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["image"], "nginx:3");
+    assert_eq!(env(&containers[0]), [("E1".to_string(), "one".to_string())]);
+    assert_eq!(containers[1]["image"], "busybox:1");
+    assert_eq!(containers.as_array().map(Vec::len), Some(2));
+}
