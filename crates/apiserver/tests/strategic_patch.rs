@@ -379,3 +379,46 @@ async fn kubectl_edit_changes_one_container_of_a_deployment() {
     assert_eq!(containers[1]["image"], "busybox:1");
     assert_eq!(containers.as_array().map(Vec::len), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_switches_union_members_with_retain_keys() {
+    let t = TestServer::start().await;
+    let manifest = |strategy: Value, volume: Value| {
+        let mut d: Value = serde_json::from_str(&deployment(json!([
+            {"name": "a", "image": "nginx:1", "volumeMounts": [{"name": "v", "mountPath": "/v"}]},
+        ])))
+        .expect("JSON");
+        d["spec"]["strategy"] = strategy;
+        d["spec"]["template"]["spec"]["volumes"] = json!([volume]);
+        d.to_string()
+    };
+    let first = manifest(
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2}}),
+        json!({"name": "v", "emptyDir": {}}),
+    );
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &first).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Switch the strategy to Recreate and the volume to a ConfigMap: kubectl sends
+    // `$retainKeys`, which clears rollingUpdate and emptyDir.
+    let second = manifest(
+        json!({"type": "Recreate"}),
+        json!({"name": "v", "configMap": {"name": "cm"}}),
+    );
+    let out = t
+        .kubectl_stdin(&["apply", "-f", "-", "-v=9"], &second)
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("$retainKeys"), "{stderr}");
+    let d = get_json(&t, &["deployment", "web"]).await;
+    assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}));
+    let volumes = &d["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(volumes.as_array().map(Vec::len), Some(1), "{volumes}");
+    assert_eq!(volumes[0]["name"], "v");
+    assert_eq!(volumes[0]["configMap"]["name"], "cm");
+    assert!(volumes[0].get("emptyDir").is_none(), "{volumes}");
+}
