@@ -2394,3 +2394,49 @@ pub(super) const ROWS: &[Row] = &[
         "",
     ),
 ];
+
+/// Types marked `+structType=` / `+mapType=` as a whole (server-side apply treats their values
+/// as atomic or granular wherever they appear).
+pub(super) const TYPES: &[(&str, &str)] = &[
+    (
+        "io.k8s.api.admissionregistration.v1.MatchResources",
+        "atomic",
+    ),
+    (
+        "io.k8s.api.admissionregistration.v1.NamedRuleWithOperations",
+        "atomic",
+    ),
+    ("io.k8s.api.admissionregistration.v1.ParamKind", "atomic"),
+    ("io.k8s.api.admissionregistration.v1.ParamRef", "atomic"),
+    ("io.k8s.api.admissionregistration.v1.Variable", "atomic"),
+    (
+        "io.k8s.api.autoscaling.v1.CrossVersionObjectReference",
+        "atomic",
+    ),
+    ("io.k8s.api.core.v1.ConfigMapKeySelector", "atomic"),
+    ("io.k8s.api.core.v1.EndpointAddress", "atomic"),
+    ("io.k8s.api.core.v1.EndpointPort", "atomic"),
+    ("io.k8s.api.core.v1.LocalObjectReference", "atomic"),
+    ("io.k8s.api.core.v1.NodeSelector", "atomic"),
+    ("io.k8s.api.core.v1.NodeSelectorTerm", "atomic"),
+    ("io.k8s.api.core.v1.ObjectFieldSelector", "atomic"),
+    ("io.k8s.api.core.v1.ObjectReference", "atomic"),
+    ("io.k8s.api.core.v1.ResourceFieldSelector", "atomic"),
+    ("io.k8s.api.core.v1.ScopeSelector", "atomic"),
+    ("io.k8s.api.core.v1.SecretKeySelector", "atomic"),
+    ("io.k8s.api.core.v1.SecretReference", "atomic"),
+    ("io.k8s.api.core.v1.TopologySelectorTerm", "atomic"),
+    ("io.k8s.api.core.v1.TypedLocalObjectReference", "atomic"),
+    ("io.k8s.api.discovery.v1.EndpointPort", "atomic"),
+    ("io.k8s.api.networking.v1.ServiceBackendPort", "atomic"),
+    ("io.k8s.api.rbac.v1.RoleRef", "atomic"),
+    ("io.k8s.api.rbac.v1.Subject", "atomic"),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
+        "atomic",
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.OwnerReference",
+        "atomic",
+    ),
+];
