@@ -21,6 +21,7 @@ mod error;
 mod health;
 mod metrics;
 mod openapi;
+mod patch_meta;
 mod protobuf;
 mod registry;
 mod rest;
