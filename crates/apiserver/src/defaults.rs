@@ -52,8 +52,16 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
         ("", "Pod") => {
             if let Some(spec) = child(o, "spec") {
                 pod_spec(spec);
+                pod_requests_from_limits(spec);
                 if creating {
                     pod_admission(spec);
+                }
+            }
+        }
+        ("", "LimitRange") => {
+            if let Some(spec) = child(o, "spec") {
+                for item in each(spec, "limits") {
+                    limit_range_item(item);
                 }
             }
         }
@@ -256,6 +264,48 @@ fn container(c: &mut Map<String, Value>) {
     }
 }
 
+/// `SetDefaults_Pod`: a container's limit with no request is also its request (pods only, not
+/// pod templates, as upstream).
+fn pod_requests_from_limits(spec: &mut Map<String, Value>) {
+    for key in ["initContainers", "containers"] {
+        for c in each(spec, key) {
+            let Some(resources) = existing(c, "resources") else {
+                continue;
+            };
+            let Some(limits) = resources.get("limits").and_then(Value::as_object).cloned() else {
+                continue;
+            };
+            if let Some(requests) = child(resources, "requests") {
+                for (k, v) in limits {
+                    requests.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+}
+
+/// `SetDefaults_LimitRangeItem`: for `Container` items, `default` from `max`, then
+/// `defaultRequest` from `default`, then from `min`.
+fn limit_range_item(item: &mut Map<String, Value>) {
+    if item.get("type").and_then(Value::as_str) != Some("Container") {
+        return;
+    }
+    for (from, to) in [
+        ("max", "default"),
+        ("default", "defaultRequest"),
+        ("min", "defaultRequest"),
+    ] {
+        let Some(source) = item.get(from).and_then(Value::as_object).cloned() else {
+            continue;
+        };
+        if let Some(target) = child(item, to) {
+            for (k, v) in source {
+                target.entry(k).or_insert(v);
+            }
+        }
+    }
+}
+
 /// `Always` for `:latest` or untagged images, else `IfNotPresent`, as upstream.
 pub(crate) fn pull_policy(image: &str) -> &'static str {
     if image.contains('@') {
@@ -277,6 +327,7 @@ fn pod_admission(spec: &mut Map<String, Value>) {
         .cloned()
         .unwrap_or(Value::Null);
     default(spec, "serviceAccount", sa);
+    service_account_token_volume(spec);
     // Priority.
     default(spec, "priority", json!(0));
     default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
@@ -295,6 +346,71 @@ fn pod_admission(spec: &mut Map<String, Value>) {
             if !has {
                 list.push(json!({
                     "key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300,
+                }));
+            }
+        }
+    }
+}
+
+/// Where the ServiceAccount admission plugin mounts the API credentials in every container.
+const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission plugin's projected volume: a bound token of the pod's service
+/// account, the cluster CA (from the `kube-root-ca.crt` ConfigMap every namespace has) and the
+/// namespace, mounted read-only at [`SERVICE_ACCOUNT_MOUNT`] in every container, unless the pod
+/// opts out (`automountServiceAccountToken: false`) or already mounts something there.
+fn service_account_token_volume(spec: &mut Map<String, Value>) {
+    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
+        return;
+    }
+    let mounts_there = |c: &Value| {
+        c.get("volumeMounts")
+            .and_then(Value::as_array)
+            .is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT)
+                })
+            })
+    };
+    let containers = ["initContainers", "containers"];
+    let already = containers.iter().any(|key| {
+        spec.get(*key)
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(mounts_there))
+    });
+    if already {
+        return;
+    }
+    let name = crate::validation::generate_name("kube-api-access-");
+    let volume = json!({
+        "name": name,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt",
+                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef":
+                    {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    });
+    if let Some(vs) = spec
+        .entry("volumes")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+    {
+        vs.push(volume);
+    }
+    for key in containers {
+        for c in each(spec, key) {
+            if let Some(ms) = c
+                .entry("volumeMounts")
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+            {
+                ms.push(json!({
+                    "name": name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT,
                 }));
             }
         }
@@ -381,5 +497,51 @@ mod tests {
         assert_eq!(s["spec"]["type"], "ClusterIP");
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["sessionAffinity"], "None");
+    }
+
+    #[test]
+    fn service_account_credentials_are_projected_into_every_container() {
+        let pods = REGISTRY.find("", "v1", "pods").expect("pods");
+        let mut p = json!({"spec": {
+            "initContainers": [{"name": "i", "image": "busybox"}],
+            "containers": [{"name": "c", "image": "busybox",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        }});
+        apply(pods, &mut p, true);
+        let volume = &p["spec"]["volumes"][1];
+        let name = volume["name"].as_str().expect("name");
+        assert!(
+            name.starts_with("kube-api-access-") && name.len() == 21,
+            "{name}"
+        );
+        let sources = &volume["projected"]["sources"];
+        assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+        assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+        assert_eq!(
+            sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
+        for (key, mount) in [("initContainers", 0), ("containers", 1)] {
+            let m = &p["spec"][key][0]["volumeMounts"][mount];
+            assert_eq!(m["name"], name);
+            assert_eq!(m["mountPath"], SERVICE_ACCOUNT_MOUNT);
+            assert_eq!(m["readOnly"], true);
+        }
+        // Updates do not add another one.
+        let before = p.clone();
+        apply(pods, &mut p, false);
+        assert_eq!(p, before);
+
+        for spec in [
+            json!({"automountServiceAccountToken": false,
+                   "containers": [{"name": "c", "image": "busybox"}]}),
+            json!({"containers": [{"name": "c", "image": "busybox", "volumeMounts":
+                   [{"name": "own", "mountPath": SERVICE_ACCOUNT_MOUNT}]}]}),
+        ] {
+            let mut p = json!({ "spec": spec });
+            apply(pods, &mut p, true);
+            assert!(p["spec"].get("volumes").is_none(), "{p}");
+        }
     }
 }

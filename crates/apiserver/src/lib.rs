@@ -13,6 +13,7 @@
 //! documents, `health` the health and metrics endpoints, `tls` the serving certificate.
 //! See `ARCHITECTURE.md` in this crate for the invariants.
 
+mod admission;
 mod bootstrap;
 mod config;
 mod defaults;
@@ -23,6 +24,7 @@ mod metrics;
 mod openapi;
 mod patch_meta;
 mod protobuf;
+mod quantity;
 mod registry;
 mod rest;
 mod selectors;

@@ -443,6 +443,9 @@ pub(crate) async fn create_object(
     let (mut obj, warnings) = typed_roundtrip_checked(obj, info, validation)?;
     crate::defaults::apply(info, &mut obj, true);
     namespace_of(info, path_ns, &mut obj)?;
+    let ns =
+        (!meta_str(&obj, "namespace").is_empty()).then(|| meta_str(&obj, "namespace").to_string());
+    crate::admission::admit_create(state, info, ns.as_deref(), &mut obj).await?;
     let name = meta_str(&obj, "name").to_string();
     let generate = meta_str(&obj, "generateName").to_string();
     if name.is_empty() && generate.is_empty() {
