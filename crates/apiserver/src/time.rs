@@ -44,7 +44,7 @@ pub(crate) fn age(ts: &str) -> String {
     human_duration(secs)
 }
 
-fn human_duration(secs: i64) -> String {
+pub(crate) fn human_duration(secs: i64) -> String {
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
     if secs < 120 {
         format!("{secs}s")

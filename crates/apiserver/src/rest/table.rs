@@ -212,6 +212,142 @@ fn str_at(o: &Value, path: &[&str]) -> String {
     }
 }
 
+/// `k=v,k2=v2` of a string map.
+fn map_text(m: Option<&Value>) -> String {
+    m.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn or_unset(s: String) -> Value {
+    json!(if s.is_empty() {
+        "<unset>".to_string()
+    } else {
+        s
+    })
+}
+
+fn or_na(s: String) -> Value {
+    json!(if s.is_empty() { "N/A".to_string() } else { s })
+}
+
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(modes: &[Value]) -> Value {
+    let short: Vec<&str> = modes
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect();
+    json!(short.join(","))
+}
+
+/// The subjects of a binding of one kind, comma-separated (namespace/name for accounts).
+fn subjects(o: &Value, kind: &str) -> Value {
+    let names: Vec<String> = arr(o, &["subjects"])
+        .iter()
+        .filter(|s| str_at(s, &["kind"]) == kind)
+        .map(|s| {
+            let ns = str_at(s, &["namespace"]);
+            let name = str_at(s, &["name"]);
+            if kind == "ServiceAccount" {
+                format!("{ns}/{name}")
+            } else {
+                name
+            }
+        })
+        .collect();
+    json!(names.join(", "))
+}
+
+/// `cpu: 0/1, pods: 2/10`: a quota's used/hard, requests (and counts) or limits.
+fn quota_usage(o: &Value, limits: bool) -> Value {
+    let hard = o
+        .get("status")
+        .and_then(|s| s.get("hard"))
+        .or_else(|| o.get("spec").and_then(|s| s.get("hard")))
+        .and_then(Value::as_object);
+    let used = o.get("status").and_then(|s| s.get("used"));
+    let parts: Vec<String> = hard
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("limits.") == limits)
+        .map(|(k, h)| {
+            let u = used
+                .and_then(|u| u.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("0");
+            format!("{k}: {u}/{}", h.as_str().unwrap_or(""))
+        })
+        .collect();
+    json!(parts.join(", "))
+}
+
+/// An HPA's targets (`cpu: <unknown>/50%`), from its v2 metrics and current metrics.
+fn hpa_targets(o: &Value) -> Value {
+    let current = arr(o, &["status", "currentMetrics"]);
+    let parts: Vec<String> = arr(o, &["spec", "metrics"])
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let kind = str_at(m, &["type"]);
+            let source = match kind.as_str() {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                _ => "external",
+            };
+            let name = match kind.as_str() {
+                "Resource" | "ContainerResource" => str_at(m, &[source, "name"]),
+                _ => str_at(m, &[source, "metric", "name"]),
+            };
+            let target = m.get(source).and_then(|s| s.get("target"));
+            let utilization = target.and_then(|t| t.get("averageUtilization"));
+            let want = match utilization.and_then(Value::as_i64) {
+                Some(u) => format!("{u}%"),
+                None => target
+                    .and_then(|t| t.get("averageValue").or_else(|| t.get("value")))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            let cur = current
+                .get(i)
+                .and_then(|c| c.get(source))
+                .and_then(|s| s.get("current"));
+            let have = match (utilization, cur) {
+                (Some(_), Some(c)) if c.get("averageUtilization").is_some() => {
+                    format!("{}%", int_at(c, &["averageUtilization"]))
+                }
+                (None, Some(c)) => c
+                    .get("averageValue")
+                    .or_else(|| c.get("value"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("<unknown>")
+                    .to_string(),
+                _ => "<unknown>".to_string(),
+            };
+            format!("{name}: {have}/{want}")
+        })
+        .collect();
+    json!(if parts.is_empty() {
+        "<none>".to_string()
+    } else {
+        parts.join(", ")
+    })
+}
+
 const NAME: Column = Column {
     name: "Name",
     kind: "string",
@@ -230,6 +366,17 @@ const AGE: Column = Column {
                   object was created.",
     priority: 0,
     cell: age_cell,
+};
+
+/// "Created At", the column of resources that have nothing else to show (roles, limit ranges).
+const CREATED_AT: Column = Column {
+    name: "Created At",
+    kind: "date",
+    format: "",
+    description: "CreationTimestamp is a timestamp representing the server time when this \
+                  object was created.",
+    priority: 0,
+    cell: |o| json!(meta_str(o, "creationTimestamp")),
 };
 
 fn columns(info: &ResourceInfo) -> Vec<Column> {
@@ -503,6 +650,373 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             }),
             AGE,
         ],
+        ("", "ServiceAccount") => vec![
+            NAME,
+            col("Secrets", "integer", 0, |o| {
+                json!(arr(o, &["secrets"]).len())
+            }),
+            AGE,
+        ],
+        ("", "ReplicationController") => vec![
+            NAME,
+            col("Desired", "integer", 0, |o| {
+                json!(int_at(o, &["spec", "replicas"]))
+            }),
+            col("Current", "integer", 0, |o| {
+                json!(int_at(o, &["status", "replicas"]))
+            }),
+            col("Ready", "integer", 0, |o| {
+                json!(int_at(o, &["status", "readyReplicas"]))
+            }),
+            AGE,
+            col("Containers", "string", 1, |o| containers_of(o, "name")),
+            col("Images", "string", 1, |o| containers_of(o, "image")),
+            col("Selector", "string", 1, |o| {
+                or_none(map_text(o.get("spec").and_then(|s| s.get("selector"))))
+            }),
+        ],
+        ("", "PersistentVolume") => vec![
+            NAME,
+            col("Capacity", "string", 0, |o| {
+                json!(str_at(o, &["spec", "capacity", "storage"]))
+            }),
+            col("Access Modes", "string", 0, |o| {
+                access_modes(arr(o, &["spec", "accessModes"]))
+            }),
+            col("Reclaim Policy", "string", 0, |o| {
+                json!(str_at(o, &["spec", "persistentVolumeReclaimPolicy"]))
+            }),
+            col("Status", "string", 0, |o| {
+                json!(str_at(o, &["status", "phase"]))
+            }),
+            col("Claim", "string", 0, |o| {
+                let name = str_at(o, &["spec", "claimRef", "name"]);
+                json!(if name.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/{name}", str_at(o, &["spec", "claimRef", "namespace"]))
+                })
+            }),
+            col("StorageClass", "string", 0, |o| {
+                json!(str_at(o, &["spec", "storageClassName"]))
+            }),
+            col("VolumeAttributesClass", "string", 0, |o| {
+                or_unset(str_at(o, &["spec", "volumeAttributesClassName"]))
+            }),
+            col("Reason", "string", 0, |o| {
+                json!(str_at(o, &["status", "reason"]))
+            }),
+            AGE,
+            col("VolumeMode", "string", 1, |o| {
+                json!(str_at(o, &["spec", "volumeMode"]))
+            }),
+        ],
+        ("", "PersistentVolumeClaim") => vec![
+            NAME,
+            col("Status", "string", 0, |o| {
+                json!(str_at(o, &["status", "phase"]))
+            }),
+            col("Volume", "string", 0, |o| {
+                json!(str_at(o, &["spec", "volumeName"]))
+            }),
+            col("Capacity", "string", 0, |o| {
+                json!(str_at(o, &["status", "capacity", "storage"]))
+            }),
+            col("Access Modes", "string", 0, |o| {
+                access_modes(arr(o, &["status", "accessModes"]))
+            }),
+            col("StorageClass", "string", 0, |o| {
+                json!(str_at(o, &["spec", "storageClassName"]))
+            }),
+            col("VolumeAttributesClass", "string", 0, |o| {
+                or_unset(str_at(o, &["spec", "volumeAttributesClassName"]))
+            }),
+            AGE,
+            col("VolumeMode", "string", 1, |o| {
+                json!(str_at(o, &["spec", "volumeMode"]))
+            }),
+        ],
+        ("", "ResourceQuota") => vec![
+            NAME,
+            AGE,
+            col("Request", "string", 0, |o| quota_usage(o, false)),
+            col("Limit", "string", 0, |o| quota_usage(o, true)),
+        ],
+        ("", "LimitRange") | ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            vec![NAME, CREATED_AT]
+        }
+        ("", "PodTemplate") => vec![
+            col("Template", "string", 0, name_cell),
+            col("Containers", "string", 0, |o| containers_of(o, "name")),
+            col("Images", "string", 0, |o| containers_of(o, "image")),
+            col("Pod Labels", "string", 0, |o| {
+                or_none(map_text(
+                    o.get("template")
+                        .and_then(|t| t.get("metadata"))
+                        .and_then(|m| m.get("labels")),
+                ))
+            }),
+        ],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => vec![
+            NAME,
+            col("Role", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    str_at(o, &["roleRef", "kind"]),
+                    str_at(o, &["roleRef", "name"])
+                ))
+            }),
+            AGE,
+            col("Users", "string", 1, |o| subjects(o, "User")),
+            col("Groups", "string", 1, |o| subjects(o, "Group")),
+            col("ServiceAccounts", "string", 1, |o| {
+                subjects(o, "ServiceAccount")
+            }),
+        ],
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            NAME,
+            col("Reference", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    str_at(o, &["spec", "scaleTargetRef", "kind"]),
+                    str_at(o, &["spec", "scaleTargetRef", "name"])
+                ))
+            }),
+            col("Targets", "string", 0, hpa_targets),
+            col("MinPods", "string", 0, |o| {
+                let min = int_at(o, &["spec", "minReplicas"]);
+                json!(if min == 0 {
+                    "<unset>".to_string()
+                } else {
+                    min.to_string()
+                })
+            }),
+            col("MaxPods", "integer", 0, |o| {
+                json!(int_at(o, &["spec", "maxReplicas"]))
+            }),
+            col("Replicas", "integer", 0, |o| {
+                json!(int_at(o, &["status", "currentReplicas"]))
+            }),
+            AGE,
+        ],
+        ("policy", "PodDisruptionBudget") => vec![
+            NAME,
+            col("Min Available", "string", 0, |o| {
+                or_na(str_at(o, &["spec", "minAvailable"]))
+            }),
+            col("Max Unavailable", "string", 0, |o| {
+                or_na(str_at(o, &["spec", "maxUnavailable"]))
+            }),
+            col("Allowed Disruptions", "integer", 0, |o| {
+                json!(int_at(o, &["status", "disruptionsAllowed"]))
+            }),
+            AGE,
+        ],
+        ("networking.k8s.io", "Ingress") => vec![
+            NAME,
+            col("Class", "string", 0, |o| {
+                or_none(str_at(o, &["spec", "ingressClassName"]))
+            }),
+            col("Hosts", "string", 0, |o| {
+                let hosts: Vec<String> = arr(o, &["spec", "rules"])
+                    .iter()
+                    .map(|r| str_at(r, &["host"]))
+                    .map(|h| if h.is_empty() { "*".to_string() } else { h })
+                    .collect();
+                json!(if hosts.is_empty() {
+                    "*".to_string()
+                } else {
+                    hosts.join(",")
+                })
+            }),
+            col("Address", "string", 0, |o| {
+                let addrs: Vec<String> = arr(o, &["status", "loadBalancer", "ingress"])
+                    .iter()
+                    .map(|i| match str_at(i, &["ip"]) {
+                        ip if ip.is_empty() => str_at(i, &["hostname"]),
+                        ip => ip,
+                    })
+                    .collect();
+                json!(addrs.join(","))
+            }),
+            col("Ports", "string", 0, |o| {
+                json!(if arr(o, &["spec", "tls"]).is_empty() {
+                    "80"
+                } else {
+                    "80, 443"
+                })
+            }),
+            AGE,
+        ],
+        ("networking.k8s.io", "IngressClass") => vec![
+            NAME,
+            col("Controller", "string", 0, |o| {
+                json!(str_at(o, &["spec", "controller"]))
+            }),
+            col("Parameters", "string", 0, |o| {
+                let kind = str_at(o, &["spec", "parameters", "kind"]);
+                or_none(if kind.is_empty() {
+                    kind
+                } else {
+                    format!("{kind}/{}", str_at(o, &["spec", "parameters", "name"]))
+                })
+            }),
+            AGE,
+        ],
+        ("networking.k8s.io", "NetworkPolicy") => vec![
+            NAME,
+            col("Pod-Selector", "string", 0, |o| {
+                json!(crate::selectors::selector_text(
+                    o.get("spec").and_then(|s| s.get("podSelector"))
+                ))
+            }),
+            AGE,
+        ],
+        ("discovery.k8s.io", "EndpointSlice") => vec![
+            NAME,
+            col("AddressType", "string", 0, |o| {
+                json!(str_at(o, &["addressType"]))
+            }),
+            col("Ports", "string", 0, |o| {
+                let ports: Vec<String> = arr(o, &["ports"])
+                    .iter()
+                    .map(|p| int_at(p, &["port"]).to_string())
+                    .collect();
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                })
+            }),
+            col("Endpoints", "string", 0, |o| {
+                let addrs: Vec<String> = arr(o, &["endpoints"])
+                    .iter()
+                    .flat_map(|e| arr(e, &["addresses"]).iter())
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect();
+                json!(if addrs.is_empty() {
+                    "<unset>".to_string()
+                } else if addrs.len() > 3 {
+                    format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+                } else {
+                    addrs.join(",")
+                })
+            }),
+            AGE,
+        ],
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            NAME,
+            col("Value", "integer", 0, |o| json!(int_at(o, &["value"]))),
+            col("Global-Default", "boolean", 0, |o| {
+                json!(o.get("globalDefault").and_then(Value::as_bool) == Some(true))
+            }),
+            AGE,
+            col("PreemptionPolicy", "string", 0, |o| {
+                json!(str_at(o, &["preemptionPolicy"]))
+            }),
+        ],
+        ("storage.k8s.io", "StorageClass") => vec![
+            col("Name", "string", 0, |o| {
+                let default = o
+                    .get("metadata")
+                    .and_then(|m| m.get("annotations"))
+                    .and_then(|a| a.get("storageclass.kubernetes.io/is-default-class"))
+                    .and_then(Value::as_str)
+                    == Some("true");
+                let name = meta_str(o, "name");
+                json!(if default {
+                    format!("{name} (default)")
+                } else {
+                    name.to_string()
+                })
+            }),
+            col("Provisioner", "string", 0, |o| {
+                json!(str_at(o, &["provisioner"]))
+            }),
+            col("ReclaimPolicy", "string", 0, |o| {
+                json!(str_at(o, &["reclaimPolicy"]))
+            }),
+            col("VolumeBindingMode", "string", 0, |o| {
+                json!(str_at(o, &["volumeBindingMode"]))
+            }),
+            col("AllowVolumeExpansion", "string", 0, |o| {
+                json!(o.get("allowVolumeExpansion").and_then(Value::as_bool) == Some(true))
+            }),
+            AGE,
+        ],
+        ("node.k8s.io", "RuntimeClass") => vec![
+            NAME,
+            col("Handler", "string", 0, |o| json!(str_at(o, &["handler"]))),
+            AGE,
+        ],
+        ("certificates.k8s.io", "CertificateSigningRequest") => vec![
+            NAME,
+            AGE,
+            col("SignerName", "string", 0, |o| {
+                json!(str_at(o, &["spec", "signerName"]))
+            }),
+            col("Requestor", "string", 0, |o| {
+                json!(str_at(o, &["spec", "username"]))
+            }),
+            col("RequestedDuration", "string", 0, |o| {
+                let secs = int_at(o, &["spec", "expirationSeconds"]);
+                json!(if secs == 0 {
+                    "<none>".to_string()
+                } else {
+                    crate::time::human_duration(secs)
+                })
+            }),
+            col("Condition", "string", 0, |o| {
+                let conds: Vec<String> = arr(o, &["status", "conditions"])
+                    .iter()
+                    .map(|c| str_at(c, &["type"]))
+                    .collect();
+                let mut text = if conds.is_empty() {
+                    "Pending".to_string()
+                } else {
+                    conds.join(",")
+                };
+                if !str_at(o, &["status", "certificate"]).is_empty() {
+                    text.push_str(",Issued");
+                }
+                json!(text)
+            }),
+        ],
+        ("apps", "ControllerRevision") => vec![
+            NAME,
+            col("Controller", "string", 0, |o| {
+                let owner = arr(o, &["metadata", "ownerReferences"])
+                    .iter()
+                    .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+                    .map(|r| {
+                        let group = str_at(r, &["apiVersion"])
+                            .split_once('/')
+                            .map(|(g, _)| format!(".{g}"))
+                            .unwrap_or_default();
+                        format!(
+                            "{}{group}/{}",
+                            str_at(r, &["kind"]).to_lowercase(),
+                            str_at(r, &["name"])
+                        )
+                    })
+                    .unwrap_or_default();
+                or_none(owner)
+            }),
+            col("Revision", "integer", 0, |o| {
+                json!(int_at(o, &["revision"]))
+            }),
+            AGE,
+        ],
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
+        ) => vec![
+            NAME,
+            col("Webhooks", "integer", 0, |o| {
+                json!(arr(o, &["webhooks"]).len())
+            }),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -547,6 +1061,116 @@ pub(crate) fn to_table(info: &ResourceInfo, objects: &[Value], rv: &str, q: &Que
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn cells(plural: &str, group: &str, version: &str, obj: Value) -> (Vec<String>, Value) {
+        let info = crate::registry::REGISTRY
+            .find(group, version, plural)
+            .expect("resource");
+        let t = to_table(info, &[obj], "1", &Query::new());
+        let names = t["columnDefinitions"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        (names, t["rows"][0]["cells"].clone())
+    }
+
+    #[test]
+    fn printers_of_the_other_built_in_resources() {
+        let (cols, row) = cells(
+            "horizontalpodautoscalers",
+            "autoscaling",
+            "v2",
+            json!({
+            "metadata": {"name": "web"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1,
+                     "maxReplicas": 3, "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                     "target": {"type": "Utilization", "averageUtilization": 50}}}]}}),
+        );
+        assert_eq!(
+            cols,
+            [
+                "Name",
+                "Reference",
+                "Targets",
+                "MinPods",
+                "MaxPods",
+                "Replicas",
+                "Age"
+            ]
+        );
+        assert_eq!(row[1], "Deployment/web");
+        assert_eq!(row[2], "cpu: <unknown>/50%");
+        let (_, row) = cells(
+            "poddisruptionbudgets",
+            "policy",
+            "v1",
+            json!({
+            "metadata": {"name": "p"}, "spec": {"minAvailable": 1},
+            "status": {"disruptionsAllowed": 2}}),
+        );
+        assert_eq!(
+            (&row[1], &row[2], &row[3]),
+            (&json!("1"), &json!("N/A"), &json!(2))
+        );
+        let (cols, row) = cells(
+            "rolebindings",
+            "rbac.authorization.k8s.io",
+            "v1",
+            json!({
+            "metadata": {"name": "b"}, "roleRef": {"kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "User", "name": "alice"},
+                         {"kind": "ServiceAccount", "name": "sa", "namespace": "ns"}]}),
+        );
+        assert_eq!(cols[..3], ["Name", "Role", "Age"]);
+        assert_eq!(
+            (&row[1], &row[3], &row[5]),
+            (&json!("ClusterRole/view"), &json!("alice"), &json!("ns/sa"))
+        );
+        let (_, row) = cells(
+            "storageclasses",
+            "storage.k8s.io",
+            "v1",
+            json!({
+            "metadata": {"name": "local", "annotations":
+                {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rancher.io/local-path"}),
+        );
+        assert_eq!(row[0], "local (default)");
+        let (_, row) = cells(
+            "persistentvolumeclaims",
+            "",
+            "v1",
+            json!({
+            "metadata": {"name": "c"}, "spec": {"storageClassName": "local"},
+            "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+                       "capacity": {"storage": "1Gi"}}}),
+        );
+        assert_eq!(
+            (&row[1], &row[3], &row[4]),
+            (&json!("Bound"), &json!("1Gi"), &json!("RWO,ROX"))
+        );
+        let (_, row) = cells(
+            "resourcequotas",
+            "",
+            "v1",
+            json!({
+            "metadata": {"name": "q"},
+            "status": {"hard": {"pods": "10", "limits.cpu": "2"}, "used": {"pods": "3"}}}),
+        );
+        assert_eq!(
+            (&row[2], &row[3]),
+            (&json!("pods: 3/10"), &json!("limits.cpu: 0/2"))
+        );
+        let (cols, _) = cells(
+            "roles",
+            "rbac.authorization.k8s.io",
+            "v1",
+            json!({"metadata": {"name": "r"}}),
+        );
+        assert_eq!(cols, ["Name", "Created At"]);
+    }
 
     #[test]
     fn pod_and_service_columns() {
