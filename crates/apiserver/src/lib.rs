@@ -15,6 +15,7 @@
 
 mod bootstrap;
 mod config;
+mod crd;
 mod defaults;
 mod discovery;
 mod error;

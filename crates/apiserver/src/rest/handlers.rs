@@ -7,7 +7,7 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_stored, encode_for_store, labels, meta_str, metadata_mut,
+    FieldValidation, check_type, decode_as, decode_stored, encode_for_store, labels, meta_str, metadata_mut,
     new_uid, request_resource_version, set_resource_version, spec_part, typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
@@ -29,9 +29,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) headers: &'a HeaderMap,
 }
 
-impl Ctx<'_> {
-    pub(crate) fn info(&self) -> &'static ResourceInfo {
-        self.target.info
+impl<'a> Ctx<'a> {
+    pub(crate) fn info(&self) -> &'a ResourceInfo {
+        &self.target.info
     }
     pub(crate) fn ns(&self) -> Option<&str> {
         self.target.namespace.as_deref()
@@ -126,7 +126,7 @@ pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     check_subresource(ctx.target)?;
     let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-    let obj = decode_stored(&kv)?;
+    let obj = decode_as(info, &kv)?;
     respond_object(ctx, StatusCode::OK, &obj)
 }
 
@@ -249,7 +249,7 @@ pub(crate) async fn list_items(
             .get(&info.key(namespace, name), revision)
             .await?;
         if let Some(kv) = kv {
-            let obj = decode_stored(&kv)?;
+            let obj = decode_as(info, &kv)?;
             if selectors.matches(&obj) {
                 items.push(obj);
             }
@@ -282,7 +282,7 @@ pub(crate) async fn list_items(
         let page_len = resp.kvs.len();
         for (i, kv) in resp.kvs.iter().enumerate() {
             after = Some(kv.key.clone());
-            let obj = decode_stored(kv)?;
+            let obj = decode_as(info, kv)?;
             if selectors.matches(&obj) {
                 items.push(obj);
             }
@@ -354,6 +354,13 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     }
     if info.namespaced && ctx.ns().is_none() {
         return Err(ApiError::method_not_allowed());
+    }
+    if info.custom.as_ref().is_some_and(|c| c.terminating) {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "create not allowed while custom resource definition is terminating",
+        ));
     }
     let validation = FieldValidation::from_query(ctx.query)?;
     let obj = body_json(ctx.headers, body)?;
@@ -589,6 +596,10 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
     )
 }
 
+fn is_crd(info: &ResourceInfo) -> bool {
+    info.group == "apiextensions.k8s.io" && info.kind == "CustomResourceDefinition"
+}
+
 fn is_service(info: &ResourceInfo) -> bool {
     info.group.is_empty() && info.kind == "Service"
 }
@@ -661,7 +672,10 @@ fn set_system_fields(info: &ResourceInfo, obj: &mut Value) {
         }
     }
     let Some(o) = obj.as_object_mut() else { return };
-    if info.status_subresource {
+    if info.status_subresource && info.custom.is_some() {
+        // Upstream's custom resource strategy: create cannot set status.
+        o.remove("status");
+    } else if info.status_subresource {
         o.insert("status".into(), json!({}));
     }
     match info.kind {
@@ -704,7 +718,7 @@ where
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let old = decode_stored(&kv)?;
+        let old = decode_as(info, &kv)?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
         if new == old || dry_run {
@@ -792,7 +806,21 @@ pub(crate) fn merge_update(
     if is_service(info) {
         crate::services::keep_cluster_ip(info, old, &mut new)?;
     }
-    if info.generation && spec_part(&new) != spec_part(old) {
+    // Custom resources without a status subresource count status changes too (upstream
+    // bumps on any change outside metadata).
+    let changed = if info.custom.is_some() && !info.status_subresource {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("metadata");
+            }
+            v
+        };
+        strip(&new) != strip(old)
+    } else {
+        spec_part(&new) != spec_part(old)
+    };
+    if info.generation && changed {
         let generation = old_meta
             .get("generation")
             .and_then(Value::as_i64)
@@ -873,6 +901,19 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     let ct = content_type(ctx.headers);
     let kind = super::patch::PatchKind::from_media_type(&ct)
         .ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+    if info.custom.is_some() && kind == super::patch::PatchKind::Strategic {
+        // Custom resources have no patch strategies: upstream refuses strategic merge patch.
+        return Err(ApiError {
+            details: Some(json!({})),
+            ..ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types \
+                 include: application/json-patch+json, application/merge-patch+json, \
+                 application/apply-patch+yaml",
+            )
+        });
+    }
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let validation = FieldValidation::from_query(ctx.query)?;
@@ -998,7 +1039,7 @@ async fn delete_object(
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(&key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let mut obj = decode_stored(&kv)?;
+        let mut obj = decode_as(info, &kv)?;
         if let Some(p) = &opts.preconditions {
             let uid = meta_str(&obj, "uid");
             if let Some(want) = p.uid.as_deref().filter(|w| *w != uid) {
@@ -1028,6 +1069,10 @@ async fn delete_object(
                     )
                 });
             }
+        }
+        // A CRD keeps its custom resources' cleanup finalizer until they are gone.
+        if is_crd(info) && meta_str(&obj, "deletionTimestamp").is_empty() {
+            crate::crd::prepare_delete(&mut obj);
         }
         // Deferred deletion: finalizers, or a scheduled pod with a grace period.
         let grace = graceful_period(info, &obj, opts);
@@ -1117,7 +1162,12 @@ fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Op
 /// Deletes every object in namespace `ns`. Until the namespace controller exists, namespace
 /// deletion does its work inline.
 async fn delete_namespace_contents(state: &AppState, ns: &str) -> Result<(), ApiError> {
-    for info in REGISTRY.namespaced() {
+    let custom = state.crds.snapshot();
+    let custom_namespaced = custom
+        .storage_resources()
+        .into_iter()
+        .filter(|r| r.namespaced);
+    for info in REGISTRY.namespaced().chain(custom_namespaced) {
         let prefix = info.prefix(Some(ns));
         let resp = state.store.list(&prefix, ListOptions::default()).await?;
         for kv in resp.kvs {
