@@ -40,8 +40,6 @@ const RETRY: Duration = Duration::from_secs(1);
 /// What a custom resource's version takes from its CRD beyond the common registry fields.
 #[derive(Debug)]
 pub(crate) struct CustomVersion {
-    /// The CRD's name (`<plural>.<group>`).
-    pub(crate) crd_name: String,
     /// `schema.openAPIV3Schema` of this version (structural), if any.
     pub(crate) schema: Option<Value>,
     pub(crate) columns: Vec<PrinterColumn>,
@@ -239,7 +237,6 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
         s => s.to_string(),
     };
     let terminating = !crate::rest::object_meta_str(crd, "deletionTimestamp").is_empty();
-    let crd_name = crate::rest::object_meta_str(crd, "name").to_string();
     let namespaced = str_at(crd, &["spec", "scope"]) != "Cluster";
     let versions = crd
         .get("spec")
@@ -311,7 +308,6 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
                 roundtrip: custom_roundtrip,
                 schema: crate::registry::schema_of::<Value>,
                 custom: Some(Arc::new(CustomVersion {
-                    crd_name: crd_name.clone(),
                     schema,
                     columns,
                     scale,
@@ -485,6 +481,96 @@ fn check_names(
         }
     }
     Ok(())
+}
+
+/// The checks of a CRD's spec that serving depends on (a subset of upstream's validation):
+/// the name is `<plural>.<group>`, names are DNS labels, one storage version, versions unique,
+/// a scope. Returns the problems as field causes.
+pub(crate) fn validate_crd(crd: &Value) -> Vec<crate::status::Cause> {
+    use crate::status::Cause;
+    let mut out = Vec::new();
+    let invalid = |field: &str, value: &str, why: &str| Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {value:?}: {why}"),
+        field: field.into(),
+    };
+    let required = |field: &str| Cause {
+        reason: "FieldValueRequired",
+        message: "Required value".into(),
+        field: field.into(),
+    };
+    let group = str_at(crd, &["spec", "group"]);
+    let plural = str_at(crd, &["spec", "names", "plural"]);
+    let kind = str_at(crd, &["spec", "names", "kind"]);
+    let name = crate::rest::object_meta_str(crd, "name");
+    if !plural.is_empty() && !group.is_empty() && name != format!("{plural}.{group}") {
+        out.push(invalid(
+            "metadata.name",
+            name,
+            "must be spec.names.plural+\".\"+spec.group",
+        ));
+    }
+    if group.is_empty() {
+        out.push(required("spec.group"));
+    } else if !group.contains('.') {
+        out.push(invalid("spec.group", group, "should be a domain with at least one dot"));
+    }
+    if plural.is_empty() {
+        out.push(required("spec.names.plural"));
+    } else if !crate::validation::validate_name(NameRule::Label, plural).is_empty() {
+        out.push(invalid(
+            "spec.names.plural",
+            plural,
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        ));
+    }
+    if kind.is_empty() {
+        out.push(required("spec.names.kind"));
+    }
+    match str_at(crd, &["spec", "scope"]) {
+        "Namespaced" | "Cluster" => {}
+        "" => out.push(required("spec.scope")),
+        other => out.push(Cause {
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""
+            ),
+            field: "spec.scope".into(),
+        }),
+    }
+    let versions = crd
+        .get("spec")
+        .and_then(|s| s.get("versions"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if versions.is_empty() {
+        out.push(required("spec.versions"));
+    } else {
+        let storage = versions
+            .iter()
+            .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+            .count();
+        if storage != 1 {
+            out.push(invalid(
+                "spec.versions",
+                &format!("{storage} storage versions"),
+                "must have exactly one version marked as storage version",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, v) in versions.iter().enumerate() {
+            let n = str_at(v, &["name"]);
+            if !seen.insert(n) {
+                out.push(Cause {
+                    reason: "FieldValueDuplicate",
+                    message: format!("Duplicate value: {n:?}"),
+                    field: format!("spec.versions[{i}].name"),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The status a CRD should have: accepted names and conditions, stored versions.

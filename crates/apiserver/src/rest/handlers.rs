@@ -435,6 +435,7 @@ pub(crate) async fn create_object(
     check_type(&mut obj, info)?;
     let (mut obj, warnings) = typed_roundtrip_checked(obj, info, validation)?;
     crate::defaults::apply(info, &mut obj, true);
+    check_crd(info, &obj)?;
     namespace_of(info, path_ns, &mut obj)?;
     let name = meta_str(&obj, "name").to_string();
     let generate = meta_str(&obj, "generateName").to_string();
@@ -594,6 +595,18 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
             "code": 201,
         }),
     )
+}
+
+/// A CRD's spec must be servable (see [`crate::crd::validate_crd`]).
+fn check_crd(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    if !is_crd(info) {
+        return Ok(());
+    }
+    let causes = crate::crd::validate_crd(obj);
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(info, meta_str(obj, "name"), causes))
 }
 
 fn is_crd(info: &ResourceInfo) -> bool {
@@ -806,6 +819,7 @@ pub(crate) fn merge_update(
     if is_service(info) {
         crate::services::keep_cluster_ip(info, old, &mut new)?;
     }
+    check_crd(info, &new)?;
     // Custom resources without a status subresource count status changes too (upstream
     // bumps on any change outside metadata).
     let changed = if info.custom.is_some() && !info.status_subresource {
