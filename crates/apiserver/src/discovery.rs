@@ -97,7 +97,11 @@ fn versions_of<'a>(snapshot: &'a Snapshot, group: &str) -> Vec<&'a GroupVersion>
     if !builtin.is_empty() {
         return builtin;
     }
-    snapshot.groups.iter().filter(|g| g.group == group).collect()
+    snapshot
+        .groups
+        .iter()
+        .filter(|g| g.group == group)
+        .collect()
 }
 
 /// The named groups in discovery order: built-ins, then custom resource groups by name.
@@ -226,7 +230,10 @@ pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Res
 
 /// One `APIGroupDiscovery`: the group with its versions (preferred first) and their resources.
 fn aggregated_group(versions: &[&GroupVersion]) -> Value {
-    let items: Vec<Value> = versions.iter().map(|g| aggregated_version_entry(g)).collect();
+    let items: Vec<Value> = versions
+        .iter()
+        .map(|g| aggregated_version_entry(g))
+        .collect();
     let mut meta = json!({ "creationTimestamp": null });
     if let Some(g) = versions.first().filter(|g| !g.group.is_empty()) {
         meta["name"] = json!(g.group);

@@ -175,8 +175,7 @@ fn custom_schema(
         .clone()
         .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
     let meta = Value::from(
-        generator
-            .subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(),
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(),
     );
     if !schema.get("properties").is_some_and(Value::is_object) {
         schema["properties"] = json!({});

@@ -136,8 +136,7 @@ fn intern(s: &str) -> &'static str {
 
 /// Like [`intern`], for lists of names (short names, categories).
 fn intern_list(items: &[String]) -> &'static [&'static str] {
-    static SET: LazyLock<Mutex<HashSet<&'static [&'static str]>>> =
-        LazyLock::new(Default::default);
+    static SET: LazyLock<Mutex<HashSet<&'static [&'static str]>>> = LazyLock::new(Default::default);
     let interned: Vec<&'static str> = items.iter().map(|s| intern(s)).collect();
     let mut set = SET.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(found) = set.get(interned.as_slice()) {
@@ -190,7 +189,9 @@ pub(crate) fn condition_true(crd: &Value, kind: &str) -> bool {
 
 /// Upstream's ordering of version names: GA before beta before alpha, higher numbers first,
 /// then anything else alphabetically.
-pub(crate) fn version_priority(v: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
+pub(crate) fn version_priority(
+    v: &str,
+) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
     use std::cmp::Reverse;
     let parsed = v.strip_prefix('v').and_then(|rest| {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -251,12 +252,14 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
             let version = v.get("name").and_then(Value::as_str)?;
             let subresources = v.get("subresources");
             let status = subresources.and_then(|s| s.get("status")).is_some();
-            let scale = subresources.and_then(|s| s.get("scale")).map(|s| ScalePaths {
-                spec_replicas: str_at(s, &["specReplicasPath"]).to_string(),
-                status_replicas: str_at(s, &["statusReplicasPath"]).to_string(),
-                label_selector: Some(str_at(s, &["labelSelectorPath"]).to_string())
-                    .filter(|p| !p.is_empty()),
-            });
+            let scale = subresources
+                .and_then(|s| s.get("scale"))
+                .map(|s| ScalePaths {
+                    spec_replicas: str_at(s, &["specReplicasPath"]).to_string(),
+                    status_replicas: str_at(s, &["statusReplicasPath"]).to_string(),
+                    label_selector: Some(str_at(s, &["labelSelectorPath"]).to_string())
+                        .filter(|p| !p.is_empty()),
+                });
             let columns = match v.get("additionalPrinterColumns").and_then(Value::as_array) {
                 Some(cols) => cols
                     .iter()
@@ -461,7 +464,9 @@ fn check_names(
         }
         let o_singular = str_at(accepted, &["singular"]);
         let o_short = strings_at(accepted, &["shortNames"]);
-        let taken = |n: &str| !n.is_empty() && (n == o_plural || n == o_singular || o_short.iter().any(|s| s == n));
+        let taken = |n: &str| {
+            !n.is_empty() && (n == o_plural || n == o_singular || o_short.iter().any(|s| s == n))
+        };
         if taken(plural) {
             return Err(("NameConflict", format!("{plural:?} is already in use")));
         }
@@ -513,7 +518,11 @@ pub(crate) fn validate_crd(crd: &Value) -> Vec<crate::status::Cause> {
     if group.is_empty() {
         out.push(required("spec.group"));
     } else if !group.contains('.') {
-        out.push(invalid("spec.group", group, "should be a domain with at least one dot"));
+        out.push(invalid(
+            "spec.group",
+            group,
+            "should be a domain with at least one dot",
+        ));
     }
     if plural.is_empty() {
         out.push(required("spec.names.plural"));
@@ -587,7 +596,13 @@ pub(crate) fn desired_status(name: &str, crd: &Value, all: &BTreeMap<String, Val
                 .cloned()
                 .unwrap_or_else(|| json!({}));
             status["acceptedNames"] = names;
-            set_condition(&mut status, "NamesAccepted", "True", "NoConflicts", "no conflicts found");
+            set_condition(
+                &mut status,
+                "NamesAccepted",
+                "True",
+                "NoConflicts",
+                "no conflicts found",
+            );
             set_condition(
                 &mut status,
                 "Established",
@@ -746,9 +761,7 @@ async fn run_once(state: &AppState) -> Result<(), ApiError> {
         // A name freed by a deleted CRD may let another one's names be accepted.
         let names: Vec<String> = crds.keys().cloned().collect();
         for name in names {
-            if touched.contains(&name)
-                || !condition_true(&crds[&name], "NamesAccepted")
-            {
+            if touched.contains(&name) || !condition_true(&crds[&name], "NamesAccepted") {
                 reconcile(state, &crds, &name).await;
             }
         }
@@ -834,7 +847,7 @@ async fn finish_delete(
                 "Terminating",
                 "False",
                 "InstanceDeletionCompleted",
-                &format!("removed all instances"),
+                "removed all instances",
             );
         }
         Ok(new)
@@ -905,14 +918,42 @@ mod tests {
         assert_eq!(foo.storage, "example.com/foos");
         assert_eq!(foo.key(Some("ns"), "a"), b"/registry/example.com/foos/ns/a");
         assert!(foo.status_subresource);
-        assert!(!snap.find("example.com", "v1beta1", "foos").expect("beta").status_subresource);
-        assert_eq!(intern("foos").as_ptr(), foo.plural.as_ptr(), "interned once");
+        assert!(
+            !snap
+                .find("example.com", "v1beta1", "foos")
+                .expect("beta")
+                .status_subresource
+        );
+        assert_eq!(
+            intern("foos").as_ptr(),
+            foo.plural.as_ptr(),
+            "interned once"
+        );
     }
 
     #[test]
     fn version_priority_orders_like_upstream() {
-        let mut vs = vec!["v1alpha1", "foo", "v2", "v1beta2", "v1", "v1beta1", "v11alpha2"];
+        let mut vs = vec![
+            "v1alpha1",
+            "foo",
+            "v2",
+            "v1beta2",
+            "v1",
+            "v1beta1",
+            "v11alpha2",
+        ];
         vs.sort_by_key(|v| version_priority(v));
-        assert_eq!(vs, ["v2", "v1", "v1beta2", "v1beta1", "v11alpha2", "v1alpha1", "foo"]);
+        assert_eq!(
+            vs,
+            [
+                "v2",
+                "v1",
+                "v1beta2",
+                "v1beta1",
+                "v11alpha2",
+                "v1alpha1",
+                "foo"
+            ]
+        );
     }
 }

@@ -28,9 +28,7 @@ fn flag(schema: &Value, key: &str) -> bool {
 /// The schema of object members other than `properties`: `additionalProperties` when it is
 /// a schema.
 fn additional(schema: &Value) -> Option<&Value> {
-    schema
-        .get("additionalProperties")
-        .filter(|a| a.is_object())
+    schema.get("additionalProperties").filter(|a| a.is_object())
 }
 
 /// Removes fields the schema does not know; returns their paths (`spec.bogus`) for
@@ -286,7 +284,9 @@ fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
             out.push(cause(
                 "FieldValueTypeInvalid",
                 path,
-                format!("Invalid value: \"{actual}\": {path} in body must be of type {t}: \"{actual}\""),
+                format!(
+                    "Invalid value: \"{actual}\": {path} in body must be of type {t}: \"{actual}\""
+                ),
             ));
             return;
         }
@@ -346,7 +346,13 @@ fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
                     }
                 }
             }
-            validate_object(schema, map, path, flag(schema, "x-kubernetes-embedded-resource"), out);
+            validate_object(
+                schema,
+                map,
+                path,
+                flag(schema, "x-kubernetes-embedded-resource"),
+                out,
+            );
         }
         _ => {}
     }
@@ -356,22 +362,36 @@ fn validate_number(schema: &Value, v: &Value, x: f64, path: &str, out: &mut Vec<
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
         let exclusive = flag(schema, "exclusiveMinimum");
         if (exclusive && x <= min) || (!exclusive && x < min) {
-            let how = if exclusive { "greater than" } else { "greater than or equal to" };
+            let how = if exclusive {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
             out.push(invalid(
                 path,
                 v,
-                format!("{path} in body should be {how} {}", num(schema.get("minimum"))),
+                format!(
+                    "{path} in body should be {how} {}",
+                    num(schema.get("minimum"))
+                ),
             ));
         }
     }
     if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
         let exclusive = flag(schema, "exclusiveMaximum");
         if (exclusive && x >= max) || (!exclusive && x > max) {
-            let how = if exclusive { "less than" } else { "less than or equal to" };
+            let how = if exclusive {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
             out.push(invalid(
                 path,
                 v,
-                format!("{path} in body should be {how} {}", num(schema.get("maximum"))),
+                format!(
+                    "{path} in body should be {how} {}",
+                    num(schema.get("maximum"))
+                ),
             ));
         }
     }
@@ -382,7 +402,10 @@ fn validate_number(schema: &Value, v: &Value, x: f64, path: &str, out: &mut Vec<
         out.push(invalid(
             path,
             v,
-            format!("{path} in body should be a multiple of {}", num(schema.get("multipleOf"))),
+            format!(
+                "{path} in body should be a multiple of {}",
+                num(schema.get("multipleOf"))
+            ),
         ));
     }
 }
@@ -469,7 +492,9 @@ mod tests {
         let obj = json!({"spec": {"replicas": "three", "size": "M"}});
         assert_eq!(
             messages(&validate(&schema(), &obj)),
-            ["FieldValueTypeInvalid spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\""]
+            [
+                "FieldValueTypeInvalid spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\""
+            ]
         );
     }
 
@@ -480,15 +505,30 @@ mod tests {
         let got = messages(&validate(&schema(), &obj));
         assert!(got.contains(&"FieldValueInvalid spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1".to_string()), "{got:?}");
         assert!(got.contains(&"FieldValueInvalid spec.name: Invalid value: \"Ab1\": spec.name in body should match '^[a-z]+$'".to_string()), "{got:?}");
-        assert!(got.contains(&"FieldValueTooMany spec.tags: Too many: 3: must have at most 2 items".to_string()), "{got:?}");
+        assert!(
+            got.contains(
+                &"FieldValueTooMany spec.tags: Too many: 3: must have at most 2 items".to_string()
+            ),
+            "{got:?}"
+        );
         assert!(got.contains(&"FieldValueTypeInvalid spec.port: Invalid value: \"boolean\": spec.port in body must be of type integer,string: \"boolean\"".to_string()), "{got:?}");
         assert!(got.contains(&"FieldValueNotSupported spec.size: Unsupported value: \"XL\": supported values: \"S\", \"M\", \"L\"".to_string()), "{got:?}");
-        assert!(got.iter().any(|m| m.starts_with("FieldValueTypeInvalid spec.labels.a:")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|m| m.starts_with("FieldValueTypeInvalid spec.labels.a:")),
+            "{got:?}"
+        );
         assert_eq!(got.len(), 6, "nullable note is fine: {got:?}");
         let missing = messages(&validate(&schema(), &json!({"spec": {}})));
         assert_eq!(missing, ["FieldValueRequired spec.size: Required value"]);
-        let long = messages(&validate(&schema(), &json!({"spec": {"size": "S", "name": "abcdef"}})));
-        assert_eq!(long, ["FieldValueTooLong spec.name: Too long: may not be more than 5 bytes"]);
+        let long = messages(&validate(
+            &schema(),
+            &json!({"spec": {"size": "S", "name": "abcdef"}}),
+        ));
+        assert_eq!(
+            long,
+            ["FieldValueTooLong spec.name: Too long: may not be more than 5 bytes"]
+        );
     }
 
     #[test]
@@ -503,7 +543,15 @@ mod tests {
         });
         let mut unknown = prune(&schema(), &mut obj);
         unknown.sort();
-        assert_eq!(unknown, ["spec.bogus", "spec.template.junk", "top"]);
+        assert_eq!(
+            unknown,
+            [
+                "spec.bogus",
+                "spec.template.junk",
+                "spec.template.spec.x",
+                "top"
+            ]
+        );
         assert_eq!(obj["spec"]["free"]["any"]["thing"], 1);
         assert_eq!(obj["spec"]["labels"]["k"], "v");
         assert_eq!(obj["spec"]["template"]["kind"], "Pod");

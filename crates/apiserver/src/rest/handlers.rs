@@ -7,8 +7,9 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_as, decode_stored, encode_for_store, labels, meta_str, metadata_mut,
-    new_uid, request_resource_version, set_resource_version, spec_part, typed_roundtrip_checked,
+    FieldValidation, check_type, decode_as, decode_stored, encode_for_store, labels, meta_str,
+    metadata_mut, new_uid, request_resource_version, set_resource_version, spec_part,
+    typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
 use crate::registry::{REGISTRY, ResourceInfo};

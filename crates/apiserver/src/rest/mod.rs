@@ -50,7 +50,7 @@ pub(crate) struct Target {
 pub(crate) enum Parsed {
     /// The group version itself: its APIResourceList.
     Discovery,
-    Resource(Target),
+    Resource(Box<Target>),
 }
 
 /// Parses the segments after the group version. `None`: nothing served there.
@@ -72,14 +72,17 @@ pub(crate) fn parse_path(
         return (!watch_path).then_some(Parsed::Discovery);
     }
     let find = |plural: &str| REGISTRY.lookup(custom, group, version, plural);
-    let target = |info: Cow<'static, ResourceInfo>, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
-        Some(Parsed::Resource(Target {
+    let target = |info: Cow<'static, ResourceInfo>,
+                  namespace: Option<&str>,
+                  name: Option<&str>,
+                  sub: Option<&str>| {
+        Some(Parsed::Resource(Box::new(Target {
             info,
             namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
             subresource: sub.map(str::to_string),
             watch_path,
-        }))
+        })))
     };
     // `/namespaces/<ns>/<resource>...` names a namespaced resource when group version has it.
     if let ["namespaces", ns, plural, rest @ ..] = segs
@@ -162,7 +165,7 @@ pub(crate) async fn serve(
     };
     let target = match parsed {
         Parsed::Discovery => return crate::discovery::resource_list(&state, group, version),
-        Parsed::Resource(t) => t,
+        Parsed::Resource(t) => *t,
     };
     if !accepts_json(&headers) {
         return ApiError::not_acceptable().into_response();
@@ -248,7 +251,7 @@ mod tests {
     fn resource(group: &str, version: &str, path: &str) -> Target {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         match parse_path(&Default::default(), group, version, &segs) {
-            Some(Parsed::Resource(t)) => t,
+            Some(Parsed::Resource(t)) => *t,
             other => panic!("{path}: {other:?}"),
         }
     }

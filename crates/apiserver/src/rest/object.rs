@@ -273,7 +273,10 @@ fn custom_checked(
         .map(|f| format!("unknown field \"{f}\""))
         .collect();
     if validation == FieldValidation::Strict && !unknown.is_empty() {
-        return Err(cannot(format!("strict decoding error: {}", unknown.join(", "))));
+        return Err(cannot(format!(
+            "strict decoding error: {}",
+            unknown.join(", ")
+        )));
     }
     if let Some(schema) = &custom.schema {
         crate::crd::schema::apply_defaults(schema, &mut obj);

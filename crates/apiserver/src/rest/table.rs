@@ -507,6 +507,9 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
     }
 }
 
+/// The cells of one row.
+type CellsFn = Box<dyn Fn(&Value) -> Vec<Value>>;
+
 fn column_definition(c: &Column) -> Value {
     json!({
         "name": c.name, "type": c.kind, "format": c.format,
@@ -539,7 +542,7 @@ fn printer_cell(c: &crate::crd::PrinterColumn, o: &Value) -> Value {
 /// A Table of `objects`. `includeObject` (None, Metadata — the default — or Object) says what
 /// each row carries besides its cells.
 pub(crate) fn to_table(info: &ResourceInfo, objects: &[Value], rv: &str, q: &Query) -> Value {
-    let (defs, cells): (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>) = match &info.custom {
+    let (defs, cells): (Vec<Value>, CellsFn) = match &info.custom {
         Some(custom) => {
             let mut defs = vec![column_definition(&NAME)];
             defs.extend(custom.columns.iter().map(|c| {

@@ -278,7 +278,7 @@ mod tests {
         let mut q = Query::new();
         q.insert("labelSelector".into(), "app=web".into());
         let spec = WatchSpec {
-            info,
+            info: info.clone(),
             selectors: Selectors::from_query(info, &q).expect("selector"),
             table: false,
             query: q,
