@@ -665,6 +665,38 @@ async fn crd_deletion_passes_through_terminating() {
         .find(|c| c.type_ == "Terminating")
         .expect("Terminating condition");
     assert_eq!(terminating.status, "True");
+    // No new custom resources while terminating.
+    let refused = api_error(
+        cts.create(&PostParams::default(), &crontab("late", "* * * * *", 1))
+            .await
+            .expect_err("create while terminating"),
+    );
+    assert_eq!(refused.code, 405);
+    // The held custom resource is marked for deletion and keeps the CRD alive.
+    eventually("custom resource marked for deletion", || {
+        let cts = cts.clone();
+        async move {
+            cts.get("held")
+                .await
+                .is_ok_and(|c| c.metadata.deletion_timestamp.is_some())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        crds.get_opt("crontabs.stable.example.com")
+            .await
+            .expect("get")
+            .is_some(),
+        "the CRD waits for its custom resources"
+    );
+    cts.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop the finalizer");
     eventually("CRD gone", || {
         let crds = crds.clone();
         async move {
@@ -770,6 +802,64 @@ async fn crds_are_shared_by_apiservers_on_one_datastore() {
     })
     .await;
     second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_warn_and_namespace_deletion_removes_custom_resources() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    // fieldValidation=Warn (the default): created, pruned, and a Warning header names the field.
+    let body = json!({
+        "apiVersion": "stable.example.com/v1", "kind": "CronTab",
+        "metadata": {"name": "warned"},
+        "spec": {"cronSpec": "* * * * *", "bogus": 1},
+    });
+    let req = http::Request::post("/apis/stable.example.com/v1/namespaces/team/crontabs")
+        .header("Content-Type", "application/json")
+        .body(kube::client::Body::from(
+            serde_json::to_vec(&body).expect("json"),
+        ))
+        .expect("request");
+    let resp = client.send(req).await.expect("create");
+    assert_eq!(resp.status(), 201);
+    let warnings: Vec<String> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    assert_eq!(warnings, ["299 - \"unknown field \\\"spec.bogus\\\"\""]);
+    let cts: Api<CronTab> = Api::namespaced(client.clone(), "team");
+    assert_eq!(
+        cts.get("warned").await.expect("get").spec.cron_spec,
+        "* * * * *"
+    );
+
+    namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let left = t
+        .store
+        .list(
+            b"/registry/stable.example.com/crontabs/team/",
+            rk3s_datastore::ListOptions::default(),
+        )
+        .await
+        .expect("list store");
+    assert!(
+        left.kvs.is_empty(),
+        "the namespace's custom resources are deleted"
+    );
 }
 
 /// A client for another apiserver of the test (same CA-less kubeconfig shape as the harness).

@@ -36,6 +36,8 @@ const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitio
 const CRD_GROUP: &str = "apiextensions.k8s.io";
 /// How long the controller waits before listing again after a store error.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often a terminating CRD whose custom resources are held by finalizers is looked at again.
+const RESYNC: Duration = Duration::from_secs(2);
 
 /// What a custom resource's version takes from its CRD beyond the common registry fields.
 #[derive(Debug)]
@@ -735,7 +737,26 @@ async fn run_once(state: &AppState) -> Result<(), ApiError> {
         .store
         .watch_prefix(CRD_PREFIX.as_bytes(), revision + 1, false)
         .await?;
-    while let Some(next) = watch.next().await {
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    loop {
+        let next = tokio::select! {
+            next = watch.next() => next,
+            _ = resync.tick() => {
+                let terminating: Vec<String> = crds
+                    .iter()
+                    .filter(|(_, c)| !crate::rest::object_meta_str(c, "deletionTimestamp").is_empty())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in terminating {
+                    reconcile(state, &crds, &name).await;
+                }
+                continue;
+            }
+        };
+        let Some(next) = next else {
+            return Ok(());
+        };
         let events = match next? {
             WatchResponse::Events { events, .. } => events,
             WatchResponse::Progress { .. } => continue,
@@ -766,7 +787,6 @@ async fn run_once(state: &AppState) -> Result<(), ApiError> {
             }
         }
     }
-    Ok(())
 }
 
 /// Brings one CRD's status up to date, and finishes its deletion.
@@ -800,7 +820,8 @@ async fn reconcile(state: &AppState, crds: &BTreeMap<String, Value>, name: &str)
 }
 
 /// Deletes every custom resource of a deleted CRD, then drops the cleanup finalizer (the
-/// CRD goes away with its last finalizer).
+/// CRD goes away with its last finalizer). A custom resource with finalizers is marked for
+/// deletion and waited for (the resync looks again), as upstream's finalizer controller does.
 async fn finish_delete(
     state: &AppState,
     info: &ResourceInfo,
@@ -821,6 +842,7 @@ async fn finish_delete(
         "" => str_at(crd, &["spec", "names", "plural"]),
         p => p,
     };
+    let mut remaining = 0;
     if !group.is_empty() && !plural.is_empty() {
         let prefix = format!("/registry/{group}/{plural}/");
         let resp = state
@@ -828,10 +850,58 @@ async fn finish_delete(
             .list(prefix.as_bytes(), ListOptions::default())
             .await?;
         for kv in resp.kvs {
-            state.store.delete(&kv.key, None).await?;
+            let mut obj = decode_stored(&kv)?;
+            let held = obj
+                .get("metadata")
+                .and_then(|m| m.get("finalizers"))
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            if !held {
+                // Lost a race with a writer: count it, the resync comes back for it.
+                if let rk3s_datastore::WriteOutcome::Conflict { .. } =
+                    state.store.delete(&kv.key, Some(kv.mod_revision)).await?
+                {
+                    remaining += 1;
+                }
+                continue;
+            }
+            remaining += 1;
+            if crate::rest::object_meta_str(&obj, "deletionTimestamp").is_empty()
+                && let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+            {
+                meta.insert(
+                    "deletionTimestamp".into(),
+                    json!(crate::time::now_rfc3339()),
+                );
+                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                let bytes = crate::rest::encode_for_store(&obj)?;
+                state
+                    .store
+                    .update(&kv.key, bytes, kv.mod_revision, 0)
+                    .await?;
+            }
         }
-        tracing::info!(crd = name, "custom resources deleted");
     }
+    if remaining > 0 {
+        let message =
+            format!("could not confirm zero CustomResources remaining: {remaining} remaining");
+        guaranteed_update(state, info, key, name, false, |current| {
+            let mut new = current.clone();
+            if new.get("status").is_some_and(Value::is_object) {
+                set_condition(
+                    &mut new["status"],
+                    "Terminating",
+                    "True",
+                    "InstanceDeletionCheck",
+                    &message,
+                );
+            }
+            Ok(new)
+        })
+        .await?;
+        return Ok(());
+    }
+    tracing::info!(crd = name, "custom resources deleted");
     guaranteed_update(state, info, key, name, false, |current| {
         let mut new = current.clone();
         if let Some(f) = new
