@@ -353,6 +353,7 @@ fn widget_crd() -> CustomResourceDefinition {
             "names": {"plural": "widgets", "kind": "Widget", "categories": ["toys"]},
             "versions": [
                 {"name": "v1", "served": true, "storage": true,
+                 "selectableFields": [{"jsonPath": ".spec.size"}],
                  "schema": {"openAPIV3Schema": schema.clone()}},
                 {"name": "v1beta1", "served": true, "storage": false,
                  "schema": {"openAPIV3Schema": schema}},
@@ -488,6 +489,20 @@ async fn schema_validation_pruning_defaults_and_versions() {
         "{}",
         err.message
     );
+
+    // selectableFields are field selectors of that version.
+    v1.create(&PostParams::default(), &widget("w3", json!({"size": "L"})))
+        .await
+        .expect("create w3");
+    let by_size = v1
+        .list(&ListParams::default().fields("spec.size=L"))
+        .await
+        .expect("selectable field");
+    let names: Vec<String> = by_size.items.iter().map(|w| w.name_any()).collect();
+    assert_eq!(names, ["w3"]);
+    v1.delete("w3", &DeleteParams::default())
+        .await
+        .expect("delete w3");
 
     // Another served version: same object, apiVersion rewritten (conversion None).
     let beta = widgets(&client, "v1beta1");

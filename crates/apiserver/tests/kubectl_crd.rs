@@ -26,6 +26,9 @@ spec:
     storage: true
     subresources:
       status: {}
+      scale:
+        specReplicasPath: .spec.replicas
+        statusReplicasPath: .status.replicas
     additionalPrinterColumns:
     - name: Spec
       type: string
@@ -132,6 +135,32 @@ async fn kubectl_serves_custom_resources() {
         ])
         .await;
     assert_eq!(got, "4");
+
+    // kubectl scale goes through the scale subresource.
+    t.kubectl_ok(&["scale", "ct", "my-cron", "--replicas=6"])
+        .await;
+    assert_eq!(
+        t.kubectl_ok(&["get", "ct", "my-cron", "-o", "jsonpath={.spec.replicas}"])
+            .await,
+        "6"
+    );
+    // A strategic merge patch is refused for custom resources, as upstream.
+    let out = t
+        .kubectl(&[
+            "patch",
+            "ct",
+            "my-cron",
+            "--type=strategic",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("UnsupportedMediaType") || err.contains("unknown format"),
+        "{err}"
+    );
 
     // Validation errors as upstream prints them.
     let bad = CR

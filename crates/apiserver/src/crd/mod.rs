@@ -286,6 +286,15 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
                     json_path: ".metadata.creationTimestamp".into(),
                 }],
             };
+            // `selectableFields` (`.spec.size`) become field selector paths (`spec.size`).
+            let selectable: Vec<String> = v
+                .get("selectableFields")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|f| str_at(f, &["jsonPath"]).trim_start_matches('.').to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
             let schema = v
                 .get("schema")
                 .and_then(|s| s.get("openAPIV3Schema"))
@@ -309,7 +318,7 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
                 create_on_update: false,
                 storage: intern(&format!("{group}/{plural}")),
                 name_rule: NameRule::Subdomain,
-                fields: &[],
+                fields: intern_list(&selectable),
                 roundtrip: custom_roundtrip,
                 schema: crate::registry::schema_of::<Value>,
                 custom: Some(Arc::new(CustomVersion {
