@@ -410,8 +410,14 @@ fn validate_number(schema: &Value, v: &Value, x: f64, path: &str, out: &mut Vec<
     }
 }
 
+/// A schema bound as upstream prints it (Go's `%v` of a float64: `1`, not `1.0`). Stored
+/// CRDs carry bounds as floats (`JSONSchemaProps.minimum` is a double).
 fn num(v: Option<&Value>) -> String {
-    v.map(Value::to_string).unwrap_or_default()
+    match v.and_then(Value::as_f64) {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        Some(f) => f.to_string(),
+        None => String::new(),
+    }
 }
 
 fn validate_string(schema: &Value, v: &Value, s: &str, path: &str, out: &mut Vec<Cause>) {
@@ -463,7 +469,7 @@ mod tests {
                     "type": "object",
                     "required": ["size"],
                     "properties": {
-                        "replicas": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
+                        "replicas": {"type": "integer", "minimum": 1.0, "maximum": 10, "default": 1},
                         "size": {"type": "string", "enum": ["S", "M", "L"]},
                         "name": {"type": "string", "pattern": "^[a-z]+$", "minLength": 2, "maxLength": 5},
                         "tags": {"type": "array", "maxItems": 2, "minItems": 1, "items": {"type": "string"}},

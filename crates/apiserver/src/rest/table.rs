@@ -234,6 +234,17 @@ const AGE: Column = Column {
 
 fn columns(info: &ResourceInfo) -> Vec<Column> {
     match (info.group, info.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => vec![
+            NAME,
+            Column {
+                name: "Created At",
+                kind: "date",
+                format: "",
+                description: "",
+                priority: 0,
+                cell: |o| json!(meta_str(o, "creationTimestamp")),
+            },
+        ],
         ("", "Namespace") => vec![
             NAME,
             col("Status", "string", 0, |o| {
