@@ -538,6 +538,29 @@ async fn schema_validation_pruning_defaults_and_versions() {
         .expect("patch unknown status field");
     assert!(pruned.data["status"].get("unknown").is_none());
     assert_eq!(pruned.metadata.generation, Some(2), "nothing changed");
+
+    // A CRD update reaches the registry: v1beta1 no longer served.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "widgets.example.org",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/versions/1/served", "value": false}
+            ]))
+            .expect("patch"),
+        ),
+    )
+    .await
+    .expect("stop serving v1beta1");
+    eventually("v1beta1 not served", || {
+        let beta = beta.clone();
+        async move {
+            matches!(beta.list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 404)
+        }
+    })
+    .await;
+    assert!(v1.get("w1").await.is_ok(), "v1 still served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

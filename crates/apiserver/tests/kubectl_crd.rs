@@ -86,6 +86,16 @@ async fn kubectl_serves_custom_resources() {
     let t = TestServer::start().await;
     install(&t).await;
 
+    let crds = t.kubectl_ok(&["get", "crds"]).await;
+    let header: Vec<&str> = crds
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "CREATED", "AT"]);
+    assert!(crds.contains("crontabs.stable.example.com"), "{crds}");
+
     let out = t.kubectl_stdin(&["apply", "-f", "-"], CR).await;
     assert!(
         out.status.success(),
