@@ -516,6 +516,22 @@ async fn schema_validation_pruning_defaults_and_versions() {
         .await
         .expect("list v1beta1");
     assert_eq!(list.items.len(), 1);
+    // Written through v1beta1, stored in the storage version (v1).
+    beta.patch(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"via": "beta"}}})),
+    )
+    .await
+    .expect("patch via v1beta1");
+    let (_, kv) = t
+        .store
+        .get(b"/registry/example.org/widgets/w1", 0)
+        .await
+        .expect("store get");
+    let stored: Value = serde_json::from_slice(&kv.expect("stored").value).expect("json");
+    assert_eq!(stored["apiVersion"], "example.org/v1");
+    assert_eq!(stored["metadata"]["labels"]["via"], "beta");
 
     // Without a status subresource, a status change bumps the generation too.
     let bumped = v1

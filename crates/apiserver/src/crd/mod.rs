@@ -48,6 +48,8 @@ pub(crate) struct CustomVersion {
     pub(crate) scale: Option<ScalePaths>,
     /// The CRD is being deleted: no new custom resources.
     pub(crate) terminating: bool,
+    /// The version objects are stored in (`spec.versions[].storage`).
+    pub(crate) storage_version: &'static str,
 }
 
 /// One `additionalPrinterColumns` entry.
@@ -241,6 +243,17 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
     };
     let terminating = !crate::rest::object_meta_str(crd, "deletionTimestamp").is_empty();
     let namespaced = str_at(crd, &["spec", "scope"]) != "Cluster";
+    let storage_version = crd
+        .get("spec")
+        .and_then(|s| s.get("versions"))
+        .and_then(Value::as_array)
+        .and_then(|vs| {
+            vs.iter()
+                .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        })
+        .and_then(|v| v.get("name"))
+        .and_then(Value::as_str)
+        .map(intern);
     let versions = crd
         .get("spec")
         .and_then(|s| s.get("versions"))
@@ -326,6 +339,7 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
                     columns,
                     scale,
                     terminating,
+                    storage_version: storage_version.unwrap_or_else(|| intern(version)),
                 })),
             })
         })

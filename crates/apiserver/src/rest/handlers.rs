@@ -7,7 +7,7 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_as, decode_stored, encode_for_store, labels, meta_str,
+    FieldValidation, check_type, decode_as, decode_stored, encode_as, labels, meta_str,
     metadata_mut, new_uid, request_resource_version, set_resource_version, spec_part,
     typed_roundtrip_checked,
 };
@@ -501,7 +501,7 @@ pub(crate) async fn create_object(
         let outcome = if is_service(info) {
             crate::services::create(state, info, &key, &mut obj).await?
         } else {
-            state.store.create(&key, encode_for_store(&obj)?, 0).await?
+            state.store.create(&key, encode_as(info, &obj)?, 0).await?
         };
         match outcome {
             WriteOutcome::Written { revision } => {
@@ -740,7 +740,7 @@ where
         }
         match state
             .store
-            .update(key, encode_for_store(&new)?, kv.mod_revision, 0)
+            .update(key, encode_as(info, &new)?, kv.mod_revision, 0)
             .await?
         {
             WriteOutcome::Written { revision } => {
@@ -1106,7 +1106,7 @@ async fn delete_object(
             }
             match state
                 .store
-                .update(&key, encode_for_store(&obj)?, kv.mod_revision, 0)
+                .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
                 .await?
             {
                 WriteOutcome::Written { revision } => {

@@ -33,6 +33,24 @@ pub(crate) fn decode_as(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, Api
     Ok(obj)
 }
 
+/// The bytes stored for an object of `info`: a custom resource is stored in its CRD's storage
+/// version (conversion `None`: only `apiVersion` changes), as upstream.
+pub(crate) fn encode_as(info: &ResourceInfo, obj: &Value) -> Result<Vec<u8>, ApiError> {
+    match info.custom.as_ref().map(|c| c.storage_version) {
+        Some(storage) if storage != info.version => {
+            let mut obj = obj.clone();
+            if let Some(o) = obj.as_object_mut() {
+                o.insert(
+                    "apiVersion".into(),
+                    json!(format!("{}/{storage}", info.group)),
+                );
+            }
+            encode_for_store(&obj)
+        }
+        _ => encode_for_store(obj),
+    }
+}
+
 /// The bytes stored for an object: without `metadata.resourceVersion`, which the store owns.
 pub(crate) fn encode_for_store(obj: &Value) -> Result<Vec<u8>, ApiError> {
     let mut obj = obj.clone();
