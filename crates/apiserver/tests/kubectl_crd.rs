@@ -55,6 +55,7 @@ spec:
               replicas:
                 type: integer
                 minimum: 1
+                maximum: 10
                 default: 1
 "#;
 
@@ -153,6 +154,15 @@ async fn kubectl_serves_custom_resources() {
         t.kubectl_ok(&["get", "ct", "my-cron", "-o", "jsonpath={.spec.replicas}"])
             .await,
         "6"
+    );
+    let out = t
+        .kubectl(&["scale", "ct", "my-cron", "--replicas=11"])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.replicas in body should be less than or equal to 10"),
+        "{err}"
     );
     // A strategic merge patch is refused for custom resources, as upstream.
     let out = t

@@ -181,6 +181,13 @@ async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, Api
             .and_then(|c| c.scale.as_ref())
             .map_or(".spec.replicas", |s| s.spec_replicas.as_str());
         set_at(&mut new, path, json!(replicas));
+        // A custom resource's schema still holds (e.g. a `maximum` on the replicas field).
+        if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+            let causes = crate::crd::schema::validate(schema, &new);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(info, name, causes));
+            }
+        }
         merge_update(info, old, &new, false)
     })
     .await?;
