@@ -434,6 +434,7 @@ pub(crate) async fn create_object(
     validation: FieldValidation,
 ) -> Result<(Value, Vec<String>), ApiError> {
     check_type(&mut obj, info)?;
+    drop_ignored_status(info, &mut obj);
     let (mut obj, warnings) = typed_roundtrip_checked(obj, info, validation)?;
     crate::defaults::apply(info, &mut obj, true);
     check_crd(info, &obj)?;
@@ -608,6 +609,17 @@ fn check_crd(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
         return Ok(());
     }
     Err(ApiError::invalid(info, meta_str(obj, "name"), causes))
+}
+
+/// A custom resource with a status subresource ignores `status` on the main resource (create,
+/// update): it is dropped before schema validation, as upstream resets it before validating.
+fn drop_ignored_status(info: &ResourceInfo, obj: &mut Value) {
+    if info.custom.is_some()
+        && info.status_subresource
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.remove("status");
+    }
 }
 
 fn is_crd(info: &ResourceInfo) -> bool {
@@ -860,6 +872,9 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     let validation = FieldValidation::from_query(ctx.query)?;
     let mut req = body_json(ctx.headers, body)?;
     check_type(&mut req, info)?;
+    if !status_only {
+        drop_ignored_status(info, &mut req);
+    }
     let (mut req, warnings) = typed_roundtrip_checked(req, info, validation)?;
     if !status_only {
         crate::defaults::apply(info, &mut req, false);
