@@ -49,6 +49,7 @@ fn each<'a>(
 pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
     let Some(o) = obj.as_object_mut() else { return };
     match (info.group, info.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::default_crd(obj),
         ("", "Pod") => {
             if let Some(spec) = child(o, "spec") {
                 pod_spec(spec);

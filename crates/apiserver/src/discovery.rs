@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::crd::Snapshot;
 use crate::registry::{GroupVersion, REGISTRY, ResourceInfo, SCALE_VERBS, STATUS_VERBS};
 use crate::rest::json_response;
 use crate::server::AppState;
@@ -68,8 +69,12 @@ fn with_vary(mut r: Response) -> Response {
 /// `/api`.
 pub(crate) fn api_versions(state: &AppState, headers: &HeaderMap) -> Response {
     if let Some(v) = aggregated_version(headers) {
-        let core = REGISTRY.groups.iter().filter(|g| g.group.is_empty());
-        return aggregated_response(v, core.map(aggregated_group).collect());
+        let core: Vec<&GroupVersion> = REGISTRY
+            .groups
+            .iter()
+            .filter(|g| g.group.is_empty())
+            .collect();
+        return aggregated_response(v, vec![aggregated_group(&core)]);
     }
     with_vary(json_response(
         StatusCode::OK,
@@ -87,12 +92,37 @@ fn group_versions(g: &GroupVersion) -> Value {
     json!({ "groupVersion": g.group_version(), "version": g.version })
 }
 
-fn api_group_json(group: &str) -> Option<Value> {
-    let versions: Vec<&GroupVersion> = REGISTRY
+/// The served group versions of `group`, preferred first: the built-in ones, or those of
+/// custom resources (a CRD never adds versions to a built-in group).
+fn versions_of<'a>(snapshot: &'a Snapshot, group: &str) -> Vec<&'a GroupVersion> {
+    let builtin: Vec<&GroupVersion> = REGISTRY
         .groups
         .iter()
         .filter(|g| g.group == group)
         .collect();
+    if !builtin.is_empty() {
+        return builtin;
+    }
+    snapshot
+        .groups
+        .iter()
+        .filter(|g| g.group == group)
+        .collect()
+}
+
+/// The named groups in discovery order: built-ins, then custom resource groups by name.
+fn all_named_groups(snapshot: &Snapshot) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for g in REGISTRY.named_groups().chain(snapshot.groups.iter()) {
+        if !names.contains(&g.group) {
+            names.push(g.group);
+        }
+    }
+    names
+}
+
+fn api_group_json(snapshot: &Snapshot, group: &str) -> Option<Value> {
+    let versions = versions_of(snapshot, group);
     let preferred = versions.first()?;
     Some(json!({
         "name": group,
@@ -102,19 +132,19 @@ fn api_group_json(group: &str) -> Option<Value> {
 }
 
 /// `/apis`.
-pub(crate) fn api_groups(headers: &HeaderMap) -> Response {
+pub(crate) fn api_groups(state: &AppState, headers: &HeaderMap) -> Response {
+    let snapshot = state.crds.snapshot();
+    let names = all_named_groups(&snapshot);
     if let Some(v) = aggregated_version(headers) {
-        return aggregated_response(v, REGISTRY.named_groups().map(aggregated_group).collect());
+        let items = names
+            .iter()
+            .map(|g| aggregated_group(&versions_of(&snapshot, g)))
+            .collect();
+        return aggregated_response(v, items);
     }
-    let mut seen = Vec::new();
-    let groups: Vec<Value> = REGISTRY
-        .named_groups()
-        .filter(|g| {
-            let new = !seen.contains(&g.group);
-            seen.push(g.group);
-            new
-        })
-        .filter_map(|g| api_group_json(g.group))
+    let groups: Vec<Value> = names
+        .iter()
+        .filter_map(|g| api_group_json(&snapshot, g))
         .collect();
     with_vary(json_response(
         StatusCode::OK,
@@ -123,8 +153,8 @@ pub(crate) fn api_groups(headers: &HeaderMap) -> Response {
 }
 
 /// `/apis/<group>`.
-pub(crate) fn api_group(group: &str) -> Response {
-    match api_group_json(group) {
+pub(crate) fn api_group(state: &AppState, group: &str) -> Response {
+    match api_group_json(&state.crds.snapshot(), group) {
         Some(mut g) => {
             g["kind"] = json!("APIGroup");
             g["apiVersion"] = json!("v1");
@@ -152,8 +182,12 @@ fn resource_entry(r: &ResourceInfo) -> Value {
 }
 
 /// `/api/v1`, `/apis/<group>/<version>`.
-pub(crate) fn resource_list(group: &str, version: &str) -> Response {
-    let Some(gv) = REGISTRY.group_version(group, version) else {
+pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Response {
+    let snapshot = state.crds.snapshot();
+    let Some(gv) = REGISTRY
+        .group_version(group, version)
+        .or_else(|| snapshot.group_version(group, version))
+    else {
         return ApiError::no_route().into_response();
     };
     let mut resources = Vec::new();
@@ -207,8 +241,21 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
-/// One `APIGroupDiscovery`: the group with its versions and their resources.
-fn aggregated_group(g: &GroupVersion) -> Value {
+/// One `APIGroupDiscovery`: the group with its versions (preferred first) and their resources.
+fn aggregated_group(versions: &[&GroupVersion]) -> Value {
+    let items: Vec<Value> = versions
+        .iter()
+        .map(|g| aggregated_version_entry(g))
+        .collect();
+    let mut meta = json!({ "creationTimestamp": null });
+    if let Some(g) = versions.first().filter(|g| !g.group.is_empty()) {
+        meta["name"] = json!(g.group);
+    }
+    json!({ "metadata": meta, "versions": items })
+}
+
+/// One version of an `APIGroupDiscovery`.
+fn aggregated_version_entry(g: &GroupVersion) -> Value {
     let resources: Vec<Value> = g
         .resources
         .iter()
@@ -257,14 +304,7 @@ fn aggregated_group(g: &GroupVersion) -> Value {
             e
         })
         .collect();
-    let mut meta = json!({ "creationTimestamp": null });
-    if !g.group.is_empty() {
-        meta["name"] = json!(g.group);
-    }
-    json!({
-        "metadata": meta,
-        "versions": [{ "version": g.version, "resources": resources, "freshness": "Current" }],
-    })
+    json!({ "version": g.version, "resources": resources, "freshness": "Current" })
 }
 
 #[cfg(test)]
@@ -289,7 +329,7 @@ mod tests {
     #[test]
     fn aggregated_groups_carry_resources() {
         let apps = REGISTRY.group_version("apps", "v1").expect("apps/v1");
-        let g = aggregated_group(apps);
+        let g = aggregated_group(&[apps]);
         assert_eq!(g["metadata"]["name"], "apps");
         let deploy = &g["versions"][0]["resources"][0];
         assert_eq!(deploy["resource"], "deployments");

@@ -16,6 +16,7 @@
 mod admission;
 mod bootstrap;
 mod config;
+mod crd;
 mod defaults;
 mod discovery;
 mod error;

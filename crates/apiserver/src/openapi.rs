@@ -18,13 +18,14 @@
 
 use std::sync::LazyLock;
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::registry::{GroupVersion, REGISTRY, ResourceInfo};
 use crate::rest::json_response;
+use crate::server::AppState;
 use crate::status::ApiError;
 
 /// The path of a group version's document, under `/openapi/v3/`.
@@ -59,10 +60,29 @@ static DOCS: LazyLock<Vec<Doc>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The documents of the custom resource group versions served now (built per request: they
+/// change with CRDs, and are small).
+fn custom_docs(state: &AppState) -> Vec<Doc> {
+    state
+        .crds
+        .snapshot()
+        .groups
+        .iter()
+        .map(|g| {
+            let doc = document(g);
+            Doc {
+                path: doc_path(g),
+                hash: hash_of(&doc),
+                body: serde_json::to_vec(&doc).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
 /// `/openapi/v3`.
-pub(crate) async fn index() -> Response {
+pub(crate) async fn index(State(state): State<AppState>) -> Response {
     let mut paths = Map::new();
-    for d in DOCS.iter() {
+    for d in DOCS.iter().chain(custom_docs(&state).iter()) {
         let url = format!("/openapi/v3/{}?hash={}", d.path, d.hash);
         paths.insert(d.path.clone(), json!({ "serverRelativeURL": url }));
     }
@@ -70,9 +90,20 @@ pub(crate) async fn index() -> Response {
 }
 
 /// `/openapi/v3/{*path}`.
-pub(crate) async fn group_version(Path(path): Path<String>) -> Response {
+pub(crate) async fn group_version(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Response {
     let path = path.trim_end_matches('/');
-    match DOCS.iter().find(|d| d.path == path) {
+    let custom;
+    let found = match DOCS.iter().find(|d| d.path == path) {
+        Some(d) => Some(d),
+        None => {
+            custom = custom_docs(&state);
+            custom.iter().find(|d| d.path == path)
+        }
+    };
+    match found {
         Some(d) => (
             StatusCode::OK,
             [
@@ -169,6 +200,44 @@ fn patch_operation(info: &ResourceInfo, schema: &Value) -> Value {
     op
 }
 
+/// The component name of a custom resource's schema, as upstream builds it: the reversed group,
+/// the version and the kind (`com.example.stable.v1.CronTab`).
+fn custom_schema_name(r: &ResourceInfo) -> String {
+    let group: Vec<&str> = r.group.split('.').rev().collect();
+    format!("{}.{}.{}", group.join("."), r.version, r.kind)
+}
+
+/// A custom resource's schema: its CRD's `openAPIV3Schema` with `apiVersion`, `kind` and the
+/// standard `metadata` added.
+fn custom_schema(
+    c: &crate::crd::CustomVersion,
+    generator: &mut k8s_openapi::schemars::SchemaGenerator,
+) -> Value {
+    let mut schema = c
+        .schema
+        .clone()
+        .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    let meta = Value::from(
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(),
+    );
+    if !schema.get("properties").is_some_and(Value::is_object) {
+        schema["properties"] = json!({});
+    }
+    schema["properties"]["apiVersion"] = json!({
+        "type": "string",
+        "description": "APIVersion defines the versioned schema of this representation of an object.",
+    });
+    schema["properties"]["kind"] = json!({
+        "type": "string",
+        "description": "Kind is a string value representing the REST resource this object represents.",
+    });
+    schema["properties"]["metadata"] = json!({
+        "allOf": [meta],
+        "description": "Standard object's metadata.",
+    });
+    schema
+}
+
 fn document(g: &GroupVersion) -> Value {
     let base = if g.group.is_empty() {
         format!("/api/{}", g.version)
@@ -179,8 +248,16 @@ fn document(g: &GroupVersion) -> Value {
         k8s_openapi::schemars::generate::SchemaSettings::openapi3().into_generator();
     let mut paths = Map::new();
     let mut gvks = Vec::new();
+    let mut custom_schemas = Vec::new();
     for r in &g.resources {
-        let schema = Value::from((r.schema)(&mut generator));
+        let schema = match &r.custom {
+            Some(c) => {
+                let name = custom_schema_name(r);
+                custom_schemas.push((name.clone(), custom_schema(c, &mut generator)));
+                json!({ "$ref": format!("#/components/schemas/{name}") })
+            }
+            None => Value::from((r.schema)(&mut generator)),
+        };
         if let Some(name) = schema
             .get("$ref")
             .and_then(Value::as_str)
@@ -213,6 +290,9 @@ fn document(g: &GroupVersion) -> Value {
     generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Patch>();
     let mut schemas = generator.take_definitions(true);
     add_patch_extensions(&mut schemas);
+    for (name, s) in custom_schemas {
+        schemas.insert(name, s);
+    }
     for (name, r) in gvks {
         if let Some(s) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
             s.insert(

@@ -5,7 +5,8 @@
 //!
 //! Adding a built-in resource is one line in [`Registry::builtin`].
 
-use std::sync::LazyLock;
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::api::admissionregistration::v1 as admissionregistration;
 use k8s_openapi::api::apps::v1 as apps;
@@ -46,7 +47,7 @@ pub(crate) type Roundtrip = fn(Value) -> Result<Value, String>;
 pub(crate) type SchemaFn =
     fn(&mut k8s_openapi::schemars::SchemaGenerator) -> k8s_openapi::schemars::Schema;
 
-fn schema_of<T: k8s_openapi::schemars::JsonSchema>(
+pub(crate) fn schema_of<T: k8s_openapi::schemars::JsonSchema>(
     g: &mut k8s_openapi::schemars::SchemaGenerator,
 ) -> k8s_openapi::schemars::Schema {
     g.subschema_for::<T>()
@@ -61,7 +62,7 @@ where
 }
 
 /// The verbs of a collection with every operation.
-const ALL_VERBS: &[&str] = &[
+pub(crate) const ALL_VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",
@@ -113,6 +114,10 @@ pub(crate) struct ResourceInfo {
     pub(crate) roundtrip: Roundtrip,
     /// The type's OpenAPI schema, from k8s-openapi.
     pub(crate) schema: SchemaFn,
+    /// Set for a custom resource (one served version of a CRD): what validation, pruning,
+    /// defaulting, scale, Table output and OpenAPI take from the CRD instead of a Rust type.
+    /// Built-ins have `None`. See [`crate::crd`].
+    pub(crate) custom: Option<Arc<crate::crd::CustomVersion>>,
 }
 
 impl ResourceInfo {
@@ -147,6 +152,7 @@ impl ResourceInfo {
             fields: &[],
             roundtrip: roundtrip::<T>,
             schema: schema_of::<T>,
+            custom: None,
         }
     }
 
@@ -474,6 +480,30 @@ impl Registry {
             .resources
             .iter()
             .find(|r| r.plural == plural)
+    }
+
+    /// A resource by group, version and plural: a built-in (borrowed from the static
+    /// registry, no copy) or a custom resource of a served CRD (from the CRD registry's
+    /// current snapshot; cloned out of it, cheap: its strings are interned and its CRD
+    /// facts are behind an `Arc`).
+    pub(crate) fn lookup(
+        &'static self,
+        custom: &crate::crd::CustomRegistry,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Cow<'static, ResourceInfo>> {
+        if let Some(info) = self.find(group, version, plural) {
+            return Some(Cow::Borrowed(info));
+        }
+        if self.group_version(group, version).is_some() {
+            return None;
+        }
+        custom
+            .snapshot()
+            .find(group, version, plural)
+            .cloned()
+            .map(Cow::Owned)
     }
 
     /// Every namespaced resource (for deleting a namespace's contents).

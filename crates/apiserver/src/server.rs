@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     /// `host:port` clients reach this server at (for `/api`'s serverAddressByClientCIDRs).
     pub(crate) server_address: String,
     pub(crate) service_cidr: ServiceCidr,
+    /// The served custom resources (CRDs), kept current by [`crate::crd::spawn`].
+    pub(crate) crds: Arc<crate::crd::CustomRegistry>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -181,9 +183,14 @@ impl Apiserver {
             shutdown: shutdown_rx.clone(),
             server_address: addr.to_string(),
             service_cidr: self.service_cidr,
+            crds: Arc::default(),
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;
+        crate::crd::initial_load(&state)
+            .await
+            .map_err(|e| Error::Bootstrap(e.message))?;
+        crate::crd::spawn(state.clone());
         state.bootstrapped.store(true, Ordering::Release);
         tracing::warn!(
             %addr,

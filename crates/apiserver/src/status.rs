@@ -112,10 +112,16 @@ impl ApiError {
             .iter()
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect();
-        let message = if list.len() == 1 {
-            format!("{} \"{name}\" is invalid: {}", info.kind, list[0])
+        // Upstream names the kind with its group (`Foo.example.com`); custom resources do.
+        let kind = if info.custom.is_some() {
+            format!("{}.{}", info.kind, info.group)
         } else {
-            format!("{} \"{name}\" is invalid: [{}]", info.kind, list.join(", "))
+            info.kind.to_string()
+        };
+        let message = if list.len() == 1 {
+            format!("{kind} \"{name}\" is invalid: {}", list[0])
+        } else {
+            format!("{kind} \"{name}\" is invalid: [{}]", list.join(", "))
         };
         let mut d = json!({
             "name": name,

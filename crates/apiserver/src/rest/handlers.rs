@@ -7,8 +7,9 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_stored, encode_for_store, labels, meta_str, metadata_mut,
-    new_uid, request_resource_version, set_resource_version, spec_part, typed_roundtrip_checked,
+    FieldValidation, check_type, decode_as, decode_stored, encode_as, labels, meta_str,
+    metadata_mut, new_uid, request_resource_version, set_resource_version, spec_part,
+    typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
 use crate::registry::{REGISTRY, ResourceInfo};
@@ -29,9 +30,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) headers: &'a HeaderMap,
 }
 
-impl Ctx<'_> {
-    pub(crate) fn info(&self) -> &'static ResourceInfo {
-        self.target.info
+impl<'a> Ctx<'a> {
+    pub(crate) fn info(&self) -> &'a ResourceInfo {
+        &self.target.info
     }
     pub(crate) fn ns(&self) -> Option<&str> {
         self.target.namespace.as_deref()
@@ -133,7 +134,7 @@ pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     check_subresource(ctx.target)?;
     let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-    let obj = decode_stored(&kv)?;
+    let obj = decode_as(info, &kv)?;
     respond_object(ctx, StatusCode::OK, &obj)
 }
 
@@ -256,7 +257,7 @@ pub(crate) async fn list_items(
             .get(&info.key(namespace, name), revision)
             .await?;
         if let Some(kv) = kv {
-            let obj = decode_stored(&kv)?;
+            let obj = decode_as(info, &kv)?;
             if selectors.matches(&obj) {
                 items.push(obj);
             }
@@ -289,7 +290,7 @@ pub(crate) async fn list_items(
         let page_len = resp.kvs.len();
         for (i, kv) in resp.kvs.iter().enumerate() {
             after = Some(kv.key.clone());
-            let obj = decode_stored(kv)?;
+            let obj = decode_as(info, kv)?;
             if selectors.matches(&obj) {
                 items.push(obj);
             }
@@ -369,6 +370,13 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     if info.namespaced && ctx.ns().is_none() {
         return Err(ApiError::method_not_allowed());
     }
+    if info.custom.as_ref().is_some_and(|c| c.terminating) {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "create not allowed while custom resource definition is terminating",
+        ));
+    }
     let validation = FieldValidation::from_query(ctx.query)?;
     let obj = body_json(ctx.headers, body)?;
     let (obj, warnings) =
@@ -440,8 +448,10 @@ pub(crate) async fn create_object(
     validation: FieldValidation,
 ) -> Result<(Value, Vec<String>), ApiError> {
     check_type(&mut obj, info)?;
+    drop_ignored_status(info, &mut obj);
     let (mut obj, warnings) = typed_roundtrip_checked(obj, info, validation)?;
     crate::defaults::apply(info, &mut obj, true);
+    check_crd(info, &obj)?;
     namespace_of(info, path_ns, &mut obj)?;
     let ns =
         (!meta_str(&obj, "namespace").is_empty()).then(|| meta_str(&obj, "namespace").to_string());
@@ -509,7 +519,7 @@ pub(crate) async fn create_object(
         let outcome = if is_service(info) {
             crate::services::create(state, info, &key, &mut obj).await?
         } else {
-            state.store.create(&key, encode_for_store(&obj)?, 0).await?
+            state.store.create(&key, encode_as(info, &obj)?, 0).await?
         };
         match outcome {
             WriteOutcome::Written { revision } => {
@@ -606,6 +616,33 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
     )
 }
 
+/// A CRD's spec must be servable (see [`crate::crd::validate_crd`]).
+fn check_crd(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    if !is_crd(info) {
+        return Ok(());
+    }
+    let causes = crate::crd::validate_crd(obj);
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(info, meta_str(obj, "name"), causes))
+}
+
+/// A custom resource with a status subresource ignores `status` on the main resource (create,
+/// update): it is dropped before schema validation, as upstream resets it before validating.
+fn drop_ignored_status(info: &ResourceInfo, obj: &mut Value) {
+    if info.custom.is_some()
+        && info.status_subresource
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.remove("status");
+    }
+}
+
+fn is_crd(info: &ResourceInfo) -> bool {
+    info.group == "apiextensions.k8s.io" && info.kind == "CustomResourceDefinition"
+}
+
 fn is_service(info: &ResourceInfo) -> bool {
     info.group.is_empty() && info.kind == "Service"
 }
@@ -678,7 +715,10 @@ fn set_system_fields(info: &ResourceInfo, obj: &mut Value) {
         }
     }
     let Some(o) = obj.as_object_mut() else { return };
-    if info.status_subresource {
+    if info.status_subresource && info.custom.is_some() {
+        // Upstream's custom resource strategy: create cannot set status.
+        o.remove("status");
+    } else if info.status_subresource {
         o.insert("status".into(), json!({}));
     }
     match info.kind {
@@ -721,7 +761,7 @@ where
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let old = decode_stored(&kv)?;
+        let old = decode_as(info, &kv)?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
         if new == old || dry_run {
@@ -729,7 +769,7 @@ where
         }
         match state
             .store
-            .update(key, encode_for_store(&new)?, kv.mod_revision, 0)
+            .update(key, encode_as(info, &new)?, kv.mod_revision, 0)
             .await?
         {
             WriteOutcome::Written { revision } => {
@@ -809,7 +849,22 @@ pub(crate) fn merge_update(
     if is_service(info) {
         crate::services::keep_cluster_ip(info, old, &mut new)?;
     }
-    if info.generation && spec_part(&new) != spec_part(old) {
+    check_crd(info, &new)?;
+    // Custom resources without a status subresource count status changes too (upstream
+    // bumps on any change outside metadata).
+    let changed = if info.custom.is_some() && !info.status_subresource {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("metadata");
+            }
+            v
+        };
+        strip(&new) != strip(old)
+    } else {
+        spec_part(&new) != spec_part(old)
+    };
+    if info.generation && changed {
         let generation = old_meta
             .get("generation")
             .and_then(Value::as_i64)
@@ -834,6 +889,9 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     let validation = FieldValidation::from_query(ctx.query)?;
     let mut req = body_json(ctx.headers, body)?;
     check_type(&mut req, info)?;
+    if !status_only {
+        drop_ignored_status(info, &mut req);
+    }
     let (mut req, warnings) = typed_roundtrip_checked(req, info, validation)?;
     if !status_only {
         crate::defaults::apply(info, &mut req, false);
@@ -890,6 +948,19 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     let ct = content_type(ctx.headers);
     let kind = super::patch::PatchKind::from_media_type(&ct)
         .ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+    if info.custom.is_some() && kind == super::patch::PatchKind::Strategic {
+        // Custom resources have no patch strategies: upstream refuses strategic merge patch.
+        return Err(ApiError {
+            details: Some(json!({})),
+            ..ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types \
+                 include: application/json-patch+json, application/merge-patch+json, \
+                 application/apply-patch+yaml",
+            )
+        });
+    }
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let validation = FieldValidation::from_query(ctx.query)?;
@@ -1022,7 +1093,7 @@ pub(crate) async fn delete_object(
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(&key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let mut obj = decode_stored(&kv)?;
+        let mut obj = decode_as(info, &kv)?;
         if let Some(p) = &opts.preconditions {
             let uid = meta_str(&obj, "uid");
             if let Some(want) = p.uid.as_deref().filter(|w| *w != uid) {
@@ -1053,6 +1124,10 @@ pub(crate) async fn delete_object(
                 });
             }
         }
+        // A CRD keeps its custom resources' cleanup finalizer until they are gone.
+        if is_crd(info) && meta_str(&obj, "deletionTimestamp").is_empty() {
+            crate::crd::prepare_delete(&mut obj);
+        }
         // Deferred deletion: finalizers, or a scheduled pod with a grace period.
         let grace = graceful_period(info, &obj, opts);
         if !finalizers(&obj).is_empty() || grace.is_some() {
@@ -1070,7 +1145,7 @@ pub(crate) async fn delete_object(
             }
             match state
                 .store
-                .update(&key, encode_for_store(&obj)?, kv.mod_revision, 0)
+                .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
                 .await?
             {
                 WriteOutcome::Written { revision } => {
@@ -1141,7 +1216,12 @@ fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Op
 /// Deletes every object in namespace `ns`. Until the namespace controller exists, namespace
 /// deletion does its work inline.
 async fn delete_namespace_contents(state: &AppState, ns: &str) -> Result<(), ApiError> {
-    for info in REGISTRY.namespaced() {
+    let custom = state.crds.snapshot();
+    let custom_namespaced = custom
+        .storage_resources()
+        .into_iter()
+        .filter(|r| r.namespaced);
+    for info in REGISTRY.namespaced().chain(custom_namespaced) {
         let prefix = info.prefix(Some(ns));
         let resp = state.store.list(&prefix, ListOptions::default()).await?;
         for kv in resp.kvs {

@@ -14,6 +14,7 @@ mod scale;
 mod table;
 mod watch;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use axum::body::{Body, Bytes};
@@ -28,12 +29,15 @@ use crate::server::AppState;
 use crate::status::ApiError;
 
 pub(crate) use handlers::{create_object, guaranteed_update};
-pub(crate) use object::{FieldValidation, encode_for_store, meta_str as object_meta_str};
+pub(crate) use object::{
+    FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str,
+};
 
 /// What a request path names.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    pub(crate) info: &'static ResourceInfo,
+    /// Borrowed from the static registry for built-ins, owned for custom resources.
+    pub(crate) info: Cow<'static, ResourceInfo>,
     /// The namespace in the path (`/namespaces/<ns>/...`), if any.
     pub(crate) namespace: Option<String>,
     pub(crate) name: Option<String>,
@@ -47,12 +51,19 @@ pub(crate) struct Target {
 pub(crate) enum Parsed {
     /// The group version itself: its APIResourceList.
     Discovery,
-    Resource(Target),
+    Resource(Box<Target>),
 }
 
 /// Parses the segments after the group version. `None`: nothing served there.
-pub(crate) fn parse_path(group: &str, version: &str, segs: &[&str]) -> Option<Parsed> {
-    REGISTRY.group_version(group, version)?;
+pub(crate) fn parse_path(
+    custom: &crate::crd::CustomRegistry,
+    group: &str,
+    version: &str,
+    segs: &[&str],
+) -> Option<Parsed> {
+    if REGISTRY.group_version(group, version).is_none() {
+        custom.snapshot().group_version(group, version)?;
+    }
     let mut segs = segs;
     let watch_path = segs.first() == Some(&"watch");
     if watch_path {
@@ -61,15 +72,18 @@ pub(crate) fn parse_path(group: &str, version: &str, segs: &[&str]) -> Option<Pa
     if segs.is_empty() {
         return (!watch_path).then_some(Parsed::Discovery);
     }
-    let find = |plural: &str| REGISTRY.find(group, version, plural);
-    let target = |info, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
-        Some(Parsed::Resource(Target {
+    let find = |plural: &str| REGISTRY.lookup(custom, group, version, plural);
+    let target = |info: Cow<'static, ResourceInfo>,
+                  namespace: Option<&str>,
+                  name: Option<&str>,
+                  sub: Option<&str>| {
+        Some(Parsed::Resource(Box::new(Target {
             info,
             namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
             subresource: sub.map(str::to_string),
             watch_path,
-        }))
+        })))
     };
     // `/namespaces/<ns>/<resource>...` names a namespaced resource when group version has it.
     if let ["namespaces", ns, plural, rest @ ..] = segs
@@ -140,19 +154,19 @@ pub(crate) async fn serve(
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api"] => return crate::discovery::api_versions(&state, &headers),
-        ["apis"] => return crate::discovery::api_groups(&headers),
+        ["apis"] => return crate::discovery::api_groups(&state, &headers),
         ["api", version, rest @ ..] => ("", *version, rest),
-        ["apis", group] => return crate::discovery::api_group(group),
+        ["apis", group] => return crate::discovery::api_group(&state, group),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return ApiError::no_route().into_response(),
     };
-    let parsed = match parse_path(group, version, rest) {
+    let parsed = match parse_path(&state.crds, group, version, rest) {
         Some(p) => p,
         None => return ApiError::no_route().into_response(),
     };
     let target = match parsed {
-        Parsed::Discovery => return crate::discovery::resource_list(group, version),
-        Parsed::Resource(t) => t,
+        Parsed::Discovery => return crate::discovery::resource_list(&state, group, version),
+        Parsed::Resource(t) => *t,
     };
     if !accepts_json(&headers) {
         return ApiError::not_acceptable().into_response();
@@ -190,7 +204,7 @@ pub(crate) async fn serve(
     .await;
     state.metrics.record(
         verb,
-        target.info,
+        &target.info,
         target.subresource.as_deref(),
         response.status().as_u16(),
     );
@@ -237,8 +251,8 @@ mod tests {
 
     fn resource(group: &str, version: &str, path: &str) -> Target {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        match parse_path(group, version, &segs) {
-            Some(Parsed::Resource(t)) => t,
+        match parse_path(&Default::default(), group, version, &segs) {
+            Some(Parsed::Resource(t)) => *t,
             other => panic!("{path}: {other:?}"),
         }
     }
@@ -293,13 +307,13 @@ mod tests {
         let t = resource("", "v1", "nodes/n1");
         assert_eq!(t.name.as_deref(), Some("n1"));
         assert!(
-            parse_path("", "v1", &["pods", "p"]).is_none(),
+            parse_path(&Default::default(), "", "v1", &["pods", "p"]).is_none(),
             "namespaced object needs a namespace"
         );
-        assert!(parse_path("", "v1", &["bogus"]).is_none());
-        assert!(parse_path("apps", "v2", &[]).is_none());
+        assert!(parse_path(&Default::default(), "", "v1", &["bogus"]).is_none());
+        assert!(parse_path(&Default::default(), "apps", "v2", &[]).is_none());
         assert!(matches!(
-            parse_path("apps", "v1", &[]),
+            parse_path(&Default::default(), "apps", "v1", &[]),
             Some(Parsed::Discovery)
         ));
     }

@@ -8,7 +8,56 @@ use serde_json::{Value, json};
 use super::handlers::{Ctx, body_json, content_type, guaranteed_update, merge_update};
 use super::object::{meta_str, request_resource_version};
 use super::ok;
+use crate::registry::ResourceInfo;
 use crate::status::ApiError;
+
+/// The segments of a scale path (`.spec.replicas`).
+fn segments(path: &str) -> Vec<&str> {
+    path.split('.').filter(|s| !s.is_empty()).collect()
+}
+
+fn value_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
+    segments(path)
+        .into_iter()
+        .try_fold(obj, |v, seg| v.get(seg))
+}
+
+/// Sets `value` at `path`, creating the objects on the way.
+fn set_at(obj: &mut Value, path: &str, value: Value) {
+    let segs = segments(path);
+    let Some((last, parents)) = segs.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for seg in parents {
+        if !cur.get(*seg).is_some_and(Value::is_object) {
+            cur[*seg] = json!({});
+        }
+        cur = &mut cur[*seg];
+    }
+    cur[*last] = value;
+}
+
+/// The Scale view of an object of `info`: a built-in workload (`spec.replicas`,
+/// `status.replicas`, `spec.selector`), or a custom resource through its CRD's scale paths.
+pub(crate) fn to_scale_of(info: &ResourceInfo, obj: &Value) -> Value {
+    let Some(paths) = info.custom.as_ref().and_then(|c| c.scale.as_ref()) else {
+        return to_scale(obj);
+    };
+    let mut scale = to_scale(obj);
+    let int = |p: &str| value_at(obj, p).and_then(Value::as_i64).unwrap_or(0);
+    scale["spec"]["replicas"] = json!(int(&paths.spec_replicas));
+    scale["status"]["replicas"] = json!(int(&paths.status_replicas));
+    scale["status"]["selector"] = json!(
+        paths
+            .label_selector
+            .as_deref()
+            .and_then(|p| value_at(obj, p))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    );
+    scale
+}
 
 /// The Scale view of a workload.
 pub(crate) fn to_scale(obj: &Value) -> Value {
@@ -44,7 +93,7 @@ pub(crate) async fn get(ctx: Ctx<'_>, name: &str) -> Result<Response, ApiError> 
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
     ok(
         StatusCode::OK,
-        &to_scale(&super::object::decode_stored(&kv)?),
+        &to_scale_of(info, &super::object::decode_as(info, &kv)?),
     )
 }
 
@@ -58,7 +107,7 @@ async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, Api
     let info = ctx.info();
     let key = info.key(ctx.ns(), name);
     let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-        let current = to_scale(old);
+        let current = to_scale_of(info, old);
         let scale = match &change {
             Change::Replace(s) => s.clone(),
             Change::Patch(kind, p) => {
@@ -85,11 +134,23 @@ async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, Api
             ));
         }
         let mut new = old.clone();
-        new["spec"]["replicas"] = json!(replicas);
+        let path = info
+            .custom
+            .as_ref()
+            .and_then(|c| c.scale.as_ref())
+            .map_or(".spec.replicas", |s| s.spec_replicas.as_str());
+        set_at(&mut new, path, json!(replicas));
+        // A custom resource's schema still holds (e.g. a `maximum` on the replicas field).
+        if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+            let causes = crate::crd::schema::validate(schema, &new);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(info, name, causes));
+            }
+        }
         merge_update(info, old, &new, false)
     })
     .await?;
-    ok(StatusCode::OK, &to_scale(&obj))
+    ok(StatusCode::OK, &to_scale_of(info, &obj))
 }
 
 pub(crate) async fn update(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiError> {

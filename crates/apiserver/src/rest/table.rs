@@ -381,6 +381,17 @@ const CREATED_AT: Column = Column {
 
 fn columns(info: &ResourceInfo) -> Vec<Column> {
     match (info.group, info.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => vec![
+            NAME,
+            Column {
+                name: "Created At",
+                kind: "date",
+                format: "",
+                description: "",
+                priority: 0,
+                cell: |o| json!(meta_str(o, "creationTimestamp")),
+            },
+        ],
         ("", "Namespace") => vec![
             NAME,
             col("Status", "string", 0, |o| {
@@ -1021,15 +1032,73 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
     }
 }
 
+/// The cells of one row.
+type CellsFn = Box<dyn Fn(&Value) -> Vec<Value>>;
+
+fn column_definition(c: &Column) -> Value {
+    json!({
+        "name": c.name, "type": c.kind, "format": c.format,
+        "description": c.description, "priority": c.priority,
+    })
+}
+
+/// One cell of a CRD's `additionalPrinterColumns`: the JSONPath's first match, `null` when
+/// nothing matches; a `date` column shows the age, as upstream's table convertor does.
+fn printer_cell(c: &crate::crd::PrinterColumn, o: &Value) -> Value {
+    use jsonpath_rust::JsonPath as _;
+    let path = format!("${}", c.json_path.trim());
+    let found = o
+        .query(&path)
+        .ok()
+        .and_then(|v| v.first().map(|v| (*v).clone()));
+    let Some(v) = found.filter(|v| !v.is_null()) else {
+        return Value::Null;
+    };
+    match (c.kind.as_str(), &v) {
+        ("date", Value::String(s)) => json!(crate::time::age(s)),
+        ("integer", Value::Number(n)) => json!(n.as_i64().unwrap_or_default()),
+        ("number" | "boolean", _) => v,
+        ("string", Value::String(_)) => v,
+        ("string", other) => json!(other.to_string()),
+        _ => v,
+    }
+}
+
 /// A Table of `objects`. `includeObject` (None, Metadata — the default — or Object) says what
 /// each row carries besides its cells.
 pub(crate) fn to_table(info: &ResourceInfo, objects: &[Value], rv: &str, q: &Query) -> Value {
-    let cols = columns(info);
+    let (defs, cells): (Vec<Value>, CellsFn) = match &info.custom {
+        Some(custom) => {
+            let mut defs = vec![column_definition(&NAME)];
+            defs.extend(custom.columns.iter().map(|c| {
+                json!({
+                    "name": c.name, "type": c.kind, "format": c.format,
+                    "description": c.description, "priority": c.priority,
+                })
+            }));
+            let columns = custom.columns.clone();
+            (
+                defs,
+                Box::new(move |o: &Value| {
+                    let mut cells = vec![name_cell(o)];
+                    cells.extend(columns.iter().map(|c| printer_cell(c, o)));
+                    cells
+                }),
+            )
+        }
+        None => {
+            let cols = columns(info);
+            (
+                cols.iter().map(column_definition).collect(),
+                Box::new(move |o: &Value| cols.iter().map(|c| (c.cell)(o)).collect()),
+            )
+        }
+    };
     let include = q.get("includeObject").map_or("Metadata", String::as_str);
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
+            let cells: Vec<Value> = cells(o);
             let mut row = json!({ "cells": cells });
             match include {
                 "None" => {}
@@ -1049,10 +1118,7 @@ pub(crate) fn to_table(info: &ResourceInfo, objects: &[Value], rv: &str, q: &Que
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": { "resourceVersion": rv },
-        "columnDefinitions": cols.iter().map(|c| json!({
-            "name": c.name, "type": c.kind, "format": c.format,
-            "description": c.description, "priority": c.priority,
-        })).collect::<Vec<_>>(),
+        "columnDefinitions": defs,
         "rows": rows,
     })
 }

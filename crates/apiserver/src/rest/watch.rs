@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::handlers::{Ctx, Selectors, list_items};
-use super::object::{decode_stored, set_resource_version};
+use super::object::{decode_as, set_resource_version};
 use super::table::{to_table, wants_table};
 use super::{Query, flag, stream_response};
 use crate::registry::ResourceInfo;
@@ -25,7 +25,7 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Everything the stream task needs, owned.
 struct WatchSpec {
-    info: &'static ResourceInfo,
+    info: ResourceInfo,
     selectors: Selectors,
     table: bool,
     query: Query,
@@ -36,7 +36,7 @@ impl WatchSpec {
     fn line(&self, kind: &str, obj: Value) -> Bytes {
         let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
             let rv = super::object::meta_str(&obj, "resourceVersion").to_string();
-            to_table(self.info, std::slice::from_ref(&obj), &rv, &self.query)
+            to_table(&self.info, std::slice::from_ref(&obj), &rv, &self.query)
         } else {
             obj
         };
@@ -59,11 +59,15 @@ impl WatchSpec {
 
     /// The watch event for one store event, if the watcher sees it.
     fn convert(&self, ev: &Event) -> Result<Option<Bytes>, ApiError> {
-        let prev = ev.prev_kv.as_ref().map(decode_stored).transpose()?;
+        let prev = ev
+            .prev_kv
+            .as_ref()
+            .map(|kv| decode_as(&self.info, kv))
+            .transpose()?;
         let prev_matches = prev.as_ref().is_some_and(|p| self.selectors.matches(p));
         match ev.kind {
             EventKind::Put => {
-                let obj = decode_stored(&ev.kv)?;
+                let obj = decode_as(&self.info, &ev.kv)?;
                 let matches = self.selectors.matches(&obj);
                 Ok(match (prev.is_some(), prev_matches, matches) {
                     (_, true, true) => Some(self.line("MODIFIED", obj)),
@@ -130,7 +134,7 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         ),
     };
     let spec = WatchSpec {
-        info,
+        info: info.clone(),
         selectors,
         table: wants_table(ctx.headers),
         query: q.clone(),
@@ -274,7 +278,7 @@ mod tests {
         let mut q = Query::new();
         q.insert("labelSelector".into(), "app=web".into());
         let spec = WatchSpec {
-            info,
+            info: info.clone(),
             selectors: Selectors::from_query(info, &q).expect("selector"),
             table: false,
             query: q,

@@ -1,0 +1,581 @@
+//! Structural schemas (`openAPIV3Schema`) applied to custom resources, in upstream's order:
+//! pruning of unknown fields, defaulting, then validation.
+//!
+//! Supported: `type`, `properties`, `items`, `additionalProperties`, `required`, `enum`,
+//! `minimum`/`maximum` (and exclusive), `multipleOf`, `pattern`, `minLength`/`maxLength`,
+//! `minItems`/`maxItems`, `minProperties`/`maxProperties`, `nullable`, `default`,
+//! `x-kubernetes-int-or-string`, `x-kubernetes-preserve-unknown-fields`,
+//! `x-kubernetes-embedded-resource`. Not supported: `allOf`/`anyOf`/`oneOf`/`not` (value
+//! validations under them are ignored), `format` checks, `uniqueItems`, CEL
+//! (`x-kubernetes-validations`), list-type uniqueness.
+
+use serde_json::{Map, Value, json};
+
+use crate::status::Cause;
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn flag(schema: &Value, key: &str) -> bool {
+    schema.get(key).and_then(Value::as_bool) == Some(true)
+}
+
+/// The schema of object members other than `properties`: `additionalProperties` when it is
+/// a schema.
+fn additional(schema: &Value) -> Option<&Value> {
+    schema.get("additionalProperties").filter(|a| a.is_object())
+}
+
+/// Removes fields the schema does not know; returns their paths (`spec.bogus`) for
+/// `fieldValidation` warnings. `root` is the whole object (its apiVersion, kind and metadata
+/// are kept; metadata is not pruned here).
+pub(crate) fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
+    let mut unknown = Vec::new();
+    if let Some(map) = obj.as_object_mut() {
+        prune_object(schema, map, "", true, &mut unknown);
+    }
+    unknown
+}
+
+fn prune_object(
+    schema: &Value,
+    map: &mut Map<String, Value>,
+    path: &str,
+    keep_type_meta: bool,
+    unknown: &mut Vec<String>,
+) {
+    let preserve = flag(schema, "x-kubernetes-preserve-unknown-fields");
+    let props = schema.get("properties").and_then(Value::as_object);
+    let extra = additional(schema);
+    let allow_any = schema.get("additionalProperties").and_then(Value::as_bool) == Some(true);
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for k in keys {
+        let child_path = join(path, &k);
+        if keep_type_meta && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let child_schema = props.and_then(|p| p.get(&k)).or(extra);
+        match child_schema {
+            Some(s) => {
+                if let Some(v) = map.get_mut(&k) {
+                    prune_value(s, v, &child_path, unknown);
+                }
+            }
+            None if preserve || allow_any => {}
+            None => {
+                map.remove(&k);
+                unknown.push(child_path);
+            }
+        }
+    }
+}
+
+fn prune_value(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            let embedded = flag(schema, "x-kubernetes-embedded-resource");
+            prune_object(schema, map, path, embedded, unknown);
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_value(item_schema, item, &format!("{path}[{i}]"), unknown);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Applies `default`s: a missing property with a default gets it, and so does a `null` in a
+/// field that is not nullable. Nulls of non-nullable fields without a default are dropped, as
+/// upstream does.
+pub(crate) fn apply_defaults(schema: &Value, obj: &mut Value) {
+    default_value(schema, obj);
+}
+
+fn default_value(schema: &Value, v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, s) in props {
+                    let missing = match map.get(k) {
+                        None => true,
+                        Some(Value::Null) => !flag(s, "nullable"),
+                        Some(_) => false,
+                    };
+                    if missing {
+                        match s.get("default") {
+                            Some(d) => {
+                                map.insert(k.clone(), d.clone());
+                            }
+                            None => {
+                                if map.get(k).is_some_and(Value::is_null) {
+                                    map.remove(k);
+                                }
+                            }
+                        }
+                    }
+                    if let Some(child) = map.get_mut(k) {
+                        default_value(s, child);
+                    }
+                }
+            }
+            if let Some(extra) = additional(schema) {
+                let known = schema.get("properties").and_then(Value::as_object);
+                for (k, child) in map.iter_mut() {
+                    if known.is_none_or(|p| !p.contains_key(k)) {
+                        default_value(extra, child);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for item in items {
+                    default_value(item_schema, item);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON type name of a value, as upstream names it in type errors.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A value as upstream's field errors print it (Go `%#v`-like: strings quoted).
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Object(_) => "\"object\"".into(),
+        Value::Array(_) => "\"array\"".into(),
+        other => other.to_string(),
+    }
+}
+
+fn cause(reason: &'static str, field: &str, message: String) -> Cause {
+    Cause {
+        reason,
+        message,
+        field: field.to_string(),
+    }
+}
+
+fn invalid(field: &str, value: &Value, detail: String) -> Cause {
+    cause(
+        "FieldValueInvalid",
+        field,
+        format!("Invalid value: {}: {detail}", shown(value)),
+    )
+}
+
+/// Validates a custom resource against its schema (after pruning and defaulting). The root's
+/// apiVersion, kind and metadata are checked elsewhere.
+pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    if let Some(map) = obj.as_object() {
+        validate_object(schema, map, "", true, &mut out);
+    }
+    out
+}
+
+fn validate_object(
+    schema: &Value,
+    map: &Map<String, Value>,
+    path: &str,
+    root: bool,
+    out: &mut Vec<Cause>,
+) {
+    for r in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if root && matches!(r, "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        if map.get(r).is_none_or(Value::is_null) {
+            out.push(cause(
+                "FieldValueRequired",
+                &join(path, r),
+                "Required value".into(),
+            ));
+        }
+    }
+    let n = map.len() as u64;
+    let here = if path.is_empty() { "<root>" } else { path };
+    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
+        && n < min
+    {
+        out.push(invalid(
+            here,
+            &json!(n),
+            format!("{here} in body should have at least {min} properties"),
+        ));
+    }
+    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+        && n > max
+    {
+        out.push(cause(
+            "FieldValueTooMany",
+            here,
+            format!("Too many: {n}: must have at most {max} items"),
+        ));
+    }
+    let props = schema.get("properties").and_then(Value::as_object);
+    for (k, v) in map {
+        if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        if let Some(s) = props.and_then(|p| p.get(k)).or_else(|| additional(schema)) {
+            validate_value(s, v, &join(path, k), out);
+        }
+    }
+}
+
+fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
+    if v.is_null() {
+        if flag(schema, "nullable") {
+            return;
+        }
+        if let Some(t) = schema.get("type").and_then(Value::as_str) {
+            out.push(cause(
+                "FieldValueTypeInvalid",
+                path,
+                format!("Invalid value: \"null\": {path} in body must be of type {t}: \"null\""),
+            ));
+        }
+        return;
+    }
+    let actual = type_name(v);
+    if flag(schema, "x-kubernetes-int-or-string") {
+        if !matches!(actual, "integer" | "string") {
+            out.push(cause(
+                "FieldValueTypeInvalid",
+                path,
+                format!(
+                    "Invalid value: \"{actual}\": {path} in body must be of type integer,string: \"{actual}\""
+                ),
+            ));
+            return;
+        }
+    } else if let Some(t) = schema.get("type").and_then(Value::as_str) {
+        let ok = actual == t || (t == "number" && actual == "integer");
+        if !ok {
+            out.push(cause(
+                "FieldValueTypeInvalid",
+                path,
+                format!(
+                    "Invalid value: \"{actual}\": {path} in body must be of type {t}: \"{actual}\""
+                ),
+            ));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(v)
+    {
+        let list: Vec<String> = allowed.iter().map(shown).collect();
+        out.push(cause(
+            "FieldValueNotSupported",
+            path,
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                shown(v),
+                list.join(", ")
+            ),
+        ));
+    }
+    match v {
+        Value::Number(n) => validate_number(schema, v, n.as_f64().unwrap_or(0.0), path, out),
+        Value::String(s) => validate_string(schema, v, s, path, out),
+        Value::Array(items) => {
+            let n = items.len() as u64;
+            if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+                && n < min
+            {
+                out.push(invalid(
+                    path,
+                    v,
+                    format!("{path} in body should have at least {min} items"),
+                ));
+            }
+            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+                && n > max
+            {
+                out.push(cause(
+                    "FieldValueTooMany",
+                    path,
+                    format!("Too many: {n}: must have at most {max} items"),
+                ));
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    validate_value(item_schema, item, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        Value::Object(map) => {
+            if flag(schema, "x-kubernetes-embedded-resource") {
+                for f in ["apiVersion", "kind"] {
+                    if map.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+                        out.push(cause(
+                            "FieldValueRequired",
+                            &join(path, f),
+                            "Required value: must not be empty".into(),
+                        ));
+                    }
+                }
+            }
+            validate_object(
+                schema,
+                map,
+                path,
+                flag(schema, "x-kubernetes-embedded-resource"),
+                out,
+            );
+        }
+        _ => {}
+    }
+}
+
+fn validate_number(schema: &Value, v: &Value, x: f64, path: &str, out: &mut Vec<Cause>) {
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
+        let exclusive = flag(schema, "exclusiveMinimum");
+        if (exclusive && x <= min) || (!exclusive && x < min) {
+            let how = if exclusive {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
+            out.push(invalid(
+                path,
+                v,
+                format!(
+                    "{path} in body should be {how} {}",
+                    num(schema.get("minimum"))
+                ),
+            ));
+        }
+    }
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
+        let exclusive = flag(schema, "exclusiveMaximum");
+        if (exclusive && x >= max) || (!exclusive && x > max) {
+            let how = if exclusive {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
+            out.push(invalid(
+                path,
+                v,
+                format!(
+                    "{path} in body should be {how} {}",
+                    num(schema.get("maximum"))
+                ),
+            ));
+        }
+    }
+    if let Some(m) = schema.get("multipleOf").and_then(Value::as_f64)
+        && m > 0.0
+        && (x / m).fract() != 0.0
+    {
+        out.push(invalid(
+            path,
+            v,
+            format!(
+                "{path} in body should be a multiple of {}",
+                num(schema.get("multipleOf"))
+            ),
+        ));
+    }
+}
+
+/// A schema bound as upstream prints it (Go's `%v` of a float64: `1`, not `1.0`). Stored
+/// CRDs carry bounds as floats (`JSONSchemaProps.minimum` is a double).
+fn num(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_f64) {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        Some(f) => f.to_string(),
+        None => String::new(),
+    }
+}
+
+fn validate_string(schema: &Value, v: &Value, s: &str, path: &str, out: &mut Vec<Cause>) {
+    let len = s.chars().count() as u64;
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && len > max
+    {
+        out.push(cause(
+            "FieldValueTooLong",
+            path,
+            format!("Too long: may not be more than {max} bytes"),
+        ));
+    }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && len < min
+    {
+        out.push(invalid(
+            path,
+            v,
+            format!("{path} in body should be at least {min} chars long"),
+        ));
+    }
+    if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
+        match regex::Regex::new(p) {
+            Ok(re) if !re.is_match(s) => out.push(invalid(
+                path,
+                v,
+                format!("{path} in body should match '{p}'"),
+            )),
+            Ok(_) => {}
+            Err(_) => out.push(invalid(
+                path,
+                v,
+                format!("{path} in body has an invalid pattern '{p}'"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "required": ["size"],
+                    "properties": {
+                        "replicas": {"type": "integer", "minimum": 1.0, "maximum": 10, "default": 1},
+                        "size": {"type": "string", "enum": ["S", "M", "L"]},
+                        "name": {"type": "string", "pattern": "^[a-z]+$", "minLength": 2, "maxLength": 5},
+                        "tags": {"type": "array", "maxItems": 2, "minItems": 1, "items": {"type": "string"}},
+                        "port": {"x-kubernetes-int-or-string": true},
+                        "note": {"type": "string", "nullable": true},
+                        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "template": {"type": "object", "x-kubernetes-embedded-resource": true,
+                                     "properties": {"spec": {"type": "object"}}},
+                    },
+                },
+                "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+            },
+        })
+    }
+
+    fn messages(causes: &[Cause]) -> Vec<String> {
+        causes
+            .iter()
+            .map(|c| format!("{} {}: {}", c.reason, c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn type_errors_read_like_upstream() {
+        let obj = json!({"spec": {"replicas": "three", "size": "M"}});
+        assert_eq!(
+            messages(&validate(&schema(), &obj)),
+            [
+                "FieldValueTypeInvalid spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\""
+            ]
+        );
+    }
+
+    #[test]
+    fn value_constraints() {
+        let obj = json!({"spec": {"replicas": 0, "name": "Ab1", "tags": ["a", "b", "c"],
+            "port": true, "size": "XL", "labels": {"a": 1}, "note": null}});
+        let got = messages(&validate(&schema(), &obj));
+        assert!(got.contains(&"FieldValueInvalid spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1".to_string()), "{got:?}");
+        assert!(got.contains(&"FieldValueInvalid spec.name: Invalid value: \"Ab1\": spec.name in body should match '^[a-z]+$'".to_string()), "{got:?}");
+        assert!(
+            got.contains(
+                &"FieldValueTooMany spec.tags: Too many: 3: must have at most 2 items".to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(got.contains(&"FieldValueTypeInvalid spec.port: Invalid value: \"boolean\": spec.port in body must be of type integer,string: \"boolean\"".to_string()), "{got:?}");
+        assert!(got.contains(&"FieldValueNotSupported spec.size: Unsupported value: \"XL\": supported values: \"S\", \"M\", \"L\"".to_string()), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|m| m.starts_with("FieldValueTypeInvalid spec.labels.a:")),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 6, "nullable note is fine: {got:?}");
+        let missing = messages(&validate(&schema(), &json!({"spec": {}})));
+        assert_eq!(missing, ["FieldValueRequired spec.size: Required value"]);
+        let long = messages(&validate(
+            &schema(),
+            &json!({"spec": {"size": "S", "name": "abcdef"}}),
+        ));
+        assert_eq!(
+            long,
+            ["FieldValueTooLong spec.name: Too long: may not be more than 5 bytes"]
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_known_and_preserved_fields() {
+        let mut obj = json!({
+            "apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"},
+            "spec": {"size": "S", "bogus": 1, "free": {"any": {"thing": 1}},
+                     "labels": {"k": "v"},
+                     "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                                  "spec": {"x": 1}, "junk": 2}},
+            "top": true,
+        });
+        let mut unknown = prune(&schema(), &mut obj);
+        unknown.sort();
+        assert_eq!(
+            unknown,
+            [
+                "spec.bogus",
+                "spec.template.junk",
+                "spec.template.spec.x",
+                "top"
+            ]
+        );
+        assert_eq!(obj["spec"]["free"]["any"]["thing"], 1);
+        assert_eq!(obj["spec"]["labels"]["k"], "v");
+        assert_eq!(obj["spec"]["template"]["kind"], "Pod");
+        assert_eq!(obj["metadata"]["name"], "a");
+    }
+
+    #[test]
+    fn defaults_fill_missing_and_null_fields() {
+        let mut obj = json!({"spec": {"size": "S"}});
+        apply_defaults(&schema(), &mut obj);
+        assert_eq!(obj["spec"]["replicas"], 1);
+        let mut obj = json!({"spec": {"size": "S", "replicas": null, "name": null, "note": null}});
+        apply_defaults(&schema(), &mut obj);
+        assert_eq!(obj["spec"]["replicas"], 1);
+        assert!(obj["spec"].get("name").is_none(), "null dropped");
+        assert!(obj["spec"]["note"].is_null(), "nullable null kept");
+        let mut none = json!({});
+        apply_defaults(&schema(), &mut none);
+        assert!(none.get("spec").is_none(), "no default for spec itself");
+    }
+}

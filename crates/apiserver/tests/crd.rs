@@ -1,0 +1,951 @@
+//! CustomResourceDefinitions through kube-rs: a `#[derive(CustomResource)]` type served by the
+//! in-process apiserver — CRD status, CRUD, selectors, watch, status and scale subresources,
+//! validation/pruning/defaulting, several versions, deletion, discovery and OpenAPI, and CRDs
+//! shared by two apiservers on one datastore.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use futures::StreamExt as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{CustomResource, CustomResourceExt as _, ResourceExt as _};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
+#[kube(
+    group = "stable.example.com",
+    version = "v1",
+    kind = "CronTab",
+    namespaced,
+    status = "CronTabStatus",
+    shortname = "ct",
+    category = "all",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.labelSelector"
+    ),
+    printcolumn(name = "Spec", type_ = "string", json_path = ".spec.cronSpec"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CronTabSpec {
+    cron_spec: String,
+    #[serde(default)]
+    replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CronTabStatus {
+    replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label_selector: Option<String>,
+}
+
+fn api_error(err: kube::Error) -> kube::core::Status {
+    match err {
+        kube::Error::Api(status) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Creates a CRD and waits until its custom resources are served.
+async fn install(
+    client: &kube::Client,
+    crd: &CustomResourceDefinition,
+) -> CustomResourceDefinition {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), crd)
+        .await
+        .expect("create CRD");
+    let name = crd.metadata.name.clone().expect("name");
+    let established = kube::runtime::wait::await_condition(
+        crds.clone(),
+        &name,
+        kube::runtime::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(Duration::from_secs(20), established)
+        .await
+        .expect("CRD established in time")
+        .expect("wait")
+        .expect("CRD exists")
+}
+
+/// Waits until `f` holds (polling).
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn crontab(name: &str, cron: &str, replicas: i32) -> CronTab {
+    let mut ct = CronTab::new(
+        name,
+        CronTabSpec {
+            cron_spec: cron.into(),
+            replicas,
+            image: None,
+        },
+    );
+    ct.metadata.labels = Some([("app".to_string(), name.to_string())].into());
+    ct
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_status_and_custom_resource_crud() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let crd = install(&client, &CronTab::crd()).await;
+    let status = crd.status.expect("status");
+    let names = status.accepted_names.expect("acceptedNames");
+    assert_eq!(names.plural, "crontabs");
+    assert_eq!(names.kind, "CronTab");
+    assert_eq!(names.short_names, Some(vec!["ct".to_string()]));
+    assert_eq!(status.stored_versions, Some(vec!["v1".to_string()]));
+    let conditions = status.conditions.expect("conditions");
+    let named = |kind: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap_or_else(|| panic!("{kind} condition"))
+    };
+    assert_eq!(named("NamesAccepted").status, "True");
+    assert_eq!(
+        named("NamesAccepted").reason.as_deref(),
+        Some("NoConflicts")
+    );
+    assert_eq!(
+        named("Established").reason.as_deref(),
+        Some("InitialNamesAccepted")
+    );
+
+    let cts: Api<CronTab> = Api::namespaced(client.clone(), "default");
+    let a = cts
+        .create(&PostParams::default(), &crontab("a", "* * * * */5", 1))
+        .await
+        .expect("create a");
+    assert_eq!(a.metadata.generation, Some(1));
+    assert!(a.metadata.uid.is_some());
+    cts.create(&PostParams::default(), &crontab("b", "0 * * * *", 2))
+        .await
+        .expect("create b");
+    let dup = cts
+        .create(&PostParams::default(), &crontab("a", "x", 1))
+        .await
+        .expect_err("exists");
+    let dup = api_error(dup);
+    assert_eq!((dup.code, dup.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(
+        dup.message,
+        "crontabs.stable.example.com \"a\" already exists"
+    );
+
+    let got = cts.get("a").await.expect("get");
+    assert_eq!(got.spec.cron_spec, "* * * * */5");
+    let list = cts
+        .list(&ListParams::default().labels("app=b"))
+        .await
+        .expect("label selector");
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].name_any(), "b");
+    let list = cts
+        .list(&ListParams::default().fields("metadata.name=a"))
+        .await
+        .expect("field selector");
+    assert_eq!(list.items.len(), 1);
+    let all: Api<CronTab> = Api::all(client.clone());
+    assert_eq!(
+        all.list(&ListParams::default())
+            .await
+            .expect("all")
+            .items
+            .len(),
+        2
+    );
+    let bad = all
+        .list(&ListParams::default().fields("spec.cronSpec=x"))
+        .await
+        .expect_err("unknown field selector");
+    assert_eq!(api_error(bad).code, 400);
+
+    // Replace: spec change bumps the generation.
+    let mut changed = got.clone();
+    changed.spec.image = Some("busybox".into());
+    let replaced = cts
+        .replace("a", &PostParams::default(), &changed)
+        .await
+        .expect("replace");
+    assert_eq!(replaced.metadata.generation, Some(2));
+    assert_eq!(replaced.spec.image.as_deref(), Some("busybox"));
+
+    // Merge patch and JSON patch work; strategic merge patch is refused as upstream.
+    let merged = cts
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cronSpec": "1 * * * *"}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(merged.spec.cron_spec, "1 * * * *");
+    let jp = http::Request::patch("/apis/stable.example.com/v1/namespaces/default/crontabs/a")
+        .header("Content-Type", "application/json-patch+json")
+        .body(
+            serde_json::to_vec(&json!([{"op": "replace", "path": "/spec/replicas", "value": 4}]))
+                .expect("json"),
+        )
+        .expect("request");
+    let patched: CronTab = client.request(jp).await.expect("json patch");
+    assert_eq!(patched.spec.replicas, 4);
+    let smp = cts
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .expect_err("strategic merge patch");
+    let smp = api_error(smp);
+    assert_eq!(
+        (smp.code, smp.reason.as_str()),
+        (415, "UnsupportedMediaType")
+    );
+
+    // An invalid status on the main resource is ignored, not validated.
+    let mut bad_status = serde_json::to_value(cts.get("a").await.expect("get")).expect("json");
+    bad_status["status"] = json!({"replicas": "many"});
+    bad_status["metadata"]["resourceVersion"] = Value::Null;
+    let req = http::Request::put("/apis/stable.example.com/v1/namespaces/default/crontabs/a")
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&bad_status).expect("json"))
+        .expect("request");
+    let kept: CronTab = client.request(req).await.expect("status ignored");
+    assert_eq!(kept.status, None);
+
+    // Status subresource: the main resource ignores status, /status changes only status and
+    // does not bump the generation.
+    let mut with_status = cts.get("a").await.expect("get");
+    let generation = with_status.metadata.generation;
+    with_status.status = Some(CronTabStatus {
+        replicas: 3,
+        label_selector: Some("app=a".into()),
+    });
+    let ignored = cts
+        .replace("a", &PostParams::default(), &with_status)
+        .await
+        .expect("replace with status");
+    assert_eq!(
+        ignored.status, None,
+        "main resource keeps the stored status"
+    );
+    with_status.metadata.resource_version = ignored.metadata.resource_version.clone();
+    with_status.spec.cron_spec = "ignored".into();
+    let st = cts
+        .replace_status("a", &PostParams::default(), &with_status)
+        .await
+        .expect("replace status");
+    assert_eq!(st.status.as_ref().map(|s| s.replicas), Some(3));
+    assert_eq!(st.spec.cron_spec, "1 * * * *", "/status keeps the spec");
+    assert_eq!(st.metadata.generation, generation);
+
+    // Scale subresource through the CRD's paths.
+    let scale = cts.get_scale("a").await.expect("get scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(4));
+    let scale_status = scale.status.expect("scale status");
+    assert_eq!(scale_status.replicas, 3);
+    assert_eq!(scale_status.selector.as_deref(), Some("app=a"));
+    cts.patch_scale(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 7}})),
+    )
+    .await
+    .expect("patch scale");
+    assert_eq!(cts.get("a").await.expect("get").spec.replicas, 7);
+
+    // Delete.
+    cts.delete("b", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = api_error(cts.get("b").await.expect_err("gone"));
+    assert_eq!(gone.code, 404);
+    assert_eq!(gone.message, "crontabs.stable.example.com \"b\" not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_custom_resources() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    let cts: Api<CronTab> = Api::namespaced(client.clone(), "default");
+    let created = cts
+        .create(&PostParams::default(), &crontab("w", "* * * * *", 1))
+        .await
+        .expect("create");
+    let rv = created.metadata.resource_version.clone().expect("rv");
+    let mut events = cts
+        .watch(&WatchParams::default().labels("app=w").timeout(10), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    cts.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await
+    .expect("patch");
+    cts.delete("w", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut seen = Vec::new();
+    while let Some(ev) = events.next().await {
+        match ev.expect("event") {
+            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.spec.replicas)),
+            WatchEvent::Deleted(o) => {
+                seen.push(("DELETED", o.spec.replicas));
+                break;
+            }
+            WatchEvent::Added(o) => seen.push(("ADDED", o.spec.replicas)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, [("MODIFIED", 2), ("DELETED", 2)]);
+}
+
+/// A CRD with a hand-written schema exercising validation, pruning and defaults, two served
+/// versions, cluster scope.
+fn widget_crd() -> CustomResourceDefinition {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["size"],
+                "properties": {
+                    "replicas": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
+                    "size": {"type": "string", "enum": ["S", "M", "L"]},
+                    "name": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 8},
+                    "tags": {"type": "array", "maxItems": 2, "items": {"type": "string"}},
+                    "port": {"x-kubernetes-int-or-string": true},
+                    "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                },
+            },
+            "status": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+        },
+    });
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.org"},
+        "spec": {
+            "group": "example.org",
+            "scope": "Cluster",
+            "names": {"plural": "widgets", "kind": "Widget", "categories": ["toys"]},
+            "versions": [
+                {"name": "v1", "served": true, "storage": true,
+                 "selectableFields": [{"jsonPath": ".spec.size"}],
+                 "schema": {"openAPIV3Schema": schema.clone()}},
+                {"name": "v1beta1", "served": true, "storage": false,
+                 "schema": {"openAPIV3Schema": schema}},
+            ],
+        },
+    }))
+    .expect("CRD")
+}
+
+fn widgets(client: &kube::Client, version: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("example.org", version, "Widget");
+    Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(&gvk, "widgets"),
+    )
+}
+
+fn widget(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "example.org/v1", "kind": "Widget",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("widget")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_validation_pruning_defaults_and_versions() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let crd = install(&client, &widget_crd()).await;
+    assert_eq!(
+        crd.spec.names.singular.as_deref(),
+        Some("widget"),
+        "singular defaulted"
+    );
+    assert_eq!(crd.spec.names.list_kind.as_deref(), Some("WidgetList"));
+    let v1 = widgets(&client, "v1");
+
+    // A type error reads as upstream's.
+    let err = v1
+        .create(
+            &PostParams::default(),
+            &widget("bad", json!({"size": "S", "replicas": "three"})),
+        )
+        .await
+        .expect_err("type error");
+    let status = api_error(err);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "Widget.example.org \"bad\" is invalid: spec.replicas: Invalid value: \"string\": \
+         spec.replicas in body must be of type integer: \"string\""
+    );
+    let details = status.details.expect("details");
+    assert_eq!(details.group, "example.org");
+    let causes = details.causes;
+    assert_eq!(causes.len(), 1);
+    assert_eq!(causes[0].reason, "FieldValueTypeInvalid");
+    assert_eq!(causes[0].field, "spec.replicas");
+
+    // Several problems at once: enum, maximum, pattern, maxItems, required.
+    let err = v1
+        .create(
+            &PostParams::default(),
+            &widget(
+                "bad",
+                json!({"size": "XL", "replicas": 11, "name": "Nope", "tags": ["a", "b", "c"]}),
+            ),
+        )
+        .await
+        .expect_err("invalid");
+    let causes = api_error(err).details.expect("details").causes;
+    let fields: Vec<(&str, &str)> = causes
+        .iter()
+        .map(|c| (c.field.as_str(), c.reason.as_str()))
+        .collect();
+    assert!(
+        fields.contains(&("spec.size", "FieldValueNotSupported")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&("spec.replicas", "FieldValueInvalid")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&("spec.name", "FieldValueInvalid")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&("spec.tags", "FieldValueTooMany")),
+        "{fields:?}"
+    );
+    let missing = api_error(
+        v1.create(&PostParams::default(), &widget("bad", json!({})))
+            .await
+            .expect_err("required"),
+    );
+    assert_eq!(
+        missing.details.expect("details").causes[0].message,
+        "Required value"
+    );
+
+    // Unknown fields are pruned (and refused under Strict); defaults are applied; fields under
+    // x-kubernetes-preserve-unknown-fields are kept; int-or-string takes both.
+    let created = v1
+        .create(
+            &PostParams::default(),
+            &widget(
+                "w1",
+                json!({"size": "M", "bogus": true, "port": "http",
+                       "extra": {"anything": {"goes": 1}}}),
+            ),
+        )
+        .await
+        .expect("create");
+    let spec = &created.data["spec"];
+    assert!(spec.get("bogus").is_none(), "pruned: {spec}");
+    assert_eq!(spec["replicas"], 1, "defaulted");
+    assert_eq!(spec["extra"]["anything"]["goes"], 1);
+    assert_eq!(created.metadata.generation, Some(1));
+    let strict = http::Request::post("/apis/example.org/v1/widgets?fieldValidation=Strict")
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&widget("w2", json!({"size": "M", "bogus": true}))).expect("json"))
+        .expect("request");
+    let err = client
+        .request::<DynamicObject>(strict)
+        .await
+        .expect_err("strict");
+    let err = api_error(err);
+    assert_eq!(err.code, 400);
+    assert!(
+        err.message.contains("unknown field \"spec.bogus\""),
+        "{}",
+        err.message
+    );
+
+    // selectableFields are field selectors of that version.
+    v1.create(&PostParams::default(), &widget("w3", json!({"size": "L"})))
+        .await
+        .expect("create w3");
+    let by_size = v1
+        .list(&ListParams::default().fields("spec.size=L"))
+        .await
+        .expect("selectable field");
+    let names: Vec<String> = by_size.items.iter().map(|w| w.name_any()).collect();
+    assert_eq!(names, ["w3"]);
+    v1.delete("w3", &DeleteParams::default())
+        .await
+        .expect("delete w3");
+
+    // Another served version: same object, apiVersion rewritten (conversion None).
+    let beta = widgets(&client, "v1beta1");
+    let through_beta = beta.get("w1").await.expect("get via v1beta1");
+    assert_eq!(
+        through_beta.types.expect("types").api_version,
+        "example.org/v1beta1"
+    );
+    let list = beta
+        .list(&ListParams::default())
+        .await
+        .expect("list v1beta1");
+    assert_eq!(list.items.len(), 1);
+    // Written through v1beta1, stored in the storage version (v1).
+    beta.patch(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"via": "beta"}}})),
+    )
+    .await
+    .expect("patch via v1beta1");
+    let (_, kv) = t
+        .store
+        .get(b"/registry/example.org/widgets/w1", 0)
+        .await
+        .expect("store get");
+    let stored: Value = serde_json::from_slice(&kv.expect("stored").value).expect("json");
+    assert_eq!(stored["apiVersion"], "example.org/v1");
+    assert_eq!(stored["metadata"]["labels"]["via"], "beta");
+
+    // Without a status subresource, a status change bumps the generation too.
+    let bumped = v1
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"ok": true}})),
+        )
+        .await
+        .expect("patch status field");
+    assert_eq!(bumped.metadata.generation, Some(2));
+    assert_eq!(bumped.data["status"]["ok"], true);
+    let pruned = v1
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"unknown": 1}})),
+        )
+        .await
+        .expect("patch unknown status field");
+    assert!(pruned.data["status"].get("unknown").is_none());
+    assert_eq!(pruned.metadata.generation, Some(2), "nothing changed");
+
+    // A CRD update reaches the registry: v1beta1 no longer served.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "widgets.example.org",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/versions/1/served", "value": false}
+            ]))
+            .expect("patch"),
+        ),
+    )
+    .await
+    .expect("stop serving v1beta1");
+    eventually("v1beta1 not served", || {
+        let beta = beta.clone();
+        async move {
+            matches!(beta.list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 404)
+        }
+    })
+    .await;
+    assert!(v1.get("w1").await.is_ok(), "v1 still served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_conflicts_are_not_accepted() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    let mut other: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "crontabbers.stable.example.com"},
+        "spec": {
+            "group": "stable.example.com", "scope": "Namespaced",
+            "names": {"plural": "crontabbers", "kind": "CronTabber", "shortNames": ["ct"]},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                          "schema": {"openAPIV3Schema": {"type": "object",
+                              "x-kubernetes-preserve-unknown-fields": true}}}],
+        },
+    }))
+    .expect("CRD");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &other)
+        .await
+        .expect("create");
+    let name = "crontabbers.stable.example.com";
+    let condition = || {
+        let crds = crds.clone();
+        async move {
+            let crd = crds.get(name).await.expect("get");
+            crd.status
+                .and_then(|s| s.conditions)
+                .and_then(|cs| cs.into_iter().find(|c| c.type_ == "NamesAccepted"))
+        }
+    };
+    eventually("NamesAccepted False", || async {
+        condition().await.is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let cond = condition().await.expect("condition");
+    assert_eq!(cond.reason.as_deref(), Some("NameConflict"));
+    assert_eq!(cond.message.as_deref(), Some("\"ct\" is already in use"));
+    let dynamic = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("stable.example.com", "v1", "CronTabber"),
+            "crontabbers",
+        ),
+    );
+    let err = dynamic
+        .list(&ListParams::default())
+        .await
+        .expect_err("not served");
+    assert_eq!(api_error(err).code, 404);
+
+    // A CRD whose name is not <plural>.<group> is refused.
+    other.metadata.name = Some("wrong.stable.example.com".into());
+    other.spec.names.short_names = None;
+    let err = api_error(
+        crds.create(&PostParams::default(), &other)
+            .await
+            .expect_err("invalid"),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("metadata.name"), "{}", err.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_crd_deletes_its_custom_resources() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    let cts: Api<CronTab> = Api::namespaced(client.clone(), "default");
+    for n in ["x", "y"] {
+        cts.create(&PostParams::default(), &crontab(n, "* * * * *", 1))
+            .await
+            .expect("create");
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.delete("crontabs.stable.example.com", &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    eventually("CRD gone", || {
+        let crds = crds.clone();
+        async move {
+            crds.get_opt("crontabs.stable.example.com")
+                .await
+                .expect("get")
+                .is_none()
+        }
+    })
+    .await;
+    let left = t
+        .store
+        .list(
+            b"/registry/stable.example.com/crontabs/",
+            rk3s_datastore::ListOptions::default(),
+        )
+        .await
+        .expect("list store");
+    assert!(
+        left.kvs.is_empty(),
+        "custom resources deleted with their CRD"
+    );
+    eventually("no longer served", || {
+        let cts = cts.clone();
+        async move { cts.list(&ListParams::default()).await.is_err() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_deletion_passes_through_terminating() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    let cts: Api<CronTab> = Api::namespaced(client.clone(), "default");
+    // A finalizer on a custom resource holds the CRD in Terminating.
+    let mut held = crontab("held", "* * * * *", 1);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cts.create(&PostParams::default(), &held)
+        .await
+        .expect("create");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deleted = crds
+        .delete("crontabs.stable.example.com", &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    let crd = deleted.left().expect("the CRD, marked for deletion");
+    assert!(crd.metadata.deletion_timestamp.is_some());
+    assert!(
+        crd.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"customresourcecleanup.apiextensions.k8s.io".to_string())
+    );
+    let terminating = crd
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Terminating")
+        .expect("Terminating condition");
+    assert_eq!(terminating.status, "True");
+    // No new custom resources while terminating.
+    let refused = api_error(
+        cts.create(&PostParams::default(), &crontab("late", "* * * * *", 1))
+            .await
+            .expect_err("create while terminating"),
+    );
+    assert_eq!(refused.code, 405);
+    // The held custom resource is marked for deletion and keeps the CRD alive.
+    eventually("custom resource marked for deletion", || {
+        let cts = cts.clone();
+        async move {
+            cts.get("held")
+                .await
+                .is_ok_and(|c| c.metadata.deletion_timestamp.is_some())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        crds.get_opt("crontabs.stable.example.com")
+            .await
+            .expect("get")
+            .is_some(),
+        "the CRD waits for its custom resources"
+    );
+    cts.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop the finalizer");
+    eventually("CRD gone", || {
+        let crds = crds.clone();
+        async move {
+            crds.get_opt("crontabs.stable.example.com")
+                .await
+                .expect("get")
+                .is_none()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_openapi_describe_custom_resources() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    install(&client, &widget_crd()).await;
+    let discovery = kube::discovery::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let group = discovery
+        .groups()
+        .find(|g| g.name() == "example.org")
+        .expect("example.org discovered");
+    assert_eq!(group.preferred_version(), Some("v1"));
+    assert_eq!(group.versions().collect::<Vec<_>>(), ["v1", "v1beta1"]);
+    let (ar, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk(
+            "stable.example.com",
+            "v1",
+            "CronTab",
+        ))
+        .expect("CronTab discovered");
+    assert_eq!(ar.plural, "crontabs");
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(s, _)| s.plural == "crontabs/scale" || s.plural == "scale"),
+        "{:?}",
+        caps.subresources
+    );
+
+    let req = |path: &str| {
+        http::Request::get(path)
+            .header("Accept", "application/json")
+            .body(Vec::new())
+            .expect("request")
+    };
+    let list: Value = client
+        .request(req("/apis/stable.example.com/v1"))
+        .await
+        .expect("resource list");
+    let entry = list["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "crontabs")
+        .expect("crontabs")
+        .clone();
+    assert_eq!(entry["shortNames"], json!(["ct"]));
+    assert_eq!(entry["categories"], json!(["all"]));
+    assert_eq!(entry["namespaced"], true);
+    let index: Value = client.request(req("/openapi/v3")).await.expect("index");
+    assert!(
+        index["paths"]["apis/stable.example.com/v1"].is_object(),
+        "{index}"
+    );
+    let doc: Value = client
+        .request(req("/openapi/v3/apis/stable.example.com/v1"))
+        .await
+        .expect("document");
+    let schema = &doc["components"]["schemas"]["com.example.stable.v1.CronTab"];
+    assert_eq!(
+        schema["x-kubernetes-group-version-kind"][0]["kind"],
+        "CronTab"
+    );
+    assert!(schema["properties"]["spec"]["properties"]["cronSpec"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_are_shared_by_apiservers_on_one_datastore() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    // A second apiserver on the same store, started after the CRD exists, serves it at once.
+    let second =
+        rk3s_apiserver::Apiserver::start(t.store.clone(), "127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("second apiserver");
+    let second_client = client_for(&second, &t).await;
+    let cts2: Api<CronTab> = Api::namespaced(second_client.clone(), "default");
+    cts2.create(&PostParams::default(), &crontab("via-b", "* * * * *", 1))
+        .await
+        .expect("create through the second apiserver");
+    // A CRD created through the first apiserver later reaches the second through its watch.
+    install(&client, &widget_crd()).await;
+    let w2 = widgets(&second_client, "v1");
+    eventually("widgets served by the second apiserver", || {
+        let w2 = w2.clone();
+        async move { w2.list(&ListParams::default()).await.is_ok() }
+    })
+    .await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_warn_and_namespace_deletion_removes_custom_resources() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &CronTab::crd()).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    // fieldValidation=Warn (the default): created, pruned, and a Warning header names the field.
+    let body = json!({
+        "apiVersion": "stable.example.com/v1", "kind": "CronTab",
+        "metadata": {"name": "warned"},
+        "spec": {"cronSpec": "* * * * *", "bogus": 1},
+    });
+    let req = http::Request::post("/apis/stable.example.com/v1/namespaces/team/crontabs")
+        .header("Content-Type", "application/json")
+        .body(kube::client::Body::from(
+            serde_json::to_vec(&body).expect("json"),
+        ))
+        .expect("request");
+    let resp = client.send(req).await.expect("create");
+    assert_eq!(resp.status(), 201);
+    let warnings: Vec<String> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    assert_eq!(warnings, ["299 - \"unknown field \\\"spec.bogus\\\"\""]);
+    let cts: Api<CronTab> = Api::namespaced(client.clone(), "team");
+    assert_eq!(
+        cts.get("warned").await.expect("get").spec.cron_spec,
+        "* * * * *"
+    );
+
+    namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let left = t
+        .store
+        .list(
+            b"/registry/stable.example.com/crontabs/team/",
+            rk3s_datastore::ListOptions::default(),
+        )
+        .await
+        .expect("list store");
+    assert!(
+        left.kvs.is_empty(),
+        "the namespace's custom resources are deleted"
+    );
+}
+
+/// A client for another apiserver of the test (same CA-less kubeconfig shape as the harness).
+async fn client_for(server: &rk3s_apiserver::RunningApiserver, t: &TestServer) -> kube::Client {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
+    let path = t.dir.path().join("kubeconfig-second");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: b\n  context: {{cluster: b, user: admin}}\ncurrent-context: b\nusers:\n- name: admin\n  user: {{token: unused}}\n",
+            server.url()
+        ),
+    )
+    .expect("kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    kube::Client::try_from(config).expect("client")
+}

@@ -1,0 +1,244 @@
+//! CustomResourceDefinitions driven by the real kubectl: apply a CRD, wait for it, create and
+//! list custom resources with printer columns and short names, `api-resources`, `explain`,
+//! validation errors, deletion.
+
+mod common;
+
+use common::TestServer;
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names:
+    plural: crontabs
+    singular: crontab
+    kind: CronTab
+    shortNames: [ct]
+    categories: [all]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale:
+        specReplicasPath: .spec.replicas
+        statusReplicasPath: .status.replicas
+    additionalPrinterColumns:
+    - name: Spec
+      type: string
+      jsonPath: .spec.cronSpec
+    - name: Replicas
+      type: integer
+      jsonPath: .spec.replicas
+    - name: Age
+      type: date
+      jsonPath: .metadata.creationTimestamp
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: What the cron tab runs.
+            properties:
+              cronSpec:
+                type: string
+                description: The schedule, in cron format.
+              image:
+                type: string
+              replicas:
+                type: integer
+                minimum: 1
+                maximum: 10
+                default: 1
+"#;
+
+const CR: &str = r#"
+apiVersion: stable.example.com/v1
+kind: CronTab
+metadata:
+  name: my-cron
+spec:
+  cronSpec: "* * * * */5"
+  image: my-cron-image
+  replicas: 3
+"#;
+
+async fn install(t: &TestServer) {
+    t.kubectl_stdin(&["apply", "-f", "-"], CRD).await;
+    t.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=20s",
+        "crd/crontabs.stable.example.com",
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_serves_custom_resources() {
+    let t = TestServer::start().await;
+    install(&t).await;
+
+    let crds = t.kubectl_ok(&["get", "crds"]).await;
+    let header: Vec<&str> = crds
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "CREATED", "AT"]);
+    assert!(crds.contains("crontabs.stable.example.com"), "{crds}");
+
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], CR).await;
+    assert!(
+        out.status.success(),
+        "apply CR: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Printer columns, by plural, singular and short name.
+    let table = t.kubectl_ok(&["get", "crontabs"]).await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SPEC", "REPLICAS", "AGE"]);
+    let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
+    assert_eq!(&row[..2], ["my-cron", "*"], "{table}");
+    assert!(table.contains("* * * * */5"), "{table}");
+    assert!(row.contains(&"3"), "{table}");
+    assert_eq!(
+        t.kubectl_ok(&["get", "ct", "-o", "name"]).await.trim(),
+        "crontab.stable.example.com/my-cron"
+    );
+    assert!(
+        t.kubectl_ok(&["get", "crontab", "my-cron", "-o", "jsonpath={.spec.image}"])
+            .await
+            .contains("my-cron-image")
+    );
+    // The `all` category includes it.
+    let all = t.kubectl_ok(&["get", "all", "-o", "name"]).await;
+    assert!(all.contains("crontab.stable.example.com/my-cron"), "{all}");
+
+    // Re-apply a change (merge patch for custom resources), label, and edit through patch.
+    let changed = CR.replace("replicas: 3", "replicas: 4");
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &changed).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.kubectl_ok(&["label", "ct", "my-cron", "tier=batch"])
+        .await;
+    let got = t
+        .kubectl_ok(&[
+            "get",
+            "ct",
+            "-l",
+            "tier=batch",
+            "-o",
+            "jsonpath={.items[0].spec.replicas}",
+        ])
+        .await;
+    assert_eq!(got, "4");
+
+    // kubectl scale goes through the scale subresource.
+    t.kubectl_ok(&["scale", "ct", "my-cron", "--replicas=6"])
+        .await;
+    assert_eq!(
+        t.kubectl_ok(&["get", "ct", "my-cron", "-o", "jsonpath={.spec.replicas}"])
+            .await,
+        "6"
+    );
+    let out = t
+        .kubectl(&["scale", "ct", "my-cron", "--replicas=11"])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.replicas in body should be less than or equal to 10"),
+        "{err}"
+    );
+    // A strategic merge patch is refused for custom resources, as upstream.
+    let out = t
+        .kubectl(&[
+            "patch",
+            "ct",
+            "my-cron",
+            "--type=strategic",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("UnsupportedMediaType") || err.contains("unknown format"),
+        "{err}"
+    );
+
+    // Validation errors as upstream prints them.
+    let bad = CR
+        .replace("my-cron", "bad-cron")
+        .replace("replicas: 3", "replicas: \"three\"");
+    let out = t.kubectl_stdin(&["create", "-f", "-"], &bad).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "The CronTab \"bad-cron\" is invalid: spec.replicas: Invalid value: \"string\": \
+             spec.replicas in body must be of type integer: \"string\""
+        ),
+        "{err}"
+    );
+
+    // Discovery and explain.
+    let resources = t
+        .kubectl_ok(&["api-resources", "--api-group=stable.example.com"])
+        .await;
+    let line = resources
+        .lines()
+        .find(|l| l.starts_with("crontabs"))
+        .unwrap_or_else(|| panic!("crontabs listed: {resources}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        ["crontabs", "ct", "stable.example.com/v1", "true", "CronTab"]
+    );
+    let explain = t.kubectl_ok(&["explain", "crontab.spec"]).await;
+    assert!(explain.contains("cronSpec"), "{explain}");
+    assert!(
+        explain.contains("The schedule, in cron format."),
+        "{explain}"
+    );
+
+    // Deleting the CRD removes its custom resources and the resource type.
+    t.kubectl_ok(&["delete", "crd", "crontabs.stable.example.com"])
+        .await;
+    let left = t
+        .store
+        .list(
+            b"/registry/stable.example.com/crontabs/",
+            rk3s_datastore::ListOptions::default(),
+        )
+        .await
+        .expect("list");
+    assert!(left.kvs.is_empty());
+    // kubectl may still have the type in its discovery cache (then the list is a 404),
+    // or have refreshed it (then it does not know the type); both mean "not served".
+    let out = t.kubectl(&["get", "crontabs"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the server doesn't have a resource type \"crontabs\"")
+            || err.contains("the server could not find the requested resource"),
+        "{err}"
+    );
+    let resources = t.kubectl_ok(&["api-resources"]).await;
+    assert!(!resources.contains("crontabs"), "{resources}");
+}
