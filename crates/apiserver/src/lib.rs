@@ -13,6 +13,7 @@
 //! documents, `health` the health and metrics endpoints, `tls` the serving certificate.
 //! See `ARCHITECTURE.md` in this crate for the invariants.
 
+mod apply;
 mod bootstrap;
 mod config;
 mod defaults;
