@@ -22,6 +22,7 @@ mod error;
 mod health;
 mod metrics;
 mod openapi;
+mod patch_meta;
 mod registry;
 mod rest;
 mod selectors;

@@ -3,9 +3,18 @@
 //! parameters) and the component schemas of its types, generated from k8s-openapi's
 //! `JsonSchema` impls, with `x-kubernetes-group-version-kind` on each resource's schema.
 //!
+//! Every definition's properties carry upstream's patch and list extensions
+//! (`x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`, `x-kubernetes-list-type`,
+//! `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`) from [`crate::patch_meta`], and each
+//! patch operation lists the patch media types it accepts: kubectl computes `apply` patches
+//! from them.
+//!
 //! kubectl reads it to learn that the server validates fields itself (`fieldValidation`) and
-//! for `kubectl explain`. Not yet carried: the patch strategy extensions
-//! (`x-kubernetes-patch-merge-key`, ...) and OpenAPI v2.
+//! for `kubectl explain`.
+//!
+//! `/openapi/v2` is the same in one Swagger 2.0 JSON document (`#/definitions/` references).
+//! client-go asks for it as protobuf, which is not served (406), so kubectl falls back to its
+//! compiled-in types where it would use v2.
 
 use std::sync::LazyLock;
 
@@ -91,6 +100,14 @@ fn param(name: &str) -> Value {
     json!({ "name": name, "in": "query", "schema": { "type": "string" }, "uniqueItems": true })
 }
 
+/// The patch media types the apiserver accepts.
+const PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+];
+const PATCH_SCHEMA: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
+
 fn operation(
     info: &ResourceInfo,
     verb: &str,
@@ -125,6 +142,32 @@ const LIST_PARAMS: &[&str] = &[
     "timeoutSeconds",
     "watch",
 ];
+
+/// The patch operation, with its request body: the accepted patch media types (kubectl
+/// computes a strategic merge patch only when `application/strategic-merge-patch+json` is
+/// listed).
+fn patch_operation(info: &ResourceInfo, schema: &Value) -> Value {
+    let mut op = operation(
+        info,
+        "patch",
+        "patch",
+        &[
+            "dryRun",
+            "fieldManager",
+            "fieldValidation",
+            "force",
+            "pretty",
+        ],
+        schema,
+    );
+    let body_schema = json!({ "$ref": format!("#/components/schemas/{PATCH_SCHEMA}") });
+    let content: Map<String, Value> = PATCH_TYPES
+        .iter()
+        .map(|t| ((*t).to_string(), json!({ "schema": body_schema })))
+        .collect();
+    op["requestBody"] = json!({ "content": content, "required": true });
+    op
+}
 
 fn document(g: &GroupVersion) -> Value {
     let base = if g.group.is_empty() {
@@ -162,12 +205,14 @@ fn document(g: &GroupVersion) -> Value {
             json!({
                 "get": operation(r, "read", "get", &["pretty"], &schema),
                 "put": operation(r, "replace", "put", WRITE_PARAMS, &schema),
-                "patch": operation(r, "patch", "patch", &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"], &schema),
+                "patch": patch_operation(r, &schema),
                 "delete": operation(r, "delete", "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"], &json!({})),
             }),
         );
     }
+    generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Patch>();
     let mut schemas = generator.take_definitions(true);
+    add_patch_extensions(&mut schemas);
     for (name, r) in gvks {
         if let Some(s) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
             s.insert(
@@ -182,6 +227,177 @@ fn document(g: &GroupVersion) -> Value {
         "paths": paths,
         "components": { "schemas": schemas },
     })
+}
+
+/// `/openapi/v2`, built once.
+static V2: LazyLock<Vec<u8>> =
+    LazyLock::new(|| serde_json::to_vec(&document_v2()).unwrap_or_default());
+
+/// `/openapi/v2`: Swagger 2.0 JSON. client-go asks for protobuf
+/// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`) and gets 406 when it does
+/// not accept JSON too.
+pub(crate) async fn v2(headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json_ok = accept.is_empty()
+        || accept.split(',').any(|t| {
+            let t = t.split(';').next().unwrap_or("").trim();
+            matches!(t, "application/json" | "application/*" | "*/*")
+        });
+    if !json_ok {
+        return ApiError::new(
+            406,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json",
+        )
+        .into_response();
+    }
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        V2.clone(),
+    )
+        .into_response()
+}
+
+/// Rewrites OpenAPI v3 component references into Swagger 2.0 definition references.
+fn v3_refs_to_v2(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                *r = format!("#/definitions/{name}");
+            }
+            m.values_mut().for_each(v3_refs_to_v2);
+        }
+        Value::Array(a) => a.iter_mut().for_each(v3_refs_to_v2),
+        _ => {}
+    }
+}
+
+fn v2_operation(info: &ResourceInfo, verb: &str, action: &str, schema: &Value) -> Value {
+    let mut op = json!({
+        "operationId": format!("{verb}{}", info.kind),
+        "consumes": ["*/*"],
+        "produces": ["application/json", "application/yaml"],
+        "schemes": ["https"],
+        "responses": { "200": { "description": "OK", "schema": schema } },
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": {
+            "group": info.group, "version": info.version, "kind": info.kind,
+        },
+    });
+    if verb == "patch" {
+        op["consumes"] = json!(PATCH_TYPES);
+    }
+    op
+}
+
+/// The Swagger 2.0 document: every served resource's paths and all definitions.
+fn document_v2() -> Value {
+    let mut generator =
+        k8s_openapi::schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut paths = Map::new();
+    let mut gvks: Vec<(String, &ResourceInfo)> = Vec::new();
+    for g in &REGISTRY.groups {
+        let base = if g.group.is_empty() {
+            format!("/api/{}", g.version)
+        } else {
+            format!("/apis/{}/{}", g.group, g.version)
+        };
+        for r in &g.resources {
+            let mut schema = Value::from((r.schema)(&mut generator));
+            v3_refs_to_v2(&mut schema);
+            if let Some(name) = schema
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|s| s.rsplit('/').next())
+            {
+                gvks.push((name.to_string(), r));
+            }
+            let collection = if r.namespaced {
+                format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+            } else {
+                format!("{base}/{}", r.plural)
+            };
+            paths.insert(
+                collection.clone(),
+                json!({
+                    "get": v2_operation(r, "list", "list", &json!({})),
+                    "post": v2_operation(r, "create", "post", &schema),
+                }),
+            );
+            paths.insert(
+                format!("{collection}/{{name}}"),
+                json!({
+                    "get": v2_operation(r, "read", "get", &schema),
+                    "put": v2_operation(r, "replace", "put", &schema),
+                    "patch": v2_operation(r, "patch", "patch", &schema),
+                    "delete": v2_operation(r, "delete", "delete", &json!({})),
+                }),
+            );
+        }
+    }
+    let mut definitions = generator.take_definitions(true);
+    add_patch_extensions(&mut definitions);
+    for (name, r) in gvks {
+        if let Some(s) = definitions.get_mut(&name).and_then(Value::as_object_mut) {
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{ "group": r.group, "version": r.version, "kind": r.kind }]),
+            );
+        }
+    }
+    let mut definitions = Value::Object(definitions);
+    v3_refs_to_v2(&mut definitions);
+    json!({
+        "swagger": "2.0",
+        "info": { "title": "Kubernetes", "version": crate::health::GIT_VERSION },
+        "paths": paths,
+        "definitions": definitions,
+    })
+}
+
+/// Adds upstream's patch and list extensions to the properties of every definition
+/// (`x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`, `x-kubernetes-list-type`,
+/// `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`), from [`crate::patch_meta`]. kubectl
+/// reads them to compute `apply` patches.
+pub(crate) fn add_patch_extensions(schemas: &mut Map<String, Value>) {
+    for (name, schema) in schemas.iter_mut() {
+        let Some(def) = crate::patch_meta::SCHEMAS.definition(name) else {
+            continue;
+        };
+        let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (field, prop) in props.iter_mut() {
+            let (Some(meta), Some(prop)) = (def.fields.get(field), prop.as_object_mut()) else {
+                continue;
+            };
+            if let Some(tag) = meta.strategy.as_tag() {
+                prop.insert("x-kubernetes-patch-strategy".into(), tag.into());
+            }
+            if let Some(key) = meta.merge_key {
+                prop.insert("x-kubernetes-patch-merge-key".into(), key.into());
+            }
+            if let Some(list) = meta.list_type {
+                prop.insert("x-kubernetes-list-type".into(), list.as_str().into());
+                if !meta.list_map_keys.is_empty() {
+                    prop.insert(
+                        "x-kubernetes-list-map-keys".into(),
+                        meta.list_map_keys.to_vec().into(),
+                    );
+                }
+            }
+            if let Some(element) = meta.element_type {
+                // Upstream uses this one name for `+mapType` and `+structType`.
+                prop.insert("x-kubernetes-map-type".into(), element.as_str().into());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,9 +424,54 @@ mod tests {
             "ConfigMap"
         );
         assert!(cm["properties"]["data"]["description"].is_string());
+        let meta = &doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"];
+        assert_eq!(
+            meta["properties"]["finalizers"]["x-kubernetes-patch-strategy"],
+            "merge"
+        );
+        assert_eq!(
+            meta["properties"]["finalizers"]["x-kubernetes-list-type"],
+            "set"
+        );
+        let ports =
+            &doc["components"]["schemas"]["io.k8s.api.core.v1.Container"]["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
+        assert_eq!(ports["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            ports["x-kubernetes-list-map-keys"],
+            json!(["containerPort", "protocol"])
+        );
+        let volumes =
+            &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
+        assert_eq!(volumes["x-kubernetes-patch-strategy"], "merge,retainKeys");
         assert!(
             doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]
                 .is_object()
+        );
+    }
+
+    #[test]
+    fn v2_has_definitions_refs_gvks_and_patch_extensions() {
+        let doc = document_v2();
+        assert_eq!(doc["swagger"], "2.0");
+        let defs = &doc["definitions"];
+        let deploy = &defs["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deploy["x-kubernetes-group-version-kind"],
+            json!([{"group": "apps", "version": "v1", "kind": "Deployment"}])
+        );
+        let text = doc.to_string();
+        assert!(!text.contains("#/components/schemas/"));
+        assert!(text.contains("#/definitions/io.k8s.api.core.v1.PodSpec"));
+        let containers = &defs["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+        let op = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        assert!(
+            op["consumes"]
+                .as_array()
+                .is_some_and(|c| c.contains(&json!("application/strategic-merge-patch+json")))
         );
     }
 }

@@ -56,6 +56,7 @@ fn router(state: AppState) -> Router {
         .route("/livez", get(crate::health::livez))
         .route("/readyz", get(crate::health::readyz))
         .route("/metrics", get(crate::health::metrics))
+        .route("/openapi/v2", get(crate::openapi::v2))
         .route("/openapi/v3", get(crate::openapi::index))
         .route("/openapi/v3/{*path}", get(crate::openapi::group_version))
         .route("/api", any(crate::rest::serve))

@@ -209,6 +209,12 @@ impl ApiError {
         if let Some(d) = &self.details {
             s["details"] = d.clone();
         }
+        // Upstream's `StatusReasonUnknown` is empty and omitted.
+        if self.reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
+        }
         if self.reason == "InternalError" {
             s["details"] = json!({ "causes": [{ "message": self.message }] });
         }

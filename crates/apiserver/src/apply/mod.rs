@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 pub(crate) use fieldset::FieldSet;
 use fieldset::{Elem, path_string};
 use managed::{Entry, Managed, Operation};
-use schema::BuiltinSchema;
+use schema::TypedSchema;
 use walk::KeyError;
 
 use crate::registry::ResourceInfo;
@@ -60,10 +60,8 @@ pub(crate) struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn schema(&self) -> BuiltinSchema {
-        BuiltinSchema {
-            kind: self.info.kind,
-        }
+    fn schema(&self) -> TypedSchema {
+        TypedSchema::of(self.info)
     }
 
     fn api_version(&self) -> String {

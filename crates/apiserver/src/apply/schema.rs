@@ -1,12 +1,16 @@
-//! The shape facts server-side apply needs about built-in types: how each list merges
+//! The shape facts server-side apply needs about a type: how each list merges
 //! (`x-kubernetes-list-type` atomic/set/map and its `x-kubernetes-list-map-keys`) and which
-//! structs are atomic (`x-kubernetes-map-type: atomic`). Lists not named here are atomic, as
-//! upstream's default for lists without a list type is.
+//! objects are atomic (`x-kubernetes-map-type: atomic`, `+structType=atomic`).
 //!
-//! The facts are keyed by the field names leading to the list (list items do not count), so
-//! `containers` matches `spec.containers` and `spec.template.spec.containers` alike.
-//! Custom resources will answer from their structural schema instead (the hook is
-//! [`Schema`]).
+//! Built-in types answer from [`crate::patch_meta`] (upstream's markers joined to k8s-openapi's
+//! type graph). Paths are field names from the root; list items and map values do not count,
+//! so `spec.template.spec.containers.ports` names the ports of every container. Custom
+//! resources will answer from their structural schema by implementing [`Schema`].
+
+use serde_json::Value;
+
+use crate::patch_meta::{self, ElementType, Field, Node, Shape};
+use crate::registry::ResourceInfo;
 
 /// How a list merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,107 +23,118 @@ pub(crate) enum ListType {
     Map(&'static [&'static str]),
 }
 
-/// What apply asks about a type. Built-ins use [`BuiltinSchema`]; a CRD's structural schema
-/// will implement it too.
+/// What apply asks about a type.
 pub(crate) trait Schema {
     /// The list type of the list at `path` (field names from the root).
     fn list_type(&self, path: &[String]) -> ListType;
     /// Whether the object at `path` is atomic (replaced and owned as a whole).
     fn atomic_object(&self, path: &[String]) -> bool;
-    /// The default of a list-map key field absent from an item, as upstream's schema has
+    /// The default of a list-map key field absent from an item, as upstream's schema has it
     /// (`protocol: TCP` of ports).
-    fn key_default(&self, _path: &[String], key: &str) -> Option<serde_json::Value> {
-        (key == "protocol").then(|| serde_json::Value::String("TCP".into()))
+    fn key_default(&self, _path: &[String], key: &str) -> Option<Value> {
+        (key == "protocol").then(|| Value::String("TCP".into()))
     }
 }
 
-/// The built-in types of one kind.
-pub(crate) struct BuiltinSchema {
-    pub(crate) kind: &'static str,
+/// Types upstream marks `+structType=atomic` (a type-level marker the field table of
+/// `patch_meta` does not carry): owned and replaced as a whole wherever they appear.
+const ATOMIC_STRUCTS: &[&str] = &[
+    "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
+    "io.k8s.api.core.v1.LocalObjectReference",
+    "io.k8s.api.core.v1.ObjectReference",
+    "io.k8s.api.core.v1.TypedLocalObjectReference",
+    "io.k8s.api.core.v1.ConfigMapKeySelector",
+    "io.k8s.api.core.v1.SecretKeySelector",
+    "io.k8s.api.core.v1.ObjectFieldSelector",
+    "io.k8s.api.core.v1.ResourceFieldSelector",
+    "io.k8s.api.core.v1.NodeSelector",
+    "io.k8s.api.core.v1.NodeSelectorTerm",
+    "io.k8s.api.core.v1.TopologySelectorTerm",
+];
+
+/// A built-in resource's type, from `patch_meta`. Without metadata (custom resources until
+/// their schemas are wired in) every list is atomic and every object granular, which is
+/// upstream's behaviour for a schema without markers.
+pub(crate) struct TypedSchema {
+    root: Option<Node<'static>>,
 }
 
-fn last(path: &[String], n: usize) -> Option<&str> {
-    path.len().checked_sub(n + 1).map(|i| path[i].as_str())
+impl TypedSchema {
+    pub(crate) fn of(info: &ResourceInfo) -> Self {
+        TypedSchema {
+            root: patch_meta::for_resource(info),
+        }
+    }
+
+    /// The last field of `path` and the node of its value.
+    fn resolve(&self, path: &[String]) -> Option<(&'static Field, Node<'static>)> {
+        let mut node = self.root?;
+        let mut last = None;
+        for name in path {
+            while let Some(inner) = node.elements() {
+                node = inner;
+            }
+            let (f, next) = node.field(name)?;
+            last = Some(f);
+            node = next;
+        }
+        Some((last?, node))
+    }
 }
 
-const CONTAINER_LISTS: &[&str] = &["containers", "initContainers", "ephemeralContainers"];
-
-impl Schema for BuiltinSchema {
+impl Schema for TypedSchema {
     fn list_type(&self, path: &[String]) -> ListType {
-        let Some(field) = last(path, 0) else {
+        let Some((f, _)) = self.resolve(path) else {
             return ListType::Atomic;
         };
-        let parent = last(path, 1).unwrap_or("");
-        match field {
-            // ObjectMeta
-            "finalizers" if parent == "metadata" => ListType::Set,
-            "ownerReferences" if parent == "metadata" => ListType::Map(&["uid"]),
-            // PodSpec
-            "containers"
-            | "initContainers"
-            | "ephemeralContainers"
-            | "volumes"
-            | "imagePullSecrets"
-            | "resourceClaims"
-            | "schedulingGates"
-                if parent == "spec" =>
-            {
-                ListType::Map(&["name"])
+        match f.list_type {
+            Some(patch_meta::ListType::Map) if !f.list_map_keys.is_empty() => {
+                ListType::Map(f.list_map_keys)
             }
-            "hostAliases" if parent == "spec" => ListType::Map(&["ip"]),
-            "topologySpreadConstraints" if parent == "spec" => {
-                ListType::Map(&["topologyKey", "whenUnsatisfiable"])
-            }
-            // Container
-            "ports" if CONTAINER_LISTS.contains(&parent) => {
-                ListType::Map(&["containerPort", "protocol"])
-            }
-            "env" if CONTAINER_LISTS.contains(&parent) => ListType::Map(&["name"]),
-            "volumeMounts" if CONTAINER_LISTS.contains(&parent) => ListType::Map(&["mountPath"]),
-            "volumeDevices" if CONTAINER_LISTS.contains(&parent) => ListType::Map(&["devicePath"]),
-            "resizePolicy" if CONTAINER_LISTS.contains(&parent) => ListType::Map(&["resourceName"]),
-            // ServiceSpec
-            "ports" if parent == "spec" && self.kind == "Service" => {
-                ListType::Map(&["port", "protocol"])
-            }
-            // Status lists
-            "conditions" if parent == "status" => ListType::Map(&["type"]),
-            "podIPs" | "hostIPs" if parent == "status" => ListType::Map(&["ip"]),
-            "addresses" if parent == "status" && self.kind == "Node" => ListType::Map(&["type"]),
-            _ => ListType::Atomic,
+            Some(patch_meta::ListType::Set) => ListType::Set,
+            Some(_) => ListType::Atomic,
+            // No list type: upstream's OpenAPI conversion falls back on the patch strategy.
+            None if f.strategy.merge => match f.merge_key.as_ref() {
+                Some(key) => ListType::Map(std::slice::from_ref(key)),
+                None => ListType::Set,
+            },
+            None => ListType::Atomic,
         }
     }
 
     fn atomic_object(&self, path: &[String]) -> bool {
-        let Some(field) = last(path, 0) else {
+        let Some((f, node)) = self.resolve(path) else {
             return false;
         };
-        let parent = last(path, 1).unwrap_or("");
-        match field {
-            // metav1.LabelSelector is atomic; the selectors of Services and
-            // ReplicationControllers are plain string maps.
-            "selector" => !matches!(self.kind, "Service" | "ReplicationController"),
-            "podSelector" | "namespaceSelector" | "labelSelector" => true,
-            // Atomic references.
-            "configMapKeyRef" | "secretKeyRef" | "fieldRef" | "resourceFieldRef" => true,
-            "nodeSelector" => parent == "requiredDuringSchedulingIgnoredDuringExecution",
-            "roleRef" => true,
-            _ => false,
+        if f.element_type == Some(ElementType::Atomic) {
+            return true;
         }
+        // An object in a list is the list's item.
+        let node = match node.shape() {
+            Shape::List(_) => node.elements(),
+            _ => Some(node),
+        };
+        node.and_then(|n| n.definition())
+            .is_some_and(|d| ATOMIC_STRUCTS.contains(&d.name.as_str()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::REGISTRY;
 
     fn p(s: &str) -> Vec<String> {
         s.split('.').map(String::from).collect()
     }
 
+    fn schema(group: &str, plural: &str) -> TypedSchema {
+        TypedSchema::of(REGISTRY.find(group, "v1", plural).expect("registered"))
+    }
+
     #[test]
     fn list_types_follow_the_field_path() {
-        let deploy = BuiltinSchema { kind: "Deployment" };
+        let deploy = schema("apps", "deployments");
         assert_eq!(
             deploy.list_type(&p("spec.template.spec.containers")),
             ListType::Map(&["name"])
@@ -134,11 +149,15 @@ mod tests {
         );
         assert_eq!(deploy.list_type(&p("metadata.finalizers")), ListType::Set);
         assert!(deploy.atomic_object(&p("spec.selector")));
-        let svc = BuiltinSchema { kind: "Service" };
+        assert!(!deploy.atomic_object(&p("spec.template.spec")));
+        assert!(deploy.atomic_object(&p(
+            "spec.template.spec.containers.env.valueFrom.secretKeyRef"
+        )));
+        let svc = schema("", "services");
         assert_eq!(
             svc.list_type(&p("spec.ports")),
             ListType::Map(&["port", "protocol"])
         );
-        assert!(!svc.atomic_object(&p("spec.selector")));
+        assert!(!deploy.atomic_object(&p("metadata.labels")));
     }
 }

@@ -342,15 +342,23 @@ pub(crate) fn value_at<'v>(v: &'v Value, path: &[Elem]) -> Option<&'v Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::schema::BuiltinSchema;
+    use super::super::schema::TypedSchema;
     use super::*;
+    use crate::registry::REGISTRY;
     use serde_json::json;
+    use std::sync::LazyLock;
 
-    const DEPLOY: BuiltinSchema = BuiltinSchema { kind: "Deployment" };
+    static DEPLOY: LazyLock<TypedSchema> = LazyLock::new(|| {
+        TypedSchema::of(
+            REGISTRY
+                .find("apps", "v1", "deployments")
+                .expect("deployments"),
+        )
+    });
 
     fn set_of(v: &Value) -> FieldSet {
         let mut s = FieldSet::default();
-        field_set(&DEPLOY, &mut Vec::new(), v, &mut s, true).expect("keys");
+        field_set(&*DEPLOY, &mut Vec::new(), v, &mut s, true).expect("keys");
         s
     }
 
@@ -386,7 +394,7 @@ mod tests {
             })
         );
         let err = field_set(
-            &DEPLOY,
+            &*DEPLOY,
             &mut Vec::new(),
             &json!({"spec": {"template": {"spec": {"containers": [{"image": "i"}]}}}}),
             &mut FieldSet::default(),
@@ -408,7 +416,7 @@ mod tests {
             {"name": "b", "image": "b:1"},
         ]}}}});
         merge(
-            &DEPLOY,
+            &*DEPLOY,
             &mut Vec::new(),
             &mut live,
             &json!({"spec": {"replicas": null, "template": {"spec": {"containers": [
@@ -435,7 +443,7 @@ mod tests {
             "containers": [{"name": "a", "image": "a:2"}, {"name": "c", "image": "c:1"}]}}}});
         let (mut changed, mut removed) = (FieldSet::default(), FieldSet::default());
         diff(
-            &DEPLOY,
+            &*DEPLOY,
             &mut Vec::new(),
             Some(&old),
             Some(&new),
@@ -473,7 +481,7 @@ mod tests {
     #[test]
     fn values_are_found_by_path() {
         let v = json!({"spec": {"ports": [{"port": 80, "name": "http"}]}});
-        let svc = BuiltinSchema { kind: "Service" };
+        let svc = TypedSchema::of(REGISTRY.find("", "v1", "services").expect("services"));
         let mut s = FieldSet::default();
         field_set(&svc, &mut Vec::new(), &v, &mut s, true).expect("keys");
         let paths = s.members();

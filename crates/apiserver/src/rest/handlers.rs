@@ -956,8 +956,9 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     let key = info.key(ctx.ns(), name);
     let mut warnings = Vec::new();
     let writer = ctx.writer();
+    let meta = crate::patch_meta::for_resource(info);
     let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-        let mut patched = super::patch::apply(kind, old, &patch)?;
+        let mut patched = super::patch::apply(kind, old, &patch, meta)?;
         check_type(&mut patched, info)?;
         let (mut patched, w) = typed_roundtrip_checked(patched, info, validation)?;
         warnings = w;

@@ -1,13 +1,11 @@
-//! Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902), and strategic merge patch.
-//!
-//! Strategic merge patch is applied with merge-patch semantics for now, which is exact for
-//! maps and scalars (labels, annotations, data, replicas: what `kubectl label`, `annotate` and
-//! most `edit`s send). A strategic patch that holds lists of objects or `$` directives (what
-//! `kubectl apply` sends for containers, env, ports, ...) would lose data under merge-patch
-//! semantics, so it is refused with 415 until the list merge strategies are implemented.
+//! Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902), and strategic merge patch
+//! (`strategic`, with the patch metadata of [`crate::patch_meta`]).
+
+mod strategic;
 
 use serde_json::Value;
 
+use crate::patch_meta::Node;
 use crate::status::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +26,16 @@ impl PatchKind {
     }
 }
 
-/// Applies a patch to `doc`.
-pub(crate) fn apply(kind: PatchKind, doc: &Value, patch: &Value) -> Result<Value, ApiError> {
-    if kind == PatchKind::Strategic
-        && let Some(path) = strategic_only(patch, "")
-    {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            format!(
-                "strategic merge patch of lists of objects and $ directives is not \
-                     supported yet (at {path:?}); use a JSON merge patch or a JSON patch"
-            ),
-        ));
-    }
+/// Applies a patch to `doc`. `meta` is the patch metadata of the document's type; without it
+/// (custom resources) a strategic merge patch is refused with 415, as upstream does.
+pub(crate) fn apply(
+    kind: PatchKind,
+    doc: &Value,
+    patch: &Value,
+    meta: Option<Node<'_>>,
+) -> Result<Value, ApiError> {
     match kind {
-        PatchKind::Merge | PatchKind::Strategic => {
+        PatchKind::Merge => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
@@ -51,24 +43,19 @@ pub(crate) fn apply(kind: PatchKind, doc: &Value, patch: &Value) -> Result<Value
             merge_patch(&mut out, patch);
             Ok(out)
         }
+        PatchKind::Strategic => {
+            let Some(meta) = meta else {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types \
+                     include: application/json-patch+json, application/merge-patch+json, \
+                     application/apply-patch+yaml",
+                ));
+            };
+            Ok(strategic::apply(doc, patch, meta)?)
+        }
         PatchKind::Json => json_patch(doc, patch),
-    }
-}
-
-/// The first place in a strategic merge patch where its semantics differ from a merge patch:
-/// a `$` directive or a list of objects.
-fn strategic_only(patch: &Value, path: &str) -> Option<String> {
-    match patch {
-        Value::Object(m) => m.iter().find_map(|(k, v)| {
-            let p = format!("{path}/{k}");
-            if k.starts_with('$') {
-                Some(p)
-            } else {
-                strategic_only(v, &p)
-            }
-        }),
-        Value::Array(a) => a.iter().any(Value::is_object).then(|| path.to_string()),
-        _ => None,
     }
 }
 
@@ -245,47 +232,14 @@ mod tests {
             PatchKind::Merge,
             &doc,
             &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+            None,
         )
         .expect("applies");
         assert_eq!(
             out,
             json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
         );
-        assert!(apply(PatchKind::Merge, &doc, &json!([1])).is_err());
-    }
-
-    #[test]
-    fn strategic_patches_with_lists_are_refused_not_mangled() {
-        let doc = json!({"metadata": {"labels": {"a": "1"}}});
-        let labels = apply(
-            PatchKind::Strategic,
-            &doc,
-            &json!({"metadata": {"labels": {"b": "2"}}}),
-        )
-        .expect("maps merge");
-        assert_eq!(labels["metadata"]["labels"], json!({"a": "1", "b": "2"}));
-        let err = apply(
-            PatchKind::Strategic,
-            &doc,
-            &json!({"spec": {"$setElementOrder/containers": [{"name": "c"}]}}),
-        )
-        .expect_err("directive");
-        assert_eq!(err.code, 415);
-        let err = apply(
-            PatchKind::Strategic,
-            &doc,
-            &json!({"spec": {"containers": [{"name": "c"}]}}),
-        )
-        .expect_err("object list");
-        assert!(err.message.contains("/spec/containers"), "{}", err.message);
-        assert!(
-            apply(
-                PatchKind::Strategic,
-                &doc,
-                &json!({"spec": {"args": ["a"]}})
-            )
-            .is_ok()
-        );
+        assert!(apply(PatchKind::Merge, &doc, &json!([1]), None).is_err());
     }
 
     #[test]

@@ -104,7 +104,9 @@ async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, Api
         let current = to_scale(old);
         let scale = match &change {
             Change::Replace(s) => s.clone(),
-            Change::Patch(kind, p) => super::patch::apply(*kind, &current, p)?,
+            Change::Patch(kind, p) => {
+                super::patch::apply(*kind, &current, p, Some(crate::patch_meta::Node::any()))?
+            }
         };
         if let Some(rv) = request_resource_version(&scale)?
             && meta_str(old, "resourceVersion") != rv.to_string()
