@@ -312,10 +312,8 @@ pub(crate) fn remove_fields(v: &mut Value, set: &FieldSet) {
             (Elem::Value(val), Value::Array(a)) => {
                 a.retain(|item| canonical(item) != *val);
             }
-            (Elem::Index(i), Value::Array(a)) => {
-                if child.member && *i < a.len() {
-                    a.remove(*i);
-                }
+            (Elem::Index(i), Value::Array(a)) if child.member && *i < a.len() => {
+                a.remove(*i);
             }
             _ => {}
         }
