@@ -171,6 +171,42 @@ async fn apply_creates_updates_conflicts_and_forces() {
         .await
         .expect("apply without replicas");
     assert_eq!(kept.spec.as_ref().and_then(|s| s.replicas), Some(5));
+
+    // The scale subresource records its writer on the deployment, and applies conflict with it.
+    deploys
+        .patch_scale(
+            "web",
+            &PatchParams {
+                field_manager: Some("scaler".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .expect("scale");
+    let scaled = deploys.get("web").await.expect("get");
+    let scaler = entry(&scaled, "scaler").expect("scaler entry");
+    assert_eq!(scaler["subresource"], "scale");
+    assert_eq!(scaler["apiVersion"], "apps/v1");
+    assert_eq!(scaler["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+    assert!(entry(&scaled, "bob").is_none(), "bob owned only replicas");
+    let err = deploys
+        .patch(
+            "web",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(deployment(2, json!([{"name": "app", "image": "nginx:1"}]))),
+        )
+        .await
+        .map(|_| ())
+        .map_err(api_error)
+        .expect_err("conflict with the scaler");
+    assert!(
+        err.message.starts_with(
+            "Apply failed with 1 conflict: conflict with \"scaler\" with subresource \"scale\" using apps/v1 at "
+        ),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +377,7 @@ async fn plain_writes_record_update_managers() {
     let maker = entry(&created, "maker").expect("maker entry");
     assert_eq!(maker["operation"], "Update");
     assert_eq!(maker["apiVersion"], "v1");
-    assert_eq!(maker["fieldsV1"]["f:data"]["f:a"], json!({}));
+    assert_eq!(maker["fieldsV1"], json!({"f:data": {".": {}, "f:a": {}}}));
 
     // A merge patch by another manager takes the field it changes.
     let patched = cms
@@ -360,9 +396,10 @@ async fn plain_writes_record_update_managers() {
         patcher["fieldsV1"],
         json!({"f:data": {"f:a": {}, "f:b": {}}})
     );
-    assert!(
-        entry(&patched, "maker").is_none(),
-        "maker owned only data.a"
+    // The creator keeps the map it added, not the key another manager changed.
+    assert_eq!(
+        entry(&patched, "maker").expect("maker")["fieldsV1"],
+        json!({"f:data": {}})
     );
 
     // An applier wanting data.a now conflicts with the patcher, named with its version.

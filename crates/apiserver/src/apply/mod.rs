@@ -455,6 +455,11 @@ mod tests {
         assert_eq!(e["fieldsV1"]["f:spec"]["f:replicas"], json!({}));
         assert!(e["fieldsV1"].get("f:status").is_none());
         assert!(e["fieldsV1"]["f:metadata"].get("f:name").is_none());
+        // A map an update adds is owned itself too.
+        assert_eq!(
+            e["fieldsV1"]["f:metadata"]["f:labels"],
+            json!({".": {}, "f:app": {}})
+        );
 
         // Another manager changes replicas: it owns them now, the creator does not.
         let w2 = writer("scaler");

@@ -29,6 +29,11 @@ pub(crate) trait Schema {
     fn list_type(&self, path: &[String]) -> ListType;
     /// Whether the object at `path` is atomic (replaced and owned as a whole).
     fn atomic_object(&self, path: &[String]) -> bool;
+    /// Whether the object at `path` is a map with arbitrary keys (labels, data, limits), not a
+    /// struct: a newly set one is itself owned by an `Update` (`.`), as upstream records it.
+    fn is_map(&self, _path: &[String]) -> bool {
+        false
+    }
     /// The default of a list-map key field absent from an item, as upstream's schema has it
     /// (`protocol: TCP` of ports).
     fn key_default(&self, _path: &[String], key: &str) -> Option<Value> {
@@ -117,6 +122,12 @@ impl Schema for TypedSchema {
         node.and_then(|n| n.definition())
             .is_some_and(|d| ATOMIC_STRUCTS.contains(&d.name.as_str()))
     }
+
+    fn is_map(&self, path: &[String]) -> bool {
+        self.resolve(path).is_some_and(|(f, node)| {
+            matches!(node.shape(), Shape::Map(_)) && f.element_type != Some(ElementType::Atomic)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +170,8 @@ mod tests {
             ListType::Map(&["port", "protocol"])
         );
         assert!(!deploy.atomic_object(&p("metadata.labels")));
+        assert!(deploy.is_map(&p("metadata.labels")));
+        assert!(deploy.is_map(&p("spec.template.spec.containers.resources.limits")));
+        assert!(!deploy.is_map(&p("spec.template.spec")));
     }
 }

@@ -77,9 +77,10 @@ fn key_display(e: &Elem) -> String {
     super::fieldset::path_string(std::slice::from_ref(e))
 }
 
-/// The field set of `v` below `node`. With `strict`, an associative list whose items lack
-/// their keys is an error (apply); otherwise it is owned as one field (updates must not fail
-/// on what they did not touch).
+/// The field set of `v` below `node`. With `strict` (apply), an associative list whose items
+/// lack their keys is an error. Otherwise (the fields an update adds) such a list is owned as
+/// one field, since updates must not fail on what they did not touch, and a map with arbitrary
+/// keys is a member itself (`.`), as upstream records an added map.
 pub(crate) fn field_set(
     schema: &dyn Schema,
     path: &mut Vec<String>,
@@ -89,6 +90,10 @@ pub(crate) fn field_set(
 ) -> Result<(), KeyError> {
     match v {
         Value::Object(m) if !m.is_empty() && !schema.atomic_object(path) => {
+            // A map an update adds is owned itself too; an applied one is not.
+            if !strict && schema.is_map(path) {
+                node.member = true;
+            }
             for (k, c) in m {
                 path.push(k.clone());
                 let r = field_set(

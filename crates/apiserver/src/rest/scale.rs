@@ -100,6 +100,10 @@ enum Change {
 async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, ApiError> {
     let info = ctx.info();
     let key = info.key(ctx.ns(), name);
+    let writer = crate::apply::Writer {
+        subresource: "scale",
+        ..ctx.writer()
+    };
     let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
         let current = to_scale(old);
         let scale = match &change {
@@ -129,7 +133,10 @@ async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, Api
         }
         let mut new = old.clone();
         new["spec"]["replicas"] = json!(replicas);
-        merge_update(info, old, &new, false)
+        let mut new = merge_update(info, old, &new, false)?;
+        // Recorded on the parent, as upstream does: `spec.replicas` with subresource `scale`.
+        crate::apply::track_update(&writer, Some(old), &mut new);
+        Ok(new)
     })
     .await?;
     ok(StatusCode::OK, &to_scale(&obj))
