@@ -46,6 +46,9 @@ const UNTRACKED_METADATA: &[&str] = &[
     "managedFields",
 ];
 
+/// The manager of the fields of an object that has no managed fields when it is first applied.
+const BEFORE_FIRST_APPLY: &str = "before-first-apply";
+
 /// Longest `fieldManager` upstream accepts, and the length a User-Agent prefix is cut to.
 pub(crate) const FIELD_MANAGER_MAX: usize = 128;
 
@@ -321,6 +324,23 @@ pub(crate) fn apply(
     let live_t = tracked(writer, &live_obj);
     let mut entries = entries_of(Some(&live_obj));
     let api_version = writer.api_version();
+    // An existing object nobody is recorded for (created before tracking, or cleared): its
+    // fields belong to `before-first-apply`, as upstream, so the first apply conflicts where it
+    // changes them.
+    if live.is_some() && entries.is_empty() {
+        let mut fields = FieldSet::default();
+        let _ = walk::field_set(&schema, &mut Vec::new(), &live_t, &mut fields, false);
+        fields.member = false;
+        fields.prune();
+        entries.push(Entry {
+            manager: BEFORE_FIRST_APPLY.into(),
+            operation: Operation::Update,
+            api_version: api_version.clone(),
+            time: None,
+            subresource: String::new(),
+            fields,
+        });
+    }
     let is_mine = |e: &Entry| {
         e.is(
             &writer.manager,
@@ -550,6 +570,28 @@ mod tests {
         assert_eq!(out["spec"]["replicas"], 2);
         // Applying the same again is a no-op.
         assert_eq!(apply(&a, Some(&out), &cfg, false).expect("no-op"), out);
+    }
+
+    #[test]
+    fn untracked_fields_belong_to_before_first_apply() {
+        let mut live = deploy(1, "x");
+        live["metadata"]["resourceVersion"] = json!("5");
+        let err = apply(&writer("a"), Some(&live), &deploy(3, "x"), false).expect_err("conflict");
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"before-first-apply\" using apps/v1: \
+             .spec.replicas"
+        );
+        // Same values and new fields: no conflict; the fields are shared.
+        let mut cfg = deploy(1, "x");
+        cfg["metadata"]["labels"]["extra"] = json!("1");
+        let out = apply(&writer("a"), Some(&live), &cfg, false).expect("same values");
+        assert_eq!(entry(&out, "before-first-apply")["operation"], "Update");
+        assert_eq!(out["metadata"]["labels"]["extra"], "1");
+        assert_eq!(
+            entry(&out, "a")["fieldsV1"]["f:spec"]["f:replicas"],
+            json!({})
+        );
     }
 
     #[test]
