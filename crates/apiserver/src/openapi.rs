@@ -370,6 +370,9 @@ pub(crate) fn add_patch_extensions(schemas: &mut Map<String, Value>) {
         let Some(def) = crate::patch_meta::SCHEMAS.definition(name) else {
             continue;
         };
+        if let (Some(element), Some(obj)) = (def.element_type, schema.as_object_mut()) {
+            obj.insert("x-kubernetes-map-type".into(), element.as_str().into());
+        }
         let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
             continue;
         };
@@ -444,6 +447,10 @@ mod tests {
         let volumes =
             &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
         assert_eq!(volumes["x-kubernetes-patch-strategy"], "merge,retainKeys");
+        assert_eq!(
+            doc["components"]["schemas"]["io.k8s.api.core.v1.LocalObjectReference"]["x-kubernetes-map-type"],
+            "atomic"
+        );
         assert!(
             doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]
                 .is_object()

@@ -86,6 +86,14 @@ pub(crate) enum ElementType {
 }
 
 impl ElementType {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "atomic" => Some(ElementType::Atomic),
+            "granular" => Some(ElementType::Granular),
+            _ => None,
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ElementType::Atomic => "atomic",
@@ -127,6 +135,8 @@ pub(crate) struct Field {
 pub(crate) struct Definition {
     pub(crate) name: String,
     pub(crate) fields: HashMap<String, Field>,
+    /// The type's own `+structType`/`+mapType` marker.
+    pub(crate) element_type: Option<ElementType>,
 }
 
 /// Every definition reachable from the served resources, and each resource's root.
@@ -290,18 +300,19 @@ impl Schemas {
                             _ => None,
                         };
                         f.list_map_keys = keys;
-                        f.element_type = match *element {
-                            "atomic" => Some(ElementType::Atomic),
-                            "granular" => Some(ElementType::Granular),
-                            _ => None,
-                        };
+                        f.element_type = ElementType::parse(element);
                     }
                     fields.insert(field.clone(), f);
                 }
             }
+            let element_type = facts::TYPES
+                .iter()
+                .find(|(def, _)| def == name)
+                .and_then(|(_, t)| ElementType::parse(t));
             defs.push(Definition {
                 name: name.clone(),
                 fields,
+                element_type,
             });
         }
         let roots = root_refs

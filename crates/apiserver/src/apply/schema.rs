@@ -1,6 +1,7 @@
 //! The shape facts server-side apply needs about a type: how each list merges
 //! (`x-kubernetes-list-type` atomic/set/map and its `x-kubernetes-list-map-keys`) and which
-//! objects are atomic (`x-kubernetes-map-type: atomic`, `+structType=atomic`).
+//! objects are atomic (`x-kubernetes-map-type: atomic`: `+mapType`/`+structType` on the field
+//! or on the type).
 //!
 //! Built-in types answer from [`crate::patch_meta`] (upstream's markers joined to k8s-openapi's
 //! type graph). Paths are field names from the root; list items and map values do not count,
@@ -40,22 +41,6 @@ pub(crate) trait Schema {
         (key == "protocol").then(|| Value::String("TCP".into()))
     }
 }
-
-/// Types upstream marks `+structType=atomic` (a type-level marker the field table of
-/// `patch_meta` does not carry): owned and replaced as a whole wherever they appear.
-const ATOMIC_STRUCTS: &[&str] = &[
-    "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
-    "io.k8s.api.core.v1.LocalObjectReference",
-    "io.k8s.api.core.v1.ObjectReference",
-    "io.k8s.api.core.v1.TypedLocalObjectReference",
-    "io.k8s.api.core.v1.ConfigMapKeySelector",
-    "io.k8s.api.core.v1.SecretKeySelector",
-    "io.k8s.api.core.v1.ObjectFieldSelector",
-    "io.k8s.api.core.v1.ResourceFieldSelector",
-    "io.k8s.api.core.v1.NodeSelector",
-    "io.k8s.api.core.v1.NodeSelectorTerm",
-    "io.k8s.api.core.v1.TopologySelectorTerm",
-];
 
 /// A built-in resource's type, from `patch_meta`. Without metadata (custom resources until
 /// their schemas are wired in) every list is atomic and every object granular, which is
@@ -120,7 +105,7 @@ impl Schema for TypedSchema {
             _ => Some(node),
         };
         node.and_then(|n| n.definition())
-            .is_some_and(|d| ATOMIC_STRUCTS.contains(&d.name.as_str()))
+            .is_some_and(|d| d.element_type == Some(ElementType::Atomic))
     }
 
     fn is_map(&self, path: &[String]) -> bool {

@@ -243,6 +243,33 @@ mod tests {
     }
 
     #[test]
+    fn strategic_patch_needs_patch_metadata() {
+        let doc = json!({"spec": {"x": [1]}});
+        let err = apply(
+            PatchKind::Strategic,
+            &doc,
+            &json!({"spec": {"x": [2]}}),
+            None,
+        )
+        .expect_err("no metadata, as for custom resources");
+        assert_eq!(err.code, 415);
+        assert!(
+            err.message
+                .contains("application/json-patch+json, application/merge-patch+json"),
+            "{}",
+            err.message
+        );
+        let out = apply(
+            PatchKind::Strategic,
+            &doc,
+            &json!({"spec": {"x": [2]}}),
+            Some(Node::any()),
+        )
+        .expect("untyped lists are replaced");
+        assert_eq!(out, json!({"spec": {"x": [2]}}));
+    }
+
+    #[test]
     fn json_patch_rfc6902() {
         let doc = json!({"metadata": {"labels": {"a/b": "1"}}, "l": [1, 2, 3]});
         let out = json_patch(

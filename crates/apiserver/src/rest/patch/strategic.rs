@@ -113,13 +113,16 @@ pub(crate) fn go_fmt(v: &Value) -> String {
         },
         Value::String(s) => s.clone(),
         Value::Array(a) => format!("[{}]", a.iter().map(go_fmt).collect::<Vec<_>>().join(" ")),
-        Value::Object(m) => format!(
-            "map[{}]",
-            m.iter()
+        Value::Object(m) => {
+            // Go prints maps sorted by key.
+            let mut entries: Vec<_> = m.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let entries: Vec<String> = entries
+                .into_iter()
                 .map(|(k, v)| format!("{k}:{}", go_fmt(v)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
+                .collect();
+            format!("map[{}]", entries.join(" "))
+        }
     }
 }
 
