@@ -338,6 +338,18 @@ async fn apply_options_are_checked_like_upstream() {
         err.message
     );
 
+    // The applied configuration may not carry managedFields.
+    let mut with_managed = cm.clone();
+    with_managed["metadata"]["managedFields"] = json!([{"manager": "x"}]);
+    let err = cms
+        .patch("c", &PatchParams::apply("m"), &Patch::Apply(&with_managed))
+        .await
+        .map(|_| ())
+        .map_err(api_error)
+        .expect_err("managedFields in the config");
+    assert_eq!(err.code, 400);
+    assert_eq!(err.message, "metadata.managedFields must be nil");
+
     // A YAML body (what kubectl and client-go send).
     let req =
         axum::http::Request::patch("/api/v1/namespaces/default/configmaps/y?fieldManager=yaml")
@@ -521,4 +533,65 @@ async fn kubectl_server_side_apply_and_show_managed_fields() {
         .kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
         .await;
     assert_eq!(replicas.trim(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_apply_is_its_own_manager() {
+    let t = TestServer::start().await;
+    let deploys: Api<Deployment> = Api::namespaced(t.client().await, "default");
+    deploys
+        .patch(
+            "web",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(deployment(1, json!([{"name": "app", "image": "nginx:1"}]))),
+        )
+        .await
+        .expect("create");
+    let status = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 9},
+        "status": {"replicas": 1, "observedGeneration": 1},
+    });
+    let after = deploys
+        .patch_status("web", &PatchParams::apply("ctrl"), &Patch::Apply(&status))
+        .await
+        .expect("status apply");
+    // Only the status changed, and only the status is the controller's.
+    assert_eq!(after.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    assert_eq!(after.status.as_ref().and_then(|s| s.replicas), Some(1));
+    let ctrl = entry(&after, "ctrl").expect("ctrl entry");
+    assert_eq!(ctrl["operation"], "Apply");
+    assert_eq!(ctrl["subresource"], "status");
+    assert_eq!(
+        ctrl["fieldsV1"],
+        json!({"f:status": {"f:observedGeneration": {}, "f:replicas": {}}})
+    );
+    // The main resource ignores status in an applied configuration.
+    let main = deploys
+        .patch(
+            "web",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "app", "image": "nginx:1"}]},
+                    },
+                },
+                "status": {"replicas": 5},
+            })),
+        )
+        .await
+        .expect("main apply");
+    assert_eq!(main.status.as_ref().and_then(|s| s.replicas), Some(1));
+    assert!(
+        entry(&main, "alice").expect("alice")["fieldsV1"]
+            .get("f:status")
+            .is_none()
+    );
 }

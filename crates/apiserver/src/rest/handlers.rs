@@ -1047,6 +1047,12 @@ async fn apply_patch(
     let force = flag(ctx.query, "force");
     let validation = FieldValidation::from_query(ctx.query)?;
     let mut config = apply_body(body)?;
+    if config
+        .pointer("/metadata/managedFields")
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
     check_type(&mut config, info)?;
     namespace_of(info, ctx.ns(), &mut config)?;
     match meta_str(&config, "name") {
@@ -1086,7 +1092,17 @@ async fn apply_patch(
                 meta.insert("name".into(), json!(name));
             }
             namespace_of(info, ctx.ns(), &mut merged)?;
-            merge_update(info, old, &merged, status_only)
+            // `/status` keeps everything but the status from the stored object: the managed
+            // fields are apply's.
+            let managed = merged.pointer("/metadata/managedFields").cloned();
+            let mut new = merge_update(info, old, &merged, status_only)?;
+            if let Some(meta) = metadata_mut(&mut new) {
+                match managed {
+                    Some(m) => meta.insert("managedFields".into(), m),
+                    None => meta.remove("managedFields"),
+                };
+            }
+            Ok(new)
         })
         .await;
         match result {
