@@ -9,7 +9,8 @@
 //! - [`apply`] merges an applied configuration into the live object by the list types of
 //!   [`schema`], refuses to change fields other managers own (409 with one cause per field)
 //!   unless forced, and removes the fields the applier set before, omits now, and nobody else
-//!   owns.
+//!   owns. The fields of an existing object without managed fields belong to
+//!   `before-first-apply`, as upstream.
 //!
 //! `apiVersion`, `kind`, the server-owned metadata, `managedFields` itself, and the part of the
 //! object a request may not change (`status` on a main resource with a status subresource,
