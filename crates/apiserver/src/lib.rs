@@ -14,6 +14,7 @@
 //! See `ARCHITECTURE.md` in this crate for the invariants.
 
 mod admission;
+mod apply;
 mod bootstrap;
 mod config;
 mod crd;

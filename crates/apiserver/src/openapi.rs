@@ -136,7 +136,24 @@ const PATCH_TYPES: &[&str] = &[
     "application/json-patch+json",
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
 ];
+/// Custom resources take no strategic merge patch (no patch metadata): kubectl then sends a
+/// JSON merge patch for `apply`.
+const CUSTOM_PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+/// The patch media types a resource accepts.
+fn patch_types(info: &ResourceInfo) -> &'static [&'static str] {
+    if info.custom.is_some() {
+        CUSTOM_PATCH_TYPES
+    } else {
+        PATCH_TYPES
+    }
+}
 const PATCH_SCHEMA: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
 
 fn operation(
@@ -192,7 +209,7 @@ fn patch_operation(info: &ResourceInfo, schema: &Value) -> Value {
         schema,
     );
     let body_schema = json!({ "$ref": format!("#/components/schemas/{PATCH_SCHEMA}") });
-    let content: Map<String, Value> = PATCH_TYPES
+    let content: Map<String, Value> = patch_types(info)
         .iter()
         .map(|t| ((*t).to_string(), json!({ "schema": body_schema })))
         .collect();
@@ -371,7 +388,7 @@ fn v2_operation(info: &ResourceInfo, verb: &str, action: &str, schema: &Value) -
         },
     });
     if verb == "patch" {
-        op["consumes"] = json!(PATCH_TYPES);
+        op["consumes"] = json!(patch_types(info));
     }
     op
 }

@@ -12,6 +12,7 @@ use super::object::{
     typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
+use crate::apply::Writer;
 use crate::registry::{REGISTRY, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::AppState;
@@ -39,6 +40,25 @@ impl<'a> Ctx<'a> {
     }
     pub(crate) fn dry_run(&self) -> bool {
         self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+    /// Who this request writes as, for `managedFields`: `fieldManager`, else the User-Agent.
+    pub(crate) fn writer(&self) -> Writer<'a> {
+        let ua = self
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        Writer {
+            info: self.info(),
+            manager: crate::apply::manager_of(
+                self.query.get("fieldManager").map(String::as_str),
+                ua,
+            ),
+            subresource: match self.target.subresource.as_deref() {
+                Some("status") => "status",
+                _ => "",
+            },
+            now: crate::time::now_rfc3339(),
+        }
     }
 }
 
@@ -379,8 +399,17 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     }
     let validation = FieldValidation::from_query(ctx.query)?;
     let obj = body_json(ctx.headers, body)?;
-    let (obj, warnings) =
-        create_object(ctx.state, info, ctx.ns(), obj, ctx.dry_run(), validation).await?;
+    let writer = ctx.writer();
+    let (obj, warnings) = create_object_as(
+        ctx.state,
+        info,
+        ctx.ns(),
+        obj,
+        ctx.dry_run(),
+        validation,
+        Some(&writer),
+    )
+    .await?;
     respond_with_warnings(ctx, StatusCode::CREATED, &obj, &warnings)
 }
 
@@ -438,14 +467,45 @@ async fn check_namespace(
 }
 
 /// Validates, defaults and stores a new object; returns it as stored, and the warnings about
-/// unknown fields.
+/// unknown fields. Its managed fields name `kube-apiserver` (what the server creates itself).
 pub(crate) async fn create_object(
+    state: &AppState,
+    info: &ResourceInfo,
+    path_ns: Option<&str>,
+    obj: Value,
+    dry_run: bool,
+    validation: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let writer = Writer {
+        info: REGISTRY
+            .find(info.group, info.version, info.plural)
+            .ok_or_else(|| ApiError::internal("the resource is not registered"))?,
+        manager: "kube-apiserver".into(),
+        subresource: "",
+        now: crate::time::now_rfc3339(),
+    };
+    create_object_as(
+        state,
+        info,
+        path_ns,
+        obj,
+        dry_run,
+        validation,
+        Some(&writer),
+    )
+    .await
+}
+
+/// [`create_object`] recording the create by `writer` in `managedFields`; with `None` the
+/// object's managed fields are kept as given (server-side apply has set them).
+pub(crate) async fn create_object_as(
     state: &AppState,
     info: &ResourceInfo,
     path_ns: Option<&str>,
     mut obj: Value,
     dry_run: bool,
     validation: FieldValidation,
+    writer: Option<&Writer<'_>>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     check_type(&mut obj, info)?;
     drop_ignored_status(info, &mut obj);
@@ -501,6 +561,9 @@ pub(crate) async fn create_object(
         check_namespace(state, info, ns, &name).await?;
     }
     set_system_fields(info, &mut obj);
+    if let Some(w) = writer {
+        crate::apply::track_update(w, None, &mut obj);
+    }
     // A generated name that collides is generated again, as upstream does.
     let attempts = if name.is_empty() { 8 } else { 1 };
     for _ in 0..attempts {
@@ -911,8 +974,11 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
         }
     }
     let key = info.key(ctx.ns(), name);
+    let writer = ctx.writer();
     let result = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-        merge_update(info, old, &req, status_only)
+        let mut new = merge_update(info, old, &req, status_only)?;
+        crate::apply::track_update(&writer, Some(old), &mut new);
+        Ok(new)
     })
     .await;
     match result {
@@ -921,13 +987,14 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
             if let Some(meta) = metadata_mut(&mut req) {
                 meta.remove("resourceVersion");
             }
-            let (obj, _) = create_object(
+            let (obj, _) = create_object_as(
                 ctx.state,
                 info,
                 ctx.ns(),
                 req,
                 ctx.dry_run(),
                 FieldValidation::Ignore,
+                Some(&writer),
             )
             .await?;
             respond_with_warnings(ctx, StatusCode::CREATED, &obj, &warnings)
@@ -946,6 +1013,16 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     }
     let status_only = check_subresource(ctx.target)?;
     let ct = content_type(ctx.headers);
+    if ct == APPLY_PATCH {
+        return apply_patch(ctx, name, status_only, body).await;
+    }
+    if ctx.query.contains_key("force") {
+        return Err(patch_options_invalid(
+            "force",
+            "FieldValueForbidden",
+            "Forbidden: may not be specified for non-apply patch",
+        ));
+    }
     let kind = super::patch::PatchKind::from_media_type(&ct)
         .ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
     if info.custom.is_some() && kind == super::patch::PatchKind::Strategic {
@@ -966,6 +1043,7 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     let validation = FieldValidation::from_query(ctx.query)?;
     let key = info.key(ctx.ns(), name);
     let mut warnings = Vec::new();
+    let writer = ctx.writer();
     let meta = crate::patch_meta::for_resource(info);
     let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
         let mut patched = super::patch::apply(kind, old, &patch, meta)?;
@@ -981,10 +1059,166 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
             meta.insert("name".into(), json!(name));
         }
         namespace_of(info, ctx.ns(), &mut patched)?;
-        merge_update(info, old, &patched, status_only)
+        let mut new = merge_update(info, old, &patched, status_only)?;
+        crate::apply::track_update(&writer, Some(old), &mut new);
+        Ok(new)
     })
     .await?;
     respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings)
+}
+
+/// The media type of server-side apply.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// 422 about a `PatchOptions` query parameter, as upstream words it.
+fn patch_options_invalid(field: &str, reason: &'static str, detail: &str) -> ApiError {
+    ApiError {
+        details: Some(json!({
+            "group": "meta.k8s.io",
+            "kind": "PatchOptions",
+            "causes": [{"reason": reason, "message": detail, "field": field}],
+        })),
+        ..ApiError::new(
+            422,
+            "Invalid",
+            format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {detail}"),
+        )
+    }
+}
+
+/// The body of an apply patch: YAML, of which JSON is a subset, holding an object.
+fn apply_body(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: the applied configuration is not an object",
+        ));
+    }
+    Ok(v)
+}
+
+/// Server-side apply (`application/apply-patch+yaml`): merges the applied configuration into
+/// the live object as `fieldManager`, or creates the object (201) if there is none.
+async fn apply_patch(
+    ctx: Ctx<'_>,
+    name: &str,
+    status_only: bool,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    let manager = ctx
+        .query
+        .get("fieldManager")
+        .map(String::as_str)
+        .unwrap_or("");
+    if manager.is_empty() {
+        return Err(patch_options_invalid(
+            "fieldManager",
+            "FieldValueRequired",
+            "Required value: is required for apply patch",
+        ));
+    }
+    if manager.len() > crate::apply::FIELD_MANAGER_MAX {
+        return Err(patch_options_invalid(
+            "fieldManager",
+            "FieldValueTooLong",
+            &format!(
+                "Too long: may not be more than {} bytes",
+                crate::apply::FIELD_MANAGER_MAX
+            ),
+        ));
+    }
+    let force = flag(ctx.query, "force");
+    let validation = FieldValidation::from_query(ctx.query)?;
+    let mut config = apply_body(body)?;
+    if config
+        .pointer("/metadata/managedFields")
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    check_type(&mut config, info)?;
+    namespace_of(info, ctx.ns(), &mut config)?;
+    match meta_str(&config, "name") {
+        n if n == name => {}
+        "" => {
+            if let Some(meta) = metadata_mut(&mut config) {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({other}) does not match the name on the URL ({name})"
+            )));
+        }
+    }
+    let precondition = request_resource_version(&config)?;
+    let writer = ctx.writer();
+    let key = info.key(ctx.ns(), name);
+    // Create when absent; a create that loses the race to another one applies to it instead.
+    for _ in 0..2 {
+        let mut warnings = Vec::new();
+        let result = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
+            if let Some(rv) = precondition
+                && meta_str(old, "resourceVersion") != rv.to_string()
+            {
+                return Err(ApiError::conflict(info, name));
+            }
+            let merged = crate::apply::apply(&writer, Some(old), &config, force)?;
+            let mut merged = merged;
+            check_type(&mut merged, info)?;
+            let (mut merged, w) = typed_roundtrip_checked(merged, info, validation)?;
+            warnings = w;
+            if !status_only {
+                crate::defaults::apply(info, &mut merged, false);
+            }
+            if let Some(meta) = metadata_mut(&mut merged) {
+                meta.insert("name".into(), json!(name));
+            }
+            namespace_of(info, ctx.ns(), &mut merged)?;
+            // `/status` keeps everything but the status from the stored object: the managed
+            // fields are apply's.
+            let managed = merged.pointer("/metadata/managedFields").cloned();
+            let mut new = merge_update(info, old, &merged, status_only)?;
+            if let Some(meta) = metadata_mut(&mut new) {
+                match managed {
+                    Some(m) => meta.insert("managedFields".into(), m),
+                    None => meta.remove("managedFields"),
+                };
+            }
+            Ok(new)
+        })
+        .await;
+        match result {
+            Ok(obj) => return respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings),
+            Err(e) if e.code == 404 && !status_only && precondition.is_none() => {
+                let merged = crate::apply::apply(&writer, None, &config, force)?;
+                match create_object_as(
+                    ctx.state,
+                    info,
+                    ctx.ns(),
+                    merged,
+                    ctx.dry_run(),
+                    validation,
+                    None,
+                )
+                .await
+                {
+                    Ok((obj, warnings)) => {
+                        return respond_with_warnings(ctx, StatusCode::CREATED, &obj, &warnings);
+                    }
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(info, name))
 }
 
 // ---------------------------------------------------------------------------------------------

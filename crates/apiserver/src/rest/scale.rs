@@ -106,6 +106,10 @@ enum Change {
 async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, ApiError> {
     let info = ctx.info();
     let key = info.key(ctx.ns(), name);
+    let writer = crate::apply::Writer {
+        subresource: "scale",
+        ..ctx.writer()
+    };
     let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
         let current = to_scale_of(info, old);
         let scale = match &change {
@@ -147,7 +151,10 @@ async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, Api
                 return Err(ApiError::invalid(info, name, causes));
             }
         }
-        merge_update(info, old, &new, false)
+        let mut new = merge_update(info, old, &new, false)?;
+        // Recorded on the parent, as upstream does: `spec.replicas` with subresource `scale`.
+        crate::apply::track_update(&writer, Some(old), &mut new);
+        Ok(new)
     })
     .await?;
     ok(StatusCode::OK, &to_scale_of(info, &obj))
