@@ -1,0 +1,221 @@
+//! Authentication and authorization of every request, in front of the router.
+//!
+//! Authentication, in upstream's order: a client certificate verified against the client CA
+//! by the TLS handshake (user = CN, groups = O); a bearer token, from the static token file
+//! (`--token-auth-file`) or a service-account JWT ([`serviceaccount`]). A bearer token that
+//! does not authenticate is a 401 even where anonymous requests are allowed (as upstream). A
+//! request without credentials is `system:anonymous` in `system:unauthenticated` on
+//! [`ANONYMOUS_PATHS`] only, 401 elsewhere. Every authenticated user is also in
+//! `system:authenticated`.
+//!
+//! Authorization: `system:masters` may do anything (as upstream's privileged-group
+//! authorizer); everyone else goes through RBAC ([`rbac`]), answered with upstream's 403.
+
+pub(crate) mod attributes;
+pub(crate) mod policy;
+pub(crate) mod rbac;
+pub(crate) mod review;
+pub(crate) mod serviceaccount;
+pub(crate) mod token_file;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rk3s_datastore::Store;
+
+pub(crate) use attributes::Attributes;
+
+use crate::error::Result;
+use crate::pki::{Pki, SYSTEM_MASTERS};
+use crate::server::AppState;
+use crate::status::ApiError;
+
+/// Paths an anonymous request may reach (upstream's anonymous-authentication conditions as
+/// K3s-like servers configure them); RBAC's `system:public-info-viewer` then allows them.
+pub(crate) const ANONYMOUS_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+
+pub(crate) const SYSTEM_AUTHENTICATED: &str = "system:authenticated";
+pub(crate) const SYSTEM_UNAUTHENTICATED: &str = "system:unauthenticated";
+pub(crate) const SYSTEM_ANONYMOUS: &str = "system:anonymous";
+
+/// The default service-account token issuer (and API audience), as K3s sets it.
+pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// Authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `--token-auth-file`: static bearer tokens, upstream's CSV format
+    /// (`token,user,uid,"group1,group2"`).
+    pub token_auth_file: Option<PathBuf>,
+    /// `--service-account-issuer`: the `iss` of the tokens this server issues and accepts.
+    pub service_account_issuer: String,
+    /// `--api-audiences`: a service-account token must name one of these (default: the
+    /// issuer).
+    pub api_audiences: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_auth_file: None,
+            service_account_issuer: DEFAULT_ISSUER.into(),
+            api_audiences: Vec::new(),
+        }
+    }
+}
+
+/// Who made a request: upstream's `user.Info`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct UserInfo {
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) groups: Vec<String>,
+    pub(crate) extra: BTreeMap<String, Vec<String>>,
+}
+
+impl UserInfo {
+    pub(crate) fn new(name: impl Into<String>, groups: Vec<String>) -> Self {
+        UserInfo {
+            name: name.into(),
+            groups,
+            ..UserInfo::default()
+        }
+    }
+
+    fn anonymous() -> Self {
+        UserInfo::new(SYSTEM_ANONYMOUS, vec![SYSTEM_UNAUTHENTICATED.into()])
+    }
+
+    /// Adds `system:authenticated` (upstream's AuthenticatedGroupAdder).
+    fn authenticated(mut self) -> Self {
+        if !self.groups.iter().any(|g| g == SYSTEM_AUTHENTICATED) {
+            self.groups.push(SYSTEM_AUTHENTICATED.into());
+        }
+        self
+    }
+
+    pub(crate) fn is_superuser(&self) -> bool {
+        self.groups.iter().any(|g| g == SYSTEM_MASTERS)
+    }
+
+    /// As the `UserInfo` of TokenReview and SelfSubjectReview status.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({ "username": self.name, "groups": self.groups });
+        if !self.uid.is_empty() {
+            v["uid"] = self.uid.clone().into();
+        }
+        if !self.extra.is_empty() {
+            v["extra"] = serde_json::json!(self.extra);
+        }
+        v
+    }
+}
+
+/// The verified client certificate of a connection: (CN, O values), if one was offered.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerCert(pub(crate) Option<(String, Vec<String>)>);
+
+/// What authenticates and authorizes requests.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    tokens: HashMap<String, UserInfo>,
+    pub(crate) service_accounts: serviceaccount::Tokens,
+    pub(crate) rbac: rbac::Cache,
+}
+
+impl Auth {
+    pub(crate) fn new(config: &AuthConfig, pki: &Pki, store: Store) -> Result<Self> {
+        let tokens = match &config.token_auth_file {
+            Some(path) => token_file::load(path)?,
+            None => HashMap::new(),
+        };
+        let audiences = if config.api_audiences.is_empty() {
+            vec![config.service_account_issuer.clone()]
+        } else {
+            config.api_audiences.clone()
+        };
+        Ok(Auth {
+            tokens,
+            service_accounts: serviceaccount::Tokens::new(
+                &pki.service_account_key_pem,
+                config.service_account_issuer.clone(),
+                audiences,
+            )?,
+            rbac: rbac::Cache::new(store),
+        })
+    }
+
+    /// Authenticates a bearer token. `Ok(None)`: not a token any authenticator knows.
+    pub(crate) async fn authenticate_token(
+        &self,
+        store: &Store,
+        token: &str,
+        audiences: Option<&[String]>,
+    ) -> Option<UserInfo> {
+        if let Some(user) = self.tokens.get(token) {
+            return Some(user.clone());
+        }
+        match self
+            .service_accounts
+            .authenticate(store, token, audiences)
+            .await
+        {
+            Ok(user) => Some(user),
+            Err(why) => {
+                tracing::debug!(%why, "bearer token rejected");
+                None
+            }
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`, if sent.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The middleware: authenticate, authorize, then hand the request on with its [`UserInfo`].
+pub(crate) async fn middleware(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let cert = req.extensions().get::<PeerCert>().and_then(|p| p.0.clone());
+    let user = if let Some((cn, orgs)) = cert {
+        UserInfo::new(cn, orgs).authenticated()
+    } else if let Some(token) = bearer(&req) {
+        match state
+            .auth
+            .authenticate_token(&state.store, token, None)
+            .await
+        {
+            Some(user) => user.authenticated(),
+            None => return unauthorized(),
+        }
+    } else if ANONYMOUS_PATHS.contains(&req.uri().path()) {
+        UserInfo::anonymous()
+    } else {
+        return unauthorized();
+    };
+    let attrs = Attributes::from_request(&user, req.method(), req.uri());
+    if let Err(e) = state.auth.rbac.authorize(&attrs) {
+        tracing::debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.resource, "forbidden");
+        return e.into_response();
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
+}
+
+/// 401 with upstream's `Status` body.
+fn unauthorized() -> Response {
+    ApiError::new(401, "Unauthorized", "Unauthorized").into_response()
+}
