@@ -234,8 +234,15 @@ impl Pki {
     }
 
     /// A client certificate for `common_name` in `organizations` (the user and its groups),
-    /// signed by the client CA, valid for a year. Nothing is written.
+    /// signed by the client CA, valid for a year. Nothing is written. At most one organization:
+    /// rcgen writes one value per attribute type (certificates from elsewhere with several O
+    /// values are read with all of them).
     pub fn issue_client_cert(&self, common_name: &str, organizations: &[&str]) -> Result<CertKey> {
+        if organizations.len() > 1 {
+            return Err(Error::Tls(format!(
+                "{common_name}: a certificate issued here carries at most one organization"
+            )));
+        }
         issue(
             &self.client_ca,
             &LeafSpec {

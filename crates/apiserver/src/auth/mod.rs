@@ -13,6 +13,7 @@
 
 pub(crate) mod attributes;
 pub(crate) mod policy;
+pub(crate) mod proto;
 pub(crate) mod rbac;
 pub(crate) mod review;
 pub(crate) mod serviceaccount;
@@ -171,6 +172,24 @@ impl Auth {
             }
         }
     }
+}
+
+/// The JSON of a request body of `kind` to the auth APIs, decoding protobuf (kubectl's typed
+/// clients send it) when that is the body's content type.
+pub(crate) fn body_json(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    kind: &str,
+) -> std::result::Result<serde_json::Value, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if proto::is_protobuf(ct) {
+        return proto::to_json(body, kind)
+            .map_err(|e| ApiError::bad_request(format!("invalid {kind}: {e}")));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid {kind}: {e}")))
 }
 
 /// `Authorization: Bearer <token>`, if sent.

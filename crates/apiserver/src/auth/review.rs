@@ -21,13 +21,13 @@ pub(crate) async fn serve(
     user: &UserInfo,
     method: &Method,
     target: &Target,
+    headers: &axum::http::HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     if *method != Method::POST || target.name.is_some() {
         return Err(ApiError::method_not_allowed());
     }
-    let mut req: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid {}: {e}", target.info.kind)))?;
+    let mut req = super::body_json(headers, body, target.info.kind)?;
     if !req.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }

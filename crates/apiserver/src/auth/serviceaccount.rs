@@ -259,13 +259,16 @@ pub(crate) async fn token_request(
     state: &crate::server::AppState,
     ns: &str,
     name: &str,
+    headers: &axum::http::HeaderMap,
     body: &[u8],
 ) -> std::result::Result<Response, ApiError> {
     let sa_info = REGISTRY
         .find("", "v1", "serviceaccounts")
         .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))?;
-    let mut req: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid TokenRequest: {e}")))?;
+    let mut req = super::body_json(headers, body, "TokenRequest")?;
+    if !req["spec"].is_object() {
+        req["spec"] = json!({});
+    }
     let typed: k8s_openapi::api::authentication::v1::TokenRequest =
         serde_json::from_value(req.clone())
             .map_err(|e| ApiError::bad_request(format!("invalid TokenRequest: {e}")))?;

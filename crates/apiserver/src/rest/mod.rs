@@ -164,7 +164,7 @@ pub(crate) async fn serve(
         target.info.group,
         "authentication.k8s.io" | "authorization.k8s.io"
     ) {
-        return crate::auth::review::serve(&state, &user, &method, &target, &body)
+        return crate::auth::review::serve(&state, &user, &method, &target, &headers, &body)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
@@ -176,7 +176,7 @@ pub(crate) async fn serve(
     ) && target.info.group.is_empty()
         && method == Method::POST
     {
-        return crate::auth::serviceaccount::token_request(&state, ns, name, &body)
+        return crate::auth::serviceaccount::token_request(&state, ns, name, &headers, &body)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }

@@ -20,6 +20,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        Self::start_with(rk3s_apiserver::AuthConfig::default()).await
+    }
+
+    /// Like [`TestServer::start`] with these authentication settings.
+    pub async fn start_with(auth: rk3s_apiserver::AuthConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("state.db");
         let store = rk3s_datastore::connect(&rk3s_datastore::Config {
@@ -29,7 +34,9 @@ impl TestServer {
         .await
         .expect("SQLite store");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let server = Apiserver::start(store.clone(), listen)
+        let server = Apiserver::new(store.clone())
+            .auth(auth)
+            .serve(listen)
             .await
             .expect("apiserver starts");
         // The admin kubeconfig: the admin client certificate (system:masters).
