@@ -563,6 +563,7 @@ pub(crate) fn write_file(path: &PathBuf, contents: &str, mode: u32) -> Result<()
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;

@@ -191,6 +191,7 @@ pub(crate) fn to_json(body: &[u8], kind: &str) -> Result<Value, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -200,7 +200,7 @@ fn applies(subjects: Option<&[Subject]>, user: &UserInfo, binding_ns: &str) -> b
         .iter()
         .any(|s| match s.kind.as_str() {
             "User" => s.name == user.name,
-            "Group" => user.groups.iter().any(|g| *g == s.name),
+            "Group" => user.groups.contains(&s.name),
             "ServiceAccount" => {
                 let ns = match s.namespace.as_deref() {
                     Some(ns) if !ns.is_empty() => ns,
@@ -248,7 +248,7 @@ pub(crate) fn rule_allows(rule: &PolicyRule, a: &Attributes) -> bool {
         return false;
     }
     let names = rule.resource_names.as_deref().unwrap_or(&[]);
-    names.is_empty() || names.iter().any(|n| *n == a.name)
+    names.is_empty() || names.contains(&a.name)
 }
 
 fn url_matches(rule_url: &str, path: &str) -> bool {

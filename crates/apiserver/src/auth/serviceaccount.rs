@@ -371,6 +371,7 @@ pub(crate) async fn token_request(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -81,6 +81,7 @@ fn csv_fields(line: &str) -> std::result::Result<Vec<String>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
