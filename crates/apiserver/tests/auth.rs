@@ -774,3 +774,84 @@ async fn static_token_file_users() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelets_read_only_what_their_pods_use() {
+    let t = TestServer::start().await;
+    let objects = "\
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: s1, namespace: default}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: s2, namespace: default}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1, namespace: default}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: busybox}]
+  volumes: [{name: v, secret: {secretName: s1}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p2, namespace: default}
+spec:
+  nodeName: n2
+  containers:
+  - name: c
+    image: busybox
+    env: [{name: A, valueFrom: {secretKeyRef: {name: s2, key: k}}}]
+";
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], objects).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kubelet = t.user_kubeconfig("system:node:n1", &["system:nodes"]);
+    let out = t
+        .kubectl_as(&kubelet, &["get", "secret", "s1", "-n", "default"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = t
+        .kubectl_as(&kubelet, &["get", "secret", "s2", "-n", "default"])
+        .await;
+    assert!(
+        stderr(&out).contains(
+            "secrets \"s2\" is forbidden: User \"system:node:n1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\""
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = t
+        .kubectl_as(&kubelet, &["get", "secrets", "-n", "default"])
+        .await;
+    assert!(!out.status.success(), "a kubelet cannot list secrets");
+    // Its own Node it may change, another's not.
+    let out = t
+        .kubectl_as(&kubelet, &["label", "node", "n1", "a=b"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = t
+        .kubectl_as(&kubelet, &["label", "node", "n2", "a=b"])
+        .await;
+    assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+    // Reading pods is in the system:node role.
+    let out = t.kubectl_as(&kubelet, &["get", "pods", "-A"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The same certificate without the system:nodes group is nobody special.
+    let fake = t.user_kubeconfig("system:node:n1", &[]);
+    let out = t
+        .kubectl_as(&fake, &["get", "secret", "s1", "-n", "default"])
+        .await;
+    assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+}

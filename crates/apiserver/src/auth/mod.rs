@@ -9,9 +9,11 @@
 //! `system:authenticated`.
 //!
 //! Authorization: `system:masters` may do anything (as upstream's privileged-group
-//! authorizer); everyone else goes through RBAC ([`rbac`]), answered with upstream's 403.
+//! authorizer); kubelets go through the node authorizer ([`node`]) first; then RBAC
+//! ([`rbac`]); a denial is upstream's 403.
 
 pub(crate) mod attributes;
+pub(crate) mod node;
 pub(crate) mod policy;
 pub(crate) mod proto;
 pub(crate) mod rbac;
@@ -226,12 +228,26 @@ pub(crate) async fn middleware(
         return unauthorized();
     };
     let attrs = Attributes::from_request(&user, req.method(), req.uri());
-    if let Err(e) = state.auth.rbac.authorize(&attrs) {
+    if !authorize(&state, &attrs).await {
         tracing::debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.resource, "forbidden");
-        return e.into_response();
+        return attrs.forbidden("").into_response();
     }
     req.extensions_mut().insert(user);
     next.run(req).await
+}
+
+/// The authorizer chain, as upstream's `Node,RBAC`: `system:masters`, then the node
+/// authorizer for kubelets, then RBAC.
+pub(crate) async fn authorize(state: &AppState, attrs: &Attributes) -> bool {
+    if attrs.user.is_superuser() {
+        return true;
+    }
+    if let Some(node) = node::node_of(&attrs.user)
+        && node::allows(state, node, attrs).await
+    {
+        return true;
+    }
+    state.auth.rbac.allows(attrs)
 }
 
 /// 401 with upstream's `Status` body.

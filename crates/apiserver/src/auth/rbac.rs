@@ -271,18 +271,18 @@ impl Cache {
         self.policy.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `a` is allowed: `system:masters` always, everyone else by RBAC.
+    /// Whether RBAC (or membership of `system:masters`) allows `a`. The whole chain, with the
+    /// node authorizer, is `auth::authorize`.
     pub(crate) fn allows(&self, a: &Attributes) -> bool {
         a.user.is_superuser() || self.read().allows(a)
     }
 
-    /// `Ok` if allowed, else upstream's 403.
-    pub(crate) fn authorize(&self, a: &Attributes) -> std::result::Result<(), ApiError> {
-        if self.allows(a) {
-            Ok(())
-        } else {
-            Err(a.forbidden(""))
-        }
+    /// Whether the rules of the ClusterRole `name` allow `a` (for the node authorizer).
+    pub(crate) fn cluster_role_allows(&self, name: &str, a: &Attributes) -> bool {
+        self.read()
+            .cluster_roles
+            .get(name)
+            .is_some_and(|cr| cr.rules.iter().flatten().any(|r| rule_allows(r, a)))
     }
 
     /// Every rule `user` holds in `namespace` (cluster-wide rules included).

@@ -157,7 +157,7 @@ pub(crate) async fn serve(
                     ));
                 }
             };
-            if state.auth.rbac.allows(&attrs) {
+            if super::authorize(state, &attrs).await {
                 json!({ "allowed": true })
             } else {
                 json!({ "allowed": false })
