@@ -855,3 +855,27 @@ spec:
         .await;
     assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonation_needs_the_impersonate_verb() {
+    let t = TestServer::start().await;
+    // The admin may impersonate: `--as` answers for the impersonated user.
+    let out = t
+        .kubectl(&["auth", "can-i", "list", "secrets", "--as", "ivan"])
+        .await;
+    assert_eq!(stdout(&out).trim(), "no", "{}", stderr(&out));
+    let out = t
+        .kubectl_ok(&["auth", "whoami", "--as", "ivan", "--as-group", "g1"])
+        .await;
+    assert!(out.contains("ivan") && out.contains("g1"), "{out}");
+    // Someone without `impersonate` may not.
+    let judy = t.user_kubeconfig("judy", &[]);
+    let out = t
+        .kubectl_as(&judy, &["get", "ns", "--as", "system:admin"])
+        .await;
+    assert!(
+        stderr(&out).contains("User \"judy\" cannot impersonate resource \"users\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -227,6 +227,10 @@ pub(crate) async fn middleware(
     } else {
         return unauthorized();
     };
+    let user = match impersonate(&state, user, req.headers()).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
     let attrs = Attributes::from_request(&user, req.method(), req.uri());
     if !authorize(&state, &attrs).await {
         tracing::debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.resource, "forbidden");
@@ -248,6 +252,129 @@ pub(crate) async fn authorize(state: &AppState, attrs: &Attributes) -> bool {
         return true;
     }
     state.auth.rbac.allows(attrs)
+}
+
+/// Upstream's impersonation: `Impersonate-User`, `Impersonate-Group`, `Impersonate-Uid`,
+/// `Impersonate-Extra-<key>` headers, each allowed by the `impersonate` verb on `users` (or
+/// `serviceaccounts`), `groups`, `uids`, `userextras/<key>`. The request then runs as that
+/// user. Groups or extras without a user are a 400, as upstream.
+async fn impersonate(
+    state: &AppState,
+    user: UserInfo,
+    headers: &axum::http::HeaderMap,
+) -> std::result::Result<UserInfo, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    };
+    let target = values("impersonate-user").into_iter().next();
+    let groups = values("impersonate-group");
+    let uid = values("impersonate-uid").into_iter().next();
+    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix("impersonate-extra-")
+            && let Ok(v) = value.to_str()
+        {
+            let key = percent_decode(key);
+            extra.entry(key).or_default().push(v.to_string());
+        }
+    }
+    let Some(target) = target else {
+        if groups.is_empty() && uid.is_none() && extra.is_empty() {
+            return Ok(user);
+        }
+        return Err(ApiError::bad_request(
+            "requested impersonation of groups, a uid or extras without impersonating a user",
+        ));
+    };
+    let check = |resource: &str, ns: &str, name: &str, sub: &str| {
+        Attributes::resource(
+            user.clone(),
+            "impersonate",
+            if resource == "serviceaccounts" {
+                ""
+            } else {
+                "authentication.k8s.io"
+            },
+            resource,
+            sub,
+            ns,
+            name,
+        )
+    };
+    let mut asks = Vec::new();
+    let mut new_groups = groups.clone();
+    match target
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, name)) => {
+            asks.push(check("serviceaccounts", ns, name, ""));
+            if groups.is_empty() {
+                new_groups = vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{ns}"),
+                ];
+            }
+        }
+        None => asks.push(check("users", "", &target, "")),
+    }
+    for g in &groups {
+        asks.push(check("groups", "", g, ""));
+    }
+    if let Some(uid) = &uid {
+        asks.push(check("uids", "", uid, ""));
+    }
+    for (key, vals) in &extra {
+        for v in vals {
+            asks.push(check("userextras", "", v, key));
+        }
+    }
+    for a in &asks {
+        if !authorize(state, a).await {
+            let what = if a.resource == "users" || a.resource == "serviceaccounts" {
+                format!("{} \"{}\"", a.resource.trim_end_matches('s'), a.name)
+            } else {
+                format!("{} \"{}\"", a.resource, a.name)
+            };
+            let mut e = a.forbidden("");
+            e.message = format!(
+                "{} is forbidden: User \"{}\" cannot impersonate resource \"{}\" in API group \"{}\"{}",
+                a.resource,
+                user.name,
+                a.resource,
+                a.api_group,
+                if a.namespace.is_empty() {
+                    " at the cluster scope".to_string()
+                } else {
+                    format!(" in the namespace \"{}\"", a.namespace)
+                }
+            );
+            tracing::debug!(user = %user.name, %what, "impersonation refused");
+            return Err(e);
+        }
+    }
+    let impersonated = UserInfo {
+        name: target,
+        uid: uid.unwrap_or_default(),
+        groups: new_groups,
+        extra,
+    };
+    Ok(if impersonated.name == SYSTEM_ANONYMOUS {
+        impersonated
+    } else {
+        impersonated.authenticated()
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("k={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
 }
 
 /// 401 with upstream's `Status` body.
