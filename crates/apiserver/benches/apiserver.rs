@@ -3,7 +3,7 @@
 //!
 //! Runs the real `rk3s-apiserver` binary (release build, SQLite in a temp dir) as its own
 //! process, so that its RSS is its own, and drives it over HTTPS with kube-rs clients from this
-//! process. Progress goes to stderr, the table to stdout. Phases:
+//! process, as the admin (the client certificate the apiserver writes to its data dir). Progress goes to stderr, the table to stdout. Phases:
 //!
 //! - RSS at idle: `VmRSS` of the server process once `/readyz` answers.
 //! - creates/s: `--pods` pods (10,000 by default) created by 16 concurrent clients in one
@@ -93,7 +93,9 @@ impl Server {
             .stderr(log)
             .spawn()
             .context("starting rk3s-apiserver")?;
-        let ca = dir.path().join("server/tls/server-ca.crt");
+        let tls = dir.path().join("server/tls");
+        let ca = tls.join("server-ca.crt");
+        let (cert, key) = (tls.join("client-admin.crt"), tls.join("client-admin.key"));
         let kubeconfig = dir.path().join("kubeconfig");
         let mut server = Server {
             child,
@@ -101,7 +103,7 @@ impl Server {
             kubeconfig,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !ca.exists() {
+        while !(ca.exists() && key.exists()) {
             if Instant::now() > deadline {
                 bail!("the apiserver wrote no CA within 30 s");
             }
@@ -113,8 +115,10 @@ impl Server {
         std::fs::write(
             &server.kubeconfig,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\ncontexts:\n- name: b\n  context: {{cluster: b, user: b}}\ncurrent-context: b\nusers:\n- name: b\n  user: {{}}\n",
-                ca.display()
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\ncontexts:\n- name: b\n  context: {{cluster: b, user: b}}\ncurrent-context: b\nusers:\n- name: b\n  user: {{client-certificate: {}, client-key: {}}}\n",
+                ca.display(),
+                cert.display(),
+                key.display()
             ),
         )?;
         let client = server.client().await?;

@@ -10,13 +10,22 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", default)]
 pub struct Config {
-    /// Address the HTTPS listener binds. Defaults to 127.0.0.1: until authentication lands
-    /// (issue #4) the API is open to whoever can reach it.
+    /// Address the HTTPS listener binds (default 127.0.0.1).
     pub bind_address: IpAddr,
     /// Port of the HTTPS listener.
     pub https_listen_port: u16,
     /// The range Service cluster IPs come from (IPv4).
     pub service_cidr: String,
+    /// This node's name: a SAN of the serving certificate.
+    pub node_name: Option<String>,
+    /// `--tls-san`: extra names or addresses of the serving certificate.
+    pub tls_san: Vec<String>,
+    /// `--token-auth-file`: static bearer tokens (CSV: `token,user,uid,"group1,group2"`).
+    pub token_auth_file: Option<PathBuf>,
+    /// `--service-account-issuer`.
+    pub service_account_issuer: String,
+    /// `--api-audiences` (default: the issuer).
+    pub api_audiences: Vec<String>,
     /// The datastore, including `data-dir`.
     #[serde(flatten)]
     pub datastore: rk3s_datastore::Config,
@@ -28,6 +37,11 @@ impl Default for Config {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             https_listen_port: 6443,
             service_cidr: "10.43.0.0/16".into(),
+            node_name: None,
+            tls_san: Vec::new(),
+            token_auth_file: None,
+            service_account_issuer: crate::auth::DEFAULT_ISSUER.into(),
+            api_audiences: Vec::new(),
             datastore: rk3s_datastore::Config::default(),
         }
     }
@@ -42,6 +56,30 @@ impl Config {
     /// Where the serving certificate and its CA live: `<data-dir>/server/tls`.
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir().join("server").join("tls")
+    }
+
+    /// What the serving certificate must cover.
+    pub fn pki_options(&self, service_cidr: &crate::ServiceCidr) -> crate::PkiOptions {
+        crate::PkiOptions {
+            node_name: self.node_name.clone(),
+            node_ips: vec![self.bind_address],
+            tls_sans: self.tls_san.clone(),
+            service_ip: IpAddr::V4(service_cidr.first()),
+        }
+    }
+
+    /// The authentication settings.
+    pub fn auth_config(&self) -> Result<crate::AuthConfig> {
+        if self.service_account_issuer.is_empty() {
+            return Err(Error::InvalidConfig(
+                "service-account-issuer: must not be empty".into(),
+            ));
+        }
+        Ok(crate::AuthConfig {
+            token_auth_file: self.token_auth_file.clone(),
+            service_account_issuer: self.service_account_issuer.clone(),
+            api_audiences: self.api_audiences.clone(),
+        })
     }
 
     /// The socket address to listen on.

@@ -1,8 +1,8 @@
 //! The Kubernetes REST API server of rk3s.
 //!
-//! **Security: until issue #4 (PKI, authentication, RBAC) lands, this API is served without
-//! authentication or authorization.** Anyone who can reach the listener controls the cluster.
-//! The listener binds 127.0.0.1 by default for that reason; the server logs a warning at start.
+//! Every request is authenticated (client certificates of the client CA, bearer tokens,
+//! service-account tokens; anonymous only for the health endpoints and `/version`) and
+//! authorized by RBAC (`auth`). The PKI lives in `<data-dir>/server/tls/` (`pki`).
 //!
 //! - [`Config`] and [`run`]: the component entry point (K3s flag names; runs until shutdown).
 //! - [`Apiserver::start`]: an apiserver on a [`rk3s_datastore::Store`] in this process, on any
@@ -10,11 +10,12 @@
 //!
 //! Inside: [`registry`](crate) lists the served resources (from k8s-openapi types), `rest`
 //! serves every verb generically over JSON objects in the store, `discovery` the discovery
-//! documents, `health` the health and metrics endpoints, `tls` the serving certificate.
+//! documents, `health` the health and metrics endpoints.
 //! See `ARCHITECTURE.md` in this crate for the invariants.
 
 mod admission;
 mod apply;
+mod auth;
 mod bootstrap;
 mod config;
 mod crd;
@@ -22,9 +23,11 @@ mod defaults;
 mod discovery;
 mod error;
 mod health;
+mod join_token;
 mod metrics;
 mod openapi;
 mod patch_meta;
+mod pki;
 mod protobuf;
 mod quantity;
 mod registry;
@@ -34,17 +37,18 @@ mod server;
 mod services;
 mod status;
 mod time;
-mod tls;
 mod validation;
 
 use std::future::Future;
 
+pub use auth::{AuthConfig, DEFAULT_ISSUER};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
+pub use join_token::{JoinToken, JoinTokenError, ca_hash};
+pub use pki::{CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig};
 pub use server::{Apiserver, RunningApiserver};
 pub use services::ServiceCidr;
-pub use tls::TlsMaterial;
 
 /// Name of the component, as its binary and log lines call it.
 pub const COMPONENT: &str = "rk3s-apiserver";
@@ -55,10 +59,11 @@ pub const COMPONENT: &str = "rk3s-apiserver";
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     let store = rk3s_datastore::connect(&config.datastore).await?;
-    let tls = TlsMaterial::load_or_create(&config.tls_dir(), &[config.bind_address])?;
-    let service_cidr = config.service_cidr.parse().map_err(Error::InvalidConfig)?;
+    let service_cidr: ServiceCidr = config.service_cidr.parse().map_err(Error::InvalidConfig)?;
+    let pki = Pki::load_or_create(&config.tls_dir(), &config.pki_options(&service_cidr))?;
     let running = Apiserver::new(store.clone())
-        .tls(tls)
+        .pki(pki)
+        .auth(config.auth_config()?)
         .service_cidr(service_cidr)
         .serve(config.listen_addr())
         .await;

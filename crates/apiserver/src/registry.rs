@@ -10,6 +10,8 @@ use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::api::admissionregistration::v1 as admissionregistration;
 use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::authentication::v1 as authentication;
+use k8s_openapi::api::authorization::v1 as authorization;
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
 use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::certificates::v1 as certificates;
@@ -133,16 +135,32 @@ impl ResourceInfo {
         T::Scope: ScopeKind,
     {
         ResourceInfo {
+            list_kind: T::LIST_KIND,
+            ..Self::create_only::<T>()
+        }
+        .verbs(ALL_VERBS)
+    }
+
+    /// A resource that is only ever created and never stored or listed (the review APIs).
+    fn create_only<T>() -> Self
+    where
+        T: Resource
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + k8s_openapi::schemars::JsonSchema,
+        T::Scope: ScopeKind,
+    {
+        ResourceInfo {
             group: T::GROUP,
             version: T::VERSION,
             kind: T::KIND,
-            list_kind: T::LIST_KIND,
+            list_kind: "",
             plural: T::URL_PATH_SEGMENT,
             singular: T::KIND.to_lowercase(),
             namespaced: <T::Scope as ScopeKind>::NAMESPACED,
             short_names: &[],
             categories: &[],
-            verbs: ALL_VERBS,
+            verbs: &["create"],
             status_subresource: false,
             scale_subresource: false,
             generation: false,
@@ -407,6 +425,17 @@ impl Registry {
                 .status()
                 .generation(),
         ];
+        // The review APIs: create-only, nothing stored (served by `auth::review`).
+        let authentication = vec![
+            ResourceInfo::create_only::<authentication::SelfSubjectReview>(),
+            ResourceInfo::create_only::<authentication::TokenReview>(),
+        ];
+        let authorization = vec![
+            ResourceInfo::create_only::<authorization::LocalSubjectAccessReview>(),
+            ResourceInfo::create_only::<authorization::SelfSubjectAccessReview>(),
+            ResourceInfo::create_only::<authorization::SelfSubjectRulesReview>(),
+            ResourceInfo::create_only::<authorization::SubjectAccessReview>(),
+        ];
         let rbac = vec![
             ResourceInfo::of::<rbac::ClusterRoleBinding>().names(PathSegment),
             ResourceInfo::of::<rbac::ClusterRole>().names(PathSegment),
@@ -438,6 +467,8 @@ impl Registry {
         let groups = [
             core,
             apps,
+            authentication,
+            authorization,
             autoscaling,
             batch,
             certificates,

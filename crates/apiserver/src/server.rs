@@ -18,10 +18,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::{Auth, AuthConfig, PeerCert};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::pki::{Pki, PkiOptions};
 use crate::services::ServiceCidr;
-use crate::tls::TlsMaterial;
 
 /// Largest request body accepted, as upstream (3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -42,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) service_cidr: ServiceCidr,
     /// The served custom resources (CRDs), kept current by [`crate::crd::spawn`].
     pub(crate) crds: Arc<crate::crd::CustomRegistry>,
+    /// Authentication and authorization.
+    pub(crate) auth: Arc<Auth>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -75,6 +78,10 @@ fn router(state: AppState) -> Router {
                 "404 page not found\n",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::middleware,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
             tower_http::compression::CompressionLayer::new()
@@ -111,27 +118,29 @@ impl tower_http::compression::Predicate for LargeResponses {
 ///     .serve("127.0.0.1:0".parse().expect("address"))
 ///     .await?;
 /// println!("{} trusts {}", running.url(), running.ca_pem());
+/// std::fs::write("admin.kubeconfig", running.admin_kubeconfig()).expect("written");
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct Apiserver {
     store: Store,
-    tls: Option<TlsMaterial>,
+    pki: Option<Pki>,
     service_cidr: ServiceCidr,
+    auth: AuthConfig,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
 #[derive(Debug)]
 pub struct RunningApiserver {
     addr: SocketAddr,
-    ca_pem: String,
+    pki: Pki,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Apiserver {
     /// Starts an apiserver on `listen` (use port 0 for any free port) with a fresh, in-memory
-    /// CA and serving certificate and the default service CIDR. Creates the system namespaces
+    /// PKI (see [`RunningApiserver::admin_kubeconfig`]) and the default service CIDR. Creates the system namespaces
     /// and the `kubernetes` Service if missing.
     pub async fn start(store: Store, listen: SocketAddr) -> Result<RunningApiserver> {
         Self::new(store).serve(listen).await
@@ -141,14 +150,21 @@ impl Apiserver {
     pub fn new(store: Store) -> Self {
         Apiserver {
             store,
-            tls: None,
+            pki: None,
             service_cidr: ServiceCidr::default(),
+            auth: AuthConfig::default(),
         }
     }
 
-    /// Serve with these certificates (default: a fresh in-memory CA).
-    pub fn tls(mut self, tls: TlsMaterial) -> Self {
-        self.tls = Some(tls);
+    /// Serve with this PKI (default: a fresh one in memory, for the listen address).
+    pub fn pki(mut self, pki: Pki) -> Self {
+        self.pki = Some(pki);
+        self
+    }
+
+    /// Authentication settings: static tokens, service-account token issuer and audiences.
+    pub fn auth(mut self, auth: AuthConfig) -> Self {
+        self.auth = auth;
         self
     }
 
@@ -160,12 +176,17 @@ impl Apiserver {
 
     /// Binds `listen`, bootstraps, and serves until [`RunningApiserver::shutdown`].
     pub async fn serve(self, listen: SocketAddr) -> Result<RunningApiserver> {
-        let tls = match self.tls {
-            Some(t) => t,
-            None => TlsMaterial::generate(&[listen.ip()])?,
+        let pki = match self.pki {
+            Some(p) => p,
+            None => Pki::generate(&PkiOptions {
+                node_ips: vec![listen.ip()],
+                service_ip: std::net::IpAddr::V4(self.service_cidr.first()),
+                ..PkiOptions::default()
+            })?,
         };
         let store = self.store;
-        let acceptor = TlsAcceptor::from(tls.server_config()?);
+        let acceptor = TlsAcceptor::from(pki.server_config()?);
+        let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {
@@ -184,25 +205,22 @@ impl Apiserver {
             server_address: addr.to_string(),
             service_cidr: self.service_cidr,
             crds: Arc::default(),
+            auth,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;
+        crate::auth::rbac::start(&state).await?;
         crate::crd::initial_load(&state)
             .await
             .map_err(|e| Error::Bootstrap(e.message))?;
         crate::crd::spawn(state.clone());
         state.bootstrapped.store(true, Ordering::Release);
-        tracing::warn!(
-            %addr,
-            "the Kubernetes API is served WITHOUT authentication or authorization (they arrive \
-             with issue #4): anyone who can reach this address controls the cluster"
-        );
         tracing::info!(%addr, "apiserver listening");
         let app = router(state);
         let task = tokio::spawn(accept_loop(listener, acceptor, app, shutdown_rx));
         Ok(RunningApiserver {
             addr,
-            ca_pem: tls.ca_cert_pem.clone(),
+            pki,
             shutdown: shutdown_tx,
             task: Some(task),
         })
@@ -221,7 +239,17 @@ impl RunningApiserver {
 
     /// The CA certificate (PEM) that signed the serving certificate.
     pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+        &self.pki.server_ca.cert_pem
+    }
+
+    /// The PKI this server uses (to issue more client certificates).
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// A kubeconfig for this server as `system:admin` (in `system:masters`).
+    pub fn admin_kubeconfig(&self) -> String {
+        self.pki.admin_kubeconfig(&self.url())
     }
 
     /// Stops accepting, ends watches, and waits for open requests to finish (at most a few
@@ -294,6 +322,15 @@ async fn serve_connection(
             return;
         }
     };
+    // The client certificate, if one was offered: rustls verified it against the client CA.
+    let peer_cert = PeerCert(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|der| crate::pki::cert_identity(der)),
+    );
+    let app = tower::Layer::layer(&axum::Extension(peer_cert), app);
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));

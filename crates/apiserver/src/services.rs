@@ -126,7 +126,7 @@ impl ServiceCidr {
     }
 
     /// The first usable address: the `kubernetes` Service's.
-    pub(crate) fn first(&self) -> Ipv4Addr {
+    pub fn first(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 1)
     }
 

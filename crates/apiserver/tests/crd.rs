@@ -929,23 +929,8 @@ async fn unknown_fields_warn_and_namespace_deletion_removes_custom_resources() {
 
 /// A client for another apiserver of the test (same CA-less kubeconfig shape as the harness).
 async fn client_for(server: &rk3s_apiserver::RunningApiserver, t: &TestServer) -> kube::Client {
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
+    // The second apiserver has its own PKI: its own admin credentials.
     let path = t.dir.path().join("kubeconfig-second");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: b\n  context: {{cluster: b, user: admin}}\ncurrent-context: b\nusers:\n- name: admin\n  user: {{token: unused}}\n",
-            server.url()
-        ),
-    )
-    .expect("kubeconfig");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("config");
-    kube::Client::try_from(config).expect("client")
+    std::fs::write(&path, server.admin_kubeconfig()).expect("kubeconfig");
+    t.client_from(&path).await
 }

@@ -652,7 +652,12 @@ async fn finalizers_defer_deletion_until_removed() {
 async fn curl_headers(t: &TestServer, path: &str) -> String {
     let ca = t.dir.path().join("ca.crt");
     std::fs::write(&ca, t.server.ca_pem()).expect("CA written");
+    let (cert, key) = t.admin_cert_files();
     let out = tokio::process::Command::new("curl")
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
         .args([
             "-s",
             "-D",

@@ -68,7 +68,7 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub https_listen_port: Option<u16>,
 
-    /// Address the API listens on [default: 127.0.0.1: there is no authentication yet]
+    /// Address the API listens on [default: 127.0.0.1]
     #[arg(long, value_name = "IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bind_address: Option<IpAddr>,
@@ -107,6 +107,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+
+    /// Add an additional hostname or IP as a Subject Alternative Name of the serving
+    /// certificate (repeatable)
+    #[arg(long = "tls-san", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_san: Vec<String>,
 
     /// Shared secret for joining servers and agents (accepted; joining arrives with issue #4)
     #[arg(short = 't', long, value_name = "TOKEN")]
@@ -149,6 +155,7 @@ pub struct ServerConfig {
     pub cluster_dns: Option<IpAddr>,
     pub cluster_domain: String,
     pub node_name: Option<String>,
+    pub tls_san: Vec<String>,
     pub token: Option<String>,
     pub server: Option<String>,
     pub disable_agent: bool,
@@ -172,6 +179,7 @@ impl Default for ServerConfig {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             node_name: None,
+            tls_san: Vec::new(),
             token: None,
             server: None,
             disable_agent: false,

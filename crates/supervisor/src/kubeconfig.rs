@@ -1,4 +1,5 @@
-//! The admin kubeconfig `rk3s server` writes, and the readiness check it waits on first.
+//! Writing the admin kubeconfig `rk3s server` renders with [`rk3s_apiserver::Pki::admin_kubeconfig`]
+//! (the admin client certificate, `system:masters`), and the readiness check it waits on first.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -6,39 +7,9 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::Engine as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-/// The user token in the admin kubeconfig. There is no authentication yet (issue #4): the token
-/// only keeps kubectl from prompting for credentials.
-pub const PLACEHOLDER_TOKEN: &str = "rk3s-no-authentication-until-issue-4";
-
-/// The admin kubeconfig for the API at `server` (an `https://` URL) signed by `ca_pem`.
-pub fn render(server: &str, ca_pem: &str) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    format!(
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: default\n  \
-           cluster:\n    \
-             server: {server}\n    \
-             certificate-authority-data: {ca}\n\
-         contexts:\n\
-         - name: default\n  \
-           context:\n    \
-             cluster: default\n    \
-             user: default\n\
-         current-context: default\n\
-         preferences: {{}}\n\
-         users:\n\
-         - name: default\n  \
-           user:\n    \
-             token: {PLACEHOLDER_TOKEN}\n"
-    )
-}
 
 /// Writing the kubeconfig failed.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rk3s_apiserver::{Apiserver, ServiceCidr, TlsMaterial};
+use rk3s_apiserver::{Apiserver, Pki, PkiOptions, ServiceCidr};
 use rk3s_datastore::Store;
 
 use crate::config::{ConfigError, ServerConfig};
@@ -113,16 +113,6 @@ async fn run_with_store(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let tls_dir = config.tls_dir();
-    let bind = config.bind_address;
-    let tls = tokio::task::spawn_blocking(move || TlsMaterial::load_or_create(&tls_dir, &[bind]))
-        .await
-        .map_err(|e| {
-            ServerError::Tls(rk3s_apiserver::Error::Tls(format!(
-                "certificate task failed: {e}"
-            )))
-        })?
-        .map_err(ServerError::Tls)?;
     let cidr: ServiceCidr =
         config
             .service_cidr
@@ -131,7 +121,23 @@ async fn run_with_store(
                 key: "service-cidr",
                 reason,
             })?;
-    let ca_pem = tls.ca_cert_pem.clone();
+    let tls_dir = config.tls_dir();
+    let opts = PkiOptions {
+        node_name: config.node_name.clone(),
+        node_ips: vec![config.bind_address],
+        tls_sans: config.tls_san.clone(),
+        service_ip: std::net::IpAddr::V4(cidr.first()),
+    };
+    let pki = tokio::task::spawn_blocking(move || Pki::load_or_create(&tls_dir, &opts))
+        .await
+        .map_err(|e| {
+            ServerError::Tls(rk3s_apiserver::Error::Tls(format!(
+                "certificate task failed: {e}"
+            )))
+        })?
+        .map_err(ServerError::Tls)?;
+    let ca_pem = pki.server_ca.cert_pem.clone();
+    let admin_kubeconfig = pki.admin_kubeconfig(&config.api_url());
 
     let mut components = Vec::new();
     if let Some(addr) = config.datastore_listen {
@@ -139,7 +145,7 @@ async fn run_with_store(
     }
     components.push(apiserver(
         store,
-        tls,
+        pki,
         cidr,
         config.listen_addr(),
         config.local_api_addr(),
@@ -156,10 +162,9 @@ async fn run_with_store(
         }
     };
     let written = ready.and_then(|()| {
-        let contents = kubeconfig::render(&config.api_url(), &ca_pem);
         kubeconfig::write(
             &config.write_kubeconfig,
-            &contents,
+            &admin_kubeconfig,
             config.write_kubeconfig_mode,
         )
         .map_err(ServerError::from)
@@ -207,15 +212,15 @@ async fn wait_ready(config: &ServerConfig, ca_pem: &str) -> Result<(), ServerErr
 /// [`LIVENESS_PERIOD`]: a server that stops answering is reported and restarted.
 fn apiserver(
     store: Store,
-    tls: TlsMaterial,
+    pki: Pki,
     cidr: ServiceCidr,
     listen: SocketAddr,
     local: SocketAddr,
 ) -> Component {
     Component::new("apiserver", move |stop: Stop| {
-        let ca_pem = tls.ca_cert_pem.clone();
+        let ca_pem = pki.server_ca.cert_pem.clone();
         let server = Apiserver::new(store.clone())
-            .tls(tls.clone())
+            .pki(pki.clone())
             .service_cidr(cidr);
         async move {
             let running = server.serve(listen).await.map_err(BoxError::from)?;

@@ -20,7 +20,7 @@ struct Args {
     #[arg(long, default_value = "/etc/rk3s/config.yaml")]
     #[serde(skip)]
     config: PathBuf,
-    /// Address to listen on (127.0.0.1 by default: the API is not authenticated yet).
+    /// Address to listen on (127.0.0.1 by default).
     #[arg(long)]
     #[serde(rename = "bind-address", skip_serializing_if = "Option::is_none")]
     bind_address: Option<std::net::IpAddr>,
@@ -36,6 +36,25 @@ struct Args {
     #[arg(long)]
     #[serde(rename = "service-cidr", skip_serializing_if = "Option::is_none")]
     service_cidr: Option<String>,
+    /// This node's name (a SAN of the serving certificate).
+    #[arg(long)]
+    #[serde(rename = "node-name", skip_serializing_if = "Option::is_none")]
+    node_name: Option<String>,
+    /// Extra name or address of the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    #[serde(rename = "tls-san", skip_serializing_if = "Vec::is_empty")]
+    tls_san: Vec<String>,
+    /// Static bearer tokens, CSV `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    #[serde(rename = "token-auth-file", skip_serializing_if = "Option::is_none")]
+    token_auth_file: Option<PathBuf>,
+    /// Issuer of service-account tokens.
+    #[arg(long)]
+    #[serde(
+        rename = "service-account-issuer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    service_account_issuer: Option<String>,
     /// Datastore URL: sqlite://, postgres://, mysql:// or http(s):// for etcd.
     #[arg(long)]
     #[serde(rename = "datastore-endpoint", skip_serializing_if = "Option::is_none")]

@@ -1068,7 +1068,7 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
 }
 
 /// The media type of server-side apply.
-const APPLY_PATCH: &str = "application/apply-patch+yaml";
+pub(crate) const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
 /// 422 about a `PatchOptions` query parameter, as upstream words it.
 fn patch_options_invalid(field: &str, reason: &'static str, detail: &str) -> ApiError {
@@ -1087,7 +1087,7 @@ fn patch_options_invalid(field: &str, reason: &'static str, detail: &str) -> Api
 }
 
 /// The body of an apply patch: YAML, of which JSON is a subset, holding an object.
-fn apply_body(body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn apply_body(body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => serde_yaml::from_slice(body)

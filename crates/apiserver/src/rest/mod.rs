@@ -30,8 +30,9 @@ use crate::status::ApiError;
 
 pub(crate) use handlers::{create_object, guaranteed_update};
 pub(crate) use object::{
-    FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str,
+    FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str, new_uid,
 };
+pub(crate) use patch::{PatchKind, apply as apply_patch};
 
 /// What a request path names.
 #[derive(Debug, Clone)]
@@ -145,6 +146,7 @@ fn verb_of(method: &Method, target: &Target, q: &Query) -> &'static str {
 /// The entry point for `/api/...` and `/apis/...` resource paths.
 pub(crate) async fn serve(
     State(state): State<AppState>,
+    axum::Extension(user): axum::Extension<crate::auth::UserInfo>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -170,6 +172,31 @@ pub(crate) async fn serve(
     };
     if !accepts_json(&headers) {
         return ApiError::not_acceptable().into_response();
+    }
+    if matches!(
+        target.info.group,
+        "authentication.k8s.io" | "authorization.k8s.io"
+    ) {
+        return crate::auth::review::serve(&state, &user, &method, &target, &headers, &body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    if let ("serviceaccounts", Some(ns), Some(name), Some("token")) = (
+        target.info.plural,
+        target.namespace.as_deref(),
+        target.name.as_deref(),
+        target.subresource.as_deref(),
+    ) && target.info.group.is_empty()
+        && method == Method::POST
+    {
+        return crate::auth::serviceaccount::token_request(&state, ns, name, &headers, &body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    if target.info.group == crate::auth::rbac::GROUP
+        && let Err(e) = check_rbac_write(&state, &user, &method, &target, &headers, &body).await
+    {
+        return e.into_response();
     }
     let q = parse_query(&uri);
     let verb = verb_of(&method, &target, &q);
@@ -209,6 +236,63 @@ pub(crate) async fn serve(
         response.status().as_u16(),
     );
     response
+}
+
+/// Escalation prevention for writes of roles and bindings: the object as it would be written
+/// (the body of a create or update, the stored object with the patch applied) may grant only
+/// what the user holds (see `auth::rbac::check_escalation`).
+async fn check_rbac_write(
+    state: &AppState,
+    user: &crate::auth::UserInfo,
+    method: &Method,
+    target: &Target,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let ns = target.namespace.as_deref().unwrap_or("");
+    let obj: Value = match *method {
+        Method::POST | Method::PUT => match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => return Ok(()), // the handler answers the bad body
+        },
+        Method::PATCH => {
+            let Some(name) = target.name.as_deref() else {
+                return Ok(());
+            };
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if ct == handlers::APPLY_PATCH {
+                // Server-side apply: the applied configuration is what would be granted (the
+                // rules and subjects of RBAC objects are atomic lists, replaced whole).
+                match handlers::apply_body(body) {
+                    Ok(v) => v,
+                    Err(_) => return Ok(()), // the handler answers the bad body
+                }
+            } else {
+                let (Some(kind), Ok(patch)) = (
+                    PatchKind::from_media_type(ct),
+                    serde_json::from_slice::<Value>(body),
+                ) else {
+                    return Ok(());
+                };
+                let (_, kv) = state
+                    .store
+                    .get(&target.info.key(target.namespace.as_deref(), name), 0)
+                    .await?;
+                let Some(kv) = kv else { return Ok(()) };
+                let meta = crate::patch_meta::for_resource(&target.info);
+                apply_patch(kind, &decode_stored(&kv)?, &patch, meta)?
+            }
+        }
+        _ => return Ok(()),
+    };
+    crate::auth::rbac::check_escalation(&state.auth.rbac, user, target.info.plural, ns, &obj)
 }
 
 /// Whether the `Accept` header allows a JSON answer (all this server speaks).

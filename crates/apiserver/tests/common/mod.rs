@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use base64::Engine as _;
 use rk3s_apiserver::{Apiserver, RunningApiserver};
 use rk3s_datastore::Store;
 
@@ -21,6 +20,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        Self::start_with(rk3s_apiserver::AuthConfig::default()).await
+    }
+
+    /// Like [`TestServer::start`] with these authentication settings.
+    pub async fn start_with(auth: rk3s_apiserver::AuthConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("state.db");
         let store = rk3s_datastore::connect(&rk3s_datastore::Config {
@@ -30,21 +34,14 @@ impl TestServer {
         .await
         .expect("SQLite store");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let server = Apiserver::start(store.clone(), listen)
+        let server = Apiserver::new(store.clone())
+            .auth(auth)
+            .serve(listen)
             .await
             .expect("apiserver starts");
+        // The admin kubeconfig: the admin client certificate (system:masters).
         let kubeconfig = dir.path().join("kubeconfig");
-        let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
-        // No authentication exists yet (issue #4); a placeholder token keeps kubectl from
-        // prompting for a password.
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: rk3s\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: rk3s\n  context: {{cluster: rk3s, user: admin}}\ncurrent-context: rk3s\nusers:\n- name: admin\n  user: {{token: unused-until-issue-4}}\n",
-                server.url()
-            ),
-        )
-        .expect("kubeconfig written");
+        std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
         TestServer {
             server,
             store,
@@ -103,6 +100,75 @@ impl TestServer {
 
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("kube config");
+        kube::Client::try_from(config).expect("kube client")
+    }
+}
+
+impl TestServer {
+    /// A kubeconfig file for a user with a client certificate signed by the server's client CA:
+    /// `user` in `groups`.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let cert = self
+            .server
+            .pki()
+            .issue_client_cert(user, groups)
+            .expect("client certificate");
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", user.replace(':', "_")));
+        let contents = rk3s_apiserver::kubeconfig(&self.server.url(), self.server.ca_pem(), &cert);
+        std::fs::write(&path, contents).expect("kubeconfig written");
+        path
+    }
+
+    /// The admin client certificate and key as files (for curl's `--cert`/`--key`).
+    pub fn admin_cert_files(&self) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            self.dir.path().join("admin.crt"),
+            self.dir.path().join("admin.key"),
+        );
+        std::fs::write(&cert, &self.server.pki().admin.cert_pem).expect("cert written");
+        std::fs::write(&key, &self.server.pki().admin.key_pem).expect("key written");
+        (cert, key)
+    }
+
+    /// A kubeconfig file authenticating with a bearer token.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(self.server.ca_pem());
+        let path = self.dir.path().join(format!("kubeconfig-token-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{token: {token}}}\n",
+                self.server.url()
+            ),
+        )
+        .expect("kubeconfig written");
+        path
+    }
+
+    /// kubectl with another kubeconfig.
+    pub async fn kubectl_as(&self, kubeconfig: &std::path::Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(kubectl_bin());
+        cmd.env("KUBECONFIG", kubeconfig)
+            .env("HOME", self.dir.path())
+            .args(args);
+        tokio::task::spawn_blocking(move || cmd.output().expect("kubectl runs"))
+            .await
+            .expect("kubectl thread")
+    }
+
+    /// A kube client from a kubeconfig file.
+    pub async fn client_from(&self, kubeconfig: &std::path::Path) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(
             kubeconfig,
             &kube::config::KubeConfigOptions::default(),
