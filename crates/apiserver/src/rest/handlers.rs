@@ -913,6 +913,60 @@ struct DeleteOptions {
     preconditions: Option<Preconditions>,
     #[serde(default)]
     dry_run: Option<Vec<String>>,
+    /// `Orphan`, `Background` or `Foreground`.
+    #[serde(default)]
+    propagation_policy: Option<String>,
+    /// Deprecated form of `propagationPolicy: Orphan` (true) / `Background` (false).
+    #[serde(default)]
+    orphan_dependents: Option<bool>,
+}
+
+/// The garbage collector's finalizers (it removes them when it has done their work).
+const ORPHAN_FINALIZER: &str = "orphan";
+const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+impl DeleteOptions {
+    /// The finalizers a deletion with these options leaves on `current` (upstream's
+    /// `deletionFinalizersForGarbageCollection`): `Orphan` adds `orphan`, `Foreground` adds
+    /// `foregroundDeletion`, each dropping the other; `Background` drops both; no policy
+    /// keeps what is there.
+    fn gc_finalizers(&self, current: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+        let policy = match (self.propagation_policy.as_deref(), self.orphan_dependents) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Invalid value: \"null\": orphanDependents and deletionPropagation cannot be both set",
+                ));
+            }
+            (Some(p @ ("Orphan" | "Background" | "Foreground")), None) => Some(p),
+            (Some(p), None) => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                ));
+            }
+            (None, Some(true)) => Some("Orphan"),
+            (None, Some(false)) => Some("Background"),
+            (None, None) => None,
+        };
+        let Some(policy) = policy else {
+            return Ok(current);
+        };
+        let mut out: Vec<Value> = current
+            .into_iter()
+            .filter(|f| f != ORPHAN_FINALIZER && f != FOREGROUND_FINALIZER)
+            .collect();
+        match policy {
+            "Orphan" => out.push(json!(ORPHAN_FINALIZER)),
+            "Foreground" => out.push(json!(FOREGROUND_FINALIZER)),
+            _ => {}
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -934,6 +988,12 @@ fn delete_options(ctx: Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError> 
             g.parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
         );
+    }
+    if let Some(p) = ctx.query.get("propagationPolicy") {
+        opts.propagation_policy = Some(p.clone());
+    }
+    if let Some(o) = ctx.query.get("orphanDependents") {
+        opts.orphan_dependents = Some(o == "true");
     }
     if ctx.dry_run() {
         opts.dry_run = Some(vec!["All".into()]);
@@ -1029,17 +1089,35 @@ async fn delete_object(
                 });
             }
         }
-        // Deferred deletion: finalizers, or a scheduled pod with a grace period.
+        // Deferred deletion: finalizers (the garbage collector's from propagationPolicy
+        // included; namespaces are emptied inline instead), or a scheduled pod with a grace
+        // period.
         let grace = graceful_period(info, &obj, opts);
-        if !finalizers(&obj).is_empty() || grace.is_some() {
-            if !meta_str(&obj, "deletionTimestamp").is_empty() {
+        let old_finalizers = finalizers(&obj);
+        let new_finalizers = if info.kind == "Namespace" {
+            old_finalizers.clone()
+        } else {
+            opts.gc_finalizers(old_finalizers.clone())?
+        };
+        if !new_finalizers.is_empty() || grace.is_some() {
+            let deleting = !meta_str(&obj, "deletionTimestamp").is_empty();
+            if deleting && new_finalizers == old_finalizers {
                 return Ok((obj, false));
             }
-            let secs = grace.unwrap_or(0);
-            let when = crate::time::rfc3339_after(secs);
             if let Some(meta) = metadata_mut(&mut obj) {
-                meta.insert("deletionTimestamp".into(), json!(when));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(secs));
+                if !deleting {
+                    let secs = grace.unwrap_or(0);
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(crate::time::rfc3339_after(secs)),
+                    );
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(secs));
+                }
+                if new_finalizers.is_empty() {
+                    meta.remove("finalizers");
+                } else {
+                    meta.insert("finalizers".into(), json!(new_finalizers));
+                }
             }
             if dry_run {
                 return Ok((obj, false));

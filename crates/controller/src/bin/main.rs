@@ -1,9 +1,1 @@
-//! `rk3s-controller`: not built yet (issue #5).
-
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "{}: this component is not implemented yet (tracked by issue #5)",
-        rk3s_controller::COMPONENT
-    );
-    std::process::ExitCode::from(2)
-}
+fn main() {}
