@@ -1019,6 +1019,7 @@ fn set_condition(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -44,6 +44,9 @@ const HEADLESS: &str = "service.kubernetes.io/headless";
 const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
+/// A port set: (service port name, resolved number, protocol), sorted.
+type PortSet = Vec<(String, i32, String)>;
+
 struct Ctx {
     shared: Arc<Shared>,
     pods: Store<Pod>,
@@ -268,10 +271,8 @@ fn publish_not_ready(svc: &Service) -> bool {
 fn subsets(svc: &Service, members: &[Member<'_>]) -> Vec<EndpointSubset> {
     let publish = publish_not_ready(svc);
     let svc_name = svc.name_any();
-    let mut groups: BTreeMap<
-        Vec<(String, i32, String)>,
-        (Vec<EndpointAddress>, Vec<EndpointAddress>),
-    > = BTreeMap::new();
+    let mut groups: BTreeMap<PortSet, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
     for m in members {
         if m.terminating && !publish {
             continue;
@@ -289,7 +290,7 @@ fn subsets(svc: &Service, members: &[Member<'_>]) -> Vec<EndpointSubset> {
             node_name: spec.and_then(|s| s.node_name.clone()),
             target_ref: Some(target_ref(m.pod)),
         };
-        let mut key: Vec<(String, i32, String)> = m
+        let mut key: PortSet = m
             .ports
             .iter()
             .map(|(sp, n)| {
@@ -431,11 +432,11 @@ fn desired_slices(
     members: &[Member<'_>],
 ) -> Vec<(String, Vec<SlicePort>, Vec<Endpoint>)> {
     let publish = publish_not_ready(svc);
-    let mut groups: BTreeMap<(String, Vec<(String, i32, String)>), Vec<Endpoint>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, PortSet), Vec<Endpoint>> = BTreeMap::new();
     let mut app_protocols: BTreeMap<String, Option<String>> = BTreeMap::new();
     for m in members {
         let family = if m.ip.contains(':') { "IPv6" } else { "IPv4" };
-        let mut ports: Vec<(String, i32, String)> = m
+        let mut ports: PortSet = m
             .ports
             .iter()
             .map(|(sp, n)| {
@@ -574,6 +575,7 @@ async fn sync_slices(svc: &Service, ctx: &Ctx) -> Result<Action, ReconcileError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

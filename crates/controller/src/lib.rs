@@ -107,10 +107,8 @@ pub async fn run(
 }
 
 /// Completes when `stop` turns true (or its sender is gone).
-pub(crate) fn stopped(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn start_controllers(

@@ -525,6 +525,7 @@ pub(crate) fn template_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -172,6 +172,7 @@ pub(crate) fn error_action(backoff: &Backoff, key: &str) -> Action {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

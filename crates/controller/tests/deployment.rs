@@ -1,6 +1,8 @@
 //! The Deployment controller (with the ReplicaSet controller under it) against a real
 //! in-process apiserver, and kubectl's rollout commands.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,7 @@
 //! The Endpoints, EndpointSlice and ServiceAccount controllers against a real apiserver.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use common::{TestCluster, eventually};

@@ -1,5 +1,7 @@
 //! The garbage collector and the apiserver's propagationPolicy handling, end to end.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use common::{TestCluster, eventually};

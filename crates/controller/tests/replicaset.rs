@@ -1,5 +1,7 @@
 //! The ReplicaSet controller against a real in-process apiserver.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use common::{TestCluster, eventually};
