@@ -22,7 +22,9 @@ use rk3s_apiserver::{Apiserver, RunningApiserver};
 use serde_json::json;
 
 pub struct TestCluster {
-    pub server: RunningApiserver,
+    pub server: Option<RunningApiserver>,
+    store: rk3s_datastore::Store,
+    addr: SocketAddr,
     pub kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
     pub client: kube::Client,
@@ -50,16 +52,20 @@ impl TestCluster {
         .await
         .expect("SQLite store");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let server = Apiserver::start(store, listen)
+        let server = Apiserver::new(store.clone())
+            .tls(tls(dir.path()))
+            .serve(listen)
             .await
             .expect("apiserver starts");
+        let addr = server.local_addr();
         let kubeconfig = dir.path().join("kubeconfig");
         let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
+        let url = server.url();
         std::fs::write(
             &kubeconfig,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: rk3s\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: rk3s\n  context: {{cluster: rk3s, user: admin}}\ncurrent-context: rk3s\nusers:\n- name: admin\n  user: {{token: unused-until-issue-4}}\n",
-                server.url()
+                url
             ),
         )
         .expect("kubeconfig written");
@@ -76,7 +82,9 @@ impl TestCluster {
         let kubelet_ready = Arc::new(AtomicBool::new(true));
         let kubelet = tokio::spawn(kubelet_stand_in(client.clone(), kubelet_ready.clone()));
         TestCluster {
-            server,
+            server: Some(server),
+            store,
+            addr,
             kubeconfig,
             dir,
             client,
@@ -85,6 +93,41 @@ impl TestCluster {
             kubelet_ready,
             kubelet: Some(kubelet),
         }
+    }
+
+    /// Stops the apiserver, waits `down`, and starts a new one on the same address, store and
+    /// certificates.
+    pub async fn restart_apiserver(&mut self, down: Duration) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        tokio::time::sleep(down).await;
+        let server = Apiserver::new(self.store.clone())
+            .tls(tls(self.dir.path()))
+            .serve(self.addr)
+            .await
+            .expect("apiserver restarts");
+        self.server = Some(server);
+    }
+
+    /// Another controller manager against this cluster, stopped by the returned sender.
+    pub fn spawn_controller_manager(
+        &self,
+        config: rk3s_controller::Config,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = self.client.clone();
+        let h = tokio::spawn(async move {
+            rk3s_controller::run(config, c, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("controller manager runs");
+        });
+        (tx, h)
     }
 
     /// Stops the controller manager and waits for it to finish.
@@ -141,6 +184,12 @@ fn tracing_subscriber_init() -> Option<()> {
         .with_test_writer()
         .try_init()
         .ok()
+}
+
+/// Certificates kept in the test's directory, so that a restarted apiserver has the same CA.
+fn tls(dir: &std::path::Path) -> rk3s_apiserver::TlsMaterial {
+    let ip: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    rk3s_apiserver::TlsMaterial::load_or_create(&dir.join("tls"), &[ip]).expect("certificates")
 }
 
 /// The one place tests build a client (authentication will change it).
