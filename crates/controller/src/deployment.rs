@@ -818,11 +818,8 @@ async fn write_status(
         .as_ref()
         .and_then(|c| c["reason"].as_str().map(str::to_string))
         .unwrap_or_default();
-    let complete = new_rs.is_some()
-        && updated == replicas
-        && available == replicas
-        && total == replicas
-        && d.meta().generation <= Some(d.meta().generation.unwrap_or(0));
+    let complete =
+        new_rs.is_some() && updated == replicas && available == replicas && total == replicas;
     let mut requeue = Action::await_change();
     if paused {
         if prog_reason != "DeploymentPaused" {
@@ -866,7 +863,7 @@ async fn write_status(
             now,
             prog_reason != "NewReplicaSetAvailable",
         );
-    } else if new_rs.is_some() && prog_reason != "ProgressDeadlineExceeded" {
+    } else if new_rs.is_some() {
         let advanced = updated > old.updated_replicas.unwrap_or(0)
             || ready > old.ready_replicas.unwrap_or(0)
             || available > old.available_replicas.unwrap_or(0)
@@ -884,14 +881,13 @@ async fn write_status(
                 now,
                 true,
             );
-        } else {
+        } else if prog_reason != "ProgressDeadlineExceeded" {
             let last = progressing
                 .as_ref()
                 .and_then(|c| c["lastUpdateTime"].as_str())
                 .and_then(|t| t.parse::<Timestamp>().ok())
                 .unwrap_or(now);
-            let waited = now.duration_since(last).as_secs();
-            if waited >= i64::from(deadline) {
+            if now.duration_since(last).as_secs() >= i64::from(deadline) {
                 set_condition(
                     &mut conditions,
                     "Progressing",
@@ -903,26 +899,21 @@ async fn write_status(
                     now,
                     true,
                 );
-            } else {
-                requeue = Action::requeue(Duration::from_secs(
-                    u64::try_from(i64::from(deadline) - waited)
-                        .unwrap_or(1)
-                        .max(1),
-                ));
             }
         }
     }
-    if !complete && !paused && matches!(requeue, _ if prog_reason != "ProgressDeadlineExceeded") {
-        // Look again before the deadline even if nothing changes (upstream requeues after it).
-        if let Some(last) = conditions
-            .iter()
-            .find(|c| c["type"] == "Progressing")
+    // Not complete and still within the deadline: look again when it would pass, even if
+    // nothing changes (upstream requeues after the remaining time too).
+    let cond = conditions.iter().find(|c| c["type"] == "Progressing");
+    if !complete
+        && !paused
+        && cond.is_some_and(|c| c["reason"] != "ProgressDeadlineExceeded")
+        && let Some(last) = cond
             .and_then(|c| c["lastUpdateTime"].as_str())
             .and_then(|t| t.parse::<Timestamp>().ok())
-        {
-            let left = i64::from(deadline) - now.duration_since(last).as_secs();
-            requeue = Action::requeue(Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1)));
-        }
+    {
+        let left = i64::from(deadline) - now.duration_since(last).as_secs();
+        requeue = Action::requeue(Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1)));
     }
 
     let mut status = json!({

@@ -280,3 +280,42 @@ async fn scale_recreate_pause_and_history_limit() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_deadline_is_reported_and_recovers() {
+    let t = TestCluster::start().await;
+    let deps: Api<Deployment> = Api::namespaced(t.client.clone(), "default");
+    // Pods never become ready while the stand-in is off.
+    t.kubelet_ready.store(false, Ordering::SeqCst);
+    let mut d = deployment("slow", 2, "busybox:1", json!({"type": "RollingUpdate"}));
+    d.spec.as_mut().unwrap().progress_deadline_seconds = Some(2);
+    deps.create(&PostParams::default(), &d).await.unwrap();
+    let reason = |d: Deployment| {
+        d.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")
+            .map(|c| (c.status, c.reason.unwrap_or_default()))
+    };
+    eventually(20, "ProgressDeadlineExceeded", || async {
+        let r = reason(deps.get("slow").await.ok()?)?;
+        (r == ("False".to_string(), "ProgressDeadlineExceeded".to_string())).then_some(())
+    })
+    .await;
+    let out = t
+        .kubectl(&["rollout", "status", "deployment/slow", "--timeout=10s"])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+
+    // Pods become ready: the rollout completes and the condition says so.
+    t.kubelet_ready.store(true, Ordering::SeqCst);
+    eventually(20, "NewReplicaSetAvailable", || async {
+        let r = reason(deps.get("slow").await.ok()?)?;
+        (r == ("True".to_string(), "NewReplicaSetAvailable".to_string())).then_some(())
+    })
+    .await;
+    t.kubectl_ok(&["rollout", "status", "deployment/slow", "--timeout=10s"])
+        .await;
+}

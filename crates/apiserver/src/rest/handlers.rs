@@ -1247,6 +1247,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn propagation_policy_sets_the_garbage_collector_finalizers() {
+        let opts = |p: Option<&str>, o: Option<bool>| DeleteOptions {
+            propagation_policy: p.map(str::to_string),
+            orphan_dependents: o,
+            ..DeleteOptions::default()
+        };
+        let other = json!("example.com/keep");
+        let f = |o: DeleteOptions, cur: Vec<Value>| o.gc_finalizers(cur).map_err(|e| e.code);
+        assert_eq!(
+            f(
+                opts(Some("Foreground"), None),
+                vec![other.clone(), json!("orphan")]
+            ),
+            Ok(vec![other.clone(), json!("foregroundDeletion")])
+        );
+        assert_eq!(
+            f(opts(None, Some(true)), vec![json!("foregroundDeletion")]),
+            Ok(vec![json!("orphan")])
+        );
+        assert_eq!(
+            f(
+                opts(Some("Background"), None),
+                vec![json!("orphan"), other.clone()]
+            ),
+            Ok(vec![other.clone()])
+        );
+        assert_eq!(
+            f(opts(None, None), vec![json!("orphan")]),
+            Ok(vec![json!("orphan")])
+        );
+        assert_eq!(f(opts(Some("Sideways"), None), vec![]), Err(422));
+        assert_eq!(f(opts(Some("Orphan"), Some(true)), vec![]), Err(422));
+    }
+
+    #[test]
     fn jobs_get_a_generated_selector() {
         let jobs = REGISTRY.find("batch", "v1", "jobs").expect("jobs");
         let mut job = json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {}}}});
