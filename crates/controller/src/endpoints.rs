@@ -130,8 +130,13 @@ async fn run_flavor(flavor: Flavor, shared: Arc<Shared>, stop: watch::Receiver<b
         controller.run(
             move |svc, ctx| async move {
                 let key = util::key_of(svc.meta());
-                if ctx.pods.wait_until_ready().await.is_err() {
-                    return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+                // Never wait inside a reconcile for the pod cache: the cache's stream is
+                // polled by this same controller, so a waiting reconcile could hold it up.
+                if !matches!(
+                    futures::FutureExt::now_or_never(ctx.pods.wait_until_ready()),
+                    Some(Ok(()))
+                ) {
+                    return Ok(Action::requeue(std::time::Duration::from_millis(200)));
                 }
                 let r = match flavor {
                     Flavor::Endpoints => sync_endpoints(&svc, &ctx).await,
