@@ -115,11 +115,21 @@ fn rs_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
 
+/// Available pods of a ReplicaSet, never more than its spec: a ReplicaSet just scaled down
+/// still reports the pods it is about to delete, and counting them would let a rollout go
+/// under `replicas - maxUnavailable`.
 fn rs_available(rs: &ReplicaSet) -> i32 {
     rs.status
         .as_ref()
         .and_then(|s| s.available_replicas)
         .unwrap_or(0)
+        .min(rs_replicas(rs))
+}
+
+/// Pods a ReplicaSet may have: its spec, or more while a scale-down is not done yet (so
+/// that a surge is never counted twice).
+fn rs_pods_bound(rs: &ReplicaSet) -> i32 {
+    rs_replicas(rs).max(rs.status.as_ref().map_or(0, |s| s.replicas))
 }
 
 fn revision_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
@@ -364,7 +374,7 @@ async fn sync(d: &Deployment, shared: &Shared) -> Result<Action, ReconcileError>
             let target = if cur > replicas {
                 replicas
             } else {
-                let total: i32 = cur + old.iter().map(rs_replicas).sum::<i32>();
+                let total: i32 = rs_pods_bound(rs) + old.iter().map(rs_pods_bound).sum::<i32>();
                 let max_total = replicas + surge;
                 if total >= max_total {
                     cur
