@@ -1,7 +1,179 @@
-//! The rk3s controller manager.
+//! The rk3s controller manager (`rk3s-controller`): upstream kube-controller-manager's loops,
+//! as a client of the apiserver only.
 //!
-//! Not built yet: this crate is a placeholder for the component that issue #5 delivers.
-//! See `ARCHITECTURE.md` for where it fits.
+//! [`run`] takes a [`kube::Client`], waits for the `kube-system/kube-controller-manager` Lease
+//! (unless leader election is off) and runs the enabled controllers until `shutdown`
+//! completes. Each controller is watch-driven (kube-runtime's `Controller` or the garbage
+//! collector's own graph), reconciles one object at a time per key, requeues failures with
+//! per-object exponential backoff (5 ms doubling up to 1000 s, as upstream's work queues) and
+//! writes status only when it changes. Watches reconnect with backoff, so the controllers
+//! survive the apiserver going away and coming back.
+//!
+//! See `ARCHITECTURE.md` (the `crates/controller` section) for the code map.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kube::Client;
+use tokio::sync::watch;
+
+mod config;
+mod deployment;
+mod endpoints;
+mod gc;
+mod leader;
+mod replicaset;
+mod serviceaccount;
+mod util;
+
+pub use config::{CONTROLLERS, Config, ConfigError};
 
 /// Name of the component, as its binary and log lines call it.
 pub const COMPONENT: &str = "rk3s-controller";
+
+/// What stops the controller manager.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration does not validate.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// A reconcile that failed; the object is requeued with backoff.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReconcileError {
+    /// The apiserver refused or could not be reached.
+    #[error("apiserver: {0}")]
+    Kube(#[from] kube::Error),
+    /// A selector that cannot be evaluated.
+    #[error("invalid selector: {0}")]
+    Selector(String),
+    /// An object the controller cannot work with.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Runs the enabled controllers until `shutdown` completes. With leader election on, the
+/// controllers run only while this process holds the Lease; when it loses the Lease it stops
+/// them and becomes a candidate again.
+pub async fn run(
+    config: Config,
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    config.validate()?;
+    let identity = config
+        .identity
+        .clone()
+        .unwrap_or_else(leader::default_identity);
+    tracing::info!(component = COMPONENT, %identity, "starting");
+    tokio::pin!(shutdown);
+    loop {
+        let lease = if config.leader_elect {
+            let candidate = leader::Candidate::new(client.clone(), identity.clone(), &config);
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                held = candidate.acquire() => Some(held),
+            }
+        } else {
+            None
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let controllers = start_controllers(&config, &client, &stop_rx);
+        let lost = async {
+            match &lease {
+                Some(l) => l.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let done = tokio::select! {
+            _ = &mut shutdown => true,
+            _ = lost => {
+                tracing::warn!("leader election lost; stopping the controllers");
+                false
+            }
+        };
+        let _ = stop_tx.send(true);
+        futures::future::join_all(controllers).await;
+        if let Some(l) = lease {
+            l.release().await;
+        }
+        if done {
+            tracing::info!(component = COMPONENT, "stopped");
+            return Ok(());
+        }
+    }
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn start_controllers(
+    config: &Config,
+    client: &Client,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let shared = Arc::new(util::Shared {
+        client: client.clone(),
+        concurrency: config.concurrent_syncs,
+    });
+    let mut tasks: Vec<(&str, BoxFuture<'static, ()>)> = Vec::new();
+    if config.enabled("replicaset") {
+        tasks.push((
+            "replicaset",
+            Box::pin(replicaset::run_replicasets(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("replicationcontroller") {
+        tasks.push((
+            "replicationcontroller",
+            Box::pin(replicaset::run_replication_controllers(
+                shared.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("deployment") {
+        tasks.push((
+            "deployment",
+            Box::pin(deployment::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("garbagecollector") {
+        tasks.push((
+            "garbagecollector",
+            Box::pin(gc::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("endpoints") {
+        tasks.push((
+            "endpoints",
+            Box::pin(endpoints::run_endpoints(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("endpointslice") {
+        tasks.push((
+            "endpointslice",
+            Box::pin(endpoints::run_slices(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("serviceaccount") {
+        tasks.push((
+            "serviceaccount",
+            Box::pin(serviceaccount::run(shared.clone(), stop.clone())),
+        ));
+    }
+    tasks
+        .into_iter()
+        .map(|(name, fut)| {
+            tracing::info!(controller = name, "starting controller");
+            tokio::spawn(async move {
+                fut.await;
+                tracing::info!(controller = name, "controller stopped");
+            })
+        })
+        .collect()
+}

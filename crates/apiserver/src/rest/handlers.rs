@@ -1237,13 +1237,65 @@ pub(crate) struct DeleteOptions {
     preconditions: Option<Preconditions>,
     #[serde(default)]
     pub(crate) dry_run: Option<Vec<String>>,
+    /// `Orphan`, `Background` or `Foreground`.
+    #[serde(default)]
+    propagation_policy: Option<String>,
+    /// Deprecated form of `propagationPolicy: Orphan` (true) / `Background` (false).
+    #[serde(default)]
+    orphan_dependents: Option<bool>,
 }
+
+/// The garbage collector's finalizers (it removes them when it has done their work).
+const ORPHAN_FINALIZER: &str = "orphan";
+const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 
 impl DeleteOptions {
     pub(crate) fn is_dry_run(&self) -> bool {
         self.dry_run
             .as_ref()
             .is_some_and(|d| d.iter().any(|x| x == "All"))
+    }
+
+    /// The finalizers a deletion with these options leaves on `current` (upstream's
+    /// `deletionFinalizersForGarbageCollection`): `Orphan` adds `orphan`, `Foreground` adds
+    /// `foregroundDeletion`, each dropping the other; `Background` drops both; no policy
+    /// keeps what is there.
+    fn gc_finalizers(&self, current: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+        let policy = match (self.propagation_policy.as_deref(), self.orphan_dependents) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Invalid value: \"null\": orphanDependents and deletionPropagation cannot be both set",
+                ));
+            }
+            (Some(p @ ("Orphan" | "Background" | "Foreground")), None) => Some(p),
+            (Some(p), None) => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                ));
+            }
+            (None, Some(true)) => Some("Orphan"),
+            (None, Some(false)) => Some("Background"),
+            (None, None) => None,
+        };
+        let Some(policy) = policy else {
+            return Ok(current);
+        };
+        let mut out: Vec<Value> = current
+            .into_iter()
+            .filter(|f| f != ORPHAN_FINALIZER && f != FOREGROUND_FINALIZER)
+            .collect();
+        match policy {
+            "Orphan" => out.push(json!(ORPHAN_FINALIZER)),
+            "Foreground" => out.push(json!(FOREGROUND_FINALIZER)),
+            _ => {}
+        }
+        Ok(out)
     }
 }
 
@@ -1266,6 +1318,12 @@ fn delete_options(ctx: Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError> 
             g.parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
         );
+    }
+    if let Some(p) = ctx.query.get("propagationPolicy") {
+        opts.propagation_policy = Some(p.clone());
+    }
+    if let Some(o) = ctx.query.get("orphanDependents") {
+        opts.orphan_dependents = Some(o == "true");
     }
     if ctx.dry_run() {
         opts.dry_run = Some(vec!["All".into()]);
@@ -1362,17 +1420,35 @@ pub(crate) async fn delete_object(
         if is_crd(info) && meta_str(&obj, "deletionTimestamp").is_empty() {
             crate::crd::prepare_delete(&mut obj);
         }
-        // Deferred deletion: finalizers, or a scheduled pod with a grace period.
+        // Deferred deletion: finalizers (the garbage collector's from propagationPolicy
+        // included; namespaces are emptied inline instead), or a scheduled pod with a grace
+        // period.
         let grace = graceful_period(info, &obj, opts);
-        if !finalizers(&obj).is_empty() || grace.is_some() {
-            if !meta_str(&obj, "deletionTimestamp").is_empty() {
+        let old_finalizers = finalizers(&obj);
+        let new_finalizers = if info.kind == "Namespace" {
+            old_finalizers.clone()
+        } else {
+            opts.gc_finalizers(old_finalizers.clone())?
+        };
+        if !new_finalizers.is_empty() || grace.is_some() {
+            let deleting = !meta_str(&obj, "deletionTimestamp").is_empty();
+            if deleting && new_finalizers == old_finalizers {
                 return Ok((obj, false));
             }
-            let secs = grace.unwrap_or(0);
-            let when = crate::time::rfc3339_after(secs);
             if let Some(meta) = metadata_mut(&mut obj) {
-                meta.insert("deletionTimestamp".into(), json!(when));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(secs));
+                if !deleting {
+                    let secs = grace.unwrap_or(0);
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(crate::time::rfc3339_after(secs)),
+                    );
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(secs));
+                }
+                if new_finalizers.is_empty() {
+                    meta.remove("finalizers");
+                } else {
+                    meta.insert("finalizers".into(), json!(new_finalizers));
+                }
             }
             if dry_run {
                 return Ok((obj, false));
@@ -1505,6 +1581,41 @@ async fn delete_collection(ctx: Ctx<'_>, opts: &DeleteOptions) -> Result<Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn propagation_policy_sets_the_garbage_collector_finalizers() {
+        let opts = |p: Option<&str>, o: Option<bool>| DeleteOptions {
+            propagation_policy: p.map(str::to_string),
+            orphan_dependents: o,
+            ..DeleteOptions::default()
+        };
+        let other = json!("example.com/keep");
+        let f = |o: DeleteOptions, cur: Vec<Value>| o.gc_finalizers(cur).map_err(|e| e.code);
+        assert_eq!(
+            f(
+                opts(Some("Foreground"), None),
+                vec![other.clone(), json!("orphan")]
+            ),
+            Ok(vec![other.clone(), json!("foregroundDeletion")])
+        );
+        assert_eq!(
+            f(opts(None, Some(true)), vec![json!("foregroundDeletion")]),
+            Ok(vec![json!("orphan")])
+        );
+        assert_eq!(
+            f(
+                opts(Some("Background"), None),
+                vec![json!("orphan"), other.clone()]
+            ),
+            Ok(vec![other.clone()])
+        );
+        assert_eq!(
+            f(opts(None, None), vec![json!("orphan")]),
+            Ok(vec![json!("orphan")])
+        );
+        assert_eq!(f(opts(Some("Sideways"), None), vec![]), Err(422));
+        assert_eq!(f(opts(Some("Orphan"), Some(true)), vec![]), Err(422));
+    }
 
     #[test]
     fn jobs_get_a_generated_selector() {

@@ -1,9 +1,101 @@
-//! `rk3s-controller`: not built yet (issue #5).
+//! `rk3s-controller`: the controller manager of rk3s, alone.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "{}: this component is not implemented yet (tracked by issue #5)",
-        rk3s_controller::COMPONENT
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Yaml};
+
+/// Flags, as upstream kube-controller-manager names them. Unset flags fall back to the config
+/// file, then the environment (`RK3S_*`), then the defaults.
+#[derive(Debug, Parser, serde::Serialize)]
+#[command(
+    name = "rk3s-controller",
+    version,
+    about = "The controller manager of rk3s"
+)]
+struct Args {
+    /// YAML config file with the same keys as the flags.
+    #[arg(long, default_value = "/etc/rk3s/config.yaml")]
+    #[serde(skip)]
+    config: PathBuf,
+    /// Kubeconfig of the apiserver (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long)]
+    #[serde(skip)]
+    kubeconfig: Option<PathBuf>,
+    /// Controllers to run: `*`, a name, or `-name` to leave one out; comma separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    controllers: Option<Vec<String>>,
+    /// Take the kube-system/kube-controller-manager Lease before running.
+    #[arg(long)]
+    #[serde(rename = "leader-elect", skip_serializing_if = "Option::is_none")]
+    leader_elect: Option<bool>,
+    /// Objects each controller reconciles at once.
+    #[arg(long)]
+    #[serde(rename = "concurrent-syncs", skip_serializing_if = "Option::is_none")]
+    concurrent_syncs: Option<u16>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut figment = Figment::from(Serialized::defaults(rk3s_controller::Config::default()));
+    if args.config.exists() {
+        figment = figment.merge(Yaml::file(&args.config));
+    }
+    let config: rk3s_controller::Config = figment
+        .merge(Env::prefixed("RK3S_").map(|k| k.as_str().replace('_', "-").into()))
+        .merge(Serialized::defaults(&args))
+        .extract()
+        .context("reading the configuration")?;
+    config.validate().context("checking the configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = client(args.kubeconfig.as_deref()).await?;
+        rk3s_controller::run(config, client, shutdown_signal())
+            .await
+            .context("running the controller manager")
+    })
+}
+
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .context("loading the kubeconfig")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig (use --kubeconfig)")?,
+    };
+    kube::Client::try_from(config).context("building the API client")
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd sends).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

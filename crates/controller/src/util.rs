@@ -1,0 +1,211 @@
+//! Helpers every controller shares: the context, per-object backoff, selectors, pod state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::core::{Selector, SelectorExt as _};
+use kube::runtime::controller::{Action, Error as ControllerError};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+
+use crate::ReconcileError;
+
+/// What every controller gets.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) concurrency: u16,
+}
+
+impl Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-object failure counts: requeue after 5 ms × 2^failures, at most 1000 s (upstream's
+/// `DefaultControllerRateLimiter` item backoff). A success forgets the object.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    pub(crate) fn failure(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(key.to_string()).or_insert(0);
+        let delay = Duration::from_millis(5).saturating_mul(1u32 << (*n).min(20));
+        *n += 1;
+        delay.min(Duration::from_secs(1000))
+    }
+
+    pub(crate) fn success(&self, key: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.remove(key);
+    }
+}
+
+/// `namespace/name` of an object.
+pub(crate) fn key_of(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Whether `selector` selects `labels`. An empty selector selects everything, as
+/// `metav1.LabelSelectorAsSelector` makes it.
+pub(crate) fn selects(
+    selector: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<bool, ReconcileError> {
+    let sel = Selector::try_from(selector.clone())
+        .map_err(|e| ReconcileError::Selector(e.to_string()))?;
+    let empty = BTreeMap::new();
+    Ok(sel.matches(labels.unwrap_or(&empty)))
+}
+
+/// The owner reference with `controller: true`, if any.
+pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// An owner reference with controller=true and blockOwnerDeletion=true to `owner`.
+pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    let meta = owner.meta();
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+pub(crate) fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// A pod that counts: not finished and not being deleted (upstream's `IsPodActive`).
+pub(crate) fn pod_active(pod: &Pod) -> bool {
+    let phase = pod_phase(pod);
+    phase != "Succeeded" && phase != "Failed" && pod.metadata.deletion_timestamp.is_none()
+}
+
+pub(crate) fn pod_phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// The pod's Ready condition is True; returns when it last changed.
+pub(crate) fn pod_ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
+    let cond = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    (cond.status == "True").then(|| cond.last_transition_time.as_ref().map(|t| t.0))
+}
+
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
+    pod_ready_since(pod).is_some()
+}
+
+/// Ready for at least `min_ready_seconds` at `now` (upstream's `IsPodAvailable`).
+pub(crate) fn pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+    match pod_ready_since(pod) {
+        None => false,
+        Some(_) if min_ready_seconds <= 0 => true,
+        Some(None) => false,
+        Some(Some(since)) => {
+            let ready_for = now.duration_since(since);
+            ready_for.as_secs() >= i64::from(min_ready_seconds)
+        }
+    }
+}
+
+/// Logs what a kube-runtime `Controller` reports; the stream ends when the controller stops.
+pub(crate) async fn drain<K, E>(
+    name: &'static str,
+    stream: impl Stream<Item = Result<(ObjectRef<K>, Action), ControllerError<E, watcher::Error>>>,
+) where
+    K: Resource,
+    K::DynamicType: Debug,
+    E: std::error::Error + 'static,
+{
+    stream
+        .for_each(|r| async move {
+            match r {
+                Ok((obj, _)) => tracing::trace!(controller = name, %obj, "reconciled"),
+                Err(ControllerError::ReconcilerFailed(e, obj)) => {
+                    tracing::warn!(controller = name, %obj, error = %e, "reconcile failed; requeued with backoff")
+                }
+                Err(ControllerError::QueueError(e)) => {
+                    tracing::warn!(controller = name, error = %e, "watch failed; retrying with backoff")
+                }
+                Err(e) => tracing::debug!(controller = name, error = %e, "controller"),
+            }
+        })
+        .await;
+}
+
+/// Requeue on error with the object's backoff.
+pub(crate) fn error_action(backoff: &Backoff, key: &str) -> Action {
+    Action::requeue(backoff.failure(key))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_and_resets() {
+        let b = Backoff::default();
+        assert_eq!(b.failure("a"), Duration::from_millis(5));
+        assert_eq!(b.failure("a"), Duration::from_millis(10));
+        assert_eq!(b.failure("a"), Duration::from_millis(20));
+        for _ in 0..30 {
+            b.failure("a");
+        }
+        assert_eq!(b.failure("a"), Duration::from_secs(1000));
+        b.success("a");
+        assert_eq!(b.failure("a"), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn selectors_match_labels_and_expressions() {
+        let sel: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]
+        }))
+        .unwrap();
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(selects(&sel, Some(&l(&[("app", "web")]))).unwrap());
+        assert!(!selects(&sel, Some(&l(&[("app", "web"), ("tier", "db")]))).unwrap());
+        assert!(!selects(&sel, None).unwrap());
+        assert!(selects(&LabelSelector::default(), None).unwrap());
+    }
+}

@@ -1,0 +1,266 @@
+//! Test harness: an apiserver in this process on 127.0.0.1:0 over a SQLite store in a temp
+//! dir, the controller manager running against it, and a "kubelet stand-in".
+//!
+//! No kubelet or containers exist in these tests: the stand-in plays the node's part by
+//! patching pod status (phase Running, a pod IP, Ready=True) so that the controllers see
+//! pods become ready. It never runs anything.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+use rk3s_apiserver::{Apiserver, RunningApiserver};
+use serde_json::json;
+
+pub struct TestCluster {
+    pub server: Option<RunningApiserver>,
+    store: rk3s_datastore::Store,
+    addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub client: kube::Client,
+    stop_controllers: Option<tokio::sync::oneshot::Sender<()>>,
+    controllers: Option<tokio::task::JoinHandle<()>>,
+    /// While true, the kubelet stand-in marks new pods Running and Ready.
+    pub kubelet_ready: Arc<AtomicBool>,
+    kubelet: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestCluster {
+    /// Apiserver + controller manager (all controllers) + kubelet stand-in.
+    pub async fn start() -> TestCluster {
+        TestCluster::start_with(rk3s_controller::Config::default()).await
+    }
+
+    pub async fn start_with(config: rk3s_controller::Config) -> TestCluster {
+        let _ = tracing_subscriber_init();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("state.db");
+        let store = rk3s_datastore::connect(&rk3s_datastore::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..rk3s_datastore::Config::for_endpoint(format!("sqlite://{}", db.display()))
+        })
+        .await
+        .expect("SQLite store");
+        let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let server = Apiserver::new(store.clone())
+            .pki(pki(dir.path()))
+            .serve(listen)
+            .await
+            .expect("apiserver starts");
+        let addr = server.local_addr();
+        // The admin client certificate (system:masters); the controller's own least-privilege
+        // identity is the supervisor's to hand out.
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
+        let client = client_for(&kubeconfig).await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = client.clone();
+        let controllers = tokio::spawn(async move {
+            rk3s_controller::run(config, c, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("controller manager runs");
+        });
+        let kubelet_ready = Arc::new(AtomicBool::new(true));
+        let kubelet = tokio::spawn(kubelet_stand_in(client.clone(), kubelet_ready.clone()));
+        TestCluster {
+            server: Some(server),
+            store,
+            addr,
+            kubeconfig,
+            dir,
+            client,
+            stop_controllers: Some(tx),
+            controllers: Some(controllers),
+            kubelet_ready,
+            kubelet: Some(kubelet),
+        }
+    }
+
+    /// Stops the apiserver, waits `down`, and starts a new one on the same address, store and
+    /// certificates.
+    pub async fn restart_apiserver(&mut self, down: Duration) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        tokio::time::sleep(down).await;
+        let server = Apiserver::new(self.store.clone())
+            .pki(pki(self.dir.path()))
+            .serve(self.addr)
+            .await
+            .expect("apiserver restarts");
+        self.server = Some(server);
+    }
+
+    /// Another controller manager against this cluster, stopped by the returned sender.
+    pub fn spawn_controller_manager(
+        &self,
+        config: rk3s_controller::Config,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = self.client.clone();
+        let h = tokio::spawn(async move {
+            rk3s_controller::run(config, c, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("controller manager runs");
+        });
+        (tx, h)
+    }
+
+    /// Stops the controller manager and waits for it to finish.
+    pub async fn stop_controllers(&mut self) {
+        if let Some(tx) = self.stop_controllers.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.controllers.take() {
+            h.await.expect("controller manager task");
+        }
+    }
+
+    /// Runs kubectl against this cluster (on a blocking thread).
+    pub async fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(
+            std::env::var("RK3S_KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()),
+        );
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .args(args);
+        tokio::task::spawn_blocking(move || cmd.output().expect("kubectl runs"))
+            .await
+            .expect("kubectl thread")
+    }
+
+    pub async fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Some(h) = self.kubelet.take() {
+            h.abort();
+        }
+        if let Some(h) = self.controllers.take() {
+            h.abort();
+        }
+    }
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    // Logs only when asked for (RUST_LOG), and only once per test binary.
+    std::env::var("RUST_LOG").ok()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init()
+        .ok()
+}
+
+/// Certificates kept in the test's directory, so that a restarted apiserver has the same CAs.
+fn pki(dir: &std::path::Path) -> rk3s_apiserver::Pki {
+    let opts = rk3s_apiserver::PkiOptions {
+        node_ips: vec!["127.0.0.1".parse().expect("ip")],
+        ..rk3s_apiserver::PkiOptions::default()
+    };
+    rk3s_apiserver::Pki::load_or_create(&dir.join("tls"), &opts).expect("certificates")
+}
+
+/// The one place tests build a client (authentication will change it).
+pub async fn client_for(kubeconfig: &std::path::Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kube config");
+    kube::Client::try_from(config).expect("kube client")
+}
+
+/// Marks every Pending pod Running and Ready with a fresh pod IP, while `ready` is on.
+async fn kubelet_stand_in(client: kube::Client, ready: Arc<AtomicBool>) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let next_ip = AtomicU32::new(2);
+    let mut events = watcher(pods, watcher::Config::default()).boxed();
+    let mut pending: Vec<Pod> = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+        match ev {
+            Ok(Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)))) => {
+                pending.push(p)
+            }
+            Ok(None) => return,
+            _ => {}
+        }
+        if !ready.load(Ordering::SeqCst) {
+            continue;
+        }
+        for p in std::mem::take(&mut pending) {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            if !matches!(phase, None | Some("Pending")) || p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let n = next_ip.fetch_add(1, Ordering::SeqCst);
+            let ip = format!("10.42.{}.{}", n / 250, n % 250 + 2);
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let patch = json!({"status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                ],
+            }});
+            if let Err(e) = Api::<Pod>::namespaced(client.clone(), &ns)
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                eprintln!("kubelet stand-in: cannot mark {ns}/{name} ready: {e}");
+            }
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns Some, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
