@@ -452,18 +452,7 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             col("Port(s)", "string", 0, service_ports),
             AGE,
             col("Selector", "string", 1, |o| {
-                let sel = o
-                    .get("spec")
-                    .and_then(|s| s.get("selector"))
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
-                or_none(sel)
+                or_none(map_text(o.get("spec").and_then(|s| s.get("selector"))))
             }),
         ],
         ("", "Node") => vec![
@@ -494,7 +483,7 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             col("Containers", "string", 1, |o| containers_of(o, "name")),
             col("Images", "string", 1, |o| containers_of(o, "image")),
         ],
-        ("apps", "ReplicaSet") => vec![
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => vec![
             NAME,
             col("Desired", "integer", 0, |o| {
                 json!(int_at(o, &["spec", "replicas"]))
@@ -508,6 +497,11 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             AGE,
             col("Containers", "string", 1, |o| containers_of(o, "name")),
             col("Images", "string", 1, |o| containers_of(o, "image")),
+            col("Selector", "string", 1, |o| {
+                or_none(crate::selectors::selector_text(
+                    o.get("spec").and_then(|s| s.get("selector")),
+                ))
+            }),
         ],
         ("apps", "StatefulSet") => vec![
             NAME,
@@ -540,20 +534,12 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
                 json!(int_at(o, &["status", "numberAvailable"]))
             }),
             col("Node Selector", "string", 0, |o| {
-                let sel = o
-                    .get("spec")
-                    .and_then(|s| s.get("template"))
-                    .and_then(|t| t.get("spec"))
-                    .and_then(|s| s.get("nodeSelector"))
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
-                or_none(sel)
+                or_none(map_text(
+                    o.get("spec")
+                        .and_then(|s| s.get("template"))
+                        .and_then(|t| t.get("spec"))
+                        .and_then(|s| s.get("nodeSelector")),
+                ))
             }),
             AGE,
         ],
@@ -667,24 +653,6 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
                 json!(arr(o, &["secrets"]).len())
             }),
             AGE,
-        ],
-        ("", "ReplicationController") => vec![
-            NAME,
-            col("Desired", "integer", 0, |o| {
-                json!(int_at(o, &["spec", "replicas"]))
-            }),
-            col("Current", "integer", 0, |o| {
-                json!(int_at(o, &["status", "replicas"]))
-            }),
-            col("Ready", "integer", 0, |o| {
-                json!(int_at(o, &["status", "readyReplicas"]))
-            }),
-            AGE,
-            col("Containers", "string", 1, |o| containers_of(o, "name")),
-            col("Images", "string", 1, |o| containers_of(o, "image")),
-            col("Selector", "string", 1, |o| {
-                or_none(map_text(o.get("spec").and_then(|s| s.get("selector"))))
-            }),
         ],
         ("", "PersistentVolume") => vec![
             NAME,
