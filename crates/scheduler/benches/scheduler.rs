@@ -109,14 +109,14 @@ async fn bench(n_nodes: usize, n_pods: usize) -> anyhow::Result<()> {
                         let _ = r.send(());
                     }
                 }
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
-                        bound.insert(p.metadata.name.unwrap_or_default());
-                        if bound.len() == n_pods
-                            && let Some(d) = done.take()
-                        {
-                            let _ = d.send(Instant::now());
-                        }
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))
+                    if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() =>
+                {
+                    bound.insert(p.metadata.name.unwrap_or_default());
+                    if bound.len() == n_pods
+                        && let Some(d) = done.take()
+                    {
+                        let _ = d.send(Instant::now());
                     }
                 }
                 _ => {}

@@ -5,6 +5,9 @@
 //! nodes, [`preemption`] makes room for important pods, and bindings go through
 //! `POST pods/<name>/binding`. [`leader`] elects one active scheduler through a Lease.
 
+// Unit tests may unwrap.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::future::Future;
 
 pub mod cache;

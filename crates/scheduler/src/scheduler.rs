@@ -206,10 +206,11 @@ async fn next_pod(shared: &Shared) -> Popped {
         let wait = {
             let mut inner = shared.lock();
             let now = Instant::now();
-            if inner.nodes_synced && inner.pods_synced {
-                if let Some(p) = inner.queue.pop(now) {
-                    return p;
-                }
+            if inner.nodes_synced
+                && inner.pods_synced
+                && let Some(p) = inner.queue.pop(now)
+            {
+                return p;
             }
             inner
                 .queue

@@ -1,5 +1,7 @@
 //! Leader election through the `kube-system/kube-scheduler` Lease on a real apiserver.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The scheduler against a real in-process apiserver: nodes are API objects, pods are bound
 //! through `pods/binding`, failures are reported on the pod and in events.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -270,5 +272,43 @@ async fn does_not_preempt_equal_or_higher_priority() {
         msg,
         "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: \
          1 No preemption victims found for incoming pod."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_shows_the_node_and_the_scheduling_events() {
+    let t = TestServer::start().await;
+    let c = t.client().await;
+    make_node(&c, "n1", "1", json!({}), json!([])).await;
+    let _s = start_scheduler(&c);
+    make_pod(&c, "ok", json!({}), json!({})).await;
+    make_pod(
+        &c,
+        "huge",
+        json!({}),
+        json!({"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"memory": "100Gi"}}}]}),
+    )
+    .await;
+    wait_bound(&c, &["ok"]).await;
+    unschedulable_message(&c, "huge").await;
+    let wide = kubectl(&t, &["get", "pod", "ok", "-o", "wide"]).await;
+    assert!(
+        wide.lines().nth(1).is_some_and(|l| l.contains(" n1 ")),
+        "{wide}"
+    );
+    let describe = eventually("events in describe", || async {
+        let d = kubectl(&t, &["describe", "pod", "huge"]).await;
+        d.contains("FailedScheduling").then_some(d)
+    })
+    .await;
+    assert!(
+        describe.contains("default-scheduler")
+            && describe.contains("0/1 nodes are available: 1 Insufficient memory."),
+        "{describe}"
+    );
+    let describe = kubectl(&t, &["describe", "pod", "ok"]).await;
+    assert!(
+        describe.contains("Successfully assigned default/ok to n1"),
+        "{describe}"
     );
 }

@@ -197,3 +197,22 @@ pub async fn events_for(
         .filter(|e| e.involved_object.name.as_deref() == Some(pod))
         .collect()
 }
+
+/// Runs /usr/bin/kubectl (or $RK3S_KUBECTL) against the server; returns stdout, fails on error.
+pub async fn kubectl(t: &TestServer, args: &[&str]) -> String {
+    let bin = std::env::var("RK3S_KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("KUBECONFIG", &t.kubeconfig)
+        .env("HOME", t.dir.path())
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("kubectl thread")
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
