@@ -45,8 +45,11 @@ pub(crate) const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "scheduler",
-        what: "hollow nodes: 10k pods onto 5k nodes, pods/s",
-        target: Target::NotYet { issue: 5 },
+        what: "hollow nodes: 10k pods onto 5k nodes, pods/s (--nodes N --pods M)",
+        target: Target::Cargo {
+            package: "rk3s-scheduler",
+            bench: "scheduler",
+        },
     },
     Bench {
         name: "startup",

@@ -1,9 +1,100 @@
-//! `rk3s-scheduler`: not built yet (issue #5).
+//! `rk3s-scheduler`: the rk3s pod scheduler, alone.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "{}: this component is not implemented yet (tracked by issue #5)",
-        rk3s_scheduler::COMPONENT
-    );
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Yaml};
+
+/// Flags, as kube-scheduler names them. Unset flags fall back to the config file, then the
+/// environment (`RK3S_*`), then the defaults.
+#[derive(Debug, Parser, serde::Serialize)]
+#[command(name = "rk3s-scheduler", version, about = "The rk3s pod scheduler")]
+struct Args {
+    /// YAML config file with the same keys as the flags.
+    #[arg(long, default_value = "/etc/rk3s/scheduler.yaml")]
+    #[serde(skip)]
+    config: PathBuf,
+    /// Kubeconfig to reach the apiserver (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    #[serde(skip)]
+    kubeconfig: Option<PathBuf>,
+    /// Pods with this `spec.schedulerName` are scheduled.
+    #[arg(long)]
+    #[serde(rename = "scheduler-name", skip_serializing_if = "Option::is_none")]
+    scheduler_name: Option<String>,
+    /// Take the `kube-system/kube-scheduler` Lease before scheduling.
+    #[arg(long)]
+    #[serde(rename = "leader-elect", skip_serializing_if = "Option::is_none")]
+    leader_elect: Option<bool>,
+    /// Share of nodes to find feasible before scoring (0: adaptive, as upstream).
+    #[arg(long)]
+    #[serde(
+        rename = "percentage-of-nodes-to-score",
+        skip_serializing_if = "Option::is_none"
+    )]
+    percentage_of_nodes_to_score: Option<u32>,
+    /// Bindings in flight at once.
+    #[arg(long)]
+    #[serde(rename = "parallel-binds", skip_serializing_if = "Option::is_none")]
+    parallel_binds: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut figment = Figment::from(Serialized::defaults(rk3s_scheduler::Config::default()));
+    if args.config.exists() {
+        figment = figment.merge(Yaml::file(&args.config));
+    }
+    let config: rk3s_scheduler::Config = figment
+        .merge(Env::prefixed("RK3S_").map(|k| k.as_str().replace('_', "-").into()))
+        .merge(Serialized::defaults(&args))
+        .extract()
+        .context("reading the configuration")?;
+    config.validate().context("checking the configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let kube_config = match &args.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .context("loading the kubeconfig")?
+            }
+            None => kube::Config::infer()
+                .await
+                .context("finding a kubeconfig")?,
+        };
+        let client = kube::Client::try_from(kube_config).context("building the API client")?;
+        rk3s_scheduler::run(config, client, shutdown_signal())
+            .await
+            .context("running the scheduler")
+    })
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd sends).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

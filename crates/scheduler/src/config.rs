@@ -1,0 +1,144 @@
+//! Scheduler configuration: serde with defaults (kebab-case keys, like the flags), validated
+//! without side effects.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// What `rk3s-scheduler` is configured with. Every field has upstream's default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct Config {
+    /// Pods whose `spec.schedulerName` is this are ours.
+    pub scheduler_name: String,
+    /// Take a Lease before scheduling, so that several schedulers can run safely.
+    pub leader_elect: bool,
+    pub leader_elect_resource_namespace: String,
+    pub leader_elect_resource_name: String,
+    pub leader_elect_lease_duration_seconds: u64,
+    pub leader_elect_renew_deadline_seconds: u64,
+    pub leader_elect_retry_period_seconds: u64,
+    /// Lease holder identity; default `<hostname>_<random>`.
+    pub leader_elect_identity: Option<String>,
+    /// Share of nodes to find feasible before scoring; 0 = upstream's adaptive default
+    /// (all nodes up to 100, then 50% − nodes/125, at least 5%).
+    pub percentage_of_nodes_to_score: u32,
+    /// Bindings in flight at once.
+    pub parallel_binds: usize,
+    pub pod_initial_backoff_seconds: u64,
+    pub pod_max_backoff_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            scheduler_name: "default-scheduler".into(),
+            leader_elect: true,
+            leader_elect_resource_namespace: "kube-system".into(),
+            leader_elect_resource_name: "kube-scheduler".into(),
+            leader_elect_lease_duration_seconds: 15,
+            leader_elect_renew_deadline_seconds: 10,
+            leader_elect_retry_period_seconds: 2,
+            leader_elect_identity: None,
+            percentage_of_nodes_to_score: 0,
+            parallel_binds: 64,
+            pod_initial_backoff_seconds: 1,
+            pod_max_backoff_seconds: 10,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.scheduler_name.is_empty() {
+            return bad("scheduler-name must not be empty");
+        }
+        if self.percentage_of_nodes_to_score > 100 {
+            return bad("percentage-of-nodes-to-score must be between 0 and 100");
+        }
+        if self.parallel_binds == 0 {
+            return bad("parallel-binds must be at least 1");
+        }
+        if self.pod_initial_backoff_seconds == 0
+            || self.pod_initial_backoff_seconds > self.pod_max_backoff_seconds
+        {
+            return bad(
+                "pod-initial-backoff-seconds must be positive and at most pod-max-backoff-seconds",
+            );
+        }
+        if self.leader_elect {
+            if self.leader_elect_retry_period_seconds == 0
+                || self.leader_elect_retry_period_seconds
+                    >= self.leader_elect_renew_deadline_seconds
+                || self.leader_elect_renew_deadline_seconds
+                    >= self.leader_elect_lease_duration_seconds
+            {
+                return bad(
+                    "leader election needs 0 < retry-period < renew-deadline < lease-duration",
+                );
+            }
+            if self.leader_elect_resource_name.is_empty()
+                || self.leader_elect_resource_namespace.is_empty()
+            {
+                return bad("leader-elect-resource-name and -namespace must not be empty");
+            }
+        }
+        Ok(())
+    }
+
+    /// How many feasible nodes to find before scoring, out of `all` (upstream's
+    /// `numFeasibleNodesToFind`).
+    pub fn nodes_to_find(&self, all: usize) -> usize {
+        const MIN_FEASIBLE: usize = 100;
+        const MIN_PERCENT: usize = 5;
+        if all < MIN_FEASIBLE {
+            return all;
+        }
+        let mut pct = self.percentage_of_nodes_to_score as usize;
+        if pct == 0 {
+            pct = 50usize.saturating_sub(all / 125).max(MIN_PERCENT);
+        }
+        if pct >= 100 {
+            return all;
+        }
+        (all * pct / 100).max(MIN_FEASIBLE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_do_not() {
+        Config::default().validate().unwrap();
+        let c = Config {
+            percentage_of_nodes_to_score: 101,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            leader_elect_renew_deadline_seconds: 20,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c: Config = serde_json::from_str(r#"{"scheduler-name": "mine"}"#).unwrap();
+        assert_eq!(c.scheduler_name, "mine");
+        assert!(c.leader_elect);
+    }
+
+    #[test]
+    fn adaptive_sampling_like_upstream() {
+        let c = Config::default();
+        assert_eq!(c.nodes_to_find(50), 50);
+        assert_eq!(c.nodes_to_find(1000), 420);
+        assert_eq!(c.nodes_to_find(5000), 500);
+        assert_eq!(c.nodes_to_find(100_000), 5000);
+        let all = Config {
+            percentage_of_nodes_to_score: 100,
+            ..Config::default()
+        };
+        assert_eq!(all.nodes_to_find(5000), 5000);
+    }
+}

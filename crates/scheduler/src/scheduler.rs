@@ -1,0 +1,665 @@
+//! The scheduling loop: watches feed the cache and the queue; one pod at a time is popped,
+//! filtered and scored against the cache (a memory-only decision, under the lock), assumed on
+//! its node and bound in the background, several bindings in flight at once.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{
+    Event, EventSource, Namespace, Node, ObjectReference, Pod, PodCondition,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use rand::Rng as _;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use crate::Result;
+use crate::cache::{Cache, NodeInfo, PodInfo, pod_key};
+use crate::config::Config;
+use crate::plugins::{CycleState, fit_error_message};
+use crate::preemption::{self, Candidate};
+use crate::queue::{ClusterEvent, Popped, Queue};
+
+/// Events waiting to be written; beyond this they are dropped (as upstream's broadcaster does).
+const EVENT_BUFFER: usize = 8192;
+const EVENT_WRITERS: usize = 8;
+
+#[derive(Debug)]
+struct Inner {
+    cache: Cache,
+    queue: Queue,
+    next_start: usize,
+    nodes_synced: bool,
+    pods_synced: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    config: Config,
+    client: kube::Client,
+    events: mpsc::Sender<EventRecord>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn event(&self, pod: &Pod, type_: &'static str, reason: &'static str, message: String) {
+        let record = EventRecord {
+            pod: pod.clone(),
+            type_,
+            reason,
+            message,
+        };
+        if self.events.try_send(record).is_err() {
+            tracing::debug!(reason, "event buffer full; event dropped");
+        }
+    }
+}
+
+#[derive(Debug)]
+struct EventRecord {
+    pod: Pod,
+    type_: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+/// The scheduler, before it runs.
+pub struct Scheduler {
+    config: Config,
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one scheduling attempt decided.
+#[derive(Debug)]
+enum Outcome {
+    Assume(String),
+    Fail {
+        message: String,
+        plugins: HashSet<&'static str>,
+        nominate: Option<Candidate>,
+    },
+    Skip,
+}
+
+impl Scheduler {
+    pub fn new(config: Config, client: kube::Client) -> Scheduler {
+        Scheduler { config, client }
+    }
+
+    /// Watches, schedules and binds until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.config.validate()?;
+        let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                cache: Cache::default(),
+                queue: Queue::new(
+                    Duration::from_secs(self.config.pod_initial_backoff_seconds),
+                    Duration::from_secs(self.config.pod_max_backoff_seconds),
+                ),
+                next_start: 0,
+                nodes_synced: false,
+                pods_synced: false,
+            }),
+            wake: Notify::new(),
+            config: self.config,
+            client: self.client,
+            events: events_tx,
+        });
+        // Dropping the set (on shutdown or lost leadership) aborts watches and bindings.
+        let mut tasks = JoinSet::new();
+        tasks.spawn(watch_nodes(shared.clone()));
+        tasks.spawn(watch_pods(shared.clone()));
+        tasks.spawn(watch_namespaces(shared.clone()));
+        tasks.spawn(write_events(
+            shared.client.clone(),
+            shared.config.scheduler_name.clone(),
+            events_rx,
+        ));
+        let binds = Arc::new(Semaphore::new(shared.config.parallel_binds));
+        tokio::pin!(shutdown);
+        tracing::info!(scheduler_name = %shared.config.scheduler_name, "scheduler started");
+        loop {
+            let Ok(permit) = binds.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let popped = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                p = next_pod(&shared) => p,
+            };
+            let span =
+                tracing::debug_span!("schedule", pod = %popped.info.key, attempt = popped.attempts);
+            let outcome = {
+                let _g = span.enter();
+                let mut inner = shared.lock();
+                let outcome = schedule_one(&mut inner, &shared.config, &popped);
+                let now = Instant::now();
+                match &outcome {
+                    Outcome::Assume(node) => {
+                        inner.cache.assume(popped.info.clone(), node);
+                        inner.queue.done(&popped.info.key);
+                    }
+                    Outcome::Fail { plugins, .. } => {
+                        inner.queue.failed(&popped.info.key, plugins.clone(), now);
+                    }
+                    Outcome::Skip => inner.queue.done(&popped.info.key),
+                }
+                outcome
+            };
+            match outcome {
+                Outcome::Assume(node) => {
+                    tasks.spawn(bind(shared.clone(), popped, node, permit).instrument(span));
+                }
+                Outcome::Fail {
+                    message, nominate, ..
+                } => {
+                    tracing::debug!(parent: &span, %message, "unschedulable");
+                    tasks.spawn(
+                        record_failure(
+                            shared.clone(),
+                            popped.info.clone(),
+                            message,
+                            nominate,
+                            permit,
+                        )
+                        .instrument(span),
+                    );
+                }
+                Outcome::Skip => {}
+            }
+            // Reap finished tasks so the set does not grow.
+            while let Some(res) = tasks.try_join_next() {
+                if let Err(e) = res
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a scheduler task panicked");
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the next pod to schedule (once both watches have listed everything).
+async fn next_pod(shared: &Shared) -> Popped {
+    loop {
+        let wait = {
+            let mut inner = shared.lock();
+            let now = Instant::now();
+            if inner.nodes_synced
+                && inner.pods_synced
+                && let Some(p) = inner.queue.pop(now)
+            {
+                return p;
+            }
+            inner
+                .queue
+                .next_backoff()
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1))
+        };
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One scheduling cycle against the cache: filters (on a rotating sample of nodes), scores,
+/// or the failure with its upstream message and, if it helps, a preemption.
+fn schedule_one(inner: &mut Inner, config: &Config, popped: &Popped) -> Outcome {
+    let cache = &inner.cache;
+    let pod = &popped.info;
+    if cache.is_placed(&pod.key) {
+        return Outcome::Skip;
+    }
+    let state = CycleState::new(pod.clone(), cache);
+    let nodes = cache.nodes();
+    let available = cache.node_count();
+    if available == 0 {
+        return Outcome::Fail {
+            message: "no nodes available to schedule pods".into(),
+            plugins: HashSet::from(["NodeName"]),
+            nominate: None,
+        };
+    }
+    let want = config.nodes_to_find(available);
+    let start = inner.next_start % nodes.len();
+    let mut feasible: Vec<&NodeInfo> = Vec::new();
+    let mut failures = HashMap::new();
+    let mut processed = 0;
+    for i in 0..nodes.len() {
+        let n = &nodes[(start + i) % nodes.len()];
+        if n.node.is_none() {
+            continue;
+        }
+        processed = i + 1;
+        match state.filter(n) {
+            Ok(()) => {
+                feasible.push(n);
+                if feasible.len() >= want {
+                    break;
+                }
+            }
+            Err(f) => {
+                failures.insert(n.name.clone(), f);
+            }
+        }
+    }
+    let next_start = (start + processed) % nodes.len();
+    let outcome = if feasible.is_empty() {
+        let mut message = fit_error_message(available, &failures);
+        let plugins = failures.values().map(|f| f.plugin).collect();
+        let nominate = match preemption::preempt(&state, cache, &failures) {
+            Ok(c) => Some(c),
+            Err(m) => {
+                message.push_str(" preemption: ");
+                message.push_str(&m);
+                None
+            }
+        };
+        Outcome::Fail {
+            message,
+            plugins,
+            nominate,
+        }
+    } else if feasible.len() == 1 {
+        Outcome::Assume(feasible[0].name.clone())
+    } else {
+        let scores = state.score(cache, &feasible);
+        // Highest score; ties broken at random (reservoir sampling), like upstream.
+        let mut rng = rand::rng();
+        let mut best = 0;
+        let mut ties = 0u32;
+        for (i, s) in scores.iter().enumerate() {
+            if *s > scores[best] {
+                best = i;
+                ties = 1;
+            } else if *s == scores[best] {
+                ties += 1;
+                if rng.random_range(0..ties) == 0 {
+                    best = i;
+                }
+            }
+        }
+        Outcome::Assume(feasible[best].name.clone())
+    };
+    inner.next_start = next_start;
+    outcome
+}
+
+/// `POST pods/<name>/binding`; on failure the pod is forgotten on its node and queued again.
+async fn bind(
+    shared: Arc<Shared>,
+    popped: Popped,
+    node: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let pod = &popped.info;
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    match api
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            &pod.name,
+            &PostParams::default(),
+            &body,
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::debug!(%node, "bound");
+            shared.event(
+                &pod.pod,
+                "Normal",
+                "Scheduled",
+                format!("Successfully assigned {} to {node}", pod.key),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "binding failed");
+            let gone = matches!(&e, kube::Error::Api(s) if s.code == 404);
+            {
+                let mut inner = shared.lock();
+                inner.cache.forget(&pod.key);
+                if !gone && !inner.cache.is_placed(&pod.key) {
+                    inner
+                        .queue
+                        .requeue(pod.clone(), popped.attempts, Instant::now());
+                }
+            }
+            shared.wake.notify_one();
+            if !gone {
+                shared.event(
+                    &pod.pod,
+                    "Warning",
+                    "FailedScheduling",
+                    format!("Binding rejected: {e}"),
+                );
+            }
+        }
+    }
+}
+
+/// Carries out a preemption, then sets PodScheduled=False (reason Unschedulable) and writes the
+/// `FailedScheduling` event.
+async fn record_failure(
+    shared: Arc<Shared>,
+    pod: Arc<PodInfo>,
+    message: String,
+    nominate: Option<Candidate>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
+    let nominated = nominate.as_ref().map(|c| c.node.clone());
+    if let Some(c) = &nominate {
+        for victim in &c.victims {
+            let vapi: Api<Pod> = Api::namespaced(shared.client.clone(), &victim.namespace);
+            match vapi.delete(&victim.name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(victim = %victim.key, node = %c.node, "preempted");
+                    shared.event(
+                        &victim.pod,
+                        "Normal",
+                        "Preempted",
+                        format!("Preempted by pod {} on node {}", pod.uid, c.node),
+                    );
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(victim = %victim.key, error = %e, "deleting a victim failed")
+                }
+            }
+        }
+    }
+    let status = pod.pod.status.clone().unwrap_or_default();
+    let mut conditions = status.conditions.unwrap_or_default();
+    let existing = conditions.iter().position(|c| c.type_ == "PodScheduled");
+    let same = existing.is_some_and(|i| {
+        let c = &conditions[i];
+        c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+            && c.message.as_deref() == Some(message.as_str())
+    });
+    let nominated_changed = nominated.is_some() && nominated != status.nominated_node_name;
+    if !same || nominated_changed {
+        let now = Time(Timestamp::now());
+        let transition = match existing.map(|i| &conditions[i]) {
+            Some(c) if c.status == "False" => c.last_transition_time.clone(),
+            _ => Some(now),
+        };
+        let condition = PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(message.clone()),
+            last_transition_time: transition,
+            ..Default::default()
+        };
+        match existing {
+            Some(i) => conditions[i] = condition,
+            None => conditions.push(condition),
+        }
+        let mut patch = serde_json::json!({"status": {"conditions": conditions}});
+        if let Some(n) = &nominated {
+            patch["status"]["nominatedNodeName"] = serde_json::json!(n);
+        }
+        if let Err(e) = api
+            .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::debug!(error = %e, "updating the pod's PodScheduled condition failed");
+        }
+    }
+    shared.event(&pod.pod, "Warning", "FailedScheduling", message);
+}
+
+/// Writes events (core/v1, as kube-scheduler's events.k8s.io events look through core/v1).
+async fn write_events(client: kube::Client, component: String, rx: mpsc::Receiver<EventRecord>) {
+    let instance = format!(
+        "{component}-{}",
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    );
+    let stream = tokio_stream_from(rx);
+    stream
+        .for_each_concurrent(EVENT_WRITERS, |r| {
+            let client = client.clone();
+            let component = component.clone();
+            let instance = instance.clone();
+            async move {
+                let ns = r.pod.metadata.namespace.clone().unwrap_or_default();
+                let name = r.pod.metadata.name.clone().unwrap_or_default();
+                let now = Timestamp::now();
+                let event = Event {
+                    metadata: ObjectMeta {
+                        name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                        namespace: Some(ns.clone()),
+                        ..Default::default()
+                    },
+                    involved_object: ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(name),
+                        namespace: Some(ns.clone()),
+                        uid: r.pod.metadata.uid.clone(),
+                        resource_version: r.pod.metadata.resource_version.clone(),
+                        ..Default::default()
+                    },
+                    reason: Some(r.reason.into()),
+                    message: Some(r.message),
+                    type_: Some(r.type_.into()),
+                    action: Some(
+                        if r.reason == "Preempted" {
+                            "Preempting"
+                        } else {
+                            "Scheduling"
+                        }
+                        .into(),
+                    ),
+                    event_time: Some(MicroTime(now)),
+                    first_timestamp: Some(Time(now)),
+                    last_timestamp: Some(Time(now)),
+                    count: Some(1),
+                    reporting_component: Some(component.clone()),
+                    reporting_instance: Some(instance),
+                    source: Some(EventSource {
+                        component: Some(component),
+                        host: None,
+                    }),
+                    ..Default::default()
+                };
+                let api: Api<Event> = Api::namespaced(client, &ns);
+                if let Err(e) = api.create(&PostParams::default(), &event).await {
+                    tracing::debug!(error = %e, "writing an event failed");
+                }
+            }
+        })
+        .await;
+}
+
+fn tokio_stream_from<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn watcher_config() -> watcher::Config {
+    watcher::Config::default()
+}
+
+async fn watch_nodes(shared: Arc<Shared>) {
+    let api: Api<Node> = Api::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, watcher_config())
+        .default_backoff()
+        .boxed();
+    let mut buffer: Vec<Node> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let now = Instant::now();
+        match ev {
+            Err(e) => tracing::warn!(error = %e, "node watch failed; retrying"),
+            Ok(WatchEvent::Init) => buffer.clear(),
+            Ok(WatchEvent::InitApply(n)) => buffer.push(n),
+            Ok(WatchEvent::InitDone) => {
+                let mut inner = shared.lock();
+                let keep: HashSet<String> = buffer
+                    .iter()
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                inner.cache.retain_nodes(&keep);
+                for n in buffer.drain(..) {
+                    inner.cache.upsert_node(Arc::new(n));
+                }
+                inner.nodes_synced = true;
+                inner.queue.move_for(ClusterEvent::NodeAddOrUpdate, now);
+            }
+            Ok(WatchEvent::Apply(n)) => {
+                let mut inner = shared.lock();
+                inner.cache.upsert_node(Arc::new(n));
+                inner.queue.move_for(ClusterEvent::NodeAddOrUpdate, now);
+            }
+            Ok(WatchEvent::Delete(n)) => {
+                let mut inner = shared.lock();
+                inner
+                    .cache
+                    .remove_node(n.metadata.name.as_deref().unwrap_or_default());
+            }
+        }
+        shared.wake.notify_one();
+    }
+}
+
+async fn watch_namespaces(shared: Arc<Shared>) {
+    let api: Api<Namespace> = Api::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, watcher_config())
+        .default_backoff()
+        .boxed();
+    while let Some(ev) = stream.next().await {
+        let mut inner = shared.lock();
+        match ev {
+            Err(e) => tracing::debug!(error = %e, "namespace watch failed; retrying"),
+            Ok(WatchEvent::Init) => inner.cache.namespaces.clear(),
+            Ok(WatchEvent::InitApply(ns) | WatchEvent::Apply(ns)) => {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                inner
+                    .cache
+                    .namespaces
+                    .insert(name, ns.metadata.labels.clone().unwrap_or_default());
+            }
+            Ok(WatchEvent::Delete(ns)) => {
+                inner
+                    .cache
+                    .namespaces
+                    .remove(ns.metadata.name.as_deref().unwrap_or_default());
+            }
+            Ok(WatchEvent::InitDone) => {}
+        }
+    }
+}
+
+async fn watch_pods(shared: Arc<Shared>) {
+    let api: Api<Pod> = Api::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, watcher_config())
+        .default_backoff()
+        .boxed();
+    let mut buffer: Vec<Pod> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let now = Instant::now();
+        match ev {
+            Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+            Ok(WatchEvent::Init) => buffer.clear(),
+            Ok(WatchEvent::InitApply(p)) => buffer.push(p),
+            Ok(WatchEvent::InitDone) => {
+                let mut inner = shared.lock();
+                let keys: HashSet<String> = buffer.iter().map(pod_key).collect();
+                inner.cache.clear_bound_pods();
+                inner.queue.retain(&keys);
+                for p in buffer.drain(..) {
+                    apply_pod(&mut inner, &shared.config, p, now);
+                }
+                inner.pods_synced = true;
+            }
+            Ok(WatchEvent::Apply(p)) => {
+                let mut inner = shared.lock();
+                apply_pod(&mut inner, &shared.config, p, now);
+            }
+            Ok(WatchEvent::Delete(p)) => {
+                let mut inner = shared.lock();
+                let key = pod_key(&p);
+                inner.queue.delete(&key);
+                if inner.cache.is_placed(&key) {
+                    inner.cache.remove_pod(&key);
+                    inner.queue.move_for(ClusterEvent::AssignedPodDelete, now);
+                }
+            }
+        }
+        shared.wake.notify_one();
+    }
+}
+
+/// A pod added or changed: assigned pods count on their node; pending pods that are ours,
+/// not gated and not being deleted wait in the queue.
+fn apply_pod(inner: &mut Inner, config: &Config, pod: Pod, now: Instant) {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let terminal = matches!(phase, Some("Succeeded" | "Failed"));
+    let info = Arc::new(PodInfo::new(Arc::new(pod)));
+    let key = info.key.clone();
+    if info.node_name().is_some() {
+        inner.queue.delete(&key);
+        if terminal {
+            if inner.cache.is_placed(&key) {
+                inner.cache.remove_pod(&key);
+                inner.queue.move_for(ClusterEvent::AssignedPodDelete, now);
+            }
+            return;
+        }
+        let new = !inner.cache.is_placed(&key) || inner.cache.is_assumed(&key);
+        inner.cache.upsert_assigned_pod(info);
+        if new {
+            inner.queue.move_for(ClusterEvent::AssignedPodAdd, now);
+        }
+        return;
+    }
+    if inner.cache.is_assumed(&key) {
+        return; // its binding is in flight
+    }
+    let spec = info.pod.spec.as_ref();
+    let ours = spec
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or("default-scheduler")
+        == config.scheduler_name;
+    let gated = spec
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty());
+    if !ours || gated || terminal || info.terminating {
+        inner.queue.delete(&key);
+        return;
+    }
+    inner.queue.add_or_update(info, now);
+}

@@ -1,0 +1,218 @@
+//! Test harness: an apiserver in this process on 127.0.0.1:0 over a SQLite store in a temp
+//! dir, a kube client for it, and helpers to make nodes (API objects only: no kubelet) and
+//! pods and to run a scheduler against them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use rk3s_apiserver::{Apiserver, RunningApiserver};
+use serde_json::{Value, json};
+
+pub struct TestServer {
+    pub server: RunningApiserver,
+    pub kubeconfig: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("state.db");
+        let store = rk3s_datastore::connect(&rk3s_datastore::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..rk3s_datastore::Config::for_endpoint(format!("sqlite://{}", db.display()))
+        })
+        .await
+        .expect("SQLite store");
+        let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let server = Apiserver::start(store, listen)
+            .await
+            .expect("apiserver starts");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: rk3s\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: rk3s\n  context: {{cluster: rk3s, user: admin}}\ncurrent-context: rk3s\nusers:\n- name: admin\n  user: {{token: unused-until-issue-4}}\n",
+                server.url()
+            ),
+        )
+        .expect("kubeconfig written");
+        TestServer {
+            server,
+            kubeconfig,
+            dir,
+        }
+    }
+
+    /// The one place clients are built (credentials will come from here once the apiserver
+    /// authenticates).
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("kube config");
+        kube::Client::try_from(config).expect("kube client")
+    }
+}
+
+/// Registers a node (create, then its status, as a kubelet does) with `cpu` CPUs, 8 GiB,
+/// 110 pods, the given labels and taints.
+pub async fn make_node(client: &kube::Client, name: &str, cpu: &str, labels: Value, taints: Value) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = labels;
+    labels["kubernetes.io/hostname"] = json!(name);
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints},
+    }))
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node created");
+    let status = json!({"status": {
+        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}]
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("node status");
+}
+
+/// Creates a pod in `default` from a spec (a container is added if none is given).
+pub async fn make_pod(client: &kube::Client, name: &str, labels: Value, spec: Value) -> Pod {
+    let mut spec = spec;
+    if spec.get("containers").is_none() {
+        spec["containers"] = json!([{"name": "c", "image": "busybox"}]);
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": spec,
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("pod created")
+}
+
+/// A scheduler on its own task, without leader election; aborted on drop.
+pub struct RunningScheduler(tokio::task::JoinHandle<()>);
+
+impl Drop for RunningScheduler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn start_scheduler(client: &kube::Client) -> RunningScheduler {
+    let config = rk3s_scheduler::Config {
+        leader_elect: false,
+        ..rk3s_scheduler::Config::default()
+    };
+    let client = client.clone();
+    RunningScheduler(tokio::spawn(async move {
+        if let Err(e) = rk3s_scheduler::run(config, client, std::future::pending()).await {
+            panic!("scheduler failed: {e}");
+        }
+    }))
+}
+
+/// Stands in for kubelets: pods marked for deletion are removed for good at once.
+pub fn start_kubelet_standin(client: &kube::Client) -> RunningScheduler {
+    let api: Api<Pod> = Api::all(client.clone());
+    RunningScheduler(tokio::spawn(async move {
+        let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev else {
+                continue;
+            };
+            if p.metadata.deletion_timestamp.is_some() {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let _ = Api::<Pod>::namespaced(api.clone().into_client(), &ns)
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+            }
+        }
+    }))
+}
+
+/// Polls until `f` returns `Some`, for up to 20 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..200 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub async fn node_of(client: &kube::Client, name: &str) -> Option<String> {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .get_opt(name)
+        .await
+        .expect("get pod")
+        .and_then(|p| p.spec.and_then(|s| s.node_name))
+}
+
+/// Waits until the pods are bound; returns their nodes in order.
+pub async fn wait_bound(client: &kube::Client, names: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        let node = eventually(&format!("pod {n} bound"), || node_of(client, n)).await;
+        out.push(node);
+    }
+    out
+}
+
+pub async fn events_for(
+    client: &kube::Client,
+    pod: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(pod))
+        .collect()
+}
+
+/// Runs /usr/bin/kubectl (or $RK3S_KUBECTL) against the server; returns stdout, fails on error.
+pub async fn kubectl(t: &TestServer, args: &[&str]) -> String {
+    let bin = std::env::var("RK3S_KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("KUBECONFIG", &t.kubeconfig)
+        .env("HOME", t.dir.path())
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("kubectl thread")
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
