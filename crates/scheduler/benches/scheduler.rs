@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -47,11 +46,7 @@ async fn bench(n_nodes: usize, n_pods: usize) -> anyhow::Result<()> {
     .await?;
     let listen: SocketAddr = "127.0.0.1:0".parse()?;
     let server = rk3s_apiserver::Apiserver::start(store, listen).await?;
-    let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: rk3s\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: rk3s\n  context: {{cluster: rk3s, user: admin}}\ncurrent-context: rk3s\nusers:\n- name: admin\n  user: {{token: unused-until-issue-4}}\n",
-        server.url()
-    );
+    let kubeconfig = server.admin_kubeconfig();
     let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;

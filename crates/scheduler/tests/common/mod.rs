@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -36,15 +35,8 @@ impl TestServer {
             .await
             .expect("apiserver starts");
         let kubeconfig = dir.path().join("kubeconfig");
-        let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: rk3s\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: rk3s\n  context: {{cluster: rk3s, user: admin}}\ncurrent-context: rk3s\nusers:\n- name: admin\n  user: {{token: unused-until-issue-4}}\n",
-                server.url()
-            ),
-        )
-        .expect("kubeconfig written");
+        // The admin client certificate (system:masters).
+        std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
         TestServer {
             server,
             kubeconfig,
@@ -52,8 +44,7 @@ impl TestServer {
         }
     }
 
-    /// The one place clients are built (credentials will come from here once the apiserver
-    /// authenticates).
+    /// The one place clients are built, with the admin credentials.
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(
