@@ -9,6 +9,10 @@
 //!
 //! A violation is 403 Forbidden with upstream's messages. (ResourceQuota admission needs the
 //! quota controller's usage figures, which arrive with it.)
+//!
+//! And the Priority plugin: a pod's `priorityClassName` (or the global default class) becomes
+//! its `spec.priority` and `preemptionPolicy`; an unknown class, or a priority the client set
+//! that differs from the class's, is 403.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +30,21 @@ const ANNOTATION: &str = "kubernetes.io/limit-ranger";
 /// Resource name → (the quantity as written, its value).
 type Quantities = BTreeMap<String, (String, Quantity)>;
 
+/// The priority classes every cluster has: (name, value, description).
+pub(crate) const SYSTEM_PRIORITY_CLASSES: &[(&str, i64, &str)] = &[
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to \
+         another node if necessary.",
+    ),
+];
+
 /// Runs the admission plugins that read the store on an object about to be created.
 pub(crate) async fn admit_create(
     state: &AppState,
@@ -36,6 +55,7 @@ pub(crate) async fn admit_create(
     if !(info.group.is_empty() && info.kind == "Pod") {
         return Ok(());
     }
+    priority(state, info, obj).await?;
     let (Some(ns), Some(limit_ranges)) = (ns, REGISTRY.find("", "v1", "limitranges")) else {
         return Ok(());
     };
@@ -73,6 +93,82 @@ pub(crate) async fn admit_create(
         format!("[{}]", problems.join(", "))
     };
     Err(ApiError::forbidden(info, name, &why))
+}
+
+/// The Priority admission plugin on a new pod.
+async fn priority(state: &AppState, info: &ResourceInfo, pod: &mut Value) -> Result<(), ApiError> {
+    let Some(classes) = REGISTRY.find("scheduling.k8s.io", "v1", "priorityclasses") else {
+        return Ok(());
+    };
+    let name = object_meta_str(pod, "name").to_string();
+    let wanted = pod
+        .get("spec")
+        .and_then(|s| s.get("priorityClassName"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let class = if wanted.is_empty() {
+        // The global default class, if one is marked.
+        let listed = state
+            .store
+            .list(&classes.prefix(None), ListOptions::default())
+            .await?;
+        listed
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .find(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
+    } else {
+        let (_, kv) = state.store.get(&classes.key(None, &wanted), 0).await?;
+        match kv {
+            Some(kv) => Some(serde_json::from_slice::<Value>(&kv.value).map_err(|e| {
+                ApiError::internal(format!("a stored PriorityClass is not JSON: {e}"))
+            })?),
+            None => {
+                return Err(ApiError::forbidden(
+                    info,
+                    &name,
+                    &format!("no PriorityClass with name {wanted} was found"),
+                ));
+            }
+        }
+    };
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let (value, policy) = match &class {
+        Some(c) => (
+            c.get("value").and_then(Value::as_i64).unwrap_or(0),
+            c.get("preemptionPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("PreemptLowerPriority")
+                .to_string(),
+        ),
+        None => (0, "PreemptLowerPriority".to_string()),
+    };
+    // Defaulting has set priority 0 on every new pod; a client's own value must match.
+    let given = spec.get("priority").and_then(Value::as_i64).unwrap_or(0);
+    if given != 0 && given != value {
+        return Err(ApiError::forbidden(
+            info,
+            &name,
+            &format!(
+                "the integer value of priority ({given}) must not be provided in pod spec; \
+                 priority admission controller computed {value} from the given PriorityClass name"
+            ),
+        ));
+    }
+    spec.insert("priority".into(), json!(value));
+    spec.insert("preemptionPolicy".into(), json!(policy));
+    if let Some(c) = &class
+        && wanted.is_empty()
+    {
+        spec.insert(
+            "priorityClassName".into(),
+            json!(object_meta_str(c, "name")),
+        );
+    }
+    Ok(())
 }
 
 /// Applies the items' defaults to the pod and returns every violation.

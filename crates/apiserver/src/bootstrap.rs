@@ -33,6 +33,15 @@ pub(crate) async fn run(state: &AppState, addr: SocketAddr) -> Result<()> {
         },
     });
     ensure(state, "services", Some("default"), service).await?;
+    // The two system priority classes, as upstream's apiserver creates them.
+    for (name, value, description) in crate::admission::SYSTEM_PRIORITY_CLASSES {
+        let class = json!({
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": { "name": name }, "value": value, "description": description,
+            "preemptionPolicy": "PreemptLowerPriority",
+        });
+        ensure(state, "priorityclasses", None, class).await?;
+    }
     let ip = match addr.ip() {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
@@ -61,8 +70,12 @@ pub(crate) async fn run(state: &AppState, addr: SocketAddr) -> Result<()> {
 }
 
 fn find(plural: &str) -> Result<&'static crate::registry::ResourceInfo> {
+    let group = match plural {
+        "priorityclasses" => "scheduling.k8s.io",
+        _ => "",
+    };
     REGISTRY
-        .find("", "v1", plural)
+        .find(group, "v1", plural)
         .ok_or_else(|| Error::Bootstrap(format!("{plural} are not registered")))
 }
 

@@ -84,3 +84,88 @@ spec:
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_classes_set_pod_priority() {
+    let t = TestServer::start().await;
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n{extra}"
+        )
+    };
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &pod("critical", "  priorityClassName: system-cluster-critical\n"),
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: Value = serde_json::from_str(
+        &t.kubectl_ok(&["get", "pod", "critical", "-o", "json"])
+            .await,
+    )
+    .expect("json");
+    assert_eq!(p["spec"]["priority"], 2_000_000_000);
+    assert_eq!(p["spec"]["preemptionPolicy"], "PreemptLowerPriority");
+
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &pod("lost", "  priorityClassName: nope\n"),
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pods \"lost\" is forbidden: no PriorityClass with name nope was found"),
+        "{stderr}"
+    );
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &pod("sneaky", "  priority: 1000000\n"),
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "the integer value of priority (1000000) must not be provided in pod spec; priority \
+             admission controller computed 0 from the given PriorityClass name"
+        ),
+        "{stderr}"
+    );
+    // A global default class applies to pods that name none.
+    let class = "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: normal}\nvalue: 10\nglobalDefault: true\n";
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], class).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.kubectl_ok(&["run", "plain", "--image=busybox"]).await;
+    let p: Value =
+        serde_json::from_str(&t.kubectl_ok(&["get", "pod", "plain", "-o", "json"]).await)
+            .expect("json");
+    assert_eq!(
+        (&p["spec"]["priority"], &p["spec"]["priorityClassName"]),
+        (&json!(10), &json!("normal"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_the_status_they_are_registered_with() {
+    let t = TestServer::start().await;
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus:\n  capacity: {cpu: \"4\", pods: \"110\"}\n";
+    let out = t.kubectl_stdin(&["create", "-f", "-"], node).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: Value = serde_json::from_str(&t.kubectl_ok(&["get", "node", "n1", "-o", "json"]).await)
+        .expect("json");
+    assert_eq!(n["status"]["capacity"], json!({"cpu": "4", "pods": "110"}));
+}

@@ -219,9 +219,16 @@ async fn preempts_a_lower_priority_pod() {
     make_node(&c, "n1", "2", json!({}), json!([])).await;
     let _s = start_scheduler(&c);
     let _k = start_kubelet_standin(&c);
+    // Priorities come from PriorityClasses, as the apiserver's Priority admission requires.
+    priority_class(&c, "p100", 100).await;
+    priority_class(&c, "p1000", 1000).await;
     let req = |p: i32| {
-        json!({"priority": p, "containers": [{"name": "c", "image": "busybox",
-            "resources": {"requests": {"cpu": "1500m"}}}]})
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": "1500m"}}}]});
+        if p != 0 {
+            spec["priorityClassName"] = json!(format!("p{p}"));
+        }
+        spec
     };
     make_pod(&c, "low", json!({}), req(0)).await;
     wait_bound(&c, &["low"]).await;
@@ -260,9 +267,16 @@ async fn does_not_preempt_equal_or_higher_priority() {
     let c = t.client().await;
     make_node(&c, "n1", "2", json!({}), json!([])).await;
     let _s = start_scheduler(&c);
+    // Priorities come from PriorityClasses, as the apiserver's Priority admission requires.
+    priority_class(&c, "p100", 100).await;
+    priority_class(&c, "p1000", 1000).await;
     let req = |p: i32| {
-        json!({"priority": p, "containers": [{"name": "c", "image": "busybox",
-            "resources": {"requests": {"cpu": "1500m"}}}]})
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": "1500m"}}}]});
+        if p != 0 {
+            spec["priorityClassName"] = json!(format!("p{p}"));
+        }
+        spec
     };
     make_pod(&c, "first", json!({}), req(100)).await;
     wait_bound(&c, &["first"]).await;
@@ -311,4 +325,15 @@ async fn kubectl_shows_the_node_and_the_scheduling_events() {
         describe.contains("Successfully assigned default/ok to n1"),
         "{describe}"
     );
+}
+
+/// A PriorityClass of `value`.
+async fn priority_class(c: &kube::Client, name: &str, value: i32) {
+    let class: k8s_openapi::api::scheduling::v1::PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": name}, "value": value}))
+            .expect("priority class");
+    kube::Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(c.clone())
+        .create(&kube::api::PostParams::default(), &class)
+        .await
+        .expect("create priority class");
 }

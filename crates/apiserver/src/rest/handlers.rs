@@ -781,7 +781,8 @@ fn set_system_fields(info: &ResourceInfo, obj: &mut Value) {
     if info.status_subresource && info.custom.is_some() {
         // Upstream's custom resource strategy: create cannot set status.
         o.remove("status");
-    } else if info.status_subresource {
+    } else if info.status_subresource && !(info.group.is_empty() && info.kind == "Node") {
+        // Nodes are the exception: a kubelet registers its node with its status.
         o.insert("status".into(), json!({}));
     }
     match info.kind {
