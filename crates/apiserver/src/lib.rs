@@ -32,6 +32,7 @@ mod status;
 mod time;
 mod tls;
 mod validation;
+mod watch_cache;
 
 use std::future::Future;
 

@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     /// `host:port` clients reach this server at (for `/api`'s serverAddressByClientCIDRs).
     pub(crate) server_address: String,
     pub(crate) service_cidr: ServiceCidr,
+    /// Serves every watch (one datastore watch per watched storage prefix).
+    pub(crate) watch_cache: Arc<crate::watch_cache::WatchCaches>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -175,12 +177,17 @@ impl Apiserver {
             source,
         })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let watch_cache = Arc::new(crate::watch_cache::WatchCaches::new(
+            store.clone(),
+            shutdown_rx.clone(),
+        ));
         let state = AppState {
             store,
             metrics: Arc::new(Metrics::default()),
             shutdown: shutdown_rx.clone(),
             server_address: addr.to_string(),
             service_cidr: self.service_cidr,
+            watch_cache,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;

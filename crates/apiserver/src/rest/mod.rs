@@ -28,7 +28,10 @@ use crate::server::AppState;
 use crate::status::ApiError;
 
 pub(crate) use handlers::{create_object, guaranteed_update};
-pub(crate) use object::{FieldValidation, encode_for_store, meta_str as object_meta_str};
+pub(crate) use object::{
+    FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str,
+    set_resource_version,
+};
 
 /// What a request path names.
 #[derive(Debug, Clone)]
