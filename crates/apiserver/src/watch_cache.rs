@@ -150,58 +150,7 @@ impl WatchCaches {
             Start::State { min_revision } => min_revision,
         };
         cache.wait_fresh(needed).await?;
-        let mut st = cache.lock();
-        if st.stopped {
-            return Err(ApiError::new(
-                503,
-                "ServiceUnavailable",
-                "the watch cache has stopped",
-            ));
-        }
-        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
-        let mut sub = Subscription {
-            objects: Vec::new(),
-            events: Vec::new(),
-            revision: st.revision,
-            rx,
-        };
-        match start {
-            Start::State { .. } => {
-                sub.objects = st
-                    .objects
-                    .range(key_prefix.to_vec()..)
-                    .take_while(|(k, _)| k.starts_with(key_prefix))
-                    .map(|(_, o)| o.clone())
-                    .collect();
-            }
-            Start::After(rv) => {
-                if rv < st.oldest {
-                    return Err(ApiError::expired(format!(
-                        "too old resource version: {rv} ({})",
-                        st.oldest
-                    )));
-                }
-                // The ring is in revision order: skip what the watcher has seen.
-                let first = st.ring.partition_point(|e| e.revision <= rv);
-                sub.events = st
-                    .ring
-                    .range(first..)
-                    .filter(|e| e.key.starts_with(key_prefix))
-                    .cloned()
-                    .collect();
-            }
-        }
-        let id = st.next_id;
-        st.next_id += 1;
-        st.watchers.insert(
-            id,
-            Slot {
-                key_prefix: key_prefix.to_vec(),
-                tx,
-                next_bookmark: bookmarks.then(|| Instant::now() + BOOKMARK_INTERVAL),
-            },
-        );
-        Ok(sub)
+        cache.register(key_prefix, start, bookmarks)
     }
 
     /// The cache of `prefix`, started if it is not running yet.
@@ -352,6 +301,68 @@ impl Cache {
             revision: watch::Sender::new(None),
             progress: Notify::new(),
         }
+    }
+
+    /// The watcher's starting point and its channel, registered in one step with respect to
+    /// dispatch: nothing is missed or sent twice between the two.
+    fn register(
+        &self,
+        key_prefix: &[u8],
+        start: Start,
+        bookmarks: bool,
+    ) -> Result<Subscription, ApiError> {
+        let mut st = self.lock();
+        if st.stopped {
+            return Err(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the watch cache has stopped",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
+        let mut sub = Subscription {
+            objects: Vec::new(),
+            events: Vec::new(),
+            revision: st.revision,
+            rx,
+        };
+        match start {
+            Start::State { .. } => {
+                sub.objects = st
+                    .objects
+                    .range(key_prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(key_prefix))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+            }
+            Start::After(rv) => {
+                if rv < st.oldest {
+                    return Err(ApiError::expired(format!(
+                        "too old resource version: {rv} ({})",
+                        st.oldest
+                    )));
+                }
+                // The ring is in revision order: skip what the watcher has seen.
+                let first = st.ring.partition_point(|e| e.revision <= rv);
+                sub.events = st
+                    .ring
+                    .range(first..)
+                    .filter(|e| e.key.starts_with(key_prefix))
+                    .cloned()
+                    .collect();
+            }
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.watchers.insert(
+            id,
+            Slot {
+                key_prefix: key_prefix.to_vec(),
+                tx,
+                next_bookmark: bookmarks.then(|| Instant::now() + BOOKMARK_INTERVAL),
+            },
+        );
+        Ok(sub)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -589,5 +600,204 @@ async fn pause(shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = shutdown.changed() => true,
         _ = tokio::time::sleep(RETRY) => *shutdown.borrow(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rk3s_datastore::KeyValue;
+    use serde_json::json;
+
+    const PREFIX: &[u8] = b"/registry/configmaps/";
+
+    fn kv(ns: &str, name: &str, rev: i64) -> KeyValue {
+        KeyValue {
+            key: format!("/registry/configmaps/{ns}/{name}").into_bytes(),
+            value: serde_json::to_vec(&json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns},
+            }))
+            .expect("json"),
+            mod_revision: rev,
+            create_revision: rev,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    fn put(ns: &str, name: &str, rev: i64) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: kv(ns, name, rev),
+            prev_kv: None,
+        }
+    }
+
+    fn delete(ns: &str, name: &str, rev: i64) -> Event {
+        Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: format!("/registry/configmaps/{ns}/{name}").into_bytes(),
+                mod_revision: rev,
+                ..KeyValue::default()
+            },
+            prev_kv: None,
+        }
+    }
+
+    /// A cache listed at `revision` with nothing in it.
+    fn cache_at(revision: i64) -> Cache {
+        let cache = Cache::new(PREFIX.to_vec());
+        cache.lock().replace(Vec::new(), revision);
+        cache.revision.send_replace(Some(revision));
+        cache
+    }
+
+    fn revs(events: &[Arc<CachedEvent>]) -> Vec<i64> {
+        events.iter().map(|e| e.revision).collect()
+    }
+
+    fn rv_of(obj: &CachedObject) -> &str {
+        obj.value["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn state_and_ring_follow_puts_and_deletes() {
+        let mut st = State::default();
+        st.replace(vec![kv("a", "x", 3)], 5);
+        assert_eq!((st.oldest, st.revision, st.objects.len()), (5, 5, 1));
+        st.apply(put("a", "y", 6)).expect("put");
+        let modified = st.apply(put("a", "x", 7)).expect("put");
+        assert_eq!(modified.prev.as_deref().map(rv_of), Some("3"));
+        let deleted = st.apply(delete("a", "y", 8)).expect("delete");
+        // A delete carries the last state, at the deletion's revision.
+        assert_eq!(deleted.kind, EventKind::Delete);
+        assert_eq!(rv_of(&deleted.object), "8");
+        assert_eq!(deleted.prev.as_deref().map(rv_of), Some("6"));
+        assert_eq!(st.objects.keys().count(), 1);
+        assert_eq!(st.revision, 8);
+        assert_eq!(
+            revs(&st.ring.iter().cloned().collect::<Vec<_>>()),
+            [6, 7, 8]
+        );
+        // A delete of a key the cache never had (and without a previous value) is skipped.
+        assert!(st.apply(delete("a", "ghost", 9)).is_none());
+    }
+
+    #[test]
+    fn the_ring_is_bounded_and_knows_what_it_no_longer_covers() {
+        let cache = cache_at(10);
+        {
+            let mut st = cache.lock();
+            for i in 0..(RING_CAPACITY as i64 + 5) {
+                st.apply(put("a", &format!("o{i}"), 11 + i)).expect("put");
+            }
+            assert_eq!(st.ring.len(), RING_CAPACITY);
+            // Changes 11..=15 fell out: a watch must start at 15 or later.
+            assert_eq!(st.oldest, 15);
+        }
+        let err = cache
+            .register(PREFIX, Start::After(14), false)
+            .expect_err("too old");
+        assert_eq!(err.code, 410);
+        assert_eq!(err.message, "too old resource version: 14 (15)");
+        let sub = cache
+            .register(PREFIX, Start::After(15), false)
+            .expect("cached");
+        assert_eq!(sub.events.len(), RING_CAPACITY);
+        assert_eq!(sub.events.first().map(|e| e.revision), Some(16));
+        let sub = cache
+            .register(PREFIX, Start::After(4000), false)
+            .expect("cached");
+        assert_eq!(sub.events.first().map(|e| e.revision), Some(4001));
+    }
+
+    #[test]
+    fn a_watch_starts_from_the_state_or_the_ring_of_its_namespace() {
+        let cache = cache_at(1);
+        {
+            let mut st = cache.lock();
+            st.apply(put("a", "x", 2));
+            st.apply(put("b", "x", 3));
+            st.apply(put("a", "y", 4));
+            st.apply(delete("a", "x", 5));
+        }
+        let a = b"/registry/configmaps/a/";
+        let sub = cache
+            .register(a, Start::State { min_revision: 0 }, false)
+            .expect("state");
+        let names: Vec<&str> = sub
+            .objects
+            .iter()
+            .map(|o| o.value["metadata"]["name"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!((names, sub.revision), (vec!["y"], 5));
+        let sub = cache.register(a, Start::After(2), false).expect("ring");
+        assert_eq!(revs(&sub.events), [4, 5]);
+        let sub = cache
+            .register(PREFIX, Start::After(1), false)
+            .expect("ring");
+        assert_eq!(revs(&sub.events), [2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn dispatch_fans_out_in_order_and_cuts_off_a_slow_watcher() {
+        let cache = cache_at(1);
+        let mut fast = cache
+            .register(b"/registry/configmaps/a/", Start::After(1), false)
+            .expect("fast");
+        let mut other_ns = cache
+            .register(b"/registry/configmaps/b/", Start::After(1), false)
+            .expect("other");
+        let slow = cache
+            .register(PREFIX, Start::After(1), false)
+            .expect("slow");
+        let total = WATCHER_BUFFER as i64 + 10;
+        let mut got = Vec::new();
+        let started = Instant::now();
+        for i in 0..total {
+            cache
+                .dispatch(vec![put("a", &format!("o{i}"), 2 + i)], 2 + i)
+                .await;
+            while let Ok(Message::Event(ev)) = fast.rx.try_recv() {
+                got.push(ev.revision);
+            }
+        }
+        // The slow watcher cost at most one budget, then was dropped.
+        assert!(started.elapsed() < DISPATCH_BUDGET * 10);
+        assert_eq!(cache.lock().watchers.len(), 2);
+        assert_eq!(got, (2..2 + total).collect::<Vec<_>>());
+        // The slow one gets what fit in its buffer, then its channel ends.
+        let mut rx = slow.rx;
+        let mut n = 0;
+        while rx.recv().await.is_some() {
+            n += 1;
+        }
+        assert_eq!(n, WATCHER_BUFFER);
+        // The other namespace's watcher saw nothing.
+        assert!(other_ns.rx.try_recv().is_err());
+        assert_eq!(cache.lock().revision, 1 + total);
+    }
+
+    #[tokio::test]
+    async fn bookmarks_carry_the_revision_in_order_with_events() {
+        let cache = cache_at(1);
+        let mut sub = cache.register(PREFIX, Start::After(1), true).expect("sub");
+        let mut plain = cache.register(PREFIX, Start::After(1), false).expect("sub");
+        cache.dispatch(vec![put("a", "x", 7)], 9).await;
+        // Not due yet.
+        cache.send_bookmarks();
+        for slot in cache.lock().watchers.values_mut() {
+            slot.next_bookmark = slot.next_bookmark.map(|_| Instant::now());
+        }
+        cache.send_bookmarks();
+        assert!(matches!(sub.rx.recv().await, Some(Message::Event(e)) if e.revision == 7));
+        assert!(matches!(sub.rx.recv().await, Some(Message::Bookmark(9))));
+        assert!(sub.rx.try_recv().is_err());
+        assert!(matches!(plain.rx.recv().await, Some(Message::Event(_))));
+        assert!(plain.rx.try_recv().is_err());
     }
 }
