@@ -44,6 +44,8 @@ pub(crate) const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a watch waits for the cache to reach the revision it asks for.
 const FRESH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often such a watch asks again for the store's progress.
+const FRESH_RENOTIFY: Duration = Duration::from_millis(500);
 /// Pause before the datastore watch or list is tried again after an error.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -387,19 +389,23 @@ impl Cache {
         if current >= needed {
             return Ok(());
         }
-        self.progress.notify_one();
-        let fresh = tokio::time::timeout(FRESH_TIMEOUT, rx.wait_for(|r| r.unwrap_or(0) >= needed));
-        match fresh.await {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                let current = (*self.revision.borrow()).unwrap_or(0);
-                Err(ApiError::new(
-                    504,
-                    "Timeout",
-                    format!("Too large resource version: {needed}, current: {current}"),
-                ))
+        // Ask the store for progress (the prefix may be idle), again now and then in case an
+        // answer raced with the revision this watch needs.
+        let deadline = Instant::now() + FRESH_TIMEOUT;
+        while Instant::now() < deadline {
+            self.progress.notify_one();
+            let step = (Instant::now() + FRESH_RENOTIFY).min(deadline);
+            let fresh = tokio::time::timeout_at(step, rx.wait_for(|r| r.unwrap_or(0) >= needed));
+            if fresh.await.is_ok() {
+                return Ok(());
             }
         }
+        let current = (*self.revision.borrow()).unwrap_or(0);
+        Err(ApiError::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {needed}, current: {current}"),
+        ))
     }
 
     #[tracing::instrument(name = "watch_cache", skip_all, fields(prefix = %String::from_utf8_lossy(&self.prefix)))]
