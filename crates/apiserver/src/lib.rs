@@ -38,6 +38,7 @@ mod services;
 mod status;
 mod time;
 mod validation;
+mod watch_cache;
 
 use std::future::Future;
 

@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) crds: Arc<crate::crd::CustomRegistry>,
     /// Authentication and authorization.
     pub(crate) auth: Arc<Auth>,
+    /// Serves every watch (one datastore watch per watched storage prefix).
+    pub(crate) watch_cache: Arc<crate::watch_cache::WatchCaches>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -198,6 +200,10 @@ impl Apiserver {
             source,
         })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let watch_cache = Arc::new(crate::watch_cache::WatchCaches::new(
+            store.clone(),
+            shutdown_rx.clone(),
+        ));
         let state = AppState {
             store,
             metrics: Arc::new(Metrics::default()),
@@ -206,6 +212,7 @@ impl Apiserver {
             service_cidr: self.service_cidr,
             crds: Arc::default(),
             auth,
+            watch_cache,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;

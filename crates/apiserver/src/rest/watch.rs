@@ -1,27 +1,29 @@
 //! `?watch=1`: a stream of newline-delimited JSON `WatchEvent`s (ADDED, MODIFIED, DELETED,
-//! BOOKMARK, ERROR) from a datastore watch on the resource's key prefix.
+//! BOOKMARK, ERROR), served from the watch cache (`crate::watch_cache`) of the resource's
+//! storage prefix, with this watch's own namespace and label/field selector filtering.
 //!
-//! Without a resourceVersion (or with "0"), the stream begins with an ADDED event per existing
-//! object, as upstream. A resourceVersion whose history is compacted ends the stream with an
-//! ERROR event carrying a 410 `Expired` Status, which clients answer by listing again.
+//! Without a resourceVersion (or with "0"), or with `sendInitialEvents=true`, the stream begins
+//! with an ADDED event per existing object, as upstream ("" reads a state at least as new as
+//! the store's current revision, "0" whatever the cache has). A resourceVersion older than the
+//! cache's ring is answered with an ERROR event carrying a 410 `Expired` Status, which clients
+//! answer by listing again. A watcher too slow for its buffer is terminated: its stream ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
-use rk3s_datastore::{Event, EventKind, KeyValue, WatchResponse};
+use rk3s_datastore::EventKind;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::handlers::{Ctx, Selectors, list_items};
-use super::object::{decode_as, set_resource_version};
+use super::handlers::{Ctx, Selectors};
+use super::object::set_resource_version;
 use super::table::{to_table, wants_table};
 use super::{Query, flag, stream_response};
 use crate::registry::ResourceInfo;
 use crate::status::ApiError;
-
-/// How often a watch that allows bookmarks asks the store for progress.
-const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+use crate::watch_cache::{CachedEvent, CachedObject, Message, Start};
 
 /// Everything the stream task needs, owned.
 struct WatchSpec {
@@ -46,6 +48,33 @@ impl WatchSpec {
         Bytes::from(bytes)
     }
 
+    /// A stored object as this watch serves it: a custom resource in the version it is
+    /// watched through (conversion `None`: only `apiVersion` changes).
+    fn served(&self, mut obj: Value) -> Value {
+        if self.info.custom.is_some()
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.insert("apiVersion".into(), json!(self.info.api_version()));
+        }
+        obj
+    }
+
+    /// The line for a cached object: its JSON is serialized once for all watchers (custom
+    /// resources, whose `apiVersion` may differ from the stored one, are re-encoded).
+    fn object_line(&self, kind: &str, obj: &CachedObject) -> Bytes {
+        if self.table || self.info.custom.is_some() {
+            return self.line(kind, self.served(obj.value.clone()));
+        }
+        let json = obj.json();
+        let mut bytes = Vec::with_capacity(json.len() + 32);
+        bytes.extend_from_slice(b"{\"type\":\"");
+        bytes.extend_from_slice(kind.as_bytes());
+        bytes.extend_from_slice(b"\",\"object\":");
+        bytes.extend_from_slice(json);
+        bytes.extend_from_slice(b"}\n");
+        Bytes::from(bytes)
+    }
+
     fn bookmark(&self, revision: i64, initial_end: bool) -> Bytes {
         let mut meta = json!({ "resourceVersion": revision.to_string() });
         if initial_end {
@@ -57,51 +86,29 @@ impl WatchSpec {
         )
     }
 
-    /// The watch event for one store event, if the watcher sees it.
-    fn convert(&self, ev: &Event) -> Result<Option<Bytes>, ApiError> {
-        let prev = ev
-            .prev_kv
+    /// The watch event for one change, if this watcher sees it: a change into the selection
+    /// is ADDED, out of it DELETED (the old state at the change's revision), as upstream.
+    fn convert(&self, ev: &CachedEvent) -> Option<Bytes> {
+        let prev_matches = ev
+            .prev
             .as_ref()
-            .map(|kv| decode_as(&self.info, kv))
-            .transpose()?;
-        let prev_matches = prev.as_ref().is_some_and(|p| self.selectors.matches(p));
+            .is_some_and(|p| self.selectors.matches(&p.value));
         match ev.kind {
             EventKind::Put => {
-                let obj = decode_as(&self.info, &ev.kv)?;
-                let matches = self.selectors.matches(&obj);
-                Ok(match (prev.is_some(), prev_matches, matches) {
-                    (_, true, true) => Some(self.line("MODIFIED", obj)),
-                    (_, false, true) => Some(self.line("ADDED", obj)),
-                    (true, true, false) => {
-                        let mut old = prev.unwrap_or(Value::Null);
-                        set_resource_version(&mut old, ev.kv.mod_revision);
+                let matches = self.selectors.matches(&ev.object.value);
+                match (&ev.prev, prev_matches, matches) {
+                    (_, true, true) => Some(self.object_line("MODIFIED", &ev.object)),
+                    (_, false, true) => Some(self.object_line("ADDED", &ev.object)),
+                    (Some(prev), true, false) => {
+                        let mut old = self.served(prev.value.clone());
+                        set_resource_version(&mut old, ev.revision);
                         Some(self.line("DELETED", old))
                     }
                     _ => None,
-                })
+                }
             }
-            EventKind::Delete => {
-                let mut old = match prev {
-                    Some(p) if prev_matches => p,
-                    Some(_) => return Ok(None),
-                    None => self.stub(&ev.kv),
-                };
-                set_resource_version(&mut old, ev.kv.mod_revision);
-                Ok(Some(self.line("DELETED", old)))
-            }
+            EventKind::Delete => prev_matches.then(|| self.object_line("DELETED", &ev.object)),
         }
-    }
-
-    /// An object that only names a deleted key, for a delete event without its previous value.
-    fn stub(&self, kv: &KeyValue) -> Value {
-        let key = String::from_utf8_lossy(&kv.key);
-        let mut parts = key.rsplit('/');
-        let name = parts.next().unwrap_or("");
-        let mut meta = json!({ "name": name });
-        if self.info.namespaced {
-            meta["namespace"] = json!(parts.next().unwrap_or(""));
-        }
-        json!({ "kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": meta })
     }
 }
 
@@ -126,111 +133,96 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     };
     let send_initial = flag(q, "sendInitialEvents");
     let rv = q.get("resourceVersion").map_or("", String::as_str);
-    let start: Option<i64> = match rv {
-        "" | "0" => None,
-        rv => Some(
-            rv.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
-        ),
+    let start = match rv {
+        // The most recent state: at least the store's current revision.
+        "" => Start::State {
+            min_revision: ctx.state.store.current_revision().await?,
+        },
+        "0" => Start::State { min_revision: 0 },
+        rv => {
+            let rv = rv
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+            if send_initial {
+                Start::State { min_revision: rv }
+            } else {
+                Start::After(rv)
+            }
+        }
     };
-    let spec = WatchSpec {
+    let spec = Arc::new(WatchSpec {
         info: info.clone(),
         selectors,
         table: wants_table(ctx.headers),
         query: q.clone(),
         bookmarks: flag(q, "allowWatchBookmarks"),
-    };
+    });
 
-    // The initial state, when the client has none.
-    let mut initial = Vec::new();
-    let from = match start {
-        Some(rv) if !send_initial => rv,
-        _ => {
-            let mut lq = q.clone();
-            lq.remove("limit");
-            lq.remove("continue");
-            lq.remove("resourceVersionMatch");
-            let (items, revision, _) =
-                list_items(ctx.state, info, ctx.ns(), &spec.selectors, &lq).await?;
-            initial = items.into_iter().map(|o| spec.line("ADDED", o)).collect();
-            if send_initial && spec.bookmarks {
-                initial.push(spec.bookmark(revision, true));
-            }
-            revision
-        }
-    };
-
-    let prefix = info.prefix(ctx.ns());
-    let store = ctx.state.store.clone();
-    let mut shutdown = ctx.state.shutdown.clone();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let sub = ctx
+        .state
+        .watch_cache
+        .subscribe(
+            &info.prefix(None),
+            &info.prefix(ctx.ns()),
+            start,
+            spec.bookmarks,
+        )
+        .await;
+    let mut sub = match sub {
+        Ok(sub) => sub,
+        // As upstream's cacher: past the request's validation, a watch that cannot be served
+        // (too old: 410, too new: 504) is established and ends with the error.
+        Err(e) => {
+            let _ = tx.try_send(Ok(error_line(&e)));
+            drop(tx);
+            return Ok(stream_response(
+                "application/json",
+                Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            ));
+        }
+    };
+    let mut shutdown = ctx.state.shutdown.clone();
     tokio::spawn(async move {
-        for line in initial {
-            if tx.send(Ok(line)).await.is_err() {
+        for obj in std::mem::take(&mut sub.objects) {
+            if spec.selectors.matches(&obj.value)
+                && tx.send(Ok(spec.object_line("ADDED", &obj))).await.is_err()
+            {
                 return;
             }
         }
-        let mut watch = match store.watch_prefix(&prefix, from + 1, true).await {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tx.send(Ok(error_line(&ApiError::from(e)))).await;
+        if send_initial && spec.bookmarks {
+            let _ = tx.send(Ok(spec.bookmark(sub.revision, true))).await;
+        }
+        for ev in std::mem::take(&mut sub.events) {
+            if let Some(line) = spec.convert(&ev)
+                && tx.send(Ok(line)).await.is_err()
+            {
                 return;
             }
-        };
+        }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
-        ticker.tick().await;
         loop {
-            let lines: Vec<Bytes> = tokio::select! {
+            let line = tokio::select! {
                 _ = &mut deadline => return,
                 _ = shutdown.changed() => return,
                 _ = tx.closed() => return,
-                _ = ticker.tick(), if spec.bookmarks => {
-                    watch.request_progress();
-                    continue;
-                }
-                next = watch.next() => match next {
+                msg = sub.rx.recv() => match msg {
+                    // Terminated (too slow) or the cache stopped: the client watches again.
                     None => return,
-                    Some(Ok(WatchResponse::Events { events, .. })) => {
-                        let mut out = Vec::new();
-                        for ev in &events {
-                            match spec.convert(ev) {
-                                Ok(Some(line)) => out.push(line),
-                                Ok(None) => {}
-                                Err(e) => out.push(error_line(&e)),
-                            }
-                        }
-                        out
+                    Some(Message::Event(ev)) => match spec.convert(&ev) {
+                        Some(line) => line,
+                        None => continue,
+                    },
+                    Some(Message::Bookmark(revision)) if spec.bookmarks => {
+                        spec.bookmark(revision, false)
                     }
-                    Some(Ok(WatchResponse::Progress { revision })) => {
-                        if spec.bookmarks { vec![spec.bookmark(revision, false)] } else { continue }
-                    }
-                    Some(Ok(WatchResponse::Compacted { compact_revision })) => {
-                        let e = ApiError::expired(format!(
-                            "too old resource version: {from} ({compact_revision})"
-                        ));
-                        let _ = tx.send(Ok(error_line(&e))).await;
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        let e = match e {
-                            rk3s_datastore::Error::Compacted { compact_revision, .. } => {
-                                ApiError::expired(format!(
-                                    "too old resource version: {from} ({compact_revision})"
-                                ))
-                            }
-                            other => ApiError::from(other),
-                        };
-                        let _ = tx.send(Ok(error_line(&e))).await;
-                        return;
-                    }
+                    Some(Message::Bookmark(_)) => continue,
                 }
             };
-            for line in lines {
-                if tx.send(Ok(line)).await.is_err() {
-                    return;
-                }
+            if tx.send(Ok(line)).await.is_err() {
+                return;
             }
         }
     });
@@ -245,23 +237,27 @@ mod tests {
     use super::*;
     use crate::registry::REGISTRY;
 
-    fn kv(name: &str, labels: Value, rev: i64) -> KeyValue {
-        KeyValue {
-            key: format!("/registry/configmaps/default/{name}").into_bytes(),
-            value: serde_json::to_vec(&json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": "default", "labels": labels},
-            }))
-            .expect("json"),
-            mod_revision: rev,
-            create_revision: rev,
-            version: 1,
-            lease: 0,
+    fn obj(name: &str, labels: Value, rev: i64) -> Arc<CachedObject> {
+        CachedObject::new(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default", "labels": labels,
+                         "resourceVersion": rev.to_string()},
+        }))
+    }
+
+    fn put(prev: Option<Arc<CachedObject>>, now: Arc<CachedObject>, rev: i64) -> CachedEvent {
+        CachedEvent {
+            key: b"/registry/configmaps/default/x".to_vec(),
+            revision: rev,
+            kind: EventKind::Put,
+            object: now,
+            prev,
         }
     }
 
-    fn event_type(spec: &WatchSpec, ev: &Event) -> Option<(String, String)> {
-        let line = spec.convert(ev).expect("converts")?;
+    fn event_type(spec: &WatchSpec, ev: &CachedEvent) -> Option<(String, String)> {
+        let line = spec.convert(ev)?;
+        assert!(line.ends_with(b"\n"));
         let v: Value = serde_json::from_slice(&line).expect("json line");
         Some((
             v["type"].as_str().unwrap_or("").to_string(),
@@ -284,59 +280,39 @@ mod tests {
             query: q,
             bookmarks: false,
         };
-        let put = |prev: Option<KeyValue>, now: KeyValue| Event {
-            kind: EventKind::Put,
-            kv: now,
-            prev_kv: prev,
-        };
         let web = json!({"app": "web"});
         let db = json!({"app": "db"});
         // Created matching: ADDED; created not matching: nothing.
         assert_eq!(
-            event_type(&spec, &put(None, kv("a", web.clone(), 5))),
+            event_type(&spec, &put(None, obj("a", web.clone(), 5), 5)),
             Some(("ADDED".into(), "5".into()))
         );
-        assert_eq!(event_type(&spec, &put(None, kv("b", db.clone(), 6))), None);
+        assert_eq!(
+            event_type(&spec, &put(None, obj("b", db.clone(), 6), 6)),
+            None
+        );
         // Still matching: MODIFIED; starts matching: ADDED; stops matching: DELETED.
-        assert_eq!(
-            event_type(
-                &spec,
-                &put(Some(kv("a", web.clone(), 5)), kv("a", web.clone(), 7))
-            )
-            .map(|e| e.0),
-            Some("MODIFIED".into())
-        );
-        assert_eq!(
-            event_type(
-                &spec,
-                &put(Some(kv("b", db.clone(), 6)), kv("b", web.clone(), 8))
-            )
-            .map(|e| e.0),
-            Some("ADDED".into())
-        );
-        assert_eq!(
-            event_type(
-                &spec,
-                &put(Some(kv("a", web.clone(), 7)), kv("a", db.clone(), 9))
-            ),
-            Some(("DELETED".into(), "9".into()))
-        );
+        let ev = put(Some(obj("a", web.clone(), 5)), obj("a", web.clone(), 7), 7);
+        assert_eq!(event_type(&spec, &ev).map(|e| e.0), Some("MODIFIED".into()));
+        let ev = put(Some(obj("b", db.clone(), 6)), obj("b", web.clone(), 8), 8);
+        assert_eq!(event_type(&spec, &ev).map(|e| e.0), Some("ADDED".into()));
+        let ev = put(Some(obj("a", web.clone(), 7)), obj("a", db.clone(), 9), 9);
+        assert_eq!(event_type(&spec, &ev), Some(("DELETED".into(), "9".into())));
         // A delete reports the last state at the deletion's revision.
-        let del = Event {
+        let del = CachedEvent {
+            key: b"/registry/configmaps/default/a".to_vec(),
+            revision: 10,
             kind: EventKind::Delete,
-            kv: KeyValue {
-                key: b"/registry/configmaps/default/a".to_vec(),
-                mod_revision: 10,
-                ..KeyValue::default()
-            },
-            prev_kv: Some(kv("a", web, 7)),
+            object: obj("a", web.clone(), 10),
+            prev: Some(obj("a", web, 7)),
         };
         assert_eq!(
             event_type(&spec, &del),
             Some(("DELETED".into(), "10".into()))
         );
-        let del_other = Event {
-            prev_kv: Some(kv("b", db, 8)),
+        let del_other = CachedEvent {
+            object: obj("b", db.clone(), 11),
+            prev: Some(obj("b", db, 8)),
             ..del
         };
         assert_eq!(event_type(&spec, &del_other), None);

@@ -1,0 +1,358 @@
+//! The watch cache through kube-rs: fan-out to many watchers, replay from a cached
+//! resourceVersion, 410 for one the cache no longer has, slow watchers, many resource types.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::TestServer;
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::{Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+
+fn cm(name: &str, value: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("v".to_string(), value.to_string())])),
+        ..Default::default()
+    }
+}
+
+/// (type, name, resourceVersion) of a watch event; bookmarks are skipped by the callers.
+fn summary<K: Resource>(ev: &WatchEvent<K>) -> (String, String, String) {
+    let (kind, obj) = match ev {
+        WatchEvent::Added(o) => ("ADDED", o),
+        WatchEvent::Modified(o) => ("MODIFIED", o),
+        WatchEvent::Deleted(o) => ("DELETED", o),
+        other => panic!("unexpected event {:?}", std::mem::discriminant(other)),
+    };
+    (
+        kind.to_string(),
+        obj.meta().name.clone().unwrap_or_default(),
+        obj.meta().resource_version.clone().unwrap_or_default(),
+    )
+}
+
+/// Collects `n` change events from a watch (bookmarks skipped), with a deadline.
+async fn collect<K>(
+    stream: impl futures::Stream<Item = kube::Result<WatchEvent<K>>>,
+    n: usize,
+) -> Vec<(String, String, String)>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut out = Vec::new();
+    let fut = async {
+        while out.len() < n {
+            match stream.try_next().await.expect("watch event") {
+                Some(WatchEvent::Bookmark(_)) => {}
+                Some(WatchEvent::Error(e)) => panic!("watch error {e:?}"),
+                Some(ev) => out.push(summary(&ev)),
+                None => panic!("watch ended after {} of {n} events", out.len()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), fut)
+        .await
+        .expect("events in time");
+    out
+}
+
+async fn list_rv<K>(api: &Api<K>) -> String
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_watchers_receive_every_event_in_order() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rv = list_rv(&cms).await;
+    const EVENTS: usize = 30;
+    let mut watchers = Vec::new();
+    for _ in 0..200 {
+        let stream = cms
+            .watch(&WatchParams::default().timeout(120), &rv)
+            .await
+            .expect("watch");
+        watchers.push(tokio::spawn(collect(stream, EVENTS)));
+    }
+    // 10 creates, 10 updates, 10 deletes: every watcher must see all 30, in this order.
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let c = cms
+            .create(&PostParams::default(), &cm(&format!("c{i}"), "1"))
+            .await
+            .expect("create");
+        expected.push((
+            "ADDED".to_string(),
+            c.name_any(),
+            c.resource_version().unwrap_or_default(),
+        ));
+    }
+    for i in 0..10 {
+        let c = cms
+            .patch(
+                &format!("c{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"data": {"v": "2"}})),
+            )
+            .await
+            .expect("patch");
+        expected.push((
+            "MODIFIED".to_string(),
+            c.name_any(),
+            c.resource_version().unwrap_or_default(),
+        ));
+    }
+    for i in 0..10 {
+        cms.delete(&format!("c{i}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for w in watchers {
+        let got = w.await.expect("watcher task");
+        assert_eq!(got[..20], expected[..], "creates and updates, in order");
+        let deletes: Vec<_> = got[20..]
+            .iter()
+            .map(|e| (e.0.as_str(), e.1.clone()))
+            .collect();
+        let want: Vec<_> = (0..10).map(|i| ("DELETED", format!("c{i}"))).collect();
+        assert_eq!(deletes, want);
+        // Revisions strictly increase: nothing reordered or repeated.
+        let revs: Vec<i64> = got
+            .iter()
+            .map(|e| e.2.parse().expect("numeric rv"))
+            .collect();
+        assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_a_cached_resource_version_replays_even_after_compaction() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let rv0 = list_rv(&cms).await;
+    // A first watch starts the cache at rv0.
+    let first = cms
+        .watch(&WatchParams::default().timeout(60), &rv0)
+        .await
+        .expect("watch");
+    let a = cms
+        .create(&PostParams::default(), &cm("a", "1"))
+        .await
+        .expect("create");
+    let rv_a = a.resource_version().expect("rv");
+    cms.create(&PostParams::default(), &cm("b", "1"))
+        .await
+        .expect("create");
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"v": "2"}})),
+    )
+    .await
+    .expect("patch");
+    assert_eq!(collect(first, 3).await.len(), 3);
+    // The datastore can no longer replay from rv_a; the cache's ring still can.
+    let now = t.store.current_revision().await.expect("revision");
+    t.store.compact(now).await.expect("compact");
+    let replay = cms
+        .watch(&WatchParams::default().timeout(60), &rv_a)
+        .await
+        .expect("watch");
+    let got: Vec<(String, String)> = collect(replay, 2)
+        .await
+        .into_iter()
+        .map(|e| (e.0, e.1))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ADDED".to_string(), "b".to_string()),
+            ("MODIFIED".to_string(), "a".to_string())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_version_older_than_the_cache_is_410_gone() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.create(&PostParams::default(), &cm("old", "1"))
+        .await
+        .expect("create");
+    let rv_old = list_rv(&cms).await;
+    cms.create(&PostParams::default(), &cm("newer", "1"))
+        .await
+        .expect("create");
+    let rv_new = list_rv(&cms).await;
+    // The cache starts at rv_new: rv_old is before anything it holds (upstream's cacher
+    // answers 410 there too, although the datastore still has the history).
+    let _first = cms
+        .watch(&WatchParams::default().timeout(60), &rv_new)
+        .await
+        .expect("watch");
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(60), &rv_old)
+        .await
+        .expect("watch")
+        .boxed();
+    match stream.try_next().await.expect("watch event") {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"), "{e:?}");
+            assert_eq!(
+                e.message,
+                format!("too old resource version: {rv_old} ({rv_new})")
+            );
+        }
+        other => panic!("expected a 410 error event, got {other:?}"),
+    }
+    assert!(stream.try_next().await.expect("end").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_terminated_without_delaying_others() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rv = list_rv(&cms).await;
+    // Never read until the end: its buffers (socket, HTTP, its cache channel) fill up.
+    let slow = cms
+        .watch(&WatchParams::default().timeout(300), &rv)
+        .await
+        .expect("watch");
+    const EVENTS: usize = 300;
+    let fast = tokio::spawn(collect(
+        cms.watch(&WatchParams::default().timeout(300), &rv)
+            .await
+            .expect("watch"),
+        EVENTS,
+    ));
+    let big = "x".repeat(100 * 1024);
+    for i in 0..EVENTS {
+        cms.create(&PostParams::default(), &cm(&format!("big{i}"), &big))
+            .await
+            .expect("create");
+    }
+    let got = fast.await.expect("fast watcher");
+    assert_eq!(got.len(), EVENTS);
+    // The slow one was cut off: it ends early, without an error, and its client would watch
+    // again from its last resourceVersion.
+    let mut slow = std::pin::pin!(slow);
+    let mut seen = 0;
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(ev) = slow.try_next().await.expect("slow watch event") {
+            assert!(matches!(ev, WatchEvent::Added(_)), "{ev:?}");
+            seen += 1;
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the slow watch was not terminated");
+    assert!(seen < EVENTS, "the slow watcher got everything ({seen})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_many_resource_types_each_see_their_own_events() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let other_ns: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let all_cms: Api<ConfigMap> = Api::all(client.clone());
+    let rv = list_rv(&all_cms).await;
+    const N: usize = 5;
+    let wp = WatchParams::default().timeout(120);
+    let w_cms = tokio::spawn(collect(cms.watch(&wp, &rv).await.expect("watch"), N));
+    let w_secrets = tokio::spawn(collect(secrets.watch(&wp, &rv).await.expect("watch"), N));
+    let w_sas = tokio::spawn(collect(sas.watch(&wp, &rv).await.expect("watch"), N));
+    let w_leases = tokio::spawn(collect(leases.watch(&wp, &rv).await.expect("watch"), N));
+    let w_other = tokio::spawn(collect(other_ns.watch(&wp, &rv).await.expect("watch"), N));
+    let w_all = tokio::spawn(collect(
+        all_cms.watch(&wp, &rv).await.expect("watch"),
+        2 * N,
+    ));
+    let named = |name: String| kube::api::ObjectMeta {
+        name: Some(name),
+        ..Default::default()
+    };
+    for i in 0..N {
+        cms.create(&PostParams::default(), &cm(&format!("cm{i}"), "1"))
+            .await
+            .expect("cm");
+        other_ns
+            .create(&PostParams::default(), &cm(&format!("sys{i}"), "1"))
+            .await
+            .expect("cm");
+        secrets
+            .create(
+                &PostParams::default(),
+                &Secret {
+                    metadata: named(format!("s{i}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("secret");
+        sas.create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: named(format!("sa{i}")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("sa");
+        leases
+            .create(
+                &PostParams::default(),
+                &Lease {
+                    metadata: named(format!("l{i}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("lease");
+    }
+    let names = |evs: Vec<(String, String, String)>| -> Vec<String> {
+        evs.into_iter()
+            .map(|e| {
+                assert_eq!(e.0, "ADDED");
+                e.1
+            })
+            .collect()
+    };
+    let want = |prefix: &str| -> Vec<String> { (0..N).map(|i| format!("{prefix}{i}")).collect() };
+    assert_eq!(names(w_cms.await.expect("cms")), want("cm"));
+    assert_eq!(names(w_other.await.expect("kube-system")), want("sys"));
+    assert_eq!(names(w_secrets.await.expect("secrets")), want("s"));
+    assert_eq!(names(w_sas.await.expect("sas")), want("sa"));
+    assert_eq!(names(w_leases.await.expect("leases")), want("l"));
+    let all: Vec<String> = names(w_all.await.expect("all"));
+    let interleaved: Vec<String> = (0..N)
+        .flat_map(|i| [format!("cm{i}"), format!("sys{i}")])
+        .collect();
+    assert_eq!(all, interleaved);
+}
