@@ -16,8 +16,9 @@ use figment::providers::{Env, Format as _, Serialized, Yaml};
     about = "The controller manager of rk3s"
 )]
 struct Args {
-    /// YAML config file with the same keys as the flags.
-    #[arg(long, default_value = "/etc/rk3s/config.yaml")]
+    /// YAML config file with the same keys as the flags (its own file: the server's
+    /// `config.yaml` has keys this binary does not know).
+    #[arg(long, default_value = "/etc/rk3s/controller.yaml")]
     #[serde(skip)]
     config: PathBuf,
     /// Kubeconfig of the apiserver (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
