@@ -10,6 +10,7 @@
 //! The scheduler and controller (issue #5) and the node half (kubelet, containerd,
 //! networking), `rk3s agent` and joining (issue #4) are not built yet.
 
+pub mod bootstrap;
 pub mod config;
 pub mod kubeconfig;
 pub mod kubectl;

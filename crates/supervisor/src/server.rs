@@ -3,16 +3,21 @@
 //! The datastore is an in-process [`rk3s_datastore::Store`]; the apiserver and, with
 //! `--datastore-listen`, the etcd v3 endpoint over the same store run as supervised components
 //! ([`crate::supervise`]). Once `/readyz` answers, the admin kubeconfig is written and one line
-//! says so. The scheduler and controller (issue #5) and the node half (kubelet, containerd,
-//! networking) are not built yet.
+//! says so, and the scheduler and the controller manager start as supervised components too,
+//! each a client of the apiserver over loopback HTTPS with its own identity
+//! (`system:kube-scheduler`, `system:kube-controller-manager`; their kubeconfigs are in
+//! `<data-dir>/server/cred/`). Both take their Lease before working, so several servers on one
+//! datastore run one of each. The node half (kubelet, containerd, networking) is not built yet.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rk3s_apiserver::{Apiserver, Pki, PkiOptions, ServiceCidr};
 use rk3s_datastore::Store;
 
+use crate::bootstrap;
 use crate::config::{ConfigError, ServerConfig};
 use crate::kubeconfig;
 use crate::supervise::{Backoff, BoxError, Component, Running, StartError, Stop, Supervisor};
@@ -47,7 +52,15 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::WriteError),
+    /// The CAs shared through the datastore cannot be read or stored.
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
 }
+
+/// The kubeconfig of the scheduler, under [`ServerConfig::cred_dir`] (K3s' name).
+pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
+/// The kubeconfig of the controller manager, under [`ServerConfig::cred_dir`] (K3s' name).
+pub const CONTROLLER_KUBECONFIG: &str = "controller.kubeconfig";
 
 /// Runs the control plane until `shutdown` completes, then stops the components (in-flight
 /// requests are finished) and closes the datastore. A failure to start is an error; a component
@@ -99,12 +112,17 @@ fn announce_missing_parts(config: &ServerConfig) {
              this server runs the control plane only, as with --disable-agent"
         );
     }
-    tracing::info!(
-        "the scheduler and controller-manager are not built yet (issue #5): pods stay pending \
-         and no controllers run"
-    );
+    if config.disable_scheduler {
+        tracing::info!("--disable-scheduler: not running the scheduler");
+    }
+    if config.disable_controller_manager {
+        tracing::info!("--disable-controller-manager: not running the controller manager");
+    }
     if config.token.is_some() {
-        tracing::info!("--token accepted; joining servers and agents arrives with issue #4");
+        tracing::info!(
+            "--token accepted: servers on this datastore share the cluster's certificate \
+             authorities, encrypted with it; agents joining arrives with issue #4"
+        );
     }
 }
 
@@ -128,16 +146,27 @@ async fn run_with_store(
         tls_sans: config.tls_san.clone(),
         service_ip: std::net::IpAddr::V4(cidr.first()),
     };
-    let pki = tokio::task::spawn_blocking(move || Pki::load_or_create(&tls_dir, &opts))
-        .await
-        .map_err(|e| {
-            ServerError::Tls(rk3s_apiserver::Error::Tls(format!(
-                "certificate task failed: {e}"
-            )))
-        })?
-        .map_err(ServerError::Tls)?;
+    let token = config.token.as_deref().filter(|t| !t.trim().is_empty());
+    let pki = match token {
+        None => load_pki(tls_dir, opts).await?,
+        Some(token) => shared_pki(&store, token, tls_dir, opts).await?,
+    };
     let ca_pem = pki.server_ca.cert_pem.clone();
     let admin_kubeconfig = pki.admin_kubeconfig(&config.api_url());
+    let api_url = config.api_url();
+    let cred = config.cred_dir();
+    let scheduler_kubeconfig = rk3s_apiserver::kubeconfig(&api_url, &ca_pem, &pki.scheduler);
+    let controller_kubeconfig = rk3s_apiserver::kubeconfig(&api_url, &ca_pem, &pki.controller);
+    kubeconfig::write(
+        &cred.join(SCHEDULER_KUBECONFIG),
+        &scheduler_kubeconfig,
+        0o600,
+    )?;
+    kubeconfig::write(
+        &cred.join(CONTROLLER_KUBECONFIG),
+        &controller_kubeconfig,
+        0o600,
+    )?;
 
     let mut components = Vec::new();
     if let Some(addr) = config.datastore_listen {
@@ -179,10 +208,136 @@ async fn run_with_store(
         config.api_url()
     );
 
+    // The API clients start once the API answers, so that their first requests succeed.
+    let identity = leader_identity(config);
+    let mut clients = Vec::new();
+    if !config.disable_scheduler {
+        clients.push(scheduler(scheduler_kubeconfig, identity.clone()));
+    }
+    if !config.disable_controller_manager {
+        clients.push(controller(controller_kubeconfig, identity));
+    }
+    let clients = tokio::select! {
+        started = Supervisor::start(clients, Backoff::default()) => started,
+        _ = &mut shutdown => {
+            supervisor.shutdown().await;
+            return Ok(());
+        }
+    };
+    let clients = match clients {
+        Ok(clients) => clients,
+        Err(err) => {
+            supervisor.shutdown().await;
+            return Err(err.into());
+        }
+    };
+
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
+    clients.shutdown().await;
     supervisor.shutdown().await;
     Ok(())
+}
+
+/// The holder identity this server's scheduler and controller manager put in their Leases:
+/// `<node name>_<random>`, as upstream's `<hostname>_<uuid>`.
+fn leader_identity(config: &ServerConfig) -> String {
+    let node = config.node_name.clone().unwrap_or_else(|| {
+        hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "rk3s".into())
+    });
+    format!("{node}_{:016x}", rand::random::<u64>())
+}
+
+/// A client of the API from a kubeconfig `rk3s server` rendered (loopback HTTPS, the server
+/// CA only, a client certificate).
+async fn client(kubeconfig: &str) -> Result<kube::Client, BoxError> {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The scheduler, as `system:kube-scheduler`, electing a leader through
+/// `kube-system/kube-scheduler`.
+fn scheduler(kubeconfig: String, identity: String) -> Component {
+    Component::new("scheduler", move |stop: Stop| {
+        let kubeconfig = kubeconfig.clone();
+        let config = rk3s_scheduler::Config {
+            leader_elect_identity: Some(identity.clone()),
+            ..rk3s_scheduler::Config::default()
+        };
+        async move {
+            let client = client(&kubeconfig).await?;
+            let run: Running = Box::pin(async move {
+                rk3s_scheduler::run(config, client, stop.stopped())
+                    .await
+                    .map_err(BoxError::from)
+            });
+            Ok(run)
+        }
+    })
+}
+
+/// The controller manager, as `system:kube-controller-manager`, electing a leader through
+/// `kube-system/kube-controller-manager`.
+fn controller(kubeconfig: String, identity: String) -> Component {
+    Component::new("controller-manager", move |stop: Stop| {
+        let kubeconfig = kubeconfig.clone();
+        let config = rk3s_controller::Config {
+            identity: Some(identity.clone()),
+            ..rk3s_controller::Config::default()
+        };
+        async move {
+            let client = client(&kubeconfig).await?;
+            let run: Running = Box::pin(async move {
+                rk3s_controller::run(config, client, stop.stopped())
+                    .await
+                    .map_err(BoxError::from)
+            });
+            Ok(run)
+        }
+    })
+}
+
+/// Loads or creates the PKI in `tls_dir` (a blocking task: key generation takes a while).
+async fn load_pki(tls_dir: PathBuf, opts: PkiOptions) -> Result<Pki, ServerError> {
+    tokio::task::spawn_blocking(move || Pki::load_or_create(&tls_dir, &opts))
+        .await
+        .map_err(|e| {
+            ServerError::Tls(rk3s_apiserver::Error::Tls(format!(
+                "certificate task failed: {e}"
+            )))
+        })?
+        .map_err(ServerError::Tls)
+}
+
+/// The PKI with the CAs every server of the datastore shares ([`bootstrap`]): fetched if a
+/// server stored them for this token, else ours, stored for the next servers.
+async fn shared_pki(
+    store: &Store,
+    token: &str,
+    tls_dir: PathBuf,
+    opts: PkiOptions,
+) -> Result<Pki, ServerError> {
+    if bootstrap::fetch(store, token, &tls_dir).await? == bootstrap::Fetched::Written {
+        tracing::info!("using the cluster's certificate authorities from the datastore");
+        return load_pki(tls_dir, opts).await;
+    }
+    let pki = load_pki(tls_dir.clone(), opts.clone()).await?;
+    if bootstrap::store(store, token, &tls_dir).await? {
+        tracing::info!(
+            key = bootstrap::key(token),
+            "stored the cluster's certificate authorities in the datastore, encrypted with the token"
+        );
+        return Ok(pki);
+    }
+    // Another server stored its CAs first: use those.
+    bootstrap::fetch(store, token, &tls_dir).await?;
+    tracing::info!("using the cluster's certificate authorities from the datastore");
+    load_pki(tls_dir, opts).await
 }
 
 /// Polls `/readyz` until it answers `ok`.
