@@ -54,12 +54,12 @@ fn scheduler_and_controller_run_with_their_own_identities() {
     for (kubeconfig, args, want) in [
         (
             &sched,
-            &["create", "pods/binding", "-n", "default"][..],
+            &["create", "pods", "--subresource=binding", "-n", "default"][..],
             "yes",
         ),
         (
             &sched,
-            &["patch", "pods/status", "-n", "default"][..],
+            &["patch", "pods", "--subresource=status", "-n", "default"][..],
             "yes",
         ),
         (
@@ -80,7 +80,13 @@ fn scheduler_and_controller_run_with_their_own_identities() {
         ),
         (
             &ctrl,
-            &["patch", "deployments.apps/status", "-n", "default"][..],
+            &[
+                "patch",
+                "deployments.apps",
+                "--subresource=status",
+                "-n",
+                "default",
+            ][..],
             "yes",
         ),
         (
@@ -105,7 +111,7 @@ fn scheduler_and_controller_run_with_their_own_identities() {
         ),
         (
             &ctrl,
-            &["create", "pods/binding", "-n", "default"][..],
+            &["create", "pods", "--subresource=binding", "-n", "default"][..],
             "no",
         ),
         (&ctrl, &["create", "clusterrolebindings"][..], "no"),
