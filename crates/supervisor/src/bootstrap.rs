@@ -49,6 +49,11 @@ pub enum BootstrapError {
     )]
     OtherToken { key: String },
     #[error(
+        "the datastore holds the bootstrap data of a cluster ({key}); start this server with \
+         that cluster's --token (K3S_TOKEN)"
+    )]
+    TokenNeeded { key: String },
+    #[error(
         "bootstrap data {key} cannot be decrypted with this --token (damaged or another token)"
     )]
     Decrypt { key: String },
@@ -88,26 +93,42 @@ pub async fn fetch(store: &Store, token: &str, tls_dir: &Path) -> Result<Fetched
     let key = key(token);
     let (_, kv) = store.get(key.as_bytes(), 0).await?;
     let Some(kv) = kv else {
-        let others = store
-            .list(
-                PREFIX.as_bytes(),
-                ListOptions {
-                    keys_only: true,
-                    limit: 1,
-                    ..ListOptions::default()
-                },
-            )
-            .await?;
-        if let Some(other) = others.kvs.first() {
-            return Err(BootstrapError::OtherToken {
-                key: String::from_utf8_lossy(&other.key).into_owned(),
-            });
-        }
-        return Ok(Fetched::Absent);
+        return match any_key(store).await? {
+            Some(key) => Err(BootstrapError::OtherToken { key }),
+            None => Ok(Fetched::Absent),
+        };
     };
     let files = decrypt(&key, token, &kv.value)?;
     write_files(tls_dir, &files)?;
     Ok(Fetched::Written)
+}
+
+/// For a server without a token: an error if another server stored bootstrap data in this
+/// datastore (this one would otherwise make CAs of its own, and the two would not trust each
+/// other's clients).
+pub async fn refuse_if_present(store: &Store) -> Result<(), BootstrapError> {
+    match any_key(store).await? {
+        Some(key) => Err(BootstrapError::TokenNeeded { key }),
+        None => Ok(()),
+    }
+}
+
+/// The first bootstrap key in the datastore, if any.
+async fn any_key(store: &Store) -> Result<Option<String>, BootstrapError> {
+    let found = store
+        .list(
+            PREFIX.as_bytes(),
+            ListOptions {
+                keys_only: true,
+                limit: 1,
+                ..ListOptions::default()
+            },
+        )
+        .await?;
+    Ok(found
+        .kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned()))
 }
 
 /// Stores the shared files of `tls_dir` for `token`, unless another server stored them first:

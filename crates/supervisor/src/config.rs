@@ -114,7 +114,8 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_san: Vec<String>,
 
-    /// Shared secret for joining servers and agents (accepted; joining arrives with issue #4)
+    /// Shared secret of the cluster's servers: the CAs they share through the datastore are
+    /// encrypted with it (agents joining arrives with a later issue)
     #[arg(short = 't', long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

@@ -3,12 +3,14 @@
 //!
 //! - `rk3s server` ([`server::run_server`]): the control plane — the datastore in process, the
 //!   apiserver and optionally the etcd v3 endpoint as supervised tasks ([`supervise`]); writes
-//!   the admin kubeconfig when the API is ready. Settings: [`config`].
+//!   the admin kubeconfig when the API is ready, then runs the scheduler and the controller
+//!   manager as API clients with their own identities. Servers on one datastore share the CAs
+//!   ([`bootstrap`]). Settings: [`config`].
 //! - `rk3s kubectl ...` ([`kubectl`]): the system kubectl with the admin kubeconfig.
 //! - `rk3s datastore`: the etcd v3 endpoint alone, as `rk3s-datastore`.
 //!
-//! The scheduler and controller (issue #5) and the node half (kubelet, containerd,
-//! networking), `rk3s agent` and joining (issue #4) are not built yet.
+//! The node half (kubelet, containerd, networking), `rk3s agent` and joining agents are not
+//! built yet.
 
 pub mod bootstrap;
 pub mod config;
@@ -40,8 +42,8 @@ pub struct Cli {
 /// The subcommands of `rk3s`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Run the control plane: datastore and Kubernetes API (scheduler, controller and the node
-    /// half are not built yet)
+    /// Run the control plane: datastore, Kubernetes API, scheduler and controller manager (the
+    /// node half is not built yet)
     Server(ServerArgs),
     /// Run the system kubectl with the admin kubeconfig
     Kubectl(kubectl::KubectlArgs),

@@ -148,7 +148,10 @@ async fn run_with_store(
     };
     let token = config.token.as_deref().filter(|t| !t.trim().is_empty());
     let pki = match token {
-        None => load_pki(tls_dir, opts).await?,
+        None => {
+            bootstrap::refuse_if_present(&store).await?;
+            load_pki(tls_dir, opts).await?
+        }
         Some(token) => shared_pki(&store, token, tls_dir, opts).await?,
     };
     let ca_pem = pki.server_ca.cert_pem.clone();

@@ -170,6 +170,22 @@ fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("another token"), "{stderr}");
     assert!(!c.kubeconfig().exists());
+    // And so is one without a token (it would make CAs of its own).
+    let d = Setup::new("");
+    let port = port_arg(free_port().expect("free port"));
+    let out = d
+        .server_cmd(&[
+            "--https-listen-port",
+            &port,
+            "--datastore-endpoint",
+            &endpoint,
+        ])
+        .output()
+        .expect("rk3s runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--token"), "{stderr}");
+    assert!(!d.kubeconfig().exists());
 
     let (status, log) = server_b.terminate();
     assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
