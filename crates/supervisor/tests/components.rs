@@ -201,6 +201,39 @@ fn scheduler_and_controller_run_with_their_own_identities() {
     let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
     assert_eq!(count("became leader; scheduling"), 1, "{}", log.join("\n"));
     assert_eq!(count("component failed"), 0, "{}", log.join("\n"));
+    assert_eq!(count("did not stop in time"), 0, "{}", log.join("\n"));
+
+    // A restart keeps everything, and the components carry on.
+    let server = start(&setup, "server-a", &[]);
+    let nodes = setup.kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {end}",
+        ],
+        "",
+    );
+    assert_eq!(nodes, "node-1 node-1 ");
+    setup.kubectl_ok(&["scale", "deployment", "web", "--replicas=3"], "");
+    setup.wait_until("the third pod bound", || {
+        let out = setup.kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName} {end}",
+            ],
+            "",
+        );
+        (out == "node-1 node-1 node-1 ").then_some(())
+    });
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
 }
 
 #[test]

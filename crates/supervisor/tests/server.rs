@@ -346,3 +346,16 @@ fn datastore_listen_serves_etcdctl_over_the_same_store() {
         "token logged"
     );
 }
+
+#[test]
+fn version() {
+    let out = rk3s_cmd(std::path::Path::new("/"))
+        .arg("--version")
+        .output()
+        .expect("rk3s runs");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("rk3s {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
