@@ -136,6 +136,10 @@ pub struct Pki {
     pub scheduler: CertKey,
     /// `system:kube-proxy`.
     pub kube_proxy: CertKey,
+    /// The apiserver's own client certificate towards kubelets (`system:apiserver` in
+    /// `system:masters`, as K3s' `client-kube-apiserver`): logs, exec, attach, port-forward and
+    /// node proxying are requests the apiserver makes to a kubelet's :10250.
+    pub kubelet_client: CertKey,
     /// The service-account token signing key (ECDSA P-256, PKCS#8 PEM).
     pub service_account_key_pem: String,
 }
@@ -204,6 +208,11 @@ impl Pki {
         let controller = client("client-controller", "system:kube-controller-manager", &[])?;
         let scheduler = client("client-scheduler", "system:kube-scheduler", &[])?;
         let kube_proxy = client("client-kube-proxy", "system:kube-proxy", &[])?;
+        let kubelet_client = client(
+            "client-kube-apiserver",
+            "system:apiserver",
+            &[SYSTEM_MASTERS],
+        )?;
         let service_account_key_pem = match dir.map(|d| d.join("service.key")) {
             Some(path) if path.exists() => {
                 let pem = read(&path)?;
@@ -229,6 +238,7 @@ impl Pki {
             controller,
             scheduler,
             kube_proxy,
+            kubelet_client,
             service_account_key_pem,
         })
     }
@@ -287,6 +297,29 @@ impl Pki {
             .with_single_cert(certs, key)
             .map_err(|e| Error::Tls(format!("serving certificate: {e}")))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The TLS configuration of the apiserver's connections to kubelets: the kubelet's serving
+    /// certificate must chain to the server CA (kubelets get theirs from this PKI when they
+    /// join), and the apiserver presents [`Pki::kubelet_client`].
+    pub fn kubelet_client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certs(&self.server_ca.cert_pem, "server CA")? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("server CA: {e}")))?;
+        }
+        let certs = pem_certs(&self.kubelet_client.cert_pem, "kubelet client certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(self.kubelet_client.key_pem.as_bytes())
+            .map_err(|e| Error::Tls(format!("kubelet client key: {e}")))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| Error::Tls(format!("kubelet client certificate: {e}")))?;
         Ok(Arc::new(config))
     }
 
@@ -621,6 +654,13 @@ mod tests {
         assert_eq!(id(&pki.controller).0, "system:kube-controller-manager");
         assert_eq!(id(&pki.scheduler).0, "system:kube-scheduler");
         assert_eq!(id(&pki.kube_proxy).0, "system:kube-proxy");
+        assert_eq!(
+            id(&pki.kubelet_client),
+            (
+                "system:apiserver".into(),
+                vec!["system:masters".to_string()]
+            )
+        );
         let kubelet = pki.issue_kubelet_client_cert("n1").unwrap();
         assert_eq!(
             id(&kubelet),
@@ -644,6 +684,7 @@ mod tests {
             "client-controller.key",
             "client-scheduler.key",
             "client-kube-proxy.key",
+            "client-kube-apiserver.key",
             "service.key",
         ] {
             let mode = std::fs::metadata(dir.path().join(key))

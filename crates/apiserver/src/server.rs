@@ -47,6 +47,9 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<Auth>,
     /// Serves every watch (one datastore watch per watched storage prefix).
     pub(crate) watch_cache: Arc<crate::watch_cache::WatchCaches>,
+    /// TLS towards kubelets (logs, exec, attach, port-forward, node proxy): see
+    /// [`Pki::kubelet_client_config`].
+    pub(crate) kubelet_tls: Arc<rustls::ClientConfig>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -189,6 +192,7 @@ impl Apiserver {
         let store = self.store;
         let acceptor = TlsAcceptor::from(pki.server_config()?);
         let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
+        let kubelet_tls = pki.kubelet_client_config()?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {
@@ -213,6 +217,7 @@ impl Apiserver {
             crds: Arc::default(),
             auth,
             watch_cache,
+            kubelet_tls,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;
