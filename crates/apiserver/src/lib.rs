@@ -23,8 +23,10 @@ mod defaults;
 mod discovery;
 mod error;
 mod health;
+mod join;
 mod join_token;
 mod metrics;
+mod node_restriction;
 mod openapi;
 mod patch_meta;
 mod pki;
@@ -46,8 +48,13 @@ pub use auth::{AuthConfig, DEFAULT_ISSUER};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
-pub use join_token::{JoinToken, JoinTokenError, ca_hash};
-pub use pki::{CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig};
+pub use join_token::{
+    JoinToken, JoinTokenError, ca_hash, load_or_create as load_or_create_join_token,
+};
+pub use pki::{
+    CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig,
+    new_key_and_csr,
+};
 pub use server::{Apiserver, RunningApiserver};
 pub use services::ServiceCidr;
 
@@ -62,8 +69,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = rk3s_datastore::connect(&config.datastore).await?;
     let service_cidr: ServiceCidr = config.service_cidr.parse().map_err(Error::InvalidConfig)?;
     let pki = Pki::load_or_create(&config.tls_dir(), &config.pki_options(&service_cidr))?;
+    let token = load_or_create_join_token(
+        &config.server_dir(),
+        &pki.server_ca.cert_pem,
+        config.token.as_deref(),
+    )
+    .map_err(|e| Error::InvalidConfig(format!("token: {e}")))?;
     let running = Apiserver::new(store.clone())
         .pki(pki)
+        .join_token(token)
         .auth(config.auth_config()?)
         .service_cidr(service_cidr)
         .serve(config.listen_addr())
