@@ -189,7 +189,7 @@ async fn join_endpoints_issue_kubelet_certificates_only_for_the_token() {
         "DNS:localhost",
         "IP Address:10.1.2.3",
         "IP Address:127.0.0.1",
-        "Subject: CN=n1",
+        "Subject: CN = n1",
     ] {
         assert!(text.contains(want), "{want} missing: {text}");
     }
