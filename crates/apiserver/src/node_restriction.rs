@@ -8,7 +8,8 @@
 //!   kubelet's set (`kubernetes.io/hostname`, `kubernetes.io/os|arch`, zone/region/instance
 //!   type, and the `kubelet.kubernetes.io/`, `node.kubernetes.io/` namespaces);
 //! - pods: create only mirror pods (`kubernetes.io/config.mirror`) bound to itself, owned by
-//!   its Node (one controller reference, with its uid, no blockOwnerDeletion) and referencing no
+//!   its Node (one controller reference, with its uid — checked by [`admit_mirror_pod_owner`]
+//!   — no blockOwnerDeletion) and referencing no
 //!   service account, secret, configmap, cluster trust bundle or claim; delete only pods bound
 //!   to itself; no other writes of the pod itself; `status` only of pods bound to itself and
 //!   without label changes; `eviction` only of pods bound to itself; no other subresource;
@@ -420,6 +421,35 @@ fn forbidden_labels(modified: &[String]) -> Vec<String> {
         })
         .cloned()
         .collect()
+}
+
+/// The rest of NodeRestriction on a mirror pod the kubelet of `node` creates (after
+/// [`admit`]): its owner reference must carry the uid of the node's Node object.
+pub(crate) async fn admit_mirror_pod_owner(
+    state: &AppState,
+    node: &str,
+    info: &ResourceInfo,
+    pod: &Value,
+) -> Result<(), ApiError> {
+    if !(info.group.is_empty() && info.plural == "pods") {
+        return Ok(());
+    }
+    let nodes = REGISTRY
+        .find("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("nodes are not registered"))?;
+    let Some(stored_node) = stored(state, nodes, None, node).await? else {
+        return Err(ApiError::not_found(nodes, node));
+    };
+    let owner_uid = str_of(&meta(pod, "ownerReferences")[0]["uid"]);
+    let node_uid = str_of(meta(&stored_node, "uid"));
+    if owner_uid != node_uid {
+        return Err(forbidden(
+            info,
+            str_of(meta(pod, "name")),
+            format!("node {node} UID mismatch: expected {owner_uid} got {node_uid}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A stored object, for the checks that need the existing one (delete, eviction).

@@ -402,6 +402,12 @@ async fn node_restriction_limits_kubelets_to_their_own_node() {
         ),
         other => panic!("{other:?}"),
     }
+    let mut wrong_uid = pod(true, "n1");
+    wrong_uid.metadata.owner_references.as_mut().expect("owner")[0].uid = "not-the-node".into();
+    match pods.create(&PostParams::default(), &wrong_uid).await {
+        Err(kube::Error::Api(e)) => assert!(e.message.contains("UID mismatch"), "{}", e.message),
+        other => panic!("{other:?}"),
+    }
     let mirror = pods
         .create(&PostParams::default(), &pod(true, "n1"))
         .await

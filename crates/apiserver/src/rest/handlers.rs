@@ -435,6 +435,9 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     let validation = FieldValidation::from_query(ctx.query)?;
     let obj = body_json(ctx.headers, body)?;
     ctx.node_restriction(crate::node_restriction::Operation::Create, None, Some(&obj))?;
+    if let Some(node) = ctx.node {
+        crate::node_restriction::admit_mirror_pod_owner(ctx.state, node, info, &obj).await?;
+    }
     let writer = ctx.writer();
     let (obj, warnings) = create_object_as(
         ctx.state,
