@@ -10,7 +10,7 @@
 //!   credentials (the node half that would use them is not built yet).
 //!
 //! The scheduler and controller (issue #5) and the node half (kubelet, containerd,
-//! networking), `rk3s agent` and joining (issue #4) are not built yet.
+//! networking) of both commands are not built yet.
 
 pub mod agent;
 pub mod config;
