@@ -7,8 +7,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::TestServer;
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
 
 fn stderr(o: &Output) -> String {
@@ -55,6 +56,10 @@ fn cert_and_key(body: &str) -> (String, String) {
 }
 
 const OBJECTS: &str = "\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: default}
+---
 apiVersion: v1
 kind: Node
 metadata: {name: n1}
@@ -420,6 +425,45 @@ async fn node_restriction_limits_kubelets_to_their_own_node() {
         ),
         other => panic!("{other:?}"),
     }
+    // Service account tokens: only bound to a pod on its node.
+    let admin_pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+    let uid_of = |p: Pod| p.metadata.uid.unwrap_or_default();
+    let p1_uid = uid_of(admin_pods.get("p1").await.expect("p1"));
+    let p2_uid = uid_of(admin_pods.get("p2").await.expect("p2"));
+    let sas: Api<ServiceAccount> = Api::namespaced(kubelet.clone(), "default");
+    let request = |bound: Option<(&str, &str)>| -> TokenRequest {
+        let mut spec = serde_json::json!({ "audiences": [] });
+        if let Some((name, uid)) = bound {
+            spec["boundObjectRef"] =
+                serde_json::json!({ "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid });
+        }
+        serde_json::from_value(serde_json::json!({ "spec": spec })).expect("token request")
+    };
+    for (bound, why) in [
+        (None, "node requested token not bound to a pod"),
+        (
+            Some(("p2", p2_uid.as_str())),
+            "node requested token bound to a pod scheduled on a different node",
+        ),
+    ] {
+        match sas
+            .create_token_request("default", &PostParams::default(), &request(bound))
+            .await
+        {
+            Err(kube::Error::Api(e)) => assert_eq!(
+                e.message,
+                format!("serviceaccounts \"default\" is forbidden: {why}")
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    sas.create_token_request(
+        "default",
+        &PostParams::default(),
+        &request(Some(("p1", p1_uid.as_str()))),
+    )
+    .await
+    .expect("a token for its own pod");
     pods.delete("p1", &Default::default())
         .await
         .expect("its own pod");
