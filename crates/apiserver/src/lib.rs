@@ -2,7 +2,9 @@
 //!
 //! Every request is authenticated (client certificates of the client CA, bearer tokens,
 //! service-account tokens; anonymous only for the health endpoints and `/version`) and
-//! authorized by RBAC (`auth`). The PKI lives in `<data-dir>/server/tls/` (`pki`).
+//! authorized by RBAC (`auth`), and kubelets' writes pass NodeRestriction. The PKI lives in
+//! `<data-dir>/server/tls/` (`pki`), the join token in `<data-dir>/server/token`; K3s' join
+//! endpoints (`/cacerts`, `/v1-k3s/...`, `join`) issue kubelet certificates to agents.
 //!
 //! - [`Config`] and [`run`]: the component entry point (K3s flag names; runs until shutdown).
 //! - [`Apiserver::start`]: an apiserver on a [`rk3s_datastore::Store`] in this process, on any
