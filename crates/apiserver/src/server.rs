@@ -50,6 +50,8 @@ pub(crate) struct AppState {
     /// TLS towards kubelets (logs, exec, attach, port-forward, node proxy): see
     /// [`Pki::kubelet_client_config`].
     pub(crate) kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The join endpoints' PKI and token (`crate::join`).
+    pub(crate) join: Arc<crate::join::JoinState>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -87,6 +89,8 @@ fn router(state: AppState) -> Router {
             state.clone(),
             crate::auth::middleware,
         ))
+        // K3s' join endpoints authenticate on their own (join token, node password).
+        .merge(crate::join::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
             tower_http::compression::CompressionLayer::new()
@@ -132,6 +136,7 @@ pub struct Apiserver {
     pki: Option<Pki>,
     service_cidr: ServiceCidr,
     auth: AuthConfig,
+    join_token: Option<crate::JoinToken>,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
@@ -158,7 +163,16 @@ impl Apiserver {
             pki: None,
             service_cidr: ServiceCidr::default(),
             auth: AuthConfig::default(),
+            join_token: None,
         }
+    }
+
+    /// Accept this join token on K3s' join endpoints (`/v1-k3s/...`: kubelet certificates for
+    /// joining agents). Without one, only nodes that already hold a kubelet certificate can use
+    /// them. See [`crate::load_or_create_join_token`].
+    pub fn join_token(mut self, token: crate::JoinToken) -> Self {
+        self.join_token = Some(token);
+        self
     }
 
     /// Serve with this PKI (default: a fresh one in memory, for the listen address).
@@ -218,6 +232,7 @@ impl Apiserver {
             auth,
             watch_cache,
             kubelet_tls,
+            join: crate::join::state(pki.clone(), self.join_token),
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;

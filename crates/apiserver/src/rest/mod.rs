@@ -207,6 +207,15 @@ pub(crate) async fn serve(
     ) && target.info.group.is_empty()
         && method == Method::POST
     {
+        if let Some(node) = crate::auth::node::node_of(&user) {
+            let request =
+                crate::auth::body_json(&headers, &body, "TokenRequest").unwrap_or(Value::Null);
+            if let Err(e) =
+                crate::node_restriction::admit_token_request(&state, node, ns, name, &request).await
+            {
+                return e.into_response();
+            }
+        }
         return crate::auth::serviceaccount::token_request(&state, ns, name, &headers, &body)
             .await
             .unwrap_or_else(IntoResponse::into_response);
@@ -230,6 +239,7 @@ pub(crate) async fn serve(
         target: &target,
         query: &q,
         headers: &headers,
+        node: crate::auth::node::node_of(&user),
     };
     let response = async {
         let result = match method {
