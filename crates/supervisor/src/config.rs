@@ -114,13 +114,16 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_san: Vec<String>,
 
-    /// Shared secret of the cluster's servers: the CAs they share through the datastore are
-    /// encrypted with it (agents joining arrives with a later issue)
+    /// The cluster's token: agents join with it, and the CAs the servers of one datastore share
+    /// are encrypted with its secret. K10<ca hash>::server:<secret> or <secret> [default:
+    /// <data-dir>/server/token, created on first start]
     #[arg(short = 't', long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 
-    /// Server to join (K3S_URL; joining arrives with issue #4, so this is refused for now)
+    /// Server to join as another server (K3S_URL; refused: embedded-datastore HA is not built —
+    /// HA servers share an external --datastore-endpoint and --token; nodes join with
+    /// `rk3s agent`)
     #[arg(short = 's', long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
@@ -426,8 +429,10 @@ impl ServerConfig {
             return Err(invalid(
                 "server",
                 format!(
-                    "joining an existing cluster ({server}) arrives with issue #4; \
-                     unset --server / K3S_URL to start a new cluster"
+                    "joining {server} as another server is not built (HA servers share \
+                     an external --datastore-endpoint and --token instead); join nodes \
+                     with `rk3s agent --server ... --token ...`, or unset --server / K3S_URL \
+                     to start a new cluster"
                 ),
             ));
         }

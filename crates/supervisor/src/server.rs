@@ -55,6 +55,9 @@ pub enum ServerError {
     /// The CAs shared through the datastore cannot be read or stored.
     #[error(transparent)]
     Bootstrap(#[from] bootstrap::BootstrapError),
+    /// The join token (`--token`, `<data-dir>/server/token`) is unusable.
+    #[error("token: {0}")]
+    Token(#[from] rk3s_apiserver::JoinTokenError),
 }
 
 /// The kubeconfig of the scheduler, under [`ServerConfig::cred_dir`] (K3s' name).
@@ -118,12 +121,6 @@ fn announce_missing_parts(config: &ServerConfig) {
     if config.disable_controller_manager {
         tracing::info!("--disable-controller-manager: not running the controller manager");
     }
-    if config.token.is_some() {
-        tracing::info!(
-            "--token accepted: servers on this datastore share the cluster's certificate \
-             authorities, encrypted with it; agents joining arrives with issue #4"
-        );
-    }
 }
 
 async fn run_with_store(
@@ -146,15 +143,30 @@ async fn run_with_store(
         tls_sans: config.tls_san.clone(),
         service_ip: std::net::IpAddr::V4(cidr.first()),
     };
-    let token = config.token.as_deref().filter(|t| !t.trim().is_empty());
-    let pki = match token {
+    // The cluster's secret (`--token`, else the token file of an earlier start) encrypts the
+    // CAs the servers of one datastore share.
+    let server_dir = config.data_dir.join("server");
+    let secret = cluster_secret(config.token.as_deref(), &server_dir)?;
+    let pki = match &secret {
         None => {
             bootstrap::refuse_if_present(&store).await?;
-            load_pki(tls_dir, opts).await?
+            load_pki(tls_dir.clone(), opts).await?
         }
-        Some(token) => shared_pki(&store, token, tls_dir, opts).await?,
+        Some(secret) => shared_pki(&store, secret, tls_dir.clone(), opts).await?,
     };
     let ca_pem = pki.server_ca.cert_pem.clone();
+    // The join token agents present (`<data-dir>/server/token`, created on first start).
+    let token =
+        rk3s_apiserver::load_or_create_join_token(&server_dir, &ca_pem, config.token.as_deref())?;
+    if secret.is_none() {
+        // A token made just now: the CAs go to the datastore for the servers that join with it.
+        if bootstrap::store(&store, &token.password, &tls_dir).await? {
+            tracing::info!(
+                "stored the cluster's certificate authorities in the datastore, encrypted with \
+                 the token"
+            );
+        }
+    }
     let admin_kubeconfig = pki.admin_kubeconfig(&config.api_url());
     let api_url = config.api_url();
     let cred = config.cred_dir();
@@ -178,6 +190,7 @@ async fn run_with_store(
     components.push(apiserver(
         store,
         pki,
+        token,
         cidr,
         config.listen_addr(),
         config.local_api_addr(),
@@ -317,6 +330,22 @@ async fn load_pki(tls_dir: PathBuf, opts: PkiOptions) -> Result<Pki, ServerError
         .map_err(ServerError::Tls)
 }
 
+/// The secret part of the cluster's token: `--token` (either form), else the token file an
+/// earlier start wrote; `None` on a first start without a token.
+fn cluster_secret(
+    configured: Option<&str>,
+    server_dir: &std::path::Path,
+) -> Result<Option<String>, ServerError> {
+    let text = match configured.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => t.to_string(),
+        None => match std::fs::read_to_string(server_dir.join("token")) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some(rk3s_apiserver::JoinToken::parse(&text)?.password))
+}
+
 /// The PKI with the CAs every server of the datastore shares ([`bootstrap`]): fetched if a
 /// server stored them for this token, else ours, stored for the next servers.
 async fn shared_pki(
@@ -371,6 +400,7 @@ async fn wait_ready(config: &ServerConfig, ca_pem: &str) -> Result<(), ServerErr
 fn apiserver(
     store: Store,
     pki: Pki,
+    token: rk3s_apiserver::JoinToken,
     cidr: ServiceCidr,
     listen: SocketAddr,
     local: SocketAddr,
@@ -379,6 +409,7 @@ fn apiserver(
         let ca_pem = pki.server_ca.cert_pem.clone();
         let server = Apiserver::new(store.clone())
             .pki(pki.clone())
+            .join_token(token.clone())
             .service_cidr(cidr);
         async move {
             let running = server.serve(listen).await.map_err(BoxError::from)?;
