@@ -61,7 +61,11 @@ fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
         });
     }
 
-    let (cmd, port_b) = server_cmd(&b, &endpoint, TOKEN, "server-b");
+    // server-b is given the token in K3s' full form, as server-a wrote it (`K10<CA hash>::
+    // server:<secret>`): the CA it fetches must match the hash.
+    let full = std::fs::read_to_string(a.data_dir().join("server/token")).expect("token file");
+    assert!(full.starts_with("K10"), "{full}");
+    let (cmd, port_b) = server_cmd(&b, &endpoint, full.trim(), "server-b");
     let (server_b, _) = Server::start(cmd);
     let log = server_b.log.join("\n");
     assert!(
