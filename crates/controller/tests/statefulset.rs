@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::{Value, json};
 
 fn sts(name: &str, replicas: i32, image: &str, extra_spec: Value) -> StatefulSet {
@@ -83,7 +83,7 @@ async fn record(
     let l = log.clone();
     let h = tokio::spawn(async move {
         let mut known: std::collections::HashMap<String, (bool, bool)> = Default::default();
-        let mut events = watcher(pods, cfg).boxed();
+        let mut events = watcher(pods, cfg).default_backoff().boxed();
         while let Some(ev) = events.next().await {
             let mut log = l.lock().unwrap();
             match ev {
