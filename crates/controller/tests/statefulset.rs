@@ -440,6 +440,14 @@ async fn rolling_update_with_partition_then_rollback() {
         .kubectl_ok(&["rollout", "history", "statefulset/web"])
         .await;
     assert!(hist.contains('1') && hist.contains('2'), "{hist}");
+    // kubectl shows a revision's template by applying the revision's patch.
+    let one = t
+        .kubectl_ok(&["rollout", "history", "statefulset/web", "--revision=1"])
+        .await;
+    assert!(
+        one.contains("busybox:1") && !one.contains("busybox:2"),
+        "{one}"
+    );
 
     // kubectl rollout undo puts revision 1's template back; that revision becomes number 3.
     t.kubectl_ok(&["rollout", "undo", "statefulset/web"]).await;
@@ -524,6 +532,21 @@ async fn claims_follow_the_retention_policy() {
             .unwrap()
             .is_none()
             .then_some(())
+    })
+    .await;
+    // The garbage collector takes the set's pods and revisions.
+    let pods: Api<Pod> = Api::default_namespaced(t.client.clone());
+    let revs: Api<ControllerRevision> = Api::default_namespaced(t.client.clone());
+    eventually(60, "pods and revisions collected", || async {
+        let p = pods
+            .list(&ListParams::default().labels("app=db"))
+            .await
+            .ok()?;
+        let r = revs
+            .list(&ListParams::default().labels("app=db"))
+            .await
+            .ok()?;
+        (p.items.is_empty() && r.items.is_empty()).then_some(())
     })
     .await;
 }
