@@ -550,3 +550,69 @@ async fn claims_follow_the_retention_policy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_delete_updates_only_deleted_pods_and_failed_pods_are_remade() {
+    let t = TestCluster::start().await;
+    let sets: Api<StatefulSet> = Api::default_namespaced(t.client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(t.client.clone());
+    sets.create(
+        &PostParams::default(),
+        &sts(
+            "od",
+            2,
+            "busybox:1",
+            json!({"updateStrategy": {"type": "OnDelete"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    settled(&sets, "od", 2).await;
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}});
+    sets.patch("od", &PatchParams::default(), &Patch::Strategic(image))
+        .await
+        .unwrap();
+    let st = eventually(30, "new update revision", || async {
+        let s = sets.get("od").await.ok()?;
+        let st = s.status.clone()?;
+        (st.observed_generation == s.metadata.generation
+            && st.update_revision != st.current_revision)
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(
+        (st.updated_replicas.unwrap_or(0), st.current_replicas),
+        (0, Some(2))
+    );
+    // OnDelete: nothing is replaced until someone deletes a pod.
+    for k in 0..2 {
+        assert_eq!(
+            image_of(&pods.get(&format!("od-{k}")).await.unwrap()),
+            "busybox:1"
+        );
+    }
+    let old_uid = pods.get("od-1").await.unwrap().uid();
+    pods.delete("od-1", &Default::default()).await.unwrap();
+    let p = eventually(30, "od-1 remade at the update revision", || async {
+        let p = pods.get_opt("od-1").await.ok()??;
+        (p.uid() != old_uid && ready(&p)).then_some(p)
+    })
+    .await;
+    assert_eq!(image_of(&p), "busybox:2");
+    assert_eq!(image_of(&pods.get("od-0").await.unwrap()), "busybox:1");
+
+    // A member that failed is deleted and made again (upstream's RecreatingFailedPod).
+    let old_uid = pods.get("od-0").await.unwrap().uid();
+    pods.patch_status(
+        "od-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+    )
+    .await
+    .unwrap();
+    eventually(30, "failed od-0 remade", || async {
+        let p = pods.get_opt("od-0").await.ok()??;
+        (p.uid() != old_uid && ready(&p)).then_some(())
+    })
+    .await;
+}
