@@ -111,9 +111,10 @@ fn scheduler_and_controller_run_with_their_own_identities() {
         ),
         (
             &ctrl,
-            &["create", "pods", "--subresource=binding", "-n", "default"][..],
-            "no",
+            &["create", "controllerrevisions.apps", "-n", "default"][..],
+            "yes",
         ),
+        (&ctrl, &["create", "nodes"][..], "no"),
         (&ctrl, &["create", "clusterrolebindings"][..], "no"),
     ] {
         let mut all = vec!["auth", "can-i"];
@@ -182,6 +183,28 @@ fn scheduler_and_controller_run_with_their_own_identities() {
         (out == "node-1 node-1 ").then_some(out)
     });
     assert_eq!(nodes, "node-1 node-1 ");
+    // A DaemonSet and a StatefulSet (ControllerRevisions, created as the controller manager).
+    setup.kubectl_ok(&["create", "-f", "-"], DAEMONSET);
+    setup.kubectl_ok(&["create", "-f", "-"], STATEFULSET);
+    for (selector, what) in [
+        ("app=ds", "the DaemonSet's pod"),
+        ("app=sts", "the StatefulSet's pod"),
+    ] {
+        setup.wait_until(what, || {
+            let out = setup.kubectl_ok(
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    selector,
+                    "-o",
+                    "jsonpath={.items[*].spec.nodeName}",
+                ],
+                "",
+            );
+            (out == "node-1").then_some(())
+        });
+    }
     // The scheduler's event, written as system:kube-scheduler.
     let events = setup.kubectl_ok(
         &[
@@ -275,6 +298,12 @@ fn disabled_components_do_not_run() {
     assert_eq!(count("--disable-scheduler: not running the scheduler"), 1);
     assert_eq!(count("became leader; scheduling"), 0, "{}", log.join("\n"));
 }
+
+const DAEMONSET: &str = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"ds","namespace":"default"},
+"spec":{"selector":{"matchLabels":{"app":"ds"}},"template":{"metadata":{"labels":{"app":"ds"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}}"#;
+
+const STATEFULSET: &str = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"sts","namespace":"default"},
+"spec":{"replicas":1,"serviceName":"sts","selector":{"matchLabels":{"app":"sts"}},"template":{"metadata":{"labels":{"app":"sts"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}}"#;
 
 const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"lone","namespace":"default"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#;
 
