@@ -13,6 +13,9 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoints",
     "endpointslice",
     "serviceaccount",
+    "job",
+    "cronjob",
+    "ttl-after-finished",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's
