@@ -38,7 +38,7 @@ impl TestClock {
 }
 
 struct Fixture {
-    t: TestCluster,
+    _cluster: TestCluster,
     clock: Arc<TestClock>,
     cronjobs: Api<CronJob>,
     jobs: Api<Job>,
@@ -55,7 +55,7 @@ impl Fixture {
             cronjobs: Api::namespaced(t.client.clone(), "default"),
             jobs: Api::namespaced(t.client.clone(), "default"),
             pods: Api::namespaced(t.client.clone(), "default"),
-            t,
+            _cluster: t,
             clock,
             pokes: std::sync::atomic::AtomicU32::new(0),
         }
@@ -269,7 +269,11 @@ async fn forbid_skips_while_a_job_runs_and_replace_replaces_it() {
     let b2 = plus(b1, 60);
     f.at("forbid", plus(b2, 2)).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(f.job_names().await, [j1.clone()], "Forbid: no second job");
+    assert_eq!(
+        f.job_names().await,
+        std::slice::from_ref(&j1),
+        "Forbid: no second job"
+    );
     // When the running job finishes, the missed time b2 is still due: it starts late.
     f.finish_job(&j1, 0).await;
     let j2 = job_name("forbid", b2);

@@ -105,6 +105,15 @@ async fn wait_finished(jobs: &Api<Job>, name: &str) -> Job {
     .await
 }
 
+/// Status is written only when it changes: a job whose pods do nothing is not rewritten (a
+/// rewrite would trigger its own sync again: a hot loop).
+async fn assert_unchanged(jobs: &Api<Job>, name: &str) {
+    let before = jobs.get(name).await.unwrap().metadata.resource_version;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after = jobs.get(name).await.unwrap().metadata.resource_version;
+    assert_eq!(before, after, "job {name} rewritten while nothing changed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_with_completions_and_parallelism_completes() {
     let t = TestCluster::start().await;
@@ -152,6 +161,7 @@ async fn job_with_completions_and_parallelism_completes() {
     .await;
     assert!(s.start_time.is_some());
     assert_eq!(s.terminating, Some(0));
+    assert_unchanged(&jobs, "work").await;
 
     // One succeeds: it is counted, loses its finalizer, and a third pod starts (parallelism 2,
     // one completion left for each of the two running... three in all).
@@ -404,6 +414,7 @@ async fn suspended_job_runs_no_pods_until_resumed() {
     assert_eq!(c.message.as_deref(), Some("Job suspended"));
     let s = j.status.clone().unwrap();
     assert!(s.start_time.is_none(), "a suspended job has not started");
+    assert_unchanged(&jobs, "sus").await;
     assert!(pods_of(&pods, "sus").await.is_empty());
 
     let resume = |v: bool| {
