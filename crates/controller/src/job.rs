@@ -47,6 +47,10 @@ use crate::util::{self, Backoff, Shared};
 pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 /// Annotation and label with an Indexed Job pod's completion index.
 pub(crate) const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+/// Failures of the pod's index before it (backoffLimitPerIndex).
+const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// Failures of the pod's index that the pod failure policy ignored.
+const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 /// `spec.managedBy` of Jobs this controller syncs (unset means the same).
 const MANAGED_BY_US: &str = "kubernetes.io/job-controller";
 /// First pod-recreation delay after a failure (upstream `DefaultJobPodFailureBackOff`).
@@ -382,6 +386,72 @@ fn valid_index(pod: &Pod, completions: i32) -> Option<i32> {
     completion_index(pod).filter(|i| *i < completions)
 }
 
+fn annotation_count(pod: &Pod, key: &str) -> u32 {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|v| i32::try_from(*v).is_ok())
+        .unwrap_or(0)
+}
+
+/// Counted plus ignored failures of the pod's index before it.
+fn absolute_failures(pod: &Pod) -> u32 {
+    annotation_count(pod, INDEX_FAILURE_COUNT) + annotation_count(pod, INDEX_IGNORED_FAILURE_COUNT)
+}
+
+/// Whether this failed pod fails its index: a FailIndex rule matched, or it is a counted
+/// failure and its index already failed `backoffLimitPerIndex` times (upstream
+/// `isIndexFailed`).
+fn index_failed(spec: &JobSpec, pod: &Pod, limit: i32) -> bool {
+    if !pod_failed(pod, spec) {
+        return false;
+    }
+    let (_, counts, action) = match_pod_failure_policy(spec.pod_failure_policy.as_ref(), pod);
+    if action.as_deref() == Some("FailIndex") {
+        return true;
+    }
+    counts && i64::from(annotation_count(pod, INDEX_FAILURE_COUNT)) >= i64::from(limit)
+}
+
+/// Per index without a running pod, the latest failed pod that still carries the finalizer:
+/// it stays until its replacement exists (upstream `getPodsWithDelayedDeletionPerIndex`).
+fn delayed_deletions<'a>(
+    spec: &JobSpec,
+    pods: &'a [Pod],
+    active: &[&Pod],
+    succeeded: &BTreeSet<i32>,
+    failed: &BTreeSet<i32>,
+    completions: i32,
+    now: Timestamp,
+) -> HashMap<i32, &'a Pod> {
+    let active_ix: HashSet<i32> = active.iter().filter_map(|p| completion_index(p)).collect();
+    let mut out: HashMap<i32, &'a Pod> = HashMap::new();
+    for p in pods {
+        if !has_finalizer(p) || !pod_failed(p, spec) {
+            continue;
+        }
+        let Some(ix) = valid_index(p, completions) else {
+            continue;
+        };
+        if succeeded.contains(&ix) || failed.contains(&ix) || active_ix.contains(&ix) {
+            continue;
+        }
+        let replace = match out.get(&ix) {
+            Some(last) => {
+                absolute_failures(last) <= absolute_failures(p)
+                    && finish_time(p, now) >= finish_time(last, now)
+            }
+            None => true,
+        };
+        if replace {
+            out.insert(ix, p);
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Completed indexes: "1,3-5,7"
 
@@ -402,7 +472,8 @@ pub(crate) fn parse_indexes(s: &str, completions: i32) -> BTreeSet<i32> {
     out
 }
 
-/// Formats indexes as upstream does: ascending, consecutive runs as `first-last`.
+/// Formats indexes as upstream does: ascending, runs of three or more as `first-last`, a
+/// pair as `a,b`.
 pub(crate) fn format_indexes(set: &BTreeSet<i32>) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut run: Option<(i32, i32)> = None;
@@ -410,24 +481,24 @@ pub(crate) fn format_indexes(set: &BTreeSet<i32>) -> String {
         run = match run {
             Some((a, b)) if i == b + 1 => Some((a, i)),
             Some((a, b)) => {
-                parts.push(if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                });
+                parts.push(run_str(a, b));
                 Some((i, i))
             }
             None => Some((i, i)),
         };
     }
     if let Some((a, b)) = run {
-        parts.push(if a == b {
-            a.to_string()
-        } else {
-            format!("{a}-{b}")
-        });
+        parts.push(run_str(a, b));
     }
     parts.join(",")
+}
+
+fn run_str(a: i32, b: i32) -> String {
+    match b - a {
+        0 => a.to_string(),
+        1 => format!("{a},{b}"),
+        _ => format!("{a}-{b}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,6 +628,11 @@ struct Facts<'a> {
     pods: &'a [Pod],
     completions: i32,
     now: Timestamp,
+    /// With backoffLimitPerIndex: the failed indexes.
+    failed_indexes: Option<BTreeSet<i32>>,
+    /// With backoffLimitPerIndex: per index, the failed pod kept (finalizer and all) until its
+    /// replacement carries its failure count.
+    delayed: HashMap<i32, &'a Pod>,
 }
 
 #[tracing::instrument(skip_all, fields(job = %key))]
@@ -613,12 +689,14 @@ async fn sync(ctx: &Ctx, key: &str) -> Result<Action, ReconcileError> {
         .collect();
 
     let pods = claim_pods(&job, &spec, &pods_api).await?;
-    let facts = Facts {
+    let mut facts = Facts {
         key,
         spec: &spec,
         pods: &pods,
         completions,
         now,
+        failed_indexes: None,
+        delayed: HashMap::new(),
     };
     let active_pods: Vec<&Pod> = pods.iter().filter(|p| util::pod_active(p)).collect();
     let mut terminating = pods.iter().filter(|p| pod_terminating(p)).count();
@@ -708,12 +786,58 @@ async fn sync(ctx: &Ctx, key: &str) -> Result<Action, ReconcileError> {
         succeeded_indexes = prev_succeeded_indexes.clone();
         for p in &pods {
             if util::pod_phase(p) == "Succeeded"
+                && has_finalizer(p)
                 && let Some(i) = valid_index(p, completions)
             {
                 succeeded_indexes.insert(i);
             }
         }
         succeeded = succeeded_indexes.len();
+        if let Some(limit) = spec.backoff_limit_per_index {
+            let mut failed_ix =
+                parse_indexes(status.failed_indexes.as_deref().unwrap_or(""), completions);
+            for p in &pods {
+                if has_finalizer(p)
+                    && let Some(i) = valid_index(p, completions)
+                    && index_failed(&spec, p, limit)
+                {
+                    failed_ix.insert(i);
+                }
+            }
+            if finished.is_none() {
+                let max = spec
+                    .max_failed_indexes
+                    .and_then(|m| usize::try_from(m).ok());
+                if max.is_some_and(|m| failed_ix.len() > m) {
+                    finished = Some(new_condition(
+                        "FailureTarget",
+                        "MaxFailedIndexesExceeded",
+                        "Job has exceeded the specified maximal number of failed indexes",
+                        now,
+                    ));
+                } else if !failed_ix.is_empty()
+                    && failed_ix.len() + succeeded_indexes.len()
+                        >= usize::try_from(completions).unwrap_or(0)
+                {
+                    finished = Some(new_condition(
+                        "FailureTarget",
+                        "FailedIndexes",
+                        "Job has failed indexes",
+                        now,
+                    ));
+                }
+            }
+            facts.delayed = delayed_deletions(
+                &spec,
+                &pods,
+                &active_pods,
+                &succeeded_indexes,
+                &failed_ix,
+                completions,
+                now,
+            );
+            facts.failed_indexes = Some(failed_ix);
+        }
         if finished.is_none()
             && let Some(msg) = match_success_policy(&spec, completions, &succeeded_indexes)
         {
@@ -1125,7 +1249,12 @@ async fn manage(
     if diff == 0 {
         return out;
     }
-    let remaining = record.remaining(f.now);
+    let per_index = spec.backoff_limit_per_index.is_some() && indexed(spec);
+    let remaining = if per_index {
+        Duration::ZERO
+    } else {
+        record.remaining(f.now)
+    };
     if !remaining.is_zero() {
         tracing::debug!(?remaining, "pod creation held back by failure backoff");
         out.requeue = Some(remaining.max(MIN_REQUEUE));
@@ -1135,6 +1264,22 @@ async fn manage(
     let mut indexes: Vec<i32> = Vec::new();
     if indexed(spec) {
         indexes = first_pending_indexes(f, active_pods, succeeded_indexes, diff);
+        if per_index {
+            // Each index waits out its own failure backoff.
+            let wait = |ix: &i32| {
+                f.delayed.get(ix).map_or(Duration::ZERO, |p| {
+                    remaining_backoff(absolute_failures(p) + 1, Some(finish_time(p, f.now)), f.now)
+                })
+            };
+            let (now_ready, later): (Vec<i32>, Vec<i32>) =
+                indexes.iter().partition(|ix| wait(ix).is_zero());
+            if now_ready.is_empty() && !later.is_empty() {
+                let soonest = later.iter().map(wait).min().unwrap_or(MIN_REQUEUE);
+                out.requeue = Some(soonest.max(MIN_REQUEUE));
+                return out;
+            }
+            indexes = now_ready;
+        }
         diff = indexes.len();
     }
     let job_name = job.metadata.name.clone().unwrap_or_default();
@@ -1163,6 +1308,25 @@ async fn manage(
                 .get_or_insert_with(Default::default)
                 .insert(COMPLETION_INDEX.into(), ix_s);
             pod.metadata.generate_name = Some(generate_name_with_index(&job_name, *ix));
+            if per_index {
+                let (counted, ignored) = f.delayed.get(ix).map_or((0, 0), |p| {
+                    let c = annotation_count(p, INDEX_FAILURE_COUNT);
+                    let i = annotation_count(p, INDEX_IGNORED_FAILURE_COUNT);
+                    if match_pod_failure_policy(spec.pod_failure_policy.as_ref(), p).1 {
+                        (c + 1, i)
+                    } else {
+                        (c, i + 1)
+                    }
+                });
+                let ann = pod
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default);
+                ann.insert(INDEX_FAILURE_COUNT.into(), counted.to_string());
+                if ignored > 0 {
+                    ann.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+                }
+            }
             if let Some(s) = pod.spec.as_mut() {
                 s.hostname = Some(format!("{job_name}-{ix}"));
             }
@@ -1189,7 +1353,8 @@ fn generate_name_with_index(job: &str, index: i32) -> String {
     format!("{prefix}{suffix}")
 }
 
-/// `JOB_COMPLETION_INDEX` from the index annotation, in every container that lacks it.
+/// `JOB_COMPLETION_INDEX` from the index label (PodIndexLabel is GA), in every container
+/// that lacks it.
 fn add_index_env(template: &mut PodTemplateSpec) {
     let Some(spec) = template.spec.as_mut() else {
         return;
@@ -1200,7 +1365,7 @@ fn add_index_env(template: &mut PodTemplateSpec) {
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
                 api_version: None,
-                field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
+                field_path: format!("metadata.labels['{COMPLETION_INDEX}']"),
             }),
             ..EnvVarSource::default()
         }),
@@ -1266,6 +1431,7 @@ fn first_pending_indexes(
     count: usize,
 ) -> Vec<i32> {
     let mut busy: HashSet<i32> = succeeded.iter().copied().collect();
+    busy.extend(f.failed_indexes.iter().flatten().copied());
     busy.extend(active.iter().filter_map(|p| completion_index(p)));
     if only_replace_failed(f.spec) {
         busy.extend(
@@ -1340,10 +1506,13 @@ async fn track(
         }
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let considered_failed = pod_failed(pod, spec);
+        let kept_for_replacement = completion_index(pod)
+            .and_then(|ix| f.delayed.get(&ix))
+            .is_some_and(|d| d.metadata.uid == pod.metadata.uid);
         let can_remove = deleting
             || finished.is_some()
             || util::pod_phase(pod) == "Succeeded"
-            || considered_failed;
+            || (considered_failed && !kept_for_replacement);
         if !can_remove {
             continue;
         }
@@ -1382,6 +1551,7 @@ async fn track(
         status.succeeded = nonzero(all.len());
         let s = format_indexes(&all);
         status.completed_indexes = (!s.is_empty()).then_some(s);
+        status.failed_indexes = f.failed_indexes.as_ref().map(format_indexes);
     }
     let conditions = status.conditions.get_or_insert_with(Vec::new);
     match finished.as_ref().map(|c| c.type_.as_str()) {
@@ -1538,7 +1708,7 @@ mod tests {
         assert_eq!(set.iter().copied().collect::<Vec<_>>(), [0, 2, 3, 4, 7, 9]);
         assert_eq!(format_indexes(&set), "0,2-4,7,9");
         let pair: BTreeSet<i32> = [3, 4].into_iter().collect();
-        assert_eq!(format_indexes(&pair), "3-4");
+        assert_eq!(format_indexes(&pair), "3,4");
         assert_eq!(format_indexes(&BTreeSet::new()), "");
         assert!(parse_indexes("x,1-", 5).is_empty());
     }

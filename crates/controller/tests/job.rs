@@ -315,7 +315,7 @@ async fn indexed_job_runs_each_index_once() {
                 .as_ref()
                 .unwrap()
                 .field_path,
-            format!("metadata.annotations['{key}']")
+            format!("metadata.labels['{key}']")
         );
     }
     let one = first.iter().find(|p| index_of(p) == "1").unwrap();
@@ -531,4 +531,70 @@ async fn finished_job_is_deleted_after_its_ttl_and_deleted_jobs_release_their_po
         pods_of(&pods, "bg").await.is_empty().then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_limit_per_index_fails_only_the_index() {
+    let t = TestCluster::start().await;
+    let jobs: Api<Job> = Api::namespaced(t.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(t.client.clone(), "default");
+    let created = jobs
+        .create(
+            &PostParams::default(),
+            &job(
+                "perix",
+                json!({"completions": 2, "parallelism": 2, "completionMode": "Indexed",
+                       "backoffLimitPerIndex": 1}),
+            ),
+        )
+        .await
+        .unwrap();
+    // The apiserver's default for the global limit when failures count per index.
+    assert_eq!(created.spec.unwrap().backoff_limit, Some(i32::MAX));
+    let ix = "batch.kubernetes.io/job-completion-index";
+    let count = "batch.kubernetes.io/job-index-failure-count";
+    let pod_of = |list: &[Pod], i: &str| -> Option<Pod> {
+        list.iter()
+            .find(|p| p.metadata.annotations.as_ref().unwrap()[ix] == i)
+            .cloned()
+    };
+    let first = eventually(20, "2 running pods", || async {
+        let r = running(&pods, "perix").await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let zero = pod_of(&first, "0").unwrap();
+    assert_eq!(zero.metadata.annotations.as_ref().unwrap()[count], "0");
+    finish(&pods, zero.metadata.name.as_deref().unwrap(), 1).await;
+    finish(
+        &pods,
+        pod_of(&first, "1")
+            .unwrap()
+            .metadata
+            .name
+            .as_deref()
+            .unwrap(),
+        0,
+    )
+    .await;
+    // Index 0 comes back after its backoff, carrying one failure.
+    let again = eventually(40, "index 0 recreated", || async {
+        let r = running(&pods, "perix").await;
+        pod_of(&r, "0")
+    })
+    .await;
+    assert_eq!(again.metadata.annotations.as_ref().unwrap()[count], "1");
+    let s = jobs.get("perix").await.unwrap().status.unwrap();
+    assert_eq!(s.failed_indexes.as_deref(), Some(""));
+    assert_eq!(s.completed_indexes.as_deref(), Some("1"));
+    // Its second failure fails index 0, and with every index decided, the job.
+    finish(&pods, again.metadata.name.as_deref().unwrap(), 1).await;
+    let j = wait_finished(&jobs, "perix").await;
+    let f = cond(&j, "Failed").unwrap();
+    assert_eq!(f.reason.as_deref(), Some("FailedIndexes"));
+    assert_eq!(f.message.as_deref(), Some("Job has failed indexes"));
+    let s = j.status.unwrap();
+    assert_eq!(s.failed_indexes.as_deref(), Some("0"));
+    assert_eq!(s.completed_indexes.as_deref(), Some("1"));
+    assert_eq!((s.failed, s.succeeded), (Some(2), Some(1)));
 }
