@@ -207,10 +207,10 @@ async fn sync_orphan(
         if r.kind != "Job" || r.api_version != "batch/v1" {
             return Ok(Action::await_change());
         }
+        // Still the Job's to count, or another controller's (`spec.managedBy`) to handle.
         let live = |j: &Job| {
             j.metadata.uid.as_deref() == Some(r.uid.as_str())
-                && !is_finished(j)
-                && j.spec.as_ref().is_none_or(|s| !managed_elsewhere(s))
+                && (!is_finished(j) || j.spec.as_ref().is_some_and(managed_elsewhere))
         };
         if jobs
             .get(&ObjectRef::<Job>::new(&r.name).within(&ns))

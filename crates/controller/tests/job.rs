@@ -598,3 +598,50 @@ async fn backoff_limit_per_index_fails_only_the_index() {
     assert_eq!(s.completed_indexes.as_deref(), Some("1"));
     assert_eq!((s.failed, s.succeeded), (Some(2), Some(1)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_finished_while_the_controller_is_down_are_counted_once() {
+    let mut t = TestCluster::start().await;
+    let jobs: Api<Job> = Api::namespaced(t.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(t.client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job("restart", json!({"completions": 3, "parallelism": 3})),
+    )
+    .await
+    .unwrap();
+    let r = eventually(20, "3 running pods", || async {
+        let r = running(&pods, "restart").await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+    finish(&pods, r[0].metadata.name.as_deref().unwrap(), 0).await;
+    eventually(20, "one counted", || async {
+        let s = jobs.get("restart").await.ok()?.status?;
+        (s.succeeded == Some(1)).then_some(())
+    })
+    .await;
+    // The controller manager goes away; the other two pods finish meanwhile (their
+    // finalizers hold them), one success, one failure.
+    t.stop_controllers().await;
+    finish(&pods, r[1].metadata.name.as_deref().unwrap(), 0).await;
+    finish(&pods, r[2].metadata.name.as_deref().unwrap(), 1).await;
+    let (_stop, _handle) = t.spawn_controller_manager(rk3s_controller::Config::default());
+    // The failure is replaced and the replacement succeeds.
+    let extra = eventually(40, "a replacement pod", || async {
+        running(&pods, "restart").await.into_iter().next()
+    })
+    .await;
+    let s = jobs.get("restart").await.unwrap().status.unwrap();
+    assert_eq!((s.succeeded, s.failed), (Some(2), Some(1)));
+    finish(&pods, extra.metadata.name.as_deref().unwrap(), 0).await;
+    let j = wait_finished(&jobs, "restart").await;
+    let s = j.status.unwrap();
+    assert_eq!((s.succeeded, s.failed), (Some(3), Some(1)));
+    assert_eq!(
+        cond(&jobs.get("restart").await.unwrap(), "Complete")
+            .unwrap()
+            .status,
+        "True"
+    );
+}
