@@ -376,7 +376,7 @@ async fn sync(shared: &Shared, key: &str) -> Result<Action, ReconcileError> {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let Some(mut cj) = cronjobs.get_opt(name).await? else {
+    let Some(cj) = cronjobs.get_opt(name).await? else {
         return Ok(Action::await_change());
     };
     let uid = cj.metadata.uid.clone().unwrap_or_default();
@@ -393,12 +393,44 @@ async fn sync(shared: &Shared, key: &str) -> Result<Action, ReconcileError> {
     let action = sync_cronjob(&cj, &mut status, &children, &jobs, now).await;
     cleanup_finished_jobs(&cj, &mut status, &children, &jobs).await?;
     if status != original {
-        cj.status = Some(status);
-        cronjobs
-            .replace_status(name, &PostParams::default(), &cj)
-            .await?;
+        write_status(&cronjobs, cj, status, &original).await?;
     }
     action
+}
+
+/// `PUT /status` guarded by the resourceVersion read. A conflict means the CronJob changed
+/// since (spec, labels, annotations) — and a Job may already have been created on that read:
+/// while nobody else changed the status, the status is written again on the fresh version
+/// (a few times) rather than losing track of the Job.
+async fn write_status(
+    cronjobs: &Api<CronJob>,
+    mut cj: CronJob,
+    status: CronJobStatus,
+    original: &CronJobStatus,
+) -> Result<(), ReconcileError> {
+    let name = cj.metadata.name.clone().unwrap_or_default();
+    let uid = cj.metadata.uid.clone();
+    let mut attempts = 0;
+    loop {
+        cj.status = Some(status.clone());
+        match cronjobs
+            .replace_status(&name, &PostParams::default(), &cj)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => {
+                attempts += 1;
+                let fresh = cronjobs.get(&name).await?;
+                if fresh.metadata.uid != uid
+                    || fresh.status.clone().unwrap_or_default() != *original
+                {
+                    return Err(kube::Error::Api(e).into());
+                }
+                cj = fresh;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn active_refs(status: &mut CronJobStatus) -> &mut Vec<ObjectReference> {

@@ -224,6 +224,11 @@ async fn cronjob_creates_a_job_per_schedule_time() {
     })
     .await;
     assert_eq!(status.last_schedule_time.unwrap().0, b2);
+    // Status is written only when it changes.
+    let rv = |cj: CronJob| cj.metadata.resource_version;
+    let before = rv(f.cronjobs.get("tick").await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(before, rv(f.cronjobs.get("tick").await.unwrap()));
 
     // A finished job leaves the active list and sets lastSuccessfulTime.
     f.finish_job(&j1, 0).await;
