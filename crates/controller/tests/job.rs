@@ -632,8 +632,12 @@ async fn pods_finished_while_the_controller_is_down_are_counted_once() {
         running(&pods, "restart").await.into_iter().next()
     })
     .await;
-    let s = jobs.get("restart").await.unwrap().status.unwrap();
-    assert_eq!((s.succeeded, s.failed), (Some(2), Some(1)));
+    // Counted in the same sync that created the replacement (just after it).
+    eventually(20, "succeeded=2 failed=1", || async {
+        let s = jobs.get("restart").await.ok()?.status?;
+        ((s.succeeded, s.failed) == (Some(2), Some(1))).then_some(())
+    })
+    .await;
     finish(&pods, extra.metadata.name.as_deref().unwrap(), 0).await;
     let j = wait_finished(&jobs, "restart").await;
     let s = j.status.unwrap();
