@@ -200,7 +200,15 @@ fn job_spec(spec: &mut Map<String, Value>) {
         spec.insert("parallelism".into(), json!(1));
     }
     default(spec, "parallelism", json!(1));
-    default(spec, "backoffLimit", json!(6));
+    // Upstream `SetDefaults_Job`: unlimited global failures when failures count per index.
+    let per_index = spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null());
+    default(
+        spec,
+        "backoffLimit",
+        json!(if per_index { i32::MAX } else { 6 }),
+    );
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
     default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));

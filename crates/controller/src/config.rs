@@ -15,6 +15,9 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount",
     "statefulset",
     "daemonset",
+    "job",
+    "cronjob",
+    "ttl-after-finished",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's
