@@ -86,6 +86,11 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             }
         }
         ("", "Secret") => default(o, "type", json!("Opaque")),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "minReplicas", json!(1));
+            }
+        }
         ("", "PersistentVolumeClaim") => {
             if let Some(spec) = child(o, "spec") {
                 default(spec, "volumeMode", json!("Filesystem"));

@@ -13,6 +13,8 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoints",
     "endpointslice",
     "serviceaccount",
+    "resourcequota",
+    "disruption",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's

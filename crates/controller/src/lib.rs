@@ -20,10 +20,13 @@ use tokio::sync::watch;
 
 mod config;
 mod deployment;
+mod disruption;
 mod endpoints;
+mod events;
 mod gc;
 mod leader;
 mod replicaset;
+mod resourcequota;
 mod serviceaccount;
 mod util;
 
@@ -119,6 +122,7 @@ fn start_controllers(
     let shared = Arc::new(util::Shared {
         client: client.clone(),
         concurrency: config.concurrent_syncs,
+        events: events::Recorder::new(client.clone()),
     });
     let mut tasks: Vec<(&str, BoxFuture<'static, ()>)> = Vec::new();
     if config.enabled("replicaset") {
@@ -158,6 +162,18 @@ fn start_controllers(
         tasks.push((
             "endpointslice",
             Box::pin(endpoints::run_slices(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("resourcequota") {
+        tasks.push((
+            "resourcequota",
+            Box::pin(resourcequota::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("disruption") {
+        tasks.push((
+            "disruption",
+            Box::pin(disruption::run(shared.clone(), stop.clone())),
         ));
     }
     if config.enabled("serviceaccount") {

@@ -21,6 +21,8 @@ use crate::ReconcileError;
 pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) concurrency: u16,
+    /// Where the controllers record their Events (bounded, never blocks).
+    pub(crate) events: crate::events::Recorder,
 }
 
 impl Debug for Shared {
