@@ -93,6 +93,26 @@ async fn kube_recorder_events_are_readable_through_both_apis() {
         "{err:?}"
     );
 
+    // events.k8s.io/v1 creates are strict (core v1 ones are not).
+    let sloppy: Event = serde_json::from_value(json!({
+        "metadata": {"name": "sloppy", "namespace": "default"},
+        "regarding": {"kind": "ConfigMap", "name": "subject", "namespace": "default"},
+        "reason": "Tested", "note": "no reporter", "type": "Normal",
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+    }))
+    .expect("event");
+    match v1.create(&PostParams::default(), &sloppy).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422);
+            assert_eq!(
+                s.message,
+                "Event \"sloppy\" is invalid: [reportingController: Required value, \
+                 reportingInstance: Required value, action: Required value]"
+            );
+        }
+        other => panic!("must be refused: {other:?}"),
+    }
+
     // The same object through core v1.
     let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
     let listed = core
