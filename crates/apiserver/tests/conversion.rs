@@ -208,6 +208,17 @@ async fn kube_recorder_events_are_readable_through_both_apis() {
         .kubectl_ok(&["api-resources", "--api-group=events.k8s.io"])
         .await;
     assert!(out.contains("events.k8s.io/v1"), "{out}");
+    let out = t
+        .kubectl_ok(&[
+            "explain",
+            "events.reportingController",
+            "--api-version=events.k8s.io/v1",
+        ])
+        .await;
+    assert!(
+        out.contains("events.k8s.io") && out.contains("reportingController"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,6 +328,14 @@ async fn autoscaling_v1_round_trips_through_v2_storage() {
         ])
         .await;
     assert_eq!(out, "50");
+    let out = t
+        .kubectl_ok(&[
+            "explain",
+            "hpa.spec.targetCPUUtilizationPercentage",
+            "--api-version=autoscaling/v1",
+        ])
+        .await;
+    assert!(out.contains("targetCPUUtilizationPercentage"), "{out}");
     let out = t.kubectl_ok(&["get", "hpa"]).await;
     assert!(out.contains("Deployment/web") && out.contains("7"), "{out}");
 }
