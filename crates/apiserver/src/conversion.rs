@@ -272,6 +272,12 @@ fn drop_empty_annotations(obj: &mut Map<String, Value>) {
     }
 }
 
+/// The metric of an HPA that names none (upstream's v2 defaulting): 80% cpu utilization.
+pub(crate) fn default_cpu_metric() -> Value {
+    json!({ "type": "Resource", "resource": {
+        "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 80 } } })
+}
+
 /// A v2 metric source → upstream's v1 annotation form (the v2beta1 shape), for the types
 /// v1 annotations carry: Resource, ContainerResource, Pods, Object, External.
 fn metric_spec_v2_to_v1(m: &Value) -> Option<Value> {
@@ -647,9 +653,11 @@ fn hpa_v1_to_v2(obj: Value) -> Value {
             "name": "cpu", "target": { "type": "Utilization", "averageUtilization": cpu } } }));
     }
     metrics.extend(other.iter().filter_map(metric_spec_v1_to_v2));
-    if !metrics.is_empty() {
-        spec.insert("metrics".into(), Value::Array(metrics));
+    if metrics.is_empty() {
+        // Upstream's v2 default: no metric is 80% cpu utilization.
+        metrics.push(default_cpu_metric());
     }
+    spec.insert("metrics".into(), Value::Array(metrics));
     if let Some(b) = behavior {
         spec.insert("behavior".into(), b);
     }
@@ -775,12 +783,14 @@ mod tests {
     }
 
     #[test]
-    fn hpa_v1_without_cpu_target_has_no_metrics() {
+    fn hpa_v1_without_cpu_target_gets_the_default_metric() {
         let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
             "metadata": {"name": "h"},
             "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 3}});
         let v2 = (HPA_V1.to_storage)(v1);
-        assert!(v2["spec"].get("metrics").is_none());
+        assert_eq!(v2["spec"]["metrics"], json!([default_cpu_metric()]));
         assert_eq!(v2["apiVersion"], "autoscaling/v2");
+        let back = (HPA_V1.from_storage)(v2);
+        assert_eq!(back["spec"]["targetCPUUtilizationPercentage"], 80);
     }
 }

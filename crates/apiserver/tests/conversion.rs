@@ -336,6 +336,23 @@ async fn autoscaling_v1_round_trips_through_v2_storage() {
         ])
         .await;
     assert!(out.contains("targetCPUUtilizationPercentage"), "{out}");
+    // Without --cpu-percent: upstream's default metric, 80% cpu, in both versions.
+    t.kubectl_ok(&["autoscale", "deployment", "web", "--max=3", "--name=plain"])
+        .await;
+    let plain = v2.get("plain").await.expect("v2 get");
+    let metrics = plain.spec.and_then(|s| s.metrics).expect("default metrics");
+    assert_eq!(
+        metrics[0]
+            .resource
+            .as_ref()
+            .and_then(|r| r.target.average_utilization),
+        Some(80)
+    );
+    let plain = v1.get("plain").await.expect("v1 get");
+    assert_eq!(
+        plain.spec.and_then(|s| s.target_cpu_utilization_percentage),
+        Some(80)
+    );
     let out = t.kubectl_ok(&["get", "hpa"]).await;
     assert!(out.contains("Deployment/web") && out.contains("7"), "{out}");
 }
