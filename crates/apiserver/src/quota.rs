@@ -135,10 +135,6 @@ pub(crate) async fn admit_create(
     let Some(quotas) = REGISTRY.find("", "v1", "resourcequotas") else {
         return Ok(());
     };
-    if info.conversion.is_some() {
-        // Counted as the stored resource: the same object through another version.
-        return Ok(());
-    }
     let usage = usage(resource(info), obj);
     // Quotas already charged in this admission (by key), when a later one raced.
     let mut charged: BTreeSet<Vec<u8>> = BTreeSet::new();
