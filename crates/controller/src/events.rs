@@ -10,6 +10,9 @@
 //!   same object, type, reason and component but different messages within
 //!   [`AGGREGATE_WINDOW`] are folded into one Event whose message is prefixed
 //!   `(combined from similar events): `, counted like a duplicate.
+//! - **Spam filter** (client-go's `EventSourceObjectSpamFilter`): per component, object, type
+//!   and reason, a burst of [`SPAM_BURST`] events, then one per [`SPAM_REFILL`]; the rest are
+//!   dropped.
 //! - **Bounded, never blocking**: [`Recorder::event`] only queues (capacity [`QUEUE`]); a full
 //!   queue drops the event with a warning. One background task writes, and gives up on an event
 //!   after a write failure (events are best effort, as upstream's sink after its retries).
@@ -33,6 +36,12 @@ const CACHE_SIZE: usize = 4096;
 pub(crate) const AGGREGATE_WINDOW: Duration = Duration::from_secs(600);
 /// …once there are more than this many of them (client-go: 10).
 pub(crate) const AGGREGATE_MAX: usize = 10;
+
+/// Spam filter per (component, object), client-go's `EventSourceObjectSpamFilter`: a token
+/// bucket of this many events…
+pub(crate) const SPAM_BURST: f64 = 25.0;
+/// …refilled by one every this long.
+pub(crate) const SPAM_REFILL: Duration = Duration::from_secs(300);
 
 /// `Normal` or `Warning`, as upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +168,8 @@ struct Cache {
     written: HashMap<DedupKey, Written>,
     order: VecDeque<DedupKey>,
     similar: HashMap<SimilarKey, (Instant, Vec<String>)>,
+    /// Token buckets of the spam filter: (tokens, last refill).
+    buckets: HashMap<(&'static str, String), (f64, Instant)>,
 }
 
 impl Cache {
@@ -175,6 +186,39 @@ impl Cache {
             let now = Instant::now();
             self.similar
                 .retain(|_, (t, _)| now.duration_since(*t) < AGGREGATE_WINDOW);
+        }
+    }
+
+    /// Whether the spam filter lets `p` through (takes a token if so).
+    fn allow(&mut self, p: &Pending, now: Instant) -> bool {
+        let object = format!(
+            "{}/{}/{}/{}/{}/{}",
+            p.regarding.kind.as_deref().unwrap_or(""),
+            p.regarding.namespace.as_deref().unwrap_or(""),
+            p.regarding.name.as_deref().unwrap_or(""),
+            p.regarding.uid.as_deref().unwrap_or(""),
+            p.type_.as_str(),
+            p.reason
+        );
+        if self.buckets.len() > CACHE_SIZE {
+            // Forget full buckets: they behave as new ones.
+            self.buckets.retain(|_, (tokens, last)| {
+                *tokens + now.duration_since(*last).as_secs_f64() / SPAM_REFILL.as_secs_f64()
+                    < SPAM_BURST
+            });
+        }
+        let (tokens, last) = self
+            .buckets
+            .entry((p.component, object))
+            .or_insert((SPAM_BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() / SPAM_REFILL.as_secs_f64())
+            .min(SPAM_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -206,6 +250,10 @@ impl Cache {
 async fn write_loop(client: Client, mut rx: mpsc::Receiver<Pending>) {
     let mut cache = Cache::default();
     while let Some(p) = rx.recv().await {
+        if !cache.allow(&p, Instant::now()) {
+            tracing::debug!(component = p.component, reason = %p.reason, "event dropped by the spam filter");
+            continue;
+        }
         let message = cache.aggregate(&p);
         // An aggregated event is deduplicated on its reason alone.
         let dedup_message = if message == p.message {
@@ -352,6 +400,22 @@ mod tests {
             cache.aggregate(&pending("Created pod: p10")),
             "(combined from similar events): Created pod: p10"
         );
+    }
+
+    #[test]
+    fn spam_filter_allows_a_burst_then_one_per_refill() {
+        let mut cache = Cache::default();
+        let start = Instant::now();
+        for _ in 0..25 {
+            assert!(cache.allow(&pending("m"), start));
+        }
+        assert!(!cache.allow(&pending("m"), start));
+        assert!(cache.allow(&pending("m"), start + SPAM_REFILL));
+        assert!(!cache.allow(&pending("m"), start + SPAM_REFILL));
+        // Another object has its own bucket.
+        let mut other = pending("m");
+        other.regarding.uid = Some("u2".into());
+        assert!(cache.allow(&other, start));
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! `--resource-quota-sync-period`), which also catches `count/<resource>` of other kinds. The
 //! status is written with the quota's resourceVersion read at the start of the sync: if the
 //! admission charged the quota meanwhile, the write conflicts and the sync runs again, so a
-//! recount never erases a charge it did not see.
+//! recount never erases a charge it did not see. And since the admission charges before it
+//! stores the object, a recount that would *lower* `used` waits for a second recount
+//! ([`CONFIRM`] later, same count, quota unchanged) before it is written.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
@@ -36,7 +38,17 @@ pub(crate) const RESYNC: Duration = Duration::from_secs(300);
 struct Ctx {
     shared: Arc<Shared>,
     backoff: Backoff,
+    /// Recounts that would lower `used`, per quota: (the quota's resourceVersion, the count).
+    /// A decrease is written only when a second recount, [`CONFIRM`] later, finds the same
+    /// count on an unchanged quota (see [`sync`]).
+    lowered: Mutex<Lowered>,
 }
+
+/// Quota key → (its resourceVersion, the lower count) awaiting confirmation.
+type Lowered = HashMap<String, (String, BTreeMap<String, String>)>;
+
+/// How long a recount that lowers `used` waits to be confirmed.
+pub(crate) const CONFIRM: Duration = Duration::from_secs(1);
 
 /// Every quota of `ns` in the cache.
 fn quotas_in(store: &Store<ResourceQuota>, ns: Option<String>) -> Vec<ObjectRef<ResourceQuota>> {
@@ -94,13 +106,14 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
+        lowered: Mutex::default(),
     });
     util::drain(
         "resourcequota",
         controller.run(
             |q, ctx| async move {
                 let key = util::key_of(q.meta());
-                let r = sync(&q, &ctx.shared).await;
+                let r = sync(&q, &ctx).await;
                 if r.is_ok() {
                     ctx.backoff.success(&key);
                 }
@@ -215,9 +228,24 @@ pub(crate) fn compute_used(
         .collect()
 }
 
+/// Whether some resource of `new` is below its amount in `old`.
+fn lowers(old: Option<&BTreeMap<String, K8sQuantity>>, new: &BTreeMap<String, String>) -> bool {
+    new.iter().any(|(k, v)| {
+        let before = old
+            .and_then(|o| o.get(k))
+            .and_then(|q| rk3s_quota::Quantity::parse(&q.0).ok());
+        let after = rk3s_quota::Quantity::parse(v).ok();
+        matches!((before, after), (Some(b), Some(a)) if a < b)
+    })
+}
+
+/// One recount. The admission charges a quota *before* it stores the object, so a recount
+/// that lands between the two sees the charge but not the object: a recount that would lower
+/// `used` is only written when confirmed [`CONFIRM`] later by the same count on an unchanged
+/// quota (increases are written at once).
 #[tracing::instrument(skip_all, fields(quota = %util::key_of(q.meta())))]
-async fn sync(q: &ResourceQuota, shared: &Shared) -> Result<Action, ReconcileError> {
-    let client = &shared.client;
+async fn sync(q: &ResourceQuota, ctx: &Ctx) -> Result<Action, ReconcileError> {
+    let client = &ctx.shared.client;
     let ns = q.namespace().unwrap_or_default();
     let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
     // A fresh read: its resourceVersion guards the status write.
@@ -242,11 +270,29 @@ async fn sync(q: &ResourceQuota, shared: &Shared) -> Result<Action, ReconcileErr
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
     let used = compute_used(&quota_json, &names, &objects, &now);
+    let current = fresh.status.clone().unwrap_or_default();
+    let key = util::key_of(fresh.meta());
+    let rv = fresh.resource_version().unwrap_or_default();
+    if lowers(current.used.as_ref(), &used) {
+        let mut lowered = ctx.lowered.lock().unwrap_or_else(|p| p.into_inner());
+        let confirmed = lowered
+            .get(&key)
+            .is_some_and(|(seen_rv, seen)| *seen_rv == rv && *seen == used);
+        if !confirmed {
+            lowered.insert(key, (rv, used));
+            return Ok(Action::requeue(CONFIRM));
+        }
+        lowered.remove(&key);
+    } else {
+        ctx.lowered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
     let want = ResourceQuotaStatus {
         hard: Some(spec_hard),
         used: Some(used.into_iter().map(|(k, v)| (k, K8sQuantity(v))).collect()),
     };
-    let current = fresh.status.clone().unwrap_or_default();
     if !same_status(&current, &want) {
         let mut updated = fresh.clone();
         updated.status = Some(want);
@@ -305,6 +351,22 @@ mod tests {
             source_of("gold.storageclass.storage.k8s.io/requests.storage"),
             (String::new(), "persistentvolumeclaims".into())
         );
+    }
+
+    #[test]
+    fn lowering_is_detected_as_quantities() {
+        let old = BTreeMap::from([
+            ("pods".to_string(), K8sQuantity("2".into())),
+            ("requests.cpu".to_string(), K8sQuantity("1".into())),
+        ]);
+        let same = BTreeMap::from([
+            ("pods".to_string(), "2".to_string()),
+            ("requests.cpu".to_string(), "1000m".to_string()),
+        ]);
+        assert!(!lowers(Some(&old), &same));
+        let fewer = BTreeMap::from([("pods".to_string(), "1".to_string())]);
+        assert!(lowers(Some(&old), &fewer));
+        assert!(!lowers(None, &fewer));
     }
 
     #[test]

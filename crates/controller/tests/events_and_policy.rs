@@ -182,6 +182,11 @@ async fn quota_status_and_admission_with_failed_create_events() {
     })
     .await;
     assert!(used.contains_key("configmaps"));
+    // The quota held: never more than two pods.
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
 
     // A pod going away gives its share back (the ReplicaSet then takes it again).
     let victim = pods.list(&ListParams::default()).await.unwrap().items[0]
