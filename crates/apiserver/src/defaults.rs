@@ -93,6 +93,23 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             }
         }
         ("", "Secret") => default(o, "type", json!("Opaque")),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "minReplicas", json!(1));
+                // v2: no metric is 80% cpu (v1 gets it through its conversion to v2).
+                if info.version == "v2"
+                    && spec
+                        .get("metrics")
+                        .and_then(Value::as_array)
+                        .is_none_or(Vec::is_empty)
+                {
+                    spec.insert(
+                        "metrics".into(),
+                        json!([crate::conversion::default_cpu_metric()]),
+                    );
+                }
+            }
+        }
         ("", "PersistentVolumeClaim") => {
             if let Some(spec) = child(o, "spec") {
                 default(spec, "volumeMode", json!("Filesystem"));

@@ -18,6 +18,8 @@ pub const CONTROLLERS: &[&str] = &[
     "job",
     "cronjob",
     "ttl-after-finished",
+    "resourcequota",
+    "disruption",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's

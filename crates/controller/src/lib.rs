@@ -22,12 +22,15 @@ mod config;
 mod cronjob;
 mod daemonset;
 mod deployment;
+mod disruption;
 mod endpoints;
+mod events;
 mod gc;
 mod history;
 mod job;
 mod leader;
 mod replicaset;
+mod resourcequota;
 mod serviceaccount;
 mod statefulset;
 mod ttl;
@@ -139,6 +142,7 @@ fn start_controllers(
         client: client.clone(),
         concurrency: config.concurrent_syncs,
         clock: clock.clone(),
+        events: events::Recorder::new(client.clone()),
     });
     let mut tasks: Vec<(&str, BoxFuture<'static, ()>)> = Vec::new();
     if config.enabled("replicaset") {
@@ -205,6 +209,18 @@ fn start_controllers(
         tasks.push((
             "ttl-after-finished",
             Box::pin(ttl::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("resourcequota") {
+        tasks.push((
+            "resourcequota",
+            Box::pin(resourcequota::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("disruption") {
+        tasks.push((
+            "disruption",
+            Box::pin(disruption::run(shared.clone(), stop.clone())),
         ));
     }
     if config.enabled("serviceaccount") {

@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     /// "Now" for the time-driven controllers (Job deadlines and backoff, CronJob schedules,
     /// TTL-after-finished).
     pub(crate) clock: Arc<dyn Clock>,
+    /// Where the controllers record their Events (bounded, never blocks).
+    pub(crate) events: crate::events::Recorder,
 }
 
 /// Where the time-driven controllers (Job, CronJob, TTL-after-finished) read the time, so
