@@ -181,6 +181,18 @@ fn resource_entry(r: &ResourceInfo) -> Value {
     e
 }
 
+/// Subresources that replace one part of their object: a namespace's `finalize`, a CSR's
+/// `approval` (served by `rest::handlers`), with upstream's verbs.
+fn part_subresources(r: &ResourceInfo) -> &'static [(&'static str, &'static [&'static str])] {
+    match (r.group, r.kind) {
+        ("", "Namespace") => &[("finalize", &["update"])],
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            &[("approval", &["get", "patch", "update"])]
+        }
+        _ => &[],
+    }
+}
+
 /// `/api/v1`, `/apis/<group>/<version>`.
 pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Response {
     let snapshot = state.crds.snapshot();
@@ -200,6 +212,15 @@ pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Res
                 "namespaced": r.namespaced,
                 "kind": r.kind,
                 "verbs": STATUS_VERBS,
+            }));
+        }
+        for (sub, verbs) in part_subresources(r) {
+            resources.push(json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": verbs,
             }));
         }
         if r.group.is_empty() && r.kind == "Pod" {
@@ -287,6 +308,13 @@ fn aggregated_version_entry(g: &GroupVersion) -> Value {
                     "subresource": "scale",
                     "responseKind": { "group": "autoscaling", "version": "v1", "kind": "Scale" },
                     "verbs": SCALE_VERBS,
+                }));
+            }
+            for (sub, verbs) in part_subresources(r) {
+                subs.push(json!({
+                    "subresource": sub,
+                    "responseKind": kind,
+                    "verbs": verbs,
                 }));
             }
             if r.group.is_empty() && r.kind == "Pod" {

@@ -536,14 +536,6 @@ impl Registry {
             .cloned()
             .map(Cow::Owned)
     }
-
-    /// Every namespaced resource (for deleting a namespace's contents).
-    pub(crate) fn namespaced(&self) -> impl Iterator<Item = &ResourceInfo> {
-        self.groups
-            .iter()
-            .flat_map(|g| g.resources.iter())
-            .filter(|r| r.namespaced)
-    }
 }
 
 #[cfg(test)]

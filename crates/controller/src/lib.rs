@@ -19,15 +19,19 @@ use kube::Client;
 use tokio::sync::watch;
 
 mod config;
+mod csr;
 mod deployment;
 mod endpoints;
 mod gc;
 mod leader;
+mod namespace;
+mod nodeipam;
+mod nodelifecycle;
 mod replicaset;
 mod serviceaccount;
 mod util;
 
-pub use config::{CONTROLLERS, Config, ConfigError};
+pub use config::{CONTROLLERS, Config, ConfigError, NodeConfig};
 
 /// Name of the component, as its binary and log lines call it.
 pub const COMPONENT: &str = "rk3s-controller";
@@ -164,6 +168,57 @@ fn start_controllers(
         tasks.push((
             "serviceaccount",
             Box::pin(serviceaccount::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("namespace") {
+        tasks.push((
+            "namespace",
+            Box::pin(namespace::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("nodelifecycle") {
+        tasks.push((
+            "nodelifecycle",
+            Box::pin(nodelifecycle::run(
+                shared.clone(),
+                config.nodes.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("taint-eviction-controller") {
+        tasks.push((
+            "taint-eviction-controller",
+            Box::pin(nodelifecycle::run_taint_eviction(
+                shared.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("nodeipam") && config.nodes.allocate_node_cidrs {
+        tasks.push((
+            "nodeipam",
+            Box::pin(nodeipam::run(
+                shared.clone(),
+                config.nodes.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("csrapproving") {
+        tasks.push((
+            "csrapproving",
+            Box::pin(csr::run_approving(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("csrsigning") {
+        tasks.push((
+            "csrsigning",
+            Box::pin(csr::run_signing(
+                shared.clone(),
+                config.nodes.clone(),
+                stop.clone(),
+            )),
         ));
     }
     tasks

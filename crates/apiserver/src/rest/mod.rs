@@ -213,6 +213,7 @@ pub(crate) async fn serve(
         target: &target,
         query: &q,
         headers: &headers,
+        user: &user,
     };
     let response = async {
         let result = match method {
