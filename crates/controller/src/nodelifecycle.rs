@@ -335,7 +335,8 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Upstream's `doNoScheduleTaintingPass`.
+    /// Upstream's `doNoScheduleTaintingPass`: the NoSchedule taints the node's conditions
+    /// (as observed in this pass) and `spec.unschedulable` call for.
     async fn no_schedule_taints(
         &self,
         node: &Node,
@@ -360,52 +361,71 @@ impl Lifecycle {
         if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
             want.push(TAINT_UNSCHEDULABLE);
         }
-        let current = taints(node);
-        let mut next: Vec<Taint> = current
-            .iter()
-            .filter(|t| {
-                !(t.effect == "NoSchedule"
-                    && NO_SCHEDULE_KEYS.contains(&t.key.as_str())
-                    && !want.contains(&t.key.as_str()))
-            })
-            .cloned()
-            .collect();
-        for key in want {
-            if !next
+        self.update_taints(node, |current| {
+            let mut next: Vec<Taint> = current
                 .iter()
-                .any(|t| t.key == key && t.effect == "NoSchedule")
-            {
-                next.push(Taint {
-                    key: key.into(),
-                    effect: "NoSchedule".into(),
-                    ..Taint::default()
-                });
+                .filter(|t| {
+                    !(t.effect == "NoSchedule"
+                        && NO_SCHEDULE_KEYS.contains(&t.key.as_str())
+                        && !want.contains(&t.key.as_str()))
+                })
+                .cloned()
+                .collect();
+            for key in &want {
+                if !next
+                    .iter()
+                    .any(|t| t.key == *key && t.effect == "NoSchedule")
+                {
+                    next.push(Taint {
+                        key: (*key).into(),
+                        effect: "NoSchedule".into(),
+                        ..Taint::default()
+                    });
+                }
             }
-        }
-        self.write_taints(node, &current, next).await
+            next
+        })
+        .await
     }
 
-    /// Replaces the node's taints, guarded by the resourceVersion the decision was made on.
-    async fn write_taints(
+    /// Rewrites the node's taints with `f`. `stale` (the watch cache's node) decides whether
+    /// anything is to be done; the write applies `f` to the live node's taints, guarded by
+    /// its resourceVersion, retrying on conflicts (other writers of the node: the kubelet,
+    /// this loop's own status write).
+    async fn update_taints(
         &self,
-        node: &Node,
-        current: &[Taint],
-        next: Vec<Taint>,
+        stale: &Node,
+        f: impl Fn(&[Taint]) -> Vec<Taint>,
     ) -> Result<(), kube::Error> {
-        if next.as_slice() == current {
+        let seen = taints(stale);
+        if f(&seen) == seen {
             return Ok(());
         }
-        let patch = json!({
-            "metadata": {"resourceVersion": node.resource_version()},
-            "spec": {"taints": next},
-        });
-        Api::<Node>::all(self.client.clone())
-            .patch(
-                &node.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
+        let api = Api::<Node>::all(self.client.clone());
+        let name = stale.name_any();
+        for _ in 0..5 {
+            let Some(live) = api.get_opt(&name).await? else {
+                return Ok(());
+            };
+            let current = taints(&live);
+            let next = f(&current);
+            if next == current {
+                return Ok(());
+            }
+            let patch = json!({
+                "metadata": {"resourceVersion": live.resource_version()},
+                "spec": {"taints": next},
+            });
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::debug!(node = %name, "taints not updated after 5 conflicts; next pass");
         Ok(())
     }
 
@@ -580,27 +600,31 @@ impl Lifecycle {
 
     /// Leaves exactly `key` (or none) of the two NoExecute taints on the node.
     async fn set_no_execute(&self, node: &Node, key: Option<&str>) {
-        let current = taints(node);
-        let mut next: Vec<Taint> = current
-            .iter()
-            .filter(|t| {
-                !(t.effect == "NoExecute"
-                    && (t.key == TAINT_NOT_READY || t.key == TAINT_UNREACHABLE)
-                    && Some(t.key.as_str()) != key)
+        let result = self
+            .update_taints(node, |current| {
+                let mut next: Vec<Taint> = current
+                    .iter()
+                    .filter(|t| {
+                        !(t.effect == "NoExecute"
+                            && (t.key == TAINT_NOT_READY || t.key == TAINT_UNREACHABLE)
+                            && Some(t.key.as_str()) != key)
+                    })
+                    .cloned()
+                    .collect();
+                if let Some(key) = key
+                    && !next.iter().any(|t| t.key == key && t.effect == "NoExecute")
+                {
+                    next.push(Taint {
+                        key: key.into(),
+                        effect: "NoExecute".into(),
+                        time_added: Some(Time(Timestamp::now())),
+                        value: None,
+                    });
+                }
+                next
             })
-            .cloned()
-            .collect();
-        if let Some(key) = key
-            && !next.iter().any(|t| t.key == key && t.effect == "NoExecute")
-        {
-            next.push(Taint {
-                key: key.into(),
-                effect: "NoExecute".into(),
-                time_added: Some(Time(Timestamp::now())),
-                value: None,
-            });
-        }
-        if let Err(e) = self.write_taints(node, &current, next).await {
+            .await;
+        if let Err(e) = result {
             tracing::warn!(node = %node.name_any(), error = %e, "cannot update NoExecute taints");
         }
     }
