@@ -370,3 +370,39 @@ async fn node_ipam_gives_distinct_cidrs_rebuilt_from_existing_nodes() {
     ];
     assert!(!in_use.contains(&d_cidr.as_str()), "{d_cidr} in {in_use:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_no_node_is_ready_nothing_is_evicted() {
+    // The only node stops heartbeating: upstream's "master disruption mode" assumes the
+    // controller itself is cut off, so the node is marked and NoSchedule-tainted, but no
+    // NoExecute taint is added and nothing is evicted.
+    let t = TestCluster::start_with(fast()).await;
+    let nodes: Api<Node> = Api::all(t.client.clone());
+    let pods: Api<Pod> = Api::namespaced(t.client.clone(), "default");
+    register(&t, "only").await;
+    pod_on(
+        &t,
+        "p",
+        "only",
+        json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 0}]),
+    )
+    .await;
+    eventually(
+        30,
+        "pod marked not ready on the unreachable node",
+        || async {
+            let n = nodes.get("only").await.ok()?;
+            let p = pods.get("p").await.ok()?;
+            (has(&n, UNREACHABLE, "NoSchedule") && ready(&p).as_deref() == Some("False"))
+                .then_some(())
+        },
+    )
+    .await;
+    // Two more monitor passes: a NoExecute taint would have come by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = nodes.get("only").await.unwrap();
+    assert!(!has(&n, UNREACHABLE, "NoExecute"), "{:?}", taints(&n));
+    let p = pods.get("p").await.unwrap();
+    assert!(p.metadata.deletion_timestamp.is_none());
+}
