@@ -212,6 +212,46 @@ async fn without_permission_a_csr_waits_for_a_person_and_bad_requests_fail() {
     assert!(condition(&c, "Approved").is_none(), "{:?}", c.status);
     assert!(c.status.and_then(|s| s.certificate).is_none());
 
+    // Approving needs `approve` on the signer (upstream's CertificateApproval admission):
+    // bob may update `/approval` but holds no signer.
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "csr-editor"},
+        "rules": [{"apiGroups": ["certificates.k8s.io"],
+            "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"],
+            "verbs": ["get", "list", "update", "patch"]}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(t.client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "bob-csr-editor"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": "csr-editor"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(t.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let denied = eventually(30, "bob refused by the signer check", || async {
+        let out = t
+            .kubectl(&["--as", "bob", "certificate", "approve", "pending"])
+            .await;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success() && err.contains("signerName")).then_some(err)
+    })
+    .await;
+    assert!(
+        denied.contains(
+            "user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client-kubelet\""
+        ),
+        "{denied}"
+    );
+    assert!(condition(&api.get("pending").await.unwrap(), "Approved").is_none());
+
     // A person approves it (the approval subresource, as kubectl uses it): then it is signed.
     let out = t.kubectl_ok(&["certificate", "approve", "pending"]).await;
     assert!(out.contains("approved"), "{out}");

@@ -1143,6 +1143,47 @@ fn merge_part(
     Ok(new)
 }
 
+/// Upstream's `CertificateApproval` admission: whoever writes `/approval` must be allowed to
+/// `approve` on `signers` for the CSR's signer name (or its `<domain>/*`).
+async fn check_signer_approval(ctx: Ctx<'_>, name: &str) -> Result<(), ApiError> {
+    let info = ctx.info();
+    let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
+    let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+    let csr = decode_as(info, &kv)?;
+    let signer = csr
+        .get("spec")
+        .and_then(|s| s.get("signerName"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut names = vec![signer.clone()];
+    if let Some((domain, _)) = signer.split_once('/') {
+        names.push(format!("{domain}/*"));
+    }
+    for n in names {
+        let attrs = crate::auth::Attributes {
+            user: ctx.user.clone(),
+            verb: "approve".into(),
+            resource_request: true,
+            api_group: "certificates.k8s.io".into(),
+            api_version: "*".into(),
+            namespace: String::new(),
+            resource: "signers".into(),
+            subresource: String::new(),
+            name: n,
+            path: String::new(),
+        };
+        if crate::auth::authorize(ctx.state, &attrs).await {
+            return Ok(());
+        }
+    }
+    Err(ApiError::forbidden(
+        info,
+        name,
+        &format!("user not permitted to approve requests with signerName {signer:?}"),
+    ))
+}
+
 /// PUT of a [`Part`] subresource.
 async fn update_part(
     ctx: Ctx<'_>,
@@ -1151,6 +1192,9 @@ async fn update_part(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let info = ctx.info();
+    if part == Part::Approval {
+        check_signer_approval(ctx, name).await?;
+    }
     let mut req = body_json(ctx.headers, body)?;
     check_type(&mut req, info)?;
     let (req, warnings) =
@@ -1249,6 +1293,9 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
         return super::scale::patch(ctx, name, body).await;
     }
     let part = Part::of(ctx.target);
+    if part == Some(Part::Approval) {
+        check_signer_approval(ctx, name).await?;
+    }
     let status_only = part.is_some() || check_subresource(ctx.target)?;
     let ct = content_type(ctx.headers);
     if ct == APPLY_PATCH {
