@@ -1859,7 +1859,11 @@ fn namespace_delete_step(
     opts: &DeleteOptions,
 ) -> Result<NamespaceStep, ApiError> {
     let old_finalizers = finalizers(obj);
-    let new_finalizers = opts.gc_finalizers(old_finalizers.clone())?;
+    // The options are checked, but a namespace gets no `orphan`/`foregroundDeletion`
+    // finalizer: rk3s-controller's garbage collector does not watch namespaces, so nothing
+    // would remove it (emptying is the namespace controller's, always in the background).
+    opts.gc_finalizers(old_finalizers.clone())?;
+    let new_finalizers = old_finalizers.clone();
     let deleting = !meta_str(obj, "deletionTimestamp").is_empty();
     let held = has_spec_finalizers(obj);
     if deleting {
