@@ -47,6 +47,11 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<Auth>,
     /// Serves every watch (one datastore watch per watched storage prefix).
     pub(crate) watch_cache: Arc<crate::watch_cache::WatchCaches>,
+    /// TLS towards kubelets (logs, exec, attach, port-forward, node proxy): see
+    /// [`Pki::kubelet_client_config`].
+    pub(crate) kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The join endpoints' PKI and token (`crate::join`).
+    pub(crate) join: Arc<crate::join::JoinState>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -84,6 +89,8 @@ fn router(state: AppState) -> Router {
             state.clone(),
             crate::auth::middleware,
         ))
+        // K3s' join endpoints authenticate on their own (join token, node password).
+        .merge(crate::join::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
             tower_http::compression::CompressionLayer::new()
@@ -129,6 +136,7 @@ pub struct Apiserver {
     pki: Option<Pki>,
     service_cidr: ServiceCidr,
     auth: AuthConfig,
+    join_token: Option<crate::JoinToken>,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
@@ -155,7 +163,16 @@ impl Apiserver {
             pki: None,
             service_cidr: ServiceCidr::default(),
             auth: AuthConfig::default(),
+            join_token: None,
         }
+    }
+
+    /// Accept this join token on K3s' join endpoints (`/v1-k3s/...`: kubelet certificates for
+    /// joining agents). Without one, only nodes that already hold a kubelet certificate can use
+    /// them. See [`crate::load_or_create_join_token`].
+    pub fn join_token(mut self, token: crate::JoinToken) -> Self {
+        self.join_token = Some(token);
+        self
     }
 
     /// Serve with this PKI (default: a fresh one in memory, for the listen address).
@@ -189,6 +206,7 @@ impl Apiserver {
         let store = self.store;
         let acceptor = TlsAcceptor::from(pki.server_config()?);
         let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
+        let kubelet_tls = pki.kubelet_client_config()?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {
@@ -213,6 +231,8 @@ impl Apiserver {
             crds: Arc::default(),
             auth,
             watch_cache,
+            kubelet_tls,
+            join: crate::join::state(pki.clone(), self.join_token),
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;

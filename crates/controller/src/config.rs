@@ -14,6 +14,8 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoints",
     "endpointslice",
     "serviceaccount",
+    "statefulset",
+    "daemonset",
     "namespace",
     "nodelifecycle",
     "taint-eviction-controller",

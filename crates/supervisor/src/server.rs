@@ -47,6 +47,9 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::WriteError),
+    /// The join token (`--token`, `<data-dir>/server/token`) is unusable.
+    #[error("token: {0}")]
+    Token(#[from] rk3s_apiserver::JoinTokenError),
 }
 
 /// Runs the control plane until `shutdown` completes, then stops the components (in-flight
@@ -103,9 +106,6 @@ fn announce_missing_parts(config: &ServerConfig) {
         "the scheduler and controller-manager are not built yet (issue #5): pods stay pending \
          and no controllers run"
     );
-    if config.token.is_some() {
-        tracing::info!("--token accepted; joining servers and agents arrives with issue #4");
-    }
 }
 
 async fn run_with_store(
@@ -137,6 +137,12 @@ async fn run_with_store(
         })?
         .map_err(ServerError::Tls)?;
     let ca_pem = pki.server_ca.cert_pem.clone();
+    // The join token agents present (`<data-dir>/server/token`, created on first start).
+    let token = rk3s_apiserver::load_or_create_join_token(
+        &config.data_dir.join("server"),
+        &ca_pem,
+        config.token.as_deref(),
+    )?;
     let admin_kubeconfig = pki.admin_kubeconfig(&config.api_url());
 
     let mut components = Vec::new();
@@ -146,6 +152,7 @@ async fn run_with_store(
     components.push(apiserver(
         store,
         pki,
+        token,
         cidr,
         config.listen_addr(),
         config.local_api_addr(),
@@ -213,6 +220,7 @@ async fn wait_ready(config: &ServerConfig, ca_pem: &str) -> Result<(), ServerErr
 fn apiserver(
     store: Store,
     pki: Pki,
+    token: rk3s_apiserver::JoinToken,
     cidr: ServiceCidr,
     listen: SocketAddr,
     local: SocketAddr,
@@ -221,6 +229,7 @@ fn apiserver(
         let ca_pem = pki.server_ca.cert_pem.clone();
         let server = Apiserver::new(store.clone())
             .pki(pki.clone())
+            .join_token(token.clone())
             .service_cidr(cidr);
         async move {
             let running = server.serve(listen).await.map_err(BoxError::from)?;

@@ -25,6 +25,29 @@ impl TestServer {
 
     /// Like [`TestServer::start`] with these authentication settings.
     pub async fn start_with(auth: rk3s_apiserver::AuthConfig) -> TestServer {
+        Self::start_configured(auth, None).await
+    }
+
+    /// A server that accepts a join token (K3s' join endpoints); returns the token too.
+    pub async fn start_joinable() -> (TestServer, rk3s_apiserver::JoinToken) {
+        let pki = rk3s_apiserver::Pki::generate(&rk3s_apiserver::PkiOptions {
+            node_ips: vec!["127.0.0.1".parse().expect("ip")],
+            ..rk3s_apiserver::PkiOptions::default()
+        })
+        .expect("PKI");
+        let token = rk3s_apiserver::JoinToken::generate(&pki.server_ca.cert_pem, "server");
+        let t = Self::start_configured(
+            rk3s_apiserver::AuthConfig::default(),
+            Some((pki, token.clone())),
+        )
+        .await;
+        (t, token)
+    }
+
+    async fn start_configured(
+        auth: rk3s_apiserver::AuthConfig,
+        join: Option<(rk3s_apiserver::Pki, rk3s_apiserver::JoinToken)>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("state.db");
         let store = rk3s_datastore::connect(&rk3s_datastore::Config {
@@ -34,11 +57,11 @@ impl TestServer {
         .await
         .expect("SQLite store");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let server = Apiserver::new(store.clone())
-            .auth(auth)
-            .serve(listen)
-            .await
-            .expect("apiserver starts");
+        let mut builder = Apiserver::new(store.clone()).auth(auth);
+        if let Some((pki, token)) = join {
+            builder = builder.pki(pki).join_token(token);
+        }
+        let server = builder.serve(listen).await.expect("apiserver starts");
         // The admin kubeconfig: the admin client certificate (system:masters).
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
