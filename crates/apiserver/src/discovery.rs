@@ -201,6 +201,18 @@ fn resource_entry(r: &ResourceInfo) -> Value {
     e
 }
 
+/// Subresources that replace one part of their object: a namespace's `finalize`, a CSR's
+/// `approval` (served by `rest::handlers`), with upstream's verbs.
+fn part_subresources(r: &ResourceInfo) -> &'static [(&'static str, &'static [&'static str])] {
+    match (r.group, r.kind) {
+        ("", "Namespace") => &[("finalize", &["update"])],
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            &[("approval", &["get", "patch", "update"])]
+        }
+        _ => &[],
+    }
+}
+
 /// `/api/v1`, `/apis/<group>/<version>`.
 pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Response {
     let snapshot = state.crds.snapshot();
@@ -234,6 +246,15 @@ pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Res
                     }));
                 }
             }
+        }
+        for (sub, verbs) in part_subresources(r) {
+            resources.push(json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": verbs,
+            }));
         }
         if r.group.is_empty() && r.kind == "Pod" {
             for (sub, group, kind) in POD_CREATE_SUBRESOURCES {
@@ -332,6 +353,13 @@ fn aggregated_version_entry(g: &GroupVersion) -> Value {
                         }));
                     }
                 }
+            }
+            for (sub, verbs) in part_subresources(r) {
+                subs.push(json!({
+                    "subresource": sub,
+                    "responseKind": kind,
+                    "verbs": verbs,
+                }));
             }
             if r.group.is_empty() && r.kind == "Pod" {
                 for (sub, group, kind) in POD_CREATE_SUBRESOURCES {

@@ -570,15 +570,6 @@ impl Registry {
             .cloned()
             .map(Cow::Owned)
     }
-
-    /// Every namespaced resource (for deleting a namespace's contents), each storage once
-    /// (versions served by conversion from another's storage are left out).
-    pub(crate) fn namespaced(&self) -> impl Iterator<Item = &ResourceInfo> {
-        self.groups
-            .iter()
-            .flat_map(|g| g.resources.iter())
-            .filter(|r| r.namespaced && r.conversion.is_none())
-    }
 }
 
 #[cfg(test)]

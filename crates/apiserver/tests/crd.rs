@@ -870,7 +870,7 @@ async fn crds_are_shared_by_apiservers_on_one_datastore() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_fields_warn_and_namespace_deletion_removes_custom_resources() {
+async fn unknown_fields_warn_and_namespace_deletion_waits_for_its_finalizer() {
     let t = TestServer::start().await;
     let client = t.client().await;
     install(&client, &CronTab::crd()).await;
@@ -909,10 +909,22 @@ async fn unknown_fields_warn_and_namespace_deletion_removes_custom_resources() {
         "* * * * *"
     );
 
-    namespaces
+    // Deleting the namespace marks it Terminating; emptying it is the namespace controller's
+    // work (rk3s-controller), so its custom resources are still there.
+    let deleted = namespaces
         .delete("team", &DeleteParams::default())
         .await
         .expect("delete namespace");
+    let ns = deleted.left().expect("the namespace, not a Status");
+    assert!(ns.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        ns.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    assert_eq!(
+        ns.spec.and_then(|s| s.finalizers).unwrap_or_default(),
+        ["kubernetes"]
+    );
     let left = t
         .store
         .list(
@@ -921,10 +933,63 @@ async fn unknown_fields_warn_and_namespace_deletion_removes_custom_resources() {
         )
         .await
         .expect("list store");
-    assert!(
-        left.kvs.is_empty(),
-        "the namespace's custom resources are deleted"
+    assert_eq!(
+        left.kvs.len(),
+        1,
+        "content stays until the controller removes it"
     );
+    // No new content in a terminating namespace.
+    let refused = cts
+        .create(
+            &PostParams::default(),
+            &CronTab::new(
+                "late",
+                CronTabSpec {
+                    cron_spec: "* * * * *".into(),
+                    replicas: 1,
+                    image: None,
+                },
+            ),
+        )
+        .await
+        .expect_err("create in a terminating namespace");
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403
+            && s.message.contains("because it is being terminated")),
+        "{refused}"
+    );
+    // A second DELETE while the `kubernetes` finalizer holds it: upstream's 409.
+    let again = namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .expect_err("second delete");
+    assert!(
+        matches!(&again, kube::Error::Api(s) if s.code == 409
+            && s.message.contains("The system is ensuring all content is removed")),
+        "{again}"
+    );
+    // Spec changes through the main resource keep spec.finalizers.
+    let mut current = namespaces.get("team").await.expect("get");
+    current.spec = Some(Default::default());
+    let kept = namespaces
+        .replace("team", &PostParams::default(), &current)
+        .await
+        .expect("replace");
+    assert_eq!(
+        kept.spec.and_then(|s| s.finalizers).unwrap_or_default(),
+        ["kubernetes"]
+    );
+    // What the controller does when the namespace is empty: PUT /finalize without its
+    // finalizer. Then nothing holds the namespace and it goes.
+    let mut finalize = namespaces.get("team").await.expect("get");
+    finalize.spec = Some(k8s_openapi::api::core::v1::NamespaceSpec {
+        finalizers: Some(vec![]),
+    });
+    namespaces
+        .replace_subresource("finalize", "team", &PostParams::default(), &finalize)
+        .await
+        .expect("finalize");
+    assert!(namespaces.get_opt("team").await.expect("get").is_none());
 }
 
 /// A client for another apiserver of the test (same CA-less kubeconfig shape as the harness).

@@ -181,9 +181,12 @@ async fn create_get_label_delete() {
         "{err}"
     );
 
-    t.kubectl_ok(&["delete", "ns", "x"]).await;
-    let ns = t.kubectl_ok(&["get", "ns", "-o", "name"]).await;
-    assert!(!ns.lines().any(|l| l == "namespace/x"), "{ns}");
+    // Without a namespace controller the namespace stays Terminating (kubectl would wait).
+    t.kubectl_ok(&["delete", "ns", "x", "--wait=false"]).await;
+    let phase = t
+        .kubectl_ok(&["get", "ns", "x", "-o", "jsonpath={.status.phase}"])
+        .await;
+    assert_eq!(phase, "Terminating");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The controller manager's configuration: serde defaults, validation without side effects.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,12 @@ pub const CONTROLLERS: &[&str] = &[
     "ttl-after-finished",
     "resourcequota",
     "disruption",
+    "namespace",
+    "nodelifecycle",
+    "taint-eviction-controller",
+    "nodeipam",
+    "csrapproving",
+    "csrsigning",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's
@@ -41,6 +48,88 @@ pub struct Config {
     pub concurrent_syncs: u16,
     /// Identity in the Lease (default: host name plus a random suffix).
     pub identity: Option<String>,
+    /// Node lifecycle, node IPAM and CSR signing settings (upstream's flag names).
+    #[serde(flatten)]
+    pub nodes: NodeConfig,
+}
+
+/// Settings of the node lifecycle, node IPAM and CSR controllers, named as upstream's
+/// kube-controller-manager flags (durations in seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct NodeConfig {
+    /// How often node health is checked, in seconds.
+    pub node_monitor_period: u64,
+    /// How long a node may go without a heartbeat (Lease renewal or Ready condition
+    /// heartbeat) before it is marked `Ready=Unknown`, in seconds.
+    pub node_monitor_grace_period: u64,
+    /// Nodes tainted for eviction per second in a healthy zone.
+    pub node_eviction_rate: f64,
+    /// Nodes tainted for eviction per second in a partially disrupted zone of a large cluster.
+    pub secondary_node_eviction_rate: f64,
+    /// Fraction of not-ready nodes (at least 3) at which a zone counts as partially disrupted.
+    pub unhealthy_zone_threshold: f64,
+    /// Zones with at most this many nodes stop evicting when partially disrupted.
+    pub large_cluster_size_threshold: u32,
+    /// Whether the node IPAM controller gives nodes a pod CIDR.
+    pub allocate_node_cidrs: bool,
+    /// The pod network, one CIDR or an IPv4 and an IPv6 CIDR separated by a comma.
+    pub cluster_cidr: String,
+    /// Prefix length of each node's IPv4 pod CIDR.
+    pub node_cidr_mask_size_ipv4: u8,
+    /// Prefix length of each node's IPv6 pod CIDR.
+    pub node_cidr_mask_size_ipv6: u8,
+    /// CA certificate (PEM) the CSR signer signs with, for every signer without its own.
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub cluster_signing_key_file: Option<PathBuf>,
+    /// CA for `kubernetes.io/kubelet-serving`.
+    pub cluster_signing_kubelet_serving_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub cluster_signing_kubelet_serving_key_file: Option<PathBuf>,
+    /// CA for `kubernetes.io/kube-apiserver-client-kubelet`.
+    pub cluster_signing_kubelet_client_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub cluster_signing_kubelet_client_key_file: Option<PathBuf>,
+    /// CA for `kubernetes.io/kube-apiserver-client`.
+    pub cluster_signing_kube_apiserver_client_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub cluster_signing_kube_apiserver_client_key_file: Option<PathBuf>,
+    /// CA for `kubernetes.io/legacy-unknown`.
+    pub cluster_signing_legacy_unknown_cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub cluster_signing_legacy_unknown_key_file: Option<PathBuf>,
+    /// Longest validity of a signed certificate, in seconds (a CSR's `expirationSeconds` may
+    /// ask for less).
+    pub cluster_signing_duration: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_monitor_period: 5,
+            node_monitor_grace_period: 40,
+            node_eviction_rate: 0.1,
+            secondary_node_eviction_rate: 0.01,
+            unhealthy_zone_threshold: 0.55,
+            large_cluster_size_threshold: 50,
+            allocate_node_cidrs: true,
+            cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask_size_ipv4: 24,
+            node_cidr_mask_size_ipv6: 64,
+            cluster_signing_cert_file: None,
+            cluster_signing_key_file: None,
+            cluster_signing_kubelet_serving_cert_file: None,
+            cluster_signing_kubelet_serving_key_file: None,
+            cluster_signing_kubelet_client_cert_file: None,
+            cluster_signing_kubelet_client_key_file: None,
+            cluster_signing_kube_apiserver_client_cert_file: None,
+            cluster_signing_kube_apiserver_client_key_file: None,
+            cluster_signing_legacy_unknown_cert_file: None,
+            cluster_signing_legacy_unknown_key_file: None,
+            cluster_signing_duration: 365 * 24 * 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -53,6 +142,7 @@ impl Default for Config {
             leader_elect_retry_period: 2,
             concurrent_syncs: 5,
             identity: None,
+            nodes: NodeConfig::default(),
         }
     }
 }
@@ -78,6 +168,9 @@ pub enum ConfigError {
     /// `concurrent-syncs` is zero.
     #[error("concurrent-syncs must be at least 1")]
     ZeroConcurrency,
+    /// A node controller setting that cannot work.
+    #[error("{0}")]
+    Nodes(String),
 }
 
 impl Config {
@@ -104,9 +197,68 @@ impl Config {
         if self.concurrent_syncs == 0 {
             return Err(ConfigError::ZeroConcurrency);
         }
+        self.nodes.validate().map_err(ConfigError::Nodes)
+    }
+}
+
+impl NodeConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.node_monitor_period == 0 || self.node_monitor_grace_period == 0 {
+            return Err("node-monitor-period and node-monitor-grace-period must be > 0".into());
+        }
+        if !(self.node_eviction_rate >= 0.0 && self.secondary_node_eviction_rate >= 0.0) {
+            return Err("node eviction rates must be >= 0".into());
+        }
+        if !(self.unhealthy_zone_threshold > 0.0 && self.unhealthy_zone_threshold <= 1.0) {
+            return Err("unhealthy-zone-threshold must be in (0, 1]".into());
+        }
+        if self.allocate_node_cidrs {
+            crate::nodeipam::ClusterCidrs::parse(
+                &self.cluster_cidr,
+                self.node_cidr_mask_size_ipv4,
+                self.node_cidr_mask_size_ipv6,
+            )?;
+        }
+        let pairs = [
+            (
+                "cluster-signing",
+                &self.cluster_signing_cert_file,
+                &self.cluster_signing_key_file,
+            ),
+            (
+                "cluster-signing-kubelet-serving",
+                &self.cluster_signing_kubelet_serving_cert_file,
+                &self.cluster_signing_kubelet_serving_key_file,
+            ),
+            (
+                "cluster-signing-kubelet-client",
+                &self.cluster_signing_kubelet_client_cert_file,
+                &self.cluster_signing_kubelet_client_key_file,
+            ),
+            (
+                "cluster-signing-kube-apiserver-client",
+                &self.cluster_signing_kube_apiserver_client_cert_file,
+                &self.cluster_signing_kube_apiserver_client_key_file,
+            ),
+            (
+                "cluster-signing-legacy-unknown",
+                &self.cluster_signing_legacy_unknown_cert_file,
+                &self.cluster_signing_legacy_unknown_key_file,
+            ),
+        ];
+        for (name, cert, key) in pairs {
+            if cert.is_some() != key.is_some() {
+                return Err(format!("{name}-cert-file and {name}-key-file go together"));
+            }
+        }
+        if self.cluster_signing_duration == 0 {
+            return Err("cluster-signing-duration must be > 0".into());
+        }
         Ok(())
     }
+}
 
+impl Config {
     /// Whether controller `name` runs, by upstream's rules: an explicit name or `-name` wins,
     /// otherwise `*` turns everything on.
     pub fn enabled(&self, name: &str) -> bool {

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 mod config;
 mod cronjob;
+mod csr;
 mod daemonset;
 mod deployment;
 mod disruption;
@@ -29,6 +30,9 @@ mod gc;
 mod history;
 mod job;
 mod leader;
+mod namespace;
+mod nodeipam;
+mod nodelifecycle;
 mod replicaset;
 mod resourcequota;
 mod serviceaccount;
@@ -36,7 +40,7 @@ mod statefulset;
 mod ttl;
 mod util;
 
-pub use config::{CONTROLLERS, Config, ConfigError};
+pub use config::{CONTROLLERS, Config, ConfigError, NodeConfig};
 pub use util::{Clock, SystemClock};
 
 /// Name of the component, as its binary and log lines call it.
@@ -227,6 +231,57 @@ fn start_controllers(
         tasks.push((
             "serviceaccount",
             Box::pin(serviceaccount::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("namespace") {
+        tasks.push((
+            "namespace",
+            Box::pin(namespace::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("nodelifecycle") {
+        tasks.push((
+            "nodelifecycle",
+            Box::pin(nodelifecycle::run(
+                shared.clone(),
+                config.nodes.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("taint-eviction-controller") {
+        tasks.push((
+            "taint-eviction-controller",
+            Box::pin(nodelifecycle::run_taint_eviction(
+                shared.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("nodeipam") && config.nodes.allocate_node_cidrs {
+        tasks.push((
+            "nodeipam",
+            Box::pin(nodeipam::run(
+                shared.clone(),
+                config.nodes.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("csrapproving") {
+        tasks.push((
+            "csrapproving",
+            Box::pin(csr::run_approving(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("csrsigning") {
+        tasks.push((
+            "csrsigning",
+            Box::pin(csr::run_signing(
+                shared.clone(),
+                config.nodes.clone(),
+                stop.clone(),
+            )),
         ));
     }
     tasks

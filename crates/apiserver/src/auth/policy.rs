@@ -541,6 +541,26 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 &["certificatesigningrequests"],
             )],
         ),
+        // What the CSR approver checks with a SubjectAccessReview before approving a
+        // kubelet's client certificate (bound by the cluster's installer, not by default).
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[],
+            vec![r(
+                &["create"],
+                "certificates.k8s.io",
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[],
+            vec![r(
+                &["create"],
+                "certificates.k8s.io",
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+        ),
         cluster_role(
             "system:service-account-issuer-discovery",
             &[],

@@ -92,17 +92,6 @@ impl Snapshot {
             .iter()
             .find(|r| r.plural == plural)
     }
-
-    /// The preferred version of each custom resource (for deleting a namespace's contents:
-    /// every version shares one storage prefix).
-    pub(crate) fn storage_resources(&self) -> Vec<&ResourceInfo> {
-        let mut seen = HashSet::new();
-        self.groups
-            .iter()
-            .flat_map(|g| g.resources.iter())
-            .filter(|r| seen.insert(r.storage))
-            .collect()
-    }
 }
 
 /// The live registry of custom resources of one apiserver.

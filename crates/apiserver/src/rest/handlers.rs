@@ -29,6 +29,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) target: &'a Target,
     pub(crate) query: &'a Query,
     pub(crate) headers: &'a HeaderMap,
+    /// Who sends the request (the auth middleware's answer).
+    pub(crate) user: &'a crate::auth::UserInfo,
     /// The kubelet's node when a kubelet makes the request: NodeRestriction applies.
     pub(crate) node: Option<&'a str>,
 }
@@ -183,7 +185,9 @@ pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     if is_scale(ctx.target) {
         return super::scale::get(ctx, name).await;
     }
-    check_subresource(ctx.target)?;
+    if Part::of(ctx.target) != Some(Part::Approval) {
+        check_subresource(ctx.target)?;
+    }
     let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
     let obj = decode_as(info, &kv)?;
@@ -440,7 +444,10 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
         ));
     }
     let validation = FieldValidation::from_query(ctx.query)?;
-    let obj = body_json(ctx.headers, body)?;
+    let mut obj = body_json(ctx.headers, body)?;
+    if is_csr(info) {
+        set_csr_requester(&mut obj, ctx.user);
+    }
     ctx.node_restriction(crate::node_restriction::Operation::Create, None, Some(&obj))?;
     if let Some(node) = ctx.node {
         crate::node_restriction::admit_mirror_pod_owner(ctx.state, node, info, &obj).await?;
@@ -896,7 +903,10 @@ where
                 set_resource_version(&mut new, revision);
                 tracing::debug!(name, revision, "updated");
                 // The last finalizer of an object being deleted is gone: delete it now.
-                if !meta_str(&new, "deletionTimestamp").is_empty() && finalizers(&new).is_empty() {
+                if !meta_str(&new, "deletionTimestamp").is_empty()
+                    && finalizers(&new).is_empty()
+                    && !(info.kind == "Namespace" && has_spec_finalizers(&new))
+                {
                     let _ = state.store.delete(key, Some(revision)).await?;
                 }
                 return Ok(new);
@@ -905,6 +915,14 @@ where
         }
     }
     Err(ApiError::conflict(info, name))
+}
+
+/// A namespace's `spec.finalizers` (the namespace controller's `kubernetes`) are not empty.
+fn has_spec_finalizers(obj: &Value) -> bool {
+    obj.get("spec")
+        .and_then(|s| s.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
 }
 
 fn finalizers(obj: &Value) -> Vec<Value> {
@@ -936,6 +954,22 @@ pub(crate) fn merge_update(
                 Some(s) => o.insert("status".into(), s.clone()),
                 None => o.remove("status"),
             };
+        }
+        if is_csr(info) {
+            // Approved/Denied conditions change only through `/approval`.
+            let approvals = |v: &Value| -> Vec<Value> {
+                conditions_of(v)
+                    .into_iter()
+                    .filter(is_approval_condition)
+                    .collect()
+            };
+            let mut conds: Vec<Value> = conditions_of(&new)
+                .into_iter()
+                .filter(|c| !is_approval_condition(c))
+                .collect();
+            conds.extend(approvals(old));
+            stamp_conditions(&mut conds, old);
+            set_conditions(&mut new, conds);
         }
         return Ok(new);
     }
@@ -969,6 +1003,22 @@ pub(crate) fn merge_update(
     if is_service(info) {
         crate::services::keep_cluster_ip(info, old, &mut new)?;
     }
+    // Upstream's strategies: a namespace's spec.finalizers change only through `/finalize`;
+    // a CSR's spec never changes after create.
+    if info.group.is_empty() && info.kind == "Namespace" {
+        let kept = old.get("spec").and_then(|s| s.get("finalizers")).cloned();
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            match kept {
+                Some(f) => spec.insert("finalizers".into(), f),
+                None => spec.remove("finalizers"),
+            };
+        }
+    }
+    if is_csr(info)
+        && let (Some(o), Some(spec)) = (new.as_object_mut(), old.get("spec"))
+    {
+        o.insert("spec".into(), spec.clone());
+    }
     check_crd(info, &new)?;
     // Custom resources without a status subresource count status changes too (upstream
     // bumps on any change outside metadata).
@@ -997,6 +1047,233 @@ pub(crate) fn merge_update(
     Ok(new)
 }
 
+/// Subresources that replace one part of the object: a namespace's `finalize`
+/// (`spec.finalizers`), a CSR's `approval` (its `Approved`/`Denied` conditions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Finalize,
+    Approval,
+}
+
+impl Part {
+    fn of(target: &Target) -> Option<Part> {
+        match (
+            target.subresource.as_deref(),
+            target.info.group,
+            target.info.kind,
+        ) {
+            (Some("finalize"), "", "Namespace") => Some(Part::Finalize),
+            (Some("approval"), "certificates.k8s.io", "CertificateSigningRequest") => {
+                Some(Part::Approval)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn is_csr(info: &ResourceInfo) -> bool {
+    info.group == "certificates.k8s.io" && info.kind == "CertificateSigningRequest"
+}
+
+fn conditions_of(obj: &Value) -> Vec<Value> {
+    obj.get("status")
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn set_conditions(obj: &mut Value, conds: Vec<Value>) {
+    if let Some(o) = obj.as_object_mut() {
+        let status = o.entry("status").or_insert_with(|| json!({}));
+        if let Some(s) = status.as_object_mut() {
+            if conds.is_empty() {
+                s.remove("conditions");
+            } else {
+                s.insert("conditions".into(), json!(conds));
+            }
+        }
+    }
+}
+
+fn is_approval_condition(c: &Value) -> bool {
+    matches!(
+        c.get("type").and_then(Value::as_str),
+        Some("Approved" | "Denied")
+    )
+}
+
+/// Upstream's `populateConditionTimestamps`: a condition without `lastUpdateTime` gets now; a
+/// new condition, or one whose status changed, without `lastTransitionTime` gets now, and an
+/// unchanged one keeps the old time.
+fn stamp_conditions(conds: &mut [Value], old: &Value) {
+    let now = crate::time::now_rfc3339();
+    let before = conditions_of(old);
+    for c in conds.iter_mut() {
+        let Some(o) = c.as_object_mut() else { continue };
+        if o.get("lastUpdateTime").is_none_or(Value::is_null) {
+            o.insert("lastUpdateTime".into(), json!(now));
+        }
+        if o.get("lastTransitionTime").is_none_or(Value::is_null) {
+            let prev = before
+                .iter()
+                .find(|p| p.get("type") == o.get("type") && p.get("status") == o.get("status"))
+                .and_then(|p| p.get("lastTransitionTime"))
+                .cloned();
+            o.insert(
+                "lastTransitionTime".into(),
+                prev.unwrap_or_else(|| json!(now)),
+            );
+        }
+    }
+}
+
+/// The object an update of `old` through a [`Part`] subresource stores: `old` with only that
+/// part taken from `req`.
+fn merge_part(
+    info: &ResourceInfo,
+    old: &Value,
+    req: &Value,
+    part: Part,
+) -> Result<Value, ApiError> {
+    let name = meta_str(old, "name").to_string();
+    if let Some(rv) = request_resource_version(req)?
+        && meta_str(old, "resourceVersion") != rv.to_string()
+    {
+        return Err(ApiError::conflict(info, &name));
+    }
+    let mut new = old.clone();
+    match part {
+        Part::Finalize => {
+            let wanted = req.get("spec").and_then(|s| s.get("finalizers")).cloned();
+            if let Some(o) = new.as_object_mut() {
+                let spec = o.entry("spec").or_insert_with(|| json!({}));
+                if let Some(spec) = spec.as_object_mut() {
+                    match wanted.filter(|f| f.as_array().is_some_and(|a| !a.is_empty())) {
+                        Some(f) => spec.insert("finalizers".into(), f),
+                        None => spec.remove("finalizers"),
+                    };
+                }
+            }
+        }
+        Part::Approval => {
+            let mut conds = conditions_of(req);
+            let has = |t: &str| {
+                conds
+                    .iter()
+                    .any(|c| c.get("type").and_then(Value::as_str) == Some(t))
+            };
+            if has("Approved") && has("Denied") {
+                return Err(ApiError::invalid(
+                    info,
+                    &name,
+                    vec![Cause {
+                        reason: "FieldValueInvalid",
+                        message: "Invalid value: \"Denied\": Approved and Denied conditions are mutually exclusive".into(),
+                        field: "status.conditions[1].type".into(),
+                    }],
+                ));
+            }
+            for (i, c) in conds.iter().enumerate() {
+                if is_approval_condition(c)
+                    && c.get("status").and_then(Value::as_str) != Some("True")
+                {
+                    return Err(ApiError::invalid(
+                        info,
+                        &name,
+                        vec![Cause {
+                            reason: "FieldValueNotSupported",
+                            message: format!(
+                                "Unsupported value: {}: supported values: \"True\"",
+                                c.get("status").unwrap_or(&Value::Null)
+                            ),
+                            field: format!("status.conditions[{i}].status"),
+                        }],
+                    ));
+                }
+            }
+            stamp_conditions(&mut conds, old);
+            set_conditions(&mut new, conds);
+        }
+    }
+    Ok(new)
+}
+
+/// Upstream's `CertificateApproval` admission: whoever writes `/approval` must be allowed to
+/// `approve` on `signers` for the CSR's signer name (or its `<domain>/*`).
+async fn check_signer_approval(ctx: Ctx<'_>, name: &str) -> Result<(), ApiError> {
+    let info = ctx.info();
+    let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
+    let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+    let csr = decode_as(info, &kv)?;
+    let signer = csr
+        .get("spec")
+        .and_then(|s| s.get("signerName"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut names = vec![signer.clone()];
+    if let Some((domain, _)) = signer.split_once('/') {
+        names.push(format!("{domain}/*"));
+    }
+    for n in names {
+        let attrs = crate::auth::Attributes {
+            user: ctx.user.clone(),
+            verb: "approve".into(),
+            resource_request: true,
+            api_group: "certificates.k8s.io".into(),
+            api_version: "*".into(),
+            namespace: String::new(),
+            resource: "signers".into(),
+            subresource: String::new(),
+            name: n,
+            path: String::new(),
+        };
+        if crate::auth::authorize(ctx.state, &attrs).await {
+            return Ok(());
+        }
+    }
+    Err(ApiError::forbidden(
+        info,
+        name,
+        &format!("user not permitted to approve requests with signerName {signer:?}"),
+    ))
+}
+
+/// PUT of a [`Part`] subresource.
+async fn update_part(
+    ctx: Ctx<'_>,
+    name: &str,
+    part: Part,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let info = ctx.info();
+    if part == Part::Approval {
+        check_signer_approval(ctx, name).await?;
+    }
+    let mut req = body_json(ctx.headers, body)?;
+    check_type(&mut req, info)?;
+    let (req, warnings) =
+        typed_roundtrip_checked(req, info, FieldValidation::from_query(ctx.query)?)?;
+    match meta_str(&req, "name") {
+        n if n == name => {}
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({other}) does not match the name on the URL ({name})"
+            )));
+        }
+    }
+    let key = info.key(ctx.ns(), name);
+    let writer = ctx.writer();
+    let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
+        let mut new = merge_part(info, old, &req, part)?;
+        crate::apply::track_update(&writer, Some(old), &mut new);
+        Ok(new)
+    })
+    .await?;
+    respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings)
+}
+
 pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
     let info = ctx.info();
     let Some(name) = ctx.target.name.as_deref() else {
@@ -1004,6 +1281,9 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     };
     if is_scale(ctx.target) {
         return super::scale::update(ctx, name, body).await;
+    }
+    if let Some(part) = Part::of(ctx.target) {
+        return update_part(ctx, name, part, body).await;
     }
     let status_only = check_subresource(ctx.target)?;
     let validation = FieldValidation::from_query(ctx.query)?;
@@ -1074,7 +1354,11 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     if is_scale(ctx.target) {
         return super::scale::patch(ctx, name, body).await;
     }
-    let status_only = check_subresource(ctx.target)?;
+    let part = Part::of(ctx.target);
+    if part == Some(Part::Approval) {
+        check_signer_approval(ctx, name).await?;
+    }
+    let status_only = part.is_some() || check_subresource(ctx.target)?;
     let ct = content_type(ctx.headers);
     if ct == APPLY_PATCH {
         return apply_patch(ctx, name, status_only, body).await;
@@ -1122,7 +1406,10 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
             meta.insert("name".into(), json!(name));
         }
         namespace_of(info, ctx.ns(), &mut patched)?;
-        let mut new = merge_update(info, old, &patched, status_only)?;
+        let mut new = match part {
+            Some(part) => merge_part(info, old, &patched, part)?,
+            None => merge_update(info, old, &patched, status_only)?,
+        };
         ctx.node_restriction(
             crate::node_restriction::Operation::Update,
             Some(old),
@@ -1301,6 +1588,29 @@ async fn apply_patch(
 
 // ---------------------------------------------------------------------------------------------
 // delete
+
+/// Upstream's CSR `PrepareForCreate`: who asks for the certificate is the requesting user,
+/// whatever the body says.
+fn set_csr_requester(obj: &mut Value, user: &crate::auth::UserInfo) {
+    let Some(o) = obj.as_object_mut() else { return };
+    let spec = o.entry("spec").or_insert_with(|| json!({}));
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    for f in ["username", "uid", "groups", "extra"] {
+        spec.remove(f);
+    }
+    spec.insert("username".into(), json!(user.name));
+    if !user.uid.is_empty() {
+        spec.insert("uid".into(), json!(user.uid));
+    }
+    if !user.groups.is_empty() {
+        spec.insert("groups".into(), json!(user.groups));
+    }
+    if !user.extra.is_empty() {
+        spec.insert("extra".into(), json!(user.extra));
+    }
+}
 
 /// Namespaces that cannot be deleted, as upstream.
 const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
@@ -1497,20 +1807,35 @@ pub(crate) async fn delete_object(
                 });
             }
         }
+        if info.group.is_empty() && info.kind == "Namespace" {
+            match namespace_delete_step(info, name, &mut obj, opts)? {
+                NamespaceStep::Delete => {}
+                NamespaceStep::Keep => return Ok((obj, false)),
+                NamespaceStep::Write if dry_run => return Ok((obj, false)),
+                NamespaceStep::Write => {
+                    match state
+                        .store
+                        .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
+                        .await?
+                    {
+                        WriteOutcome::Written { revision } => {
+                            set_resource_version(&mut obj, revision);
+                            return Ok((obj, false));
+                        }
+                        WriteOutcome::Conflict { .. } => continue,
+                    }
+                }
+            }
+        }
         // A CRD keeps its custom resources' cleanup finalizer until they are gone.
         if is_crd(info) && meta_str(&obj, "deletionTimestamp").is_empty() {
             crate::crd::prepare_delete(&mut obj);
         }
         // Deferred deletion: finalizers (the garbage collector's from propagationPolicy
-        // included; namespaces are emptied inline instead), or a scheduled pod with a grace
-        // period.
+        // included), or a scheduled pod with a grace period.
         let grace = graceful_period(info, &obj, opts);
         let old_finalizers = finalizers(&obj);
-        let new_finalizers = if info.kind == "Namespace" {
-            old_finalizers.clone()
-        } else {
-            opts.gc_finalizers(old_finalizers.clone())?
-        };
+        let new_finalizers = opts.gc_finalizers(old_finalizers.clone())?;
         if !new_finalizers.is_empty() || grace.is_some() {
             let deleting = !meta_str(&obj, "deletionTimestamp").is_empty();
             if deleting && new_finalizers == old_finalizers {
@@ -1549,9 +1874,6 @@ pub(crate) async fn delete_object(
         if dry_run {
             return Ok((obj, true));
         }
-        if info.kind == "Namespace" {
-            delete_namespace_contents(state, name).await?;
-        }
         let outcome = if is_service(info) {
             crate::services::delete(state, &key, kv.mod_revision, &obj).await?
         } else {
@@ -1560,15 +1882,6 @@ pub(crate) async fn delete_object(
         match outcome {
             WriteOutcome::Written { revision } => {
                 tracing::debug!(name, revision, "deleted");
-                if info.kind == "Namespace" {
-                    if let Some(meta) = metadata_mut(&mut obj) {
-                        meta.insert(
-                            "deletionTimestamp".into(),
-                            json!(crate::time::now_rfc3339()),
-                        );
-                    }
-                    obj["status"] = json!({ "phase": "Terminating" });
-                }
                 return Ok((obj, true));
             }
             WriteOutcome::Conflict { .. } => continue,
@@ -1604,28 +1917,77 @@ fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Op
     (grace > 0).then_some(grace)
 }
 
-/// Deletes every object in namespace `ns`. Until the namespace controller exists, namespace
-/// deletion does its work inline.
-async fn delete_namespace_contents(state: &AppState, ns: &str) -> Result<(), ApiError> {
-    let custom = state.crds.snapshot();
-    let custom_namespaced = custom
-        .storage_resources()
-        .into_iter()
-        .filter(|r| r.namespaced);
-    for info in REGISTRY.namespaced().chain(custom_namespaced) {
-        let prefix = info.prefix(Some(ns));
-        let resp = state.store.list(&prefix, ListOptions::default()).await?;
-        for kv in resp.kvs {
-            if is_service(info) {
-                // Releases the service's cluster IP and node ports with it.
-                let obj = decode_stored(&kv)?;
-                crate::services::delete(state, &kv.key, kv.mod_revision, &obj).await?;
-            } else {
-                state.store.delete(&kv.key, None).await?;
-            }
+/// What a DELETE does to a namespace (upstream's namespace REST `Delete`).
+enum NamespaceStep {
+    /// Store `obj` as changed: now Terminating (deletionTimestamp, phase), finalizers set.
+    Write,
+    /// Already terminating and held by metadata finalizers: nothing to write.
+    Keep,
+    /// Nothing holds it: delete the object.
+    Delete,
+}
+
+/// The first DELETE of a namespace sets `deletionTimestamp` and phase `Terminating` and leaves
+/// the emptying to the namespace controller, which removes its `kubernetes` finalizer from
+/// `spec.finalizers` through `/finalize` when done; that update deletes the namespace. A DELETE
+/// while `spec.finalizers` is not empty is a 409, as upstream. A namespace that nothing holds
+/// (no spec or metadata finalizers) is deleted at once.
+fn namespace_delete_step(
+    info: &ResourceInfo,
+    name: &str,
+    obj: &mut Value,
+    opts: &DeleteOptions,
+) -> Result<NamespaceStep, ApiError> {
+    let old_finalizers = finalizers(obj);
+    // The options are checked, but a namespace gets no `orphan`/`foregroundDeletion`
+    // finalizer: rk3s-controller's garbage collector does not watch namespaces, so nothing
+    // would remove it (emptying is the namespace controller's, always in the background).
+    opts.gc_finalizers(old_finalizers.clone())?;
+    let new_finalizers = old_finalizers.clone();
+    let deleting = !meta_str(obj, "deletionTimestamp").is_empty();
+    let held = has_spec_finalizers(obj);
+    if deleting {
+        if held {
+            return Err(ApiError {
+                details: Some(json!({"name": name, "kind": info.plural})),
+                ..ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on namespaces \"{name}\": The system is \
+                         ensuring all content is removed from this namespace.  Upon completion, \
+                         this namespace will automatically be purged by the system."
+                    ),
+                )
+            });
+        }
+        if new_finalizers.is_empty() {
+            return Ok(NamespaceStep::Delete);
+        }
+        if new_finalizers == old_finalizers {
+            return Ok(NamespaceStep::Keep);
+        }
+    } else if !held && new_finalizers.is_empty() {
+        return Ok(NamespaceStep::Delete);
+    }
+    if let Some(meta) = metadata_mut(obj) {
+        if !deleting {
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(crate::time::now_rfc3339()),
+            );
+        }
+        if new_finalizers.is_empty() {
+            meta.remove("finalizers");
+        } else {
+            meta.insert("finalizers".into(), json!(new_finalizers));
         }
     }
-    Ok(())
+    if let Some(o) = obj.as_object_mut() {
+        let status = o.entry("status").or_insert_with(|| json!({}));
+        status["phase"] = json!("Terminating");
+    }
+    Ok(NamespaceStep::Write)
 }
 
 async fn delete_collection(ctx: Ctx<'_>, opts: &DeleteOptions) -> Result<Response, ApiError> {

@@ -239,6 +239,7 @@ pub(crate) async fn serve(
         target: &target,
         query: &q,
         headers: &headers,
+        user: &user,
         node: crate::auth::node::node_of(&user),
     };
     let response = async {

@@ -37,6 +37,38 @@ struct Args {
     #[arg(long)]
     #[serde(rename = "concurrent-syncs", skip_serializing_if = "Option::is_none")]
     concurrent_syncs: Option<u16>,
+    /// Seconds without a node heartbeat before the node is marked Ready=Unknown.
+    #[arg(long)]
+    #[serde(
+        rename = "node-monitor-grace-period",
+        skip_serializing_if = "Option::is_none"
+    )]
+    node_monitor_grace_period: Option<u64>,
+    /// Give nodes pod CIDRs from --cluster-cidr.
+    #[arg(long)]
+    #[serde(
+        rename = "allocate-node-cidrs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    allocate_node_cidrs: Option<bool>,
+    /// The pod network (IPv4, IPv6, or both separated by a comma).
+    #[arg(long)]
+    #[serde(rename = "cluster-cidr", skip_serializing_if = "Option::is_none")]
+    cluster_cidr: Option<String>,
+    /// CA certificate the CSR signer signs with.
+    #[arg(long)]
+    #[serde(
+        rename = "cluster-signing-cert-file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// The CA's private key.
+    #[arg(long)]
+    #[serde(
+        rename = "cluster-signing-key-file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    cluster_signing_key_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -41,7 +41,7 @@ impl TestCluster {
     }
 
     pub async fn start_with(config: rk3s_controller::Config) -> TestCluster {
-        TestCluster::start_with_clock(config, Arc::new(rk3s_controller::SystemClock)).await
+        TestCluster::start_configured(|_| config).await
     }
 
     /// With the time-driven controllers (Job, CronJob, TTL) reading `clock`.
@@ -49,8 +49,24 @@ impl TestCluster {
         config: rk3s_controller::Config,
         clock: Arc<dyn rk3s_controller::Clock>,
     ) -> TestCluster {
+        TestCluster::start_inner(|_| config, clock).await
+    }
+
+    /// Like [`TestCluster::start_with`], with a configuration that may name files in the
+    /// test's directory (the cluster's CAs are in `<dir>/tls`).
+    pub async fn start_configured(
+        config: impl FnOnce(&std::path::Path) -> rk3s_controller::Config,
+    ) -> TestCluster {
+        TestCluster::start_inner(config, Arc::new(rk3s_controller::SystemClock)).await
+    }
+
+    async fn start_inner(
+        config: impl FnOnce(&std::path::Path) -> rk3s_controller::Config,
+        clock: Arc<dyn rk3s_controller::Clock>,
+    ) -> TestCluster {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir().expect("temp dir");
+        let config = config(dir.path());
         let db = dir.path().join("state.db");
         let store = rk3s_datastore::connect(&rk3s_datastore::Config {
             data_dir: dir.path().to_path_buf(),
@@ -209,6 +225,21 @@ pub async fn client_for(kubeconfig: &std::path::Path) -> kube::Client {
     )
     .await
     .expect("kube config");
+    kube::Client::try_from(config).expect("kube client")
+}
+
+/// A client of the admin credentials impersonating `user` in `groups` (the apiserver's
+/// impersonation: what the admin may do for anyone).
+pub async fn client_as(kubeconfig: &std::path::Path, user: &str, groups: &[&str]) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kube config");
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
     kube::Client::try_from(config).expect("kube client")
 }
 
