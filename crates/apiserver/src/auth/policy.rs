@@ -503,7 +503,15 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 // generic-garbage-collector: reads and edits (owner references, finalizers) and
                 // deletes any object, subresources included.
                 r(
-                    &["get", "list", "watch", "patch", "update", "delete"],
+                    &[
+                        "get",
+                        "list",
+                        "watch",
+                        "patch",
+                        "update",
+                        "delete",
+                        "deletecollection",
+                    ],
                     "*",
                     &["*"],
                 ),
@@ -519,6 +527,16 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 ),
                 r(&["create"], "", &["endpoints/restricted", "pods/binding"]),
                 r(&["create"], "apps", &["replicasets", "controllerrevisions"]),
+                // cronjob creates Jobs.
+                r(&["create"], "batch", &["jobs"]),
+                // csrapproving asks whether the requester may have its CSR approved.
+                r(
+                    &["create"],
+                    "authorization.k8s.io",
+                    &["subjectaccessreviews"],
+                ),
+                // csrapproving and csrsigning act for the signers they handle.
+                r(&["approve", "sign"], "certificates.k8s.io", &["signers"]),
                 r(&["create"], "discovery.k8s.io", &["endpointslices"]),
                 r(&["create", "patch", "update"], "", &["events"]),
                 r(&["create", "patch", "update"], "events.k8s.io", &["events"]),
