@@ -114,6 +114,18 @@ fn scheduler_and_controller_run_with_their_own_identities() {
             &["create", "controllerrevisions.apps", "-n", "default"][..],
             "yes",
         ),
+        (&ctrl, &["create", "jobs.batch", "-n", "default"][..], "yes"),
+        (
+            &ctrl,
+            &[
+                "patch",
+                "resourcequotas",
+                "--subresource=status",
+                "-n",
+                "default",
+            ][..],
+            "yes",
+        ),
         (&ctrl, &["create", "nodes"][..], "no"),
         (&ctrl, &["create", "clusterrolebindings"][..], "no"),
     ] {

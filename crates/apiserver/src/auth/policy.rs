@@ -494,8 +494,9 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
         // (`--use-service-account-credentials`, which K3s sets) bound to a
         // `system:controller:<loop>` role; rk3s-controller runs every loop as
         // `system:kube-controller-manager`, so that user gets the union of those roles for the
-        // loops it runs (deployment, replicaset, replication, statefulset, daemon-set,
-        // generic-garbage-collector, endpoint, endpointslice, service-account).
+        // loops it runs (deployment, replicaset, replication, statefulset, daemon-set, job,
+        // cronjob, ttl-after-finished, resourcequota, disruption, generic-garbage-collector,
+        // endpoint, endpointslice, service-account).
         cluster_role(
             "rk3s:kube-controller-manager",
             &[],
