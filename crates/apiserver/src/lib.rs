@@ -15,12 +15,14 @@
 
 mod admission;
 mod apply;
+pub mod audit;
 mod auth;
 mod bootstrap;
 mod config;
 mod crd;
 mod defaults;
 mod discovery;
+pub mod encryption;
 mod error;
 mod health;
 mod join_token;
@@ -36,6 +38,7 @@ mod selectors;
 mod server;
 mod services;
 mod status;
+mod storage;
 mod time;
 mod validation;
 mod watch_cache;
@@ -44,12 +47,14 @@ use std::future::Future;
 
 pub use auth::{AuthConfig, DEFAULT_ISSUER};
 pub use config::Config;
+pub use encryption::{EncryptionConfiguration, Transformer};
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
 pub use join_token::{JoinToken, JoinTokenError, ca_hash};
 pub use pki::{CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig};
 pub use server::{Apiserver, RunningApiserver};
 pub use services::ServiceCidr;
+pub use storage::{Reencrypted, reencrypt};
 
 /// Name of the component, as its binary and log lines call it.
 pub const COMPONENT: &str = "rk3s-apiserver";
@@ -62,8 +67,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = rk3s_datastore::connect(&config.datastore).await?;
     let service_cidr: ServiceCidr = config.service_cidr.parse().map_err(Error::InvalidConfig)?;
     let pki = Pki::load_or_create(&config.tls_dir(), &config.pki_options(&service_cidr))?;
+    let encryption = config.encryption()?;
+    let audit = audit::Audit::from_config(&config.audit_config())
+        .map_err(|e| Error::InvalidConfig(e.to_string()))?;
     let running = Apiserver::new(store.clone())
         .pki(pki)
+        .encryption(encryption)
+        .audit(audit)
         .auth(config.auth_config()?)
         .service_cidr(service_cidr)
         .serve(config.listen_addr())

@@ -25,7 +25,7 @@ use crate::pki::{Pki, PkiOptions};
 use crate::services::ServiceCidr;
 
 /// Largest request body accepted, as upstream (3 MiB).
-const MAX_BODY: usize = 3 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How long open connections get to finish on shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long a TLS handshake may take.
@@ -34,7 +34,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every request handler shares.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub(crate) store: Store,
+    /// The datastore, with encryption at rest.
+    pub(crate) store: crate::storage::Store,
     pub(crate) metrics: Arc<Metrics>,
     /// Flips to `true` on shutdown; long requests (watches) end.
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -45,6 +46,8 @@ pub(crate) struct AppState {
     pub(crate) crds: Arc<crate::crd::CustomRegistry>,
     /// Authentication and authorization.
     pub(crate) auth: Arc<Auth>,
+    /// The audit log, if configured.
+    pub(crate) audit: Option<Arc<crate::audit::Audit>>,
     /// Serves every watch (one datastore watch per watched storage prefix).
     pub(crate) watch_cache: Arc<crate::watch_cache::WatchCaches>,
     bootstrapped: Arc<AtomicBool>,
@@ -83,6 +86,10 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::middleware,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
@@ -129,6 +136,8 @@ pub struct Apiserver {
     pki: Option<Pki>,
     service_cidr: ServiceCidr,
     auth: AuthConfig,
+    encryption: Arc<crate::encryption::Transformer>,
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
@@ -155,7 +164,22 @@ impl Apiserver {
             pki: None,
             service_cidr: ServiceCidr::default(),
             auth: AuthConfig::default(),
+            encryption: Arc::default(),
+            audit: None,
         }
+    }
+
+    /// Write an audit log (default: none; see [`crate::audit::Audit::from_config`]).
+    pub fn audit(mut self, audit: Option<crate::audit::Audit>) -> Self {
+        self.audit = audit.map(Arc::new);
+        self
+    }
+
+    /// Encrypt the resources `transformer` covers at rest (default: nothing is encrypted;
+    /// see [`crate::EncryptionConfiguration`]).
+    pub fn encryption(mut self, transformer: crate::Transformer) -> Self {
+        self.encryption = Arc::new(transformer);
+        self
     }
 
     /// Serve with this PKI (default: a fresh one in memory, for the listen address).
@@ -186,7 +210,7 @@ impl Apiserver {
                 ..PkiOptions::default()
             })?,
         };
-        let store = self.store;
+        let store = crate::storage::Store::new(self.store, self.encryption);
         let acceptor = TlsAcceptor::from(pki.server_config()?);
         let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
         let listener = TcpListener::bind(listen)
@@ -212,6 +236,7 @@ impl Apiserver {
             service_cidr: self.service_cidr,
             crds: Arc::default(),
             auth,
+            audit: self.audit,
             watch_cache,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
@@ -338,6 +363,7 @@ async fn serve_connection(
             .and_then(|der| crate::pki::cert_identity(der)),
     );
     let app = tower::Layer::layer(&axum::Extension(peer_cert), app);
+    let app = tower::Layer::layer(&axum::Extension(crate::audit::PeerAddr(peer)), app);
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));

@@ -124,6 +124,11 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
 
+    /// Encrypt Secrets at rest (AES-CBC key in <data-dir>/server/cred/encryption-config.json)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secrets_encryption: bool,
+
     /// Run the control plane only (the node half is not built yet: this is what the server does
     /// anyway for now)
     #[arg(long)]
@@ -158,6 +163,7 @@ pub struct ServerConfig {
     pub tls_san: Vec<String>,
     pub token: Option<String>,
     pub server: Option<String>,
+    pub secrets_encryption: bool,
     pub disable_agent: bool,
 }
 
@@ -182,6 +188,7 @@ impl Default for ServerConfig {
             tls_san: Vec::new(),
             token: None,
             server: None,
+            secrets_encryption: false,
             disable_agent: false,
         }
     }
@@ -206,6 +213,7 @@ const KEYS: &[&str] = &[
     "node-name",
     "token",
     "server",
+    "secrets-encryption",
     "disable-agent",
 ];
 

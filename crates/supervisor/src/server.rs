@@ -47,6 +47,9 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::WriteError),
+    /// `--secrets-encryption`: the configuration cannot be read or created.
+    #[error("secrets encryption: {0}")]
+    Encryption(String),
 }
 
 /// Runs the control plane until `shutdown` completes, then stops the components (in-flight
@@ -136,6 +139,7 @@ async fn run_with_store(
             )))
         })?
         .map_err(ServerError::Tls)?;
+    let encryption = encryption(config)?;
     let ca_pem = pki.server_ca.cert_pem.clone();
     let admin_kubeconfig = pki.admin_kubeconfig(&config.api_url());
 
@@ -146,6 +150,7 @@ async fn run_with_store(
     components.push(apiserver(
         store,
         pki,
+        encryption,
         cidr,
         config.listen_addr(),
         config.local_api_addr(),
@@ -185,6 +190,26 @@ async fn run_with_store(
     Ok(())
 }
 
+/// `--secrets-encryption`: the configuration in `<data-dir>/server/cred` (generated on first
+/// start). Without the flag nothing is encrypted, as K3s (a datastore with encrypted Secrets
+/// then answers them with an error).
+fn encryption(config: &ServerConfig) -> Result<rk3s_apiserver::Transformer, ServerError> {
+    let path = crate::secrets_encrypt::config_path(&config.data_dir);
+    if !config.secrets_encryption {
+        if path.exists() {
+            tracing::warn!(
+                path = %path.display(),
+                "an encryption configuration exists but --secrets-encryption is off: \
+                 encrypted Secrets cannot be read"
+            );
+        }
+        return Ok(rk3s_apiserver::Transformer::identity());
+    }
+    crate::secrets_encrypt::load_or_create(&config.data_dir)
+        .and_then(|c| rk3s_apiserver::Transformer::new(&c).map_err(anyhow::Error::from))
+        .map_err(|e| ServerError::Encryption(format!("{e:#}")))
+}
+
 /// Polls `/readyz` until it answers `ok`.
 async fn wait_ready(config: &ServerConfig, ca_pem: &str) -> Result<(), ServerError> {
     let addr = config.local_api_addr();
@@ -213,6 +238,7 @@ async fn wait_ready(config: &ServerConfig, ca_pem: &str) -> Result<(), ServerErr
 fn apiserver(
     store: Store,
     pki: Pki,
+    encryption: rk3s_apiserver::Transformer,
     cidr: ServiceCidr,
     listen: SocketAddr,
     local: SocketAddr,
@@ -221,6 +247,7 @@ fn apiserver(
         let ca_pem = pki.server_ca.cert_pem.clone();
         let server = Apiserver::new(store.clone())
             .pki(pki.clone())
+            .encryption(encryption.clone())
             .service_cidr(cidr);
         async move {
             let running = server.serve(listen).await.map_err(BoxError::from)?;

@@ -23,11 +23,11 @@ pub(crate) mod token_file;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use crate::storage::Store;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rk3s_datastore::Store;
 
 pub(crate) use attributes::Attributes;
 
@@ -217,6 +217,7 @@ pub(crate) async fn middleware(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let audit = req.extensions().get::<crate::audit::Slot>().cloned();
     let cert = req.extensions().get::<PeerCert>().and_then(|p| p.0.clone());
     let user = if let Some((cn, orgs)) = cert {
         UserInfo::new(cn, orgs).authenticated()
@@ -234,12 +235,24 @@ pub(crate) async fn middleware(
     } else {
         return unauthorized();
     };
+    if let Some(a) = &audit {
+        a.update(|r| r.user = Some(user.clone()));
+    }
     let user = match impersonate(&state, user, req.headers()).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
     let attrs = Attributes::from_request(&user, req.method(), req.uri());
-    if !authorize(&state, &attrs).await {
+    let allowed = authorize(&state, &attrs).await;
+    if let Some(a) = &audit {
+        a.update(|r| {
+            if r.user.as_ref() != Some(&user) {
+                r.impersonated = Some(user.clone());
+            }
+            r.allowed = Some(allowed);
+        });
+    }
+    if !allowed {
         tracing::debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.resource, "forbidden");
         return attrs.forbidden("").into_response();
     }
