@@ -589,6 +589,16 @@ impl Providers {
     }
 }
 
+/// One key of a configuration, as `secrets-encrypt status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// `AES-CBC`, `AES-GCM` or `Identity`.
+    pub kind: &'static str,
+    pub name: String,
+    /// Whether it encrypts what is written (the first of its entry).
+    pub active: bool,
+}
+
 /// What a stored value was read with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Read {
@@ -703,7 +713,11 @@ impl Transformer {
     }
 
     /// The bytes to store for `value` under `key`.
-    pub fn to_storage(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, TransformError> {
+    pub fn transform_to_storage(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, TransformError> {
         match self.entry_for(key) {
             Some(p) => p.write(&value, key),
             None => Ok(value),
@@ -711,7 +725,7 @@ impl Transformer {
     }
 
     /// The value stored as `data` under `key`.
-    pub(crate) fn from_storage(
+    pub(crate) fn transform_from_storage(
         &self,
         key: &[u8],
         data: Vec<u8>,
@@ -730,8 +744,8 @@ impl Transformer {
         }
     }
 
-    /// The keys, per `resources[]` entry: (resources, [(kind, name, active)]), for status.
-    pub fn describe(&self) -> Vec<(Vec<String>, Vec<(String, String, bool)>)> {
+    /// The keys, per `resources[]` entry: (resources, keys), for status.
+    pub fn describe(&self) -> Vec<(Vec<String>, Vec<KeyInfo>)> {
         let Some(config) = &self.config else {
             return Vec::new();
         };
@@ -744,7 +758,11 @@ impl Transformer {
                     rc.resources.clone(),
                     p.0.iter()
                         .enumerate()
-                        .map(|(i, p)| (p.kind.to_string(), p.name.clone(), i == 0))
+                        .map(|(i, p)| KeyInfo {
+                            kind: p.kind,
+                            name: p.name.clone(),
+                            active: i == 0,
+                        })
                         .collect(),
                 )
             })
@@ -808,11 +826,13 @@ mod tests {
     fn aescbc_round_trip_with_upstream_prefix() {
         let t = Transformer::new(&two_keys("aescbc")).expect("valid");
         let key = b"/registry/secrets/default/s";
-        let stored = t.to_storage(key, b"{\"a\":1}".to_vec()).expect("encrypts");
+        let stored = t
+            .transform_to_storage(key, b"{\"a\":1}".to_vec())
+            .expect("encrypts");
         assert!(stored.starts_with(b"k8s:enc:aescbc:v1:k1:"));
         // IV + one block.
         assert_eq!(stored.len(), "k8s:enc:aescbc:v1:k1:".len() + 16 + 16);
-        let (back, read) = t.from_storage(key, stored).expect("decrypts");
+        let (back, read) = t.transform_from_storage(key, stored).expect("decrypts");
         assert_eq!(back, b"{\"a\":1}");
         assert!(!read.stale);
     }
@@ -821,11 +841,18 @@ mod tests {
     fn aesgcm_binds_the_storage_key() {
         let t = Transformer::new(&two_keys("aesgcm")).expect("valid");
         let key = b"/registry/configmaps/default/c";
-        let stored = t.to_storage(key, b"{}".to_vec()).expect("encrypts");
+        let stored = t
+            .transform_to_storage(key, b"{}".to_vec())
+            .expect("encrypts");
         assert!(stored.starts_with(b"k8s:enc:aesgcm:v1:k1:"));
-        assert_eq!(t.from_storage(key, stored.clone()).expect("reads").0, b"{}");
+        assert_eq!(
+            t.transform_from_storage(key, stored.clone())
+                .expect("reads")
+                .0,
+            b"{}"
+        );
         let err = t
-            .from_storage(b"/registry/configmaps/default/other", stored)
+            .transform_from_storage(b"/registry/configmaps/default/other", stored)
             .expect_err("other key");
         assert_eq!(err.0, "cipher: message authentication failed");
     }
@@ -842,12 +869,18 @@ mod tests {
             .reverse();
         let r = Transformer::new(&rotated).expect("valid");
         let key = b"/registry/secrets/ns/s";
-        let stored = t.to_storage(key, b"{}".to_vec()).expect("encrypts");
-        let (v, read) = r.from_storage(key, stored).expect("k1 still reads");
+        let stored = t
+            .transform_to_storage(key, b"{}".to_vec())
+            .expect("encrypts");
+        let (v, read) = r
+            .transform_from_storage(key, stored)
+            .expect("k1 still reads");
         assert_eq!(v, b"{}");
         assert!(read.stale);
         // Plain values read through the identity provider, stale too.
-        let (_, read) = r.from_storage(key, b"{}".to_vec()).expect("plain");
+        let (_, read) = r
+            .transform_from_storage(key, b"{}".to_vec())
+            .expect("plain");
         assert!(read.stale);
     }
 
@@ -856,7 +889,7 @@ mod tests {
         let t = Transformer::new(&two_keys("aescbc")).expect("valid");
         let key = b"/registry/secrets/ns/s";
         let stored = t
-            .to_storage(key, b"{\"x\":\"y\"}".to_vec())
+            .transform_to_storage(key, b"{\"x\":\"y\"}".to_vec())
             .expect("encrypts");
         // Only identity: upstream's message.
         let plain = Transformer::new(&config(
@@ -865,7 +898,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             plain
-                .from_storage(key, stored.clone())
+                .transform_from_storage(key, stored.clone())
                 .expect_err("no key")
                 .0,
             "identity transformer tried to read encrypted data"
@@ -880,7 +913,9 @@ mod tests {
             .secret = KEY2.into();
         wrong.resources[0].providers.pop();
         let wrong = Transformer::new(&wrong).expect("valid");
-        let err = wrong.from_storage(key, stored).expect_err("wrong key");
+        let err = wrong
+            .transform_from_storage(key, stored)
+            .expect_err("wrong key");
         assert!(
             err.0 == "invalid padding on input"
                 || err.0 == "invalid PKCS7 data (empty or not padded)",
@@ -888,7 +923,7 @@ mod tests {
         );
         // No provider with that prefix and no identity.
         let e = wrong
-            .from_storage(
+            .transform_from_storage(
                 key,
                 b"k8s:enc:aescbc:v1:gone:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx".to_vec(),
             )
@@ -900,11 +935,11 @@ mod tests {
     fn only_configured_resources_are_transformed() {
         let t = Transformer::new(&two_keys("aescbc")).expect("valid");
         let pod = t
-            .to_storage(b"/registry/pods/ns/p", b"{}".to_vec())
+            .transform_to_storage(b"/registry/pods/ns/p", b"{}".to_vec())
             .expect("ok");
         assert_eq!(pod, b"{}");
         let own = t
-            .to_storage(b"/registry/rk3s/serviceips/10.43.0.1", b"x".to_vec())
+            .transform_to_storage(b"/registry/rk3s/serviceips/10.43.0.1", b"x".to_vec())
             .expect("ok");
         assert_eq!(own, b"x");
         let (p, _) = t.prefixes();
@@ -917,7 +952,10 @@ mod tests {
             "kind: EncryptionConfiguration\napiVersion: apiserver.config.k8s.io/v1\nresources:\n- resources: ['*.apps']\n  providers:\n  - aesgcm: {{keys: [{{name: a, secret: {KEY1}}}]}}\n- resources: ['*.']\n  providers:\n  - aescbc: {{keys: [{{name: c, secret: {KEY1}}}]}}\n- resources: ['*.*']\n  providers:\n  - aescbc: {{keys: [{{name: any, secret: {KEY2}}}]}}\n"
         )))
         .expect("valid");
-        let w = |k: &str| t.to_storage(k.as_bytes(), b"{}".to_vec()).expect("ok");
+        let w = |k: &str| {
+            t.transform_to_storage(k.as_bytes(), b"{}".to_vec())
+                .expect("ok")
+        };
         assert!(w("/registry/deployments/ns/d").starts_with(b"k8s:enc:aesgcm:v1:a:"));
         assert!(w("/registry/services/specs/ns/s").starts_with(b"k8s:enc:aescbc:v1:c:"));
         assert!(w("/registry/minions/n").starts_with(b"k8s:enc:aescbc:v1:c:"));

@@ -81,7 +81,9 @@ impl Store {
         {
             return Ok(value);
         }
-        self.transformer.from_storage(key, value).map(|(v, _)| v)
+        self.transformer
+            .transform_from_storage(key, value)
+            .map(|(v, _)| v)
     }
 
     fn write(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
@@ -89,7 +91,7 @@ impl Store {
             return Ok(value);
         }
         self.transformer
-            .to_storage(key, value)
+            .transform_to_storage(key, value)
             .map_err(|error| StoreError::Encrypt {
                 key: key.to_vec(),
                 error,
@@ -214,7 +216,7 @@ impl Store {
         match self.inner.get(key, 0).await {
             Ok((_, Some(kv))) if kv.mod_revision == mod_revision => self
                 .transformer
-                .from_storage(key, kv.value)
+                .transform_from_storage(key, kv.value)
                 .is_ok_and(|(_, read)| read.stale),
             _ => false,
         }
@@ -342,12 +344,14 @@ async fn reencrypt_one(
     };
     for _ in 0..10 {
         let (plain, read) = transformer
-            .from_storage(&kv.key, kv.value.clone())
+            .transform_from_storage(&kv.key, kv.value.clone())
             .map_err(unreadable)?;
         if !read.stale {
             return Ok(false);
         }
-        let value = transformer.to_storage(&kv.key, plain).map_err(unreadable)?;
+        let value = transformer
+            .transform_to_storage(&kv.key, plain)
+            .map_err(unreadable)?;
         match store
             .update(&kv.key, value, kv.mod_revision, kv.lease)
             .await?

@@ -366,7 +366,7 @@ pub fn status(data_dir: &Path) -> anyhow::Result<String> {
     let entries = transformer.describe();
     let enabled = entries
         .iter()
-        .any(|(_, keys)| keys.first().is_some_and(|(kind, _, _)| kind != "Identity"));
+        .any(|(_, keys)| keys.first().is_some_and(|k| k.kind != "Identity"));
     let mut out = String::new();
     out.push_str(&format!(
         "Encryption Status: {}\n",
@@ -381,12 +381,12 @@ pub fn status(data_dir: &Path) -> anyhow::Result<String> {
     out.push_str("Active  Key Type  Name              Resources\n");
     out.push_str("------  --------  ----              ---------\n");
     for (resources, keys) in entries {
-        for (kind, name, active) in keys {
+        for k in keys {
             out.push_str(&format!(
                 " {:<6} {:<9} {:<17} {}\n",
-                if active { "*" } else { "" },
-                kind,
-                name,
+                if k.active { "*" } else { "" },
+                k.kind,
+                k.name,
                 resources.join(",")
             ));
         }
