@@ -26,6 +26,9 @@ pub struct Config {
     pub service_account_issuer: String,
     /// `--api-audiences` (default: the issuer).
     pub api_audiences: Vec<String>,
+    /// `--requestheader-allowed-names`: CNs a front proxy's certificate (signed by
+    /// `server/tls/request-header-ca.crt`) may have; empty: any (default: `system:auth-proxy`).
+    pub requestheader_allowed_names: Vec<String>,
     /// `--encryption-provider-config`: upstream's `EncryptionConfiguration` file; the
     /// resources it lists are encrypted at rest. Unset: nothing is encrypted.
     pub encryption_provider_config: Option<PathBuf>,
@@ -56,6 +59,7 @@ impl Default for Config {
             token_auth_file: None,
             service_account_issuer: crate::auth::DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
+            requestheader_allowed_names: vec!["system:auth-proxy".into()],
             encryption_provider_config: None,
             audit_policy_file: None,
             audit_log_path: None,
@@ -99,6 +103,7 @@ impl Config {
             token_auth_file: self.token_auth_file.clone(),
             service_account_issuer: self.service_account_issuer.clone(),
             api_audiences: self.api_audiences.clone(),
+            requestheader_allowed_names: self.requestheader_allowed_names.clone(),
         })
     }
 

@@ -212,6 +212,7 @@ impl Apiserver {
         };
         let store = crate::storage::Store::new(self.store, self.encryption);
         let acceptor = TlsAcceptor::from(pki.server_config()?);
+        let proxy_issuer = Arc::new(pki.request_header_subject());
         let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
         let listener = TcpListener::bind(listen)
             .await
@@ -249,7 +250,13 @@ impl Apiserver {
         state.bootstrapped.store(true, Ordering::Release);
         tracing::info!(%addr, "apiserver listening");
         let app = router(state);
-        let task = tokio::spawn(accept_loop(listener, acceptor, app, shutdown_rx));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            proxy_issuer,
+            app,
+            shutdown_rx,
+        ));
         Ok(RunningApiserver {
             addr,
             pki,
@@ -303,6 +310,7 @@ impl Drop for RunningApiserver {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    proxy_issuer: Arc<Option<Vec<u8>>>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -321,7 +329,7 @@ async fn accept_loop(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                conns.spawn(serve_connection(tcp, peer, acceptor.clone(), app.clone(), shutdown.clone()));
+                conns.spawn(serve_connection(tcp, peer, acceptor.clone(), proxy_issuer.clone(), app.clone(), shutdown.clone()));
             }
         }
     }
@@ -340,6 +348,7 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
+    proxy_issuer: Arc<Option<Vec<u8>>>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -354,13 +363,17 @@ async fn serve_connection(
             return;
         }
     };
-    // The client certificate, if one was offered: rustls verified it against the client CA.
+    // The client certificate, if one was offered: rustls verified it against the client CA
+    // or the request-header CA (a front proxy's).
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first());
     let peer_cert = PeerCert(
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(|der| crate::pki::cert_identity(der)),
+        leaf.and_then(|der| crate::pki::cert_identity(der)),
+        leaf.zip(proxy_issuer.as_ref().as_ref())
+            .is_some_and(|(der, subject)| crate::pki::issued_by(der, subject)),
     );
     let app = tower::Layer::layer(&axum::Extension(peer_cert), app);
     let app = tower::Layer::layer(&axum::Extension(crate::audit::PeerAddr(peer)), app);

@@ -55,6 +55,13 @@ struct Args {
         skip_serializing_if = "Option::is_none"
     )]
     service_account_issuer: Option<String>,
+    /// CN a front proxy's certificate (signed by the request-header CA) may have (repeatable).
+    #[arg(long = "requestheader-allowed-names")]
+    #[serde(
+        rename = "requestheader-allowed-names",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    requestheader_allowed_names: Vec<String>,
     /// Upstream EncryptionConfiguration file: the resources it lists are encrypted at rest.
     #[arg(long)]
     #[serde(
