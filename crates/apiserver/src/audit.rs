@@ -664,6 +664,14 @@ pub(crate) async fn middleware(
         });
         return Response::from_parts(parts, Body::from_stream(stream));
     }
+    if (200..300).contains(&code) && level < Level::RequestResponse {
+        // Nothing of the body goes into the event: pass the response on untouched.
+        ev.emit(
+            Stage::ResponseComplete,
+            Some(json!({ "metadata": {}, "code": code })),
+        );
+        return response;
+    }
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
