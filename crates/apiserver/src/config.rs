@@ -22,6 +22,9 @@ pub struct Config {
     pub tls_san: Vec<String>,
     /// `--token-auth-file`: static bearer tokens (CSV: `token,user,uid,"group1,group2"`).
     pub token_auth_file: Option<PathBuf>,
+    /// `--token`: the join token (either K3s form); default: `<data-dir>/server/token`,
+    /// created on first start.
+    pub token: Option<String>,
     /// `--service-account-issuer`.
     pub service_account_issuer: String,
     /// `--api-audiences` (default: the issuer).
@@ -57,6 +60,7 @@ impl Default for Config {
             node_name: None,
             tls_san: Vec::new(),
             token_auth_file: None,
+            token: None,
             service_account_issuer: crate::auth::DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
             requestheader_allowed_names: vec!["system:auth-proxy".into()],
@@ -80,6 +84,11 @@ impl Config {
     /// Where the serving certificate and its CA live: `<data-dir>/server/tls`.
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir().join("server").join("tls")
+    }
+
+    /// Where the server's own state lives: `<data-dir>/server` (the join token file).
+    pub fn server_dir(&self) -> PathBuf {
+        self.data_dir().join("server")
     }
 
     /// What the serving certificate must cover.

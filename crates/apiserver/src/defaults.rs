@@ -51,11 +51,18 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
     match (info.group, info.kind) {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::default_crd(obj),
         ("", "Pod") => {
+            // Upstream's ServiceAccount admission leaves mirror pods alone (they may not
+            // reference API objects: NodeRestriction).
+            let mirror = o
+                .get("metadata")
+                .and_then(|m| m.get("annotations"))
+                .and_then(|a| a.get("kubernetes.io/config.mirror"))
+                .is_some();
             if let Some(spec) = child(o, "spec") {
                 pod_spec(spec);
                 pod_requests_from_limits(spec);
                 if creating {
-                    pod_admission(spec);
+                    pod_admission(spec, !mirror);
                 }
             }
         }
@@ -323,15 +330,17 @@ pub(crate) fn pull_policy(image: &str) -> &'static str {
 }
 
 /// What the admission plugins every cluster runs add to a new pod.
-fn pod_admission(spec: &mut Map<String, Value>) {
+fn pod_admission(spec: &mut Map<String, Value>, service_account: bool) {
     // ServiceAccount: the namespace's default account.
-    default(spec, "serviceAccountName", json!("default"));
-    let sa = spec
-        .get("serviceAccountName")
-        .cloned()
-        .unwrap_or(Value::Null);
-    default(spec, "serviceAccount", sa);
-    service_account_token_volume(spec);
+    if service_account {
+        default(spec, "serviceAccountName", json!("default"));
+        let sa = spec
+            .get("serviceAccountName")
+            .cloned()
+            .unwrap_or(Value::Null);
+        default(spec, "serviceAccount", sa);
+        service_account_token_volume(spec);
+    }
     // Priority.
     default(spec, "priority", json!(0));
     default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));

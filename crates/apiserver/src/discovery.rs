@@ -18,6 +18,26 @@ const POD_CREATE_SUBRESOURCES: &[(&str, &str, &str)] = &[
     ("eviction", "policy", "Eviction"),
 ];
 
+/// The subresources served by proxying to a kubelet (`rest/proxy.rs`): (resource,
+/// subresource, kind, verbs), as upstream lists them.
+const KUBELET_SUBRESOURCES: &[(&str, &str, &str, &[&str])] = &[
+    ("pods", "attach", "PodAttachOptions", &["create", "get"]),
+    ("pods", "exec", "PodExecOptions", &["create", "get"]),
+    ("pods", "log", "Pod", &["get"]),
+    (
+        "pods",
+        "portforward",
+        "PodPortForwardOptions",
+        &["create", "get"],
+    ),
+    (
+        "nodes",
+        "proxy",
+        "NodeProxyOptions",
+        &["create", "delete", "get", "patch", "update"],
+    ),
+];
+
 /// The aggregated discovery version a client accepts (`v2` or `v2beta1`), if any.
 fn aggregated_version(headers: &HeaderMap) -> Option<&'static str> {
     let accept = headers
@@ -202,6 +222,19 @@ pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Res
                 "verbs": STATUS_VERBS,
             }));
         }
+        if r.group.is_empty() && matches!(r.kind, "Pod" | "Node") {
+            for (plural, sub, kind, verbs) in KUBELET_SUBRESOURCES {
+                if *plural == r.plural {
+                    resources.push(json!({
+                        "name": format!("{plural}/{sub}"),
+                        "singularName": "",
+                        "namespaced": r.namespaced,
+                        "kind": kind,
+                        "verbs": verbs,
+                    }));
+                }
+            }
+        }
         if r.group.is_empty() && r.kind == "Pod" {
             for (sub, group, kind) in POD_CREATE_SUBRESOURCES {
                 let mut e = json!({
@@ -288,6 +321,17 @@ fn aggregated_version_entry(g: &GroupVersion) -> Value {
                     "responseKind": { "group": "autoscaling", "version": "v1", "kind": "Scale" },
                     "verbs": SCALE_VERBS,
                 }));
+            }
+            if r.group.is_empty() {
+                for (plural, sub, kind, verbs) in KUBELET_SUBRESOURCES {
+                    if *plural == r.plural {
+                        subs.push(json!({
+                            "subresource": sub,
+                            "responseKind": { "group": "", "version": "v1", "kind": kind },
+                            "verbs": verbs,
+                        }));
+                    }
+                }
             }
             if r.group.is_empty() && r.kind == "Pod" {
                 for (sub, group, kind) in POD_CREATE_SUBRESOURCES {

@@ -1,7 +1,11 @@
 //! K3s join tokens: `K10<sha256 of the CA bundle, hex>::<username>:<password>` (full form) or
 //! just `<password>` / `<username>:<password>` (short form, which pins no CA). A joining node
 //! checks the CA it downloads against the hash before trusting anything from the server.
-//! (Only the format and the check live here: issuing node credentials over it is not built.)
+//!
+//! The server keeps its token in `<data-dir>/server/token` (full form, mode 0600; K3s'
+//! `server/node-token` is a symlink to it), created on first start ([`load_or_create`]); the
+//! join endpoints (`crate::join`) accept its password as `node:<password>` or
+//! `server:<password>` basic credentials.
 
 use sha2::Digest as _;
 
@@ -29,12 +33,70 @@ impl std::fmt::Debug for JoinToken {
 }
 
 /// Why a token is unusable.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum JoinTokenError {
     #[error("invalid token format: {0}")]
     Format(&'static str),
     #[error("token CA hash does not match the cluster CA certificate hash: {expected} != {actual}")]
     CaHash { expected: String, actual: String },
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The server's join token: `configured` (`--token`, either form) if given, else the one in
+/// `<server_dir>/token`, else a new random one. A configured or stored token that pins another
+/// CA is an error. The result is (re)written to `<server_dir>/token` in the full form (mode
+/// 0600), with `<server_dir>/node-token` a symlink to it, as K3s lays them out.
+pub fn load_or_create(
+    server_dir: &std::path::Path,
+    ca_pem: &str,
+    configured: Option<&str>,
+) -> Result<JoinToken, JoinTokenError> {
+    let path = server_dir.join("token");
+    let file_err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| JoinTokenError::File { path, source }
+    };
+    let given = match configured.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => Some(JoinToken::parse(t)?),
+        None => match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Some(JoinToken::parse(&text)?),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(file_err(&path)(e)),
+        },
+    };
+    let token = match given {
+        Some(t) => {
+            t.verify_ca(ca_pem)?;
+            JoinToken {
+                ca_hash: Some(ca_hash(ca_pem)),
+                username: DEFAULT_USER.into(),
+                password: t.password,
+            }
+        }
+        None => JoinToken::generate(ca_pem, DEFAULT_USER),
+    };
+    std::fs::create_dir_all(server_dir).map_err(file_err(server_dir))?;
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(&format!("{token}\n")) {
+        crate::pki::write_file(&path, &format!("{token}\n"), 0o600).map_err(|e| match e {
+            crate::Error::File { path, source } => JoinTokenError::File { path, source },
+            other => JoinTokenError::File {
+                path: path.clone(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })?;
+    }
+    let link = server_dir.join("node-token");
+    if std::fs::read_link(&link).ok().as_deref() != Some(std::path::Path::new("token")) {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("token", &link).map_err(file_err(&link))?;
+    }
+    Ok(token)
 }
 
 /// Hex SHA-256 of a CA bundle, as K3s pins it.
@@ -85,6 +147,15 @@ impl JoinToken {
             username: username.to_string(),
             password: secret.iter().map(|b| format!("{b:02x}")).collect(),
         }
+    }
+
+    /// Whether `username:password` are credentials this token accepts: the password, as the
+    /// `node` (agents) or `server` (servers) user. Compared in constant time.
+    pub fn accepts(&self, username: &str, password: &str) -> bool {
+        let (a, b) = (self.password.as_bytes(), password.as_bytes());
+        let same =
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        same && matches!(username, "node" | "server")
     }
 
     /// `Ok` when the token pins no CA or pins exactly `ca_pem`.
@@ -145,5 +216,35 @@ mod tests {
         assert!(JoinToken::parse(&format!("K10{}server:x", "a".repeat(64))).is_err());
         assert!(JoinToken::parse("").is_err());
         assert!(JoinToken::parse(&format!("K10{}::server:", "a".repeat(64))).is_err());
+        assert!(t.accepts("node", &t.password) && t.accepts("server", &t.password));
+        assert!(!t.accepts("node", "nope") && !t.accepts("admin", &t.password));
+    }
+
+    #[test]
+    fn token_file_is_created_kept_and_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n";
+        let first = load_or_create(dir.path(), ca, None).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("token")).unwrap();
+        assert_eq!(text.trim(), first.to_string());
+        assert!(text.starts_with(&format!("K10{}::server:", ca_hash(ca))));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let via_link = std::fs::read_to_string(dir.path().join("node-token")).unwrap();
+        assert_eq!(via_link, text);
+        // Restarts keep it.
+        assert_eq!(load_or_create(dir.path(), ca, None).unwrap(), first);
+        // --token (short form) wins and is written in the full form.
+        let given = load_or_create(dir.path(), ca, Some("s3cret")).unwrap();
+        assert_eq!(given.password, "s3cret");
+        assert_eq!(given.ca_hash.as_deref(), Some(ca_hash(ca).as_str()));
+        // A token pinning another CA is refused.
+        let other = JoinToken::generate("another CA", "server").to_string();
+        let err = load_or_create(dir.path(), ca, Some(&other)).unwrap_err();
+        assert!(matches!(err, JoinTokenError::CaHash { .. }), "{err}");
     }
 }

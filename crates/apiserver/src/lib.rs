@@ -2,7 +2,9 @@
 //!
 //! Every request is authenticated (client certificates of the client CA, bearer tokens,
 //! service-account tokens; anonymous only for the health endpoints and `/version`) and
-//! authorized by RBAC (`auth`). The PKI lives in `<data-dir>/server/tls/` (`pki`).
+//! authorized by RBAC (`auth`), and kubelets' writes pass NodeRestriction. The PKI lives in
+//! `<data-dir>/server/tls/` (`pki`), the join token in `<data-dir>/server/token`; K3s' join
+//! endpoints (`/cacerts`, `/v1-k3s/...`, `join`) issue kubelet certificates to agents.
 //!
 //! - [`Config`] and [`run`]: the component entry point (K3s flag names; runs until shutdown).
 //! - [`Apiserver::start`]: an apiserver on a [`rk3s_datastore::Store`] in this process, on any
@@ -25,8 +27,10 @@ mod discovery;
 pub mod encryption;
 mod error;
 mod health;
+mod join;
 mod join_token;
 mod metrics;
+mod node_restriction;
 mod openapi;
 mod patch_meta;
 mod pki;
@@ -50,8 +54,13 @@ pub use config::Config;
 pub use encryption::{EncryptionConfiguration, Transformer};
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
-pub use join_token::{JoinToken, JoinTokenError, ca_hash};
-pub use pki::{CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig};
+pub use join_token::{
+    JoinToken, JoinTokenError, ca_hash, load_or_create as load_or_create_join_token,
+};
+pub use pki::{
+    CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig,
+    new_key_and_csr,
+};
 pub use server::{Apiserver, RunningApiserver};
 pub use services::ServiceCidr;
 pub use storage::{Reencrypted, reencrypt};
@@ -67,11 +76,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = rk3s_datastore::connect(&config.datastore).await?;
     let service_cidr: ServiceCidr = config.service_cidr.parse().map_err(Error::InvalidConfig)?;
     let pki = Pki::load_or_create(&config.tls_dir(), &config.pki_options(&service_cidr))?;
+    let token = load_or_create_join_token(
+        &config.server_dir(),
+        &pki.server_ca.cert_pem,
+        config.token.as_deref(),
+    )
+    .map_err(|e| Error::InvalidConfig(format!("token: {e}")))?;
     let encryption = config.encryption()?;
     let audit = audit::Audit::from_config(&config.audit_config())
         .map_err(|e| Error::InvalidConfig(e.to_string()))?;
     let running = Apiserver::new(store.clone())
         .pki(pki)
+        .join_token(token)
         .encryption(encryption)
         .audit(audit)
         .auth(config.auth_config()?)

@@ -12,9 +12,11 @@
 //! kubectl reads it to learn that the server validates fields itself (`fieldValidation`) and
 //! for `kubectl explain`.
 //!
-//! `/openapi/v2` is the same in one Swagger 2.0 JSON document (`#/definitions/` references).
-//! client-go asks for it as protobuf, which is not served (406), so kubectl falls back to its
-//! compiled-in types where it would use v2.
+//! `/openapi/v2` is the same in one Swagger 2.0 document (`#/definitions/` references), as
+//! JSON or as the gnostic protobuf client-go asks for ([`gnostic`]; kubectl validates `List`
+//! documents with it).
+
+mod gnostic;
 
 use std::sync::LazyLock;
 
@@ -330,31 +332,54 @@ fn document(g: &GroupVersion) -> Value {
 static V2: LazyLock<Vec<u8>> =
     LazyLock::new(|| serde_json::to_vec(&document_v2()).unwrap_or_default());
 
-/// `/openapi/v2`: Swagger 2.0 JSON. client-go asks for protobuf
-/// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`) and gets 406 when it does
-/// not accept JSON too.
+/// `/openapi/v2` as gnostic protobuf, built once.
+static V2_PROTOBUF: LazyLock<Vec<u8>> = LazyLock::new(|| gnostic::encode_document(&document_v2()));
+
+/// The protobuf media type of `/openapi/v2`, as upstream answers it (Go's `mime` package cannot
+/// parse the `@v1.0` form client-go still asks for, [`V2_PROTOBUF_TYPE_DEPRECATED`]).
+const V2_PROTOBUF_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+const V2_PROTOBUF_TYPE_DEPRECATED: &str =
+    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
+/// `/openapi/v2`: Swagger 2.0 as JSON, or as gnostic protobuf for clients that ask for it
+/// first (client-go does); 406 when neither is acceptable.
 pub(crate) async fn v2(headers: axum::http::HeaderMap) -> Response {
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let json_ok = accept.is_empty()
-        || accept.split(',').any(|t| {
-            let t = t.split(';').next().unwrap_or("").trim();
-            matches!(t, "application/json" | "application/*" | "*/*")
-        });
-    if !json_ok {
-        return ApiError::new(
-            406,
-            "NotAcceptable",
-            "only the following media types are accepted: application/json",
-        )
-        .into_response();
+    let mut chosen = accept.trim().is_empty().then_some("application/json");
+    for t in accept.split(',') {
+        if chosen.is_some() {
+            break;
+        }
+        chosen = match t.split(';').next().unwrap_or("").trim() {
+            "application/json" | "application/*" | "*/*" => Some("application/json"),
+            V2_PROTOBUF_TYPE | V2_PROTOBUF_TYPE_DEPRECATED => Some(V2_PROTOBUF_TYPE),
+            _ => None,
+        };
     }
+    let body = match chosen {
+        Some("application/json") => V2.clone(),
+        Some(_) => V2_PROTOBUF.clone(),
+        None => {
+            return ApiError::new(
+                406,
+                "NotAcceptable",
+                format!(
+                    "only the following media types are accepted: application/json, {V2_PROTOBUF_TYPE}"
+                ),
+            )
+            .into_response();
+        }
+    };
     (
         StatusCode::OK,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        V2.clone(),
+        [(
+            axum::http::header::CONTENT_TYPE,
+            chosen.unwrap_or("application/json"),
+        )],
+        body,
     )
         .into_response()
 }

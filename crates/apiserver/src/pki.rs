@@ -136,6 +136,10 @@ pub struct Pki {
     pub scheduler: CertKey,
     /// `system:kube-proxy`.
     pub kube_proxy: CertKey,
+    /// The apiserver's own client certificate towards kubelets (`system:apiserver` in
+    /// `system:masters`, as K3s' `client-kube-apiserver`): logs, exec, attach, port-forward and
+    /// node proxying are requests the apiserver makes to a kubelet's :10250.
+    pub kubelet_client: CertKey,
     /// The service-account token signing key (ECDSA P-256, PKCS#8 PEM).
     pub service_account_key_pem: String,
 }
@@ -204,6 +208,11 @@ impl Pki {
         let controller = client("client-controller", "system:kube-controller-manager", &[])?;
         let scheduler = client("client-scheduler", "system:kube-scheduler", &[])?;
         let kube_proxy = client("client-kube-proxy", "system:kube-proxy", &[])?;
+        let kubelet_client = client(
+            "client-kube-apiserver",
+            "system:apiserver",
+            &[SYSTEM_MASTERS],
+        )?;
         let service_account_key_pem = match dir.map(|d| d.join("service.key")) {
             Some(path) if path.exists() => {
                 let pem = read(&path)?;
@@ -229,6 +238,7 @@ impl Pki {
             controller,
             scheduler,
             kube_proxy,
+            kubelet_client,
             service_account_key_pem,
         })
     }
@@ -285,6 +295,55 @@ impl Pki {
         self.issue_client_cert(&format!("system:node:{node}"), &[SYSTEM_NODES])
     }
 
+    /// A joining kubelet's client certificate (`system:node:<node>` in `system:nodes`, client
+    /// CA), for the key of `csr` (DER) when given (then `key_pem` is empty), else with a new key.
+    pub fn kubelet_client_cert(&self, node: &str, csr: Option<&[u8]>) -> Result<CertKey> {
+        let cn = format!("system:node:{node}");
+        let spec = LeafSpec {
+            file: "",
+            common_name: &cn,
+            organizations: &[SYSTEM_NODES],
+            server_sans: None,
+        };
+        match csr {
+            Some(der) => issue_for_csr(&self.client_ca, &spec, der),
+            None => issue(&self.client_ca, &spec),
+        }
+    }
+
+    /// A kubelet's serving certificate (CN = the node name, server CA), valid for the node
+    /// name, `localhost`, 127.0.0.1 and `ips`; for the key of `csr` when given, as
+    /// [`Pki::kubelet_client_cert`].
+    pub fn kubelet_serving_cert(
+        &self,
+        node: &str,
+        ips: &[IpAddr],
+        csr: Option<&[u8]>,
+    ) -> Result<CertKey> {
+        let mut sans = Vec::new();
+        for name in [node, "localhost"] {
+            let name = name
+                .try_into()
+                .map_err(|e| Error::Tls(format!("SAN {name:?}: {e}")))?;
+            sans.push(SanType::DnsName(name));
+        }
+        for ip in std::iter::once(IpAddr::V4(Ipv4Addr::LOCALHOST)).chain(ips.iter().copied()) {
+            if !sans.contains(&SanType::IpAddress(ip)) {
+                sans.push(SanType::IpAddress(ip));
+            }
+        }
+        let spec = LeafSpec {
+            file: "",
+            common_name: node,
+            organizations: &[],
+            server_sans: Some(sans),
+        };
+        match csr {
+            Some(der) => issue_for_csr(&self.server_ca, &spec, der),
+            None => issue(&self.server_ca, &spec),
+        }
+    }
+
     /// The rustls server configuration: the serving chain; client certificates signed by the
     /// client CA are verified when offered (clients without one are let through, to be
     /// authenticated otherwise); HTTP/2 and HTTP/1.1 by ALPN.
@@ -320,6 +379,29 @@ impl Pki {
             .with_single_cert(certs, key)
             .map_err(|e| Error::Tls(format!("serving certificate: {e}")))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The TLS configuration of the apiserver's connections to kubelets: the kubelet's serving
+    /// certificate must chain to the server CA (kubelets get theirs from this PKI when they
+    /// join), and the apiserver presents [`Pki::kubelet_client`].
+    pub fn kubelet_client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certs(&self.server_ca.cert_pem, "server CA")? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("server CA: {e}")))?;
+        }
+        let certs = pem_certs(&self.kubelet_client.cert_pem, "kubelet client certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(self.kubelet_client.key_pem.as_bytes())
+            .map_err(|e| Error::Tls(format!("kubelet client key: {e}")))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| Error::Tls(format!("kubelet client certificate: {e}")))?;
         Ok(Arc::new(config))
     }
 
@@ -530,10 +612,48 @@ fn cert_sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<SanTyp
         .collect()
 }
 
-/// Issues a leaf signed by `ca`; the certificate PEM is followed by the CA's.
+/// Issues a leaf signed by `ca` with a new key; the certificate PEM is followed by the CA's.
 fn issue(ca: &CertKey, spec: &LeafSpec<'_>) -> Result<CertKey> {
     let issuer = issuer_of(ca)?;
     let key = KeyPair::generate().map_err(pki_err("key"))?;
+    let cert = leaf_params(spec)
+        .signed_by(&key, &issuer)
+        .map_err(pki_err(spec.common_name))?;
+    Ok(CertKey {
+        cert_pem: format!("{}{}", cert.pem(), ca.cert_pem),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a leaf signed by `ca` for the public key of a PKCS#10 request (DER), whose subject
+/// and extensions are ignored: `spec` decides them. The key stays with the requester, so the
+/// result's `key_pem` is empty.
+fn issue_for_csr(ca: &CertKey, spec: &LeafSpec<'_>, csr_der: &[u8]) -> Result<CertKey> {
+    let issuer = issuer_of(ca)?;
+    let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+    let mut csr = rcgen::CertificateSigningRequestParams::from_der(&der)
+        .map_err(pki_err("certificate signing request"))?;
+    csr.params = leaf_params(spec);
+    let cert = csr.signed_by(&issuer).map_err(pki_err(spec.common_name))?;
+    Ok(CertKey {
+        cert_pem: format!("{}{}", cert.pem(), ca.cert_pem),
+        key_pem: String::new(),
+    })
+}
+
+/// A new private key (PEM) and a certificate signing request for it (DER), for a client that
+/// asks a server to sign its certificate without sending its key (the joining agent).
+pub fn new_key_and_csr(common_name: &str) -> Result<(String, Vec<u8>)> {
+    let key = KeyPair::generate().map_err(pki_err("key"))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(common_name, &[]);
+    let csr = params
+        .serialize_request(&key)
+        .map_err(pki_err("certificate signing request"))?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
+fn leaf_params(spec: &LeafSpec<'_>) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(spec.common_name, spec.organizations);
     params.key_usages = vec![
@@ -551,13 +671,7 @@ fn issue(ca: &CertKey, spec: &LeafSpec<'_>) -> Result<CertKey> {
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + LEAF_VALIDITY;
     params.serial_number = Some(random_serial());
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(pki_err(spec.common_name))?;
-    Ok(CertKey {
-        cert_pem: format!("{}{}", cert.pem(), ca.cert_pem),
-        key_pem: key.serialize_pem(),
-    })
+    params
 }
 
 /// Whether a certificate names `subject` (DER) as its issuer.
@@ -660,6 +774,13 @@ mod tests {
         assert_eq!(id(&pki.controller).0, "system:kube-controller-manager");
         assert_eq!(id(&pki.scheduler).0, "system:kube-scheduler");
         assert_eq!(id(&pki.kube_proxy).0, "system:kube-proxy");
+        assert_eq!(
+            id(&pki.kubelet_client),
+            (
+                "system:apiserver".into(),
+                vec!["system:masters".to_string()]
+            )
+        );
         let kubelet = pki.issue_kubelet_client_cert("n1").unwrap();
         assert_eq!(
             id(&kubelet),
@@ -668,6 +789,51 @@ mod tests {
         // Signed by the client CA, not the server CA.
         assert!(leaf_still_good(&kubelet, &pki.client_ca, None).is_ok());
         assert!(leaf_still_good(&kubelet, &pki.server_ca, None).is_err());
+    }
+
+    #[test]
+    fn kubelet_certs_for_a_csr_keep_the_key_with_the_requester() {
+        let pki = Pki::generate(&PkiOptions::default()).unwrap();
+        let (key_pem, csr) = new_key_and_csr("anything").unwrap();
+        let client = pki.kubelet_client_cert("n1", Some(&csr)).unwrap();
+        assert!(client.key_pem.is_empty());
+        assert_eq!(
+            cert_identity(&parse(&client.cert_pem)).unwrap(),
+            ("system:node:n1".into(), vec!["system:nodes".to_string()])
+        );
+        let with_key = CertKey {
+            cert_pem: client.cert_pem.clone(),
+            key_pem: key_pem.clone(),
+        };
+        assert!(leaf_still_good(&with_key, &pki.client_ca, None).is_ok());
+        // The certificate carries the requester's public key.
+        let der = parse(&client.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let key = KeyPair::from_pem(&key_pem).unwrap();
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let serving = pki.kubelet_serving_cert("n1", &[ip], Some(&csr)).unwrap();
+        let der = parse(&serving.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let sans = cert_sans(&cert);
+        for want in [
+            SanType::DnsName("n1".try_into().unwrap()),
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress(ip),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ] {
+            assert!(sans.contains(&want), "{want:?} missing from {sans:?}");
+        }
+        let serving = CertKey {
+            cert_pem: serving.cert_pem,
+            key_pem,
+        };
+        assert!(leaf_still_good(&serving, &pki.server_ca, None).is_ok());
+        assert!(pki.kubelet_client_cert("n1", Some(b"not a csr")).is_err());
     }
 
     #[test]
@@ -683,6 +849,7 @@ mod tests {
             "client-controller.key",
             "client-scheduler.key",
             "client-kube-proxy.key",
+            "client-kube-apiserver.key",
             "service.key",
         ] {
             let mode = std::fs::metadata(dir.path().join(key))

@@ -533,3 +533,167 @@ mod tests {
         assert_eq!(escaped.terms[0].value, "a,b");
     }
 }
+
+/// Property tests: the parser against an independent reading of selector objects, and
+/// against arbitrary input.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest};
+    use proptest::strategy::{Just, Strategy};
+    use serde_json::{Value, json};
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("app".to_string()),
+            Just("tier".to_string()),
+            Just("example.com/team".to_string()),
+            Just("k8s.io_v-1".to_string()),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("web".to_string()),
+            Just("db".to_string()),
+            Just("v1.2_x-y".to_string()),
+        ]
+    }
+
+    fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+        prop::collection::btree_map(key(), value(), 0..4)
+    }
+
+    /// A `metav1.LabelSelector` object.
+    fn selector_object() -> impl Strategy<Value = Value> {
+        let expression = (
+            key(),
+            prop_oneof![
+                Just("In"),
+                Just("NotIn"),
+                Just("Exists"),
+                Just("DoesNotExist")
+            ],
+            prop::collection::vec(value().prop_filter("non-empty", |v| !v.is_empty()), 1..3),
+        )
+            .prop_map(|(key, op, values)| match op {
+                "In" | "NotIn" => json!({"key": key, "operator": op, "values": values}),
+                _ => json!({"key": key, "operator": op}),
+            });
+        (
+            prop::collection::btree_map(key(), value(), 0..3),
+            prop::collection::vec(expression, 0..3),
+        )
+            .prop_map(|(match_labels, exprs)| {
+                json!({"matchLabels": match_labels, "matchExpressions": exprs})
+            })
+    }
+
+    /// What the selector object means, read directly (upstream's `LabelSelectorAsSelector`).
+    fn oracle(sel: &Value, labels: &BTreeMap<String, String>) -> bool {
+        let by_labels = sel["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+        let by_exprs = sel["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| {
+                let key = e["key"].as_str().unwrap_or_default();
+                let values: Vec<&str> = e["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let have = labels.get(key).map(String::as_str);
+                match e["operator"].as_str().unwrap_or_default() {
+                    "In" => have.is_some_and(|v| values.contains(&v)),
+                    "NotIn" => have.is_none_or(|v| !values.contains(&v)),
+                    "Exists" => have.is_some(),
+                    _ => have.is_none(),
+                }
+            });
+        by_labels && by_exprs
+    }
+
+    /// One requirement written in one of the equivalent spellings the grammar allows.
+    fn spelled(r: &Requirement, style: u8) -> String {
+        let sp = if style & 1 == 1 { " " } else { "" };
+        match &r.op {
+            LabelOp::In(v) if v.len() == 1 && style & 2 == 2 => {
+                let eq = if style & 4 == 4 { "==" } else { "=" };
+                format!("{}{sp}{eq}{sp}{}", r.key, v[0])
+            }
+            LabelOp::NotIn(v) if v.len() == 1 && style & 2 == 2 => {
+                format!("{}{sp}!={sp}{}", r.key, v[0])
+            }
+            LabelOp::In(v) => format!("{} in{sp}({})", r.key, v.join(&format!(",{sp}"))),
+            LabelOp::NotIn(v) => format!("{} notin ({sp}{}{sp})", r.key, v.join(",")),
+            LabelOp::Exists => r.key.clone(),
+            LabelOp::DoesNotExist => format!("!{sp}{}", r.key),
+            LabelOp::Gt(n) => format!("{}{sp}>{sp}{n}", r.key),
+            LabelOp::Lt(n) => format!("{}{sp}<{sp}{n}", r.key),
+        }
+    }
+
+    fn requirement() -> impl Strategy<Value = Requirement> {
+        let op = prop_oneof![
+            prop::collection::vec(value(), 1..3).prop_map(LabelOp::In),
+            prop::collection::vec(value(), 1..3).prop_map(LabelOp::NotIn),
+            Just(LabelOp::Exists),
+            Just(LabelOp::DoesNotExist),
+            (0i64..100).prop_map(LabelOp::Gt),
+            (0i64..100).prop_map(LabelOp::Lt),
+        ];
+        (key(), op).prop_map(|(key, op)| Requirement { key, op })
+    }
+
+    proptest! {
+        #[test]
+        fn selector_objects_select_what_they_say(
+            sel in selector_object(),
+            labels in labels(),
+        ) {
+            let text = selector_text(Some(&sel));
+            let parsed = LabelSelector::parse(&text);
+            prop_assert!(parsed.is_ok(), "{text:?}: {parsed:?}");
+            let parsed = parsed.unwrap_or_default();
+            prop_assert_eq!(parsed.matches(&labels), oracle(&sel, &labels), "{}", text);
+        }
+
+        #[test]
+        fn every_spelling_parses_to_the_same_requirements(
+            reqs in prop::collection::vec(requirement(), 1..4),
+            styles in prop::collection::vec(any::<u8>(), 4),
+            comma_space in any::<bool>(),
+        ) {
+            let sep = if comma_space { ", " } else { "," };
+            let text = reqs
+                .iter()
+                .zip(styles.iter().cycle())
+                .map(|(r, s)| spelled(r, *s))
+                .collect::<Vec<_>>()
+                .join(sep);
+            prop_assert_eq!(LabelSelector::parse(&text), Ok(LabelSelector { requirements: reqs }), "{}", text);
+        }
+
+        #[test]
+        fn not_equal_is_the_negation_of_equal(k in key(), v in value(), labels in labels()) {
+            let eq = LabelSelector::parse(&format!("{k}={v}")).unwrap_or_default();
+            let ne = LabelSelector::parse(&format!("{k}!={v}")).unwrap_or_default();
+            prop_assert_eq!(eq.matches(&labels), !ne.matches(&labels));
+        }
+
+        #[test]
+        fn any_input_is_an_answer_not_a_panic(s in "[ a-z0-9=!<>(),./_-]{0,24}", t in "\\PC{0,16}") {
+            let _ = LabelSelector::parse(&s);
+            let _ = LabelSelector::parse(&t);
+            let _ = FieldSelector::parse(&s, &["spec.nodeName"]);
+            let _ = FieldSelector::parse(&t, &["spec.nodeName"]);
+        }
+    }
+}

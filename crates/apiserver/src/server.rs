@@ -50,6 +50,11 @@ pub(crate) struct AppState {
     pub(crate) audit: Option<Arc<crate::audit::Audit>>,
     /// Serves every watch (one datastore watch per watched storage prefix).
     pub(crate) watch_cache: Arc<crate::watch_cache::WatchCaches>,
+    /// TLS towards kubelets (logs, exec, attach, port-forward, node proxy): see
+    /// [`Pki::kubelet_client_config`].
+    pub(crate) kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The join endpoints' PKI and token (`crate::join`).
+    pub(crate) join: Arc<crate::join::JoinState>,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -91,6 +96,8 @@ fn router(state: AppState) -> Router {
             state.clone(),
             crate::audit::middleware,
         ))
+        // K3s' join endpoints authenticate on their own (join token, node password).
+        .merge(crate::join::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
             tower_http::compression::CompressionLayer::new()
@@ -136,6 +143,7 @@ pub struct Apiserver {
     pki: Option<Pki>,
     service_cidr: ServiceCidr,
     auth: AuthConfig,
+    join_token: Option<crate::JoinToken>,
     encryption: Arc<crate::encryption::Transformer>,
     audit: Option<Arc<crate::audit::Audit>>,
 }
@@ -164,6 +172,7 @@ impl Apiserver {
             pki: None,
             service_cidr: ServiceCidr::default(),
             auth: AuthConfig::default(),
+            join_token: None,
             encryption: Arc::default(),
             audit: None,
         }
@@ -179,6 +188,14 @@ impl Apiserver {
     /// see [`crate::EncryptionConfiguration`]).
     pub fn encryption(mut self, transformer: crate::Transformer) -> Self {
         self.encryption = Arc::new(transformer);
+        self
+    }
+
+    /// Accept this join token on K3s' join endpoints (`/v1-k3s/...`: kubelet certificates for
+    /// joining agents). Without one, only nodes that already hold a kubelet certificate can use
+    /// them. See [`crate::load_or_create_join_token`].
+    pub fn join_token(mut self, token: crate::JoinToken) -> Self {
+        self.join_token = Some(token);
         self
     }
 
@@ -214,6 +231,7 @@ impl Apiserver {
         let acceptor = TlsAcceptor::from(pki.server_config()?);
         let proxy_issuer = Arc::new(pki.request_header_subject());
         let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
+        let kubelet_tls = pki.kubelet_client_config()?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {
@@ -239,6 +257,8 @@ impl Apiserver {
             auth,
             audit: self.audit,
             watch_cache,
+            kubelet_tls,
+            join: crate::join::state(pki.clone(), self.join_token),
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;

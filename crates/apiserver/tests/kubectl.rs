@@ -449,3 +449,34 @@ async fn explain_reads_the_openapi_schemas() {
     assert!(field.contains("GROUP:      apps"), "{field}");
     assert!(field.contains("FIELD: type <string>"), "{field}");
 }
+
+/// `kubectl create -f` of a `List` (what `kubectl get -o yaml` prints) validates each item
+/// with the server's OpenAPI v2 document, which kubectl reads as gnostic protobuf.
+#[tokio::test]
+async fn a_list_file_is_validated_with_openapi_v2_protobuf() {
+    let t = TestServer::start().await;
+    let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "one"}, "data": {"a": "1"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "two"}, "stringData": {"b": "2"}}
+    ]}"#;
+    let out = t.kubectl_stdin(&["create", "-f", "-"], list).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configmap/one created\nsecret/two created\n"
+    );
+    // An unknown field in an item is found by kubectl's client-side (v2) validation.
+    let bad = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "three"}, "dta": {"a": "1"}}
+    ]}"#;
+    let out = t.kubectl_stdin(&["create", "-f", "-"], bad).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"dta\""), "{err}");
+    let out = t.kubectl(&["get", "configmap", "three"]).await;
+    assert!(!out.status.success(), "nothing was created");
+}

@@ -13,6 +13,8 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoints",
     "endpointslice",
     "serviceaccount",
+    "statefulset",
+    "daemonset",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's

@@ -19,12 +19,15 @@ use kube::Client;
 use tokio::sync::watch;
 
 mod config;
+mod daemonset;
 mod deployment;
 mod endpoints;
 mod gc;
+mod history;
 mod leader;
 mod replicaset;
 mod serviceaccount;
+mod statefulset;
 mod util;
 
 pub use config::{CONTROLLERS, Config, ConfigError};
@@ -158,6 +161,18 @@ fn start_controllers(
         tasks.push((
             "endpointslice",
             Box::pin(endpoints::run_slices(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("statefulset") {
+        tasks.push((
+            "statefulset",
+            Box::pin(statefulset::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("daemonset") {
+        tasks.push((
+            "daemonset",
+            Box::pin(daemonset::run(shared.clone(), stop.clone())),
         ));
     }
     if config.enabled("serviceaccount") {

@@ -114,12 +114,14 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_san: Vec<String>,
 
-    /// Shared secret for joining servers and agents (accepted; joining arrives with issue #4)
+    /// Join token agents present: K10<ca hash>::server:<secret> or <secret> [default:
+    /// <data-dir>/server/token, created on first start]
     #[arg(short = 't', long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 
-    /// Server to join (K3S_URL; joining arrives with issue #4, so this is refused for now)
+    /// Server to join as another server (K3S_URL; HA is not built, so this is refused: nodes
+    /// join with `rk3s agent`)
     #[arg(short = 's', long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
@@ -409,8 +411,9 @@ impl ServerConfig {
             return Err(invalid(
                 "server",
                 format!(
-                    "joining an existing cluster ({server}) arrives with issue #4; \
-                     unset --server / K3S_URL to start a new cluster"
+                    "joining {server} as another server (HA) is not built; join nodes \
+                     with `rk3s agent --server ... --token ...`, or unset --server / K3S_URL \
+                     to start a new cluster"
                 ),
             ));
         }

@@ -6,10 +6,13 @@
 //!   the admin kubeconfig when the API is ready. Settings: [`config`].
 //! - `rk3s kubectl ...` ([`kubectl`]): the system kubectl with the admin kubeconfig.
 //! - `rk3s datastore`: the etcd v3 endpoint alone, as `rk3s-datastore`.
+//! - `rk3s agent` ([`agent`]): joins a server with its token and fetches the kubelet's
+//!   credentials (the node half that would use them is not built yet).
 //!
 //! The scheduler and controller (issue #5) and the node half (kubelet, containerd,
-//! networking), `rk3s agent` and joining (issue #4) are not built yet.
+//! networking) of both commands are not built yet.
 
+pub mod agent;
 pub mod config;
 pub mod kubeconfig;
 pub mod kubectl;
@@ -30,7 +33,8 @@ pub use rk3s_datastore::server::Args as DatastoreArgs;
     name = "rk3s",
     version,
     about = "rk3s: a lightweight Kubernetes distribution",
-    after_help = "`rk3s agent` and the node half of `rk3s server` arrive with later issues."
+    after_help = "The node half of `rk3s server` and `rk3s agent` (kubelet, containerd, networking) \
+arrives with later issues."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -43,6 +47,9 @@ pub enum Command {
     /// Run the control plane: datastore and Kubernetes API (scheduler, controller and the node
     /// half are not built yet)
     Server(ServerArgs),
+    /// Join a server as a node: verify its CA against the token, obtain the kubelet
+    /// certificates (the kubelet itself is not built yet)
+    Agent(agent::AgentArgs),
     /// Run the system kubectl with the admin kubeconfig
     Kubectl(kubectl::KubectlArgs),
     /// Serve the etcd v3 API over a SQLite, Postgres, MySQL or etcd datastore
@@ -61,6 +68,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server::run_server(config, shutdown)
                 .await
                 .context("rk3s server")
+        }
+        Command::Agent(args) => {
+            let config = agent::load_agent_config(&args).context("rk3s agent")?;
+            let shutdown = shutdown_signal().context("installing the signal handlers")?;
+            agent::run_agent(config, shutdown)
+                .await
+                .context("rk3s agent")
         }
         Command::Kubectl(args) => kubectl::exec(args).context("rk3s kubectl"),
         Command::Datastore(args) => run_datastore(args).await,

@@ -47,6 +47,9 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::WriteError),
+    /// The join token (`--token`, `<data-dir>/server/token`) is unusable.
+    #[error("token: {0}")]
+    Token(#[from] rk3s_apiserver::JoinTokenError),
     /// `--secrets-encryption`: the configuration cannot be read or created.
     #[error("secrets encryption: {0}")]
     Encryption(String),
@@ -106,9 +109,6 @@ fn announce_missing_parts(config: &ServerConfig) {
         "the scheduler and controller-manager are not built yet (issue #5): pods stay pending \
          and no controllers run"
     );
-    if config.token.is_some() {
-        tracing::info!("--token accepted; joining servers and agents arrives with issue #4");
-    }
 }
 
 async fn run_with_store(
@@ -141,6 +141,12 @@ async fn run_with_store(
         .map_err(ServerError::Tls)?;
     let encryption = encryption(config)?;
     let ca_pem = pki.server_ca.cert_pem.clone();
+    // The join token agents present (`<data-dir>/server/token`, created on first start).
+    let token = rk3s_apiserver::load_or_create_join_token(
+        &config.data_dir.join("server"),
+        &ca_pem,
+        config.token.as_deref(),
+    )?;
     let admin_kubeconfig = pki.admin_kubeconfig(&config.api_url());
 
     let mut components = Vec::new();
@@ -150,6 +156,7 @@ async fn run_with_store(
     components.push(apiserver(
         store,
         pki,
+        token,
         encryption,
         cidr,
         config.listen_addr(),
@@ -238,6 +245,7 @@ async fn wait_ready(config: &ServerConfig, ca_pem: &str) -> Result<(), ServerErr
 fn apiserver(
     store: Store,
     pki: Pki,
+    token: rk3s_apiserver::JoinToken,
     encryption: rk3s_apiserver::Transformer,
     cidr: ServiceCidr,
     listen: SocketAddr,
@@ -247,6 +255,7 @@ fn apiserver(
         let ca_pem = pki.server_ca.cert_pem.clone();
         let server = Apiserver::new(store.clone())
             .pki(pki.clone())
+            .join_token(token.clone())
             .encryption(encryption.clone())
             .service_cidr(cidr);
         async move {

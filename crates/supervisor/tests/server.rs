@@ -499,11 +499,11 @@ fn datastore_listen_serves_etcdctl_over_the_same_store() {
     );
     let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
     assert_eq!(count("--disable-agent"), 1, "{}", log.join("\n"));
-    assert_eq!(
-        count("--token accepted"),
-        1,
-        "K3S_TOKEN: {}",
-        log.join("\n")
+    // K3S_TOKEN is the join token: written in the full form to server/token.
+    let token = std::fs::read_to_string(setup.data_dir().join("server/token")).expect("token");
+    assert!(
+        token.starts_with("K10") && token.trim_end().ends_with("::server:k3s-style-token"),
+        "K3S_TOKEN: {token}"
     );
     assert!(
         !log.iter().any(|l| l.contains("k3s-style-token")),

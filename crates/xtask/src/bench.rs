@@ -52,6 +52,15 @@ pub(crate) const BENCHES: &[Bench] = &[
         },
     },
     Bench {
+        name: "controller",
+        what: "the pods of 100 Deployments of 100 replicas (10k) created by the controller \
+               manager, pods/s (--deployments N --replicas M)",
+        target: Target::Cargo {
+            package: "rk3s-controller",
+            bench: "controller",
+        },
+    },
+    Bench {
         name: "startup",
         what: "rk3s server to /readyz (cold, warm), idle RSS, dist binary size",
         target: Target::NotYet { issue: 6 },

@@ -111,6 +111,19 @@ impl Attributes {
         if attrs.verb.is_empty() {
             attrs.verb = method.as_str().to_ascii_lowercase();
         }
+        // A WebSocket client opens exec, attach and port-forward streams with a GET; they are
+        // authorized as the `create` that SPDY clients' POST is (upstream's
+        // AuthorizePodWebsocketUpgradeCreatePermission, on by default since 1.30).
+        if attrs.api_group.is_empty()
+            && attrs.resource == "pods"
+            && matches!(
+                attrs.subresource.as_str(),
+                "exec" | "attach" | "portforward"
+            )
+            && attrs.verb == "get"
+        {
+            attrs.verb = "create".into();
+        }
         attrs
     }
 
@@ -213,6 +226,19 @@ mod tests {
         assert_eq!(
             (a.verb.as_str(), a.name.as_str(), a.subresource.as_str()),
             ("get", "p1", "log")
+        );
+        let a = attrs(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/p1/exec?command=ls&stdout=1",
+        );
+        assert_eq!(
+            (a.verb.as_str(), a.subresource.as_str()),
+            ("create", "exec")
+        );
+        let a = attrs(Method::GET, "/api/v1/nodes/n1/proxy/stats/summary");
+        assert_eq!(
+            (a.verb.as_str(), a.resource.as_str(), a.subresource.as_str()),
+            ("get", "nodes", "proxy")
         );
         let a = attrs(Method::GET, "/api/v1/namespaces/kube-system");
         assert_eq!(

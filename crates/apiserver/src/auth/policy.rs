@@ -33,6 +33,11 @@ fn named(verbs: &[&str], group: &str, resources: &[&str], names: &[&str]) -> Val
     json!({ "verbs": verbs, "apiGroups": [group], "resources": resources, "resourceNames": names })
 }
 
+/// A rule over several API groups.
+fn rg(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
+    json!({ "verbs": verbs, "apiGroups": groups, "resources": resources })
+}
+
 fn urls(verbs: &[&str], urls: &[&str]) -> Value {
     json!({ "verbs": verbs, "nonResourceURLs": urls })
 }
@@ -516,6 +521,13 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
             )],
         ),
     ]
+    .into_iter()
+    .chain(
+        controller_roles().into_iter().map(|(name, rules)| {
+            cluster_role(&format!("{CONTROLLER_ROLE_PREFIX}{name}"), &[], rules)
+        }),
+    )
+    .collect()
 }
 
 /// Upstream's default ClusterRoleBindings.
@@ -580,6 +592,525 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
             "system:service-account-issuer-discovery",
             "system:service-account-issuer-discovery",
             &[("Group", "system:serviceaccounts")],
+        ),
+    ]
+    .into_iter()
+    .chain(controller_roles().into_iter().map(|(name, _)| {
+        let role = format!("{CONTROLLER_ROLE_PREFIX}{name}");
+        binding(
+            &role,
+            &role,
+            &[("ServiceAccount", &format!("kube-system/{name}"))],
+        )
+    }))
+    .collect()
+}
+
+/// The prefix of the per-controller roles; each is bound to the service account
+/// `kube-system/<name>` (upstream's `--use-service-account-credentials`).
+pub(crate) const CONTROLLER_ROLE_PREFIX: &str = "system:controller:";
+
+/// Upstream's per-controller ClusterRoles (`controller_policy.go`, v1.33, the controllers whose
+/// resources rk3s serves), least privilege for each controller loop.
+pub(crate) fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
+    const EXT_APPS: &[&str] = &["extensions", "apps"];
+    let events = || {
+        rg(
+            &["create", "update", "patch"],
+            &["", "events.k8s.io"],
+            &["events"],
+        )
+    };
+    vec![
+        (
+            "attachdetach-controller",
+            vec![
+                r(
+                    &["list", "watch"],
+                    "",
+                    &["persistentvolumes", "persistentvolumeclaims"],
+                ),
+                r(READ, "", &["nodes"]),
+                r(&["patch", "update"], "", &["nodes/status"]),
+                r(&["list", "watch"], "", &["pods"]),
+                events(),
+                r(
+                    &["get", "create", "delete", "list", "watch"],
+                    "storage.k8s.io",
+                    &["volumeattachments"],
+                ),
+                r(&["get", "watch", "list"], "storage.k8s.io", &["csidrivers"]),
+                r(&["get", "watch", "list"], "storage.k8s.io", &["csinodes"]),
+            ],
+        ),
+        (
+            "clusterrole-aggregation-controller",
+            vec![r(
+                &["escalate", "get", "list", "watch", "update", "patch"],
+                "rbac.authorization.k8s.io",
+                &["clusterroles"],
+            )],
+        ),
+        (
+            "cronjob-controller",
+            vec![
+                r(&["get", "list", "watch", "update"], "batch", &["cronjobs"]),
+                r(
+                    &[
+                        "get", "list", "watch", "create", "update", "delete", "patch",
+                    ],
+                    "batch",
+                    &["jobs"],
+                ),
+                r(&["update"], "batch", &["cronjobs/status"]),
+                r(&["update"], "batch", &["cronjobs/finalizers"]),
+                r(&["list", "watch", "delete"], "", &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "daemon-set-controller",
+            vec![
+                rg(READ, EXT_APPS, &["daemonsets"]),
+                rg(&["update"], EXT_APPS, &["daemonsets/status"]),
+                rg(&["update"], EXT_APPS, &["daemonsets/finalizers"]),
+                r(&["list", "watch"], "", &["nodes"]),
+                r(
+                    &["list", "watch", "create", "delete", "patch"],
+                    "",
+                    &["pods"],
+                ),
+                r(&["create"], "", &["pods/binding"]),
+                r(
+                    &[
+                        "get", "list", "watch", "create", "delete", "update", "patch",
+                    ],
+                    "apps",
+                    &["controllerrevisions"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "deployment-controller",
+            vec![
+                rg(
+                    &["get", "list", "watch", "update"],
+                    EXT_APPS,
+                    &["deployments"],
+                ),
+                rg(&["update"], EXT_APPS, &["deployments/status"]),
+                rg(&["update"], EXT_APPS, &["deployments/finalizers"]),
+                rg(
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                    &["apps", "extensions"],
+                    &["replicasets"],
+                ),
+                r(&["get", "list", "watch", "update"], "", &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "disruption-controller",
+            vec![
+                rg(READ, EXT_APPS, &["deployments"]),
+                rg(READ, &["apps", "extensions"], &["replicasets"]),
+                r(READ, "", &["replicationcontrollers"]),
+                r(READ, "policy", &["poddisruptionbudgets"]),
+                r(READ, "apps", &["statefulsets"]),
+                r(&["update"], "policy", &["poddisruptionbudgets/status"]),
+                r(&["patch", "update"], "", &["pods/status"]),
+                r(&["get"], "*", &["*/scale"]),
+                events(),
+            ],
+        ),
+        (
+            "endpoint-controller",
+            vec![
+                r(READ, "", &["services", "pods"]),
+                r(
+                    &["get", "list", "watch", "create", "update", "delete"],
+                    "",
+                    &["endpoints"],
+                ),
+                r(&["create"], "", &["endpoints/restricted"]),
+                events(),
+            ],
+        ),
+        (
+            "endpointslice-controller",
+            vec![
+                r(READ, "", &["services", "pods", "nodes"]),
+                r(&["update"], "", &["services/finalizers"]),
+                r(
+                    &["get", "list", "watch", "create", "update", "delete"],
+                    "discovery.k8s.io",
+                    &["endpointslices"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "endpointslicemirroring-controller",
+            vec![
+                r(READ, "", &["services", "endpoints"]),
+                r(&["update"], "", &["services/finalizers"]),
+                r(&["update"], "", &["endpoints/finalizers"]),
+                r(
+                    &["get", "list", "watch", "create", "update", "delete"],
+                    "discovery.k8s.io",
+                    &["endpointslices"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "expand-controller",
+            vec![
+                r(
+                    &["get", "list", "watch", "update", "patch"],
+                    "",
+                    &["persistentvolumes"],
+                ),
+                r(&["update", "patch"], "", &["persistentvolumeclaims/status"]),
+                r(READ, "", &["persistentvolumeclaims"]),
+                events(),
+                r(&["get"], "", &["services"]),
+            ],
+        ),
+        (
+            "ephemeral-volume-controller",
+            vec![
+                r(READ, "", &["pods"]),
+                r(&["update"], "", &["pods/finalizers"]),
+                r(
+                    &["get", "list", "watch", "create"],
+                    "",
+                    &["persistentvolumeclaims"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "generic-garbage-collector",
+            vec![
+                r(
+                    &["get", "list", "watch", "patch", "update", "delete"],
+                    "*",
+                    &["*"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "horizontal-pod-autoscaler",
+            vec![
+                r(READ, "autoscaling", &["horizontalpodautoscalers"]),
+                r(
+                    &["update"],
+                    "autoscaling",
+                    &["horizontalpodautoscalers/status"],
+                ),
+                r(&["get", "update"], "*", &["*/scale"]),
+                r(&["list", "watch"], "", &["pods"]),
+                r(&["list", "watch"], "metrics.k8s.io", &["pods"]),
+                r(READ, "custom.metrics.k8s.io", &["*"]),
+                r(READ, "external.metrics.k8s.io", &["*"]),
+                events(),
+            ],
+        ),
+        (
+            "job-controller",
+            vec![
+                r(
+                    &["get", "list", "watch", "update", "patch"],
+                    "batch",
+                    &["jobs"],
+                ),
+                r(&["update"], "batch", &["jobs/status"]),
+                r(&["update"], "batch", &["jobs/finalizers"]),
+                r(
+                    &["list", "watch", "create", "delete", "patch"],
+                    "",
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "namespace-controller",
+            vec![
+                r(&["get", "list", "watch", "delete"], "", &["namespaces"]),
+                r(
+                    &["update"],
+                    "",
+                    &["namespaces/finalize", "namespaces/status"],
+                ),
+                r(
+                    &["get", "list", "watch", "delete", "deletecollection"],
+                    "*",
+                    &["*"],
+                ),
+            ],
+        ),
+        (
+            "node-controller",
+            vec![
+                r(
+                    &["get", "list", "watch", "update", "delete", "patch"],
+                    "",
+                    &["nodes"],
+                ),
+                r(&["patch", "update"], "", &["nodes/status"]),
+                r(&["patch", "update"], "", &["pods/status"]),
+                r(&["list", "watch", "get", "delete"], "", &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "persistent-volume-binder",
+            vec![
+                r(
+                    &["get", "list", "watch", "update", "create", "delete"],
+                    "",
+                    &["persistentvolumes"],
+                ),
+                r(&["update"], "", &["persistentvolumes/status"]),
+                r(
+                    &["get", "list", "watch", "update"],
+                    "",
+                    &["persistentvolumeclaims"],
+                ),
+                r(&["update"], "", &["persistentvolumeclaims/status"]),
+                r(&["list", "watch", "get", "create", "delete"], "", &["pods"]),
+                r(READ, "storage.k8s.io", &["storageclasses"]),
+                r(&["list", "watch"], "", &["nodes"]),
+                events(),
+                r(&["watch"], "", &["events"]),
+                r(&["get"], "", &["services"]),
+            ],
+        ),
+        (
+            "pod-garbage-collector",
+            vec![
+                r(&["list", "watch", "delete"], "", &["pods"]),
+                r(READ, "", &["nodes"]),
+                r(&["patch"], "", &["pods/status"]),
+            ],
+        ),
+        (
+            "replicaset-controller",
+            vec![
+                rg(
+                    &["get", "list", "watch", "update"],
+                    &["apps", "extensions"],
+                    &["replicasets"],
+                ),
+                rg(
+                    &["update"],
+                    &["apps", "extensions"],
+                    &["replicasets/status"],
+                ),
+                rg(
+                    &["update"],
+                    &["apps", "extensions"],
+                    &["replicasets/finalizers"],
+                ),
+                r(
+                    &["list", "watch", "patch", "create", "delete"],
+                    "",
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "replication-controller",
+            vec![
+                r(
+                    &["get", "list", "watch", "update"],
+                    "",
+                    &["replicationcontrollers"],
+                ),
+                r(&["update"], "", &["replicationcontrollers/status"]),
+                r(&["update"], "", &["replicationcontrollers/finalizers"]),
+                r(
+                    &["list", "watch", "patch", "create", "delete"],
+                    "",
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "resourcequota-controller",
+            vec![
+                r(&["list", "watch"], "*", &["*"]),
+                r(&["update"], "", &["resourcequotas/status"]),
+                events(),
+            ],
+        ),
+        (
+            "route-controller",
+            vec![
+                r(&["list", "watch"], "", &["nodes"]),
+                r(&["patch"], "", &["nodes/status"]),
+                events(),
+            ],
+        ),
+        (
+            "service-account-controller",
+            vec![r(&["create"], "", &["serviceaccounts"]), events()],
+        ),
+        (
+            "service-controller",
+            vec![
+                r(READ, "", &["services"]),
+                r(&["patch", "update"], "", &["services/status"]),
+                r(&["list", "watch"], "", &["nodes"]),
+                events(),
+            ],
+        ),
+        (
+            "statefulset-controller",
+            vec![
+                r(&["list", "watch"], "", &["pods"]),
+                r(READ, "apps", &["statefulsets"]),
+                r(&["update"], "apps", &["statefulsets/status"]),
+                r(&["update"], "apps", &["statefulsets/finalizers"]),
+                r(
+                    &["get", "create", "delete", "update", "patch"],
+                    "",
+                    &["pods"],
+                ),
+                r(
+                    &[
+                        "get", "create", "delete", "update", "patch", "list", "watch",
+                    ],
+                    "apps",
+                    &["controllerrevisions"],
+                ),
+                r(
+                    &["get", "create", "list", "watch"],
+                    "",
+                    &["persistentvolumeclaims"],
+                ),
+                r(&["update", "delete"], "", &["persistentvolumeclaims"]),
+                r(&["update"], "", &["pods/finalizers"]),
+                events(),
+            ],
+        ),
+        (
+            "ttl-controller",
+            vec![
+                r(&["update", "patch", "list", "watch"], "", &["nodes"]),
+                events(),
+            ],
+        ),
+        (
+            "certificate-controller",
+            vec![
+                r(
+                    &["get", "list", "watch", "delete"],
+                    "certificates.k8s.io",
+                    &["certificatesigningrequests"],
+                ),
+                r(
+                    &["update"],
+                    "certificates.k8s.io",
+                    &[
+                        "certificatesigningrequests/status",
+                        "certificatesigningrequests/approval",
+                    ],
+                ),
+                named(
+                    &["approve"],
+                    "certificates.k8s.io",
+                    &["signers"],
+                    &["kubernetes.io/kube-apiserver-client-kubelet"],
+                ),
+                named(
+                    &["sign"],
+                    "certificates.k8s.io",
+                    &["signers"],
+                    &[
+                        "kubernetes.io/legacy-unknown",
+                        "kubernetes.io/kube-apiserver-client",
+                        "kubernetes.io/kube-apiserver-client-kubelet",
+                        "kubernetes.io/kubelet-serving",
+                    ],
+                ),
+                r(
+                    &["create"],
+                    "authorization.k8s.io",
+                    &["subjectaccessreviews"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "pvc-protection-controller",
+            vec![
+                r(
+                    &["get", "list", "watch", "update"],
+                    "",
+                    &["persistentvolumeclaims"],
+                ),
+                r(&["list", "watch", "get"], "", &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "pv-protection-controller",
+            vec![
+                r(
+                    &["get", "list", "watch", "update"],
+                    "",
+                    &["persistentvolumes"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "ttl-after-finished-controller",
+            vec![
+                r(&["get", "list", "watch", "delete"], "batch", &["jobs"]),
+                events(),
+            ],
+        ),
+        (
+            "root-ca-cert-publisher",
+            vec![r(&["create", "update"], "", &["configmaps"]), events()],
+        ),
+        (
+            "validatingadmissionpolicy-status-controller",
+            vec![
+                r(
+                    READ,
+                    "admissionregistration.k8s.io",
+                    &["validatingadmissionpolicies"],
+                ),
+                r(
+                    &["get", "patch", "update"],
+                    "admissionregistration.k8s.io",
+                    &["validatingadmissionpolicies/status"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "legacy-service-account-token-cleaner",
+            vec![
+                named(
+                    &["get"],
+                    "",
+                    &["configmaps"],
+                    &["kube-apiserver-legacy-service-account-token-tracking"],
+                ),
+                r(&["patch", "delete"], "", &["secrets"]),
+            ],
         ),
     ]
 }

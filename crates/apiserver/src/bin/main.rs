@@ -48,6 +48,11 @@ struct Args {
     #[arg(long)]
     #[serde(rename = "token-auth-file", skip_serializing_if = "Option::is_none")]
     token_auth_file: Option<PathBuf>,
+    /// Join token (K10<ca hash>::server:<secret> or <secret>) [default: <data-dir>/server/token,
+    /// created on first start]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
     /// Issuer of service-account tokens.
     #[arg(long)]
     #[serde(

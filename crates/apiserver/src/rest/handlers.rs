@@ -29,6 +29,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) target: &'a Target,
     pub(crate) query: &'a Query,
     pub(crate) headers: &'a HeaderMap,
+    /// The kubelet's node when a kubelet makes the request: NodeRestriction applies.
+    pub(crate) node: Option<&'a str>,
 }
 
 impl<'a> Ctx<'a> {
@@ -40,6 +42,36 @@ impl<'a> Ctx<'a> {
     }
     pub(crate) fn dry_run(&self) -> bool {
         self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+    /// NodeRestriction admission of a write by a kubelet (nothing for other users).
+    pub(crate) fn node_restriction(
+        &self,
+        op: crate::node_restriction::Operation,
+        old: Option<&Value>,
+        new: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        match self.node {
+            Some(node) => crate::node_restriction::admit(
+                node,
+                self.info(),
+                self.target.subresource.as_deref().unwrap_or(""),
+                op,
+                self.ns().unwrap_or(""),
+                old,
+                new,
+            ),
+            None => Ok(()),
+        }
+    }
+    /// The stored object this request names, for NodeRestriction's checks of deletes and
+    /// evictions by kubelets (`None` for other users, or when it does not exist).
+    async fn stored_for_node(&self, name: &str) -> Result<Option<Value>, ApiError> {
+        match self.node {
+            Some(_) => {
+                crate::node_restriction::stored(self.state, self.info(), self.ns(), name).await
+            }
+            None => Ok(None),
+        }
     }
     /// Who this request writes as, for `managedFields`: `fieldManager`, else the User-Agent.
     pub(crate) fn writer(&self) -> Writer<'a> {
@@ -382,6 +414,9 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
         ctx.target.subresource.as_deref(),
     ) && is_pod(info)
     {
+        if let Some(pod) = ctx.stored_for_node(name).await? {
+            ctx.node_restriction(crate::node_restriction::Operation::Create, Some(&pod), None)?;
+        }
         return super::eviction::evict(ctx, name, body).await;
     }
     if ctx.target.name.is_some() || ctx.target.subresource.is_some() {
@@ -399,6 +434,10 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     }
     let validation = FieldValidation::from_query(ctx.query)?;
     let obj = body_json(ctx.headers, body)?;
+    ctx.node_restriction(crate::node_restriction::Operation::Create, None, Some(&obj))?;
+    if let Some(node) = ctx.node {
+        crate::node_restriction::admit_mirror_pod_owner(ctx.state, node, info, &obj).await?;
+    }
     let writer = ctx.writer();
     let (obj, warnings) = create_object_as(
         ctx.state,
@@ -980,6 +1019,11 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     let writer = ctx.writer();
     let result = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
         let mut new = merge_update(info, old, &req, status_only)?;
+        ctx.node_restriction(
+            crate::node_restriction::Operation::Update,
+            Some(old),
+            Some(&new),
+        )?;
         crate::apply::track_update(&writer, Some(old), &mut new);
         Ok(new)
     })
@@ -990,6 +1034,7 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
             if let Some(meta) = metadata_mut(&mut req) {
                 meta.remove("resourceVersion");
             }
+            ctx.node_restriction(crate::node_restriction::Operation::Create, None, Some(&req))?;
             let (obj, _) = create_object_as(
                 ctx.state,
                 info,
@@ -1063,6 +1108,11 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
         }
         namespace_of(info, ctx.ns(), &mut patched)?;
         let mut new = merge_update(info, old, &patched, status_only)?;
+        ctx.node_restriction(
+            crate::node_restriction::Operation::Update,
+            Some(old),
+            Some(&new),
+        )?;
         crate::apply::track_update(&writer, Some(old), &mut new);
         Ok(new)
     })
@@ -1187,6 +1237,11 @@ async fn apply_patch(
             // fields are apply's.
             let managed = merged.pointer("/metadata/managedFields").cloned();
             let mut new = merge_update(info, old, &merged, status_only)?;
+            ctx.node_restriction(
+                crate::node_restriction::Operation::Update,
+                Some(old),
+                Some(&new),
+            )?;
             if let Some(meta) = metadata_mut(&mut new) {
                 match managed {
                     Some(m) => meta.insert("managedFields".into(), m),
@@ -1200,6 +1255,11 @@ async fn apply_patch(
             Ok(obj) => return respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings),
             Err(e) if e.code == 404 && !status_only && precondition.is_none() => {
                 let merged = crate::apply::apply(&writer, None, &config, force)?;
+                ctx.node_restriction(
+                    crate::node_restriction::Operation::Create,
+                    None,
+                    Some(&merged),
+                )?;
                 match create_object_as(
                     ctx.state,
                     info,
@@ -1343,6 +1403,9 @@ pub(crate) async fn delete(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     let Some(name) = ctx.target.name.as_deref() else {
         return delete_collection(ctx, &opts).await;
     };
+    if let Some(old) = ctx.stored_for_node(name).await? {
+        ctx.node_restriction(crate::node_restriction::Operation::Delete, Some(&old), None)?;
+    }
     let (obj, deleted) = delete_object(ctx.state, info, ctx.ns(), name, &opts).await?;
     if info.kind == "Pod" || info.kind == "Namespace" || !deleted {
         return ok(StatusCode::OK, &obj);

@@ -10,6 +10,7 @@ mod eviction;
 mod handlers;
 mod object;
 mod patch;
+mod proxy;
 mod scale;
 mod table;
 mod watch;
@@ -95,6 +96,7 @@ pub(crate) fn parse_path(
             [] => target(info, Some(ns), None, None),
             [name] => target(info, Some(ns), Some(name), None),
             [name, sub] => target(info, Some(ns), Some(name), Some(sub)),
+            [name, "proxy", ..] => target(info, Some(ns), Some(name), Some("proxy")),
             _ => None,
         };
     }
@@ -103,6 +105,7 @@ pub(crate) fn parse_path(
         [] => target(info, None, None, None),
         [name] if !info.namespaced => target(info, None, Some(name), None),
         [name, sub] if !info.namespaced => target(info, None, Some(name), Some(sub)),
+        [name, "proxy", ..] if !info.namespaced => target(info, None, Some(name), Some("proxy")),
         _ => None,
     }
 }
@@ -148,6 +151,7 @@ fn verb_of(method: &Method, target: &Target, q: &Query) -> &'static str {
 pub(crate) async fn serve(
     State(state): State<AppState>,
     axum::Extension(user): axum::Extension<crate::auth::UserInfo>,
+    proxy::Upgrade(upgrade): proxy::Upgrade,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -171,6 +175,19 @@ pub(crate) async fn serve(
         Parsed::Discovery => return crate::discovery::resource_list(&state, group, version),
         Parsed::Resource(t) => *t,
     };
+    if proxy::is_proxied(&target) {
+        // The kubelet answers in its own media types (text logs, upgraded streams).
+        let response = proxy::serve(&state, &target, &method, &uri, &headers, body, upgrade)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+        state.metrics.record(
+            verb_of(&method, &target, &Query::new()),
+            &target.info,
+            target.subresource.as_deref(),
+            response.status().as_u16(),
+        );
+        return response;
+    }
     if !accepts_json(&headers) {
         return ApiError::not_acceptable().into_response();
     }
@@ -190,6 +207,15 @@ pub(crate) async fn serve(
     ) && target.info.group.is_empty()
         && method == Method::POST
     {
+        if let Some(node) = crate::auth::node::node_of(&user) {
+            let request =
+                crate::auth::body_json(&headers, &body, "TokenRequest").unwrap_or(Value::Null);
+            if let Err(e) =
+                crate::node_restriction::admit_token_request(&state, node, ns, name, &request).await
+            {
+                return e.into_response();
+            }
+        }
         return crate::auth::serviceaccount::token_request(&state, ns, name, &headers, &body)
             .await
             .unwrap_or_else(IntoResponse::into_response);
@@ -213,6 +239,7 @@ pub(crate) async fn serve(
         target: &target,
         query: &q,
         headers: &headers,
+        node: crate::auth::node::node_of(&user),
     };
     let response = async {
         let result = match method {

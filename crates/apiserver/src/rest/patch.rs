@@ -303,3 +303,93 @@ mod tests {
         );
     }
 }
+
+/// Property tests of JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::{any, prop, prop_assert_eq, prop_oneof, proptest};
+    use proptest::strategy::{Just, Strategy};
+    use serde_json::json;
+
+    fn tree(nulls: bool) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+            "[a-b]{0,2}".prop_map(Value::from),
+        ];
+        let leaf = if nulls {
+            prop_oneof![4 => leaf, 1 => Just(Value::Null)].boxed()
+        } else {
+            leaf.boxed()
+        };
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::btree_map("[a-c]", inner.clone(), 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::vec(inner, 0..3).prop_map(Value::Array),
+            ]
+        })
+    }
+
+    fn object(v: Value) -> Value {
+        if v.is_object() { v } else { json!({"v": v}) }
+    }
+
+    /// RFC 7386's `MergePatch` function, written straight from the RFC's pseudocode.
+    fn rfc7386(target: &Value, patch: &Value) -> Value {
+        let Value::Object(p) = patch else {
+            return patch.clone();
+        };
+        let mut t = match target {
+            Value::Object(t) => t.clone(),
+            _ => serde_json::Map::new(),
+        };
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                let merged = rfc7386(t.get(k).unwrap_or(&Value::Null), v);
+                t.insert(k.clone(), merged);
+            }
+        }
+        Value::Object(t)
+    }
+
+    proptest! {
+        #[test]
+        fn merge_patch_follows_the_rfc_and_is_idempotent(
+            doc in tree(false).prop_map(object),
+            patch in tree(true).prop_map(object),
+        ) {
+            let mut once = doc.clone();
+            merge_patch(&mut once, &patch);
+            prop_assert_eq!(&once, &rfc7386(&doc, &patch));
+            let mut twice = once.clone();
+            merge_patch(&mut twice, &patch);
+            prop_assert_eq!(twice, once);
+        }
+
+        #[test]
+        fn json_patch_add_then_remove_restores_and_test_checks(
+            doc in tree(false).prop_map(object),
+            value in tree(false),
+        ) {
+            // A key the document does not have: add it, read it back, remove it.
+            let added = json_patch(&doc, &json!([{"op": "add", "path": "/zz", "value": value}]))
+                .expect("add applies");
+            prop_assert_eq!(&added["zz"], &value);
+            json_patch(&added, &json!([{"op": "test", "path": "/zz", "value": value}]))
+                .expect("test of what was added passes");
+            let removed = json_patch(&added, &json!([{"op": "remove", "path": "/zz"}]))
+                .expect("remove applies");
+            prop_assert_eq!(removed, doc.clone());
+            // A failing `test` fails the whole patch and changes nothing.
+            let failed = json_patch(&doc, &json!([
+                {"op": "add", "path": "/zz", "value": 1},
+                {"op": "test", "path": "/zz", "value": 2},
+            ]));
+            prop_assert_eq!(failed.map_err(|e| e.code), Err(422));
+        }
+    }
+}

@@ -28,6 +28,19 @@ impl TestServer {
         Self::start_configured(|a| a.auth(auth)).await
     }
 
+    /// A server that accepts a join token (K3s' join endpoints); returns the token too.
+    pub async fn start_joinable() -> (TestServer, rk3s_apiserver::JoinToken) {
+        let pki = rk3s_apiserver::Pki::generate(&rk3s_apiserver::PkiOptions {
+            node_ips: vec!["127.0.0.1".parse().expect("ip")],
+            ..rk3s_apiserver::PkiOptions::default()
+        })
+        .expect("PKI");
+        let token = rk3s_apiserver::JoinToken::generate(&pki.server_ca.cert_pem, "server");
+        let accepted = token.clone();
+        let t = Self::start_configured(move |a| a.pki(pki).join_token(accepted)).await;
+        (t, token)
+    }
+
     /// Like [`TestServer::start`], with the apiserver configured by `configure` (encryption,
     /// audit, ...).
     pub async fn start_configured(configure: impl FnOnce(Apiserver) -> Apiserver) -> TestServer {
