@@ -114,14 +114,16 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_san: Vec<String>,
 
-    /// Join token agents present: K10<ca hash>::server:<secret> or <secret> [default:
+    /// The cluster's token: agents join with it, and the CAs the servers of one datastore share
+    /// are encrypted with its secret. K10<ca hash>::server:<secret> or <secret> [default:
     /// <data-dir>/server/token, created on first start]
     #[arg(short = 't', long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 
-    /// Server to join as another server (K3S_URL; HA is not built, so this is refused: nodes
-    /// join with `rk3s agent`)
+    /// Server to join as another server (K3S_URL; refused: embedded-datastore HA is not built —
+    /// HA servers share an external --datastore-endpoint and --token; nodes join with
+    /// `rk3s agent`)
     #[arg(short = 's', long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
@@ -136,6 +138,16 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub disable_agent: bool,
+
+    /// Do not run the scheduler
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disable_scheduler: bool,
+
+    /// Do not run the controller manager
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disable_controller_manager: bool,
 }
 
 /// The merged settings of `rk3s server`, keyed by the long flag names.
@@ -162,11 +174,15 @@ pub struct ServerConfig {
     pub cluster_dns: Option<IpAddr>,
     pub cluster_domain: String,
     pub node_name: Option<String>,
+    /// A list, or (from the environment) one comma-separated string.
+    #[serde(deserialize_with = "deserialize_list")]
     pub tls_san: Vec<String>,
     pub token: Option<String>,
     pub server: Option<String>,
     pub secrets_encryption: bool,
     pub disable_agent: bool,
+    pub disable_scheduler: bool,
+    pub disable_controller_manager: bool,
 }
 
 impl Default for ServerConfig {
@@ -192,6 +208,8 @@ impl Default for ServerConfig {
             server: None,
             secrets_encryption: false,
             disable_agent: false,
+            disable_scheduler: false,
+            disable_controller_manager: false,
         }
     }
 }
@@ -213,10 +231,13 @@ const KEYS: &[&str] = &[
     "cluster-dns",
     "cluster-domain",
     "node-name",
+    "tls-san",
     "token",
     "server",
     "secrets-encryption",
     "disable-agent",
+    "disable-scheduler",
+    "disable-controller-manager",
 ];
 
 /// K3s' environment names accepted as aliases (below the `RK3S_` ones).
@@ -357,6 +378,11 @@ impl ServerConfig {
         self.data_dir.join("server").join("tls")
     }
 
+    /// Where the components' kubeconfigs are written (`<data-dir>/server/cred`, as K3s).
+    pub fn cred_dir(&self) -> PathBuf {
+        self.data_dir.join("server").join("cred")
+    }
+
     /// The cluster DNS IP: the configured one, or the 10th address of the service CIDR.
     pub fn cluster_dns(&self) -> Result<IpAddr, ConfigError> {
         if let Some(ip) = self.cluster_dns {
@@ -411,7 +437,8 @@ impl ServerConfig {
             return Err(invalid(
                 "server",
                 format!(
-                    "joining {server} as another server (HA) is not built; join nodes \
+                    "joining {server} as another server is not built (HA servers share \
+                     an external --datastore-endpoint and --token instead); join nodes \
                      with `rk3s agent --server ... --token ...`, or unset --server / K3S_URL \
                      to start a new cluster"
                 ),
@@ -478,11 +505,32 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
     Ok(mode)
 }
 
+/// A list of strings, given as a list or as one comma-separated string (`RK3S_TLS_SAN=a,b`).
+fn deserialize_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match List::deserialize(d)? {
+        List::Many(v) => v,
+        List::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
 fn serialize_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{mode:04o}"))
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment's (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -529,6 +577,225 @@ mod tests {
         };
         assert_eq!(c.cluster_dns().expect("dns").to_string(), "10.96.0.10");
         assert_eq!(c.api_url(), "https://127.0.0.1:6443");
+    }
+
+    /// `rk3s server` + `args`, parsed as the binary does.
+    fn args(args: &[&str]) -> ServerArgs {
+        use clap::Parser as _;
+        let cli =
+            crate::Cli::try_parse_from(["rk3s", "server"].iter().chain(args)).expect("flags parse");
+        match cli.command {
+            crate::Command::Server(a) => a,
+            other => panic!("not server: {other:?}"),
+        }
+    }
+
+    /// Every key of `ServerArgs`, from the file, then the environment over it, then a flag
+    /// over both: the highest source wins, each time.
+    #[test]
+    fn every_key_from_file_env_and_flag() {
+        type Get = fn(&ServerConfig) -> String;
+        fn p(v: &Path) -> String {
+            v.display().to_string()
+        }
+        fn o<T: ToString>(v: &Option<T>) -> String {
+            v.as_ref().map(T::to_string).unwrap_or_default()
+        }
+        fn op(v: &Option<PathBuf>) -> String {
+            v.as_deref().map(p).unwrap_or_default()
+        }
+        // key, then (YAML value, environment value, flag value), then what the merged config
+        // shows for each, and how to read it.
+        let cases: &[(&str, [&str; 3], [&str; 3], Get)] = &[
+            ("data-dir", ["/f", "/e", "/g"], ["/f", "/e", "/g"], |c| {
+                p(&c.data_dir)
+            }),
+            (
+                "datastore-endpoint",
+                ["sqlite:///f.db", "sqlite:///e.db", "sqlite:///g.db"],
+                ["sqlite:///f.db", "sqlite:///e.db", "sqlite:///g.db"],
+                |c| o(&c.datastore_endpoint),
+            ),
+            (
+                "datastore-cafile",
+                ["/f", "/e", "/g"],
+                ["/f", "/e", "/g"],
+                |c| op(&c.datastore_cafile),
+            ),
+            (
+                "datastore-certfile",
+                ["/f", "/e", "/g"],
+                ["/f", "/e", "/g"],
+                |c| op(&c.datastore_certfile),
+            ),
+            (
+                "datastore-keyfile",
+                ["/f", "/e", "/g"],
+                ["/f", "/e", "/g"],
+                |c| op(&c.datastore_keyfile),
+            ),
+            (
+                "datastore-listen",
+                ["127.0.0.1:2001", "127.0.0.1:2002", "127.0.0.1:2003"],
+                ["127.0.0.1:2001", "127.0.0.1:2002", "127.0.0.1:2003"],
+                |c| o(&c.datastore_listen),
+            ),
+            (
+                "https-listen-port",
+                ["1001", "1002", "1003"],
+                ["1001", "1002", "1003"],
+                |c| c.https_listen_port.to_string(),
+            ),
+            (
+                "bind-address",
+                ["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+                ["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+                |c| c.bind_address.to_string(),
+            ),
+            (
+                "write-kubeconfig",
+                ["/f.yaml", "/e.yaml", "/g.yaml"],
+                ["/f.yaml", "/e.yaml", "/g.yaml"],
+                |c| p(&c.write_kubeconfig),
+            ),
+            (
+                "write-kubeconfig-mode",
+                ["\"0640\"", "0604", "0600"],
+                ["640", "604", "600"],
+                |c| format!("{:o}", c.write_kubeconfig_mode),
+            ),
+            (
+                "service-cidr",
+                ["10.43.0.0/16", "10.44.0.0/16", "10.45.0.0/16"],
+                ["10.43.0.0/16", "10.44.0.0/16", "10.45.0.0/16"],
+                |c| c.service_cidr.clone(),
+            ),
+            (
+                "cluster-cidr",
+                ["10.46.0.0/16", "10.47.0.0/16", "10.48.0.0/16"],
+                ["10.46.0.0/16", "10.47.0.0/16", "10.48.0.0/16"],
+                |c| c.cluster_cidr.clone(),
+            ),
+            (
+                "cluster-dns",
+                ["10.43.0.11", "10.43.0.12", "10.43.0.13"],
+                ["10.43.0.11", "10.43.0.12", "10.43.0.13"],
+                |c| o(&c.cluster_dns),
+            ),
+            (
+                "cluster-domain",
+                ["f.local", "e.local", "g.local"],
+                ["f.local", "e.local", "g.local"],
+                |c| c.cluster_domain.clone(),
+            ),
+            ("node-name", ["f", "e", "g"], ["f", "e", "g"], |c| {
+                o(&c.node_name)
+            }),
+            (
+                "tls-san",
+                ["[f1, f2]", "e1,e2", "g1"],
+                ["f1 f2", "e1 e2", "g1"],
+                |c| c.tls_san.join(" "),
+            ),
+            ("token", ["f", "e", "g"], ["f", "e", "g"], |c| o(&c.token)),
+        ];
+        for (key, [file, env, flag], want, get) in cases {
+            let var = format!("RK3S_{}", key.to_uppercase().replace('-', "_"));
+            figment::Jail::expect_with(|jail| {
+                jail.clear_env();
+                // TLS files of the datastore go with an etcd endpoint only.
+                let etcd = match *key {
+                    "datastore-cafile" => "datastore-endpoint: http://127.0.0.1:2379\n",
+                    "datastore-certfile" => {
+                        "datastore-endpoint: http://127.0.0.1:2379\ndatastore-keyfile: /k\n"
+                    }
+                    "datastore-keyfile" => {
+                        "datastore-endpoint: http://127.0.0.1:2379\ndatastore-certfile: /c\n"
+                    }
+                    _ => "",
+                };
+                jail.create_file("c.yaml", &format!("{etcd}{key}: {file}\n"))?;
+                let config = |extra: &[&str]| {
+                    let mut all = vec!["--config", "c.yaml"];
+                    all.extend(extra);
+                    load_config(&args(&all)).map_err(|e| e.to_string())
+                };
+                assert_eq!(get(&config(&[])?), want[0], "{key} from the file");
+                jail.set_env(&var, env);
+                assert_eq!(get(&config(&[])?), want[1], "{key}: environment over file");
+                let flag = format!("--{key}={flag}");
+                assert_eq!(
+                    get(&config(&[&flag])?),
+                    want[2],
+                    "{key}: flag over environment"
+                );
+                Ok(())
+            });
+        }
+        // Every settable key is covered.
+        let covered: Vec<&str> = cases.iter().map(|c| c.0).collect();
+        for key in KEYS {
+            assert!(
+                covered.contains(key) || key.starts_with("disable-") || *key == "server",
+                "{key} untested"
+            );
+        }
+    }
+
+    /// The boolean switches: file < environment < flag (a flag can only turn one on).
+    #[test]
+    fn switches_from_file_env_and_flag() {
+        for key in [
+            "disable-agent",
+            "disable-scheduler",
+            "disable-controller-manager",
+        ] {
+            let var = format!("RK3S_{}", key.to_uppercase().replace('-', "_"));
+            let get = |c: &ServerConfig| match key {
+                "disable-agent" => c.disable_agent,
+                "disable-scheduler" => c.disable_scheduler,
+                _ => c.disable_controller_manager,
+            };
+            figment::Jail::expect_with(|jail| {
+                jail.clear_env();
+                jail.create_file("c.yaml", &format!("{key}: true\n"))?;
+                let config = |extra: &[&str]| {
+                    let mut all = vec!["--config", "c.yaml"];
+                    all.extend(extra);
+                    load_config(&args(&all)).map_err(|e| e.to_string())
+                };
+                assert!(get(&config(&[])?), "{key} from the file");
+                jail.set_env(&var, "false");
+                assert!(!get(&config(&[])?), "{key}: environment over file");
+                let flag = format!("--{key}");
+                assert!(get(&config(&[&flag])?), "{key}: flag over environment");
+                Ok(())
+            });
+        }
+    }
+
+    /// K3s' variable names count, below rk3s' own; `server` is refused naming its source.
+    #[test]
+    fn k3s_aliases_and_refused_server() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("c.yaml", "token: f\n")?;
+            let config = || load_config(&args(&["--config", "c.yaml"]));
+            jail.set_env("K3S_TOKEN", "k3s");
+            jail.set_env("K3S_DATASTORE_ENDPOINT", "sqlite:///k3s.db");
+            let c = config().map_err(|e| e.to_string())?;
+            assert_eq!(c.token.as_deref(), Some("k3s"));
+            assert_eq!(c.datastore_endpoint.as_deref(), Some("sqlite:///k3s.db"));
+            jail.set_env("RK3S_TOKEN", "rk3s");
+            assert_eq!(
+                config().map_err(|e| e.to_string())?.token.as_deref(),
+                Some("rk3s")
+            );
+            jail.set_env("K3S_URL", "https://10.0.0.1:6443");
+            let err = config().expect_err("joining is refused").to_string();
+            assert!(err.contains("server") && err.contains("K3S_URL"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -3,16 +3,18 @@
 //!
 //! - `rk3s server` ([`server::run_server`]): the control plane — the datastore in process, the
 //!   apiserver and optionally the etcd v3 endpoint as supervised tasks ([`supervise`]); writes
-//!   the admin kubeconfig when the API is ready. Settings: [`config`].
+//!   the admin kubeconfig when the API is ready, then runs the scheduler and the controller
+//!   manager as API clients with their own identities. Servers on one datastore share the CAs
+//!   ([`bootstrap`]). Settings: [`config`].
 //! - `rk3s kubectl ...` ([`kubectl`]): the system kubectl with the admin kubeconfig.
 //! - `rk3s datastore`: the etcd v3 endpoint alone, as `rk3s-datastore`.
 //! - `rk3s agent` ([`agent`]): joins a server with its token and fetches the kubelet's
 //!   credentials (the node half that would use them is not built yet).
 //!
-//! The scheduler and controller (issue #5) and the node half (kubelet, containerd,
-//! networking) of both commands are not built yet.
+//! The node half (kubelet, containerd, networking) of both commands is not built yet.
 
 pub mod agent;
+pub mod bootstrap;
 pub mod config;
 pub mod kubeconfig;
 pub mod kubectl;
@@ -44,8 +46,8 @@ pub struct Cli {
 /// The subcommands of `rk3s`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Run the control plane: datastore and Kubernetes API (scheduler, controller and the node
-    /// half are not built yet)
+    /// Run the control plane: datastore, Kubernetes API, scheduler and controller manager (the
+    /// node half is not built yet)
     Server(ServerArgs),
     /// Join a server as a node: verify its CA against the token, obtain the kubelet
     /// certificates (the kubelet itself is not built yet)

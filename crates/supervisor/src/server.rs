@@ -3,16 +3,21 @@
 //! The datastore is an in-process [`rk3s_datastore::Store`]; the apiserver and, with
 //! `--datastore-listen`, the etcd v3 endpoint over the same store run as supervised components
 //! ([`crate::supervise`]). Once `/readyz` answers, the admin kubeconfig is written and one line
-//! says so. The scheduler and controller (issue #5) and the node half (kubelet, containerd,
-//! networking) are not built yet.
+//! says so, and the scheduler and the controller manager start as supervised components too,
+//! each a client of the apiserver over loopback HTTPS with its own identity
+//! (`system:kube-scheduler`, `system:kube-controller-manager`; their kubeconfigs are in
+//! `<data-dir>/server/cred/`). Both take their Lease before working, so several servers on one
+//! datastore run one of each. The node half (kubelet, containerd, networking) is not built yet.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rk3s_apiserver::{Apiserver, Pki, PkiOptions, ServiceCidr};
 use rk3s_datastore::Store;
 
+use crate::bootstrap;
 use crate::config::{ConfigError, ServerConfig};
 use crate::kubeconfig;
 use crate::supervise::{Backoff, BoxError, Component, Running, StartError, Stop, Supervisor};
@@ -47,6 +52,9 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::WriteError),
+    /// The CAs shared through the datastore cannot be read or stored.
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
     /// The join token (`--token`, `<data-dir>/server/token`) is unusable.
     #[error("token: {0}")]
     Token(#[from] rk3s_apiserver::JoinTokenError),
@@ -54,6 +62,11 @@ pub enum ServerError {
     #[error("secrets encryption: {0}")]
     Encryption(String),
 }
+
+/// The kubeconfig of the scheduler, under [`ServerConfig::cred_dir`] (K3s' name).
+pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
+/// The kubeconfig of the controller manager, under [`ServerConfig::cred_dir`] (K3s' name).
+pub const CONTROLLER_KUBECONFIG: &str = "controller.kubeconfig";
 
 /// Runs the control plane until `shutdown` completes, then stops the components (in-flight
 /// requests are finished) and closes the datastore. A failure to start is an error; a component
@@ -105,10 +118,12 @@ fn announce_missing_parts(config: &ServerConfig) {
              this server runs the control plane only, as with --disable-agent"
         );
     }
-    tracing::info!(
-        "the scheduler and controller-manager are not built yet (issue #5): pods stay pending \
-         and no controllers run"
-    );
+    if config.disable_scheduler {
+        tracing::info!("--disable-scheduler: not running the scheduler");
+    }
+    if config.disable_controller_manager {
+        tracing::info!("--disable-controller-manager: not running the controller manager");
+    }
 }
 
 async fn run_with_store(
@@ -131,23 +146,46 @@ async fn run_with_store(
         tls_sans: config.tls_san.clone(),
         service_ip: std::net::IpAddr::V4(cidr.first()),
     };
-    let pki = tokio::task::spawn_blocking(move || Pki::load_or_create(&tls_dir, &opts))
-        .await
-        .map_err(|e| {
-            ServerError::Tls(rk3s_apiserver::Error::Tls(format!(
-                "certificate task failed: {e}"
-            )))
-        })?
-        .map_err(ServerError::Tls)?;
+    // The cluster's secret (`--token`, else the token file of an earlier start) encrypts the
+    // CAs the servers of one datastore share.
+    let server_dir = config.data_dir.join("server");
+    let secret = cluster_secret(config.token.as_deref(), &server_dir)?;
+    let pki = match &secret {
+        None => {
+            bootstrap::refuse_if_present(&store).await?;
+            load_pki(tls_dir.clone(), opts).await?
+        }
+        Some(secret) => shared_pki(&store, secret, tls_dir.clone(), opts).await?,
+    };
     let encryption = encryption(config)?;
     let ca_pem = pki.server_ca.cert_pem.clone();
     // The join token agents present (`<data-dir>/server/token`, created on first start).
-    let token = rk3s_apiserver::load_or_create_join_token(
-        &config.data_dir.join("server"),
-        &ca_pem,
-        config.token.as_deref(),
-    )?;
+    let token =
+        rk3s_apiserver::load_or_create_join_token(&server_dir, &ca_pem, config.token.as_deref())?;
+    if secret.is_none() {
+        // A token made just now: the CAs go to the datastore for the servers that join with it.
+        if bootstrap::store(&store, &token.password, &tls_dir).await? {
+            tracing::info!(
+                "stored the cluster's certificate authorities in the datastore, encrypted with \
+                 the token"
+            );
+        }
+    }
     let admin_kubeconfig = pki.admin_kubeconfig(&config.api_url());
+    let api_url = config.api_url();
+    let cred = config.cred_dir();
+    let scheduler_kubeconfig = rk3s_apiserver::kubeconfig(&api_url, &ca_pem, &pki.scheduler);
+    let controller_kubeconfig = rk3s_apiserver::kubeconfig(&api_url, &ca_pem, &pki.controller);
+    kubeconfig::write(
+        &cred.join(SCHEDULER_KUBECONFIG),
+        &scheduler_kubeconfig,
+        0o600,
+    )?;
+    kubeconfig::write(
+        &cred.join(CONTROLLER_KUBECONFIG),
+        &controller_kubeconfig,
+        0o600,
+    )?;
 
     let mut components = Vec::new();
     if let Some(addr) = config.datastore_listen {
@@ -191,8 +229,33 @@ async fn run_with_store(
         config.api_url()
     );
 
+    // The API clients start once the API answers, so that their first requests succeed.
+    let identity = leader_identity(config);
+    let mut clients = Vec::new();
+    if !config.disable_scheduler {
+        clients.push(scheduler(scheduler_kubeconfig, identity.clone()));
+    }
+    if !config.disable_controller_manager {
+        clients.push(controller(controller_kubeconfig, identity));
+    }
+    let clients = tokio::select! {
+        started = Supervisor::start(clients, Backoff::default()) => started,
+        _ = &mut shutdown => {
+            supervisor.shutdown().await;
+            return Ok(());
+        }
+    };
+    let clients = match clients {
+        Ok(clients) => clients,
+        Err(err) => {
+            supervisor.shutdown().await;
+            return Err(err.into());
+        }
+    };
+
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
+    clients.shutdown().await;
     supervisor.shutdown().await;
     Ok(())
 }
@@ -215,6 +278,123 @@ fn encryption(config: &ServerConfig) -> Result<rk3s_apiserver::Transformer, Serv
     crate::secrets_encrypt::load_or_create(&config.data_dir)
         .and_then(|c| rk3s_apiserver::Transformer::new(&c).map_err(anyhow::Error::from))
         .map_err(|e| ServerError::Encryption(format!("{e:#}")))
+}
+
+/// The holder identity this server's scheduler and controller manager put in their Leases:
+/// `<node name>_<random>`, as upstream's `<hostname>_<uuid>`.
+fn leader_identity(config: &ServerConfig) -> String {
+    let node = config.node_name.clone().unwrap_or_else(|| {
+        hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "rk3s".into())
+    });
+    format!("{node}_{:016x}", rand::random::<u64>())
+}
+
+/// A client of the API from a kubeconfig `rk3s server` rendered (loopback HTTPS, the server
+/// CA only, a client certificate).
+async fn client(kubeconfig: &str) -> Result<kube::Client, BoxError> {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The scheduler, as `system:kube-scheduler`, electing a leader through
+/// `kube-system/kube-scheduler`.
+fn scheduler(kubeconfig: String, identity: String) -> Component {
+    Component::new("scheduler", move |stop: Stop| {
+        let kubeconfig = kubeconfig.clone();
+        let config = rk3s_scheduler::Config {
+            leader_elect_identity: Some(identity.clone()),
+            ..rk3s_scheduler::Config::default()
+        };
+        async move {
+            let client = client(&kubeconfig).await?;
+            let run: Running = Box::pin(async move {
+                rk3s_scheduler::run(config, client, stop.stopped())
+                    .await
+                    .map_err(BoxError::from)
+            });
+            Ok(run)
+        }
+    })
+}
+
+/// The controller manager, as `system:kube-controller-manager`, electing a leader through
+/// `kube-system/kube-controller-manager`.
+fn controller(kubeconfig: String, identity: String) -> Component {
+    Component::new("controller-manager", move |stop: Stop| {
+        let kubeconfig = kubeconfig.clone();
+        let config = rk3s_controller::Config {
+            identity: Some(identity.clone()),
+            ..rk3s_controller::Config::default()
+        };
+        async move {
+            let client = client(&kubeconfig).await?;
+            let run: Running = Box::pin(async move {
+                rk3s_controller::run(config, client, stop.stopped())
+                    .await
+                    .map_err(BoxError::from)
+            });
+            Ok(run)
+        }
+    })
+}
+
+/// Loads or creates the PKI in `tls_dir` (a blocking task: key generation takes a while).
+async fn load_pki(tls_dir: PathBuf, opts: PkiOptions) -> Result<Pki, ServerError> {
+    tokio::task::spawn_blocking(move || Pki::load_or_create(&tls_dir, &opts))
+        .await
+        .map_err(|e| {
+            ServerError::Tls(rk3s_apiserver::Error::Tls(format!(
+                "certificate task failed: {e}"
+            )))
+        })?
+        .map_err(ServerError::Tls)
+}
+
+/// The secret part of the cluster's token: `--token` (either form), else the token file an
+/// earlier start wrote; `None` on a first start without a token.
+fn cluster_secret(
+    configured: Option<&str>,
+    server_dir: &std::path::Path,
+) -> Result<Option<String>, ServerError> {
+    let text = match configured.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => t.to_string(),
+        None => match std::fs::read_to_string(server_dir.join("token")) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some(rk3s_apiserver::JoinToken::parse(&text)?.password))
+}
+
+/// The PKI with the CAs every server of the datastore shares ([`bootstrap`]): fetched if a
+/// server stored them for this token, else ours, stored for the next servers.
+async fn shared_pki(
+    store: &Store,
+    token: &str,
+    tls_dir: PathBuf,
+    opts: PkiOptions,
+) -> Result<Pki, ServerError> {
+    if bootstrap::fetch(store, token, &tls_dir).await? == bootstrap::Fetched::Written {
+        tracing::info!("using the cluster's certificate authorities from the datastore");
+        return load_pki(tls_dir, opts).await;
+    }
+    let pki = load_pki(tls_dir.clone(), opts.clone()).await?;
+    if bootstrap::store(store, token, &tls_dir).await? {
+        tracing::info!(
+            key = bootstrap::key(token),
+            "stored the cluster's certificate authorities in the datastore, encrypted with the token"
+        );
+        return Ok(pki);
+    }
+    // Another server stored its CAs first: use those.
+    bootstrap::fetch(store, token, &tls_dir).await?;
+    tracing::info!("using the cluster's certificate authorities from the datastore");
+    load_pki(tls_dir, opts).await
 }
 
 /// Polls `/readyz` until it answers `ok`.

@@ -90,6 +90,9 @@ impl Default for Backoff {
     }
 }
 
+/// How long [`Supervisor::shutdown`] waits for each component to stop.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A component failed to start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start {component}: {error}")]
@@ -135,14 +138,35 @@ impl Supervisor {
         Ok(supervisor)
     }
 
-    /// Signals every component to stop and waits for them, the last started first.
-    pub async fn shutdown(mut self) {
+    /// Signals every component to stop and waits for them, the last started first, each at
+    /// most [`STOP_TIMEOUT`]: one that has not stopped by then is reported and cancelled, so
+    /// that one stuck component cannot keep the process from stopping.
+    pub async fn shutdown(self) {
+        self.shutdown_within(STOP_TIMEOUT).await;
+    }
+
+    /// [`Supervisor::shutdown`] with another bound.
+    pub async fn shutdown_within(mut self, timeout: Duration) {
         let _ = self.stop_tx.send(true);
-        while let Some((name, task)) = self.tasks.pop() {
-            if let Err(err) = task.await {
-                tracing::error!(component = name, %err, "supervisor task failed");
+        while let Some((name, mut task)) = self.tasks.pop() {
+            let result = match tokio::time::timeout(timeout, &mut task).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(
+                        component = name,
+                        ?timeout,
+                        "component did not stop in time; cancelling it"
+                    );
+                    task.abort();
+                    task.await
+                }
+            };
+            match result {
+                Err(err) if !err.is_cancelled() => {
+                    tracing::error!(component = name, %err, "supervisor task failed");
+                }
+                _ => tracing::debug!(component = name, "stopped"),
             }
-            tracing::debug!(component = name, "stopped");
         }
     }
 }
@@ -155,8 +179,10 @@ async fn supervise(mut component: Component, running: Running, stop: Stop, backo
     loop {
         if let Some(run) = running.take() {
             let started = tokio::time::Instant::now();
-            // Its own task, so that a panic is caught and reported like an error.
-            let outcome = tokio::spawn(run).await;
+            // Its own task, so that a panic is caught and reported like an error; cancelled
+            // with this one.
+            let mut task = AbortOnDrop(tokio::spawn(run));
+            let outcome = (&mut task.0).await;
             if stop.is_stopped() {
                 if let Ok(Err(err)) = outcome {
                     tracing::warn!(component = name, %err, "component ended with an error while stopping");
@@ -195,6 +221,15 @@ async fn supervise(mut component: Component, running: Running, stop: Stop, backo
                 tracing::error!(component = name, %err, retry_in = ?delay, "component failed to restart");
             }
         }
+    }
+}
+
+/// A task handle that cancels its task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -251,6 +286,38 @@ mod tests {
         assert_eq!(seen, vec![0, 2, 3, 4]);
         supervisor.shutdown().await;
         assert_eq!(starts.load(Ordering::SeqCst), 5, "no restart after stop");
+    }
+
+    /// A component that ignores the stop signal is cancelled after the timeout, its inner
+    /// task included.
+    #[tokio::test]
+    async fn a_stuck_component_is_cancelled_at_shutdown() {
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut dropped_tx = Some(dropped_tx);
+        struct Notify(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Notify {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let stuck = Component::new("stuck", move |_stop: Stop| {
+            let notify = Notify(dropped_tx.take());
+            async move {
+                let run: Running = Box::pin(async move {
+                    let _notify = notify;
+                    std::future::pending::<()>().await;
+                    Ok(())
+                });
+                Ok(run)
+            }
+        });
+        let supervisor = Supervisor::start(vec![stuck], fast())
+            .await
+            .expect("starts");
+        supervisor.shutdown_within(Duration::from_millis(10)).await;
+        dropped_rx.await.expect("the stuck run was dropped");
     }
 
     #[tokio::test]

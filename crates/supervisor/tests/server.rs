@@ -1,177 +1,13 @@
 //! `rk3s server` and `rk3s kubectl` through the real binary, each test with its own data dir,
 //! kubeconfig path and ports (never /var/lib/rk3s, /etc/rk3s or 6443).
 
-use std::io::{BufRead as _, BufReader, Write as _};
+mod common;
+
+use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use rk3s_datastore::testing::free_port;
-
-const RK3S: &str = env!("CARGO_BIN_EXE_rk3s");
-/// Generous bound on startup, so that a broken server fails the test instead of hanging it.
-const STARTUP: Duration = Duration::from_secs(90);
-const READY: &str = "rk3s server ready: kubeconfig ";
-
-/// `rk3s` with an environment free of the caller's rk3s/K3s settings.
-fn rk3s_cmd(dir: &Path) -> Command {
-    let mut cmd = Command::new(RK3S);
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("RK3S_") || k.starts_with("K3S_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("RUST_LOG", "info")
-        .env("RUST_BACKTRACE", "0")
-        .env("HOME", dir);
-    cmd
-}
-
-/// A temp dir with a config file (so that /etc/rk3s/config.yaml is never read) and paths.
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new(config: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("config.yaml"), config).expect("config written");
-        Setup { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn data_dir(&self) -> PathBuf {
-        self.path("data")
-    }
-    fn kubeconfig(&self) -> PathBuf {
-        self.path("kubeconfig.yaml")
-    }
-    /// `rk3s server --config <ours> --data-dir <ours> --write-kubeconfig <ours>` + `args`.
-    fn server_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = rk3s_cmd(self.dir.path());
-        cmd.arg("server")
-            .arg("--config")
-            .arg(self.path("config.yaml"))
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--write-kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args);
-        cmd
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new("/usr/bin/kubectl")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin.as_bytes()).expect("stdin written");
-        }
-        child.wait_with_output().expect("kubectl finishes")
-    }
-
-    fn kubectl_ok(&self, args: &[&str], stdin: &str) -> String {
-        let out = self.kubectl(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-/// A running `rk3s server` whose stderr is collected line by line.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Server {
-    /// Starts the server and waits for its ready line, which it returns.
-    fn start(mut cmd: Command) -> (Server, String) {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rk3s server starts");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            lines,
-            log: Vec::new(),
-        };
-        let ready = server.wait_for(READY);
-        (server, ready)
-    }
-
-    /// Waits for a log line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(STARTUP) {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("no log line with {needle:?}; log:\n{}", self.log.join("\n"));
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, then waits for the exit; returns the status and the rest of the log.
-    fn terminate(self) -> (ExitStatus, Vec<String>) {
-        self.signal("-TERM")
-    }
-
-    /// Sends `signal` (`-TERM`, `-INT`), then waits for the exit.
-    fn signal(mut self, signal: &str) -> (ExitStatus, Vec<String>) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} failed");
-        let status = self.child.wait().expect("server exits");
-        self.log.extend(self.lines.iter());
-        (status, std::mem::take(&mut self.log))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn port_arg(port: u16) -> String {
-    port.to_string()
-}
+use common::{READY, Server, Setup, free_port, port_arg, rk3s_cmd};
 
 const CONFIGMAP: &str = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"survivor","namespace":"default"},"data":{"k":"v"}}"#;
 
@@ -277,7 +113,7 @@ fn server_serves_kubectl_and_keeps_objects_across_a_restart() {
     );
     let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
     assert_eq!(count("node half"), 1, "{}", log.join("\n"));
-    assert_eq!(count("scheduler and controller"), 1, "{}", log.join("\n"));
+    assert_eq!(count("became leader; scheduling"), 1, "{}", log.join("\n"));
     assert_eq!(count("rk3s server stopped"), 1, "{}", log.join("\n"));
 
     // Same data dir, same port: the object is still there.
@@ -508,5 +344,18 @@ fn datastore_listen_serves_etcdctl_over_the_same_store() {
     assert!(
         !log.iter().any(|l| l.contains("k3s-style-token")),
         "token logged"
+    );
+}
+
+#[test]
+fn version() {
+    let out = rk3s_cmd(std::path::Path::new("/"))
+        .arg("--version")
+        .output()
+        .expect("rk3s runs");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("rk3s {}\n", env!("CARGO_PKG_VERSION"))
     );
 }

@@ -1,0 +1,316 @@
+//! The scheduler and the controller manager inside `rk3s server`, through the real binary and
+//! kubectl: their own identities and kubeconfigs, their RBAC, their Leases, and their work (a
+//! Deployment becomes a ReplicaSet whose pods are bound to a node). No kubelet exists: nodes are
+//! API objects the test creates, and pods are never run.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use common::{Server, Setup, free_port, port_arg};
+
+/// `rk3s server` on free ports with `--node-name` and extra `args`.
+fn start(setup: &Setup, node: &str, args: &[&str]) -> Server {
+    let port = port_arg(free_port().expect("free port"));
+    let mut all = vec!["--https-listen-port", &port, "--node-name", node];
+    all.extend(args);
+    let (server, _) = Server::start(setup.server_cmd(&all));
+    server
+}
+
+#[test]
+fn scheduler_and_controller_run_with_their_own_identities() {
+    let setup = Setup::new("");
+    let server = start(&setup, "server-a", &[]);
+
+    // K3s' layout: one kubeconfig per component, readable by root only.
+    let cred = setup.data_dir().join("server/cred");
+    for (file, user) in [
+        ("scheduler.kubeconfig", "system:kube-scheduler"),
+        ("controller.kubeconfig", "system:kube-controller-manager"),
+    ] {
+        let path = cred.join(file);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} mode {mode:o}");
+        // The kubeconfig authenticates as the component's user (a real request).
+        let who = setup.kubectl_as(
+            &path,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
+        );
+        assert_eq!(who, user, "{file}");
+    }
+
+    // RBAC lets each do its work, and no more than upstream's roles give it.
+    let sched = cred.join("scheduler.kubeconfig");
+    let ctrl = cred.join("controller.kubeconfig");
+    for (kubeconfig, args, want) in [
+        (
+            &sched,
+            &["create", "pods", "--subresource=binding", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            &sched,
+            &["patch", "pods", "--subresource=status", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            &sched,
+            &["update", "leases/kube-scheduler", "-n", "kube-system"][..],
+            "yes",
+        ),
+        (
+            &sched,
+            &["create", "deployments", "-n", "default"][..],
+            "no",
+        ),
+        (&ctrl, &["create", "pods", "-n", "default"][..], "yes"),
+        (
+            &ctrl,
+            &["create", "replicasets.apps", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            &ctrl,
+            &[
+                "patch",
+                "deployments.apps",
+                "--subresource=status",
+                "-n",
+                "default",
+            ][..],
+            "yes",
+        ),
+        (
+            &ctrl,
+            &["delete", "replicasets.apps", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            &ctrl,
+            &["create", "endpointslices.discovery.k8s.io", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            &ctrl,
+            &[
+                "update",
+                "leases/kube-controller-manager",
+                "-n",
+                "kube-system",
+            ][..],
+            "yes",
+        ),
+        (
+            &ctrl,
+            &["create", "controllerrevisions.apps", "-n", "default"][..],
+            "yes",
+        ),
+        (&ctrl, &["create", "nodes"][..], "no"),
+        (&ctrl, &["create", "clusterrolebindings"][..], "no"),
+    ] {
+        let mut all = vec!["auth", "can-i"];
+        all.extend(args);
+        let out = setup.kubectl_with(kubeconfig, &all);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{} can-i {args:?}: {}",
+            kubeconfig.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Both elected themselves, under this server's identity.
+    for lease in ["kube-scheduler", "kube-controller-manager"] {
+        let holder = setup.wait_until(&format!("lease {lease}"), || {
+            let out = setup.kubectl(
+                &[
+                    "get",
+                    "lease",
+                    "-n",
+                    "kube-system",
+                    lease,
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ],
+                "",
+            );
+            let holder = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && !holder.is_empty()).then_some(holder)
+        });
+        assert!(holder.starts_with("server-a_"), "{lease}: {holder}");
+    }
+
+    // Their work: a Deployment's ReplicaSet and pods, bound to the one Ready node.
+    setup.create_node("node-1");
+    setup.kubectl_ok(&["create", "-f", "-"], &deployment("web", 2));
+    let rs = setup.wait_until("the Deployment's ReplicaSet", || {
+        let out = setup.kubectl_ok(
+            &[
+                "get",
+                "replicasets",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}{end}",
+            ],
+            "",
+        );
+        (!out.is_empty()).then_some(out)
+    });
+    assert_eq!(rs, "Deployment/web");
+    let nodes = setup.wait_until("both pods bound", || {
+        let out = setup.kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName} {end}",
+            ],
+            "",
+        );
+        (out == "node-1 node-1 ").then_some(out)
+    });
+    assert_eq!(nodes, "node-1 node-1 ");
+    // A DaemonSet and a StatefulSet (ControllerRevisions, created as the controller manager).
+    setup.kubectl_ok(&["create", "-f", "-"], DAEMONSET);
+    setup.kubectl_ok(&["create", "-f", "-"], STATEFULSET);
+    for (selector, what) in [
+        ("app=ds", "the DaemonSet's pod"),
+        ("app=sts", "the StatefulSet's pod"),
+    ] {
+        setup.wait_until(what, || {
+            let out = setup.kubectl_ok(
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    selector,
+                    "-o",
+                    "jsonpath={.items[*].spec.nodeName}",
+                ],
+                "",
+            );
+            (out == "node-1").then_some(())
+        });
+    }
+    // The scheduler's event, written as system:kube-scheduler.
+    let events = setup.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Scheduled",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ],
+        "",
+    );
+    assert!(events.contains("to node-1"), "{events}");
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("became leader; scheduling"), 1, "{}", log.join("\n"));
+    assert_eq!(count("component failed"), 0, "{}", log.join("\n"));
+    assert_eq!(count("did not stop in time"), 0, "{}", log.join("\n"));
+
+    // A restart keeps everything, and the components carry on.
+    let server = start(&setup, "server-a", &[]);
+    let nodes = setup.kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {end}",
+        ],
+        "",
+    );
+    assert_eq!(nodes, "node-1 node-1 ");
+    setup.kubectl_ok(&["scale", "deployment", "web", "--replicas=3"], "");
+    setup.wait_until("the third pod bound", || {
+        let out = setup.kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName} {end}",
+            ],
+            "",
+        );
+        (out == "node-1 node-1 node-1 ").then_some(())
+    });
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+}
+
+#[test]
+fn disabled_components_do_not_run() {
+    let setup = Setup::new("disable-controller-manager: true\n");
+    let server = start(&setup, "server-b", &[]);
+    setup.create_node("node-1");
+    // The scheduler runs: a bare pod gets bound.
+    setup.kubectl_ok(&["create", "-f", "-"], POD);
+    setup.wait_until("the pod bound", || {
+        let out = setup.kubectl_ok(
+            &["get", "pod", "lone", "-o", "jsonpath={.spec.nodeName}"],
+            "",
+        );
+        (out == "node-1").then_some(())
+    });
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("--disable-controller-manager: not running the controller manager"),
+        1,
+        "{}",
+        log.join("\n")
+    );
+    assert_eq!(count("rk3s-controller"), 0, "{}", log.join("\n"));
+
+    // And the other way round, from a flag.
+    let setup = Setup::new("");
+    let server = start(&setup, "server-c", &["--disable-scheduler"]);
+    setup.kubectl_ok(&["create", "-f", "-"], &deployment("web", 1));
+    setup.wait_until("the pod created", || {
+        let out = setup.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "name"], "");
+        (!out.is_empty()).then_some(())
+    });
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("--disable-scheduler: not running the scheduler"), 1);
+    assert_eq!(count("became leader; scheduling"), 0, "{}", log.join("\n"));
+}
+
+const DAEMONSET: &str = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"ds","namespace":"default"},
+"spec":{"selector":{"matchLabels":{"app":"ds"}},"template":{"metadata":{"labels":{"app":"ds"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}}"#;
+
+const STATEFULSET: &str = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"sts","namespace":"default"},
+"spec":{"replicas":1,"serviceName":"sts","selector":{"matchLabels":{"app":"sts"}},"template":{"metadata":{"labels":{"app":"sts"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}}"#;
+
+const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"lone","namespace":"default"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#;
+
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}","namespace":"default"}},
+"spec":{{"replicas":{replicas},"selector":{{"matchLabels":{{"app":"{name}"}}}},
+"template":{{"metadata":{{"labels":{{"app":"{name}"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox"}}]}}}}}}}}"#
+    )
+}
