@@ -736,7 +736,10 @@ mod tests {
         let covered: Vec<&str> = cases.iter().map(|c| c.0).collect();
         for key in KEYS {
             assert!(
-                covered.contains(key) || key.starts_with("disable-") || *key == "server",
+                covered.contains(key)
+                    || key.starts_with("disable-")
+                    || *key == "server"
+                    || *key == "secrets-encryption",
                 "{key} untested"
             );
         }
@@ -749,11 +752,13 @@ mod tests {
             "disable-agent",
             "disable-scheduler",
             "disable-controller-manager",
+            "secrets-encryption",
         ] {
             let var = format!("RK3S_{}", key.to_uppercase().replace('-', "_"));
             let get = |c: &ServerConfig| match key {
                 "disable-agent" => c.disable_agent,
                 "disable-scheduler" => c.disable_scheduler,
+                "secrets-encryption" => c.secrets_encryption,
                 _ => c.disable_controller_manager,
             };
             figment::Jail::expect_with(|jail| {
