@@ -7,8 +7,8 @@
 //!   container must satisfy `min` (requests), `max` (limits) and `maxLimitRequestRatio`;
 //! - items of type `Pod` check the sums over the pod's containers the same way.
 //!
-//! A violation is 403 Forbidden with upstream's messages. (ResourceQuota admission needs the
-//! quota controller's usage figures, which arrive with it.)
+//! A violation is 403 Forbidden with upstream's messages. (ResourceQuota admission is
+//! `crate::quota`, run last, after validation.)
 //!
 //! And the Priority plugin: a pod's `priorityClassName` (or the global default class) becomes
 //! its `spec.priority` and `preemptionPolicy`; an unknown class, or a priority the client set

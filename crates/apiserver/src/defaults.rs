@@ -96,6 +96,23 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             default(o, "type", json!("Opaque"));
             merge_string_data(o);
         }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "minReplicas", json!(1));
+                // v2: no metric is 80% cpu (v1 gets it through its conversion to v2).
+                if info.version == "v2"
+                    && spec
+                        .get("metrics")
+                        .and_then(Value::as_array)
+                        .is_none_or(Vec::is_empty)
+                {
+                    spec.insert(
+                        "metrics".into(),
+                        json!([crate::conversion::default_cpu_metric()]),
+                    );
+                }
+            }
+        }
         ("", "PersistentVolumeClaim") => {
             if let Some(spec) = child(o, "spec") {
                 default(spec, "volumeMode", json!("Filesystem"));
@@ -203,7 +220,15 @@ fn job_spec(spec: &mut Map<String, Value>) {
         spec.insert("parallelism".into(), json!(1));
     }
     default(spec, "parallelism", json!(1));
-    default(spec, "backoffLimit", json!(6));
+    // Upstream `SetDefaults_Job`: unlimited global failures when failures count per index.
+    let per_index = spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null());
+    default(
+        spec,
+        "backoffLimit",
+        json!(if per_index { i32::MAX } else { 6 }),
+    );
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
     default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));

@@ -12,12 +12,14 @@ use k8s_openapi::api::admissionregistration::v1 as admissionregistration;
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::authentication::v1 as authentication;
 use k8s_openapi::api::authorization::v1 as authorization;
+use k8s_openapi::api::autoscaling::v1 as autoscaling_v1;
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
 use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::certificates::v1 as certificates;
 use k8s_openapi::api::coordination::v1 as coordination;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::events::v1 as events;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::api::node::v1 as node;
 use k8s_openapi::api::policy::v1 as policy;
@@ -120,6 +122,10 @@ pub(crate) struct ResourceInfo {
     /// defaulting, scale, Table output and OpenAPI take from the CRD instead of a Rust type.
     /// Built-ins have `None`. See [`crate::crd`].
     pub(crate) custom: Option<Arc<crate::crd::CustomVersion>>,
+    /// Set for a built-in served from another group version's storage (`events.k8s.io/v1`
+    /// from core events, `autoscaling/v1` from `autoscaling/v2`): how objects convert between
+    /// this version and the stored one. See [`crate::conversion`].
+    pub(crate) conversion: Option<&'static crate::conversion::Conversion>,
 }
 
 impl ResourceInfo {
@@ -171,6 +177,7 @@ impl ResourceInfo {
             roundtrip: roundtrip::<T>,
             schema: schema_of::<T>,
             custom: None,
+            conversion: None,
         }
     }
 
@@ -212,6 +219,16 @@ impl ResourceInfo {
     }
     fn fields(mut self, fields: &'static [&'static str]) -> Self {
         self.fields = fields;
+        self
+    }
+    /// Served from `storage`'s objects (same storage prefix), converted by `conversion`.
+    fn converted(
+        mut self,
+        storage: &'static str,
+        conversion: &'static crate::conversion::Conversion,
+    ) -> Self {
+        self.storage = storage;
+        self.conversion = Some(conversion);
         self
     }
 
@@ -396,12 +413,27 @@ impl Registry {
                 .status()
                 .generation(),
         ];
+        let events = vec![
+            ResourceInfo::of::<events::Event>()
+                .short(&["ev"])
+                .names(PathSegment)
+                .create_on_update()
+                .fields(crate::conversion::EVENTS_V1_SELECTABLE)
+                .converted("events", &crate::conversion::EVENTS_V1),
+        ];
         let coordination = vec![ResourceInfo::of::<coordination::Lease>().create_on_update()];
         let autoscaling = vec![
             ResourceInfo::of::<autoscaling::HorizontalPodAutoscaler>()
                 .short(&["hpa"])
                 .all()
                 .status(),
+        ];
+        let autoscaling_v1 = vec![
+            ResourceInfo::of::<autoscaling_v1::HorizontalPodAutoscaler>()
+                .short(&["hpa"])
+                .all()
+                .status()
+                .converted("horizontalpodautoscalers", &crate::conversion::HPA_V1),
         ];
         let certificates = vec![
             ResourceInfo::of::<certificates::CertificateSigningRequest>()
@@ -467,9 +499,11 @@ impl Registry {
         let groups = [
             core,
             apps,
+            events,
             authentication,
             authorization,
             autoscaling,
+            autoscaling_v1,
             batch,
             certificates,
             networking,
@@ -537,12 +571,13 @@ impl Registry {
             .map(Cow::Owned)
     }
 
-    /// Every namespaced resource (for deleting a namespace's contents).
+    /// Every namespaced resource (for deleting a namespace's contents), each storage once
+    /// (versions served by conversion from another's storage are left out).
     pub(crate) fn namespaced(&self) -> impl Iterator<Item = &ResourceInfo> {
         self.groups
             .iter()
             .flat_map(|g| g.resources.iter())
-            .filter(|r| r.namespaced)
+            .filter(|r| r.namespaced && r.conversion.is_none())
     }
 }
 

@@ -15,6 +15,11 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount",
     "statefulset",
     "daemonset",
+    "job",
+    "cronjob",
+    "ttl-after-finished",
+    "resourcequota",
+    "disruption",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's

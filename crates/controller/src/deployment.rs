@@ -198,7 +198,11 @@ async fn sync(d: &Deployment, shared: &Shared) -> Result<Action, ReconcileError>
         .spec
         .as_ref()
         .ok_or_else(|| ReconcileError::Invalid("no spec".into()))?;
-    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let rs_api = RsApi {
+        api: Api::namespaced(client.clone(), &ns),
+        events: &shared.events,
+        deployment: d,
+    };
     let deleting = d.meta().deletion_timestamp.is_some();
 
     // Claim ReplicaSets: owned, adopted orphans that match, release owned ones that stopped.
@@ -422,10 +426,42 @@ fn stale_annotations(rs: &ReplicaSet, desired: i32, max: i32) -> bool {
         || a.get(MAX_REPLICAS) != Some(&max.to_string())
 }
 
+/// The ReplicaSets of one Deployment's namespace, with what recording the Deployment's
+/// events needs.
+struct RsApi<'a> {
+    api: Api<ReplicaSet>,
+    events: &'a crate::events::Recorder,
+    deployment: &'a Deployment,
+}
+
+impl std::ops::Deref for RsApi<'_> {
+    type Target = Api<ReplicaSet>;
+    fn deref(&self) -> &Api<ReplicaSet> {
+        &self.api
+    }
+}
+
+impl RsApi<'_> {
+    /// Upstream's `ScalingReplicaSet` event on the Deployment.
+    fn scaled(&self, rs: &str, from: i32, to: i32) {
+        let direction = if to > from { "up" } else { "down" };
+        self.events.event(
+            COMPONENT,
+            self.deployment,
+            crate::events::EventType::Normal,
+            "ScalingReplicaSet",
+            format!("Scaled {direction} replica set {rs} from {from} to {to}"),
+        );
+    }
+}
+
+/// The component name of this controller's events.
+const COMPONENT: &str = "deployment-controller";
+
 /// Sets a ReplicaSet's replicas with the desired/max annotations, as upstream's
 /// `scaleReplicaSet`.
 async fn scale_rs(
-    api: &Api<ReplicaSet>,
+    api: &RsApi<'_>,
     rs: &mut ReplicaSet,
     replicas: i32,
     desired: i32,
@@ -434,7 +470,8 @@ async fn scale_rs(
     if rs_replicas(rs) == replicas && !stale_annotations(rs, desired, max) {
         return Ok(());
     }
-    tracing::info!(replicaset = %rs.name_any(), from = rs_replicas(rs), to = replicas, "scaling replica set");
+    let from = rs_replicas(rs);
+    tracing::info!(replicaset = %rs.name_any(), from, to = replicas, "scaling replica set");
     let patch = json!({
         "metadata": {"annotations": {
             DESIRED_REPLICAS: desired.to_string(),
@@ -449,6 +486,9 @@ async fn scale_rs(
             &Patch::Merge(patch),
         )
         .await?;
+    if from != replicas {
+        api.scaled(&rs.name_any(), from, replicas);
+    }
     Ok(())
 }
 
@@ -456,7 +496,7 @@ async fn scale_rs(
 /// first their unhealthy replicas, then healthy ones, oldest first (upstream's
 /// `reconcileOldReplicaSets`).
 async fn scale_down_old(
-    api: &Api<ReplicaSet>,
+    api: &RsApi<'_>,
     new_rs: &ReplicaSet,
     old: &mut [ReplicaSet],
     replicas: i32,
@@ -516,7 +556,7 @@ async fn scale_down_old(
 /// (newer first when growing, older first when shrinking).
 async fn scale_proportionally(
     d: &Deployment,
-    api: &Api<ReplicaSet>,
+    api: &RsApi<'_>,
     new_rs: Option<&mut ReplicaSet>,
     old: &mut [ReplicaSet],
     surge: i32,
@@ -601,7 +641,7 @@ async fn scale_proportionally(
 /// Creates the ReplicaSet of the current template, `<deployment>-<hash>`.
 async fn create_new_rs(
     d: &Deployment,
-    api: &Api<ReplicaSet>,
+    api: &RsApi<'_>,
     revision: i64,
     replicas: i32,
     surge: i32,
@@ -654,6 +694,9 @@ async fn create_new_rs(
     match api.create(&PostParams::default(), &rs).await {
         Ok(rs) => {
             tracing::info!(replicaset = %name, replicas, revision, "created new replica set");
+            if replicas > 0 {
+                api.scaled(&name, 0, replicas);
+            }
             Ok(rs)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -670,7 +713,7 @@ async fn create_new_rs(
             }
             let count = collisions.unwrap_or(0) + 1;
             Api::<Deployment>::namespaced(
-                api.clone().into_client(),
+                api.api.clone().into_client(),
                 &d.namespace().unwrap_or_default(),
             )
             .patch_status(
@@ -690,7 +733,7 @@ async fn create_new_rs(
 /// Deletes the oldest fully scaled-down ReplicaSets beyond `revisionHistoryLimit`.
 async fn cleanup_history(
     d: &Deployment,
-    api: &Api<ReplicaSet>,
+    api: &RsApi<'_>,
     old: &[ReplicaSet],
 ) -> Result<(), ReconcileError> {
     let limit = d
@@ -735,7 +778,7 @@ async fn cleanup_history(
 }
 
 async fn set_owner(
-    api: &Api<ReplicaSet>,
+    api: &RsApi<'_>,
     rs: &ReplicaSet,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 ) -> Result<Option<ReplicaSet>, ReconcileError> {

@@ -19,18 +19,25 @@ use kube::Client;
 use tokio::sync::watch;
 
 mod config;
+mod cronjob;
 mod daemonset;
 mod deployment;
+mod disruption;
 mod endpoints;
+mod events;
 mod gc;
 mod history;
+mod job;
 mod leader;
 mod replicaset;
+mod resourcequota;
 mod serviceaccount;
 mod statefulset;
+mod ttl;
 mod util;
 
 pub use config::{CONTROLLERS, Config, ConfigError};
+pub use util::{Clock, SystemClock};
 
 /// Name of the component, as its binary and log lines call it.
 pub const COMPONENT: &str = "rk3s-controller";
@@ -65,6 +72,17 @@ pub async fn run(
     client: Client,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    run_with_clock(config, client, shutdown, Arc::new(SystemClock)).await
+}
+
+/// [`run`] with the time-driven controllers (Job, CronJob, TTL-after-finished) reading the
+/// time from `clock` (tests move it to reach schedules without waiting).
+pub async fn run_with_clock(
+    config: Config,
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send,
+    clock: Arc<dyn Clock>,
+) -> Result<(), Error> {
     config.validate()?;
     let identity = config
         .identity
@@ -83,7 +101,7 @@ pub async fn run(
             None
         };
         let (stop_tx, stop_rx) = watch::channel(false);
-        let controllers = start_controllers(&config, &client, &stop_rx);
+        let controllers = start_controllers(&config, &client, &stop_rx, &clock);
         let lost = async {
             match &lease {
                 Some(l) => l.lost().await,
@@ -118,10 +136,13 @@ fn start_controllers(
     config: &Config,
     client: &Client,
     stop: &watch::Receiver<bool>,
+    clock: &Arc<dyn Clock>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let shared = Arc::new(util::Shared {
         client: client.clone(),
         concurrency: config.concurrent_syncs,
+        clock: clock.clone(),
+        events: events::Recorder::new(client.clone()),
     });
     let mut tasks: Vec<(&str, BoxFuture<'static, ()>)> = Vec::new();
     if config.enabled("replicaset") {
@@ -173,6 +194,33 @@ fn start_controllers(
         tasks.push((
             "daemonset",
             Box::pin(daemonset::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("job") {
+        tasks.push(("job", Box::pin(job::run(shared.clone(), stop.clone()))));
+    }
+    if config.enabled("cronjob") {
+        tasks.push((
+            "cronjob",
+            Box::pin(cronjob::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("ttl-after-finished") {
+        tasks.push((
+            "ttl-after-finished",
+            Box::pin(ttl::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("resourcequota") {
+        tasks.push((
+            "resourcequota",
+            Box::pin(resourcequota::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("disruption") {
+        tasks.push((
+            "disruption",
+            Box::pin(disruption::run(shared.clone(), stop.clone())),
         ));
     }
     if config.enabled("serviceaccount") {

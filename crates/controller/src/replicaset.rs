@@ -15,17 +15,18 @@ use futures::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use kube::Resource;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::ReconcileError;
+use crate::events::EventType;
 use crate::util::{self, Backoff, Shared};
 
 /// Upstream's `BurstReplicas`: at most this many creations or deletions per sync.
@@ -47,9 +48,20 @@ pub(crate) trait Replicated:
     fn min_ready_seconds(&self) -> i32;
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn status_value(&self) -> Value;
+    /// The `source.component` of this controller's events.
+    const COMPONENT: &'static str;
+}
+
+/// An error as upstream's events show it: the API's message for an API error.
+fn api_error_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 impl Replicated for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
     fn selector(&self) -> Option<LabelSelector> {
         self.spec.as_ref().map(|s| s.selector.clone())
     }
@@ -71,6 +83,7 @@ impl Replicated for ReplicaSet {
 }
 
 impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
     fn selector(&self) -> Option<LabelSelector> {
         let spec = self.spec.as_ref()?;
         // An RC without a selector selects its template's labels (upstream defaulting).
@@ -244,7 +257,30 @@ pub(crate) async fn sync<K: Replicated>(rs: &K, shared: &Shared) -> Result<Actio
             let (created, err) = slow_start(n, || {
                 let api = pods_api.clone();
                 let pod = pod.clone();
-                async move { api.create(&PostParams::default(), &pod).await.map(|_| ()) }
+                async move {
+                    match api.create(&PostParams::default(), &pod).await {
+                        Ok(p) => {
+                            shared.events.event(
+                                K::COMPONENT,
+                                rs,
+                                EventType::Normal,
+                                "SuccessfulCreate",
+                                format!("Created pod: {}", p.name_any()),
+                            );
+                            Ok(())
+                        }
+                        Err(e) => {
+                            shared.events.event(
+                                K::COMPONENT,
+                                rs,
+                                EventType::Warning,
+                                "FailedCreate",
+                                format!("Error creating: {}", api_error_text(&e)),
+                            );
+                            Err(e)
+                        }
+                    }
+                }
             })
             .await;
             tracing::info!(created, wanted = n, "created pods");
@@ -259,9 +295,27 @@ pub(crate) async fn sync<K: Replicated>(rs: &K, shared: &Shared) -> Result<Actio
                 let pname = p.metadata.name.clone().unwrap_or_default();
                 async move {
                     match api.delete(&pname, &DeleteParams::default()).await {
-                        Ok(_) => Ok(()),
+                        Ok(_) => {
+                            shared.events.event(
+                                K::COMPONENT,
+                                rs,
+                                EventType::Normal,
+                                "SuccessfulDelete",
+                                format!("Deleted pod: {pname}"),
+                            );
+                            Ok(())
+                        }
                         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                        Err(e) => Err(e),
+                        Err(e) => {
+                            shared.events.event(
+                                K::COMPONENT,
+                                rs,
+                                EventType::Warning,
+                                "FailedDelete",
+                                format!("Error deleting: {}", api_error_text(&e)),
+                            );
+                            Err(e)
+                        }
                     }
                 }
             }))

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
@@ -21,6 +21,29 @@ use crate::ReconcileError;
 pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) concurrency: u16,
+    /// "Now" for the time-driven controllers (Job deadlines and backoff, CronJob schedules,
+    /// TTL-after-finished).
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Where the controllers record their Events (bounded, never blocks).
+    pub(crate) events: crate::events::Recorder,
+}
+
+/// Where the time-driven controllers (Job, CronJob, TTL-after-finished) read the time, so
+/// that tests can move it (upstream injects a `clock.WithTicker` the same way). Timers still
+/// run in real time: a test that moves the clock then touches the object it wants synced.
+pub trait Clock: Send + Sync + Debug {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
 }
 
 impl Debug for Shared {

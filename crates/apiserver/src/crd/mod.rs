@@ -341,6 +341,7 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
                     terminating,
                     storage_version: storage_version.unwrap_or_else(|| intern(version)),
                 })),
+                conversion: None,
             })
         })
         .collect()

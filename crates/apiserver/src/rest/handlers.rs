@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::object::{
     FieldValidation, check_type, decode_as, decode_stored, encode_as, labels, meta_str,
-    metadata_mut, new_uid, request_resource_version, set_resource_version, spec_part,
+    metadata_mut, new_uid, request_resource_version, served_form, set_resource_version, spec_part,
     typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
@@ -200,11 +200,17 @@ impl Selectors {
     pub(crate) fn from_query(info: &ResourceInfo, q: &Query) -> Result<Self, ApiError> {
         let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
             .map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse(
+        let mut fields = FieldSelector::parse(
             q.get("fieldSelector").map_or("", String::as_str),
             info.fields,
         )
         .map_err(ApiError::bad_request)?;
+        // Selectors match the stored form: map a converted version's field labels to it.
+        if let Some(conversion) = info.conversion {
+            for t in &mut fields.terms {
+                t.field = conversion.field_label(&t.field).to_string();
+            }
+        }
         Ok(Selectors { labels, fields })
     }
 
@@ -309,9 +315,9 @@ pub(crate) async fn list_items(
             .get(&info.key(namespace, name), revision)
             .await?;
         if let Some(kv) = kv {
-            let obj = decode_as(info, &kv)?;
+            let obj = decode_stored(&kv)?;
             if selectors.matches(&obj) {
-                items.push(obj);
+                items.push(served_form(info, obj));
             }
         }
         return Ok((items, if revision > 0 { revision } else { rev }, None));
@@ -342,9 +348,10 @@ pub(crate) async fn list_items(
         let page_len = resp.kvs.len();
         for (i, kv) in resp.kvs.iter().enumerate() {
             after = Some(kv.key.clone());
-            let obj = decode_as(info, kv)?;
+            // Selectors run on the stored form (field labels are mapped to it).
+            let obj = decode_stored(kv)?;
             if selectors.matches(&obj) {
-                items.push(obj);
+                items.push(served_form(info, obj));
             }
             if limit > 0 && items.len() as i64 >= limit {
                 let more = i + 1 < page_len || resp.more;
@@ -552,6 +559,12 @@ pub(crate) async fn create_object_as(
     crate::defaults::apply(info, &mut obj, true);
     check_crd(info, &obj)?;
     namespace_of(info, path_ns, &mut obj)?;
+    if info.group == "events.k8s.io" {
+        let causes = crate::conversion::validate_events_v1_create(&obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(info, meta_str(&obj, "name"), causes));
+        }
+    }
     let ns =
         (!meta_str(&obj, "namespace").is_empty()).then(|| meta_str(&obj, "namespace").to_string());
     crate::admission::admit_create(state, info, ns.as_deref(), &mut obj).await?;
@@ -600,6 +613,10 @@ pub(crate) async fn create_object_as(
         check_namespace(state, info, ns, &name).await?;
     }
     set_system_fields(info, &mut obj);
+    if let Some(ns) = path_ns.filter(|_| info.namespaced) {
+        // Last, as upstream's validating admission: charges the namespace's quotas.
+        crate::quota::admit_create(state, info, ns, &obj, dry_run).await?;
+    }
     if let Some(w) = writer {
         crate::apply::track_update(w, None, &mut obj);
     }

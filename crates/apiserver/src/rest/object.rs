@@ -24,18 +24,29 @@ pub(crate) fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
 /// An object of `info` as read from the store. A custom resource is shown in the version it
 /// is read through (conversion strategy `None`: only `apiVersion` changes).
 pub(crate) fn decode_as(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut obj = decode_stored(kv)?;
+    Ok(served_form(info, decode_stored(kv)?))
+}
+
+/// A stored object (as [`decode_stored`] returns it) in the form `info` serves: converted
+/// for a built-in served by conversion, with the served `apiVersion` for a custom resource.
+pub(crate) fn served_form(info: &ResourceInfo, mut obj: Value) -> Value {
+    if let Some(conversion) = info.conversion {
+        return (conversion.from_storage)(obj);
+    }
     if info.custom.is_some()
         && let Some(o) = obj.as_object_mut()
     {
         o.insert("apiVersion".into(), json!(info.api_version()));
     }
-    Ok(obj)
+    obj
 }
 
 /// The bytes stored for an object of `info`: a custom resource is stored in its CRD's storage
 /// version (conversion `None`: only `apiVersion` changes), as upstream.
 pub(crate) fn encode_as(info: &ResourceInfo, obj: &Value) -> Result<Vec<u8>, ApiError> {
+    if let Some(conversion) = info.conversion {
+        return encode_for_store(&(conversion.to_storage)(obj.clone()));
+    }
     match info.custom.as_ref().map(|c| c.storage_version) {
         Some(storage) if storage != info.version => {
             let mut obj = obj.clone();

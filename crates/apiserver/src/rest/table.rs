@@ -380,7 +380,9 @@ const CREATED_AT: Column = Column {
 };
 
 fn columns(info: &ResourceInfo) -> Vec<Column> {
-    match (info.group, info.kind) {
+    // A version served by conversion prints as its stored form (cells see that form).
+    let group = info.conversion.map_or(info.group, |c| c.storage_group);
+    match (group, info.kind) {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => vec![
             NAME,
             Column {
@@ -1056,9 +1058,16 @@ pub(crate) fn to_table(info: &ResourceInfo, objects: &[Value], rv: &str, q: &Que
         }
         None => {
             let cols = columns(info);
+            let conversion = info.conversion;
             (
                 cols.iter().map(column_definition).collect(),
-                Box::new(move |o: &Value| cols.iter().map(|c| (c.cell)(o)).collect()),
+                Box::new(move |o: &Value| match conversion {
+                    Some(c) => {
+                        let stored = (c.to_storage)(o.clone());
+                        cols.iter().map(|col| (col.cell)(&stored)).collect()
+                    }
+                    None => cols.iter().map(|c| (c.cell)(o)).collect(),
+                }),
             )
         }
     };

@@ -50,19 +50,14 @@ impl WatchSpec {
 
     /// A stored object as this watch serves it: a custom resource in the version it is
     /// watched through (conversion `None`: only `apiVersion` changes).
-    fn served(&self, mut obj: Value) -> Value {
-        if self.info.custom.is_some()
-            && let Some(o) = obj.as_object_mut()
-        {
-            o.insert("apiVersion".into(), json!(self.info.api_version()));
-        }
-        obj
+    fn served(&self, obj: Value) -> Value {
+        super::object::served_form(&self.info, obj)
     }
 
     /// The line for a cached object: its JSON is serialized once for all watchers (custom
     /// resources, whose `apiVersion` may differ from the stored one, are re-encoded).
     fn object_line(&self, kind: &str, obj: &CachedObject) -> Bytes {
-        if self.table || self.info.custom.is_some() {
+        if self.table || self.info.custom.is_some() || self.info.conversion.is_some() {
             return self.line(kind, self.served(obj.value.clone()));
         }
         let json = obj.json();

@@ -41,6 +41,14 @@ impl TestCluster {
     }
 
     pub async fn start_with(config: rk3s_controller::Config) -> TestCluster {
+        TestCluster::start_with_clock(config, Arc::new(rk3s_controller::SystemClock)).await
+    }
+
+    /// With the time-driven controllers (Job, CronJob, TTL) reading `clock`.
+    pub async fn start_with_clock(
+        config: rk3s_controller::Config,
+        clock: Arc<dyn rk3s_controller::Clock>,
+    ) -> TestCluster {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("state.db");
@@ -65,9 +73,14 @@ impl TestCluster {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let c = client.clone();
         let controllers = tokio::spawn(async move {
-            rk3s_controller::run(config, c, async {
-                let _ = rx.await;
-            })
+            rk3s_controller::run_with_clock(
+                config,
+                c,
+                async {
+                    let _ = rx.await;
+                },
+                clock,
+            )
             .await
             .expect("controller manager runs");
         });
