@@ -29,6 +29,23 @@ pub struct Config {
     pub service_account_issuer: String,
     /// `--api-audiences` (default: the issuer).
     pub api_audiences: Vec<String>,
+    /// `--requestheader-allowed-names`: CNs a front proxy's certificate (signed by
+    /// `server/tls/request-header-ca.crt`) may have; empty: any (default: `system:auth-proxy`).
+    pub requestheader_allowed_names: Vec<String>,
+    /// `--encryption-provider-config`: upstream's `EncryptionConfiguration` file; the
+    /// resources it lists are encrypted at rest. Unset: nothing is encrypted.
+    pub encryption_provider_config: Option<PathBuf>,
+    /// `--audit-policy-file`: upstream's audit `Policy`; with `audit-log-path`, turns the
+    /// audit log on.
+    pub audit_policy_file: Option<PathBuf>,
+    /// `--audit-log-path` (`-`: standard output).
+    pub audit_log_path: Option<PathBuf>,
+    /// `--audit-log-maxage`: days to keep rotated audit logs (0: no limit).
+    pub audit_log_maxage: u64,
+    /// `--audit-log-maxbackup`: rotated audit logs to keep (0: no limit).
+    pub audit_log_maxbackup: usize,
+    /// `--audit-log-maxsize`: megabytes before the audit log is rotated (0: never).
+    pub audit_log_maxsize: u64,
     /// The datastore, including `data-dir`.
     #[serde(flatten)]
     pub datastore: rk3s_datastore::Config,
@@ -46,6 +63,13 @@ impl Default for Config {
             token: None,
             service_account_issuer: crate::auth::DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
+            requestheader_allowed_names: vec!["system:auth-proxy".into()],
+            encryption_provider_config: None,
+            audit_policy_file: None,
+            audit_log_path: None,
+            audit_log_maxage: 0,
+            audit_log_maxbackup: 0,
+            audit_log_maxsize: 0,
             datastore: rk3s_datastore::Config::default(),
         }
     }
@@ -88,7 +112,28 @@ impl Config {
             token_auth_file: self.token_auth_file.clone(),
             service_account_issuer: self.service_account_issuer.clone(),
             api_audiences: self.api_audiences.clone(),
+            requestheader_allowed_names: self.requestheader_allowed_names.clone(),
         })
+    }
+
+    /// The encryption at rest of `--encryption-provider-config` (identity when unset).
+    pub fn encryption(&self) -> Result<crate::Transformer> {
+        match &self.encryption_provider_config {
+            None => Ok(crate::Transformer::identity()),
+            Some(path) => crate::Transformer::from_file(path)
+                .map_err(|e| Error::InvalidConfig(format!("encryption-provider-config: {e}"))),
+        }
+    }
+
+    /// The audit settings.
+    pub fn audit_config(&self) -> crate::audit::AuditConfig {
+        crate::audit::AuditConfig {
+            policy_file: self.audit_policy_file.clone(),
+            log_path: self.audit_log_path.clone(),
+            max_age_days: self.audit_log_maxage,
+            max_backups: self.audit_log_maxbackup,
+            max_size_mb: self.audit_log_maxsize,
+        }
     }
 
     /// The socket address to listen on.

@@ -92,7 +92,10 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 service_spec(spec);
             }
         }
-        ("", "Secret") => default(o, "type", json!("Opaque")),
+        ("", "Secret") => {
+            default(o, "type", json!("Opaque"));
+            merge_string_data(o);
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             if let Some(spec) = child(o, "spec") {
                 default(spec, "minReplicas", json!(1));
@@ -473,6 +476,29 @@ fn service_spec(spec: &mut Map<String, Value>) {
         default(p, "protocol", json!("TCP"));
         if let Some(port) = p.get("port").cloned() {
             default(p, "targetPort", port);
+        }
+    }
+}
+
+/// `stringData` is write-only: its entries are merged into `data` (base64, overriding) and it
+/// is dropped, as upstream's v1 Secret conversion does.
+fn merge_string_data(o: &mut Map<String, Value>) {
+    use base64::Engine as _;
+    let Some(Value::Object(string_data)) = o.remove("stringData") else {
+        return;
+    };
+    let data = o.entry("data").or_insert_with(|| Value::Object(Map::new()));
+    if !data.is_object() {
+        *data = Value::Object(Map::new());
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in string_data {
+            if let Some(v) = v.as_str() {
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(v)),
+                );
+            }
         }
     }
 }

@@ -34,9 +34,23 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The encryption provider configuration cannot be used, or a stored value cannot be
+    /// re-encrypted.
+    #[error("encryption at rest: {0}")]
+    Encryption(String),
+
     /// Creating the bootstrap objects (the system namespaces) failed.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+}
+
+impl From<crate::storage::StoreError> for Error {
+    fn from(e: crate::storage::StoreError) -> Self {
+        match e {
+            crate::storage::StoreError::Datastore(e) => Error::Datastore(e),
+            other => Error::Encryption(other.to_string()),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

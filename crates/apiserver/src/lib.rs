@@ -17,6 +17,7 @@
 
 mod admission;
 mod apply;
+pub mod audit;
 mod auth;
 mod bootstrap;
 mod config;
@@ -24,6 +25,7 @@ mod conversion;
 mod crd;
 mod defaults;
 mod discovery;
+pub mod encryption;
 mod error;
 mod health;
 mod join;
@@ -42,6 +44,7 @@ mod selectors;
 mod server;
 mod services;
 mod status;
+mod storage;
 mod time;
 mod validation;
 mod watch_cache;
@@ -50,6 +53,7 @@ use std::future::Future;
 
 pub use auth::{AuthConfig, DEFAULT_ISSUER};
 pub use config::Config;
+pub use encryption::{EncryptionConfiguration, Transformer};
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
 pub use join_token::{
@@ -61,6 +65,7 @@ pub use pki::{
 };
 pub use server::{Apiserver, RunningApiserver};
 pub use services::ServiceCidr;
+pub use storage::{Reencrypted, reencrypt};
 
 /// Name of the component, as its binary and log lines call it.
 pub const COMPONENT: &str = "rk3s-apiserver";
@@ -79,9 +84,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.token.as_deref(),
     )
     .map_err(|e| Error::InvalidConfig(format!("token: {e}")))?;
+    let encryption = config.encryption()?;
+    let audit = audit::Audit::from_config(&config.audit_config())
+        .map_err(|e| Error::InvalidConfig(e.to_string()))?;
     let running = Apiserver::new(store.clone())
         .pki(pki)
         .join_token(token)
+        .encryption(encryption)
+        .audit(audit)
         .auth(config.auth_config()?)
         .service_cidr(service_cidr)
         .serve(config.listen_addr())

@@ -264,6 +264,32 @@ impl Pki {
         )
     }
 
+    /// A front proxy's client certificate (K3s: `client-auth-proxy`, CN `system:auth-proxy`),
+    /// signed by the request-header CA: requests with it are authenticated by their
+    /// `X-Remote-User`/`X-Remote-Group`/`X-Remote-Extra-*` headers.
+    pub fn issue_proxy_client_cert(&self, common_name: &str) -> Result<CertKey> {
+        issue(
+            &self.request_header_ca,
+            &LeafSpec {
+                file: "",
+                common_name,
+                organizations: &[],
+                server_sans: None,
+            },
+        )
+    }
+
+    /// The DER subject of the request-header CA (what the front proxy's certificate names as
+    /// its issuer).
+    pub(crate) fn request_header_subject(&self) -> Option<Vec<u8>> {
+        let der = pem_certs(&self.request_header_ca.cert_pem, "request-header CA")
+            .ok()?
+            .into_iter()
+            .next()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        Some(cert.subject().as_raw().to_vec())
+    }
+
     /// A kubelet's client certificate: `system:node:<node>` in `system:nodes`.
     pub fn issue_kubelet_client_cert(&self, node: &str) -> Result<CertKey> {
         self.issue_client_cert(&format!("system:node:{node}"), &[SYSTEM_NODES])
@@ -331,6 +357,13 @@ impl Pki {
             roots
                 .add(cert)
                 .map_err(|e| Error::Tls(format!("client CA: {e}")))?;
+        }
+        // The front proxy's certificate (request-header authentication) is verified too; the
+        // auth middleware tells the two apart by issuer.
+        for cert in pem_certs(&self.request_header_ca.cert_pem, "request-header CA")? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("request-header CA: {e}")))?;
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
@@ -639,6 +672,12 @@ fn leaf_params(spec: &LeafSpec<'_>) -> CertificateParams {
     params.not_after = now + LEAF_VALIDITY;
     params.serial_number = Some(random_serial());
     params
+}
+
+/// Whether a certificate names `subject` (DER) as its issuer.
+pub(crate) fn issued_by(der: &[u8], subject: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der)
+        .is_ok_and(|(_, cert)| cert.issuer().as_raw() == subject)
 }
 
 /// The user a verified client certificate names: CN and the O values.

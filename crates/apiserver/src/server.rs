@@ -25,7 +25,7 @@ use crate::pki::{Pki, PkiOptions};
 use crate::services::ServiceCidr;
 
 /// Largest request body accepted, as upstream (3 MiB).
-const MAX_BODY: usize = 3 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How long open connections get to finish on shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long a TLS handshake may take.
@@ -34,7 +34,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every request handler shares.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub(crate) store: Store,
+    /// The datastore, with encryption at rest.
+    pub(crate) store: crate::storage::Store,
     pub(crate) metrics: Arc<Metrics>,
     /// Flips to `true` on shutdown; long requests (watches) end.
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -45,6 +46,8 @@ pub(crate) struct AppState {
     pub(crate) crds: Arc<crate::crd::CustomRegistry>,
     /// Authentication and authorization.
     pub(crate) auth: Arc<Auth>,
+    /// The audit log, if configured.
+    pub(crate) audit: Option<Arc<crate::audit::Audit>>,
     /// Serves every watch (one datastore watch per watched storage prefix).
     pub(crate) watch_cache: Arc<crate::watch_cache::WatchCaches>,
     /// TLS towards kubelets (logs, exec, attach, port-forward, node proxy): see
@@ -88,6 +91,10 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::middleware,
         ))
         // K3s' join endpoints authenticate on their own (join token, node password).
         .merge(crate::join::routes())
@@ -137,6 +144,8 @@ pub struct Apiserver {
     service_cidr: ServiceCidr,
     auth: AuthConfig,
     join_token: Option<crate::JoinToken>,
+    encryption: Arc<crate::encryption::Transformer>,
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
@@ -164,7 +173,22 @@ impl Apiserver {
             service_cidr: ServiceCidr::default(),
             auth: AuthConfig::default(),
             join_token: None,
+            encryption: Arc::default(),
+            audit: None,
         }
+    }
+
+    /// Write an audit log (default: none; see [`crate::audit::Audit::from_config`]).
+    pub fn audit(mut self, audit: Option<crate::audit::Audit>) -> Self {
+        self.audit = audit.map(Arc::new);
+        self
+    }
+
+    /// Encrypt the resources `transformer` covers at rest (default: nothing is encrypted;
+    /// see [`crate::EncryptionConfiguration`]).
+    pub fn encryption(mut self, transformer: crate::Transformer) -> Self {
+        self.encryption = Arc::new(transformer);
+        self
     }
 
     /// Accept this join token on K3s' join endpoints (`/v1-k3s/...`: kubelet certificates for
@@ -203,8 +227,9 @@ impl Apiserver {
                 ..PkiOptions::default()
             })?,
         };
-        let store = self.store;
+        let store = crate::storage::Store::new(self.store, self.encryption);
         let acceptor = TlsAcceptor::from(pki.server_config()?);
+        let proxy_issuer = Arc::new(pki.request_header_subject());
         let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
         let kubelet_tls = pki.kubelet_client_config()?;
         let listener = TcpListener::bind(listen)
@@ -230,6 +255,7 @@ impl Apiserver {
             service_cidr: self.service_cidr,
             crds: Arc::default(),
             auth,
+            audit: self.audit,
             watch_cache,
             kubelet_tls,
             join: crate::join::state(pki.clone(), self.join_token),
@@ -244,7 +270,13 @@ impl Apiserver {
         state.bootstrapped.store(true, Ordering::Release);
         tracing::info!(%addr, "apiserver listening");
         let app = router(state);
-        let task = tokio::spawn(accept_loop(listener, acceptor, app, shutdown_rx));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            proxy_issuer,
+            app,
+            shutdown_rx,
+        ));
         Ok(RunningApiserver {
             addr,
             pki,
@@ -298,6 +330,7 @@ impl Drop for RunningApiserver {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    proxy_issuer: Arc<Option<Vec<u8>>>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -316,7 +349,7 @@ async fn accept_loop(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                conns.spawn(serve_connection(tcp, peer, acceptor.clone(), app.clone(), shutdown.clone()));
+                conns.spawn(serve_connection(tcp, peer, acceptor.clone(), proxy_issuer.clone(), app.clone(), shutdown.clone()));
             }
         }
     }
@@ -335,6 +368,7 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
+    proxy_issuer: Arc<Option<Vec<u8>>>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -349,15 +383,20 @@ async fn serve_connection(
             return;
         }
     };
-    // The client certificate, if one was offered: rustls verified it against the client CA.
+    // The client certificate, if one was offered: rustls verified it against the client CA
+    // or the request-header CA (a front proxy's).
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first());
     let peer_cert = PeerCert(
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(|der| crate::pki::cert_identity(der)),
+        leaf.and_then(|der| crate::pki::cert_identity(der)),
+        leaf.zip(proxy_issuer.as_ref().as_ref())
+            .is_some_and(|(der, subject)| crate::pki::issued_by(der, subject)),
     );
     let app = tower::Layer::layer(&axum::Extension(peer_cert), app);
+    let app = tower::Layer::layer(&axum::Extension(crate::audit::PeerAddr(peer)), app);
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));

@@ -268,7 +268,6 @@ pub(crate) async fn create(
         }
         let resp = state
             .store
-            .backend()
             .txn(TxnRequest {
                 compare,
                 success,
@@ -351,7 +350,6 @@ pub(crate) async fn delete(
     }
     let resp = state
         .store
-        .backend()
         .txn(TxnRequest {
             compare: vec![Compare::new(
                 key,

@@ -253,6 +253,18 @@ impl From<rk3s_datastore::Error> for ApiError {
     }
 }
 
+impl From<crate::storage::StoreError> for ApiError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        match e {
+            crate::storage::StoreError::Datastore(e) => e.into(),
+            other => {
+                tracing::warn!(error = %other, "storage transform error");
+                ApiError::internal(other)
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

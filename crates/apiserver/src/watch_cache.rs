@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use rk3s_datastore::{Event, EventKind, ListOptions, Store, WatchResponse};
+use rk3s_datastore::{Event, EventKind, ListOptions, WatchResponse};
+
+use crate::storage::{Store, StoreError};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -429,7 +431,7 @@ impl Cache {
                         tracing::debug!(revision, "watch cache listed");
                         listed = true;
                     }
-                    Err(rk3s_datastore::Error::Closed) => break,
+                    Err(StoreError::Datastore(rk3s_datastore::Error::Closed)) => break,
                     Err(e) if list_at > 0 => {
                         // Compacted or in the future: the current state will do.
                         tracing::debug!(error = %e, list_at, "watch cache: listing now instead");
@@ -476,8 +478,10 @@ impl Cache {
     ) -> Ended {
         let mut w = match store.watch_prefix(&self.prefix, from, true).await {
             Ok(w) => w,
-            Err(rk3s_datastore::Error::Compacted { .. }) => return Ended::Relist,
-            Err(rk3s_datastore::Error::Closed) => return Ended::Stop,
+            Err(StoreError::Datastore(rk3s_datastore::Error::Compacted { .. })) => {
+                return Ended::Relist;
+            }
+            Err(StoreError::Datastore(rk3s_datastore::Error::Closed)) => return Ended::Stop,
             Err(e) => {
                 tracing::warn!(error = %e, "watch cache: datastore watch failed; retrying");
                 return Ended::Retry;

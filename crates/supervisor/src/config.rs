@@ -128,6 +128,11 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
 
+    /// Encrypt Secrets at rest (AES-CBC key in <data-dir>/server/cred/encryption-config.json)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secrets_encryption: bool,
+
     /// Run the control plane only (the node half is not built yet: this is what the server does
     /// anyway for now)
     #[arg(long)]
@@ -174,6 +179,7 @@ pub struct ServerConfig {
     pub tls_san: Vec<String>,
     pub token: Option<String>,
     pub server: Option<String>,
+    pub secrets_encryption: bool,
     pub disable_agent: bool,
     pub disable_scheduler: bool,
     pub disable_controller_manager: bool,
@@ -200,6 +206,7 @@ impl Default for ServerConfig {
             tls_san: Vec::new(),
             token: None,
             server: None,
+            secrets_encryption: false,
             disable_agent: false,
             disable_scheduler: false,
             disable_controller_manager: false,
@@ -227,6 +234,7 @@ const KEYS: &[&str] = &[
     "tls-san",
     "token",
     "server",
+    "secrets-encryption",
     "disable-agent",
     "disable-scheduler",
     "disable-controller-manager",
@@ -728,7 +736,10 @@ mod tests {
         let covered: Vec<&str> = cases.iter().map(|c| c.0).collect();
         for key in KEYS {
             assert!(
-                covered.contains(key) || key.starts_with("disable-") || *key == "server",
+                covered.contains(key)
+                    || key.starts_with("disable-")
+                    || *key == "server"
+                    || *key == "secrets-encryption",
                 "{key} untested"
             );
         }
@@ -741,11 +752,13 @@ mod tests {
             "disable-agent",
             "disable-scheduler",
             "disable-controller-manager",
+            "secrets-encryption",
         ] {
             let var = format!("RK3S_{}", key.to_uppercase().replace('-', "_"));
             let get = |c: &ServerConfig| match key {
                 "disable-agent" => c.disable_agent,
                 "disable-scheduler" => c.disable_scheduler,
+                "secrets-encryption" => c.secrets_encryption,
                 _ => c.disable_controller_manager,
             };
             figment::Jail::expect_with(|jail| {

@@ -18,6 +18,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod secrets_encrypt;
 pub mod server;
 pub mod supervise;
 
@@ -55,6 +56,9 @@ pub enum Command {
     Kubectl(kubectl::KubectlArgs),
     /// Serve the etcd v3 API over a SQLite, Postgres, MySQL or etcd datastore
     Datastore(DatastoreArgs),
+    /// Manage secrets encryption at rest: status, enable, disable, prepare, rotate,
+    /// reencrypt, rotate-keys (offline: stop the server first)
+    SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
 }
 
 /// Runs a parsed command line until SIGINT or SIGTERM (`rk3s kubectl` replaces the process).
@@ -76,6 +80,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Kubectl(args) => kubectl::exec(args).context("rk3s kubectl"),
         Command::Datastore(args) => run_datastore(args).await,
+        Command::SecretsEncrypt(args) => secrets_encrypt::run(args)
+            .await
+            .context("rk3s secrets-encrypt"),
     }
 }
 

@@ -58,6 +58,9 @@ pub enum ServerError {
     /// The join token (`--token`, `<data-dir>/server/token`) is unusable.
     #[error("token: {0}")]
     Token(#[from] rk3s_apiserver::JoinTokenError),
+    /// `--secrets-encryption`: the configuration cannot be read or created.
+    #[error("secrets encryption: {0}")]
+    Encryption(String),
 }
 
 /// The kubeconfig of the scheduler, under [`ServerConfig::cred_dir`] (K3s' name).
@@ -154,6 +157,7 @@ async fn run_with_store(
         }
         Some(secret) => shared_pki(&store, secret, tls_dir.clone(), opts).await?,
     };
+    let encryption = encryption(config)?;
     let ca_pem = pki.server_ca.cert_pem.clone();
     // The join token agents present (`<data-dir>/server/token`, created on first start).
     let token =
@@ -191,6 +195,7 @@ async fn run_with_store(
         store,
         pki,
         token,
+        encryption,
         cidr,
         config.listen_addr(),
         config.local_api_addr(),
@@ -253,6 +258,26 @@ async fn run_with_store(
     clients.shutdown().await;
     supervisor.shutdown().await;
     Ok(())
+}
+
+/// `--secrets-encryption`: the configuration in `<data-dir>/server/cred` (generated on first
+/// start). Without the flag nothing is encrypted, as K3s (a datastore with encrypted Secrets
+/// then answers them with an error).
+fn encryption(config: &ServerConfig) -> Result<rk3s_apiserver::Transformer, ServerError> {
+    let path = crate::secrets_encrypt::config_path(&config.data_dir);
+    if !config.secrets_encryption {
+        if path.exists() {
+            tracing::warn!(
+                path = %path.display(),
+                "an encryption configuration exists but --secrets-encryption is off: \
+                 encrypted Secrets cannot be read"
+            );
+        }
+        return Ok(rk3s_apiserver::Transformer::identity());
+    }
+    crate::secrets_encrypt::load_or_create(&config.data_dir)
+        .and_then(|c| rk3s_apiserver::Transformer::new(&c).map_err(anyhow::Error::from))
+        .map_err(|e| ServerError::Encryption(format!("{e:#}")))
 }
 
 /// The holder identity this server's scheduler and controller manager put in their Leases:
@@ -401,6 +426,7 @@ fn apiserver(
     store: Store,
     pki: Pki,
     token: rk3s_apiserver::JoinToken,
+    encryption: rk3s_apiserver::Transformer,
     cidr: ServiceCidr,
     listen: SocketAddr,
     local: SocketAddr,
@@ -410,6 +436,7 @@ fn apiserver(
         let server = Apiserver::new(store.clone())
             .pki(pki.clone())
             .join_token(token.clone())
+            .encryption(encryption.clone())
             .service_cidr(cidr);
         async move {
             let running = server.serve(listen).await.map_err(BoxError::from)?;

@@ -23,11 +23,11 @@ pub(crate) mod token_file;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use crate::storage::Store;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rk3s_datastore::Store;
 
 pub(crate) use attributes::Attributes;
 
@@ -58,6 +58,9 @@ pub struct AuthConfig {
     /// `--api-audiences`: a service-account token must name one of these (default: the
     /// issuer).
     pub api_audiences: Vec<String>,
+    /// `--requestheader-allowed-names`: the CNs a front proxy's certificate (signed by the
+    /// request-header CA) may have; empty: any. Default: K3s' `system:auth-proxy`.
+    pub requestheader_allowed_names: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -66,6 +69,7 @@ impl Default for AuthConfig {
             token_auth_file: None,
             service_account_issuer: DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
+            requestheader_allowed_names: vec!["system:auth-proxy".into()],
         }
     }
 }
@@ -117,14 +121,16 @@ impl UserInfo {
     }
 }
 
-/// The verified client certificate of a connection: (CN, O values), if one was offered.
+/// The verified client certificate of a connection: (CN, O values), if one was offered, and
+/// whether the request-header CA signed it (a front proxy's).
 #[derive(Debug, Clone)]
-pub(crate) struct PeerCert(pub(crate) Option<(String, Vec<String>)>);
+pub(crate) struct PeerCert(pub(crate) Option<(String, Vec<String>)>, pub(crate) bool);
 
 /// What authenticates and authorizes requests.
 #[derive(Debug)]
 pub(crate) struct Auth {
     tokens: HashMap<String, UserInfo>,
+    requestheader_allowed_names: Vec<String>,
     pub(crate) service_accounts: serviceaccount::Tokens,
     pub(crate) rbac: rbac::Cache,
 }
@@ -142,6 +148,7 @@ impl Auth {
         };
         Ok(Auth {
             tokens,
+            requestheader_allowed_names: config.requestheader_allowed_names.clone(),
             service_accounts: serviceaccount::Tokens::new(
                 &pki.service_account_key_pem,
                 config.service_account_issuer.clone(),
@@ -217,8 +224,25 @@ pub(crate) async fn middleware(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let cert = req.extensions().get::<PeerCert>().and_then(|p| p.0.clone());
-    let user = if let Some((cn, orgs)) = cert {
+    let audit = req.extensions().get::<crate::audit::Slot>().cloned();
+    let (cert, from_proxy) = req
+        .extensions()
+        .get::<PeerCert>()
+        .map(|p| (p.0.clone(), p.1))
+        .unwrap_or((None, false));
+    let proxied = match (&cert, from_proxy) {
+        (Some((cn, _)), true) => match request_header_user(&state.auth, cn, req.headers()) {
+            Ok(user) => user,
+            Err(why) => {
+                tracing::debug!(%why, "request-header authentication failed");
+                return unauthorized();
+            }
+        },
+        _ => None,
+    };
+    let user = if let Some(user) = proxied {
+        user.authenticated()
+    } else if let (Some((cn, orgs)), false) = (cert, from_proxy) {
         UserInfo::new(cn, orgs).authenticated()
     } else if let Some(token) = bearer(&req) {
         match state
@@ -234,17 +258,75 @@ pub(crate) async fn middleware(
     } else {
         return unauthorized();
     };
+    if let Some(a) = &audit {
+        a.update(|r| r.user = Some(user.clone()));
+    }
     let user = match impersonate(&state, user, req.headers()).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
     let attrs = Attributes::from_request(&user, req.method(), req.uri());
-    if !authorize(&state, &attrs).await {
+    let allowed = authorize(&state, &attrs).await;
+    if let Some(a) = &audit {
+        a.update(|r| {
+            if r.user.as_ref() != Some(&user) {
+                r.impersonated = Some(user.clone());
+            }
+            r.allowed = Some(allowed);
+        });
+    }
+    if !allowed {
         tracing::debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.resource, "forbidden");
         return attrs.forbidden("").into_response();
     }
     req.extensions_mut().insert(user);
     next.run(req).await
+}
+
+/// Upstream's request-header authenticator, K3s' settings: a front proxy (its certificate
+/// signed by the request-header CA, CN in `--requestheader-allowed-names`) names the user in
+/// `X-Remote-User`, its groups in `X-Remote-Group` (one per header), extras in
+/// `X-Remote-Extra-<key>` (key percent-decoded, lower case). `Ok(None)`: no user header (other
+/// authenticators may still apply).
+fn request_header_user(
+    auth: &Auth,
+    cn: &str,
+    headers: &axum::http::HeaderMap,
+) -> std::result::Result<Option<UserInfo>, String> {
+    if !auth.requestheader_allowed_names.is_empty()
+        && !auth.requestheader_allowed_names.iter().any(|n| n == cn)
+    {
+        return Err(format!(
+            "request header authentication: the client certificate's CN {cn:?} is not in the allowed names {:?}",
+            auth.requestheader_allowed_names
+        ));
+    }
+    let Some(name) = headers
+        .get_all("x-remote-user")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .find(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    let groups = headers
+        .get_all("x-remote-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let mut user = UserInfo::new(name, groups);
+    for (header, value) in headers {
+        if let Some(key) = header.as_str().strip_prefix("x-remote-extra-")
+            && let Ok(v) = value.to_str()
+        {
+            user.extra
+                .entry(percent_decode(key).to_lowercase())
+                .or_default()
+                .push(v.to_string());
+        }
+    }
+    Ok(Some(user))
 }
 
 /// The authorizer chain, as upstream's `Node,RBAC`: `system:masters`, then the node

@@ -13,7 +13,9 @@ use k8s_openapi::api::rbac::v1::{
     Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use rk3s_datastore::{EventKind, ListOptions, Store, WatchResponse};
+use rk3s_datastore::{EventKind, ListOptions, WatchResponse};
+
+use crate::storage::Store;
 use serde_json::{Value, json};
 
 use super::{Attributes, UserInfo};
@@ -314,7 +316,7 @@ impl Cache {
                 .store
                 .list(&prefix, ListOptions::default())
                 .await
-                .map_err(Error::Datastore)?;
+                .map_err(Error::from)?;
             {
                 let mut p = self.policy.write().unwrap_or_else(|e| e.into_inner());
                 for kv in &list.kvs {

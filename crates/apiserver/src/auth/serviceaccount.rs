@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::storage::Store;
 use axum::http::StatusCode;
 use axum::response::Response;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::PublicKeyData as _;
-use rk3s_datastore::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest as _;

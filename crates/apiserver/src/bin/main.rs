@@ -60,6 +60,43 @@ struct Args {
         skip_serializing_if = "Option::is_none"
     )]
     service_account_issuer: Option<String>,
+    /// CN a front proxy's certificate (signed by the request-header CA) may have (repeatable).
+    #[arg(long = "requestheader-allowed-names")]
+    #[serde(
+        rename = "requestheader-allowed-names",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    requestheader_allowed_names: Vec<String>,
+    /// Upstream EncryptionConfiguration file: the resources it lists are encrypted at rest.
+    #[arg(long)]
+    #[serde(
+        rename = "encryption-provider-config",
+        skip_serializing_if = "Option::is_none"
+    )]
+    encryption_provider_config: Option<PathBuf>,
+    /// Audit policy file (audit.k8s.io/v1 Policy); with --audit-log-path turns auditing on.
+    #[arg(long)]
+    #[serde(rename = "audit-policy-file", skip_serializing_if = "Option::is_none")]
+    audit_policy_file: Option<PathBuf>,
+    /// Audit log file ("-": standard output).
+    #[arg(long)]
+    #[serde(rename = "audit-log-path", skip_serializing_if = "Option::is_none")]
+    audit_log_path: Option<PathBuf>,
+    /// Days to keep rotated audit logs (0: no limit).
+    #[arg(long)]
+    #[serde(rename = "audit-log-maxage", skip_serializing_if = "Option::is_none")]
+    audit_log_maxage: Option<u64>,
+    /// Rotated audit logs to keep (0: no limit).
+    #[arg(long)]
+    #[serde(
+        rename = "audit-log-maxbackup",
+        skip_serializing_if = "Option::is_none"
+    )]
+    audit_log_maxbackup: Option<usize>,
+    /// Megabytes of audit log before it is rotated (0: never).
+    #[arg(long)]
+    #[serde(rename = "audit-log-maxsize", skip_serializing_if = "Option::is_none")]
+    audit_log_maxsize: Option<u64>,
     /// Datastore URL: sqlite://, postgres://, mysql:// or http(s):// for etcd.
     #[arg(long)]
     #[serde(rename = "datastore-endpoint", skip_serializing_if = "Option::is_none")]

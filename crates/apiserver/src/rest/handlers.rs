@@ -340,9 +340,9 @@ pub(crate) async fn list_items(
             )
             .await
             .map_err(|e| match e {
-                rk3s_datastore::Error::Compacted { .. } if continuing => {
-                    ApiError::expired(CONTINUE_EXPIRED)
-                }
+                crate::storage::StoreError::Datastore(rk3s_datastore::Error::Compacted {
+                    ..
+                }) if continuing => ApiError::expired(CONTINUE_EXPIRED),
                 other => other.into(),
             })?;
         // A read at a given revision reports the store's current one: keep the list's.
@@ -891,7 +891,9 @@ where
         let old = decode_as(info, &kv)?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
-        if new == old || dry_run {
+        // An unchanged object is written anyway if it is stored with an old encryption key
+        // (upstream's stale read: how `kubectl replace` re-encrypts).
+        if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
             return Ok(new);
         }
         match state

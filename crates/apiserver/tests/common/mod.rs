@@ -25,7 +25,7 @@ impl TestServer {
 
     /// Like [`TestServer::start`] with these authentication settings.
     pub async fn start_with(auth: rk3s_apiserver::AuthConfig) -> TestServer {
-        Self::start_configured(auth, None).await
+        Self::start_configured(|a| a.auth(auth)).await
     }
 
     /// A server that accepts a join token (K3s' join endpoints); returns the token too.
@@ -36,18 +36,14 @@ impl TestServer {
         })
         .expect("PKI");
         let token = rk3s_apiserver::JoinToken::generate(&pki.server_ca.cert_pem, "server");
-        let t = Self::start_configured(
-            rk3s_apiserver::AuthConfig::default(),
-            Some((pki, token.clone())),
-        )
-        .await;
+        let accepted = token.clone();
+        let t = Self::start_configured(move |a| a.pki(pki).join_token(accepted)).await;
         (t, token)
     }
 
-    async fn start_configured(
-        auth: rk3s_apiserver::AuthConfig,
-        join: Option<(rk3s_apiserver::Pki, rk3s_apiserver::JoinToken)>,
-    ) -> TestServer {
+    /// Like [`TestServer::start`], with the apiserver configured by `configure` (encryption,
+    /// audit, ...).
+    pub async fn start_configured(configure: impl FnOnce(Apiserver) -> Apiserver) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("state.db");
         let store = rk3s_datastore::connect(&rk3s_datastore::Config {
@@ -57,13 +53,36 @@ impl TestServer {
         .await
         .expect("SQLite store");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let mut builder = Apiserver::new(store.clone()).auth(auth);
-        if let Some((pki, token)) = join {
-            builder = builder.pki(pki).join_token(token);
-        }
-        let server = builder.serve(listen).await.expect("apiserver starts");
+        let server = configure(Apiserver::new(store.clone()))
+            .serve(listen)
+            .await
+            .expect("apiserver starts");
         // The admin kubeconfig: the admin client certificate (system:masters).
         let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
+        TestServer {
+            server,
+            store,
+            kubeconfig,
+            dir,
+        }
+    }
+
+    /// Stops this apiserver and starts another, configured by `configure`, on the same store
+    /// and directory (a fresh PKI; the kubeconfig is rewritten).
+    pub async fn restart(self, configure: impl FnOnce(Apiserver) -> Apiserver) -> TestServer {
+        let TestServer {
+            server,
+            store,
+            kubeconfig,
+            dir,
+        } = self;
+        server.shutdown().await;
+        let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let server = configure(Apiserver::new(store.clone()))
+            .serve(listen)
+            .await
+            .expect("apiserver starts again");
         std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
         TestServer {
             server,
