@@ -61,7 +61,7 @@ pub fn command(name: &str, dir: &Path) -> Command {
     cmd
 }
 
-/// A running binary whose stderr goes to `<dir>/<name>.log`. Killed on drop; the log is
+/// A running binary whose output goes to `<dir>/<name>.log`. Killed on drop; the log is
 /// printed when the test fails (panics) while it runs.
 #[derive(Debug)]
 pub struct Process {
@@ -79,10 +79,12 @@ impl Process {
     {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
+        // Some binaries log to stdout, some to stderr: both go to the log.
+        let out = file.try_clone().expect("log file handle");
         let child = command(name, dir)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));

@@ -485,6 +485,31 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 r(&["create"], "", &["serviceaccounts/token"]),
             ],
         ),
+        // rk3s' own: upstream's kube-controller-manager runs each loop as a service account
+        // (`--use-service-account-credentials`, which K3s sets) bound to a
+        // `system:controller:<loop>` role; rk3s-controller runs every loop as
+        // `system:kube-controller-manager`, so that user gets the union of those roles for the
+        // loops it runs (deployment, replicaset, replication, generic-garbage-collector,
+        // endpoint, endpointslice, service-account).
+        cluster_role(
+            "rk3s:kube-controller-manager",
+            &[],
+            vec![
+                // generic-garbage-collector: reads and edits (owner references, finalizers) and
+                // deletes any object, subresources included.
+                r(
+                    &["get", "list", "watch", "patch", "update", "delete"],
+                    "*",
+                    &["*"],
+                ),
+                r(&["create"], "", &["pods", "serviceaccounts", "endpoints"]),
+                r(&["create"], "", &["endpoints/restricted"]),
+                r(&["create"], "apps", &["replicasets"]),
+                r(&["create"], "discovery.k8s.io", &["endpointslices"]),
+                r(&["create", "patch", "update"], "", &["events"]),
+                r(&["create", "patch", "update"], "events.k8s.io", &["events"]),
+            ],
+        ),
         cluster_role(
             "system:kube-dns",
             &[],
@@ -557,6 +582,11 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
         binding(
             "system:kube-controller-manager",
             "system:kube-controller-manager",
+            &[("User", "system:kube-controller-manager")],
+        ),
+        binding(
+            "rk3s:kube-controller-manager",
+            "rk3s:kube-controller-manager",
             &[("User", "system:kube-controller-manager")],
         ),
         binding(
