@@ -157,7 +157,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
 
     let rss: Vec<u64> = cold.iter().chain(&warm).map(|s| s.rss_kib).collect();
     println!();
-    println!("{:<26} {:<44} K3s (published)", "", "rk3s (this machine)");
+    println!("{:<26} {:<46} K3s (published)", "", "rk3s (this machine)");
     row("cold start to /readyz", &timing(&cold), K3S_READY);
     row("warm start to /readyz", &timing(&warm), K3S_READY);
     row(
@@ -184,7 +184,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 fn row(what: &str, ours: &str, theirs: &str) {
-    println!("{what:<26} {ours:<44} {theirs}");
+    println!("{what:<26} {ours:<46} {theirs}");
 }
 
 fn show(sample: &Sample) -> String {
