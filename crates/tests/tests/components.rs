@@ -111,13 +111,17 @@ async fn components_alone_run_a_deployment() {
             data.display().to_string(),
         ],
     );
-    eventually(
-        "the datastore's etcd endpoint",
-        WAIT,
-        &mut [&mut datastore],
-        || async { port_open(etcd_port).then_some(()) },
-    )
-    .await;
+    // Its own log line, not just an open port: another test's etcd may have taken the port
+    // between `free_port` and the bind (then the datastore exits and this fails saying so).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(datastore.log().contains("serving the etcd v3 API") && port_open(etcd_port)) {
+        datastore.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the datastore did not serve within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         data.join("server/db/state.db").is_file(),
         "SQLite in the data dir"
