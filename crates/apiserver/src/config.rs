@@ -91,6 +91,11 @@ impl Config {
         self.data_dir().join("server")
     }
 
+    /// Where the components' kubeconfigs are written: `<data-dir>/server/cred`.
+    pub fn cred_dir(&self) -> PathBuf {
+        self.data_dir().join("server").join("cred")
+    }
+
     /// What the serving certificate must cover.
     pub fn pki_options(&self, service_cidr: &crate::ServiceCidr) -> crate::PkiOptions {
         crate::PkiOptions {

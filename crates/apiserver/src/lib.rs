@@ -9,6 +9,9 @@
 //! - [`Config`] and [`run`]: the component entry point (K3s flag names; runs until shutdown).
 //! - [`Apiserver::start`]: an apiserver on a [`rk3s_datastore::Store`] in this process, on any
 //!   address (127.0.0.1:0 in tests); [`RunningApiserver`] gives its URL and CA.
+//! - [`EmbeddedApiserver::start`]: the whole thing for tests of kube-rs controllers (what envtest
+//!   is to Go): a temporary SQLite store, a free loopback port, a ready admin `kube::Client`,
+//!   in milliseconds and without root. `examples/embedded.rs` shows a controller loop on it.
 //!
 //! Inside: [`registry`](crate) lists the served resources (from k8s-openapi types), `rest`
 //! serves every verb generically over JSON objects in the store, `discovery` the discovery
@@ -26,6 +29,7 @@ mod crd;
 mod defaults;
 mod discovery;
 pub mod encryption;
+mod embedded;
 mod error;
 mod health;
 mod join;
@@ -54,6 +58,7 @@ use std::future::Future;
 pub use auth::{AuthConfig, DEFAULT_ISSUER};
 pub use config::Config;
 pub use encryption::{EncryptionConfiguration, Transformer};
+pub use embedded::{EmbeddedApiserver, EmbeddedBuilder, EmbeddedError};
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
 pub use join_token::{
@@ -103,9 +108,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             return Err(e);
         }
     };
+    if let Err(e) = write_credentials(&config, &running) {
+        running.shutdown().await;
+        store.close().await;
+        return Err(e);
+    }
     shutdown.await;
     tracing::info!("shutting down");
     running.shutdown().await;
     store.close().await;
+    Ok(())
+}
+
+/// Writes `<data-dir>/server/cred/{admin,controller,scheduler}.kubeconfig` (mode 0600), as K3s
+/// does: what `rk3s-scheduler` and `rk3s-controller` run with when the components run as their
+/// own processes (`--kubeconfig`), each with its own client certificate
+/// (`system:kube-scheduler`, `system:kube-controller-manager`), and the admin's.
+fn write_credentials(config: &Config, running: &RunningApiserver) -> Result<()> {
+    let dir = config.cred_dir();
+    std::fs::create_dir_all(&dir).map_err(|source| Error::File {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut host = config.bind_address;
+    if host.is_unspecified() {
+        host = std::net::Ipv4Addr::LOCALHOST.into();
+    }
+    let url = format!(
+        "https://{}",
+        std::net::SocketAddr::new(host, running.local_addr().port())
+    );
+    let pki = running.pki();
+    for (name, cert) in [
+        ("admin", &pki.admin),
+        ("controller", &pki.controller),
+        ("scheduler", &pki.scheduler),
+    ] {
+        let path = dir.join(format!("{name}.kubeconfig"));
+        pki::write_file(
+            &path,
+            &kubeconfig(&url, &pki.server_ca.cert_pem, cert),
+            0o600,
+        )?;
+    }
+    tracing::info!(dir = %dir.display(), "kubeconfigs written");
     Ok(())
 }

@@ -50,6 +50,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "ip(8), to set up and check pod network namespaces",
     ),
     ("busybox-static", "the busybox test image is built from it"),
+    (
+        "systemd",
+        "systemd-analyze, which verifies the units in crates/deploy/systemd",
+    ),
 ];
 
 /// How long a database server may take to answer after being started.

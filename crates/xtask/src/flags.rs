@@ -11,7 +11,8 @@ commands:
   test                    deps, then every test tier: lint, build, tests (what .ci/run runs)
   bench [<name> [args]]   run a benchmark; without a name, list them
   codegen                 regenerate the apiserver's protobuf message table from k8s-pb
-  dist                    release build of the rk3s binary (arrives with issue #6)
+  dist                    the rk3s binary in the `dist` profile (fat LTO, stripped); prints
+                          its path and size
   help                    this text";
 
 /// What to do.

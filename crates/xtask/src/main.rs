@@ -7,13 +7,16 @@
 //!   sure the machine's Postgres and MariaDB answer.
 //! - `cargo xtask test`: `deps`, then every test tier (lint, build, tests). `.ci/run` runs it.
 //! - `cargo xtask bench <name> [args...]`: runs a benchmark.
+//! - `cargo xtask dist`: the `rk3s` binary in the `dist` profile (LTO, stripped), and its size.
 //! - `cargo xtask codegen`: regenerates the apiserver's table of Kubernetes protobuf messages.
 
 mod bench;
 mod cmd;
 mod codegen;
 mod deps;
+mod dist;
 mod flags;
+mod startup;
 mod suite;
 #[cfg(test)]
 mod tidy;
@@ -61,10 +64,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { name, args } => bench::run(name.as_deref(), &args),
         Command::Dist => {
-            eprintln!(
-                "cargo xtask dist arrives with issue #6 (the supervisor binary in the `dist` profile)"
-            );
-            Ok(ExitCode::from(2))
+            dist::run()?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,59 +1,40 @@
-//! Test harness: an apiserver in this process on 127.0.0.1:0 over a SQLite store in a temp
-//! dir, a kube client for it, and helpers to make nodes (API objects only: no kubelet) and
+//! Test harness: the embedded apiserver (in this process, 127.0.0.1:0, SQLite in a temp dir),
+//! a kube client for it, and helpers to make nodes (API objects only: no kubelet) and
 //! pods and to run a scheduler against them.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use rk3s_apiserver::{Apiserver, RunningApiserver};
+use rk3s_apiserver::EmbeddedApiserver;
 use serde_json::{Value, json};
 
 pub struct TestServer {
-    pub server: RunningApiserver,
+    pub apiserver: EmbeddedApiserver,
     pub kubeconfig: std::path::PathBuf,
-    pub dir: tempfile::TempDir,
 }
 
 impl TestServer {
+    /// The embedded apiserver (`rk3s_apiserver::EmbeddedApiserver`: SQLite in a temp dir,
+    /// 127.0.0.1:0, admin kubeconfig written).
     pub async fn start() -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("state.db");
-        let store = rk3s_datastore::connect(&rk3s_datastore::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..rk3s_datastore::Config::for_endpoint(format!("sqlite://{}", db.display()))
-        })
-        .await
-        .expect("SQLite store");
-        let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let server = Apiserver::start(store, listen)
+        let apiserver = EmbeddedApiserver::start()
             .await
-            .expect("apiserver starts");
-        let kubeconfig = dir.path().join("kubeconfig");
-        // The admin client certificate (system:masters).
-        std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
+            .expect("embedded apiserver starts");
+        let kubeconfig = apiserver.kubeconfig_path().to_path_buf();
         TestServer {
-            server,
+            apiserver,
             kubeconfig,
-            dir,
         }
     }
 
     /// The one place clients are built, with the admin credentials.
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .expect("kube config");
-        kube::Client::try_from(config).expect("kube client")
+        self.apiserver.client().await.expect("kube client")
     }
 }
 
@@ -194,7 +175,7 @@ pub async fn kubectl(t: &TestServer, args: &[&str]) -> String {
     let bin = std::env::var("RK3S_KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
     let mut cmd = std::process::Command::new(bin);
     cmd.env("KUBECONFIG", &t.kubeconfig)
-        .env("HOME", t.dir.path())
+        .env("HOME", t.apiserver.data_dir())
         .args(args);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await

@@ -1,0 +1,335 @@
+//! Every control-plane component as its own process, pointed at the others by URL and
+//! kubeconfig, as the systemd units of `crates/deploy` run them:
+//!
+//! - `rk3s-datastore` serves the etcd v3 API over SQLite on a free loopback port;
+//! - `rk3s-apiserver` stores through it (`--datastore-endpoint http://127.0.0.1:<port>`), creates
+//!   its PKI and writes the components' kubeconfigs to `<data-dir>/server/cred/`;
+//! - `rk3s-scheduler` and `rk3s-controller` run with those kubeconfigs (their own client
+//!   certificates) and their own config files;
+//!
+//! and a Deployment gets its pods created (controller) and bound to the Node the test registers
+//! (scheduler). No kubelet exists: the node is an API object and pods never run. Then the
+//! apiserver alone on a real etcd (Debian's `etcd`, started by the test).
+//!
+//! The binaries come from the target dir (see the harness in `src/lib.rs`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use rk3s_tests::{
+    BINARIES, EtcdProcess, Process, command, eventually, free_port, make_node, port_open,
+    ready_client,
+};
+
+/// Bound on each wait, so that a broken component fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn every_binary_has_help_naming_its_config_file_flag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in BINARIES {
+        let args: &[&str] = if *name == "rk3s" {
+            &["server", "--help"]
+        } else {
+            &["--help"]
+        };
+        let out = command(name, dir.path())
+            .args(args)
+            .output()
+            .expect("binary runs");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name} {args:?}: {}", out.status);
+        assert!(
+            help.contains("--config"),
+            "{name} --help names --config:\n{help}"
+        );
+        if matches!(*name, "rk3s-scheduler" | "rk3s-controller") {
+            assert!(help.contains("--kubeconfig"), "{name}:\n{help}");
+        }
+        if matches!(*name, "rk3s-apiserver" | "rk3s-datastore") {
+            assert!(help.contains("--datastore-endpoint"), "{name}:\n{help}");
+        }
+    }
+}
+
+/// The systemd units' command lines are accepted by the real binaries: each `ExecStart=` with
+/// `--help` appended parses (an unknown flag or a bad value fails before help is printed).
+#[test]
+fn systemd_units_use_flags_the_binaries_accept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut checked = 0;
+    for unit in rk3s_deploy::SYSTEMD_UNITS {
+        let Some(argv) = unit.exec_start() else {
+            continue;
+        };
+        let (program, args) = argv.split_first().expect("a program");
+        let name = Path::new(program)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("program name");
+        let out = command(name, dir.path())
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("binary runs");
+        assert!(
+            out.status.success(),
+            "{}: `{} --help` fails: {}",
+            unit.name,
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 5, "one command line per service");
+}
+
+/// Waits for the apiserver's kubeconfig `file` under `<data>/server/cred` and a client that
+/// reaches it.
+async fn cred_client(data: &Path, file: &str, processes: &mut [&mut Process]) -> kube::Client {
+    ready_client(&data.join("server/cred").join(file), WAIT, processes).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn components_alone_run_a_deployment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let etcd_port = free_port().expect("free port");
+    let api_port = free_port().expect("free port");
+
+    let mut datastore = Process::spawn(
+        "rk3s-datastore",
+        dir.path(),
+        [
+            "--listen-address".to_string(),
+            format!("127.0.0.1:{etcd_port}"),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
+    );
+    // Its own log line, not just an open port: another test's etcd may have taken the port
+    // between `free_port` and the bind (then the datastore exits and this fails saying so).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(datastore.log().contains("serving the etcd v3 API") && port_open(etcd_port)) {
+        datastore.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the datastore did not serve within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        data.join("server/db/state.db").is_file(),
+        "SQLite in the data dir"
+    );
+
+    // The apiserver's own config file (K3s keys), so /etc/rk3s/config.yaml is never read.
+    let api_config = dir.path().join("config.yaml");
+    std::fs::write(&api_config, format!("https-listen-port: {api_port}\n")).expect("config");
+    let mut apiserver = Process::spawn(
+        "rk3s-apiserver",
+        dir.path(),
+        [
+            "--config".to_string(),
+            api_config.display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--datastore-endpoint".into(),
+            format!("http://127.0.0.1:{etcd_port}"),
+        ],
+    );
+    let admin = cred_client(
+        &data,
+        "admin.kubeconfig",
+        &mut [&mut datastore, &mut apiserver],
+    )
+    .await;
+    for file in ["admin", "controller", "scheduler"] {
+        let path = data.join(format!("server/cred/{file}.kubeconfig"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("kubeconfig").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{} mode {mode:o}", path.display());
+        let text = std::fs::read_to_string(&path).expect("kubeconfig");
+        assert!(
+            text.contains(&format!("https://127.0.0.1:{api_port}")),
+            "{text}"
+        );
+    }
+
+    // Scheduler and controller, each with its own config file and kubeconfig.
+    let scheduler_config = dir.path().join("scheduler.yaml");
+    std::fs::write(
+        &scheduler_config,
+        "scheduler-name: e2e-scheduler\nleader-elect-identity: e2e-scheduler-1\n",
+    )
+    .expect("config");
+    let controller_config = dir.path().join("controller.yaml");
+    std::fs::write(&controller_config, "identity: e2e-controller-1\n").expect("config");
+    let cred = data.join("server/cred");
+    let mut scheduler = Process::spawn(
+        "rk3s-scheduler",
+        dir.path(),
+        [
+            "--config".to_string(),
+            scheduler_config.display().to_string(),
+            "--kubeconfig".into(),
+            cred.join("scheduler.kubeconfig").display().to_string(),
+        ],
+    );
+    let mut controller = Process::spawn(
+        "rk3s-controller",
+        dir.path(),
+        [
+            "--config".to_string(),
+            controller_config.display().to_string(),
+            "--kubeconfig".into(),
+            cred.join("controller.kubeconfig").display().to_string(),
+        ],
+    );
+
+    make_node(&admin, "node-a").await;
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                // The scheduler's config file names it so: only it schedules these pods.
+                "spec": {
+                    "schedulerName": "e2e-scheduler",
+                    "containers": [{"name": "c", "image": "busybox"}],
+                },
+            },
+        },
+    }))
+    .expect("deployment");
+    Api::<Deployment>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("deployment created");
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let bound = eventually(
+        "two pods of the Deployment bound to node-a",
+        WAIT,
+        &mut [
+            &mut datastore,
+            &mut apiserver,
+            &mut scheduler,
+            &mut controller,
+        ],
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            let nodes: Vec<String> = list
+                .items
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            (list.items.len() == 2 && nodes.len() == 2).then_some(list.items)
+        },
+    )
+    .await;
+    for pod in &bound {
+        let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "ReplicaSet", "the controller made the pod");
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some("node-a")
+        );
+    }
+
+    // Both hold their Leases, under the identities their config files gave them.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "kube-system");
+    for (lease, holder) in [
+        ("kube-scheduler", "e2e-scheduler-1"),
+        ("kube-controller-manager", "e2e-controller-1"),
+    ] {
+        let got = leases.get(lease).await.expect("lease");
+        let identity = got.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+        assert!(identity.starts_with(holder), "{lease} held by {identity:?}");
+    }
+
+    // SIGTERM stops each cleanly, last started first.
+    for p in [controller, scheduler, apiserver, datastore] {
+        let name = p.name.clone();
+        let status = p.terminate();
+        assert!(status.success(), "{name} exits 0 on SIGTERM: {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apiserver_alone_on_a_real_etcd() {
+    let etcd = EtcdProcess::start().expect("etcd starts (Debian etcd-server)");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let api_port = free_port().expect("free port");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "").expect("config");
+    let args = [
+        "--config".to_string(),
+        config.display().to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--https-listen-port".into(),
+        api_port.to_string(),
+        "--datastore-endpoint".into(),
+        etcd.endpoint.clone(),
+    ];
+    let mut apiserver = Process::spawn("rk3s-apiserver", dir.path(), &args);
+    let admin = cred_client(&data, "admin.kubeconfig", &mut [&mut apiserver]).await;
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "in-etcd"},
+        "data": {"k": "v"},
+    }))
+    .expect("configmap");
+    Api::<ConfigMap>::namespaced(admin, "default")
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("created");
+    assert!(
+        !data.join("server/db/state.db").exists(),
+        "no SQLite file: the objects are in etcd"
+    );
+
+    // The object is in etcd, under its upstream key.
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint,
+            "get",
+            "--keys-only",
+            "/registry/configmaps/default/in-etcd",
+        ])
+        .output()
+        .expect("etcdctl runs (Debian etcd-client)");
+    let keys = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        keys.contains("/registry/configmaps/default/in-etcd"),
+        "etcdctl: {keys}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A restarted apiserver on the same etcd serves it.
+    let status = apiserver.terminate();
+    assert!(status.success(), "apiserver exits 0 on SIGTERM: {status}");
+    let mut apiserver = Process::spawn("rk3s-apiserver", dir.path(), &args);
+    let admin = cred_client(&data, "admin.kubeconfig", &mut [&mut apiserver]).await;
+    let got = Api::<ConfigMap>::namespaced(admin, "default")
+        .get("in-etcd")
+        .await
+        .expect("object survives the restart");
+    assert_eq!(
+        got.data.and_then(|d| d.get("k").cloned()).as_deref(),
+        Some("v")
+    );
+}
