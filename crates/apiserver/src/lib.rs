@@ -28,8 +28,8 @@ mod conversion;
 mod crd;
 mod defaults;
 mod discovery;
-pub mod encryption;
 mod embedded;
+pub mod encryption;
 mod error;
 mod health;
 mod join;
@@ -57,8 +57,8 @@ use std::future::Future;
 
 pub use auth::{AuthConfig, DEFAULT_ISSUER};
 pub use config::Config;
-pub use encryption::{EncryptionConfiguration, Transformer};
 pub use embedded::{EmbeddedApiserver, EmbeddedBuilder, EmbeddedError};
+pub use encryption::{EncryptionConfiguration, Transformer};
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
 pub use join_token::{
