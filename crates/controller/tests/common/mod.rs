@@ -1,5 +1,6 @@
-//! Test harness: an apiserver in this process on 127.0.0.1:0 over a SQLite store in a temp
-//! dir, the controller manager running against it, and a "kubelet stand-in".
+//! Test harness: an apiserver embedded in this process (`rk3s_apiserver::EmbeddedApiserver`:
+//! 127.0.0.1:0, SQLite and certificates in the test's temp dir), the controller manager
+//! running against it, and a "kubelet stand-in".
 //!
 //! No kubelet or containers exist in these tests: the stand-in plays the node's part by
 //! patching pod status (phase Running, a pod IP, Ready=True) so that the controllers see
@@ -7,7 +8,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -17,13 +17,11 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
-use rk3s_apiserver::{Apiserver, RunningApiserver};
+use rk3s_apiserver::EmbeddedApiserver;
 use serde_json::json;
 
 pub struct TestCluster {
-    pub server: Option<RunningApiserver>,
-    store: rk3s_datastore::Store,
-    addr: SocketAddr,
+    pub apiserver: EmbeddedApiserver,
     pub kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
     pub client: kube::Client,
@@ -67,24 +65,17 @@ impl TestCluster {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir().expect("temp dir");
         let config = config(dir.path());
-        let db = dir.path().join("state.db");
-        let store = rk3s_datastore::connect(&rk3s_datastore::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..rk3s_datastore::Config::for_endpoint(format!("sqlite://{}", db.display()))
-        })
-        .await
-        .expect("SQLite store");
-        let listen: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let server = Apiserver::new(store.clone())
-            .pki(pki(dir.path()))
-            .serve(listen)
+        // Certificates kept in the test's directory (`<dir>/tls`): a restarted apiserver has
+        // the same CAs, and tests may name the CA files in the controller's config.
+        let apiserver = EmbeddedApiserver::builder()
+            .data_dir(dir.path())
+            .persistent_pki(true)
+            .start()
             .await
             .expect("apiserver starts");
-        let addr = server.local_addr();
         // The admin client certificate (system:masters); the controller's own least-privilege
         // identity is the supervisor's to hand out.
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, server.admin_kubeconfig()).expect("kubeconfig written");
+        let kubeconfig = apiserver.kubeconfig_path().to_path_buf();
         let client = client_for(&kubeconfig).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let c = client.clone();
@@ -103,9 +94,7 @@ impl TestCluster {
         let kubelet_ready = Arc::new(AtomicBool::new(true));
         let kubelet = tokio::spawn(kubelet_stand_in(client.clone(), kubelet_ready.clone()));
         TestCluster {
-            server: Some(server),
-            store,
-            addr,
+            apiserver,
             kubeconfig,
             dir,
             client,
@@ -119,16 +108,10 @@ impl TestCluster {
     /// Stops the apiserver, waits `down`, and starts a new one on the same address, store and
     /// certificates.
     pub async fn restart_apiserver(&mut self, down: Duration) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
-        tokio::time::sleep(down).await;
-        let server = Apiserver::new(self.store.clone())
-            .pki(pki(self.dir.path()))
-            .serve(self.addr)
+        self.apiserver
+            .restart(down)
             .await
             .expect("apiserver restarts");
-        self.server = Some(server);
     }
 
     /// Another controller manager against this cluster, stopped by the returned sender.
@@ -205,15 +188,6 @@ fn tracing_subscriber_init() -> Option<()> {
         .with_test_writer()
         .try_init()
         .ok()
-}
-
-/// Certificates kept in the test's directory, so that a restarted apiserver has the same CAs.
-fn pki(dir: &std::path::Path) -> rk3s_apiserver::Pki {
-    let opts = rk3s_apiserver::PkiOptions {
-        node_ips: vec!["127.0.0.1".parse().expect("ip")],
-        ..rk3s_apiserver::PkiOptions::default()
-    };
-    rk3s_apiserver::Pki::load_or_create(&dir.join("tls"), &opts).expect("certificates")
 }
 
 /// The one place tests build a client (authentication will change it).
