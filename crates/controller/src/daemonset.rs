@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Taint, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -493,13 +493,18 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ReconcileError> {
                 if matches {
                     pods.push(pod);
                 } else if pod.metadata.deletion_timestamp.is_none() {
-                    set_pod_owner(&pods_api, &pod, &uid, None).await?;
+                    crate::util::set_pod_owner(&pods_api, &pod, &uid, None).await?;
                 }
             }
             Some(_) => {}
             None if matches && can_adopt && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(p) =
-                    set_pod_owner(&pods_api, &pod, &uid, Some(util::controller_ref(ds))).await?
+                if let Some(p) = crate::util::set_pod_owner(
+                    &pods_api,
+                    &pod,
+                    &uid,
+                    Some(util::controller_ref(ds)),
+                )
+                .await?
                 {
                     pods.push(p);
                 }
@@ -1131,41 +1136,6 @@ async fn write_status(
         )
         .await?;
     Ok(())
-}
-
-/// Adopts (`Some(owner)`) or releases (`None`) a pod, guarded by its uid.
-async fn set_pod_owner(
-    api: &Api<Pod>,
-    pod: &Pod,
-    owner_uid: &str,
-    owner: Option<OwnerReference>,
-) -> Result<Option<Pod>, ReconcileError> {
-    let mut refs: Vec<OwnerReference> = pod
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.uid != owner_uid)
-        .collect();
-    let adopting = owner.is_some();
-    refs.extend(owner);
-    let patch = json!({"metadata": {
-        "ownerReferences": if refs.is_empty() { Value::Null } else { json!(refs) },
-        "uid": pod.metadata.uid,
-    }});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(p) => Ok(adopting.then_some(p)),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

@@ -393,13 +393,18 @@ async fn sync(set: &StatefulSet, shared: &Shared) -> Result<Action, ReconcileErr
                 if matches {
                     pods.push(pod);
                 } else if pod.metadata.deletion_timestamp.is_none() {
-                    set_pod_owner(&pods_api, &pod, &uid, None).await?;
+                    crate::util::set_pod_owner(&pods_api, &pod, &uid, None).await?;
                 }
             }
             Some(_) => {}
             None if matches && can_adopt && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(p) =
-                    set_pod_owner(&pods_api, &pod, &uid, Some(util::controller_ref(set))).await?
+                if let Some(p) = crate::util::set_pod_owner(
+                    &pods_api,
+                    &pod,
+                    &uid,
+                    Some(util::controller_ref(set)),
+                )
+                .await?
                 {
                     pods.push(p);
                 }
@@ -1072,44 +1077,6 @@ fn claim_owner_refs(
         refs.push(util::controller_ref(pod));
     }
     refs
-}
-
-/// Adopts (`Some(owner)`) or releases (`None`) a pod, guarded by its uid.
-async fn set_pod_owner(
-    api: &Api<Pod>,
-    pod: &Pod,
-    owner_uid: &str,
-    owner: Option<OwnerReference>,
-) -> Result<Option<Pod>, ReconcileError> {
-    let mut refs: Vec<OwnerReference> = pod
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.uid != owner_uid)
-        .collect();
-    let adopting = owner.is_some();
-    refs.extend(owner);
-    let patch = json!({"metadata": {
-        "ownerReferences": if refs.is_empty() { Value::Null } else { json!(refs) },
-        "uid": pod.metadata.uid,
-    }});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(p) => {
-            tracing::info!(pod = %pod.name_any(), adopting, "pod ownership changed");
-            Ok(adopting.then_some(p))
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

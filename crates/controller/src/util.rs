@@ -194,6 +194,44 @@ pub(crate) fn error_action(backoff: &Backoff, key: &str) -> Action {
     Action::requeue(backoff.failure(key))
 }
 
+/// Adopts (`Some(owner)`) or releases (`None`) a pod, guarded by its uid.
+pub(crate) async fn set_pod_owner(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    owner_uid: &str,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<Option<k8s_openapi::api::core::v1::Pod>, ReconcileError> {
+    let mut refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> = pod
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.uid != owner_uid)
+        .collect();
+    let adopting = owner.is_some();
+    refs.extend(owner);
+    let patch = serde_json::json!({"metadata": {
+        "ownerReferences": if refs.is_empty() { serde_json::Value::Null } else { serde_json::json!(refs) },
+        "uid": pod.metadata.uid,
+    }});
+    match api
+        .patch(
+            &kube::ResourceExt::name_any(pod),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(p) => {
+            tracing::info!(pod = %kube::ResourceExt::name_any(pod), adopting, "pod ownership changed");
+            Ok(adopting.then_some(p))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
