@@ -103,6 +103,17 @@ struct Health {
     lease: Option<Timestamp>,
     /// When (our clock) either heartbeat last changed.
     probe: Instant,
+    /// The Ready status seen at the end of the last pass (the node's own on first sight).
+    ready: Option<String>,
+    /// Marking the node's pods not ready failed: try again on the next pass while the node
+    /// stays not ready.
+    mark_pods_pending: bool,
+}
+
+/// Whether a pass marks a node's pods not ready: when the node's Ready status leaves `True`
+/// (`was` → `now`), or to retry a failed attempt while it stays not ready.
+fn mark_pods(was: Option<&str>, now: Option<&str>, pending: bool) -> bool {
+    now != Some("True") && (was == Some("True") || pending)
 }
 
 /// Upstream's `flowcontrol` token bucket with a burst of 1; rate 0 never gives a token.
@@ -261,10 +272,12 @@ impl Lifecycle {
                 .leases
                 .get(&ObjectRef::new(&name).within(NODE_LEASE_NAMESPACE))
                 .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
-            let h = self.health.entry(name.clone()).or_insert(Health {
+            let h = self.health.entry(name.clone()).or_insert_with(|| Health {
                 heartbeat,
                 lease,
                 probe: now,
+                ready: condition(node, "Ready").map(|c| c.status.clone()),
+                mark_pods_pending: false,
             });
             if h.heartbeat != heartbeat || h.lease != lease {
                 h.heartbeat = heartbeat;
@@ -286,10 +299,27 @@ impl Lifecycle {
             if let Err(e) = self.no_schedule_taints(node, ready.as_deref()).await {
                 tracing::warn!(node = %node.name_any(), error = %e, "cannot update NoSchedule taints");
             }
-            if ready.as_deref() != Some("True")
-                && let Err(e) = self.mark_pods_not_ready(&node.name_any()).await
-            {
-                tracing::warn!(node = %node.name_any(), error = %e, "cannot mark pods not ready");
+            // As upstream: the pods are marked not ready once, when the node leaves Ready (and
+            // again only to retry a failed attempt) — not on every pass while it is not ready,
+            // which would fight whatever marks them ready (and a node that never reported
+            // Ready has nothing to take back).
+            let name = node.name_any();
+            let Some(h) = self.health.get_mut(&name) else {
+                continue;
+            };
+            let was = std::mem::replace(&mut h.ready, ready.clone());
+            if !mark_pods(was.as_deref(), ready.as_deref(), h.mark_pods_pending) {
+                if ready.as_deref() == Some("True") {
+                    h.mark_pods_pending = false;
+                }
+                continue;
+            }
+            let result = self.mark_pods_not_ready(&name).await;
+            if let Err(e) = &result {
+                tracing::warn!(node = %name, error = %e, "cannot mark pods not ready");
+            }
+            if let Some(h) = self.health.get_mut(&name) {
+                h.mark_pods_pending = result.is_err();
             }
         }
         self.no_execute_taints(&observed, now).await;
@@ -837,6 +867,20 @@ mod tests {
             toleration_seconds: secs,
             value: None,
         }
+    }
+
+    #[test]
+    fn pods_are_marked_not_ready_on_the_transition_only() {
+        assert!(mark_pods(Some("True"), Some("Unknown"), false));
+        assert!(mark_pods(Some("True"), Some("False"), false));
+        assert!(mark_pods(Some("True"), None, false));
+        // Still not ready on the next pass: nothing more, unless the last attempt failed.
+        assert!(!mark_pods(Some("Unknown"), Some("Unknown"), false));
+        assert!(mark_pods(Some("Unknown"), Some("Unknown"), true));
+        // A node that never reported Ready (or went NeverUpdated) takes nothing back.
+        assert!(!mark_pods(None, None, false));
+        assert!(!mark_pods(None, Some("Unknown"), false));
+        assert!(!mark_pods(Some("False"), Some("True"), true));
     }
 
     #[test]

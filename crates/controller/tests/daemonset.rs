@@ -416,8 +416,11 @@ async fn rolling_update_within_max_unavailable_then_surge_and_undo() {
     // Watch every pod change: nodes with a ready pod never drop below 3 - maxUnavailable (1),
     // and no node ever has two pods without surge.
     let low = Arc::new(Mutex::new((usize::MAX, 0usize)));
+    // What the watcher has seen so far (pod name → ready), to know when it has caught up.
+    let seen: Arc<Mutex<BTreeMap<String, bool>>> = Arc::default();
     let watch = {
         let low = low.clone();
+        let seen = seen.clone();
         let pods = pods.clone();
         tokio::spawn(async move {
             let mut state: BTreeMap<String, Pod> = BTreeMap::new();
@@ -454,6 +457,7 @@ async fn rolling_update_within_max_unavailable_then_surge_and_undo() {
                         ready_nodes.insert(node);
                     }
                 }
+                *seen.lock().unwrap() = state.iter().map(|(n, p)| (n.clone(), ready(p))).collect();
                 let mut l = low.lock().unwrap();
                 l.0 = l.0.min(ready_nodes.len());
                 l.1 = l.1.max(per_node.values().copied().max().unwrap_or(0));
@@ -525,7 +529,18 @@ async fn rolling_update_within_max_unavailable_then_surge_and_undo() {
     assert_eq!(revs.get(&rev1).await.unwrap().revision, 3);
 
     // With maxSurge 1 and maxUnavailable 0, a new pod starts beside the old one, and every
-    // node keeps a ready pod throughout.
+    // node keeps a ready pod throughout. The watcher must have caught up with the rollback
+    // first, or its late events would count against the surge rollout.
+    eventually(60, "the watcher saw the rollback", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=agent"))
+            .await
+            .ok()?
+            .items;
+        let now: BTreeMap<String, bool> = list.iter().map(|p| (p.name_any(), ready(p))).collect();
+        (*seen.lock().unwrap() == now).then_some(())
+    })
+    .await;
     *low.lock().unwrap() = (usize::MAX, 0);
     sets.patch(
         "agent",
