@@ -13,6 +13,7 @@ use super::object::{
 };
 use super::{Query, Target, flag, ok};
 use crate::apply::Writer;
+use crate::certificates::is_csr;
 use crate::registry::{REGISTRY, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::AppState;
@@ -1151,8 +1152,6 @@ impl Part {
         }
     }
 }
-
-use crate::certificates::is_csr;
 
 fn conditions_of(obj: &Value) -> Vec<Value> {
     obj.get("status")
