@@ -12,15 +12,27 @@ use crate::rest::json_response;
 use crate::server::AppState;
 use crate::status::ApiError;
 
-/// The create-only subresources of pods: (name, group of the kind, kind), all at v1.
-const POD_CREATE_SUBRESOURCES: &[(&str, &str, &str)] = &[
-    ("binding", "", "Binding"),
-    ("eviction", "policy", "Eviction"),
+/// The create-only subresources of core resources: (resource, name, group of the kind,
+/// kind), all at v1.
+const CREATE_SUBRESOURCES: &[(&str, &str, &str, &str)] = &[
+    ("pods", "binding", "", "Binding"),
+    ("pods", "eviction", "policy", "Eviction"),
+    (
+        "serviceaccounts",
+        "token",
+        "authentication.k8s.io",
+        "TokenRequest",
+    ),
 ];
 
-/// The subresources served by proxying to a kubelet (`rest/proxy.rs`): (resource,
-/// subresource, kind, verbs), as upstream lists them.
+/// The verbs of upstream's proxy subresources.
+const PROXY_VERBS: &[&str] = &["create", "delete", "get", "patch", "update"];
+
+/// The subresources served by proxying to a kubelet or a pod (`rest/proxy.rs`,
+/// `rest/pod_proxy.rs`): (resource, subresource, kind, verbs), as upstream lists them.
 const KUBELET_SUBRESOURCES: &[(&str, &str, &str, &[&str])] = &[
+    ("pods", "proxy", "PodProxyOptions", PROXY_VERBS),
+    ("services", "proxy", "ServiceProxyOptions", PROXY_VERBS),
     ("pods", "attach", "PodAttachOptions", &["create", "get"]),
     ("pods", "exec", "PodExecOptions", &["create", "get"]),
     ("pods", "log", "Pod", &["get"]),
@@ -30,12 +42,7 @@ const KUBELET_SUBRESOURCES: &[(&str, &str, &str, &[&str])] = &[
         "PodPortForwardOptions",
         &["create", "get"],
     ),
-    (
-        "nodes",
-        "proxy",
-        "NodeProxyOptions",
-        &["create", "delete", "get", "patch", "update"],
-    ),
+    ("nodes", "proxy", "NodeProxyOptions", PROXY_VERBS),
 ];
 
 /// The aggregated discovery version a client accepts (`v2` or `v2beta1`), if any.
@@ -234,7 +241,7 @@ pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Res
                 "verbs": STATUS_VERBS,
             }));
         }
-        if r.group.is_empty() && matches!(r.kind, "Pod" | "Node") {
+        if r.group.is_empty() {
             for (plural, sub, kind, verbs) in KUBELET_SUBRESOURCES {
                 if *plural == r.plural {
                     resources.push(json!({
@@ -256,10 +263,10 @@ pub(crate) fn resource_list(state: &AppState, group: &str, version: &str) -> Res
                 "verbs": verbs,
             }));
         }
-        if r.group.is_empty() && r.kind == "Pod" {
-            for (sub, group, kind) in POD_CREATE_SUBRESOURCES {
+        for (plural, sub, group, kind) in CREATE_SUBRESOURCES {
+            if r.group.is_empty() && *plural == r.plural {
                 let mut e = json!({
-                    "name": format!("pods/{sub}"),
+                    "name": format!("{plural}/{sub}"),
                     "singularName": "",
                     "namespaced": true,
                     "kind": kind,
@@ -361,8 +368,8 @@ fn aggregated_version_entry(g: &GroupVersion) -> Value {
                     "verbs": verbs,
                 }));
             }
-            if r.group.is_empty() && r.kind == "Pod" {
-                for (sub, group, kind) in POD_CREATE_SUBRESOURCES {
+            for (plural, sub, group, kind) in CREATE_SUBRESOURCES {
+                if r.group.is_empty() && *plural == r.plural {
                     subs.push(json!({
                         "subresource": sub,
                         "responseKind": { "group": group, "version": "v1", "kind": kind },
@@ -408,5 +415,41 @@ mod tests {
         assert_eq!(deploy["scope"], "Namespaced");
         assert_eq!(deploy["shortNames"][0], "deploy");
         assert_eq!(deploy["subresources"][0]["subresource"], "status");
+    }
+
+    #[test]
+    fn core_subresources_are_listed_as_upstream() {
+        let core = REGISTRY.group_version("", "v1").expect("v1");
+        let g = aggregated_group(&[core]);
+        let subs = |resource: &str| -> Vec<Value> {
+            g["versions"][0]["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["resource"] == resource)
+                .and_then(|r| r["subresources"].as_array().cloned())
+                .unwrap_or_default()
+        };
+        let find = |resource: &str, sub: &str| {
+            subs(resource)
+                .into_iter()
+                .find(|s| s["subresource"] == sub)
+                .unwrap_or_else(|| panic!("{resource}/{sub} listed"))
+        };
+        let token = find("serviceaccounts", "token");
+        assert_eq!(
+            token["responseKind"],
+            json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"})
+        );
+        assert_eq!(token["verbs"], json!(["create"]));
+        for (resource, kind) in [
+            ("pods", "PodProxyOptions"),
+            ("services", "ServiceProxyOptions"),
+            ("nodes", "NodeProxyOptions"),
+        ] {
+            let proxy = find(resource, "proxy");
+            assert_eq!(proxy["responseKind"]["kind"], kind);
+            assert_eq!(proxy["verbs"], json!(PROXY_VERBS));
+        }
     }
 }

@@ -23,6 +23,7 @@ mod apply;
 pub mod audit;
 mod auth;
 mod bootstrap;
+mod certificates;
 mod config;
 mod conversion;
 mod crd;

@@ -1,6 +1,10 @@
 //! ResourceQuota admission, as upstream's `ResourceQuota` plugin: a new object is checked
 //! against every quota of its namespace that covers it, and admitted only if each quota's
-//! `status.used` plus the object's usage stays within `status.hard`. The new usage is written
+//! `status.used` plus the object's usage stays within `status.hard`. An update of the kinds
+//! whose usage can change (upstream's evaluators that handle updates: Services — type
+//! changes to `NodePort`/`LoadBalancer`, ports added — and PersistentVolumeClaims — a resize
+//! of `requests.storage`) is charged what it adds over the object it replaces (never less
+//! than nothing: shrinking gives back only through the controller's recount). The new usage is written
 //! to the quotas' `status.used` **before** the object is stored, each quota by a
 //! compare-and-swap on its mod revision (retried from a fresh read when another admission got
 //! in between), so concurrent creates cannot overrun a quota. `status.hard`/`used` come from
@@ -49,11 +53,14 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 }
 
 /// What admitting the object does to one quota: its new `status.used`, or the refusal.
+/// `usage` is the object's whole usage (which resources the quota restricts for it), `charge`
+/// what is added to `used` (the whole usage on create, the growth on update).
 fn check(
     quota: &Value,
     info: &ResourceInfo,
     obj: &Value,
     usage: &Usage,
+    charge: &Usage,
 ) -> Result<Option<Value>, String> {
     let name = object_meta_str(quota, "name");
     if !matches_scopes(quota, resource(info), obj) {
@@ -93,7 +100,7 @@ fn check(
     let mut new_used = used.clone();
     let (mut req, mut was, mut lim) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for r in &restricted {
-        let Some(amount) = usage.get(*r) else {
+        let Some(amount) = charge.get(*r) else {
             continue;
         };
         let old = used.get(*r).and_then(|s| parse(s)).unwrap_or_default();
@@ -132,10 +139,47 @@ pub(crate) async fn admit_create(
     obj: &Value,
     dry_run: bool,
 ) -> Result<(), ApiError> {
+    let usage = usage(resource(info), obj);
+    admit(state, info, ns, obj, &usage, &usage, dry_run).await
+}
+
+/// Whether updates of `info` can change its quota usage (upstream's evaluators that handle
+/// `Update`: services and persistentvolumeclaims; pods only through `pods/resize`, which is
+/// not served).
+pub(crate) fn handles_update(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && matches!(info.plural, "services" | "persistentvolumeclaims")
+}
+
+/// Admits an update of `old` to `new` (main resource only; upstream ignores subresources),
+/// charging what `new` uses beyond `old`.
+pub(crate) async fn admit_update(
+    state: &AppState,
+    info: &ResourceInfo,
+    old: &Value,
+    new: &Value,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    let ns = object_meta_str(new, "namespace");
+    if !handles_update(info) || ns.is_empty() {
+        return Ok(());
+    }
+    let usage = usage(resource(info), new);
+    let growth = rk3s_quota::growth(&usage, &rk3s_quota::usage(resource(info), old));
+    admit(state, info, ns, new, &usage, &growth, dry_run).await
+}
+
+async fn admit(
+    state: &AppState,
+    info: &ResourceInfo,
+    ns: &str,
+    obj: &Value,
+    usage: &Usage,
+    charge: &Usage,
+    dry_run: bool,
+) -> Result<(), ApiError> {
     let Some(quotas) = REGISTRY.find("", "v1", "resourcequotas") else {
         return Ok(());
     };
-    let usage = usage(resource(info), obj);
     // Quotas already charged in this admission (by key), when a later one raced.
     let mut charged: BTreeSet<Vec<u8>> = BTreeSet::new();
     let name = match object_meta_str(obj, "name") {
@@ -155,7 +199,7 @@ pub(crate) async fn admit_create(
             let quota: Value = serde_json::from_slice(&kv.value).map_err(|e| {
                 ApiError::internal(format!("a stored ResourceQuota is not JSON: {e}"))
             })?;
-            match check(&quota, info, obj, &usage) {
+            match check(&quota, info, obj, usage, charge) {
                 Ok(Some(q)) => updates.push((kv, q)),
                 Ok(None) => {}
                 Err(why) => return Err(ApiError::forbidden(info, name, &why)),
@@ -215,14 +259,14 @@ mod tests {
                        "used": {"pods": "2", "requests.cpu": "1"}}});
         let p = pod("500m", "1Mi");
         let u = usage_of("pods", &p);
-        let err = check(&quota, info("pods"), &p, &u).expect_err("over");
+        let err = check(&quota, info("pods"), &p, &u, &u).expect_err("over");
         assert_eq!(
             err,
             "exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"
         );
         let mut ok_quota = quota.clone();
         ok_quota["status"]["used"]["pods"] = json!("1");
-        let updated = check(&ok_quota, info("pods"), &p, &u)
+        let updated = check(&ok_quota, info("pods"), &p, &u, &u)
             .expect("fits")
             .expect("charged");
         assert_eq!(
@@ -232,18 +276,41 @@ mod tests {
     }
 
     #[test]
+    fn an_update_is_charged_what_it_adds() {
+        let quota = json!({"metadata": {"name": "q"},
+            "spec": {"hard": {"services.nodeports": "2", "services": "5"}},
+            "status": {"hard": {"services.nodeports": "2", "services": "5"},
+                       "used": {"services.nodeports": "1", "services": "3"}}});
+        let services = info("services");
+        let old = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}, {"port": 81}]}});
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("NodePort");
+        let full = usage_of("services", &new);
+        let growth = rk3s_quota::growth(&full, &usage_of("services", &old));
+        // The service itself was counted when it was created: only its node ports are new.
+        assert_eq!(
+            check(&quota, services, &new, &full, &growth).expect_err("over"),
+            "exceeded quota: q, requested: services.nodeports=2, used: services.nodeports=1, limited: services.nodeports=2"
+        );
+        // Nothing added (a label change, or back to ClusterIP): nothing to charge.
+        let none = rk3s_quota::growth(&usage_of("services", &old), &full);
+        assert!(none.is_empty());
+        assert_eq!(check(&quota, services, &old, &full, &none), Ok(None));
+    }
+
+    #[test]
     fn unknown_status_and_missing_requests_are_refused() {
         let quota = json!({"metadata": {"name": "q"}, "spec": {"hard": {"limits.memory": "1Gi"}}});
         let p = json!({"spec": {"containers": [{"name": "a"}]}});
         let u = usage_of("pods", &p);
         assert_eq!(
-            check(&quota, info("pods"), &p, &u).expect_err("no limits"),
+            check(&quota, info("pods"), &p, &u, &u).expect_err("no limits"),
             "failed quota: q: must specify limits.memory"
         );
         let p = pod("1", "1Mi");
         let u = usage_of("pods", &p);
         assert_eq!(
-            check(&quota, info("pods"), &p, &u).expect_err("no status"),
+            check(&quota, info("pods"), &p, &u, &u).expect_err("no status"),
             "status unknown for quota: q, resources: limits.memory"
         );
     }

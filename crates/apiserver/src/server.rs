@@ -55,6 +55,9 @@ pub(crate) struct AppState {
     pub(crate) kubelet_tls: Arc<rustls::ClientConfig>,
     /// The join endpoints' PKI and token (`crate::join`).
     pub(crate) join: Arc<crate::join::JoinState>,
+    /// `pods/proxy` and `services/proxy` may dial loopback pod IPs (stand-in pods in tests;
+    /// upstream refuses them: see [`Apiserver::proxy_to_loopback`]).
+    pub(crate) proxy_loopback: bool,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -146,6 +149,7 @@ pub struct Apiserver {
     join_token: Option<crate::JoinToken>,
     encryption: Arc<crate::encryption::Transformer>,
     audit: Option<Arc<crate::audit::Audit>>,
+    proxy_loopback: bool,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
@@ -175,7 +179,16 @@ impl Apiserver {
             join_token: None,
             encryption: Arc::default(),
             audit: None,
+            proxy_loopback: false,
         }
+    }
+
+    /// Let `pods/proxy` and `services/proxy` reach pods whose IP is a loopback address
+    /// (default: refused with 400 `address not allowed`, as upstream, which dials only global
+    /// unicast pod IPs). For tests and embedding, where stand-in "pods" listen on 127.0.0.x.
+    pub fn proxy_to_loopback(mut self, allow: bool) -> Self {
+        self.proxy_loopback = allow;
+        self
     }
 
     /// Write an audit log (default: none; see [`crate::audit::Audit::from_config`]).
@@ -259,6 +272,7 @@ impl Apiserver {
             watch_cache,
             kubelet_tls,
             join: crate::join::state(pki.clone(), self.join_token),
+            proxy_loopback: self.proxy_loopback,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;

@@ -38,30 +38,117 @@ fn has_node_ports(obj: &Value) -> bool {
     )
 }
 
-/// The node ports a service asks for (`Some`) or needs allocated (`None`), one per port.
-fn wanted_ports(obj: &Value) -> Vec<Option<i64>> {
-    if !has_node_ports(obj) {
-        return Vec::new();
+/// Whether ports without a node port get one (upstream's `shouldAllocateNodePorts`:
+/// `NodePort`, and `LoadBalancer` unless `allocateLoadBalancerNodePorts` is false).
+fn allocates_node_ports(obj: &Value) -> bool {
+    let spec = obj.get("spec");
+    match spec.and_then(|s| s.get("type")).and_then(Value::as_str) {
+        Some("NodePort") => true,
+        Some("LoadBalancer") => {
+            spec.and_then(|s| s.get("allocateLoadBalancerNodePorts"))
+                .and_then(Value::as_bool)
+                != Some(false)
+        }
+        _ => false,
     }
+}
+
+fn ports_of(obj: &Value) -> &[Value] {
     obj.get("spec")
         .and_then(|s| s.get("ports"))
         .and_then(Value::as_array)
-        .map(|ports| {
-            ports
-                .iter()
-                .map(|p| {
-                    p.get("nodePort")
-                        .and_then(Value::as_i64)
-                        .filter(|n| *n != 0)
-                })
-                .collect()
-        })
+        .map(Vec::as_slice)
         .unwrap_or_default()
 }
 
-/// The node ports a stored service holds.
+fn node_port_of(p: &Value) -> Option<i64> {
+    p.get("nodePort")
+        .and_then(Value::as_i64)
+        .filter(|n| *n != 0)
+}
+
+/// The node ports a service asks for (`Some`) or needs allocated (`None`), per port index;
+/// ports that get none are left out.
+fn wanted_ports(obj: &Value) -> Vec<(usize, Option<i64>)> {
+    if !has_node_ports(obj) {
+        return Vec::new();
+    }
+    let allocate = allocates_node_ports(obj);
+    ports_of(obj)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match node_port_of(p) {
+            Some(n) => Some((i, Some(n))),
+            None if allocate => Some((i, None)),
+            None => None,
+        })
+        .collect()
+}
+
+/// The node ports a stored service holds (each once: TCP and UDP may share one).
 fn held_ports(obj: &Value) -> Vec<i64> {
-    wanted_ports(obj).into_iter().flatten().collect()
+    let mut held: Vec<i64> = wanted_ports(obj)
+        .into_iter()
+        .filter_map(|(_, p)| p)
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    held
+}
+
+/// Upstream's node port validation: none on a `ClusterIP` service, within the range, no
+/// node port twice for one protocol.
+fn check_node_ports(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    let name = meta_str(obj, "name");
+    let cluster_ip_type = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .is_none_or(|t| t == "ClusterIP");
+    let mut causes = Vec::new();
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    for (i, p) in ports_of(obj).iter().enumerate() {
+        let Some(port) = node_port_of(p) else {
+            continue;
+        };
+        let field = format!("spec.ports[{i}].nodePort");
+        if cluster_ip_type {
+            causes.push(Cause {
+                reason: "FieldValueForbidden",
+                message: "Forbidden: may not be used when `type` is 'ClusterIP'".into(),
+                field,
+            });
+            continue;
+        }
+        let protocol = p
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP")
+            .to_string();
+        if seen.contains(&(protocol.clone(), port)) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                message: format!("Duplicate value: {port}"),
+                field,
+            });
+        } else {
+            seen.push((protocol, port));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(info, name, causes))
+    }
+}
+
+fn out_of_range(info: &ResourceInfo, name: &str, i: usize, port: i64) -> ApiError {
+    invalid_port(
+        info,
+        name,
+        i,
+        port,
+        "provided port is not in the valid range. The range of valid ports is 30000-32767",
+    )
 }
 
 fn invalid_port(info: &ResourceInfo, name: &str, i: usize, port: i64, why: &str) -> ApiError {
@@ -193,37 +280,31 @@ pub(crate) async fn create(
         Some(None) => Some(None),
         None => None,
     };
+    check_node_ports(info, obj)?;
     let requested_ports = wanted_ports(obj);
-    for (i, p) in requested_ports.iter().enumerate() {
+    for (i, p) in &requested_ports {
         if let Some(p) = p
             && !NODE_PORTS.contains(p)
         {
-            return Err(invalid_port(
-                info,
-                &name,
-                i,
-                *p,
-                "provided port is not in the valid range. The range of valid ports is 30000-32767",
-            ));
+            return Err(out_of_range(info, &name, *i, *p));
         }
     }
-    let all_requested =
-        requested_ip.is_none_or(|ip| ip.is_some()) && requested_ports.iter().all(Option::is_some);
+    let all_requested = requested_ip.is_none_or(|ip| ip.is_some())
+        && requested_ports.iter().all(|(_, p)| p.is_some());
     let attempts = if all_requested { 1 } else { 64 };
     for _ in 0..attempts {
         let ip = requested_ip.map(|r| r.unwrap_or_else(|| state.service_cidr.random()));
-        let ports: Vec<i64> = requested_ports
+        let asked: Vec<i64> = requested_ports.iter().filter_map(|(_, p)| *p).collect();
+        let drawn: Vec<(usize, i64)> = requested_ports
             .iter()
-            .map(|p| p.unwrap_or_else(|| rand::random_range(NODE_PORTS)))
+            .filter(|(_, p)| p.is_none())
+            .map(|(i, _)| (*i, rand::random_range(NODE_PORTS)))
             .collect();
-        let mut distinct = ports.clone();
+        let mut distinct: Vec<i64> = drawn.iter().map(|(_, p)| *p).collect();
         distinct.sort_unstable();
         distinct.dedup();
-        if distinct.len() != ports.len() {
-            if requested_ports.iter().all(Option::is_some) {
-                return Err(invalid_port(info, &name, 0, ports[0], "Duplicate value"));
-            }
-            continue;
+        if distinct.len() != drawn.len() || distinct.iter().any(|p| asked.contains(p)) {
+            continue; // a random pick collided with another port of this service
         }
         let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
         if let Some(spec) = spec {
@@ -234,13 +315,15 @@ pub(crate) async fn create(
                 spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
             }
             if let Some(list) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for (p, port) in list.iter_mut().zip(&ports) {
-                    p["nodePort"] = json!(port);
+                for (i, port) in &drawn {
+                    if let Some(p) = list.get_mut(*i) {
+                        p["nodePort"] = json!(port);
+                    }
                 }
             }
         }
         let owner = format!("{}/{name}", meta_str(obj, "namespace")).into_bytes();
-        let mut reserved: Vec<Vec<u8>> = ports.iter().map(|p| port_key(*p)).collect();
+        let mut reserved: Vec<Vec<u8>> = held_ports(obj).into_iter().map(port_key).collect();
         if let Some(ip) = ip {
             reserved.push(ip_key(ip));
         }
@@ -300,14 +383,14 @@ pub(crate) async fn create(
                 &format!("failed to allocate IP {ip}: provided IP is already allocated"),
             ));
         }
-        for (i, p) in requested_ports.iter().enumerate() {
+        for (i, p) in &requested_ports {
             if let Some(p) = p
                 && state.store.get(&port_key(*p), 0).await?.1.is_some()
             {
                 return Err(invalid_port(
                     info,
                     &name,
-                    i,
+                    *i,
                     *p,
                     "provided port is already allocated",
                 ));
@@ -369,6 +452,193 @@ pub(crate) async fn delete(
     })
 }
 
+/// Node ports on update, as upstream's service REST: values the request leaves out are
+/// taken from the stored service by port name (`patchAllocatedValues`), a service that stops
+/// needing node ports loses the ones it kept unchanged (`dropTypeDependentFields`), then the
+/// validation; ports still without one get a random pick. Returns the indexes of the picks
+/// (drawn again if the write finds them taken).
+pub(crate) fn prepare_update(
+    info: &ResourceInfo,
+    old: &Value,
+    new: &mut Value,
+) -> Result<Vec<usize>, ApiError> {
+    let (needed, needs) = (has_node_ports(old), has_node_ports(new));
+    let old_ports: Vec<Value> = ports_of(old).to_vec();
+    let old_numbers: Vec<i64> = old_ports.iter().filter_map(node_port_of).collect();
+    let allocate = allocates_node_ports(new);
+    let same = {
+        let new_ports = ports_of(new);
+        new_ports.len() == old_ports.len()
+            && new_ports
+                .iter()
+                .zip(&old_ports)
+                .all(|(a, b)| node_port_of(a) == node_port_of(b))
+    };
+    let Some(list) = new
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("ports"))
+        .and_then(Value::as_array_mut)
+    else {
+        return Ok(Vec::new());
+    };
+    if needed && needs {
+        let kept: Vec<i64> = list
+            .iter()
+            .filter_map(node_port_of)
+            .filter(|n| old_numbers.contains(n))
+            .collect();
+        for p in list.iter_mut() {
+            if node_port_of(p).is_some() {
+                continue;
+            }
+            let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+            let previous = old_ports
+                .iter()
+                .filter(|o| o.get("name").and_then(Value::as_str).unwrap_or_default() == name)
+                .find_map(node_port_of);
+            if let Some(n) = previous.filter(|n| !kept.contains(n)) {
+                p["nodePort"] = json!(n);
+            }
+        }
+    }
+    if needed && !needs && same {
+        for p in list.iter_mut() {
+            if let Some(o) = p.as_object_mut() {
+                o.remove("nodePort");
+            }
+        }
+    }
+    let mut drawn = Vec::new();
+    if needs && allocate {
+        let mut taken: Vec<i64> = list.iter().filter_map(node_port_of).collect();
+        for (i, p) in list.iter_mut().enumerate() {
+            if node_port_of(p).is_none() {
+                let pick = loop {
+                    let n = rand::random_range(NODE_PORTS);
+                    if !taken.contains(&n) {
+                        break n;
+                    }
+                };
+                taken.push(pick);
+                p["nodePort"] = json!(pick);
+                drawn.push(i);
+            }
+        }
+    }
+    check_node_ports(info, new)?;
+    let name = meta_str(new, "name").to_string();
+    for (i, p) in wanted_ports(new) {
+        if let Some(p) = p.filter(|p| !old_numbers.contains(p) && !NODE_PORTS.contains(p)) {
+            return Err(out_of_range(info, &name, i, p));
+        }
+    }
+    Ok(drawn)
+}
+
+/// What writing an updated Service found.
+#[derive(Debug)]
+pub(crate) enum UpdateOutcome {
+    Written {
+        revision: i64,
+    },
+    /// The Service changed since it was read.
+    Conflict,
+    /// A node port the update takes is held by another Service: (port index, port).
+    PortTaken(usize, i64),
+}
+
+/// Writes the updated Service guarded by `mod_revision`, taking the node ports it adds and
+/// releasing the ones it drops in the same transaction.
+pub(crate) async fn update(
+    state: &AppState,
+    key: &[u8],
+    mod_revision: i64,
+    value: Vec<u8>,
+    old: &Value,
+    new: &Value,
+) -> Result<UpdateOutcome, ApiError> {
+    let before = held_ports(old);
+    let after = held_ports(new);
+    let added: Vec<i64> = after
+        .iter()
+        .copied()
+        .filter(|p| !before.contains(p))
+        .collect();
+    let owner = format!("{}/{}", meta_str(new, "namespace"), meta_str(new, "name")).into_bytes();
+    let mut compare = vec![Compare::new(
+        key,
+        CompareOp::Equal,
+        CompareTarget::ModRevision(mod_revision),
+    )];
+    let mut success = vec![TxnOp::Put(PutRequest {
+        key: key.to_vec(),
+        value,
+        ..PutRequest::default()
+    })];
+    for p in &added {
+        compare.push(Compare::new(
+            port_key(*p),
+            CompareOp::Equal,
+            CompareTarget::ModRevision(0),
+        ));
+        success.push(TxnOp::Put(PutRequest {
+            key: port_key(*p),
+            value: owner.clone(),
+            ..PutRequest::default()
+        }));
+    }
+    for p in before.iter().filter(|p| !after.contains(p)) {
+        success.push(TxnOp::Delete(DeleteRequest {
+            key: port_key(*p),
+            ..DeleteRequest::default()
+        }));
+    }
+    let resp = state
+        .store
+        .txn(TxnRequest {
+            compare,
+            success,
+            failure: vec![TxnOp::Range(RangeRequest {
+                key: key.to_vec(),
+                ..RangeRequest::default()
+            })],
+        })
+        .await?;
+    if resp.succeeded {
+        return Ok(UpdateOutcome::Written {
+            revision: resp.revision,
+        });
+    }
+    let current = match resp.responses.first() {
+        Some(TxnOpResponse::Range(r)) => r.kvs.first().map(|kv| kv.mod_revision),
+        _ => None,
+    };
+    if current != Some(mod_revision) {
+        return Ok(UpdateOutcome::Conflict);
+    }
+    for p in &added {
+        if state.store.get(&port_key(*p), 0).await?.1.is_some() {
+            let index = ports_of(new)
+                .iter()
+                .position(|q| node_port_of(q) == Some(*p))
+                .unwrap_or_default();
+            return Ok(UpdateOutcome::PortTaken(index, *p));
+        }
+    }
+    Ok(UpdateOutcome::Conflict)
+}
+
+/// The 422 for a node port another Service holds.
+pub(crate) fn port_taken(info: &ResourceInfo, name: &str, index: usize, port: i64) -> ApiError {
+    invalid_port(
+        info,
+        name,
+        index,
+        port,
+        "provided port is already allocated",
+    )
+}
+
 /// On update, the cluster IP is kept when the request leaves it out, and may not change.
 pub(crate) fn keep_cluster_ip(
     info: &ResourceInfo,
@@ -378,35 +648,6 @@ pub(crate) fn keep_cluster_ip(
     let Some(old_spec) = old.get("spec") else {
         return Ok(());
     };
-    // Node ports left out of an update keep their allocation (changing them is not supported
-    // yet: it would need the allocation keys moved in the update's transaction).
-    let old_ports = wanted_ports(old);
-    if let Some(list) = new
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("ports"))
-        .and_then(Value::as_array_mut)
-    {
-        for (i, p) in list.iter_mut().enumerate() {
-            let asked = p.get("nodePort").and_then(Value::as_i64).unwrap_or(0);
-            match old_ports.get(i).copied().flatten() {
-                Some(held) if asked == 0 => p["nodePort"] = json!(held),
-                Some(held) if asked != held => {
-                    return Err(ApiError::invalid(
-                        info,
-                        meta_str(old, "name"),
-                        vec![Cause {
-                            reason: "FieldValueInvalid",
-                            message: format!(
-                                "Invalid value: {asked}: changing an allocated node port is not supported yet"
-                            ),
-                            field: format!("spec.ports[{i}].nodePort"),
-                        }],
-                    ));
-                }
-                _ => {}
-            }
-        }
-    }
     let old_ip = old_spec
         .get("clusterIP")
         .and_then(Value::as_str)
@@ -466,7 +707,13 @@ mod tests {
         assert_eq!(
             wanted_ports(&json!({"spec": {"type": "NodePort",
                 "ports": [{"port": 80}, {"port": 81, "nodePort": 30081}]}})),
-            vec![None, Some(30081)]
+            vec![(0, None), (1, Some(30081))]
+        );
+        assert_eq!(
+            wanted_ports(&json!({"spec": {"type": "LoadBalancer",
+                "allocateLoadBalancerNodePorts": false,
+                "ports": [{"port": 80}, {"port": 81, "nodePort": 30081}]}})),
+            vec![(1, Some(30081))]
         );
     }
 

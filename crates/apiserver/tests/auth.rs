@@ -434,6 +434,11 @@ async fn subject_access_and_token_reviews() {
     let req = http_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", &sar);
     let resp: serde_json::Value = client.request(req).await.expect("SAR");
     assert_eq!(resp["status"]["allowed"], true, "{resp}");
+    // Upstream's RBAC names what allows it.
+    assert_eq!(
+        resp["status"]["reason"],
+        "RBAC: allowed by ClusterRoleBinding \"system:basic-user\" of ClusterRole \"system:basic-user\" to Group \"system:authenticated\""
+    );
     let sar = serde_json::json!({
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",

@@ -52,6 +52,18 @@ pub fn add(usage: &mut Usage, name: &str, amount: (Quantity, bool)) {
     e.1 |= amount.1;
 }
 
+/// What an update adds to the usage of the object it replaces: `new - old` per resource,
+/// resources whose usage does not grow left out (upstream's `SubtractWithNonNegativeResult`
+/// and `RemoveZeros`).
+pub fn growth(new: &Usage, old: &Usage) -> Usage {
+    new.iter()
+        .filter_map(|(name, (q, binary))| {
+            let before = old.get(name).map(|o| o.0).unwrap_or_default();
+            (*q > before).then(|| (name.clone(), (*q - before, *binary)))
+        })
+        .collect()
+}
+
 fn count(usage: &mut Usage, name: &str, n: i128) {
     let q = Quantity::parse(&n.to_string()).unwrap_or_default();
     add(usage, name, (q, false));

@@ -120,6 +120,15 @@ impl std::ops::Add for Quantity {
     }
 }
 
+impl std::ops::Sub for Quantity {
+    type Output = Quantity;
+    fn sub(self, other: Quantity) -> Quantity {
+        Quantity {
+            nanos: self.nanos.saturating_sub(other.nanos),
+        }
+    }
+}
+
 /// The factor of a suffix as (multiplier, divisor) applied to nano-units.
 fn suffix_factor(suffix: &str) -> Result<(i128, i128), QuantityError> {
     let binary = |power: u32| Ok((1i128 << (10 * power), 1));

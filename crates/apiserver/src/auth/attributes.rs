@@ -95,7 +95,10 @@ impl Attributes {
                 return attrs;
             }
         }
-        let watch = watch_path || crate::rest::flag(&crate::rest::parse_query(uri), "watch");
+        // A proxied request's query belongs to the backend: `?watch=1` there is not a watch.
+        let watch = watch_path
+            || (attrs.subresource != "proxy"
+                && crate::rest::flag(&crate::rest::parse_query(uri), "watch"));
         attrs.verb = match *method {
             Method::GET | Method::HEAD if watch => "watch",
             Method::GET | Method::HEAD if attrs.name.is_empty() => "list",
@@ -240,6 +243,29 @@ mod tests {
             (a.verb.as_str(), a.resource.as_str(), a.subresource.as_str()),
             ("get", "nodes", "proxy")
         );
+        // The proxy subresources: the verb follows the method, as upstream.
+        for (method, verb) in [
+            (Method::GET, "get"),
+            (Method::HEAD, "get"),
+            (Method::POST, "create"),
+            (Method::PUT, "update"),
+            (Method::PATCH, "patch"),
+            (Method::DELETE, "delete"),
+        ] {
+            let a = attrs(
+                method,
+                "/api/v1/namespaces/d/services/https:web:443/proxy/x?watch=1",
+            );
+            assert_eq!(
+                (
+                    a.verb.as_str(),
+                    a.resource.as_str(),
+                    a.subresource.as_str(),
+                    a.name.as_str()
+                ),
+                (verb, "services", "proxy", "https:web:443")
+            );
+        }
         let a = attrs(Method::GET, "/api/v1/namespaces/kube-system");
         assert_eq!(
             (a.resource.as_str(), a.name.as_str(), a.namespace.as_str()),

@@ -343,6 +343,23 @@ pub(crate) async fn authorize(state: &AppState, attrs: &Attributes) -> bool {
     state.auth.rbac.allows(attrs)
 }
 
+/// [`authorize`] with the reason upstream's authorizers give for an allow: RBAC names the
+/// binding that allows it; `system:masters` and the node authorizer give none.
+pub(crate) async fn authorize_with_reason(state: &AppState, attrs: &Attributes) -> (bool, String) {
+    if attrs.user.is_superuser() {
+        return (true, String::new());
+    }
+    if let Some(node) = node::node_of(&attrs.user)
+        && node::allows(state, node, attrs).await
+    {
+        return (true, String::new());
+    }
+    match state.auth.rbac.reason(attrs) {
+        Some(reason) => (true, reason),
+        None => (false, String::new()),
+    }
+}
+
 /// Upstream's impersonation: `Impersonate-User`, `Impersonate-Group`, `Impersonate-Uid`,
 /// `Impersonate-Extra-<key>` headers, each allowed by the `impersonate` verb on `users` (or
 /// `serviceaccounts`), `groups`, `uids`, `userextras/<key>`. The request then runs as that

@@ -184,6 +184,58 @@ impl Policy {
         self.visit_rules(&a.user, &a.namespace, |r| rule_allows(r, a))
     }
 
+    /// What allows `a`, worded as upstream's RBAC authorizer gives its reason: `RBAC: allowed
+    /// by ClusterRoleBinding "b" of ClusterRole "r" to User "u"` (a RoleBinding is named
+    /// `name/namespace`, a service account `name/namespace`). Bindings are tried in the order
+    /// [`Policy::allows`] tries them.
+    fn allowed_by(&self, a: &Attributes) -> Option<String> {
+        let describe = |subject: &Subject, binding_ns: &str| match subject.kind.as_str() {
+            "ServiceAccount" => {
+                let ns = match subject.namespace.as_deref() {
+                    Some(ns) if !ns.is_empty() => ns,
+                    _ => binding_ns,
+                };
+                format!("ServiceAccount {:?}", format!("{}/{ns}", subject.name))
+            }
+            kind => format!("{kind} {:?}", subject.name),
+        };
+        for (name, b) in &self.cluster_role_bindings {
+            if let Some(subject) = applying_subject(b.subjects.as_deref(), &a.user, "")
+                && let Some(rules) = self.role_ref_rules("", &b.role_ref)
+                && rules.iter().any(|r| rule_allows(r, a))
+            {
+                return Some(format!(
+                    "RBAC: allowed by ClusterRoleBinding {name:?} of {} {:?} to {}",
+                    b.role_ref.kind,
+                    b.role_ref.name,
+                    describe(subject, "")
+                ));
+            }
+        }
+        if a.namespace.is_empty() {
+            return None;
+        }
+        let from = (a.namespace.clone(), String::new());
+        for ((ns, name), b) in self.role_bindings.range(from..) {
+            if *ns != a.namespace {
+                break;
+            }
+            if let Some(subject) = applying_subject(b.subjects.as_deref(), &a.user, ns)
+                && let Some(rules) = self.role_ref_rules(ns, &b.role_ref)
+                && rules.iter().any(|r| rule_allows(r, a))
+            {
+                return Some(format!(
+                    "RBAC: allowed by RoleBinding {:?} of {} {:?} to {}",
+                    format!("{name}/{ns}"),
+                    b.role_ref.kind,
+                    b.role_ref.name,
+                    describe(subject, ns)
+                ));
+            }
+        }
+        None
+    }
+
     /// Every rule `user` holds in `namespace`.
     fn rules_of(&self, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
         let mut rules = Vec::new();
@@ -197,10 +249,19 @@ impl Policy {
 
 /// Whether a binding's subjects include `user` (upstream's `appliesToUser`).
 fn applies(subjects: Option<&[Subject]>, user: &UserInfo, binding_ns: &str) -> bool {
+    applying_subject(subjects, user, binding_ns).is_some()
+}
+
+/// The first of a binding's subjects that is `user` (upstream's `appliesTo`).
+fn applying_subject<'s>(
+    subjects: Option<&'s [Subject]>,
+    user: &UserInfo,
+    binding_ns: &str,
+) -> Option<&'s Subject> {
     subjects
         .unwrap_or(&[])
         .iter()
-        .any(|s| match s.kind.as_str() {
+        .find(|s| match s.kind.as_str() {
             "User" => s.name == user.name,
             "Group" => user.groups.contains(&s.name),
             "ServiceAccount" => {
@@ -277,6 +338,15 @@ impl Cache {
     /// node authorizer, is `auth::authorize`.
     pub(crate) fn allows(&self, a: &Attributes) -> bool {
         a.user.is_superuser() || self.read().allows(a)
+    }
+
+    /// RBAC's reason for allowing `a` (see [`Policy::allowed_by`]); `None` when RBAC does
+    /// not allow it (or for `system:masters`, which upstream allows without a reason).
+    pub(crate) fn reason(&self, a: &Attributes) -> Option<String> {
+        if a.user.is_superuser() {
+            return None;
+        }
+        self.read().allowed_by(a)
     }
 
     /// Whether the rules of the ClusterRole `name` allow `a` (for the node authorizer).
@@ -767,6 +837,58 @@ mod tests {
         assert!(rule_allows(&r, &a));
         a.path = "/metrics".into();
         assert!(!rule_allows(&r, &a));
+    }
+
+    #[test]
+    fn the_allowing_binding_is_named_as_upstream() {
+        let mut p = Policy::default();
+        let put = |p: &mut Policy, kind: Kind, v: serde_json::Value| {
+            p.put(kind, v.to_string().as_bytes());
+        };
+        let rules = |resource: &str| json!([{"apiGroups": [""], "resources": [resource], "verbs": ["get"]}]);
+        put(
+            &mut p,
+            Kind::ClusterRole,
+            json!({"metadata": {"name": "pod-reader"}, "rules": rules("pods")}),
+        );
+        put(
+            &mut p,
+            Kind::ClusterRoleBinding,
+            json!({"metadata": {"name": "read-pods"},
+                "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "pod-reader"},
+                "subjects": [{"kind": "User", "name": "someone"}, {"kind": "Group", "name": "readers"}]}),
+        );
+        put(
+            &mut p,
+            Kind::Role,
+            json!({"metadata": {"name": "cm-reader", "namespace": "dev"}, "rules": rules("configmaps")}),
+        );
+        put(
+            &mut p,
+            Kind::RoleBinding,
+            json!({"metadata": {"name": "cms", "namespace": "dev"},
+                "roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "cm-reader"},
+                "subjects": [{"kind": "ServiceAccount", "name": "builder"}]}),
+        );
+        let mut a = attrs("get", "pods", "", "p");
+        a.user = UserInfo::new("jane", vec!["readers".into()]);
+        a.namespace = "dev".into();
+        assert_eq!(
+            p.allowed_by(&a).as_deref(),
+            Some(
+                "RBAC: allowed by ClusterRoleBinding \"read-pods\" of ClusterRole \"pod-reader\" to Group \"readers\""
+            )
+        );
+        a.user = UserInfo::new("system:serviceaccount:dev:builder", vec![]);
+        a.resource = "configmaps".into();
+        assert_eq!(
+            p.allowed_by(&a).as_deref(),
+            Some(
+                "RBAC: allowed by RoleBinding \"cms/dev\" of Role \"cm-reader\" to ServiceAccount \"builder/dev\""
+            )
+        );
+        a.verb = "delete".into();
+        assert_eq!(p.allowed_by(&a), None);
     }
 
     #[test]

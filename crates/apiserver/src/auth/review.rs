@@ -157,10 +157,11 @@ pub(crate) async fn serve(
                     ));
                 }
             };
-            if super::authorize(state, &attrs).await {
-                json!({ "allowed": true })
-            } else {
-                json!({ "allowed": false })
+            match super::authorize_with_reason(state, &attrs).await {
+                (true, reason) if !reason.is_empty() => {
+                    json!({ "allowed": true, "reason": reason })
+                }
+                (allowed, _) => json!({ "allowed": allowed }),
             }
         }
         _ => return Err(ApiError::method_not_allowed()),

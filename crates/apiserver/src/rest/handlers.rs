@@ -13,6 +13,7 @@ use super::object::{
 };
 use super::{Query, Target, flag, ok};
 use crate::apply::Writer;
+use crate::certificates::is_csr;
 use crate::registry::{REGISTRY, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::AppState;
@@ -44,6 +45,13 @@ impl<'a> Ctx<'a> {
     }
     pub(crate) fn dry_run(&self) -> bool {
         self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+    /// The admission an update through this request goes through (see [`Admit`]).
+    pub(crate) fn admit(&self) -> Option<Admit<'a>> {
+        Some(Admit {
+            user: self.user,
+            subresource: self.target.subresource.as_deref(),
+        })
     }
     /// NodeRestriction admission of a write by a kubelet (nothing for other users).
     pub(crate) fn node_restriction(
@@ -575,6 +583,7 @@ pub(crate) async fn create_object_as(
     let ns =
         (!meta_str(&obj, "namespace").is_empty()).then(|| meta_str(&obj, "namespace").to_string());
     crate::admission::admit_create(state, info, ns.as_deref(), &mut obj).await?;
+    crate::certificates::admit_subject(info, &obj)?;
     let name = meta_str(&obj, "name").to_string();
     let generate = meta_str(&obj, "generateName").to_string();
     if name.is_empty() && generate.is_empty() {
@@ -880,6 +889,33 @@ pub(crate) async fn guaranteed_update<F>(
     key: &[u8],
     name: &str,
     dry_run: bool,
+    f: F,
+) -> Result<Value, ApiError>
+where
+    F: FnMut(&Value) -> Result<Value, ApiError>,
+{
+    guaranteed_update_admitted(state, info, key, name, dry_run, None, f).await
+}
+
+/// Who writes through which subresource: what the validating admission plugins that need
+/// the store or the authorizer look at, on the object as it would be stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admit<'a> {
+    pub(crate) user: &'a crate::auth::UserInfo,
+    pub(crate) subresource: Option<&'a str>,
+}
+
+/// [`guaranteed_update`] of a client's request: after `f`, inside the compare-and-swap loop
+/// (so on the object it replaces), the validating admission upstream runs on updates —
+/// CertificateApproval (`/approval`) and CertificateSigning (`/status`) of CSRs, and
+/// ResourceQuota on the main resource (last, as upstream).
+pub(crate) async fn guaranteed_update_admitted<F>(
+    state: &AppState,
+    info: &ResourceInfo,
+    key: &[u8],
+    name: &str,
+    dry_run: bool,
+    admit: Option<Admit<'_>>,
     mut f: F,
 ) -> Result<Value, ApiError>
 where
@@ -891,16 +927,60 @@ where
         let old = decode_as(info, &kv)?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
+        // A Service's node ports: kept, taken over, dropped or drawn (upstream's service REST).
+        let drawn = if is_service(info) && old.get("spec") != new.get("spec") {
+            crate::services::prepare_update(info, &old, &mut new)?
+        } else {
+            Vec::new()
+        };
+        if let Some(admit) = admit {
+            if crate::certificates::is_csr(info) {
+                match admit.subresource {
+                    Some("approval") => {
+                        crate::certificates::admit_approval(state, info, admit.user, &old).await?
+                    }
+                    Some("status") => {
+                        crate::certificates::admit_signing(state, info, admit.user, &old, &new)
+                            .await?
+                    }
+                    _ => {}
+                }
+            }
+            // What the update adds to quota usage (a resize, a type change). Usage is
+            // computed from the spec alone, so metadata-only writes cannot change it.
+            if admit.subresource.is_none()
+                && crate::quota::handles_update(info)
+                && old.get("spec") != new.get("spec")
+            {
+                crate::quota::admit_update(state, info, &old, &new, dry_run).await?;
+            }
+        }
         // An unchanged object is written anyway if it is stored with an old encryption key
         // (upstream's stale read: how `kubectl replace` re-encrypts).
         if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
             return Ok(new);
         }
-        match state
-            .store
-            .update(key, encode_as(info, &new)?, kv.mod_revision, 0)
-            .await?
-        {
+        let value = encode_as(info, &new)?;
+        let outcome = if is_service(info) {
+            match crate::services::update(state, key, kv.mod_revision, value, &old, &new).await? {
+                crate::services::UpdateOutcome::Written { revision } => {
+                    WriteOutcome::Written { revision }
+                }
+                crate::services::UpdateOutcome::Conflict => {
+                    WriteOutcome::Conflict { current: None }
+                }
+                // A random pick someone else holds is drawn again.
+                crate::services::UpdateOutcome::PortTaken(i, _) if drawn.contains(&i) => {
+                    WriteOutcome::Conflict { current: None }
+                }
+                crate::services::UpdateOutcome::PortTaken(i, port) => {
+                    return Err(crate::services::port_taken(info, name, i, port));
+                }
+            }
+        } else {
+            state.store.update(key, value, kv.mod_revision, 0).await?
+        };
+        match outcome {
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
                 tracing::debug!(name, revision, "updated");
@@ -1073,10 +1153,6 @@ impl Part {
     }
 }
 
-fn is_csr(info: &ResourceInfo) -> bool {
-    info.group == "certificates.k8s.io" && info.kind == "CertificateSigningRequest"
-}
-
 fn conditions_of(obj: &Value) -> Vec<Value> {
     obj.get("status")
         .and_then(|s| s.get("conditions"))
@@ -1201,47 +1277,6 @@ fn merge_part(
     Ok(new)
 }
 
-/// Upstream's `CertificateApproval` admission: whoever writes `/approval` must be allowed to
-/// `approve` on `signers` for the CSR's signer name (or its `<domain>/*`).
-async fn check_signer_approval(ctx: Ctx<'_>, name: &str) -> Result<(), ApiError> {
-    let info = ctx.info();
-    let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
-    let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-    let csr = decode_as(info, &kv)?;
-    let signer = csr
-        .get("spec")
-        .and_then(|s| s.get("signerName"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let mut names = vec![signer.clone()];
-    if let Some((domain, _)) = signer.split_once('/') {
-        names.push(format!("{domain}/*"));
-    }
-    for n in names {
-        let attrs = crate::auth::Attributes {
-            user: ctx.user.clone(),
-            verb: "approve".into(),
-            resource_request: true,
-            api_group: "certificates.k8s.io".into(),
-            api_version: "*".into(),
-            namespace: String::new(),
-            resource: "signers".into(),
-            subresource: String::new(),
-            name: n,
-            path: String::new(),
-        };
-        if crate::auth::authorize(ctx.state, &attrs).await {
-            return Ok(());
-        }
-    }
-    Err(ApiError::forbidden(
-        info,
-        name,
-        &format!("user not permitted to approve requests with signerName {signer:?}"),
-    ))
-}
-
 /// PUT of a [`Part`] subresource.
 async fn update_part(
     ctx: Ctx<'_>,
@@ -1250,9 +1285,6 @@ async fn update_part(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let info = ctx.info();
-    if part == Part::Approval {
-        check_signer_approval(ctx, name).await?;
-    }
     let mut req = body_json(ctx.headers, body)?;
     check_type(&mut req, info)?;
     let (req, warnings) =
@@ -1267,11 +1299,19 @@ async fn update_part(
     }
     let key = info.key(ctx.ns(), name);
     let writer = ctx.writer();
-    let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-        let mut new = merge_part(info, old, &req, part)?;
-        crate::apply::track_update(&writer, Some(old), &mut new);
-        Ok(new)
-    })
+    let obj = guaranteed_update_admitted(
+        ctx.state,
+        info,
+        &key,
+        name,
+        ctx.dry_run(),
+        ctx.admit(),
+        |old| {
+            let mut new = merge_part(info, old, &req, part)?;
+            crate::apply::track_update(&writer, Some(old), &mut new);
+            Ok(new)
+        },
+    )
     .await?;
     respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings)
 }
@@ -1314,16 +1354,24 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     }
     let key = info.key(ctx.ns(), name);
     let writer = ctx.writer();
-    let result = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-        let mut new = merge_update(info, old, &req, status_only)?;
-        ctx.node_restriction(
-            crate::node_restriction::Operation::Update,
-            Some(old),
-            Some(&new),
-        )?;
-        crate::apply::track_update(&writer, Some(old), &mut new);
-        Ok(new)
-    })
+    let result = guaranteed_update_admitted(
+        ctx.state,
+        info,
+        &key,
+        name,
+        ctx.dry_run(),
+        ctx.admit(),
+        |old| {
+            let mut new = merge_update(info, old, &req, status_only)?;
+            ctx.node_restriction(
+                crate::node_restriction::Operation::Update,
+                Some(old),
+                Some(&new),
+            )?;
+            crate::apply::track_update(&writer, Some(old), &mut new);
+            Ok(new)
+        },
+    )
     .await;
     match result {
         Ok(obj) => respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings),
@@ -1357,9 +1405,6 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
         return super::scale::patch(ctx, name, body).await;
     }
     let part = Part::of(ctx.target);
-    if part == Some(Part::Approval) {
-        check_signer_approval(ctx, name).await?;
-    }
     let status_only = part.is_some() || check_subresource(ctx.target)?;
     let ct = content_type(ctx.headers);
     if ct == APPLY_PATCH {
@@ -1394,32 +1439,40 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     let mut warnings = Vec::new();
     let writer = ctx.writer();
     let meta = crate::patch_meta::for_resource(info);
-    let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-        let mut patched = super::patch::apply(kind, old, &patch, meta)?;
-        check_type(&mut patched, info)?;
-        let (mut patched, w) = typed_roundtrip_checked(patched, info, validation)?;
-        warnings = w;
-        if !status_only {
-            crate::defaults::apply(info, &mut patched, false);
-        }
-        // Name and namespace come from the stored object; a changed resourceVersion in the
-        // patch is a precondition, checked by merge_update.
-        if let Some(meta) = metadata_mut(&mut patched) {
-            meta.insert("name".into(), json!(name));
-        }
-        namespace_of(info, ctx.ns(), &mut patched)?;
-        let mut new = match part {
-            Some(part) => merge_part(info, old, &patched, part)?,
-            None => merge_update(info, old, &patched, status_only)?,
-        };
-        ctx.node_restriction(
-            crate::node_restriction::Operation::Update,
-            Some(old),
-            Some(&new),
-        )?;
-        crate::apply::track_update(&writer, Some(old), &mut new);
-        Ok(new)
-    })
+    let obj = guaranteed_update_admitted(
+        ctx.state,
+        info,
+        &key,
+        name,
+        ctx.dry_run(),
+        ctx.admit(),
+        |old| {
+            let mut patched = super::patch::apply(kind, old, &patch, meta)?;
+            check_type(&mut patched, info)?;
+            let (mut patched, w) = typed_roundtrip_checked(patched, info, validation)?;
+            warnings = w;
+            if !status_only {
+                crate::defaults::apply(info, &mut patched, false);
+            }
+            // Name and namespace come from the stored object; a changed resourceVersion in the
+            // patch is a precondition, checked by merge_update.
+            if let Some(meta) = metadata_mut(&mut patched) {
+                meta.insert("name".into(), json!(name));
+            }
+            namespace_of(info, ctx.ns(), &mut patched)?;
+            let mut new = match part {
+                Some(part) => merge_part(info, old, &patched, part)?,
+                None => merge_update(info, old, &patched, status_only)?,
+            };
+            ctx.node_restriction(
+                crate::node_restriction::Operation::Update,
+                Some(old),
+                Some(&new),
+            )?;
+            crate::apply::track_update(&writer, Some(old), &mut new);
+            Ok(new)
+        },
+    )
     .await?;
     respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings)
 }
@@ -1519,41 +1572,49 @@ async fn apply_patch(
     // Create when absent; a create that loses the race to another one applies to it instead.
     for _ in 0..2 {
         let mut warnings = Vec::new();
-        let result = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-            if let Some(rv) = precondition
-                && meta_str(old, "resourceVersion") != rv.to_string()
-            {
-                return Err(ApiError::conflict(info, name));
-            }
-            let merged = crate::apply::apply(&writer, Some(old), &config, force)?;
-            let mut merged = merged;
-            check_type(&mut merged, info)?;
-            let (mut merged, w) = typed_roundtrip_checked(merged, info, validation)?;
-            warnings = w;
-            if !status_only {
-                crate::defaults::apply(info, &mut merged, false);
-            }
-            if let Some(meta) = metadata_mut(&mut merged) {
-                meta.insert("name".into(), json!(name));
-            }
-            namespace_of(info, ctx.ns(), &mut merged)?;
-            // `/status` keeps everything but the status from the stored object: the managed
-            // fields are apply's.
-            let managed = merged.pointer("/metadata/managedFields").cloned();
-            let mut new = merge_update(info, old, &merged, status_only)?;
-            ctx.node_restriction(
-                crate::node_restriction::Operation::Update,
-                Some(old),
-                Some(&new),
-            )?;
-            if let Some(meta) = metadata_mut(&mut new) {
-                match managed {
-                    Some(m) => meta.insert("managedFields".into(), m),
-                    None => meta.remove("managedFields"),
-                };
-            }
-            Ok(new)
-        })
+        let result = guaranteed_update_admitted(
+            ctx.state,
+            info,
+            &key,
+            name,
+            ctx.dry_run(),
+            ctx.admit(),
+            |old| {
+                if let Some(rv) = precondition
+                    && meta_str(old, "resourceVersion") != rv.to_string()
+                {
+                    return Err(ApiError::conflict(info, name));
+                }
+                let merged = crate::apply::apply(&writer, Some(old), &config, force)?;
+                let mut merged = merged;
+                check_type(&mut merged, info)?;
+                let (mut merged, w) = typed_roundtrip_checked(merged, info, validation)?;
+                warnings = w;
+                if !status_only {
+                    crate::defaults::apply(info, &mut merged, false);
+                }
+                if let Some(meta) = metadata_mut(&mut merged) {
+                    meta.insert("name".into(), json!(name));
+                }
+                namespace_of(info, ctx.ns(), &mut merged)?;
+                // `/status` keeps everything but the status from the stored object: the managed
+                // fields are apply's.
+                let managed = merged.pointer("/metadata/managedFields").cloned();
+                let mut new = merge_update(info, old, &merged, status_only)?;
+                ctx.node_restriction(
+                    crate::node_restriction::Operation::Update,
+                    Some(old),
+                    Some(&new),
+                )?;
+                if let Some(meta) = metadata_mut(&mut new) {
+                    match managed {
+                        Some(m) => meta.insert("managedFields".into(), m),
+                        None => meta.remove("managedFields"),
+                    };
+                }
+                Ok(new)
+            },
+        )
         .await;
         match result {
             Ok(obj) => return respond_with_warnings(ctx, StatusCode::OK, &obj, &warnings),
@@ -1933,7 +1994,8 @@ enum NamespaceStep {
 /// the emptying to the namespace controller, which removes its `kubernetes` finalizer from
 /// `spec.finalizers` through `/finalize` when done; that update deletes the namespace. A DELETE
 /// while `spec.finalizers` is not empty is a 409, as upstream. A namespace that nothing holds
-/// (no spec or metadata finalizers) is deleted at once.
+/// (no spec or metadata finalizers) is marked Terminating all the same, and deleted by the
+/// next DELETE (or update), as upstream's namespace REST does.
 fn namespace_delete_step(
     info: &ResourceInfo,
     name: &str,
@@ -1969,8 +2031,6 @@ fn namespace_delete_step(
         if new_finalizers == old_finalizers {
             return Ok(NamespaceStep::Keep);
         }
-    } else if !held && new_finalizers.is_empty() {
-        return Ok(NamespaceStep::Delete);
     }
     if let Some(meta) = metadata_mut(obj) {
         if !deleting {

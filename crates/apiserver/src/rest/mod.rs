@@ -10,6 +10,7 @@ mod eviction;
 mod handlers;
 mod object;
 mod patch;
+mod pod_proxy;
 mod proxy;
 mod scale;
 mod table;

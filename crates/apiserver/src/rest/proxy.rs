@@ -1,5 +1,6 @@
 //! The subresources served by a kubelet, proxied to it: `pods/log`, `pods/exec`, `pods/attach`,
-//! `pods/portforward` and `nodes/proxy` (what `kubectl logs`, `exec`, `attach`, `cp`,
+//! `pods/portforward` and `nodes/proxy` (`pods/proxy` and `services/proxy` are dispatched from
+//! here to [`super::pod_proxy`], which shares [`forward`]) (what `kubectl logs`, `exec`, `attach`, `cp`,
 //! `port-forward` and `get --raw /api/v1/nodes/<n>/proxy/...` use).
 //!
 //! As upstream's apiserver: the pod's node is looked up, the kubelet's address is the node's
@@ -65,7 +66,10 @@ pub(crate) fn is_proxied(target: &Target) -> bool {
     }
     matches!(
         (target.info.plural, target.subresource.as_deref()),
-        ("pods", Some("log" | "exec" | "attach" | "portforward")) | ("nodes", Some("proxy"))
+        (
+            "pods",
+            Some("log" | "exec" | "attach" | "portforward" | "proxy")
+        ) | ("nodes" | "services", Some("proxy"))
     )
 }
 
@@ -104,6 +108,9 @@ pub(crate) async fn serve(
 ) -> Result<Response, ApiError> {
     let name = target.name.as_deref().unwrap_or_default();
     let sub = target.subresource.as_deref().unwrap_or_default();
+    if sub == "proxy" && target.info.plural != "nodes" {
+        return super::pod_proxy::serve(state, target, method, uri, headers, body, upgrade).await;
+    }
     let location = match target.info.plural {
         "nodes" => {
             check_method(
@@ -142,15 +149,25 @@ pub(crate) async fn serve(
     let node = decode_stored(&kv.ok_or_else(|| ApiError::not_found(nodes, node_name))?)?;
     let (host, port) = kubelet_address(&node, port_override)?;
     let span = tracing::debug_span!("kubelet", node = node_name, %host, port, subresource = sub);
+    let url = format!(
+        "https://{}{}",
+        authority(&host, port),
+        location.path_and_query
+    );
+    let fail = |what: String| ApiError::internal(format!("{} {url:?}: {what}", title(method)));
     forward(
-        state.kubelet_tls.clone(),
-        &host,
-        port,
-        method,
-        &location.path_and_query,
-        headers,
-        body,
-        upgrade,
+        Hop {
+            tls: Some(state.kubelet_tls.clone()),
+            host: &host,
+            port,
+            method,
+            path_and_query: &location.path_and_query,
+            headers,
+            extra_headers: Vec::new(),
+            body,
+            upgrade,
+        },
+        &fail,
     )
     .instrument(span)
     .await
@@ -404,41 +421,73 @@ fn kubelet_address(node: &Value, port_override: Option<u16>) -> Result<(String, 
     Ok((host, port))
 }
 
-/// Sends the request to the kubelet and relays the answer (or joins the upgraded connections).
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    tls: Arc<rustls::ClientConfig>,
-    host: &str,
-    port: u16,
-    method: &Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: axum::body::Bytes,
-    upgrade: Option<OnUpgrade>,
-) -> Result<Response, ApiError> {
-    let authority = match host.parse::<IpAddr>() {
+/// One request to a backend (a kubelet, a pod).
+pub(super) struct Hop<'a> {
+    /// TLS towards the backend, or plain HTTP.
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(super) host: &'a str,
+    pub(super) port: u16,
+    pub(super) method: &'a Method,
+    pub(super) path_and_query: &'a str,
+    /// The client's headers (hop-by-hop ones and credentials are not forwarded).
+    pub(super) headers: &'a HeaderMap,
+    /// Headers the proxy adds (`X-Forwarded-*`).
+    pub(super) extra_headers: Vec<(header::HeaderName, HeaderValue)>,
+    pub(super) body: axum::body::Bytes,
+    pub(super) upgrade: Option<OnUpgrade>,
+}
+
+/// `host:port`, with IPv6 addresses in brackets.
+pub(super) fn authority(host: &str, port: u16) -> String {
+    match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
         _ => format!("{host}:{port}"),
-    };
-    let url = format!("https://{authority}{path_and_query}");
-    let fail = |what: String| ApiError::internal(format!("{} {url:?}: {what}", title(method)));
-    let server_name = ServerName::try_from(host.to_string())
-        .map_err(|e| fail(format!("invalid kubelet host {host:?}: {e}")))?;
+    }
+}
+
+/// Go's wording of a failed dial (`dial tcp 10.0.0.5:10250: connect: connection refused`).
+pub(super) fn dial_error(authority: &str, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("dial tcp {authority}: connect: connection refused")
+        }
+        _ => format!("dial tcp {authority}: {e}"),
+    }
+}
+
+/// Sends the request to the backend and relays the answer (or joins the upgraded
+/// connections); `fail` words what goes wrong on the way.
+pub(super) async fn forward(
+    hop: Hop<'_>,
+    fail: &(dyn Fn(String) -> ApiError + Sync),
+) -> Result<Response, ApiError> {
+    let Hop {
+        tls,
+        host,
+        port,
+        method,
+        path_and_query,
+        headers,
+        extra_headers,
+        body,
+        upgrade,
+    } = hop;
+    let authority = authority(host, port);
     let tcp = TcpStream::connect(&authority)
         .await
-        .map_err(|e| fail(format!("dial tcp {authority}: {e}")))?;
-    let tls_stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| fail(format!("tls: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "kubelet connection ended");
+        .map_err(|e| fail(dial_error(&authority, &e)))?;
+    let mut sender = match tls {
+        Some(tls) => {
+            let server_name = ServerName::try_from(host.to_string())
+                .map_err(|e| fail(format!("invalid host {host:?}: {e}")))?;
+            let tls_stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| fail(format!("tls: {e}")))?;
+            handshake(TokioIo::new(tls_stream), fail).await?
         }
-    });
+        None => handshake(TokioIo::new(tcp), fail).await?,
+    };
 
     let upgrading = upgrade.is_some() && wants_upgrade(headers);
     let mut request = Request::builder()
@@ -459,6 +508,9 @@ async fn forward(
             }
         }
     }
+    for (k, v) in extra_headers {
+        request = request.header(k, v);
+    }
     let request = request
         .body(Body::from(body))
         .map_err(|e| fail(e.to_string()))?;
@@ -470,7 +522,7 @@ async fn forward(
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = upgrade.filter(|_| upgrading) else {
-            return Err(fail("the kubelet switched protocols unasked".into()));
+            return Err(fail("the backend switched protocols unasked".into()));
         };
         let kubelet_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(
@@ -514,6 +566,25 @@ async fn forward(
     }
     out.body(Body::new(response.into_body()))
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// An HTTP/1.1 client connection over `io`, driven by its own task (upgrades included).
+async fn handshake<T>(
+    io: TokioIo<T>,
+    fail: &(dyn Fn(String) -> ApiError + Sync),
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, ApiError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "backend connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Whether the client asked to switch protocols (`Connection: Upgrade` + `Upgrade: ...`).
