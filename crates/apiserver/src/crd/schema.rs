@@ -5,9 +5,11 @@
 //! `minimum`/`maximum` (and exclusive), `multipleOf`, `pattern`, `minLength`/`maxLength`,
 //! `minItems`/`maxItems`, `minProperties`/`maxProperties`, `nullable`, `default`,
 //! `x-kubernetes-int-or-string`, `x-kubernetes-preserve-unknown-fields`,
-//! `x-kubernetes-embedded-resource`. Not supported: `allOf`/`anyOf`/`oneOf`/`not` (value
-//! validations under them are ignored), `format` checks, `uniqueItems`, CEL
-//! (`x-kubernetes-validations`), list-type uniqueness.
+//! `x-kubernetes-embedded-resource` (apiVersion/kind required and well-formed, the names in
+//! its `metadata`), `allOf`/`anyOf`/`oneOf`/`not` (kube-openapi's composite messages),
+//! `format` ([`super::formats`]), `uniqueItems`, `x-kubernetes-list-type: set|map` uniqueness
+//! (with `x-kubernetes-list-map-keys`), and the root `metadata.name`/`generateName`
+//! restrictions. CEL rules (`x-kubernetes-validations`) are [`super::cel`]'s.
 
 use serde_json::{Map, Value, json};
 
@@ -187,11 +189,26 @@ fn invalid(field: &str, value: &Value, detail: String) -> Cause {
 }
 
 /// Validates a custom resource against its schema (after pruning and defaulting). The root's
-/// apiVersion, kind and metadata are checked elsewhere.
+/// apiVersion and kind are checked elsewhere; of the root `metadata`, only `name` and
+/// `generateName` are checked against the schema (the only restrictions a structural schema
+/// may put there).
 pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
     let mut out = Vec::new();
     if let Some(map) = obj.as_object() {
         validate_object(schema, map, "", true, &mut out);
+        if let (Some(meta_schema), Some(meta)) = (
+            schema.get("properties").and_then(|p| p.get("metadata")),
+            map.get("metadata").and_then(Value::as_object),
+        ) {
+            for f in ["name", "generateName"] {
+                if let (Some(s), Some(v)) = (
+                    meta_schema.get("properties").and_then(|p| p.get(f)),
+                    meta.get(f),
+                ) {
+                    validate_value(s, v, &format!("metadata.{f}"), &mut out);
+                }
+            }
+        }
     }
     out
 }
@@ -248,6 +265,281 @@ fn validate_object(
         }
         if let Some(s) = props.and_then(|p| p.get(k)).or_else(|| additional(schema)) {
             validate_value(s, v, &join(path, k), out);
+        }
+    }
+}
+
+/// The junctors' composite errors, as kube-openapi reports them: no field (`<nil>`), the path
+/// quoted in the message.
+fn composite(message: String) -> Cause {
+    cause(
+        "FieldValueInvalid",
+        "<nil>",
+        format!("Invalid value: \"\": {message}"),
+    )
+}
+
+/// `allOf`, `anyOf`, `oneOf` and `not` (value validations only, in a structural schema),
+/// with kube-openapi's messages; the errors of a failing branch are reported too.
+fn validate_junctors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
+    let branches = |key: &str| -> Vec<Vec<Cause>> {
+        schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let mut errs = Vec::new();
+                validate_value(s, v, path, &mut errs);
+                errs
+            })
+            .collect()
+    };
+    // The failing branch reported is the one closest to passing (fewest errors).
+    let best = |results: &[Vec<Cause>]| -> Vec<Cause> {
+        results
+            .iter()
+            .filter(|r| !r.is_empty())
+            .min_by_key(|r| r.len())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let any = branches("anyOf");
+    if !any.is_empty() && !any.iter().any(Vec::is_empty) {
+        out.push(composite(format!(
+            "{path:?} must validate at least one schema (anyOf)"
+        )));
+        out.extend(best(&any));
+    }
+    let one = branches("oneOf");
+    if !one.is_empty() {
+        let valid = one.iter().filter(|r| r.is_empty()).count();
+        if valid != 1 {
+            let detail = if valid == 0 {
+                "Found none valid".to_string()
+            } else {
+                format!("Found {valid} valid alternatives")
+            };
+            out.push(composite(format!(
+                "{path:?} must validate one and only one schema (oneOf). {detail}"
+            )));
+            if valid == 0 {
+                out.extend(best(&one));
+            }
+        }
+    }
+    let all = branches("allOf");
+    if !all.is_empty() {
+        let valid = all.iter().filter(|r| r.is_empty()).count();
+        for r in &all {
+            out.extend(r.iter().cloned());
+        }
+        if valid != all.len() {
+            let detail = if valid == 0 { ". None validated" } else { "" };
+            out.push(composite(format!(
+                "{path:?} must validate all the schemas (allOf){detail}"
+            )));
+        }
+    }
+    if let Some(not) = schema.get("not").filter(|n| n.is_object()) {
+        let mut errs = Vec::new();
+        validate_value(not, v, path, &mut errs);
+        if errs.is_empty() {
+            out.push(composite(format!(
+                "{path:?} must not validate the schema (not)"
+            )));
+        }
+    }
+}
+
+/// Go's `%#v` of an unstructured value, as upstream's `Duplicate value` errors print it.
+fn go_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "interface {}(nil)".into(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !(n.is_i64() || n.is_u64()) && f.fract() == 0.0 && f.abs() < 1e21 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
+        Value::Bool(b) => b.to_string(),
+        Value::Array(a) => format!(
+            "[]interface {{}}{{{}}}",
+            a.iter().map(go_repr).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            format!(
+                "map[string]interface {{}}{{{}}}",
+                keys.iter()
+                    .map(|k| format!("{k:?}:{}", go_repr(&m[*k])))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    }
+}
+
+fn duplicate(path: &str, shown: String) -> Cause {
+    cause(
+        "FieldValueDuplicate",
+        path,
+        format!("Duplicate value: {shown}"),
+    )
+}
+
+/// The upstream form of a duplicate's value: strings quoted, numbers and booleans plain,
+/// compound values as Go prints them.
+fn duplicate_value(v: &Value) -> String {
+    go_repr(v)
+}
+
+/// `x-kubernetes-list-type: set|map` uniqueness (upstream's `ValidateListSetsAndMaps`): every
+/// later repetition of an element (set) or of a key (map, by `x-kubernetes-list-map-keys`) is
+/// a `Duplicate value` at its index.
+fn validate_list_type(schema: &Value, items: &[Value], path: &str, out: &mut Vec<Cause>) {
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => {
+            for i in repeated(items.iter().map(|x| x.to_string())) {
+                out.push(duplicate(
+                    &format!("{path}[{i}]"),
+                    duplicate_value(&items[i]),
+                ));
+            }
+        }
+        Some("map") => {
+            if let Some((i, x)) = items
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.is_null() && !x.is_object())
+            {
+                out.push(invalid(
+                    &format!("{path}[{i}]"),
+                    x,
+                    "must be an object for an array of list-type map".into(),
+                ));
+                return;
+            }
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let key_of = |x: &Value| -> Map<String, Value> {
+                keys.iter()
+                    .filter_map(|k| x.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                    .collect()
+            };
+            let item_keys: Vec<Map<String, Value>> = items.iter().map(key_of).collect();
+            for i in repeated(
+                item_keys
+                    .iter()
+                    .map(|k| Value::Object(k.clone()).to_string()),
+            ) {
+                out.push(duplicate(
+                    &format!("{path}[{i}]"),
+                    go_repr(&Value::Object(item_keys[i].clone())),
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The index of the second appearance of every value that appears more than once.
+fn repeated(values: impl Iterator<Item = String>) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        let n = seen.entry(v).or_insert(0);
+        *n += 1;
+        if *n == 2 {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The checks upstream makes of an `x-kubernetes-embedded-resource` object: `apiVersion` and
+/// `kind` present and well-formed, and the names in its `metadata`.
+fn validate_embedded(map: &Map<String, Value>, path: &str, out: &mut Vec<Cause>) {
+    for f in ["apiVersion", "kind"] {
+        if !map.contains_key(f) {
+            out.push(cause(
+                "FieldValueRequired",
+                &join(path, f),
+                "Required value: must not be empty".into(),
+            ));
+        }
+    }
+    if let Some(v) = map.get("apiVersion") {
+        let field = join(path, "apiVersion");
+        match v.as_str() {
+            None => out.push(invalid(&field, v, "must be a string".into())),
+            Some("") => out.push(invalid(&field, v, "must not be empty".into())),
+            Some(s) if s.matches('/').count() > 1 => out.push(invalid(
+                &field,
+                v,
+                format!("unexpected GroupVersion string: {s}"),
+            )),
+            Some(_) => {}
+        }
+    }
+    if let Some(v) = map.get("kind") {
+        let field = join(path, "kind");
+        match v.as_str() {
+            None => out.push(invalid(&field, v, "must be a string".into())),
+            Some("") => out.push(invalid(&field, v, "must not be empty".into())),
+            Some(kind) => {
+                let errs = crate::validation::validate_name(
+                    crate::validation::NameRule::Dns1035,
+                    &kind.to_lowercase(),
+                );
+                if !errs.is_empty() {
+                    out.push(invalid(
+                        &field,
+                        v,
+                        format!(
+                            "may have mixed case, but should otherwise match: {}",
+                            errs.join(",")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(meta) = map.get("metadata").and_then(Value::as_object) {
+        let meta_path = join(path, "metadata");
+        use crate::validation::{NameRule, validate_name};
+        if let Some(name) = meta.get("name").and_then(Value::as_str)
+            && !name.is_empty()
+        {
+            for e in validate_name(NameRule::PathSegment, name) {
+                out.push(invalid(&join(&meta_path, "name"), &json!(name), e));
+            }
+        }
+        if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+            for e in validate_name(NameRule::PathSegment, prefix)
+                .into_iter()
+                .filter(|e| e.starts_with("may not contain"))
+            {
+                out.push(invalid(
+                    &join(&meta_path, "generateName"),
+                    &json!(prefix),
+                    e,
+                ));
+            }
+        }
+        if let Some(ns) = meta.get("namespace").and_then(Value::as_str)
+            && !ns.is_empty()
+        {
+            for e in validate_name(NameRule::Label, ns) {
+                out.push(invalid(&join(&meta_path, "namespace"), &json!(ns), e));
+            }
         }
     }
 }
@@ -328,34 +620,32 @@ fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
                     format!("Too many: {n}: must have at most {max} items"),
                 ));
             }
+            if flag(schema, "uniqueItems")
+                && !repeated(items.iter().map(|x| x.to_string())).is_empty()
+            {
+                out.push(invalid(
+                    path,
+                    &json!(""),
+                    format!("{path} in body shouldn't contain duplicates"),
+                ));
+            }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
                     validate_value(item_schema, item, &format!("{path}[{i}]"), out);
                 }
             }
+            validate_list_type(schema, items, path, out);
         }
         Value::Object(map) => {
-            if flag(schema, "x-kubernetes-embedded-resource") {
-                for f in ["apiVersion", "kind"] {
-                    if map.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
-                        out.push(cause(
-                            "FieldValueRequired",
-                            &join(path, f),
-                            "Required value: must not be empty".into(),
-                        ));
-                    }
-                }
+            let embedded = flag(schema, "x-kubernetes-embedded-resource");
+            if embedded {
+                validate_embedded(map, path, out);
             }
-            validate_object(
-                schema,
-                map,
-                path,
-                flag(schema, "x-kubernetes-embedded-resource"),
-                out,
-            );
+            validate_object(schema, map, path, embedded, out);
         }
         _ => {}
     }
+    validate_junctors(schema, v, path, out);
 }
 
 fn validate_number(schema: &Value, v: &Value, x: f64, path: &str, out: &mut Vec<Cause>) {
@@ -421,6 +711,19 @@ fn num(v: Option<&Value>) -> String {
 }
 
 fn validate_string(schema: &Value, v: &Value, s: &str, path: &str, out: &mut Vec<Cause>) {
+    if let Some(format) = schema.get("format").and_then(Value::as_str)
+        && super::formats::check(format, s) == Some(false)
+    {
+        out.push(cause(
+            "FieldValueTypeInvalid",
+            path,
+            format!(
+                "Invalid value: {}: {path} in body must be of type {format}: {}",
+                shown(v),
+                shown(v)
+            ),
+        ));
+    }
     let len = s.chars().count() as u64;
     if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
         && len > max
