@@ -240,16 +240,15 @@ fn undeclared(expr: &IdedExpr, source: &str) -> Option<String> {
             return;
         }
         match &e.expr {
-            Expr::Ident(name) => {
+            Expr::Ident(name)
                 if !name.starts_with('@')
                     && !matches!(
                         name.as_str(),
                         "self" | "oldSelf" | "null" | "true" | "false"
                     )
-                    && !scope.iter().any(|s| s == name)
-                {
-                    *found = Some((false, name.clone()));
-                }
+                    && !scope.iter().any(|s| s == name) =>
+            {
+                *found = Some((false, name.clone()));
             }
             Expr::Call(call) => {
                 let known = call.func_name.starts_with('_')

@@ -726,14 +726,12 @@ fn openapi_schema(
                     ));
                 }
             }
-            "object" => {
-                if s(is, "x-kubernetes-map-type") != "atomic" {
-                    out.push(invalid(
-                        format!("{path}.items.x-kubernetes-map-type"),
-                        "(*string)(nil)",
-                        "must be atomic as item of a list with x-kubernetes-list-type=set",
-                    ));
-                }
+            "object" if s(is, "x-kubernetes-map-type") != "atomic" => {
+                out.push(invalid(
+                    format!("{path}.items.x-kubernetes-map-type"),
+                    "(*string)(nil)",
+                    "must be atomic as item of a list with x-kubernetes-list-type=set",
+                ));
             }
             _ => {}
         }
@@ -928,7 +926,7 @@ fn structural_invariants(schema: &Value, lvl: Level, path: &str, out: &mut Vec<C
             .flatten()
             .enumerate()
         {
-            nested_value_validation(sub, lvl, &format!("{path}.anyOf[{i}]"), out);
+            nested_value_validation(sub, &format!("{path}.anyOf[{i}]"), out);
         }
     }
     let skip_first_all_of = obj
@@ -949,9 +947,9 @@ fn structural_invariants(schema: &Value, lvl: Level, path: &str, out: &mut Vec<C
             if let Some(m) = rest.as_object_mut() {
                 m.remove("anyOf");
             }
-            nested_value_validation(&rest, lvl, &format!("{path}.allOf[{i}]"), out);
+            nested_value_validation(&rest, &format!("{path}.allOf[{i}]"), out);
         } else {
-            nested_value_validation(sub, lvl, &format!("{path}.allOf[{i}]"), out);
+            nested_value_validation(sub, &format!("{path}.allOf[{i}]"), out);
         }
     }
     for (i, sub) in obj
@@ -961,10 +959,10 @@ fn structural_invariants(schema: &Value, lvl: Level, path: &str, out: &mut Vec<C
         .flatten()
         .enumerate()
     {
-        nested_value_validation(sub, lvl, &format!("{path}.oneOf[{i}]"), out);
+        nested_value_validation(sub, &format!("{path}.oneOf[{i}]"), out);
     }
     if let Some(not) = obj.get("not") {
-        nested_value_validation(not, lvl, &format!("{path}.not"), out);
+        nested_value_validation(not, &format!("{path}.not"), out);
     }
     if let Some(p) = obj.get("pattern").and_then(Value::as_str)
         && let Err(e) = regex::Regex::new(p)
@@ -1063,7 +1061,7 @@ fn structural_invariants(schema: &Value, lvl: Level, path: &str, out: &mut Vec<C
 }
 
 /// What may not appear under `allOf`/`anyOf`/`oneOf`/`not` in a structural schema.
-fn nested_value_validation(v: &Value, lvl: Level, path: &str, out: &mut Vec<Cause>) {
+fn nested_value_validation(v: &Value, path: &str, out: &mut Vec<Cause>) {
     let Some(obj) = v.as_object() else {
         return;
     };
@@ -1075,14 +1073,14 @@ fn nested_value_validation(v: &Value, lvl: Level, path: &str, out: &mut Vec<Caus
             .flatten()
             .enumerate()
         {
-            nested_value_validation(sub, lvl, &format!("{path}.{j}[{i}]"), out);
+            nested_value_validation(sub, &format!("{path}.{j}[{i}]"), out);
         }
     }
     if let Some(not) = obj.get("not") {
-        nested_value_validation(not, lvl, &format!("{path}.not"), out);
+        nested_value_validation(not, &format!("{path}.not"), out);
     }
     if let Some(items) = obj.get("items") {
-        nested_value_validation(items, lvl, &format!("{path}.items"), out);
+        nested_value_validation(items, &format!("{path}.items"), out);
     }
     for (k, p) in obj
         .get("properties")
@@ -1090,7 +1088,7 @@ fn nested_value_validation(v: &Value, lvl: Level, path: &str, out: &mut Vec<Caus
         .into_iter()
         .flatten()
     {
-        nested_value_validation(p, Level::Field, &format!("{path}.properties[{k}]"), out);
+        nested_value_validation(p, &format!("{path}.properties[{k}]"), out);
     }
     let rules: [(&str, &str); 11] = [
         ("type", "must be empty to be structural"),
