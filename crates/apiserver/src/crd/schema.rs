@@ -881,4 +881,112 @@ mod tests {
         apply_defaults(&schema(), &mut none);
         assert!(none.get("spec").is_none(), "no default for spec itself");
     }
+
+    #[test]
+    fn junctors_report_composites_and_the_failing_branch() {
+        let s = json!({"type": "object", "properties": {"spec": {
+            "type": "object",
+            "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+            "oneOf": [{"required": ["x"]}, {"required": ["y"]}],
+            "not": {"required": ["z"]},
+            "allOf": [{"properties": {"n": {"minimum": 1}}}],
+            "properties": {"a": {"type": "string"}, "b": {"type": "string"},
+                           "x": {"type": "string"}, "y": {"type": "string"},
+                           "z": {"type": "string"}, "n": {"type": "integer"}}}}});
+        assert!(validate(&s, &json!({"spec": {"a": "1", "x": "1", "n": 2}})).is_empty());
+        let got = messages(&validate(
+            &s,
+            &json!({"spec": {"x": "1", "y": "1", "z": "1", "n": 0}}),
+        ));
+        assert_eq!(
+            got,
+            [
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate at least one schema (anyOf)",
+                "FieldValueRequired spec.a: Required value",
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate one and only one schema (oneOf). Found 2 valid alternatives",
+                "FieldValueInvalid spec.n: Invalid value: 0: spec.n in body should be greater than or equal to 1",
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate all the schemas (allOf). None validated",
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must not validate the schema (not)",
+            ]
+        );
+        let none = messages(&validate(&s, &json!({"spec": {"a": "1", "n": 1}})));
+        assert_eq!(
+            none[0],
+            "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate one and only one schema (oneOf). Found none valid"
+        );
+    }
+
+    #[test]
+    fn formats_unique_items_and_list_types() {
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "ip": {"type": "string", "format": "ipv4"},
+            "count": {"type": "integer", "format": "int32"},
+            "legacy": {"type": "array", "uniqueItems": true, "items": {"type": "integer"}},
+            "set": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "integer"}},
+            "map": {"type": "array", "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["name"],
+                    "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}});
+        let ok = json!({"spec": {"ip": "10.0.0.1", "count": 3, "legacy": [1, 2],
+                                 "set": [1, 2], "map": [{"name": "a"}, {"name": "b"}]}});
+        assert!(validate(&s, &ok).is_empty());
+        let bad = json!({"spec": {"ip": "10.0.0.300", "legacy": [1, 1], "set": [1, 2, 1, 1],
+                                  "map": [{"name": "a"}, {"name": "a"}, "x"]}});
+        let got = messages(&validate(&s, &bad));
+        assert_eq!(
+            got,
+            [
+                "FieldValueTypeInvalid spec.ip: Invalid value: \"10.0.0.300\": spec.ip in body must be of type ipv4: \"10.0.0.300\"",
+                "FieldValueInvalid spec.legacy: Invalid value: \"\": spec.legacy in body shouldn't contain duplicates",
+                "FieldValueTypeInvalid spec.map[2]: Invalid value: \"string\": spec.map[2] in body must be of type object: \"string\"",
+                "FieldValueInvalid spec.map[2]: Invalid value: \"x\": must be an object for an array of list-type map",
+                "FieldValueDuplicate spec.set[2]: Duplicate value: 1",
+            ]
+        );
+        let dup = json!({"spec": {"map": [{"name": "a"}, {"name": "a"}]}});
+        assert_eq!(
+            messages(&validate(&s, &dup)),
+            [
+                "FieldValueDuplicate spec.map[1]: Duplicate value: map[string]interface {}{\"name\":\"a\"}"
+            ]
+        );
+    }
+
+    #[test]
+    fn embedded_resources_and_metadata_names() {
+        let s = json!({"type": "object", "properties": {
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "pattern": "^a"}}},
+            "spec": {"type": "object", "properties": {"t": {"type": "object",
+                "x-kubernetes-embedded-resource": true, "x-kubernetes-preserve-unknown-fields": true}}}}});
+        let ok = json!({"metadata": {"name": "abc"},
+                        "spec": {"t": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}}});
+        assert!(validate(&s, &ok).is_empty());
+        let bad = json!({"metadata": {"name": "zed"},
+                         "spec": {"t": {"apiVersion": "a/b/c", "kind": "", "metadata": {"name": "..", "namespace": "Bad"}}}});
+        let got = messages(&validate(&s, &bad));
+        assert!(got.contains(&"FieldValueInvalid spec.t.apiVersion: Invalid value: \"a/b/c\": unexpected GroupVersion string: a/b/c".to_string()), "{got:?}");
+        assert!(
+            got.contains(
+                &"FieldValueInvalid spec.t.kind: Invalid value: \"\": must not be empty"
+                    .to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(
+                &"FieldValueInvalid spec.t.metadata.name: Invalid value: \"..\": may not be '..'"
+                    .to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|g| g.starts_with("FieldValueInvalid spec.t.metadata.namespace: Invalid value: \"Bad\": a lowercase RFC 1123 label")), "{got:?}");
+        assert!(got.contains(&"FieldValueInvalid metadata.name: Invalid value: \"zed\": metadata.name in body should match '^a'".to_string()), "{got:?}");
+        let missing = messages(&validate(&s, &json!({"spec": {"t": {}}})));
+        assert_eq!(
+            missing,
+            [
+                "FieldValueRequired spec.t.apiVersion: Required value: must not be empty",
+                "FieldValueRequired spec.t.kind: Required value: must not be empty",
+            ]
+        );
+    }
 }
