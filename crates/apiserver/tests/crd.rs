@@ -1369,3 +1369,80 @@ async fn crd_specs_are_validated_as_upstream() {
         status.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_ratchets_values_an_update_does_not_change() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &gizmo_crd()).await;
+    let api = gizmos(&client);
+    let spec = json!({"phone": "12345", "small": true, "level": 1});
+    api.create(&PostParams::default(), &gizmo("g1", spec.clone()))
+        .await
+        .expect("created");
+    // Tighten the schema: phone numbers of at most 3 characters.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "gizmos.example.io",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([{"op": "add",
+                "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/phone/maxLength",
+                "value": 3}]))
+            .expect("json patch"),
+        ),
+    )
+    .await
+    .expect("CRD updated");
+    let served = || {
+        let api = api.clone();
+        let spec = spec.clone();
+        async move {
+            api.create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &gizmo("g2", spec),
+            )
+            .await
+            .is_err()
+        }
+    };
+    eventually("the tightened schema served", served).await;
+    // An update that leaves the now invalid phone alone passes; one that changes it does not.
+    api.patch(
+        "g1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"level": 2}})),
+    )
+    .await
+    .expect("unchanged invalid value ratchets");
+    let err = api
+        .patch(
+            "g1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"phone": "123456"}})),
+        )
+        .await
+        .expect_err("changed value validated");
+    assert_eq!(
+        api_error(err).message,
+        "Gizmo.example.io \"g1\" is invalid: [spec.phone: Too long: may not be more than 3 bytes, \
+         <nil>: Invalid value: \"null\": some validation rules were not checked because the \
+         object was invalid; correct the existing errors to complete validation]"
+    );
+    // A type error blocks the CEL rules, as upstream says.
+    let got = refused(
+        &api,
+        &gizmo("g3", json!({"phone": "1", "small": true, "level": "high"})),
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            "spec.level: Invalid value: \"string\": spec.level in body must be of type integer: \"string\"",
+            "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+        ]
+    );
+}

@@ -558,26 +558,9 @@ fn walk(
             let Some(item_schema) = schema.get("items") else {
                 return;
             };
-            let keys: Vec<&str> = schema
-                .get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let is_map =
-                schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map");
-            let old_items = old.and_then(Value::as_array);
             for (i, item) in items.iter().enumerate() {
-                // Only `map` lists correlate elements with the old list (by their keys).
-                let old_item = if is_map && !keys.is_empty() {
-                    old_items.and_then(|olds| {
-                        olds.iter()
-                            .find(|o| keys.iter().all(|k| o.get(*k) == item.get(*k)))
-                    })
-                } else {
-                    None
-                };
+                // `map` lists correlate elements by their keys, `set` lists by value.
+                let old_item = super::schema::correlated_item(schema, item, old);
                 walk(
                     item_schema,
                     item,
@@ -629,6 +612,10 @@ fn evaluate(
         }
     };
     if compiled.uses_old_self && old.is_none() {
+        return;
+    }
+    // Ratcheting: a rule without `oldSelf` is not evaluated again on an unchanged value.
+    if !compiled.uses_old_self && old == Some(v) {
         return;
     }
     let result = run(program, v, if compiled.uses_old_self { old } else { None });

@@ -510,6 +510,43 @@ fn check_names(
 
 pub(crate) use validation::validate_crd;
 
+/// What upstream's custom resource strategy validates, on the object as it will be stored:
+/// the structural schema (ratcheting against `old` on updates), then, unless that found a
+/// blocking problem (a wrong type, a missing required field, an unsupported enum value, too
+/// long or too many), the CEL rules.
+pub(crate) fn validate_custom_resource(
+    schema: &Value,
+    new: &Value,
+    old: Option<&Value>,
+) -> Vec<crate::status::Cause> {
+    let mut causes = schema::validate_update(schema, new, old);
+    if !cel::has_rules(schema) {
+        return causes;
+    }
+    let blocking = causes.iter().any(|c| {
+        matches!(
+            c.reason,
+            "FieldValueNotSupported"
+                | "FieldValueRequired"
+                | "FieldValueTooLong"
+                | "FieldValueTooMany"
+                | "FieldValueTypeInvalid"
+        )
+    });
+    if blocking {
+        causes.push(crate::status::Cause {
+            reason: "FieldValueInvalid",
+            message: "Invalid value: \"null\": some validation rules were not checked because \
+                      the object was invalid; correct the existing errors to complete validation"
+                .into(),
+            field: "<nil>".into(),
+        });
+    } else {
+        causes.extend(cel::validate(schema, new, old));
+    }
+    causes
+}
+
 /// The status a CRD should have: accepted names and conditions, stored versions.
 pub(crate) fn desired_status(name: &str, crd: &Value, all: &BTreeMap<String, Value>) -> Value {
     let mut status = crd.get("status").cloned().unwrap_or_else(|| json!({}));

@@ -192,10 +192,21 @@ fn invalid(field: &str, value: &Value, detail: String) -> Cause {
 /// apiVersion and kind are checked elsewhere; of the root `metadata`, only `name` and
 /// `generateName` are checked against the schema (the only restrictions a structural schema
 /// may put there).
+///
+/// On update, `old` is the stored object and validation ratchets as upstream's
+/// (`CRDValidationRatcheting`, GA in v1.33): a value equal to its correlated old value (by
+/// property name, map key, `x-kubernetes-list-map-keys` of `map` lists, or the element itself
+/// in `set` lists) is not checked again, so an update may keep an invalid value it does not
+/// touch.
 pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
+    validate_update(schema, obj, None)
+}
+
+/// [`validate`] with the stored object for ratcheting.
+pub(crate) fn validate_update(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
     if let Some(map) = obj.as_object() {
-        validate_object(schema, map, "", true, &mut out);
+        validate_object(schema, map, old, "", true, &mut out);
         if let (Some(meta_schema), Some(meta)) = (
             schema.get("properties").and_then(|p| p.get("metadata")),
             map.get("metadata").and_then(Value::as_object),
@@ -205,7 +216,8 @@ pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
                     meta_schema.get("properties").and_then(|p| p.get(f)),
                     meta.get(f),
                 ) {
-                    validate_value(s, v, &format!("metadata.{f}"), &mut out);
+                    let was = old.and_then(|o| o.get("metadata")).and_then(|m| m.get(f));
+                    validate_value(s, v, was, &format!("metadata.{f}"), &mut out);
                 }
             }
         }
@@ -216,6 +228,7 @@ pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
 fn validate_object(
     schema: &Value,
     map: &Map<String, Value>,
+    old: Option<&Value>,
     path: &str,
     root: bool,
     out: &mut Vec<Cause>,
@@ -264,7 +277,7 @@ fn validate_object(
             continue;
         }
         if let Some(s) = props.and_then(|p| p.get(k)).or_else(|| additional(schema)) {
-            validate_value(s, v, &join(path, k), out);
+            validate_value(s, v, old.and_then(|o| o.get(k)), &join(path, k), out);
         }
     }
 }
@@ -281,7 +294,13 @@ fn composite(message: String) -> Cause {
 
 /// `allOf`, `anyOf`, `oneOf` and `not` (value validations only, in a structural schema),
 /// with kube-openapi's messages; the errors of a failing branch are reported too.
-fn validate_junctors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
+fn validate_junctors(
+    schema: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    out: &mut Vec<Cause>,
+) {
     let branches = |key: &str| -> Vec<Vec<Cause>> {
         schema
             .get(key)
@@ -290,7 +309,7 @@ fn validate_junctors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>
             .flatten()
             .map(|s| {
                 let mut errs = Vec::new();
-                validate_value(s, v, path, &mut errs);
+                validate_value(s, v, old, path, &mut errs);
                 errs
             })
             .collect()
@@ -343,7 +362,7 @@ fn validate_junctors(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>
     }
     if let Some(not) = schema.get("not").filter(|n| n.is_object()) {
         let mut errs = Vec::new();
-        validate_value(not, v, path, &mut errs);
+        validate_value(not, v, old, path, &mut errs);
         if errs.is_empty() {
             out.push(composite(format!(
                 "{path:?} must not validate the schema (not)"
@@ -544,7 +563,45 @@ fn validate_embedded(map: &Map<String, Value>, path: &str, out: &mut Vec<Cause>)
     }
 }
 
-fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
+/// The element of `old` (a list) that `item` of a list with `schema` correlates with:
+/// `map` lists by their keys, `set` lists by value; other lists do not correlate.
+pub(crate) fn correlated_item<'a>(
+    schema: &Value,
+    item: &Value,
+    old: Option<&'a Value>,
+) -> Option<&'a Value> {
+    let olds = old?.as_array()?;
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => olds.iter().find(|o| *o == item),
+        Some("map") => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if keys.is_empty() || !item.is_object() {
+                return None;
+            }
+            olds.iter()
+                .find(|o| keys.iter().all(|k| o.get(*k) == item.get(*k)))
+        }
+        _ => None,
+    }
+}
+
+fn validate_value(
+    schema: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    out: &mut Vec<Cause>,
+) {
+    // Ratcheting: an unchanged value is not checked again.
+    if old == Some(v) {
+        return;
+    }
     if v.is_null() {
         if flag(schema, "nullable") {
             return;
@@ -631,7 +688,8 @@ fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    validate_value(item_schema, item, &format!("{path}[{i}]"), out);
+                    let was = correlated_item(schema, item, old);
+                    validate_value(item_schema, item, was, &format!("{path}[{i}]"), out);
                 }
             }
             validate_list_type(schema, items, path, out);
@@ -641,11 +699,11 @@ fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
             if embedded {
                 validate_embedded(map, path, out);
             }
-            validate_object(schema, map, path, embedded, out);
+            validate_object(schema, map, old, path, embedded, out);
         }
         _ => {}
     }
-    validate_junctors(schema, v, path, out);
+    validate_junctors(schema, v, old, path, out);
 }
 
 fn validate_number(schema: &Value, v: &Value, x: f64, path: &str, out: &mut Vec<Cause>) {
@@ -986,6 +1044,39 @@ mod tests {
             [
                 "FieldValueRequired spec.t.apiVersion: Required value: must not be empty",
                 "FieldValueRequired spec.t.kind: Required value: must not be empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn updates_ratchet_unchanged_values() {
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "required": ["size"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 3},
+                "size": {"type": "string"},
+                "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                          "x-kubernetes-list-map-keys": ["name"],
+                          "items": {"type": "object", "properties": {
+                              "name": {"type": "string"}, "port": {"type": "integer", "maximum": 100}}}}}}}});
+        let old = json!({"spec": {"name": "toolong", "ports": [{"name": "a", "port": 500}]}});
+        // Unchanged invalid values (and an unchanged missing required field in an unchanged
+        // object) pass; the same values on create do not.
+        assert!(validate_update(&s, &old, Some(&old)).is_empty());
+        assert_eq!(validate(&s, &old).len(), 3);
+        let new = json!({"spec": {"name": "toolong", "size": "S",
+                                  "ports": [{"name": "b", "port": 1}, {"name": "a", "port": 500}]}});
+        assert!(
+            validate_update(&s, &new, Some(&old)).is_empty(),
+            "moved map entry correlates by key"
+        );
+        let changed = json!({"spec": {"name": "stilltoolong", "size": "S",
+                                      "ports": [{"name": "a", "port": 501}]}});
+        assert_eq!(
+            messages(&validate_update(&s, &changed, Some(&old))),
+            [
+                "FieldValueTooLong spec.name: Too long: may not be more than 3 bytes",
+                "FieldValueInvalid spec.ports[0].port: Invalid value: 501: spec.ports[0].port in body should be less than or equal to 100",
             ]
         );
     }

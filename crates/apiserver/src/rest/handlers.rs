@@ -743,12 +743,11 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
 }
 
 /// A CRD must pass upstream's CRD validation (see [`crate::crd::validate_crd`]); a custom
-/// resource its CEL rules (`x-kubernetes-validations`, with `old` for transition rules).
+/// resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
+/// on updates for ratcheting and transition rules).
 fn check_crd(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
-    if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref())
-        && crate::crd::cel::has_rules(schema)
-    {
-        let causes = crate::crd::cel::validate(schema, obj, old);
+    if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+        let causes = crate::crd::validate_custom_resource(schema, obj, old);
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, meta_str(obj, "name"), causes));
         }
