@@ -18,7 +18,7 @@
 
 mod gnostic;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -219,6 +219,34 @@ fn patch_operation(info: &ResourceInfo, schema: &Value) -> Value {
     op
 }
 
+/// The kind the `scale` subresource serves.
+const SCALE_GVK: (&str, &str, &str) = ("autoscaling", "v1", "Scale");
+
+/// The read/replace/patch operations of a `status` or `scale` subresource (OpenAPI v3), with
+/// the kind the subresource serves (`gvk`, the resource's own when `None`).
+fn subresource_ops(
+    info: &ResourceInfo,
+    suffix: &str,
+    schema: &Value,
+    gvk: Option<(&str, &str, &str)>,
+) -> Value {
+    let mut ops = json!({
+        "get": operation(info, "read", "get", &["pretty"], schema),
+        "put": operation(info, "replace", "put", WRITE_PARAMS, schema),
+        "patch": patch_operation(info, schema),
+    });
+    for (_, op) in ops.as_object_mut().into_iter().flatten() {
+        if let Some(id) = op.get("operationId").and_then(Value::as_str) {
+            op["operationId"] = json!(format!("{id}{suffix}"));
+        }
+        if let Some((group, version, kind)) = gvk {
+            op["x-kubernetes-group-version-kind"] =
+                json!({"group": group, "version": version, "kind": kind});
+        }
+    }
+    ops
+}
+
 /// The component name of a custom resource's schema, as upstream builds it: the reversed group,
 /// the version and the kind (`com.example.stable.v1.CronTab`).
 fn custom_schema_name(r: &ResourceInfo) -> String {
@@ -305,6 +333,20 @@ fn document(g: &GroupVersion) -> Value {
                 "delete": operation(r, "delete", "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"], &json!({})),
             }),
         );
+        if r.status_subresource {
+            paths.insert(
+                format!("{collection}/{{name}}/status"),
+                subresource_ops(r, "Status", &schema, None),
+            );
+        }
+        if r.scale_subresource {
+            let scale =
+                Value::from(generator.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>());
+            paths.insert(
+                format!("{collection}/{{name}}/scale"),
+                subresource_ops(r, "Scale", &scale, Some(SCALE_GVK)),
+            );
+        }
     }
     generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Patch>();
     let mut schemas = generator.take_definitions(true);
@@ -328,12 +370,147 @@ fn document(g: &GroupVersion) -> Value {
     })
 }
 
-/// `/openapi/v2`, built once.
-static V2: LazyLock<Vec<u8>> =
-    LazyLock::new(|| serde_json::to_vec(&document_v2()).unwrap_or_default());
+/// The built-in part of `/openapi/v2`, built once.
+static V2_BUILTIN: LazyLock<Value> = LazyLock::new(document_v2);
 
-/// `/openapi/v2` as gnostic protobuf, built once.
-static V2_PROTOBUF: LazyLock<Vec<u8>> = LazyLock::new(|| gnostic::encode_document(&document_v2()));
+/// `/openapi/v2` (JSON and gnostic protobuf) for one CRD snapshot: rebuilt when the served
+/// custom resources change, shared by every request until then.
+struct V2Docs {
+    snapshot: Arc<crate::crd::Snapshot>,
+    json: Arc<Vec<u8>>,
+    protobuf: Arc<Vec<u8>>,
+}
+
+static V2_CACHE: Mutex<Option<V2Docs>> = Mutex::new(None);
+
+/// The `/openapi/v2` bodies (JSON, protobuf) for the custom resources served now.
+fn v2_docs(state: &AppState) -> (Arc<Vec<u8>>, Arc<Vec<u8>>) {
+    let snapshot = state.crds.snapshot();
+    let mut cache = V2_CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(c) = cache.as_ref()
+        && Arc::ptr_eq(&c.snapshot, &snapshot)
+    {
+        return (c.json.clone(), c.protobuf.clone());
+    }
+    let mut doc = V2_BUILTIN.clone();
+    add_custom_v2(&mut doc, &snapshot);
+    let json = Arc::new(serde_json::to_vec(&doc).unwrap_or_default());
+    let protobuf = Arc::new(gnostic::encode_document(&doc));
+    *cache = Some(V2Docs {
+        snapshot,
+        json: json.clone(),
+        protobuf: protobuf.clone(),
+    });
+    (json, protobuf)
+}
+
+/// A CRD schema as Swagger 2.0 can carry it (upstream's v2 publishing drops what v2 has no
+/// words for): no `allOf`/`anyOf`/`oneOf`/`not`, no `nullable` (a nullable field loses its
+/// `type`), no type on `x-kubernetes-int-or-string` fields.
+fn crd_schema_to_v2(v: &mut Value) {
+    if let Some(m) = v.as_object_mut() {
+        for k in ["allOf", "anyOf", "oneOf", "not"] {
+            m.remove(k);
+        }
+        if m.remove("nullable") == Some(Value::Bool(true)) {
+            m.remove("type");
+        }
+        if m.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+            m.remove("type");
+        }
+        if let Some(props) = m.get_mut("properties").and_then(Value::as_object_mut) {
+            props.values_mut().for_each(crd_schema_to_v2);
+        }
+        for k in ["items", "additionalProperties"] {
+            if let Some(sub) = m.get_mut(k).filter(|s| s.is_object()) {
+                crd_schema_to_v2(sub);
+            }
+        }
+    }
+}
+
+/// Adds the served custom resources' paths and definitions to a Swagger 2.0 document.
+fn add_custom_v2(doc: &mut Value, snapshot: &crate::crd::Snapshot) {
+    let mut generator =
+        k8s_openapi::schemars::generate::SchemaSettings::openapi3().into_generator();
+    for g in &snapshot.groups {
+        let base = format!("/apis/{}/{}", g.group, g.version);
+        for r in &g.resources {
+            let Some(c) = &r.custom else { continue };
+            let name = custom_schema_name(r);
+            let mut crd_schema = c.schema.clone().unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
+            crd_schema_to_v2(&mut crd_schema);
+            let v2_version = crate::crd::CustomVersion {
+                schema: Some(crd_schema),
+                columns: Vec::new(),
+                scale: None,
+                terminating: false,
+                storage_version: c.storage_version,
+            };
+            let mut def = custom_schema(&v2_version, &mut generator);
+            // `$ref` siblings are ignored in v2: the metadata reference stands alone.
+            if let Some(meta) = def
+                .get_mut("properties")
+                .and_then(|p| p.get_mut("metadata"))
+                && let Some(reference) = meta.get("allOf").and_then(|a| a.get(0)).cloned()
+            {
+                *meta = reference;
+            }
+            def["x-kubernetes-group-version-kind"] =
+                json!([{ "group": r.group, "version": r.version, "kind": r.kind }]);
+            v3_refs_to_v2(&mut def);
+            doc["definitions"][&name] = def;
+            let schema = json!({ "$ref": format!("#/definitions/{name}") });
+            let collection = if r.namespaced {
+                format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+            } else {
+                format!("{base}/{}", r.plural)
+            };
+            let paths = &mut doc["paths"];
+            paths[&collection] = json!({
+                "get": v2_operation(r, "list", "list", &json!({})),
+                "post": v2_operation(r, "create", "post", &schema),
+            });
+            paths[format!("{collection}/{{name}}")] = json!({
+                "get": v2_operation(r, "read", "get", &schema),
+                "put": v2_operation(r, "replace", "put", &schema),
+                "patch": v2_operation(r, "patch", "patch", &schema),
+                "delete": v2_operation(r, "delete", "delete", &json!({})),
+            });
+            if r.status_subresource {
+                paths[format!("{collection}/{{name}}/status")] = json!({
+                    "get": v2_operation(r, "readStatus", "get", &schema),
+                    "put": v2_operation(r, "replaceStatus", "put", &schema),
+                    "patch": v2_operation(r, "patchStatus", "patch", &schema),
+                });
+            }
+            if r.scale_subresource {
+                let scale = json!({ "$ref": "#/definitions/io.k8s.api.autoscaling.v1.Scale" });
+                let mut ops = json!({
+                    "get": v2_operation(r, "readScale", "get", &scale),
+                    "put": v2_operation(r, "replaceScale", "put", &scale),
+                    "patch": v2_operation(r, "patchScale", "patch", &scale),
+                });
+                for (_, op) in ops.as_object_mut().into_iter().flatten() {
+                    op["x-kubernetes-group-version-kind"] =
+                        json!({"group": "autoscaling", "version": "v1", "kind": "Scale"});
+                }
+                paths[format!("{collection}/{{name}}/scale")] = ops;
+            }
+        }
+    }
+    // The ObjectMeta (and what it refers to) the custom definitions point at are built-in
+    // definitions already; anything new the generator produced is added.
+    let mut extra = Value::Object(generator.take_definitions(true));
+    v3_refs_to_v2(&mut extra);
+    if let (Some(defs), Some(extra)) = (doc["definitions"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            defs.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
 
 /// The protobuf media type of `/openapi/v2`, as upstream answers it (Go's `mime` package cannot
 /// parse the `@v1.0` form client-go still asks for, [`V2_PROTOBUF_TYPE_DEPRECATED`]).
@@ -343,7 +520,7 @@ const V2_PROTOBUF_TYPE_DEPRECATED: &str =
 
 /// `/openapi/v2`: Swagger 2.0 as JSON, or as gnostic protobuf for clients that ask for it
 /// first (client-go does); 406 when neither is acceptable.
-pub(crate) async fn v2(headers: axum::http::HeaderMap) -> Response {
+pub(crate) async fn v2(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -359,9 +536,10 @@ pub(crate) async fn v2(headers: axum::http::HeaderMap) -> Response {
             _ => None,
         };
     }
+    let (json_body, protobuf_body) = v2_docs(&state);
     let body = match chosen {
-        Some("application/json") => V2.clone(),
-        Some(_) => V2_PROTOBUF.clone(),
+        Some("application/json") => json_body.as_ref().clone(),
+        Some(_) => protobuf_body.as_ref().clone(),
         None => {
             return ApiError::new(
                 406,
@@ -461,8 +639,35 @@ fn document_v2() -> Value {
                     "delete": v2_operation(r, "delete", "delete", &json!({})),
                 }),
             );
+            if r.status_subresource {
+                paths.insert(
+                    format!("{collection}/{{name}}/status"),
+                    json!({
+                        "get": v2_operation(r, "readStatus", "get", &schema),
+                        "put": v2_operation(r, "replaceStatus", "put", &schema),
+                        "patch": v2_operation(r, "patchStatus", "patch", &schema),
+                    }),
+                );
+            }
+            if r.scale_subresource {
+                let mut scale = Value::from(
+                    generator.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>(),
+                );
+                v3_refs_to_v2(&mut scale);
+                let mut ops = json!({
+                    "get": v2_operation(r, "readScale", "get", &scale),
+                    "put": v2_operation(r, "replaceScale", "put", &scale),
+                    "patch": v2_operation(r, "patchScale", "patch", &scale),
+                });
+                for (_, op) in ops.as_object_mut().into_iter().flatten() {
+                    op["x-kubernetes-group-version-kind"] =
+                        json!({"group": "autoscaling", "version": "v1", "kind": "Scale"});
+                }
+                paths.insert(format!("{collection}/{{name}}/scale"), ops);
+            }
         }
     }
+    generator.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>();
     let mut definitions = generator.take_definitions(true);
     add_patch_extensions(&mut definitions);
     for (name, r) in gvks {

@@ -3,6 +3,8 @@
 //! validation/pruning/defaulting, several versions, deletion, discovery and OpenAPI, and CRDs
 //! shared by two apiservers on one datastore.
 
+#![recursion_limit = "256"]
+
 mod common;
 
 use std::time::Duration;
@@ -998,4 +1000,449 @@ async fn client_for(server: &rk3s_apiserver::RunningApiserver, t: &TestServer) -
     let path = t.dir.path().join("kubeconfig-second");
     std::fs::write(&path, server.admin_kubeconfig()).expect("kubeconfig");
     t.client_from(&path).await
+}
+
+/// A CRD exercising every rule family of the structural schema and CEL.
+fn gizmo_crd() -> CustomResourceDefinition {
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.example.io"},
+        "spec": {
+            "group": "example.io",
+            "scope": "Namespaced",
+            "names": {"plural": "gizmos", "kind": "Gizmo"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {
+                    "metadata": {"type": "object",
+                                 "properties": {"name": {"type": "string", "maxLength": 10}}},
+                    "spec": {
+                        "type": "object",
+                        "anyOf": [{"required": ["email"]}, {"required": ["phone"]}],
+                        "oneOf": [{"required": ["small"]}, {"required": ["large"]}],
+                        "not": {"required": ["forbidden"]},
+                        "allOf": [{"properties": {"level": {"minimum": 1}}},
+                                  {"properties": {"level": {"maximum": 5}}}],
+                        "x-kubernetes-validations": [
+                            {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+                            {"rule": "!has(self.email) || self.email.endsWith('@example.io')",
+                             "fieldPath": ".email", "reason": "FieldValueForbidden"},
+                            {"rule": "self.level >= oldSelf.level",
+                             "messageExpression": "'level may not go down from ' + string(oldSelf.level)"},
+                        ],
+                        "properties": {
+                            "email": {"type": "string", "format": "email"},
+                            "phone": {"type": "string"},
+                            "small": {"type": "boolean"},
+                            "large": {"type": "boolean"},
+                            "forbidden": {"type": "string"},
+                            "level": {"type": "integer", "default": 1},
+                            "min": {"type": "integer", "default": 0},
+                            "max": {"type": "integer", "default": 10},
+                            "since": {"type": "string", "format": "date-time"},
+                            "id": {"type": "string", "format": "uuid"},
+                            "tags": {"type": "array", "x-kubernetes-list-type": "set",
+                                     "items": {"type": "string"}},
+                            "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                                      "x-kubernetes-list-map-keys": ["name", "protocol"],
+                                      "items": {"type": "object", "required": ["name", "protocol"],
+                                                "properties": {"name": {"type": "string"},
+                                                               "protocol": {"type": "string"},
+                                                               "port": {"type": "integer"}}}},
+                            "template": {"type": "object", "x-kubernetes-embedded-resource": true,
+                                         "x-kubernetes-preserve-unknown-fields": true},
+                        },
+                    },
+                    "status": {"type": "object",
+                               "x-kubernetes-validations": [{"rule": "self.ready == true || !has(self.reason) || self.reason != 'forced'",
+                                                             "message": "a forced status must be ready"}],
+                               "properties": {"ready": {"type": "boolean"}, "reason": {"type": "string"}}},
+                },
+            }}}],
+        },
+    }))
+    .expect("CRD")
+}
+
+fn gizmos(client: &kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("example.io", "v1", "Gizmo");
+    Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(&gvk, "gizmos"),
+    )
+}
+
+fn gizmo(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "example.io/v1", "kind": "Gizmo",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("gizmo")
+}
+
+/// The `field: message` of every cause of a refused write.
+async fn refused(api: &Api<DynamicObject>, obj: &DynamicObject) -> Vec<String> {
+    let status = api_error(
+        api.create(&PostParams::default(), obj)
+            .await
+            .expect_err("refused"),
+    );
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (422, "Invalid"),
+        "{status:?}"
+    );
+    status
+        .details
+        .expect("details")
+        .causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_junctors_formats_list_types_and_cel_rules() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &gizmo_crd()).await;
+    let api = gizmos(&client);
+    let good = json!({"email": "a@example.io", "small": true, "level": 2,
+        "since": "2024-02-29T12:00:00Z", "id": "123e4567-e89b-12d3-a456-426614174000",
+        "tags": ["a", "b"],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 80},
+                  {"name": "http", "protocol": "UDP", "port": 80}],
+        "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}});
+    let created = api
+        .create(&PostParams::default(), &gizmo("g1", good.clone()))
+        .await
+        .expect("a valid gizmo");
+    assert_eq!(
+        created.data["spec"]["max"], 10,
+        "defaults applied before the rules"
+    );
+
+    // anyOf / oneOf / not / allOf.
+    let mut bad = good.clone();
+    bad.as_object_mut().expect("spec").remove("email");
+    bad["large"] = json!(true);
+    bad["forbidden"] = json!("x");
+    bad["level"] = json!(9);
+    let got = refused(&api, &gizmo("g2", bad)).await;
+    for want in [
+        "<nil>: Invalid value: \"\": \"spec\" must validate at least one schema (anyOf)",
+        "spec.email: Required value",
+        "<nil>: Invalid value: \"\": \"spec\" must validate one and only one schema (oneOf). Found 2 valid alternatives",
+        "<nil>: Invalid value: \"\": \"spec\" must not validate the schema (not)",
+        "spec.level: Invalid value: 9: spec.level in body should be less than or equal to 5",
+        "<nil>: Invalid value: \"\": \"spec\" must validate all the schemas (allOf)",
+    ] {
+        assert!(got.iter().any(|g| g == want), "{want} not in {got:?}");
+    }
+
+    // formats.
+    let mut bad = good.clone();
+    bad["since"] = json!("yesterday");
+    bad["id"] = json!("not-a-uuid");
+    bad["email"] = json!("nobody");
+    let got = refused(&api, &gizmo("g2", bad)).await;
+    for want in [
+        "spec.since: Invalid value: \"yesterday\": spec.since in body must be of type date-time: \"yesterday\"",
+        "spec.id: Invalid value: \"not-a-uuid\": spec.id in body must be of type uuid: \"not-a-uuid\"",
+        "spec.email: Invalid value: \"nobody\": spec.email in body must be of type email: \"nobody\"",
+    ] {
+        assert!(got.iter().any(|g| g == want), "{want} not in {got:?}");
+    }
+
+    // list-type set and map uniqueness.
+    let mut bad = good.clone();
+    bad["tags"] = json!(["a", "b", "a"]);
+    bad["ports"] = json!([{"name": "http", "protocol": "TCP"}, {"name": "http", "protocol": "TCP", "port": 1}]);
+    let mut got = refused(&api, &gizmo("g2", bad)).await;
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "spec.ports[1]: Duplicate value: map[string]interface {}{\"name\":\"http\", \"protocol\":\"TCP\"}",
+            "spec.tags[2]: Duplicate value: \"a\"",
+        ]
+    );
+
+    // Embedded resources need apiVersion and kind; the CR's own name follows the schema.
+    let mut bad = good.clone();
+    bad["template"] = json!({"kind": "Not A Kind", "metadata": {"name": "a/b"}});
+    let got = refused(&api, &gizmo("much-too-long-name", bad)).await;
+    for want in [
+        "spec.template.apiVersion: Required value: must not be empty",
+        "spec.template.metadata.name: Invalid value: \"a/b\": may not contain '/'",
+        "metadata.name: Too long: may not be more than 10 bytes",
+    ] {
+        assert!(got.iter().any(|g| g == want), "{want} not in {got:?}");
+    }
+    assert!(
+        got.iter().any(|g| g.starts_with("spec.template.kind: Invalid value: \"Not A Kind\": may have mixed case, but should otherwise match: a DNS-1035 label")),
+        "{got:?}"
+    );
+
+    // CEL: message, fieldPath + reason.
+    let mut bad = good.clone();
+    bad["min"] = json!(11);
+    bad["email"] = json!("a@elsewhere.io");
+    let got = refused(&api, &gizmo("g2", bad)).await;
+    assert_eq!(
+        got,
+        [
+            "spec: Invalid value: \"object\": min must not exceed max",
+            "spec.email: Forbidden: failed rule: !has(self.email) || self.email.endsWith('@example.io')",
+        ]
+    );
+
+    // CEL transition rule on update and patch: `oldSelf` is the stored object's spec.
+    let err = api
+        .patch(
+            "g1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"level": 1}})),
+        )
+        .await
+        .expect_err("level went down");
+    let status = api_error(err);
+    assert_eq!(
+        status.message,
+        "Gizmo.example.io \"g1\" is invalid: spec: Invalid value: \"object\": level may not go down from 2"
+    );
+    api.patch(
+        "g1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"level": 3}})),
+    )
+    .await
+    .expect("level went up");
+    let mut current = api.get("g1").await.expect("get");
+    current.data["spec"]["level"] = json!(2);
+    let err = api
+        .replace("g1", &PostParams::default(), &current)
+        .await
+        .expect_err("update refused too");
+    assert_eq!(api_error(err).code, 422);
+    let applied = api
+        .patch(
+            "g1",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({"apiVersion": "example.io/v1", "kind": "Gizmo",
+                "metadata": {"name": "g1"}, "spec": {"email": "a@example.io", "small": true, "level": 0}})),
+        )
+        .await
+        .expect_err("apply refused too");
+    assert_eq!(api_error(applied).code, 422);
+
+    // Rules on the status are checked through /status.
+    let err = api
+        .patch_status(
+            "g1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"ready": false, "reason": "forced"}})),
+        )
+        .await
+        .expect_err("status rule");
+    assert_eq!(
+        api_error(err).message,
+        "Gizmo.example.io \"g1\" is invalid: status: Invalid value: \"object\": a forced status must be ready"
+    );
+    api.patch_status(
+        "g1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"ready": true, "reason": "forced"}})),
+    )
+    .await
+    .expect("status accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_specs_are_validated_as_upstream() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let refuse = |crd: Value| {
+        let crds = crds.clone();
+        async move {
+            let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("CRD");
+            let status = api_error(
+                crds.create(&PostParams::default(), &crd)
+                    .await
+                    .expect_err("refused"),
+            );
+            assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+            status
+                .details
+                .expect("details")
+                .causes
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>()
+        }
+    };
+    let base = serde_json::to_value(gizmo_crd()).expect("json");
+    let schema_at = "spec.versions[0].schema.openAPIV3Schema";
+
+    let mut c = base.clone();
+    c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["phone"] =
+        json!({"description": "no type"});
+    let got = refuse(c).await;
+    assert_eq!(
+        got,
+        [format!(
+            "{schema_at}.properties[spec].properties[phone].type: Required value: must not be empty for specified object fields"
+        )]
+    );
+
+    let mut c = base.clone();
+    c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["tags"]
+        ["uniqueItems"] = json!(true);
+    c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["additionalProperties"] =
+        json!({"type": "string"});
+    let got = refuse(c).await;
+    for want in [
+        format!(
+            "{schema_at}.properties[spec].properties[tags].uniqueItems: Forbidden: uniqueItems cannot be set to true since the runtime complexity becomes quadratic"
+        ),
+        format!(
+            "{schema_at}.properties[status].additionalProperties: Forbidden: additionalProperties and properties are mutual exclusive"
+        ),
+    ] {
+        assert!(got.contains(&want), "{want} not in {got:?}");
+    }
+
+    let mut c = base.clone();
+    c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"] =
+        json!([{"rule": "self.min <="}, {"rule": "nosuch > 1"}]);
+    let got = refuse(c).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with(&format!("{schema_at}.properties[spec].x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{{Rule:\"self.min <=\"")), "{got:?}");
+    assert!(
+        got[0].contains("compilation failed: ERROR: <input>:1:"),
+        "{got:?}"
+    );
+    assert!(got[1].ends_with("compilation failed: ERROR: <input>:1:1: undeclared reference to 'nosuch' (in container '')"), "{got:?}");
+
+    let mut c = base.clone();
+    c["spec"]["versions"] = json!([
+        {"name": "V1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}},
+        {"name": "v2", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}},
+    ]);
+    c["spec"]["names"]["listKind"] = json!("Gizmo");
+    c["spec"]["conversion"] =
+        json!({"strategy": "None", "webhook": {"conversionReviewVersions": ["v1"]}});
+    let got = refuse(c).await;
+    for want in [
+        "spec.versions[0].name: Invalid value: \"V1\": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+        "spec.names.listKind: Invalid value: \"Gizmo\": kind and listKind may not be the same",
+        "spec.conversion.webhook: Forbidden: should not be set when strategy is not set to Webhook",
+    ] {
+        assert!(got.iter().any(|g| g == want), "{want} not in {got:?}");
+    }
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("spec.versions: Invalid value: ")
+                && g.ends_with("must have exactly one version marked as storage version")),
+        "{got:?}"
+    );
+
+    // The group and plural of a stored CRD do not change.
+    install(&client, &gizmo_crd()).await;
+    let mut current = crds.get("gizmos.example.io").await.expect("get");
+    current.spec.group = "example.com".into();
+    let status = api_error(
+        crds.replace("gizmos.example.io", &PostParams::default(), &current)
+            .await
+            .expect_err("immutable"),
+    );
+    assert!(
+        status
+            .message
+            .contains("spec.group: Invalid value: \"example.com\": field is immutable"),
+        "{}",
+        status.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_ratchets_values_an_update_does_not_change() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    install(&client, &gizmo_crd()).await;
+    let api = gizmos(&client);
+    let spec = json!({"phone": "12345", "small": true, "level": 1});
+    api.create(&PostParams::default(), &gizmo("g1", spec.clone()))
+        .await
+        .expect("created");
+    // Tighten the schema: phone numbers of at most 3 characters.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "gizmos.example.io",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([{"op": "add",
+                "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/phone/maxLength",
+                "value": 3}]))
+            .expect("json patch"),
+        ),
+    )
+    .await
+    .expect("CRD updated");
+    let served = || {
+        let api = api.clone();
+        let spec = spec.clone();
+        async move {
+            api.create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &gizmo("g2", spec),
+            )
+            .await
+            .is_err()
+        }
+    };
+    eventually("the tightened schema served", served).await;
+    // An update that leaves the now invalid phone alone passes; one that changes it does not.
+    api.patch(
+        "g1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"level": 2}})),
+    )
+    .await
+    .expect("unchanged invalid value ratchets");
+    let err = api
+        .patch(
+            "g1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"phone": "123456"}})),
+        )
+        .await
+        .expect_err("changed value validated");
+    assert_eq!(
+        api_error(err).message,
+        "Gizmo.example.io \"g1\" is invalid: [spec.phone: Too long: may not be more than 3 bytes, \
+         <nil>: Invalid value: \"null\": some validation rules were not checked because the \
+         object was invalid; correct the existing errors to complete validation]"
+    );
+    // A type error blocks the CEL rules, as upstream says.
+    let got = refused(
+        &api,
+        &gizmo("g3", json!({"phone": "1", "small": true, "level": "high"})),
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            "spec.level: Invalid value: \"string\": spec.level in body must be of type integer: \"string\"",
+            "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+        ]
+    );
 }

@@ -242,3 +242,208 @@ async fn kubectl_serves_custom_resources() {
     let resources = t.kubectl_ok(&["api-resources"]).await;
     assert!(!resources.contains("crontabs"), "{resources}");
 }
+
+const GADGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.net
+spec:
+  group: example.net
+  scope: Namespaced
+  names:
+    plural: gadgets
+    singular: gadget
+    kind: Gadget
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale:
+        specReplicasPath: .spec.replicas
+        statusReplicasPath: .status.replicas
+    schema:
+      openAPIV3Schema:
+        type: object
+        description: A gadget, for testing.
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - rule: self.replicas <= self.maxReplicas
+              message: replicas must not exceed maxReplicas
+            properties:
+              replicas:
+                type: integer
+              maxReplicas:
+                type: integer
+                description: The most replicas the gadget may have.
+              owner:
+                type: string
+                format: email
+              ports:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [name]
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    port: {type: integer}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+"#;
+
+fn gadget(spec: &str) -> String {
+    format!(
+        "apiVersion: example.net/v1\nkind: Gadget\nmetadata:\n  name: g1\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_validates_custom_resources_and_crds() {
+    let t = TestServer::start().await;
+
+    // A CRD whose CEL rule does not compile, or whose schema is not structural, is refused.
+    let bad_rule = GADGET_CRD.replace("self.replicas <= self.maxReplicas", "self.replicas <=");
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &bad_rule).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.replicas <=\""
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("compilation failed: ERROR: <input>:1:"),
+        "{err}"
+    );
+    let no_type = GADGET_CRD.replace(
+        "              replicas:\n                type: integer\n              maxReplicas",
+        "              replicas:\n                description: none\n              maxReplicas",
+    );
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &no_type).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[replicas].type: Required value: must not be empty for specified object fields"),
+        "{err}"
+    );
+
+    t.kubectl_stdin(&["apply", "-f", "-"], GADGET_CRD).await;
+    t.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=20s",
+        "crd/gadgets.example.net",
+    ])
+    .await;
+
+    // CEL: accepted, then refused with the rule's message.
+    let ok = gadget("replicas: 1\nmaxReplicas: 2\nowner: ops@example.net");
+    let out = t.kubectl_stdin(&["create", "-f", "-"], &ok).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = t
+        .kubectl(&[
+            "patch",
+            "gadget",
+            "g1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":5}}"#,
+        ])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("The Gadget \"g1\" is invalid: spec: Invalid value: \"object\": replicas must not exceed maxReplicas"),
+        "{err}"
+    );
+
+    // format and list-map keys.
+    let out = t
+        .kubectl(&[
+            "patch",
+            "gadget",
+            "g1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"owner":"nobody"}}"#,
+        ])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.owner: Invalid value: \"nobody\": spec.owner in body must be of type email: \"nobody\""),
+        "{err}"
+    );
+    let out = t
+        .kubectl(&[
+            "patch",
+            "gadget",
+            "g1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"ports":[{"name":"http","port":80},{"name":"http","port":81}]}}"#,
+        ])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.ports[1]: Duplicate value: map[string]interface {}{\"name\":\"http\"}"),
+        "{err}"
+    );
+
+    // kubectl's strict validation refuses an unknown field.
+    let unknown = gadget("replicas: 1\nmaxReplicas: 2\nbogus: true").replace("g1", "g2");
+    let out = t
+        .kubectl_stdin(&["apply", "--validate=strict", "-f", "-"], &unknown)
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"spec.bogus\""), "{err}");
+
+    // explain, from the published schema.
+    let explain = t.kubectl_ok(&["explain", "gadgets"]).await;
+    assert!(explain.contains("A gadget, for testing."), "{explain}");
+    let explain = t.kubectl_ok(&["explain", "gadget.spec.maxReplicas"]).await;
+    assert!(
+        explain.contains("The most replicas the gadget may have."),
+        "{explain}"
+    );
+    // OpenAPI v2 and v3 carry the type and its subresources.
+    let v2 = t.kubectl_ok(&["get", "--raw", "/openapi/v2"]).await;
+    assert!(v2.contains("\"net.example.v1.Gadget\""), "v2 definition");
+    assert!(v2.contains("/apis/example.net/v1/namespaces/{namespace}/gadgets/{name}/status"));
+    assert!(v2.contains("/apis/example.net/v1/namespaces/{namespace}/gadgets/{name}/scale"));
+    let v3 = t
+        .kubectl_ok(&["get", "--raw", "/openapi/v3/apis/example.net/v1"])
+        .await;
+    assert!(v3.contains("/apis/example.net/v1/namespaces/{namespace}/gadgets/{name}/scale"));
+    // Deleting the CRD takes it out of /openapi/v2 again.
+    t.kubectl_ok(&["delete", "crd", "gadgets.example.net"])
+        .await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if !t
+            .kubectl_ok(&["get", "--raw", "/openapi/v2"])
+            .await
+            .contains("net.example.v1.Gadget")
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "v2 updated after the CRD was deleted");
+}

@@ -12,9 +12,14 @@
 //!   resource before the `customresourcecleanup.apiextensions.k8s.io` finalizer is dropped.
 //!   Status writes are compare-and-swap and skipped when nothing changes, so several apiservers
 //!   on one datastore agree without coordination.
-//! - [`schema`]: structural schema validation, pruning and defaulting of custom resources.
+//! - [`schema`]: structural schema validation, pruning and defaulting of custom resources
+//!   ([`formats`]: the string formats it checks); [`cel`]: `x-kubernetes-validations` rules;
+//! - [`validation`]: upstream's validation of the CRD itself.
 
+pub(crate) mod cel;
+mod formats;
 pub(crate) mod schema;
+mod validation;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
@@ -503,98 +508,43 @@ fn check_names(
     Ok(())
 }
 
-/// The checks of a CRD's spec that serving depends on (a subset of upstream's validation):
-/// the name is `<plural>.<group>`, names are DNS labels, one storage version, versions unique,
-/// a scope. Returns the problems as field causes.
-pub(crate) fn validate_crd(crd: &Value) -> Vec<crate::status::Cause> {
-    use crate::status::Cause;
-    let mut out = Vec::new();
-    let invalid = |field: &str, value: &str, why: &str| Cause {
-        reason: "FieldValueInvalid",
-        message: format!("Invalid value: {value:?}: {why}"),
-        field: field.into(),
-    };
-    let required = |field: &str| Cause {
-        reason: "FieldValueRequired",
-        message: "Required value".into(),
-        field: field.into(),
-    };
-    let group = str_at(crd, &["spec", "group"]);
-    let plural = str_at(crd, &["spec", "names", "plural"]);
-    let kind = str_at(crd, &["spec", "names", "kind"]);
-    let name = crate::rest::object_meta_str(crd, "name");
-    if !plural.is_empty() && !group.is_empty() && name != format!("{plural}.{group}") {
-        out.push(invalid(
-            "metadata.name",
-            name,
-            "must be spec.names.plural+\".\"+spec.group",
-        ));
+pub(crate) use validation::validate_crd;
+
+/// What upstream's custom resource strategy validates, on the object as it will be stored:
+/// the structural schema (ratcheting against `old` on updates), then, unless that found a
+/// blocking problem (a wrong type, a missing required field, an unsupported enum value, too
+/// long or too many), the CEL rules.
+pub(crate) fn validate_custom_resource(
+    schema: &Value,
+    new: &Value,
+    old: Option<&Value>,
+) -> Vec<crate::status::Cause> {
+    let mut causes = schema::validate_update(schema, new, old);
+    if !cel::has_rules(schema) {
+        return causes;
     }
-    if group.is_empty() {
-        out.push(required("spec.group"));
-    } else if !group.contains('.') {
-        out.push(invalid(
-            "spec.group",
-            group,
-            "should be a domain with at least one dot",
-        ));
-    }
-    if plural.is_empty() {
-        out.push(required("spec.names.plural"));
-    } else if !crate::validation::validate_name(NameRule::Label, plural).is_empty() {
-        out.push(invalid(
-            "spec.names.plural",
-            plural,
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
-        ));
-    }
-    if kind.is_empty() {
-        out.push(required("spec.names.kind"));
-    }
-    match str_at(crd, &["spec", "scope"]) {
-        "Namespaced" | "Cluster" => {}
-        "" => out.push(required("spec.scope")),
-        other => out.push(Cause {
-            reason: "FieldValueNotSupported",
-            message: format!(
-                "Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""
-            ),
-            field: "spec.scope".into(),
-        }),
-    }
-    let versions = crd
-        .get("spec")
-        .and_then(|s| s.get("versions"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if versions.is_empty() {
-        out.push(required("spec.versions"));
+    let blocking = causes.iter().any(|c| {
+        matches!(
+            c.reason,
+            "FieldValueNotSupported"
+                | "FieldValueRequired"
+                | "FieldValueTooLong"
+                | "FieldValueTooMany"
+                | "FieldValueTypeInvalid"
+        )
+    });
+    if blocking {
+        causes.push(crate::status::Cause {
+            reason: "FieldValueInvalid",
+            message: "Invalid value: \"null\": some validation rules were not checked because \
+                      the object was invalid; correct the existing errors to complete validation"
+                .into(),
+            field: "<nil>".into(),
+        });
     } else {
-        let storage = versions
-            .iter()
-            .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-            .count();
-        if storage != 1 {
-            out.push(invalid(
-                "spec.versions",
-                &format!("{storage} storage versions"),
-                "must have exactly one version marked as storage version",
-            ));
-        }
-        let mut seen = HashSet::new();
-        for (i, v) in versions.iter().enumerate() {
-            let n = str_at(v, &["name"]);
-            if !seen.insert(n) {
-                out.push(Cause {
-                    reason: "FieldValueDuplicate",
-                    message: format!("Duplicate value: {n:?}"),
-                    field: format!("spec.versions[{i}].name"),
-                });
-            }
-        }
+        causes.extend(cel::validate(schema, new, old));
     }
-    out
+    causes
 }
 
 /// The status a CRD should have: accepted names and conditions, stored versions.

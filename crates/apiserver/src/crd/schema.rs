@@ -5,9 +5,11 @@
 //! `minimum`/`maximum` (and exclusive), `multipleOf`, `pattern`, `minLength`/`maxLength`,
 //! `minItems`/`maxItems`, `minProperties`/`maxProperties`, `nullable`, `default`,
 //! `x-kubernetes-int-or-string`, `x-kubernetes-preserve-unknown-fields`,
-//! `x-kubernetes-embedded-resource`. Not supported: `allOf`/`anyOf`/`oneOf`/`not` (value
-//! validations under them are ignored), `format` checks, `uniqueItems`, CEL
-//! (`x-kubernetes-validations`), list-type uniqueness.
+//! `x-kubernetes-embedded-resource` (apiVersion/kind required and well-formed, the names in
+//! its `metadata`), `allOf`/`anyOf`/`oneOf`/`not` (kube-openapi's composite messages),
+//! `format` ([`super::formats`]), `uniqueItems`, `x-kubernetes-list-type: set|map` uniqueness
+//! (with `x-kubernetes-list-map-keys`), and the root `metadata.name`/`generateName`
+//! restrictions. CEL rules (`x-kubernetes-validations`) are [`super::cel`]'s.
 
 use serde_json::{Map, Value, json};
 
@@ -187,11 +189,38 @@ fn invalid(field: &str, value: &Value, detail: String) -> Cause {
 }
 
 /// Validates a custom resource against its schema (after pruning and defaulting). The root's
-/// apiVersion, kind and metadata are checked elsewhere.
+/// apiVersion and kind are checked elsewhere; of the root `metadata`, only `name` and
+/// `generateName` are checked against the schema (the only restrictions a structural schema
+/// may put there).
+///
+/// On update, `old` is the stored object and validation ratchets as upstream's
+/// (`CRDValidationRatcheting`, GA in v1.33): a value equal to its correlated old value (by
+/// property name, map key, `x-kubernetes-list-map-keys` of `map` lists, or the element itself
+/// in `set` lists) is not checked again, so an update may keep an invalid value it does not
+/// touch.
 pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
+    validate_update(schema, obj, None)
+}
+
+/// [`validate`] with the stored object for ratcheting.
+pub(crate) fn validate_update(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
     if let Some(map) = obj.as_object() {
-        validate_object(schema, map, "", true, &mut out);
+        validate_object(schema, map, old, "", true, &mut out);
+        if let (Some(meta_schema), Some(meta)) = (
+            schema.get("properties").and_then(|p| p.get("metadata")),
+            map.get("metadata").and_then(Value::as_object),
+        ) {
+            for f in ["name", "generateName"] {
+                if let (Some(s), Some(v)) = (
+                    meta_schema.get("properties").and_then(|p| p.get(f)),
+                    meta.get(f),
+                ) {
+                    let was = old.and_then(|o| o.get("metadata")).and_then(|m| m.get(f));
+                    validate_value(s, v, was, &format!("metadata.{f}"), &mut out);
+                }
+            }
+        }
     }
     out
 }
@@ -199,6 +228,7 @@ pub(crate) fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
 fn validate_object(
     schema: &Value,
     map: &Map<String, Value>,
+    old: Option<&Value>,
     path: &str,
     root: bool,
     out: &mut Vec<Cause>,
@@ -247,12 +277,331 @@ fn validate_object(
             continue;
         }
         if let Some(s) = props.and_then(|p| p.get(k)).or_else(|| additional(schema)) {
-            validate_value(s, v, &join(path, k), out);
+            validate_value(s, v, old.and_then(|o| o.get(k)), &join(path, k), out);
         }
     }
 }
 
-fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
+/// The junctors' composite errors, as kube-openapi reports them: no field (`<nil>`), the path
+/// quoted in the message.
+fn composite(message: String) -> Cause {
+    cause(
+        "FieldValueInvalid",
+        "<nil>",
+        format!("Invalid value: \"\": {message}"),
+    )
+}
+
+/// `allOf`, `anyOf`, `oneOf` and `not` (value validations only, in a structural schema),
+/// with kube-openapi's messages; the errors of a failing branch are reported too.
+fn validate_junctors(
+    schema: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    out: &mut Vec<Cause>,
+) {
+    let branches = |key: &str| -> Vec<Vec<Cause>> {
+        schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let mut errs = Vec::new();
+                validate_value(s, v, old, path, &mut errs);
+                errs
+            })
+            .collect()
+    };
+    // The failing branch reported is the one closest to passing (fewest errors).
+    let best = |results: &[Vec<Cause>]| -> Vec<Cause> {
+        results
+            .iter()
+            .filter(|r| !r.is_empty())
+            .min_by_key(|r| r.len())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let any = branches("anyOf");
+    if !any.is_empty() && !any.iter().any(Vec::is_empty) {
+        out.push(composite(format!(
+            "{path:?} must validate at least one schema (anyOf)"
+        )));
+        out.extend(best(&any));
+    }
+    let one = branches("oneOf");
+    if !one.is_empty() {
+        let valid = one.iter().filter(|r| r.is_empty()).count();
+        if valid != 1 {
+            let detail = if valid == 0 {
+                "Found none valid".to_string()
+            } else {
+                format!("Found {valid} valid alternatives")
+            };
+            out.push(composite(format!(
+                "{path:?} must validate one and only one schema (oneOf). {detail}"
+            )));
+            if valid == 0 {
+                out.extend(best(&one));
+            }
+        }
+    }
+    let all = branches("allOf");
+    if !all.is_empty() {
+        let valid = all.iter().filter(|r| r.is_empty()).count();
+        for r in &all {
+            out.extend(r.iter().cloned());
+        }
+        if valid != all.len() {
+            let detail = if valid == 0 { ". None validated" } else { "" };
+            out.push(composite(format!(
+                "{path:?} must validate all the schemas (allOf){detail}"
+            )));
+        }
+    }
+    if let Some(not) = schema.get("not").filter(|n| n.is_object()) {
+        let mut errs = Vec::new();
+        validate_value(not, v, old, path, &mut errs);
+        if errs.is_empty() {
+            out.push(composite(format!(
+                "{path:?} must not validate the schema (not)"
+            )));
+        }
+    }
+}
+
+/// Go's `%#v` of an unstructured value, as upstream's `Duplicate value` errors print it.
+fn go_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "interface {}(nil)".into(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !(n.is_i64() || n.is_u64()) && f.fract() == 0.0 && f.abs() < 1e21 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
+        Value::Bool(b) => b.to_string(),
+        Value::Array(a) => format!(
+            "[]interface {{}}{{{}}}",
+            a.iter().map(go_repr).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            format!(
+                "map[string]interface {{}}{{{}}}",
+                keys.iter()
+                    .map(|k| format!("{k:?}:{}", go_repr(&m[*k])))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    }
+}
+
+fn duplicate(path: &str, shown: String) -> Cause {
+    cause(
+        "FieldValueDuplicate",
+        path,
+        format!("Duplicate value: {shown}"),
+    )
+}
+
+/// The upstream form of a duplicate's value: strings quoted, numbers and booleans plain,
+/// compound values as Go prints them.
+fn duplicate_value(v: &Value) -> String {
+    go_repr(v)
+}
+
+/// `x-kubernetes-list-type: set|map` uniqueness (upstream's `ValidateListSetsAndMaps`): every
+/// later repetition of an element (set) or of a key (map, by `x-kubernetes-list-map-keys`) is
+/// a `Duplicate value` at its index.
+fn validate_list_type(schema: &Value, items: &[Value], path: &str, out: &mut Vec<Cause>) {
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => {
+            for i in repeated(items.iter().map(|x| x.to_string())) {
+                out.push(duplicate(
+                    &format!("{path}[{i}]"),
+                    duplicate_value(&items[i]),
+                ));
+            }
+        }
+        Some("map") => {
+            if let Some((i, x)) = items
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.is_null() && !x.is_object())
+            {
+                out.push(invalid(
+                    &format!("{path}[{i}]"),
+                    x,
+                    "must be an object for an array of list-type map".into(),
+                ));
+                return;
+            }
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let key_of = |x: &Value| -> Map<String, Value> {
+                keys.iter()
+                    .filter_map(|k| x.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                    .collect()
+            };
+            let item_keys: Vec<Map<String, Value>> = items.iter().map(key_of).collect();
+            for i in repeated(
+                item_keys
+                    .iter()
+                    .map(|k| Value::Object(k.clone()).to_string()),
+            ) {
+                out.push(duplicate(
+                    &format!("{path}[{i}]"),
+                    go_repr(&Value::Object(item_keys[i].clone())),
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The index of the second appearance of every value that appears more than once.
+fn repeated(values: impl Iterator<Item = String>) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        let n = seen.entry(v).or_insert(0);
+        *n += 1;
+        if *n == 2 {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The checks upstream makes of an `x-kubernetes-embedded-resource` object: `apiVersion` and
+/// `kind` present and well-formed, and the names in its `metadata`.
+fn validate_embedded(map: &Map<String, Value>, path: &str, out: &mut Vec<Cause>) {
+    for f in ["apiVersion", "kind"] {
+        if !map.contains_key(f) {
+            out.push(cause(
+                "FieldValueRequired",
+                &join(path, f),
+                "Required value: must not be empty".into(),
+            ));
+        }
+    }
+    if let Some(v) = map.get("apiVersion") {
+        let field = join(path, "apiVersion");
+        match v.as_str() {
+            None => out.push(invalid(&field, v, "must be a string".into())),
+            Some("") => out.push(invalid(&field, v, "must not be empty".into())),
+            Some(s) if s.matches('/').count() > 1 => out.push(invalid(
+                &field,
+                v,
+                format!("unexpected GroupVersion string: {s}"),
+            )),
+            Some(_) => {}
+        }
+    }
+    if let Some(v) = map.get("kind") {
+        let field = join(path, "kind");
+        match v.as_str() {
+            None => out.push(invalid(&field, v, "must be a string".into())),
+            Some("") => out.push(invalid(&field, v, "must not be empty".into())),
+            Some(kind) => {
+                let errs = crate::validation::validate_name(
+                    crate::validation::NameRule::Dns1035,
+                    &kind.to_lowercase(),
+                );
+                if !errs.is_empty() {
+                    out.push(invalid(
+                        &field,
+                        v,
+                        format!(
+                            "may have mixed case, but should otherwise match: {}",
+                            errs.join(",")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(meta) = map.get("metadata").and_then(Value::as_object) {
+        let meta_path = join(path, "metadata");
+        use crate::validation::{NameRule, validate_name};
+        if let Some(name) = meta.get("name").and_then(Value::as_str)
+            && !name.is_empty()
+        {
+            for e in validate_name(NameRule::PathSegment, name) {
+                out.push(invalid(&join(&meta_path, "name"), &json!(name), e));
+            }
+        }
+        if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+            for e in validate_name(NameRule::PathSegment, prefix)
+                .into_iter()
+                .filter(|e| e.starts_with("may not contain"))
+            {
+                out.push(invalid(
+                    &join(&meta_path, "generateName"),
+                    &json!(prefix),
+                    e,
+                ));
+            }
+        }
+        if let Some(ns) = meta.get("namespace").and_then(Value::as_str)
+            && !ns.is_empty()
+        {
+            for e in validate_name(NameRule::Label, ns) {
+                out.push(invalid(&join(&meta_path, "namespace"), &json!(ns), e));
+            }
+        }
+    }
+}
+
+/// The element of `old` (a list) that `item` of a list with `schema` correlates with:
+/// `map` lists by their keys, `set` lists by value; other lists do not correlate.
+pub(crate) fn correlated_item<'a>(
+    schema: &Value,
+    item: &Value,
+    old: Option<&'a Value>,
+) -> Option<&'a Value> {
+    let olds = old?.as_array()?;
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => olds.iter().find(|o| *o == item),
+        Some("map") => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if keys.is_empty() || !item.is_object() {
+                return None;
+            }
+            olds.iter()
+                .find(|o| keys.iter().all(|k| o.get(*k) == item.get(*k)))
+        }
+        _ => None,
+    }
+}
+
+fn validate_value(
+    schema: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    out: &mut Vec<Cause>,
+) {
+    // Ratcheting: an unchanged value is not checked again.
+    if old == Some(v) {
+        return;
+    }
     if v.is_null() {
         if flag(schema, "nullable") {
             return;
@@ -328,34 +677,33 @@ fn validate_value(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
                     format!("Too many: {n}: must have at most {max} items"),
                 ));
             }
+            if flag(schema, "uniqueItems")
+                && !repeated(items.iter().map(|x| x.to_string())).is_empty()
+            {
+                out.push(invalid(
+                    path,
+                    &json!(""),
+                    format!("{path} in body shouldn't contain duplicates"),
+                ));
+            }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    validate_value(item_schema, item, &format!("{path}[{i}]"), out);
+                    let was = correlated_item(schema, item, old);
+                    validate_value(item_schema, item, was, &format!("{path}[{i}]"), out);
                 }
             }
+            validate_list_type(schema, items, path, out);
         }
         Value::Object(map) => {
-            if flag(schema, "x-kubernetes-embedded-resource") {
-                for f in ["apiVersion", "kind"] {
-                    if map.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
-                        out.push(cause(
-                            "FieldValueRequired",
-                            &join(path, f),
-                            "Required value: must not be empty".into(),
-                        ));
-                    }
-                }
+            let embedded = flag(schema, "x-kubernetes-embedded-resource");
+            if embedded {
+                validate_embedded(map, path, out);
             }
-            validate_object(
-                schema,
-                map,
-                path,
-                flag(schema, "x-kubernetes-embedded-resource"),
-                out,
-            );
+            validate_object(schema, map, old, path, embedded, out);
         }
         _ => {}
     }
+    validate_junctors(schema, v, old, path, out);
 }
 
 fn validate_number(schema: &Value, v: &Value, x: f64, path: &str, out: &mut Vec<Cause>) {
@@ -421,6 +769,19 @@ fn num(v: Option<&Value>) -> String {
 }
 
 fn validate_string(schema: &Value, v: &Value, s: &str, path: &str, out: &mut Vec<Cause>) {
+    if let Some(format) = schema.get("format").and_then(Value::as_str)
+        && super::formats::check(format, s) == Some(false)
+    {
+        out.push(cause(
+            "FieldValueTypeInvalid",
+            path,
+            format!(
+                "Invalid value: {}: {path} in body must be of type {format}: {}",
+                shown(v),
+                shown(v)
+            ),
+        ));
+    }
     let len = s.chars().count() as u64;
     if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
         && len > max
@@ -577,5 +938,146 @@ mod tests {
         let mut none = json!({});
         apply_defaults(&schema(), &mut none);
         assert!(none.get("spec").is_none(), "no default for spec itself");
+    }
+
+    #[test]
+    fn junctors_report_composites_and_the_failing_branch() {
+        let s = json!({"type": "object", "properties": {"spec": {
+            "type": "object",
+            "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+            "oneOf": [{"required": ["x"]}, {"required": ["y"]}],
+            "not": {"required": ["z"]},
+            "allOf": [{"properties": {"n": {"minimum": 1}}}],
+            "properties": {"a": {"type": "string"}, "b": {"type": "string"},
+                           "x": {"type": "string"}, "y": {"type": "string"},
+                           "z": {"type": "string"}, "n": {"type": "integer"}}}}});
+        assert!(validate(&s, &json!({"spec": {"a": "1", "x": "1", "n": 2}})).is_empty());
+        let got = messages(&validate(
+            &s,
+            &json!({"spec": {"x": "1", "y": "1", "z": "1", "n": 0}}),
+        ));
+        assert_eq!(
+            got,
+            [
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate at least one schema (anyOf)",
+                "FieldValueRequired spec.a: Required value",
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate one and only one schema (oneOf). Found 2 valid alternatives",
+                "FieldValueInvalid spec.n: Invalid value: 0: spec.n in body should be greater than or equal to 1",
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate all the schemas (allOf). None validated",
+                "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must not validate the schema (not)",
+            ]
+        );
+        let none = messages(&validate(&s, &json!({"spec": {"a": "1", "n": 1}})));
+        assert_eq!(
+            none[0],
+            "FieldValueInvalid <nil>: Invalid value: \"\": \"spec\" must validate one and only one schema (oneOf). Found none valid"
+        );
+    }
+
+    #[test]
+    fn formats_unique_items_and_list_types() {
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "ip": {"type": "string", "format": "ipv4"},
+            "count": {"type": "integer", "format": "int32"},
+            "legacy": {"type": "array", "uniqueItems": true, "items": {"type": "integer"}},
+            "set": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "integer"}},
+            "map": {"type": "array", "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["name"],
+                    "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}});
+        let ok = json!({"spec": {"ip": "10.0.0.1", "count": 3, "legacy": [1, 2],
+                                 "set": [1, 2], "map": [{"name": "a"}, {"name": "b"}]}});
+        assert!(validate(&s, &ok).is_empty());
+        let bad = json!({"spec": {"ip": "10.0.0.300", "legacy": [1, 1], "set": [1, 2, 1, 1],
+                                  "map": [{"name": "a"}, {"name": "a"}, "x"]}});
+        let got = messages(&validate(&s, &bad));
+        assert_eq!(
+            got,
+            [
+                "FieldValueTypeInvalid spec.ip: Invalid value: \"10.0.0.300\": spec.ip in body must be of type ipv4: \"10.0.0.300\"",
+                "FieldValueInvalid spec.legacy: Invalid value: \"\": spec.legacy in body shouldn't contain duplicates",
+                "FieldValueTypeInvalid spec.map[2]: Invalid value: \"string\": spec.map[2] in body must be of type object: \"string\"",
+                "FieldValueInvalid spec.map[2]: Invalid value: \"x\": must be an object for an array of list-type map",
+                "FieldValueDuplicate spec.set[2]: Duplicate value: 1",
+            ]
+        );
+        let dup = json!({"spec": {"map": [{"name": "a"}, {"name": "a"}]}});
+        assert_eq!(
+            messages(&validate(&s, &dup)),
+            [
+                "FieldValueDuplicate spec.map[1]: Duplicate value: map[string]interface {}{\"name\":\"a\"}"
+            ]
+        );
+    }
+
+    #[test]
+    fn embedded_resources_and_metadata_names() {
+        let s = json!({"type": "object", "properties": {
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "pattern": "^a"}}},
+            "spec": {"type": "object", "properties": {"t": {"type": "object",
+                "x-kubernetes-embedded-resource": true, "x-kubernetes-preserve-unknown-fields": true}}}}});
+        let ok = json!({"metadata": {"name": "abc"},
+                        "spec": {"t": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}}});
+        assert!(validate(&s, &ok).is_empty());
+        let bad = json!({"metadata": {"name": "zed"},
+                         "spec": {"t": {"apiVersion": "a/b/c", "kind": "", "metadata": {"name": "..", "namespace": "Bad"}}}});
+        let got = messages(&validate(&s, &bad));
+        assert!(got.contains(&"FieldValueInvalid spec.t.apiVersion: Invalid value: \"a/b/c\": unexpected GroupVersion string: a/b/c".to_string()), "{got:?}");
+        assert!(
+            got.contains(
+                &"FieldValueInvalid spec.t.kind: Invalid value: \"\": must not be empty"
+                    .to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(
+                &"FieldValueInvalid spec.t.metadata.name: Invalid value: \"..\": may not be '..'"
+                    .to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|g| g.starts_with("FieldValueInvalid spec.t.metadata.namespace: Invalid value: \"Bad\": a lowercase RFC 1123 label")), "{got:?}");
+        assert!(got.contains(&"FieldValueInvalid metadata.name: Invalid value: \"zed\": metadata.name in body should match '^a'".to_string()), "{got:?}");
+        let missing = messages(&validate(&s, &json!({"spec": {"t": {}}})));
+        assert_eq!(
+            missing,
+            [
+                "FieldValueRequired spec.t.apiVersion: Required value: must not be empty",
+                "FieldValueRequired spec.t.kind: Required value: must not be empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn updates_ratchet_unchanged_values() {
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "required": ["size"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 3},
+                "size": {"type": "string"},
+                "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                          "x-kubernetes-list-map-keys": ["name"],
+                          "items": {"type": "object", "properties": {
+                              "name": {"type": "string"}, "port": {"type": "integer", "maximum": 100}}}}}}}});
+        let old = json!({"spec": {"name": "toolong", "ports": [{"name": "a", "port": 500}]}});
+        // Unchanged invalid values (and an unchanged missing required field in an unchanged
+        // object) pass; the same values on create do not.
+        assert!(validate_update(&s, &old, Some(&old)).is_empty());
+        assert_eq!(validate(&s, &old).len(), 3);
+        let new = json!({"spec": {"name": "toolong", "size": "S",
+                                  "ports": [{"name": "b", "port": 1}, {"name": "a", "port": 500}]}});
+        assert!(
+            validate_update(&s, &new, Some(&old)).is_empty(),
+            "moved map entry correlates by key"
+        );
+        let changed = json!({"spec": {"name": "stilltoolong", "size": "S",
+                                      "ports": [{"name": "a", "port": 501}]}});
+        assert_eq!(
+            messages(&validate_update(&s, &changed, Some(&old))),
+            [
+                "FieldValueTooLong spec.name: Too long: may not be more than 3 bytes",
+                "FieldValueInvalid spec.ports[0].port: Invalid value: 501: spec.ports[0].port in body should be less than or equal to 100",
+            ]
+        );
     }
 }

@@ -572,7 +572,7 @@ pub(crate) async fn create_object_as(
     drop_ignored_status(info, &mut obj);
     let (mut obj, warnings) = typed_roundtrip_checked(obj, info, validation)?;
     crate::defaults::apply(info, &mut obj, true);
-    check_crd(info, &obj)?;
+    check_crd(info, &obj, None)?;
     namespace_of(info, path_ns, &mut obj)?;
     if info.group == "events.k8s.io" {
         let causes = crate::conversion::validate_events_v1_create(&obj);
@@ -751,12 +751,20 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
     )
 }
 
-/// A CRD's spec must be servable (see [`crate::crd::validate_crd`]).
-fn check_crd(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+/// A CRD must pass upstream's CRD validation (see [`crate::crd::validate_crd`]); a custom
+/// resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
+/// on updates for ratcheting and transition rules).
+fn check_crd(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+        let causes = crate::crd::validate_custom_resource(schema, obj, old);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(info, meta_str(obj, "name"), causes));
+        }
+    }
     if !is_crd(info) {
         return Ok(());
     }
-    let causes = crate::crd::validate_crd(obj);
+    let causes = crate::crd::validate_crd(obj, old);
     if causes.is_empty() {
         return Ok(());
     }
@@ -1053,6 +1061,9 @@ pub(crate) fn merge_update(
             stamp_conditions(&mut conds, old);
             set_conditions(&mut new, conds);
         }
+        if info.custom.is_some() {
+            check_crd(info, &new, Some(old))?;
+        }
         return Ok(new);
     }
     let mut new = req.clone();
@@ -1101,7 +1112,7 @@ pub(crate) fn merge_update(
     {
         o.insert("spec".into(), spec.clone());
     }
-    check_crd(info, &new)?;
+    check_crd(info, &new, Some(old))?;
     // Custom resources without a status subresource count status changes too (upstream
     // bumps on any change outside metadata).
     let changed = if info.custom.is_some() && !info.status_subresource {

@@ -268,7 +268,7 @@ pub(crate) fn typed_roundtrip_checked(
 
 /// [`typed_roundtrip_checked`] for a custom resource: `metadata` through the typed
 /// `ObjectMeta`, then the CRD's structural schema: pruning (unknown fields reported as for
-/// built-ins), defaults, validation (422 with one cause per problem).
+/// built-ins) and defaults.
 fn custom_checked(
     mut obj: Value,
     info: &ResourceInfo,
@@ -307,13 +307,10 @@ fn custom_checked(
             unknown.join(", ")
         )));
     }
+    // Validation (schema and CEL) runs on the object as it will be stored, with the stored
+    // object on updates: `check_crd` in the handlers.
     if let Some(schema) = &custom.schema {
         crate::crd::schema::apply_defaults(schema, &mut obj);
-        let causes = crate::crd::schema::validate(schema, &obj);
-        if !causes.is_empty() {
-            let name = meta_str(&obj, "name").to_string();
-            return Err(ApiError::invalid(info, &name, causes));
-        }
     }
     let warnings = if validation == FieldValidation::Ignore {
         Vec::new()
