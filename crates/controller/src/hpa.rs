@@ -780,7 +780,21 @@ pub(crate) fn defaulted_rules(
 /// A metric that could not be computed: the condition reason and the error text.
 struct MetricError {
     reason: &'static str,
+    /// The error as the event and the condition show it.
+    inner: String,
+    /// The error with the per-type "failed to get … value:" prefix that upstream's
+    /// `computeReplicasForMetric` adds for the returned error.
     error: String,
+}
+
+impl MetricError {
+    fn new(reason: &'static str, wrap: &str, inner: String) -> Self {
+        MetricError {
+            reason,
+            error: format!("{wrap}: {inner}"),
+            inner,
+        }
+    }
 }
 
 /// A metric's proposal.
@@ -874,7 +888,8 @@ async fn reconcile(cached: &HorizontalPodAutoscaler, ctx: &Ctx) -> Result<Action
         .initial(current, now);
     let min = spec.min_replicas.unwrap_or(1);
     let max = spec.max_replicas;
-    let mut metric_statuses: Option<Vec<MetricStatus>> = status.current_metrics.clone();
+    // Upstream clears the metrics when it does not compute them (bounds, disabled).
+    let mut metric_statuses: Option<Vec<MetricStatus>> = None;
     let mut rescale = true;
     let mut reason = String::new();
     let mut ret_err = None;
@@ -1177,7 +1192,7 @@ async fn compute_for_metrics(
                     hpa,
                     EventType::Warning,
                     e.reason,
-                    e.error.clone(),
+                    e.inner.clone(),
                 );
                 if first.is_none() {
                     first = Some(e);
@@ -1203,7 +1218,7 @@ async fn compute_for_metrics(
                 e.reason,
                 format!(
                     "the HPA was unable to compute the replica count: {}",
-                    e.inner()
+                    e.inner
                 ),
                 now,
             );
@@ -1230,16 +1245,6 @@ async fn compute_for_metrics(
         replicas: Some(best),
         statuses,
         error,
-    }
-}
-
-impl MetricError {
-    /// The error as the condition shows it (without the per-type "failed to get … value:"
-    /// prefix upstream's `computeReplicasForMetric` adds for the returned error).
-    fn inner(&self) -> &str {
-        self.error
-            .split_once(" value: ")
-            .map_or(self.error.as_str(), |(_, rest)| rest)
     }
 }
 
@@ -1288,10 +1293,7 @@ async fn compute_for_metric(
                     (c.name.clone(), Some(c.container.clone()), c.target.clone())
                 }
                 _ => {
-                    return Err(MetricError {
-                        reason: "InvalidMetricSourceType",
-                        error: format!("unknown metric source type {:?}", spec.type_),
-                    });
+                    return Err(unknown_type(spec));
                 }
             };
             let (reason, wrap) = match &container {
@@ -1315,10 +1317,7 @@ async fn compute_for_metric(
                 now,
             )
             .await
-            .map_err(|e| MetricError {
-                reason,
-                error: format!("{wrap}: {e}"),
-            })?;
+            .map_err(|e| MetricError::new(reason, &wrap, e))?;
             let (replicas, current, metric_name) = r;
             let status = match container {
                 None => MetricStatus {
@@ -1349,9 +1348,8 @@ async fn compute_for_metric(
             let Some(p) = &spec.pods else {
                 return Err(unknown_type(spec));
             };
-            let fail = |e: String| MetricError {
-                reason: "FailedGetPodsMetric",
-                error: format!("failed to get pods metric value: {e}"),
+            let fail = |e: String| {
+                MetricError::new("FailedGetPodsMetric", "failed to get pods metric value", e)
             };
             let target = p.target.average_value.as_ref().map(milli).unwrap_or(0);
             let samples = custom_pod_metrics(ctx, &ns, &p.metric, selector)
@@ -1390,9 +1388,12 @@ async fn compute_for_metric(
             let Some(o) = &spec.object else {
                 return Err(unknown_type(spec));
             };
-            let fail = |e: String| MetricError {
-                reason: "FailedGetObjectMetric",
-                error: format!("failed to get object metric value: {e}"),
+            let fail = |e: String| {
+                MetricError::new(
+                    "FailedGetObjectMetric",
+                    "failed to get object metric value",
+                    e,
+                )
             };
             let usage = object_metric(ctx, &ns, o).await.map_err(|e| {
                 fail(format!(
@@ -1429,10 +1430,8 @@ async fn compute_for_metric(
             let Some(x) = &spec.external else {
                 return Err(unknown_type(spec));
             };
-            let fail = |e: String| MetricError {
-                reason: "FailedGetExternalMetric",
-                error: format!("failed to get {} external metric value: {e}", x.metric.name),
-            };
+            let wrap = format!("failed to get {} external metric value", x.metric.name);
+            let fail = |e: String| MetricError::new("FailedGetExternalMetric", &wrap, e);
             let usage = external_metric(ctx, &ns, &x.metric).await.map_err(|e| {
                 fail(format!(
                     "unable to get external metric {ns}/{}/{}: {e}",
@@ -1473,9 +1472,11 @@ async fn compute_for_metric(
 }
 
 fn unknown_type(spec: &MetricSpec) -> MetricError {
+    let e = format!("unknown metric source type {:?}", spec.type_);
     MetricError {
         reason: "InvalidMetricSourceType",
-        error: format!("unknown metric source type {:?}", spec.type_),
+        inner: e.clone(),
+        error: e,
     }
 }
 

@@ -509,7 +509,9 @@ async fn sync_unbound_claim(
         if delay_binding && !has_annotation(&claim.metadata, ANN_SELECTED_NODE) {
             wait_for_first_consumer(shared, &claim).await?;
         } else if !class.is_empty() {
-            provision(shared, &claim, class_obj.as_ref(), &class).await?;
+            // The apiserver does not set the initial phase (upstream's strategy does).
+            let claim = provision(shared, &claim, class_obj.as_ref(), &class).await?;
+            update_claim_status(shared, &claim, "Pending", None).await?;
             return Ok(Action::requeue(ctx.resync));
         } else {
             shared.events.event(
@@ -639,7 +641,7 @@ async fn provision(
     claim: &PersistentVolumeClaim,
     class: Option<&StorageClass>,
     class_name: &str,
-) -> Result<(), ReconcileError> {
+) -> Result<PersistentVolumeClaim, ReconcileError> {
     let Some(class) = class else {
         shared.events.event(
             COMPONENT,
@@ -648,7 +650,7 @@ async fn provision(
             "ProvisioningFailed",
             format!("storageclass.storage.k8s.io {class_name:?} not found"),
         );
-        return Ok(());
+        return Ok(claim.clone());
     };
     let provisioner = class.provisioner.clone();
     if provisioner.starts_with("kubernetes.io/") {
@@ -660,7 +662,7 @@ async fn provision(
             "ProvisioningFailed",
             format!("no volume plugin matched name: {provisioner}"),
         );
-        return Ok(());
+        return Ok(claim.clone());
     }
     let mut claim = claim.clone();
     if annotation(&claim.metadata, ANN_STORAGE_PROVISIONER) != Some(provisioner.as_str())
@@ -700,7 +702,7 @@ async fn provision(
              that the provisioner is running and correctly registered."
         ),
     );
-    Ok(())
+    Ok(claim)
 }
 
 async fn sync_bound_claim(
