@@ -27,6 +27,11 @@ pub const CONTROLLERS: &[&str] = &[
     "nodeipam",
     "csrapproving",
     "csrsigning",
+    "persistentvolume-binder",
+    "pvc-protection",
+    "pv-protection",
+    "pod-garbage-collector",
+    "horizontal-pod-autoscaling",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's
@@ -51,6 +56,9 @@ pub struct Config {
     /// Node lifecycle, node IPAM and CSR signing settings (upstream's flag names).
     #[serde(flatten)]
     pub nodes: NodeConfig,
+    /// PV binder, PodGC and HPA settings (upstream's flag names).
+    #[serde(flatten)]
+    pub loops: crate::settings::LoopConfig,
 }
 
 /// Settings of the node lifecycle, node IPAM and CSR controllers, named as upstream's
@@ -143,6 +151,7 @@ impl Default for Config {
             concurrent_syncs: 5,
             identity: None,
             nodes: NodeConfig::default(),
+            loops: crate::settings::LoopConfig::default(),
         }
     }
 }
@@ -197,7 +206,8 @@ impl Config {
         if self.concurrent_syncs == 0 {
             return Err(ConfigError::ZeroConcurrency);
         }
-        self.nodes.validate().map_err(ConfigError::Nodes)
+        self.nodes.validate().map_err(ConfigError::Nodes)?;
+        self.loops.validate().map_err(ConfigError::Nodes)
     }
 }
 

@@ -28,19 +28,24 @@ mod endpoints;
 mod events;
 mod gc;
 mod history;
+mod hpa;
 mod job;
 mod leader;
 mod namespace;
 mod nodeipam;
 mod nodelifecycle;
+mod podgc;
+mod pv;
 mod replicaset;
 mod resourcequota;
 mod serviceaccount;
+mod settings;
 mod statefulset;
 mod ttl;
 mod util;
 
 pub use config::{CONTROLLERS, Config, ConfigError, NodeConfig};
+pub use settings::LoopConfig;
 pub use util::{Clock, SystemClock};
 
 /// Name of the component, as its binary and log lines call it.
@@ -282,6 +287,44 @@ fn start_controllers(
                 config.nodes.clone(),
                 stop.clone(),
             )),
+        ));
+    }
+    if config.enabled("persistentvolume-binder") {
+        tasks.push((
+            "persistentvolume-binder",
+            Box::pin(pv::run_binder(
+                shared.clone(),
+                config.loops.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("pvc-protection") {
+        tasks.push((
+            "pvc-protection",
+            Box::pin(pv::run_pvc_protection(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("pv-protection") {
+        tasks.push((
+            "pv-protection",
+            Box::pin(pv::run_pv_protection(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("pod-garbage-collector") {
+        tasks.push((
+            "pod-garbage-collector",
+            Box::pin(podgc::run(
+                shared.clone(),
+                config.loops.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
+    if config.enabled("horizontal-pod-autoscaling") {
+        tasks.push((
+            "horizontal-pod-autoscaling",
+            Box::pin(hpa::run(shared.clone(), config.loops.clone(), stop.clone())),
         ));
     }
     tasks

@@ -496,7 +496,11 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
         // `system:kube-controller-manager`, so that user gets the union of those roles for the
         // loops it runs (deployment, replicaset, replication, statefulset, daemon-set, job,
         // cronjob, ttl-after-finished, resourcequota, disruption, generic-garbage-collector,
-        // endpoint, endpointslice, service-account).
+        // endpoint, endpointslice, service-account, persistent-volume-binder,
+        // pvc-protection, pv-protection, pod-garbage-collector, horizontal-pod-autoscaler:
+        // the last five need nothing beyond the rules below — updates of volumes, claims,
+        // their and HPAs' status and of `*/scale`, pod status patches and deletions are
+        // the garbage collector's `*` rule).
         cluster_role(
             "rk3s:kube-controller-manager",
             &[],

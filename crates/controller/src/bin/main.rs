@@ -69,6 +69,27 @@ struct Args {
         skip_serializing_if = "Option::is_none"
     )]
     cluster_signing_key_file: Option<PathBuf>,
+    /// Terminated pods kept before PodGC deletes the oldest (0: never).
+    #[arg(long)]
+    #[serde(
+        rename = "terminated-pod-gc-threshold",
+        skip_serializing_if = "Option::is_none"
+    )]
+    terminated_pod_gc_threshold: Option<u32>,
+    /// Seconds between syncs of unbound claims and volumes.
+    #[arg(long)]
+    #[serde(
+        rename = "pvclaimbinder-sync-period",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pvclaimbinder_sync_period: Option<u64>,
+    /// Seconds between syncs of each HorizontalPodAutoscaler.
+    #[arg(long)]
+    #[serde(
+        rename = "horizontal-pod-autoscaler-sync-period",
+        skip_serializing_if = "Option::is_none"
+    )]
+    horizontal_pod_autoscaler_sync_period: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
