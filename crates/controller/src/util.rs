@@ -172,21 +172,18 @@ pub(crate) fn pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -
 /// list (an early SIGTERM, leadership lost at once) would wait forever. Nothing has been
 /// reconciled before the store is ready, so ending the controller's stream then loses nothing.
 /// Once the store is ready the graceful shutdown runs as usual (in-flight reconciles finish).
-pub(crate) fn abandon_unsynced<K>(
+pub(crate) async fn abandon_unsynced<K>(
     store: kube::runtime::reflector::Store<K>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static
-where
-    K: Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+) where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    async move {
-        crate::stopped(stop).await;
-        if futures::FutureExt::now_or_never(store.wait_until_ready()).is_none() {
-            return;
-        }
-        std::future::pending::<()>().await
+    crate::stopped(stop).await;
+    if futures::FutureExt::now_or_never(store.wait_until_ready()).is_none() {
+        return;
     }
+    std::future::pending::<()>().await
 }
 
 /// Logs what a kube-runtime `Controller` reports, until the stream ends (the controller

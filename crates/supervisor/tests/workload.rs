@@ -114,19 +114,28 @@ impl KubeletStandIn {
             return;
         };
         for mut pod in list["items"].as_array().cloned().unwrap_or_default() {
-            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let ns = pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
             if !pod["metadata"]["deletionTimestamp"].is_null() {
                 // The containers "stopped": the kubelet's final delete.
                 let _ = self.kubectl(
-                    &["delete", "pod", "-n", &ns, &name, "--grace-period=0", "--wait=false"],
+                    &[
+                        "delete",
+                        "pod",
+                        "-n",
+                        &ns,
+                        &name,
+                        "--grace-period=0",
+                        "--wait=false",
+                    ],
                     None,
                 );
             } else if pod["status"]["phase"] != "Running" {
                 let now = k8s_now();
-                let condition = |t: &str| {
-                    serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now})
-                };
+                let condition = |t: &str| serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now});
                 let statuses: Vec<serde_json::Value> = pod["spec"]["containers"]
                     .as_array()
                     .cloned()
