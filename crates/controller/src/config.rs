@@ -282,16 +282,17 @@ impl Config {
         self.controllers.iter().any(|c| c == name || c == "*")
     }
 
-    pub(crate) fn lease_duration(&self) -> Duration {
-        Duration::from_secs(self.leader_elect_lease_duration)
-    }
-
-    pub(crate) fn renew_deadline(&self) -> Duration {
-        Duration::from_secs(self.leader_elect_renew_deadline)
-    }
-
-    pub(crate) fn retry_period(&self) -> Duration {
-        Duration::from_secs(self.leader_elect_retry_period)
+    /// The `kube-system/kube-controller-manager` Lease, timed by the `leader-elect-*` keys,
+    /// held as `identity`.
+    pub(crate) fn lease_config(&self, identity: String) -> rk3s_common::leader::LeaseConfig {
+        rk3s_common::leader::LeaseConfig {
+            namespace: "kube-system".into(),
+            name: "kube-controller-manager".into(),
+            identity,
+            lease_duration: Duration::from_secs(self.leader_elect_lease_duration),
+            renew_deadline: Duration::from_secs(self.leader_elect_renew_deadline),
+            retry_period: Duration::from_secs(self.leader_elect_retry_period),
+        }
     }
 }
 

@@ -47,13 +47,15 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     )
     .owns(Api::<Job>::all(client), watcher::Config::default())
     .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop));
+    .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
     });
     util::drain(
         "cronjob",
+        abandon,
         controller.run(
             |cj, ctx| async move {
                 let key = util::key_of(cj.meta());

@@ -221,7 +221,8 @@ async fn run_loop(
         watcher::Config::default(),
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop));
+    .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         client: shared.client.clone(),
         backoff: Backoff::default(),
@@ -229,6 +230,7 @@ async fn run_loop(
     });
     util::drain(
         name,
+        abandon,
         controller.run(
             |csr, ctx| async move {
                 let key = csr.name_any();

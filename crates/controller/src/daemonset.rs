@@ -125,7 +125,8 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 }
             },
         )
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
@@ -134,6 +135,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     });
     util::drain(
         "daemonset",
+        abandon,
         controller.run(
             |ds, ctx| async move {
                 let key = util::key_of(ds.meta());

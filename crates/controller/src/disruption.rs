@@ -102,13 +102,15 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             move |s: StatefulSet| budgets_for(&s4, s.namespace(), None, true),
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
     });
     util::drain(
         "disruption",
+        abandon,
         controller.run(
             |b, ctx| async move {
                 let key = util::key_of(b.meta());

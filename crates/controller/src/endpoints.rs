@@ -115,7 +115,8 @@ async fn run_flavor(flavor: Flavor, shared: Arc<Shared>, stop: watch::Receiver<b
     };
     let controller = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         pods,
@@ -127,6 +128,7 @@ async fn run_flavor(flavor: Flavor, shared: Arc<Shared>, stop: watch::Receiver<b
     };
     util::drain(
         name,
+        abandon,
         controller.run(
             move |svc, ctx| async move {
                 let key = util::key_of(svc.meta());
@@ -404,10 +406,12 @@ async fn cleanup_endpoints(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             )
         },
     )
-    .graceful_shutdown_on(crate::stopped(stop));
+    .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let backoff = Arc::new(Backoff::default());
     util::drain(
         "endpoints-cleanup",
+        abandon,
         controller.run(
             |ep, shared| async move {
                 if ep.annotations().contains_key(LEADER_ANNOTATION) {

@@ -131,6 +131,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
         .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop.clone());
     let jobs = controller.store();
     let ctx = Arc::new(Ctx {
         shared: shared.clone(),
@@ -139,6 +140,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     });
     let main = util::drain(
         "job",
+        abandon,
         controller.run(
             |job, ctx| async move {
                 let key = util::key_of(job.meta());
@@ -167,7 +169,8 @@ async fn run_orphans(shared: Arc<Shared>, jobs: Store<Job>, stop: watch::Receive
     let client = shared.client.clone();
     let controller = Controller::new(Api::<Pod>::all(client), watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(OrphanCtx {
         shared,
         jobs,
@@ -186,6 +189,7 @@ async fn run_orphans(shared: Arc<Shared>, jobs: Store<Job>, stop: watch::Receive
             |pod, _e, ctx| util::error_action(&ctx.backoff, &util::key_of(pod.meta())),
             ctx,
         )
+        .take_until(abandon)
         .for_each(|r| async move {
             if let Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) = r {
                 tracing::warn!(controller = "job", pod = %obj, error = %e, "orphan pod finalizer removal failed; requeued");

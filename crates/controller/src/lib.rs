@@ -30,7 +30,6 @@ mod gc;
 mod history;
 mod hpa;
 mod job;
-mod leader;
 mod namespace;
 mod nodeipam;
 mod nodelifecycle;
@@ -96,38 +95,38 @@ pub async fn run_with_clock(
     let identity = config
         .identity
         .clone()
-        .unwrap_or_else(leader::default_identity);
+        .unwrap_or_else(rk3s_common::leader::default_identity);
     tracing::info!(component = COMPONENT, %identity, "starting");
+    let mut elector = config.leader_elect.then(|| {
+        rk3s_common::leader::LeaderElector::new(client.clone(), config.lease_config(identity))
+    });
     tokio::pin!(shutdown);
     loop {
-        let lease = if config.leader_elect {
-            let candidate = leader::Candidate::new(client.clone(), identity.clone(), &config);
+        if let Some(elector) = &mut elector {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                held = candidate.acquire() => Some(held),
+                () = elector.acquire() => {}
             }
-        } else {
-            None
-        };
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let controllers = start_controllers(&config, &client, &stop_rx, &clock);
         let lost = async {
-            match &lease {
-                Some(l) => l.lost().await,
+            match &mut elector {
+                Some(e) => e.keep().await,
                 None => std::future::pending().await,
             }
         };
         let done = tokio::select! {
             _ = &mut shutdown => true,
-            _ = lost => {
+            () = lost => {
                 tracing::warn!("leader election lost; stopping the controllers");
                 false
             }
         };
         let _ = stop_tx.send(true);
         futures::future::join_all(controllers).await;
-        if let Some(l) = lease {
-            l.release().await;
+        if let Some(elector) = &mut elector {
+            elector.release().await;
         }
         if done {
             tracing::info!(component = COMPONENT, "stopped");

@@ -163,13 +163,15 @@ async fn run_kind<K: Replicated>(
                 }
             },
         )
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
     });
     util::drain(
         name,
+        abandon,
         controller.run(
             |obj, ctx| async move {
                 let key = util::key_of(obj.meta());

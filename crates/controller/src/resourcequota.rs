@@ -102,7 +102,8 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             move |o: Secret| quotas_in(&s5, o.namespace()),
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
@@ -110,6 +111,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     });
     util::drain(
         "resourcequota",
+        abandon,
         controller.run(
             |q, ctx| async move {
                 let key = util::key_of(q.meta());

@@ -84,13 +84,15 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 }
             },
         )
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
     });
     util::drain(
         "statefulset",
+        abandon,
         controller.run(
             |set, ctx| async move {
                 let key = util::key_of(set.meta());

@@ -30,13 +30,15 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         watcher::Config::default(),
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop));
+    .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
     });
     util::drain(
         "ttl-after-finished",
+        abandon,
         controller.run(
             |job, ctx| async move {
                 let key = util::key_of(job.meta());

@@ -164,9 +164,33 @@ pub(crate) fn pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -
     }
 }
 
-/// Logs what a kube-runtime `Controller` reports; the stream ends when the controller stops.
+/// Completes once `stop` turns true while `store` (a `Controller`'s own, `Controller::store`)
+/// has not finished its first list yet; never completes otherwise.
+///
+/// kube-runtime's `Controller` holds its runner until its store is ready, and a graceful
+/// shutdown cuts the watch that would make it ready: a controller stopped during its first
+/// list (an early SIGTERM, leadership lost at once) would wait forever. Nothing has been
+/// reconciled before the store is ready, so ending the controller's stream then loses nothing.
+/// Once the store is ready the graceful shutdown runs as usual (in-flight reconciles finish).
+pub(crate) async fn abandon_unsynced<K>(
+    store: kube::runtime::reflector::Store<K>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    crate::stopped(stop).await;
+    if futures::FutureExt::now_or_never(store.wait_until_ready()).is_none() {
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
+/// Logs what a kube-runtime `Controller` reports, until the stream ends (the controller
+/// stopped) or `abandon` ([`abandon_unsynced`]) completes.
 pub(crate) async fn drain<K, E>(
     name: &'static str,
+    abandon: impl std::future::Future<Output = ()>,
     stream: impl Stream<Item = Result<(ObjectRef<K>, Action), ControllerError<E, watcher::Error>>>,
 ) where
     K: Resource,
@@ -174,6 +198,7 @@ pub(crate) async fn drain<K, E>(
     E: std::error::Error + 'static,
 {
     stream
+        .take_until(abandon)
         .for_each(|r| async move {
             match r {
                 Ok((obj, _)) => tracing::trace!(controller = name, %obj, "reconciled"),

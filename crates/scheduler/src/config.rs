@@ -49,6 +49,26 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The Lease of `leader-elect-resource-namespace/-name`, timed by the `leader-elect-*`
+    /// keys, held as `leader-elect-identity` (default `<hostname>_<random>`).
+    pub fn lease_config(&self) -> rk3s_common::leader::LeaseConfig {
+        rk3s_common::leader::LeaseConfig {
+            namespace: self.leader_elect_resource_namespace.clone(),
+            name: self.leader_elect_resource_name.clone(),
+            identity: self
+                .leader_elect_identity
+                .clone()
+                .unwrap_or_else(rk3s_common::leader::default_identity),
+            lease_duration: std::time::Duration::from_secs(
+                self.leader_elect_lease_duration_seconds,
+            ),
+            renew_deadline: std::time::Duration::from_secs(
+                self.leader_elect_renew_deadline_seconds,
+            ),
+            retry_period: std::time::Duration::from_secs(self.leader_elect_retry_period_seconds),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         if self.scheduler_name.is_empty() {

@@ -13,7 +13,6 @@ use std::future::Future;
 pub mod cache;
 pub mod config;
 pub mod labels;
-pub mod leader;
 pub mod plugins;
 pub mod preemption;
 pub mod quantity;
@@ -22,6 +21,8 @@ pub mod resources;
 pub mod scheduler;
 
 pub use config::Config;
+/// Lease leader election, shared with the controller manager (`rk3s-common`).
+pub use rk3s_common::leader;
 
 /// Name of the component, as its binary and log lines call it.
 pub const COMPONENT: &str = "rk3s-scheduler";
@@ -54,8 +55,7 @@ pub async fn run(
             .run(shutdown)
             .await;
     }
-    let mut elector =
-        leader::LeaderElector::new(client.clone(), leader::LeaseConfig::from(&config));
+    let mut elector = leader::LeaderElector::new(client.clone(), config.lease_config());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

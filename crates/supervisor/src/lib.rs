@@ -18,6 +18,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod notify;
 pub mod secrets_encrypt;
 pub mod server;
 pub mod supervise;
@@ -65,8 +66,9 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => {
-            let config = load_config(&args).context("rk3s server")?;
+            // Handlers first: a SIGTERM while the configuration loads is not lost.
             let shutdown = shutdown_signal().context("installing the signal handlers")?;
+            let config = load_config(&args).context("rk3s server")?;
             server::run_server(config, shutdown)
                 .await
                 .context("rk3s server")
@@ -104,5 +106,6 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        notify::stopping();
     })
 }

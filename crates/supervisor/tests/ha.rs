@@ -1,7 +1,10 @@
-//! HA on an external datastore: `rk3s server` processes (the real binary) on one Postgres
-//! database (a fresh one per test on the machine's server, 127.0.0.1:5432) with one token serve
-//! one cluster: shared CAs, each other's writes in their watches, one scheduler and one
-//! controller manager through Leases, failing over when the leader's process is killed.
+//! HA on an external datastore: `rk3s server` processes (the real binary) on one datastore
+//! with one token serve one cluster: shared CAs, each other's writes in their watches, one
+//! scheduler and one controller manager through Leases, failing over when the leader's process
+//! is killed. One scenario ([`scenario`]), run on each external datastore: Postgres and
+//! MySQL/MariaDB (a fresh database per test on the machine's servers) with two servers, and a
+//! real etcd (started by the test) with three. The tests run in parallel, so the suite waits
+//! for about one lease expiry, not three.
 
 mod common;
 
@@ -46,52 +49,67 @@ fn holder(setup: &Setup, name: &str) -> String {
 
 const LEASES: [&str; 2] = ["kube-scheduler", "kube-controller-manager"];
 
-#[test]
-fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
-    let endpoint = rk3s_datastore::testing::postgres_endpoint("ha");
-    let a = Setup::new("");
-    let b = Setup::new("");
+/// The names of the servers of a scenario: the first is the leader that gets killed.
+const NAMES: [&str; 3] = ["server-a", "server-b", "server-c"];
 
-    let (cmd, _) = server_cmd(&a, &endpoint, TOKEN, "server-a");
-    let (mut server_a, _) = Server::start(cmd);
+/// `count` servers (2 or 3) on `endpoint`: the first takes the Leases, the others join with
+/// its token and share its CAs, see its writes in their watches and stay candidates; when the
+/// first is killed (SIGKILL) the survivors take the Leases over and run a new Deployment.
+fn scenario(endpoint: &str, count: usize) -> Vec<(Setup, Server)> {
+    assert!((2..=NAMES.len()).contains(&count));
+    let setups: Vec<Setup> = (0..count).map(|_| Setup::new("")).collect();
+    let a = &setups[0];
+    let (cmd, _) = server_cmd(a, endpoint, TOKEN, NAMES[0]);
+    let (server_a, _) = Server::start(cmd);
     // Alone, server-a's scheduler and controller manager take the Leases.
     for lease in LEASES {
         a.wait_until(&format!("server-a holding {lease}"), || {
-            holder(&a, lease).starts_with("server-a_").then_some(())
+            holder(a, lease).starts_with("server-a_").then_some(())
         });
     }
 
-    // server-b is given the token in K3s' full form, as server-a wrote it (`K10<CA hash>::
-    // server:<secret>`): the CA it fetches must match the hash.
+    // The others are given the token in K3s' full form, as server-a wrote it (`K10<CA hash>::
+    // server:<secret>`): the CA they fetch must match the hash.
     let full = std::fs::read_to_string(a.data_dir().join("server/token")).expect("token file");
     assert!(full.starts_with("K10"), "{full}");
-    let (cmd, port_b) = server_cmd(&b, &endpoint, full.trim(), "server-b");
-    let (server_b, _) = Server::start(cmd);
-    let log = server_b.log.join("\n");
-    assert!(
-        log.contains("using the cluster's certificate authorities from the datastore"),
-        "{log}"
-    );
+    let mut servers = vec![server_a];
+    let mut ports = Vec::new();
+    for (setup, name) in setups.iter().zip(NAMES).skip(1) {
+        let (cmd, port) = server_cmd(setup, endpoint, full.trim(), name);
+        let (server, _) = Server::start(cmd);
+        let log = server.log.join("\n");
+        assert!(
+            log.contains("using the cluster's certificate authorities from the datastore"),
+            "{name}: {log}"
+        );
+        servers.push(server);
+        ports.push(port);
+    }
 
     // One PKI: the CAs came through the datastore, so server-a's admin kubeconfig works
-    // against server-b.
-    for file in ["server-ca.crt", "client-ca.crt", "service.key"] {
-        let tls = |s: &Setup| {
-            std::fs::read_to_string(s.data_dir().join("server/tls").join(file)).expect(file)
-        };
-        assert_eq!(tls(&a), tls(&b), "{file} differs");
+    // against the others.
+    for setup in &setups[1..] {
+        for file in ["server-ca.crt", "client-ca.crt", "service.key"] {
+            let tls = |s: &Setup| {
+                std::fs::read_to_string(s.data_dir().join("server/tls").join(file)).expect(file)
+            };
+            assert_eq!(tls(a), tls(setup), "{file} differs");
+        }
     }
-    let b_url = format!("https://127.0.0.1:{port_b}");
-    let ns = a.kubectl_ok(
-        &["--server", &b_url, "get", "ns", "kube-system", "-o", "name"],
-        "",
-    );
-    assert_eq!(ns, "namespace/kube-system\n");
+    for port in &ports {
+        let url = format!("https://127.0.0.1:{port}");
+        let ns = a.kubectl_ok(
+            &["--server", &url, "get", "ns", "kube-system", "-o", "name"],
+            "",
+        );
+        assert_eq!(ns, "namespace/kube-system\n");
+    }
 
-    // A write through server-a shows in a watch on server-b.
+    // A write through server-a shows in a watch on the last server.
+    let last = &setups[count - 1];
     let mut watch = Command::new("/usr/bin/kubectl")
         .arg("--kubeconfig")
-        .arg(b.kubeconfig())
+        .arg(last.kubeconfig())
         .args([
             "get",
             "configmaps",
@@ -101,17 +119,17 @@ fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
             "-o",
             "name",
         ])
-        .env("HOME", b.dir.path())
+        .env("HOME", last.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("kubectl watch runs");
     let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
-    // The watch is open once server-b has answered it; a ConfigMap made before that would be
+    // The watch is open once the server has answered it; a ConfigMap made before that would be
     // missed by --watch-only, so write until one is seen (each write is a new name).
     let seen = std::thread::spawn(move || lines.next().and_then(Result::ok));
     let mut written = Vec::new();
-    a.wait_until("server-b's watch to see server-a's write", || {
+    a.wait_until("the last server's watch to see server-a's write", || {
         let name = format!("from-a-{}", written.len());
         a.kubectl_ok(&["create", "configmap", &name, "-n", "default"], "");
         written.push(name);
@@ -125,23 +143,35 @@ fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
         "{line} not among {written:?}"
     );
 
-    // server-b is a candidate, not a leader.
-    for lease in LEASES {
-        assert!(holder(&b, lease).starts_with("server-a_"), "{lease}");
+    // The others are candidates, not leaders.
+    for setup in &setups[1..] {
+        for lease in LEASES {
+            assert!(holder(setup, lease).starts_with("server-a_"), "{lease}");
+        }
     }
 
-    // kill -9 the leader: server-b takes both Leases once they expire.
+    // kill -9 the leader: the survivors take both Leases once they expire (each Lease to one
+    // of them, not necessarily the same).
+    let mut server_a = servers.remove(0);
     server_a.child.kill().expect("SIGKILL");
     server_a.child.wait().expect("reaped");
+    let mut setups = setups;
+    drop(setups.remove(0));
+    let survivor = &setups[0];
+    let survivors = &NAMES[1..count];
     for lease in LEASES {
-        b.wait_until(&format!("server-b taking {lease}"), || {
-            holder(&b, lease).starts_with("server-b_").then_some(())
+        survivor.wait_until(&format!("a survivor taking {lease}"), || {
+            let h = holder(survivor, lease);
+            survivors
+                .iter()
+                .any(|n| h.starts_with(&format!("{n}_")))
+                .then_some(())
         });
     }
 
     // And works: a Deployment made after the kill gets its ReplicaSet and pods, bound to a node.
-    b.create_node("node-1");
-    b.kubectl_ok(
+    survivor.create_node("node-1");
+    survivor.kubectl_ok(
         &[
             "create",
             "deployment",
@@ -151,8 +181,8 @@ fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
         ],
         "",
     );
-    b.wait_until("pods of after-failover bound", || {
-        let out = b.kubectl_ok(
+    survivor.wait_until("pods of after-failover bound", || {
+        let out = survivor.kubectl_ok(
             &[
                 "get",
                 "pods",
@@ -165,6 +195,21 @@ fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
         );
         (out == "node-1 node-1 ").then_some(())
     });
+    setups.into_iter().zip(servers).collect()
+}
+
+/// Stops the servers a scenario left running: SIGTERM, exit 0.
+fn stop_all(servers: Vec<(Setup, Server)>) {
+    for (_setup, server) in servers {
+        let (status, log) = server.terminate();
+        assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+    }
+}
+
+#[test]
+fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
+    let endpoint = rk3s_datastore::testing::postgres_endpoint("ha");
+    let servers = scenario(&endpoint, 2);
 
     // A third server with another token is refused before it serves anything.
     let c = Setup::new("");
@@ -191,6 +236,17 @@ fn servers_on_postgres_share_one_cluster_and_survive_killing_the_leader() {
     assert!(stderr.contains("--token"), "{stderr}");
     assert!(!d.kubeconfig().exists());
 
-    let (status, log) = server_b.terminate();
-    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+    stop_all(servers);
+}
+
+#[test]
+fn servers_on_mysql_share_one_cluster_and_survive_killing_the_leader() {
+    let endpoint = rk3s_datastore::testing::mysql_endpoint("ha");
+    stop_all(scenario(&endpoint, 2));
+}
+
+#[test]
+fn three_servers_on_etcd_share_one_cluster_and_survive_killing_the_leader() {
+    let etcd = rk3s_datastore::testing::EtcdProcess::start().expect("etcd starts");
+    stop_all(scenario(&etcd.endpoint, 3));
 }

@@ -4,16 +4,21 @@
 //! Each run spawns `rk3s server` with its own temp data dir, kubeconfig path, config file
 //! (empty, so `/etc/rk3s/config.yaml` is never read) and a free loopback port (never
 //! `/var/lib/rk3s` or 6443), in an environment without `RK3S_*`/`K3S_*`, and polls
-//! `https://127.0.0.1:<port>/readyz` with curl until it answers `ok`. Cold runs start on an
-//! empty data dir (the PKI and the database are created); warm runs on one a previous run
-//! left (SIGTERM, clean exit). After the ready answer of each run it waits a few seconds and
-//! reads `VmRSS` from `/proc/<pid>/status`.
+//! `https://127.0.0.1:<port>/readyz` with curl until it answers `ok`. `/readyz` is only the
+//! API: the scheduler and controller manager start after it, so each run also times the
+//! systemd `READY=1` the server sends (through a `NOTIFY_SOCKET` the bench listens on, as
+//! systemd would: the API answers and its clients run) and the moment both Leases
+//! (`kube-scheduler`, `kube-controller-manager`) are held, read from the server's log — the
+//! control plane at work. Cold runs start on an empty data dir (the PKI and the database are
+//! created); warm runs on one a previous run left (SIGTERM, clean exit). Once all three are
+//! reached it waits a few seconds and reads `VmRSS` from `/proc/<pid>/status`.
 //!
 //! Flags: `--runs N` (per kind, default 5), `--profile P` (cargo profile of the measured binary,
 //! default `release`; `dist` measures the shipped one), `--bin PATH` (measure this binary, no
 //! build), `--settle S` (seconds between ready and the RSS reading, default 5).
 
 use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -94,9 +99,22 @@ pub(crate) fn parse(args: &[String]) -> anyhow::Result<Options> {
 /// One measured start.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    /// To `/readyz` ok.
     ready: Duration,
+    /// To the sd_notify `READY=1`.
+    notified: Duration,
+    /// To both Leases held (the scheduler and the controller manager leading).
+    leading: Duration,
     rss_kib: u64,
 }
+
+/// Log lines of the scheduler and the controller manager taking their Leases
+/// (`rk3s_common::leader`).
+const LEASE_LINES: [&str; 2] = [
+    "lease=kube-system/kube-scheduler",
+    "lease=kube-system/kube-controller-manager",
+];
+const ACQUIRED: &str = "acquired the lease";
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let options = parse(args)?;
@@ -158,8 +176,28 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let rss: Vec<u64> = cold.iter().chain(&warm).map(|s| s.rss_kib).collect();
     println!();
     println!("{:<26} {:<46} K3s (published)", "", "rk3s (this machine)");
-    row("cold start to /readyz", &timing(&cold), K3S_READY);
-    row("warm start to /readyz", &timing(&warm), K3S_READY);
+    row(
+        "cold start to /readyz",
+        &timing(&cold, |s| s.ready),
+        K3S_READY,
+    );
+    row("cold start to READY=1", &timing(&cold, |s| s.notified), "");
+    row(
+        "cold start to Leases held",
+        &timing(&cold, |s| s.leading),
+        "",
+    );
+    row(
+        "warm start to /readyz",
+        &timing(&warm, |s| s.ready),
+        K3S_READY,
+    );
+    row("warm start to READY=1", &timing(&warm, |s| s.notified), "");
+    row(
+        "warm start to Leases held",
+        &timing(&warm, |s| s.leading),
+        "",
+    );
     row(
         "idle server RSS",
         &format!(
@@ -177,8 +215,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     );
     row("dist binary", &dist_size, "");
     println!(
-        "\nrk3s server is the control plane only today (datastore, apiserver, and what the \
-         supervisor runs);\nK3s's RSS includes its agent, containerd and packaged add-ons."
+        "\nrk3s server is the control plane only today (datastore, apiserver, scheduler, controller \
+         manager);\nK3s's RSS includes its agent, containerd and packaged add-ons."
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -189,16 +227,18 @@ fn row(what: &str, ours: &str, theirs: &str) {
 
 fn show(sample: &Sample) -> String {
     format!(
-        "ready in {} ms, RSS {}",
+        "/readyz {} ms, READY=1 {} ms, Leases {} ms, RSS {}",
         sample.ready.as_millis(),
+        sample.notified.as_millis(),
+        sample.leading.as_millis(),
         kib(sample.rss_kib)
     )
 }
 
-fn timing(samples: &[Sample]) -> String {
+fn timing(samples: &[Sample], of: impl Fn(&Sample) -> Duration) -> String {
     let ms: Vec<u64> = samples
         .iter()
-        .map(|s| u64::try_from(s.ready.as_millis()).unwrap_or(u64::MAX))
+        .map(|s| u64::try_from(of(s).as_millis()).unwrap_or(u64::MAX))
         .collect();
     format!(
         "{} ms median (min {}, max {})",
@@ -230,8 +270,8 @@ fn max(values: &[u64]) -> u64 {
     values.iter().copied().max().unwrap_or(0)
 }
 
-/// Starts `rk3s server` on `dir` (created if missing), waits for `/readyz`, lets it settle,
-/// reads its RSS, stops it with SIGTERM and checks it exits 0.
+/// Starts `rk3s server` on `dir` (created if missing), waits for `/readyz`, `READY=1` and both
+/// Leases, lets it settle, reads its RSS, stops it with SIGTERM and checks it exits 0.
 fn measure(binary: &Path, dir: &Path, settle: Duration) -> anyhow::Result<Sample> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let config = dir.join("config.yaml");
@@ -241,6 +281,13 @@ fn measure(binary: &Path, dir: &Path, settle: Duration) -> anyhow::Result<Sample
     let log_path = dir.join(format!("server-{port}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("create {}", log_path.display()))?;
+    let notify_path = dir.join(format!("notify-{port}.sock"));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path)
+        .with_context(|| format!("bind {}", notify_path.display()))?;
+    notify
+        .set_nonblocking(true)
+        .context("non-blocking notify socket")?;
     let mut command = Command::new(binary);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -260,6 +307,7 @@ fn measure(binary: &Path, dir: &Path, settle: Duration) -> anyhow::Result<Sample
         .arg(port.to_string())
         .env("HOME", dir)
         .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -269,6 +317,8 @@ fn measure(binary: &Path, dir: &Path, settle: Duration) -> anyhow::Result<Sample
         .with_context(|| format!("cannot start {}", binary.display()))?;
     let mut server = Running { child };
     let url = format!("https://127.0.0.1:{port}/readyz");
+    let (mut ready, mut notified, mut leading) = (None, None, None);
+    let mut buf = [0u8; 4096];
     loop {
         if let Some(status) = server.child.try_wait().context("wait for rk3s server")? {
             bail!(
@@ -276,22 +326,54 @@ fn measure(binary: &Path, dir: &Path, settle: Duration) -> anyhow::Result<Sample
                 log_path.display()
             );
         }
-        if readyz_ok(&url) {
-            break;
+        if ready.is_none() && readyz_ok(&url) {
+            ready = Some(started.elapsed());
+        }
+        while notified.is_none() {
+            match notify.recv(&mut buf) {
+                Ok(n) => {
+                    if buf[..n].split(|b| *b == b'\n').any(|l| l == b"READY=1") {
+                        notified = Some(started.elapsed());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("read the notify socket"),
+            }
+        }
+        if leading.is_none() && leases_held(&log_path) {
+            leading = Some(started.elapsed());
+        }
+        if let (Some(ready), Some(notified), Some(leading)) = (ready, notified, leading) {
+            std::thread::sleep(settle);
+            let rss_kib = vm_rss_kib(server.child.id())?;
+            server.terminate(&log_path)?;
+            return Ok(Sample {
+                ready,
+                notified,
+                leading,
+                rss_kib,
+            });
         }
         if started.elapsed() > START_TIMEOUT {
             bail!(
-                "rk3s server was not ready within {START_TIMEOUT:?}; its log: {}",
+                "rk3s server was not ready (/readyz {ready:?}, READY=1 {notified:?}, Leases \
+                 {leading:?}) within {START_TIMEOUT:?}; its log: {}",
                 log_path.display()
             );
         }
         std::thread::sleep(POLL);
     }
-    let ready = started.elapsed();
-    std::thread::sleep(settle);
-    let rss_kib = vm_rss_kib(server.child.id())?;
-    server.terminate(&log_path)?;
-    Ok(Sample { ready, rss_kib })
+}
+
+/// The server's log says both Leases were taken.
+fn leases_held(log: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return false;
+    };
+    LEASE_LINES.iter().all(|lease| {
+        text.lines()
+            .any(|l| l.contains(ACQUIRED) && l.contains(lease))
+    })
 }
 
 /// `curl -k https://.../readyz` answers `ok`. `-k`: the CA does not exist before a cold start;

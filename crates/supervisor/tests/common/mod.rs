@@ -165,7 +165,14 @@ pub struct Server {
 
 impl Server {
     /// Starts the server and waits for its ready line, which it returns.
-    pub fn start(mut cmd: Command) -> (Server, String) {
+    pub fn start(cmd: Command) -> (Server, String) {
+        let mut server = Server::spawn(cmd);
+        let ready = server.wait_for(READY);
+        (server, ready)
+    }
+
+    /// Starts the server without waiting for anything.
+    pub fn spawn(mut cmd: Command) -> Server {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -181,13 +188,11 @@ impl Server {
                 }
             }
         });
-        let mut server = Server {
+        Server {
             child,
             lines,
             log: Vec::new(),
-        };
-        let ready = server.wait_for(READY);
-        (server, ready)
+        }
     }
 
     /// Waits for a log line containing `needle`.
@@ -223,6 +228,35 @@ impl Server {
         let status = self.child.wait().expect("server exits");
         self.log.extend(self.lines.iter());
         (status, std::mem::take(&mut self.log))
+    }
+}
+
+impl Server {
+    /// Sends `signal`, then waits at most `bound` for the exit (a generous bound: a hang fails
+    /// the test instead of blocking it; how fast is the benchmark's business).
+    pub fn signal_within(mut self, signal: &str, bound: Duration) -> (ExitStatus, Vec<String>) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.log.extend(self.lines.iter());
+                return (status, std::mem::take(&mut self.log));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.log.extend(self.lines.iter());
+                panic!(
+                    "still running {bound:?} after {signal}; log:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
