@@ -101,8 +101,9 @@ pub(crate) async fn run(shared: Arc<Shared>, config: LoopConfig, stop: watch::Re
         watcher::Config::default(),
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop));
+    .graceful_shutdown_on(crate::stopped(stop.clone()));
     let store = controller.store();
+    let abandon = util::abandon_unsynced(store.clone(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         tuning: Tuning::from(&config),
@@ -110,6 +111,7 @@ pub(crate) async fn run(shared: Arc<Shared>, config: LoopConfig, stop: watch::Re
     });
     util::drain(
         "horizontal-pod-autoscaling",
+        abandon,
         controller.run(
             move |hpa, ctx| {
                 // Forget the history of HPAs that are gone.

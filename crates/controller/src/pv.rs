@@ -171,11 +171,14 @@ pub(crate) async fn run_binder(
                 refs
             },
         )
-        .graceful_shutdown_on(crate::stopped(stop));
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
 
     let ctx2 = ctx.clone();
+    let claims_abandon = util::abandon_unsynced(claims.store(), stop.clone());
+    let volumes_abandon = util::abandon_unsynced(volumes.store(), stop);
     let claims = util::drain(
         "persistentvolume-binder",
+        claims_abandon,
         claims.run(
             |claim, ctx| async move {
                 let key = util::key_of(claim.meta());
@@ -189,6 +192,7 @@ pub(crate) async fn run_binder(
     );
     let volumes = util::drain(
         "persistentvolume-binder",
+        volumes_abandon,
         volumes.run(
             |pv, ctx| async move {
                 let key = format!("pv/{}", pv.name_any());
@@ -1168,14 +1172,16 @@ pub(crate) async fn run_pvc_protection(shared: Arc<Shared>, stop: watch::Receive
         },
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop));
+    .graceful_shutdown_on(crate::stopped(stop.clone()));
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
         resync: Duration::ZERO,
     });
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     util::drain(
         "pvc-protection",
+        abandon,
         controller.run(
             |claim, ctx| async move {
                 let key = util::key_of(claim.meta());
@@ -1249,14 +1255,16 @@ pub(crate) async fn run_pv_protection(shared: Arc<Shared>, stop: watch::Receiver
         watcher::Config::default(),
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop));
+    .graceful_shutdown_on(crate::stopped(stop.clone()));
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
         resync: Duration::ZERO,
     });
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     util::drain(
         "pv-protection",
+        abandon,
         controller.run(
             |pv, ctx| async move {
                 let key = pv.name_any();
