@@ -27,6 +27,8 @@ pub const CONTROLLERS: &[&str] = &[
     "nodeipam",
     "csrapproving",
     "csrsigning",
+    "tokencleaner",
+    "nodepassword",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's

@@ -33,10 +33,12 @@ mod leader;
 mod namespace;
 mod nodeipam;
 mod nodelifecycle;
+mod nodepassword;
 mod replicaset;
 mod resourcequota;
 mod serviceaccount;
 mod statefulset;
+mod tokencleaner;
 mod ttl;
 mod util;
 
@@ -282,6 +284,18 @@ fn start_controllers(
                 config.nodes.clone(),
                 stop.clone(),
             )),
+        ));
+    }
+    if config.enabled("nodepassword") {
+        tasks.push((
+            "nodepassword",
+            Box::pin(nodepassword::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("tokencleaner") {
+        tasks.push((
+            "tokencleaner",
+            Box::pin(tokencleaner::run(shared.clone(), stop.clone())),
         ));
     }
     tasks
