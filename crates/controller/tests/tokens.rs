@@ -33,10 +33,18 @@ async fn expired_bootstrap_tokens_are_deleted_and_node_passwords_go_with_their_n
     let secrets: Api<Secret> = Api::namespaced(t.client.clone(), "kube-system");
     let pp = PostParams::default();
     for s in [
-        bootstrap_token("valid1", Some("2099-01-01T00:00:00Z"), "bootstrap.kubernetes.io/token"),
+        bootstrap_token(
+            "valid1",
+            Some("2099-01-01T00:00:00Z"),
+            "bootstrap.kubernetes.io/token",
+        ),
         bootstrap_token("forevr", None, "bootstrap.kubernetes.io/token"),
         bootstrap_token("opaque", Some("2020-01-01T00:00:00Z"), "Opaque"),
-        bootstrap_token("expird", Some("2020-01-01T00:00:00Z"), "bootstrap.kubernetes.io/token"),
+        bootstrap_token(
+            "expird",
+            Some("2020-01-01T00:00:00Z"),
+            "bootstrap.kubernetes.io/token",
+        ),
     ] {
         secrets.create(&pp, &s).await.unwrap();
     }

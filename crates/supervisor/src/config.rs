@@ -657,6 +657,38 @@ mod tests {
     }
 
     #[test]
+    fn kube_apiserver_args_map_to_the_apiserver_settings() {
+        let c = ServerConfig {
+            kube_apiserver_arg: vec![
+                "audit-log-path=/var/log/a.log".into(),
+                "--audit-policy-file=/etc/p.yaml".into(),
+                "audit-log-maxsize=10".into(),
+                "api-audiences=a,b".into(),
+            ],
+            ..ServerConfig::default()
+        };
+        let a = c.apiserver_args().expect("valid");
+        assert_eq!(
+            a.audit.log_path.as_deref(),
+            Some(Path::new("/var/log/a.log"))
+        );
+        assert_eq!(
+            a.audit.policy_file.as_deref(),
+            Some(Path::new("/etc/p.yaml"))
+        );
+        assert_eq!(a.audit.max_size_mb, 10);
+        assert_eq!(a.auth.api_audiences, ["a", "b"]);
+        for bad in ["no-such-flag=1", "audit-log-maxsize=ten", "audit-log-path"] {
+            let c = ServerConfig {
+                kube_apiserver_arg: vec![bad.into()],
+                ..ServerConfig::default()
+            };
+            let err = c.validate().expect_err(bad).to_string();
+            assert!(err.contains("kube-apiserver-arg"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn defaults_validate_and_cluster_dns_is_derived() {
         let c = ServerConfig::default();
         c.validate().expect("defaults valid");
@@ -790,6 +822,23 @@ mod tests {
                 |c| c.tls_san.join(" "),
             ),
             ("token", ["f", "e", "g"], ["f", "e", "g"], |c| o(&c.token)),
+            ("agent-token", ["f", "e", "g"], ["f", "e", "g"], |c| {
+                o(&c.agent_token)
+            }),
+            (
+                "kube-apiserver-arg",
+                [
+                    "audit-log-maxage=1",
+                    "audit-log-maxage=2",
+                    "audit-log-maxage=3",
+                ],
+                [
+                    "audit-log-maxage=1",
+                    "audit-log-maxage=2",
+                    "audit-log-maxage=3",
+                ],
+                |c| c.kube_apiserver_arg.join(","),
+            ),
         ];
         for (key, [file, env, flag], want, get) in cases {
             let var = format!("RK3S_{}", key.to_uppercase().replace('-', "_"));

@@ -190,6 +190,15 @@ fn prefix(v: &[u8]) -> String {
     String::from_utf8_lossy(&v[..v.len().min(40)]).into_owned()
 }
 
+/// The key name of an `aescbc` value (`k8s:enc:aescbc:v1:<name>:...`).
+fn key_name(value: &[u8]) -> String {
+    let rest = value
+        .strip_prefix(b"k8s:enc:aescbc:v1:")
+        .expect("an aescbc value");
+    let end = rest.iter().position(|b| *b == b':').expect("name ends");
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -316,9 +325,14 @@ fn secrets_encryption_is_managed_on_the_running_server() {
     }
     let current = setup.stored("/registry/secrets/default/s1");
     assert_ne!(
-        prefix(&current),
-        prefix(&after),
+        key_name(&current),
+        key_name(&after),
         "re-encrypted with the rotated key"
+    );
+    let status = setup.secrets_encrypt_ok("status");
+    assert!(
+        status.contains(&format!(" *      AES-CBC   {}\n", key_name(&current))),
+        "{status}"
     );
     assert_eq!(
         setup.kubectl_ok(&["get", "secret", "s2", "-o", "jsonpath={.data.password}"]),
