@@ -538,7 +538,7 @@ mod tests {
         // A hash K3s wrote (its format and parameters, computed independently here with a
         // small N so that the test is fast).
         let salt = [1u8, 2, 3, 4, 5, 6, 7, 8];
-        let key = scrypt_key("pw", &salt, 4, 8, 1, 64).unwrap();
+        let key = scrypt_key("pw", &salt, 4, 8, 1, 64).expect("scrypt");
         let k3s = format!(
             "$1:0102030405060708:4:8:1:{}",
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(key)

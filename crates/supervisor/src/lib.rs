@@ -48,6 +48,8 @@ pub struct Cli {
 
 /// The subcommands of `rk3s`.
 #[derive(Debug, clap::Subcommand)]
+// Parsed once per process: the size of `ServerArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the control plane: datastore, Kubernetes API, scheduler and controller manager (the
     /// node half is not built yet)

@@ -36,7 +36,7 @@ pub fn parse(token: &str) -> Option<(&str, &str)> {
 }
 
 /// A Secret's `data` value as text.
-fn data<'v>(secret: &'v Value, key: &str) -> Option<String> {
+fn data(secret: &Value, key: &str) -> Option<String> {
     let b64 = secret.get("data")?.get(key)?.as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     String::from_utf8(bytes).ok()
