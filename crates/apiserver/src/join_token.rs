@@ -2,6 +2,10 @@
 //! just `<password>` / `<username>:<password>` (short form, which pins no CA). A joining node
 //! checks the CA it downloads against the hash before trusting anything from the server.
 //!
+//! The credentials may also be a bootstrap token `<id>.<secret>` (`rk3s token create`), which
+//! an agent sends as a bearer token and the server checks against its Secret; a server's own
+//! token cannot be one (K3s: bootstrap tokens join agents only).
+//!
 //! The server keeps its token in `<data-dir>/server/token` (full form, mode 0600; K3s'
 //! `server/node-token` is a symlink to it), created on first start ([`load_or_create`]); the
 //! join endpoints (`crate::join`) accept its password as `node:<password>` or
@@ -18,7 +22,7 @@ const DEFAULT_USER: &str = "server";
 pub struct JoinToken {
     /// Hex SHA-256 of the server CA bundle, when the token pins it.
     pub ca_hash: Option<String>,
-    /// `server` (servers joining) or `node` (agents).
+    /// `server` (servers joining) or `node` (agents); empty for a bootstrap token.
     pub username: String,
     pub password: String,
 }
@@ -37,6 +41,9 @@ impl std::fmt::Debug for JoinToken {
 pub enum JoinTokenError {
     #[error("invalid token format: {0}")]
     Format(&'static str),
+    /// `--token` given a bootstrap token (K3s: they join agents only).
+    #[error("a bootstrap token (<id>.<secret>) cannot be the server token: they join agents only")]
+    Bootstrap,
     #[error("token CA hash does not match the cluster CA certificate hash: {expected} != {actual}")]
     CaHash { expected: String, actual: String },
     #[error("{}: {source}", path.display())]
@@ -71,6 +78,7 @@ pub fn load_or_create(
         },
     };
     let token = match given {
+        Some(t) if t.is_bootstrap() => return Err(JoinTokenError::Bootstrap),
         Some(t) => {
             t.verify_ca(ca_pem)?;
             JoinToken {
@@ -127,8 +135,19 @@ impl JoinToken {
         };
         let (username, password) = match creds.split_once(':') {
             Some((u, p)) => (u, p),
+            None if crate::auth::bootstrap::parse(creds).is_some() => ("", creds),
             None => (DEFAULT_USER, creds),
         };
+        if username.is_empty()
+            && !password.is_empty()
+            && crate::auth::bootstrap::parse(password).is_some()
+        {
+            return Ok(JoinToken {
+                ca_hash,
+                username: String::new(),
+                password: password.to_string(),
+            });
+        }
         if username.is_empty() || password.is_empty() {
             return Err(JoinTokenError::Format("empty username or password"));
         }
@@ -149,13 +168,22 @@ impl JoinToken {
         }
     }
 
+    /// Whether this is a bootstrap token (`<id>.<secret>`, sent as a bearer token).
+    pub fn is_bootstrap(&self) -> bool {
+        self.username.is_empty()
+    }
+
     /// Whether `username:password` are credentials this token accepts: the password, as the
     /// `node` (agents) or `server` (servers) user. Compared in constant time.
     pub fn accepts(&self, username: &str, password: &str) -> bool {
-        let (a, b) = (self.password.as_bytes(), password.as_bytes());
-        let same =
-            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-        same && matches!(username, "node" | "server")
+        !self.is_bootstrap()
+            && same_secret(&self.password, password)
+            && matches!(username, "node" | "server")
+    }
+
+    /// An agent token (`--agent-token`): accepts the password as the `node` user only.
+    pub fn accepts_agent(&self, username: &str, password: &str) -> bool {
+        !self.is_bootstrap() && same_secret(&self.password, password) && username == "node"
     }
 
     /// `Ok` when the token pins no CA or pins exactly `ca_pem`.
@@ -170,14 +198,70 @@ impl JoinToken {
     }
 }
 
+/// Constant-time comparison of two secrets.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl std::fmt::Display for JoinToken {
-    /// The full form when a CA is pinned, else `<username>:<password>`.
+    /// The full form when a CA is pinned, else `<username>:<password>` (a bootstrap token:
+    /// `<id>.<secret>` in place of `<username>:<password>`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let creds = if self.is_bootstrap() {
+            self.password.clone()
+        } else {
+            format!("{}:{}", self.username, self.password)
+        };
         match &self.ca_hash {
-            Some(h) => write!(f, "{PREFIX}{h}::{}:{}", self.username, self.password),
-            None => write!(f, "{}:{}", self.username, self.password),
+            Some(h) => write!(f, "{PREFIX}{h}::{creds}"),
+            None => write!(f, "{creds}"),
         }
     }
+}
+
+/// The agent token (`--agent-token`, K3s' `K3S_AGENT_TOKEN`): `configured` if given (either
+/// form, must pin this CA if it pins one), else the one in `<server_dir>/agent-token`, else
+/// none (agents then join with the server token). Written back to `<server_dir>/agent-token`
+/// in the full form with the `node` user (mode 0600), as K3s does.
+pub fn load_agent_token(
+    server_dir: &std::path::Path,
+    ca_pem: &str,
+    configured: Option<&str>,
+) -> Result<Option<JoinToken>, JoinTokenError> {
+    let path = server_dir.join("agent-token");
+    let text = match configured.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => t.to_string(),
+        None => match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(JoinTokenError::File { path, source }),
+        },
+    };
+    let given = JoinToken::parse(&text)?;
+    if given.is_bootstrap() {
+        return Err(JoinTokenError::Bootstrap);
+    }
+    given.verify_ca(ca_pem)?;
+    let token = JoinToken {
+        ca_hash: Some(ca_hash(ca_pem)),
+        username: "node".into(),
+        password: given.password,
+    };
+    std::fs::create_dir_all(server_dir).map_err(|source| JoinTokenError::File {
+        path: server_dir.to_path_buf(),
+        source,
+    })?;
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(&format!("{token}\n")) {
+        crate::pki::write_file(&path, &format!("{token}\n"), 0o600).map_err(|e| {
+            JoinTokenError::File {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    }
+    Ok(Some(token))
 }
 
 #[cfg(test)]
@@ -217,6 +301,22 @@ mod tests {
         assert!(JoinToken::parse("").is_err());
         assert!(JoinToken::parse(&format!("K10{}::server:", "a".repeat(64))).is_err());
         assert!(t.accepts("node", &t.password) && t.accepts("server", &t.password));
+        assert!(t.accepts_agent("node", &t.password) && !t.accepts_agent("server", &t.password));
+
+        // Bootstrap tokens, short and full.
+        let b = JoinToken::parse("abcdef.0123456789abcdef").unwrap();
+        assert!(b.is_bootstrap() && b.ca_hash.is_none());
+        assert_eq!(b.to_string(), "abcdef.0123456789abcdef");
+        assert!(!b.accepts("node", "abcdef.0123456789abcdef"));
+        let full = format!("K10{}::abcdef.0123456789abcdef", ca_hash(ca));
+        let b = JoinToken::parse(&full).unwrap();
+        assert!(b.is_bootstrap() && b.verify_ca(ca).is_ok());
+        assert_eq!(b.to_string(), full);
+        assert!(
+            !JoinToken::parse("node:abcdef.0123456789abcdef")
+                .unwrap()
+                .is_bootstrap()
+        );
         assert!(!t.accepts("node", "nope") && !t.accepts("admin", &t.password));
     }
 
@@ -246,5 +346,16 @@ mod tests {
         let other = JoinToken::generate("another CA", "server").to_string();
         let err = load_or_create(dir.path(), ca, Some(&other)).unwrap_err();
         assert!(matches!(err, JoinTokenError::CaHash { .. }), "{err}");
+        // A bootstrap token cannot be the server token.
+        let err = load_or_create(dir.path(), ca, Some("abcdef.0123456789abcdef")).unwrap_err();
+        assert!(matches!(err, JoinTokenError::Bootstrap), "{err}");
+        // The agent token: none until given, then kept.
+        assert!(load_agent_token(dir.path(), ca, None).unwrap().is_none());
+        let agent = load_agent_token(dir.path(), ca, Some("agentsecret"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(agent.username, "node");
+        assert!(agent.to_string().ends_with("::node:agentsecret"));
+        assert_eq!(load_agent_token(dir.path(), ca, None).unwrap(), Some(agent));
     }
 }

@@ -45,6 +45,7 @@ mod quantity;
 mod quota;
 mod registry;
 mod rest;
+pub mod secrets_encrypt;
 mod selectors;
 mod server;
 mod services;
@@ -56,6 +57,7 @@ mod watch_cache;
 
 use std::future::Future;
 
+pub use auth::bootstrap as bootstrap_token;
 pub use auth::{AuthConfig, DEFAULT_ISSUER};
 pub use config::Config;
 pub use embedded::{EmbeddedApiserver, EmbeddedBuilder, EmbeddedError};
@@ -63,7 +65,8 @@ pub use encryption::{EncryptionConfiguration, Transformer};
 pub use error::{Error, Result};
 pub use health::GIT_VERSION;
 pub use join_token::{
-    JoinToken, JoinTokenError, ca_hash, load_or_create as load_or_create_join_token,
+    JoinToken, JoinTokenError, ca_hash, load_agent_token,
+    load_or_create as load_or_create_join_token,
 };
 pub use pki::{
     CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig,

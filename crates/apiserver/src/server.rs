@@ -147,7 +147,9 @@ pub struct Apiserver {
     service_cidr: ServiceCidr,
     auth: AuthConfig,
     join_token: Option<crate::JoinToken>,
+    agent_token: Option<crate::JoinToken>,
     encryption: Arc<crate::encryption::Transformer>,
+    encryption_file: Option<std::path::PathBuf>,
     audit: Option<Arc<crate::audit::Audit>>,
     proxy_loopback: bool,
 }
@@ -177,7 +179,9 @@ impl Apiserver {
             service_cidr: ServiceCidr::default(),
             auth: AuthConfig::default(),
             join_token: None,
+            agent_token: None,
             encryption: Arc::default(),
+            encryption_file: None,
             audit: None,
             proxy_loopback: false,
         }
@@ -201,6 +205,26 @@ impl Apiserver {
     /// see [`crate::EncryptionConfiguration`]).
     pub fn encryption(mut self, transformer: crate::Transformer) -> Self {
         self.encryption = Arc::new(transformer);
+        self
+    }
+
+    /// Encrypt at rest as the configuration file at `path` says (K3s' `--secrets-encryption`
+    /// file), and let the server token manage it through `/v1-k3s/encrypt/*`
+    /// ([`crate::secrets_encrypt`]), reloading it while serving.
+    pub fn encryption_config_file(mut self, path: std::path::PathBuf) -> Result<Self> {
+        let config = crate::EncryptionConfiguration::load(&path)
+            .map_err(|e| Error::Encryption(e.to_string()))?;
+        let transformer =
+            crate::Transformer::new(&config).map_err(|e| Error::Encryption(e.to_string()))?;
+        self.encryption = Arc::new(transformer);
+        self.encryption_file = Some(path);
+        Ok(self)
+    }
+
+    /// Also accept this agent token (`--agent-token`) on the join endpoints, for agents only
+    /// (user `node`); the server token keeps working for both.
+    pub fn agent_token(mut self, token: crate::JoinToken) -> Self {
+        self.agent_token = Some(token);
         self
     }
 
@@ -240,7 +264,10 @@ impl Apiserver {
                 ..PkiOptions::default()
             })?,
         };
-        let store = crate::storage::Store::new(self.store, self.encryption);
+        let store = crate::storage::Store::new(
+            self.store,
+            crate::storage::SharedTransformer::new(self.encryption),
+        );
         let acceptor = TlsAcceptor::from(pki.server_config()?);
         let proxy_issuer = Arc::new(pki.request_header_subject());
         let auth = Arc::new(Auth::new(&self.auth, &pki, store.clone())?);
@@ -271,7 +298,14 @@ impl Apiserver {
             audit: self.audit,
             watch_cache,
             kubelet_tls,
-            join: crate::join::state(pki.clone(), self.join_token),
+            join: Arc::new(crate::join::JoinState {
+                pki: pki.clone(),
+                token: self.join_token,
+                agent_token: self.agent_token,
+                encryption: self
+                    .encryption_file
+                    .map(crate::secrets_encrypt::SecretsEncryption::new),
+            }),
             proxy_loopback: self.proxy_loopback,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };

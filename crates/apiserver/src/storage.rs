@@ -9,7 +9,7 @@
 //! (the watch would end and start again forever), so the event is passed on with an empty
 //! value, which the watch cache and the RBAC cache log and skip.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rk3s_datastore::{
     Event, KeyValue, ListOptions, RangeResponse, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
@@ -50,16 +50,55 @@ fn transform_message(key: &[u8], error: &TransformError, listed: bool) -> String
 
 pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The transformer in use, replaceable while the apiserver runs (an `Arc` swap: readers
+/// take the current `Arc` and keep it for one value; [`SharedTransformer::replace`] publishes
+/// a whole new one). Cheap to clone: every clone sees the same current transformer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedTransformer(Arc<RwLock<Arc<Transformer>>>);
+
+impl SharedTransformer {
+    pub(crate) fn new(transformer: Arc<Transformer>) -> Self {
+        SharedTransformer(Arc::new(RwLock::new(transformer)))
+    }
+
+    /// The current transformer.
+    pub(crate) fn current(&self) -> Arc<Transformer> {
+        match self.0.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `transformer` the one every later read and write uses.
+    pub(crate) fn replace(&self, transformer: Transformer) {
+        let new = Arc::new(transformer);
+        match self.0.write() {
+            Ok(mut t) => *t = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
 /// The datastore with encryption at rest. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     inner: rk3s_datastore::Store,
-    transformer: Arc<Transformer>,
+    transformer: SharedTransformer,
 }
 
 impl Store {
-    pub(crate) fn new(inner: rk3s_datastore::Store, transformer: Arc<Transformer>) -> Self {
+    pub(crate) fn new(inner: rk3s_datastore::Store, transformer: SharedTransformer) -> Self {
         Store { inner, transformer }
+    }
+
+    /// The datastore underneath (for re-encryption, which reads values as stored).
+    pub(crate) fn raw(&self) -> &rk3s_datastore::Store {
+        &self.inner
+    }
+
+    /// The transformer, to replace it while serving.
+    pub(crate) fn transformer(&self) -> &SharedTransformer {
+        &self.transformer
     }
 
     fn read(&self, mut kv: KeyValue, listed: bool) -> Result<KeyValue> {
@@ -77,20 +116,21 @@ impl Store {
     }
 
     fn decrypt(&self, key: &[u8], value: Vec<u8>) -> std::result::Result<Vec<u8>, TransformError> {
-        if !self.transformer.is_enabled() && !value.starts_with(crate::encryption::ENCRYPTED_PREFIX)
-        {
+        let transformer = self.transformer.current();
+        if !transformer.is_enabled() && !value.starts_with(crate::encryption::ENCRYPTED_PREFIX) {
             return Ok(value);
         }
-        self.transformer
+        transformer
             .transform_from_storage(key, value)
             .map(|(v, _)| v)
     }
 
     fn write(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
-        if !self.transformer.is_enabled() {
+        let transformer = self.transformer.current();
+        if !transformer.is_enabled() {
             return Ok(value);
         }
-        self.transformer
+        transformer
             .transform_to_storage(key, value)
             .map_err(|error| StoreError::Encrypt {
                 key: key.to_vec(),
@@ -210,12 +250,12 @@ impl Store {
     /// "stale" read, which makes a no-op update write again — how `kubectl replace`
     /// re-encrypts).
     pub(crate) async fn needs_rewrite(&self, key: &[u8], mod_revision: i64) -> bool {
-        if !self.transformer.is_enabled() {
+        let transformer = self.transformer.current();
+        if !transformer.is_enabled() {
             return false;
         }
         match self.inner.get(key, 0).await {
-            Ok((_, Some(kv))) if kv.mod_revision == mod_revision => self
-                .transformer
+            Ok((_, Some(kv))) if kv.mod_revision == mod_revision => transformer
                 .transform_from_storage(key, kv.value)
                 .is_ok_and(|(_, read)| read.stale),
             _ => false,

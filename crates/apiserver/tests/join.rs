@@ -541,3 +541,171 @@ async fn controllers_have_their_own_roles() {
     assert_eq!(can("get", "secrets").await, "no");
     assert_eq!(can("delete", "deployments.apps").await, "no");
 }
+
+const BOOTSTRAP_TOKENS: &str = "\
+apiVersion: v1
+kind: Secret
+metadata: {name: bootstrap-token-abcdef, namespace: kube-system}
+type: bootstrap.kubernetes.io/token
+stringData:
+  token-id: abcdef
+  token-secret: 0123456789abcdef
+  expiration: \"2099-01-01T00:00:00Z\"
+  usage-bootstrap-authentication: \"true\"
+  usage-bootstrap-signing: \"true\"
+  auth-extra-groups: system:bootstrappers:rk3s:default-node-token
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bootstrap-token-expird, namespace: kube-system}
+type: bootstrap.kubernetes.io/token
+stringData:
+  token-id: expird
+  token-secret: 0123456789abcdef
+  expiration: \"2020-01-01T00:00:00Z\"
+  usage-bootstrap-authentication: \"true\"
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_and_agent_tokens_join_agents_only() {
+    let pki = rk3s_apiserver::Pki::generate(&rk3s_apiserver::PkiOptions {
+        node_ips: vec!["127.0.0.1".parse().expect("ip")],
+        ..rk3s_apiserver::PkiOptions::default()
+    })
+    .expect("PKI");
+    let token = rk3s_apiserver::JoinToken::generate(&pki.server_ca.cert_pem, "server");
+    let agent = rk3s_apiserver::JoinToken::generate(&pki.server_ca.cert_pem, "node");
+    let (accepted, agent_accepted) = (token.clone(), agent.clone());
+    let t = TestServer::start_configured(move |a| {
+        a.pki(pki).join_token(accepted).agent_token(agent_accepted)
+    })
+    .await;
+    let out = t
+        .kubectl_stdin(&["apply", "-f", "-"], BOOTSTRAP_TOKENS)
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let node = |n: &'static str| ["-H", n, "-H", "K3s-Node-Password: pw"];
+
+    // A bootstrap token (bearer) joins an agent; the node password is kept as K3s' scrypt hash.
+    let mut args = node("K3s-Node-Name: b1").to_vec();
+    args.extend(["-H", "Authorization: Bearer abcdef.0123456789abcdef"]);
+    let (code, body) = curl(&t, "GET", "/v1-k3s/client-kubelet.crt", &args).await;
+    assert_eq!(code, 200, "{body}");
+    let secrets: Api<Secret> = Api::namespaced(t.client().await, "kube-system");
+    let stored = secrets.get("b1.node-password.k3s").await.expect("secret");
+    let hash = String::from_utf8(stored.data.expect("data")["hash"].0.clone()).expect("text");
+    assert!(
+        hash.starts_with("$1:") && hash.contains(":15:8:1:"),
+        "{hash}"
+    );
+    // Expired, wrong secret, unknown id: 401 and nothing issued.
+    for bad in [
+        "expird.0123456789abcdef",
+        "abcdef.0123456789abcdee",
+        "zzzzzz.0123456789abcdef",
+    ] {
+        let mut args = node("K3s-Node-Name: b2").to_vec();
+        let header = format!("Authorization: Bearer {bad}");
+        args.extend(["-H", &header]);
+        let (code, body) = curl(&t, "GET", "/v1-k3s/client-kubelet.crt", &args).await;
+        assert_eq!(code, 401, "{bad}: {body}");
+    }
+    assert!(
+        secrets
+            .get_opt("b2.node-password.k3s")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // The bootstrap token authenticates to the API as system:bootstrap:<id>; the expired one
+    // does not.
+    let kc = t.token_kubeconfig("bootstrap", "abcdef.0123456789abcdef");
+    let out = t
+        .kubectl_as(
+            &kc,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        )
+        .await;
+    let who = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        who.starts_with("system:bootstrap:abcdef ")
+            && who.contains("\"system:bootstrappers\"")
+            && who.contains("system:bootstrappers:rk3s:default-node-token"),
+        "{who} {}",
+        stderr(&out)
+    );
+    let kc = t.token_kubeconfig("expired", "expird.0123456789abcdef");
+    let out = t.kubectl_as(&kc, &["auth", "whoami"]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
+
+    // The agent token joins agents (user node) but is not the server token.
+    let with_agent = format!("node:{}", agent.password);
+    let mut args = node("K3s-Node-Name: a1").to_vec();
+    args.extend(["-u", &with_agent]);
+    assert_eq!(
+        curl(&t, "GET", "/v1-k3s/client-kubelet.crt", &args).await.0,
+        200
+    );
+    let as_server = format!("server:{}", agent.password);
+    let mut args = node("K3s-Node-Name: a2").to_vec();
+    args.extend(["-u", &as_server]);
+    assert_eq!(
+        curl(&t, "GET", "/v1-k3s/client-kubelet.crt", &args).await.0,
+        401
+    );
+    // The server token still joins agents.
+    let with_server = format!("node:{}", token.password);
+    let mut args = node("K3s-Node-Name: a3").to_vec();
+    args.extend(["-u", &with_server]);
+    assert_eq!(
+        curl(&t, "GET", "/v1-k3s/client-kubelet.crt", &args).await.0,
+        200
+    );
+
+    // The secrets-encrypt endpoints: the server token and admin certificates only.
+    let server_creds = format!("server:{}", token.password);
+    let (code, body) = curl(&t, "GET", "/v1-k3s/encrypt/status", &["-u", &server_creds]).await;
+    assert_eq!(code, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert!(state.get("enable").is_none(), "no configuration: {state}");
+    let (crt, key) = t.admin_cert_files();
+    let (crt, key) = (crt.display().to_string(), key.display().to_string());
+    let (code, _) = curl(
+        &t,
+        "GET",
+        "/v1-k3s/encrypt/status",
+        &["--cert", &crt, "--key", &key],
+    )
+    .await;
+    assert_eq!(code, 200);
+    for creds in [with_agent.as_str(), with_server.as_str()] {
+        let (code, _) = curl(&t, "GET", "/v1-k3s/encrypt/status", &["-u", creds]).await;
+        assert_eq!(code, 403, "{creds}");
+    }
+    let (code, _) = curl(
+        &t,
+        "GET",
+        "/v1-k3s/encrypt/status",
+        &["-H", "Authorization: Bearer abcdef.0123456789abcdef"],
+    )
+    .await;
+    assert_eq!(code, 403);
+    assert_eq!(curl(&t, "GET", "/v1-k3s/encrypt/status", &[]).await.0, 401);
+    // Without --secrets-encryption there is nothing to change.
+    let (code, body) = curl(
+        &t,
+        "PUT",
+        "/v1-k3s/encrypt/config",
+        &["-u", &server_creds, "-d", r#"{"stage":"prepare"}"#],
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("--secrets-encryption"), "{body}");
+}

@@ -32,6 +32,8 @@ pub const CONTROLLERS: &[&str] = &[
     "pv-protection",
     "pod-garbage-collector",
     "horizontal-pod-autoscaling",
+    "tokencleaner",
+    "nodepassword",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's

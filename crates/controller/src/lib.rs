@@ -33,6 +33,7 @@ mod job;
 mod namespace;
 mod nodeipam;
 mod nodelifecycle;
+mod nodepassword;
 mod podgc;
 mod pv;
 mod replicaset;
@@ -40,6 +41,7 @@ mod resourcequota;
 mod serviceaccount;
 mod settings;
 mod statefulset;
+mod tokencleaner;
 mod ttl;
 mod util;
 
@@ -324,6 +326,18 @@ fn start_controllers(
         tasks.push((
             "horizontal-pod-autoscaling",
             Box::pin(hpa::run(shared.clone(), config.loops.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("nodepassword") {
+        tasks.push((
+            "nodepassword",
+            Box::pin(nodepassword::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("tokencleaner") {
+        tasks.push((
+            "tokencleaner",
+            Box::pin(tokencleaner::run(shared.clone(), stop.clone())),
         ));
     }
     tasks

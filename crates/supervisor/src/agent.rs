@@ -7,7 +7,8 @@
 //!    warning, as K3s does.)
 //! 2. From then on TLS trusts only that CA. The node password (`<data-dir>/agent/node-password`,
 //!    random, created once, 0600) goes with every certificate request, with basic
-//!    `node:<secret>` credentials, to `/v1-k3s/client-kubelet.crt` and
+//!    `node:<secret>` credentials (a bootstrap token `<id>.<secret>` from `rk3s token create`
+//!    as a bearer token instead), to `/v1-k3s/client-kubelet.crt` and
 //!    `/v1-k3s/serving-kubelet.crt` as certificate signing requests (the keys never leave
 //!    this machine), then `/v1-k3s/client-ca.crt` and `/v1-k3s/server-ca.crt` are fetched.
 //! 3. Everything is written to `<data-dir>/agent/` (`client-kubelet.crt/.key`,
@@ -362,8 +363,16 @@ pub async fn join(config: &AgentConfig) -> Result<Joined, AgentError> {
     let pinned = client_config(Some(&ca_pem))?;
     let agent_dir = config.agent_dir();
     let password = node_password(&agent_dir)?;
-    let basic = base64(format!("node:{}", token.password).as_bytes());
-    let auth = format!("Basic {basic}");
+    // A bootstrap token is a bearer token (K3s' clientaccess); anything else is basic
+    // credentials of the `node` user.
+    let auth = if token.is_bootstrap() {
+        format!("Bearer {}", token.password)
+    } else {
+        format!(
+            "Basic {}",
+            base64(format!("node:{}", token.password).as_bytes())
+        )
+    };
     let ips = config
         .node_ip
         .iter()
@@ -436,6 +445,85 @@ pub async fn join(config: &AgentConfig) -> Result<Joined, AgentError> {
         server: server.url,
         node,
     })
+}
+
+/// A verified connection to a server's `/v1-k3s/` endpoints with a token, as K3s'
+/// `clientaccess.ParseAndValidateToken`: the CA from `/cacerts` checked against the token's
+/// hash (a short token trusts it as received), then TLS pinned to it, with the token's
+/// credentials as `user` (a bootstrap token as a bearer token).
+#[derive(Debug)]
+pub(crate) struct ServerAccess {
+    server: ServerUrl,
+    tls: Arc<rustls::ClientConfig>,
+    auth: String,
+}
+
+impl ServerAccess {
+    pub(crate) async fn connect(url: &str, token: &str, user: &str) -> Result<Self, AgentError> {
+        let server = parse_server(url)?;
+        let token = JoinToken::parse(token).map_err(|e| invalid("token", e.to_string()))?;
+        let insecure = client_config(None)?;
+        let (code, body) = request(&server, &insecure, "GET", "/cacerts", &[], None).await?;
+        if code != 200 {
+            return Err(AgentError::Request {
+                server: server.url.clone(),
+                path: "/cacerts".into(),
+                reason: format!("answered {code}"),
+            });
+        }
+        let ca_pem = String::from_utf8_lossy(&body).into_owned();
+        if let Some(expected) = &token.ca_hash
+            && *expected != ca_hash(&ca_pem)
+        {
+            return Err(AgentError::CaHash {
+                server: server.url.clone(),
+                expected: expected.clone(),
+                actual: ca_hash(&ca_pem),
+            });
+        }
+        let auth = if token.is_bootstrap() {
+            format!("Bearer {}", token.password)
+        } else {
+            format!(
+                "Basic {}",
+                base64(format!("{user}:{}", token.password).as_bytes())
+            )
+        };
+        Ok(ServerAccess {
+            tls: client_config(Some(&ca_pem))?,
+            server,
+            auth,
+        })
+    }
+
+    /// One request; the body of a 2xx answer, else an error with the status and body.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Vec<u8>, AgentError> {
+        let headers = [
+            ("Authorization", self.auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let (code, answer) = request(&self.server, &self.tls, method, path, &headers, body).await?;
+        match code {
+            200..=299 => Ok(answer),
+            401 => Err(AgentError::Unauthorized {
+                server: self.server.url.clone(),
+                path: path.into(),
+            }),
+            _ => Err(AgentError::Request {
+                server: self.server.url.clone(),
+                path: path.into(),
+                reason: format!(
+                    "answered {code}: {}",
+                    String::from_utf8_lossy(&answer).trim()
+                ),
+            }),
+        }
+    }
 }
 
 /// Standard base64 with padding (basic credentials).

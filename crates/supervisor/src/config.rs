@@ -121,6 +121,21 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 
+    /// Shared secret agents join with, but not servers (K3S_AGENT_TOKEN): K10<ca
+    /// hash>::node:<secret> or <secret> [default: <data-dir>/server/agent-token if an earlier
+    /// start wrote one; else agents use the server token]
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_token: Option<String>,
+
+    /// A flag for the Kubernetes API server, `key=value` (repeatable), as K3s'
+    /// --kube-apiserver-arg: audit-log-path, audit-policy-file, audit-log-maxage,
+    /// audit-log-maxbackup, audit-log-maxsize, token-auth-file, service-account-issuer,
+    /// api-audiences, requestheader-allowed-names
+    #[arg(long = "kube-apiserver-arg", value_name = "KEY=VALUE")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kube_apiserver_arg: Vec<String>,
+
     /// Server to join as another server (K3S_URL; refused: embedded-datastore HA is not built —
     /// HA servers share an external --datastore-endpoint and --token; nodes join with
     /// `rk3s agent`)
@@ -178,6 +193,10 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "deserialize_list")]
     pub tls_san: Vec<String>,
     pub token: Option<String>,
+    pub agent_token: Option<String>,
+    /// A list, or (from the environment) one comma-separated string.
+    #[serde(deserialize_with = "deserialize_list")]
+    pub kube_apiserver_arg: Vec<String>,
     pub server: Option<String>,
     pub secrets_encryption: bool,
     pub disable_agent: bool,
@@ -205,6 +224,8 @@ impl Default for ServerConfig {
             node_name: None,
             tls_san: Vec::new(),
             token: None,
+            agent_token: None,
+            kube_apiserver_arg: Vec::new(),
             server: None,
             secrets_encryption: false,
             disable_agent: false,
@@ -233,6 +254,8 @@ const KEYS: &[&str] = &[
     "node-name",
     "tls-san",
     "token",
+    "agent-token",
+    "kube-apiserver-arg",
     "server",
     "secrets-encryption",
     "disable-agent",
@@ -243,6 +266,7 @@ const KEYS: &[&str] = &[
 /// K3s' environment names accepted as aliases (below the `RK3S_` ones).
 const K3S_ALIASES: &[(&str, &str)] = &[
     ("K3S_TOKEN", "token"),
+    ("K3S_AGENT_TOKEN", "agent-token"),
     ("K3S_DATASTORE_ENDPOINT", "datastore-endpoint"),
     ("K3S_URL", "server"),
 ];
@@ -431,6 +455,7 @@ impl ServerConfig {
                 format!("{name:?} is not a lowercase DNS-1123 subdomain"),
             ));
         }
+        self.apiserver_args()?;
         if let Some(server) = &self.server
             && !server.trim().is_empty()
         {
@@ -445,6 +470,73 @@ impl ServerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// What `--kube-apiserver-arg` sets: the apiserver's audit and authentication settings.
+#[derive(Debug, Clone, Default)]
+pub struct ApiserverArgs {
+    pub audit: rk3s_apiserver::audit::AuditConfig,
+    pub auth: rk3s_apiserver::AuthConfig,
+}
+
+impl ServerConfig {
+    /// The `--kube-apiserver-arg` values (`key=value`, an optional leading `--`) applied to
+    /// the apiserver's defaults. A key rk3s-apiserver does not have, or a bad value, is an
+    /// error naming it (K3s' kube-apiserver would refuse to start too).
+    pub fn apiserver_args(&self) -> Result<ApiserverArgs, ConfigError> {
+        const KEY: &str = "kube-apiserver-arg";
+        let mut out = ApiserverArgs::default();
+        let mut audiences = Vec::new();
+        for arg in &self.kube_apiserver_arg {
+            let arg = arg.trim().trim_start_matches("--");
+            let Some((key, value)) = arg.split_once('=') else {
+                return Err(invalid(KEY, format!("{arg:?} is not key=value")));
+            };
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| invalid(KEY, format!("{key}: {v:?} is not a number")))
+            };
+            match key {
+                "audit-log-path" => out.audit.log_path = Some(PathBuf::from(value)),
+                "audit-policy-file" => out.audit.policy_file = Some(PathBuf::from(value)),
+                "audit-log-maxage" => out.audit.max_age_days = number(value)?,
+                "audit-log-maxbackup" => {
+                    out.audit.max_backups = usize::try_from(number(value)?).unwrap_or(usize::MAX)
+                }
+                "audit-log-maxsize" => out.audit.max_size_mb = number(value)?,
+                "token-auth-file" => out.auth.token_auth_file = Some(PathBuf::from(value)),
+                "service-account-issuer" => out.auth.service_account_issuer = value.to_string(),
+                "api-audiences" => audiences.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string),
+                ),
+                "requestheader-allowed-names" => {
+                    out.auth.requestheader_allowed_names = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                other => {
+                    return Err(invalid(
+                        KEY,
+                        format!(
+                            "{other:?} is not a flag rk3s' apiserver has (it has audit-log-path, \
+                             audit-policy-file, audit-log-maxage, audit-log-maxbackup, \
+                             audit-log-maxsize, token-auth-file, service-account-issuer, \
+                             api-audiences, requestheader-allowed-names)"
+                        ),
+                    ));
+                }
+            }
+        }
+        out.auth.api_audiences = audiences;
+        Ok(out)
     }
 }
 
@@ -562,6 +654,38 @@ mod tests {
             .expect_err("not octal")
             .to_string();
         assert!(err.contains("write-kubeconfig-mode"), "{err}");
+    }
+
+    #[test]
+    fn kube_apiserver_args_map_to_the_apiserver_settings() {
+        let c = ServerConfig {
+            kube_apiserver_arg: vec![
+                "audit-log-path=/var/log/a.log".into(),
+                "--audit-policy-file=/etc/p.yaml".into(),
+                "audit-log-maxsize=10".into(),
+                "api-audiences=a,b".into(),
+            ],
+            ..ServerConfig::default()
+        };
+        let a = c.apiserver_args().expect("valid");
+        assert_eq!(
+            a.audit.log_path.as_deref(),
+            Some(Path::new("/var/log/a.log"))
+        );
+        assert_eq!(
+            a.audit.policy_file.as_deref(),
+            Some(Path::new("/etc/p.yaml"))
+        );
+        assert_eq!(a.audit.max_size_mb, 10);
+        assert_eq!(a.auth.api_audiences, ["a", "b"]);
+        for bad in ["no-such-flag=1", "audit-log-maxsize=ten", "audit-log-path"] {
+            let c = ServerConfig {
+                kube_apiserver_arg: vec![bad.into()],
+                ..ServerConfig::default()
+            };
+            let err = c.validate().expect_err(bad).to_string();
+            assert!(err.contains("kube-apiserver-arg"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -698,6 +822,23 @@ mod tests {
                 |c| c.tls_san.join(" "),
             ),
             ("token", ["f", "e", "g"], ["f", "e", "g"], |c| o(&c.token)),
+            ("agent-token", ["f", "e", "g"], ["f", "e", "g"], |c| {
+                o(&c.agent_token)
+            }),
+            (
+                "kube-apiserver-arg",
+                [
+                    "audit-log-maxage=1",
+                    "audit-log-maxage=2",
+                    "audit-log-maxage=3",
+                ],
+                [
+                    "audit-log-maxage=1",
+                    "audit-log-maxage=2",
+                    "audit-log-maxage=3",
+                ],
+                |c| c.kube_apiserver_arg.join(","),
+            ),
         ];
         for (key, [file, env, flag], want, get) in cases {
             let var = format!("RK3S_{}", key.to_uppercase().replace('-', "_"));

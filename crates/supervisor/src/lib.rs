@@ -8,6 +8,8 @@
 //!   ([`bootstrap`]). Settings: [`config`].
 //! - `rk3s kubectl ...` ([`kubectl`]): the system kubectl with the admin kubeconfig.
 //! - `rk3s datastore`: the etcd v3 endpoint alone, as `rk3s-datastore`.
+//! - `rk3s secrets-encrypt` ([`secrets_encrypt`]), `rk3s token` ([`token`]): K3s' tools,
+//!   clients of the running server.
 //! - `rk3s agent` ([`agent`]): joins a server with its token and fetches the kubelet's
 //!   credentials (the node half that would use them is not built yet).
 //!
@@ -22,6 +24,7 @@ pub mod notify;
 pub mod secrets_encrypt;
 pub mod server;
 pub mod supervise;
+pub mod token;
 
 use std::future::Future;
 
@@ -46,6 +49,8 @@ pub struct Cli {
 
 /// The subcommands of `rk3s`.
 #[derive(Debug, clap::Subcommand)]
+// Parsed once per process: the size of `ServerArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the control plane: datastore, Kubernetes API, scheduler and controller manager (the
     /// node half is not built yet)
@@ -57,9 +62,11 @@ pub enum Command {
     Kubectl(kubectl::KubectlArgs),
     /// Serve the etcd v3 API over a SQLite, Postgres, MySQL or etcd datastore
     Datastore(DatastoreArgs),
-    /// Manage secrets encryption at rest: status, enable, disable, prepare, rotate,
-    /// reencrypt, rotate-keys (offline: stop the server first)
+    /// Control secrets encryption on the running server: status, enable, disable, prepare,
+    /// rotate, reencrypt, rotate-keys
     SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
+    /// Manage bootstrap tokens: create, list, delete, generate
+    Token(token::TokenArgs),
 }
 
 /// Runs a parsed command line until SIGINT or SIGTERM (`rk3s kubectl` replaces the process).
@@ -85,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SecretsEncrypt(args) => secrets_encrypt::run(args)
             .await
             .context("rk3s secrets-encrypt"),
+        Command::Token(args) => token::run(args).await.context("rk3s token"),
     }
 }
 

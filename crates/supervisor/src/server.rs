@@ -162,6 +162,10 @@ async fn run_with_store(
     // The join token agents present (`<data-dir>/server/token`, created on first start).
     let token =
         rk3s_apiserver::load_or_create_join_token(&server_dir, &ca_pem, config.token.as_deref())?;
+    // `--agent-token`: agents only (`<data-dir>/server/agent-token`).
+    let agent_token =
+        rk3s_apiserver::load_agent_token(&server_dir, &ca_pem, config.agent_token.as_deref())?;
+    let extra = config.apiserver_args()?;
     if secret.is_none() {
         // A token made just now: the CAs go to the datastore for the servers that join with it.
         if bootstrap::store(&store, &token.password, &tls_dir).await? {
@@ -191,15 +195,17 @@ async fn run_with_store(
     if let Some(addr) = config.datastore_listen {
         components.push(etcd_endpoint(store.clone(), addr));
     }
-    components.push(apiserver(
+    components.push(apiserver(ApiserverSettings {
         store,
         pki,
         token,
+        agent_token,
         encryption,
+        extra,
         cidr,
-        config.listen_addr(),
-        config.local_api_addr(),
-    ));
+        listen: config.listen_addr(),
+        local: config.local_api_addr(),
+    }));
     let supervisor = Supervisor::start(components, Backoff::default()).await?;
 
     tokio::pin!(shutdown);
@@ -262,10 +268,11 @@ async fn run_with_store(
     Ok(())
 }
 
-/// `--secrets-encryption`: the configuration in `<data-dir>/server/cred` (generated on first
-/// start). Without the flag nothing is encrypted, as K3s (a datastore with encrypted Secrets
-/// then answers them with an error).
-fn encryption(config: &ServerConfig) -> Result<rk3s_apiserver::Transformer, ServerError> {
+/// `--secrets-encryption`: the configuration file in `<data-dir>/server/cred` (generated on
+/// first start), which the apiserver loads and `rk3s secrets-encrypt` manages through it.
+/// Without the flag nothing is encrypted, as K3s (a datastore with encrypted Secrets then
+/// answers them with an error).
+fn encryption(config: &ServerConfig) -> Result<Option<PathBuf>, ServerError> {
     let path = crate::secrets_encrypt::config_path(&config.data_dir);
     if !config.secrets_encryption {
         if path.exists() {
@@ -275,11 +282,11 @@ fn encryption(config: &ServerConfig) -> Result<rk3s_apiserver::Transformer, Serv
                  encrypted Secrets cannot be read"
             );
         }
-        return Ok(rk3s_apiserver::Transformer::identity());
+        return Ok(None);
     }
     crate::secrets_encrypt::load_or_create(&config.data_dir)
-        .and_then(|c| rk3s_apiserver::Transformer::new(&c).map_err(anyhow::Error::from))
-        .map_err(|e| ServerError::Encryption(format!("{e:#}")))
+        .map_err(|e| ServerError::Encryption(format!("{e:#}")))?;
+    Ok(Some(path))
 }
 
 /// The holder identity this server's scheduler and controller manager put in their Leases:
@@ -370,7 +377,11 @@ fn cluster_secret(
             _ => return Ok(None),
         },
     };
-    Ok(Some(rk3s_apiserver::JoinToken::parse(&text)?.password))
+    let token = rk3s_apiserver::JoinToken::parse(&text)?;
+    if token.is_bootstrap() {
+        return Err(rk3s_apiserver::JoinTokenError::Bootstrap.into());
+    }
+    Ok(Some(token.password))
 }
 
 /// The PKI with the CAs every server of the datastore shares ([`bootstrap`]): fetched if a
@@ -422,26 +433,61 @@ async fn wait_ready(config: &ServerConfig, ca_pem: &str) -> Result<(), ServerErr
     }
 }
 
-/// The apiserver on the shared store. While it runs, its `/livez` is asked every
-/// [`LIVENESS_PERIOD`]: a server that stops answering is reported and restarted.
-fn apiserver(
+/// What the apiserver component is made of.
+struct ApiserverSettings {
     store: Store,
     pki: Pki,
     token: rk3s_apiserver::JoinToken,
-    encryption: rk3s_apiserver::Transformer,
+    agent_token: Option<rk3s_apiserver::JoinToken>,
+    /// `--secrets-encryption`'s configuration file.
+    encryption: Option<PathBuf>,
+    /// `--kube-apiserver-arg`.
+    extra: crate::config::ApiserverArgs,
     cidr: ServiceCidr,
     listen: SocketAddr,
     local: SocketAddr,
-) -> Component {
+}
+
+/// The apiserver on the shared store. While it runs, its `/livez` is asked every
+/// [`LIVENESS_PERIOD`]: a server that stops answering is reported and restarted.
+fn apiserver(settings: ApiserverSettings) -> Component {
+    let ApiserverSettings {
+        store,
+        pki,
+        token,
+        agent_token,
+        encryption,
+        extra,
+        cidr,
+        listen,
+        local,
+    } = settings;
     Component::new("apiserver", move |stop: Stop| {
         let ca_pem = pki.server_ca.cert_pem.clone();
-        let server = Apiserver::new(store.clone())
+        let mut server = Apiserver::new(store.clone())
             .pki(pki.clone())
             .join_token(token.clone())
-            .encryption(encryption.clone())
+            .auth(extra.auth.clone())
             .service_cidr(cidr);
+        if let Some(agent) = &agent_token {
+            server = server.agent_token(agent.clone());
+        }
+        let (encryption, audit) = (encryption.clone(), extra.audit.clone());
         async move {
-            let running = server.serve(listen).await.map_err(BoxError::from)?;
+            let server = match encryption {
+                // Read again at every start: `rk3s secrets-encrypt` may have changed it.
+                Some(path) => server
+                    .encryption_config_file(path)
+                    .map_err(BoxError::from)?,
+                None => server,
+            };
+            let audit = rk3s_apiserver::audit::Audit::from_config(&audit)
+                .map_err(|e| BoxError::from(format!("audit log: {e}")))?;
+            let running = server
+                .audit(audit)
+                .serve(listen)
+                .await
+                .map_err(BoxError::from)?;
             let run: Running = Box::pin(async move {
                 let mut failures = 0;
                 let stopped = stop.stopped();

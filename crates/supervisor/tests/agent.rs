@@ -427,3 +427,164 @@ fn agent_refuses_a_ca_that_does_not_match_before_sending_the_secret() {
         "nothing written after a CA mismatch"
     );
 }
+
+/// `rk3s token` (bootstrap tokens), `--agent-token`, the token cleaner and the node password
+/// Secret's lifetime, as K3s.
+#[test]
+fn agents_join_with_bootstrap_and_agent_tokens() {
+    let dirs = Dirs::new();
+    let port = free_port().expect("free port").to_string();
+    let server_data = dirs.path("data-server");
+    let admin = dirs.path("admin.yaml");
+    let mut cmd = rk3s_cmd(dirs.dir.path());
+    cmd.arg("server")
+        .arg("--config")
+        .arg(dirs.path("config.yaml"))
+        .arg("--data-dir")
+        .arg(&server_data)
+        .arg("--write-kubeconfig")
+        .arg(&admin)
+        .args(["--https-listen-port", &port, "--agent-token", "agentsecret"]);
+    let mut server = Process::start(cmd);
+    server.wait_for(SERVER_READY);
+    let url = format!("https://127.0.0.1:{port}");
+    let server_token = std::fs::read_to_string(server_data.join("server/token")).expect("token");
+    let (hash, _) = server_token.trim().split_once("::").expect("full token");
+    let agent_token =
+        std::fs::read_to_string(server_data.join("server/agent-token")).expect("agent-token");
+    assert_eq!(agent_token, format!("{hash}::node:agentsecret\n"));
+    let token_cmd = |args: &[&str]| -> Output {
+        rk3s_cmd(dirs.dir.path())
+            .arg("token")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&admin)
+            .output()
+            .expect("rk3s token runs")
+    };
+
+    // A bootstrap token, printed in the full form with the cluster CA's hash.
+    let out = token_cmd(&["create", "--description", "for b1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bootstrap = text(&out.stdout).trim().to_string();
+    let (pin, creds) = bootstrap.split_once("::").expect("full form");
+    assert_eq!(pin, hash);
+    let (id, secret) = creds.split_once('.').expect("<id>.<secret>");
+    assert_eq!((id.len(), secret.len()), (6, 16), "{creds}");
+    let out = token_cmd(&["list"]);
+    let listed = text(&out.stdout);
+    assert!(listed.starts_with("TOKEN"), "{listed}");
+    let row = listed.lines().find(|l| l.starts_with(id)).expect("listed");
+    for want in [
+        "authentication,signing",
+        "for b1",
+        "system:bootstrappers:rk3s:default-node-token",
+    ] {
+        assert!(row.contains(want), "{want}: {row}");
+    }
+
+    // An agent joins with it (bearer) and with the agent token (basic node:<secret>).
+    for (node, token) in [("b1", bootstrap.as_str()), ("a1", "agentsecret")] {
+        let mut agent = Process::start({
+            let mut cmd = dirs.agent_cmd(node);
+            cmd.args(["--server", &url, "--token", token, "--node-name", node]);
+            cmd
+        });
+        agent.wait_for(AGENT_JOINED);
+        assert!(agent.terminate());
+    }
+
+    // Once the Node exists its password Secret is owned by it, and goes with it.
+    let out = dirs.kubectl(
+        &admin,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Node\nmetadata: {name: b1}\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let owner = |dirs: &Dirs| {
+        let out = dirs.kubectl(
+            &admin,
+            &[
+                "get",
+                "secret",
+                "-n",
+                "kube-system",
+                "b1.node-password.k3s",
+                "-o",
+                "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+            ],
+            "",
+        );
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let deadline = std::time::Instant::now() + STARTUP;
+    while owner(&dirs).0 != "Node/b1" {
+        assert!(std::time::Instant::now() < deadline, "{:?}", owner(&dirs));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = dirs.kubectl(&admin, &["delete", "node", "b1"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    while !owner(&dirs).1.contains("NotFound") {
+        assert!(std::time::Instant::now() < deadline, "{:?}", owner(&dirs));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A deleted bootstrap token joins nothing.
+    let out = token_cmd(&["delete", id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("bootstrap token {id:?} deleted\n")
+    );
+    let out = dirs
+        .agent_cmd("b2")
+        .args(["--server", &url, "--token", &bootstrap, "--node-name", "b2"])
+        .output()
+        .expect("agent runs");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("401 Unauthorized"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dirs.path("data-b2/agent/client-kubelet.crt").exists());
+
+    // The token cleaner deletes expired tokens.
+    let out = token_cmd(&["create", "--ttl", "1s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let short = text(&out.stdout);
+    let (_, creds) = short.trim().split_once("::").expect("full form");
+    let short_id = creds.split('.').next().expect("id").to_string();
+    let deadline = std::time::Instant::now() + STARTUP;
+    loop {
+        let listed = text(&token_cmd(&["list"]).stdout);
+        if !listed.contains(&short_id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A bootstrap token cannot be the server token.
+    let out = rk3s_cmd(dirs.dir.path())
+        .arg("server")
+        .arg("--config")
+        .arg(dirs.path("config.yaml"))
+        .arg("--data-dir")
+        .arg(dirs.path("data-other"))
+        .arg("--write-kubeconfig")
+        .arg(dirs.path("other.yaml"))
+        .args([
+            "--https-listen-port",
+            &free_port().expect("port").to_string(),
+        ])
+        .args(["--token", "abcdef.0123456789abcdef"])
+        .output()
+        .expect("server runs");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("bootstrap token"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(server);
+}

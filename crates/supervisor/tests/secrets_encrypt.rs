@@ -1,5 +1,5 @@
-//! `rk3s server --secrets-encryption` and `rk3s secrets-encrypt` through the real binary, with
-//! their own data dir and port.
+//! `rk3s server --secrets-encryption` and `rk3s secrets-encrypt` (a client of the running
+//! server, as K3s') through the real binary, with their own data dir and port.
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
@@ -31,6 +31,7 @@ fn rk3s_cmd(dir: &Path) -> Command {
 
 struct Setup {
     dir: tempfile::TempDir,
+    port: u16,
 }
 
 impl Setup {
@@ -46,7 +47,7 @@ impl Setup {
             ),
         )
         .expect("config written");
-        Setup { dir }
+        Setup { dir, port }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -63,10 +64,34 @@ impl Setup {
             .args(args);
         cmd
     }
-    fn secrets_encrypt(&self, action: &str) -> Output {
-        self.cmd(&["secrets-encrypt", action], &[])
-            .output()
-            .expect("rk3s secrets-encrypt runs")
+    /// `rk3s secrets-encrypt <action> --data-dir <ours> --server <ours>` + `args`.
+    fn secrets_encrypt(&self, action: &str, args: &[&str]) -> Output {
+        let mut cmd = rk3s_cmd(self.dir.path());
+        cmd.args(["secrets-encrypt", action, "--data-dir"])
+            .arg(self.path("data"))
+            .arg("--server")
+            .arg(format!("https://127.0.0.1:{}", self.port))
+            .args(args);
+        cmd.output().expect("rk3s secrets-encrypt runs")
+    }
+    /// [`Setup::secrets_encrypt`], which must succeed; its standard output.
+    fn secrets_encrypt_ok(&self, action: &str) -> String {
+        let out = self.secrets_encrypt(action, &[]);
+        assert!(
+            out.status.success(),
+            "secrets-encrypt {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// The bytes of the SQLite database and its WAL, as they are on disk.
+    fn database_bytes(&self) -> Vec<u8> {
+        let db = self.path("data").join("server/db");
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(db).expect("db dir").flatten() {
+            all.extend(std::fs::read(entry.path()).unwrap_or_default());
+        }
+        all
     }
     fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = Command::new("/usr/bin/kubectl")
@@ -165,8 +190,21 @@ fn prefix(v: &[u8]) -> String {
     String::from_utf8_lossy(&v[..v.len().min(40)]).into_owned()
 }
 
+/// The key name of an `aescbc` value (`k8s:enc:aescbc:v1:<name>:...`).
+fn key_name(value: &[u8]) -> String {
+    let rest = value
+        .strip_prefix(b"k8s:enc:aescbc:v1:")
+        .expect("an aescbc value");
+    let end = rest.iter().position(|b| *b == b':').expect("name ends");
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
 #[test]
-fn secrets_encryption_status_and_key_rotation() {
+fn secrets_encryption_is_managed_on_the_running_server() {
     let setup = Setup::new();
     let server = Server::start(setup.cmd(&["server"], &["--secrets-encryption"]));
     let config = setup.cred("encryption-config.json");
@@ -182,63 +220,133 @@ fn secrets_encryption_status_and_key_rotation() {
         "s1",
         "--from-literal=password=s3cr3t-value-xyz",
     ]);
-
-    let out = setup.secrets_encrypt("status");
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(status.contains("Encryption Status: Enabled"), "{status}");
-    assert!(status.contains("AES-CBC"), "{status}");
-    assert!(status.contains("aescbckey"), "{status}");
-
-    // Changing keys under a running server is refused.
-    let out = setup.secrets_encrypt("rotate-keys");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("stop it first"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    server.stop();
-
     let before = setup.stored("/registry/secrets/default/s1");
     assert!(
         before.starts_with(b"k8s:enc:aescbc:v1:aescbckey:"),
         "{}",
         prefix(&before)
     );
-    assert!(
-        !before
-            .windows(VALUE_B64.len())
-            .any(|w| w == VALUE_B64.as_bytes())
-    );
 
-    let out = setup.secrets_encrypt("rotate-keys");
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let status = setup.secrets_encrypt_ok("status");
+    assert!(status.contains("Encryption Status: Enabled"), "{status}");
+    assert!(status.contains("Current Rotation Stage: start"), "{status}");
+    assert!(status.contains(" *      AES-CBC   aescbckey\n"), "{status}");
+    let json = setup.secrets_encrypt("status", &["-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON status");
+    assert_eq!(json["enable"], true);
+    assert_eq!(json["activekey"], "AES-CBC aescbckey");
+
+    // A wrong token is refused before anything changes.
+    let out = setup.secrets_encrypt("rotate-keys", &["--token", "wrong"]);
+    assert!(!out.status.success());
     assert!(
-        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).contains("401"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(printed.contains("re-encrypted 1 secrets"), "{printed}");
+    // Out of order: rotate needs a prepared key.
+    let out = setup.secrets_encrypt("rotate", &[]);
+    assert!(!out.status.success());
     assert!(
-        printed.contains("Current Rotation Stage: reencrypt_finished"),
-        "{printed}"
+        String::from_utf8_lossy(&out.stderr).contains("current stage is start"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+
+    // rotate-keys on the running server: a new active key, every secret rewritten with it,
+    // the old key dropped — no restart.
+    let printed = setup.secrets_encrypt_ok("rotate-keys");
+    assert!(printed.contains("keys rotated"), "{printed}");
+    let status = setup.secrets_encrypt_ok("status");
+    assert!(
+        status.contains("Current Rotation Stage: reencrypt_finished"),
+        "{status}"
+    );
+    assert!(status.contains("AES-CBC   aescbckey-20"), "{status}");
+    assert!(!status.contains("aescbckey\n"), "old key dropped: {status}");
     let after = setup.stored("/registry/secrets/default/s1");
     assert!(
         after.starts_with(b"k8s:enc:aescbc:v1:aescbckey-20"),
         "{}",
         prefix(&after)
     );
-    // Only the new key is left in the configuration.
     let text = std::fs::read_to_string(&config).expect("configuration");
     assert!(!text.contains("\"aescbckey\""), "{text}");
+    // The old secret reads back through the reloaded configuration, and a new one is written
+    // with the new key.
+    assert_eq!(
+        setup.kubectl_ok(&["get", "secret", "s1", "-o", "jsonpath={.data.password}"]),
+        VALUE_B64
+    );
+    setup.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s2",
+        "--from-literal=password=s3cr3t-value-xyz",
+    ]);
+    assert!(
+        setup
+            .stored("/registry/secrets/default/s2")
+            .starts_with(b"k8s:enc:aescbc:v1:aescbckey-20")
+    );
 
-    // The restarted server reads the secret with the new key.
+    // K3s' staged rotation: prepare, rotate, then reencrypt in the background.
+    assert!(
+        setup
+            .secrets_encrypt_ok("prepare")
+            .contains("prepare completed")
+    );
+    let status = setup.secrets_encrypt_ok("status");
+    assert!(
+        status.contains("Current Rotation Stage: prepare"),
+        "{status}"
+    );
+    let out = setup.secrets_encrypt("prepare", &[]);
+    assert!(!out.status.success(), "a second prepare is out of order");
+    assert!(
+        setup
+            .secrets_encrypt_ok("rotate")
+            .contains("rotate completed")
+    );
+    assert!(
+        setup
+            .secrets_encrypt_ok("reencrypt")
+            .contains("reencryption started")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = setup.secrets_encrypt_ok("status");
+        if status.contains("Current Rotation Stage: reencrypt_finished") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let current = setup.stored("/registry/secrets/default/s1");
+    assert_ne!(
+        key_name(&current),
+        key_name(&after),
+        "re-encrypted with the rotated key"
+    );
+    let status = setup.secrets_encrypt_ok("status");
+    assert!(
+        status.contains(&format!(" *      AES-CBC   {}\n", key_name(&current))),
+        "{status}"
+    );
+    assert_eq!(
+        setup.kubectl_ok(&["get", "secret", "s2", "-o", "jsonpath={.data.password}"]),
+        VALUE_B64
+    );
+
+    // Nowhere in the database file is the secret in clear text (raw or base64).
+    server.stop();
+    let bytes = setup.database_bytes();
+    assert!(!bytes.is_empty());
+    assert!(!contains(&bytes, "s3cr3t-value-xyz"));
+    assert!(!contains(&bytes, VALUE_B64));
+
+    // The restarted server reads the secrets with the current key.
     let server = Server::start(setup.cmd(&["server"], &["--secrets-encryption"]));
     assert_eq!(
         setup.kubectl_ok(&["get", "secret", "s1", "-o", "jsonpath={.data.password}"]),

@@ -359,3 +359,62 @@ fn version() {
         format!("rk3s {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// K3s' way to configure the API server's audit log: `--kube-apiserver-arg`.
+#[test]
+fn kube_apiserver_args_turn_the_audit_log_on() {
+    let setup = Setup::new("");
+    let policy = setup.path("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n  resources: [{group: \"\", resources: [configmaps]}]\n- level: None\n",
+    )
+    .expect("policy written");
+    let log = setup.path("audit.log");
+    let port = free_port().expect("free port");
+    let path_arg = format!("--kube-apiserver-arg=audit-log-path={}", log.display());
+    let policy_arg = format!("audit-policy-file={}", policy.display());
+    let (server, _) = Server::start(setup.server_cmd(&[
+        "--https-listen-port",
+        &port_arg(port),
+        &path_arg,
+        "--kube-apiserver-arg",
+        &policy_arg,
+    ]));
+    setup.kubectl_ok(
+        &["create", "configmap", "audited", "--from-literal=k=v"],
+        "",
+    );
+    setup.kubectl_ok(&["get", "namespaces"], "");
+    let events = setup.wait_until("the audit event of the create", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("\"name\":\"audited\"").then_some(text)
+    });
+    let create: serde_json::Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["verb"] == "create" && e["stage"] == "ResponseComplete")
+        .expect("a ResponseComplete event of the create");
+    assert_eq!(create["kind"], "Event");
+    assert_eq!(create["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(create["level"], "Metadata");
+    assert_eq!(create["user"]["username"], "system:admin");
+    assert_eq!(create["objectRef"]["resource"], "configmaps");
+    assert_eq!(create["responseStatus"]["code"], 201);
+    // The policy's `None` rule: namespaces are not audited.
+    assert!(!events.contains("\"resource\":\"namespaces\""), "{events}");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    // A flag rk3s' apiserver does not have stops the server before it starts, naming it.
+    let setup = Setup::new("");
+    let stderr = fails(
+        &setup,
+        &mut setup.server_cmd(&["--kube-apiserver-arg", "enable-admission-plugins=Foo"]),
+    );
+    assert!(
+        stderr.contains("kube-apiserver-arg") && stderr.contains("enable-admission-plugins"),
+        "{stderr}"
+    );
+    assert!(!setup.data_dir().exists());
+}

@@ -2,7 +2,8 @@
 //!
 //! Authentication, in upstream's order: a client certificate verified against the client CA
 //! by the TLS handshake (user = CN, groups = O); a bearer token, from the static token file
-//! (`--token-auth-file`) or a service-account JWT ([`serviceaccount`]). A bearer token that
+//! (`--token-auth-file`), a bootstrap token ([`bootstrap`]) or a service-account JWT
+//! ([`serviceaccount`]). A bearer token that
 //! does not authenticate is a 401 even where anonymous requests are allowed (as upstream). A
 //! request without credentials is `system:anonymous` in `system:unauthenticated` on
 //! [`ANONYMOUS_PATHS`] only, 401 elsewhere. Every authenticated user is also in
@@ -13,6 +14,7 @@
 //! ([`rbac`]); a denial is upstream's 403.
 
 pub(crate) mod attributes;
+pub mod bootstrap;
 pub(crate) mod node;
 pub(crate) mod policy;
 pub(crate) mod rbac;
@@ -167,6 +169,9 @@ impl Auth {
     ) -> Option<UserInfo> {
         if let Some(user) = self.tokens.get(token) {
             return Some(user.clone());
+        }
+        if bootstrap::parse(token).is_some() {
+            return bootstrap::authenticate(store, token).await;
         }
         match self
             .service_accounts
