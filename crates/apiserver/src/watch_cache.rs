@@ -1043,10 +1043,10 @@ mod tests {
         assert_eq!(revs(&mut x.rx), [2]);
         assert!(revs(&mut xy.rx).is_empty());
         // A watcher of one key starts from that key's state and ring only.
-        let sub = cache
+        let again = cache
             .register(b"/registry/configmaps/a/x", true, Start::After(1), false)
             .expect("x again");
-        assert_eq!(revs_of(&sub.events), [2]);
+        assert_eq!(revs_of(&again.events), [2]);
         let sub = cache
             .register(
                 b"/registry/configmaps/a/x",
@@ -1057,7 +1057,7 @@ mod tests {
             .expect("x state");
         assert_eq!(sub.objects.len(), 1);
         // Gone watchers leave the index.
-        drop((all, ns_a, ns_b, x, xy, sub));
+        drop((all, ns_a, ns_b, x, xy, again, sub));
         // (A watcher whose client is gone is dropped when a change is next offered to it.)
         cache
             .dispatch(
