@@ -224,13 +224,13 @@ impl WatchCaches {
         cache.register(key_prefix, exact, start, bookmarks)
     }
 
-    /// A list from the cache of the storage prefix `prefix` (started now if it is not
-    /// running): the objects whose keys start with `key_prefix` (or, `exact`, the one object
+    /// A list from the cache of the storage prefix `prefix`: the objects whose keys start with `key_prefix` (or, `exact`, the one object
     /// with that key), in key order, at the cache's revision once it has reached
     /// `min_revision` (0: whatever it has). Waits at most [`FRESH_TIMEOUT`] for that revision,
-    /// then 504 (upstream's "Too large resource version"). `None` while the cache has not
-    /// finished its initial list (or has stopped): the caller reads the store, as upstream
-    /// does while its cacher initializes.
+    /// then 504 (upstream's "Too large resource version"). `None` while the cache is not
+    /// running or has not finished its initial list (or has stopped): the caller reads the
+    /// store, as upstream does while its cacher initializes, and starts the cache
+    /// ([`WatchCaches::start`]) at the revision it read.
     #[tracing::instrument(level = "debug", skip_all, fields(prefix = %String::from_utf8_lossy(prefix), min_revision))]
     pub(crate) async fn list(
         &self,
@@ -239,10 +239,15 @@ impl WatchCaches {
         exact: bool,
         min_revision: i64,
     ) -> Result<Option<CachedList>, ApiError> {
-        let cache = self.cache(prefix, 0);
-        if !cache.ready() {
+        let running = self
+            .caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(prefix)
+            .cloned();
+        let Some(cache) = running.filter(|c| c.ready()) else {
             return Ok(None);
-        }
+        };
         cache.wait_fresh(min_revision).await?;
         let st = cache.lock();
         if st.stopped {
@@ -265,6 +270,13 @@ impl WatchCaches {
             objects,
             revision: st.revision,
         }))
+    }
+
+    /// Starts the cache of `prefix` if it is not running, listing at `revision` (that of a
+    /// list just read from the store: a watch from the list's resourceVersion is then served
+    /// from the cache instead of being too old for it).
+    pub(crate) fn start(&self, prefix: &[u8], revision: i64) {
+        let _ = self.cache(prefix, revision);
     }
 
     /// The cache of `prefix`, started if it is not running yet.

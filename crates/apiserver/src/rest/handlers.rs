@@ -468,6 +468,9 @@ pub(crate) async fn list_items(
         // `validateMinimumResourceVersion` (without a retry hint).
         let page =
             list_from_store(state, info, namespace, selectors, 0, None, limit, &single).await?;
+        // Caching starts on first use, at this list's revision: the watch a client starts
+        // from it is served.
+        state.watch_cache.start(&info.prefix(None), page.revision);
         if page.revision < min_revision {
             return Err(ApiError::too_large_resource_version(
                 min_revision,
