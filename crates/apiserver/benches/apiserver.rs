@@ -9,11 +9,13 @@
 //! - creates/s: `--pods` pods (10,000 by default) created by 16 concurrent clients in one
 //!   namespace; pods / wall time from the first call to the last response.
 //! - get p50/p99: 2,000 sequential gets of pods chosen pseudo-randomly, one client.
-//! - list: a full list of the namespace (every pod, JSON), the median of 5.
+//! - list: a full list of the namespace (every pod, JSON), the median of 5; once without a
+//!   resourceVersion (a consistent list) and once with `resourceVersion=0` (any state).
 //! - watch fan-out: `--watchers` watchers (1,000 by default) on a second namespace, then 100
 //!   pods created there one after another; for each, the time from just before its create call
 //!   to the moment the last watcher has received it; p50/p99.
-//! - RSS after: with all the pods stored and the watchers still open.
+//! - RSS after: with all the pods stored and the watchers still open; also read after the
+//!   creates, the gets and the lists, to show which phase grows it.
 //!
 //! Upstream kube-apiserver publishes no throughput figures to compare with; the reference
 //! printed is the Kubernetes scalability SLOs (API call latency p99 ≤ 1 s for single-object
@@ -222,12 +224,17 @@ async fn gets(client: &kube::Client, pods: usize) -> anyhow::Result<Vec<Duration
     Ok(lat)
 }
 
-async fn list(client: &kube::Client, pods: usize) -> anyhow::Result<f64> {
+async fn list(client: &kube::Client, pods: usize, any: bool) -> anyhow::Result<f64> {
     let api: Api<Pod> = Api::namespaced(client.clone(), "bench");
+    let params = if any {
+        ListParams::default().match_any()
+    } else {
+        ListParams::default()
+    };
     let mut times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let list = api.list(&ListParams::default()).await?;
+        let list = api.list(&params).await?;
         times.push(t.elapsed());
         if list.items.len() != pods {
             bail!("listed {} pods, expected {pods}", list.items.len());
@@ -311,10 +318,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     namespace(&client, "bench").await?;
     eprintln!("creating {} pods with {CLIENTS} clients ...", args.pods);
     let creates = creates(&server, args.pods).await?;
+    let after_creates = server.rss_mib()?;
     eprintln!("getting {GETS} pods ...");
     let gets = gets(&client, args.pods).await?;
+    let after_gets = server.rss_mib()?;
     eprintln!("listing {} pods ...", args.pods);
-    let list = list(&client, args.pods).await?;
+    let list_consistent = list(&client, args.pods, false).await?;
+    let list_any = list(&client, args.pods, true).await?;
+    let after_lists = server.rss_mib()?;
     eprintln!("{} watchers, {FANOUT_EVENTS} events ...", args.watchers);
     let (fan, watchers) = fanout(&server, &client, args.watchers).await?;
     let after = server.rss_mib()?;
@@ -339,7 +350,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "{:<44} {:>12.0}",
         format!("list of {} pods, ms (median of 5)", args.pods),
-        list
+        list_consistent
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        format!("list of {} pods, resourceVersion=0, ms", args.pods),
+        list_any
     );
     println!(
         "{:<44} {:>12.2}",
@@ -352,6 +368,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         percentile(&fan, 99.0)
     );
     println!("{:<44} {:>12.1}", "RSS idle, MiB", idle);
+    println!(
+        "{:<44} {:>12.1}",
+        "RSS after the creates, MiB", after_creates
+    );
+    println!("{:<44} {:>12.1}", "RSS after the gets, MiB", after_gets);
+    println!("{:<44} {:>12.1}", "RSS after the lists, MiB", after_lists);
     println!(
         "{:<44} {:>12.1}",
         format!("RSS with {} pods + watchers, MiB", args.pods),

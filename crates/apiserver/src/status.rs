@@ -183,6 +183,55 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 504 `Timeout`: a read needs a revision newer than the server has (upstream's
+    /// `NewTooLargeResourceVersionError`): a `ResourceVersionTooLarge` cause and, when the
+    /// client should retry, `retryAfterSeconds` (also sent as `Retry-After`).
+    pub(crate) fn too_large_resource_version(requested: i64, current: i64, retry: u32) -> Self {
+        let mut details = json!({
+            "causes": [{
+                "reason": "ResourceVersionTooLarge",
+                "message": "Too large resource version",
+            }],
+        });
+        if retry > 0 {
+            details["retryAfterSeconds"] = json!(retry);
+        }
+        ApiError {
+            details: Some(details),
+            ..Self::new(
+                504,
+                "Timeout",
+                format!("Timeout: Too large resource version: {requested}, current: {current}"),
+            )
+        }
+    }
+
+    /// 422 `Invalid` list options (upstream validates `ListOptions` of `meta.k8s.io`).
+    pub(crate) fn invalid_list_options(causes: Vec<Cause>) -> Self {
+        let list: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        let message = if list.len() == 1 {
+            format!("ListOptions.meta.k8s.io \"\" is invalid: {}", list[0])
+        } else {
+            format!(
+                "ListOptions.meta.k8s.io \"\" is invalid: [{}]",
+                list.join(", ")
+            )
+        };
+        ApiError {
+            details: Some(json!({
+                "group": "meta.k8s.io",
+                "kind": "ListOptions",
+                "causes": causes.iter().map(|c| json!({
+                    "reason": c.reason, "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ..Self::new(422, "Invalid", message)
+        }
+    }
+
     pub(crate) fn forbidden(info: &ResourceInfo, name: &str, why: &str) -> Self {
         ApiError {
             details: Some(details(info, name)),
@@ -238,13 +287,9 @@ impl From<rk3s_datastore::Error> for ApiError {
             } => ApiError::expired(format!(
                 "too old resource version: {requested} ({compact_revision})"
             )),
-            rk3s_datastore::Error::FutureRevision { requested, current } => ApiError::new(
-                504,
-                "Timeout",
-                format!(
-                    "Too large resource version: {requested}, current resource version: {current}"
-                ),
-            ),
+            rk3s_datastore::Error::FutureRevision { requested, current } => {
+                ApiError::too_large_resource_version(requested, current, 0)
+            }
             other => {
                 tracing::warn!(error = %other, "datastore error");
                 ApiError::internal(other)
@@ -268,6 +313,18 @@ impl From<crate::storage::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        crate::rest::json_response(code, &self.to_status())
+        let mut resp = crate::rest::json_response(code, &self.to_status());
+        // As upstream: a Status that says when to retry says it in `Retry-After` too.
+        if let Some(retry) = self
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retryAfterSeconds"))
+            .and_then(Value::as_u64)
+            .filter(|r| *r > 0)
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry.into());
+        }
+        resp
     }
 }

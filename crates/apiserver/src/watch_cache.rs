@@ -48,29 +48,86 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 const FRESH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often such a watch asks again for the store's progress.
 const FRESH_RENOTIFY: Duration = Duration::from_millis(500);
+/// `retryAfterSeconds` of the 504 for a revision the cache did not reach in time (upstream's).
+const TOO_LARGE_RETRY_SECONDS: u32 = 1;
 /// Pause before the datastore watch or list is tried again after an error.
 const RETRY: Duration = Duration::from_millis(500);
 
 /// One object as the cache holds it: `metadata.resourceVersion` set, serialized at most once
-/// however many watchers send it.
+/// however many watchers and lists send it.
 #[derive(Debug)]
 pub(crate) struct CachedObject {
     pub(crate) value: Value,
-    json: OnceLock<Bytes>,
+    /// The JSON of `value` without `apiVersion` and `kind` (a list item as upstream writes
+    /// it; watch events put the two back in front).
+    body: OnceLock<Bytes>,
+}
+
+/// A JSON object without its `apiVersion` and `kind`.
+pub(crate) struct WithoutType<'a>(pub(crate) &'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for WithoutType<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.0 {
+            if k != "apiVersion" && k != "kind" {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
 }
 
 impl CachedObject {
     pub(crate) fn new(value: Value) -> Arc<Self> {
         Arc::new(CachedObject {
             value,
-            json: OnceLock::new(),
+            body: OnceLock::new(),
         })
     }
 
-    /// The object's JSON.
-    pub(crate) fn json(&self) -> &Bytes {
-        self.json
-            .get_or_init(|| Bytes::from(serde_json::to_vec(&self.value).unwrap_or_default()))
+    /// The object's JSON without `apiVersion` and `kind`, as a list item.
+    pub(crate) fn item_json(&self) -> &Bytes {
+        self.body.get_or_init(|| {
+            let bytes = match self.value.as_object() {
+                Some(map) => serde_json::to_vec(&WithoutType(map)),
+                None => serde_json::to_vec(&self.value),
+            };
+            Bytes::from(bytes.unwrap_or_default())
+        })
+    }
+
+    /// Appends the object's whole JSON (`apiVersion` and `kind` first) to `out`.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        let body = self.item_json();
+        let Some(map) = self.value.as_object() else {
+            out.extend_from_slice(body);
+            return;
+        };
+        out.push(b'{');
+        let mut first = true;
+        for key in ["apiVersion", "kind"] {
+            if let Some(v) = map.get(key) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                // A string or other JSON value: cannot fail.
+                let _ = serde_json::to_writer(&mut *out, key);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+        }
+        // `body` is `{...}`: its members follow.
+        let members = body.get(1..body.len().saturating_sub(1)).unwrap_or(&[]);
+        if !members.is_empty() {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(members);
+        }
+        out.push(b'}');
     }
 }
 
@@ -117,6 +174,14 @@ pub(crate) struct Subscription {
     pub(crate) rx: mpsc::Receiver<Message>,
 }
 
+/// A list served by a cache: the objects (key order) and the revision they are at.
+#[derive(Debug)]
+pub(crate) struct CachedList {
+    /// (storage key, object)
+    pub(crate) objects: Vec<(Vec<u8>, Arc<CachedObject>)>,
+    pub(crate) revision: i64,
+}
+
 /// The caches of every watched storage prefix.
 #[derive(Debug)]
 pub(crate) struct WatchCaches {
@@ -135,12 +200,14 @@ impl WatchCaches {
     }
 
     /// Registers a watch of the keys under `key_prefix` (a namespace's part of `prefix`, or
-    /// all of it), served by the cache of the storage prefix `prefix`.
+    /// all of it; `exact`: of the one key `key_prefix`), served by the cache of the storage
+    /// prefix `prefix`.
     #[tracing::instrument(level = "debug", skip_all, fields(prefix = %String::from_utf8_lossy(prefix), ?start))]
     pub(crate) async fn subscribe(
         &self,
         prefix: &[u8],
         key_prefix: &[u8],
+        exact: bool,
         start: Start,
         bookmarks: bool,
     ) -> Result<Subscription, ApiError> {
@@ -154,7 +221,62 @@ impl WatchCaches {
             Start::State { min_revision } => min_revision,
         };
         cache.wait_fresh(needed).await?;
-        cache.register(key_prefix, start, bookmarks)
+        cache.register(key_prefix, exact, start, bookmarks)
+    }
+
+    /// A list from the cache of the storage prefix `prefix`: the objects whose keys start with `key_prefix` (or, `exact`, the one object
+    /// with that key), in key order, at the cache's revision once it has reached
+    /// `min_revision` (0: whatever it has). Waits at most [`FRESH_TIMEOUT`] for that revision,
+    /// then 504 (upstream's "Too large resource version"). `None` while the cache is not
+    /// running or has not finished its initial list (or has stopped): the caller reads the
+    /// store, as upstream does while its cacher initializes, and starts the cache
+    /// ([`WatchCaches::start`]) at the revision it read.
+    #[tracing::instrument(level = "debug", skip_all, fields(prefix = %String::from_utf8_lossy(prefix), min_revision))]
+    pub(crate) async fn list(
+        &self,
+        prefix: &[u8],
+        key_prefix: &[u8],
+        exact: bool,
+        min_revision: i64,
+    ) -> Result<Option<CachedList>, ApiError> {
+        let running = self
+            .caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(prefix)
+            .cloned();
+        let Some(cache) = running.filter(|c| c.ready()) else {
+            return Ok(None);
+        };
+        cache.wait_fresh(min_revision).await?;
+        let st = cache.lock();
+        if st.stopped {
+            return Ok(None);
+        }
+        let objects = if exact {
+            st.objects
+                .get_key_value(key_prefix)
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .into_iter()
+                .collect()
+        } else {
+            st.objects
+                .range(key_prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(key_prefix))
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect()
+        };
+        Ok(Some(CachedList {
+            objects,
+            revision: st.revision,
+        }))
+    }
+
+    /// Starts the cache of `prefix` if it is not running, listing at `revision` (that of a
+    /// list just read from the store: a watch from the list's resourceVersion is then served
+    /// from the cache instead of being too old for it).
+    pub(crate) fn start(&self, prefix: &[u8], revision: i64) {
+        let _ = self.cache(prefix, revision);
     }
 
     /// The cache of `prefix`, started if it is not running yet.
@@ -177,7 +299,9 @@ impl WatchCaches {
 /// A watcher as the dispatcher sees it.
 #[derive(Debug)]
 struct Slot {
-    key_prefix: Vec<u8>,
+    /// The keys it sees: those starting with `scope`, or (`exact`) that one key.
+    scope: Vec<u8>,
+    exact: bool,
     tx: mpsc::Sender<Message>,
     /// When the next bookmark is due, if the watcher wants them.
     next_bookmark: Option<Instant>,
@@ -194,6 +318,9 @@ struct State {
     /// Every change up to this revision is applied.
     revision: i64,
     watchers: HashMap<u64, Slot>,
+    /// The watchers by `Slot.scope`: a change is offered to those of the storage prefix, of
+    /// its key's namespace and of its key only, not to every watcher of the prefix.
+    by_scope: HashMap<Vec<u8>, Vec<u64>>,
     next_id: u64,
     stopped: bool,
 }
@@ -273,7 +400,54 @@ impl State {
         self.ring.clear();
         self.oldest = revision;
         self.revision = revision;
+        self.clear_watchers();
+    }
+
+    fn add_watcher(&mut self, id: u64, slot: Slot) {
+        self.by_scope
+            .entry(slot.scope.clone())
+            .or_default()
+            .push(id);
+        self.watchers.insert(id, slot);
+    }
+
+    fn remove_watcher(&mut self, id: u64) {
+        let Some(slot) = self.watchers.remove(&id) else {
+            return;
+        };
+        if let Some(ids) = self.by_scope.get_mut(&slot.scope) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_scope.remove(&slot.scope);
+            }
+        }
+    }
+
+    fn clear_watchers(&mut self) {
         self.watchers.clear();
+        self.by_scope.clear();
+    }
+
+    /// The watchers that see a change of `key` under the storage prefix `prefix`.
+    fn watchers_of(&self, prefix: &[u8], key: &[u8]) -> Vec<u64> {
+        let namespace = key
+            .get(prefix.len()..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'/'))
+            .map(|slash| &key[..prefix.len() + slash + 1]);
+        let mut ids = Vec::new();
+        let scopes = [
+            Some((prefix, false)),
+            namespace.map(|n| (n, false)),
+            Some((key, true)),
+        ];
+        for (scope, exact) in scopes.into_iter().flatten() {
+            for id in self.by_scope.get(scope).into_iter().flatten() {
+                if self.watchers.get(id).is_some_and(|s| s.exact == exact) {
+                    ids.push(*id);
+                }
+            }
+        }
+        ids
     }
 }
 
@@ -312,6 +486,7 @@ impl Cache {
     fn register(
         &self,
         key_prefix: &[u8],
+        exact: bool,
         start: Start,
         bookmarks: bool,
     ) -> Result<Subscription, ApiError> {
@@ -332,12 +507,15 @@ impl Cache {
         };
         match start {
             Start::State { .. } => {
-                sub.objects = st
-                    .objects
-                    .range(key_prefix.to_vec()..)
-                    .take_while(|(k, _)| k.starts_with(key_prefix))
-                    .map(|(_, o)| o.clone())
-                    .collect();
+                sub.objects = if exact {
+                    st.objects.get(key_prefix).cloned().into_iter().collect()
+                } else {
+                    st.objects
+                        .range(key_prefix.to_vec()..)
+                        .take_while(|(k, _)| k.starts_with(key_prefix))
+                        .map(|(_, o)| o.clone())
+                        .collect()
+                };
             }
             Start::After(rv) => {
                 if rv < st.oldest {
@@ -351,17 +529,24 @@ impl Cache {
                 sub.events = st
                     .ring
                     .range(first..)
-                    .filter(|e| e.key.starts_with(key_prefix))
+                    .filter(|e| {
+                        if exact {
+                            e.key == key_prefix
+                        } else {
+                            e.key.starts_with(key_prefix)
+                        }
+                    })
                     .cloned()
                     .collect();
             }
         }
         let id = st.next_id;
         st.next_id += 1;
-        st.watchers.insert(
+        st.add_watcher(
             id,
             Slot {
-                key_prefix: key_prefix.to_vec(),
+                scope: key_prefix.to_vec(),
+                exact,
                 tx,
                 next_bookmark: bookmarks.then(|| Instant::now() + BOOKMARK_INTERVAL),
             },
@@ -403,17 +588,34 @@ impl Cache {
             }
         }
         let current = (*self.revision.borrow()).unwrap_or(0);
-        Err(ApiError::new(
-            504,
-            "Timeout",
-            format!("Too large resource version: {needed}, current: {current}"),
+        // Upstream's watch cache asks the client to come back in a second.
+        Err(ApiError::too_large_resource_version(
+            needed,
+            current,
+            TOO_LARGE_RETRY_SECONDS,
         ))
     }
 
+    /// Whether the initial list is in (and the cache has not stopped).
+    fn ready(&self) -> bool {
+        self.revision.borrow().is_some() && !self.lock().stopped
+    }
+
     #[tracing::instrument(name = "watch_cache", skip_all, fields(prefix = %String::from_utf8_lossy(&self.prefix)))]
-    async fn run(self: Arc<Self>, store: Store, mut shutdown: watch::Receiver<bool>, hint: i64) {
+    async fn run(self: Arc<Self>, store: Store, shutdown: watch::Receiver<bool>, hint: i64) {
+        self.follow_store(store, shutdown, hint, false).await
+    }
+
+    /// The cache's task: list (unless `listed`: the state is already at the cache's
+    /// revision), follow the datastore watch, list again when its history is gone.
+    async fn follow_store(
+        self: Arc<Self>,
+        store: Store,
+        mut shutdown: watch::Receiver<bool>,
+        hint: i64,
+        mut listed: bool,
+    ) {
         let mut list_at = hint;
-        let mut listed = false;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -463,7 +665,7 @@ impl Cache {
         }
         let mut st = self.lock();
         st.stopped = true;
-        st.watchers.clear();
+        st.clear_watchers();
         drop(st);
         // Wake anyone waiting for a revision: they will see `stopped`.
         self.revision.send_modify(|_| {});
@@ -556,10 +758,11 @@ impl Cache {
             let mut closed = Vec::new();
             for ev in events {
                 let Some(ev) = st.apply(ev) else { continue };
-                for (id, slot) in &st.watchers {
-                    if !ev.key.starts_with(&slot.key_prefix) {
+                for id in st.watchers_of(&self.prefix, &ev.key) {
+                    let Some(slot) = st.watchers.get(&id) else {
                         continue;
-                    }
+                    };
+                    let id = &id;
                     let msg = Message::Event(ev.clone());
                     if let Some(b) = blocked.iter_mut().find(|b| b.0 == *id) {
                         b.2.push(msg);
@@ -575,7 +778,7 @@ impl Cache {
                 }
             }
             for id in closed {
-                st.watchers.remove(&id);
+                st.remove_watcher(id);
             }
             st.revision = st.revision.max(revision);
             st.revision
@@ -597,7 +800,7 @@ impl Cache {
                         watcher = id,
                         "watch cache: terminating an unresponsive watcher"
                     );
-                    self.lock().watchers.remove(&id);
+                    self.lock().remove_watcher(id);
                     break;
                 }
             }
@@ -710,17 +913,17 @@ mod tests {
             assert_eq!(st.oldest, 15);
         }
         let err = cache
-            .register(PREFIX, Start::After(14), false)
+            .register(PREFIX, false, Start::After(14), false)
             .expect_err("too old");
         assert_eq!(err.code, 410);
         assert_eq!(err.message, "too old resource version: 14 (15)");
         let sub = cache
-            .register(PREFIX, Start::After(15), false)
+            .register(PREFIX, false, Start::After(15), false)
             .expect("cached");
         assert_eq!(sub.events.len(), RING_CAPACITY);
         assert_eq!(sub.events.first().map(|e| e.revision), Some(16));
         let sub = cache
-            .register(PREFIX, Start::After(4000), false)
+            .register(PREFIX, false, Start::After(4000), false)
             .expect("cached");
         assert_eq!(sub.events.first().map(|e| e.revision), Some(4001));
     }
@@ -737,7 +940,7 @@ mod tests {
         }
         let a = b"/registry/configmaps/a/";
         let sub = cache
-            .register(a, Start::State { min_revision: 0 }, false)
+            .register(a, false, Start::State { min_revision: 0 }, false)
             .expect("state");
         let names: Vec<&str> = sub
             .objects
@@ -745,10 +948,12 @@ mod tests {
             .map(|o| o.value["metadata"]["name"].as_str().unwrap_or(""))
             .collect();
         assert_eq!((names, sub.revision), (vec!["y"], 5));
-        let sub = cache.register(a, Start::After(2), false).expect("ring");
+        let sub = cache
+            .register(a, false, Start::After(2), false)
+            .expect("ring");
         assert_eq!(revs(&sub.events), [4, 5]);
         let sub = cache
-            .register(PREFIX, Start::After(1), false)
+            .register(PREFIX, false, Start::After(1), false)
             .expect("ring");
         assert_eq!(revs(&sub.events), [2, 3, 4, 5]);
     }
@@ -757,13 +962,13 @@ mod tests {
     async fn dispatch_fans_out_in_order_and_cuts_off_a_slow_watcher() {
         let cache = cache_at(1);
         let mut fast = cache
-            .register(b"/registry/configmaps/a/", Start::After(1), false)
+            .register(b"/registry/configmaps/a/", false, Start::After(1), false)
             .expect("fast");
         let mut other_ns = cache
-            .register(b"/registry/configmaps/b/", Start::After(1), false)
+            .register(b"/registry/configmaps/b/", false, Start::After(1), false)
             .expect("other");
         let slow = cache
-            .register(PREFIX, Start::After(1), false)
+            .register(PREFIX, false, Start::After(1), false)
             .expect("slow");
         let total = WATCHER_BUFFER as i64 + 10;
         let mut got = Vec::new();
@@ -795,8 +1000,12 @@ mod tests {
     #[tokio::test]
     async fn bookmarks_carry_the_revision_in_order_with_events() {
         let cache = cache_at(1);
-        let mut sub = cache.register(PREFIX, Start::After(1), true).expect("sub");
-        let mut plain = cache.register(PREFIX, Start::After(1), false).expect("sub");
+        let mut sub = cache
+            .register(PREFIX, false, Start::After(1), true)
+            .expect("sub");
+        let mut plain = cache
+            .register(PREFIX, false, Start::After(1), false)
+            .expect("sub");
         cache.dispatch(vec![put("a", "x", 7)], 9).await;
         // Not due yet.
         cache.send_bookmarks();
@@ -809,5 +1018,199 @@ mod tests {
         assert!(sub.rx.try_recv().is_err());
         assert!(matches!(plain.rx.recv().await, Some(Message::Event(_))));
         assert!(plain.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_change_is_offered_to_its_prefix_namespace_and_key_watchers_only() {
+        let cache = cache_at(1);
+        let mut all = cache
+            .register(PREFIX, false, Start::After(1), false)
+            .expect("all");
+        let mut ns_a = cache
+            .register(b"/registry/configmaps/a/", false, Start::After(1), false)
+            .expect("a");
+        let mut ns_b = cache
+            .register(b"/registry/configmaps/b/", false, Start::After(1), false)
+            .expect("b");
+        let mut x = cache
+            .register(b"/registry/configmaps/a/x", true, Start::After(1), false)
+            .expect("x");
+        // `a/x` is not a prefix of `a/xy` for an exact watcher.
+        let mut xy = cache
+            .register(b"/registry/configmaps/a/xy", true, Start::After(1), false)
+            .expect("xy");
+        cache
+            .dispatch(vec![put("a", "x", 2), put("b", "y", 3)], 3)
+            .await;
+        let revs = |rx: &mut mpsc::Receiver<Message>| {
+            let mut out = Vec::new();
+            while let Ok(Message::Event(ev)) = rx.try_recv() {
+                out.push(ev.revision);
+            }
+            out
+        };
+        assert_eq!(revs(&mut all.rx), [2, 3]);
+        assert_eq!(revs(&mut ns_a.rx), [2]);
+        assert_eq!(revs(&mut ns_b.rx), [3]);
+        assert_eq!(revs(&mut x.rx), [2]);
+        assert!(revs(&mut xy.rx).is_empty());
+        // A watcher of one key starts from that key's state and ring only.
+        let again = cache
+            .register(b"/registry/configmaps/a/x", true, Start::After(1), false)
+            .expect("x again");
+        assert_eq!(revs_of(&again.events), [2]);
+        let sub = cache
+            .register(
+                b"/registry/configmaps/a/x",
+                true,
+                Start::State { min_revision: 0 },
+                false,
+            )
+            .expect("x state");
+        assert_eq!(sub.objects.len(), 1);
+        // Gone watchers leave the index.
+        drop((all, ns_a, ns_b, x, xy, again, sub));
+        // (A watcher whose client is gone is dropped when a change is next offered to it.)
+        cache
+            .dispatch(
+                vec![put("a", "x", 4), put("b", "y", 5), put("a", "xy", 6)],
+                6,
+            )
+            .await;
+        let st = cache.lock();
+        assert!(st.watchers.is_empty() && st.by_scope.is_empty());
+    }
+
+    fn revs_of(events: &[Arc<CachedEvent>]) -> Vec<i64> {
+        revs(events)
+    }
+
+    #[test]
+    fn cached_json_is_the_object_with_and_without_its_type() {
+        let obj = CachedObject::new(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "resourceVersion": "3"}, "data": {"k": "v"},
+        }));
+        let item: Value = serde_json::from_slice(obj.item_json()).expect("item json");
+        assert_eq!(
+            item,
+            json!({"metadata": {"name": "x", "resourceVersion": "3"}, "data": {"k": "v"}})
+        );
+        let mut whole = Vec::new();
+        obj.write_json(&mut whole);
+        let whole: Value = serde_json::from_slice(&whole).expect("json");
+        assert_eq!(whole, obj.value);
+        // Nothing but the type.
+        let bare = CachedObject::new(json!({"apiVersion": "v1", "kind": "ConfigMap"}));
+        let mut out = Vec::new();
+        bare.write_json(&mut out);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).expect("json"),
+            bare.value
+        );
+    }
+
+    /// A cache whose datastore watch cannot be re-established because the history after its
+    /// revision was compacted lists again: its state becomes the store's, its watchers are
+    /// terminated (they watch again), and it follows the store from there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compacted_datastore_watch_makes_the_cache_list_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner = rk3s_datastore::connect(&rk3s_datastore::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..rk3s_datastore::Config::for_endpoint(format!(
+                "sqlite://{}",
+                dir.path().join("state.db").display()
+            ))
+        })
+        .await
+        .expect("SQLite store");
+        let store = Store::new(inner.clone(), crate::storage::SharedTransformer::default());
+        let value = |name: &str, v: &str| {
+            serde_json::to_vec(&json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "a"}, "data": {"v": v},
+            }))
+            .expect("json")
+        };
+        let key = |name: &str| format!("/registry/configmaps/a/{name}").into_bytes();
+        for name in ["x", "y"] {
+            store
+                .create(&key(name), value(name, "1"), 0)
+                .await
+                .expect("create");
+        }
+        // The cache as it was when it lost its datastore watch: listed at `before`.
+        let listed = store
+            .list(PREFIX, ListOptions::default())
+            .await
+            .expect("list");
+        let before = listed.revision;
+        let cache = Arc::new(Cache::new(PREFIX.to_vec()));
+        cache.lock().replace(listed.kvs, before);
+        cache.revision.send_replace(Some(before));
+        let mut old = cache
+            .register(PREFIX, false, Start::After(before), false)
+            .expect("watcher");
+        // Meanwhile: x deleted, y changed, z created, and that history compacted away.
+        store.delete(&key("x"), None).await.expect("delete");
+        let (_, y) = store.get(&key("y"), 0).await.expect("get");
+        let y = y.expect("y");
+        store
+            .update(&key("y"), value("y", "2"), y.mod_revision, 0)
+            .await
+            .expect("update");
+        store
+            .create(&key("z"), value("z", "1"), 0)
+            .await
+            .expect("create");
+        let now = store.current_revision().await.expect("revision");
+        inner.compact(now).await.expect("compact");
+
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(cache.clone().follow_store(store.clone(), shutdown, 0, true));
+        // The old watcher is terminated (its channel ends without the lost changes) ...
+        let ended = tokio::time::timeout(Duration::from_secs(60), old.rx.recv())
+            .await
+            .expect("the watcher is terminated");
+        assert!(ended.is_none(), "{ended:?}");
+        // ... and the state is the store's at `now`, with nothing in the ring before it.
+        cache.wait_fresh(now).await.expect("fresh");
+        {
+            let st = cache.lock();
+            let names: Vec<(&str, &str)> = st
+                .objects
+                .values()
+                .map(|o| (o.value["metadata"]["name"].as_str().unwrap_or(""), rv_of(o)))
+                .collect();
+            let now_s = now.to_string();
+            assert_eq!(names.len(), 2);
+            assert_eq!(names[0].0, "y");
+            assert_eq!(names[1], ("z", now_s.as_str()));
+            assert!(st.ring.is_empty());
+            assert_eq!(st.oldest, now);
+        }
+        let err = cache
+            .register(PREFIX, false, Start::After(before), false)
+            .expect_err("the lost history is not replayed");
+        assert_eq!(err.code, 410);
+        // The cache follows the store again: a new change reaches a new watcher.
+        let mut new = cache
+            .register(PREFIX, false, Start::After(now), false)
+            .expect("watcher");
+        store
+            .create(&key("w"), value("w", "1"), 0)
+            .await
+            .expect("create");
+        let got = tokio::time::timeout(Duration::from_secs(60), new.rx.recv())
+            .await
+            .expect("an event");
+        match got {
+            Some(Message::Event(ev)) => {
+                assert_eq!(ev.key, key("w"));
+                assert_eq!(ev.revision, now + 1);
+            }
+            other => panic!("expected the create of w, got {other:?}"),
+        }
     }
 }

@@ -199,14 +199,17 @@ async fn a_resource_version_older_than_the_cache_is_410_gone() {
     let t = TestServer::start().await;
     let client = t.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    cms.create(&PostParams::default(), &cm("old", "1"))
+    // No list before the first watch: a list would start the cache (lists are served by it).
+    let old = cms
+        .create(&PostParams::default(), &cm("old", "1"))
         .await
         .expect("create");
-    let rv_old = list_rv(&cms).await;
-    cms.create(&PostParams::default(), &cm("newer", "1"))
+    let rv_old = old.resource_version().expect("rv");
+    let newer = cms
+        .create(&PostParams::default(), &cm("newer", "1"))
         .await
         .expect("create");
-    let rv_new = list_rv(&cms).await;
+    let rv_new = newer.resource_version().expect("rv");
     // The cache starts at rv_new: rv_old is before anything it holds (upstream's cacher
     // answers 410 there too, although the datastore still has the history).
     let _first = cms
@@ -263,8 +266,12 @@ async fn a_slow_watcher_is_terminated_without_delaying_others() {
     let mut seen = 0;
     let drained = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(ev) = slow.try_next().await.expect("slow watch event") {
-            assert!(matches!(ev, WatchEvent::Added(_)), "{ev:?}");
-            seen += 1;
+            match ev {
+                WatchEvent::Added(_) => seen += 1,
+                // Due every 30 s: a slow machine gets one before the end.
+                WatchEvent::Bookmark(_) => {}
+                other => panic!("unexpected event {other:?}"),
+            }
         }
     })
     .await;
@@ -355,4 +362,213 @@ async fn watchers_of_many_resource_types_each_see_their_own_events() {
         .flat_map(|i| [format!("cm{i}"), format!("sys{i}")])
         .collect();
     assert_eq!(all, interleaved);
+}
+
+/// GET `path` as the admin: status, `Retry-After`, JSON body.
+async fn get_raw(client: &kube::Client, path: &str) -> (u16, Option<String>, serde_json::Value) {
+    let req = http::Request::get(path)
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.into_body().collect_bytes().await.expect("body");
+    let json = serde_json::from_slice(&body).expect("JSON body");
+    (status, retry, json)
+}
+
+fn names_of(list: &serde_json::Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_served_from_the_watch_cache_as_upstream() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let sys: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    for i in 0..5 {
+        let mut c = cm(&format!("c{i}"), "1");
+        c.metadata.labels = Some(BTreeMap::from([(
+            "app".to_string(),
+            if i % 2 == 0 { "even" } else { "odd" }.to_string(),
+        )]));
+        cms.create(&PostParams::default(), &c)
+            .await
+            .expect("create");
+    }
+    sys.create(&PostParams::default(), &cm("other", "1"))
+        .await
+        .expect("create");
+    // A watch from the current state: once its five ADDED events are in, the cache of
+    // configmaps is listed and serving.
+    let watch = cms
+        .watch(&WatchParams::default().timeout(60), "0")
+        .await
+        .expect("watch");
+    assert_eq!(collect(watch, 5).await.len(), 5);
+    let base = "/api/v1/namespaces/default/configmaps";
+    let all: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+
+    // resourceVersion=0: whatever the cache has, and upstream's cache ignores `limit` there.
+    let (code, _, list) = get_raw(&client, &format!("{base}?resourceVersion=0&limit=2")).await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(names_of(&list), all);
+    assert!(list["metadata"].get("continue").is_none(), "{list}");
+    assert_eq!(list["kind"], "ConfigMapList");
+    assert!(
+        list["items"][0].get("kind").is_none(),
+        "typed list items carry no kind"
+    );
+
+    // A consistent list (no resourceVersion) pages: 2 + 2 + 1, in key order, the later pages
+    // at the first one's revision (read from the store), the remaining count as upstream.
+    let (code, _, page) = get_raw(&client, &format!("{base}?limit=2")).await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(names_of(&page), ["c0", "c1"]);
+    assert_eq!(page["metadata"]["remainingItemCount"], 3);
+    let rv = page["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    // A change between pages does not show in them.
+    cms.create(&PostParams::default(), &cm("c5", "1"))
+        .await
+        .expect("create");
+    let mut names = names_of(&page);
+    let mut token = page["metadata"]["continue"].as_str().map(str::to_string);
+    while let Some(t) = token {
+        let (code, _, page) = get_raw(&client, &format!("{base}?limit=2&continue={t}")).await;
+        assert_eq!(code, 200, "{page}");
+        assert_eq!(page["metadata"]["resourceVersion"], rv.as_str());
+        names.extend(names_of(&page));
+        token = page["metadata"]["continue"].as_str().map(str::to_string);
+    }
+    assert_eq!(names, all);
+    // A consistent list sees every write that finished before it: c5 at once.
+    let after = cms.list(&ListParams::default()).await.expect("list");
+    let latest: Vec<String> = after.items.iter().map(|c| c.name_any()).collect();
+    assert_eq!(latest.len(), 6, "{latest:?}");
+    let latest_rv: i64 = after
+        .metadata
+        .resource_version
+        .as_deref()
+        .expect("rv")
+        .parse()
+        .expect("numeric");
+
+    // Selectors, on a cache-served list.
+    let (_, _, even) = get_raw(
+        &client,
+        &format!("{base}?resourceVersion=0&labelSelector=app%3Deven"),
+    )
+    .await;
+    assert_eq!(names_of(&even), ["c0", "c2", "c4"]);
+    let (_, _, one) = get_raw(
+        &client,
+        &format!("{base}?resourceVersion=0&fieldSelector=metadata.name%3Dc3"),
+    )
+    .await;
+    assert_eq!(names_of(&one), ["c3"]);
+    // A consistent paged list with a selector: pages of matches, no remaining count.
+    let (_, _, odd) = get_raw(&client, &format!("{base}?labelSelector=app%3Dodd&limit=1")).await;
+    assert_eq!(names_of(&odd), ["c1"]);
+    assert!(odd["metadata"]["continue"].is_string(), "{odd}");
+    assert!(odd["metadata"].get("remainingItemCount").is_none(), "{odd}");
+    // Across namespaces.
+    let (_, _, every) = get_raw(&client, "/api/v1/configmaps?resourceVersion=0").await;
+    let every = names_of(&every);
+    assert!(every.contains(&"other".to_string()) && every.contains(&"c5".to_string()));
+
+    // resourceVersionMatch=NotOlderThan (and a bare resourceVersion): at least that revision.
+    for q in [
+        format!("resourceVersion={latest_rv}&resourceVersionMatch=NotOlderThan"),
+        format!("resourceVersion={latest_rv}"),
+    ] {
+        let (code, _, list) = get_raw(&client, &format!("{base}?{q}")).await;
+        assert_eq!(code, 200, "{q}: {list}");
+        let at: i64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("rv");
+        assert!(at >= latest_rv, "{q}: {at} < {latest_rv}");
+        assert_eq!(names_of(&list).len(), 6, "{q}");
+    }
+    // resourceVersionMatch=Exact: the state at that revision, from the store.
+    let (code, _, exact) = get_raw(
+        &client,
+        &format!("{base}?resourceVersion={rv}&resourceVersionMatch=Exact"),
+    )
+    .await;
+    assert_eq!(code, 200, "{exact}");
+    assert_eq!(names_of(&exact), all);
+    assert_eq!(exact["metadata"]["resourceVersion"], rv.as_str());
+
+    // A revision the server has not reached: the cache waits (3 s, as upstream), then 504
+    // with upstream's cause and retry hint.
+    let future = latest_rv + 1000;
+    let (code, retry, status) = get_raw(
+        &client,
+        &format!("{base}?resourceVersion={future}&resourceVersionMatch=NotOlderThan"),
+    )
+    .await;
+    assert_eq!(code, 504, "{status}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(status["reason"], "Timeout");
+    let message = status["message"].as_str().expect("message");
+    assert!(
+        message.starts_with(&format!(
+            "Timeout: Too large resource version: {future}, current: "
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        status["details"],
+        serde_json::json!({
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        })
+    );
+
+    // Upstream's list option validation.
+    let (code, _, status) = get_raw(
+        &client,
+        &format!("{base}?resourceVersion=0&resourceVersionMatch=Exact"),
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(
+        status["message"],
+        "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: \
+         resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+    );
+    let (code, _, status) = get_raw(
+        &client,
+        &format!("{base}?resourceVersionMatch=NotOlderThan"),
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["message"],
+        "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+    );
+    let (code, _, status) = get_raw(
+        &client,
+        &format!("{base}?limit=1&resourceVersion=5&continue=abc"),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    assert_eq!(
+        status["message"],
+        "specifying resource version is not allowed when using continue"
+    );
 }

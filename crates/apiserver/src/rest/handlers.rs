@@ -19,6 +19,8 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::AppState;
 use crate::status::{ApiError, Cause};
 use crate::validation::validate_name;
+use crate::watch_cache::{CachedList, CachedObject, WithoutType};
+use std::sync::Arc;
 
 /// How often a write retries after losing a race on an unconditional update or delete.
 const MAX_RETRIES: usize = 16;
@@ -276,16 +278,120 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
     modified, or deleted between the time the first chunk was returned and now may show up in \
     the list.";
 
-/// Lists matching objects. Returns the items (with `resourceVersion`), the revision read at
-/// and the continue token, if more remain.
+/// One listed object: shared with the watch cache (serialized once for every list and watch
+/// that sends it), or read from the store.
+pub(crate) enum Listed {
+    Cached(Arc<CachedObject>),
+    Read(Value),
+}
+
+impl Listed {
+    pub(crate) fn value(&self) -> &Value {
+        match self {
+            Listed::Cached(o) => &o.value,
+            Listed::Read(v) => v,
+        }
+    }
+
+    pub(crate) fn into_value(self) -> Value {
+        match self {
+            Listed::Cached(o) => o.value.clone(),
+            Listed::Read(v) => v,
+        }
+    }
+}
+
+/// A page of a list.
+pub(crate) struct ListPage {
+    pub(crate) items: Vec<Listed>,
+    /// The revision the list is at (its `metadata.resourceVersion`).
+    pub(crate) revision: i64,
+    /// `metadata.continue`, if more remain.
+    pub(crate) token: Option<String>,
+    /// `metadata.remainingItemCount`: how many objects follow the page, when it is known
+    /// (a paged list without selectors, as upstream).
+    pub(crate) remaining: Option<i64>,
+}
+
+/// Where a list is read, by upstream v1.33's rules (`ShouldDelegateList` of the cacher, with
+/// `ConsistentListFromCache` on and `ListFromCacheSnapshot` off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListFrom {
+    /// The store, at this revision (0: the current one): `resourceVersionMatch=Exact`, a
+    /// legacy exact list (a `limit` with a resourceVersion other than "0"), a continue token.
+    Store(i64),
+    /// The watch cache, at least at this revision; `consistent`: the revision is the store's
+    /// current one (no resourceVersion), and a cache that cannot reach it in time falls back
+    /// to the store. `limit` is ignored for resourceVersion "0", as upstream's cache does.
+    Cache {
+        min_revision: i64,
+        consistent: bool,
+        honor_limit: bool,
+    },
+}
+
+/// Upstream's validation of list options (`ValidateListOptions`): 422 `Invalid`
+/// `ListOptions.meta.k8s.io`.
+fn validate_list_options(q: &Query) -> Result<(), ApiError> {
+    let Some(m) = q.get("resourceVersionMatch").filter(|m| !m.is_empty()) else {
+        return Ok(());
+    };
+    let rv = q.get("resourceVersion").map_or("", String::as_str);
+    let forbidden = |message: &str| Cause {
+        reason: "FieldValueForbidden",
+        message: format!("Forbidden: {message}"),
+        field: "resourceVersionMatch".into(),
+    };
+    let mut causes = Vec::new();
+    if rv.is_empty() {
+        causes.push(forbidden(
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ));
+    }
+    if q.get("continue").is_some_and(|c| !c.is_empty()) {
+        causes.push(forbidden(
+            "resourceVersionMatch is forbidden when continue is provided",
+        ));
+    }
+    if m != "Exact" && m != "NotOlderThan" {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {}: supported values: \"Exact\", \"NotOlderThan\", \"\"",
+                Value::String(m.clone())
+            ),
+            field: "resourceVersionMatch".into(),
+        });
+    }
+    if m == "Exact" && rv == "0" {
+        causes.push(forbidden(
+            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_list_options(causes))
+    }
+}
+
+fn parse_resource_version(rv: &str) -> Result<i64, ApiError> {
+    rv.parse::<i64>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+}
+
+/// Lists matching objects: from the watch cache or the store as upstream decides (see
+/// [`ListFrom`]), with selectors, `limit` and `continue`.
 pub(crate) async fn list_items(
     state: &AppState,
     info: &ResourceInfo,
     namespace: Option<&str>,
     selectors: &Selectors,
     q: &Query,
-) -> Result<(Vec<Value>, i64, Option<String>), ApiError> {
-    let prefix = info.prefix(namespace);
+) -> Result<ListPage, ApiError> {
+    validate_list_options(q)?;
     let limit: i64 = match q.get("limit").map(String::as_str) {
         None | Some("") => 0,
         Some(l) => l
@@ -293,47 +399,187 @@ pub(crate) async fn list_items(
             .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
             .max(0),
     };
-    let mut revision = 0;
-    let mut after: Option<Vec<u8>> = None;
-    let continuing = match q.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => {
-            let (rv, start) = decode_continue(token)?;
-            revision = rv;
-            let mut key = prefix.clone();
-            key.extend_from_slice(start.as_bytes());
-            after = Some(key);
-            true
+    let rv = q.get("resourceVersion").map_or("", String::as_str);
+    let rv_match = q.get("resourceVersionMatch").map_or("", String::as_str);
+    let token = q.get("continue").filter(|c| !c.is_empty());
+    let mut after = None;
+    let from = if let Some(token) = token {
+        if !rv.is_empty() && rv != "0" {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
-        None => false,
+        let (at, start) = decode_continue(token)?;
+        after = Some(start);
+        ListFrom::Store(at)
+    } else {
+        match (rv_match, rv) {
+            ("Exact", rv) => ListFrom::Store(parse_resource_version(rv)?),
+            ("NotOlderThan", rv) => ListFrom::Cache {
+                min_revision: parse_resource_version(rv)?,
+                consistent: false,
+                honor_limit: rv != "0",
+            },
+            (_, "") => ListFrom::Cache {
+                min_revision: 0,
+                consistent: true,
+                honor_limit: true,
+            },
+            (_, "0") => ListFrom::Cache {
+                min_revision: 0,
+                consistent: false,
+                honor_limit: false,
+            },
+            (_, rv) if limit > 0 => ListFrom::Store(parse_resource_version(rv)?),
+            (_, rv) => ListFrom::Cache {
+                min_revision: parse_resource_version(rv)?,
+                consistent: false,
+                honor_limit: true,
+            },
+        }
     };
-    if !continuing && q.get("resourceVersionMatch").is_some_and(|m| m == "Exact") {
-        revision = q
-            .get("resourceVersion")
-            .and_then(|rv| rv.parse().ok())
-            .filter(|rv: &i64| *rv > 0)
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "resourceVersionMatch=Exact needs a resourceVersion greater than 0",
-                )
-            })?;
-    }
-    let mut items = Vec::new();
-    // A field selector that pins the name reads one key instead of the whole prefix.
-    if let (Some(name), false) = (selectors.fields.exact_name(), continuing)
-        && (namespace.is_some() || !info.namespaced)
+    // A field selector that pins the name reads one key (upstream: a non-recursive list).
+    let single = match selectors.fields.exact_name() {
+        Some(name) if namespace.is_some() || !info.namespaced => Some(info.key(namespace, name)),
+        _ => None,
+    };
+    if let ListFrom::Cache {
+        mut min_revision,
+        consistent,
+        honor_limit,
+    } = from
     {
-        let (rev, kv) = state
-            .store
-            .get(&info.key(namespace, name), revision)
-            .await?;
+        if consistent {
+            min_revision = state.store.current_revision().await?;
+        }
+        let (key_prefix, exact) = match &single {
+            Some(key) => (key.clone(), true),
+            None => (info.prefix(namespace), false),
+        };
+        let cached = state
+            .watch_cache
+            .list(&info.prefix(None), &key_prefix, exact, min_revision)
+            .await;
+        match cached {
+            Ok(Some(list)) => {
+                let limit = if honor_limit { limit } else { 0 };
+                return Ok(page_from_cache(info, namespace, selectors, list, limit));
+            }
+            // Not ready yet: the store answers, as upstream while its cacher initializes.
+            Ok(None) => {}
+            // A consistent read the cache could not catch up with in time is read from the
+            // store (upstream v1.33's fallback); any other list gets the 504.
+            Err(e) if consistent && e.code == 504 => {}
+            Err(e) => return Err(e),
+        }
+        // The store's current state is at least `min_revision`, or the 504 of etcd3's
+        // `validateMinimumResourceVersion` (without a retry hint).
+        let page =
+            list_from_store(state, info, namespace, selectors, 0, None, limit, &single).await?;
+        // Caching starts on first use, at this list's revision: the watch a client starts
+        // from it is served.
+        state.watch_cache.start(&info.prefix(None), page.revision);
+        if page.revision < min_revision {
+            return Err(ApiError::too_large_resource_version(
+                min_revision,
+                page.revision,
+                0,
+            ));
+        }
+        return Ok(page);
+    }
+    let ListFrom::Store(revision) = from else {
+        return Err(ApiError::internal("unreachable list source"));
+    };
+    list_from_store(
+        state, info, namespace, selectors, revision, after, limit, &single,
+    )
+    .await
+}
+
+/// A page of what the cache listed: the selected objects (served form), at most `limit`
+/// (0: all), with upstream's continue token (the cache's revision and the last key returned)
+/// when keys remain after the page.
+fn page_from_cache(
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    selectors: &Selectors,
+    list: CachedList,
+    limit: i64,
+) -> ListPage {
+    let prefix = info.prefix(namespace);
+    let convert = info.custom.is_some() || info.conversion.is_some();
+    let mut items = Vec::new();
+    let total = list.objects.len();
+    for (i, (key, obj)) in list.objects.into_iter().enumerate() {
+        if !selectors.matches(&obj.value) {
+            continue;
+        }
+        items.push(if convert {
+            Listed::Read(served_form(info, obj.value.clone()))
+        } else {
+            Listed::Cached(obj)
+        });
+        if limit > 0 && items.len() as i64 >= limit {
+            let remaining = (total - i - 1) as i64;
+            if remaining == 0 {
+                break;
+            }
+            let unselective = selectors.labels.is_empty() && selectors.fields.is_empty();
+            let relative = String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default());
+            return ListPage {
+                items,
+                revision: list.revision,
+                token: Some(encode_continue(list.revision, &relative)),
+                remaining: unselective.then_some(remaining),
+            };
+        }
+    }
+    ListPage {
+        items,
+        revision: list.revision,
+        token: None,
+        remaining: None,
+    }
+}
+
+/// A list read from the store at `revision` (0: current), after the key `after` (relative to
+/// the list's prefix), or of the one key `single`.
+#[allow(clippy::too_many_arguments)]
+async fn list_from_store(
+    state: &AppState,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    selectors: &Selectors,
+    mut revision: i64,
+    after: Option<String>,
+    limit: i64,
+    single: &Option<Vec<u8>>,
+) -> Result<ListPage, ApiError> {
+    let prefix = info.prefix(namespace);
+    let continuing = after.is_some();
+    let mut items = Vec::new();
+    if let (Some(key), false) = (single, continuing) {
+        let (rev, kv) = state.store.get(key, revision).await?;
         if let Some(kv) = kv {
             let obj = decode_stored(&kv)?;
             if selectors.matches(&obj) {
-                items.push(served_form(info, obj));
+                items.push(Listed::Read(served_form(info, obj)));
             }
         }
-        return Ok((items, if revision > 0 { revision } else { rev }, None));
+        return Ok(ListPage {
+            items,
+            revision: if revision > 0 { revision } else { rev },
+            token: None,
+            remaining: None,
+        });
     }
+    let mut after: Option<Vec<u8>> = after.map(|start| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(start.as_bytes());
+        key
+    });
+    let unselective = selectors.labels.is_empty() && selectors.fields.is_empty();
     loop {
         let resp = state
             .store
@@ -363,18 +609,33 @@ pub(crate) async fn list_items(
             // Selectors run on the stored form (field labels are mapped to it).
             let obj = decode_stored(kv)?;
             if selectors.matches(&obj) {
-                items.push(served_form(info, obj));
+                items.push(Listed::Read(served_form(info, obj)));
             }
             if limit > 0 && items.len() as i64 >= limit {
                 let more = i + 1 < page_len || resp.more;
                 let token = more.then(|| {
                     encode_continue(revision, &String::from_utf8_lossy(&kv.key[prefix.len()..]))
                 });
-                return Ok((items, revision, token));
+                // `count` is every key from this request's start: what follows this page is
+                // known when the page is this one response, unfiltered.
+                let remaining = (more && unselective && i + 1 == page_len)
+                    .then(|| resp.count - page_len as i64)
+                    .filter(|r| *r > 0);
+                return Ok(ListPage {
+                    items,
+                    revision,
+                    token,
+                    remaining,
+                });
             }
         }
         if !resp.more || page_len == 0 {
-            return Ok((items, revision, None));
+            return Ok(ListPage {
+                items,
+                revision,
+                token: None,
+                remaining: None,
+            });
         }
     }
 }
@@ -382,38 +643,66 @@ pub(crate) async fn list_items(
 async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     let info = ctx.info();
     let selectors = Selectors::from_query(info, ctx.query)?;
-    let (items, revision, token) =
-        list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    let page = list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    let mut meta = json!({ "resourceVersion": page.revision.to_string() });
+    if let Some(t) = &page.token {
+        meta["continue"] = json!(t);
+    }
+    if let Some(n) = page.remaining {
+        meta["remainingItemCount"] = json!(n);
+    }
     if super::table::wants_table(ctx.headers) {
-        let mut table = super::table::to_table(info, &items, &revision.to_string(), ctx.query);
-        if let Some(t) = token {
+        let items: Vec<Value> = page.items.into_iter().map(Listed::into_value).collect();
+        let mut table = super::table::to_table(info, &items, &page.revision.to_string(), ctx.query);
+        if let Some(t) = page.token {
             table["metadata"]["continue"] = json!(t);
+        }
+        if let Some(n) = page.remaining {
+            table["metadata"]["remainingItemCount"] = json!(n);
         }
         return ok(StatusCode::OK, &table);
     }
-    let mut meta = json!({ "resourceVersion": revision.to_string() });
-    if let Some(t) = token {
-        meta["continue"] = json!(t);
-    }
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|mut o| {
-            if let Some(m) = o.as_object_mut() {
-                m.remove("apiVersion");
-                m.remove("kind");
-            }
-            o
+    // Written item by item: a cached object's JSON is copied, not re-encoded. Items of
+    // built-in lists carry no `apiVersion`/`kind` (upstream's typed lists); custom resources
+    // keep theirs (upstream's unstructured lists).
+    let custom = info.custom.is_some();
+    let size: usize = page
+        .items
+        .iter()
+        .map(|i| match i {
+            Listed::Cached(o) => o.item_json().len() + 1,
+            Listed::Read(_) => 2048,
         })
-        .collect();
-    ok(
-        StatusCode::OK,
-        &json!({
-            "kind": info.list_kind,
-            "apiVersion": info.api_version(),
-            "metadata": meta,
-            "items": items,
-        }),
-    )
+        .sum();
+    let mut out = Vec::with_capacity(size + 256);
+    let write = |out: &mut Vec<u8>, v: &Value| {
+        let _ = serde_json::to_writer(out, v);
+    };
+    out.extend_from_slice(b"{\"kind\":");
+    write(&mut out, &json!(info.list_kind));
+    out.extend_from_slice(b",\"apiVersion\":");
+    write(&mut out, &json!(info.api_version()));
+    out.extend_from_slice(b",\"metadata\":");
+    write(&mut out, &meta);
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match item {
+            Listed::Cached(o) if !custom => out.extend_from_slice(o.item_json()),
+            Listed::Cached(o) => o.write_json(&mut out),
+            Listed::Read(v) if custom => write(&mut out, v),
+            Listed::Read(v) => {
+                let _ = match v.as_object() {
+                    Some(map) => serde_json::to_writer(&mut out, &WithoutType(map)),
+                    None => serde_json::to_writer(&mut out, v),
+                };
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    Ok(super::bytes_response(StatusCode::OK, out))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2072,12 +2361,13 @@ async fn delete_collection(ctx: Ctx<'_>, opts: &DeleteOptions) -> Result<Respons
     let mut all = ctx.query.clone();
     all.remove("limit");
     all.remove("continue");
-    let (items, _, _) = list_items(ctx.state, info, ctx.ns(), &selectors, &all).await?;
+    let page = list_items(ctx.state, info, ctx.ns(), &selectors, &all).await?;
     let mut deleted = Vec::new();
-    for item in items {
-        let ns = meta_str(&item, "namespace");
+    for item in page.items {
+        let item = item.value();
+        let ns = meta_str(item, "namespace");
         let ns = (!ns.is_empty()).then_some(ns);
-        match delete_object(ctx.state, info, ns, meta_str(&item, "name"), opts).await {
+        match delete_object(ctx.state, info, ns, meta_str(item, "name"), opts).await {
             Ok((obj, _)) => deleted.push(obj),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),

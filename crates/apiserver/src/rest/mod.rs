@@ -346,6 +346,11 @@ pub(crate) fn ok(code: StatusCode, body: &Value) -> Result<Response, ApiError> {
     Ok(json_response(code, body))
 }
 
+/// A complete JSON body already encoded.
+pub(crate) fn bytes_response(code: StatusCode, body: Vec<u8>) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 /// A streaming body.
 pub(crate) fn stream_response(content_type: &'static str, body: Body) -> Response {
     (

@@ -60,12 +60,11 @@ impl WatchSpec {
         if self.table || self.info.custom.is_some() || self.info.conversion.is_some() {
             return self.line(kind, self.served(obj.value.clone()));
         }
-        let json = obj.json();
-        let mut bytes = Vec::with_capacity(json.len() + 32);
+        let mut bytes = Vec::with_capacity(obj.item_json().len() + 96);
         bytes.extend_from_slice(b"{\"type\":\"");
         bytes.extend_from_slice(kind.as_bytes());
         bytes.extend_from_slice(b"\",\"object\":");
-        bytes.extend_from_slice(json);
+        obj.write_json(&mut bytes);
         bytes.extend_from_slice(b"}\n");
         Bytes::from(bytes)
     }
@@ -153,16 +152,17 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         bookmarks: flag(q, "allowWatchBookmarks"),
     });
 
+    // A watch of one object by name (a field selector on `metadata.name`) is offered only
+    // that object's changes.
+    let (scope, exact) = match spec.selectors.fields.exact_name() {
+        Some(name) if ctx.ns().is_some() || !info.namespaced => (info.key(ctx.ns(), name), true),
+        _ => (info.prefix(ctx.ns()), false),
+    };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let sub = ctx
         .state
         .watch_cache
-        .subscribe(
-            &info.prefix(None),
-            &info.prefix(ctx.ns()),
-            start,
-            spec.bookmarks,
-        )
+        .subscribe(&info.prefix(None), &scope, exact, start, spec.bookmarks)
         .await;
     let mut sub = match sub {
         Ok(sub) => sub,
