@@ -81,8 +81,19 @@ pub const COMPONENT: &str = "rk3s-apiserver";
 
 /// Runs the apiserver until `shutdown` completes: connects the datastore, loads or creates
 /// the serving certificate in `<data-dir>/server/tls/`, creates the system namespaces, serves.
-#[tracing::instrument(name = "apiserver", skip_all, fields(listen = %config.listen_addr()))]
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `serving` once the server is ready: it listens, the bootstrap objects
+/// exist (`/readyz` is ok) and the kubeconfigs are written. The `rk3s-apiserver` binary tells
+/// systemd `READY=1` there.
+#[tracing::instrument(name = "apiserver", skip_all, fields(listen = %config.listen_addr()))]
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    serving: impl FnOnce(&RunningApiserver),
+) -> Result<()> {
     config.validate()?;
     let store = rk3s_datastore::connect(&config.datastore).await?;
     let service_cidr: ServiceCidr = config.service_cidr.parse().map_err(Error::InvalidConfig)?;
@@ -117,6 +128,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store.close().await;
         return Err(e);
     }
+    serving(&running);
     shutdown.await;
     tracing::info!("shutting down");
     running.shutdown().await;

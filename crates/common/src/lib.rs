@@ -1,6 +1,8 @@
-//! Code shared by rk3s' API clients, kept small on purpose: only what two components would
+//! Code shared by rk3s' components, kept small on purpose: only what two components would
 //! otherwise each carry a copy of. Today that is [`leader`], Lease-based leader election, used
-//! by the scheduler and the controller manager.
+//! by the scheduler and the controller manager (feature `leader`, on by default), and what
+//! every binary does the same way around its process: [`signal`] (SIGTERM/SIGINT) and
+//! [`notify`] (systemd's readiness protocol).
 //!
 //! Invariant: this crate knows the Kubernetes API only as a client (kube-rs); it depends on no
 //! rk3s crate, so any component may use it without pulling another component in.
@@ -8,4 +10,7 @@
 // Unit tests may unwrap.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "leader")]
 pub mod leader;
+pub mod notify;
+pub mod signal;

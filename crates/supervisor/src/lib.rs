@@ -20,17 +20,15 @@ pub mod bootstrap;
 pub mod config;
 pub mod kubeconfig;
 pub mod kubectl;
-pub mod notify;
 pub mod secrets_encrypt;
 pub mod server;
 pub mod supervise;
 pub mod token;
 
-use std::future::Future;
-
 use anyhow::Context;
 
 pub use config::{ServerArgs, ServerConfig, load_config};
+pub use rk3s_common::{notify, signal::shutdown_signal};
 pub use rk3s_datastore::server::Args as DatastoreArgs;
 
 /// The `rk3s` command line.
@@ -98,22 +96,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `rk3s datastore`: the same entry point as the `rk3s-datastore` binary.
 pub async fn run_datastore(args: DatastoreArgs) -> anyhow::Result<()> {
-    rk3s_datastore::server::run(args, rk3s_datastore::server::shutdown_signal())
-        .await
-        .context("rk3s datastore")
-}
-
-/// Installs the SIGINT and SIGTERM handlers now (so that a signal that arrives during startup
-/// is not lost) and returns a future that resolves at the first of them.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        notify::stopping();
+    let shutdown = shutdown_signal().context("installing the signal handlers")?;
+    rk3s_datastore::server::run(args, shutdown, |listen| {
+        notify::ready(&format!("serving the etcd v3 API on {listen}"));
     })
+    .await
+    .context("rk3s datastore")
 }

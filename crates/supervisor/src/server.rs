@@ -260,7 +260,7 @@ async fn run_with_store(
     };
 
     // systemd (`Type=notify`): ready once the API answers and its clients run.
-    crate::notify::ready(&format!("serving the API on {}", config.api_url()));
+    rk3s_common::notify::ready(&format!("serving the API on {}", config.api_url()));
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     clients.shutdown().await;

@@ -51,7 +51,11 @@ pub fn command(name: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(bin(name));
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
-        if k.starts_with("RK3S_") || k.starts_with("K3S_") || k == "KUBECONFIG" {
+        if k.starts_with("RK3S_")
+            || k.starts_with("K3S_")
+            || k == "KUBECONFIG"
+            || k == "NOTIFY_SOCKET"
+        {
             cmd.env_remove(&key);
         }
     }
@@ -62,12 +66,16 @@ pub fn command(name: &str, dir: &Path) -> Command {
 }
 
 /// A running binary whose output goes to `<dir>/<name>.log`. Killed on drop; the log is
-/// printed when the test fails (panics) while it runs.
+/// printed when the test fails (panics) while it runs. It runs as under a systemd
+/// `Type=notify` unit: `NOTIFY_SOCKET` is a datagram socket of its own, `<dir>/<name>.notify`,
+/// whose messages [`Process::notified`] returns.
 #[derive(Debug)]
 pub struct Process {
     pub name: String,
     child: Child,
     log: PathBuf,
+    notify: std::os::unix::net::UnixDatagram,
+    notified: Vec<String>,
 }
 
 impl Process {
@@ -81,7 +89,14 @@ impl Process {
         let file = std::fs::File::create(&log).expect("log file");
         // Some binaries log to stdout, some to stderr: both go to the log.
         let out = file.try_clone().expect("log file handle");
+        let socket = dir.join(format!("{name}.notify"));
+        let _ = std::fs::remove_file(&socket);
+        let notify = std::os::unix::net::UnixDatagram::bind(&socket).expect("notify socket");
+        notify
+            .set_nonblocking(true)
+            .expect("non-blocking notify socket");
         let child = command(name, dir)
+            .env("NOTIFY_SOCKET", &socket)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -92,7 +107,19 @@ impl Process {
             name: name.to_string(),
             child,
             log,
+            notify,
+            notified: Vec::new(),
         }
+    }
+
+    /// Every `sd_notify` message (`READY=1\nSTATUS=...`) it sent so far, in order.
+    pub fn notified(&mut self) -> &[String] {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            self.notified
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        &self.notified
     }
 
     /// Its log so far.
@@ -107,15 +134,45 @@ impl Process {
         }
     }
 
+    /// Waits (polling, at most `timeout`) for a `READY=1` message and returns it; panics with
+    /// the log if the process exits or the time runs out first.
+    pub async fn ready_notified(&mut self, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(m) = self
+                .notified()
+                .iter()
+                .find(|m| m.lines().any(|l| l == "READY=1"))
+            {
+                return m.clone();
+            }
+            self.assert_running();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} sent no READY=1 within {timeout:?}; log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM, then waits for the exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(self) -> ExitStatus {
+        self.terminate_notified().0
+    }
+
+    /// SIGTERM, then waits for the exit; also returns the `sd_notify` messages it sent.
+    pub fn terminate_notified(mut self) -> (ExitStatus, Vec<String>) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill runs");
         assert!(sent.success(), "kill -TERM {pid}");
-        self.child.wait().expect("process exits")
+        let status = self.child.wait().expect("process exits");
+        let notified = self.notified().to_vec();
+        (status, notified)
     }
 }
 

@@ -126,6 +126,14 @@ async fn components_alone_run_a_deployment() {
         data.join("server/db/state.db").is_file(),
         "SQLite in the data dir"
     );
+    // systemd's Type=notify (the units in crates/deploy): READY=1 once it serves.
+    let ready = datastore.ready_notified(WAIT).await;
+    assert!(
+        ready.contains(&format!(
+            "STATUS=serving the etcd v3 API on 127.0.0.1:{etcd_port}"
+        )),
+        "{ready:?}"
+    );
 
     // The apiserver's own config file (K3s keys), so /etc/rk3s/config.yaml is never read.
     let api_config = dir.path().join("config.yaml");
@@ -148,6 +156,14 @@ async fn components_alone_run_a_deployment() {
         &mut [&mut datastore, &mut apiserver],
     )
     .await;
+    // READY=1 only once /readyz is ok and the kubeconfigs exist: they are read below.
+    let ready = apiserver.ready_notified(WAIT).await;
+    assert!(
+        ready.contains(&format!(
+            "STATUS=serving the API on https://127.0.0.1:{api_port}"
+        )),
+        "{ready:?}"
+    );
     for file in ["admin", "controller", "scheduler"] {
         let path = data.join(format!("server/cred/{file}.kubeconfig"));
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -258,11 +274,19 @@ async fn components_alone_run_a_deployment() {
         assert!(identity.starts_with(holder), "{lease} held by {identity:?}");
     }
 
-    // SIGTERM stops each cleanly, last started first.
+    // SIGTERM stops each cleanly, last started first, each telling systemd STOPPING=1.
+    for p in [&mut scheduler, &mut controller] {
+        p.ready_notified(WAIT).await;
+    }
     for p in [controller, scheduler, apiserver, datastore] {
         let name = p.name.clone();
-        let status = p.terminate();
+        let (status, notified) = p.terminate_notified();
         assert!(status.success(), "{name} exits 0 on SIGTERM: {status}");
+        assert_eq!(
+            notified.last().map(|m| m.trim_end()),
+            Some("STOPPING=1"),
+            "{name}: {notified:?}"
+        );
     }
 }
 

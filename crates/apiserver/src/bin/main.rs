@@ -124,24 +124,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime
-        .block_on(rk3s_apiserver::run(config, shutdown_signal()))
+    runtime.block_on(async {
+        let shutdown =
+            rk3s_common::signal::shutdown_signal().context("installing the signal handlers")?;
+        rk3s_apiserver::run_with(config, shutdown, |running| {
+            rk3s_common::notify::ready(&format!("serving the API on {}", running.url()));
+        })
+        .await
         .context("running the apiserver")
-}
-
-/// Completes on SIGINT or SIGTERM (what systemd sends).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

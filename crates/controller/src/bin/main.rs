@@ -114,12 +114,10 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let shutdown = shutdown_signal().context("installing the signal handlers")?;
+        let shutdown =
+            rk3s_common::signal::shutdown_signal().context("installing the signal handlers")?;
         let client = client(args.kubeconfig.as_deref()).await?;
-        notify(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("running (leader election first)"),
-        ]);
+        rk3s_common::notify::ready("running (leader election first)");
         rk3s_controller::run(config, client, shutdown)
             .await
             .context("running the controller manager")
@@ -140,28 +138,4 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Cl
             .context("finding a kubeconfig (use --kubeconfig)")?,
     };
     kube::Client::try_from(config).context("building the API client")
-}
-
-/// Installs the SIGINT and SIGTERM handlers now (a signal during startup is not lost) and
-/// returns a future that completes at the first of them, after telling systemd `STOPPING=1`.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        notify(&[sd_notify::NotifyState::Stopping]);
-    })
-}
-
-/// sd_notify (`Type=notify` units); nothing without `NOTIFY_SOCKET`.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some()
-        && let Err(e) = sd_notify::notify(states)
-    {
-        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
-    }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use rk3s_datastore::server::{Args, run, shutdown_signal};
+use rk3s_datastore::server::{Args, run};
 
 /// The rk3s datastore: the etcd v3 API over SQLite, Postgres, MySQL or etcd.
 #[derive(Debug, Parser)]
@@ -22,8 +22,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    run(cli.args, shutdown_signal())
-        .await
-        .context("rk3s-datastore")?;
+    let shutdown =
+        rk3s_common::signal::shutdown_signal().context("installing the signal handlers")?;
+    run(cli.args, shutdown, |listen| {
+        rk3s_common::notify::ready(&format!("serving the etcd v3 API on {listen}"));
+    })
+    .await
+    .context("rk3s-datastore")?;
     Ok(())
 }

@@ -208,10 +208,12 @@ pub fn load_config(args: &Args) -> Result<ServerConfig, RunError> {
 }
 
 /// Runs the etcd endpoint process: loads the configuration, listens, connects to the
-/// datastore and serves until `shutdown`, then closes the datastore.
+/// datastore, calls `serving` with the address it listens on, and serves until `shutdown`,
+/// then closes the datastore. The binaries tell systemd `READY=1` in `serving`.
 pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    serving: impl FnOnce(SocketAddr),
 ) -> Result<(), RunError> {
     let config = load_config(&args)?;
     let endpoint = config.datastore.validate()?;
@@ -222,35 +224,11 @@ pub async fn run(
     let store = crate::connect(&config.datastore).await?;
     let listen = listener.local_addr().unwrap_or(addr);
     tracing::info!(%listen, datastore = %endpoint, "serving the etcd v3 API");
+    serving(listen);
     let result = super::serve(store.clone(), listener, shutdown).await;
     store.close().await;
     tracing::info!("etcd endpoint stopped");
     Ok(result?)
-}
-
-/// Resolves at SIGINT or SIGTERM, for the binaries that run the endpoint.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-    }
 }
 
 #[cfg(test)]

@@ -31,9 +31,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::error::Error;
 use crate::store::Store;
 
-pub use args::{
-    Args, DEFAULT_LISTEN_ADDRESS, RunError, ServerConfig, load_config, run, shutdown_signal,
-};
+pub use args::{Args, DEFAULT_LISTEN_ADDRESS, RunError, ServerConfig, load_config, run};
 
 /// The cluster ID the endpoint reports (a fixed value: the endpoint is its own cluster).
 pub const CLUSTER_ID: u64 = 0x726b_3373_6461_7461; // "rk3sdata"

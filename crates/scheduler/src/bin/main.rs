@@ -63,7 +63,8 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let shutdown = shutdown_signal().context("installing the signal handlers")?;
+        let shutdown =
+            rk3s_common::signal::shutdown_signal().context("installing the signal handlers")?;
         let kube_config = match &args.kubeconfig {
             Some(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path)
@@ -77,36 +78,9 @@ fn main() -> anyhow::Result<()> {
                 .context("finding a kubeconfig")?,
         };
         let client = kube::Client::try_from(kube_config).context("building the API client")?;
-        notify(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("running (leader election first)"),
-        ]);
+        rk3s_common::notify::ready("running (leader election first)");
         rk3s_scheduler::run(config, client, shutdown)
             .await
             .context("running the scheduler")
     })
-}
-
-/// Installs the SIGINT and SIGTERM handlers now (a signal during startup is not lost) and
-/// returns a future that completes at the first of them, after telling systemd `STOPPING=1`.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        notify(&[sd_notify::NotifyState::Stopping]);
-    })
-}
-
-/// sd_notify (`Type=notify` units); nothing without `NOTIFY_SOCKET`.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some()
-        && let Err(e) = sd_notify::notify(states)
-    {
-        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
-    }
 }

@@ -1,7 +1,10 @@
 //! systemd's readiness protocol (`sd_notify`, through the `sd-notify` crate), as K3s speaks it
-//! under its `Type=notify` unit: `READY=1` once the server serves, `STOPPING=1` when it begins
+//! under its `Type=notify` units: `READY=1` once a process serves, `STOPPING=1` when it begins
 //! to shut down. Without `NOTIFY_SOCKET` in the environment (not started by systemd) these do
 //! nothing; a failure to send is logged, never fatal.
+//!
+//! Only binaries call these: a library component embedded in another process (the supervisor
+//! runs them all in one) must not tell systemd the process is ready on its own behalf.
 
 /// `READY=1` with a human-readable `STATUS=`.
 pub fn ready(status: &str) {
