@@ -31,12 +31,6 @@ async fn start() -> Cluster {
         ..rk3s_controller::Config::default()
     })
     .await;
-    let client = common::client_as(
-        &t.kubeconfig,
-        "system:kube-controller-manager",
-        &["system:authenticated"],
-    )
-    .await;
     let config = rk3s_controller::Config {
         controllers: vec![
             "persistentvolume-binder".into(),
@@ -50,8 +44,10 @@ async fn start() -> Cluster {
         },
         ..rk3s_controller::Config::default()
     };
+    let connection = common::manager_connection(&t.apiserver).await;
+    let config = common::manager_config(config);
     let manager = tokio::spawn(async move {
-        rk3s_controller::run(config, client, std::future::pending())
+        rk3s_controller::run(config, connection, std::future::pending())
             .await
             .unwrap();
     });
