@@ -737,9 +737,14 @@ pub(crate) fn rk3s_controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             "replication-controller",
             vec![r(&["patch"], "", &["replicationcontrollers/status"])],
         ),
+        // Status, and the claims' owner references (retention policy), with merge patches
+        // (upstream: PUT).
         (
             "statefulset-controller",
-            vec![r(&["patch"], "apps", &["statefulsets/status"])],
+            vec![
+                r(&["patch"], "apps", &["statefulsets/status"]),
+                r(&["patch"], "", &["persistentvolumeclaims"]),
+            ],
         ),
         // The Terminating phase and conditions with merge patches (upstream: PUT).
         (
