@@ -20,8 +20,8 @@ use std::time::Duration;
 use http::HeaderValue;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::Client;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::{OnceCell, watch};
 
@@ -257,9 +257,7 @@ async fn token(
         .create_token_request(account, &PostParams::default(), &request)
         .await
         .map_err(api_err)?;
-    let status = answer
-        .status
-        .ok_or(CredentialsError::NoToken { account })?;
+    let status = answer.status.ok_or(CredentialsError::NoToken { account })?;
     let mut header = HeaderValue::from_str(&format!("Bearer {}", status.token))
         .map_err(|_| CredentialsError::NoToken { account })?;
     header.set_sensitive(true);
@@ -281,16 +279,15 @@ fn bearer_client(
     header: Arc<RwLock<HeaderValue>>,
 ) -> Result<Client, kube::Error> {
     let builder = kube::client::ClientBuilder::try_from(base.clone())?;
-    let layer = tower::util::MapRequestLayer::new(
-        move |mut req: http::Request<kube::client::Body>| {
+    let layer =
+        tower::util::MapRequestLayer::new(move |mut req: http::Request<kube::client::Body>| {
             let value = header
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
             req.headers_mut().insert(http::header::AUTHORIZATION, value);
             req
-        },
-    );
+        });
     Ok(builder.with_layer(&layer).build())
 }
 
@@ -317,7 +314,11 @@ mod tests {
             ("horizontal-pod-autoscaling", "horizontal-pod-autoscaler"),
             ("tokencleaner", "token-cleaner"),
         ] {
-            assert_eq!(account_of(name), Some(Account::ServiceAccount(sa)), "{name}");
+            assert_eq!(
+                account_of(name),
+                Some(Account::ServiceAccount(sa)),
+                "{name}"
+            );
         }
         assert_eq!(account_of("serviceaccount-token"), Some(Account::Manager));
     }

@@ -172,7 +172,13 @@ pub async fn run_with_clock(
         let credentials = kube_config
             .as_ref()
             .filter(|_| config.use_service_account_credentials)
-            .map(|kc| Arc::new(credentials::Credentials::new(client.clone(), kc, stop_rx.clone())));
+            .map(|kc| {
+                Arc::new(credentials::Credentials::new(
+                    client.clone(),
+                    kc,
+                    stop_rx.clone(),
+                ))
+            });
         let controllers =
             start_controllers(&config, &client, credentials.as_ref(), &stop_rx, &clock);
         let lost = async {
@@ -223,7 +229,10 @@ fn start_controllers(
         tasks.push(("replicaset", boxed(replicaset::run_replicasets)));
     }
     if config.enabled("replicationcontroller") {
-        tasks.push(("replicationcontroller", boxed(replicaset::run_replication_controllers)));
+        tasks.push((
+            "replicationcontroller",
+            boxed(replicaset::run_replication_controllers),
+        ));
     }
     if config.enabled("deployment") {
         tasks.push(("deployment", boxed(deployment::run)));
@@ -271,7 +280,10 @@ fn start_controllers(
         }));
     }
     if config.enabled("taint-eviction-controller") {
-        tasks.push(("taint-eviction-controller", boxed(nodelifecycle::run_taint_eviction)));
+        tasks.push((
+            "taint-eviction-controller",
+            boxed(nodelifecycle::run_taint_eviction),
+        ));
     }
     if config.enabled("nodeipam") && config.nodes.allocate_node_cidrs {
         tasks.push(("nodeipam", {
@@ -342,7 +354,8 @@ fn start_controllers(
 }
 
 /// How a controller loop is started: with its context and the term's stop signal.
-type LoopFn = Box<dyn FnOnce(Arc<util::Shared>, watch::Receiver<bool>) -> BoxFuture<'static, ()> + Send>;
+type LoopFn =
+    Box<dyn FnOnce(Arc<util::Shared>, watch::Receiver<bool>) -> BoxFuture<'static, ()> + Send>;
 
 fn boxed<F, Fut>(f: F) -> LoopFn
 where

@@ -142,7 +142,10 @@ async fn a_deployment_rolls_out_through_the_controllers_own_accounts() {
     })
     .await;
     let rss: Api<ReplicaSet> = Api::namespaced(t.client.clone(), "default");
-    assert_eq!(rss.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        rss.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
     let sas: Api<ServiceAccount> = Api::namespaced(t.client.clone(), "kube-system");
     for sa in ["deployment-controller", "replicaset-controller"] {
         assert!(sas.get_opt(sa).await.unwrap().is_some(), "{sa}");

@@ -314,7 +314,10 @@ async fn client(kubeconfig: &str) -> Result<kube::Client, BoxError> {
 /// The kube config of a kubeconfig `rk3s server` rendered.
 async fn kube_config(kubeconfig: &str) -> Result<kube::Config, BoxError> {
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
-    Ok(kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?)
+    Ok(
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?,
+    )
 }
 
 /// The scheduler, as `system:kube-scheduler`, electing a leader through

@@ -289,7 +289,10 @@ mod tests {
         }
         // Anything else after a namespace is a resource in it.
         let a = attrs(Method::GET, "/api/v1/namespaces/a/statuses");
-        assert_eq!((a.resource.as_str(), a.namespace.as_str()), ("statuses", "a"));
+        assert_eq!(
+            (a.resource.as_str(), a.namespace.as_str()),
+            ("statuses", "a")
+        );
         let a = attrs(Method::GET, "/apis/apps/v1/deployments?watch=true");
         assert_eq!((a.verb.as_str(), a.api_group.as_str()), ("watch", "apps"));
         let a = attrs(Method::GET, "/api/v1/watch/namespaces/a/configmaps");

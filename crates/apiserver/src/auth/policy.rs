@@ -727,7 +727,11 @@ pub(crate) fn rk3s_controller_roles() -> Vec<(&'static str, Vec<Value>)> {
         // Deployment (upstream: PUT).
         (
             "deployment-controller",
-            vec![r(&["patch"], "apps", &["deployments", "deployments/status"])],
+            vec![r(
+                &["patch"],
+                "apps",
+                &["deployments", "deployments/status"],
+            )],
         ),
         (
             "replicaset-controller",
@@ -825,7 +829,11 @@ fn roles_and_bindings() -> (Vec<Value>, Vec<Value>) {
         role["kind"] = json!("Role");
         role["metadata"]["namespace"] = json!(ns);
         roles.push(role);
-        let mut b = binding(&name, &name, &[("ServiceAccount", &format!("kube-system/{sa}"))]);
+        let mut b = binding(
+            &name,
+            &name,
+            &[("ServiceAccount", &format!("kube-system/{sa}"))],
+        );
         b["kind"] = json!("RoleBinding");
         b["metadata"]["namespace"] = json!(ns);
         b["roleRef"]["kind"] = json!("Role");
@@ -1357,7 +1365,11 @@ pub(crate) async fn reconcile(state: &AppState) -> Result<()> {
     let (roles, role_bindings) = roles_and_bindings();
     let sets = [
         ("clusterroles", keep(cluster_roles()), "rules"),
-        ("clusterrolebindings", keep(cluster_role_bindings()), "subjects"),
+        (
+            "clusterrolebindings",
+            keep(cluster_role_bindings()),
+            "subjects",
+        ),
         ("roles", roles, "rules"),
         ("rolebindings", role_bindings, "subjects"),
     ];
