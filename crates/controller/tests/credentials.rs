@@ -206,3 +206,74 @@ async fn a_loops_token_is_refused_outside_its_role() {
          cannot delete resource \"pods\" in API group \"\" in the namespace \"default\""
     );
 }
+
+#[tokio::test]
+async fn the_union_role_exists_only_while_configured_and_a_leftover_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |union: bool| {
+        rk3s_apiserver::EmbeddedApiserver::builder()
+            .data_dir(dir.path())
+            .auth(rk3s_apiserver::AuthConfig {
+                controller_manager_union_role: union,
+                ..rk3s_apiserver::AuthConfig::default()
+            })
+            .start()
+    };
+    let union = |client: kube::Client| async move {
+        let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
+        let crs: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client);
+        (
+            crbs.get_opt("rk3s:kube-controller-manager")
+                .await
+                .unwrap()
+                .is_some(),
+            crs.get_opt("rk3s:kube-controller-manager")
+                .await
+                .unwrap()
+                .is_some(),
+        )
+    };
+    // A standalone apiserver's default: the union role and binding, for an rk3s-controller
+    // without per-loop credentials.
+    let api = start(true).await.unwrap();
+    assert_eq!(union(api.client().await.unwrap()).await, (true, true));
+    api.shutdown().await;
+    // Off (what `rk3s server` sets) on the same store: the leftovers are deleted; the
+    // per-controller roles stay.
+    let api = start(false).await.unwrap();
+    let client = api.client().await.unwrap();
+    assert_eq!(union(client.clone()).await, (false, false));
+    let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
+    // Upstream's namespaced Role of the token cleaner, and its binding.
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> =
+        Api::namespaced(client.clone(), "kube-system");
+    let role_bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(client, "kube-system");
+    let role = roles.get("system:controller:token-cleaner").await.unwrap();
+    let rule = &role.rules.unwrap()[0];
+    assert_eq!(
+        rule.resources.as_deref(),
+        Some(&["secrets".to_string()][..])
+    );
+    let binding = role_bindings
+        .get("system:controller:token-cleaner")
+        .await
+        .unwrap();
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        ("ServiceAccount", "token-cleaner", Some("kube-system"))
+    );
+    for name in [
+        "system:controller:deployment-controller",
+        "rk3s:controller:deployment-controller",
+        "system:kube-controller-manager",
+    ] {
+        assert!(crbs.get_opt(name).await.unwrap().is_some(), "{name}");
+    }
+    api.shutdown().await;
+}
