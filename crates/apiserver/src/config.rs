@@ -32,6 +32,10 @@ pub struct Config {
     /// `--requestheader-allowed-names`: CNs a front proxy's certificate (signed by
     /// `server/tls/request-header-ca.crt`) may have; empty: any (default: `system:auth-proxy`).
     pub requestheader_allowed_names: Vec<String>,
+    /// Keep the `rk3s:kube-controller-manager` union role bound to
+    /// `system:kube-controller-manager` (for an rk3s-controller without
+    /// `--use-service-account-credentials`; see [`crate::AuthConfig`]). Default on.
+    pub controller_manager_union_role: bool,
     /// `--encryption-provider-config`: upstream's `EncryptionConfiguration` file; the
     /// resources it lists are encrypted at rest. Unset: nothing is encrypted.
     pub encryption_provider_config: Option<PathBuf>,
@@ -64,6 +68,7 @@ impl Default for Config {
             service_account_issuer: crate::auth::DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
             requestheader_allowed_names: vec!["system:auth-proxy".into()],
+            controller_manager_union_role: true,
             encryption_provider_config: None,
             audit_policy_file: None,
             audit_log_path: None,
@@ -118,6 +123,7 @@ impl Config {
             service_account_issuer: self.service_account_issuer.clone(),
             api_audiences: self.api_audiences.clone(),
             requestheader_allowed_names: self.requestheader_allowed_names.clone(),
+            controller_manager_union_role: self.controller_manager_union_role,
         })
     }
 

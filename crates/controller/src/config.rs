@@ -55,6 +55,11 @@ pub struct Config {
     pub concurrent_syncs: u16,
     /// Identity in the Lease (default: host name plus a random suffix).
     pub identity: Option<String>,
+    /// Run each controller loop as its own service account (`kube-system/<account>`, see
+    /// [`crate::account_of`]) with a token from the TokenRequest API, instead of on the
+    /// manager's identity (upstream's flag; off by default, `rk3s server` turns it on as K3s
+    /// does).
+    pub use_service_account_credentials: bool,
     /// Node lifecycle, node IPAM and CSR signing settings (upstream's flag names).
     #[serde(flatten)]
     pub nodes: NodeConfig,
@@ -152,6 +157,7 @@ impl Default for Config {
             leader_elect_retry_period: 2,
             concurrent_syncs: 5,
             identity: None,
+            use_service_account_credentials: false,
             nodes: NodeConfig::default(),
             loops: crate::settings::LoopConfig::default(),
         }

@@ -19,6 +19,7 @@ use kube::Client;
 use tokio::sync::watch;
 
 mod config;
+mod credentials;
 mod cronjob;
 mod csr;
 mod daemonset;
@@ -46,6 +47,7 @@ mod ttl;
 mod util;
 
 pub use config::{CONTROLLERS, Config, ConfigError, NodeConfig};
+pub use credentials::{Account, account_of};
 pub use settings::LoopConfig;
 pub use util::{Clock, SystemClock};
 
@@ -58,6 +60,55 @@ pub enum Error {
     /// The configuration does not validate.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `use-service-account-credentials` without the manager's kube config (a [`Connection`]
+    /// made from a bare client).
+    #[error(
+        "use-service-account-credentials needs the manager's kubeconfig (server and CA): \
+         start the controller manager with a Connection made from a kube::Config"
+    )]
+    NoKubeConfig,
+}
+
+/// How the controller manager reaches the apiserver: its own client, and (to build the
+/// per-loop clients of `use-service-account-credentials`) the kube config it was made from.
+#[derive(Clone)]
+pub struct Connection {
+    client: Client,
+    config: Option<kube::Config>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.config.as_ref().map(|c| &c.cluster_url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A client of `config` (the manager's identity), keeping `config` for the per-loop
+    /// clients.
+    pub fn new(config: kube::Config) -> Result<Self, kube::Error> {
+        Ok(Connection {
+            client: Client::try_from(config.clone())?,
+            config: Some(config),
+        })
+    }
+
+    /// The manager's own client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl From<Client> for Connection {
+    /// A bare client: every loop runs on it (no `use-service-account-credentials`).
+    fn from(client: Client) -> Self {
+        Connection {
+            client,
+            config: None,
+        }
+    }
 }
 
 /// A reconcile that failed; the object is requeued with backoff.
@@ -79,21 +130,28 @@ pub(crate) enum ReconcileError {
 /// them and becomes a candidate again.
 pub async fn run(
     config: Config,
-    client: Client,
+    connection: impl Into<Connection>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    run_with_clock(config, client, shutdown, Arc::new(SystemClock)).await
+    run_with_clock(config, connection, shutdown, Arc::new(SystemClock)).await
 }
 
 /// [`run`] with the time-driven controllers (Job, CronJob, TTL-after-finished) reading the
 /// time from `clock` (tests move it to reach schedules without waiting).
 pub async fn run_with_clock(
     config: Config,
-    client: Client,
+    connection: impl Into<Connection>,
     shutdown: impl Future<Output = ()> + Send,
     clock: Arc<dyn Clock>,
 ) -> Result<(), Error> {
     config.validate()?;
+    let Connection {
+        client,
+        config: kube_config,
+    } = connection.into();
+    if config.use_service_account_credentials && kube_config.is_none() {
+        return Err(Error::NoKubeConfig);
+    }
     let identity = config
         .identity
         .clone()
@@ -111,7 +169,18 @@ pub async fn run_with_clock(
             }
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let controllers = start_controllers(&config, &client, &stop_rx, &clock);
+        let credentials = kube_config
+            .as_ref()
+            .filter(|_| config.use_service_account_credentials)
+            .map(|kc| {
+                Arc::new(credentials::Credentials::new(
+                    client.clone(),
+                    kc,
+                    stop_rx.clone(),
+                ))
+            });
+        let controllers =
+            start_controllers(&config, &client, credentials.as_ref(), &stop_rx, &clock);
         let lost = async {
             match &mut elector {
                 Some(e) => e.keep().await,
@@ -145,6 +214,7 @@ pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
 fn start_controllers(
     config: &Config,
     client: &Client,
+    credentials: Option<&Arc<credentials::Credentials>>,
     stop: &watch::Receiver<bool>,
     clock: &Arc<dyn Clock>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -154,200 +224,143 @@ fn start_controllers(
         clock: clock.clone(),
         events: events::Recorder::new(client.clone()),
     });
-    let mut tasks: Vec<(&str, BoxFuture<'static, ()>)> = Vec::new();
+    let mut tasks: Vec<(&'static str, LoopFn)> = Vec::new();
     if config.enabled("replicaset") {
-        tasks.push((
-            "replicaset",
-            Box::pin(replicaset::run_replicasets(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("replicaset", boxed(replicaset::run_replicasets)));
     }
     if config.enabled("replicationcontroller") {
         tasks.push((
             "replicationcontroller",
-            Box::pin(replicaset::run_replication_controllers(
-                shared.clone(),
-                stop.clone(),
-            )),
+            boxed(replicaset::run_replication_controllers),
         ));
     }
     if config.enabled("deployment") {
-        tasks.push((
-            "deployment",
-            Box::pin(deployment::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("deployment", boxed(deployment::run)));
     }
     if config.enabled("garbagecollector") {
-        tasks.push((
-            "garbagecollector",
-            Box::pin(gc::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("garbagecollector", boxed(gc::run)));
     }
     if config.enabled("endpoints") {
-        tasks.push((
-            "endpoints",
-            Box::pin(endpoints::run_endpoints(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("endpoints", boxed(endpoints::run_endpoints)));
     }
     if config.enabled("endpointslice") {
-        tasks.push((
-            "endpointslice",
-            Box::pin(endpoints::run_slices(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("endpointslice", boxed(endpoints::run_slices)));
     }
     if config.enabled("statefulset") {
-        tasks.push((
-            "statefulset",
-            Box::pin(statefulset::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("statefulset", boxed(statefulset::run)));
     }
     if config.enabled("daemonset") {
-        tasks.push((
-            "daemonset",
-            Box::pin(daemonset::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("daemonset", boxed(daemonset::run)));
     }
     if config.enabled("job") {
-        tasks.push(("job", Box::pin(job::run(shared.clone(), stop.clone()))));
+        tasks.push(("job", boxed(job::run)));
     }
     if config.enabled("cronjob") {
-        tasks.push((
-            "cronjob",
-            Box::pin(cronjob::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("cronjob", boxed(cronjob::run)));
     }
     if config.enabled("ttl-after-finished") {
-        tasks.push((
-            "ttl-after-finished",
-            Box::pin(ttl::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("ttl-after-finished", boxed(ttl::run)));
     }
     if config.enabled("resourcequota") {
-        tasks.push((
-            "resourcequota",
-            Box::pin(resourcequota::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("resourcequota", boxed(resourcequota::run)));
     }
     if config.enabled("disruption") {
-        tasks.push((
-            "disruption",
-            Box::pin(disruption::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("disruption", boxed(disruption::run)));
     }
     if config.enabled("serviceaccount") {
-        tasks.push((
-            "serviceaccount",
-            Box::pin(serviceaccount::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("serviceaccount", boxed(serviceaccount::run)));
     }
     if config.enabled("namespace") {
-        tasks.push((
-            "namespace",
-            Box::pin(namespace::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("namespace", boxed(namespace::run)));
     }
     if config.enabled("nodelifecycle") {
-        tasks.push((
-            "nodelifecycle",
-            Box::pin(nodelifecycle::run(
-                shared.clone(),
-                config.nodes.clone(),
-                stop.clone(),
-            )),
-        ));
+        tasks.push(("nodelifecycle", {
+            let nodes = config.nodes.clone();
+            boxed(move |s, st| nodelifecycle::run(s, nodes, st))
+        }));
     }
     if config.enabled("taint-eviction-controller") {
         tasks.push((
             "taint-eviction-controller",
-            Box::pin(nodelifecycle::run_taint_eviction(
-                shared.clone(),
-                stop.clone(),
-            )),
+            boxed(nodelifecycle::run_taint_eviction),
         ));
     }
     if config.enabled("nodeipam") && config.nodes.allocate_node_cidrs {
-        tasks.push((
-            "nodeipam",
-            Box::pin(nodeipam::run(
-                shared.clone(),
-                config.nodes.clone(),
-                stop.clone(),
-            )),
-        ));
+        tasks.push(("nodeipam", {
+            let nodes = config.nodes.clone();
+            boxed(move |s, st| nodeipam::run(s, nodes, st))
+        }));
     }
     if config.enabled("csrapproving") {
-        tasks.push((
-            "csrapproving",
-            Box::pin(csr::run_approving(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("csrapproving", boxed(csr::run_approving)));
     }
     if config.enabled("csrsigning") {
-        tasks.push((
-            "csrsigning",
-            Box::pin(csr::run_signing(
-                shared.clone(),
-                config.nodes.clone(),
-                stop.clone(),
-            )),
-        ));
+        tasks.push(("csrsigning", {
+            let nodes = config.nodes.clone();
+            boxed(move |s, st| csr::run_signing(s, nodes, st))
+        }));
     }
     if config.enabled("persistentvolume-binder") {
-        tasks.push((
-            "persistentvolume-binder",
-            Box::pin(pv::run_binder(
-                shared.clone(),
-                config.loops.clone(),
-                stop.clone(),
-            )),
-        ));
+        tasks.push(("persistentvolume-binder", {
+            let loops = config.loops.clone();
+            boxed(move |s, st| pv::run_binder(s, loops, st))
+        }));
     }
     if config.enabled("pvc-protection") {
-        tasks.push((
-            "pvc-protection",
-            Box::pin(pv::run_pvc_protection(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("pvc-protection", boxed(pv::run_pvc_protection)));
     }
     if config.enabled("pv-protection") {
-        tasks.push((
-            "pv-protection",
-            Box::pin(pv::run_pv_protection(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("pv-protection", boxed(pv::run_pv_protection)));
     }
     if config.enabled("pod-garbage-collector") {
-        tasks.push((
-            "pod-garbage-collector",
-            Box::pin(podgc::run(
-                shared.clone(),
-                config.loops.clone(),
-                stop.clone(),
-            )),
-        ));
+        tasks.push(("pod-garbage-collector", {
+            let loops = config.loops.clone();
+            boxed(move |s, st| podgc::run(s, loops, st))
+        }));
     }
     if config.enabled("horizontal-pod-autoscaling") {
-        tasks.push((
-            "horizontal-pod-autoscaling",
-            Box::pin(hpa::run(shared.clone(), config.loops.clone(), stop.clone())),
-        ));
+        tasks.push(("horizontal-pod-autoscaling", {
+            let loops = config.loops.clone();
+            boxed(move |s, st| hpa::run(s, loops, st))
+        }));
     }
     if config.enabled("nodepassword") {
-        tasks.push((
-            "nodepassword",
-            Box::pin(nodepassword::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("nodepassword", boxed(nodepassword::run)));
     }
     if config.enabled("tokencleaner") {
-        tasks.push((
-            "tokencleaner",
-            Box::pin(tokencleaner::run(shared.clone(), stop.clone())),
-        ));
+        tasks.push(("tokencleaner", boxed(tokencleaner::run)));
     }
     tasks
         .into_iter()
-        .map(|(name, fut)| {
+        .map(|(name, run)| {
             tracing::info!(controller = name, "starting controller");
+            let (shared, stop) = (shared.clone(), stop.clone());
+            let credentials = credentials.cloned();
             tokio::spawn(async move {
-                fut.await;
+                let shared = match (&credentials, credentials::account_of(name)) {
+                    (Some(c), Some(credentials::Account::ServiceAccount(account))) => {
+                        match c.client(account).await {
+                            Some(client) => Arc::new(shared.with_client(client)),
+                            None => return,
+                        }
+                    }
+                    _ => shared,
+                };
+                run(shared, stop).await;
                 tracing::info!(controller = name, "controller stopped");
             })
         })
         .collect()
+}
+
+/// How a controller loop is started: with its context and the term's stop signal.
+type LoopFn =
+    Box<dyn FnOnce(Arc<util::Shared>, watch::Receiver<bool>) -> BoxFuture<'static, ()> + Send>;
+
+fn boxed<F, Fut>(f: F) -> LoopFn
+where
+    F: FnOnce(Arc<util::Shared>, watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |s, st| Box::pin(f(s, st)))
 }

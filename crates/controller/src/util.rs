@@ -46,6 +46,19 @@ impl Clock for SystemClock {
     }
 }
 
+impl Shared {
+    /// The same context for a loop that talks to the apiserver through `client` (its own
+    /// service account's, `--use-service-account-credentials`); Events stay on the manager's.
+    pub(crate) fn with_client(&self, client: Client) -> Shared {
+        Shared {
+            client,
+            concurrency: self.concurrency,
+            clock: self.clock.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
 impl Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")

@@ -30,18 +30,12 @@ impl Drop for Cluster {
 }
 
 async fn start() -> Cluster {
-    // The workload controllers with the admin client; the HPA controller as the controller
-    // manager's user.
+    // The workload controllers in the harness's manager; the HPA controller in a second one
+    // (no leader election, a short sync period), also on its own service account.
     let t = TestCluster::start_with(rk3s_controller::Config {
         controllers: vec!["deployment".into(), "replicaset".into()],
         ..rk3s_controller::Config::default()
     })
-    .await;
-    let client = common::client_as(
-        &t.kubeconfig,
-        "system:kube-controller-manager",
-        &["system:authenticated"],
-    )
     .await;
     let config = rk3s_controller::Config {
         controllers: vec!["horizontal-pod-autoscaling".into()],
@@ -52,8 +46,10 @@ async fn start() -> Cluster {
         },
         ..rk3s_controller::Config::default()
     };
+    let connection = common::manager_connection(&t.apiserver).await;
+    let config = common::manager_config(config);
     let manager = tokio::spawn(async move {
-        rk3s_controller::run(config, client, std::future::pending())
+        rk3s_controller::run(config, connection, std::future::pending())
             .await
             .unwrap();
     });

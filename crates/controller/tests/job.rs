@@ -626,7 +626,9 @@ async fn pods_finished_while_the_controller_is_down_are_counted_once() {
     t.stop_controllers().await;
     finish(&pods, r[1].metadata.name.as_deref().unwrap(), 0).await;
     finish(&pods, r[2].metadata.name.as_deref().unwrap(), 1).await;
-    let (_stop, _handle) = t.spawn_controller_manager(rk3s_controller::Config::default());
+    let (_stop, _handle) = t
+        .spawn_controller_manager(rk3s_controller::Config::default())
+        .await;
     // The failure is replaced and the replacement succeeds.
     let extra = eventually(40, "a replacement pod", || async {
         running(&pods, "restart").await.into_iter().next()

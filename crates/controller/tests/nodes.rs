@@ -325,7 +325,7 @@ async fn node_ipam_gives_distinct_cidrs_rebuilt_from_existing_nodes() {
         leader_elect: false,
         ..Default::default()
     };
-    let (_stop, _ipam) = t.spawn_controller_manager(ipam);
+    let (_stop, _ipam) = t.spawn_controller_manager(ipam).await;
     for name in ["a", "b", "c"] {
         let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         nodes.create(&PostParams::default(), &n).await.unwrap();

@@ -71,10 +71,12 @@ async fn only_the_lease_holder_runs_controllers() {
         (holder(leases.clone()).await.as_deref() == Some("first")).then_some(())
     })
     .await;
-    let (stop_second, second) = t.spawn_controller_manager(rk3s_controller::Config {
-        identity: Some("second".into()),
-        ..rk3s_controller::Config::default()
-    });
+    let (stop_second, second) = t
+        .spawn_controller_manager(rk3s_controller::Config {
+            identity: Some("second".into()),
+            ..rk3s_controller::Config::default()
+        })
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(holder(leases.clone()).await.as_deref(), Some("first"));
 

@@ -165,7 +165,12 @@ async fn run_with_store(
     // `--agent-token`: agents only (`<data-dir>/server/agent-token`).
     let agent_token =
         rk3s_apiserver::load_agent_token(&server_dir, &ca_pem, config.agent_token.as_deref())?;
-    let extra = config.apiserver_args()?;
+    let mut extra = config.apiserver_args()?;
+    // The controller manager runs each loop as its own service account, so its identity gets
+    // upstream's `system:kube-controller-manager` role only (a leftover union binding is
+    // deleted); with `--disable-controller-manager` an external rk3s-controller may still run
+    // every loop on its own identity.
+    extra.auth.controller_manager_union_role = config.disable_controller_manager;
     if secret.is_none() {
         // A token made just now: the CAs go to the datastore for the servers that join with it.
         if bootstrap::store(&store, &token.password, &tls_dir).await? {
@@ -303,11 +308,16 @@ fn leader_identity(config: &ServerConfig) -> String {
 /// A client of the API from a kubeconfig `rk3s server` rendered (loopback HTTPS, the server
 /// CA only, a client certificate).
 async fn client(kubeconfig: &str) -> Result<kube::Client, BoxError> {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+/// The kube config of a kubeconfig `rk3s server` rendered.
+async fn kube_config(kubeconfig: &str) -> Result<kube::Config, BoxError> {
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
-    let config =
+    Ok(
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    Ok(kube::Client::try_from(config)?)
+            .await?,
+    )
 }
 
 /// The scheduler, as `system:kube-scheduler`, electing a leader through
@@ -332,18 +342,20 @@ fn scheduler(kubeconfig: String, identity: String) -> Component {
 }
 
 /// The controller manager, as `system:kube-controller-manager`, electing a leader through
-/// `kube-system/kube-controller-manager`.
+/// `kube-system/kube-controller-manager`; each loop runs as its own service account
+/// (`--use-service-account-credentials`, which K3s sets).
 fn controller(kubeconfig: String, identity: String) -> Component {
     Component::new("controller-manager", move |stop: Stop| {
         let kubeconfig = kubeconfig.clone();
         let config = rk3s_controller::Config {
             identity: Some(identity.clone()),
+            use_service_account_credentials: true,
             ..rk3s_controller::Config::default()
         };
         async move {
-            let client = client(&kubeconfig).await?;
+            let connection = rk3s_controller::Connection::new(kube_config(&kubeconfig).await?)?;
             let run: Running = Box::pin(async move {
-                rk3s_controller::run(config, client, stop.stopped())
+                rk3s_controller::run(config, connection, stop.stopped())
                     .await
                     .map_err(BoxError::from)
             });

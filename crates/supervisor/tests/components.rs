@@ -72,33 +72,9 @@ fn scheduler_and_controller_run_with_their_own_identities() {
             &["create", "deployments", "-n", "default"][..],
             "no",
         ),
-        (&ctrl, &["create", "pods", "-n", "default"][..], "yes"),
-        (
-            &ctrl,
-            &["create", "replicasets.apps", "-n", "default"][..],
-            "yes",
-        ),
-        (
-            &ctrl,
-            &[
-                "patch",
-                "deployments.apps",
-                "--subresource=status",
-                "-n",
-                "default",
-            ][..],
-            "yes",
-        ),
-        (
-            &ctrl,
-            &["delete", "replicasets.apps", "-n", "default"][..],
-            "yes",
-        ),
-        (
-            &ctrl,
-            &["create", "endpointslices.discovery.k8s.io", "-n", "default"][..],
-            "yes",
-        ),
+        // The controller manager's own identity: upstream's system:kube-controller-manager
+        // role (its Lease, the loops' service accounts and their tokens), not the loops' work,
+        // which each loop does as its own service account.
         (
             &ctrl,
             &[
@@ -111,20 +87,25 @@ fn scheduler_and_controller_run_with_their_own_identities() {
         ),
         (
             &ctrl,
-            &["create", "controllerrevisions.apps", "-n", "default"][..],
+            &["create", "serviceaccounts", "-n", "kube-system"][..],
             "yes",
         ),
-        (&ctrl, &["create", "jobs.batch", "-n", "default"][..], "yes"),
         (
             &ctrl,
             &[
-                "patch",
-                "resourcequotas",
-                "--subresource=status",
+                "create",
+                "serviceaccounts",
+                "--subresource=token",
                 "-n",
-                "default",
+                "kube-system",
             ][..],
             "yes",
+        ),
+        (&ctrl, &["create", "pods", "-n", "default"][..], "no"),
+        (
+            &ctrl,
+            &["create", "replicasets.apps", "-n", "default"][..],
+            "no",
         ),
         (&ctrl, &["create", "nodes"][..], "no"),
         (&ctrl, &["create", "clusterrolebindings"][..], "no"),
@@ -137,6 +118,84 @@ fn scheduler_and_controller_run_with_their_own_identities() {
             want,
             "{} can-i {args:?}: {}",
             kubeconfig.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The loops' service accounts: upstream's per-controller roles (plus rk3s' supplements).
+    let admin = setup.kubeconfig();
+    for (account, args, want) in [
+        (
+            "deployment-controller",
+            &["create", "replicasets.apps", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            "deployment-controller",
+            &[
+                "patch",
+                "deployments.apps",
+                "--subresource=status",
+                "-n",
+                "default",
+            ][..],
+            "yes",
+        ),
+        (
+            "deployment-controller",
+            &["create", "pods", "-n", "default"][..],
+            "no",
+        ),
+        (
+            "replicaset-controller",
+            &["create", "pods", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            "statefulset-controller",
+            &["create", "controllerrevisions.apps", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            "cronjob-controller",
+            &["create", "jobs.batch", "-n", "default"][..],
+            "yes",
+        ),
+        (
+            "resourcequota-controller",
+            &[
+                "update",
+                "resourcequotas",
+                "--subresource=status",
+                "-n",
+                "default",
+            ][..],
+            "yes",
+        ),
+        (
+            "token-cleaner",
+            &["delete", "secrets", "-n", "kube-system"][..],
+            "yes",
+        ),
+        (
+            "token-cleaner",
+            &["delete", "secrets", "-n", "default"][..],
+            "no",
+        ),
+        (
+            "generic-garbage-collector",
+            &["create", "clusterrolebindings"][..],
+            "no",
+        ),
+    ] {
+        let user = format!("--as=system:serviceaccount:kube-system:{account}");
+        let mut all = vec!["auth", "can-i", user.as_str()];
+        all.extend(args);
+        let out = setup.kubectl_with(&admin, &all);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{account} can-i {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

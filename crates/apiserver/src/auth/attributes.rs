@@ -64,13 +64,14 @@ impl Attributes {
             watch_path = true;
             rest = &rest[1..];
         }
-        // `/namespaces/<ns>/<resource>...`; `/namespaces/<ns>` alone is the namespace itself.
+        // `/namespaces/<ns>/<resource>...`; `/namespaces/<ns>` alone is the namespace itself,
+        // and `/namespaces/<ns>/status` and `/namespaces/<ns>/finalize` are its subresources
+        // (upstream's `namespaceSubresources`), not resources in the namespace.
         if let ["namespaces", ns, more @ ..] = rest {
             attrs.namespace = (*ns).into();
-            if more.is_empty() {
-                rest = &rest[..2];
-            } else {
-                rest = more;
+            match more {
+                [] | ["status" | "finalize", ..] => {}
+                _ => rest = more,
             }
         }
         match rest {
@@ -270,6 +271,27 @@ mod tests {
         assert_eq!(
             (a.resource.as_str(), a.name.as_str(), a.namespace.as_str()),
             ("namespaces", "kube-system", "kube-system")
+        );
+        // A namespace's `status` and `finalize` are subresources of the namespace (cluster
+        // scoped, named by the path), as upstream's RequestInfoFactory reads them.
+        for sub in ["status", "finalize"] {
+            let a = attrs(Method::PUT, &format!("/api/v1/namespaces/gone/{sub}"));
+            assert_eq!(
+                (
+                    a.verb.as_str(),
+                    a.resource.as_str(),
+                    a.subresource.as_str(),
+                    a.name.as_str(),
+                    a.namespace.as_str()
+                ),
+                ("update", "namespaces", sub, "gone", "gone")
+            );
+        }
+        // Anything else after a namespace is a resource in it.
+        let a = attrs(Method::GET, "/api/v1/namespaces/a/statuses");
+        assert_eq!(
+            (a.resource.as_str(), a.namespace.as_str()),
+            ("statuses", "a")
         );
         let a = attrs(Method::GET, "/apis/apps/v1/deployments?watch=true");
         assert_eq!((a.verb.as_str(), a.api_group.as_str()), ("watch", "apps"));

@@ -63,6 +63,14 @@ pub struct AuthConfig {
     /// `--requestheader-allowed-names`: the CNs a front proxy's certificate (signed by the
     /// request-header CA) may have; empty: any. Default: K3s' `system:auth-proxy`.
     pub requestheader_allowed_names: Vec<String>,
+    /// Keep rk3s' `rk3s:kube-controller-manager` ClusterRole and its binding to the user
+    /// `system:kube-controller-manager`: the union of the per-controller roles, for a
+    /// controller manager that runs every loop on its own identity (rk3s-controller without
+    /// `--use-service-account-credentials`). Off, the policy reconciliation deletes both, and
+    /// the manager has upstream's `system:kube-controller-manager` role only. Default on;
+    /// `rk3s server`, whose controller manager uses per-loop service-account credentials,
+    /// turns it off.
+    pub controller_manager_union_role: bool,
 }
 
 impl Default for AuthConfig {
@@ -72,6 +80,7 @@ impl Default for AuthConfig {
             service_account_issuer: DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
             requestheader_allowed_names: vec!["system:auth-proxy".into()],
+            controller_manager_union_role: true,
         }
     }
 }
@@ -135,6 +144,8 @@ pub(crate) struct Auth {
     requestheader_allowed_names: Vec<String>,
     pub(crate) service_accounts: serviceaccount::Tokens,
     pub(crate) rbac: rbac::Cache,
+    /// [`AuthConfig::controller_manager_union_role`].
+    pub(crate) controller_manager_union_role: bool,
 }
 
 impl Auth {
@@ -157,6 +168,7 @@ impl Auth {
                 audiences,
             )?,
             rbac: rbac::Cache::new(store),
+            controller_manager_union_role: config.controller_manager_union_role,
         })
     }
 

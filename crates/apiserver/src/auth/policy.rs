@@ -490,11 +490,12 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 r(&["create"], "", &["serviceaccounts/token"]),
             ],
         ),
-        // rk3s' own: upstream's kube-controller-manager runs each loop as a service account
-        // (`--use-service-account-credentials`, which K3s sets) bound to a
-        // `system:controller:<loop>` role; rk3s-controller runs every loop as
-        // `system:kube-controller-manager`, so that user gets the union of those roles for the
-        // loops it runs (deployment, replicaset, replication, statefulset, daemon-set, job,
+        // rk3s' own, only while `AuthConfig::controller_manager_union_role` is on: upstream's
+        // kube-controller-manager runs each loop as a service account
+        // (`--use-service-account-credentials`, which K3s and `rk3s server` set) bound to a
+        // `system:controller:<loop>` role; an rk3s-controller without that flag runs every
+        // loop as `system:kube-controller-manager`, so that user gets the union of those roles
+        // for the loops it runs (deployment, replicaset, replication, statefulset, daemon-set, job,
         // cronjob, ttl-after-finished, resourcequota, disruption, generic-garbage-collector,
         // endpoint, endpointslice, service-account, persistent-volume-binder,
         // pvc-protection, pv-protection, pod-garbage-collector, horizontal-pod-autoscaler:
@@ -502,7 +503,7 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
         // their and HPAs' status and of `*/scale`, pod status patches and deletions are
         // the garbage collector's `*` rule).
         cluster_role(
-            "rk3s:kube-controller-manager",
+            UNION_ROLE,
             &[],
             vec![
                 // generic-garbage-collector: reads and edits (owner references, finalizers) and
@@ -604,6 +605,11 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
             cluster_role(&format!("{CONTROLLER_ROLE_PREFIX}{name}"), &[], rules)
         }),
     )
+    .chain(
+        rk3s_controller_roles()
+            .into_iter()
+            .map(|(name, rules)| cluster_role(&format!("{RK3S_ROLE_PREFIX}{name}"), &[], rules)),
+    )
     .collect()
 }
 
@@ -649,8 +655,8 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
             &[("User", "system:kube-controller-manager")],
         ),
         binding(
-            "rk3s:kube-controller-manager",
-            "rk3s:kube-controller-manager",
+            UNION_ROLE,
+            UNION_ROLE,
             &[("User", "system:kube-controller-manager")],
         ),
         binding(
@@ -685,7 +691,155 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
             &[("ServiceAccount", &format!("kube-system/{name}"))],
         )
     }))
+    .chain(rk3s_controller_roles().into_iter().map(|(name, _)| {
+        let role = format!("{RK3S_ROLE_PREFIX}{name}");
+        binding(
+            &role,
+            &role,
+            &[("ServiceAccount", &format!("kube-system/{name}"))],
+        )
+    }))
     .collect()
+}
+
+/// rk3s' union role for a controller manager that runs every loop on its own identity; exists
+/// only while [`crate::AuthConfig::controller_manager_union_role`] is on.
+pub(crate) const UNION_ROLE: &str = "rk3s:kube-controller-manager";
+
+/// The prefix of rk3s' supplements to the per-controller roles (bound to the same service
+/// accounts), for what rk3s-controller's loops do beyond upstream's roles.
+pub(crate) const RK3S_ROLE_PREFIX: &str = "rk3s:controller:";
+
+/// Supplements to upstream's per-controller roles, each bound to `kube-system/<name>`: where
+/// an rk3s-controller loop, running as its service account
+/// (`--use-service-account-credentials`), does more than upstream's controller (which reads
+/// through the manager's shared informers and writes status with PUT) — kept minimal, each
+/// rule with why. Also the role of rk3s' own `node-password-controller` (K3s' node-password
+/// controller; K3s runs it on its own identity).
+pub(crate) fn rk3s_controller_roles() -> Vec<(&'static str, Vec<Value>)> {
+    vec![
+        // Status is written with merge patches (upstream: PUT).
+        (
+            "daemon-set-controller",
+            vec![r(&["patch"], "apps", &["daemonsets/status"])],
+        ),
+        // Status with merge patches; the newest revision annotation with a merge patch of the
+        // Deployment (upstream: PUT).
+        (
+            "deployment-controller",
+            vec![r(
+                &["patch"],
+                "apps",
+                &["deployments", "deployments/status"],
+            )],
+        ),
+        (
+            "replicaset-controller",
+            vec![r(&["patch"], "apps", &["replicasets/status"])],
+        ),
+        (
+            "replication-controller",
+            vec![r(&["patch"], "", &["replicationcontrollers/status"])],
+        ),
+        // Status, and the claims' owner references (retention policy), with merge patches
+        // (upstream: PUT).
+        (
+            "statefulset-controller",
+            vec![
+                r(&["patch"], "apps", &["statefulsets/status"]),
+                r(&["patch"], "", &["persistentvolumeclaims"]),
+            ],
+        ),
+        // The Terminating phase and conditions with merge patches (upstream: PUT).
+        (
+            "namespace-controller",
+            vec![r(&["patch"], "", &["namespaces/status"])],
+        ),
+        // Watches and lists the pods its budgets select (upstream: the shared informer).
+        (
+            "disruption-controller",
+            vec![r(&["list", "watch"], "", &["pods"])],
+        ),
+        // Reads the quota afresh before writing its status (upstream: the informer's copy).
+        (
+            "resourcequota-controller",
+            vec![r(&["get"], "", &["resourcequotas"])],
+        ),
+        // Watches namespaces and service accounts, and reads `default` before creating it
+        // (upstream: shared informers).
+        (
+            "service-account-controller",
+            vec![
+                r(&["list", "watch"], "", &["namespaces"]),
+                r(READ, "", &["serviceaccounts"]),
+            ],
+        ),
+        // Watches the nodes' heartbeat Leases (upstream: the shared informer).
+        (
+            "node-controller",
+            vec![r(&["list", "watch"], "coordination.k8s.io", &["leases"])],
+        ),
+        // rk3s' node-password controller: watches Nodes; edits the password Secrets in
+        // `kube-system` (its Role in `namespaced_roles`).
+        (
+            "node-password-controller",
+            vec![r(&["list", "watch"], "", &["nodes"])],
+        ),
+    ]
+}
+
+/// Upstream's namespaced bootstrap Roles and RoleBindings (`namespace_policy.go`, those for
+/// loops rk3s runs) and rk3s' own: `(namespace, name, rules, service account)`, the binding
+/// named as the role and bound to `kube-system/<service account>`.
+#[allow(clippy::type_complexity)]
+pub(crate) fn namespaced_roles() -> Vec<(&'static str, String, Vec<Value>, &'static str)> {
+    let events = || {
+        rg(
+            &["create", "update", "patch"],
+            &["", "events.k8s.io"],
+            &["events"],
+        )
+    };
+    vec![
+        (
+            "kube-system",
+            format!("{CONTROLLER_ROLE_PREFIX}token-cleaner"),
+            vec![
+                r(&["get", "list", "watch", "delete"], "", &["secrets"]),
+                events(),
+            ],
+            "token-cleaner",
+        ),
+        (
+            "kube-system",
+            format!("{RK3S_ROLE_PREFIX}node-password-controller"),
+            // Reads a node's password Secret and patches its owner reference to the Node.
+            vec![r(&["get", "patch"], "", &["secrets"])],
+            "node-password-controller",
+        ),
+    ]
+}
+
+/// [`namespaced_roles`] as `Role` and `RoleBinding` objects.
+fn roles_and_bindings() -> (Vec<Value>, Vec<Value>) {
+    let mut roles = Vec::new();
+    let mut bindings = Vec::new();
+    for (ns, name, rules, sa) in namespaced_roles() {
+        let mut role = cluster_role(&name, &[], rules);
+        role["kind"] = json!("Role");
+        role["metadata"]["namespace"] = json!(ns);
+        roles.push(role);
+        let mut b = binding(
+            &name,
+            &name,
+            &[("ServiceAccount", &format!("kube-system/{sa}"))],
+        );
+        b["kind"] = json!("RoleBinding");
+        b["metadata"]["namespace"] = json!(ns);
+        b["roleRef"]["kind"] = json!("Role");
+        bindings.push(b);
+    }
+    (roles, bindings)
 }
 
 /// The prefix of the per-controller roles; each is bound to the service account
@@ -1198,21 +1352,57 @@ pub(crate) fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
 }
 
 /// Creates missing bootstrap objects and adds missing rules/subjects to those that allow it.
+/// Without [`crate::AuthConfig::controller_manager_union_role`] the union role and its binding
+/// are left out, and deleted when an earlier start created them.
 pub(crate) async fn reconcile(state: &AppState) -> Result<()> {
+    let union = state.auth.controller_manager_union_role;
+    let keep = |objects: Vec<Value>| -> Vec<Value> {
+        objects
+            .into_iter()
+            .filter(|o| union || o["metadata"]["name"] != UNION_ROLE)
+            .collect()
+    };
+    let (roles, role_bindings) = roles_and_bindings();
     let sets = [
-        ("clusterroles", cluster_roles(), "rules"),
-        ("clusterrolebindings", cluster_role_bindings(), "subjects"),
+        ("clusterroles", keep(cluster_roles()), "rules"),
+        (
+            "clusterrolebindings",
+            keep(cluster_role_bindings()),
+            "subjects",
+        ),
+        ("roles", roles, "rules"),
+        ("rolebindings", role_bindings, "subjects"),
     ];
+    if !union {
+        for plural in ["clusterrolebindings", "clusterroles"] {
+            let info = super::rbac::rbac_info(plural)
+                .ok_or_else(|| Error::Bootstrap("RBAC is not registered".into()))?;
+            let opts = crate::rest::DeleteOptions::default();
+            match crate::rest::delete_object(state, info, None, UNION_ROLE, &opts).await {
+                Ok(_) => tracing::info!(
+                    "deleted {plural} {UNION_ROLE}: the controllers use their own service accounts"
+                ),
+                Err(e) if e.code == 404 => {}
+                Err(e) => {
+                    return Err(Error::Bootstrap(format!(
+                        "{plural} {UNION_ROLE}: {}",
+                        e.message
+                    )));
+                }
+            }
+        }
+    }
     for (plural, objects, list_field) in sets {
         let info = super::rbac::rbac_info(plural)
             .ok_or_else(|| Error::Bootstrap("RBAC is not registered".into()))?;
         for obj in objects {
             let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
             let want = obj[list_field].clone();
             match crate::rest::create_object(
                 state,
                 info,
-                None,
+                ns.as_deref(),
                 obj.clone(),
                 false,
                 FieldValidation::Strict,
@@ -1223,7 +1413,7 @@ pub(crate) async fn reconcile(state: &AppState) -> Result<()> {
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(Error::Bootstrap(format!("{plural} {name}: {}", e.message))),
             }
-            let key = info.key(None, &name);
+            let key = info.key(ns.as_deref(), &name);
             let res = crate::rest::guaranteed_update(state, info, &key, &name, false, |old| {
                 let mut new = old.clone();
                 if old["metadata"]["annotations"][AUTOUPDATE] == "false" {

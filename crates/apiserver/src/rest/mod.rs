@@ -30,7 +30,7 @@ use crate::registry::{REGISTRY, ResourceInfo};
 use crate::server::AppState;
 use crate::status::ApiError;
 
-pub(crate) use handlers::{create_object, guaranteed_update};
+pub(crate) use handlers::{DeleteOptions, create_object, delete_object, guaranteed_update};
 pub(crate) use object::{
     FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str, new_uid,
     set_resource_version,

@@ -33,6 +33,14 @@ struct Args {
     #[arg(long)]
     #[serde(rename = "leader-elect", skip_serializing_if = "Option::is_none")]
     leader_elect: Option<bool>,
+    /// Run each controller loop as its own service account (kube-system/<account>) with a
+    /// token from the TokenRequest API, instead of on this process's identity.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(
+        rename = "use-service-account-credentials",
+        skip_serializing_if = "Option::is_none"
+    )]
+    use_service_account_credentials: Option<bool>,
     /// Objects each controller reconciles at once.
     #[arg(long)]
     #[serde(rename = "concurrent-syncs", skip_serializing_if = "Option::is_none")]
@@ -116,15 +124,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown =
             rk3s_common::signal::shutdown_signal().context("installing the signal handlers")?;
-        let client = client(args.kubeconfig.as_deref()).await?;
+        let connection = connection(args.kubeconfig.as_deref()).await?;
         rk3s_common::notify::ready("running (leader election first)");
-        rk3s_controller::run(config, client, shutdown)
+        rk3s_controller::run(config, connection, shutdown)
             .await
             .context("running the controller manager")
     })
 }
 
-async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+async fn connection(
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<rk3s_controller::Connection> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -137,5 +147,5 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Cl
             .await
             .context("finding a kubeconfig (use --kubeconfig)")?,
     };
-    kube::Client::try_from(config).context("building the API client")
+    rk3s_controller::Connection::new(config).context("building the API client")
 }

@@ -2,6 +2,11 @@
 //! 127.0.0.1:0, SQLite and certificates in the test's temp dir), the controller manager
 //! running against it, and a "kubelet stand-in".
 //!
+//! The controller manager runs as `rk3s server` runs it: as `system:kube-controller-manager`
+//! (the apiserver's controller certificate) with `use-service-account-credentials`, and the
+//! apiserver without the `rk3s:kube-controller-manager` union role, so every loop works
+//! through its own service account's least-privilege roles.
+//!
 //! No kubelet or containers exist in these tests: the stand-in plays the node's part by
 //! patching pod status (phase Running, a pod IP, Ready=True) so that the controllers see
 //! pods become ready. It never runs anything.
@@ -64,25 +69,28 @@ impl TestCluster {
     ) -> TestCluster {
         let _ = tracing_subscriber_init();
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = config(dir.path());
+        let config = manager_config(config(dir.path()));
         // Certificates kept in the test's directory (`<dir>/tls`): a restarted apiserver has
         // the same CAs, and tests may name the CA files in the controller's config.
         let apiserver = EmbeddedApiserver::builder()
             .data_dir(dir.path())
             .persistent_pki(true)
+            .auth(rk3s_apiserver::AuthConfig {
+                controller_manager_union_role: false,
+                ..rk3s_apiserver::AuthConfig::default()
+            })
             .start()
             .await
             .expect("apiserver starts");
-        // The admin client certificate (system:masters); the controller's own least-privilege
-        // identity is the supervisor's to hand out.
+        // The tests' own client: the admin client certificate (system:masters).
         let kubeconfig = apiserver.kubeconfig_path().to_path_buf();
         let client = client_for(&kubeconfig).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let c = client.clone();
+        let connection = manager_connection(&apiserver).await;
         let controllers = tokio::spawn(async move {
             rk3s_controller::run_with_clock(
                 config,
-                c,
+                connection,
                 async {
                     let _ = rx.await;
                 },
@@ -114,8 +122,9 @@ impl TestCluster {
             .expect("apiserver restarts");
     }
 
-    /// Another controller manager against this cluster, stopped by the returned sender.
-    pub fn spawn_controller_manager(
+    /// Another controller manager against this cluster (as the first one: its own identity,
+    /// per-loop service accounts), stopped by the returned sender.
+    pub async fn spawn_controller_manager(
         &self,
         config: rk3s_controller::Config,
     ) -> (
@@ -123,7 +132,8 @@ impl TestCluster {
         tokio::task::JoinHandle<()>,
     ) {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let c = self.client.clone();
+        let config = manager_config(config);
+        let c = manager_connection(&self.apiserver).await;
         let h = tokio::spawn(async move {
             rk3s_controller::run(config, c, async {
                 let _ = rx.await;
@@ -188,6 +198,32 @@ fn tracing_subscriber_init() -> Option<()> {
         .with_test_writer()
         .try_init()
         .ok()
+}
+
+/// `config` as the harness runs every controller manager: with per-loop service accounts.
+pub fn manager_config(config: rk3s_controller::Config) -> rk3s_controller::Config {
+    rk3s_controller::Config {
+        use_service_account_credentials: true,
+        ..config
+    }
+}
+
+/// The controller manager's own connection: `system:kube-controller-manager` (the apiserver's
+/// controller client certificate), as `rk3s server` gives it.
+pub async fn manager_connection(apiserver: &EmbeddedApiserver) -> rk3s_controller::Connection {
+    let yaml = rk3s_apiserver::kubeconfig(
+        &apiserver.url(),
+        apiserver.ca_pem(),
+        &apiserver.pki().controller,
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kube config");
+    rk3s_controller::Connection::new(config).expect("kube client")
 }
 
 /// The one place tests build a client (authentication will change it).
