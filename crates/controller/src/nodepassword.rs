@@ -20,39 +20,14 @@ use crate::util::{self, Backoff, Shared};
 
 const NAMESPACE: &str = "kube-system";
 
-struct Ctx {
-    shared: Arc<Shared>,
-    backoff: Backoff,
-}
-
 pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let controller = Controller::new(
         Api::<Node>::all(shared.client.clone()),
         watcher::Config::default(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let abandon = util::abandon_unsynced(controller.store(), stop);
-    let ctx = Arc::new(Ctx {
-        shared,
-        backoff: Backoff::default(),
-    });
-    util::drain(
-        "nodepassword",
-        abandon,
-        controller.run(
-            |node, ctx| async move {
-                let key = util::key_of(node.meta());
-                let r = sync(&node, &ctx.shared).await;
-                if r.is_ok() {
-                    ctx.backoff.success(&key);
-                }
-                r
-            },
-            |node, _e, ctx| util::error_action(&ctx.backoff, &util::key_of(node.meta())),
-            ctx,
-        ),
-    )
+    );
+    util::run_controller("nodepassword", shared, controller, stop, |node, shared| async move {
+        sync(&node, &shared).await
+    })
     .await;
 }
 

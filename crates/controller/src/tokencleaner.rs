@@ -23,39 +23,14 @@ use crate::util::{self, Backoff, Shared};
 const NAMESPACE: &str = "kube-system";
 const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
 
-struct Ctx {
-    shared: Arc<Shared>,
-    backoff: Backoff,
-}
-
 pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let controller = Controller::new(
         Api::<Secret>::namespaced(shared.client.clone(), NAMESPACE),
         watcher::Config::default().fields(&format!("type={SECRET_TYPE}")),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let abandon = util::abandon_unsynced(controller.store(), stop);
-    let ctx = Arc::new(Ctx {
-        shared,
-        backoff: Backoff::default(),
-    });
-    util::drain(
-        "tokencleaner",
-        abandon,
-        controller.run(
-            |secret, ctx| async move {
-                let key = util::key_of(secret.meta());
-                let r = sync(&secret, &ctx.shared).await;
-                if r.is_ok() {
-                    ctx.backoff.success(&key);
-                }
-                r
-            },
-            |secret, _e, ctx| util::error_action(&ctx.backoff, &util::key_of(secret.meta())),
-            ctx,
-        ),
-    )
+    );
+    util::run_controller("tokencleaner", shared, controller, stop, |secret, shared| async move {
+        sync(&secret, &shared).await
+    })
     .await;
 }
 

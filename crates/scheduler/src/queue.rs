@@ -70,6 +70,8 @@ pub enum ClusterEvent {
     NodeAddOrUpdate,
     AssignedPodAdd,
     AssignedPodDelete,
+    /// A PersistentVolume, PersistentVolumeClaim or StorageClass added or changed.
+    VolumeAddOrUpdate,
 }
 
 #[derive(Debug)]
@@ -306,6 +308,7 @@ impl Queue {
                     e.plugins.contains("InterPodAffinity")
                         || e.plugins.contains("PodTopologySpread")
                 }
+                ClusterEvent::VolumeAddOrUpdate => e.plugins.contains("VolumeBinding"),
             })
             .map(|(k, _)| (*k).clone())
             .collect();

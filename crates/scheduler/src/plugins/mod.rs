@@ -16,6 +16,7 @@ pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_resources;
 pub mod topology_spread;
+pub mod volume_binding;
 
 /// Upstream's `MaxNodeScore`.
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -56,6 +57,7 @@ pub struct CycleState {
     pub node_affinity: node_affinity::State,
     pub spread: topology_spread::State,
     pub inter_pod: inter_pod_affinity::State,
+    pub volumes: volume_binding::State,
 }
 
 impl CycleState {
@@ -64,11 +66,13 @@ impl CycleState {
         let node_affinity = node_affinity::State::new(&pod);
         let spread = topology_spread::State::new(&pod, &node_affinity, cache);
         let inter_pod = inter_pod_affinity::State::new(&pod, cache);
+        let volumes = volume_binding::State::new(&pod, cache);
         CycleState {
             pod,
             node_affinity,
             spread,
             inter_pod,
+            volumes,
         }
     }
 
@@ -80,6 +84,7 @@ impl CycleState {
         self.node_affinity.filter(node)?;
         basic::node_ports(&self.pod, node)?;
         node_resources::fit(&self.pod, node)?;
+        self.volumes.filter(node)?;
         self.spread.filter(&self.pod, node)?;
         self.inter_pod.filter(&self.pod, node)?;
         Ok(())
