@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::Resource as _;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -16,7 +15,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::ReconcileError;
-use crate::util::{self, Backoff, Shared};
+use crate::util::{self, Shared};
 
 const NAMESPACE: &str = "kube-system";
 
@@ -25,9 +24,13 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         Api::<Node>::all(shared.client.clone()),
         watcher::Config::default(),
     );
-    util::run_controller("nodepassword", shared, controller, stop, |node, shared| async move {
-        sync(&node, &shared).await
-    })
+    util::run_controller(
+        "nodepassword",
+        shared,
+        controller,
+        stop,
+        |node, shared| async move { sync(&node, &shared).await },
+    )
     .await;
 }
 

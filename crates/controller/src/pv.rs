@@ -1170,8 +1170,7 @@ pub(crate) async fn run_pvc_protection(shared: Arc<Shared>, stop: watch::Receive
                 .map(|c| ObjectRef::<PersistentVolumeClaim>::new(&c).within(&ns))
                 .collect::<Vec<_>>()
         },
-    )
-    ;
+    );
     util::run_controller(
         "pvc-protection",
         shared,

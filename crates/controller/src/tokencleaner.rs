@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource as _;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::ReconcileError;
-use crate::util::{self, Backoff, Shared};
+use crate::util::{self, Shared};
 
 const NAMESPACE: &str = "kube-system";
 const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
@@ -28,9 +27,13 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         Api::<Secret>::namespaced(shared.client.clone(), NAMESPACE),
         watcher::Config::default().fields(&format!("type={SECRET_TYPE}")),
     );
-    util::run_controller("tokencleaner", shared, controller, stop, |secret, shared| async move {
-        sync(&secret, &shared).await
-    })
+    util::run_controller(
+        "tokencleaner",
+        shared,
+        controller,
+        stop,
+        |secret, shared| async move { sync(&secret, &shared).await },
+    )
     .await;
 }
 

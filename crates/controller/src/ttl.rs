@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource as _;
 use kube::api::{Api, DeleteParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -17,16 +16,20 @@ use tokio::sync::watch;
 
 use crate::ReconcileError;
 use crate::job::finished_condition;
-use crate::util::{self, Backoff, Shared};
+use crate::util::{self, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let controller = Controller::new(
         Api::<Job>::all(shared.client.clone()),
         watcher::Config::default(),
     );
-    util::run_controller("ttl-after-finished", shared, controller, stop, |job, shared| async move {
-        sync(&job, &shared).await
-    })
+    util::run_controller(
+        "ttl-after-finished",
+        shared,
+        controller,
+        stop,
+        |job, shared| async move { sync(&job, &shared).await },
+    )
     .await;
 }
 

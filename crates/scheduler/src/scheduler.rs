@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{
-    Event, EventSource, Namespace, Node, ObjectReference, PersistentVolume,
-    PersistentVolumeClaim, Pod, PodCondition,
+    Event, EventSource, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    Pod, PodCondition,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
@@ -171,7 +171,11 @@ impl Scheduler {
                 // Reserve: the pod's volumes first (they may refuse), then the pod.
                 if let Outcome::Assume(node, volumes) = &mut outcome {
                     let vols = std::mem::take(volumes);
-                    match inner.cache.volumes.assume_pod_volumes(&popped.info, node, vols) {
+                    match inner
+                        .cache
+                        .volumes
+                        .assume_pod_volumes(&popped.info, node, vols)
+                    {
                         Ok(v) => *volumes = v.unwrap_or_default(),
                         Err(e) => {
                             outcome = Outcome::Fail {
@@ -307,7 +311,10 @@ fn schedule_one(inner: &mut Inner, config: &Config, popped: &Popped) -> Outcome 
     let outside = || {
         Failure::unresolvable(
             volume_binding::NAME,
-            format!("node(s) didn't satisfy plugin(s) [{}]", volume_binding::NAME),
+            format!(
+                "node(s) didn't satisfy plugin(s) [{}]",
+                volume_binding::NAME
+            ),
         )
     };
     let candidates = match eligible {
@@ -429,10 +436,7 @@ async fn bind(
                 &pod.pod,
                 "Warning",
                 "FailedScheduling",
-                format!(
-                    "running PreBind plugin \"{}\": {e}",
-                    volume_binding::NAME
-                ),
+                format!("running PreBind plugin \"{}\": {e}", volume_binding::NAME),
             );
             return;
         }

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -200,7 +200,13 @@ async fn volume_node_affinity_conflict_then_the_node_is_uncordoned() {
         json!({"unschedulable": true}),
     )
     .await;
-    make_pv(c, "zonal", "1Gi", affinity("topology.kubernetes.io/zone", "b")).await;
+    make_pv(
+        c,
+        "zonal",
+        "1Gi",
+        affinity("topology.kubernetes.io/zone", "b"),
+    )
+    .await;
     make_pvc(c, "data", "1Gi", json!({})).await;
     assert_eq!(bound_volume(c, "data").await, "zonal");
     claim_pod(c, "p", &["data"], json!({})).await;
@@ -232,7 +238,13 @@ async fn volume_node_affinity_conflict_then_the_node_is_uncordoned() {
 async fn wait_for_first_consumer_static_volumes_are_bound_through_the_scheduler() {
     let k = start(&[("n1", json!({})), ("n2", json!({}))]).await;
     let c = &k.c;
-    make_class(c, "local", "kubernetes.io/no-provisioner", "WaitForFirstConsumer").await;
+    make_class(
+        c,
+        "local",
+        "kubernetes.io/no-provisioner",
+        "WaitForFirstConsumer",
+    )
+    .await;
     let local = |node: &str| {
         let mut v = on_host(node);
         merge(&mut v, json!({"spec": {"storageClassName": "local"}}));
@@ -281,10 +293,7 @@ async fn wait_for_first_consumer_static_volumes_are_bound_through_the_scheduler(
     .await;
     // The binder leaves it alone: it waits for its consumer to be scheduled.
     assert_eq!(
-        claim(c, "too-big")
-            .await
-            .spec
-            .and_then(|s| s.volume_name),
+        claim(c, "too-big").await.spec.and_then(|s| s.volume_name),
         None
     );
     // A volume that fits appears: the waiting pod is tried again and gets it.
@@ -297,7 +306,13 @@ async fn wait_for_first_consumer_static_volumes_are_bound_through_the_scheduler(
 async fn dynamic_provisioning_selects_the_node_then_waits_for_the_volume() {
     let k = start(&[("n1", json!({})), ("n2", json!({"disk": "ssd"}))]).await;
     let c = &k.c;
-    make_class(c, "local-path", "rancher.io/local-path", "WaitForFirstConsumer").await;
+    make_class(
+        c,
+        "local-path",
+        "rancher.io/local-path",
+        "WaitForFirstConsumer",
+    )
+    .await;
     make_pvc(
         c,
         "cache",
@@ -367,7 +382,13 @@ async fn missing_and_unbound_immediate_claims_keep_the_pod_pending_until_bound()
     .await;
     assert_eq!(node_of(c, "q").await, None);
     // The binder binds it once a volume exists; the claim's update brings the pod back.
-    make_pv(c, "std", "1Gi", json!({"spec": {"storageClassName": "standard"}})).await;
+    make_pv(
+        c,
+        "std",
+        "1Gi",
+        json!({"spec": {"storageClassName": "standard"}}),
+    )
+    .await;
     assert_eq!(bound_volume(c, "slow").await, "std");
     assert_eq!(wait_bound(c, &["q"]).await, vec!["n1"]);
     // The missing claim appears (and is bound): the first pod is scheduled too.

@@ -214,7 +214,14 @@ pub fn fully_bound(claim: &PersistentVolumeClaim) -> bool {
             .is_some_and(|a| a.contains_key(ANN_BIND_COMPLETED))
 }
 
-fn storage(map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>) -> i64 {
+fn storage(
+    map: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+) -> i64 {
     map.and_then(|m| m.get("storage"))
         .and_then(|q| quantity::value(&q.0))
         .unwrap_or(0)
@@ -325,7 +332,10 @@ fn local_volume_node_names(pv: &PersistentVolume) -> Option<BTreeSet<String>> {
 }
 
 /// `IsDelayBindingMode`: the claim's class (if it exists) binds `WaitForFirstConsumer`.
-fn delay_binding(claim: &PersistentVolumeClaim, classes: &HashMap<String, Arc<StorageClass>>) -> bool {
+fn delay_binding(
+    claim: &PersistentVolumeClaim,
+    classes: &HashMap<String, Arc<StorageClass>>,
+) -> bool {
     let class = claim_class(claim);
     if class.is_empty() {
         return false;
@@ -728,7 +738,10 @@ pub fn bind_volume_to_claim(
         });
         dirty = true;
     }
-    let annotations = next.metadata.annotations.get_or_insert_with(Default::default);
+    let annotations = next
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
     if by_controller && !annotations.contains_key(ANN_BOUND_BY_CONTROLLER) {
         annotations.insert(ANN_BOUND_BY_CONTROLLER.into(), "yes".into());
         dirty = true;
@@ -794,7 +807,8 @@ impl Volumes {
     /// Unreserve (`RevertAssumedPodVolumes`).
     pub fn revert(&mut self, volumes: &PodVolumes) {
         for (pv, _) in &volumes.static_bindings {
-            self.pvs.restore(pv.metadata.name.as_deref().unwrap_or_default());
+            self.pvs
+                .restore(pv.metadata.name.as_deref().unwrap_or_default());
         }
         for claim in &volumes.dynamic_provisions {
             self.pvcs.restore(&pvc_key(claim));
@@ -936,8 +950,10 @@ mod tests {
 
     fn class(name: &str, mode: &str, provisioner: &str) -> Arc<StorageClass> {
         Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": name}, "provisioner": provisioner,
-                "volumeBindingMode": mode}))
+            serde_json::from_value(
+                json!({"metadata": {"name": name}, "provisioner": provisioner,
+                "volumeBindingMode": mode}),
+            )
             .unwrap(),
         )
     }
@@ -996,7 +1012,11 @@ mod tests {
         with_volumes(
             &mut c,
             &[],
-            &[pvc("data", "1Gi", json!({"spec": {"storageClassName": "fast"}}))],
+            &[pvc(
+                "data",
+                "1Gi",
+                json!({"spec": {"storageClassName": "fast"}}),
+            )],
             &[class("fast", "Immediate", "x.io/p")],
         );
         assert_eq!(reason(&c).as_deref(), Some(ERR_UNBOUND_IMMEDIATE));
@@ -1028,7 +1048,16 @@ mod tests {
             "default/data".into(),
             pvc("data", "1Gi", json!({"metadata": {"resourceVersion": "4"}})),
         );
-        with_volumes(&mut c, &[], &[], &[class("local", "WaitForFirstConsumer", NOT_SUPPORTED_PROVISIONER)]);
+        with_volumes(
+            &mut c,
+            &[],
+            &[],
+            &[class(
+                "local",
+                "WaitForFirstConsumer",
+                NOT_SUPPORTED_PROVISIONER,
+            )],
+        );
         assert_eq!(reason(&c), None);
     }
 
@@ -1084,7 +1113,11 @@ mod tests {
                 }),
             ],
             &[pvc("a", "1500Mi", json!({})), pvc("b", "1Gi", json!({}))],
-            &[class("local", "WaitForFirstConsumer", NOT_SUPPORTED_PROVISIONER)],
+            &[class(
+                "local",
+                "WaitForFirstConsumer",
+                NOT_SUPPORTED_PROVISIONER,
+            )],
         );
         let s = State::new(&claim_pod(&["a", "b"]), &c);
         let got = s.find(&info(&c, "n1")).unwrap();
@@ -1122,7 +1155,9 @@ mod tests {
             annotation(&pre.metadata, ANN_BOUND_BY_CONTROLLER),
             Some("yes")
         );
-        c.volumes.pvcs.upsert("default/c".into(), pvc("c", "1Gi", json!({})));
+        c.volumes
+            .pvcs
+            .upsert("default/c".into(), pvc("c", "1Gi", json!({})));
         let s2 = State::new(&claim_pod(&["c"]), &c);
         let got2 = s2.find(&info(&c, "n1")).unwrap();
         assert_eq!(
@@ -1147,13 +1182,19 @@ mod tests {
         let mut c = two_nodes();
         let mut fast = (*class("fast", "WaitForFirstConsumer", "rancher.io/local-path")).clone();
         fast.allowed_topologies = Some(
-            serde_json::from_value(json!([{"matchLabelExpressions": [{"key": "zone", "values": ["a"]}]}]))
-                .unwrap(),
+            serde_json::from_value(
+                json!([{"matchLabelExpressions": [{"key": "zone", "values": ["a"]}]}]),
+            )
+            .unwrap(),
         );
         with_volumes(
             &mut c,
             &[],
-            &[pvc("d", "1Gi", json!({"spec": {"storageClassName": "fast"}}))],
+            &[pvc(
+                "d",
+                "1Gi",
+                json!({"spec": {"storageClassName": "fast"}}),
+            )],
             &[Arc::new(fast)],
         );
         let p = claim_pod(&["d"]);
@@ -1211,7 +1252,9 @@ mod tests {
             Ok(false),
             "the provisioned volume is not seen yet"
         );
-        c.volumes.pvs.upsert("pvc-d".into(), pv("pvc-d", "1Gi", on_host("n1")));
+        c.volumes
+            .pvs
+            .upsert("pvc-d".into(), pv("pvc-d", "1Gi", on_host("n1")));
         assert_eq!(c.volumes.check_bindings("n1", &labels, &assumed), Ok(true));
         c.volumes.pvcs.upsert(
             "default/d".into(),
@@ -1240,13 +1283,32 @@ mod tests {
             "v".into(),
             pv("v", "1Gi", json!({"metadata": {"resourceVersion": "3"}})),
         );
-        assert_eq!(cache.get("v").unwrap().metadata.resource_version.as_deref(), Some("3"));
-        assert_eq!(cache.get_api("v").unwrap().metadata.resource_version.as_deref(), Some("1"));
+        assert_eq!(
+            cache.get("v").unwrap().metadata.resource_version.as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            cache
+                .get_api("v")
+                .unwrap()
+                .metadata
+                .resource_version
+                .as_deref(),
+            Some("1")
+        );
         cache.upsert(
             "v".into(),
             pv("v", "1Gi", json!({"metadata": {"resourceVersion": "4"}})),
         );
-        assert_eq!(cache.get_api("v").unwrap().metadata.resource_version.as_deref(), Some("4"));
+        assert_eq!(
+            cache
+                .get_api("v")
+                .unwrap()
+                .metadata
+                .resource_version
+                .as_deref(),
+            Some("4")
+        );
         assert!(cache.assume("v", pv("v", "1Gi", json!({}))).is_err());
     }
 }
