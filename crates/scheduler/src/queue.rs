@@ -308,7 +308,9 @@ impl Queue {
                     e.plugins.contains("InterPodAffinity")
                         || e.plugins.contains("PodTopologySpread")
                 }
-                ClusterEvent::VolumeAddOrUpdate => e.plugins.contains("VolumeBinding"),
+                ClusterEvent::VolumeAddOrUpdate => {
+                    e.plugins.contains("VolumeBinding") || e.plugins.contains("VolumeZone")
+                }
             })
             .map(|(k, _)| (*k).clone())
             .collect();

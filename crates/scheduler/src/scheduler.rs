@@ -281,7 +281,7 @@ fn schedule_one(inner: &mut Inner, config: &Config, popped: &Popped) -> Outcome 
             nominate: None,
         };
     }
-    if let Some(rejection) = &state.volumes.rejection {
+    if let Some(rejection) = state.rejection() {
         // PreFilter said no: every node has that status, and the message is PreFilter's.
         let failures: HashMap<String, Failure> = nodes
             .iter()

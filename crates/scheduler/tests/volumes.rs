@@ -397,3 +397,33 @@ async fn missing_and_unbound_immediate_claims_keep_the_pod_pending_until_bound()
     assert_eq!(bound_volume(c, "nope").await, "plain");
     assert_eq!(wait_bound(c, &["p"]).await, vec!["n1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_zone_labels_must_match_the_nodes_zone() {
+    let k = start(&[
+        ("a1", json!({"topology.kubernetes.io/zone": "a"})),
+        ("b1", json!({"topology.kubernetes.io/zone": "b"})),
+    ])
+    .await;
+    let c = &k.c;
+    // Zone labels on the volume, no node affinity: VolumeZone decides.
+    let zone = |z: &str| json!({"metadata": {"labels": {"topology.kubernetes.io/zone": z}}});
+    make_pv(c, "in-b", "1Gi", zone("b")).await;
+    make_pvc(c, "data-b", "1Gi", json!({"spec": {"volumeName": "in-b"}})).await;
+    assert_eq!(bound_volume(c, "data-b").await, "in-b");
+    claim_pod(c, "p", &["data-b"], json!({})).await;
+    assert_eq!(wait_bound(c, &["p"]).await, vec!["b1"]);
+    make_pv(c, "in-c", "1Gi", zone("c")).await;
+    make_pvc(c, "data-c", "1Gi", json!({"spec": {"volumeName": "in-c"}})).await;
+    assert_eq!(bound_volume(c, "data-c").await, "in-c");
+    claim_pod(c, "q", &["data-c"], json!({})).await;
+    wait_unschedulable(
+        c,
+        "q",
+        &format!(
+            "0/2 nodes are available: 2 node(s) had no available volume zone. preemption: \
+             0/2 nodes are available: 2 {NOT_HELPFUL}"
+        ),
+    )
+    .await;
+}

@@ -192,7 +192,8 @@ pub fn volume_class(pv: &PersistentVolume) -> &str {
         .unwrap_or_default()
 }
 
-fn volume_name(claim: &PersistentVolumeClaim) -> &str {
+/// The claim's `spec.volumeName` (empty if unset).
+pub fn volume_name(claim: &PersistentVolumeClaim) -> &str {
     claim
         .spec
         .as_ref()
