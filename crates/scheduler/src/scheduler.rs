@@ -419,13 +419,15 @@ async fn bind(
     if !volumes.is_empty() {
         // Waiting for the PV controller takes no binding slot.
         drop(permit);
-        if let Err(e) = bind_volumes(&shared, &node, &volumes).await {
+        if let Err(e) = bind_volumes(&shared, &pod.key, &node, &volumes).await {
             tracing::warn!(%node, error = %e, "binding the pod's volumes failed");
             {
                 let mut inner = shared.lock();
                 inner.cache.volumes.revert(&volumes);
+                // Deleted meanwhile (the watch dropped the assumption): not queued again.
+                let ours = inner.cache.is_assumed(&pod.key);
                 inner.cache.forget(&pod.key);
-                if !inner.cache.is_placed(&pod.key) {
+                if ours && !inner.cache.is_placed(&pod.key) {
                     inner
                         .queue
                         .requeue(pod.clone(), popped.attempts, Instant::now());
@@ -496,6 +498,7 @@ async fn bind(
 /// every claim.
 async fn bind_volumes(
     shared: &Shared,
+    pod: &str,
     node: &str,
     volumes: &PodVolumes,
 ) -> std::result::Result<(), String> {
@@ -542,6 +545,9 @@ async fn bind_volumes(
         changed.as_mut().enable();
         let done = {
             let inner = shared.lock();
+            if !inner.cache.is_assumed(pod) {
+                return Err(format!("binding volumes: pod \"{pod}\" is gone"));
+            }
             let labels = inner
                 .cache
                 .node(node)
