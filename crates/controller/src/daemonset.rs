@@ -2,8 +2,9 @@
 //! the node passes the template's nodeSelector and required node affinity, and every taint
 //! with effect NoSchedule or NoExecute is tolerated, counting the tolerations every daemon pod
 //! gets — created with a required node affinity `metadata.name In [<node>]` so that the
-//! scheduler binds it there; pods leave nodes that are gone, stop matching, or get an
-//! untolerated NoExecute taint; rolling updates within maxUnavailable/maxSurge, or OnDelete;
+//! scheduler binds it there; pods leave nodes that stop matching or get an untolerated
+//! NoExecute taint (pods bound to a node that is gone are PodGC's, as upstream; unscheduled
+//! ones for such a node are deleted here); rolling updates within maxUnavailable/maxSurge, or OnDelete;
 //! revisions kept as ControllerRevisions with the `controller-revision-hash` and
 //! `pod-template-generation` pod labels; the status `kubectl rollout status` reads.
 //!
@@ -441,8 +442,6 @@ fn surge_and_unavailable(spec: &DaemonSetSpec, desired: i32) -> (usize, usize) {
 #[derive(Default)]
 struct Plan {
     delete: Vec<String>,
-    /// Pods of nodes that are gone: deleted at once (grace period 0), as PodGC would.
-    force_delete: Vec<String>,
     create: Vec<String>,
     /// Failed pods wait for their node's backoff: look again after this long.
     retry_after: Option<Duration>,
@@ -542,7 +541,10 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ReconcileError> {
     for node in &nodes {
         plan_node(ds, node, &by_node, &hash, surge_allowed, ctx, &mut plan);
     }
-    // Pods of nodes that no longer exist.
+    // Unscheduled pods for nodes that no longer exist (upstream's
+    // `getUnscheduledPodsWithoutNode`): no scheduler will bind them and PodGC only collects
+    // pods bound to a vanished node, so they are deleted here. Bound pods of such nodes are
+    // PodGC's.
     for (node, ps) in &by_node {
         if nodes.iter().any(|n| n.name_any() == *node) {
             continue;
@@ -554,13 +556,10 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ReconcileError> {
                 .is_none_or(String::is_empty)
             {
                 plan.delete.push(p.name_any());
-            } else {
-                plan.force_delete.push(p.name_any());
             }
         }
     }
-    let changed =
-        !(plan.delete.is_empty() && plan.force_delete.is_empty() && plan.create.is_empty());
+    let changed = !(plan.delete.is_empty() && plan.create.is_empty());
     // A rolling update step only once the basic placement needs nothing (upstream waits for
     // its expectations the same way).
     if !changed && strategy_type(spec) == "RollingUpdate" {
@@ -899,18 +898,9 @@ async fn execute(
     hash: &str,
     generation: Option<&str>,
 ) -> Result<(), ReconcileError> {
-    let deletes = plan
-        .delete
-        .iter()
-        .map(|n| (n, DeleteParams::default()))
-        .chain(
-            plan.force_delete
-                .iter()
-                .map(|n| (n, DeleteParams::default().grace_period(0))),
-        );
-    let results = join_all(deletes.map(|(n, dp)| async move {
+    let results = join_all(plan.delete.iter().map(|n| async move {
         tracing::info!(pod = %n, "deleting daemon pod");
-        match api.delete(n, &dp).await {
+        match api.delete(n, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e),

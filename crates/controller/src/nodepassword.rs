@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::Resource as _;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -16,42 +15,21 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::ReconcileError;
-use crate::util::{self, Backoff, Shared};
+use crate::util::{self, Shared};
 
 const NAMESPACE: &str = "kube-system";
-
-struct Ctx {
-    shared: Arc<Shared>,
-    backoff: Backoff,
-}
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let controller = Controller::new(
         Api::<Node>::all(shared.client.clone()),
         watcher::Config::default(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let abandon = util::abandon_unsynced(controller.store(), stop);
-    let ctx = Arc::new(Ctx {
-        shared,
-        backoff: Backoff::default(),
-    });
-    util::drain(
+    );
+    util::run_controller(
         "nodepassword",
-        abandon,
-        controller.run(
-            |node, ctx| async move {
-                let key = util::key_of(node.meta());
-                let r = sync(&node, &ctx.shared).await;
-                if r.is_ok() {
-                    ctx.backoff.success(&key);
-                }
-                r
-            },
-            |node, _e, ctx| util::error_action(&ctx.backoff, &util::key_of(node.meta())),
-            ctx,
-        ),
+        shared,
+        controller,
+        stop,
+        |node, shared| async move { sync(&node, &shared).await },
     )
     .await;
 }

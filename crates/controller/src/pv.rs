@@ -1170,28 +1170,13 @@ pub(crate) async fn run_pvc_protection(shared: Arc<Shared>, stop: watch::Receive
                 .map(|c| ObjectRef::<PersistentVolumeClaim>::new(&c).within(&ns))
                 .collect::<Vec<_>>()
         },
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let ctx = Arc::new(Ctx {
-        shared,
-        backoff: Backoff::default(),
-        resync: Duration::ZERO,
-    });
-    let abandon = util::abandon_unsynced(controller.store(), stop);
-    util::drain(
+    );
+    util::run_controller(
         "pvc-protection",
-        abandon,
-        controller.run(
-            |claim, ctx| async move {
-                let key = util::key_of(claim.meta());
-                let r = sync_pvc_protection(&claim, &ctx.shared).await;
-                action(&ctx, &key, &r);
-                r
-            },
-            |claim, _e, ctx| util::error_action(&ctx.backoff, &util::key_of(claim.meta())),
-            ctx,
-        ),
+        shared,
+        controller,
+        stop,
+        |claim, shared| async move { sync_pvc_protection(&claim, &shared).await },
     )
     .await;
 }
@@ -1253,28 +1238,13 @@ pub(crate) async fn run_pv_protection(shared: Arc<Shared>, stop: watch::Receiver
     let controller = Controller::new(
         Api::<PersistentVolume>::all(shared.client.clone()),
         watcher::Config::default(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let ctx = Arc::new(Ctx {
-        shared,
-        backoff: Backoff::default(),
-        resync: Duration::ZERO,
-    });
-    let abandon = util::abandon_unsynced(controller.store(), stop);
-    util::drain(
+    );
+    util::run_controller(
         "pv-protection",
-        abandon,
-        controller.run(
-            |pv, ctx| async move {
-                let key = pv.name_any();
-                let r = sync_pv_protection(&pv, &ctx.shared).await;
-                action(&ctx, &key, &r);
-                r
-            },
-            |pv, _e, ctx| util::error_action(&ctx.backoff, &pv.name_any()),
-            ctx,
-        ),
+        shared,
+        controller,
+        stop,
+        |pv, shared| async move { sync_pv_protection(&pv, &shared).await },
     )
     .await;
 }

@@ -11,50 +11,28 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource as _;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::ReconcileError;
-use crate::util::{self, Backoff, Shared};
+use crate::util::{self, Shared};
 
 const NAMESPACE: &str = "kube-system";
 const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
-
-struct Ctx {
-    shared: Arc<Shared>,
-    backoff: Backoff,
-}
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let controller = Controller::new(
         Api::<Secret>::namespaced(shared.client.clone(), NAMESPACE),
         watcher::Config::default().fields(&format!("type={SECRET_TYPE}")),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let abandon = util::abandon_unsynced(controller.store(), stop);
-    let ctx = Arc::new(Ctx {
-        shared,
-        backoff: Backoff::default(),
-    });
-    util::drain(
+    );
+    util::run_controller(
         "tokencleaner",
-        abandon,
-        controller.run(
-            |secret, ctx| async move {
-                let key = util::key_of(secret.meta());
-                let r = sync(&secret, &ctx.shared).await;
-                if r.is_ok() {
-                    ctx.backoff.success(&key);
-                }
-                r
-            },
-            |secret, _e, ctx| util::error_action(&ctx.backoff, &util::key_of(secret.meta())),
-            ctx,
-        ),
+        shared,
+        controller,
+        stop,
+        |secret, shared| async move { sync(&secret, &shared).await },
     )
     .await;
 }

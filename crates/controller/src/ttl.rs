@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource as _;
 use kube::api::{Api, DeleteParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -17,40 +16,19 @@ use tokio::sync::watch;
 
 use crate::ReconcileError;
 use crate::job::finished_condition;
-use crate::util::{self, Backoff, Shared};
-
-struct Ctx {
-    shared: Arc<Shared>,
-    backoff: Backoff,
-}
+use crate::util::{self, Shared};
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let controller = Controller::new(
         Api::<Job>::all(shared.client.clone()),
         watcher::Config::default(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-    .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let abandon = util::abandon_unsynced(controller.store(), stop);
-    let ctx = Arc::new(Ctx {
-        shared,
-        backoff: Backoff::default(),
-    });
-    util::drain(
+    );
+    util::run_controller(
         "ttl-after-finished",
-        abandon,
-        controller.run(
-            |job, ctx| async move {
-                let key = util::key_of(job.meta());
-                let r = sync(&job, &ctx.shared).await;
-                if r.is_ok() {
-                    ctx.backoff.success(&key);
-                }
-                r
-            },
-            |job, _e, ctx| util::error_action(&ctx.backoff, &util::key_of(job.meta())),
-            ctx,
-        ),
+        shared,
+        controller,
+        stop,
+        |job, shared| async move { sync(&job, &shared).await },
     )
     .await;
 }

@@ -227,6 +227,63 @@ pub(crate) async fn drain<K, E>(
         .await;
 }
 
+/// Runs a kube-runtime `controller` of `K` whose reconcile is `sync(object, shared)`: at
+/// `shared.concurrency`, stopping gracefully when `stop` turns true ([`abandon_unsynced`] and
+/// [`drain`] wired in), each object's [`Backoff`] forgotten on success and used on failure.
+/// The controller comes with its watches (`Controller::new(...).watches(...)`), nothing more.
+pub(crate) async fn run_controller<K, F, Fut>(
+    name: &'static str,
+    shared: Arc<Shared>,
+    controller: kube::runtime::Controller<K>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    sync: F,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    F: Fn(Arc<K>, Arc<Shared>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Action, ReconcileError>> + Send + 'static,
+{
+    struct Ctx<F> {
+        shared: Arc<Shared>,
+        backoff: Backoff,
+        sync: F,
+    }
+    let controller = controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = abandon_unsynced(controller.store(), stop);
+    let ctx = Arc::new(Ctx {
+        shared,
+        backoff: Backoff::default(),
+        sync,
+    });
+    drain(
+        name,
+        abandon,
+        controller.run(
+            |obj, ctx| {
+                let key = key_of(obj.meta());
+                let fut = (ctx.sync)(obj, ctx.shared.clone());
+                async move {
+                    let r = fut.await;
+                    if r.is_ok() {
+                        ctx.backoff.success(&key);
+                    }
+                    r
+                }
+            },
+            |obj, _e, ctx| error_action(&ctx.backoff, &key_of(obj.meta())),
+            ctx,
+        ),
+    )
+    .await;
+}
+
 /// Requeue on error with the object's backoff.
 pub(crate) fn error_action(backoff: &Backoff, key: &str) -> Action {
     Action::requeue(backoff.failure(key))

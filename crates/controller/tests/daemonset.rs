@@ -26,7 +26,17 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::{Value, json};
 
 async fn start() -> TestCluster {
-    let t = TestCluster::start().await;
+    // PodGC collects the pods of deleted nodes (as upstream, the DaemonSet controller leaves
+    // bound ones to it): a short period and quarantine keep the test quick.
+    let t = TestCluster::start_with(rk3s_controller::Config {
+        loops: rk3s_controller::LoopConfig {
+            pod_gc_period: 1,
+            pod_gc_quarantine: 2,
+            ..rk3s_controller::LoopConfig::default()
+        },
+        ..rk3s_controller::Config::default()
+    })
+    .await;
     t.kubelet_ready.store(false, Ordering::SeqCst);
     tokio::spawn(scheduler_and_kubelet(t.client.clone()));
     t
@@ -263,7 +273,7 @@ async fn follows_nodes_joining_leaving_and_relabelled() {
         );
     }
 
-    // A node joins: it gets a pod. A node leaves: its pod goes.
+    // A node joins: it gets a pod. A node leaves: its pod goes (PodGC's orphan collection).
     add_node(&t.client, "n3", json!({}), json!([])).await;
     rolled_out(&sets, "agent", 3).await;
     assert_eq!(

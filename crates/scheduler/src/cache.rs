@@ -84,6 +84,14 @@ impl AffinityTerm {
     }
 }
 
+/// A claim a pod's volume uses: `persistentVolumeClaim.claimName`, or `<pod>-<volume>` for a
+/// generic ephemeral volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodClaim {
+    pub name: String,
+    pub ephemeral: bool,
+}
+
 /// What the scheduler needs of a pod, computed once when the pod is seen.
 #[derive(Debug)]
 pub struct PodInfo {
@@ -101,6 +109,8 @@ pub struct PodInfo {
     pub required_anti_affinity: Vec<AffinityTerm>,
     pub preferred_affinity: Vec<(i32, AffinityTerm)>,
     pub preferred_anti_affinity: Vec<(i32, AffinityTerm)>,
+    /// The claims of its volumes, in the order of `spec.volumes`.
+    pub claims: Vec<PodClaim>,
     pub terminating: bool,
     pub pod: Arc<Pod>,
 }
@@ -169,6 +179,25 @@ impl PodInfo {
             .flatten()
             .map(|w| (w.weight, compile(&w.pod_affinity_term)))
             .collect();
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let claims = spec
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                if let Some(c) = &v.persistent_volume_claim {
+                    Some(PodClaim {
+                        name: c.claim_name.clone(),
+                        ephemeral: false,
+                    })
+                } else {
+                    v.ephemeral.as_ref().map(|_| PodClaim {
+                        name: format!("{pod_name}-{}", v.name),
+                        ephemeral: true,
+                    })
+                }
+            })
+            .collect();
         PodInfo {
             key: pod_key(&pod),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
@@ -182,6 +211,7 @@ impl PodInfo {
             required_anti_affinity,
             preferred_affinity,
             preferred_anti_affinity,
+            claims,
             terminating: pod.metadata.deletion_timestamp.is_some(),
             namespace,
             labels,
@@ -350,6 +380,9 @@ pub struct Cache {
     pub namespaces: HashMap<String, Labels>,
     /// Pods with (anti-)affinity across the cluster: when 0, InterPodAffinity has no work.
     pub pods_with_affinity: usize,
+    /// PersistentVolumes, PersistentVolumeClaims (with what the scheduler assumed of them)
+    /// and StorageClasses, for VolumeBinding.
+    pub volumes: crate::plugins::volume_binding::Volumes,
 }
 
 impl Cache {

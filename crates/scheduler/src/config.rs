@@ -27,6 +27,9 @@ pub struct Config {
     pub parallel_binds: usize,
     pub pod_initial_backoff_seconds: u64,
     pub pod_max_backoff_seconds: u64,
+    /// How long PreBind waits for the PV controller to bind a pod's claims (upstream's
+    /// VolumeBinding `bindTimeoutSeconds`).
+    pub bind_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             parallel_binds: 64,
             pod_initial_backoff_seconds: 1,
             pod_max_backoff_seconds: 10,
+            bind_timeout_seconds: 600,
         }
     }
 }
@@ -86,6 +90,9 @@ impl Config {
             return bad(
                 "pod-initial-backoff-seconds must be positive and at most pod-max-backoff-seconds",
             );
+        }
+        if self.bind_timeout_seconds == 0 {
+            return bad("bind-timeout-seconds must be positive");
         }
         if self.leader_elect {
             if self.leader_elect_retry_period_seconds == 0

@@ -1,9 +1,10 @@
 //! The rk3s pod scheduler: binds pending pods to nodes as upstream kube-scheduler does.
 //!
-//! A client of the apiserver only: nodes, pods and namespaces come from watches into an
-//! in-memory [`cache`], pending pods wait in the [`queue`], the [`plugins`] filter and score
-//! nodes, [`preemption`] makes room for important pods, and bindings go through
-//! `POST pods/<name>/binding`. [`leader`] elects one active scheduler through a Lease.
+//! A client of the apiserver only: nodes, pods, namespaces and the volume objects (PVs, PVCs,
+//! StorageClasses) come from watches into an in-memory [`cache`], pending pods wait in the
+//! [`queue`], the [`plugins`] filter and score nodes, [`preemption`] makes room for important
+//! pods, claims are pre-bound or given a node for their provisioner (VolumeBinding's PreBind),
+//! and bindings go through `POST pods/<name>/binding`. [`leader`] elects one active scheduler through a Lease.
 
 // Unit tests may unwrap.
 #![cfg_attr(test, allow(clippy::unwrap_used))]

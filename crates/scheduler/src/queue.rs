@@ -70,6 +70,8 @@ pub enum ClusterEvent {
     NodeAddOrUpdate,
     AssignedPodAdd,
     AssignedPodDelete,
+    /// A PersistentVolume, PersistentVolumeClaim or StorageClass added or changed.
+    VolumeAddOrUpdate,
 }
 
 #[derive(Debug)]
@@ -305,6 +307,9 @@ impl Queue {
                 ClusterEvent::AssignedPodAdd => {
                     e.plugins.contains("InterPodAffinity")
                         || e.plugins.contains("PodTopologySpread")
+                }
+                ClusterEvent::VolumeAddOrUpdate => {
+                    e.plugins.contains("VolumeBinding") || e.plugins.contains("VolumeZone")
                 }
             })
             .map(|(k, _)| (*k).clone())

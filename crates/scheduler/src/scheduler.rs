@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{
-    Event, EventSource, Namespace, Node, ObjectReference, Pod, PodCondition,
+    Event, EventSource, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    Pod, PodCondition,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -24,7 +26,8 @@ use tracing::Instrument as _;
 use crate::Result;
 use crate::cache::{Cache, NodeInfo, PodInfo, pod_key};
 use crate::config::Config;
-use crate::plugins::{CycleState, fit_error_message};
+use crate::plugins::volume_binding::{self, PodVolumes, pvc_key};
+use crate::plugins::{CycleState, Failure, fit_error_message};
 use crate::preemption::{self, Candidate};
 use crate::queue::{ClusterEvent, Popped, Queue};
 
@@ -39,11 +42,15 @@ struct Inner {
     next_start: usize,
     nodes_synced: bool,
     pods_synced: bool,
+    /// PersistentVolumes, PersistentVolumeClaims, StorageClasses listed.
+    volumes_synced: [bool; 3],
 }
 
 struct Shared {
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Woken (all waiters) on every volume, claim or class change: PreBind waits on it.
+    volumes_changed: Notify,
     config: Config,
     client: kube::Client,
     events: mpsc::Sender<EventRecord>,
@@ -93,7 +100,8 @@ impl std::fmt::Debug for Scheduler {
 /// What one scheduling attempt decided.
 #[derive(Debug)]
 enum Outcome {
-    Assume(String),
+    /// The node, and what its volumes need there (VolumeBinding's Filter result).
+    Assume(String, PodVolumes),
     Fail {
         message: String,
         plugins: HashSet<&'static str>,
@@ -121,8 +129,10 @@ impl Scheduler {
                 next_start: 0,
                 nodes_synced: false,
                 pods_synced: false,
+                volumes_synced: [false; 3],
             }),
             wake: Notify::new(),
+            volumes_changed: Notify::new(),
             config: self.config,
             client: self.client,
             events: events_tx,
@@ -132,6 +142,9 @@ impl Scheduler {
         tasks.spawn(watch_nodes(shared.clone()));
         tasks.spawn(watch_pods(shared.clone()));
         tasks.spawn(watch_namespaces(shared.clone()));
+        tasks.spawn(watch_volumes::<PersistentVolume>(shared.clone(), 0));
+        tasks.spawn(watch_volumes::<PersistentVolumeClaim>(shared.clone(), 1));
+        tasks.spawn(watch_volumes::<StorageClass>(shared.clone(), 2));
         tasks.spawn(write_events(
             shared.client.clone(),
             shared.config.scheduler_name.clone(),
@@ -153,10 +166,31 @@ impl Scheduler {
             let outcome = {
                 let _g = span.enter();
                 let mut inner = shared.lock();
-                let outcome = schedule_one(&mut inner, &shared.config, &popped);
+                let mut outcome = schedule_one(&mut inner, &shared.config, &popped);
                 let now = Instant::now();
+                // Reserve: the pod's volumes first (they may refuse), then the pod.
+                if let Outcome::Assume(node, volumes) = &mut outcome {
+                    let vols = std::mem::take(volumes);
+                    match inner
+                        .cache
+                        .volumes
+                        .assume_pod_volumes(&popped.info, node, vols)
+                    {
+                        Ok(v) => *volumes = v.unwrap_or_default(),
+                        Err(e) => {
+                            outcome = Outcome::Fail {
+                                message: format!(
+                                    "running Reserve plugin \"{}\": {e}",
+                                    volume_binding::NAME
+                                ),
+                                plugins: HashSet::new(),
+                                nominate: None,
+                            };
+                        }
+                    }
+                }
                 match &outcome {
-                    Outcome::Assume(node) => {
+                    Outcome::Assume(node, _) => {
                         inner.cache.assume(popped.info.clone(), node);
                         inner.queue.done(&popped.info.key);
                     }
@@ -168,8 +202,10 @@ impl Scheduler {
                 outcome
             };
             match outcome {
-                Outcome::Assume(node) => {
-                    tasks.spawn(bind(shared.clone(), popped, node, permit).instrument(span));
+                Outcome::Assume(node, volumes) => {
+                    tasks.spawn(
+                        bind(shared.clone(), popped, node, volumes, permit).instrument(span),
+                    );
                 }
                 Outcome::Fail {
                     message, nominate, ..
@@ -208,6 +244,7 @@ async fn next_pod(shared: &Shared) -> Popped {
             let now = Instant::now();
             if inner.nodes_synced
                 && inner.pods_synced
+                && inner.volumes_synced.iter().all(|s| *s)
                 && let Some(p) = inner.queue.pop(now)
             {
                 return p;
@@ -244,7 +281,50 @@ fn schedule_one(inner: &mut Inner, config: &Config, popped: &Popped) -> Outcome 
             nominate: None,
         };
     }
-    let want = config.nodes_to_find(available);
+    if let Some(rejection) = state.rejection() {
+        // PreFilter said no: every node has that status, and the message is PreFilter's.
+        let failures: HashMap<String, Failure> = nodes
+            .iter()
+            .filter(|n| n.node.is_some())
+            .map(|n| (n.name.clone(), rejection.clone()))
+            .collect();
+        let mut message = format!(
+            "0/{available} nodes are available: {}.",
+            rejection.reasons.join(", ")
+        );
+        let nominate = match preemption::preempt(&state, cache, &failures) {
+            Ok(c) => Some(c),
+            Err(m) => {
+                message.push_str(" preemption: ");
+                message.push_str(&m);
+                None
+            }
+        };
+        return Outcome::Fail {
+            message,
+            plugins: HashSet::from([rejection.plugin]),
+            nominate,
+        };
+    }
+    // PreFilterResult: nodes outside it are not looked at, and fail as upstream reports them.
+    let eligible = state.volumes.eligible.as_ref();
+    let outside = || {
+        Failure::unresolvable(
+            volume_binding::NAME,
+            format!(
+                "node(s) didn't satisfy plugin(s) [{}]",
+                volume_binding::NAME
+            ),
+        )
+    };
+    let candidates = match eligible {
+        Some(e) => nodes
+            .iter()
+            .filter(|n| n.node.is_some() && e.contains(&n.name))
+            .count(),
+        None => available,
+    };
+    let want = config.nodes_to_find(candidates);
     let start = inner.next_start % nodes.len();
     let mut feasible: Vec<&NodeInfo> = Vec::new();
     let mut failures = HashMap::new();
@@ -252,6 +332,10 @@ fn schedule_one(inner: &mut Inner, config: &Config, popped: &Popped) -> Outcome 
     for i in 0..nodes.len() {
         let n = &nodes[(start + i) % nodes.len()];
         if n.node.is_none() {
+            continue;
+        }
+        if eligible.is_some_and(|e| !e.contains(&n.name)) {
+            failures.insert(n.name.clone(), outside());
             continue;
         }
         processed = i + 1;
@@ -285,7 +369,7 @@ fn schedule_one(inner: &mut Inner, config: &Config, popped: &Popped) -> Outcome 
             nominate,
         }
     } else if feasible.len() == 1 {
-        Outcome::Assume(feasible[0].name.clone())
+        assume(&state, feasible[0])
     } else {
         let scores = state.score(cache, &feasible);
         // Highest score; ties broken at random (reservoir sampling), like upstream.
@@ -303,20 +387,62 @@ fn schedule_one(inner: &mut Inner, config: &Config, popped: &Popped) -> Outcome 
                 }
             }
         }
-        Outcome::Assume(feasible[best].name.clone())
+        assume(&state, feasible[best])
     };
     inner.next_start = next_start;
     outcome
 }
 
-/// `POST pods/<name>/binding`; on failure the pod is forgotten on its node and queued again.
+/// The chosen node with what VolumeBinding's Filter found the pod's claims need there.
+fn assume(state: &CycleState, node: &NodeInfo) -> Outcome {
+    match state.volumes.find(node) {
+        Ok(volumes) => Outcome::Assume(node.name.clone(), volumes),
+        // Filter passed on the same cache a moment ago.
+        Err(f) => Outcome::Fail {
+            message: f.reasons.join(", "),
+            plugins: HashSet::from([f.plugin]),
+            nominate: None,
+        },
+    }
+}
+
+/// PreBind (the pod's volumes), then `POST pods/<name>/binding`; on failure the pod's volumes
+/// are unreserved, the pod is forgotten on its node and queued again.
 async fn bind(
     shared: Arc<Shared>,
     popped: Popped,
     node: String,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    volumes: PodVolumes,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let pod = &popped.info;
+    if !volumes.is_empty() {
+        // Waiting for the PV controller takes no binding slot.
+        drop(permit);
+        if let Err(e) = bind_volumes(&shared, &pod.key, &node, &volumes).await {
+            tracing::warn!(%node, error = %e, "binding the pod's volumes failed");
+            {
+                let mut inner = shared.lock();
+                inner.cache.volumes.revert(&volumes);
+                // Deleted meanwhile (the watch dropped the assumption): not queued again.
+                let ours = inner.cache.is_assumed(&pod.key);
+                inner.cache.forget(&pod.key);
+                if ours && !inner.cache.is_placed(&pod.key) {
+                    inner
+                        .queue
+                        .requeue(pod.clone(), popped.attempts, Instant::now());
+                }
+            }
+            shared.wake.notify_one();
+            shared.event(
+                &pod.pod,
+                "Warning",
+                "FailedScheduling",
+                format!("running PreBind plugin \"{}\": {e}", volume_binding::NAME),
+            );
+            return;
+        }
+    }
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let body = serde_json::json!({
         "apiVersion": "v1",
@@ -362,6 +488,87 @@ async fn bind(
                     "FailedScheduling",
                     format!("Binding rejected: {e}"),
                 );
+            }
+        }
+    }
+}
+
+/// VolumeBinding's PreBind (`BindPodVolumes`): writes the pre-bound volumes and the claims'
+/// selected node, then waits (up to `bind-timeout-seconds`) for the PV controller to bind
+/// every claim.
+async fn bind_volumes(
+    shared: &Shared,
+    pod: &str,
+    node: &str,
+    volumes: &PodVolumes,
+) -> std::result::Result<(), String> {
+    let api_error = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.message,
+        e => e.to_string(),
+    };
+    let pvs: Api<PersistentVolume> = Api::all(shared.client.clone());
+    let mut written = PodVolumes::default();
+    for (pv, claim) in &volumes.static_bindings {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        let pv = pvs
+            .replace(&name, &PostParams::default(), pv)
+            .await
+            .map_err(api_error)?;
+        tracing::debug!(volume = %name, "volume pre-bound");
+        let pv = Arc::new(pv);
+        let _ = shared.lock().cache.volumes.pvs.assume(&name, pv.clone());
+        written.static_bindings.push((pv, claim.clone()));
+    }
+    for claim in &volumes.dynamic_provisions {
+        let ns = claim.metadata.namespace.clone().unwrap_or_default();
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
+        let claim = api
+            .replace(&name, &PostParams::default(), claim)
+            .await
+            .map_err(api_error)?;
+        tracing::debug!(claim = %name, %node, "claim's node selected");
+        let claim = Arc::new(claim);
+        let _ = shared
+            .lock()
+            .cache
+            .volumes
+            .pvcs
+            .assume(&pvc_key(&claim), claim.clone());
+        written.dynamic_provisions.push(claim);
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(shared.config.bind_timeout_seconds);
+    loop {
+        let changed = shared.volumes_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let done = {
+            let inner = shared.lock();
+            if !inner.cache.is_assumed(pod) {
+                return Err(format!("binding volumes: pod \"{pod}\" is gone"));
+            }
+            let labels = inner
+                .cache
+                .node(node)
+                .filter(|n| n.node.is_some())
+                .map(|n| n.labels.clone())
+                .ok_or_else(|| format!("binding volumes: node \"{node}\" not found"))?;
+            inner
+                .cache
+                .volumes
+                .check_bindings(node, &labels, &written)
+                .map_err(|e| format!("binding volumes: {e}"))?
+        };
+        if done {
+            return Ok(());
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            // Upstream polls every second; the watch wakes us sooner.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Err("binding volumes: context deadline exceeded".into());
             }
         }
     }
@@ -551,6 +758,109 @@ async fn watch_nodes(shared: Arc<Shared>) {
                     .remove_node(n.metadata.name.as_deref().unwrap_or_default());
             }
         }
+        shared.wake.notify_one();
+    }
+}
+
+/// What the scheduler keeps of a volume object kind.
+trait VolumeObject:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn key(&self) -> String {
+        self.meta().name.clone().unwrap_or_default()
+    }
+    fn upsert(self, v: &mut volume_binding::Volumes);
+    fn remove(key: &str, v: &mut volume_binding::Volumes);
+    fn retain(keep: &HashSet<String>, v: &mut volume_binding::Volumes);
+}
+
+impl VolumeObject for PersistentVolume {
+    fn upsert(self, v: &mut volume_binding::Volumes) {
+        v.pvs.upsert(self.key(), Arc::new(self));
+    }
+    fn remove(key: &str, v: &mut volume_binding::Volumes) {
+        v.pvs.remove(key);
+    }
+    fn retain(keep: &HashSet<String>, v: &mut volume_binding::Volumes) {
+        v.pvs.retain(keep);
+    }
+}
+
+impl VolumeObject for PersistentVolumeClaim {
+    fn key(&self) -> String {
+        pvc_key(self)
+    }
+    fn upsert(self, v: &mut volume_binding::Volumes) {
+        v.pvcs.upsert(self.key(), Arc::new(self));
+    }
+    fn remove(key: &str, v: &mut volume_binding::Volumes) {
+        v.pvcs.remove(key);
+    }
+    fn retain(keep: &HashSet<String>, v: &mut volume_binding::Volumes) {
+        v.pvcs.retain(keep);
+    }
+}
+
+impl VolumeObject for StorageClass {
+    fn upsert(self, v: &mut volume_binding::Volumes) {
+        v.classes.insert(self.key(), Arc::new(self));
+    }
+    fn remove(key: &str, v: &mut volume_binding::Volumes) {
+        v.classes.remove(key);
+    }
+    fn retain(keep: &HashSet<String>, v: &mut volume_binding::Volumes) {
+        v.classes.retain(|k, _| keep.contains(k));
+    }
+}
+
+/// Watches PersistentVolumes, PersistentVolumeClaims or StorageClasses (`slot` in
+/// `volumes_synced`) into the cache; a change may help pods VolumeBinding rejected, and
+/// wakes PreBinds waiting for the PV controller.
+async fn watch_volumes<K: VolumeObject>(shared: Arc<Shared>, slot: usize) {
+    let api: Api<K> = Api::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, watcher_config())
+        .default_backoff()
+        .boxed();
+    let mut buffer: Vec<K> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let now = Instant::now();
+        {
+            let mut inner = shared.lock();
+            match ev {
+                Err(e) => {
+                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+                    continue;
+                }
+                Ok(WatchEvent::Init) => {
+                    buffer.clear();
+                    continue;
+                }
+                Ok(WatchEvent::InitApply(o)) => {
+                    buffer.push(o);
+                    continue;
+                }
+                Ok(WatchEvent::InitDone) => {
+                    let keep: HashSet<String> = buffer.iter().map(VolumeObject::key).collect();
+                    K::retain(&keep, &mut inner.cache.volumes);
+                    for o in buffer.drain(..) {
+                        o.upsert(&mut inner.cache.volumes);
+                    }
+                    if let Some(s) = inner.volumes_synced.get_mut(slot) {
+                        *s = true;
+                    }
+                }
+                Ok(WatchEvent::Apply(o)) => o.upsert(&mut inner.cache.volumes),
+                Ok(WatchEvent::Delete(o)) => K::remove(&o.key(), &mut inner.cache.volumes),
+            }
+            inner.queue.move_for(ClusterEvent::VolumeAddOrUpdate, now);
+        }
+        shared.volumes_changed.notify_waiters();
         shared.wake.notify_one();
     }
 }

@@ -16,6 +16,8 @@ pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_resources;
 pub mod topology_spread;
+pub mod volume_binding;
+pub mod volume_zone;
 
 /// Upstream's `MaxNodeScore`.
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -56,6 +58,8 @@ pub struct CycleState {
     pub node_affinity: node_affinity::State,
     pub spread: topology_spread::State,
     pub inter_pod: inter_pod_affinity::State,
+    pub volumes: volume_binding::State,
+    pub zones: volume_zone::State,
 }
 
 impl CycleState {
@@ -64,12 +68,30 @@ impl CycleState {
         let node_affinity = node_affinity::State::new(&pod);
         let spread = topology_spread::State::new(&pod, &node_affinity, cache);
         let inter_pod = inter_pod_affinity::State::new(&pod, cache);
+        let volumes = volume_binding::State::new(&pod, cache);
+        // Upstream stops at the first PreFilter that rejects: VolumeZone runs only after
+        // VolumeBinding passed.
+        let zones = if volumes.rejection.is_some() {
+            volume_zone::State::default()
+        } else {
+            volume_zone::State::new(&pod, cache)
+        };
         CycleState {
             pod,
             node_affinity,
             spread,
             inter_pod,
+            volumes,
+            zones,
         }
+    }
+
+    /// The PreFilter rejection, if any: then no node is looked at.
+    pub fn rejection(&self) -> Option<&Failure> {
+        self.volumes
+            .rejection
+            .as_ref()
+            .or(self.zones.rejection.as_ref())
     }
 
     /// Runs the filters in upstream's order; the first that fails decides.
@@ -80,6 +102,8 @@ impl CycleState {
         self.node_affinity.filter(node)?;
         basic::node_ports(&self.pod, node)?;
         node_resources::fit(&self.pod, node)?;
+        self.volumes.filter(node)?;
+        self.zones.filter(node)?;
         self.spread.filter(&self.pod, node)?;
         self.inter_pod.filter(&self.pod, node)?;
         Ok(())

@@ -41,12 +41,23 @@ impl TestServer {
 /// Registers a node (create, then its status, as a kubelet does) with `cpu` CPUs, 8 GiB,
 /// 110 pods, the given labels and taints.
 pub async fn make_node(client: &kube::Client, name: &str, cpu: &str, labels: Value, taints: Value) {
+    make_node_with_spec(client, name, cpu, labels, json!({"taints": taints})).await;
+}
+
+/// [`make_node`] with the whole node spec given (`unschedulable`, `taints`, ...).
+pub async fn make_node_with_spec(
+    client: &kube::Client,
+    name: &str,
+    cpu: &str,
+    labels: Value,
+    spec: Value,
+) {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut labels = labels;
     labels["kubernetes.io/hostname"] = json!(name);
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
-        "spec": {"taints": taints},
+        "spec": spec,
     }))
     .expect("node");
     nodes
@@ -83,6 +94,13 @@ pub async fn make_pod(client: &kube::Client, name: &str, labels: Value, spec: Va
 
 /// A scheduler on its own task, without leader election; aborted on drop.
 pub struct RunningScheduler(tokio::task::JoinHandle<()>);
+
+impl RunningScheduler {
+    /// Any task, aborted on drop.
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        RunningScheduler(tokio::spawn(task))
+    }
+}
 
 impl Drop for RunningScheduler {
     fn drop(&mut self) {
@@ -136,6 +154,27 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Waits until the pod's `PodScheduled=False` condition says `expected` (earlier attempts may
+/// have seen less of the cluster); panics with the last message seen.
+pub async fn wait_unschedulable(client: &kube::Client, pod: &str, expected: &str) {
+    let api = Api::<Pod>::namespaced(client.clone(), "default");
+    let mut last = None;
+    for _ in 0..200 {
+        last = api.get(pod).await.ok().and_then(|p| {
+            p.status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
+                .message
+        });
+        if last.as_deref() == Some(expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pod {pod}: PodScheduled=False with {expected:?} never came; last: {last:?}");
 }
 
 pub async fn node_of(client: &kube::Client, name: &str) -> Option<String> {
