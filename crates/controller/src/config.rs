@@ -34,6 +34,7 @@ pub const CONTROLLERS: &[&str] = &[
     "horizontal-pod-autoscaling",
     "tokencleaner",
     "nodepassword",
+    "serviceaccount-token",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's
@@ -55,6 +56,13 @@ pub struct Config {
     pub concurrent_syncs: u16,
     /// Identity in the Lease (default: host name plus a random suffix).
     pub identity: Option<String>,
+    /// `--service-account-private-key-file`: the PEM key (ECDSA P-256, the apiserver's
+    /// `server/tls/service.key`) the `serviceaccount-token` controller signs legacy
+    /// Secret-based tokens with. Unset: that controller does not run (as upstream).
+    pub service_account_private_key_file: Option<PathBuf>,
+    /// `--root-ca-file`: the CA bundle put in token Secrets as `ca.crt` (K3s:
+    /// `server/tls/server-ca.crt`).
+    pub root_ca_file: Option<PathBuf>,
     /// Node lifecycle, node IPAM and CSR signing settings (upstream's flag names).
     #[serde(flatten)]
     pub nodes: NodeConfig,
@@ -152,6 +160,8 @@ impl Default for Config {
             leader_elect_retry_period: 2,
             concurrent_syncs: 5,
             identity: None,
+            service_account_private_key_file: None,
+            root_ca_file: None,
             nodes: NodeConfig::default(),
             loops: crate::settings::LoopConfig::default(),
         }

@@ -42,6 +42,7 @@ mod serviceaccount;
 mod settings;
 mod statefulset;
 mod tokencleaner;
+mod tokens;
 mod ttl;
 mod util;
 
@@ -338,6 +339,19 @@ fn start_controllers(
         tasks.push((
             "tokencleaner",
             Box::pin(tokencleaner::run(shared.clone(), stop.clone())),
+        ));
+    }
+    if config.enabled("serviceaccount-token")
+        && let Some(key) = &config.service_account_private_key_file
+    {
+        tasks.push((
+            "serviceaccount-token",
+            Box::pin(tokens::run(
+                shared.clone(),
+                key.clone(),
+                config.root_ca_file.clone(),
+                stop.clone(),
+            )),
         ));
     }
     tasks
