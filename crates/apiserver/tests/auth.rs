@@ -944,7 +944,9 @@ fn token_secret(name: &str, sa: Option<&str>, token: &str) -> serde_json::Value 
 fn utc_day(offset_days: i64) -> String {
     let now = k8s_openapi::jiff::Timestamp::now();
     let then = now
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(24 * offset_days))
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(
+            24 * offset_days,
+        ))
         .expect("time");
     then.strftime("%Y-%m-%d").to_string()
 }
@@ -1005,11 +1007,15 @@ async fn legacy_secret_tokens_are_checked() {
     // legacy tokens).
     assert_eq!(get_with_token(&t, &token, "/apis").await.0, 200);
     let kc = t.token_kubeconfig("legacy", &token);
-    let who: serde_json::Value =
-        serde_json::from_str(&stdout(&t.kubectl_as(&kc, &["auth", "whoami", "-o", "json"]).await))
-            .expect("whoami JSON");
+    let who: serde_json::Value = serde_json::from_str(&stdout(
+        &t.kubectl_as(&kc, &["auth", "whoami", "-o", "json"]).await,
+    ))
+    .expect("whoami JSON");
     let user = &who["status"]["userInfo"];
-    assert_eq!(user["username"], "system:serviceaccount:default:robot", "{who}");
+    assert_eq!(
+        user["username"], "system:serviceaccount:default:robot",
+        "{who}"
+    );
     assert_eq!(user["uid"], sa_uid.as_str());
     assert_eq!(
         user["groups"],
@@ -1031,7 +1037,10 @@ async fn legacy_secret_tokens_are_checked() {
     let rv = s.metadata.resource_version.clone();
     assert_eq!(get_with_token(&t, &token, "/apis").await.0, 200);
     let again = secrets.get("robot-token").await.expect("secret");
-    assert_eq!(again.metadata.resource_version, rv, "used again today: no write");
+    assert_eq!(
+        again.metadata.resource_version, rv,
+        "used again today: no write"
+    );
     let label = |v: Option<&str>, key: &str| {
         let mut labels = serde_json::Map::new();
         labels.insert(key.into(), serde_json::json!(v));
@@ -1048,7 +1057,10 @@ async fn legacy_secret_tokens_are_checked() {
     assert_eq!(get_with_token(&t, &token, "/apis").await.0, 200);
     let s = secrets.get("robot-token").await.expect("secret");
     assert_eq!(
-        s.metadata.labels.unwrap_or_default().get("kubernetes.io/legacy-token-last-used"),
+        s.metadata
+            .labels
+            .unwrap_or_default()
+            .get("kubernetes.io/legacy-token-last-used"),
         Some(&utc_day(0)),
         "an old date is replaced by today"
     );
@@ -1082,7 +1094,10 @@ async fn legacy_secret_tokens_are_checked() {
         .patch(
             "robot-token",
             &PatchParams::default(),
-            &label(Some("2024-01-01"), "kubernetes.io/legacy-token-invalid-since"),
+            &label(
+                Some("2024-01-01"),
+                "kubernetes.io/legacy-token-invalid-since",
+            ),
         )
         .await
         .expect("patched");
@@ -1135,7 +1150,9 @@ async fn legacy_secret_tokens_are_checked() {
         .patch(
             "robot-token",
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "metadata": { "finalizers": ["example.com/hold"] } })),
+            &Patch::Merge(
+                serde_json::json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+            ),
         )
         .await
         .expect("patched");
@@ -1224,7 +1241,8 @@ spec:
     let token_request = |sa: &str, pod: Option<&str>| {
         let mut spec = serde_json::json!({});
         if let Some(p) = pod {
-            spec["boundObjectRef"] = serde_json::json!({ "kind": "Pod", "apiVersion": "v1", "name": p });
+            spec["boundObjectRef"] =
+                serde_json::json!({ "kind": "Pod", "apiVersion": "v1", "name": p });
         }
         http_post(
             &format!("/api/v1/namespaces/default/serviceaccounts/{sa}/token"),
@@ -1271,11 +1289,15 @@ spec:
         serde_json::json!({ "name": "n1", "uid": node_uid })
     );
     let kc = t.token_kubeconfig("bound", &bound);
-    let who: serde_json::Value =
-        serde_json::from_str(&stdout(&t.kubectl_as(&kc, &["auth", "whoami", "-o", "json"]).await))
-            .expect("whoami JSON");
+    let who: serde_json::Value = serde_json::from_str(&stdout(
+        &t.kubectl_as(&kc, &["auth", "whoami", "-o", "json"]).await,
+    ))
+    .expect("whoami JSON");
     let extra = &who["status"]["userInfo"]["extra"];
-    assert_eq!(extra["authentication.kubernetes.io/node-name"], serde_json::json!(["n1"]));
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-name"],
+        serde_json::json!(["n1"])
+    );
     assert_eq!(
         extra["authentication.kubernetes.io/node-uid"],
         serde_json::json!([node_uid])
@@ -1293,12 +1315,19 @@ spec:
     );
     let kc_gone = t.token_kubeconfig("gone", &on_gone);
     let who: serde_json::Value = serde_json::from_str(&stdout(
-        &t.kubectl_as(&kc_gone, &["auth", "whoami", "-o", "json"]).await,
+        &t.kubectl_as(&kc_gone, &["auth", "whoami", "-o", "json"])
+            .await,
     ))
     .expect("whoami JSON");
     let extra = &who["status"]["userInfo"]["extra"];
-    assert_eq!(extra["authentication.kubernetes.io/node-name"], serde_json::json!(["gone"]));
-    assert!(extra.get("authentication.kubernetes.io/node-uid").is_none(), "{who}");
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-name"],
+        serde_json::json!(["gone"])
+    );
+    assert!(
+        extra.get("authentication.kubernetes.io/node-uid").is_none(),
+        "{who}"
+    );
 
     // Discovery: anonymous 401 (rk3s allows anonymous on health paths only, as K3s' servers
     // run without anonymous auth), a user without the role 403, service accounts (bound to
@@ -1319,13 +1348,26 @@ spec:
         &t,
         "GET",
         "/.well-known/openid-configuration",
-        &["-H", &format!("Authorization: Bearer {bound}"), "-D", &headers_arg],
+        &[
+            "-H",
+            &format!("Authorization: Bearer {bound}"),
+            "-D",
+            &headers_arg,
+        ],
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    let head = std::fs::read_to_string(&headers).expect("headers").to_lowercase();
-    assert!(head.contains("content-type: application/json\r\n"), "{head}");
-    assert!(head.contains("cache-control: public, max-age=3600"), "{head}");
+    let head = std::fs::read_to_string(&headers)
+        .expect("headers")
+        .to_lowercase();
+    assert!(
+        head.contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("cache-control: public, max-age=3600"),
+        "{head}"
+    );
     let config: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(
         config,
@@ -1341,12 +1383,22 @@ spec:
         &t,
         "GET",
         "/openid/v1/jwks",
-        &["-H", &format!("Authorization: Bearer {bound}"), "-D", &headers_arg],
+        &[
+            "-H",
+            &format!("Authorization: Bearer {bound}"),
+            "-D",
+            &headers_arg,
+        ],
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    let head = std::fs::read_to_string(&headers).expect("headers").to_lowercase();
-    assert!(head.contains("content-type: application/jwk-set+json"), "{head}");
+    let head = std::fs::read_to_string(&headers)
+        .expect("headers")
+        .to_lowercase();
+    assert!(
+        head.contains("content-type: application/jwk-set+json"),
+        "{head}"
+    );
     let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&body).expect("JWK set");
     assert_eq!(jwks.keys.len(), 1);
     let jwk = &jwks.keys[0];
@@ -1360,7 +1412,10 @@ spec:
     v.set_audience(&["https://kubernetes.default.svc.cluster.local"]);
     v.set_issuer(&["https://kubernetes.default.svc.cluster.local"]);
     let verified = jsonwebtoken::decode::<serde_json::Value>(&bound, &key, &v).expect("verified");
-    assert_eq!(verified.claims["sub"], "system:serviceaccount:default:robot");
+    assert_eq!(
+        verified.claims["sub"],
+        "system:serviceaccount:default:robot"
+    );
     let other = rcgen::KeyPair::generate().expect("key").serialize_pem();
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),

@@ -220,7 +220,13 @@ pub(crate) struct Needs {
 
 impl Needs {
     pub(crate) fn of(secret: &Secret, root_ca: Option<&[u8]>) -> Needs {
-        let data = |k: &str| secret.data.as_ref().and_then(|d| d.get(k)).map(|b| &b.0[..]);
+        let data = |k: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|b| &b.0[..])
+        };
         Needs {
             token: data("token").is_none_or(<[u8]>::is_empty),
             namespace: data("namespace").is_none_or(<[u8]>::is_empty),
@@ -303,7 +309,10 @@ async fn sync(secret: &Secret, ctx: &Ctx) -> Result<Action, ReconcileError> {
             .map_err(ReconcileError::Invalid)?;
         data.insert("token".into(), ByteString(token.into_bytes()));
     }
-    let annotations = live.metadata.annotations.get_or_insert_with(Default::default);
+    let annotations = live
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
     annotations.insert(NAME_ANNOTATION.into(), sa_name.to_string());
     annotations.insert(UID_ANNOTATION.into(), sa_uid);
     match secrets.replace(&name, &PostParams::default(), &live).await {
@@ -344,8 +353,14 @@ mod tests {
         // "dG9r" = "tok", "bnM=" = "ns", "Q0E=" = "CA"
         let full = secret(json!({"token": "dG9r", "namespace": "bnM=", "ca.crt": "Q0E="}));
         assert!(!Needs::of(&full, Some(b"CA")).any());
-        assert!(Needs::of(&full, Some(b"CA2")).ca, "a changed CA is replaced");
-        assert!(!Needs::of(&full, None).any(), "no root CA: ca.crt left alone");
+        assert!(
+            Needs::of(&full, Some(b"CA2")).ca,
+            "a changed CA is replaced"
+        );
+        assert!(
+            !Needs::of(&full, None).any(),
+            "no root CA: ca.crt left alone"
+        );
     }
 
     #[test]

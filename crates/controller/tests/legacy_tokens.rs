@@ -29,8 +29,7 @@ fn token_secret(name: &str, sa: &str, ty: &str) -> Secret {
 }
 
 fn service_account(name: &str) -> ServiceAccount {
-    serde_json::from_value(json!({ "metadata": { "name": name, "namespace": "default" } }))
-        .unwrap()
+    serde_json::from_value(json!({ "metadata": { "name": name, "namespace": "default" } })).unwrap()
 }
 
 /// The Secret's token, once the controller has filled it.
@@ -47,14 +46,13 @@ async fn filled_token(secrets: &Api<Secret>, name: &str) -> (Secret, String) {
 /// client that logs in with the token); `None` when the token is refused (401).
 async fn whoami(t: &TestCluster, token: &str) -> Option<String> {
     let mut config = kube::Config::new(t.apiserver.url().parse().unwrap());
-    config.root_cert = Some(vec![
-        rustls_pem_der(t.apiserver.ca_pem()),
-    ]);
+    config.root_cert = Some(vec![rustls_pem_der(t.apiserver.ca_pem())]);
     config.auth_info.token = Some(token.to_string().into());
     let client = kube::Client::try_from(config).unwrap();
-    let ssr: SelfSubjectReview =
-        serde_json::from_value(json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview" }))
-            .unwrap();
+    let ssr: SelfSubjectReview = serde_json::from_value(
+        json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview" }),
+    )
+    .unwrap();
     match Api::<SelfSubjectReview>::all(client)
         .create(&PostParams::default(), &ssr)
         .await
@@ -174,7 +172,12 @@ async fn legacy_token_secrets_are_filled_used_and_invalidated() {
         .await
         .unwrap();
     eventually(30, "ghost-token deleted", || async {
-        secrets.get_opt("ghost-token").await.unwrap().is_none().then_some(())
+        secrets
+            .get_opt("ghost-token")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
 
@@ -188,7 +191,11 @@ async fn legacy_token_secrets_are_filled_used_and_invalidated() {
     sas.delete("robot", &DeleteParams::default()).await.unwrap();
     let again = sas.create(&pp, &service_account("robot")).await.unwrap();
     assert_ne!(again.metadata.uid.as_deref(), Some(robot_uid.as_str()));
-    assert_eq!(whoami(&t, &token2).await, None, "re-created service account");
+    assert_eq!(
+        whoami(&t, &token2).await,
+        None,
+        "re-created service account"
+    );
     eventually(30, "robot-token2 deleted", || async {
         secrets
             .get_opt("robot-token2")

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use crate::storage::Store;
 use axum::http::StatusCode;
-use base64::Engine as _;
 use axum::response::Response;
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::PublicKeyData as _;
 use serde::{Deserialize, Serialize};
@@ -394,7 +394,10 @@ pub(crate) async fn discovery(
         _ if !servable => {
             return (
                 StatusCode::NOT_FOUND,
-                [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
                 "404 page not found\n",
             )
                 .into_response();
