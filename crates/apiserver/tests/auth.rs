@@ -563,6 +563,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: worker, namespace: default}
 spec:
+  serviceAccountName: robot
   containers: [{name: c, image: busybox}]
 ";
     let out = t.kubectl_stdin(&["apply", "-f", "-"], objects).await;
