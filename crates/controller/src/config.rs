@@ -35,6 +35,7 @@ pub const CONTROLLERS: &[&str] = &[
     "tokencleaner",
     "nodepassword",
     "serviceaccount-token",
+    "legacy-serviceaccount-token-cleaner",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's

@@ -354,6 +354,16 @@ fn start_controllers(
             )),
         ));
     }
+    if config.enabled("legacy-serviceaccount-token-cleaner") {
+        tasks.push((
+            "legacy-serviceaccount-token-cleaner",
+            Box::pin(tokens::run_cleaner(
+                shared.clone(),
+                config.loops.clone(),
+                stop.clone(),
+            )),
+        ));
+    }
     tasks
         .into_iter()
         .map(|(name, fut)| {

@@ -326,6 +326,254 @@ async fn sync(secret: &Secret, ctx: &Ctx) -> Result<Action, ReconcileError> {
     }
 }
 
+/// The ConfigMap the apiserver writes when it starts tracking legacy token use.
+const TRACKING_CONFIGMAP: &str = "kube-apiserver-legacy-service-account-token-tracking";
+const LAST_USED_LABEL: &str = "kubernetes.io/legacy-token-last-used";
+const INVALID_SINCE_LABEL: &str = "kubernetes.io/legacy-token-invalid-since";
+
+/// Upstream's `legacy-serviceaccount-token-cleaner`: every sync period, each auto-generated
+/// legacy token Secret (listed in its ServiceAccount's `secrets`, uid annotation matching)
+/// older than the clean-up period, not used within it (`kubernetes.io/legacy-token-last-used`,
+/// no label = unused since tracking began), not being deleted and not referenced by any pod
+/// of its namespace is labelled `kubernetes.io/legacy-token-invalid-since` (today), which
+/// makes the apiserver refuse it; one labelled longer ago than the clean-up period is deleted
+/// (resourceVersion precondition). Nothing happens until the apiserver has tracked use for a
+/// whole period (the `since` date of `kube-system/kube-apiserver-legacy-service-account-token-tracking`).
+pub(crate) async fn run_cleaner(
+    shared: Arc<Shared>,
+    config: crate::LoopConfig,
+    stop: watch::Receiver<bool>,
+) {
+    let period = std::time::Duration::from_secs(config.legacy_service_account_token_sync_period);
+    let clean_up = config.legacy_service_account_token_clean_up_period;
+    let work = async {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = clean(&shared, clean_up).await {
+                tracing::warn!(controller = "legacy-serviceaccount-token-cleaner", error = %e, "pass failed; retried next period");
+            }
+        }
+    };
+    tokio::select! {
+        _ = crate::stopped(stop) => {}
+        () = work => {}
+    }
+}
+
+fn day(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d").to_string()
+}
+
+/// The names of the Secrets a pod refers to (upstream's `VisitPodSecretNames`, the common
+/// places).
+fn pod_secret_names(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    out: &mut std::collections::HashSet<String>,
+) {
+    let Some(spec) = &pod.spec else {
+        return;
+    };
+    for r in spec.image_pull_secrets.iter().flatten() {
+        out.insert(r.name.clone());
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        for e in c.env_from.iter().flatten() {
+            if let Some(r) = &e.secret_ref {
+                out.insert(r.name.clone());
+            }
+        }
+        for e in c.env.iter().flatten() {
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+            {
+                out.insert(r.name.clone());
+            }
+        }
+    }
+    for c in spec.ephemeral_containers.iter().flatten() {
+        for e in c.env_from.iter().flatten() {
+            if let Some(r) = &e.secret_ref {
+                out.insert(r.name.clone());
+            }
+        }
+        for e in c.env.iter().flatten() {
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+            {
+                out.insert(r.name.clone());
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            out.insert(name);
+        }
+        for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(r) = &source.secret {
+                out.insert(r.name.clone());
+            }
+        }
+        if let Some(r) = v
+            .csi
+            .as_ref()
+            .and_then(|c| c.node_publish_secret_ref.as_ref())
+        {
+            out.insert(r.name.clone());
+        }
+    }
+}
+
+async fn clean(shared: &Shared, clean_up_secs: u64) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use std::collections::{HashMap, HashSet};
+    let client = shared.client.clone();
+    let now = shared.clock.now();
+    let period = jiff::SignedDuration::from_secs(i64::try_from(clean_up_secs).unwrap_or(i64::MAX));
+    let Some(tracking) = Api::<ConfigMap>::namespaced(client.clone(), "kube-system")
+        .get_opt(TRACKING_CONFIGMAP)
+        .await?
+    else {
+        return Ok(());
+    };
+    let Some(since) = tracking
+        .data
+        .as_ref()
+        .and_then(|d| d.get("since"))
+        .and_then(|s| s.parse::<jiff::civil::Date>().ok())
+    else {
+        return Ok(());
+    };
+    // 00:00 UTC the day after tracking began: the first moment every use was tracked.
+    let tracked_from = since
+        .tomorrow()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| z.timestamp());
+    let Some(tracked_from) = tracked_from else {
+        return Ok(());
+    };
+    if now
+        < tracked_from
+            .saturating_add(period)
+            .unwrap_or(jiff::Timestamp::MAX)
+    {
+        return Ok(());
+    }
+    let cutoff = now.saturating_sub(period).unwrap_or(jiff::Timestamp::MIN);
+    let preserve_used_on_or_after = day(cutoff);
+    let secrets = Api::<Secret>::all(client.clone())
+        .list(&kube::api::ListParams::default().fields(&format!("type={SECRET_TYPE}")))
+        .await?;
+    let mut mounted: HashMap<String, HashSet<String>> = HashMap::new();
+    for secret in secrets.items {
+        let ns = secret.metadata.namespace.clone().unwrap_or_default();
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let created = secret.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if created.is_none_or(|c| c >= cutoff) || secret.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        if let Some(last) = labels.get(LAST_USED_LABEL) {
+            if last.parse::<jiff::civil::Date>().is_err() || *last >= preserve_used_on_or_after {
+                continue;
+            }
+        }
+        // Auto-generated: listed in its (same-uid) ServiceAccount's `secrets`.
+        let Some(sa_name) = annotation(&secret, NAME_ANNOTATION).filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let Some(sa) = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .get_opt(sa_name)
+            .await?
+        else {
+            continue;
+        };
+        let want_uid = annotation(&secret, UID_ANNOTATION).unwrap_or("");
+        if !want_uid.is_empty() && sa.metadata.uid.as_deref() != Some(want_uid) {
+            continue;
+        }
+        if !sa
+            .secrets
+            .iter()
+            .flatten()
+            .any(|r| r.name.as_deref() == Some(name.as_str()))
+        {
+            continue;
+        }
+        if !mounted.contains_key(&ns) {
+            let mut names = HashSet::new();
+            for pod in Api::<Pod>::namespaced(client.clone(), &ns)
+                .list(&kube::api::ListParams::default())
+                .await?
+                .items
+            {
+                pod_secret_names(&pod, &mut names);
+            }
+            mounted.insert(ns.clone(), names);
+        }
+        if mounted.get(&ns).is_some_and(|m| m.contains(&name)) {
+            continue;
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let invalid_since = labels
+            .get(INVALID_SINCE_LABEL)
+            .filter(|v| v.parse::<jiff::civil::Date>().is_ok());
+        let Some(invalid_since) = invalid_since else {
+            let today = day(now);
+            tracing::info!(secret = %format!("{ns}/{name}"), invalid_since = %today, "marking an unused auto-generated service account token invalid");
+            let patch = json_patch_labels(&secret, &today);
+            if let Err(e) = api
+                .patch(&name, &kube::api::PatchParams::default(), &patch)
+                .await
+            {
+                tracing::warn!(secret = %format!("{ns}/{name}"), error = %e, "could not label the token invalid");
+            }
+            continue;
+        };
+        if *invalid_since >= preserve_used_on_or_after {
+            continue;
+        }
+        tracing::info!(secret = %format!("{ns}/{name}"), %invalid_since, "deleting an auto-generated service account token invalid for the whole clean-up period");
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: None,
+                resource_version: secret.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(secret = %format!("{ns}/{name}"), error = %e, "could not delete the token");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The merge patch that labels `secret` invalid since `today`, guarded by its uid and
+/// resourceVersion.
+fn json_patch_labels(secret: &Secret, today: &str) -> kube::api::Patch<serde_json::Value> {
+    kube::api::Patch::Merge(serde_json::json!({
+        "metadata": {
+            "uid": secret.metadata.uid,
+            "resourceVersion": secret.metadata.resource_version,
+            "labels": { INVALID_SINCE_LABEL: today },
+        }
+    }))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

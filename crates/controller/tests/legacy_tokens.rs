@@ -2,14 +2,19 @@
 //! controller fills token Secrets, a kube client logs in with the token, the apiserver
 //! tracks its last use, and the token stops working once it is replaced, its Secret deleted
 //! or its service account re-created (the controller deletes such Secrets, as upstream).
+//! And the legacy token cleaner: unused auto-generated tokens are marked invalid, then
+//! deleted, on a test clock.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use common::{TestCluster, eventually};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -219,4 +224,133 @@ async fn legacy_token_secrets_are_filled_used_and_invalidated() {
         whoami(&t, &token3).await.as_deref(),
         Some("system:serviceaccount:default:robot")
     );
+}
+
+/// A clock that stands still until moved.
+#[derive(Debug)]
+struct TestClock(Mutex<Timestamp>);
+
+impl rk3s_controller::Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+const INVALID_SINCE: &str = "kubernetes.io/legacy-token-invalid-since";
+
+fn label_of(s: &Secret, key: &str) -> Option<String> {
+    s.metadata.labels.as_ref()?.get(key).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_auto_generated_tokens_are_invalidated_then_deleted() {
+    let start = Timestamp::now();
+    let clock = Arc::new(TestClock(Mutex::new(start)));
+    let t = TestCluster::start_configured_with_clock(
+        |dir| rk3s_controller::Config {
+            controllers: vec![
+                "serviceaccount-token".into(),
+                "legacy-serviceaccount-token-cleaner".into(),
+            ],
+            service_account_private_key_file: Some(dir.join("tls").join("service.key")),
+            loops: rk3s_controller::LoopConfig {
+                legacy_service_account_token_sync_period: 1,
+                ..rk3s_controller::LoopConfig::default()
+            },
+            ..rk3s_controller::Config::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let pp = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(t.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(t.client.clone(), "default");
+    // Auto-generated tokens are the ones their account lists in `secrets`.
+    let listed = |name: &str, tokens: &[&str]| -> ServiceAccount {
+        let refs: Vec<_> = tokens.iter().map(|t| json!({ "name": t })).collect();
+        serde_json::from_value(json!({ "metadata": { "name": name }, "secrets": refs })).unwrap()
+    };
+    sas.create(&pp, &listed("auto", &["auto-token", "zz-auto-token"]))
+        .await
+        .unwrap();
+    sas.create(&pp, &listed("manual", &[])).await.unwrap();
+    sas.create(&pp, &listed("mounted", &["mounted-token"]))
+        .await
+        .unwrap();
+    sas.create(&pp, &listed("used", &["used-token"]))
+        .await
+        .unwrap();
+    for (secret, sa) in [
+        ("auto-token", "auto"),
+        ("zz-auto-token", "auto"),
+        ("manual-token", "manual"),
+        ("mounted-token", "mounted"),
+        ("used-token", "used"),
+    ] {
+        secrets
+            .create(&pp, &token_secret(secret, sa, TOKEN_TYPE))
+            .await
+            .unwrap();
+    }
+    let (_, auto_token) = filled_token(&secrets, "auto-token").await;
+    assert!(whoami(&t, &auto_token).await.is_some());
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": { "name": "user", "namespace": "default" },
+        "spec": {
+            "serviceAccountName": "mounted",
+            "containers": [{ "name": "c", "image": "busybox" }],
+            "volumes": [{ "name": "t", "secret": { "secretName": "mounted-token" } }],
+        },
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(t.client.clone(), "default")
+        .create(&pp, &pod)
+        .await
+        .unwrap();
+
+    // Past a year of tracking: the unused auto-generated tokens are marked invalid today;
+    // a manual token, a mounted one and one used within the year are kept.
+    let later = start
+        .checked_add(SignedDuration::from_hours(24 * 400))
+        .unwrap();
+    let later_day = later.strftime("%Y-%m-%d").to_string();
+    secrets
+        .patch(
+            "used-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { LAST_USED: later_day } } })),
+        )
+        .await
+        .unwrap();
+    *clock.0.lock().unwrap() = later;
+    // A pass lists the Secrets in key order: once `zz-auto-token` is marked, every other
+    // Secret of the namespace has been looked at in that pass.
+    eventually(30, "zz-auto-token marked invalid", || async {
+        let s = secrets.get("zz-auto-token").await.unwrap();
+        label_of(&s, INVALID_SINCE).filter(|d| *d == later_day)
+    })
+    .await;
+    let auto = secrets.get("auto-token").await.unwrap();
+    assert_eq!(label_of(&auto, INVALID_SINCE), Some(later_day.clone()));
+    for kept in ["manual-token", "mounted-token", "used-token"] {
+        let s = secrets.get(kept).await.unwrap();
+        assert_eq!(label_of(&s, INVALID_SINCE), None, "{kept}");
+    }
+    // The apiserver refuses a token marked invalid.
+    assert_eq!(whoami(&t, &auto_token).await, None);
+
+    // Invalid for a whole period more: deleted; the others stay.
+    let much_later = later
+        .checked_add(SignedDuration::from_hours(24 * 400))
+        .unwrap();
+    *clock.0.lock().unwrap() = much_later;
+    eventually(30, "the invalid tokens deleted", || async {
+        let gone = secrets.get_opt("auto-token").await.unwrap().is_none()
+            && secrets.get_opt("zz-auto-token").await.unwrap().is_none();
+        gone.then_some(())
+    })
+    .await;
+    for kept in ["manual-token", "mounted-token"] {
+        assert!(secrets.get_opt(kept).await.unwrap().is_some(), "{kept}");
+    }
 }
