@@ -483,10 +483,11 @@ async fn clean(shared: &Shared, clean_up_secs: u64) -> Result<(), kube::Error> {
             continue;
         }
         let labels = secret.metadata.labels.clone().unwrap_or_default();
-        if let Some(last) = labels.get(LAST_USED_LABEL) {
-            if last.parse::<jiff::civil::Date>().is_err() || *last >= preserve_used_on_or_after {
-                continue;
-            }
+        // A malformed date cannot be judged: kept, as upstream.
+        if let Some(last) = labels.get(LAST_USED_LABEL)
+            && (last.parse::<jiff::civil::Date>().is_err() || *last >= preserve_used_on_or_after)
+        {
+            continue;
         }
         // Auto-generated: listed in its (same-uid) ServiceAccount's `secrets`.
         let Some(sa_name) = annotation(&secret, NAME_ANNOTATION).filter(|n| !n.is_empty()) else {
