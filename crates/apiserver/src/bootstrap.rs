@@ -42,6 +42,15 @@ pub(crate) async fn run(state: &AppState, addr: SocketAddr) -> Result<()> {
         });
         ensure(state, "priorityclasses", None, class).await?;
     }
+    // Legacy token tracking (upstream's `legacytokentracking` controller): the date from
+    // which the `kubernetes.io/legacy-token-last-used` labels are kept, for the controller
+    // manager's legacy token cleaner.
+    let tracking = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "kube-apiserver-legacy-service-account-token-tracking", "namespace": "kube-system" },
+        "data": { "since": &crate::time::now_rfc3339()[..10] },
+    });
+    ensure(state, "configmaps", Some("kube-system"), tracking).await?;
     let ip = match addr.ip() {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,

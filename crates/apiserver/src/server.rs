@@ -74,6 +74,14 @@ fn router(state: AppState) -> Router {
         .route("/livez", get(crate::health::livez))
         .route("/readyz", get(crate::health::readyz))
         .route("/metrics", get(crate::health::metrics))
+        .route(
+            crate::auth::serviceaccount::OPENID_CONFIG_PATH,
+            get(crate::auth::serviceaccount::discovery),
+        )
+        .route(
+            crate::auth::serviceaccount::JWKS_PATH,
+            get(crate::auth::serviceaccount::discovery),
+        )
         .route("/openapi/v2", get(crate::openapi::v2))
         .route("/openapi/v3", get(crate::openapi::index))
         .route("/openapi/v3/{*path}", get(crate::openapi::group_version))

@@ -563,6 +563,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: worker, namespace: default}
 spec:
+  serviceAccountName: robot
   containers: [{name: c, image: busybox}]
 ";
     let out = t.kubectl_stdin(&["apply", "-f", "-"], objects).await;
@@ -894,4 +895,534 @@ async fn impersonation_needs_the_impersonate_verb() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `GET path` with a bearer token: (HTTP code, body).
+async fn get_with_token(t: &TestServer, token: &str, path: &str) -> (u16, String) {
+    curl(
+        t,
+        "GET",
+        path,
+        &["-H", &format!("Authorization: Bearer {token}")],
+    )
+    .await
+}
+
+/// A legacy Secret-based token (upstream's legacy claims) signed with `key_pem`.
+fn legacy_token(key_pem: &str, sa: &str, sa_uid: &str, secret: &str) -> String {
+    let claims = serde_json::json!({
+        "iss": "kubernetes/serviceaccount",
+        "sub": format!("system:serviceaccount:default:{sa}"),
+        "kubernetes.io/serviceaccount/namespace": "default",
+        "kubernetes.io/serviceaccount/secret.name": secret,
+        "kubernetes.io/serviceaccount/service-account.name": sa,
+        "kubernetes.io/serviceaccount/service-account.uid": sa_uid,
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()).expect("key");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .expect("signed")
+}
+
+fn token_secret(name: &str, sa: Option<&str>, token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut s = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name, "namespace": "default" },
+        "type": "kubernetes.io/service-account-token",
+        "data": { "token": base64::engine::general_purpose::STANDARD.encode(token) },
+    });
+    if let Some(sa) = sa {
+        s["metadata"]["annotations"] =
+            serde_json::json!({ "kubernetes.io/service-account.name": sa });
+    }
+    s
+}
+
+fn utc_day(offset_days: i64) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let then = now
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(
+            24 * offset_days,
+        ))
+        .expect("time");
+    then.strftime("%Y-%m-%d").to_string()
+}
+
+/// Legacy Secret-based tokens as upstream's legacy validator checks them, each rule with the
+/// side that is accepted and the side that is refused; the Secret validation on create; the
+/// last-used label (at most one write a day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_secret_tokens_are_checked() {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    let sa = sas
+        .create(
+            &pp,
+            &serde_json::from_value(serde_json::json!({ "metadata": { "name": "robot" } }))
+                .expect("sa"),
+        )
+        .await
+        .expect("sa created");
+    let sa_uid = sa.metadata.uid.clone().expect("uid");
+    let key = t.server.pki().service_account_key_pem.clone();
+
+    // A token Secret must name its service account (upstream's 422), then it is accepted.
+    let token = legacy_token(&key, "robot", &sa_uid, "robot-token");
+    let req = http_post(
+        "/api/v1/namespaces/default/secrets",
+        &token_secret("robot-token", None, &token),
+    );
+    let err = client
+        .request::<serde_json::Value>(req)
+        .await
+        .expect_err("no annotation");
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422);
+            assert_eq!(
+                s.message,
+                "Secret \"robot-token\" is invalid: metadata.annotations[kubernetes.io/service-account.name]: Required value"
+            );
+        }
+        e => panic!("unexpected {e}"),
+    }
+    let req = http_post(
+        "/api/v1/namespaces/default/secrets",
+        &token_secret("robot-token", Some("robot"), &token),
+    );
+    client
+        .request::<serde_json::Value>(req)
+        .await
+        .expect("annotated token Secret created");
+
+    // Accepted: the service account's identity, without credential id (as upstream's
+    // legacy tokens).
+    assert_eq!(get_with_token(&t, &token, "/apis").await.0, 200);
+    let kc = t.token_kubeconfig("legacy", &token);
+    let who: serde_json::Value = serde_json::from_str(&stdout(
+        &t.kubectl_as(&kc, &["auth", "whoami", "-o", "json"]).await,
+    ))
+    .expect("whoami JSON");
+    let user = &who["status"]["userInfo"];
+    assert_eq!(
+        user["username"], "system:serviceaccount:default:robot",
+        "{who}"
+    );
+    assert_eq!(user["uid"], sa_uid.as_str());
+    assert_eq!(
+        user["groups"],
+        serde_json::json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:default",
+            "system:authenticated"
+        ])
+    );
+    assert!(user.get("extra").is_none(), "{who}");
+
+    // The last-used label: today, written once a day only.
+    let s = secrets.get("robot-token").await.expect("secret");
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("kubernetes.io/legacy-token-last-used"),
+        Some(&utc_day(0))
+    );
+    let rv = s.metadata.resource_version.clone();
+    assert_eq!(get_with_token(&t, &token, "/apis").await.0, 200);
+    let again = secrets.get("robot-token").await.expect("secret");
+    assert_eq!(
+        again.metadata.resource_version, rv,
+        "used again today: no write"
+    );
+    let label = |v: Option<&str>, key: &str| {
+        let mut labels = serde_json::Map::new();
+        labels.insert(key.into(), serde_json::json!(v));
+        Patch::Merge(serde_json::json!({ "metadata": { "labels": labels } }))
+    };
+    secrets
+        .patch(
+            "robot-token",
+            &PatchParams::default(),
+            &label(Some("2020-01-01"), "kubernetes.io/legacy-token-last-used"),
+        )
+        .await
+        .expect("patched");
+    assert_eq!(get_with_token(&t, &token, "/apis").await.0, 200);
+    let s = secrets.get("robot-token").await.expect("secret");
+    assert_eq!(
+        s.metadata
+            .labels
+            .unwrap_or_default()
+            .get("kubernetes.io/legacy-token-last-used"),
+        Some(&utc_day(0)),
+        "an old date is replaced by today"
+    );
+
+    // TokenReview: good for the API audiences only (a legacy token has none of its own).
+    let review = |aud: Option<&str>| {
+        let mut spec = serde_json::json!({ "token": token });
+        if let Some(a) = aud {
+            spec["audiences"] = serde_json::json!([a]);
+        }
+        http_post(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            &serde_json::json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec }),
+        )
+    };
+    let r: serde_json::Value = client.request(review(None)).await.expect("review");
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    let r: serde_json::Value = client
+        .request(review(Some("https://kubernetes.default.svc.cluster.local")))
+        .await
+        .expect("review");
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    let r: serde_json::Value = client
+        .request(review(Some("https://elsewhere")))
+        .await
+        .expect("review");
+    assert_eq!(r["status"]["authenticated"], false, "{r}");
+
+    // Marked invalid: refused (and still tracked) until the label goes.
+    secrets
+        .patch(
+            "robot-token",
+            &PatchParams::default(),
+            &label(
+                Some("2024-01-01"),
+                "kubernetes.io/legacy-token-invalid-since",
+            ),
+        )
+        .await
+        .expect("patched");
+    assert_eq!(get_with_token(&t, &token, "/apis").await.0, 401);
+    secrets
+        .patch(
+            "robot-token",
+            &PatchParams::default(),
+            &label(None, "kubernetes.io/legacy-token-invalid-since"),
+        )
+        .await
+        .expect("patched");
+    assert_eq!(get_with_token(&t, &token, "/apis").await.0, 200);
+
+    // Signed with another key: refused.
+    let other_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    let forged = legacy_token(&other_key, "robot", &sa_uid, "robot-token");
+    assert_eq!(get_with_token(&t, &forged, "/apis").await.0, 401);
+
+    // The Secret holds another token: the old one is refused, the new one accepted.
+    let token2 = legacy_token(&key, "robot", &sa_uid, "robot-token");
+    assert_ne!(token, token2);
+    use base64::Engine as _;
+    secrets
+        .patch(
+            "robot-token",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "data": {
+                "token": base64::engine::general_purpose::STANDARD.encode(&token2) } })),
+        )
+        .await
+        .expect("patched");
+    assert_eq!(get_with_token(&t, &token, "/apis").await.0, 401);
+    assert_eq!(get_with_token(&t, &token2, "/apis").await.0, 200);
+
+    // A token naming another uid of the service account: refused.
+    let stale = legacy_token(&key, "robot", "0000-other-uid", "robot-stale");
+    let req = http_post(
+        "/api/v1/namespaces/default/secrets",
+        &token_secret("robot-stale", Some("robot"), &stale),
+    );
+    client
+        .request::<serde_json::Value>(req)
+        .await
+        .expect("created");
+    assert_eq!(get_with_token(&t, &stale, "/apis").await.0, 401);
+
+    // A Secret being deleted (held by a finalizer): refused.
+    secrets
+        .patch(
+            "robot-token",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+            ),
+        )
+        .await
+        .expect("patched");
+    secrets
+        .delete("robot-token", &DeleteParams::default())
+        .await
+        .expect("deleting");
+    assert_eq!(get_with_token(&t, &token2, "/apis").await.0, 401);
+    secrets
+        .patch(
+            "robot-token",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .expect("released");
+    assert_eq!(get_with_token(&t, &token2, "/apis").await.0, 401, "deleted");
+
+    // The service account re-created (another uid): its old tokens are refused.
+    let token3 = legacy_token(&key, "robot", &sa_uid, "robot-token3");
+    let req = http_post(
+        "/api/v1/namespaces/default/secrets",
+        &token_secret("robot-token3", Some("robot"), &token3),
+    );
+    client
+        .request::<serde_json::Value>(req)
+        .await
+        .expect("created");
+    assert_eq!(get_with_token(&t, &token3, "/apis").await.0, 200);
+    sas.delete("robot", &DeleteParams::default())
+        .await
+        .expect("sa deleted");
+    assert_eq!(get_with_token(&t, &token3, "/apis").await.0, 401);
+    sas.create(
+        &pp,
+        &serde_json::from_value(serde_json::json!({ "metadata": { "name": "robot" } }))
+            .expect("sa"),
+    )
+    .await
+    .expect("sa re-created");
+    assert_eq!(get_with_token(&t, &token3, "/apis").await.0, 401);
+}
+
+/// OIDC discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`) for
+/// `system:service-account-issuer-discovery`, a real token verified with the published key;
+/// and the TokenRequest rules for pod-bound tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_discovery_and_pod_bound_tokens() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let objects = "\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: robot, namespace: default}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: other, namespace: default}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: worker, namespace: default}
+spec:
+  serviceAccountName: robot
+  nodeName: n1
+  containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, namespace: default}
+spec:
+  serviceAccountName: other
+  nodeName: gone
+  containers: [{name: c, image: busybox}]
+";
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], objects).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let node_uid = t
+        .kubectl_ok(&["get", "node", "n1", "-o", "jsonpath={.metadata.uid}"])
+        .await;
+
+    let token_request = |sa: &str, pod: Option<&str>| {
+        let mut spec = serde_json::json!({});
+        if let Some(p) = pod {
+            spec["boundObjectRef"] =
+                serde_json::json!({ "kind": "Pod", "apiVersion": "v1", "name": p });
+        }
+        http_post(
+            &format!("/api/v1/namespaces/default/serviceaccounts/{sa}/token"),
+            &serde_json::json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec }),
+        )
+    };
+    let claims_of = |token: &str| -> serde_json::Value {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).expect("JWT");
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64"),
+        )
+        .expect("claims")
+    };
+
+    // TokenRequest: a pod running as another service account is refused (400) ...
+    let err = client
+        .request::<serde_json::Value>(token_request("robot", Some("stranger")))
+        .await
+        .expect_err("another service account's pod");
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 400);
+            assert_eq!(s.reason, "BadRequest");
+            assert_eq!(
+                s.message,
+                "cannot bind token for serviceaccount \"robot\" to pod running with different serviceaccount name."
+            );
+        }
+        e => panic!("unexpected {e}"),
+    }
+    // ... its own pod is bound, with the pod's node (name and uid) in the claims.
+    let r: serde_json::Value = client
+        .request(token_request("robot", Some("worker")))
+        .await
+        .expect("bound token");
+    let bound = r["status"]["token"].as_str().expect("token").to_string();
+    let c = claims_of(&bound);
+    assert_eq!(c["kubernetes.io"]["pod"]["name"], "worker");
+    assert_eq!(
+        c["kubernetes.io"]["node"],
+        serde_json::json!({ "name": "n1", "uid": node_uid })
+    );
+    let kc = t.token_kubeconfig("bound", &bound);
+    let who: serde_json::Value = serde_json::from_str(&stdout(
+        &t.kubectl_as(&kc, &["auth", "whoami", "-o", "json"]).await,
+    ))
+    .expect("whoami JSON");
+    let extra = &who["status"]["userInfo"]["extra"];
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-name"],
+        serde_json::json!(["n1"])
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-uid"],
+        serde_json::json!([node_uid])
+    );
+    // A pod on a node that does not exist: the node's name only; the token still works (a
+    // pod-bound token's node is not checked).
+    let r: serde_json::Value = client
+        .request(token_request("other", Some("stranger")))
+        .await
+        .expect("bound token");
+    let on_gone = r["status"]["token"].as_str().expect("token").to_string();
+    assert_eq!(
+        claims_of(&on_gone)["kubernetes.io"]["node"],
+        serde_json::json!({ "name": "gone", "uid": "" })
+    );
+    let kc_gone = t.token_kubeconfig("gone", &on_gone);
+    let who: serde_json::Value = serde_json::from_str(&stdout(
+        &t.kubectl_as(&kc_gone, &["auth", "whoami", "-o", "json"])
+            .await,
+    ))
+    .expect("whoami JSON");
+    let extra = &who["status"]["userInfo"]["extra"];
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-name"],
+        serde_json::json!(["gone"])
+    );
+    assert!(
+        extra.get("authentication.kubernetes.io/node-uid").is_none(),
+        "{who}"
+    );
+
+    // Discovery: anonymous 401 (rk3s allows anonymous on health paths only, as K3s' servers
+    // run without anonymous auth), a user without the role 403, service accounts (bound to
+    // system:service-account-issuer-discovery by default) 200.
+    for path in ["/.well-known/openid-configuration", "/openid/v1/jwks"] {
+        assert_eq!(curl(&t, "GET", path, &[]).await.0, 401, "{path}");
+        let alice = t.user_kubeconfig("alice", &[]);
+        let out = t.kubectl_as(&alice, &["get", "--raw", path]).await;
+        assert!(
+            stderr(&out).contains("Forbidden") || stderr(&out).contains("forbidden"),
+            "{path}: {}",
+            stderr(&out)
+        );
+    }
+    let headers = t.dir.path().join("headers");
+    let headers_arg = headers.display().to_string();
+    let (code, body) = curl(
+        &t,
+        "GET",
+        "/.well-known/openid-configuration",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {bound}"),
+            "-D",
+            &headers_arg,
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let head = std::fs::read_to_string(&headers)
+        .expect("headers")
+        .to_lowercase();
+    assert!(
+        head.contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("cache-control: public, max-age=3600"),
+        "{head}"
+    );
+    let config: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        config,
+        serde_json::json!({
+            "issuer": "https://kubernetes.default.svc.cluster.local",
+            "jwks_uri": format!("{}/openid/v1/jwks", t.server.url()),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+    );
+    let (code, body) = curl(
+        &t,
+        "GET",
+        "/openid/v1/jwks",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {bound}"),
+            "-D",
+            &headers_arg,
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let head = std::fs::read_to_string(&headers)
+        .expect("headers")
+        .to_lowercase();
+    assert!(
+        head.contains("content-type: application/jwk-set+json"),
+        "{head}"
+    );
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&body).expect("JWK set");
+    assert_eq!(jwks.keys.len(), 1);
+    let jwk = &jwks.keys[0];
+
+    // The published key verifies a real token (its kid names that key); a token signed with
+    // another key does not verify.
+    let header = jsonwebtoken::decode_header(&bound).expect("header");
+    assert_eq!(header.kid, jwk.common.key_id);
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("decoding key");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&["https://kubernetes.default.svc.cluster.local"]);
+    v.set_issuer(&["https://kubernetes.default.svc.cluster.local"]);
+    let verified = jsonwebtoken::decode::<serde_json::Value>(&bound, &key, &v).expect("verified");
+    assert_eq!(
+        verified.claims["sub"],
+        "system:serviceaccount:default:robot"
+    );
+    let other = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &verified.claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(other.as_bytes()).expect("key"),
+    )
+    .expect("signed");
+    assert!(jsonwebtoken::decode::<serde_json::Value>(&forged, &key, &v).is_err());
 }

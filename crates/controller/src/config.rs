@@ -34,6 +34,8 @@ pub const CONTROLLERS: &[&str] = &[
     "horizontal-pod-autoscaling",
     "tokencleaner",
     "nodepassword",
+    "serviceaccount-token",
+    "legacy-serviceaccount-token-cleaner",
 ];
 
 /// Configuration of [`crate::run`]. Keys are kebab-case, as the flags of upstream's
@@ -60,6 +62,13 @@ pub struct Config {
     /// manager's identity (upstream's flag; off by default, `rk3s server` turns it on as K3s
     /// does).
     pub use_service_account_credentials: bool,
+    /// `--service-account-private-key-file`: the PEM key (ECDSA P-256, the apiserver's
+    /// `server/tls/service.key`) the `serviceaccount-token` controller signs legacy
+    /// Secret-based tokens with. Unset: that controller does not run (as upstream).
+    pub service_account_private_key_file: Option<PathBuf>,
+    /// `--root-ca-file`: the CA bundle put in token Secrets as `ca.crt` (K3s:
+    /// `server/tls/server-ca.crt`).
+    pub root_ca_file: Option<PathBuf>,
     /// Node lifecycle, node IPAM and CSR signing settings (upstream's flag names).
     #[serde(flatten)]
     pub nodes: NodeConfig,
@@ -158,6 +167,8 @@ impl Default for Config {
             concurrent_syncs: 5,
             identity: None,
             use_service_account_credentials: false,
+            service_account_private_key_file: None,
+            root_ca_file: None,
             nodes: NodeConfig::default(),
             loops: crate::settings::LoopConfig::default(),
         }

@@ -76,6 +76,7 @@ pub fn account_of(loop_name: &str) -> Option<Account> {
         "horizontal-pod-autoscaling" => "horizontal-pod-autoscaler",
         "tokencleaner" => "token-cleaner",
         "nodepassword" => "node-password-controller",
+        "legacy-serviceaccount-token-cleaner" => "legacy-service-account-token-cleaner",
         // Upstream runs the legacy service-account token controller with the manager's
         // root credentials (it creates token Secrets for every service account).
         "serviceaccount-token" => return Some(Account::Manager),

@@ -43,6 +43,7 @@ mod serviceaccount;
 mod settings;
 mod statefulset;
 mod tokencleaner;
+mod tokens;
 mod ttl;
 mod util;
 
@@ -329,6 +330,20 @@ fn start_controllers(
     }
     if config.enabled("tokencleaner") {
         tasks.push(("tokencleaner", boxed(tokencleaner::run)));
+    }
+    if config.enabled("serviceaccount-token")
+        && let Some(key) = &config.service_account_private_key_file
+    {
+        tasks.push(("serviceaccount-token", {
+            let (key, root_ca) = (key.clone(), config.root_ca_file.clone());
+            boxed(move |s, st| tokens::run(s, key, root_ca, st))
+        }));
+    }
+    if config.enabled("legacy-serviceaccount-token-cleaner") {
+        tasks.push(("legacy-serviceaccount-token-cleaner", {
+            let loops = config.loops.clone();
+            boxed(move |s, st| tokens::run_cleaner(s, loops, st))
+        }));
     }
     tasks
         .into_iter()

@@ -31,6 +31,13 @@ pub struct LoopConfig {
     pub horizontal_pod_autoscaler_cpu_initialization_period: u64,
     /// `--horizontal-pod-autoscaler-initial-readiness-delay` (30 s).
     pub horizontal_pod_autoscaler_initial_readiness_delay: u64,
+    /// `--legacy-service-account-token-clean-up-period`: how long an auto-generated legacy
+    /// token may go unused before it is marked invalid, and then stay invalid before it is
+    /// deleted, in seconds (one year).
+    pub legacy_service_account_token_clean_up_period: u64,
+    /// How often the legacy token cleaner looks at the token Secrets (upstream's
+    /// `DefaultCleanerSyncInterval`, 24 h; a setting here so that tests need not wait).
+    pub legacy_service_account_token_sync_period: u64,
 }
 
 impl Default for LoopConfig {
@@ -45,6 +52,8 @@ impl Default for LoopConfig {
             horizontal_pod_autoscaler_tolerance: 0.1,
             horizontal_pod_autoscaler_cpu_initialization_period: 300,
             horizontal_pod_autoscaler_initial_readiness_delay: 30,
+            legacy_service_account_token_clean_up_period: 365 * 24 * 3600,
+            legacy_service_account_token_sync_period: 24 * 3600,
         }
     }
 }
@@ -55,9 +64,11 @@ impl LoopConfig {
         if self.pvclaimbinder_sync_period == 0
             || self.pod_gc_period == 0
             || self.horizontal_pod_autoscaler_sync_period == 0
+            || self.legacy_service_account_token_clean_up_period == 0
+            || self.legacy_service_account_token_sync_period == 0
         {
             return Err(
-                "pvclaimbinder-sync-period, pod-gc-period and horizontal-pod-autoscaler-sync-period must be > 0"
+                "pvclaimbinder-sync-period, pod-gc-period, horizontal-pod-autoscaler-sync-period and the legacy-service-account-token periods must be > 0"
                     .into(),
             );
         }

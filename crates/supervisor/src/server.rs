@@ -247,7 +247,7 @@ async fn run_with_store(
         clients.push(scheduler(scheduler_kubeconfig, identity.clone()));
     }
     if !config.disable_controller_manager {
-        clients.push(controller(controller_kubeconfig, identity));
+        clients.push(controller(controller_kubeconfig, identity, &tls_dir));
     }
     let clients = tokio::select! {
         started = Supervisor::start(clients, Backoff::default()) => started,
@@ -343,13 +343,18 @@ fn scheduler(kubeconfig: String, identity: String) -> Component {
 
 /// The controller manager, as `system:kube-controller-manager`, electing a leader through
 /// `kube-system/kube-controller-manager`; each loop runs as its own service account
-/// (`--use-service-account-credentials`, which K3s sets).
-fn controller(kubeconfig: String, identity: String) -> Component {
+/// (`--use-service-account-credentials`, which K3s sets). As K3s: legacy service-account
+/// tokens are signed with `server/tls/service.key` and carry `server/tls/server-ca.crt`.
+fn controller(kubeconfig: String, identity: String, tls_dir: &std::path::Path) -> Component {
+    let key = tls_dir.join("service.key");
+    let root_ca = tls_dir.join("server-ca.crt");
     Component::new("controller-manager", move |stop: Stop| {
         let kubeconfig = kubeconfig.clone();
         let config = rk3s_controller::Config {
             identity: Some(identity.clone()),
             use_service_account_credentials: true,
+            service_account_private_key_file: Some(key.clone()),
+            root_ca_file: Some(root_ca.clone()),
             ..rk3s_controller::Config::default()
         };
         async move {

@@ -11,6 +11,10 @@ use common::{READY, Server, Setup, free_port, port_arg, rk3s_cmd};
 
 const CONFIGMAP: &str = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"survivor","namespace":"default"},"data":{"k":"v"}}"#;
 
+const TOKEN_OBJECTS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
+{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"robot","namespace":"default"}},
+{"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/service-account-token","metadata":{"name":"robot-token","namespace":"default","annotations":{"kubernetes.io/service-account.name":"robot"}}}]}"#;
+
 #[test]
 fn server_serves_kubectl_and_keeps_objects_across_a_restart() {
     let setup = Setup::new("cluster-domain: cluster.local\n");
@@ -40,6 +44,45 @@ fn server_serves_kubectl_and_keeps_objects_across_a_restart() {
     }
     assert_eq!(setup.kubectl_ok(&["get", "--raw", "/readyz"], ""), "ok");
     setup.kubectl_ok(&["create", "-f", "-"], CONFIGMAP);
+
+    // Legacy service-account tokens: the controller manager fills token Secrets (signing with
+    // server/tls/service.key), and the token logs in as the service account.
+    setup.kubectl_ok(&["create", "-f", "-"], TOKEN_OBJECTS);
+    let mut token = String::new();
+    for _ in 0..600 {
+        let out = setup.kubectl(
+            &[
+                "get",
+                "secret",
+                "robot-token",
+                "-o",
+                "go-template={{if .data.token}}{{.data.token | base64decode}}{{end}}",
+            ],
+            "",
+        );
+        token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !token.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!token.is_empty(), "the token Secret was never filled");
+    let out = Command::new("/usr/bin/kubectl")
+        .args(["--kubeconfig", "/dev/null", "--server"])
+        .arg(format!("https://127.0.0.1:{port}"))
+        .arg("--certificate-authority")
+        .arg(setup.data_dir().join("server/tls/server-ca.crt"))
+        .args(["--token", &token, "auth", "whoami", "-o"])
+        .arg("jsonpath={.status.userInfo.username}")
+        .env("HOME", setup.dir.path())
+        .output()
+        .expect("kubectl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "system:serviceaccount:default:robot",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // `rk3s kubectl` with the admin kubeconfig from RK3S_KUBECONFIG.
     let out = rk3s_cmd(setup.dir.path())

@@ -779,6 +779,15 @@ pub(crate) fn rk3s_controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             "node-controller",
             vec![r(&["list", "watch"], "coordination.k8s.io", &["leases"])],
         ),
+        // Lists the token Secrets, reads their service accounts and lists the pods that may
+        // mount them (upstream: shared informers).
+        (
+            "legacy-service-account-token-cleaner",
+            vec![
+                r(&["list"], "", &["secrets", "pods"]),
+                r(&["get"], "", &["serviceaccounts"]),
+            ],
+        ),
         // rk3s' node-password controller: watches Nodes; edits the password Secrets in
         // `kube-system` (its Role in `namespaced_roles`).
         (

@@ -4,12 +4,22 @@
 //! (`POST .../serviceaccounts/<name>/token`) and verified on every request: signature, issuer,
 //! audience, expiry, and that the service account and bound object still exist with the same
 //! uid.
+//!
+//! Also the legacy Secret-based tokens that rk3s-controller's `serviceaccount-token` loop puts
+//! in `kubernetes.io/service-account-token` Secrets (issuer [`LEGACY_ISSUER`], no expiry, no
+//! audience), checked as upstream's legacy validator: accepted only while the Secret exists,
+//! is not being deleted, holds that exact token and is not labelled
+//! [`INVALID_SINCE_LABEL`], and the service account exists with the uid the token names;
+//! each use sets the Secret's [`LAST_USED_LABEL`] to today (at most one write a day). And the
+//! OIDC discovery documents of the issuer (`/.well-known/openid-configuration`,
+//! `/openid/v1/jwks`).
 
 use std::collections::BTreeMap;
 
 use crate::storage::Store;
 use axum::http::StatusCode;
 use axum::response::Response;
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::PublicKeyData as _;
 use serde::{Deserialize, Serialize};
@@ -27,11 +37,25 @@ const MIN_EXPIRATION: i64 = 600;
 /// Upstream caps requested lifetimes at 2^32 seconds.
 const MAX_EXPIRATION: i64 = 1 << 32;
 
+/// The `iss` of legacy Secret-based tokens (upstream's `serviceaccount.LegacyIssuer`).
+pub(crate) const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+/// The label upstream's legacy token tracking sets on a token Secret, to the day (UTC) the
+/// token was last used.
+pub(crate) const LAST_USED_LABEL: &str = "kubernetes.io/legacy-token-last-used";
+/// A token Secret with this label is refused (upstream's legacy token clean-up marks unused
+/// auto-generated tokens with it before deleting them).
+pub(crate) const INVALID_SINCE_LABEL: &str = "kubernetes.io/legacy-token-invalid-since";
+/// The Secret type of legacy tokens, and its keys and annotations.
+pub(crate) const TOKEN_SECRET_TYPE: &str = "kubernetes.io/service-account-token";
+pub(crate) const SA_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+
 /// Issues and verifies service-account tokens.
 pub(crate) struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     key_id: String,
+    /// The public key as a JWK set (`/openid/v1/jwks`).
+    jwks: Value,
     pub(crate) issuer: String,
     pub(crate) audiences: Vec<String>,
 }
@@ -93,13 +117,29 @@ impl Tokens {
         let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
             .map_err(|e| Error::Tls(format!("service-account key: {e}")))?;
         // As upstream: the key id is the unpadded base64url SHA-256 of the public key (DER).
-        use base64::Engine as _;
-        let key_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(key.subject_public_key_info()));
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key_id = b64.encode(sha2::Sha256::digest(key.subject_public_key_info()));
+        // An uncompressed P-256 point: 0x04, then x and y (32 bytes each).
+        let point = key.public_key_raw();
+        if point.len() != 65 || point.first() != Some(&4) {
+            return Err(Error::Tls(
+                "service-account key: not an ECDSA P-256 key".into(),
+            ));
+        }
+        let jwks = json!({ "keys": [{
+            "use": "sig",
+            "kty": "EC",
+            "kid": key_id,
+            "crv": "P-256",
+            "alg": "ES256",
+            "x": b64.encode(&point[1..33]),
+            "y": b64.encode(&point[33..]),
+        }]});
         Ok(Tokens {
             encoding,
             decoding,
             key_id,
+            jwks,
             issuer,
             audiences,
         })
@@ -155,6 +195,9 @@ impl Tokens {
         token: &str,
         audiences: Option<&[String]>,
     ) -> std::result::Result<UserInfo, String> {
+        if unverified_issuer(token).as_deref() == Some(LEGACY_ISSUER) {
+            return self.authenticate_legacy(store, token, audiences).await;
+        }
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(audiences.unwrap_or(&self.audiences));
@@ -176,7 +219,11 @@ impl Tokens {
         if let Some(secret) = &c.k8s.secret {
             check_live(store, "secrets", Some(ns), secret).await?;
         }
-        if let Some(node) = &c.k8s.node {
+        // As upstream: a pod-bound token's node claim is information only (the pod is
+        // checked); a token bound to a node alone needs that node.
+        if let Some(node) = &c.k8s.node
+            && c.k8s.pod.is_none()
+        {
             check_live(store, "nodes", None, node).await?;
         }
         let mut extra = BTreeMap::new();
@@ -195,10 +242,12 @@ impl Tokens {
                 "authentication.kubernetes.io/node-name".into(),
                 vec![node.name.clone()],
             );
-            extra.insert(
-                "authentication.kubernetes.io/node-uid".into(),
-                vec![node.uid.clone()],
-            );
+            if !node.uid.is_empty() {
+                extra.insert(
+                    "authentication.kubernetes.io/node-uid".into(),
+                    vec![node.uid.clone()],
+                );
+            }
         }
         extra.insert(
             "authentication.kubernetes.io/credential-id".into(),
@@ -214,6 +263,277 @@ impl Tokens {
             extra,
         })
     }
+}
+
+impl Tokens {
+    /// Verifies a legacy Secret-based token, as upstream's legacy validator with lookup on.
+    async fn authenticate_legacy(
+        &self,
+        store: &Store,
+        token: &str,
+        audiences: Option<&[String]>,
+    ) -> std::result::Result<UserInfo, String> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[LEGACY_ISSUER]);
+        validation.set_required_spec_claims(&["iss"]);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let c = jsonwebtoken::decode::<LegacyClaims>(token, &self.decoding, &validation)
+            .map_err(|e| e.to_string())?
+            .claims;
+        // A legacy token has no audience: it is good for the API audiences only.
+        if let Some(wanted) = audiences
+            && !wanted.iter().any(|a| self.audiences.contains(a))
+        {
+            return Err(format!(
+                "token audiences {:?} is invalid for the target audiences {wanted:?}",
+                self.audiences
+            ));
+        }
+        let ns = c.namespace.as_str();
+        let sa_name = c.service_account_name.as_str();
+        for (value, what) in [
+            (c.sub.as_str(), "sub claim is missing"),
+            (ns, "namespace claim is missing"),
+            (c.secret_name.as_str(), "secretName claim is missing"),
+            (sa_name, "serviceAccountName claim is missing"),
+            (
+                c.service_account_uid.as_str(),
+                "serviceAccountUID claim is missing",
+            ),
+        ] {
+            if value.is_empty() {
+                return Err(what.into());
+            }
+        }
+        if c.sub != format!("system:serviceaccount:{ns}:{sa_name}") {
+            return Err("sub claim is invalid".into());
+        }
+        let invalidated = || "Token has been invalidated".to_string();
+        let secret = read(store, "secrets", Some(ns), &c.secret_name)
+            .await
+            .map_err(|e| e.message)?
+            .ok_or_else(invalidated)?;
+        if secret["metadata"]["deletionTimestamp"].is_string() {
+            return Err(invalidated());
+        }
+        let stored = secret["data"]["token"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_default();
+        if !constant_time_eq(&stored, token.as_bytes()) {
+            return Err("Token does not match server's copy".into());
+        }
+        let sa = read(store, "serviceaccounts", Some(ns), sa_name)
+            .await
+            .map_err(|e| e.message)?
+            .ok_or_else(|| format!("serviceaccounts {sa_name:?} not found"))?;
+        if sa["metadata"]["deletionTimestamp"].is_string() {
+            return Err(format!("ServiceAccount {ns}/{sa_name} has been deleted"));
+        }
+        let sa_uid = sa["metadata"]["uid"].as_str().unwrap_or("");
+        if sa_uid != c.service_account_uid {
+            return Err(format!(
+                "ServiceAccount UID ({sa_uid}) does not match claim ({})",
+                c.service_account_uid
+            ));
+        }
+        let marked_invalid = secret["metadata"]["labels"][INVALID_SINCE_LABEL]
+            .as_str()
+            .is_some_and(|v| !v.is_empty());
+        mark_last_used(store, &secret).await;
+        if marked_invalid {
+            return Err(format!(
+                "the token in secret {ns}/{} for service account {ns}/{sa_name} has been marked invalid. Use tokens from the TokenRequest API or manually created secret-based tokens, or remove the '{INVALID_SINCE_LABEL}' label from the secret to temporarily allow use of this token",
+                c.secret_name
+            ));
+        }
+        Ok(UserInfo {
+            name: c.sub,
+            uid: c.service_account_uid,
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+            ],
+            extra: BTreeMap::new(),
+        })
+    }
+
+    /// `GET /.well-known/openid-configuration`: upstream's OIDC discovery document, with
+    /// `jwks_uri` on this server's external address (upstream's default without
+    /// `--service-account-jwks-uri`).
+    pub(crate) fn openid_configuration(&self, server_address: &str) -> Value {
+        json!({
+            "issuer": self.issuer,
+            "jwks_uri": format!("https://{server_address}{JWKS_PATH}"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+    }
+}
+
+/// Where the issuer's keys are served.
+pub(crate) const JWKS_PATH: &str = "/openid/v1/jwks";
+/// Where the issuer's discovery document is served.
+pub(crate) const OPENID_CONFIG_PATH: &str = "/.well-known/openid-configuration";
+
+/// The handlers of the two discovery documents, behind authentication and authorization
+/// (upstream binds `system:service-account-issuer-discovery` to `system:serviceaccounts`).
+/// As upstream, they are served only for an `https` issuer without query or fragment
+/// (else 404).
+pub(crate) async fn discovery(
+    axum::extract::State(state): axum::extract::State<crate::server::AppState>,
+    uri: axum::http::Uri,
+) -> Response {
+    use axum::response::IntoResponse as _;
+    let tokens = &state.auth.service_accounts;
+    let servable = url::Url::parse(&tokens.issuer)
+        .is_ok_and(|u| u.scheme() == "https" && u.query().is_none() && u.fragment().is_none());
+    let (body, content_type) = match uri.path() {
+        _ if !servable => {
+            return (
+                StatusCode::NOT_FOUND,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
+                "404 page not found\n",
+            )
+                .into_response();
+        }
+        OPENID_CONFIG_PATH => (
+            tokens.openid_configuration(&state.server_address),
+            "application/json",
+        ),
+        _ => (tokens.jwks.clone(), "application/jwk-set+json"),
+    };
+    (
+        StatusCode::OK,
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Upstream's `ValidateSecret` rule for legacy token Secrets: the
+/// `kubernetes.io/service-account.name` annotation is required (the rest, the uid annotation
+/// and the data, is the token controller's to add).
+pub(crate) fn validate_token_secret(
+    info: &crate::registry::ResourceInfo,
+    obj: &Value,
+) -> Vec<crate::status::Cause> {
+    let is_token_secret = info.group.is_empty()
+        && info.kind == "Secret"
+        && obj["type"].as_str() == Some(TOKEN_SECRET_TYPE);
+    if !is_token_secret
+        || obj["metadata"]["annotations"][SA_NAME_ANNOTATION]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    {
+        return Vec::new();
+    }
+    vec![crate::status::Cause {
+        reason: "FieldValueRequired",
+        message: "Required value".into(),
+        field: format!("metadata.annotations[{SA_NAME_ANNOTATION}]"),
+    }]
+}
+
+/// The claims of a legacy token (upstream's `legacyPrivateClaims` with `iss` and `sub`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct LegacyClaims {
+    #[serde(default)]
+    pub(crate) iss: String,
+    #[serde(default)]
+    pub(crate) sub: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace", default)]
+    pub(crate) namespace: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name", default)]
+    pub(crate) secret_name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name", default)]
+    pub(crate) service_account_name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid", default)]
+    pub(crate) service_account_uid: String,
+}
+
+/// The `iss` of a compact JWT, read before verifying it (upstream's `hasCorrectIssuer`
+/// picks the authenticator this way).
+fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Upstream's legacy token tracking: sets the Secret's [`LAST_USED_LABEL`] to today (UTC)
+/// unless it already says today or tomorrow (a clock ahead elsewhere), so a token costs at
+/// most one write a day. The write is guarded by the Secret's uid and mod revision; a
+/// failure is logged, never fails the request (as upstream).
+async fn mark_last_used(store: &Store, secret: &Value) {
+    let today = &crate::time::now_rfc3339()[..10];
+    let tomorrow = &crate::time::rfc3339_after(24 * 3600)[..10];
+    let last = secret["metadata"]["labels"][LAST_USED_LABEL]
+        .as_str()
+        .unwrap_or("");
+    if last == today || last == tomorrow {
+        return;
+    }
+    let ns = crate::rest::object_meta_str(secret, "namespace").to_string();
+    let name = crate::rest::object_meta_str(secret, "name").to_string();
+    let uid = crate::rest::object_meta_str(secret, "uid").to_string();
+    if let Err(e) = set_label(store, &ns, &name, &uid, today).await {
+        tracing::warn!(secret = %format!("{ns}/{name}"), error = %e, "could not label a legacy service account token with its last-used date");
+    }
+}
+
+async fn set_label(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    today: &str,
+) -> std::result::Result<(), String> {
+    let info = REGISTRY
+        .find("", "v1", "secrets")
+        .ok_or("secrets are not registered")?;
+    let key = info.key(Some(ns), name);
+    for _ in 0..3 {
+        let (_, kv) = store.get(&key, 0).await.map_err(|e| e.to_string())?;
+        let Some(kv) = kv else {
+            return Ok(());
+        };
+        let mut obj = crate::rest::decode_stored(&kv).map_err(|e| e.message)?;
+        if crate::rest::object_meta_str(&obj, "uid") != uid {
+            return Ok(());
+        }
+        let meta = crate::rest::metadata_mut(&mut obj).ok_or("not an object")?;
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or("labels are not an object")?;
+        labels.insert(LAST_USED_LABEL.into(), json!(today));
+        let value = crate::rest::encode_for_store(&obj).map_err(|e| e.message)?;
+        match store
+            .update(&key, value, kv.mod_revision, kv.lease)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            rk3s_datastore::WriteOutcome::Written { .. } => return Ok(()),
+            rk3s_datastore::WriteOutcome::Conflict { .. } => continue,
+        }
+    }
+    Err("the secret kept changing".into())
 }
 
 /// The stored object, if it exists.
@@ -342,6 +662,24 @@ pub(crate) async fn token_request(
                     "the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
                 ),
             ));
+        }
+        if plural == "pods" {
+            let runs_as = obj["spec"]["serviceAccountName"].as_str().unwrap_or("");
+            if runs_as != name {
+                return Err(ApiError::bad_request(format!(
+                    "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+                )));
+            }
+            // ServiceAccountTokenPodNodeInfo (on by default in v1.33): the pod's node, by
+            // name, with its uid when the Node exists.
+            let node = obj["spec"]["nodeName"].as_str().unwrap_or("");
+            if !node.is_empty() {
+                let node_uid = read(&state.store, "nodes", None, node)
+                    .await?
+                    .map(|n| n["metadata"]["uid"].as_str().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                binding.node = Some((node.to_string(), node_uid));
+            }
         }
         let r = Some((bound_name, uid.clone()));
         match plural {

@@ -914,6 +914,10 @@ pub(crate) async fn create_object_as(
             .collect();
         return Err(ApiError::invalid(info, shown, causes));
     }
+    let causes = crate::auth::serviceaccount::validate_token_secret(info, &obj);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, &name, causes));
+    }
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         check_namespace(state, info, ns, &name).await?;
     }

@@ -32,8 +32,8 @@ use crate::status::ApiError;
 
 pub(crate) use handlers::{DeleteOptions, create_object, delete_object, guaranteed_update};
 pub(crate) use object::{
-    FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str, new_uid,
-    set_resource_version,
+    FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str, metadata_mut,
+    new_uid, set_resource_version,
 };
 pub(crate) use patch::{PatchKind, apply as apply_patch};
 

@@ -77,6 +77,18 @@ struct Args {
         skip_serializing_if = "Option::is_none"
     )]
     cluster_signing_key_file: Option<PathBuf>,
+    /// PEM key the serviceaccount-token controller signs legacy Secret-based tokens with
+    /// (the controller runs only with it).
+    #[arg(long)]
+    #[serde(
+        rename = "service-account-private-key-file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    service_account_private_key_file: Option<PathBuf>,
+    /// CA bundle put in service-account token Secrets as ca.crt.
+    #[arg(long)]
+    #[serde(rename = "root-ca-file", skip_serializing_if = "Option::is_none")]
+    root_ca_file: Option<PathBuf>,
     /// Terminated pods kept before PodGC deletes the oldest (0: never).
     #[arg(long)]
     #[serde(

@@ -63,6 +63,14 @@ impl TestCluster {
         TestCluster::start_inner(config, Arc::new(rk3s_controller::SystemClock)).await
     }
 
+    /// [`TestCluster::start_configured`] with the time-driven controllers reading `clock`.
+    pub async fn start_configured_with_clock(
+        config: impl FnOnce(&std::path::Path) -> rk3s_controller::Config,
+        clock: Arc<dyn rk3s_controller::Clock>,
+    ) -> TestCluster {
+        TestCluster::start_inner(config, clock).await
+    }
+
     async fn start_inner(
         config: impl FnOnce(&std::path::Path) -> rk3s_controller::Config,
         clock: Arc<dyn rk3s_controller::Clock>,
