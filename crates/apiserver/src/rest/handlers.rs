@@ -7,15 +7,15 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_as, decode_stored, encode_as, labels, meta_str,
-    metadata_mut, new_uid, request_resource_version, served_form, set_resource_version, spec_part,
+    FieldValidation, check_type, decode_as, decode_stored, encode_as, meta_str, metadata_mut,
+    new_uid, request_resource_version, served_form, set_resource_version, spec_part,
     typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
 use crate::apply::Writer;
 use crate::certificates::is_csr;
 use crate::registry::{REGISTRY, ResourceInfo};
-use crate::selectors::{FieldSelector, LabelSelector};
+use crate::selectors::{FieldSelector, LabelSelector, Selectable};
 use crate::server::AppState;
 use crate::status::{ApiError, Cause};
 use crate::validation::validate_name;
@@ -228,8 +228,8 @@ impl Selectors {
         Ok(Selectors { labels, fields })
     }
 
-    pub(crate) fn matches(&self, obj: &Value) -> bool {
-        (self.labels.is_empty() || self.labels.matches(&labels(obj)))
+    pub(crate) fn matches<O: Selectable + ?Sized>(&self, obj: &O) -> bool {
+        (self.labels.is_empty() || self.labels.matches_labels_of(&|key| obj.label(key)))
             && (self.fields.is_empty() || self.fields.matches(obj))
     }
 }
@@ -279,23 +279,26 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
     the list.";
 
 /// One listed object: shared with the watch cache (serialized once for every list and watch
-/// that sends it), or read from the store.
+/// that sends it; a custom resource gets its served `apiVersion` when written), or read from
+/// the store (served form).
 pub(crate) enum Listed {
     Cached(Arc<CachedObject>),
     Read(Value),
 }
 
 impl Listed {
-    pub(crate) fn value(&self) -> &Value {
+    /// `metadata.namespace` and `metadata.name`.
+    fn namespace_and_name(&self) -> (&str, &str) {
         match self {
-            Listed::Cached(o) => &o.value,
-            Listed::Read(v) => v,
+            Listed::Cached(o) => (&o.namespace, &o.name),
+            Listed::Read(v) => (meta_str(v, "namespace"), meta_str(v, "name")),
         }
     }
 
-    pub(crate) fn into_value(self) -> Value {
+    /// The object in the form `info` serves (decoded, for a cached one).
+    pub(crate) fn into_value(self, info: &ResourceInfo) -> Value {
         match self {
-            Listed::Cached(o) => o.value.clone(),
+            Listed::Cached(o) => served_form(info, o.to_value()),
             Listed::Read(v) => v,
         }
     }
@@ -458,7 +461,7 @@ pub(crate) async fn list_items(
         };
         let cached = state
             .watch_cache
-            .list(&info.prefix(None), &key_prefix, exact, min_revision)
+            .list(info, &key_prefix, exact, min_revision)
             .await;
         match cached {
             Ok(Some(list)) => {
@@ -478,7 +481,7 @@ pub(crate) async fn list_items(
             list_from_store(state, info, namespace, selectors, 0, None, limit, &single).await?;
         // Caching starts on first use, at this list's revision: the watch a client starts
         // from it is served.
-        state.watch_cache.start(&info.prefix(None), page.revision);
+        state.watch_cache.start(info, page.revision);
         if page.revision < min_revision {
             return Err(ApiError::too_large_resource_version(
                 min_revision,
@@ -497,7 +500,7 @@ pub(crate) async fn list_items(
     .await
 }
 
-/// A page of what the cache listed: the selected objects (served form), at most `limit`
+/// A page of what the cache listed: the selected objects, at most `limit`
 /// (0: all), with upstream's continue token (the cache's revision and the last key returned)
 /// when keys remain after the page.
 fn page_from_cache(
@@ -508,15 +511,16 @@ fn page_from_cache(
     limit: i64,
 ) -> ListPage {
     let prefix = info.prefix(namespace);
-    let convert = info.custom.is_some() || info.conversion.is_some();
     let mut items = Vec::new();
     let total = list.objects.len();
     for (i, (key, obj)) in list.objects.into_iter().enumerate() {
-        if !selectors.matches(&obj.value) {
+        if !selectors.matches(&*obj) {
             continue;
         }
-        items.push(if convert {
-            Listed::Read(served_form(info, obj.value.clone()))
+        // A version served by conversion is decoded and converted; everything else is sent
+        // as cached.
+        items.push(if info.conversion.is_some() {
+            Listed::Read(served_form(info, obj.to_value()))
         } else {
             Listed::Cached(obj)
         });
@@ -652,7 +656,7 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         meta["remainingItemCount"] = json!(n);
     }
     if super::table::wants_table(ctx.headers) {
-        let items: Vec<Value> = page.items.into_iter().map(Listed::into_value).collect();
+        let items: Vec<Value> = page.items.into_iter().map(|i| i.into_value(info)).collect();
         let mut table = super::table::to_table(info, &items, &page.revision.to_string(), ctx.query);
         if let Some(t) = page.token {
             table["metadata"]["continue"] = json!(t);
@@ -666,6 +670,7 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     // built-in lists carry no `apiVersion`/`kind` (upstream's typed lists); custom resources
     // keep theirs (upstream's unstructured lists).
     let custom = info.custom.is_some();
+    let served_version = custom.then(|| info.api_version());
     let size: usize = page
         .items
         .iter()
@@ -691,7 +696,7 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         }
         match item {
             Listed::Cached(o) if !custom => out.extend_from_slice(o.item_json()),
-            Listed::Cached(o) => o.write_json(&mut out),
+            Listed::Cached(o) => o.write_json_as(&mut out, served_version.as_deref()),
             Listed::Read(v) if custom => write(&mut out, v),
             Listed::Read(v) => {
                 let _ = match v.as_object() {
@@ -1226,9 +1231,9 @@ where
         set_resource_version(&mut new, kv.mod_revision);
         // A Service's node ports: kept, taken over, dropped or drawn (upstream's service REST).
         let drawn = if is_service(info) && old.get("spec") != new.get("spec") {
-            crate::services::prepare_update(info, &old, &mut new)?
+            crate::services::prepare_update(info, &state.service_cidr, &old, &mut new)?
         } else {
-            Vec::new()
+            crate::services::Drawn::default()
         };
         if let Some(admit) = admit {
             if crate::certificates::is_csr(info) {
@@ -1267,11 +1272,17 @@ where
                     WriteOutcome::Conflict { current: None }
                 }
                 // A random pick someone else holds is drawn again.
-                crate::services::UpdateOutcome::PortTaken(i, _) if drawn.contains(&i) => {
+                crate::services::UpdateOutcome::PortTaken(i, _) if drawn.ports.contains(&i) => {
                     WriteOutcome::Conflict { current: None }
                 }
                 crate::services::UpdateOutcome::PortTaken(i, port) => {
                     return Err(crate::services::port_taken(info, name, i, port));
+                }
+                crate::services::UpdateOutcome::IpTaken(_) if drawn.ip => {
+                    WriteOutcome::Conflict { current: None }
+                }
+                crate::services::UpdateOutcome::IpTaken(ip) => {
+                    return Err(crate::services::ip_taken(info, name, ip));
                 }
             }
         } else {
@@ -1281,12 +1292,17 @@ where
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
                 tracing::debug!(name, revision, "updated");
-                // The last finalizer of an object being deleted is gone: delete it now.
+                // The last finalizer of an object being deleted is gone: delete it now (a
+                // Service releasing its cluster IP and node ports in the same transaction).
                 if !meta_str(&new, "deletionTimestamp").is_empty()
                     && finalizers(&new).is_empty()
                     && !(info.kind == "Namespace" && has_spec_finalizers(&new))
                 {
-                    let _ = state.store.delete(key, Some(revision)).await?;
+                    if is_service(info) {
+                        let _ = crate::services::delete(state, key, revision, &new).await?;
+                    } else {
+                        let _ = state.store.delete(key, Some(revision)).await?;
+                    }
                 }
                 return Ok(new);
             }
@@ -2364,10 +2380,9 @@ async fn delete_collection(ctx: Ctx<'_>, opts: &DeleteOptions) -> Result<Respons
     let page = list_items(ctx.state, info, ctx.ns(), &selectors, &all).await?;
     let mut deleted = Vec::new();
     for item in page.items {
-        let item = item.value();
-        let ns = meta_str(item, "namespace");
+        let (ns, name) = item.namespace_and_name();
         let ns = (!ns.is_empty()).then_some(ns);
-        match delete_object(ctx.state, info, ns, meta_str(item, "name"), opts).await {
+        match delete_object(ctx.state, info, ns, name, opts).await {
             Ok((obj, _)) => deleted.push(obj),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
