@@ -19,7 +19,7 @@ use crate::selectors::{FieldSelector, LabelSelector, Selectable};
 use crate::server::AppState;
 use crate::status::{ApiError, Cause};
 use crate::validation::validate_name;
-use crate::watch_cache::{CachedList, CachedObject, WithoutType};
+use crate::watch_cache::{CachedList, CachedObject};
 use std::sync::Arc;
 
 /// How often a write retries after losing a race on an unconditional update or delete.
@@ -278,28 +278,33 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
     modified, or deleted between the time the first chunk was returned and now may show up in \
     the list.";
 
-/// One listed object: shared with the watch cache (serialized once for every list and watch
-/// that sends it; a custom resource gets its served `apiVersion` when written), or read from
-/// the store (served form).
+/// One listed object, held as its JSON (never decoded: a list of 10k pods is its JSON, not
+/// ten times that).
 pub(crate) enum Listed {
+    /// Shared with the watch cache (serialized once for every list and watch that sends it),
+    /// in the stored form: a custom resource gets its served `apiVersion` when written.
     Cached(Arc<CachedObject>),
-    Read(Value),
+    /// Read from the store (or converted from the cache's object), in the served form.
+    Served(Arc<CachedObject>),
 }
 
 impl Listed {
-    /// `metadata.namespace` and `metadata.name`.
-    fn namespace_and_name(&self) -> (&str, &str) {
+    /// A decoded stored object, in the form `info` serves, encoded.
+    fn served(info: &ResourceInfo, stored: Value) -> Listed {
+        Listed::Served(CachedObject::new(served_form(info, stored), &[]))
+    }
+
+    fn object(&self) -> &CachedObject {
         match self {
-            Listed::Cached(o) => (&o.namespace, &o.name),
-            Listed::Read(v) => (meta_str(v, "namespace"), meta_str(v, "name")),
+            Listed::Cached(o) | Listed::Served(o) => o,
         }
     }
 
-    /// The object in the form `info` serves (decoded, for a cached one).
+    /// The object in the form `info` serves, decoded.
     pub(crate) fn into_value(self, info: &ResourceInfo) -> Value {
         match self {
             Listed::Cached(o) => served_form(info, o.to_value()),
-            Listed::Read(v) => v,
+            Listed::Served(o) => o.to_value(),
         }
     }
 }
@@ -520,7 +525,7 @@ fn page_from_cache(
         // A version served by conversion is decoded and converted; everything else is sent
         // as cached.
         items.push(if info.conversion.is_some() {
-            Listed::Read(served_form(info, obj.to_value()))
+            Listed::served(info, obj.to_value())
         } else {
             Listed::Cached(obj)
         });
@@ -568,7 +573,7 @@ async fn list_from_store(
         if let Some(kv) = kv {
             let obj = decode_stored(&kv)?;
             if selectors.matches(&obj) {
-                items.push(Listed::Read(served_form(info, obj)));
+                items.push(Listed::served(info, obj));
             }
         }
         return Ok(ListPage {
@@ -613,7 +618,7 @@ async fn list_from_store(
             // Selectors run on the stored form (field labels are mapped to it).
             let obj = decode_stored(kv)?;
             if selectors.matches(&obj) {
-                items.push(Listed::Read(served_form(info, obj)));
+                items.push(Listed::served(info, obj));
             }
             if limit > 0 && items.len() as i64 >= limit {
                 let more = i + 1 < page_len || resp.more;
@@ -674,10 +679,7 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     let size: usize = page
         .items
         .iter()
-        .map(|i| match i {
-            Listed::Cached(o) => o.item_json().len() + 1,
-            Listed::Read(_) => 2048,
-        })
+        .map(|i| i.object().item_json().len() + 1)
         .sum();
     let mut out = Vec::with_capacity(size + 256);
     let write = |out: &mut Vec<u8>, v: &Value| {
@@ -695,14 +697,11 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
             out.push(b',');
         }
         match item {
-            Listed::Cached(o) if !custom => out.extend_from_slice(o.item_json()),
-            Listed::Cached(o) => o.write_json_as(&mut out, served_version.as_deref()),
-            Listed::Read(v) if custom => write(&mut out, v),
-            Listed::Read(v) => {
-                let _ = match v.as_object() {
-                    Some(map) => serde_json::to_writer(&mut out, &WithoutType(map)),
-                    None => serde_json::to_writer(&mut out, v),
-                };
+            Listed::Cached(o) | Listed::Served(o) if !custom => {
+                out.extend_from_slice(o.item_json())
+            }
+            Listed::Cached(o) | Listed::Served(o) => {
+                o.write_json_as(&mut out, served_version.as_deref())
             }
         }
     }
@@ -2380,9 +2379,9 @@ async fn delete_collection(ctx: Ctx<'_>, opts: &DeleteOptions) -> Result<Respons
     let page = list_items(ctx.state, info, ctx.ns(), &selectors, &all).await?;
     let mut deleted = Vec::new();
     for item in page.items {
-        let (ns, name) = item.namespace_and_name();
-        let ns = (!ns.is_empty()).then_some(ns);
-        match delete_object(ctx.state, info, ns, name, opts).await {
+        let item = item.object();
+        let ns = (!item.namespace.is_empty()).then_some(&*item.namespace);
+        match delete_object(ctx.state, info, ns, &item.name, opts).await {
             Ok((obj, _)) => deleted.push(obj),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
