@@ -321,6 +321,18 @@ pub(crate) struct ListPage {
     pub(crate) remaining: Option<i64>,
 }
 
+impl ListPage {
+    /// A page with nothing after it.
+    fn last(items: Vec<Listed>, revision: i64) -> ListPage {
+        ListPage {
+            items,
+            revision,
+            token: None,
+            remaining: None,
+        }
+    }
+}
+
 /// Where a list is read, by upstream v1.33's rules (`ShouldDelegateList` of the cacher, with
 /// `ConsistentListFromCache` on and `ListFromCacheSnapshot` off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -544,12 +556,7 @@ fn page_from_cache(
             };
         }
     }
-    ListPage {
-        items,
-        revision: list.revision,
-        token: None,
-        remaining: None,
-    }
+    ListPage::last(items, list.revision)
 }
 
 /// A list read from the store at `revision` (0: current), after the key `after` (relative to
@@ -568,20 +575,20 @@ async fn list_from_store(
     let prefix = info.prefix(namespace);
     let continuing = after.is_some();
     let mut items = Vec::new();
+    // Selectors run on the stored form (field labels are mapped to it).
+    let select = |kv: &rk3s_datastore::KeyValue| -> Result<Option<Listed>, ApiError> {
+        let obj = decode_stored(kv)?;
+        Ok(selectors.matches(&obj).then(|| Listed::served(info, obj)))
+    };
     if let (Some(key), false) = (single, continuing) {
         let (rev, kv) = state.store.get(key, revision).await?;
-        if let Some(kv) = kv {
-            let obj = decode_stored(&kv)?;
-            if selectors.matches(&obj) {
-                items.push(Listed::served(info, obj));
-            }
+        if let Some(item) = kv.as_ref().map(select).transpose()?.flatten() {
+            items.push(item);
         }
-        return Ok(ListPage {
+        return Ok(ListPage::last(
             items,
-            revision: if revision > 0 { revision } else { rev },
-            token: None,
-            remaining: None,
-        });
+            if revision > 0 { revision } else { rev },
+        ));
     }
     let mut after: Option<Vec<u8>> = after.map(|start| {
         let mut key = prefix.clone();
@@ -615,10 +622,8 @@ async fn list_from_store(
         let page_len = resp.kvs.len();
         for (i, kv) in resp.kvs.iter().enumerate() {
             after = Some(kv.key.clone());
-            // Selectors run on the stored form (field labels are mapped to it).
-            let obj = decode_stored(kv)?;
-            if selectors.matches(&obj) {
-                items.push(Listed::served(info, obj));
+            if let Some(item) = select(kv)? {
+                items.push(item);
             }
             if limit > 0 && items.len() as i64 >= limit {
                 let more = i + 1 < page_len || resp.more;
@@ -639,12 +644,7 @@ async fn list_from_store(
             }
         }
         if !resp.more || page_len == 0 {
-            return Ok(ListPage {
-                items,
-                revision,
-                token: None,
-                remaining: None,
-            });
+            return Ok(ListPage::last(items, revision));
         }
     }
 }
