@@ -1,9 +1,44 @@
 //! Label and field selectors, parsed and matched as upstream
 //! (`k8s.io/apimachinery/pkg/labels` and `.../fields`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+
+/// What label and field selectors read of an object: a decoded object, or the labels and
+/// fields the watch cache keeps of one (`watch_cache::CachedObject`).
+pub(crate) trait Selectable {
+    /// The value of the label `key` (labels whose value is not a string do not count).
+    fn label(&self, key: &str) -> Option<&str>;
+    /// The field at the dotted `path` as field selectors compare it ([`field_text`]).
+    fn field(&self, path: &str) -> Cow<'_, str>;
+}
+
+/// The value at the dotted `path` of `obj`, if there is one.
+pub(crate) fn field_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(obj, |v, part| v.get(part))
+}
+
+/// A field's value as a field selector compares it: a string as itself, a missing field or
+/// `null` as empty, anything else as its JSON text (`true`, `3`).
+pub(crate) fn field_text(v: Option<&Value>) -> Cow<'_, str> {
+    match v {
+        Some(Value::String(s)) => Cow::Borrowed(s),
+        None | Some(Value::Null) => Cow::Borrowed(""),
+        Some(other) => Cow::Owned(other.to_string()),
+    }
+}
+
+impl Selectable for Value {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get("metadata")?.get("labels")?.get(key)?.as_str()
+    }
+
+    fn field(&self, path: &str) -> Cow<'_, str> {
+        field_text(field_at(self, path))
+    }
+}
 
 /// The operator of one label requirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,11 +300,16 @@ impl LabelSelector {
 
     /// Whether `labels` satisfy every requirement.
     pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_labels_of(&|key: &str| labels.get(key).map(String::as_str))
+    }
+
+    /// Whether the labels `label` looks up satisfy every requirement.
+    pub(crate) fn matches_labels_of<'a>(&self, label: &dyn Fn(&str) -> Option<&'a str>) -> bool {
         self.requirements.iter().all(|r| {
-            let v = labels.get(&r.key);
+            let v = label(&r.key);
             match &r.op {
-                LabelOp::In(vals) => v.is_some_and(|v| vals.contains(v)),
-                LabelOp::NotIn(vals) => v.is_none_or(|v| !vals.contains(v)),
+                LabelOp::In(vals) => v.is_some_and(|v| vals.iter().any(|x| x == v)),
+                LabelOp::NotIn(vals) => v.is_none_or(|v| !vals.iter().any(|x| x == v)),
                 LabelOp::Exists => v.is_some(),
                 LabelOp::DoesNotExist => v.is_none(),
                 LabelOp::Gt(n) => v
@@ -397,20 +437,10 @@ impl FieldSelector {
 
     /// Whether the object's fields satisfy every term. A missing field reads as empty, a
     /// boolean or number as its text.
-    pub(crate) fn matches(&self, obj: &Value) -> bool {
-        self.terms.iter().all(|t| {
-            let mut v = obj;
-            for part in t.field.split('.') {
-                v = v.get(part).unwrap_or(&Value::Null);
-            }
-            let actual = match v {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                Value::Bool(b) => b.to_string(),
-                other => other.to_string(),
-            };
-            (actual == t.value) == t.equal
-        })
+    pub(crate) fn matches<O: Selectable + ?Sized>(&self, obj: &O) -> bool {
+        self.terms
+            .iter()
+            .all(|t| (obj.field(&t.field) == t.value.as_str()) == t.equal)
     }
 
     /// The value the selector pins `metadata.name` to, if it does (lets a list read one key).

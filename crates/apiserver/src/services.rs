@@ -227,6 +227,51 @@ fn ip_key(ip: Ipv4Addr) -> Vec<u8> {
     format!("{IP_PREFIX}{ip}").into_bytes()
 }
 
+/// Whether a service type has a cluster IP field at all (upstream's `needsClusterIP`:
+/// every type but `ExternalName`; a headless service's is `None`).
+fn needs_cluster_ip(obj: &Value) -> bool {
+    obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName")
+}
+
+/// The cluster IP a stored service holds (has recorded under [`IP_PREFIX`]).
+fn held_ip(obj: &Value) -> Option<Ipv4Addr> {
+    if !needs_cluster_ip(obj) {
+        return None;
+    }
+    obj.pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .and_then(|ip| ip.parse().ok())
+}
+
+/// Sets the allocated cluster IP and the single-stack IPv4 fields that go with it.
+fn set_cluster_ip(spec: &mut serde_json::Map<String, Value>, ip: Ipv4Addr) {
+    spec.insert("clusterIP".into(), json!(ip.to_string()));
+    spec.insert("clusterIPs".into(), json!([ip.to_string()]));
+    spec.insert("ipFamilies".into(), json!(["IPv4"]));
+    spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
+}
+
+/// A requested cluster IP, checked: an IPv4 address in the service CIDR.
+fn check_requested_ip(
+    info: &ResourceInfo,
+    cidr: &ServiceCidr,
+    name: &str,
+    ip: &str,
+) -> Result<Ipv4Addr, ApiError> {
+    let parsed: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| invalid_ip(info, name, ip, "must be a valid IP address"))?;
+    if !cidr.contains(parsed) {
+        return Err(invalid_ip(
+            info,
+            name,
+            ip,
+            "failed to allocate IP: the provided IP is not in the valid range",
+        ));
+    }
+    Ok(parsed)
+}
+
 /// Whether a service gets a cluster IP: `None` for headless and ExternalName services,
 /// `Some(None)` to allocate one, `Some(Some(ip))` for the one asked for.
 fn wanted(obj: &Value) -> Option<Option<String>> {
@@ -263,20 +308,12 @@ pub(crate) async fn create(
 ) -> Result<WriteOutcome, ApiError> {
     let name = meta_str(obj, "name").to_string();
     let requested_ip = match wanted(obj) {
-        Some(Some(ip)) => {
-            let parsed: Ipv4Addr = ip
-                .parse()
-                .map_err(|_| invalid_ip(info, &name, &ip, "must be a valid IP address"))?;
-            if !state.service_cidr.contains(parsed) {
-                return Err(invalid_ip(
-                    info,
-                    &name,
-                    &ip,
-                    "failed to allocate IP: the provided IP is not in the valid range",
-                ));
-            }
-            Some(Some(parsed))
-        }
+        Some(Some(ip)) => Some(Some(check_requested_ip(
+            info,
+            &state.service_cidr,
+            &name,
+            &ip,
+        )?)),
         Some(None) => Some(None),
         None => None,
     };
@@ -309,10 +346,7 @@ pub(crate) async fn create(
         let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
         if let Some(spec) = spec {
             if let Some(ip) = ip {
-                spec.insert("clusterIP".into(), json!(ip.to_string()));
-                spec.insert("clusterIPs".into(), json!([ip.to_string()]));
-                spec.insert("ipFamilies".into(), json!(["IPv4"]));
-                spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
+                set_cluster_ip(spec, ip);
             }
             if let Some(list) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                 for (i, port) in &drawn {
@@ -376,12 +410,7 @@ pub(crate) async fn create(
         if let Some(Some(ip)) = requested_ip
             && state.store.get(&ip_key(ip), 0).await?.1.is_some()
         {
-            return Err(invalid_ip(
-                info,
-                &name,
-                &ip.to_string(),
-                &format!("failed to allocate IP {ip}: provided IP is already allocated"),
-            ));
+            return Err(ip_taken(info, &name, ip));
         }
         for (i, p) in &requested_ports {
             if let Some(p) = p
@@ -402,19 +431,16 @@ pub(crate) async fn create(
     ))
 }
 
-/// Deletes a Service guarded by its mod revision, releasing its cluster IP in the same
-/// transaction.
+/// Deletes a Service guarded by its mod revision, releasing its cluster IP and node ports in
+/// the same transaction. Every deletion of a Service goes through here: the delete handlers,
+/// and the update that removes the last finalizer of a Service being deleted.
 pub(crate) async fn delete(
     state: &AppState,
     key: &[u8],
     mod_revision: i64,
     obj: &Value,
 ) -> Result<WriteOutcome, ApiError> {
-    let ip = obj
-        .get("spec")
-        .and_then(|s| s.get("clusterIP"))
-        .and_then(Value::as_str)
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let ip = held_ip(obj);
     let mut success = vec![TxnOp::Delete(DeleteRequest {
         key: key.to_vec(),
         ..DeleteRequest::default()
@@ -452,12 +478,99 @@ pub(crate) async fn delete(
     })
 }
 
-/// Node ports on update, as upstream's service REST: values the request leaves out are
+/// What [`prepare_update`] picked at random (drawn again if the write finds it taken).
+#[derive(Debug, Default)]
+pub(crate) struct Drawn {
+    /// The indexes of the ports given a random node port.
+    pub(crate) ports: Vec<usize>,
+    /// Whether the cluster IP was drawn.
+    pub(crate) ip: bool,
+}
+
+/// The cluster IP on update, as upstream's service REST: a service that stops needing one
+/// (→ `ExternalName`) loses the IP and IP family fields it kept unchanged
+/// (`dropTypeDependentFields`; the IP is released by [`update`]) and may not set others; a
+/// service that starts needing one (`ExternalName` →) gets the one it asks for or a random
+/// one, taken by [`update`]. Returns whether the IP was drawn.
+fn prepare_cluster_ip(
+    info: &ResourceInfo,
+    cidr: &ServiceCidr,
+    old: &Value,
+    new: &mut Value,
+) -> Result<bool, ApiError> {
+    let (needed, needs) = (needs_cluster_ip(old), needs_cluster_ip(new));
+    let name = meta_str(new, "name").to_string();
+    if !needs {
+        let old_spec = old.get("spec").cloned().unwrap_or_default();
+        let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(false);
+        };
+        if needed {
+            let same = |f: &str| spec.get(f) == old_spec.get(f);
+            let same_ips = same("clusterIP") && same("clusterIPs");
+            let (same_families, same_policy) = (same("ipFamilies"), same("ipFamilyPolicy"));
+            if same_ips {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+            }
+            if same_families {
+                spec.remove("ipFamilies");
+            }
+            if same_policy {
+                spec.remove("ipFamilyPolicy");
+            }
+        }
+        let set = |f: &str| {
+            spec.get(f).is_some_and(|v| {
+                !v.is_null() && v != "" && v.as_array().is_none_or(|a| !a.is_empty())
+            })
+        };
+        if set("clusterIP") || set("clusterIPs") {
+            return Err(ApiError::invalid(
+                info,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueForbidden",
+                    message: "Forbidden: may not be set for ExternalName services".into(),
+                    field: "spec.clusterIPs".into(),
+                }],
+            ));
+        }
+        return Ok(false);
+    }
+    if needed {
+        return Ok(false);
+    }
+    let (ip, drawn) = match wanted(new) {
+        None => return Ok(false),
+        Some(Some(ip)) => (check_requested_ip(info, cidr, &name, &ip)?, false),
+        Some(None) => (cidr.random(), true),
+    };
+    if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+        set_cluster_ip(spec, ip);
+    }
+    Ok(drawn)
+}
+
+/// A Service's allocations on update, as upstream's service REST: the cluster IP (see
+/// [`prepare_cluster_ip`]), then node ports: values the request leaves out are
 /// taken from the stored service by port name (`patchAllocatedValues`), a service that stops
 /// needing node ports loses the ones it kept unchanged (`dropTypeDependentFields`), then the
-/// validation; ports still without one get a random pick. Returns the indexes of the picks
-/// (drawn again if the write finds them taken).
+/// validation; ports still without one get a random pick. Returns what was drawn at random
+/// (drawn again if the write finds it taken).
 pub(crate) fn prepare_update(
+    info: &ResourceInfo,
+    cidr: &ServiceCidr,
+    old: &Value,
+    new: &mut Value,
+) -> Result<Drawn, ApiError> {
+    let ip = prepare_cluster_ip(info, cidr, old, new)?;
+    let ports = prepare_node_ports(info, old, new)?;
+    Ok(Drawn { ports, ip })
+}
+
+/// Node ports on update (see [`prepare_update`]); the indexes of the ports given a random one.
+fn prepare_node_ports(
     info: &ResourceInfo,
     old: &Value,
     new: &mut Value,
@@ -545,10 +658,12 @@ pub(crate) enum UpdateOutcome {
     Conflict,
     /// A node port the update takes is held by another Service: (port index, port).
     PortTaken(usize, i64),
+    /// The cluster IP the update takes is held by another Service.
+    IpTaken(Ipv4Addr),
 }
 
-/// Writes the updated Service guarded by `mod_revision`, taking the node ports it adds and
-/// releasing the ones it drops in the same transaction.
+/// Writes the updated Service guarded by `mod_revision`, taking the cluster IP and node ports
+/// it adds and releasing the ones it drops in the same transaction.
 pub(crate) async fn update(
     state: &AppState,
     key: &[u8],
@@ -593,6 +708,26 @@ pub(crate) async fn update(
             ..DeleteRequest::default()
         }));
     }
+    let (ip_before, ip_after) = (held_ip(old), held_ip(new));
+    let added_ip = ip_after.filter(|ip| ip_before != Some(*ip));
+    if let Some(ip) = added_ip {
+        compare.push(Compare::new(
+            ip_key(ip),
+            CompareOp::Equal,
+            CompareTarget::ModRevision(0),
+        ));
+        success.push(TxnOp::Put(PutRequest {
+            key: ip_key(ip),
+            value: owner.clone(),
+            ..PutRequest::default()
+        }));
+    }
+    if let Some(ip) = ip_before.filter(|ip| ip_after != Some(*ip)) {
+        success.push(TxnOp::Delete(DeleteRequest {
+            key: ip_key(ip),
+            ..DeleteRequest::default()
+        }));
+    }
     let resp = state
         .store
         .txn(TxnRequest {
@@ -615,6 +750,11 @@ pub(crate) async fn update(
     };
     if current != Some(mod_revision) {
         return Ok(UpdateOutcome::Conflict);
+    }
+    if let Some(ip) = added_ip
+        && state.store.get(&ip_key(ip), 0).await?.1.is_some()
+    {
+        return Ok(UpdateOutcome::IpTaken(ip));
     }
     for p in &added {
         if state.store.get(&port_key(*p), 0).await?.1.is_some() {
@@ -639,12 +779,27 @@ pub(crate) fn port_taken(info: &ResourceInfo, name: &str, index: usize, port: i6
     )
 }
 
-/// On update, the cluster IP is kept when the request leaves it out, and may not change.
+/// The 422 for a cluster IP another Service holds.
+pub(crate) fn ip_taken(info: &ResourceInfo, name: &str, ip: Ipv4Addr) -> ApiError {
+    invalid_ip(
+        info,
+        name,
+        &ip.to_string(),
+        &format!("failed to allocate IP {ip}: provided IP is already allocated"),
+    )
+}
+
+/// On update of a service that keeps needing a cluster IP, the cluster IP is kept when the
+/// request leaves it out (upstream's `patchAllocatedValues`), and may not change (changes
+/// from or to `ExternalName` are [`prepare_update`]'s).
 pub(crate) fn keep_cluster_ip(
     info: &ResourceInfo,
     old: &Value,
     new: &mut Value,
 ) -> Result<(), ApiError> {
+    if !needs_cluster_ip(old) || !needs_cluster_ip(new) {
+        return Ok(());
+    }
     let Some(old_spec) = old.get("spec") else {
         return Ok(());
     };

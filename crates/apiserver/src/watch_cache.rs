@@ -19,8 +19,9 @@
 //!   terminates every watcher (upstream does the same on a re-list).
 //! - The cache stops with the server (`AppState.shutdown`) or when the store closes.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -31,7 +32,9 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::registry::ResourceInfo;
 use crate::rest::decode_stored;
+use crate::selectors::{Selectable, field_at, field_text};
 use crate::status::ApiError;
 
 /// How many recent changes a prefix's cache keeps for watches that resume from a revision.
@@ -53,14 +56,26 @@ const TOO_LARGE_RETRY_SECONDS: u32 = 1;
 /// Pause before the datastore watch or list is tried again after an error.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// One object as the cache holds it: `metadata.resourceVersion` set, serialized at most once
-/// however many watchers and lists send it.
+/// One object as the cache holds it (`metadata.resourceVersion` set): its JSON, encoded once
+/// however many watchers and lists send it, and what selectors read — never the decoded
+/// object, which is several times its JSON in memory. Whoever needs the whole object (tables,
+/// versions served by conversion, a watch's DELETED for a change out of its selection, a
+/// delete's last state) decodes it: [`CachedObject::to_value`].
 #[derive(Debug)]
 pub(crate) struct CachedObject {
-    pub(crate) value: Value,
-    /// The JSON of `value` without `apiVersion` and `kind` (a list item as upstream writes
-    /// it; watch events put the two back in front).
-    body: OnceLock<Bytes>,
+    /// The JSON without `apiVersion` and `kind` (a list item as upstream writes it; watch
+    /// events put the two back in front).
+    item: Bytes,
+    api_version: Option<Box<str>>,
+    kind: Option<Box<str>>,
+    pub(crate) name: Box<str>,
+    /// Empty for cluster-scoped objects.
+    pub(crate) namespace: Box<str>,
+    /// `metadata.labels` with string values, by key.
+    labels: Box<[(Box<str>, Box<str>)]>,
+    /// The text of each selectable field of the cache's type (see [`selectable_fields`]), as
+    /// field selectors compare it.
+    fields: Box<[(&'static str, Box<str>)]>,
 }
 
 /// A JSON object without its `apiVersion` and `kind`.
@@ -79,55 +94,141 @@ impl serde::Serialize for WithoutType<'_> {
     }
 }
 
+/// The field paths whose values a cache of `info`'s storage keeps per object: the resource's
+/// field selector labels, mapped to the stored form for a version served by conversion
+/// (selectors run on the stored form). `metadata.name` and `metadata.namespace` are always
+/// kept.
+pub(crate) fn selectable_fields(info: &ResourceInfo) -> Vec<&'static str> {
+    info.fields
+        .iter()
+        .map(|f| info.conversion.map_or(*f, |c| c.field_label(f)))
+        .filter(|f| *f != "metadata.name" && *f != "metadata.namespace")
+        .collect()
+}
+
 impl CachedObject {
-    pub(crate) fn new(value: Value) -> Arc<Self> {
+    /// `value` encoded once, with what selectors read of it (`fields`: the selectable field
+    /// paths of its type); `value` itself is dropped.
+    pub(crate) fn new(value: Value, fields: &[&'static str]) -> Arc<Self> {
+        let text = |v: Option<&Value>| -> Box<str> {
+            v.and_then(Value::as_str).unwrap_or_default().into()
+        };
+        let meta = value.get("metadata");
+        let labels = meta
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object)
+            .map(|l| {
+                // A serde_json map iterates in key order: the slice is sorted.
+                l.iter()
+                    .filter_map(|(k, v)| Some((k.as_str().into(), v.as_str()?.into())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let fields = fields
+            .iter()
+            .map(|path| (*path, field_text(field_at(&value, path)).into()))
+            .collect();
+        let item = match value.as_object() {
+            Some(map) => serde_json::to_vec(&WithoutType(map)),
+            None => serde_json::to_vec(&value),
+        };
         Arc::new(CachedObject {
-            value,
-            body: OnceLock::new(),
+            item: Bytes::from(item.unwrap_or_default()),
+            api_version: value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .map(Into::into),
+            kind: value.get("kind").and_then(Value::as_str).map(Into::into),
+            name: text(meta.and_then(|m| m.get("name"))),
+            namespace: text(meta.and_then(|m| m.get("namespace"))),
+            labels,
+            fields,
         })
     }
 
     /// The object's JSON without `apiVersion` and `kind`, as a list item.
     pub(crate) fn item_json(&self) -> &Bytes {
-        self.body.get_or_init(|| {
-            let bytes = match self.value.as_object() {
-                Some(map) => serde_json::to_vec(&WithoutType(map)),
-                None => serde_json::to_vec(&self.value),
-            };
-            Bytes::from(bytes.unwrap_or_default())
-        })
+        &self.item
     }
 
     /// Appends the object's whole JSON (`apiVersion` and `kind` first) to `out`.
     pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
-        let body = self.item_json();
-        let Some(map) = self.value.as_object() else {
-            out.extend_from_slice(body);
+        self.write_json_as(out, None);
+    }
+
+    /// [`CachedObject::write_json`] with `api_version` instead of the stored one, if given
+    /// (a custom resource served in another version than it is stored in: conversion `None`).
+    pub(crate) fn write_json_as(&self, out: &mut Vec<u8>, api_version: Option<&str>) {
+        let api_version = api_version.or(self.api_version.as_deref());
+        let kind = self.kind.as_deref();
+        if api_version.is_none() && kind.is_none() {
+            out.extend_from_slice(&self.item);
             return;
-        };
+        }
+        out.reserve(self.item.len() + 64);
         out.push(b'{');
         let mut first = true;
-        for key in ["apiVersion", "kind"] {
-            if let Some(v) = map.get(key) {
+        for (key, v) in [("apiVersion", api_version), ("kind", kind)] {
+            if let Some(v) = v {
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                // A string or other JSON value: cannot fail.
+                // Strings: cannot fail.
                 let _ = serde_json::to_writer(&mut *out, key);
                 out.push(b':');
                 let _ = serde_json::to_writer(&mut *out, v);
             }
         }
-        // `body` is `{...}`: its members follow.
-        let members = body.get(1..body.len().saturating_sub(1)).unwrap_or(&[]);
+        // `item` is `{...}`: its members follow.
+        let members = self
+            .item
+            .get(1..self.item.len().saturating_sub(1))
+            .unwrap_or(&[]);
         if !members.is_empty() {
-            if !first {
-                out.push(b',');
-            }
+            out.push(b',');
             out.extend_from_slice(members);
         }
         out.push(b'}');
+    }
+
+    /// The whole object, decoded from its JSON (for what needs more than the JSON, the labels
+    /// and the selectable fields).
+    pub(crate) fn to_value(&self) -> Value {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        // Written from a `Value` by `new`: it parses.
+        serde_json::from_slice(&out).unwrap_or(Value::Null)
+    }
+
+    /// The same object at another resourceVersion (a delete's last state).
+    fn at_revision(&self, revision: i64, fields: &[&'static str]) -> Arc<Self> {
+        let mut value = self.to_value();
+        crate::rest::set_resource_version(&mut value, revision);
+        CachedObject::new(value, fields)
+    }
+}
+
+impl Selectable for CachedObject {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .and_then(|i| self.labels.get(i))
+            .map(|(_, v)| &**v)
+    }
+
+    fn field(&self, path: &str) -> Cow<'_, str> {
+        match path {
+            "metadata.name" => Cow::Borrowed(&self.name),
+            "metadata.namespace" => Cow::Borrowed(&self.namespace),
+            _ => match self.fields.iter().find(|(p, _)| *p == path) {
+                Some((_, v)) => Cow::Borrowed(v),
+                // A field the cache does not keep (a CRD's selectable fields changed since
+                // the cache started): read from the object.
+                None => Cow::Owned(self.to_value().field(path).into_owned()),
+            },
+        }
     }
 }
 
@@ -199,13 +300,13 @@ impl WatchCaches {
         }
     }
 
-    /// Registers a watch of the keys under `key_prefix` (a namespace's part of `prefix`, or
-    /// all of it; `exact`: of the one key `key_prefix`), served by the cache of the storage
-    /// prefix `prefix`.
-    #[tracing::instrument(level = "debug", skip_all, fields(prefix = %String::from_utf8_lossy(prefix), ?start))]
+    /// Registers a watch of the keys under `key_prefix` (a namespace's part of `info`'s
+    /// storage prefix, or all of it; `exact`: of the one key `key_prefix`), served by the cache
+    /// of `info`'s storage prefix.
+    #[tracing::instrument(level = "debug", skip_all, fields(resource = info.plural, ?start))]
     pub(crate) async fn subscribe(
         &self,
-        prefix: &[u8],
+        info: &ResourceInfo,
         key_prefix: &[u8],
         exact: bool,
         start: Start,
@@ -215,7 +316,7 @@ impl WatchCaches {
             Start::After(rv) => rv,
             Start::State { .. } => 0,
         };
-        let cache = self.cache(prefix, hint);
+        let cache = self.cache(info, hint);
         let needed = match start {
             Start::After(rv) => rv,
             Start::State { min_revision } => min_revision,
@@ -224,17 +325,18 @@ impl WatchCaches {
         cache.register(key_prefix, exact, start, bookmarks)
     }
 
-    /// A list from the cache of the storage prefix `prefix`: the objects whose keys start with `key_prefix` (or, `exact`, the one object
+    /// A list from the cache of `info`'s storage prefix: the objects whose keys start with
+    /// `key_prefix` (or, `exact`, the one object
     /// with that key), in key order, at the cache's revision once it has reached
     /// `min_revision` (0: whatever it has). Waits at most [`FRESH_TIMEOUT`] for that revision,
     /// then 504 (upstream's "Too large resource version"). `None` while the cache is not
     /// running or has not finished its initial list (or has stopped): the caller reads the
     /// store, as upstream does while its cacher initializes, and starts the cache
     /// ([`WatchCaches::start`]) at the revision it read.
-    #[tracing::instrument(level = "debug", skip_all, fields(prefix = %String::from_utf8_lossy(prefix), min_revision))]
+    #[tracing::instrument(level = "debug", skip_all, fields(resource = info.plural, min_revision))]
     pub(crate) async fn list(
         &self,
-        prefix: &[u8],
+        info: &ResourceInfo,
         key_prefix: &[u8],
         exact: bool,
         min_revision: i64,
@@ -243,7 +345,7 @@ impl WatchCaches {
             .caches
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(prefix)
+            .get(&info.prefix(None))
             .cloned();
         let Some(cache) = running.filter(|c| c.ready()) else {
             return Ok(None);
@@ -272,21 +374,23 @@ impl WatchCaches {
         }))
     }
 
-    /// Starts the cache of `prefix` if it is not running, listing at `revision` (that of a
-    /// list just read from the store: a watch from the list's resourceVersion is then served
-    /// from the cache instead of being too old for it).
-    pub(crate) fn start(&self, prefix: &[u8], revision: i64) {
-        let _ = self.cache(prefix, revision);
+    /// Starts the cache of `info`'s storage prefix if it is not running, listing at
+    /// `revision` (that of a list just read from the store: a watch from the list's
+    /// resourceVersion is then served from the cache instead of being too old for it).
+    pub(crate) fn start(&self, info: &ResourceInfo, revision: i64) {
+        let _ = self.cache(info, revision);
     }
 
-    /// The cache of `prefix`, started if it is not running yet.
-    fn cache(&self, prefix: &[u8], hint: i64) -> Arc<Cache> {
+    /// The cache of `info`'s storage prefix, started if it is not running yet (keeping the
+    /// selectable fields of `info` per object).
+    fn cache(&self, info: &ResourceInfo, hint: i64) -> Arc<Cache> {
+        let prefix = info.prefix(None);
         let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = caches.get(prefix) {
+        if let Some(c) = caches.get(&prefix) {
             return c.clone();
         }
-        let cache = Arc::new(Cache::new(prefix.to_vec()));
-        caches.insert(prefix.to_vec(), cache.clone());
+        let cache = Arc::new(Cache::new(prefix.clone(), selectable_fields(info)));
+        caches.insert(prefix, cache.clone());
         tokio::spawn(
             cache
                 .clone()
@@ -323,6 +427,8 @@ struct State {
     by_scope: HashMap<Vec<u8>, Vec<u64>>,
     next_id: u64,
     stopped: bool,
+    /// The field paths each object keeps the values of ([`selectable_fields`]).
+    fields: Vec<&'static str>,
 }
 
 impl State {
@@ -333,7 +439,7 @@ impl State {
         let cached = match ev.kind {
             EventKind::Put => {
                 let obj = match decode_stored(&ev.kv) {
-                    Ok(o) => CachedObject::new(o),
+                    Ok(o) => CachedObject::new(o, &self.fields),
                     Err(e) => {
                         tracing::warn!(error = %e.message, "watch cache: skipping a change");
                         return None;
@@ -354,7 +460,9 @@ impl State {
                     .remove(&key)
                     .or_else(|| {
                         let kv = ev.prev_kv.as_ref()?;
-                        decode_stored(kv).ok().map(CachedObject::new)
+                        decode_stored(kv)
+                            .ok()
+                            .map(|o| CachedObject::new(o, &self.fields))
                     })
                     .or_else(|| {
                         tracing::warn!(
@@ -363,13 +471,11 @@ impl State {
                         );
                         None
                     })?;
-                let mut last = prev.value.clone();
-                crate::rest::set_resource_version(&mut last, revision);
                 CachedEvent {
                     key,
                     revision,
                     kind: EventKind::Delete,
-                    object: CachedObject::new(last),
+                    object: prev.at_revision(revision, &self.fields),
                     prev: Some(prev),
                 }
             }
@@ -387,10 +493,11 @@ impl State {
 
     /// A new state from a list at `revision`; every watcher is terminated.
     fn replace(&mut self, kvs: Vec<rk3s_datastore::KeyValue>, revision: i64) {
+        let fields = &self.fields;
         self.objects = kvs
-            .iter()
-            .filter_map(|kv| match decode_stored(kv) {
-                Ok(o) => Some((kv.key.clone(), CachedObject::new(o))),
+            .into_iter()
+            .filter_map(|kv| match decode_stored(&kv) {
+                Ok(o) => Some((kv.key, CachedObject::new(o, fields))),
                 Err(e) => {
                     tracing::warn!(error = %e.message, "watch cache: skipping an object");
                     None
@@ -472,10 +579,13 @@ enum Ended {
 }
 
 impl Cache {
-    fn new(prefix: Vec<u8>) -> Self {
+    fn new(prefix: Vec<u8>, fields: Vec<&'static str>) -> Self {
         Cache {
             prefix,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                fields,
+                ..State::default()
+            }),
             revision: watch::Sender::new(None),
             progress: Notify::new(),
         }
@@ -861,7 +971,7 @@ mod tests {
 
     /// A cache listed at `revision` with nothing in it.
     fn cache_at(revision: i64) -> Cache {
-        let cache = Cache::new(PREFIX.to_vec());
+        let cache = Cache::new(PREFIX.to_vec(), Vec::new());
         cache.lock().replace(Vec::new(), revision);
         cache.revision.send_replace(Some(revision));
         cache
@@ -871,10 +981,11 @@ mod tests {
         events.iter().map(|e| e.revision).collect()
     }
 
-    fn rv_of(obj: &CachedObject) -> &str {
-        obj.value["metadata"]["resourceVersion"]
+    fn rv_of(obj: &CachedObject) -> i64 {
+        obj.to_value()["metadata"]["resourceVersion"]
             .as_str()
-            .unwrap_or("")
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or(0)
     }
 
     #[test]
@@ -884,12 +995,12 @@ mod tests {
         assert_eq!((st.oldest, st.revision, st.objects.len()), (5, 5, 1));
         st.apply(put("a", "y", 6)).expect("put");
         let modified = st.apply(put("a", "x", 7)).expect("put");
-        assert_eq!(modified.prev.as_deref().map(rv_of), Some("3"));
+        assert_eq!(modified.prev.as_deref().map(rv_of), Some(3));
         let deleted = st.apply(delete("a", "y", 8)).expect("delete");
         // A delete carries the last state, at the deletion's revision.
         assert_eq!(deleted.kind, EventKind::Delete);
-        assert_eq!(rv_of(&deleted.object), "8");
-        assert_eq!(deleted.prev.as_deref().map(rv_of), Some("6"));
+        assert_eq!(rv_of(&deleted.object), 8);
+        assert_eq!(deleted.prev.as_deref().map(rv_of), Some(6));
         assert_eq!(st.objects.keys().count(), 1);
         assert_eq!(st.revision, 8);
         assert_eq!(
@@ -942,11 +1053,7 @@ mod tests {
         let sub = cache
             .register(a, false, Start::State { min_revision: 0 }, false)
             .expect("state");
-        let names: Vec<&str> = sub
-            .objects
-            .iter()
-            .map(|o| o.value["metadata"]["name"].as_str().unwrap_or(""))
-            .collect();
+        let names: Vec<&str> = sub.objects.iter().map(|o| &*o.name).collect();
         assert_eq!((names, sub.revision), (vec!["y"], 5));
         let sub = cache
             .register(a, false, Start::After(2), false)
@@ -1087,10 +1194,11 @@ mod tests {
 
     #[test]
     fn cached_json_is_the_object_with_and_without_its_type() {
-        let obj = CachedObject::new(json!({
+        let value = json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "x", "resourceVersion": "3"}, "data": {"k": "v"},
-        }));
+        });
+        let obj = CachedObject::new(value.clone(), &[]);
         let item: Value = serde_json::from_slice(obj.item_json()).expect("item json");
         assert_eq!(
             item,
@@ -1098,16 +1206,201 @@ mod tests {
         );
         let mut whole = Vec::new();
         obj.write_json(&mut whole);
+        assert!(whole.starts_with(br#"{"apiVersion":"v1","kind":"ConfigMap","#));
         let whole: Value = serde_json::from_slice(&whole).expect("json");
-        assert_eq!(whole, obj.value);
+        assert_eq!(whole, value);
+        assert_eq!(obj.to_value(), value);
+        // Another served version (a custom resource's): only `apiVersion` differs.
+        let mut other = Vec::new();
+        obj.write_json_as(&mut other, Some("example.com/v2"));
+        let mut expected = value.clone();
+        expected["apiVersion"] = json!("example.com/v2");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&other).expect("json"),
+            expected
+        );
         // Nothing but the type.
-        let bare = CachedObject::new(json!({"apiVersion": "v1", "kind": "ConfigMap"}));
+        let bare_value = json!({"apiVersion": "v1", "kind": "ConfigMap"});
+        let bare = CachedObject::new(bare_value.clone(), &[]);
         let mut out = Vec::new();
         bare.write_json(&mut out);
         assert_eq!(
             serde_json::from_slice::<Value>(&out).expect("json"),
-            bare.value
+            bare_value
         );
+    }
+
+    /// What selectors read of a cached object is what they read of the object itself: labels,
+    /// name and namespace, the selectable fields kept, and any other field (decoded).
+    #[test]
+    fn a_cached_object_answers_selectors_as_the_object_does() {
+        use crate::selectors::{FieldSelector, LabelSelector, Selectable};
+        let value = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "a", "resourceVersion": "12",
+                         "labels": {"app": "web", "tier": "front", "n": "5"}},
+            "spec": {"nodeName": "n1", "hostNetwork": true, "priority": 7},
+            "status": {"phase": "Running"},
+        });
+        let obj = CachedObject::new(value.clone(), &["spec.nodeName", "status.phase"]);
+        assert_eq!((&*obj.name, &*obj.namespace), ("p", "a"));
+        for key in ["app", "tier", "n", "missing"] {
+            assert_eq!(obj.label(key), value.label(key), "{key}");
+        }
+        for path in [
+            "metadata.name",
+            "metadata.namespace",
+            "spec.nodeName",
+            "status.phase",
+            // Not kept: read from the JSON.
+            "spec.hostNetwork",
+            "spec.priority",
+            "spec.missing",
+        ] {
+            assert_eq!(obj.field(path), value.field(path), "{path}");
+        }
+        assert_eq!(obj.field("spec.hostNetwork"), "true");
+        for (labels, fields, expected) in [
+            ("app=web,tier in (front,back)", "spec.nodeName=n1", true),
+            ("app=web,n>3", "status.phase!=Running", false),
+            ("!app", "", false),
+            ("", "metadata.namespace=a,spec.hostNetwork=true", true),
+        ] {
+            let l = LabelSelector::parse(labels).expect("labels");
+            let f = FieldSelector::parse(
+                fields,
+                &["spec.nodeName", "status.phase", "spec.hostNetwork"],
+            )
+            .expect("fields");
+            let on_cached = l.matches_labels_of(&|k| obj.label(k)) && f.matches(&*obj);
+            let on_value = l.matches_labels_of(&|k| value.label(k)) && f.matches(&value);
+            assert_eq!(
+                (on_cached, on_value),
+                (expected, expected),
+                "{labels} {fields}"
+            );
+        }
+    }
+
+    /// VmRSS of this process, in KiB.
+    fn vm_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// A pod as the apiserver stores it for the apiserver benchmark's creates: the bench's pod,
+    /// defaulted and admitted (service account volume, tolerations), with server metadata.
+    fn stored_pod(i: usize) -> Vec<u8> {
+        let info = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": format!("pod-{i}"), "namespace": "bench",
+                "labels": {"app": "bench", "tier": "web"},
+                "uid": format!("2f0a63f1-5a4e-4e4b-9d8e-{i:012}"),
+                "creationTimestamp": "2026-11-29T13:00:00Z",
+                "managedFields": [{
+                    "manager": "apiserver", "operation": "Update", "apiVersion": "v1",
+                    "time": "2026-11-29T13:00:00Z", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}, "f:tier": {}}},
+                        "f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {".": {},
+                        "f:command": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {},
+                        "f:resources": {}, "f:terminationMessagePath": {},
+                        "f:terminationMessagePolicy": {}}}, "f:dnsPolicy": {},
+                        "f:enableServiceLinks": {}, "f:restartPolicy": {},
+                        "f:schedulerName": {}, "f:securityContext": {},
+                        "f:terminationGracePeriodSeconds": {}}},
+                }],
+            },
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                                     "command": ["sleep", "3600"]}]},
+            "status": {"phase": "Pending", "qosClass": "BestEffort"},
+        });
+        crate::defaults::apply(info, &mut pod, true);
+        serde_json::to_vec(&pod).expect("json")
+    }
+
+    const MEASURED_PODS: usize = 10_000;
+
+    /// VmRSS growth, in bytes per pod, while `hold` turns the stored values of
+    /// [`MEASURED_PODS`] pods (the apiserver benchmark's load) into what it keeps; the stored
+    /// values stay alive meanwhile, so that their memory is not reused. Printed with the JSON
+    /// sizes.
+    fn rss_per_pod<T>(what: &str, hold: impl FnOnce(Vec<KeyValue>) -> T) -> usize {
+        let kvs: Vec<KeyValue> = (0..MEASURED_PODS)
+            .map(|i| KeyValue {
+                key: format!("/registry/pods/bench/pod-{i}").into_bytes(),
+                value: stored_pod(i),
+                mod_revision: 10 + i as i64,
+                create_revision: 10 + i as i64,
+                version: 1,
+                lease: 0,
+            })
+            .collect();
+        let json_bytes: usize = kvs.iter().map(|kv| kv.value.len()).sum();
+        let input = kvs.clone();
+        let before = vm_rss_kib();
+        let held = hold(input);
+        let after = vm_rss_kib();
+        let per_pod = (after.saturating_sub(before) * 1024) as usize / MEASURED_PODS;
+        println!(
+            "{what}: {MEASURED_PODS} pods of {} B of JSON: VmRSS {before} -> {after} KiB \
+             (+{} KiB, {per_pod} B per pod)",
+            json_bytes / MEASURED_PODS,
+            after.saturating_sub(before),
+        );
+        drop((held, kvs));
+        per_pod
+    }
+
+    /// Memory of the cache's state of 10,000 pods: what it holds per object is its JSON and
+    /// what selectors read. A measurement, run alone (one process per measurement):
+    /// `cargo test -p rk3s-apiserver --lib -- --ignored --exact --nocapture
+    /// watch_cache::tests::memory_of_10k_cached_pods`.
+    #[test]
+    #[ignore = "a measurement of this process' RSS: run alone"]
+    fn memory_of_10k_cached_pods() {
+        let pods = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        let per_pod = rss_per_pod("cached", |kvs| {
+            let mut st = State {
+                fields: selectable_fields(pods),
+                ..State::default()
+            };
+            st.replace(kvs, 10 + MEASURED_PODS as i64);
+            st
+        });
+        // The JSON (~2.4 KiB) and a few hundred bytes besides.
+        assert!(per_pod < 4 * 1024, "{per_pod} B per cached pod");
+    }
+
+    /// For comparison, what the cache held per object before it kept only the JSON: the
+    /// decoded object and its JSON (`cargo test ... -- --ignored --exact --nocapture
+    /// watch_cache::tests::memory_of_10k_decoded_pods`).
+    #[test]
+    #[ignore = "a measurement of this process' RSS: run alone"]
+    fn memory_of_10k_decoded_pods() {
+        rss_per_pod("decoded + JSON", |kvs| {
+            kvs.iter()
+                .map(|kv| {
+                    let value = decode_stored(kv).expect("decodes");
+                    let json = match value.as_object() {
+                        Some(map) => serde_json::to_vec(&WithoutType(map)),
+                        None => serde_json::to_vec(&value),
+                    };
+                    (value, Bytes::from(json.unwrap_or_default()))
+                })
+                .collect::<Vec<_>>()
+        });
     }
 
     /// A cache whose datastore watch cannot be re-established because the history after its
@@ -1146,7 +1439,7 @@ mod tests {
             .await
             .expect("list");
         let before = listed.revision;
-        let cache = Arc::new(Cache::new(PREFIX.to_vec()));
+        let cache = Arc::new(Cache::new(PREFIX.to_vec(), Vec::new()));
         cache.lock().replace(listed.kvs, before);
         cache.revision.send_replace(Some(before));
         let mut old = cache
@@ -1178,15 +1471,11 @@ mod tests {
         cache.wait_fresh(now).await.expect("fresh");
         {
             let st = cache.lock();
-            let names: Vec<(&str, &str)> = st
-                .objects
-                .values()
-                .map(|o| (o.value["metadata"]["name"].as_str().unwrap_or(""), rv_of(o)))
-                .collect();
-            let now_s = now.to_string();
+            let names: Vec<(&str, i64)> =
+                st.objects.values().map(|o| (&*o.name, rv_of(o))).collect();
             assert_eq!(names.len(), 2);
             assert_eq!(names[0].0, "y");
-            assert_eq!(names[1], ("z", now_s.as_str()));
+            assert_eq!(names[1], ("z", now));
             assert!(st.ring.is_empty());
             assert_eq!(st.oldest, now);
         }

@@ -583,6 +583,139 @@ async fn services_get_unique_cluster_ips_and_defaults() {
     );
 }
 
+/// A Service deleted when its last finalizer goes releases its cluster IP and node ports, as a
+/// plain delete does; a Service that becomes `ClusterIP` from `ExternalName` gets a cluster IP,
+/// and gives it back when it becomes `ExternalName` again (upstream's service REST).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_release_on_finalizer_removal_and_follow_external_name_changes() {
+    use k8s_openapi::api::core::v1::Service;
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let service =
+        |value: serde_json::Value| -> Service { serde_json::from_value(value).expect("service") };
+    let held = svcs
+        .create(
+            &PostParams::default(),
+            &service(serde_json::json!({
+                "metadata": {"name": "held", "finalizers": ["example.com/hold"]},
+                "spec": {"type": "NodePort", "ports": [{"port": 80}]},
+            })),
+        )
+        .await
+        .expect("create");
+    let spec = held.spec.expect("spec");
+    let ip = spec.cluster_ip.expect("cluster IP");
+    let node_port = spec.ports.expect("ports")[0].node_port.expect("node port");
+    let wants = |name: &str| {
+        service(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"type": "NodePort", "clusterIP": ip,
+                     "ports": [{"port": 80, "nodePort": node_port}]},
+        }))
+    };
+    svcs.delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // Being deleted, it still holds both.
+    let status = api_error(
+        svcs.create(&PostParams::default(), &wants("again"))
+            .await
+            .expect_err("still held"),
+    );
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("provided IP is already allocated"),
+        "{}",
+        status.message
+    );
+    svcs.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove the finalizer");
+    assert_eq!(
+        api_error(svcs.get("held").await.expect_err("gone")).code,
+        404
+    );
+    let again = svcs
+        .create(&PostParams::default(), &wants("again"))
+        .await
+        .expect("the IP and the node port were released");
+    assert_eq!(again.spec.and_then(|s| s.cluster_ip), Some(ip.clone()));
+
+    // ExternalName → ClusterIP: a cluster IP is allocated and held.
+    let ext = svcs
+        .create(
+            &PostParams::default(),
+            &service(serde_json::json!({
+                "metadata": {"name": "ext"},
+                "spec": {"type": "ExternalName", "externalName": "example.com",
+                         "ports": [{"port": 80}]},
+            })),
+        )
+        .await
+        .expect("ExternalName service");
+    assert_eq!(ext.spec.and_then(|s| s.cluster_ip), None);
+    let ext = svcs
+        .patch(
+            "ext",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"type": "ClusterIP", "externalName": null}})),
+        )
+        .await
+        .expect("to ClusterIP");
+    let spec = ext.spec.expect("spec");
+    let ext_ip = spec.cluster_ip.expect("a cluster IP is allocated");
+    assert!(ext_ip.starts_with("10.43.") && ext_ip != ip, "{ext_ip}");
+    assert_eq!(spec.cluster_ips, Some(vec![ext_ip.clone()]));
+    assert_eq!(spec.ip_families, Some(vec!["IPv4".to_string()]));
+    let asks_for = |name: &str| {
+        service(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"clusterIP": ext_ip, "ports": [{"port": 80}]},
+        }))
+    };
+    let status = api_error(
+        svcs.create(&PostParams::default(), &asks_for("other"))
+            .await
+            .expect_err("held by ext"),
+    );
+    assert_eq!(status.code, 422, "{}", status.message);
+    // ClusterIP → ExternalName: the IP fields it kept are dropped, and the IP released.
+    let ext = svcs
+        .patch(
+            "ext",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"type": "ExternalName", "externalName": "example.org"}}),
+            ),
+        )
+        .await
+        .expect("to ExternalName");
+    let spec = ext.spec.expect("spec");
+    assert_eq!(
+        (spec.cluster_ip, spec.cluster_ips, spec.ip_families),
+        (None, None, None)
+    );
+    svcs.create(&PostParams::default(), &asks_for("other"))
+        .await
+        .expect("the IP was released");
+    // An ExternalName service may not carry a cluster IP of its own.
+    let status = api_error(
+        svcs.patch(
+            "ext",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"clusterIP": "10.43.7.7"}})),
+        )
+        .await
+        .expect_err("forbidden"),
+    );
+    assert_eq!(status.code, 422);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_list_watch_with_initial_events_and_bookmarks() {
     let t = TestServer::start().await;

@@ -634,8 +634,11 @@ fn openapi_schema(
             );
         }
     }
+    // Nested schemas that inherit this one's context.
+    let mut nested =
+        |sub: &Value, at: String| openapi_schema(sub, &at, false, meta, no_defaults, out);
     if let Some(not) = obj.get("not") {
-        openapi_schema(not, &format!("{path}.not"), false, meta, no_defaults, out);
+        nested(not, format!("{path}.not"));
     }
     for j in ["allOf", "oneOf", "anyOf"] {
         for (i, sub) in obj
@@ -645,25 +648,11 @@ fn openapi_schema(
             .flatten()
             .enumerate()
         {
-            openapi_schema(
-                sub,
-                &format!("{path}.{j}[{i}]"),
-                false,
-                meta,
-                no_defaults,
-                out,
-            );
+            nested(sub, format!("{path}.{j}[{i}]"));
         }
     }
     if let Some(items) = obj.get("items").filter(|i| i.is_object()) {
-        openapi_schema(
-            items,
-            &format!("{path}.items"),
-            false,
-            meta,
-            no_defaults,
-            out,
-        );
+        nested(items, format!("{path}.items"));
     }
     if obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(false)) {
         out.push(invalid(
@@ -672,20 +661,18 @@ fn openapi_schema(
             "must be true or undefined",
         ));
     }
+    // `type` must be `want` when `extension` is set: required if missing, invalid otherwise.
+    let type_for = |want: &str, extension: &str, out: &mut Vec<Cause>| {
+        let detail = format!("must be {want} if {extension} is specified");
+        out.push(if t.is_empty() {
+            req(format!("{path}.type"), &detail)
+        } else {
+            invalid(format!("{path}.type"), &q(t), &detail)
+        });
+    };
     let map_type = obj.get("x-kubernetes-map-type").and_then(Value::as_str);
     if map_type.is_some() && t != "object" {
-        if t.is_empty() {
-            out.push(req(
-                format!("{path}.type"),
-                "must be object if x-kubernetes-map-type is specified",
-            ));
-        } else {
-            out.push(invalid(
-                format!("{path}.type"),
-                &q(t),
-                "must be object if x-kubernetes-map-type is specified",
-            ));
-        }
+        type_for("object", "x-kubernetes-map-type", out);
     }
     if let Some(m) = map_type
         && !matches!(m, "atomic" | "granular")
@@ -699,18 +686,7 @@ fn openapi_schema(
     let list_type = obj.get("x-kubernetes-list-type").and_then(Value::as_str);
     let items = obj.get("items").filter(|i| i.is_object());
     if list_type.is_some() && t != "array" {
-        if t.is_empty() {
-            out.push(req(
-                format!("{path}.type"),
-                "must be array if x-kubernetes-list-type is specified",
-            ));
-        } else {
-            out.push(invalid(
-                format!("{path}.type"),
-                &q(t),
-                "must be array if x-kubernetes-list-type is specified",
-            ));
-        }
+        type_for("array", "x-kubernetes-list-type", out);
     } else if list_type == Some("set")
         && let Some(is) = items
     {
@@ -757,17 +733,14 @@ fn openapi_schema(
         keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ")
     );
     if !keys.is_empty() {
+        let (field, detail) = (
+            format!("{path}.x-kubernetes-list-type"),
+            "must be map if x-kubernetes-list-map-keys is non-empty",
+        );
         match list_type {
-            None => out.push(req(
-                format!("{path}.x-kubernetes-list-type"),
-                "must be map if x-kubernetes-list-map-keys is non-empty",
-            )),
+            None => out.push(req(field, detail)),
             Some("map") => {}
-            Some(other) => out.push(invalid(
-                format!("{path}.x-kubernetes-list-type"),
-                &q(other),
-                "must be map if x-kubernetes-list-map-keys is non-empty",
-            )),
+            Some(other) => out.push(invalid(field, &q(other), detail)),
         }
     }
     if list_type == Some("map") {

@@ -7,19 +7,19 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_as, decode_stored, encode_as, labels, meta_str,
-    metadata_mut, new_uid, request_resource_version, served_form, set_resource_version, spec_part,
+    FieldValidation, check_type, decode_as, decode_stored, encode_as, meta_str, metadata_mut,
+    new_uid, request_resource_version, served_form, set_resource_version, spec_part,
     typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
 use crate::apply::Writer;
 use crate::certificates::is_csr;
 use crate::registry::{REGISTRY, ResourceInfo};
-use crate::selectors::{FieldSelector, LabelSelector};
+use crate::selectors::{FieldSelector, LabelSelector, Selectable};
 use crate::server::AppState;
 use crate::status::{ApiError, Cause};
 use crate::validation::validate_name;
-use crate::watch_cache::{CachedList, CachedObject, WithoutType};
+use crate::watch_cache::{CachedList, CachedObject};
 use std::sync::Arc;
 
 /// How often a write retries after losing a race on an unconditional update or delete.
@@ -228,8 +228,8 @@ impl Selectors {
         Ok(Selectors { labels, fields })
     }
 
-    pub(crate) fn matches(&self, obj: &Value) -> bool {
-        (self.labels.is_empty() || self.labels.matches(&labels(obj)))
+    pub(crate) fn matches<O: Selectable + ?Sized>(&self, obj: &O) -> bool {
+        (self.labels.is_empty() || self.labels.matches_labels_of(&|key| obj.label(key)))
             && (self.fields.is_empty() || self.fields.matches(obj))
     }
 }
@@ -278,25 +278,33 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
     modified, or deleted between the time the first chunk was returned and now may show up in \
     the list.";
 
-/// One listed object: shared with the watch cache (serialized once for every list and watch
-/// that sends it), or read from the store.
+/// One listed object, held as its JSON (never decoded: a list of 10k pods is its JSON, not
+/// ten times that).
 pub(crate) enum Listed {
+    /// Shared with the watch cache (serialized once for every list and watch that sends it),
+    /// in the stored form: a custom resource gets its served `apiVersion` when written.
     Cached(Arc<CachedObject>),
-    Read(Value),
+    /// Read from the store (or converted from the cache's object), in the served form.
+    Served(Arc<CachedObject>),
 }
 
 impl Listed {
-    pub(crate) fn value(&self) -> &Value {
+    /// A decoded stored object, in the form `info` serves, encoded.
+    fn served(info: &ResourceInfo, stored: Value) -> Listed {
+        Listed::Served(CachedObject::new(served_form(info, stored), &[]))
+    }
+
+    fn object(&self) -> &CachedObject {
         match self {
-            Listed::Cached(o) => &o.value,
-            Listed::Read(v) => v,
+            Listed::Cached(o) | Listed::Served(o) => o,
         }
     }
 
-    pub(crate) fn into_value(self) -> Value {
+    /// The object in the form `info` serves, decoded.
+    pub(crate) fn into_value(self, info: &ResourceInfo) -> Value {
         match self {
-            Listed::Cached(o) => o.value.clone(),
-            Listed::Read(v) => v,
+            Listed::Cached(o) => served_form(info, o.to_value()),
+            Listed::Served(o) => o.to_value(),
         }
     }
 }
@@ -311,6 +319,18 @@ pub(crate) struct ListPage {
     /// `metadata.remainingItemCount`: how many objects follow the page, when it is known
     /// (a paged list without selectors, as upstream).
     pub(crate) remaining: Option<i64>,
+}
+
+impl ListPage {
+    /// A page with nothing after it.
+    fn last(items: Vec<Listed>, revision: i64) -> ListPage {
+        ListPage {
+            items,
+            revision,
+            token: None,
+            remaining: None,
+        }
+    }
 }
 
 /// Where a list is read, by upstream v1.33's rules (`ShouldDelegateList` of the cacher, with
@@ -458,7 +478,7 @@ pub(crate) async fn list_items(
         };
         let cached = state
             .watch_cache
-            .list(&info.prefix(None), &key_prefix, exact, min_revision)
+            .list(info, &key_prefix, exact, min_revision)
             .await;
         match cached {
             Ok(Some(list)) => {
@@ -478,7 +498,7 @@ pub(crate) async fn list_items(
             list_from_store(state, info, namespace, selectors, 0, None, limit, &single).await?;
         // Caching starts on first use, at this list's revision: the watch a client starts
         // from it is served.
-        state.watch_cache.start(&info.prefix(None), page.revision);
+        state.watch_cache.start(info, page.revision);
         if page.revision < min_revision {
             return Err(ApiError::too_large_resource_version(
                 min_revision,
@@ -497,7 +517,7 @@ pub(crate) async fn list_items(
     .await
 }
 
-/// A page of what the cache listed: the selected objects (served form), at most `limit`
+/// A page of what the cache listed: the selected objects, at most `limit`
 /// (0: all), with upstream's continue token (the cache's revision and the last key returned)
 /// when keys remain after the page.
 fn page_from_cache(
@@ -508,15 +528,16 @@ fn page_from_cache(
     limit: i64,
 ) -> ListPage {
     let prefix = info.prefix(namespace);
-    let convert = info.custom.is_some() || info.conversion.is_some();
     let mut items = Vec::new();
     let total = list.objects.len();
     for (i, (key, obj)) in list.objects.into_iter().enumerate() {
-        if !selectors.matches(&obj.value) {
+        if !selectors.matches(&*obj) {
             continue;
         }
-        items.push(if convert {
-            Listed::Read(served_form(info, obj.value.clone()))
+        // A version served by conversion is decoded and converted; everything else is sent
+        // as cached.
+        items.push(if info.conversion.is_some() {
+            Listed::served(info, obj.to_value())
         } else {
             Listed::Cached(obj)
         });
@@ -535,12 +556,7 @@ fn page_from_cache(
             };
         }
     }
-    ListPage {
-        items,
-        revision: list.revision,
-        token: None,
-        remaining: None,
-    }
+    ListPage::last(items, list.revision)
 }
 
 /// A list read from the store at `revision` (0: current), after the key `after` (relative to
@@ -559,20 +575,20 @@ async fn list_from_store(
     let prefix = info.prefix(namespace);
     let continuing = after.is_some();
     let mut items = Vec::new();
+    // Selectors run on the stored form (field labels are mapped to it).
+    let select = |kv: &rk3s_datastore::KeyValue| -> Result<Option<Listed>, ApiError> {
+        let obj = decode_stored(kv)?;
+        Ok(selectors.matches(&obj).then(|| Listed::served(info, obj)))
+    };
     if let (Some(key), false) = (single, continuing) {
         let (rev, kv) = state.store.get(key, revision).await?;
-        if let Some(kv) = kv {
-            let obj = decode_stored(&kv)?;
-            if selectors.matches(&obj) {
-                items.push(Listed::Read(served_form(info, obj)));
-            }
+        if let Some(item) = kv.as_ref().map(select).transpose()?.flatten() {
+            items.push(item);
         }
-        return Ok(ListPage {
+        return Ok(ListPage::last(
             items,
-            revision: if revision > 0 { revision } else { rev },
-            token: None,
-            remaining: None,
-        });
+            if revision > 0 { revision } else { rev },
+        ));
     }
     let mut after: Option<Vec<u8>> = after.map(|start| {
         let mut key = prefix.clone();
@@ -606,10 +622,8 @@ async fn list_from_store(
         let page_len = resp.kvs.len();
         for (i, kv) in resp.kvs.iter().enumerate() {
             after = Some(kv.key.clone());
-            // Selectors run on the stored form (field labels are mapped to it).
-            let obj = decode_stored(kv)?;
-            if selectors.matches(&obj) {
-                items.push(Listed::Read(served_form(info, obj)));
+            if let Some(item) = select(kv)? {
+                items.push(item);
             }
             if limit > 0 && items.len() as i64 >= limit {
                 let more = i + 1 < page_len || resp.more;
@@ -630,12 +644,7 @@ async fn list_from_store(
             }
         }
         if !resp.more || page_len == 0 {
-            return Ok(ListPage {
-                items,
-                revision,
-                token: None,
-                remaining: None,
-            });
+            return Ok(ListPage::last(items, revision));
         }
     }
 }
@@ -652,7 +661,7 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         meta["remainingItemCount"] = json!(n);
     }
     if super::table::wants_table(ctx.headers) {
-        let items: Vec<Value> = page.items.into_iter().map(Listed::into_value).collect();
+        let items: Vec<Value> = page.items.into_iter().map(|i| i.into_value(info)).collect();
         let mut table = super::table::to_table(info, &items, &page.revision.to_string(), ctx.query);
         if let Some(t) = page.token {
             table["metadata"]["continue"] = json!(t);
@@ -666,13 +675,11 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     // built-in lists carry no `apiVersion`/`kind` (upstream's typed lists); custom resources
     // keep theirs (upstream's unstructured lists).
     let custom = info.custom.is_some();
+    let served_version = custom.then(|| info.api_version());
     let size: usize = page
         .items
         .iter()
-        .map(|i| match i {
-            Listed::Cached(o) => o.item_json().len() + 1,
-            Listed::Read(_) => 2048,
-        })
+        .map(|i| i.object().item_json().len() + 1)
         .sum();
     let mut out = Vec::with_capacity(size + 256);
     let write = |out: &mut Vec<u8>, v: &Value| {
@@ -690,14 +697,11 @@ async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
             out.push(b',');
         }
         match item {
-            Listed::Cached(o) if !custom => out.extend_from_slice(o.item_json()),
-            Listed::Cached(o) => o.write_json(&mut out),
-            Listed::Read(v) if custom => write(&mut out, v),
-            Listed::Read(v) => {
-                let _ = match v.as_object() {
-                    Some(map) => serde_json::to_writer(&mut out, &WithoutType(map)),
-                    None => serde_json::to_writer(&mut out, v),
-                };
+            Listed::Cached(o) | Listed::Served(o) if !custom => {
+                out.extend_from_slice(o.item_json())
+            }
+            Listed::Cached(o) | Listed::Served(o) => {
+                o.write_json_as(&mut out, served_version.as_deref())
             }
         }
     }
@@ -1230,9 +1234,9 @@ where
         set_resource_version(&mut new, kv.mod_revision);
         // A Service's node ports: kept, taken over, dropped or drawn (upstream's service REST).
         let drawn = if is_service(info) && old.get("spec") != new.get("spec") {
-            crate::services::prepare_update(info, &old, &mut new)?
+            crate::services::prepare_update(info, &state.service_cidr, &old, &mut new)?
         } else {
-            Vec::new()
+            crate::services::Drawn::default()
         };
         if let Some(admit) = admit {
             if crate::certificates::is_csr(info) {
@@ -1271,11 +1275,17 @@ where
                     WriteOutcome::Conflict { current: None }
                 }
                 // A random pick someone else holds is drawn again.
-                crate::services::UpdateOutcome::PortTaken(i, _) if drawn.contains(&i) => {
+                crate::services::UpdateOutcome::PortTaken(i, _) if drawn.ports.contains(&i) => {
                     WriteOutcome::Conflict { current: None }
                 }
                 crate::services::UpdateOutcome::PortTaken(i, port) => {
                     return Err(crate::services::port_taken(info, name, i, port));
+                }
+                crate::services::UpdateOutcome::IpTaken(_) if drawn.ip => {
+                    WriteOutcome::Conflict { current: None }
+                }
+                crate::services::UpdateOutcome::IpTaken(ip) => {
+                    return Err(crate::services::ip_taken(info, name, ip));
                 }
             }
         } else {
@@ -1285,12 +1295,17 @@ where
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
                 tracing::debug!(name, revision, "updated");
-                // The last finalizer of an object being deleted is gone: delete it now.
+                // The last finalizer of an object being deleted is gone: delete it now (a
+                // Service releasing its cluster IP and node ports in the same transaction).
                 if !meta_str(&new, "deletionTimestamp").is_empty()
                     && finalizers(&new).is_empty()
                     && !(info.kind == "Namespace" && has_spec_finalizers(&new))
                 {
-                    let _ = state.store.delete(key, Some(revision)).await?;
+                    if is_service(info) {
+                        let _ = crate::services::delete(state, key, revision, &new).await?;
+                    } else {
+                        let _ = state.store.delete(key, Some(revision)).await?;
+                    }
                 }
                 return Ok(new);
             }
@@ -2368,10 +2383,9 @@ async fn delete_collection(ctx: Ctx<'_>, opts: &DeleteOptions) -> Result<Respons
     let page = list_items(ctx.state, info, ctx.ns(), &selectors, &all).await?;
     let mut deleted = Vec::new();
     for item in page.items {
-        let item = item.value();
-        let ns = meta_str(item, "namespace");
-        let ns = (!ns.is_empty()).then_some(ns);
-        match delete_object(ctx.state, info, ns, meta_str(item, "name"), opts).await {
+        let item = item.object();
+        let ns = (!item.namespace.is_empty()).then_some(&*item.namespace);
+        match delete_object(ctx.state, info, ns, &item.name, opts).await {
             Ok((obj, _)) => deleted.push(obj),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),

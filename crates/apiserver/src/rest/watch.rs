@@ -54,17 +54,19 @@ impl WatchSpec {
         super::object::served_form(&self.info, obj)
     }
 
-    /// The line for a cached object: its JSON is serialized once for all watchers (custom
-    /// resources, whose `apiVersion` may differ from the stored one, are re-encoded).
+    /// The line for a cached object: its JSON is serialized once for all watchers (a custom
+    /// resource gets the `apiVersion` it is watched through; tables and versions served by
+    /// conversion decode the object).
     fn object_line(&self, kind: &str, obj: &CachedObject) -> Bytes {
-        if self.table || self.info.custom.is_some() || self.info.conversion.is_some() {
-            return self.line(kind, self.served(obj.value.clone()));
+        if self.table || self.info.conversion.is_some() {
+            return self.line(kind, self.served(obj.to_value()));
         }
         let mut bytes = Vec::with_capacity(obj.item_json().len() + 96);
         bytes.extend_from_slice(b"{\"type\":\"");
         bytes.extend_from_slice(kind.as_bytes());
         bytes.extend_from_slice(b"\",\"object\":");
-        obj.write_json(&mut bytes);
+        let served_version = self.info.custom.is_some().then(|| self.info.api_version());
+        obj.write_json_as(&mut bytes, served_version.as_deref());
         bytes.extend_from_slice(b"}\n");
         Bytes::from(bytes)
     }
@@ -86,15 +88,15 @@ impl WatchSpec {
         let prev_matches = ev
             .prev
             .as_ref()
-            .is_some_and(|p| self.selectors.matches(&p.value));
+            .is_some_and(|p| self.selectors.matches(&**p));
         match ev.kind {
             EventKind::Put => {
-                let matches = self.selectors.matches(&ev.object.value);
+                let matches = self.selectors.matches(&*ev.object);
                 match (&ev.prev, prev_matches, matches) {
                     (_, true, true) => Some(self.object_line("MODIFIED", &ev.object)),
                     (_, false, true) => Some(self.object_line("ADDED", &ev.object)),
                     (Some(prev), true, false) => {
-                        let mut old = self.served(prev.value.clone());
+                        let mut old = self.served(prev.to_value());
                         set_resource_version(&mut old, ev.revision);
                         Some(self.line("DELETED", old))
                     }
@@ -162,7 +164,7 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     let sub = ctx
         .state
         .watch_cache
-        .subscribe(&info.prefix(None), &scope, exact, start, spec.bookmarks)
+        .subscribe(info, &scope, exact, start, spec.bookmarks)
         .await;
     let mut sub = match sub {
         Ok(sub) => sub,
@@ -180,7 +182,7 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     let mut shutdown = ctx.state.shutdown.clone();
     tokio::spawn(async move {
         for obj in std::mem::take(&mut sub.objects) {
-            if spec.selectors.matches(&obj.value)
+            if spec.selectors.matches(&*obj)
                 && tx.send(Ok(spec.object_line("ADDED", &obj))).await.is_err()
             {
                 return;
@@ -233,11 +235,14 @@ mod tests {
     use crate::registry::REGISTRY;
 
     fn obj(name: &str, labels: Value, rev: i64) -> Arc<CachedObject> {
-        CachedObject::new(json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": "default", "labels": labels,
-                         "resourceVersion": rev.to_string()},
-        }))
+        CachedObject::new(
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "default", "labels": labels,
+                             "resourceVersion": rev.to_string()},
+            }),
+            &[],
+        )
     }
 
     fn put(prev: Option<Arc<CachedObject>>, now: Arc<CachedObject>, rev: i64) -> CachedEvent {
