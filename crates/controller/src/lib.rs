@@ -26,9 +26,11 @@ mod deployment;
 mod disruption;
 mod endpoints;
 mod events;
+mod expectations;
 mod gc;
 mod history;
 mod hpa;
+mod informer;
 mod job;
 mod namespace;
 mod nodeipam;
@@ -153,8 +155,16 @@ fn start_controllers(
         concurrency: config.concurrent_syncs,
         clock: clock.clone(),
         events: events::Recorder::new(client.clone()),
+        pods: Arc::default(),
     });
     let mut tasks: Vec<(&str, BoxFuture<'static, ()>)> = Vec::new();
+    // One pod watch for the controllers that read the shared pod cache, on the manager's client.
+    if config.enabled("replicaset") || config.enabled("replicationcontroller") {
+        tasks.push((
+            "pod-cache",
+            Box::pin(shared.pods.clone().run(client.clone(), stop.clone())),
+        ));
+    }
     if config.enabled("replicaset") {
         tasks.push((
             "replicaset",
