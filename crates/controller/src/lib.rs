@@ -27,9 +27,11 @@ mod deployment;
 mod disruption;
 mod endpoints;
 mod events;
+mod expectations;
 mod gc;
 mod history;
 mod hpa;
+mod informer;
 mod job;
 mod namespace;
 mod nodeipam;
@@ -224,8 +226,17 @@ fn start_controllers(
         concurrency: config.concurrent_syncs,
         clock: clock.clone(),
         events: events::Recorder::new(client.clone()),
+        pods: Arc::default(),
     });
     let mut tasks: Vec<(&'static str, LoopFn)> = Vec::new();
+    // One pod watch for the controllers that read the shared pod cache, on the manager's
+    // client (as upstream's shared informers; "pod-cache" has no account of its own).
+    if config.enabled("replicaset") || config.enabled("replicationcontroller") {
+        tasks.push(("pod-cache", {
+            let client = client.clone();
+            boxed(move |s, st| s.pods.clone().run(client, st))
+        }));
+    }
     if config.enabled("replicaset") {
         tasks.push(("replicaset", boxed(replicaset::run_replicasets)));
     }

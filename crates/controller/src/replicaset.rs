@@ -2,22 +2,26 @@
 //! both with the same logic): keep `replicas` active pods from the template, adopt matching
 //! orphans, release owned pods that no longer match, and report status.
 //!
-//! Every sync lists the namespace's pods from the apiserver (a consistent read) instead of a
-//! watch cache, so no "expectations" bookkeeping is needed to avoid double creation; the
-//! watches only trigger syncs.
+//! Pods come from the manager's shared pod cache ([`crate::informer::PodCache`]): a sync reads
+//! the pods its object controls and the orphans of its namespace from the cache's indexes, and
+//! pod events sync the pod's controller (orphans: every matching owner). Because the cache may
+//! lag the sync's own writes, creations and deletions are recorded as upstream's
+//! expectations ([`crate::expectations`]): a sync creates or deletes only when every pod of
+//! its previous burst has been observed (or the record is 5 minutes old).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt as _};
 use serde::Serialize;
@@ -27,6 +31,8 @@ use tokio::sync::watch;
 
 use crate::ReconcileError;
 use crate::events::EventType;
+use crate::expectations::Expectations;
+use crate::informer::PodEvent;
 use crate::util::{self, Backoff, Shared};
 
 /// Upstream's `BurstReplicas`: at most this many creations or deletions per sync.
@@ -117,6 +123,7 @@ impl Replicated for ReplicationController {
 struct Ctx {
     shared: Arc<Shared>,
     backoff: Backoff,
+    expectations: Expectations,
 }
 
 pub(crate) async fn run_replicasets(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
@@ -132,50 +139,43 @@ async fn run_kind<K: Replicated>(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
+    // Subscribed before the wait: no pod event after it is missed.
+    let pod_events = shared.pods.subscribe();
+    if !shared.pods.wait_synced(stop.clone()).await {
+        tracing::debug!(controller = name, "stopped before the pod cache synced");
+        return;
+    }
     let client = shared.client.clone();
-    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<K>::all(client), watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency));
     let store = controller.store();
-    let kind = K::kind(&()).into_owned();
-    // Pods trigger their controller, and orphans every matching owner in their namespace.
-    let controller = controller
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                match util::controller_of(&pod.metadata) {
-                    Some(r) if r.kind == kind => {
-                        vec![ObjectRef::<K>::new(&r.name).within(&ns)]
-                    }
-                    Some(_) => Vec::new(),
-                    None => store
-                        .state()
-                        .iter()
-                        .filter(|o| o.meta().namespace.as_deref() == Some(ns.as_str()))
-                        .filter(|o| {
-                            o.selector().is_some_and(|s| {
-                                util::selects(&s, pod.metadata.labels.as_ref()).unwrap_or(false)
-                            })
-                        })
-                        .map(|o| ObjectRef::from_obj(o.as_ref()))
-                        .collect(),
-                }
-            },
-        )
-        .graceful_shutdown_on(crate::stopped(stop.clone()));
-    let abandon = util::abandon_unsynced(controller.store(), stop);
     let ctx = Arc::new(Ctx {
         shared,
         backoff: Backoff::default(),
+        expectations: Expectations::default(),
     });
+    // Pod events from the shared cache: expectations are lowered, then the pod's controller
+    // (or, for an orphan, every matching owner in its namespace) is synced.
+    let triggers = {
+        let ctx = ctx.clone();
+        futures::stream::unfold(pod_events, |mut rx| async move {
+            rx.recv().await.map(|e| (e, rx))
+        })
+        .flat_map(move |event| {
+            futures::stream::iter(owners_to_sync(&event, &store, &ctx.expectations))
+        })
+    };
+    let controller = controller
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(crate::stopped(stop.clone()));
+    let abandon = util::abandon_unsynced(controller.store(), stop);
     util::drain(
         name,
         abandon,
         controller.run(
             |obj, ctx| async move {
                 let key = util::key_of(obj.meta());
-                let r = sync(obj.as_ref(), &ctx.shared).await;
+                let r = sync(obj.as_ref(), &ctx.shared, &ctx.expectations).await;
                 if r.is_ok() {
                     ctx.backoff.success(&key);
                 }
@@ -188,9 +188,98 @@ async fn run_kind<K: Replicated>(
     .await;
 }
 
+/// `namespace/name` of a pod, as deletion expectations name it.
+fn pod_key(pod: &Pod) -> String {
+    util::key_of(&pod.metadata)
+}
+
+/// Upstream's pod event handlers (`addPod`, `updatePod`, `deletePod`): the owners to sync
+/// for one pod event, lowering the expectations of the pod's controller on the way.
+pub(crate) fn owners_to_sync<K: Replicated>(
+    event: &PodEvent,
+    store: &Store<K>,
+    expectations: &Expectations,
+) -> Vec<ObjectRef<K>> {
+    let kind = K::kind(&());
+    // The pod's controller if it is one of ours: (uid, reference).
+    let ours = |pod: &Pod| {
+        let r = util::controller_of(&pod.metadata)?;
+        (r.kind == kind).then(|| {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+            (r.uid.clone(), ObjectRef::<K>::new(&r.name).within(ns))
+        })
+    };
+    let deleted = |pod: &Pod| -> Vec<ObjectRef<K>> {
+        ours(pod)
+            .map(|(uid, r)| {
+                expectations.deletion_observed(&uid, &pod_key(pod));
+                r
+            })
+            .into_iter()
+            .collect()
+    };
+    // Every owner in the pod's namespace whose selector matches it (for orphans).
+    let matching = |pod: &Pod| -> Vec<ObjectRef<K>> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        store
+            .state()
+            .iter()
+            .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+            .filter(|o| {
+                o.selector().is_some_and(|s| {
+                    util::selects(&s, pod.metadata.labels.as_ref()).unwrap_or(false)
+                })
+            })
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    };
+    match event {
+        // A pod that shows up already terminating (a relist) is a deletion, not a creation.
+        PodEvent::Added(pod) if pod.metadata.deletion_timestamp.is_some() => deleted(pod),
+        PodEvent::Added(pod) => match ours(pod) {
+            Some((uid, r)) => {
+                expectations.creation_observed(&uid);
+                vec![r]
+            }
+            None if util::controller_of(&pod.metadata).is_none() => matching(pod),
+            None => Vec::new(),
+        },
+        PodEvent::Updated { old, new } => {
+            let labels_changed = old.metadata.labels != new.metadata.labels;
+            if new.metadata.deletion_timestamp.is_some() {
+                let mut out = deleted(new);
+                if labels_changed || ours(old).map(|o| o.0) != ours(new).map(|n| n.0) {
+                    out.extend(deleted(old));
+                }
+                return out;
+            }
+            let old_ctl = util::controller_of(&old.metadata).map(|r| r.uid.as_str());
+            let new_ctl = util::controller_of(&new.metadata).map(|r| r.uid.as_str());
+            let ctl_changed = old_ctl != new_ctl;
+            let mut out = Vec::new();
+            if ctl_changed && let Some((_, r)) = ours(old) {
+                out.push(r);
+            }
+            match ours(new) {
+                Some((_, r)) => out.push(r),
+                None if new_ctl.is_none() && (labels_changed || ctl_changed) => {
+                    out.extend(matching(new));
+                }
+                None => {}
+            }
+            out
+        }
+        PodEvent::Deleted(pod) => deleted(pod),
+    }
+}
+
 /// One sync of one ReplicaSet or ReplicationController.
 #[tracing::instrument(skip_all, fields(kind = %K::kind(&()), object = %util::key_of(rs.meta())))]
-pub(crate) async fn sync<K: Replicated>(rs: &K, shared: &Shared) -> Result<Action, ReconcileError> {
+pub(crate) async fn sync<K: Replicated>(
+    rs: &K,
+    shared: &Shared,
+    expectations: &Expectations,
+) -> Result<Action, ReconcileError> {
     let client = &shared.client;
     let meta = rs.meta();
     let ns = meta.namespace.clone().unwrap_or_default();
@@ -201,54 +290,58 @@ pub(crate) async fn sync<K: Replicated>(rs: &K, shared: &Shared) -> Result<Actio
         .selector()
         .ok_or_else(|| ReconcileError::Invalid("no selector".into()))?;
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pods = pods_api.list(&ListParams::default()).await?.items;
+    // Expectations first, then the cache: once satisfied, every pod they waited for is in it.
+    let needs_sync = expectations.satisfied(&uid);
+    let (controlled, orphans) = shared
+        .pods
+        .read(|ix| (ix.controlled_by(&uid), ix.orphans_in(&ns)));
 
     // Claim: adopt matching orphans, release owned pods that stopped matching.
-    let mut owned: Vec<Pod> = Vec::new();
-    let mut can_adopt: Option<bool> = None;
-    for pod in pods {
+    let mut owned: Vec<Arc<Pod>> = Vec::new();
+    for pod in controlled {
         let matches = util::selects(&selector, pod.metadata.labels.as_ref())?;
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        match util::controller_of(&pod.metadata) {
-            Some(r) if r.uid == uid => {
-                if matches || deleting {
-                    owned.push(pod);
-                } else {
-                    release(&pods_api, &pod, &uid).await?;
-                    tracing::info!(pod = %pod_name, "released pod that no longer matches the selector");
-                }
-            }
-            Some(_) => {}
-            None => {
-                if !matches || deleting || pod.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                // Upstream re-reads the owner before adopting: a stale cache must not adopt
-                // for a deleted or recreated owner.
-                if can_adopt.is_none() {
-                    let fresh = Api::<K>::namespaced(client.clone(), &ns)
-                        .get_opt(&name)
-                        .await?;
-                    can_adopt = Some(fresh.is_some_and(|f| {
-                        f.meta().uid.as_deref() == Some(uid.as_str())
-                            && f.meta().deletion_timestamp.is_none()
-                    }));
-                }
-                if can_adopt != Some(true) {
-                    continue;
-                }
-                if let Some(pod) = adopt(&pods_api, pod, util::controller_ref(rs)).await? {
-                    tracing::info!(pod = %pod_name, "adopted orphan pod");
-                    owned.push(pod);
-                }
-            }
+        if matches || deleting {
+            owned.push(pod);
+        } else {
+            release(&pods_api, &pod, &uid).await?;
+            tracing::info!(pod = %pod.name_any(), "released pod that no longer matches the selector");
         }
     }
-    let active: Vec<&Pod> = owned.iter().filter(|p| util::pod_active(p)).collect();
+    let mut can_adopt: Option<bool> = None;
+    for pod in orphans {
+        let matches = util::selects(&selector, pod.metadata.labels.as_ref())?;
+        if !matches || deleting || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        // Upstream re-reads the owner before adopting: a stale cache must not adopt for a
+        // deleted or recreated owner.
+        if can_adopt.is_none() {
+            let fresh = Api::<K>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await?;
+            can_adopt = Some(fresh.is_some_and(|f| {
+                f.meta().uid.as_deref() == Some(uid.as_str())
+                    && f.meta().deletion_timestamp.is_none()
+            }));
+        }
+        if can_adopt != Some(true) {
+            break;
+        }
+        let pod_name = pod.name_any();
+        if let Some(pod) = adopt(&pods_api, &pod, util::controller_ref(rs)).await? {
+            tracing::info!(pod = %pod_name, "adopted orphan pod");
+            owned.push(Arc::new(pod));
+        }
+    }
+    let active: Vec<&Pod> = owned
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| util::pod_active(p))
+        .collect();
 
     // Manage replicas.
     let mut failure: Option<String> = None;
-    if !deleting {
+    if needs_sync && !deleting {
         let want = usize::try_from(rs.replicas().max(0)).unwrap_or(0);
         if active.len() < want {
             let n = (want - active.len()).min(BURST_REPLICAS);
@@ -256,6 +349,7 @@ pub(crate) async fn sync<K: Replicated>(rs: &K, shared: &Shared) -> Result<Actio
                 .template()
                 .ok_or_else(|| ReconcileError::Invalid("no pod template".into()))?;
             let pod = pod_from_template(template, &name, util::controller_ref(rs));
+            expectations.expect_creations(&uid, n);
             let (created, err) = slow_start(n, || {
                 let api = pods_api.clone();
                 let pod = pod.clone();
@@ -285,6 +379,10 @@ pub(crate) async fn sync<K: Replicated>(rs: &K, shared: &Shared) -> Result<Actio
                 }
             })
             .await;
+            // Pods that failed or were never attempted will not be seen created.
+            for _ in created..n {
+                expectations.creation_observed(&uid);
+            }
             tracing::info!(created, wanted = n, "created pods");
             if let Some(e) = err {
                 failure = Some(e.to_string());
@@ -292,11 +390,19 @@ pub(crate) async fn sync<K: Replicated>(rs: &K, shared: &Shared) -> Result<Actio
         } else if active.len() > want {
             let n = (active.len() - want).min(BURST_REPLICAS);
             let victims = pods_to_delete(&active, n);
+            expectations.expect_deletions(&uid, victims.iter().map(|p| pod_key(p)));
             let results = join_all(victims.iter().map(|p| {
                 let api = pods_api.clone();
                 let pname = p.metadata.name.clone().unwrap_or_default();
+                let key = pod_key(p);
+                let uid = uid.as_str();
                 async move {
-                    match api.delete(&pname, &DeleteParams::default()).await {
+                    let r = api.delete(&pname, &DeleteParams::default()).await;
+                    if r.is_err() {
+                        // No deletion will be seen for this pod (404: it is gone already).
+                        expectations.deletion_observed(uid, &key);
+                    }
+                    match r {
                         Ok(_) => {
                             shared.events.event(
                                 K::COMPONENT,
@@ -475,7 +581,7 @@ pub(crate) fn pod_from_template(
 
 async fn adopt(
     api: &Api<Pod>,
-    pod: Pod,
+    pod: &Pod,
     owner: OwnerReference,
 ) -> Result<Option<Pod>, ReconcileError> {
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -610,6 +716,84 @@ mod tests {
             .collect();
         assert_eq!(order, ["d", "c", "b", "a"]);
         assert_eq!(pods_to_delete(&all, 1).len(), 1);
+    }
+
+    /// A ReplicaSet synced again and again while the pod cache lags (it has not seen the
+    /// pods of the first burst) never creates more than `replicas` pods: its expectations
+    /// hold it back until the cache's events report them. Against a real apiserver.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lagging_cache_never_creates_more_than_replicas() {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use kube::api::ListParams;
+
+        let apiserver = rk3s_apiserver::EmbeddedApiserver::start().await.unwrap();
+        let client = apiserver.client().await.unwrap();
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let shared = Shared {
+            client: client.clone(),
+            concurrency: 1,
+            clock: Arc::new(crate::util::SystemClock),
+            events: crate::events::Recorder::new(client.clone()),
+            pods: Arc::default(),
+        };
+        let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 5,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+            }
+        }))
+        .unwrap();
+        let rs = rs_api.create(&PostParams::default(), &rs).await.unwrap();
+        let uid = rs.metadata.uid.clone().unwrap();
+        let expectations = Expectations::default();
+
+        // The cache never saw a pod: three syncs, one burst.
+        for _ in 0..3 {
+            sync(&rs, &shared, &expectations).await.unwrap();
+        }
+        let pods = pods_api.list(&ListParams::default()).await.unwrap().items;
+        assert_eq!(pods.len(), 5, "one burst of 5, not one per sync");
+        assert!(!expectations.satisfied(&uid));
+
+        // The cache catches up; its events (through the controller's handler) satisfy the
+        // expectations and name the ReplicaSet.
+        let mut events = shared.pods.subscribe();
+        shared
+            .pods
+            .update(|ix| pods.into_iter().filter_map(|p| ix.apply(p)).collect());
+        let (store, _writer) = kube::runtime::reflector::store::<ReplicaSet>();
+        let mut seen = 0;
+        while let Ok(event) = events.try_recv() {
+            let owners = owners_to_sync(&event, &store, &expectations);
+            assert_eq!(owners, [ObjectRef::from_obj(&rs)]);
+            seen += 1;
+        }
+        assert_eq!(seen, 5);
+        assert!(expectations.satisfied(&uid));
+
+        // Now the sync counts the pods, creates none and reports them.
+        sync(&rs, &shared, &expectations).await.unwrap();
+        assert_eq!(
+            pods_api
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            5
+        );
+        let status = rs_api.get("web").await.unwrap().status.unwrap();
+        assert_eq!(status.replicas, 5);
     }
 
     #[tokio::test]

@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// Where the controllers record their Events (bounded, never blocks).
     pub(crate) events: crate::events::Recorder,
+    /// The shared pod cache (filled only when a controller that reads it is enabled).
+    pub(crate) pods: Arc<crate::informer::PodCache>,
 }
 
 /// Where the time-driven controllers (Job, CronJob, TTL-after-finished) read the time, so
@@ -55,6 +57,7 @@ impl Shared {
             concurrency: self.concurrency,
             clock: self.clock.clone(),
             events: self.events.clone(),
+            pods: self.pods.clone(),
         }
     }
 }

@@ -163,3 +163,89 @@ async fn replicaset_adopts_orphans_and_releases_non_matching_pods() {
     })
     .await;
 }
+
+/// Syncs forced again and again while a burst of creations is in flight (the ReplicaSet is
+/// touched repeatedly, its pods' events lag the creations) never make more pods than
+/// replicas: the controller's expectations hold it back until its cache saw the burst. A pod
+/// watch counts the owned pods that exist at every moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_never_creates_more_than_replicas_while_synced_during_a_burst() {
+    use futures::StreamExt as _;
+    use kube::runtime::watcher;
+    use std::collections::HashSet;
+
+    const REPLICAS: usize = 40;
+    let t = TestCluster::start().await;
+    let rss: Api<ReplicaSet> = Api::namespaced(t.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(t.client.clone(), "default");
+    let mut watch = watcher(pods.clone(), watcher::Config::default()).boxed();
+    // The watch is established (its initial list done) before the ReplicaSet exists.
+    while let Some(ev) = watch.next().await {
+        if matches!(ev, Ok(watcher::Event::InitDone)) {
+            break;
+        }
+    }
+    let created = rss
+        .create(&PostParams::default(), &rs("burst", REPLICAS as i32))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    // Touch the ReplicaSet 30 times while it creates: each touch is a sync.
+    let toucher = {
+        let rss = rss.clone();
+        tokio::spawn(async move {
+            for i in 0..30 {
+                rss.patch(
+                    "burst",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {"touch": i.to_string()}}})),
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let mut existing: HashSet<String> = HashSet::new();
+    let mut most = 0;
+    let mut count = |ev: Option<Result<watcher::Event<Pod>, watcher::Error>>| {
+        match ev {
+            Some(Ok(watcher::Event::Apply(p))) => {
+                let ours = p
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.uid == uid);
+                if ours && p.metadata.deletion_timestamp.is_none() {
+                    existing.insert(p.metadata.name.clone().unwrap());
+                } else {
+                    existing.remove(&p.metadata.name.clone().unwrap());
+                }
+            }
+            Some(Ok(watcher::Event::Delete(p))) => {
+                existing.remove(&p.metadata.name.clone().unwrap());
+            }
+            _ => {}
+        }
+        most = most.max(existing.len());
+        existing.len()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while count(watch.next().await) < REPLICAS {}
+    })
+    .await
+    .expect("the ReplicaSet's pods appear");
+    toucher.await.unwrap();
+    // Settled: the status reports exactly the replicas ...
+    eventually(20, "40 ready replicas", || async {
+        let s = rss.get("burst").await.ok()?.status?;
+        (s.ready_replicas == Some(REPLICAS as i32)).then_some(())
+    })
+    .await;
+    // ... and no pod beyond them ever existed (the events so far, all read).
+    while let Some(ev) = futures::FutureExt::now_or_never(watch.next()) {
+        count(ev);
+    }
+    assert_eq!(owned_pods(&pods, &uid).await.len(), REPLICAS);
+    assert_eq!(most, REPLICAS, "more pods than replicas existed at once");
+}
