@@ -3,8 +3,9 @@
 //! `expiration` has passed, and requeues the others for when they expire. The delete carries
 //! the Secret's uid as a precondition, so a token re-created under the same name is not
 //! taken. Tokens without an `expiration` are kept forever. Its permissions are upstream's
-//! `system:controller:token-cleaner` (secrets in `kube-system`: get, list, watch, delete;
-//! events), which `rk3s:kube-controller-manager` covers.
+//! namespaced Role `system:controller:token-cleaner` (secrets in `kube-system`: get, list,
+//! watch, delete; events), bound to its account `kube-system/token-cleaner`
+//! (`--use-service-account-credentials`); without that flag the manager's union role covers it.
 
 use std::sync::Arc;
 use std::time::Duration;

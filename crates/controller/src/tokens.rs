@@ -11,8 +11,8 @@
 //! upstream. ServiceAccount changes (deletion above all) requeue the Secrets that name the
 //! account. Since v1.24 upstream creates no token Secrets by itself; neither does this loop.
 //!
-//! It runs with the manager's own credentials (as upstream: it needs `create`/`update`/
-//! `delete` on secrets, which `rk3s:kube-controller-manager` covers) and only when the
+//! It runs with the manager's own credentials (as upstream: it needs `update`/`delete` on
+//! secrets, which upstream's `system:kube-controller-manager` role grants) and only when the
 //! signing key is configured. The key is read once, when the loop starts.
 
 use std::path::PathBuf;
