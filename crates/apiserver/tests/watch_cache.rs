@@ -514,10 +514,19 @@ async fn lists_are_served_from_the_watch_cache_as_upstream() {
     assert_eq!(exact["metadata"]["resourceVersion"], rv.as_str());
 
     // A revision the server has not reached: the cache waits (3 s, as upstream), then 504
-    // with upstream's cause and retry hint.
+    // with upstream's cause and retry hint. kube-rs' default client retries a 504 (15 times,
+    // honouring Retry-After), so the server's own answer is read with a client that does not.
     let future = latest_rv + 1000;
+    let mut once = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&t.kubeconfig).expect("kubeconfig"),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kube config");
+    once.default_retry = false;
+    let once = kube::Client::try_from(once).expect("kube client");
     let (code, retry, status) = get_raw(
-        &client,
+        &once,
         &format!("{base}?resourceVersion={future}&resourceVersionMatch=NotOlderThan"),
     )
     .await;
