@@ -732,13 +732,26 @@ async fn crd_deletion_passes_through_terminating() {
         .find(|c| c.type_ == "Terminating")
         .expect("Terminating condition");
     assert_eq!(terminating.status, "True");
-    // No new custom resources while terminating.
-    let refused = api_error(
-        cts.create(&PostParams::default(), &crontab("late", "* * * * *", 1))
+    // No new custom resources while terminating. The create handler reads the CRD from the
+    // apiserver's CRD cache, which follows the store's watch (as upstream's crdHandler reads
+    // its informer's lister): right after the DELETE it may not know yet, so this polls until
+    // the refusal (a custom resource created in that window is removed by the cleanup).
+    let mut attempt = 0;
+    let refused = loop {
+        attempt += 1;
+        match cts
+            .create(
+                &PostParams::default(),
+                &crontab(&format!("late-{attempt}"), "* * * * *", 1),
+            )
             .await
-            .expect_err("create while terminating"),
-    );
-    assert_eq!(refused.code, 405);
+        {
+            Err(e) => break api_error(e),
+            Ok(_) if attempt < 100 => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(created) => panic!("create while terminating: {created:?}"),
+        }
+    };
+    assert_eq!(refused.code, 405, "{refused:?}");
     // The held custom resource is marked for deletion and keeps the CRD alive.
     eventually("custom resource marked for deletion", || {
         let cts = cts.clone();
