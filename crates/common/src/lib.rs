@@ -2,7 +2,8 @@
 //! otherwise each carry a copy of. Today that is [`leader`], Lease-based leader election, used
 //! by the scheduler and the controller manager (feature `leader`, on by default), and what
 //! every binary does the same way around its process: [`signal`] (SIGTERM/SIGINT) and
-//! [`notify`] (systemd's readiness protocol).
+//! [`notify`] (systemd's readiness protocol), and, for the component binaries, [`cli`]
+//! (logging and configuration from flags, file and environment; feature `cli`).
 //!
 //! Invariant: this crate knows the Kubernetes API only as a client (kube-rs); it depends on no
 //! rk3s crate, so any component may use it without pulling another component in.
@@ -10,6 +11,8 @@
 // Unit tests may unwrap.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "leader")]
 pub mod leader;
 pub mod notify;
