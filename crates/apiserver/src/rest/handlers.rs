@@ -1260,6 +1260,31 @@ where
                 crate::quota::admit_update(state, info, &old, &new, dry_run).await?;
             }
         }
+        // The update that leaves an object being deleted without finalizers deletes it
+        // instead of being written (upstream's `shouldDeleteDuringUpdate`): watchers see one
+        // DELETED event, no MODIFIED first; the client gets the object it sent, as upstream.
+        if deletes_during_update(info, &old, &new) {
+            if dry_run {
+                return Ok(new);
+            }
+            let outcome = if is_service(info) {
+                // What the stored Service holds is released with it.
+                crate::services::delete(state, key, kv.mod_revision, &old).await?
+            } else {
+                state.store.delete(key, Some(kv.mod_revision)).await?
+            };
+            match outcome {
+                WriteOutcome::Written { revision } => {
+                    tracing::debug!(
+                        name,
+                        revision,
+                        "deleted by the update removing its last finalizer"
+                    );
+                    return Ok(new);
+                }
+                WriteOutcome::Conflict { .. } => continue,
+            }
+        }
         // An unchanged object is written anyway if it is stored with an old encryption key
         // (upstream's stale read: how `kubectl replace` re-encrypts).
         if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
@@ -1295,24 +1320,31 @@ where
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
                 tracing::debug!(name, revision, "updated");
-                // The last finalizer of an object being deleted is gone: delete it now (a
-                // Service releasing its cluster IP and node ports in the same transaction).
-                if !meta_str(&new, "deletionTimestamp").is_empty()
-                    && finalizers(&new).is_empty()
-                    && !(info.kind == "Namespace" && has_spec_finalizers(&new))
-                {
-                    if is_service(info) {
-                        let _ = crate::services::delete(state, key, revision, &new).await?;
-                    } else {
-                        let _ = state.store.delete(key, Some(revision)).await?;
-                    }
-                }
                 return Ok(new);
             }
             WriteOutcome::Conflict { .. } => continue,
         }
     }
     Err(ApiError::conflict(info, name))
+}
+
+/// Whether an update of `old` to `new` deletes the object instead (upstream's
+/// `shouldDeleteDuringUpdate`): `old` is being deleted, `new` has no finalizers — for a
+/// namespace, neither `metadata.finalizers` nor `spec.finalizers` — and no grace period holds
+/// it: a pod in its graceful termination is deleted by its kubelet's DELETE, not by a status
+/// write. Unlike upstream, the update removing a pod's last finalizer deletes it even within
+/// its grace period (rk3s' DELETE does not shorten a grace period already set, so a pod whose
+/// kubelet has deleted it with grace 0 would otherwise stay).
+fn deletes_during_update(info: &ResourceInfo, old: &Value, new: &Value) -> bool {
+    let grace = old
+        .get("metadata")
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    !meta_str(old, "deletionTimestamp").is_empty()
+        && finalizers(new).is_empty()
+        && (grace == 0 || !finalizers(old).is_empty())
+        && !(info.group.is_empty() && info.kind == "Namespace" && has_spec_finalizers(new))
 }
 
 /// A namespace's `spec.finalizers` (the namespace controller's `kubernetes`) are not empty.
