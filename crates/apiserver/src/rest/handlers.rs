@@ -925,6 +925,10 @@ pub(crate) async fn create_object_as(
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         check_namespace(state, info, ns, &name).await?;
     }
+    if is_service(info) {
+        // Upstream's `ValidateService`, dry runs included; allocation comes with the write.
+        crate::services::prepare_create(info, &mut obj)?;
+    }
     set_system_fields(info, &mut obj);
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         // Last, as upstream's validating admission: charges the namespace's quotas.
@@ -1312,6 +1316,12 @@ where
                 crate::services::UpdateOutcome::IpTaken(ip) => {
                     return Err(crate::services::ip_taken(info, name, ip));
                 }
+                crate::services::UpdateOutcome::HealthCheckTaken(_) if drawn.health_check => {
+                    WriteOutcome::Conflict { current: None }
+                }
+                crate::services::UpdateOutcome::HealthCheckTaken(port) => {
+                    return Err(crate::services::health_check_taken(port));
+                }
             }
         } else {
             state.store.update(key, value, kv.mod_revision, 0).await?
@@ -1434,7 +1444,7 @@ pub(crate) fn merge_update(
         };
     }
     if is_service(info) {
-        crate::services::keep_cluster_ip(info, old, &mut new)?;
+        crate::services::keep_cluster_ip(old, &mut new);
     }
     // Upstream's strategies: a namespace's spec.finalizers change only through `/finalize`;
     // a CSR's spec never changes after create.
