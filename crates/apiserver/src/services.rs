@@ -732,7 +732,7 @@ pub(crate) fn prepare_update(
 /// Upstream's `dropTypeDependentFields` beyond IPs and node ports: `allocateLoadBalancerNodePorts`
 /// and `loadBalancerClass` of a service that stops being a `LoadBalancer`, and the
 /// `externalTrafficPolicy` of one that stops being externally accessible, when the update
-/// kept them unchanged.
+/// kept them unchanged; `status.loadBalancer` of any service that is not a `LoadBalancer`.
 fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
     let was_lb = validation::type_of(old) == "LoadBalancer";
     let is_lb = validation::type_of(new) == "LoadBalancer";
@@ -756,6 +756,10 @@ fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
     }
     if was_external && !is_external {
         drop_same("externalTrafficPolicy");
+    }
+    // Only a load balancer has a load balancer status.
+    if !is_lb && let Some(status) = new.get_mut("status").and_then(Value::as_object_mut) {
+        status.insert("loadBalancer".into(), json!({}));
     }
 }
 

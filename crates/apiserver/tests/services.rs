@@ -304,7 +304,14 @@ async fn service_updates_are_validated_as_upstream() {
         causes(err),
         ["spec.loadBalancerClass: Invalid value: \"example.com/b\": may not change once set"]
     );
-    // Becoming ClusterIP drops what only a LoadBalancer has (unchanged fields).
+    // Becoming ClusterIP drops what only a LoadBalancer has (unchanged fields, its status).
+    svcs.patch_status(
+        "lb",
+        &PatchParams::default(),
+        &patch(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}})),
+    )
+    .await
+    .expect("load balancer status");
     let cip = svcs
         .patch(
             "lb",
@@ -324,6 +331,11 @@ async fn service_updates_are_validated_as_upstream() {
         (None, None, None)
     );
     assert!(spec.ports.expect("ports")[0].node_port.is_none());
+    let status = cip
+        .status
+        .and_then(|s| s.load_balancer)
+        .expect("load balancer status");
+    assert_eq!(status.ingress, None, "cleared");
     // ClusterIP → ExternalName with a cluster IP of its own is refused.
     let err = svcs
         .patch(
