@@ -466,14 +466,34 @@ fn service_spec(spec: &mut Map<String, Value>) {
     if ty != "ExternalName" {
         default(spec, "internalTrafficPolicy", json!("Cluster"));
     }
-    if ty == "NodePort" || ty == "LoadBalancer" {
+    // Externally accessible: node ports, a load balancer, or external IPs.
+    let external_ips = spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| !ips.is_empty());
+    if ty == "NodePort" || ty == "LoadBalancer" || (ty == "ClusterIP" && external_ips) {
         default(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     if ty == "LoadBalancer" {
         default(spec, "allocateLoadBalancerNodePorts", json!(true));
     }
+    let affinity_timeout = spec
+        .get("sessionAffinityConfig")
+        .and_then(|c| c.pointer("/clientIP/timeoutSeconds"))
+        .is_some_and(|t| !t.is_null());
+    if spec.get("sessionAffinity").and_then(Value::as_str) == Some("ClientIP") && !affinity_timeout
+    {
+        spec.insert(
+            "sessionAffinityConfig".into(),
+            json!({"clientIP": {"timeoutSeconds": 10800}}),
+        );
+    }
     for p in each(spec, "ports") {
         default(p, "protocol", json!("TCP"));
+        // Unset, 0 or "" (upstream's zero IntOrString) → the port.
+        if matches!(p.get("targetPort"), Some(t) if *t == json!(0) || *t == json!("")) {
+            p.remove("targetPort");
+        }
         if let Some(port) = p.get("port").cloned() {
             default(p, "targetPort", port);
         }

@@ -17,6 +17,10 @@ use crate::rest::object_meta_str as meta_str;
 use crate::server::AppState;
 use crate::status::{ApiError, Cause};
 
+mod validation;
+
+use validation::{needs_health_check, strings_of};
+
 /// Where allocated IPs are recorded.
 const IP_PREFIX: &str = "/registry/rk3s/serviceips/";
 /// Where allocated node ports are recorded.
@@ -85,70 +89,46 @@ fn wanted_ports(obj: &Value) -> Vec<(usize, Option<i64>)> {
         .collect()
 }
 
-/// The node ports a stored service holds (each once: TCP and UDP may share one).
+/// A `LoadBalancer` service's health-check node port (`externalTrafficPolicy: Local`).
+fn health_check_port(obj: &Value) -> Option<i64> {
+    needs_health_check(obj)
+        .then(|| {
+            obj.pointer("/spec/healthCheckNodePort")
+                .and_then(Value::as_i64)
+        })
+        .flatten()
+        .filter(|p| *p != 0)
+}
+
+/// The node ports a stored service holds (each once: TCP and UDP may share one), its
+/// health-check node port included.
 fn held_ports(obj: &Value) -> Vec<i64> {
     let mut held: Vec<i64> = wanted_ports(obj)
         .into_iter()
         .filter_map(|(_, p)| p)
+        .chain(health_check_port(obj))
         .collect();
     held.sort_unstable();
     held.dedup();
     held
 }
 
-/// Upstream's node port validation: none on a `ClusterIP` service, within the range, no
-/// node port twice for one protocol.
-fn check_node_ports(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
-    let name = meta_str(obj, "name");
-    let cluster_ip_type = obj
-        .pointer("/spec/type")
-        .and_then(Value::as_str)
-        .is_none_or(|t| t == "ClusterIP");
-    let mut causes = Vec::new();
-    let mut seen: Vec<(String, i64)> = Vec::new();
-    for (i, p) in ports_of(obj).iter().enumerate() {
-        let Some(port) = node_port_of(p) else {
-            continue;
-        };
-        let field = format!("spec.ports[{i}].nodePort");
-        if cluster_ip_type {
-            causes.push(Cause {
-                reason: "FieldValueForbidden",
-                message: "Forbidden: may not be used when `type` is 'ClusterIP'".into(),
-                field,
-            });
-            continue;
-        }
-        let protocol = p
-            .get("protocol")
-            .and_then(Value::as_str)
-            .unwrap_or("TCP")
-            .to_string();
-        if seen.contains(&(protocol.clone(), port)) {
-            causes.push(Cause {
-                reason: "FieldValueDuplicate",
-                message: format!("Duplicate value: {port}"),
-                field,
-            });
-        } else {
-            seen.push((protocol, port));
-        }
-    }
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(info, name, causes))
+/// The 500 upstream answers when the health-check node port asked for cannot be had (its
+/// allocator's error, wrapped as an internal error).
+fn health_check_error(port: i64, why: &str) -> ApiError {
+    let message = format!("failed to allocate requested HealthCheck NodePort {port}: {why}");
+    ApiError {
+        details: Some(json!({ "causes": [{ "message": message }] })),
+        ..ApiError::internal(&message)
     }
 }
 
+const PORT_TAKEN: &str = "provided port is already allocated";
+const PORT_OUT_OF_RANGE: &str =
+    "provided port is not in the valid range. The range of valid ports is 30000-32767";
+
 fn out_of_range(info: &ResourceInfo, name: &str, i: usize, port: i64) -> ApiError {
-    invalid_port(
-        info,
-        name,
-        i,
-        port,
-        "provided port is not in the valid range. The range of valid ports is 30000-32767",
-    )
+    invalid_port(info, name, i, port, PORT_OUT_OF_RANGE)
 }
 
 fn invalid_port(info: &ResourceInfo, name: &str, i: usize, port: i64, why: &str) -> ApiError {
@@ -243,12 +223,170 @@ fn held_ip(obj: &Value) -> Option<Ipv4Addr> {
         .and_then(|ip| ip.parse().ok())
 }
 
-/// Sets the allocated cluster IP and the single-stack IPv4 fields that go with it.
+/// Sets the allocated cluster IP, and the IPv4 family fields that go with it where
+/// [`init_ip_families`] has not set them.
 fn set_cluster_ip(spec: &mut serde_json::Map<String, Value>, ip: Ipv4Addr) {
     spec.insert("clusterIP".into(), json!(ip.to_string()));
     spec.insert("clusterIPs".into(), json!([ip.to_string()]));
-    spec.insert("ipFamilies".into(), json!(["IPv4"]));
-    spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
+    if spec
+        .get("ipFamilies")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        spec.insert("ipFamilies".into(), json!(["IPv4"]));
+    }
+    if spec.get("ipFamilyPolicy").is_none_or(Value::is_null) {
+        spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
+    }
+}
+
+/// Upstream's `normalizeClusterIPs` on create: a `clusterIP` without `clusterIPs` (an old
+/// client) fills `clusterIPs` in.
+fn normalize_cluster_ips_create(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let ip = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let ips_empty = spec
+        .get("clusterIPs")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    if !ip.is_empty() && ips_empty {
+        spec.insert("clusterIPs".into(), json!([ip]));
+    }
+}
+
+/// Upstream's `normalizeClusterIPs` on update: `clusterIPs` left out by an old client that
+/// kept `clusterIP` are taken from the stored service; a changed `clusterIP` with unchanged
+/// `clusterIPs` replaces them (for validation to refuse), a cleared one clears them.
+fn normalize_cluster_ips_update(old: &Value, new: &mut Value) {
+    let old_spec = old.get("spec").cloned().unwrap_or_default();
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let ip_of = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let (old_ip, new_ip) = (
+        ip_of(old_spec.get("clusterIP")),
+        ip_of(spec.get("clusterIP")),
+    );
+    let old_ips = strings_of(&old_spec, "clusterIPs").unwrap_or_default();
+    let new_ips = strings_of(&Value::Object(spec.clone()), "clusterIPs").unwrap_or_default();
+    if !old_ips.is_empty() && new_ips.is_empty() && old_ip == new_ip {
+        spec.insert("clusterIPs".into(), json!(old_ips));
+    }
+    let same_ips =
+        strings_of(&Value::Object(spec.clone()), "clusterIPs").unwrap_or_default() == old_ips;
+    if old_ip != new_ip && same_ips {
+        if !old_ip.is_empty() && new_ip.is_empty() {
+            spec.remove("clusterIPs");
+        } else {
+            spec.insert("clusterIPs".into(), json!([new_ip]));
+        }
+    }
+}
+
+/// Upstream's `initIPFamilyFields` for rk3s' single-stack IPv4 service CIDR: the policy
+/// inferred when left out (`RequireDualStack` for two IPs or families, else `SingleStack`),
+/// the IP fields checked (`ValidateServiceClusterIPsRelatedFields`), families inferred from
+/// the IPs asked for (`IPv6 is not configured on this cluster`), dual-stack and IPv6 refused
+/// (`this cluster is not configured for dual-stack services`, `not configured on this
+/// cluster`; headless services without a selector excepted, as upstream), `IPv4` by default.
+fn init_ip_families(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    if validation::type_of(obj) == "ExternalName" {
+        return Ok(());
+    }
+    let name = meta_str(obj, "name").to_string();
+    let headless_selectorless = validation::is_headless(obj)
+        && obj
+            .pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.is_empty());
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let ips = strings_of(&Value::Object(spec.clone()), "clusterIPs").unwrap_or_default();
+    let mut families = strings_of(&Value::Object(spec.clone()), "ipFamilies").unwrap_or_default();
+    if spec.get("ipFamilyPolicy").is_none_or(Value::is_null) {
+        let policy = if ips.len() == 2 || families.len() == 2 {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        };
+        spec.insert("ipFamilyPolicy".into(), json!(policy));
+    }
+    let causes = validation::cluster_ips_related(&json!({ "spec": spec.clone() }));
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, &name, causes));
+    }
+    let mut causes = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        if ip == "None" {
+            break;
+        }
+        let family = validation::family_of(ip);
+        if i >= families.len() {
+            if family == "IPv6" {
+                causes.push(validation::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    &validation::go_list("string", Some(&ips)),
+                    "IPv6 is not configured on this cluster",
+                ));
+            } else {
+                families.push(family.to_string());
+            }
+        }
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, &name, causes));
+    }
+    if !headless_selectorless {
+        if spec.get("ipFamilyPolicy").and_then(Value::as_str) == Some("RequireDualStack") {
+            causes.push(validation::invalid(
+                "spec.ipFamilyPolicy",
+                &validation::q("RequireDualStack"),
+                "this cluster is not configured for dual-stack services",
+            ));
+        }
+        for (i, family) in families.iter().enumerate() {
+            if family != "IPv4" {
+                causes.push(validation::invalid(
+                    format!("spec.ipFamilies[{i}]"),
+                    &validation::q(family),
+                    "not configured on this cluster",
+                ));
+            }
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(info, &name, causes));
+        }
+    }
+    if families.is_empty() {
+        families.push("IPv4".into());
+    }
+    spec.insert("ipFamilies".into(), json!(families));
+    Ok(())
+}
+
+/// What a new Service goes through before anything is allocated (also on dry runs): IP
+/// fields normalized and their families initialized, then upstream's `ValidateService`
+/// (a health-check node port still to be allocated counts as given).
+pub(crate) fn prepare_create(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    normalize_cluster_ips_create(obj);
+    init_ip_families(info, obj)?;
+    let mut checked = obj.clone();
+    if needs_health_check(&checked) && health_check_port(&checked).is_none() {
+        checked["spec"]["healthCheckNodePort"] = json!(*NODE_PORTS.start());
+    }
+    let causes = validation::validate(&checked);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(info, meta_str(obj, "name"), causes))
+    }
 }
 
 /// A requested cluster IP, checked: an IPv4 address in the service CIDR.
@@ -298,8 +436,8 @@ fn invalid_ip(info: &ResourceInfo, name: &str, ip: &str, why: &str) -> ApiError 
     )
 }
 
-/// Creates a Service at `key`, allocating its cluster IP and node ports in the same
-/// transaction.
+/// Creates a Service at `key` (checked by [`prepare_create`]), allocating its cluster IP,
+/// node ports and health-check node port in the same transaction.
 pub(crate) async fn create(
     state: &AppState,
     info: &ResourceInfo,
@@ -317,7 +455,6 @@ pub(crate) async fn create(
         Some(None) => Some(None),
         None => None,
     };
-    check_node_ports(info, obj)?;
     let requested_ports = wanted_ports(obj);
     for (i, p) in &requested_ports {
         if let Some(p) = p
@@ -326,21 +463,35 @@ pub(crate) async fn create(
             return Err(out_of_range(info, &name, *i, *p));
         }
     }
+    // The health-check node port: `Some(None)` to draw, `Some(Some(p))` asked for.
+    let requested_hc = needs_health_check(obj).then(|| health_check_port(obj));
+    if let Some(Some(p)) = requested_hc {
+        if !NODE_PORTS.contains(&p) {
+            return Err(health_check_error(p, PORT_OUT_OF_RANGE));
+        }
+        if requested_ports.iter().any(|(_, q)| *q == Some(p)) {
+            return Err(health_check_error(p, PORT_TAKEN));
+        }
+    }
     let all_requested = requested_ip.is_none_or(|ip| ip.is_some())
-        && requested_ports.iter().all(|(_, p)| p.is_some());
+        && requested_ports.iter().all(|(_, p)| p.is_some())
+        && requested_hc.is_none_or(|p| p.is_some());
     let attempts = if all_requested { 1 } else { 64 };
     for _ in 0..attempts {
         let ip = requested_ip.map(|r| r.unwrap_or_else(|| state.service_cidr.random()));
-        let asked: Vec<i64> = requested_ports.iter().filter_map(|(_, p)| *p).collect();
+        let mut asked: Vec<i64> = requested_ports.iter().filter_map(|(_, p)| *p).collect();
+        asked.extend(requested_hc.flatten());
         let drawn: Vec<(usize, i64)> = requested_ports
             .iter()
             .filter(|(_, p)| p.is_none())
             .map(|(i, _)| (*i, rand::random_range(NODE_PORTS)))
             .collect();
-        let mut distinct: Vec<i64> = drawn.iter().map(|(_, p)| *p).collect();
+        let drawn_hc = matches!(requested_hc, Some(None)).then(|| rand::random_range(NODE_PORTS));
+        let mut distinct: Vec<i64> = drawn.iter().map(|(_, p)| *p).chain(drawn_hc).collect();
+        let count = distinct.len();
         distinct.sort_unstable();
         distinct.dedup();
-        if distinct.len() != drawn.len() || distinct.iter().any(|p| asked.contains(p)) {
+        if distinct.len() != count || distinct.iter().any(|p| asked.contains(p)) {
             continue; // a random pick collided with another port of this service
         }
         let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
@@ -354,6 +505,9 @@ pub(crate) async fn create(
                         p["nodePort"] = json!(port);
                     }
                 }
+            }
+            if let Some(hc) = drawn_hc {
+                spec.insert("healthCheckNodePort".into(), json!(hc));
             }
         }
         let owner = format!("{}/{name}", meta_str(obj, "namespace")).into_bytes();
@@ -416,14 +570,13 @@ pub(crate) async fn create(
             if let Some(p) = p
                 && state.store.get(&port_key(*p), 0).await?.1.is_some()
             {
-                return Err(invalid_port(
-                    info,
-                    &name,
-                    *i,
-                    *p,
-                    "provided port is already allocated",
-                ));
+                return Err(invalid_port(info, &name, *i, *p, PORT_TAKEN));
             }
+        }
+        if let Some(Some(p)) = requested_hc
+            && state.store.get(&port_key(p), 0).await?.1.is_some()
+        {
+            return Err(health_check_error(p, PORT_TAKEN));
         }
     }
     Err(ApiError::internal(
@@ -485,6 +638,8 @@ pub(crate) struct Drawn {
     pub(crate) ports: Vec<usize>,
     /// Whether the cluster IP was drawn.
     pub(crate) ip: bool,
+    /// Whether the health-check node port was drawn.
+    pub(crate) health_check: bool,
 }
 
 /// The cluster IP on update, as upstream's service REST: a service that stops needing one
@@ -520,22 +675,8 @@ fn prepare_cluster_ip(
                 spec.remove("ipFamilyPolicy");
             }
         }
-        let set = |f: &str| {
-            spec.get(f).is_some_and(|v| {
-                !v.is_null() && v != "" && v.as_array().is_none_or(|a| !a.is_empty())
-            })
-        };
-        if set("clusterIP") || set("clusterIPs") {
-            return Err(ApiError::invalid(
-                info,
-                &name,
-                vec![Cause {
-                    reason: "FieldValueForbidden",
-                    message: "Forbidden: may not be set for ExternalName services".into(),
-                    field: "spec.clusterIPs".into(),
-                }],
-            ));
-        }
+        // Any other IP is refused by the validation (`may not be set for ExternalName
+        // services`).
         return Ok(false);
     }
     if needed {
@@ -558,15 +699,113 @@ fn prepare_cluster_ip(
 /// needing node ports loses the ones it kept unchanged (`dropTypeDependentFields`), then the
 /// validation; ports still without one get a random pick. Returns what was drawn at random
 /// (drawn again if the write finds it taken).
+///
+/// Before that the IP fields are normalized and their families initialized (see
+/// [`init_ip_families`]), and the type-dependent fields the service no longer uses and kept
+/// unchanged are dropped; after, the health-check node port (see [`prepare_health_check`]),
+/// then upstream's `ValidateServiceUpdate`.
 pub(crate) fn prepare_update(
     info: &ResourceInfo,
     cidr: &ServiceCidr,
     old: &Value,
     new: &mut Value,
 ) -> Result<Drawn, ApiError> {
+    normalize_cluster_ips_update(old, new);
     let ip = prepare_cluster_ip(info, cidr, old, new)?;
+    if needs_cluster_ip(new) {
+        init_ip_families(info, new)?;
+    }
+    drop_type_dependent_fields(old, new);
     let ports = prepare_node_ports(info, old, new)?;
-    Ok(Drawn { ports, ip })
+    let health_check = prepare_health_check(old, new)?;
+    let causes = validation::validate_update(old, new);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, meta_str(new, "name"), causes));
+    }
+    Ok(Drawn {
+        ports,
+        ip,
+        health_check,
+    })
+}
+
+/// Upstream's `dropTypeDependentFields` beyond IPs and node ports: `allocateLoadBalancerNodePorts`
+/// and `loadBalancerClass` of a service that stops being a `LoadBalancer`, and the
+/// `externalTrafficPolicy` of one that stops being externally accessible, when the update
+/// kept them unchanged; `status.loadBalancer` of any service that is not a `LoadBalancer`.
+fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
+    let was_lb = validation::type_of(old) == "LoadBalancer";
+    let is_lb = validation::type_of(new) == "LoadBalancer";
+    let was_external = validation::externally_accessible(old);
+    let is_external = validation::externally_accessible(new);
+    let old_spec = old.get("spec").cloned().unwrap_or_default();
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut drop_same = |field: &str| {
+        if spec
+            .get(field)
+            .is_some_and(|v| Some(v) == old_spec.get(field))
+        {
+            spec.remove(field);
+        }
+    };
+    if was_lb && !is_lb {
+        drop_same("allocateLoadBalancerNodePorts");
+        drop_same("loadBalancerClass");
+    }
+    if was_external && !is_external {
+        drop_same("externalTrafficPolicy");
+    }
+    // Only a load balancer has a load balancer status.
+    if !is_lb && let Some(status) = new.get_mut("status").and_then(Value::as_object_mut) {
+        status.insert("loadBalancer".into(), json!({}));
+    }
+}
+
+/// The health-check node port on update, as upstream's service REST: kept from the stored
+/// service when left out (`patchAllocatedValues`), dropped when no longer needed and unchanged
+/// (`dropTypeDependentFields`; released by [`update`]), and, for a service that starts
+/// needing one, the one asked for (in range, not one of its own node ports) or a random one,
+/// taken by [`update`]. Returns whether it was drawn.
+fn prepare_health_check(old: &Value, new: &mut Value) -> Result<bool, ApiError> {
+    let (needed, needs) = (needs_health_check(old), needs_health_check(new));
+    let port_of = |v: &Value| {
+        v.pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    let (old_port, new_port) = (port_of(old), port_of(new));
+    let own: Vec<i64> = ports_of(new).iter().filter_map(node_port_of).collect();
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(false);
+    };
+    if needed && needs && new_port == 0 && old_port != 0 {
+        spec.insert("healthCheckNodePort".into(), json!(old_port));
+    }
+    if needed && !needs && new_port == old_port {
+        spec.remove("healthCheckNodePort");
+    }
+    if needed || !needs {
+        return Ok(false);
+    }
+    if new_port == 0 {
+        let pick = loop {
+            let n = rand::random_range(NODE_PORTS);
+            if !own.contains(&n) {
+                break n;
+            }
+        };
+        spec.insert("healthCheckNodePort".into(), json!(pick));
+        return Ok(true);
+    }
+    if !NODE_PORTS.contains(&new_port) {
+        return Err(health_check_error(new_port, PORT_OUT_OF_RANGE));
+    }
+    if own.contains(&new_port) {
+        return Err(health_check_error(new_port, PORT_TAKEN));
+    }
+    Ok(false)
 }
 
 /// Node ports on update (see [`prepare_update`]); the indexes of the ports given a random one.
@@ -638,7 +877,6 @@ fn prepare_node_ports(
             }
         }
     }
-    check_node_ports(info, new)?;
     let name = meta_str(new, "name").to_string();
     for (i, p) in wanted_ports(new) {
         if let Some(p) = p.filter(|p| !old_numbers.contains(p) && !NODE_PORTS.contains(p)) {
@@ -660,6 +898,8 @@ pub(crate) enum UpdateOutcome {
     PortTaken(usize, i64),
     /// The cluster IP the update takes is held by another Service.
     IpTaken(Ipv4Addr),
+    /// The health-check node port the update takes is held by another Service.
+    HealthCheckTaken(i64),
 }
 
 /// Writes the updated Service guarded by `mod_revision`, taking the cluster IP and node ports
@@ -758,6 +998,9 @@ pub(crate) async fn update(
     }
     for p in &added {
         if state.store.get(&port_key(*p), 0).await?.1.is_some() {
+            if health_check_port(new) == Some(*p) {
+                return Ok(UpdateOutcome::HealthCheckTaken(*p));
+            }
             let index = ports_of(new)
                 .iter()
                 .position(|q| node_port_of(q) == Some(*p))
@@ -770,13 +1013,12 @@ pub(crate) async fn update(
 
 /// The 422 for a node port another Service holds.
 pub(crate) fn port_taken(info: &ResourceInfo, name: &str, index: usize, port: i64) -> ApiError {
-    invalid_port(
-        info,
-        name,
-        index,
-        port,
-        "provided port is already allocated",
-    )
+    invalid_port(info, name, index, port, PORT_TAKEN)
+}
+
+/// The 500 for a health-check node port another Service holds (upstream's).
+pub(crate) fn health_check_taken(port: i64) -> ApiError {
+    health_check_error(port, PORT_TAKEN)
 }
 
 /// The 422 for a cluster IP another Service holds.
@@ -789,50 +1031,38 @@ pub(crate) fn ip_taken(info: &ResourceInfo, name: &str, ip: Ipv4Addr) -> ApiErro
     )
 }
 
-/// On update of a service that keeps needing a cluster IP, the cluster IP is kept when the
-/// request leaves it out (upstream's `patchAllocatedValues`), and may not change (changes
-/// from or to `ExternalName` are [`prepare_update`]'s).
-pub(crate) fn keep_cluster_ip(
-    info: &ResourceInfo,
-    old: &Value,
-    new: &mut Value,
-) -> Result<(), ApiError> {
+/// On update of a service that keeps needing a cluster IP, the cluster IP fields are kept
+/// when the request leaves the cluster IP out (upstream's `patchAllocatedValues`); a changed
+/// one is refused by the validation ([`prepare_update`]: `may not change once set`).
+pub(crate) fn keep_cluster_ip(old: &Value, new: &mut Value) {
     if !needs_cluster_ip(old) || !needs_cluster_ip(new) {
-        return Ok(());
+        return;
     }
     let Some(old_spec) = old.get("spec") else {
-        return Ok(());
+        return;
     };
-    let old_ip = old_spec
+    if old_spec
         .get("clusterIP")
         .and_then(Value::as_str)
-        .unwrap_or("");
-    if old_ip.is_empty() {
-        return Ok(());
+        .unwrap_or("")
+        .is_empty()
+    {
+        return;
     }
-    let name = meta_str(old, "name").to_string();
     let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
-        return Ok(());
+        return;
     };
-    match spec.get("clusterIP").and_then(Value::as_str).unwrap_or("") {
-        "" => {
-            for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-                if let Some(v) = old_spec.get(f) {
-                    spec.insert(f.into(), v.clone());
-                }
+    if spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+    {
+        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if let Some(v) = old_spec.get(f) {
+                spec.insert(f.into(), v.clone());
             }
-            Ok(())
         }
-        ip if ip == old_ip => Ok(()),
-        ip => Err(ApiError::invalid(
-            info,
-            &name,
-            vec![Cause {
-                reason: "FieldValueInvalid",
-                message: format!("Invalid value: \"{ip}\": field is immutable"),
-                field: "spec.clusterIP".into(),
-            }],
-        )),
     }
 }
 

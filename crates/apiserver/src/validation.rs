@@ -88,6 +88,122 @@ pub(crate) fn validate_name(rule: NameRule, name: &str) -> Vec<String> {
     errs
 }
 
+/// Upstream's `IsDNS1123Label` / `IsDNS1123Subdomain` messages alone (no path-segment
+/// rule): for values that are not object names (port names, external names).
+pub(crate) fn dns_problems(rule: NameRule, value: &str) -> Vec<String> {
+    let mut errs = validate_name(rule, value);
+    let path = path_segment_problems(value);
+    errs.retain(|e| !path.contains(e));
+    errs
+}
+
+/// The regular expression of a qualified name's name part and of label values.
+const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Upstream's `IsQualifiedName` (label keys, `appProtocol`, `loadBalancerClass`): an optional
+/// DNS-1123 subdomain prefix and `/`, then a name of at most 63 characters.
+pub(crate) fn qualified_name_problems(value: &str) -> Vec<String> {
+    let regex = format!(
+        "must consist of alphanumeric characters, '-', '_' or '.', and must start and end \
+         with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex \
+         used for validation is '{QUALIFIED_NAME_FMT}')"
+    );
+    let mut errs = Vec::new();
+    let parts: Vec<&str> = value.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_string());
+            } else {
+                errs.extend(
+                    dns_problems(NameRule::Subdomain, prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
+            }
+            *name
+        }
+        _ => {
+            return vec![format!(
+                "a qualified name {regex} with an optional DNS subdomain prefix and '/' (e.g. \
+                 'example.com/MyName')"
+            )];
+        }
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".into());
+    } else if name.len() > LABEL_MAX {
+        errs.push(format!(
+            "name part must be no more than {LABEL_MAX} characters"
+        ));
+    }
+    if !is_qualified_name_part(name) {
+        errs.push(format!("name part {regex}"));
+    }
+    errs
+}
+
+/// Upstream's `IsValidLabelValue`.
+pub(crate) fn label_value_problems(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > LABEL_MAX {
+        errs.push(format!("must be no more than {LABEL_MAX} characters"));
+    }
+    if !value.is_empty() && !is_qualified_name_part(value) {
+        errs.push(format!(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', \
+             '_' or '.', and must start and end with an alphanumeric character \
+             (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is \
+             '({QUALIFIED_NAME_FMT})?')"
+        ));
+    }
+    errs
+}
+
+/// Upstream's `IsValidPortNum`.
+pub(crate) fn port_num_problems(port: i64) -> Vec<String> {
+    if (1..=65535).contains(&port) {
+        Vec::new()
+    } else {
+        vec!["must be between 1 and 65535, inclusive".into()]
+    }
+}
+
+/// Upstream's `IsValidPortName` (a named `targetPort`).
+pub(crate) fn port_name_problems(port: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if port.len() > 15 {
+        errs.push("must be no more than 15 characters".to_string());
+    }
+    if port.is_empty()
+        || !port
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into());
+    }
+    if !port.bytes().any(|c| c.is_ascii_lowercase()) {
+        errs.push("must contain at least one letter (a-z)".into());
+    }
+    if port.contains("--") {
+        errs.push("must not contain consecutive hyphens".into());
+    }
+    if port.starts_with('-') || port.ends_with('-') {
+        errs.push("must not begin or end with a hyphen".into());
+    }
+    errs
+}
+
 /// Names that cannot appear in a URL path (upstream `IsValidPathSegmentName`).
 fn path_segment_problems(name: &str) -> Vec<String> {
     if name == "." || name == ".." {

@@ -242,6 +242,40 @@ pub(crate) struct CachedEvent {
     pub(crate) object: Arc<CachedObject>,
     /// The state before this change, if the key existed.
     pub(crate) prev: Option<Arc<CachedObject>>,
+    /// This change's objects as the watches that decode them write them (a version served
+    /// by conversion, `as=Table`): encoded by the first watcher that needs one, shared by
+    /// the others.
+    pub(crate) encoded: Encoded,
+}
+
+/// Encodings of an event's objects, by what they depend on (see `rest::watch`).
+#[derive(Debug, Default)]
+pub(crate) struct Encoded(Mutex<Vec<(Box<str>, Bytes)>>);
+
+impl Encoded {
+    /// The encoding under `key`, made by `encode` if no watcher made it yet. The lock is held
+    /// while encoding, so each encoding is made once however many watchers ask at once.
+    pub(crate) fn get_or_encode(&self, key: &str, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let mut done = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, bytes)) = done.iter().find(|(k, _)| &**k == key) {
+            return bytes.clone();
+        }
+        let bytes = encode();
+        done.push((key.into(), bytes.clone()));
+        bytes
+    }
+
+    /// How many encodings were made.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
 }
 
 /// What a watcher receives, in revision order.
@@ -452,6 +486,7 @@ impl State {
                     kind: EventKind::Put,
                     object: obj,
                     prev,
+                    encoded: Encoded::default(),
                 }
             }
             EventKind::Delete => {
@@ -477,6 +512,7 @@ impl State {
                     kind: EventKind::Delete,
                     object: prev.at_revision(revision, &self.fields),
                     prev: Some(prev),
+                    encoded: Encoded::default(),
                 }
             }
         };

@@ -799,6 +799,126 @@ async fn finalizers_defer_deletion_until_removed() {
     assert_eq!(status.code, 404);
 }
 
+/// The update that removes the last finalizer of an object being deleted deletes it: a watch
+/// sees exactly one DELETED event (with the object's last stored state, at the deletion's
+/// resourceVersion), and no MODIFIED for that write, as upstream's `deleteWithoutFinalizers`;
+/// the client still gets the object it sent back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_finalizer_is_one_deleted_event() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    for (name, finalizers) in [
+        ("one", vec!["example.com/a"]),
+        ("two", vec!["example.com/a", "example.com/b"]),
+    ] {
+        let mut held = cm(name, &[("k", "v")]);
+        held.metadata.finalizers = Some(finalizers.into_iter().map(String::from).collect());
+        cms.create(&PostParams::default(), &held)
+            .await
+            .expect("create");
+        cms.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    let marked = cms.get("two").await.expect("marked");
+    let from = marked.metadata.resource_version.clone().expect("rv");
+    let mut events = cms
+        .watch(&WatchParams::default(), &from)
+        .await
+        .expect("watch")
+        .boxed();
+
+    // Removing one of two finalizers is an update (MODIFIED); removing the last, a delete.
+    let kept = cms
+        .patch(
+            "two",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": ["example.com/b"]}})),
+        )
+        .await
+        .expect("remove one finalizer");
+    assert!(kept.metadata.deletion_timestamp.is_some());
+    match events.try_next().await.expect("event") {
+        Some(WatchEvent::Modified(c)) => {
+            assert_eq!(c.metadata.name.as_deref(), Some("two"));
+            assert_eq!(
+                c.metadata.finalizers,
+                Some(vec!["example.com/b".to_string()])
+            );
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    let mut last = cms.get("two").await.expect("get");
+    last.metadata.finalizers = None;
+    let answered = cms
+        .replace("two", &PostParams::default(), &last)
+        .await
+        .expect("PUT without the last finalizer");
+    assert_eq!(answered.metadata.finalizers, None);
+    assert!(answered.metadata.deletion_timestamp.is_some());
+    let deleted_rv = match events.try_next().await.expect("event") {
+        Some(WatchEvent::Deleted(c)) => {
+            assert_eq!(c.metadata.name.as_deref(), Some("two"));
+            // The last state stored: the finalizer the delete found still there.
+            assert_eq!(
+                c.metadata.finalizers,
+                Some(vec!["example.com/b".to_string()])
+            );
+            c.metadata.resource_version.expect("rv")
+        }
+        other => panic!("expected DELETED and nothing before it, got {other:?}"),
+    };
+    assert!(
+        deleted_rv.parse::<i64>().expect("rv")
+            > kept
+                .metadata
+                .resource_version
+                .as_deref()
+                .expect("rv")
+                .parse::<i64>()
+                .expect("rv")
+    );
+    assert_eq!(api_error(cms.get("two").await.expect_err("gone")).code, 404);
+    // A JSON patch removing the only finalizer: the next event is its DELETED.
+    cms.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(serde_json::json!([
+                {"op": "remove", "path": "/metadata/finalizers"}
+            ]))
+            .expect("json patch"),
+        ),
+    )
+    .await
+    .expect("remove the finalizer");
+    match events.try_next().await.expect("event") {
+        Some(WatchEvent::Deleted(c)) => assert_eq!(c.metadata.name.as_deref(), Some("one")),
+        other => panic!("expected DELETED of one, got {other:?}"),
+    }
+    // A dry run removing it deletes nothing.
+    let mut dry = cm("dry", &[]);
+    dry.metadata.finalizers = Some(vec!["example.com/a".into()]);
+    cms.create(&PostParams::default(), &dry)
+        .await
+        .expect("create");
+    cms.delete("dry", &DeleteParams::default())
+        .await
+        .expect("delete");
+    cms.patch(
+        "dry",
+        &PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        },
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("dry run");
+    assert!(cms.get("dry").await.is_ok());
+}
+
 /// Response headers of a GET through curl, asking for gzip.
 async fn curl_headers(t: &TestServer, path: &str) -> String {
     let ca = t.dir.path().join("ca.crt");

@@ -925,6 +925,10 @@ pub(crate) async fn create_object_as(
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         check_namespace(state, info, ns, &name).await?;
     }
+    if is_service(info) {
+        // Upstream's `ValidateService`, dry runs included; allocation comes with the write.
+        crate::services::prepare_create(info, &mut obj)?;
+    }
     set_system_fields(info, &mut obj);
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         // Last, as upstream's validating admission: charges the namespace's quotas.
@@ -1260,6 +1264,31 @@ where
                 crate::quota::admit_update(state, info, &old, &new, dry_run).await?;
             }
         }
+        // The update that leaves an object being deleted without finalizers deletes it
+        // instead of being written (upstream's `shouldDeleteDuringUpdate`): watchers see one
+        // DELETED event, no MODIFIED first; the client gets the object it sent, as upstream.
+        if deletes_during_update(info, &old, &new) {
+            if dry_run {
+                return Ok(new);
+            }
+            let outcome = if is_service(info) {
+                // What the stored Service holds is released with it.
+                crate::services::delete(state, key, kv.mod_revision, &old).await?
+            } else {
+                state.store.delete(key, Some(kv.mod_revision)).await?
+            };
+            match outcome {
+                WriteOutcome::Written { revision } => {
+                    tracing::debug!(
+                        name,
+                        revision,
+                        "deleted by the update removing its last finalizer"
+                    );
+                    return Ok(new);
+                }
+                WriteOutcome::Conflict { .. } => continue,
+            }
+        }
         // An unchanged object is written anyway if it is stored with an old encryption key
         // (upstream's stale read: how `kubectl replace` re-encrypts).
         if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
@@ -1287,6 +1316,12 @@ where
                 crate::services::UpdateOutcome::IpTaken(ip) => {
                     return Err(crate::services::ip_taken(info, name, ip));
                 }
+                crate::services::UpdateOutcome::HealthCheckTaken(_) if drawn.health_check => {
+                    WriteOutcome::Conflict { current: None }
+                }
+                crate::services::UpdateOutcome::HealthCheckTaken(port) => {
+                    return Err(crate::services::health_check_taken(port));
+                }
             }
         } else {
             state.store.update(key, value, kv.mod_revision, 0).await?
@@ -1295,24 +1330,31 @@ where
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
                 tracing::debug!(name, revision, "updated");
-                // The last finalizer of an object being deleted is gone: delete it now (a
-                // Service releasing its cluster IP and node ports in the same transaction).
-                if !meta_str(&new, "deletionTimestamp").is_empty()
-                    && finalizers(&new).is_empty()
-                    && !(info.kind == "Namespace" && has_spec_finalizers(&new))
-                {
-                    if is_service(info) {
-                        let _ = crate::services::delete(state, key, revision, &new).await?;
-                    } else {
-                        let _ = state.store.delete(key, Some(revision)).await?;
-                    }
-                }
                 return Ok(new);
             }
             WriteOutcome::Conflict { .. } => continue,
         }
     }
     Err(ApiError::conflict(info, name))
+}
+
+/// Whether an update of `old` to `new` deletes the object instead (upstream's
+/// `shouldDeleteDuringUpdate`): `old` is being deleted, `new` has no finalizers — for a
+/// namespace, neither `metadata.finalizers` nor `spec.finalizers` — and no grace period holds
+/// it: a pod in its graceful termination is deleted by its kubelet's DELETE, not by a status
+/// write. Unlike upstream, the update removing a pod's last finalizer deletes it even within
+/// its grace period (rk3s' DELETE does not shorten a grace period already set, so a pod whose
+/// kubelet has deleted it with grace 0 would otherwise stay).
+fn deletes_during_update(info: &ResourceInfo, old: &Value, new: &Value) -> bool {
+    let grace = old
+        .get("metadata")
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    !meta_str(old, "deletionTimestamp").is_empty()
+        && finalizers(new).is_empty()
+        && (grace == 0 || !finalizers(old).is_empty())
+        && !(info.group.is_empty() && info.kind == "Namespace" && has_spec_finalizers(new))
 }
 
 /// A namespace's `spec.finalizers` (the namespace controller's `kubernetes`) are not empty.
@@ -1402,7 +1444,7 @@ pub(crate) fn merge_update(
         };
     }
     if is_service(info) {
-        crate::services::keep_cluster_ip(info, old, &mut new)?;
+        crate::services::keep_cluster_ip(old, &mut new);
     }
     // Upstream's strategies: a namespace's spec.finalizers change only through `/finalize`;
     // a CSR's spec never changes after create.

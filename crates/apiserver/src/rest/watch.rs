@@ -37,15 +37,58 @@ struct WatchSpec {
 impl WatchSpec {
     fn line(&self, kind: &str, obj: Value) -> Bytes {
         let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
+            self.object_json(obj)
+        } else {
+            Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+        };
+        wrap(kind, &object)
+    }
+
+    /// An object (served form) as this watch writes it: itself, or its Table.
+    fn object_json(&self, obj: Value) -> Bytes {
+        let object = if self.table {
             let rv = super::object::meta_str(&obj, "resourceVersion").to_string();
             to_table(&self.info, std::slice::from_ref(&obj), &rv, &self.query)
         } else {
             obj
         };
-        let mut bytes =
-            serde_json::to_vec(&json!({ "type": kind, "object": object })).unwrap_or_default();
-        bytes.push(b'\n');
-        Bytes::from(bytes)
+        Bytes::from(serde_json::to_vec(&object).unwrap_or_default())
+    }
+
+    /// What the encoding of an event's object for this watch depends on (`which`: the new
+    /// state or the previous one at the event's revision), when it decodes objects: the
+    /// served version and, for tables, `includeObject`. Tables of custom resources are not
+    /// shared (their columns come from the CRD snapshot the watch started with).
+    fn encoded_key(&self, which: &str) -> Option<String> {
+        if !(self.table || self.info.conversion.is_some())
+            || (self.table && self.info.custom.is_some())
+        {
+            return None;
+        }
+        let include = self.table.then(|| {
+            self.query
+                .get("includeObject")
+                .map_or("Metadata", String::as_str)
+        });
+        Some(format!(
+            "{which} {} {} {include:?}",
+            self.info.api_version(),
+            self.info.plural
+        ))
+    }
+
+    /// [`object_line`](Self::object_line) of an event's object, encoded once per event for
+    /// all the watches that decode it the same way.
+    fn event_object_line(&self, kind: &str, ev: &CachedEvent) -> Bytes {
+        match self.encoded_key("object") {
+            Some(key) => {
+                let object = ev
+                    .encoded
+                    .get_or_encode(&key, || self.object_json(self.served(ev.object.to_value())));
+                wrap(kind, &object)
+            }
+            None => self.object_line(kind, &ev.object),
+        }
     }
 
     /// A stored object as this watch serves it: a custom resource in the version it is
@@ -93,19 +136,37 @@ impl WatchSpec {
             EventKind::Put => {
                 let matches = self.selectors.matches(&*ev.object);
                 match (&ev.prev, prev_matches, matches) {
-                    (_, true, true) => Some(self.object_line("MODIFIED", &ev.object)),
-                    (_, false, true) => Some(self.object_line("ADDED", &ev.object)),
+                    (_, true, true) => Some(self.event_object_line("MODIFIED", ev)),
+                    (_, false, true) => Some(self.event_object_line("ADDED", ev)),
                     (Some(prev), true, false) => {
-                        let mut old = self.served(prev.to_value());
-                        set_resource_version(&mut old, ev.revision);
-                        Some(self.line("DELETED", old))
+                        let old = || {
+                            let mut old = self.served(prev.to_value());
+                            set_resource_version(&mut old, ev.revision);
+                            old
+                        };
+                        let object = match self.encoded_key("previous") {
+                            Some(key) => ev.encoded.get_or_encode(&key, || self.object_json(old())),
+                            None => self.object_json(old()),
+                        };
+                        Some(wrap("DELETED", &object))
                     }
                     _ => None,
                 }
             }
-            EventKind::Delete => prev_matches.then(|| self.object_line("DELETED", &ev.object)),
+            EventKind::Delete => prev_matches.then(|| self.event_object_line("DELETED", ev)),
         }
     }
+}
+
+/// A watch event line around an encoded object.
+fn wrap(kind: &str, object: &[u8]) -> Bytes {
+    let mut bytes = Vec::with_capacity(object.len() + 32);
+    bytes.extend_from_slice(b"{\"type\":\"");
+    bytes.extend_from_slice(kind.as_bytes());
+    bytes.extend_from_slice(b"\",\"object\":");
+    bytes.extend_from_slice(object);
+    bytes.extend_from_slice(b"}\n");
+    Bytes::from(bytes)
 }
 
 fn error_line(err: &ApiError) -> Bytes {
@@ -252,6 +313,7 @@ mod tests {
             kind: EventKind::Put,
             object: now,
             prev,
+            encoded: Default::default(),
         }
     }
 
@@ -305,6 +367,7 @@ mod tests {
             kind: EventKind::Delete,
             object: obj("a", web.clone(), 10),
             prev: Some(obj("a", web, 7)),
+            encoded: Default::default(),
         };
         assert_eq!(
             event_type(&spec, &del),
@@ -313,8 +376,91 @@ mod tests {
         let del_other = CachedEvent {
             object: obj("b", db.clone(), 11),
             prev: Some(obj("b", db, 8)),
+            encoded: Default::default(),
             ..del
         };
         assert_eq!(event_type(&spec, &del_other), None);
+    }
+
+    /// Watches that decode objects (tables, versions served by conversion) share one encoding
+    /// per event and (version, format); plain watches write the cached JSON and keep none.
+    #[test]
+    fn decoded_lines_are_encoded_once_per_event_and_format() {
+        let info = REGISTRY.find("", "v1", "configmaps").expect("cm");
+        let spec = |table: bool, include: Option<&str>| {
+            let mut q = Query::new();
+            if let Some(i) = include {
+                q.insert("includeObject".into(), i.into());
+            }
+            WatchSpec {
+                info: info.clone(),
+                selectors: Selectors::from_query(info, &q).expect("selector"),
+                table,
+                query: q,
+                bookmarks: false,
+            }
+        };
+        let ev = put(None, obj("a", json!({"app": "web"}), 5), 5);
+        let plain = spec(false, None);
+        let line = plain.convert(&ev).expect("line");
+        assert_eq!(ev.encoded.len(), 0);
+        let v: Value = serde_json::from_slice(&line).expect("json");
+        assert_eq!(
+            (v["type"].as_str(), v["object"]["kind"].as_str()),
+            (Some("ADDED"), Some("ConfigMap"))
+        );
+
+        let tables: Vec<WatchSpec> = (0..3).map(|_| spec(true, None)).collect();
+        let lines: Vec<Bytes> = tables.iter().filter_map(|s| s.convert(&ev)).collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| *l == lines[0]));
+        assert_eq!(
+            ev.encoded.len(),
+            1,
+            "one Table encoding for the three watches"
+        );
+        let v: Value = serde_json::from_slice(&lines[0]).expect("json");
+        assert_eq!(v["object"]["kind"], "Table");
+        assert_eq!(
+            v["object"]["rows"][0]["object"]["kind"],
+            "PartialObjectMetadata"
+        );
+        let full = spec(true, Some("Object")).convert(&ev).expect("line");
+        assert_eq!(
+            ev.encoded.len(),
+            2,
+            "includeObject=Object is another encoding"
+        );
+        let v: Value = serde_json::from_slice(&full).expect("json");
+        assert_eq!(v["object"]["rows"][0]["object"]["kind"], "ConfigMap");
+
+        // A version served by conversion: core Events through events.k8s.io/v1.
+        let events = REGISTRY
+            .find("events.k8s.io", "v1", "events")
+            .expect("events");
+        let converted = |_: usize| WatchSpec {
+            info: events.clone(),
+            selectors: Selectors::from_query(events, &Query::new()).expect("selector"),
+            table: false,
+            query: Query::new(),
+            bookmarks: false,
+        };
+        let core_event = CachedObject::new(
+            json!({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "e", "namespace": "default", "resourceVersion": "6"},
+                "involvedObject": {"kind": "Pod", "name": "p"}, "message": "hello",
+                "reason": "Started", "type": "Normal",
+            }),
+            &[],
+        );
+        let ev = put(None, core_event, 6);
+        let lines: Vec<Bytes> = (0..2).filter_map(|i| converted(i).convert(&ev)).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], lines[1]);
+        assert_eq!(ev.encoded.len(), 1);
+        let v: Value = serde_json::from_slice(&lines[0]).expect("json");
+        assert_eq!(v["object"]["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(v["object"]["note"], "hello");
     }
 }
