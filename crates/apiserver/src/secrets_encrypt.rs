@@ -195,8 +195,7 @@ pub fn status(path: &Path) -> Result<EncryptionState, SecretsEncryptError> {
     let mut config = EncryptionConfiguration::load(path)?;
     let mut state = EncryptionState {
         stage: read_stage(path),
-        // One server's view: other servers' configurations are not compared (see the
-        // ARCHITECTURE's gaps).
+        // This server's view; `SecretsEncryption::status` compares the shared records.
         hash_match: true,
         ..EncryptionState::default()
     };
