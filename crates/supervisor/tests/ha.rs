@@ -313,22 +313,21 @@ fn key_secrets(config: &str) -> Vec<String> {
     out
 }
 
-/// Two servers with `--secrets-encryption` on Postgres: the second adopts the first's key at
+/// Two servers with `--secrets-encryption` on `endpoint`: the second adopts the first's key at
 /// start; `rotate-keys` through server-a reaches server-b without a restart (its file, its
-/// status, its reads and writes); the database holds no secret value and no key in clear.
-#[test]
-fn secrets_encryption_is_shared_by_servers_on_postgres() {
+/// status, its reads and writes). `rows`, when given, reads every stored key and value: it must
+/// hold no secret value and no key in clear.
+fn shared_secrets_encryption(endpoint: &str, rows: Option<&dyn Fn() -> Vec<u8>>) {
     const VALUE: &str = "s3cr3t-value-xyz";
     const VALUE_B64: &str = "czNjcjN0LXZhbHVlLXh5eg==";
-    let endpoint = rk3s_datastore::testing::postgres_endpoint("se");
     let a = Setup::new("");
-    let (mut cmd, port_a) = server_cmd(&a, &endpoint, TOKEN, "server-a");
+    let (mut cmd, port_a) = server_cmd(&a, endpoint, TOKEN, "server-a");
     cmd.arg("--secrets-encryption");
     let (server_a, _) = Server::start(cmd);
     let token = std::fs::read_to_string(a.data_dir().join("server/token")).expect("token file");
     let token = token.trim();
     let b = Setup::new("");
-    let (mut cmd, port_b) = server_cmd(&b, &endpoint, token, "server-b");
+    let (mut cmd, port_b) = server_cmd(&b, endpoint, token, "server-b");
     cmd.arg("--secrets-encryption");
     let (server_b, _) = Server::start(cmd);
     let config = |s: &Setup| {
@@ -395,7 +394,11 @@ fn secrets_encryption_is_shared_by_servers_on_postgres() {
     assert_eq!(get(&a, "s2"), VALUE_B64);
 
     // The database: no secret value and no key, old or new, in clear.
-    let rows = postgres_rows(&endpoint);
+    let Some(rows) = rows else {
+        stop_all(vec![(a, server_a), (b, server_b)]);
+        return;
+    };
+    let rows = rows();
     assert!(contains(&rows, "/registry/secrets/default/s2"), "rows read");
     assert!(!contains(&rows, VALUE) && !contains(&rows, VALUE_B64));
     for secret in key_secrets(&first).iter().chain(&key_secrets(&rotated)) {
@@ -407,4 +410,21 @@ fn secrets_encryption_is_shared_by_servers_on_postgres() {
     );
 
     stop_all(vec![(a, server_a), (b, server_b)]);
+}
+
+#[test]
+fn secrets_encryption_is_shared_by_servers_on_postgres() {
+    let endpoint = rk3s_datastore::testing::postgres_endpoint("se");
+    shared_secrets_encryption(&endpoint, Some(&|| postgres_rows(&endpoint)));
+}
+
+#[test]
+fn secrets_encryption_is_shared_by_servers_on_mysql() {
+    shared_secrets_encryption(&rk3s_datastore::testing::mysql_endpoint("se"), None);
+}
+
+#[test]
+fn secrets_encryption_is_shared_by_servers_on_etcd() {
+    let etcd = rk3s_datastore::testing::EtcdProcess::start().expect("etcd starts");
+    shared_secrets_encryption(&etcd.endpoint, None);
 }
