@@ -182,7 +182,7 @@ async fn encrypt(
     match (what.as_str(), &method) {
         ("status", &Method::GET) => {
             let status = match enc {
-                Some(enc) => match enc.status() {
+                Some(enc) => match enc.status(&state.store).await {
                     Ok(s) => s,
                     Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },

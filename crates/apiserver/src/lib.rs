@@ -45,6 +45,7 @@ mod quantity;
 mod quota;
 mod registry;
 mod rest;
+pub mod sealed;
 pub mod secrets_encrypt;
 mod selectors;
 mod server;

@@ -18,6 +18,11 @@
 //! and goes back to `start`); `rotate-keys` does the three in one request and answers when
 //! done. `force` skips the stage checks. `enable`/`disable` put the AES-CBC provider or
 //! `identity` first and rewrite every Secret.
+//!
+//! Servers of one datastore share the configuration ([`SharedEncryption`], set by `rk3s
+//! server` from its token): it is kept in the datastore sealed with the token, a change made
+//! through one server reaches the others' files and transformers through a watch, and a
+//! re-encryption waits until every live server has loaded the new keys (`shared`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +34,11 @@ use crate::encryption::{
     Transformer, new_aescbc_key,
 };
 use crate::storage::Store;
+
+mod shared;
+
+pub(crate) use shared::Shared;
+pub use shared::SharedEncryption;
 
 /// Stage names, as K3s'.
 pub const STAGE_START: &str = "start";
@@ -106,6 +116,9 @@ pub enum SecretsEncryptError {
     },
     #[error("re-encrypting: {0}")]
     Reencrypt(String),
+    /// The configuration shared through the datastore cannot be read or written.
+    #[error("secrets encryption configuration in the datastore: {0}")]
+    Shared(String),
 }
 
 fn refused(msg: impl Into<String>) -> SecretsEncryptError {
@@ -150,12 +163,15 @@ fn write_private(path: &Path, contents: &str) -> Result<(), SecretsEncryptError>
     std::fs::rename(&tmp, path).map_err(file_err(path))
 }
 
-fn write_config(path: &Path, config: &EncryptionConfiguration) -> Result<(), SecretsEncryptError> {
+pub(crate) fn write_config(
+    path: &Path,
+    config: &EncryptionConfiguration,
+) -> Result<(), SecretsEncryptError> {
     config.validate()?;
     write_private(path, &config.to_json())
 }
 
-fn write_stage(path: &Path, stage: &str) -> Result<(), SecretsEncryptError> {
+pub(crate) fn write_stage(path: &Path, stage: &str) -> Result<(), SecretsEncryptError> {
     write_private(
         &state_path(path),
         &format!("{}\n", serde_json::json!({ "stage": stage })),
@@ -179,8 +195,7 @@ pub fn status(path: &Path) -> Result<EncryptionState, SecretsEncryptError> {
     let mut config = EncryptionConfiguration::load(path)?;
     let mut state = EncryptionState {
         stage: read_stage(path),
-        // One server's view: other servers' configurations are not compared (see the
-        // ARCHITECTURE's gaps).
+        // This server's view; `SecretsEncryption::status` compares the shared records.
         hash_match: true,
         ..EncryptionState::default()
     };
@@ -323,18 +338,33 @@ pub(crate) struct SecretsEncryption {
     path: PathBuf,
     /// One operation at a time (a background re-encryption holds it until done).
     busy: Arc<tokio::sync::Mutex<()>>,
+    /// The configuration shared with the other servers of the datastore, if any.
+    shared: Option<Arc<Shared>>,
 }
 
 impl SecretsEncryption {
-    pub(crate) fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf, shared: Option<Arc<Shared>>) -> Self {
         SecretsEncryption {
             path,
             busy: Arc::default(),
+            shared,
         }
     }
 
-    pub(crate) fn status(&self) -> Result<EncryptionState, SecretsEncryptError> {
-        status(&self.path)
+    /// This server's status; shared, whether every live server has loaded the same
+    /// configuration (K3s' "Server Encryption Hashes").
+    pub(crate) async fn status(
+        &self,
+        store: &Store,
+    ) -> Result<EncryptionState, SecretsEncryptError> {
+        let mut state = status(&self.path)?;
+        if let (Some(shared), Some(_)) = (&self.shared, state.enable)
+            && let Err(msg) = shared.hashes_match(store.raw()).await?
+        {
+            state.hash_match = false;
+            state.hash_error = msg;
+        }
+        Ok(state)
     }
 
     /// Applies a request; `Ok` once the configuration is written and loaded (for `reencrypt`,
@@ -355,6 +385,10 @@ impl SecretsEncryption {
                 self.path.display()
             )));
         }
+        let shared = self.shared.clone();
+        if let Some(shared) = &shared {
+            shared.sync(store, &self.path).await?;
+        }
         let mut enc = EncryptionConfiguration::load(&self.path)?;
         let stage = read_stage(&self.path);
         let expect = |allowed: &[&str]| {
@@ -367,24 +401,29 @@ impl SecretsEncryption {
                 )))
             }
         };
+        let ctx = Ctx {
+            path: self.path.clone(),
+            store: store.clone(),
+            shared,
+        };
         match (req.stage.as_deref(), req.enable) {
             (Some(STAGE_PREPARE), _) => {
                 expect(&[STAGE_START, STAGE_REENCRYPT_FINISHED])?;
                 add_key(&mut enc, false)?;
-                self.save(store, &enc, STAGE_PREPARE)?;
+                ctx.save(&enc, STAGE_PREPARE).await?;
             }
             (Some(STAGE_ROTATE), _) => {
                 expect(&[STAGE_PREPARE])?;
                 rotate(&mut enc)?;
-                self.save(store, &enc, STAGE_ROTATE)?;
+                ctx.save(&enc, STAGE_ROTATE).await?;
             }
             (Some(STAGE_REENCRYPT_ACTIVE), _) => {
                 expect(&[STAGE_ROTATE])?;
-                write_stage(&self.path, STAGE_REENCRYPT_ACTIVE)?;
-                let (path, store, skip) = (self.path.clone(), store.clone(), req.skip);
+                ctx.save(&enc, STAGE_REENCRYPT_ACTIVE).await?;
+                let skip = req.skip;
                 tokio::spawn(async move {
                     let _guard = guard;
-                    if let Err(e) = reencrypt_and_finish(&path, &store, enc, !skip).await {
+                    if let Err(e) = ctx.reencrypt_and_finish(enc, !skip).await {
                         tracing::error!(error = %e, "secrets re-encryption failed");
                     }
                 });
@@ -392,9 +431,8 @@ impl SecretsEncryption {
             (Some(STAGE_ROTATE_KEYS), _) => {
                 expect(&[STAGE_START, STAGE_REENCRYPT_FINISHED])?;
                 add_key(&mut enc, true)?;
-                write_stage(&self.path, STAGE_REENCRYPT_ACTIVE)?;
-                self.save(store, &enc, STAGE_REENCRYPT_ACTIVE)?;
-                reencrypt_and_finish(&self.path, store, enc, true).await?;
+                ctx.save(&enc, STAGE_REENCRYPT_ACTIVE).await?;
+                ctx.reencrypt_and_finish(enc, true).await?;
             }
             (Some(other), _) => return Err(refused(format!("unknown stage {other} requested"))),
             (None, Some(enable)) => {
@@ -404,68 +442,83 @@ impl SecretsEncryption {
                     return Ok(());
                 }
                 put_first(&mut enc, enable)?;
-                self.save(store, &enc, &stage)?;
-                reencrypt_and_finish(&self.path, store, enc, false).await?;
+                ctx.save(&enc, &stage).await?;
+                ctx.reencrypt_and_finish(enc, false).await?;
             }
             (None, None) => return Err(refused("the request names neither a stage nor enable")),
         }
         Ok(())
     }
+}
 
-    /// Writes the configuration and stage, then loads it into the running apiserver.
-    fn save(
+/// What one operation works on.
+struct Ctx {
+    path: PathBuf,
+    store: Store,
+    shared: Option<Arc<Shared>>,
+}
+
+impl Ctx {
+    /// Publishes the configuration and stage to the other servers (if shared), writes them
+    /// here, then loads them into the running apiserver.
+    async fn save(
         &self,
-        store: &Store,
         enc: &EncryptionConfiguration,
         stage: &str,
     ) -> Result<(), SecretsEncryptError> {
-        save(&self.path, store, enc, stage)
+        let transformer = Transformer::new(enc)?;
+        if let Some(shared) = &self.shared {
+            shared.publish(self.store.raw(), enc, stage).await?;
+        }
+        write_config(&self.path, enc)?;
+        write_stage(&self.path, stage)?;
+        self.store.transformer().replace(transformer);
+        if let Some(shared) = &self.shared {
+            shared.report(self.store.raw(), &enc.hash()).await;
+        }
+        tracing::info!(stage, hash = %enc.hash(), "secrets encryption configuration reloaded");
+        Ok(())
     }
-}
 
-fn save(
-    path: &Path,
-    store: &Store,
-    enc: &EncryptionConfiguration,
-    stage: &str,
-) -> Result<(), SecretsEncryptError> {
-    let transformer = Transformer::new(enc)?;
-    write_config(path, enc)?;
-    write_stage(path, stage)?;
-    store.transformer().replace(transformer);
-    tracing::info!(stage, hash = %enc.hash(), "secrets encryption configuration reloaded");
-    Ok(())
-}
-
-/// Rewrites every stale value with the active key (twice: a write that took the previous
-/// transformer just before the reload is caught by the second pass), then, with `drop_old`,
-/// drops the inactive keys; stage `reencrypt_finished` (or `start` when keys are kept after a
-/// `skip`).
-async fn reencrypt_and_finish(
-    path: &Path,
-    store: &Store,
-    mut enc: EncryptionConfiguration,
-    drop_old: bool,
-) -> Result<(), SecretsEncryptError> {
-    let transformer = store.transformer().current();
-    let mut rewritten = 0;
-    for _ in 0..2 {
-        let done = crate::storage::reencrypt(store.raw(), &transformer)
-            .await
-            .map_err(|e| SecretsEncryptError::Reencrypt(e.to_string()))?;
-        rewritten += done.rewritten;
+    /// Shared: waits until every live server has loaded `enc`.
+    async fn converge(&self, enc: &EncryptionConfiguration) -> Result<(), SecretsEncryptError> {
+        match &self.shared {
+            Some(shared) => shared.converge(self.store.raw(), &enc.hash()).await,
+            None => Ok(()),
+        }
     }
-    tracing::info!(rewritten, "secrets re-encrypted with the active key");
-    if drop_old {
-        drop_inactive_keys(&mut enc);
-        save(path, store, &enc, STAGE_REENCRYPT_FINISHED)
-    } else {
-        let stage = if read_stage(path) == STAGE_REENCRYPT_ACTIVE {
-            STAGE_START
+
+    /// Rewrites every stale value with the active key (twice: a write that took the previous
+    /// transformer just before the reload is caught by the second pass), then, with
+    /// `drop_old`, drops the inactive keys; stage `reencrypt_finished` (or `start` when keys
+    /// are kept after a `skip`). Shared: nothing is rewritten before every live server writes
+    /// with the active key and can read it.
+    async fn reencrypt_and_finish(
+        &self,
+        mut enc: EncryptionConfiguration,
+        drop_old: bool,
+    ) -> Result<(), SecretsEncryptError> {
+        self.converge(&enc).await?;
+        let transformer = self.store.transformer().current();
+        let mut rewritten = 0;
+        for _ in 0..2 {
+            let done = crate::storage::reencrypt(self.store.raw(), &transformer)
+                .await
+                .map_err(|e| SecretsEncryptError::Reencrypt(e.to_string()))?;
+            rewritten += done.rewritten;
+        }
+        tracing::info!(rewritten, "secrets re-encrypted with the active key");
+        if drop_old {
+            drop_inactive_keys(&mut enc);
+            self.save(&enc, STAGE_REENCRYPT_FINISHED).await
         } else {
-            STAGE_REENCRYPT_FINISHED
-        };
-        save(path, store, &enc, stage)
+            let stage = if read_stage(&self.path) == STAGE_REENCRYPT_ACTIVE {
+                STAGE_START
+            } else {
+                STAGE_REENCRYPT_FINISHED
+            };
+            self.save(&enc, stage).await
+        }
     }
 }
 

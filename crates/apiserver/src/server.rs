@@ -158,6 +158,7 @@ pub struct Apiserver {
     agent_token: Option<crate::JoinToken>,
     encryption: Arc<crate::encryption::Transformer>,
     encryption_file: Option<std::path::PathBuf>,
+    shared_encryption: Option<crate::secrets_encrypt::SharedEncryption>,
     audit: Option<Arc<crate::audit::Audit>>,
     proxy_loopback: bool,
 }
@@ -190,6 +191,7 @@ impl Apiserver {
             agent_token: None,
             encryption: Arc::default(),
             encryption_file: None,
+            shared_encryption: None,
             audit: None,
             proxy_loopback: false,
         }
@@ -227,6 +229,16 @@ impl Apiserver {
         self.encryption = Arc::new(transformer);
         self.encryption_file = Some(path);
         Ok(self)
+    }
+
+    /// Share the [`encryption_config_file`](Apiserver::encryption_config_file)'s configuration
+    /// with the other servers of the datastore, sealed with their common token (K3s' bootstrap
+    /// data): at start the datastore's copy wins over the file, and a change made through any
+    /// server reaches this one's file and transformer while it serves
+    /// ([`crate::secrets_encrypt`]). Without a configuration file this does nothing.
+    pub fn shared_encryption(mut self, shared: crate::secrets_encrypt::SharedEncryption) -> Self {
+        self.shared_encryption = Some(shared);
+        self
     }
 
     /// Also accept this agent token (`--agent-token`) on the join endpoints, for agents only
@@ -272,9 +284,26 @@ impl Apiserver {
                 ..PkiOptions::default()
             })?,
         };
+        let mut encryption = self.encryption;
+        let shared = match (&self.encryption_file, self.shared_encryption) {
+            (Some(path), Some(settings)) => {
+                let shared = Arc::new(crate::secrets_encrypt::Shared::new(settings));
+                let (config, revision) = shared
+                    .start(&self.store, path)
+                    .await
+                    .map_err(|e| Error::Encryption(e.to_string()))?;
+                encryption = Arc::new(
+                    crate::Transformer::new(&config)
+                        .map_err(|e| Error::Encryption(e.to_string()))?,
+                );
+                shared.report(&self.store, &config.hash()).await;
+                Some((shared, revision))
+            }
+            _ => None,
+        };
         let store = crate::storage::Store::new(
             self.store,
-            crate::storage::SharedTransformer::new(self.encryption),
+            crate::storage::SharedTransformer::new(encryption),
         );
         let acceptor = TlsAcceptor::from(pki.server_config()?);
         let proxy_issuer = Arc::new(pki.request_header_subject());
@@ -310,9 +339,12 @@ impl Apiserver {
                 pki: pki.clone(),
                 token: self.join_token,
                 agent_token: self.agent_token,
-                encryption: self
-                    .encryption_file
-                    .map(crate::secrets_encrypt::SecretsEncryption::new),
+                encryption: self.encryption_file.clone().map(|path| {
+                    crate::secrets_encrypt::SecretsEncryption::new(
+                        path,
+                        shared.as_ref().map(|(s, _)| s.clone()),
+                    )
+                }),
             }),
             proxy_loopback: self.proxy_loopback,
             bootstrapped: Arc::new(AtomicBool::new(false)),
@@ -323,6 +355,9 @@ impl Apiserver {
             .await
             .map_err(|e| Error::Bootstrap(e.message))?;
         crate::crd::spawn(state.clone());
+        if let (Some((shared, revision)), Some(path)) = (shared, self.encryption_file) {
+            shared.spawn(state.store.clone(), path, revision, shutdown_rx.clone());
+        }
         state.bootstrapped.store(true, Ordering::Release);
         tracing::info!(%addr, "apiserver listening");
         let app = router(state);

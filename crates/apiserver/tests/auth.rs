@@ -1197,6 +1197,91 @@ async fn legacy_secret_tokens_are_checked() {
     assert_eq!(get_with_token(&t, &token3, "/apis").await.0, 401);
 }
 
+/// Upstream's warning on requests authenticated with an auto-generated legacy token (one its
+/// service account lists in `secrets`), on allowed and forbidden answers alike, and none for a
+/// manually created token Secret; the last-used label is owned in managedFields by
+/// `kube-apiserver` (an `Update`), as upstream's merge patch through its loopback client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_generated_legacy_tokens_are_warned_about() {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    const WARNING: &str = "warning: 299 - \"Use tokens from the TokenRequest API or manually created secret-based tokens instead of auto-generated secret-based tokens.\"";
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let sa = sas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({ "metadata": { "name": "bot" } }))
+                .expect("sa"),
+        )
+        .await
+        .expect("sa created");
+    let sa_uid = sa.metadata.uid.clone().expect("uid");
+    let key = t.server.pki().service_account_key_pem.clone();
+    let token = legacy_token(&key, "bot", &sa_uid, "bot-token");
+    client
+        .request::<serde_json::Value>(http_post(
+            "/api/v1/namespaces/default/secrets",
+            &token_secret("bot-token", Some("bot"), &token),
+        ))
+        .await
+        .expect("token Secret created");
+    // The answer's headers (curl -D -) in lower case, whatever the HTTP version.
+    let headers = |path: &'static str| {
+        let auth = format!("Authorization: Bearer {token}");
+        let t = &t;
+        async move {
+            let (code, text) = curl(t, "GET", path, &["-H", &auth, "-D", "-"]).await;
+            (code, text.to_ascii_lowercase())
+        }
+    };
+    let warned = |text: &str| {
+        text.lines()
+            .any(|l| l.trim() == WARNING.to_ascii_lowercase())
+    };
+
+    // Manually created (the service account does not list it): no warning.
+    let (code, text) = headers("/apis").await;
+    assert_eq!(code, 200, "{text}");
+    assert!(!warned(&text), "{text}");
+
+    // Auto-generated (listed by the service account): warned, allowed or not.
+    sas.patch(
+        "bot",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "secrets": [{ "name": "bot-token" }] })),
+    )
+    .await
+    .expect("sa lists the token");
+    let (code, text) = headers("/apis").await;
+    assert_eq!(code, 200, "{text}");
+    assert!(warned(&text), "{text}");
+    let (code, text) = headers("/api/v1/namespaces/kube-system/secrets").await;
+    assert_eq!(code, 403, "{text}");
+    assert!(warned(&text), "{text}");
+
+    // The last-used label, owned by kube-apiserver through an Update.
+    let s = secrets.get("bot-token").await.expect("secret");
+    let entry = s
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.manager.as_deref() == Some("kube-apiserver"))
+        .expect("an entry of kube-apiserver");
+    assert_eq!(entry.operation.as_deref(), Some("Update"));
+    assert_eq!(entry.api_version.as_deref(), Some("v1"));
+    let fields = serde_json::to_value(entry.fields_v1.expect("fieldsV1")).expect("json");
+    assert_eq!(
+        fields,
+        // The Secret had no labels: the map is this manager's too (".").
+        serde_json::json!({ "f:metadata": { "f:labels": { ".": {},
+            "f:kubernetes.io/legacy-token-last-used": {} } } }),
+    );
+}
+
 /// OIDC discovery (`/.well-known/openid-configuration`, `/openid/v1/jwks`) for
 /// `system:service-account-issuer-discovery`, a real token verified with the published key;
 /// and the TokenRequest rules for pod-bound tokens.

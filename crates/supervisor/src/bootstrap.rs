@@ -5,18 +5,16 @@
 //! `<data-dir>/server/tls` before it loads the PKI, so every server trusts and issues from the
 //! same CAs (its own serving and client certificates are then issued from them).
 //!
-//! Encryption: PBKDF2-HMAC-SHA256 (a random 16-byte salt, [`ITERATIONS`]) derives an AES-256-GCM
-//! key from the token; the stored value is `rk3s-bootstrap-v1` | salt | nonce | ciphertext+tag
-//! of a JSON map file name → contents. The key name is the first 12 hex digits of the token's
+//! Encryption ([`rk3s_apiserver::sealed`]): PBKDF2-HMAC-SHA256 (a random 16-byte salt) derives
+//! an AES-256-GCM key from the token; the stored value is `rk3s-bootstrap-v1` | salt | nonce |
+//! ciphertext+tag of a JSON map file name → contents. The key name is the first 12 hex digits of the token's
 //! SHA-256, so a server with another token finds another key (and is refused: the datastore
 //! holds bootstrap data it cannot read).
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom as _, SystemRandom};
+use rk3s_apiserver::sealed::SealError;
 use rk3s_datastore::{ListOptions, Store, WriteOutcome};
 
 /// The files shared between servers (the CAs and the service-account signing key); the leaves
@@ -34,9 +32,6 @@ pub const SHARED_FILES: &[&str] = &[
 /// Datastore keys of bootstrap data start with this.
 pub const PREFIX: &str = "/bootstrap/";
 const MAGIC: &[u8] = b"rk3s-bootstrap-v1";
-const SALT_LEN: usize = 16;
-/// PBKDF2 rounds.
-pub const ITERATIONS: u32 = 100_000;
 
 /// Why the shared CA material could not be read, stored or used.
 #[derive(Debug, thiserror::Error)]
@@ -172,40 +167,9 @@ fn write_files(tls_dir: &Path, files: &BTreeMap<String, String>) -> Result<(), B
     Ok(())
 }
 
-fn derive_key(token: &str, salt: &[u8]) -> Result<LessSafeKey, BootstrapError> {
-    let mut secret = [0u8; 32];
-    let rounds = NonZeroU32::new(ITERATIONS).ok_or(BootstrapError::Encrypt)?;
-    ring::pbkdf2::derive(
-        ring::pbkdf2::PBKDF2_HMAC_SHA256,
-        rounds,
-        salt,
-        token.as_bytes(),
-        &mut secret,
-    );
-    let key = UnboundKey::new(&AES_256_GCM, &secret).map_err(|_| BootstrapError::Encrypt)?;
-    Ok(LessSafeKey::new(key))
-}
-
 fn encrypt(token: &str, files: &BTreeMap<String, String>) -> Result<Vec<u8>, BootstrapError> {
-    let rng = SystemRandom::new();
-    let mut salt = [0u8; SALT_LEN];
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut salt).map_err(|_| BootstrapError::Encrypt)?;
-    rng.fill(&mut nonce).map_err(|_| BootstrapError::Encrypt)?;
-    let mut data = serde_json::to_vec(files).map_err(|_| BootstrapError::Encrypt)?;
-    derive_key(token, &salt)?
-        .seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(MAGIC),
-            &mut data,
-        )
-        .map_err(|_| BootstrapError::Encrypt)?;
-    let mut out = Vec::with_capacity(MAGIC.len() + SALT_LEN + NONCE_LEN + data.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&salt);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&data);
-    Ok(out)
+    let data = serde_json::to_vec(files).map_err(|_| BootstrapError::Encrypt)?;
+    rk3s_apiserver::sealed::seal(MAGIC, token, &data).map_err(|_| BootstrapError::Encrypt)
 }
 
 fn decrypt(
@@ -217,22 +181,14 @@ fn decrypt(
         key: key.to_string(),
         reason: reason.to_string(),
     };
-    let rest = value
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| malformed("not rk3s bootstrap data"))?;
-    if rest.len() < SALT_LEN + NONCE_LEN {
-        return Err(malformed("too short"));
-    }
-    let (salt, rest) = rest.split_at(SALT_LEN);
-    let (nonce, sealed) = rest.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| malformed("bad nonce"))?;
-    let mut sealed = sealed.to_vec();
-    let plain = derive_key(token, salt)?
-        .open_in_place(nonce, Aad::from(MAGIC), &mut sealed)
-        .map_err(|_| BootstrapError::Decrypt {
+    let plain = rk3s_apiserver::sealed::open(MAGIC, token, value).map_err(|e| match e {
+        SealError::Decrypt => BootstrapError::Decrypt {
             key: key.to_string(),
-        })?;
-    serde_json::from_slice(plain).map_err(|e| malformed(&e.to_string()))
+        },
+        SealError::Malformed(reason) => malformed(reason),
+        SealError::Encrypt => BootstrapError::Encrypt,
+    })?;
+    serde_json::from_slice(&plain).map_err(|e| malformed(&e.to_string()))
 }
 
 #[cfg(test)]

@@ -200,10 +200,18 @@ async fn run_with_store(
     if let Some(addr) = config.datastore_listen {
         components.push(etcd_endpoint(store.clone(), addr));
     }
+    // `--secrets-encryption`: the configuration is shared with the other servers of the
+    // datastore, sealed with the token, next to the CAs' bootstrap data.
+    let shared_encryption = rk3s_apiserver::secrets_encrypt::SharedEncryption {
+        key: format!("{}/secrets-encryption", bootstrap::key(&token.password)),
+        secret: token.password.clone(),
+        server: node_name(config),
+    };
     components.push(apiserver(ApiserverSettings {
         store,
         pki,
         token,
+        shared_encryption,
         agent_token,
         encryption,
         extra,
@@ -297,12 +305,16 @@ fn encryption(config: &ServerConfig) -> Result<Option<PathBuf>, ServerError> {
 /// The holder identity this server's scheduler and controller manager put in their Leases:
 /// `<node name>_<random>`, as upstream's `<hostname>_<uuid>`.
 fn leader_identity(config: &ServerConfig) -> String {
-    let node = config.node_name.clone().unwrap_or_else(|| {
+    format!("{}_{:016x}", node_name(config), rand::random::<u64>())
+}
+
+/// `--node-name`, else the host name.
+fn node_name(config: &ServerConfig) -> String {
+    config.node_name.clone().unwrap_or_else(|| {
         hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "rk3s".into())
-    });
-    format!("{node}_{:016x}", rand::random::<u64>())
+    })
 }
 
 /// A client of the API from a kubeconfig `rk3s server` rendered (loopback HTTPS, the server
@@ -458,6 +470,8 @@ struct ApiserverSettings {
     agent_token: Option<rk3s_apiserver::JoinToken>,
     /// `--secrets-encryption`'s configuration file.
     encryption: Option<PathBuf>,
+    /// How that configuration is shared with the other servers.
+    shared_encryption: rk3s_apiserver::secrets_encrypt::SharedEncryption,
     /// `--kube-apiserver-arg`.
     extra: crate::config::ApiserverArgs,
     cidr: ServiceCidr,
@@ -472,6 +486,7 @@ fn apiserver(settings: ApiserverSettings) -> Component {
         store,
         pki,
         token,
+        shared_encryption,
         agent_token,
         encryption,
         extra,
@@ -490,12 +505,14 @@ fn apiserver(settings: ApiserverSettings) -> Component {
             server = server.agent_token(agent.clone());
         }
         let (encryption, audit) = (encryption.clone(), extra.audit.clone());
+        let shared_encryption = shared_encryption.clone();
         async move {
             let server = match encryption {
                 // Read again at every start: `rk3s secrets-encrypt` may have changed it.
                 Some(path) => server
                     .encryption_config_file(path)
-                    .map_err(BoxError::from)?,
+                    .map_err(BoxError::from)?
+                    .shared_encryption(shared_encryption),
                 None => server,
             };
             let audit = rk3s_apiserver::audit::Audit::from_config(&audit)

@@ -250,3 +250,181 @@ fn three_servers_on_etcd_share_one_cluster_and_survive_killing_the_leader() {
     let etcd = rk3s_datastore::testing::EtcdProcess::start().expect("etcd starts");
     stop_all(scenario(&etcd.endpoint, 3));
 }
+
+/// `rk3s secrets-encrypt` on a text-mode status, through `setup`'s data dir and `port`.
+fn secrets_encrypt(setup: &Setup, port: u16, token: &str, action: &str) -> String {
+    let out = common::rk3s_cmd(setup.dir.path())
+        .args(["secrets-encrypt", action, "--data-dir"])
+        .arg(setup.data_dir())
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+            "--token",
+            token,
+        ])
+        .output()
+        .expect("rk3s secrets-encrypt runs");
+    assert!(
+        out.status.success(),
+        "secrets-encrypt {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every key and value the Postgres database holds, in all stored revisions, as bytes.
+fn postgres_rows(endpoint: &str) -> Vec<u8> {
+    let out = Command::new("psql")
+        .arg(endpoint)
+        .args([
+            "-At",
+            "-c",
+            "select encode(name, 'hex') || encode(value, 'hex') from rk3s_log",
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex = String::from_utf8_lossy(&out.stdout).replace('\n', "");
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The AES key secrets (base64) of an encryption configuration file.
+fn key_secrets(config: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(config).expect("configuration JSON");
+    let mut out = Vec::new();
+    for p in v["resources"][0]["providers"]
+        .as_array()
+        .expect("providers")
+    {
+        for k in p["aescbc"]["keys"].as_array().into_iter().flatten() {
+            out.push(k["secret"].as_str().expect("secret").to_string());
+        }
+    }
+    out
+}
+
+/// Two servers with `--secrets-encryption` on `endpoint`: the second adopts the first's key at
+/// start; `rotate-keys` through server-a reaches server-b without a restart (its file, its
+/// status, its reads and writes). `rows`, when given, reads every stored key and value: it must
+/// hold no secret value and no key in clear.
+fn shared_secrets_encryption(endpoint: &str, rows: Option<&dyn Fn() -> Vec<u8>>) {
+    const VALUE: &str = "s3cr3t-value-xyz";
+    const VALUE_B64: &str = "czNjcjN0LXZhbHVlLXh5eg==";
+    let a = Setup::new("");
+    let (mut cmd, port_a) = server_cmd(&a, endpoint, TOKEN, "server-a");
+    cmd.arg("--secrets-encryption");
+    let (server_a, _) = Server::start(cmd);
+    let token = std::fs::read_to_string(a.data_dir().join("server/token")).expect("token file");
+    let token = token.trim();
+    let b = Setup::new("");
+    let (mut cmd, port_b) = server_cmd(&b, endpoint, token, "server-b");
+    cmd.arg("--secrets-encryption");
+    let (server_b, _) = Server::start(cmd);
+    let config = |s: &Setup| {
+        std::fs::read_to_string(s.data_dir().join("server/cred/encryption-config.json"))
+            .expect("encryption configuration")
+    };
+    let first = config(&a);
+    assert_eq!(first, config(&b), "server-b adopted server-a's key");
+    for (setup, port) in [(&a, port_a), (&b, port_b)] {
+        let status = secrets_encrypt(setup, port, token, "status");
+        assert!(status.contains("Encryption Status: Enabled"), "{status}");
+        assert!(status.contains("All hashes match"), "{status}");
+        assert!(status.contains(" *      AES-CBC   aescbckey\n"), "{status}");
+    }
+    b.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            &format!("--from-literal=password={VALUE}"),
+        ],
+        "",
+    );
+
+    // Rotated through server-a; server-b follows while it serves.
+    let printed = secrets_encrypt(&a, port_a, token, "rotate-keys");
+    assert!(printed.contains("keys rotated"), "{printed}");
+    let status_b = b.wait_until("server-b to load the rotated configuration", || {
+        let status = secrets_encrypt(&b, port_b, token, "status");
+        (status.contains("Current Rotation Stage: reencrypt_finished")
+            && !status.contains("aescbckey\n"))
+        .then_some(status)
+    });
+    assert!(
+        status_b.contains(" *      AES-CBC   aescbckey-20"),
+        "{status_b}"
+    );
+    assert!(status_b.contains("All hashes match"), "{status_b}");
+    assert_eq!(secrets_encrypt(&a, port_a, token, "status"), status_b);
+    let rotated = config(&a);
+    assert_ne!(rotated, first);
+    assert_eq!(rotated, config(&b), "server-b's file follows");
+
+    // Both read the re-encrypted secret and what the other writes with the new key.
+    let get = |s: &Setup, name: &str| {
+        s.kubectl_ok(
+            &["get", "secret", name, "-o", "jsonpath={.data.password}"],
+            "",
+        )
+    };
+    assert_eq!(get(&b, "s1"), VALUE_B64);
+    assert_eq!(get(&a, "s1"), VALUE_B64);
+    b.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s2",
+            &format!("--from-literal=password={VALUE}"),
+        ],
+        "",
+    );
+    assert_eq!(get(&a, "s2"), VALUE_B64);
+
+    // The database: no secret value and no key, old or new, in clear.
+    let Some(rows) = rows else {
+        stop_all(vec![(a, server_a), (b, server_b)]);
+        return;
+    };
+    let rows = rows();
+    assert!(contains(&rows, "/registry/secrets/default/s2"), "rows read");
+    assert!(!contains(&rows, VALUE) && !contains(&rows, VALUE_B64));
+    for secret in key_secrets(&first).iter().chain(&key_secrets(&rotated)) {
+        assert!(!contains(&rows, secret), "a key in clear in the database");
+    }
+    assert!(
+        !contains(&rows, "EncryptionConfiguration"),
+        "the configuration in clear"
+    );
+
+    stop_all(vec![(a, server_a), (b, server_b)]);
+}
+
+#[test]
+fn secrets_encryption_is_shared_by_servers_on_postgres() {
+    let endpoint = rk3s_datastore::testing::postgres_endpoint("se");
+    shared_secrets_encryption(&endpoint, Some(&|| postgres_rows(&endpoint)));
+}
+
+#[test]
+fn secrets_encryption_is_shared_by_servers_on_mysql() {
+    shared_secrets_encryption(&rk3s_datastore::testing::mysql_endpoint("se"), None);
+}
+
+#[test]
+fn secrets_encryption_is_shared_by_servers_on_etcd() {
+    let etcd = rk3s_datastore::testing::EtcdProcess::start().expect("etcd starts");
+    shared_secrets_encryption(&etcd.endpoint, None);
+}

@@ -178,19 +178,21 @@ impl Auth {
         store: &Store,
         token: &str,
         audiences: Option<&[String]>,
-    ) -> Option<UserInfo> {
+    ) -> Option<(UserInfo, Option<&'static str>)> {
         if let Some(user) = self.tokens.get(token) {
-            return Some(user.clone());
+            return Some((user.clone(), None));
         }
         if bootstrap::parse(token).is_some() {
-            return bootstrap::authenticate(store, token).await;
+            return bootstrap::authenticate(store, token)
+                .await
+                .map(|u| (u, None));
         }
         match self
             .service_accounts
             .authenticate(store, token, audiences)
             .await
         {
-            Ok(user) => Some(user),
+            Ok(found) => Some(found),
             Err(why) => {
                 tracing::debug!(%why, "bearer token rejected");
                 None
@@ -257,6 +259,9 @@ pub(crate) async fn middleware(
         },
         _ => None,
     };
+    // A warning the authenticator adds to the answer, whatever it is (upstream's
+    // `warning.AddWarning` on the request's context).
+    let mut warning = None;
     let user = if let Some(user) = proxied {
         user.authenticated()
     } else if let (Some((cn, orgs)), false) = (cert, from_proxy) {
@@ -267,7 +272,10 @@ pub(crate) async fn middleware(
             .authenticate_token(&state.store, token, None)
             .await
         {
-            Some(user) => user.authenticated(),
+            Some((user, w)) => {
+                warning = w;
+                user.authenticated()
+            }
             None => return unauthorized(),
         }
     } else if ANONYMOUS_PATHS.contains(&req.uri().path()) {
@@ -280,7 +288,7 @@ pub(crate) async fn middleware(
     }
     let user = match impersonate(&state, user, req.headers()).await {
         Ok(u) => u,
-        Err(e) => return e.into_response(),
+        Err(e) => return with_warning(e.into_response(), warning),
     };
     let attrs = Attributes::from_request(&user, req.method(), req.uri());
     let allowed = authorize(&state, &attrs).await;
@@ -294,10 +302,21 @@ pub(crate) async fn middleware(
     }
     if !allowed {
         tracing::debug!(user = %user.name, verb = %attrs.verb, resource = %attrs.resource, "forbidden");
-        return attrs.forbidden("").into_response();
+        return with_warning(attrs.forbidden("").into_response(), warning);
     }
     req.extensions_mut().insert(user);
-    next.run(req).await
+    with_warning(next.run(req).await, warning)
+}
+
+/// `resp` with a `Warning: 299 - "<text>"` header, as upstream's warning recorder writes it.
+fn with_warning(mut resp: Response, warning: Option<&str>) -> Response {
+    if let Some(text) = warning {
+        let value = format!("299 - {}", serde_json::Value::String(text.to_string()));
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 /// Upstream's request-header authenticator, K3s' settings: a front proxy (its certificate

@@ -67,7 +67,7 @@ pub(crate) async fn serve(
                 .authenticate_token(&state.store, token, audiences.as_deref())
                 .await
             {
-                Some(u) => {
+                Some((u, _)) => {
                     let u = u.authenticated();
                     let auds =
                         audiences.unwrap_or_else(|| state.auth.service_accounts.audiences.clone());
