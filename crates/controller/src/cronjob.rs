@@ -10,6 +10,13 @@
 //! them (names, ranges, steps, `?`, the `@yearly` … `@hourly` descriptors; day-of-month and
 //! day-of-week combine with OR unless either is `*`), evaluated in `timeZone` or, without it,
 //! the controller's local time zone, as upstream.
+//!
+//! Events (component `cronjob-controller`, upstream's reasons and messages):
+//! `SuccessfulCreate` `Created job <job>`, `FailedCreate`, `SawCompletedJob` `Saw completed
+//! job: <job>, condition: Complete|Failed`, `SuccessfulDelete` `Deleted job <job>` (Replace and
+//! history limits), `FailedDelete`, `UnexpectedJob`, `MissingJob`, `MissSchedule` (RFC 1123
+//! time in UTC), `TooManyMissedTimes`, `JobAlreadyActive`, `UnknownTimeZone`,
+//! `UnparseableSchedule`, `InvalidSchedule`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +33,15 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::ReconcileError;
+use crate::events::EventType;
 use crate::job::{finished_condition, is_finished};
+use crate::replicaset::api_error_text;
 use crate::util::{self, Backoff, Shared};
 
 /// Annotation with a Job's scheduled time (RFC 3339, in the CronJob's time zone).
 pub(crate) const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+/// The component name of this controller's events (upstream's `cronjob-controller`).
+const COMPONENT: &str = "cronjob-controller";
 /// Padding added to the requeue for the next schedule time (upstream `nextScheduleDelta`).
 const NEXT_SCHEDULE_DELTA: Duration = Duration::from_millis(100);
 
@@ -392,8 +403,8 @@ async fn sync(shared: &Shared, key: &str) -> Result<Action, ReconcileError> {
     let original = cj.status.clone().unwrap_or_default();
     let mut status = original.clone();
     let now = shared.clock.now();
-    let action = sync_cronjob(&cj, &mut status, &children, &jobs, now).await;
-    cleanup_finished_jobs(&cj, &mut status, &children, &jobs).await?;
+    let action = sync_cronjob(shared, &cj, &mut status, &children, &jobs, now).await;
+    cleanup_finished_jobs(shared, &cj, &mut status, &children, &jobs).await?;
     if status != original {
         write_status(&cronjobs, cj, status, &original).await?;
     }
@@ -450,6 +461,7 @@ fn remove_active(status: &mut CronJobStatus, uid: &str) {
 
 /// Upstream's `syncCronJob`: reconcile the active list, then maybe start a Job.
 async fn sync_cronjob(
+    shared: &Shared,
     cj: &CronJob,
     status: &mut CronJobStatus,
     children: &[Job],
@@ -457,6 +469,9 @@ async fn sync_cronjob(
     now: Timestamp,
 ) -> Result<Action, ReconcileError> {
     let name = cj.metadata.name.clone().unwrap_or_default();
+    let event = |type_: EventType, reason: &str, message: String| {
+        shared.events.event(COMPONENT, cj, type_, reason, message);
+    };
     for j in children {
         let juid = j.metadata.uid.clone().unwrap_or_default();
         let in_active = status
@@ -467,9 +482,26 @@ async fn sync_cronjob(
         let finished = is_finished(j);
         if !in_active && !finished {
             tracing::warn!(job = ?j.metadata.name, "saw a job that the controller did not create or forgot");
+            event(
+                EventType::Warning,
+                "UnexpectedJob",
+                format!(
+                    "Saw a job that the controller did not create or forgot: {}",
+                    j.metadata.name.as_deref().unwrap_or("")
+                ),
+            );
         } else if in_active && finished {
             let cond = finished_condition(j).map(|c| c.type_.clone());
             tracing::info!(job = ?j.metadata.name, condition = ?cond, "saw completed job");
+            event(
+                EventType::Normal,
+                "SawCompletedJob",
+                format!(
+                    "Saw completed job: {}, condition: {}",
+                    j.metadata.name.as_deref().unwrap_or(""),
+                    cond.as_deref().unwrap_or("")
+                ),
+            );
             remove_active(status, &juid);
         }
         if finished_condition(j).is_some_and(|c| c.type_ == "Complete")
@@ -502,6 +534,11 @@ async fn sync_cronjob(
             .is_some_and(|j| j.metadata.uid == r.uid);
         if !exists {
             tracing::info!(job = %jname, "active job went missing");
+            event(
+                EventType::Normal,
+                "MissingJob",
+                format!("Active job went missing: {jname}"),
+            );
             remove_active(status, r.uid.as_deref().unwrap_or(""));
         }
     }
@@ -516,6 +553,10 @@ async fn sync_cronjob(
         Ok(tz) => tz,
         Err(e) => {
             tracing::warn!(error = %e, "UnknownTimeZone; not scheduling");
+            event(EventType::Warning, "UnknownTimeZone", {
+                let tz = spec.time_zone.as_deref().unwrap_or("");
+                format!("invalid timeZone: {tz:?}: unknown time zone {tz}")
+            });
             return Ok(Action::await_change());
         }
     };
@@ -526,6 +567,11 @@ async fn sync_cronjob(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(schedule = %spec.schedule, error = %e, "UnparseableSchedule; not scheduling");
+            event(
+                EventType::Warning,
+                "UnparseableSchedule",
+                format!("unparseable schedule: {:?} : {e}", spec.schedule),
+            );
             return Ok(Action::await_change());
         }
     };
@@ -551,6 +597,11 @@ async fn sync_cronjob(
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "invalid schedule");
+            event(
+                EventType::Warning,
+                "InvalidSchedule",
+                format!("invalid schedule: {} : {e}", spec.schedule),
+            );
             return Ok(Action::await_change());
         }
     };
@@ -558,14 +609,22 @@ async fn sync_cronjob(
         return Ok(requeue());
     };
     if missed == Missed::Many {
-        tracing::warn!(
-            "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew"
-        );
+        let msg = "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew";
+        tracing::warn!("{msg}");
+        event(EventType::Warning, "TooManyMissedTimes", msg.into());
     }
     if let Some(sds) = spec.starting_deadline_seconds {
         let late = Duration::try_from(now.duration_since(scheduled)).unwrap_or(Duration::ZERO);
         if late > Duration::from_secs(u64::try_from(sds.max(0)).unwrap_or(0)) {
             tracing::info!(%scheduled, "missed scheduled time to start a job");
+            event(
+                EventType::Warning,
+                "MissSchedule",
+                format!(
+                    "Missed scheduled time to start a job: {}",
+                    rfc1123z_utc(scheduled)
+                ),
+            );
             return Ok(requeue());
         }
     }
@@ -587,6 +646,12 @@ async fn sync_cronjob(
         tracing::info!(
             "not starting job because prior execution is running and concurrency policy is Forbid"
         );
+        event(
+            EventType::Normal,
+            "JobAlreadyActive",
+            "Not starting job because prior execution is running and concurrency policy is Forbid"
+                .into(),
+        );
         return Ok(requeue());
     }
     if policy == "Replace" {
@@ -600,7 +665,7 @@ async fn sync_cronjob(
                 remove_active(status, r.uid.as_deref().unwrap_or(""));
                 continue;
             }
-            delete_job(jobs, &rname).await?;
+            delete_job(shared, cj, jobs, &rname).await?;
             tracing::info!(job = %rname, "deleted job (concurrency policy Replace)");
             remove_active(status, r.uid.as_deref().unwrap_or(""));
         }
@@ -644,9 +709,21 @@ async fn sync_cronjob(
                 }
             }
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            event(
+                EventType::Warning,
+                "FailedCreate",
+                format!("Error creating job: {}", api_error_text(&e)),
+            );
+            return Err(e.into());
+        }
     };
     tracing::info!(job = %jname, %scheduled, "created job");
+    event(
+        EventType::Normal,
+        "SuccessfulCreate",
+        format!("Created job {jname}"),
+    );
     active_refs(status).push(ObjectReference {
         api_version: Some("batch/v1".into()),
         kind: Some("Job".into()),
@@ -664,21 +741,54 @@ async fn sync_cronjob(
     })
 }
 
-async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<(), ReconcileError> {
+/// Deletes a Job of `cj` (background propagation) and records it on the CronJob as
+/// upstream's `deleteJob` does (`SuccessfulDelete` `Deleted job <name>`, `FailedDelete`).
+async fn delete_job(
+    shared: &Shared,
+    cj: &CronJob,
+    jobs: &Api<Job>,
+    name: &str,
+) -> Result<(), ReconcileError> {
     let dp = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()
     };
     match jobs.delete(name, &dp).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            shared.events.event(
+                COMPONENT,
+                cj,
+                EventType::Normal,
+                "SuccessfulDelete",
+                format!("Deleted job {name}"),
+            );
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            shared.events.event(
+                COMPONENT,
+                cj,
+                EventType::Warning,
+                "FailedDelete",
+                format!("Deleted job: {}", api_error_text(&e)),
+            );
+            Err(e.into())
+        }
     }
+}
+
+/// `t` in UTC as Go's `time.RFC1123Z` prints it (`Mon, 02 Jan 2006 15:04:05 +0000`).
+fn rfc1123z_utc(t: Timestamp) -> String {
+    t.to_zoned(TimeZone::UTC)
+        .strftime("%a, %d %b %Y %H:%M:%S %z")
+        .to_string()
 }
 
 /// Deletes the oldest finished Jobs beyond `successfulJobsHistoryLimit` and
 /// `failedJobsHistoryLimit` (upstream `cleanupFinishedJobs`), oldest start time first.
 async fn cleanup_finished_jobs(
+    shared: &Shared,
     cj: &CronJob,
     status: &mut CronJobStatus,
     children: &[Job],
@@ -713,7 +823,7 @@ async fn cleanup_finished_jobs(
         let n = of_kind.len() - keep;
         for j in of_kind.into_iter().take(n) {
             let jname = j.metadata.name.clone().unwrap_or_default();
-            delete_job(jobs, &jname).await?;
+            delete_job(shared, cj, jobs, &jname).await?;
             tracing::info!(job = %jname, "deleted job beyond the history limit");
             remove_active(status, j.metadata.uid.as_deref().unwrap_or(""));
         }
@@ -860,5 +970,6 @@ mod tests {
             rfc3339_in(t, Some("Europe/Paris")),
             "2026-03-01T11:07:00+01:00"
         );
+        assert_eq!(rfc1123z_utc(t), "Sun, 01 Mar 2026 10:07:00 +0000");
     }
 }

@@ -11,6 +11,11 @@
 //! Every sync lists the namespace's pods and ControllerRevisions from the apiserver
 //! (consistent reads); nodes come from a watch cache whose scheduling-relevant changes
 //! (labels, taints) trigger a sync of every DaemonSet.
+//!
+//! Events (component `daemonset-controller`, upstream's texts): `SuccessfulCreate` `Created
+//! pod: <pod>` / `FailedCreate`, `SuccessfulDelete` `Deleted pod: <pod>` / `FailedDelete`,
+//! `FailedDaemonPod` (Warning) / `SucceededDaemonPod` `Found failed|succeeded daemon pod
+//! <ns>/<pod> on node <node>, will try to kill|delete it`, `SelectingAll` for an empty selector.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -33,7 +38,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::ReconcileError;
+use crate::events::EventType;
 use crate::history;
+use crate::replicaset::api_error_text;
 use crate::util::{self, Backoff, Shared};
 
 /// Pod label with the hash of the revision the pod was made from (upstream's
@@ -43,6 +50,8 @@ pub(crate) const HASH_LABEL: &str = "controller-revision-hash";
 pub(crate) const GENERATION_LABEL: &str = "pod-template-generation";
 /// Where upstream's apiserver keeps the template generation of an apps/v1 DaemonSet.
 const GENERATION_ANNOTATION: &str = "deprecated.daemonset.template.generation";
+/// The component name of this controller's events (upstream's `daemonset-controller`).
+const COMPONENT: &str = "daemonset-controller";
 /// Upstream's `BurstReplicas` for DaemonSets: creations per sync at most.
 const BURST: usize = 250;
 /// Backoff for deleting failed daemon pods on one node: 1 s doubling to 15 min.
@@ -468,6 +477,13 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ReconcileError> {
             .is_none_or(Vec::is_empty)
     {
         tracing::warn!("DaemonSet has an empty selector; ignoring it");
+        ctx.shared.events.event(
+            COMPONENT,
+            ds,
+            EventType::Warning,
+            "SelectingAll",
+            "This daemon set is selecting all pods. A non-empty selector is required.".into(),
+        );
         return Ok(Action::await_change());
     }
     let ns = ds.namespace().unwrap_or_default();
@@ -573,7 +589,16 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ReconcileError> {
             &mut plan,
         );
     }
-    let result = execute(ds, spec, &pods_api, &plan, &hash, generation.as_deref()).await;
+    let result = execute(
+        &ctx.shared,
+        ds,
+        spec,
+        &pods_api,
+        &plan,
+        &hash,
+        generation.as_deref(),
+    )
+    .await;
 
     // History beyond revisionHistoryLimit, oldest first, except revisions live pods use.
     let limit = usize::try_from(spec.revision_history_limit.unwrap_or(10).max(0)).unwrap_or(0);
@@ -697,11 +722,35 @@ fn plan_node(
                                 };
                                 failed.insert(key, (now, delay));
                                 tracing::warn!(pod = %p.name_any(), node = %node_name, "found failed daemon pod; deleting it");
+                                ctx.shared.events.event(
+                                    COMPONENT,
+                                    ds,
+                                    EventType::Warning,
+                                    "FailedDaemonPod",
+                                    format!(
+                                        "Found failed daemon pod {}/{} on node {node_name}, will try to kill it",
+                                        p.namespace().unwrap_or_default(),
+                                        p.name_any()
+                                    ),
+                                );
                                 plan.delete.push(p.name_any());
                             }
                         }
                     }
-                    "Succeeded" => plan.delete.push(p.name_any()),
+                    "Succeeded" => {
+                        ctx.shared.events.event(
+                            COMPONENT,
+                            ds,
+                            EventType::Normal,
+                            "SucceededDaemonPod",
+                            format!(
+                                "Found succeeded daemon pod {}/{} on node {node_name}, will try to delete it",
+                                p.namespace().unwrap_or_default(),
+                                p.name_any()
+                            ),
+                        );
+                        plan.delete.push(p.name_any());
+                    }
                     _ => running.push(p),
                 }
             }
@@ -890,7 +939,11 @@ fn rolling_update(
 }
 
 /// Deletes and creates what the plan says (creations in batches of 1, 2, 4, …).
+/// Deletes and creates the planned pods, each recorded on the DaemonSet as upstream's pod
+/// control does (`SuccessfulCreate` `Created pod: <name>`, `SuccessfulDelete`, `FailedCreate`,
+/// `FailedDelete`).
 async fn execute(
+    shared: &Shared,
     ds: &DaemonSet,
     spec: &DaemonSetSpec,
     api: &Api<Pod>,
@@ -901,9 +954,27 @@ async fn execute(
     let results = join_all(plan.delete.iter().map(|n| async move {
         tracing::info!(pod = %n, "deleting daemon pod");
         match api.delete(n, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                shared.events.event(
+                    COMPONENT,
+                    ds,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {n}"),
+                );
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => {
+                shared.events.event(
+                    COMPONENT,
+                    ds,
+                    EventType::Warning,
+                    "FailedDelete",
+                    format!("Error deleting: {}", api_error_text(&e)),
+                );
+                Err(e)
+            }
         }
     }))
     .await;
@@ -930,9 +1001,25 @@ async fn execute(
                 match api.create(&PostParams::default(), &pod).await {
                     Ok(p) => {
                         tracing::info!(pod = %p.name_any(), node = %node, "created daemon pod");
+                        shared.events.event(
+                            COMPONENT,
+                            ds,
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", p.name_any()),
+                        );
                         Ok(())
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        shared.events.event(
+                            COMPONENT,
+                            ds,
+                            EventType::Warning,
+                            "FailedCreate",
+                            format!("Error creating: {}", api_error_text(&e)),
+                        );
+                        Err(e)
+                    }
                 }
             }
         }))

@@ -94,7 +94,20 @@ impl Recorder {
         reason: &str,
         message: String,
     ) {
-        let regarding = reference_of(obj);
+        self.event_ref(component, reference_of(obj), type_, reason, message);
+    }
+
+    /// Records an event about the object `regarding` names (upstream's controllers that build
+    /// the reference themselves: the node lifecycle's node events, the taint manager's pod
+    /// events without a uid).
+    pub(crate) fn event_ref(
+        &self,
+        component: &'static str,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        message: String,
+    ) {
         let pending = Pending {
             component,
             regarding,

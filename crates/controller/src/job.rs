@@ -16,6 +16,14 @@
 //! expectations) and writes status with a `PUT /status` guarded by the resourceVersion it read,
 //! so a sync never builds on a stale status. Orphaned pods that still carry the finalizer
 //! (their Job was deleted or finished) are released by a second loop over pods.
+//!
+//! Events (component `job-controller`, upstream's reasons and messages): `SuccessfulCreate`
+//! `Created pod: <pod>` / `FailedCreate` `Error creating: <error>`, `SuccessfulDelete`
+//! `Deleted pod: <pod>` / `FailedDelete`, `Suspended` `Job suspended` / `Resumed` `Job
+//! resumed` when the condition changes, and once the terminal condition is stored `Completed`
+//! `Job completed` (with `TooManySucceededPods` past `completions`) or a Warning with the
+//! `Failed` condition's reason and message (`BackoffLimitExceeded`, `DeadlineExceeded`,
+//! `PodFailurePolicy`, `FailedIndexes`, `MaxFailedIndexesExceeded`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,9 +48,12 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::ReconcileError;
-use crate::replicaset::{pod_from_template, pods_to_delete, slow_start};
+use crate::events::EventType;
+use crate::replicaset::{api_error_text, pod_from_template, pods_to_delete, slow_start};
 use crate::util::{self, Backoff, Shared};
 
+/// The component name of this controller's events (upstream's `job-controller`).
+const COMPONENT: &str = "job-controller";
 /// Finalizer on every pod a Job controls until the pod is counted.
 pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 /// Annotation and label with an Indexed Job pod's completion index.
@@ -857,7 +868,8 @@ async fn sync(ctx: &Ctx, key: &str) -> Result<Action, ReconcileError> {
     let deleting = job.metadata.deletion_timestamp.is_some();
     let mut errors: Vec<ReconcileError> = Vec::new();
     if finished.is_some() {
-        let (deleted_ready, deleted, err) = delete_active(&pods_api, &active_pods, false).await;
+        let (deleted_ready, deleted, err) =
+            delete_active(&ctx.shared, &job, &pods_api, &active_pods, false).await;
         if deleted != active {
             // Not finished while a pod we could not delete still runs.
             finished = None;
@@ -870,6 +882,7 @@ async fn sync(ctx: &Ctx, key: &str) -> Result<Action, ReconcileError> {
         let mut managed = false;
         if !deleting {
             let out = manage(
+                &ctx.shared,
                 &facts,
                 &job,
                 &pods_api,
@@ -901,14 +914,22 @@ async fn sync(ctx: &Ctx, key: &str) -> Result<Action, ReconcileError> {
         } else if managed {
             let conditions = status.conditions.get_or_insert_with(Vec::new);
             if suspended(&spec) {
-                ensure_condition(
+                if ensure_condition(
                     conditions,
                     "Suspended",
                     "True",
                     "JobSuspended",
                     "Job suspended",
                     now,
-                );
+                ) {
+                    ctx.shared.events.event(
+                        COMPONENT,
+                        &job,
+                        EventType::Normal,
+                        "Suspended",
+                        "Job suspended".into(),
+                    );
+                }
             } else if ensure_condition(
                 conditions,
                 "Suspended",
@@ -917,6 +938,13 @@ async fn sync(ctx: &Ctx, key: &str) -> Result<Action, ReconcileError> {
                 "Job resumed",
                 now,
             ) {
+                ctx.shared.events.event(
+                    COMPONENT,
+                    &job,
+                    EventType::Normal,
+                    "Resumed",
+                    "Job resumed".into(),
+                );
                 // ActiveDeadlineSeconds counts from the resume (upstream resets startTime).
                 status.start_time = Some(Time(now));
             }
@@ -1149,7 +1177,12 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), ReconcileEr
 
 /// Deletes pods; with `drop_finalizer` the tracking finalizer goes first (the pod is then
 /// never counted, as for surplus or suspended pods). Returns (ready deleted, deleted, error).
+/// Each deletion is recorded on the Job as upstream's pod control does (`SuccessfulDelete`
+/// `Deleted pod: <name>`, `FailedDelete` `Error deleting: <error>`; nothing for a pod already
+/// gone).
 async fn delete_active(
+    shared: &Shared,
+    job: &Job,
     api: &Api<Pod>,
     pods: &[&Pod],
     drop_finalizer: bool,
@@ -1160,9 +1193,27 @@ async fn delete_active(
         }
         let name = p.metadata.name.clone().unwrap_or_default();
         match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                shared.events.event(
+                    COMPONENT,
+                    job,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {name}"),
+                );
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(ReconcileError::from(e)),
+            Err(e) => {
+                shared.events.event(
+                    COMPONENT,
+                    job,
+                    EventType::Warning,
+                    "FailedDelete",
+                    format!("Error deleting: {}", api_error_text(&e)),
+                );
+                Err(ReconcileError::from(e))
+            }
         }
     }))
     .await;
@@ -1194,6 +1245,7 @@ struct Managed {
 /// Creates or deletes pods so that the right number runs (upstream `manageJob`).
 #[allow(clippy::too_many_arguments)]
 async fn manage(
+    shared: &Shared,
     f: &Facts<'_>,
     job: &Job,
     pods_api: &Api<Pod>,
@@ -1216,7 +1268,7 @@ async fn manage(
         if !active_pods.is_empty() {
             tracing::info!(active, "deleting the pods of a suspended job");
         }
-        let (ready, removed, err) = delete_active(pods_api, active_pods, true).await;
+        let (ready, removed, err) = delete_active(shared, job, pods_api, active_pods, true).await;
         out.active -= removed;
         out.removed = removed;
         out.removed_ready = ready;
@@ -1237,7 +1289,7 @@ async fn manage(
     to_delete.truncate(MAX_CREATE_DELETE);
     if !to_delete.is_empty() {
         tracing::info!(deleting = to_delete.len(), want, "too many pods running");
-        let (ready, removed, err) = delete_active(pods_api, &to_delete, true).await;
+        let (ready, removed, err) = delete_active(shared, job, pods_api, &to_delete, true).await;
         out.active -= removed;
         out.removed = removed;
         out.removed_ready = ready;
@@ -1336,7 +1388,30 @@ async fn manage(
             }
         }
         let api = pods_api.clone();
-        async move { api.create(&PostParams::default(), &pod).await.map(|_| ()) }
+        async move {
+            match api.create(&PostParams::default(), &pod).await {
+                Ok(p) => {
+                    shared.events.event(
+                        COMPONENT,
+                        job,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    shared.events.event(
+                        COMPONENT,
+                        job,
+                        EventType::Warning,
+                        "FailedCreate",
+                        format!("Error creating: {}", api_error_text(&e)),
+                    );
+                    Err(e)
+                }
+            }
+        }
     })
     .await;
     if created > 0 {
@@ -1626,6 +1701,7 @@ async fn track(
         return Err(e);
     }
     // (4) The terminal condition.
+    let mut just_finished = None;
     if !reached_max
         && let Some(cond) = finished
         && unc_succeeded.is_empty()
@@ -1633,21 +1709,66 @@ async fn track(
         && t.terminating == 0
     {
         let conditions = status.conditions.get_or_insert_with(Vec::new);
-        ensure_condition(
+        if ensure_condition(
             conditions,
             &cond.type_,
             "True",
             cond.reason.as_deref().unwrap_or(""),
             cond.message.as_deref().unwrap_or(""),
             f.now,
-        );
+        ) {
+            just_finished = Some(cond.clone());
+        }
         if cond.type_ == "Complete" {
             status.completion_time = Some(Time(f.now));
         }
         tracing::info!(condition = %cond.type_, reason = cond.reason.as_deref().unwrap_or(""), "job finished");
     }
-    write_status(jobs, job, &status, &mut written).await?;
+    let job = write_status(jobs, job, &status, &mut written).await?;
+    if let Some(cond) = just_finished {
+        record_finished(&ctx.shared, &job, spec, &status, &cond);
+    }
     Ok(())
+}
+
+/// The events of a Job that just finished, once its terminal condition is stored (upstream
+/// `recordJobFinished`): `Completed` (and `TooManySucceededPods` past `completions`), or a
+/// Warning with the `Failed` condition's reason and message.
+fn record_finished(
+    shared: &Shared,
+    job: &Job,
+    spec: &JobSpec,
+    status: &JobStatus,
+    cond: &JobCondition,
+) {
+    if cond.type_ == "Complete" {
+        if let Some(c) = spec.completions
+            && status.succeeded.unwrap_or(0) > c
+        {
+            shared.events.event(
+                COMPONENT,
+                job,
+                EventType::Warning,
+                "TooManySucceededPods",
+                "Too many succeeded pods running after completion count reached".into(),
+            );
+        }
+        shared.events.event(
+            COMPONENT,
+            job,
+            EventType::Normal,
+            "Completed",
+            "Job completed".into(),
+        );
+    } else {
+        shared.events.event(
+            COMPONENT,
+            job,
+            EventType::Warning,
+            cond.reason.as_deref().unwrap_or(""),
+            cond.message.clone().unwrap_or_default(),
+        );
+    }
 }
 
 fn set_uncounted(status: &mut JobStatus, succeeded: &[String], failed: &[String]) {

@@ -26,6 +26,14 @@
 //! (`tolerationSeconds`, the smallest that applies) that long after the loop first saw it
 //! tainted, a pod tolerating them forever never. Before deleting, it adds the
 //! `DisruptionTarget` condition (reason `DeletionByTaintManager`).
+//!
+//! **Events**, as upstream: `node-controller` records on the Node `RegisteredNode` / `RemovingNode`
+//! (`Node <n> event: Registered Node <n> in Controller`) when the loop first sees a node or sees
+//! it gone, `NodeNotReady` (`Node <n> status is now: NodeNotReady`) when its Ready leaves True,
+//! and `NodeNotReady` (Warning, `Node is not ready`) on each pod it marks not ready;
+//! `taint-eviction-controller` records `TaintManagerEviction` on the pod (`Marking for deletion
+//! Pod <ns>/<name>` before deleting, `Cancelling deletion of Pod <ns>/<name>` when a pod waiting
+//! out its `tolerationSeconds` no longer has to).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -33,7 +41,7 @@ use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, ObjectReference, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -46,7 +54,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
+use crate::events::{EventType, Recorder};
 use crate::util::Shared;
+
+/// The component name of the lifecycle loop's events (upstream's `node-controller`).
+const COMPONENT: &str = "node-controller";
+/// The component name of the taint eviction loop's events.
+const EVICTION_COMPONENT: &str = "taint-eviction-controller";
 
 /// The namespace of the node Leases.
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -99,6 +113,8 @@ where
 /// What the lifecycle loop remembers of a node between passes.
 #[derive(Debug)]
 struct Health {
+    /// The node's uid (for the `RemovingNode` event once it is gone).
+    uid: Option<String>,
     heartbeat: Option<Timestamp>,
     lease: Option<Timestamp>,
     /// When (our clock) either heartbeat last changed.
@@ -202,6 +218,7 @@ fn has_taint(node: &Node, key: &str, effect: &str) -> bool {
 
 struct Lifecycle {
     client: Client,
+    events: Recorder,
     config: NodeConfig,
     nodes: Store<Node>,
     leases: Store<Lease>,
@@ -224,6 +241,7 @@ pub(crate) async fn run(shared: Arc<Shared>, config: NodeConfig, stop: watch::Re
     let period = Duration::from_secs(config.node_monitor_period);
     let mut lc = Lifecycle {
         client,
+        events: shared.events.clone(),
         config,
         nodes,
         leases,
@@ -259,8 +277,21 @@ impl Lifecycle {
         let now = Instant::now();
         let grace = Duration::from_secs(self.config.node_monitor_grace_period);
         let nodes = self.nodes.state();
-        self.health
-            .retain(|name, _| nodes.iter().any(|n| n.name_any() == *name));
+        let events = &self.events;
+        self.health.retain(|name, h| {
+            let known = nodes.iter().any(|n| n.name_any() == *name);
+            if !known {
+                tracing::info!(node = %name, "controller observed a node deletion");
+                node_event(
+                    events,
+                    name,
+                    h.uid.clone(),
+                    "RemovingNode",
+                    format!("Removing Node {name} from Controller"),
+                );
+            }
+            known
+        });
         // (node, zone, Ready status as observed after this pass)
         let mut observed: Vec<(Arc<Node>, String, Option<String>)> = Vec::new();
         for node in &nodes {
@@ -272,12 +303,23 @@ impl Lifecycle {
                 .leases
                 .get(&ObjectRef::new(&name).within(NODE_LEASE_NAMESPACE))
                 .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
-            let h = self.health.entry(name.clone()).or_insert_with(|| Health {
-                heartbeat,
-                lease,
-                probe: now,
-                ready: condition(node, "Ready").map(|c| c.status.clone()),
-                mark_pods_pending: false,
+            let h = self.health.entry(name.clone()).or_insert_with(|| {
+                tracing::info!(node = %name, "controller observed a new node");
+                node_event(
+                    &self.events,
+                    &name,
+                    node.uid(),
+                    "RegisteredNode",
+                    format!("Registered Node {name} in Controller"),
+                );
+                Health {
+                    uid: node.uid(),
+                    heartbeat,
+                    lease,
+                    probe: now,
+                    ready: condition(node, "Ready").map(|c| c.status.clone()),
+                    mark_pods_pending: false,
+                }
             });
             if h.heartbeat != heartbeat || h.lease != lease {
                 h.heartbeat = heartbeat;
@@ -308,6 +350,16 @@ impl Lifecycle {
                 continue;
             };
             let was = std::mem::replace(&mut h.ready, ready.clone());
+            if was.as_deref() == Some("True") && ready.as_deref() != Some("True") {
+                // Upstream's `RecordNodeStatusChange`, once per transition.
+                self.events.event_ref(
+                    COMPONENT,
+                    node_ref(&name, node.uid()),
+                    EventType::Normal,
+                    "NodeNotReady",
+                    format!("Node {name} status is now: NodeNotReady"),
+                );
+            }
             if !mark_pods(was.as_deref(), ready.as_deref(), h.mark_pods_pending) {
                 if ready.as_deref() == Some("True") {
                     h.mark_pods_pending = false;
@@ -481,7 +533,16 @@ impl Lifecycle {
                 )
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    // After the write, so that the pod still exists (as upstream).
+                    self.events.event(
+                        COMPONENT,
+                        pod.as_ref(),
+                        EventType::Warning,
+                        "NodeNotReady",
+                        "Node is not ready".into(),
+                    );
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
             }
@@ -664,6 +725,48 @@ impl Lifecycle {
 // taint eviction
 
 /// Upstream's `ToleratesTaint`.
+/// The reference upstream's node events carry: kind, name and uid, no namespace (the Event
+/// goes to `default`).
+fn node_ref(name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(name.into()),
+        uid,
+        ..ObjectReference::default()
+    }
+}
+
+/// Upstream's `RecordNodeEvent`: a Normal event `Node <name> event: <message>`.
+fn node_event(events: &Recorder, name: &str, uid: Option<String>, reason: &str, message: String) {
+    events.event_ref(
+        COMPONENT,
+        node_ref(name, uid),
+        EventType::Normal,
+        reason,
+        format!("Node {name} event: {message}"),
+    );
+}
+
+/// The taint manager's pod events (`TaintManagerEviction`), about `namespace/name` without a
+/// uid, as upstream's `emitPodDeletionEvent` / `emitCancelPodDeletionEvent`.
+fn eviction_event(events: &Recorder, pod: &(String, String), message: &str) {
+    let (ns, name) = pod;
+    events.event_ref(
+        EVICTION_COMPONENT,
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            ..ObjectReference::default()
+        },
+        EventType::Normal,
+        "TaintManagerEviction",
+        format!("{message} Pod {ns}/{name}"),
+    );
+}
+
 pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty())
         && e != taint.effect
@@ -721,8 +824,8 @@ pub(crate) async fn run_taint_eviction(shared: Arc<Shared>, stop: watch::Receive
     let mut events = futures::stream::select(node_events, pod_events).boxed();
     let stopped = crate::stopped(stop);
     tokio::pin!(stopped);
-    // pod uid → when this loop first saw it on a NoExecute-tainted node.
-    let mut first_seen: HashMap<String, Instant> = HashMap::new();
+    // pod uid → when this loop first saw it on a NoExecute-tainted node, and its name.
+    let mut first_seen: HashMap<String, (Instant, (String, String))> = HashMap::new();
     let mut evicted: HashSet<String> = HashSet::new();
     let mut next: Option<Instant> = None;
     loop {
@@ -744,16 +847,29 @@ pub(crate) async fn run_taint_eviction(shared: Arc<Shared>, stop: watch::Receive
         {
             continue;
         }
-        next = evict_pass(&client, &nodes, &pods, &mut first_seen, &mut evicted).await;
+        next = evict_pass(
+            &client,
+            &shared.events,
+            &nodes,
+            &pods,
+            &mut first_seen,
+            &mut evicted,
+        )
+        .await;
     }
 }
 
 /// One look at every bound pod; returns when the next timed eviction is due.
+///
+/// A pod whose eviction was waiting for its `tolerationSeconds` and that no longer needs it
+/// (the taint went, the pod went) gets upstream's `Cancelling deletion of Pod` event; every
+/// eviction `Marking for deletion Pod` before the pod is deleted.
 async fn evict_pass(
     client: &Client,
+    events: &Recorder,
     nodes: &Store<Node>,
     pods: &Store<Pod>,
-    first_seen: &mut HashMap<String, Instant>,
+    first_seen: &mut HashMap<String, (Instant, (String, String))>,
     evicted: &mut HashSet<String>,
 ) -> Option<Instant> {
     let now = Instant::now();
@@ -775,8 +891,14 @@ async fn evict_pass(
             .into_iter()
             .filter(|t| t.effect == "NoExecute")
             .collect();
+        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let mut cancel = |uid: &str| {
+            if let Some((_, key)) = first_seen.remove(uid) {
+                eviction_event(events, &key, "Cancelling deletion of");
+            }
+        };
         if no_execute.is_empty() {
-            first_seen.remove(&uid);
+            cancel(&uid);
             continue;
         }
         let tolerations = pod
@@ -785,15 +907,19 @@ async fn evict_pass(
             .and_then(|s| s.tolerations.clone())
             .unwrap_or_default();
         let Some(delay) = eviction_delay(&tolerations, &no_execute) else {
-            first_seen.remove(&uid);
+            cancel(&uid);
             continue;
         };
-        let since = *first_seen.entry(uid.clone()).or_insert(now);
+        let since = first_seen
+            .entry(uid.clone())
+            .or_insert((now, key.clone()))
+            .0;
         let due = since + delay;
         if due > now {
             next = Some(next.map_or(due, |n| n.min(due)));
             continue;
         }
+        eviction_event(events, &key, "Marking for deletion");
         match evict(client, &pod).await {
             Ok(()) => {
                 evicted.insert(uid.clone());
@@ -806,7 +932,13 @@ async fn evict_pass(
             }
         }
     }
-    first_seen.retain(|uid, _| live.contains(uid));
+    first_seen.retain(|uid, (_, key)| {
+        let keep = live.contains(uid);
+        if !keep {
+            eviction_event(events, key, "Cancelling deletion of");
+        }
+        keep
+    });
     evicted.retain(|uid| live.contains(uid));
     next
 }

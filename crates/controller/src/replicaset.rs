@@ -59,7 +59,7 @@ pub(crate) trait Replicated:
 }
 
 /// An error as upstream's events show it: the API's message for an API error.
-fn api_error_text(e: &kube::Error) -> String {
+pub(crate) fn api_error_text(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => s.message.clone(),
         other => other.to_string(),

@@ -9,6 +9,13 @@
 //!
 //! Every sync lists the namespace's pods and ControllerRevisions from the apiserver (consistent
 //! reads), so no "expectations" bookkeeping is needed; pod events trigger the syncs.
+//!
+//! Events (component `statefulset-controller`, upstream's `recordPodEvent`/`recordClaimEvent`
+//! texts): `SuccessfulCreate` `create Pod web-0 in StatefulSet web successful`, `create Claim
+//! data-web-0 Pod web-0 in StatefulSet web success`, `SuccessfulDelete`, `SuccessfulUpdate`
+//! (identity labels restored), their `Failed…` Warnings with the error, and
+//! `RecreatingFailedPod` (Warning) / `RecreatingTerminatedPod` before a finished member is
+//! deleted.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +37,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::ReconcileError;
+use crate::events::EventType;
 use crate::history;
+use crate::replicaset::api_error_text;
 use crate::util::{self, Backoff, Shared};
 
 /// Label with the pod's name, so that a Service can select one member.
@@ -40,6 +49,8 @@ pub(crate) const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 /// Label with the name of the revision a pod was made from.
 pub(crate) const REVISION_LABEL: &str = "controller-revision-hash";
 
+/// The component name of this controller's events (upstream's `statefulset-controller`).
+const COMPONENT: &str = "statefulset-controller";
 /// Upstream's `MaxBatchSize`: Parallel creations per batch at most.
 const MAX_BATCH: usize = 500;
 
@@ -340,6 +351,7 @@ fn count<'a>(
 }
 
 struct Sync<'a> {
+    shared: &'a Shared,
     set: &'a StatefulSet,
     spec: &'a StatefulSetSpec,
     pods: Api<Pod>,
@@ -457,6 +469,7 @@ async fn sync(set: &StatefulSet, shared: &Shared) -> Result<Action, ReconcileErr
     let current_name = current_rev.metadata.name.clone().unwrap_or_default();
 
     let sync = Sync {
+        shared,
         set,
         spec,
         pods: pods_api,
@@ -564,6 +577,52 @@ fn status_differs(old: &Value, new: &Value) -> bool {
 }
 
 impl Sync<'_> {
+    /// Records a pod operation on the set as upstream's `recordPodEvent` does: `Successful<Verb>`
+    /// `<verb> Pod <pod> in StatefulSet <set> successful`, or `Failed<Verb>` with the error.
+    fn pod_event(&self, verb: &str, pod: &str, err: Option<&str>) {
+        let set = self.set.name_any();
+        let title = title_case(verb);
+        match err {
+            None => self.shared.events.event(
+                COMPONENT,
+                self.set,
+                EventType::Normal,
+                &format!("Successful{title}"),
+                format!("{verb} Pod {pod} in StatefulSet {set} successful"),
+            ),
+            Some(e) => self.shared.events.event(
+                COMPONENT,
+                self.set,
+                EventType::Warning,
+                &format!("Failed{title}"),
+                format!("{verb} Pod {pod} in StatefulSet {set} failed error: {e}"),
+            ),
+        }
+    }
+
+    /// Upstream's `recordClaimEvent` for a claim created for `pod`.
+    fn claim_event(&self, claim: &str, pod: &str, err: Option<&str>) {
+        let set = self.set.name_any();
+        match err {
+            None => self.shared.events.event(
+                COMPONENT,
+                self.set,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("create Claim {claim} Pod {pod} in StatefulSet {set} success"),
+            ),
+            Some(e) => self.shared.events.event(
+                COMPONENT,
+                self.set,
+                EventType::Warning,
+                "FailedCreate",
+                format!(
+                    "create Claim {claim} for Pod {pod} in StatefulSet {set} failed error: {e}"
+                ),
+            ),
+        }
+    }
+
     /// Upstream's `updateStatefulSet`: returns the pod counts, or the counts so far and the
     /// error that stopped it.
     async fn update(
@@ -749,6 +808,23 @@ impl Sync<'_> {
             // A finished member is deleted; the next sync makes it again.
             if !terminating(pod) {
                 tracing::info!(pod = %pod.name_any(), phase, "recreating terminated pod");
+                let (type_, reason, what) = if phase == "Failed" {
+                    (EventType::Warning, "RecreatingFailedPod", "failed")
+                } else {
+                    (EventType::Normal, "RecreatingTerminatedPod", "terminated")
+                };
+                self.shared.events.event(
+                    COMPONENT,
+                    self.set,
+                    type_,
+                    reason,
+                    format!(
+                        "StatefulSet {}/{} is recreating {what} Pod {}",
+                        self.set.namespace().unwrap_or_default(),
+                        self.set.name_any(),
+                        pod.name_any()
+                    ),
+                );
                 self.delete_pod(pod).await?;
             }
             return Ok(Step::Exit);
@@ -786,12 +862,19 @@ impl Sync<'_> {
     /// Claims first, then the pod; then the claims' owners for the retention policy.
     async fn create_pod(&self, pod: &Pod) -> Result<(), ReconcileError> {
         let ordinal = ordinal_of(pod);
-        self.create_claims(ordinal).await?;
+        if let Err(e) = self.create_claims(ordinal).await {
+            self.pod_event("create", &pod.name_any(), Some(&e.to_string()));
+            return Err(e);
+        }
         let created = match self.pods.create(&PostParams::default(), pod).await {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.pod_event("create", &pod.name_any(), Some(&api_error_text(&e)));
+                return Err(e.into());
+            }
         };
+        self.pod_event("create", &created.name_any(), None);
         tracing::info!(pod = %created.name_any(), revision = revision_of(&created), "created pod");
         self.update_claims_for_policy(&created).await
     }
@@ -800,13 +883,21 @@ impl Sync<'_> {
     /// (the pod must wait for it to go).
     async fn create_claims(&self, ordinal: i32) -> Result<(), ReconcileError> {
         let mut errors = Vec::new();
+        let pod = pod_name(&self.set.name_any(), ordinal);
         for (_, claim) in claims_for(self.set, ordinal) {
             let cname = claim.metadata.name.clone().unwrap_or_default();
             match self.claims.get_opt(&cname).await? {
                 None => match self.claims.create(&PostParams::default(), &claim).await {
-                    Ok(_) => tracing::info!(claim = %cname, "created PersistentVolumeClaim"),
+                    Ok(_) => {
+                        tracing::info!(claim = %cname, "created PersistentVolumeClaim");
+                        self.claim_event(&cname, &pod, None);
+                    }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => errors.push(format!("failed to create PVC {cname}: {e}")),
+                    Err(e) => {
+                        let text = api_error_text(&e);
+                        self.claim_event(&cname, &pod, Some(&text));
+                        errors.push(format!("failed to create PVC {cname}: {text}"));
+                    }
                 },
                 Some(c) if c.metadata.deletion_timestamp.is_some() => {
                     errors.push(format!("pvc {cname} is being deleted"));
@@ -895,9 +986,12 @@ impl Sync<'_> {
                 .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => self.pod_event("update", &name, None),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.pod_event("update", &name, Some(&api_error_text(&e)));
+                    return Err(e.into());
+                }
             }
         }
         if !storage_matches(self.set, pod) {
@@ -907,15 +1001,27 @@ impl Sync<'_> {
     }
 
     async fn delete_pod(&self, pod: &Pod) -> Result<(), ReconcileError> {
-        match self
-            .pods
-            .delete(&pod.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
+        let name = pod.name_any();
+        match self.pods.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                self.pod_event("delete", &name, None);
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.pod_event("delete", &name, Some(&api_error_text(&e)));
+                Err(e.into())
+            }
         }
+    }
+}
+
+/// `create` → `Create`, as Go's `strings.Title` for one word.
+fn title_case(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 

@@ -14,7 +14,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{TestCluster, eventually};
+use common::{TestCluster, eventually, expect_event};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -170,6 +170,18 @@ impl Fixture {
         .await;
     }
 
+    /// Waits for the CronJob event `reason` with `message` (type, component, object checked).
+    async fn event(&self, cronjob: &str, type_: &str, reason: &str, message: &str) {
+        expect_event(
+            &self._cluster.client,
+            "default",
+            ("CronJob", cronjob),
+            (type_, reason, message),
+            "cronjob-controller",
+        )
+        .await;
+    }
+
     async fn active(&self, name: &str) -> Vec<String> {
         let cj = self.cronjobs.get(name).await.unwrap();
         cj.status
@@ -247,6 +259,35 @@ async fn cronjob_creates_a_job_per_schedule_time() {
         .completion_time
         .unwrap();
     assert_eq!(status.last_successful_time.unwrap(), done);
+    f.event(
+        "tick",
+        "Normal",
+        "SuccessfulCreate",
+        &format!("Created job {j1}"),
+    )
+    .await;
+    f.event(
+        "tick",
+        "Normal",
+        "SuccessfulCreate",
+        &format!("Created job {j2}"),
+    )
+    .await;
+    f.event(
+        "tick",
+        "Normal",
+        "SawCompletedJob",
+        &format!("Saw completed job: {j1}, condition: Complete"),
+    )
+    .await;
+    let out = f
+        ._cluster
+        .kubectl_ok(&["describe", "cronjob", "tick"])
+        .await;
+    assert!(
+        out.contains("SawCompletedJob") && out.contains(&format!("Created job {j2}")),
+        "{out}"
+    );
 
     // Suspended: no job for the next minute.
     f.cronjobs
@@ -279,6 +320,13 @@ async fn forbid_skips_while_a_job_runs_and_replace_replaces_it() {
         std::slice::from_ref(&j1),
         "Forbid: no second job"
     );
+    f.event(
+        "forbid",
+        "Normal",
+        "JobAlreadyActive",
+        "Not starting job because prior execution is running and concurrency policy is Forbid",
+    )
+    .await;
     // When the running job finishes, the missed time b2 is still due: it starts late.
     f.finish_job(&j1, 0).await;
     let j2 = job_name("forbid", b2);
@@ -304,6 +352,13 @@ async fn forbid_skips_while_a_job_runs_and_replace_replaces_it() {
     eventually(20, "active is job 2", || async {
         (f.active("replace").await == [k2.clone()]).then_some(())
     })
+    .await;
+    f.event(
+        "replace",
+        "Normal",
+        "SuccessfulDelete",
+        &format!("Deleted job {k1}"),
+    )
     .await;
 }
 
@@ -331,4 +386,20 @@ async fn finished_jobs_beyond_the_history_limits_are_deleted() {
     }
     // Newest succeeded (run 3) and newest failed (run 4) are kept.
     f.wait_jobs(&[names[2].clone(), names[3].clone()]).await;
+    for n in &names[..2] {
+        f.event(
+            "hist",
+            "Normal",
+            "SuccessfulDelete",
+            &format!("Deleted job {n}"),
+        )
+        .await;
+    }
+    f.event(
+        "hist",
+        "Normal",
+        "SawCompletedJob",
+        &format!("Saw completed job: {}, condition: Failed", names[1]),
+    )
+    .await;
 }

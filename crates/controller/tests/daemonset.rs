@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use common::{TestCluster, eventually};
+use common::{TestCluster, eventually, expect_event};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -95,6 +95,18 @@ async fn scheduler_and_kubelet(client: kube::Client) {
             Some(_) => {}
         }
     }
+}
+
+/// Waits for the DaemonSet event `reason` with `message` (type, component, object checked).
+async fn ds_event(t: &TestCluster, ds: &str, type_: &str, reason: &str, message: &str) {
+    expect_event(
+        &t.client,
+        "default",
+        ("DaemonSet", ds),
+        (type_, reason, message),
+        "daemonset-controller",
+    )
+    .await;
 }
 
 fn affinity_node(p: &Pod) -> Option<String> {
@@ -219,7 +231,20 @@ async fn follows_nodes_joining_leaving_and_relabelled() {
     let d = rolled_out(&sets, "agent", 2).await;
     rolled_out(&sets, "edge", 1).await;
     assert_eq!(nodes_of(&placement(&pods, "agent").await), ["n1", "n2"]);
-    assert_eq!(nodes_of(&placement(&pods, "edge").await), ["n1"]);
+    let edge_on_n1 = placement(&pods, "edge").await;
+    assert_eq!(nodes_of(&edge_on_n1), ["n1"]);
+    for names in placement(&pods, "agent").await.values() {
+        for n in names {
+            ds_event(
+                &t,
+                "agent",
+                "Normal",
+                "SuccessfulCreate",
+                &format!("Created pod: {n}"),
+            )
+            .await;
+        }
+    }
 
     // Each pod: pinned by affinity, the daemon tolerations, the revision and generation labels.
     let revs: Api<ControllerRevision> = Api::default_namespaced(t.client.clone());
@@ -309,6 +334,45 @@ async fn follows_nodes_joining_leaving_and_relabelled() {
         (nodes_of(&placement(&pods, "edge").await) == ["n3"]).then_some(())
     })
     .await;
+    ds_event(
+        &t,
+        "edge",
+        "Normal",
+        "SuccessfulDelete",
+        &format!("Deleted pod: {}", edge_on_n1["n1"][0]),
+    )
+    .await;
+
+    // A failed daemon pod is deleted (and replaced), with upstream's FailedDaemonPod event.
+    let failed = placement(&pods, "agent").await["n1"][0].clone();
+    pods.patch_status(
+        &failed,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+    )
+    .await
+    .unwrap();
+    ds_event(
+        &t,
+        "agent",
+        "Warning",
+        "FailedDaemonPod",
+        &format!("Found failed daemon pod default/{failed} on node n1, will try to kill it"),
+    )
+    .await;
+    ds_event(
+        &t,
+        "agent",
+        "Normal",
+        "SuccessfulDelete",
+        &format!("Deleted pod: {failed}"),
+    )
+    .await;
+    let out = t.kubectl_ok(&["describe", "daemonset", "agent"]).await;
+    assert!(
+        out.contains("FailedDaemonPod") && out.contains("daemonset-controller"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

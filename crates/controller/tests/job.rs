@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{TestCluster, eventually};
+use common::{TestCluster, events_about, eventually, expect_event};
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -17,6 +17,19 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+const JOB_CONTROLLER: &str = "job-controller";
+
+/// Waits for the Job event `reason` with `message` (type, component and object checked).
+async fn job_event(t: &TestCluster, job: &str, type_: &str, reason: &str, message: &str) {
+    expect_event(
+        &t.client,
+        "default",
+        ("Job", job),
+        (type_, reason, message),
+        JOB_CONTROLLER,
+    )
+    .await;
+}
 
 fn job(name: &str, spec: Value) -> Job {
     let mut spec = spec;
@@ -206,9 +219,34 @@ async fn job_with_completions_and_parallelism_completes() {
         Some("Reached expected number of succeeded pods")
     );
     // Never more than `parallelism` pods were created beyond the completions needed.
-    assert_eq!(pods_of(&pods, "work").await.len(), 3);
+    let all = pods_of(&pods, "work").await;
+    assert_eq!(all.len(), 3);
     let out = t.kubectl_ok(&["get", "job", "work", "--no-headers"]).await;
     assert!(out.contains("3/3"), "{out}");
+
+    // Upstream's events: one SuccessfulCreate per pod, then Completed.
+    for p in &all {
+        let msg = format!("Created pod: {}", p.metadata.name.as_deref().unwrap());
+        job_event(&t, "work", "Normal", "SuccessfulCreate", &msg).await;
+    }
+    let ev = expect_event(
+        &t.client,
+        "default",
+        ("Job", "work"),
+        ("Normal", "Completed", "Job completed"),
+        JOB_CONTROLLER,
+    )
+    .await;
+    assert_eq!(ev.involved_object.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(ev.involved_object.api_version.as_deref(), Some("batch/v1"));
+    let out = t.kubectl_ok(&["describe", "job", "work"]).await;
+    assert!(
+        out.contains("SuccessfulCreate")
+            && out.contains("Completed")
+            && out.contains("Job completed")
+            && out.contains(JOB_CONTROLLER),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,6 +302,22 @@ async fn failing_pods_are_retried_with_backoff_until_the_backoff_limit() {
         Some("Job has reached the specified backoff limit")
     );
     assert_eq!(pods_of(&pods, "flaky").await.len(), 2, "no third pod");
+    job_event(
+        &t,
+        "flaky",
+        "Warning",
+        "BackoffLimitExceeded",
+        "Job has reached the specified backoff limit",
+    )
+    .await;
+    // Recorded once: the finished Job is not synced again.
+    let failed: Vec<_> = events_about(&t.client, "default", "Job", "flaky")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("BackoffLimitExceeded"))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].count, Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,6 +439,16 @@ async fn pod_failure_policy_fails_the_job_on_an_exit_code() {
         left.iter().all(|p| phase(p) == "Failed").then_some(())
     })
     .await;
+    job_event(&t, "pfp", "Warning", "PodFailurePolicy", &want).await;
+    let other = r[1].metadata.name.clone().unwrap();
+    job_event(
+        &t,
+        "pfp",
+        "Normal",
+        "SuccessfulDelete",
+        &format!("Deleted pod: {other}"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,6 +515,28 @@ async fn suspended_job_runs_no_pods_until_resumed() {
     let s = j.status.unwrap();
     assert_eq!(s.failed, None);
     assert_eq!(s.active, None);
+
+    job_event(&t, "sus", "Normal", "Resumed", "Job resumed").await;
+    job_event(&t, "sus", "Normal", "Suspended", "Job suspended").await;
+    // Suspended twice: one Event, counted twice; one SuccessfulDelete per running pod.
+    eventually(
+        20,
+        "Suspended counted twice and 2 SuccessfulDelete",
+        || async {
+            let evs = events_about(&t.client, "default", "Job", "sus").await;
+            let suspended = evs
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("Suspended"))
+                .map(|e| e.count)
+                .collect::<Vec<_>>();
+            let deleted = evs
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("SuccessfulDelete"))
+                .count();
+            (suspended == [Some(2)] && deleted == 2).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,6 +572,14 @@ async fn active_deadline_fails_the_job() {
     eventually(20, "pod deleted", || async {
         pods_of(&pods, "deadline").await.is_empty().then_some(())
     })
+    .await;
+    job_event(
+        &t,
+        "deadline",
+        "Warning",
+        "DeadlineExceeded",
+        "Job was active longer than specified deadline",
+    )
     .await;
 }
 

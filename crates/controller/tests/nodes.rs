@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{TestCluster, eventually};
+use common::{TestCluster, eventually, expect_event};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::jiff::Timestamp;
@@ -244,6 +244,93 @@ async fn a_node_that_stops_heartbeating_is_tainted_and_its_pods_evicted() {
     .await;
     let p = pods.get("default").await.unwrap();
     assert!(p.metadata.deletion_timestamp.is_none());
+
+    // Upstream's events: on the Node (namespace default, as for every cluster-scoped object)
+    // and on the pods.
+    let node_uid = nodes.get("dead").await.unwrap().metadata.uid;
+    let ev = expect_event(
+        &t.client,
+        "default",
+        ("Node", "dead"),
+        (
+            "Normal",
+            "RegisteredNode",
+            "Node dead event: Registered Node dead in Controller",
+        ),
+        "node-controller",
+    )
+    .await;
+    assert_eq!(ev.involved_object.uid, node_uid);
+    assert_eq!(ev.involved_object.namespace, None);
+    expect_event(
+        &t.client,
+        "default",
+        ("Node", "dead"),
+        (
+            "Normal",
+            "NodeNotReady",
+            "Node dead status is now: NodeNotReady",
+        ),
+        "node-controller",
+    )
+    .await;
+    let ev = expect_event(
+        &t.client,
+        "default",
+        ("Pod", "forever"),
+        ("Warning", "NodeNotReady", "Node is not ready"),
+        "node-controller",
+    )
+    .await;
+    assert_eq!(ev.involved_object.namespace.as_deref(), Some("default"));
+    expect_event(
+        &t.client,
+        "default",
+        ("Pod", "short"),
+        (
+            "Normal",
+            "TaintManagerEviction",
+            "Marking for deletion Pod default/short",
+        ),
+        "taint-eviction-controller",
+    )
+    .await;
+    // The 300 s eviction waiting for "default" was called off when the taint went.
+    expect_event(
+        &t.client,
+        "default",
+        ("Pod", "default"),
+        (
+            "Normal",
+            "TaintManagerEviction",
+            "Cancelling deletion of Pod default/default",
+        ),
+        "taint-eviction-controller",
+    )
+    .await;
+    let out = t.kubectl_ok(&["describe", "node", "dead"]).await;
+    assert!(
+        out.contains("RegisteredNode") && out.contains("NodeNotReady"),
+        "{out}"
+    );
+
+    // A node that goes away: RemovingNode.
+    nodes
+        .delete("dead", &DeleteParams::default())
+        .await
+        .unwrap();
+    expect_event(
+        &t.client,
+        "default",
+        ("Node", "dead"),
+        (
+            "Normal",
+            "RemovingNode",
+            "Node dead event: Removing Node dead from Controller",
+        ),
+        "node-controller",
+    )
+    .await;
     beat.abort();
 }
 

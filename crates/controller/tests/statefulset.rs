@@ -13,7 +13,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use common::{TestCluster, eventually};
+use common::{TestCluster, eventually, expect_event};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -36,6 +36,18 @@ fn sts(name: &str, replicas: i32, image: &str, extra_spec: Value) -> StatefulSet
         spec[k] = v.clone();
     }
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+/// Waits for the StatefulSet event `reason` with `message` (type, component, object checked).
+async fn set_event(t: &TestCluster, set: &str, type_: &str, reason: &str, message: &str) {
+    expect_event(
+        &t.client,
+        "default",
+        ("StatefulSet", set),
+        (type_, reason, message),
+        "statefulset-controller",
+    )
+    .await;
 }
 
 fn claim_template() -> Value {
@@ -264,6 +276,42 @@ async fn ordered_creation_identity_claims_and_reverse_scale_down() {
             .is_some_and(|c| c.claim_name == "data-web-2")
     }));
     watch.abort();
+
+    // Upstream's events, as `kubectl describe statefulset` lists them.
+    for k in 0..3 {
+        set_event(
+            &t,
+            "web",
+            "Normal",
+            "SuccessfulCreate",
+            &format!("create Claim data-web-{k} Pod web-{k} in StatefulSet web success"),
+        )
+        .await;
+        set_event(
+            &t,
+            "web",
+            "Normal",
+            "SuccessfulCreate",
+            &format!("create Pod web-{k} in StatefulSet web successful"),
+        )
+        .await;
+    }
+    for k in 1..3 {
+        set_event(
+            &t,
+            "web",
+            "Normal",
+            "SuccessfulDelete",
+            &format!("delete Pod web-{k} in StatefulSet web successful"),
+        )
+        .await;
+    }
+    let out = t.kubectl_ok(&["describe", "statefulset", "web"]).await;
+    assert!(
+        out.contains("create Pod web-2 in StatefulSet web successful")
+            && out.contains("statefulset-controller"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -614,5 +662,21 @@ async fn on_delete_updates_only_deleted_pods_and_failed_pods_are_remade() {
         let p = pods.get_opt("od-0").await.ok()??;
         (p.uid() != old_uid && ready(&p)).then_some(())
     })
+    .await;
+    set_event(
+        &t,
+        "od",
+        "Warning",
+        "RecreatingFailedPod",
+        "StatefulSet default/od is recreating failed Pod od-0",
+    )
+    .await;
+    set_event(
+        &t,
+        "od",
+        "Normal",
+        "SuccessfulDelete",
+        "delete Pod od-0 in StatefulSet od successful",
+    )
     .await;
 }

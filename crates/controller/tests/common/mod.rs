@@ -326,3 +326,53 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The Events in `ns` about the object `kind`/`name` (what `kubectl describe` lists).
+pub async fn events_about(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().fields(&format!(
+            "involvedObject.kind={kind},involvedObject.name={name}"
+        )))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// Waits (at most `secs`) for an Event in `ns` about `kind`/`name` with `reason` and
+/// `message`, and checks the fields `kubectl describe` shows: the type, the source component
+/// and the involved object.
+pub async fn expect_event(
+    client: &kube::Client,
+    ns: &str,
+    (kind, name): (&str, &str),
+    (type_, reason, message): (&str, &str, &str),
+    component: &str,
+) -> k8s_openapi::api::core::v1::Event {
+    let ev = eventually(
+        30,
+        &format!("a {reason} event about {kind} {name}: {message}"),
+        || async {
+            events_about(client, ns, kind, name)
+                .await
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason) && e.message.as_deref() == Some(message)
+                })
+        },
+    )
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some(type_), "{ev:?}");
+    assert_eq!(
+        ev.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some(component),
+        "{ev:?}"
+    );
+    assert_eq!(ev.involved_object.kind.as_deref(), Some(kind));
+    assert_eq!(ev.involved_object.name.as_deref(), Some(name));
+    ev
+}
