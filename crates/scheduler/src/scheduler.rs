@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     Event, EventSource, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
     Pod, PodCondition,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -42,8 +42,8 @@ struct Inner {
     next_start: usize,
     nodes_synced: bool,
     pods_synced: bool,
-    /// PersistentVolumes, PersistentVolumeClaims, StorageClasses listed.
-    volumes_synced: [bool; 3],
+    /// PersistentVolumes, PersistentVolumeClaims, StorageClasses, CSINodes listed.
+    volumes_synced: [bool; 4],
 }
 
 struct Shared {
@@ -129,7 +129,7 @@ impl Scheduler {
                 next_start: 0,
                 nodes_synced: false,
                 pods_synced: false,
-                volumes_synced: [false; 3],
+                volumes_synced: [false; 4],
             }),
             wake: Notify::new(),
             volumes_changed: Notify::new(),
@@ -145,6 +145,7 @@ impl Scheduler {
         tasks.spawn(watch_volumes::<PersistentVolume>(shared.clone(), 0));
         tasks.spawn(watch_volumes::<PersistentVolumeClaim>(shared.clone(), 1));
         tasks.spawn(watch_volumes::<StorageClass>(shared.clone(), 2));
+        tasks.spawn(watch_volumes::<CSINode>(shared.clone(), 3));
         tasks.spawn(write_events(
             shared.client.clone(),
             shared.config.scheduler_name.clone(),
@@ -819,7 +820,19 @@ impl VolumeObject for StorageClass {
     }
 }
 
-/// Watches PersistentVolumes, PersistentVolumeClaims or StorageClasses (`slot` in
+impl VolumeObject for CSINode {
+    fn upsert(self, v: &mut volume_binding::Volumes) {
+        v.csi_nodes.insert(self.key(), Arc::new(self));
+    }
+    fn remove(key: &str, v: &mut volume_binding::Volumes) {
+        v.csi_nodes.remove(key);
+    }
+    fn retain(keep: &HashSet<String>, v: &mut volume_binding::Volumes) {
+        v.csi_nodes.retain(|k, _| keep.contains(k));
+    }
+}
+
+/// Watches PersistentVolumes, PersistentVolumeClaims, StorageClasses or CSINodes (`slot` in
 /// `volumes_synced`) into the cache; a change may help pods VolumeBinding rejected, and
 /// wakes PreBinds waiting for the PV controller.
 async fn watch_volumes<K: VolumeObject>(shared: Arc<Shared>, slot: usize) {
