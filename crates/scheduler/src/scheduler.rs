@@ -435,12 +435,12 @@ async fn bind(
                 }
             }
             shared.wake.notify_one();
-            shared.event(
-                &pod.pod,
-                "Warning",
-                "FailedScheduling",
-                format!("running PreBind plugin \"{}\": {e}", volume_binding::NAME),
-            );
+            // Upstream's handleBindingCycleError: an Error status (reason SchedulerError),
+            // the nominated node cleared.
+            let message = format!("running PreBind plugin \"{}\": {e}", volume_binding::NAME);
+            update_scheduled_condition(&shared, pod, "SchedulerError", &message, Nominate::Clear)
+                .await;
+            shared.event(&pod.pod, "Warning", "FailedScheduling", message);
             return;
         }
     }
@@ -584,7 +584,6 @@ async fn record_failure(
     nominate: Option<Candidate>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let nominated = nominate.as_ref().map(|c| c.node.clone());
     if let Some(c) = &nominate {
         for victim in &c.victims {
@@ -606,46 +605,83 @@ async fn record_failure(
             }
         }
     }
+    let nominate = match nominated {
+        Some(n) => Nominate::Set(n),
+        None => Nominate::Keep,
+    };
+    update_scheduled_condition(&shared, &pod, "Unschedulable", &message, nominate).await;
+    shared.event(&pod.pod, "Warning", "FailedScheduling", message);
+}
+
+/// What a failure does to the pod's `status.nominatedNodeName`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Nominate {
+    Keep,
+    Set(String),
+    /// Upstream's `clearNominatedNode` (ModeOverride with no node).
+    Clear,
+}
+
+/// Upstream's `updatePod`: `PodScheduled=False` with `reason` and `message` (the transition
+/// time kept while it stays False), and the nominated node; written only when something
+/// changes.
+async fn update_scheduled_condition(
+    shared: &Shared,
+    pod: &PodInfo,
+    reason: &str,
+    message: &str,
+    nominate: Nominate,
+) {
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let status = pod.pod.status.clone().unwrap_or_default();
     let mut conditions = status.conditions.unwrap_or_default();
     let existing = conditions.iter().position(|c| c.type_ == "PodScheduled");
     let same = existing.is_some_and(|i| {
         let c = &conditions[i];
         c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable")
-            && c.message.as_deref() == Some(message.as_str())
+            && c.reason.as_deref() == Some(reason)
+            && c.message.as_deref() == Some(message)
     });
-    let nominated_changed = nominated.is_some() && nominated != status.nominated_node_name;
-    if !same || nominated_changed {
-        let now = Time(Timestamp::now());
-        let transition = match existing.map(|i| &conditions[i]) {
-            Some(c) if c.status == "False" => c.last_transition_time.clone(),
-            _ => Some(now),
-        };
-        let condition = PodCondition {
-            type_: "PodScheduled".into(),
-            status: "False".into(),
-            reason: Some("Unschedulable".into()),
-            message: Some(message.clone()),
-            last_transition_time: transition,
-            ..Default::default()
-        };
-        match existing {
-            Some(i) => conditions[i] = condition,
-            None => conditions.push(condition),
-        }
-        let mut patch = serde_json::json!({"status": {"conditions": conditions}});
-        if let Some(n) = &nominated {
-            patch["status"]["nominatedNodeName"] = serde_json::json!(n);
-        }
-        if let Err(e) = api
-            .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::debug!(error = %e, "updating the pod's PodScheduled condition failed");
-        }
+    let nominated = match &nominate {
+        Nominate::Keep => None,
+        Nominate::Set(n) => Some(n.clone()),
+        Nominate::Clear => Some(String::new()),
+    };
+    let current = status.nominated_node_name.unwrap_or_default();
+    let nominated_changed = nominated.as_ref().is_some_and(|n| *n != current);
+    if same && !nominated_changed {
+        return;
     }
-    shared.event(&pod.pod, "Warning", "FailedScheduling", message);
+    let now = Time(Timestamp::now());
+    let transition = match existing.map(|i| &conditions[i]) {
+        Some(c) if c.status == "False" => c.last_transition_time.clone(),
+        _ => Some(now),
+    };
+    let condition = PodCondition {
+        type_: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: transition,
+        ..Default::default()
+    };
+    match existing {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+    let mut patch = serde_json::json!({"status": {"conditions": conditions}});
+    if nominated_changed {
+        patch["status"]["nominatedNodeName"] = match nominated.as_deref() {
+            Some("") | None => serde_json::Value::Null,
+            Some(n) => serde_json::json!(n),
+        };
+    }
+    if let Err(e) = api
+        .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, "updating the pod's PodScheduled condition failed");
+    }
 }
 
 /// Writes events (core/v1, as kube-scheduler's events.k8s.io events look through core/v1).
