@@ -395,17 +395,20 @@ mod tests {
 
     #[test]
     fn sizes_compare_exactly_when_matching_and_rounded_up_when_checking() {
-        // 1500m is less than 2 (exact), though both are 2 in whole units rounded up.
-        let vs = [pv("two", "2", &["ReadWriteOnce"], json!({}))];
-        let c = claim("2500m", &["ReadWriteOnce"], json!({}));
+        // 1500m is less than 2, though both are 2 in whole units rounded up.
+        let vs = [pv("small", "1500m", &["ReadWriteOnce"], json!({}))];
+        let c = claim("2", &["ReadWriteOnce"], json!({}));
         assert_eq!(best(&c, &vs, false), None);
         let c = claim("1500m", &["ReadWriteOnce"], json!({}));
-        assert_eq!(best(&c, &vs, false).as_deref(), Some("two"));
-        let small = pv("v", "1500m", &["ReadWriteOnce"], json!({}));
+        assert_eq!(best(&c, &vs, false).as_deref(), Some("small"));
         assert_eq!(
-            check_volume_satisfies_claim(&small, &claim("2", &["ReadWriteOnce"], json!({}))),
+            check_volume_satisfies_claim(&vs[0], &claim("2", &["ReadWriteOnce"], json!({}))),
             Ok(()),
             "Value() of 1500m is 2"
+        );
+        assert_eq!(
+            check_volume_satisfies_claim(&vs[0], &claim("2001m", &["ReadWriteOnce"], json!({}))),
+            Err("requested PV is too small".into())
         );
     }
 
