@@ -428,6 +428,13 @@ async fn bind(
                 // Deleted meanwhile (the watch dropped the assumption): not queued again.
                 let ours = inner.cache.is_assumed(&pod.key);
                 inner.cache.forget(&pod.key);
+                if ours {
+                    // What the assumed pod took is free again: upstream treats the forget as
+                    // an assigned pod's deletion (before the pod itself is queued again).
+                    inner
+                        .queue
+                        .move_for(ClusterEvent::AssignedPodDelete, Instant::now());
+                }
                 if ours && !inner.cache.is_placed(&pod.key) {
                     inner
                         .queue
@@ -474,7 +481,12 @@ async fn bind(
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 404);
             {
                 let mut inner = shared.lock();
-                inner.cache.forget(&pod.key);
+                if inner.cache.is_assumed(&pod.key) {
+                    inner.cache.forget(&pod.key);
+                    inner
+                        .queue
+                        .move_for(ClusterEvent::AssignedPodDelete, Instant::now());
+                }
                 if !gone && !inner.cache.is_placed(&pod.key) {
                     inner
                         .queue

@@ -641,3 +641,60 @@ async fn a_failed_prebind_sets_pod_scheduled_false_with_a_scheduler_error() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prebind_frees_the_node_for_the_pods_waiting_on_it() {
+    let k = start(&[("n1", json!({}))]).await;
+    let c = &k.c;
+    make_class(
+        c,
+        "local-path",
+        "rancher.io/local-path",
+        "WaitForFirstConsumer",
+    )
+    .await;
+    make_pvc(
+        c,
+        "cache",
+        "1Gi",
+        json!({"spec": {"storageClassName": "local-path"}}),
+    )
+    .await;
+    let cpu =
+        |n: &str| json!([{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": n}}}]);
+    // Assumed on n1 with 3 of its 4 CPUs while PreBind waits for the provisioner.
+    claim_pod(c, "big", &["cache"], json!({"containers": cpu("3")})).await;
+    eventually("selected node", || async {
+        annotation(
+            &claim(c, "cache").await.metadata,
+            "volume.kubernetes.io/selected-node",
+        )
+    })
+    .await;
+    make_pod(c, "other", json!({}), json!({"containers": cpu("2")})).await;
+    wait_unschedulable(
+        c,
+        "other",
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 \
+         No preemption victims found for incoming pod.",
+    )
+    .await;
+    // Without its class the claim cannot wait for a consumer any more (big stays pending);
+    // the provisioner gives up, PreBind fails and big's CPUs are free again.
+    Api::<StorageClass>::all(c.clone())
+        .delete("local-path", &Default::default())
+        .await
+        .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(c.clone(), "default")
+        .patch(
+            "cache",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations":
+                {"volume.kubernetes.io/selected-node": null}}})),
+        )
+        .await
+        .unwrap();
+    // The waiting pod is tried again at once (not after the 5 min flush).
+    assert_eq!(wait_bound(c, &["other"]).await, vec!["n1"]);
+    assert_eq!(node_of(c, "big").await, None);
+}
