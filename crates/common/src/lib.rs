@@ -2,8 +2,10 @@
 //! otherwise each carry a copy of. Today that is [`leader`], Lease-based leader election, used
 //! by the scheduler and the controller manager (feature `leader`, on by default), and what
 //! every binary does the same way around its process: [`signal`] (SIGTERM/SIGINT) and
-//! [`notify`] (systemd's readiness protocol), and [`volume`] (feature `volume`), the
-//! PersistentVolume ↔ claim matching of the scheduler's VolumeBinding and the PV binder.
+//! [`notify`] (systemd's readiness protocol), and, for the component binaries, [`cli`]
+//! (logging and configuration from flags, file and environment; feature `cli`); and
+//! [`volume`] (feature `volume`), the PersistentVolume ↔ claim matching of the scheduler's
+//! VolumeBinding and the PV binder.
 //!
 //! Invariant: this crate knows the Kubernetes API only as a client (kube-rs); it depends on no
 //! rk3s component (only on the shared `rk3s-quota`, for quantities, with `volume`), so any
@@ -12,6 +14,8 @@
 // Unit tests may unwrap.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "leader")]
 pub mod leader;
 pub mod notify;

@@ -73,10 +73,16 @@ async fn make_pv(c: &kube::Client, name: &str, size: &str, extra: Value) {
     });
     merge(&mut v, extra);
     let pv: PersistentVolume = serde_json::from_value(v).unwrap();
-    Api::<PersistentVolume>::all(c.clone())
-        .create(&PostParams::default(), &pv)
-        .await
-        .unwrap();
+    let api = Api::<PersistentVolume>::all(c.clone());
+    api.create(&PostParams::default(), &pv).await.unwrap();
+    // A new volume is `Pending` until the binder has seen it (then `Available`, or `Bound`
+    // when pre-bound or taken at once); the scheduler matches only `Available` ones, as
+    // upstream's, so the tests wait for the binder as upstream's do.
+    eventually(&format!("volume {name} seen by the binder"), || async {
+        let phase = api.get(name).await.ok()?.status?.phase?;
+        (phase != "Pending").then_some(())
+    })
+    .await;
 }
 
 async fn make_pvc(c: &kube::Client, name: &str, size: &str, extra: Value) {

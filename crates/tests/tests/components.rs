@@ -56,6 +56,73 @@ fn every_binary_has_help_naming_its_config_file_flag() {
     }
 }
 
+/// A bad config file stops each component binary before it starts anything, with a message
+/// naming the file and the key: a named file that is missing, a key that is no flag (a typo
+/// must not fall back to a default), a value of the wrong type. A good file is read.
+#[test]
+fn every_component_refuses_a_bad_config_file_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.yaml");
+    let fails = |name: &str, what: &str, wanted: &[&str]| {
+        let out = command(name, dir.path())
+            .args(["--config", &file.display().to_string(), "--version"])
+            .output()
+            .expect("binary runs");
+        // `--version` wins over a bad file: clap answers before the file is read.
+        assert!(out.status.success(), "{name} --version");
+        let out = command(name, dir.path())
+            .args(["--config", &file.display().to_string()])
+            .output()
+            .expect("binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{name} with {what} starts:\n{stderr}"
+        );
+        for w in wanted {
+            assert!(
+                stderr.contains(w),
+                "{name} with {what}: {w:?} not in\n{stderr}"
+            );
+        }
+        // Refused before anything starts: no listener, no data dir, no log past the error.
+        assert!(!stderr.contains("serving"), "{name}: {stderr}");
+    };
+    let path = file.display().to_string();
+    for (name, key, bad) in [
+        (
+            "rk3s-datastore",
+            "datastore-endpoint",
+            "datastore-endpoint: [1]",
+        ),
+        (
+            "rk3s-apiserver",
+            "https-listen-port",
+            "https-listen-port: many",
+        ),
+        ("rk3s-scheduler", "parallel-binds", "parallel-binds: many"),
+        (
+            "rk3s-controller",
+            "concurrent-syncs",
+            "concurrent-syncs: many",
+        ),
+    ] {
+        let _ = std::fs::remove_file(&file);
+        fails(name, "a missing file", &[&path]);
+        std::fs::write(&file, format!("{key}-typo: 1\n")).expect("config");
+        fails(name, "an unknown key", &[&path, &format!("{key}-typo")]);
+        std::fs::write(&file, format!("{bad}\n")).expect("config");
+        fails(name, "a bad value", &[&path, key]);
+    }
+    // A kubeconfig is a flag of the scheduler and the controller, not a key of their files.
+    std::fs::write(&file, "kubeconfig: /nowhere\n").expect("config");
+    fails(
+        "rk3s-scheduler",
+        "a kubeconfig key",
+        &[&path, "kubeconfig only as flags"],
+    );
+}
+
 /// The systemd units' command lines are accepted by the real binaries: each `ExecStart=` with
 /// `--help` appended parses (an unknown flag or a bad value fails before help is printed).
 #[test]
@@ -135,7 +202,8 @@ async fn components_alone_run_a_deployment() {
         "{ready:?}"
     );
 
-    // The apiserver's own config file (K3s keys), so /etc/rk3s/config.yaml is never read.
+    // The apiserver's own config file (its flags' keys), so /etc/rk3s/apiserver.yaml is never
+    // read.
     let api_config = dir.path().join("config.yaml");
     std::fs::write(&api_config, format!("https-listen-port: {api_port}\n")).expect("config");
     let mut apiserver = Process::spawn(

@@ -3,13 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Parser;
-use figment::Figment;
-use figment::providers::{Env, Format as _, Serialized, Yaml};
 
 /// Flags, as upstream kube-controller-manager names them. Unset flags fall back to the config
 /// file, then the environment (`RK3S_*`), then the defaults.
-#[derive(Debug, Parser, serde::Serialize)]
+#[derive(Debug, clap::Parser, serde::Serialize)]
 #[command(
     name = "rk3s-controller",
     version,
@@ -113,21 +110,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args = Args::parse();
-    let mut figment = Figment::from(Serialized::defaults(rk3s_controller::Config::default()));
-    if args.config.exists() {
-        figment = figment.merge(Yaml::file(&args.config));
-    }
-    let config: rk3s_controller::Config = figment
-        .merge(Env::prefixed("RK3S_").map(|k| k.as_str().replace('_', "-").into()))
-        .merge(Serialized::defaults(&args))
-        .extract()
-        .context("reading the configuration")?;
+    rk3s_common::cli::init_logging();
+    let cli = rk3s_common::cli::parse::<Args>();
+    let args = &cli.args;
+    let config: rk3s_controller::Config =
+        rk3s_common::cli::load(&cli, &["kubeconfig"]).context("reading the configuration")?;
     config.validate().context("checking the configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -15,13 +15,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rk3s_common::cli::init_logging();
     let shutdown =
         rk3s_common::signal::shutdown_signal().context("installing the signal handlers")?;
     run(cli.args, shutdown, |listen| {

@@ -1,7 +1,5 @@
 //! `rk3s`: the single rk3s binary.
 
-use std::io::IsTerminal as _;
-
 use anyhow::Context as _;
 use clap::Parser;
 
@@ -11,14 +9,7 @@ fn main() -> anyhow::Result<()> {
         // No runtime and no logging: kubectl replaces this process.
         return rk3s::kubectl::exec(args).context("rk3s kubectl");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    rk3s_common::cli::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
