@@ -3,10 +3,13 @@
 //! by the scheduler and the controller manager (feature `leader`, on by default), and what
 //! every binary does the same way around its process: [`signal`] (SIGTERM/SIGINT) and
 //! [`notify`] (systemd's readiness protocol), and, for the component binaries, [`cli`]
-//! (logging and configuration from flags, file and environment; feature `cli`).
+//! (logging and configuration from flags, file and environment; feature `cli`); and
+//! [`volume`] (feature `volume`), the PersistentVolume ↔ claim matching of the scheduler's
+//! VolumeBinding and the PV binder.
 //!
 //! Invariant: this crate knows the Kubernetes API only as a client (kube-rs); it depends on no
-//! rk3s crate, so any component may use it without pulling another component in.
+//! rk3s component (only on the shared `rk3s-quota`, for quantities, with `volume`), so any
+//! component may use it without pulling another component in.
 
 // Unit tests may unwrap.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -17,3 +20,5 @@ pub mod cli;
 pub mod leader;
 pub mod notify;
 pub mod signal;
+#[cfg(feature = "volume")]
+pub mod volume;

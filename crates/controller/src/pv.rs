@@ -41,19 +41,22 @@
 //! removal); `kubernetes.io/pv-protection` likewise on volumes, removed once the deleted
 //! volume is not `Bound`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource as _, ResourceExt as _};
-use rk3s_quota::Quantity;
+use rk3s_common::volume::{
+    self, ANN_BETA_CLASS, ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER, ANN_SELECTED_NODE,
+    annotation, bound_to_claim, check_volume_satisfies_claim, claim_class, storage,
+    volume_mode_mismatch, volume_name,
+};
 use tokio::sync::watch;
 
 use crate::ReconcileError;
@@ -63,13 +66,9 @@ use crate::util::{self, Backoff, Shared};
 
 /// Component name of the binder's events (upstream's).
 const COMPONENT: &str = "persistentvolume-controller";
-const ANN_BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
-const ANN_BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
-const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 const ANN_STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
 const ANN_BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storage-provisioner";
 const ANN_DYNAMICALLY_PROVISIONED: &str = "pv.kubernetes.io/provisioned-by";
-const ANN_BETA_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
 const ANN_DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 const ANN_BETA_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-default-class";
 const PVC_FINALIZER: &str = "kubernetes.io/pvc-protection";
@@ -216,37 +215,10 @@ fn has_annotation(meta: &kube::core::ObjectMeta, key: &str) -> bool {
         .is_some_and(|a| a.contains_key(key))
 }
 
-fn annotation<'a>(meta: &'a kube::core::ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
 fn set_annotation(meta: &mut kube::core::ObjectMeta, key: &str, value: &str) {
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(key.to_string(), value.to_string());
-}
-
-/// Upstream's `GetPersistentVolumeClaimClass`: the beta annotation, else the field.
-pub(crate) fn claim_class(claim: &PersistentVolumeClaim) -> String {
-    if let Some(c) = annotation(&claim.metadata, ANN_BETA_CLASS) {
-        return c.to_string();
-    }
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default()
-}
-
-/// Upstream's `GetPersistentVolumeClass`.
-pub(crate) fn volume_class(pv: &PersistentVolume) -> String {
-    if let Some(c) = annotation(&pv.metadata, ANN_BETA_CLASS) {
-        return c.to_string();
-    }
-    pv.spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default()
 }
 
 fn claim_has_class(claim: &PersistentVolumeClaim) -> bool {
@@ -257,77 +229,8 @@ fn claim_has_class(claim: &PersistentVolumeClaim) -> bool {
             .is_some_and(|s| s.storage_class_name.is_some())
 }
 
-fn storage(map: Option<&BTreeMap<String, K8sQuantity>>) -> Quantity {
-    map.and_then(|m| m.get("storage"))
-        .and_then(|q| Quantity::parse(&q.0).ok())
-        .unwrap_or_default()
-}
-
-fn requested(claim: &PersistentVolumeClaim) -> Quantity {
-    storage(
-        claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.resources.as_ref())
-            .and_then(|r| r.requests.as_ref()),
-    )
-}
-
-fn capacity(pv: &PersistentVolume) -> Quantity {
-    storage(pv.spec.as_ref().and_then(|s| s.capacity.as_ref()))
-}
-
-fn claim_modes(claim: &PersistentVolumeClaim) -> BTreeSet<String> {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.access_modes.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
-}
-
-fn volume_modes(pv: &PersistentVolume) -> BTreeSet<String> {
-    pv.spec
-        .as_ref()
-        .and_then(|s| s.access_modes.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
-}
-
-/// Upstream's `CheckVolumeModeMismatches` (unset means Filesystem on both sides).
-fn volume_mode_mismatch(claim: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
-    let c = claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_mode.as_deref())
-        .unwrap_or("Filesystem");
-    let v = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_mode.as_deref())
-        .unwrap_or("Filesystem");
-    c != v
-}
-
 fn claim_ref(pv: &PersistentVolume) -> Option<&ObjectReference> {
     pv.spec.as_ref()?.claim_ref.as_ref()
-}
-
-/// Upstream's `IsVolumeBoundToClaim`: the claimRef names the claim, and its uid (if any) is
-/// the claim's.
-pub(crate) fn bound_to_claim(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
-    let Some(r) = claim_ref(pv) else {
-        return false;
-    };
-    if r.name != claim.metadata.name || r.namespace != claim.metadata.namespace {
-        return false;
-    }
-    match r.uid.as_deref() {
-        None | Some("") => true,
-        Some(uid) => claim.metadata.uid.as_deref() == Some(uid),
-    }
 }
 
 fn pv_phase(pv: &PersistentVolume) -> &str {
@@ -345,109 +248,15 @@ fn claim_phase(claim: &PersistentVolumeClaim) -> &str {
         .unwrap_or("")
 }
 
-fn volume_name(claim: &PersistentVolumeClaim) -> &str {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_name.as_deref())
-        .unwrap_or("")
-}
-
-/// Upstream's `FindMatchingVolume` over volumes of one access-mode set (no node: the
-/// controller's path).
-fn matching_volume<'a>(
-    claim: &PersistentVolumeClaim,
-    volumes: &[&'a PersistentVolume],
-    delay_binding: bool,
-) -> Result<Option<&'a PersistentVolume>, ReconcileError> {
-    let want = requested(claim);
-    let class = claim_class(claim);
-    let selector = claim.spec.as_ref().and_then(|s| s.selector.as_ref());
-    let mut best: Option<(&PersistentVolume, Quantity)> = None;
-    for &pv in volumes {
-        if claim_ref(pv).is_some() && !bound_to_claim(pv, claim) {
-            continue;
-        }
-        let cap = capacity(pv);
-        if cap < want || volume_mode_mismatch(claim, pv) || pv.metadata.deletion_timestamp.is_some()
-        {
-            continue;
-        }
-        if bound_to_claim(pv, claim) {
-            return Ok(Some(pv));
-        }
-        if delay_binding {
-            continue;
-        }
-        if pv_phase(pv) != "Available" {
-            continue;
-        }
-        if let Some(sel) = selector
-            && !util::selects(sel, pv.metadata.labels.as_ref())?
-        {
-            continue;
-        }
-        if volume_class(pv) != class {
-            continue;
-        }
-        if best.as_ref().is_none_or(|(_, q)| *q > cap) {
-            best = Some((pv, cap));
-        }
-    }
-    Ok(best.map(|(pv, _)| pv))
-}
-
-/// Upstream's `findByClaim`: the volumes grouped by their access-mode sets; the sets that
-/// contain every mode the claim asks for are tried with the fewest modes first.
+/// Upstream's `findByClaim` ([`volume::find_best_match`], shared with the scheduler): the
+/// volumes whose access modes include the claim's, fewest modes first, each set searched by
+/// `FindMatchingVolume` without a node.
 pub(crate) fn find_best_match<'a>(
     claim: &PersistentVolumeClaim,
     volumes: &'a [PersistentVolume],
     delay_binding: bool,
 ) -> Result<Option<&'a PersistentVolume>, ReconcileError> {
-    let want = claim_modes(claim);
-    let mut groups: BTreeMap<(usize, Vec<String>), Vec<&PersistentVolume>> = BTreeMap::new();
-    for pv in volumes {
-        let modes = volume_modes(pv);
-        if !want.is_subset(&modes) {
-            continue;
-        }
-        groups
-            .entry((modes.len(), modes.into_iter().collect()))
-            .or_default()
-            .push(pv);
-    }
-    for group in groups.values() {
-        if let Some(pv) = matching_volume(claim, group, delay_binding)? {
-            return Ok(Some(pv));
-        }
-    }
-    Ok(None)
-}
-
-/// Upstream's `checkVolumeSatisfyClaim`, for a claim that names its volume.
-pub(crate) fn check_volume_satisfies_claim(
-    pv: &PersistentVolume,
-    claim: &PersistentVolumeClaim,
-) -> Result<(), String> {
-    if pv.metadata.deletion_timestamp.is_some() {
-        return Err(format!(
-            "the volume is marked for deletion {:?}",
-            pv.name_any()
-        ));
-    }
-    if capacity(pv) < requested(claim) {
-        return Err("requested PV is too small".into());
-    }
-    if volume_class(pv) != claim_class(claim) {
-        return Err("storageClassName does not match".into());
-    }
-    if volume_mode_mismatch(claim, pv) {
-        return Err("incompatible volumeMode".into());
-    }
-    if !claim_modes(claim).is_subset(&volume_modes(pv)) {
-        return Err("incompatible accessMode".into());
-    }
-    Ok(())
+    volume::find_best_match(claim, volumes, delay_binding, &util::selects)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -482,7 +291,7 @@ async fn sync_unbound_claim(
     let wanted = volume_name(&claim).to_string();
     if wanted.is_empty() {
         let classes: Api<StorageClass> = Api::all(shared.client.clone());
-        let class = claim_class(&claim);
+        let class = claim_class(&claim).to_string();
         let class_obj = if class.is_empty() {
             None
         } else {

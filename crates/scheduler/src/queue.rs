@@ -70,7 +70,7 @@ pub enum ClusterEvent {
     NodeAddOrUpdate,
     AssignedPodAdd,
     AssignedPodDelete,
-    /// A PersistentVolume, PersistentVolumeClaim or StorageClass added or changed.
+    /// A PersistentVolume, PersistentVolumeClaim, StorageClass or CSINode added or changed.
     VolumeAddOrUpdate,
 }
 
@@ -309,7 +309,10 @@ impl Queue {
                         || e.plugins.contains("PodTopologySpread")
                 }
                 ClusterEvent::VolumeAddOrUpdate => {
-                    e.plugins.contains("VolumeBinding") || e.plugins.contains("VolumeZone")
+                    e.plugins.contains("VolumeBinding")
+                        || e.plugins.contains("VolumeZone")
+                        || e.plugins.contains("VolumeRestrictions")
+                        || e.plugins.contains("NodeVolumeLimits")
                 }
             })
             .map(|(k, _)| (*k).clone())

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     Event, EventSource, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
     Pod, PodCondition,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -42,8 +42,8 @@ struct Inner {
     next_start: usize,
     nodes_synced: bool,
     pods_synced: bool,
-    /// PersistentVolumes, PersistentVolumeClaims, StorageClasses listed.
-    volumes_synced: [bool; 3],
+    /// PersistentVolumes, PersistentVolumeClaims, StorageClasses, CSINodes listed.
+    volumes_synced: [bool; 4],
 }
 
 struct Shared {
@@ -129,7 +129,7 @@ impl Scheduler {
                 next_start: 0,
                 nodes_synced: false,
                 pods_synced: false,
-                volumes_synced: [false; 3],
+                volumes_synced: [false; 4],
             }),
             wake: Notify::new(),
             volumes_changed: Notify::new(),
@@ -145,6 +145,7 @@ impl Scheduler {
         tasks.spawn(watch_volumes::<PersistentVolume>(shared.clone(), 0));
         tasks.spawn(watch_volumes::<PersistentVolumeClaim>(shared.clone(), 1));
         tasks.spawn(watch_volumes::<StorageClass>(shared.clone(), 2));
+        tasks.spawn(watch_volumes::<CSINode>(shared.clone(), 3));
         tasks.spawn(write_events(
             shared.client.clone(),
             shared.config.scheduler_name.clone(),
@@ -427,6 +428,13 @@ async fn bind(
                 // Deleted meanwhile (the watch dropped the assumption): not queued again.
                 let ours = inner.cache.is_assumed(&pod.key);
                 inner.cache.forget(&pod.key);
+                if ours {
+                    // What the assumed pod took is free again: upstream treats the forget as
+                    // an assigned pod's deletion (before the pod itself is queued again).
+                    inner
+                        .queue
+                        .move_for(ClusterEvent::AssignedPodDelete, Instant::now());
+                }
                 if ours && !inner.cache.is_placed(&pod.key) {
                     inner
                         .queue
@@ -434,12 +442,12 @@ async fn bind(
                 }
             }
             shared.wake.notify_one();
-            shared.event(
-                &pod.pod,
-                "Warning",
-                "FailedScheduling",
-                format!("running PreBind plugin \"{}\": {e}", volume_binding::NAME),
-            );
+            // Upstream's handleBindingCycleError: an Error status (reason SchedulerError),
+            // the nominated node cleared.
+            let message = format!("running PreBind plugin \"{}\": {e}", volume_binding::NAME);
+            update_scheduled_condition(&shared, pod, "SchedulerError", &message, Nominate::Clear)
+                .await;
+            shared.event(&pod.pod, "Warning", "FailedScheduling", message);
             return;
         }
     }
@@ -473,7 +481,12 @@ async fn bind(
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 404);
             {
                 let mut inner = shared.lock();
-                inner.cache.forget(&pod.key);
+                if inner.cache.is_assumed(&pod.key) {
+                    inner.cache.forget(&pod.key);
+                    inner
+                        .queue
+                        .move_for(ClusterEvent::AssignedPodDelete, Instant::now());
+                }
                 if !gone && !inner.cache.is_placed(&pod.key) {
                     inner
                         .queue
@@ -583,7 +596,6 @@ async fn record_failure(
     nominate: Option<Candidate>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let nominated = nominate.as_ref().map(|c| c.node.clone());
     if let Some(c) = &nominate {
         for victim in &c.victims {
@@ -605,46 +617,83 @@ async fn record_failure(
             }
         }
     }
+    let nominate = match nominated {
+        Some(n) => Nominate::Set(n),
+        None => Nominate::Keep,
+    };
+    update_scheduled_condition(&shared, &pod, "Unschedulable", &message, nominate).await;
+    shared.event(&pod.pod, "Warning", "FailedScheduling", message);
+}
+
+/// What a failure does to the pod's `status.nominatedNodeName`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Nominate {
+    Keep,
+    Set(String),
+    /// Upstream's `clearNominatedNode` (ModeOverride with no node).
+    Clear,
+}
+
+/// Upstream's `updatePod`: `PodScheduled=False` with `reason` and `message` (the transition
+/// time kept while it stays False), and the nominated node; written only when something
+/// changes.
+async fn update_scheduled_condition(
+    shared: &Shared,
+    pod: &PodInfo,
+    reason: &str,
+    message: &str,
+    nominate: Nominate,
+) {
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let status = pod.pod.status.clone().unwrap_or_default();
     let mut conditions = status.conditions.unwrap_or_default();
     let existing = conditions.iter().position(|c| c.type_ == "PodScheduled");
     let same = existing.is_some_and(|i| {
         let c = &conditions[i];
         c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable")
-            && c.message.as_deref() == Some(message.as_str())
+            && c.reason.as_deref() == Some(reason)
+            && c.message.as_deref() == Some(message)
     });
-    let nominated_changed = nominated.is_some() && nominated != status.nominated_node_name;
-    if !same || nominated_changed {
-        let now = Time(Timestamp::now());
-        let transition = match existing.map(|i| &conditions[i]) {
-            Some(c) if c.status == "False" => c.last_transition_time.clone(),
-            _ => Some(now),
-        };
-        let condition = PodCondition {
-            type_: "PodScheduled".into(),
-            status: "False".into(),
-            reason: Some("Unschedulable".into()),
-            message: Some(message.clone()),
-            last_transition_time: transition,
-            ..Default::default()
-        };
-        match existing {
-            Some(i) => conditions[i] = condition,
-            None => conditions.push(condition),
-        }
-        let mut patch = serde_json::json!({"status": {"conditions": conditions}});
-        if let Some(n) = &nominated {
-            patch["status"]["nominatedNodeName"] = serde_json::json!(n);
-        }
-        if let Err(e) = api
-            .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::debug!(error = %e, "updating the pod's PodScheduled condition failed");
-        }
+    let nominated = match &nominate {
+        Nominate::Keep => None,
+        Nominate::Set(n) => Some(n.clone()),
+        Nominate::Clear => Some(String::new()),
+    };
+    let current = status.nominated_node_name.unwrap_or_default();
+    let nominated_changed = nominated.as_ref().is_some_and(|n| *n != current);
+    if same && !nominated_changed {
+        return;
     }
-    shared.event(&pod.pod, "Warning", "FailedScheduling", message);
+    let now = Time(Timestamp::now());
+    let transition = match existing.map(|i| &conditions[i]) {
+        Some(c) if c.status == "False" => c.last_transition_time.clone(),
+        _ => Some(now),
+    };
+    let condition = PodCondition {
+        type_: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: transition,
+        ..Default::default()
+    };
+    match existing {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+    let mut patch = serde_json::json!({"status": {"conditions": conditions}});
+    if nominated_changed {
+        patch["status"]["nominatedNodeName"] = match nominated.as_deref() {
+            Some("") | None => serde_json::Value::Null,
+            Some(n) => serde_json::json!(n),
+        };
+    }
+    if let Err(e) = api
+        .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, "updating the pod's PodScheduled condition failed");
+    }
 }
 
 /// Writes events (core/v1, as kube-scheduler's events.k8s.io events look through core/v1).
@@ -819,7 +868,19 @@ impl VolumeObject for StorageClass {
     }
 }
 
-/// Watches PersistentVolumes, PersistentVolumeClaims or StorageClasses (`slot` in
+impl VolumeObject for CSINode {
+    fn upsert(self, v: &mut volume_binding::Volumes) {
+        v.csi_nodes.insert(self.key(), Arc::new(self));
+    }
+    fn remove(key: &str, v: &mut volume_binding::Volumes) {
+        v.csi_nodes.remove(key);
+    }
+    fn retain(keep: &HashSet<String>, v: &mut volume_binding::Volumes) {
+        v.csi_nodes.retain(|k, _| keep.contains(k));
+    }
+}
+
+/// Watches PersistentVolumes, PersistentVolumeClaims, StorageClasses or CSINodes (`slot` in
 /// `volumes_synced`) into the cache; a change may help pods VolumeBinding rejected, and
 /// wakes PreBinds waiting for the PV controller.
 async fn watch_volumes<K: VolumeObject>(shared: Arc<Shared>, slot: usize) {

@@ -433,3 +433,274 @@ async fn volume_zone_labels_must_match_the_nodes_zone() {
     )
     .await;
 }
+
+/// The pod's `PodScheduled` condition as (status, reason, message).
+async fn scheduled_condition(c: &kube::Client, pod: &str) -> Option<(String, String, String)> {
+    let p = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), "default")
+        .get(pod)
+        .await
+        .ok()?;
+    let cond = p
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")?;
+    Some((cond.status, cond.reason?, cond.message?))
+}
+
+async fn priority_class(c: &kube::Client, name: &str, value: i32) {
+    let class: k8s_openapi::api::scheduling::v1::PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": name}, "value": value})).unwrap();
+    Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(c.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+}
+
+async fn gone(c: &kube::Client, pod: &str) {
+    eventually(&format!("pod {pod} deleted"), || async {
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), "default")
+            .get_opt(pod)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_once_pod_claim_serves_one_pod_until_a_higher_priority_one_preempts_it() {
+    let k = start(&[("n1", json!({})), ("n2", json!({}))]).await;
+    let c = &k.c;
+    let _kubelet = start_kubelet_standin(c);
+    let rwop = json!({"spec": {"accessModes": ["ReadWriteOncePod"]}});
+    make_pv(c, "solo", "1Gi", rwop.clone()).await;
+    make_pvc(c, "solo", "1Gi", rwop).await;
+    assert_eq!(bound_volume(c, "solo").await, "solo");
+    claim_pod(c, "holder", &["solo"], json!({})).await;
+    let held = wait_bound(c, &["holder"]).await.remove(0);
+    // Another pod of the same priority: every node refuses it, and preemption cannot help.
+    claim_pod(c, "second", &["solo"], json!({})).await;
+    wait_unschedulable(
+        c,
+        "second",
+        "0/2 nodes are available: 2 node has pod using PersistentVolumeClaim with the same \
+         name and ReadWriteOncePod access mode. preemption: 0/2 nodes are available: 2 No \
+         preemption victims found for incoming pod.",
+    )
+    .await;
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), "default")
+        .delete("second", &Default::default())
+        .await
+        .unwrap();
+    gone(c, "second").await;
+    // A higher-priority pod evicts the holder (on the holder's node only) and takes the claim.
+    priority_class(c, "p1000", 1000).await;
+    claim_pod(c, "vip", &["solo"], json!({"priorityClassName": "p1000"})).await;
+    gone(c, "holder").await;
+    wait_bound(c, &["vip"]).await;
+    let vip = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), "default")
+        .get("vip")
+        .await
+        .unwrap();
+    assert_eq!(
+        vip.status.and_then(|s| s.nominated_node_name),
+        Some(held),
+        "nominated where the holder was"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_inline_disk_is_not_mounted_twice_on_a_node() {
+    let k = start(&[("n1", json!({})), ("n2", json!({}))]).await;
+    let c = &k.c;
+    let gce = |ro: bool| json!({"volumes": [{"name": "d", "gcePersistentDisk": {"pdName": "pd-1", "readOnly": ro}}]});
+    make_pod(c, "a", json!({}), gce(false)).await;
+    let a = wait_bound(c, &["a"]).await.remove(0);
+    // Read-only here, but read-write there: not on a's node.
+    make_pod(c, "b", json!({}), gce(true)).await;
+    let b = wait_bound(c, &["b"]).await.remove(0);
+    assert_ne!(a, b);
+    // Read-write: neither node.
+    make_pod(c, "c", json!({}), gce(false)).await;
+    wait_unschedulable(
+        c,
+        "c",
+        "0/2 nodes are available: 2 node(s) had no available disk. preemption: 0/2 nodes are \
+         available: 2 No preemption victims found for incoming pod.",
+    )
+    .await;
+    // Read-only: where it is read-only already.
+    make_pod(c, "d", json!({}), gce(true)).await;
+    assert_eq!(wait_bound(c, &["d"]).await, vec![b]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_volumes_per_node_stay_within_the_csinode_count() {
+    use k8s_openapi::api::storage::v1::CSINode;
+    let k = start(&[("n1", json!({}))]).await;
+    let c = &k.c;
+    let csi_node = |count: i32| -> CSINode {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "spec": {"drivers": [{"name": "disk.csi.example.com", "nodeID": "n1",
+                                  "allocatable": {"count": count}}]},
+        }))
+        .unwrap()
+    };
+    let csinodes: Api<CSINode> = Api::all(c.clone());
+    csinodes
+        .create(&PostParams::default(), &csi_node(1))
+        .await
+        .unwrap();
+    for v in ["a", "b"] {
+        make_pv(
+            c,
+            v,
+            "1Gi",
+            json!({"spec": {"local": null,
+                            "csi": {"driver": "disk.csi.example.com", "volumeHandle": v}}}),
+        )
+        .await;
+        make_pvc(c, v, "1Gi", json!({"spec": {"volumeName": v}})).await;
+        assert_eq!(bound_volume(c, v).await, v);
+    }
+    claim_pod(c, "p", &["a"], json!({})).await;
+    wait_bound(c, &["p"]).await;
+    claim_pod(c, "q", &["b"], json!({})).await;
+    wait_unschedulable(
+        c,
+        "q",
+        "0/1 nodes are available: 1 node(s) exceed max volume count. preemption: 0/1 nodes \
+         are available: 1 No preemption victims found for incoming pod.",
+    )
+    .await;
+    // The volume already attached there counts once.
+    claim_pod(c, "r", &["a"], json!({})).await;
+    wait_bound(c, &["r"]).await;
+    // A higher count on the CSINode brings the waiting pod in.
+    csinodes
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"drivers": [{"name": "disk.csi.example.com",
+                "nodeID": "n1", "allocatable": {"count": 2}}]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wait_bound(c, &["q"]).await, vec!["n1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prebind_sets_pod_scheduled_false_with_a_scheduler_error() {
+    let k = start(&[("n1", json!({}))]).await;
+    let c = &k.c;
+    make_class(
+        c,
+        "local-path",
+        "rancher.io/local-path",
+        "WaitForFirstConsumer",
+    )
+    .await;
+    make_pvc(
+        c,
+        "cache",
+        "1Gi",
+        json!({"spec": {"storageClassName": "local-path"}}),
+    )
+    .await;
+    claim_pod(c, "p", &["cache"], json!({})).await;
+    eventually("selected node", || async {
+        annotation(
+            &claim(c, "cache").await.metadata,
+            "volume.kubernetes.io/selected-node",
+        )
+    })
+    .await;
+    // The provisioner gives up: it drops the selected node, so PreBind fails.
+    Api::<PersistentVolumeClaim>::namespaced(c.clone(), "default")
+        .patch(
+            "cache",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations":
+                {"volume.kubernetes.io/selected-node": null}}})),
+        )
+        .await
+        .unwrap();
+    let message = "running PreBind plugin \"VolumeBinding\": binding volumes: provisioning \
+                   failed for PVC \"cache\"";
+    let cond = eventually("PodScheduled=False from PreBind", || async {
+        scheduled_condition(c, "p")
+            .await
+            .filter(|(_, _, m)| m == message)
+    })
+    .await;
+    assert_eq!(
+        cond,
+        ("False".into(), "SchedulerError".into(), message.into())
+    );
+    eventually("FailedScheduling event", || async {
+        events_for(c, "p").await.into_iter().find(|e| {
+            e.reason.as_deref() == Some("FailedScheduling") && e.message.as_deref() == Some(message)
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prebind_frees_the_node_for_the_pods_waiting_on_it() {
+    let k = start(&[("n1", json!({}))]).await;
+    let c = &k.c;
+    make_class(
+        c,
+        "local-path",
+        "rancher.io/local-path",
+        "WaitForFirstConsumer",
+    )
+    .await;
+    make_pvc(
+        c,
+        "cache",
+        "1Gi",
+        json!({"spec": {"storageClassName": "local-path"}}),
+    )
+    .await;
+    let cpu =
+        |n: &str| json!([{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": n}}}]);
+    // Assumed on n1 with 3 of its 4 CPUs while PreBind waits for the provisioner.
+    claim_pod(c, "big", &["cache"], json!({"containers": cpu("3")})).await;
+    eventually("selected node", || async {
+        annotation(
+            &claim(c, "cache").await.metadata,
+            "volume.kubernetes.io/selected-node",
+        )
+    })
+    .await;
+    make_pod(c, "other", json!({}), json!({"containers": cpu("2")})).await;
+    wait_unschedulable(
+        c,
+        "other",
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 \
+         No preemption victims found for incoming pod.",
+    )
+    .await;
+    // Without its class the claim cannot wait for a consumer any more (big stays pending);
+    // the provisioner gives up, PreBind fails and big's CPUs are free again.
+    Api::<StorageClass>::all(c.clone())
+        .delete("local-path", &Default::default())
+        .await
+        .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(c.clone(), "default")
+        .patch(
+            "cache",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations":
+                {"volume.kubernetes.io/selected-node": null}}})),
+        )
+        .await
+        .unwrap();
+    // The waiting pod is tried again at once (not after the 5 min flush).
+    assert_eq!(wait_bound(c, &["other"]).await, vec!["n1"]);
+    assert_eq!(node_of(c, "big").await, None);
+}

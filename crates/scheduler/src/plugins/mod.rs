@@ -15,8 +15,10 @@ pub mod image_locality;
 pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_resources;
+pub mod node_volume_limits;
 pub mod topology_spread;
 pub mod volume_binding;
+pub mod volume_restrictions;
 pub mod volume_zone;
 
 /// Upstream's `MaxNodeScore`.
@@ -58,6 +60,8 @@ pub struct CycleState {
     pub node_affinity: node_affinity::State,
     pub spread: topology_spread::State,
     pub inter_pod: inter_pod_affinity::State,
+    pub restrictions: volume_restrictions::State,
+    pub volume_limits: node_volume_limits::State,
     pub volumes: volume_binding::State,
     pub zones: volume_zone::State,
 }
@@ -68,19 +72,28 @@ impl CycleState {
         let node_affinity = node_affinity::State::new(&pod);
         let spread = topology_spread::State::new(&pod, &node_affinity, cache);
         let inter_pod = inter_pod_affinity::State::new(&pod, cache);
-        let volumes = volume_binding::State::new(&pod, cache);
-        // Upstream stops at the first PreFilter that rejects: VolumeZone runs only after
-        // VolumeBinding passed.
-        let zones = if volumes.rejection.is_some() {
-            volume_zone::State::default()
+        // Upstream stops at the first PreFilter that rejects: VolumeRestrictions, then
+        // (NodeVolumeLimits rejects in Filter only) VolumeBinding, then VolumeZone.
+        let restrictions = volume_restrictions::State::new(&pod, cache);
+        let (volume_limits, volumes, zones) = if restrictions.rejection.is_some() {
+            Default::default()
         } else {
-            volume_zone::State::new(&pod, cache)
+            let volume_limits = node_volume_limits::State::new(&pod, cache);
+            let volumes = volume_binding::State::new(&pod, cache);
+            let zones = if volumes.rejection.is_some() {
+                volume_zone::State::default()
+            } else {
+                volume_zone::State::new(&pod, cache)
+            };
+            (volume_limits, volumes, zones)
         };
         CycleState {
             pod,
             node_affinity,
             spread,
             inter_pod,
+            restrictions,
+            volume_limits,
             volumes,
             zones,
         }
@@ -88,9 +101,10 @@ impl CycleState {
 
     /// The PreFilter rejection, if any: then no node is looked at.
     pub fn rejection(&self) -> Option<&Failure> {
-        self.volumes
+        self.restrictions
             .rejection
             .as_ref()
+            .or(self.volumes.rejection.as_ref())
             .or(self.zones.rejection.as_ref())
     }
 
@@ -102,6 +116,8 @@ impl CycleState {
         self.node_affinity.filter(node)?;
         basic::node_ports(&self.pod, node)?;
         node_resources::fit(&self.pod, node)?;
+        self.restrictions.filter(&self.pod, node)?;
+        self.volume_limits.filter(node)?;
         self.volumes.filter(node)?;
         self.zones.filter(node)?;
         self.spread.filter(&self.pod, node)?;

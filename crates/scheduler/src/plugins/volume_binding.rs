@@ -25,20 +25,17 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{Failure, FilterResult};
 use crate::cache::{Cache, NodeInfo, PodInfo};
 use crate::labels::{self, Labels, Selector};
-use crate::quantity;
+use rk3s_common::volume::{self, bound_to_claim, requested};
 
 pub const NAME: &str = "VolumeBinding";
 
-pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
-pub const ANN_BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
-pub const ANN_BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
-const ANN_BETA_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
+pub use rk3s_common::volume::{ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER, ANN_SELECTED_NODE};
 /// A class with this provisioner has no dynamic provisioning (local volumes).
 const NOT_SUPPORTED_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
@@ -146,12 +143,14 @@ impl<T: kube::Resource> AssumeCache<T> {
     }
 }
 
-/// The scheduler's volume objects: PVs by name, PVCs by `namespace/name`, StorageClasses.
+/// The scheduler's volume objects: PVs by name, PVCs by `namespace/name`, StorageClasses,
+/// and CSINodes by node name (NodeVolumeLimits').
 #[derive(Debug, Default)]
 pub struct Volumes {
     pub pvs: AssumeCache<PersistentVolume>,
     pub pvcs: AssumeCache<PersistentVolumeClaim>,
     pub classes: HashMap<String, Arc<StorageClass>>,
+    pub csi_nodes: HashMap<String, Arc<CSINode>>,
 }
 
 pub fn pvc_key(pvc: &PersistentVolumeClaim) -> String {
@@ -163,43 +162,9 @@ pub fn pvc_key(pvc: &PersistentVolumeClaim) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// helpers on the objects (upstream's storage helpers)
+// helpers on the objects (upstream's storage helpers, shared with the PV binder)
 
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
-/// `GetPersistentVolumeClaimClass`: the beta annotation, else the field.
-pub fn claim_class(claim: &PersistentVolumeClaim) -> &str {
-    if let Some(c) = annotation(&claim.metadata, ANN_BETA_CLASS) {
-        return c;
-    }
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.as_deref())
-        .unwrap_or_default()
-}
-
-/// `GetPersistentVolumeClass`.
-pub fn volume_class(pv: &PersistentVolume) -> &str {
-    if let Some(c) = annotation(&pv.metadata, ANN_BETA_CLASS) {
-        return c;
-    }
-    pv.spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.as_deref())
-        .unwrap_or_default()
-}
-
-/// The claim's `spec.volumeName` (empty if unset).
-pub fn volume_name(claim: &PersistentVolumeClaim) -> &str {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_name.as_deref())
-        .unwrap_or_default()
-}
+pub use rk3s_common::volume::{annotation, claim_class, volume_class, volume_name};
 
 fn claim_name(claim: &PersistentVolumeClaim) -> &str {
     claim.metadata.name.as_deref().unwrap_or_default()
@@ -213,81 +178,6 @@ pub fn fully_bound(claim: &PersistentVolumeClaim) -> bool {
             .annotations
             .as_ref()
             .is_some_and(|a| a.contains_key(ANN_BIND_COMPLETED))
-}
-
-fn storage(
-    map: Option<
-        &std::collections::BTreeMap<
-            String,
-            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
-        >,
-    >,
-) -> i64 {
-    map.and_then(|m| m.get("storage"))
-        .and_then(|q| quantity::value(&q.0))
-        .unwrap_or(0)
-}
-
-fn requested(claim: &PersistentVolumeClaim) -> i64 {
-    storage(
-        claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.resources.as_ref())
-            .and_then(|r| r.requests.as_ref()),
-    )
-}
-
-fn capacity(pv: &PersistentVolume) -> i64 {
-    storage(pv.spec.as_ref().and_then(|s| s.capacity.as_ref()))
-}
-
-/// `IsVolumeBoundToClaim`: the claimRef names the claim, with its uid if it has one.
-fn bound_to_claim(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
-    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
-        return false;
-    };
-    if r.name != claim.metadata.name || r.namespace != claim.metadata.namespace {
-        return false;
-    }
-    match r.uid.as_deref() {
-        None | Some("") => true,
-        Some(uid) => claim.metadata.uid.as_deref() == Some(uid),
-    }
-}
-
-/// `CheckVolumeModeMismatches` (unset is Filesystem on both sides).
-fn volume_mode_mismatch(claim: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
-    let c = claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_mode.as_deref())
-        .unwrap_or("Filesystem");
-    let v = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_mode.as_deref())
-        .unwrap_or("Filesystem");
-    c != v
-}
-
-/// `CheckAccessModes`: every mode the claim asks for, the volume has.
-fn access_modes_ok(claim: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
-    let have: BTreeSet<&str> = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.access_modes.as_ref())
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.access_modes.as_ref())
-        .into_iter()
-        .flatten()
-        .all(|m| have.contains(m.as_str()))
 }
 
 /// `CheckNodeAffinity`: the volume's required node affinity matches the node's labels. Like
@@ -348,73 +238,37 @@ fn delay_binding(
 }
 
 /// `FindMatchingVolume` on the scheduler's path (a node given): the volume pre-bound to the
-/// claim if it suits the node, else the smallest `Available` one that fits.
+/// claim if it suits the node, else the smallest `Available` one that fits
+/// ([`rk3s_common::volume::find_matching_volume`]).
 pub fn find_matching_volume<'a>(
     claim: &PersistentVolumeClaim,
     volumes: &'a [Arc<PersistentVolume>],
     node_labels: &Labels,
     excluded: &HashSet<&str>,
 ) -> Option<&'a Arc<PersistentVolume>> {
-    let claim_vac = claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_attributes_class_name.as_deref())
-        .unwrap_or_default();
-    // VolumeAttributesClass is off by default in v1.33.
-    if !claim_vac.is_empty() {
-        return None;
-    }
-    let want = requested(claim);
-    let class = claim_class(claim);
     let selector = claim
         .spec
         .as_ref()
         .and_then(|s| s.selector.as_ref())
         .map(|s| Selector::from_label_selector(Some(s)));
-    let mut best: Option<(&Arc<PersistentVolume>, i64)> = None;
-    for pv in volumes {
-        let name = pv.metadata.name.as_deref().unwrap_or_default();
-        if excluded.contains(name) {
-            continue;
-        }
-        let spec = pv.spec.as_ref();
-        if spec.and_then(|s| s.claim_ref.as_ref()).is_some() && !bound_to_claim(pv, claim) {
-            continue;
-        }
-        let cap = capacity(pv);
-        if cap < want || volume_mode_mismatch(claim, pv) {
-            continue;
-        }
-        if spec
-            .and_then(|s| s.volume_attributes_class_name.as_deref())
-            .unwrap_or_default()
-            != claim_vac
-        {
-            continue;
-        }
-        if pv.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let affinity_ok = node_affinity_ok(pv, node_labels);
-        if bound_to_claim(pv, claim) {
-            // Pre-bound: this one or none.
-            return affinity_ok.then_some(pv);
-        }
-        if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Available") {
-            continue;
-        }
-        let labels = pv.metadata.labels.clone().unwrap_or_default();
-        if selector.as_ref().is_some_and(|s| !s.matches(&labels)) {
-            continue;
-        }
-        if volume_class(pv) != class || !affinity_ok || !access_modes_ok(claim, pv) {
-            continue;
-        }
-        if best.is_none_or(|(_, q)| q > cap) {
-            best = Some((pv, cap));
-        }
+    let empty = Labels::new();
+    let found = volume::find_matching_volume(
+        claim,
+        volumes,
+        volume::Node::Affinity(&|pv| node_affinity_ok(pv, node_labels)),
+        &|name| excluded.contains(name),
+        &|_, labels| {
+            Ok::<_, std::convert::Infallible>(
+                selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(labels.unwrap_or(&empty))),
+            )
+        },
+    );
+    match found {
+        Ok(v) => v,
+        Err(never) => match never {},
     }
-    best.map(|(pv, _)| pv)
 }
 
 /// `MatchTopologySelectorTerms`: no terms match every node; else one term all of whose
