@@ -5,7 +5,6 @@
 //! last pod seen through a watch. No scheduler and no kubelet: pods stay Pending, which is all
 //! the ReplicaSet controller needs to count them.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -40,18 +39,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(n_deployments: usize, replicas: usize) -> anyhow::Result<()> {
     let n_pods = n_deployments * replicas;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("state.db");
-    let store = rk3s_datastore::connect(&rk3s_datastore::Config {
-        data_dir: dir.path().to_path_buf(),
-        ..rk3s_datastore::Config::for_endpoint(format!("sqlite://{}", db.display()))
-    })
-    .await?;
-    let listen: SocketAddr = "127.0.0.1:0".parse()?;
-    let server = rk3s_apiserver::Apiserver::start(store, listen).await?;
-    let kc = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    // The embedded apiserver: SQLite in a temp dir, loopback, a fresh PKI, the admin's client.
+    let mut server = rk3s_apiserver::EmbeddedApiserver::start().await?;
+    let client = server.client().await?;
     // Pods need their namespace's default ServiceAccount (the controller's serviceaccount
     // controller would make it; creating it first keeps that race out of the figure).
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
@@ -143,6 +133,6 @@ async fn bench(n_deployments: usize, replicas: usize) -> anyhow::Result<()> {
         (n_pods as f64 / total) / UPSTREAM_QPS,
     );
     controller.abort();
-    server.shutdown().await;
+    server.stop().await;
     Ok(())
 }

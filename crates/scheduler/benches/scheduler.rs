@@ -5,7 +5,6 @@
 //! last pod seen bound through a watch.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -37,19 +36,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(n_nodes: usize, n_pods: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("state.db");
-    let store = rk3s_datastore::connect(&rk3s_datastore::Config {
-        data_dir: dir.path().to_path_buf(),
-        ..rk3s_datastore::Config::for_endpoint(format!("sqlite://{}", db.display()))
-    })
-    .await?;
-    let listen: SocketAddr = "127.0.0.1:0".parse()?;
-    let server = rk3s_apiserver::Apiserver::start(store, listen).await?;
-    let kubeconfig = server.admin_kubeconfig();
-    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    // The embedded apiserver: SQLite in a temp dir, loopback, a fresh PKI, the admin's client.
+    let mut server = rk3s_apiserver::EmbeddedApiserver::start().await?;
+    let client = server.client().await?;
 
     let t = Instant::now();
     let node_api: Api<Node> = Api::all(client.clone());
@@ -152,6 +141,6 @@ async fn bench(n_nodes: usize, n_pods: usize) -> anyhow::Result<()> {
         n_pods as f64 / total
     );
     scheduler.abort();
-    server.shutdown().await;
+    server.stop().await;
     Ok(())
 }
