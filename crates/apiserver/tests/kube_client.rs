@@ -799,6 +799,64 @@ async fn finalizers_defer_deletion_until_removed() {
     assert_eq!(status.code, 404);
 }
 
+/// A pod bound to a node is deleted gracefully; a second DELETE may only shorten the pending
+/// grace period (the deletion timestamp moves with it, from the first request's time), a
+/// longer or equal one changes nothing, and the kubelet's grace 0 removes the pod — upstream's
+/// `BeforeDelete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_graceful_pod_deletion_may_only_be_shortened() {
+    use k8s_openapi::api::core::v1::Pod;
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "slow"},
+        "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 60,
+                 "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let pending = |g: Option<u32>| DeleteParams {
+        grace_period_seconds: g,
+        ..DeleteParams::default()
+    };
+    let meta = |p: Pod| {
+        let ts = p.metadata.deletion_timestamp.expect("deleting").0;
+        (ts, p.metadata.deletion_grace_period_seconds)
+    };
+    pods.delete("slow", &pending(None)).await.expect("delete");
+    let (first, grace) = meta(pods.get("slow").await.expect("still there"));
+    assert_eq!(grace, Some(60));
+    // Longer or equal: nothing changes.
+    for g in [90, 60] {
+        pods.delete("slow", &pending(Some(g)))
+            .await
+            .expect("delete");
+        assert_eq!(
+            meta(pods.get("slow").await.expect("there")),
+            (first, Some(60))
+        );
+    }
+    // Shorter: the timestamp moves 50 s earlier.
+    pods.delete("slow", &pending(Some(10)))
+        .await
+        .expect("delete");
+    let (moved, grace) = meta(pods.get("slow").await.expect("there"));
+    assert_eq!(grace, Some(10));
+    assert_eq!(
+        first.duration_since(moved),
+        k8s_openapi::jiff::SignedDuration::from_secs(50)
+    );
+    // The kubelet's final delete.
+    pods.delete("slow", &pending(Some(0)))
+        .await
+        .expect("delete");
+    let status = api_error(pods.get("slow").await.expect_err("gone"));
+    assert_eq!(status.code, 404);
+}
+
 /// The update that removes the last finalizer of an object being deleted deletes it: a watch
 /// sees exactly one DELETED event (with the object's last stored state, at the deletion's
 /// resourceVersion), and no MODIFIED for that write, as upstream's `deleteWithoutFinalizers`;

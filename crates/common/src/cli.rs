@@ -104,7 +104,12 @@ where
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     let path = &cli.config;
     if path.exists() || cli.config_given {
-        check_keys(path, &file_keys::<A>(flag_only), flag_only)?;
+        let mut known = file_keys::<A>(flag_only);
+        // Settings with no flag of their own (the configs' own keys) may be in the file too.
+        let own = figment::Provider::data(&Serialized::defaults(T::default()))
+            .map_err(|e| ConfigError::Value(Box::new(e)))?;
+        known.extend(own.values().flat_map(|dict| dict.keys()).cloned());
+        check_keys(path, &known, flag_only)?;
         figment = figment.merge(Yaml::file_exact(path));
     }
     figment
@@ -179,6 +184,8 @@ mod tests {
     struct Config {
         parallel_binds: u32,
         scheduler_name: String,
+        /// A setting with no flag.
+        leader_elect_identity: String,
     }
 
     impl Default for Config {
@@ -186,6 +193,7 @@ mod tests {
             Config {
                 parallel_binds: 16,
                 scheduler_name: "default-scheduler".into(),
+                leader_elect_identity: String::new(),
             }
         }
     }
@@ -225,14 +233,18 @@ mod tests {
     #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = file(dir.path(), "parallel-binds: 3\nscheduler-name: mine\n");
+        let path = file(
+            dir.path(),
+            "parallel-binds: 3\nscheduler-name: mine\nleader-elect-identity: me\n",
+        );
         let c = cli(&["--config", &path, "--parallel-binds", "7"]);
         let got: Config = load(&c, &["kubeconfig"]).unwrap();
         assert_eq!(
             got,
             Config {
                 parallel_binds: 7,
-                scheduler_name: "mine".into()
+                scheduler_name: "mine".into(),
+                leader_elect_identity: "me".into(),
             }
         );
     }

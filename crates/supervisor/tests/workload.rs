@@ -120,7 +120,8 @@ impl KubeletStandIn {
                 .to_string();
             let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
             if !pod["metadata"]["deletionTimestamp"].is_null() {
-                // The containers "stopped": the kubelet's final delete.
+                // The containers "stopped": the kubelet's final delete, with grace 0 (kubectl
+                // sends 0 only with --force; alone, --grace-period=0 becomes 1).
                 let _ = self.kubectl(
                     &[
                         "delete",
@@ -128,6 +129,7 @@ impl KubeletStandIn {
                         "-n",
                         &ns,
                         &name,
+                        "--force",
                         "--grace-period=0",
                         "--wait=false",
                     ],

@@ -2263,7 +2263,12 @@ pub(crate) async fn delete_object(
         if !new_finalizers.is_empty() || grace.is_some() {
             let deleting = !meta_str(&obj, "deletionTimestamp").is_empty();
             if deleting && new_finalizers == old_finalizers {
-                return Ok((obj, false));
+                // Upstream's BeforeDelete: a pending graceful deletion may only be shortened
+                // (a kubelet's grace 0 has no grace period here and deletes below).
+                match grace.zip(deletion_grace_period(&obj)) {
+                    Some((g, current)) if g < current => shorten_deletion(&mut obj, g, current),
+                    _ => return Ok((obj, false)),
+                }
             }
             if let Some(meta) = metadata_mut(&mut obj) {
                 if !deleting {
@@ -2312,6 +2317,33 @@ pub(crate) async fn delete_object(
         }
     }
     Err(ApiError::conflict(info, name))
+}
+
+/// The grace period of a pending graceful deletion (`None`: not deleting gracefully).
+fn deletion_grace_period(obj: &Value) -> Option<i64> {
+    obj.get("metadata")
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .filter(|g| *g > 0)
+}
+
+/// A shorter grace period for a pending graceful deletion: the deletion timestamp moves to the
+/// time of the first request plus the new period, as upstream's.
+fn shorten_deletion(obj: &mut Value, grace: i64, current: i64) {
+    let ts = meta_str(obj, "deletionTimestamp");
+    let moved = crate::time::parse(&ts)
+        .and_then(|t| {
+            t.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                grace - current,
+            ))
+            .ok()
+        })
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| crate::time::rfc3339_after(grace));
+    if let Some(meta) = metadata_mut(obj) {
+        meta.insert("deletionTimestamp".into(), json!(moved));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    }
 }
 
 /// The grace period of a pod's deletion: only a pod bound to a node waits for its kubelet.
