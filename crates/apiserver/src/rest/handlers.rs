@@ -2331,7 +2331,7 @@ fn deletion_grace_period(obj: &Value) -> Option<i64> {
 /// time of the first request plus the new period, as upstream's.
 fn shorten_deletion(obj: &mut Value, grace: i64, current: i64) {
     let ts = meta_str(obj, "deletionTimestamp");
-    let moved = crate::time::parse(&ts)
+    let moved = crate::time::parse(ts)
         .and_then(|t| {
             t.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
                 grace - current,
