@@ -1343,8 +1343,9 @@ where
 /// namespace, neither `metadata.finalizers` nor `spec.finalizers` — and no grace period holds
 /// it: a pod in its graceful termination is deleted by its kubelet's DELETE, not by a status
 /// write. Unlike upstream, the update removing a pod's last finalizer deletes it even within
-/// its grace period (rk3s' DELETE does not shorten a grace period already set, so a pod whose
-/// kubelet has deleted it with grace 0 would otherwise stay).
+/// its grace period (rk3s' DELETE shortens a pending grace period, but does not record a
+/// grace 0 on a pod that still has finalizers, so a pod whose kubelet has deleted it with
+/// grace 0 would otherwise stay).
 fn deletes_during_update(info: &ResourceInfo, old: &Value, new: &Value) -> bool {
     let grace = old
         .get("metadata")
