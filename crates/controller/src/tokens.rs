@@ -382,29 +382,20 @@ fn pod_secret_names(
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten());
-    for c in containers {
-        for e in c.env_from.iter().flatten() {
+    // Containers and ephemeral containers (another type) have the same env fields.
+    let env_sources = containers.map(|c| (&c.env_from, &c.env)).chain(
+        spec.ephemeral_containers
+            .iter()
+            .flatten()
+            .map(|c| (&c.env_from, &c.env)),
+    );
+    for (env_from, env) in env_sources {
+        for e in env_from.iter().flatten() {
             if let Some(r) = &e.secret_ref {
                 out.insert(r.name.clone());
             }
         }
-        for e in c.env.iter().flatten() {
-            if let Some(r) = e
-                .value_from
-                .as_ref()
-                .and_then(|v| v.secret_key_ref.as_ref())
-            {
-                out.insert(r.name.clone());
-            }
-        }
-    }
-    for c in spec.ephemeral_containers.iter().flatten() {
-        for e in c.env_from.iter().flatten() {
-            if let Some(r) = &e.secret_ref {
-                out.insert(r.name.clone());
-            }
-        }
-        for e in c.env.iter().flatten() {
+        for e in env.iter().flatten() {
             if let Some(r) = e
                 .value_from
                 .as_ref()
