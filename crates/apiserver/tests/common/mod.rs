@@ -224,3 +224,113 @@ impl TestServer {
 pub fn kubectl_bin() -> String {
     std::env::var("RK3S_KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".to_string())
 }
+
+/// A webhook on loopback for admission and conversion tests: HTTPS with its own CA (hand
+/// `ca_bundle` to the webhook configuration), every `POST` answered by `reply`, which gets
+/// the request's path and query, and its JSON body (the review).
+pub struct TestWebhook {
+    pub addr: SocketAddr,
+    /// Base64 of the CA's PEM, as `clientConfig.caBundle` takes it.
+    pub ca_bundle: String,
+    /// Every request seen: path and query, and body.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+type WebhookReply = dyn Fn(&str, &serde_json::Value) -> serde_json::Value + Send + Sync;
+
+impl TestWebhook {
+    /// Starts a webhook whose certificate names `127.0.0.1` and `names` (e.g. a service's
+    /// `<name>.<namespace>.svc`).
+    pub async fn start(
+        names: &[&str],
+        reply: impl Fn(&str, &serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
+    ) -> TestWebhook {
+        use base64::Engine as _;
+        use std::sync::Arc;
+
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("issuer");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut sans = vec!["127.0.0.1".to_string()];
+        sans.extend(names.iter().map(|n| n.to_string()));
+        let cert = rcgen::CertificateParams::new(sans)
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("serving cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+            )
+            .expect("tls config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reply: Arc<WebhookReply> = Arc::new(reply);
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, seen, reply) = (acceptor.clone(), seen2.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (seen, reply) = (seen.clone(), reply.clone());
+                            async move {
+                                let at = req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default();
+                                let body = axum::body::to_bytes(
+                                    axum::body::Body::new(req.into_body()),
+                                    usize::MAX,
+                                )
+                                .await
+                                .unwrap_or_default();
+                                let review: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                let answer = reply(&at, &review);
+                                seen.lock().expect("lock").push((at, review));
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(axum::body::Body::from(answer.to_string()))
+                                        .expect("response"),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TestWebhook {
+            addr,
+            ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca_cert.pem()),
+            seen,
+        }
+    }
+
+    /// `https://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+}

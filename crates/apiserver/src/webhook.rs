@@ -1,0 +1,477 @@
+//! Calling webhooks: what admission webhooks and CRD conversion webhooks share (upstream's
+//! `k8s.io/apiserver/pkg/util/webhook`).
+//!
+//! A `WebhookClientConfig` (`url`, or `service` with `namespace`, `name`, `path`, `port`
+//! (443), and a `caBundle`) becomes an HTTPS `POST` of a JSON review with a deadline; the
+//! answer's JSON body is handed back to the caller, which reads its own review out of it.
+//!
+//! - **URL**: dialled as given (host name or IP), TLS verified against the `caBundle` (or,
+//!   without one, the system's trust store: `/etc/ssl/certs/ca-certificates.crt`).
+//! - **Service**: the URL upstream shows is `https://<name>.<namespace>.svc:<port><path>`, and
+//!   that is the name the webhook's certificate must carry; the address dialled is one of the
+//!   service's endpoints (as upstream's apiserver with `--enable-aggregator-routing`: rk3s'
+//!   apiserver may run where no service proxy is): the service port with that number, the
+//!   `Endpoints` port of the same name, a random ready address. An `ExternalName` service is
+//!   dialled at its external name. Endpoint addresses must be global unicast (loopback only
+//!   with `Apiserver::proxy_to_loopback`, for test webhooks), as for the service proxy.
+//! - Upstream adds `?timeout=<n>s` to the request so the webhook knows its deadline; so does
+//!   this. Errors are worded as Go's `url.Error`: `Post "<url>?timeout=10s": <cause>`.
+//!
+//! Connections are not pooled: each call dials, handshakes and closes (upstream keeps a
+//! client per configuration with keep-alive).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use base64::Engine as _;
+use hyper_util::rt::TokioIo;
+use rand::Rng as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use crate::registry::REGISTRY;
+use crate::rest::decode_stored;
+use crate::server::AppState;
+
+/// Where the system keeps its trusted CAs (Debian's `ca-certificates`).
+const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The largest answer read from a webhook (upstream's client refuses bigger bodies too).
+const MAX_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+
+/// Why a webhook could not be called, worded as upstream words it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WebhookError {
+    /// The client configuration cannot be used (no URL and no service, a bad URL or CA).
+    #[error("{0}")]
+    Config(String),
+    /// The service (or its endpoints) a configuration names cannot be resolved.
+    #[error("{0}")]
+    Resolve(String),
+    /// The request failed on the way: dial, TLS, HTTP, deadline (`Post "<url>": <cause>`).
+    #[error("Post \"{url}\": {cause}")]
+    Call { url: String, cause: String },
+    /// The webhook answered with a status other than 2xx, or with a body that is not JSON.
+    #[error("{0}")]
+    Response(String),
+}
+
+/// A webhook's `clientConfig` (`admissionregistration.k8s.io/v1` `WebhookClientConfig` and
+/// `apiextensions.k8s.io/v1` `WebhookClientConfig` have the same shape).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ClientConfig {
+    target: Target,
+    /// PEM CA certificates, decoded from `caBundle`.
+    ca_bundle: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Target {
+    Url(url::Url),
+    Service {
+        namespace: String,
+        name: String,
+        path: String,
+        port: u16,
+    },
+}
+
+impl ClientConfig {
+    /// Reads a `clientConfig` object.
+    pub(crate) fn parse(v: &Value) -> Result<Self, WebhookError> {
+        let ca_bundle = match v.get("caBundle").and_then(Value::as_str) {
+            None | Some("") => None,
+            Some(b) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| WebhookError::Config(format!("invalid caBundle: {e}")))?,
+            ),
+        };
+        let target = if let Some(u) = v.get("url").and_then(Value::as_str) {
+            let url = url::Url::parse(u)
+                .map_err(|e| WebhookError::Config(format!("invalid url {u:?}: {e}")))?;
+            if url.scheme() != "https" {
+                return Err(WebhookError::Config(format!(
+                    "invalid url {u:?}: 'https' is the only allowed URL scheme"
+                )));
+            }
+            Target::Url(url)
+        } else if let Some(s) = v.get("service") {
+            let field = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or_default();
+            let port = match s.get("port").and_then(Value::as_i64) {
+                None => 443,
+                Some(p) => u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| WebhookError::Config(format!("invalid service port {p}")))?,
+            };
+            let mut path = field("path").to_string();
+            if path.is_empty() {
+                path = "/".into();
+            }
+            Target::Service {
+                namespace: field("namespace").to_string(),
+                name: field("name").to_string(),
+                path,
+                port,
+            }
+        } else {
+            return Err(WebhookError::Config(
+                "webhook clientConfig has neither url nor service".into(),
+            ));
+        };
+        Ok(Self { target, ca_bundle })
+    }
+
+    /// The URL upstream shows in its messages, with the `timeout` query it adds.
+    pub(crate) fn display_url(&self, timeout: Duration) -> String {
+        let base = match &self.target {
+            Target::Url(u) => u.to_string(),
+            Target::Service {
+                namespace,
+                name,
+                path,
+                port,
+            } => format!("https://{name}.{namespace}.svc:{port}{path}"),
+        };
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}timeout={}s", timeout.as_secs().max(1))
+    }
+
+    /// Posts `review` (JSON) and returns the webhook's JSON answer, within `timeout`.
+    #[tracing::instrument(level = "debug", skip_all, fields(url))]
+    pub(crate) async fn call(
+        &self,
+        state: &AppState,
+        review: &Value,
+        timeout: Duration,
+    ) -> Result<Value, WebhookError> {
+        let url = self.display_url(timeout);
+        tracing::Span::current().record("url", url.as_str());
+        let (host, port) = self.resolve(state).await?;
+        let server_name = self.server_name()?;
+        let tls = self.tls()?;
+        let path_and_query = match url::Url::parse(&url) {
+            Ok(u) => match u.query() {
+                Some(q) => format!("{}?{q}", u.path()),
+                None => u.path().to_string(),
+            },
+            Err(e) => return Err(WebhookError::Config(format!("invalid url {url:?}: {e}"))),
+        };
+        let body = serde_json::to_vec(review).map_err(|e| WebhookError::Call {
+            url: url.clone(),
+            cause: e.to_string(),
+        })?;
+        let call = post(tls, server_name, &host, port, &path_and_query, body);
+        let answer = match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err("context deadline exceeded".to_string()),
+        };
+        let (status, bytes) = answer.map_err(|cause| WebhookError::Call {
+            url: url.clone(),
+            cause,
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(WebhookError::Response(format!(
+                "the server responded with status {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(256)])
+            )));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            WebhookError::Response(format!("failed to decode the webhook's response: {e}"))
+        })
+    }
+
+    /// The name the webhook's certificate is checked against.
+    fn server_name(&self) -> Result<ServerName<'static>, WebhookError> {
+        let host = match &self.target {
+            Target::Url(u) => match u.host() {
+                Some(url::Host::Ipv4(ip)) => {
+                    return Ok(ServerName::IpAddress(IpAddr::V4(ip).into()));
+                }
+                Some(url::Host::Ipv6(ip)) => {
+                    return Ok(ServerName::IpAddress(IpAddr::V6(ip).into()));
+                }
+                Some(url::Host::Domain(d)) => d.to_string(),
+                None => return Err(WebhookError::Config(format!("url {u} has no host"))),
+            },
+            Target::Service {
+                namespace, name, ..
+            } => format!("{name}.{namespace}.svc"),
+        };
+        ServerName::try_from(host.clone())
+            .map_err(|e| WebhookError::Config(format!("invalid host {host:?}: {e}")))
+    }
+
+    /// TLS trusting the `caBundle`, else the system's CAs.
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, WebhookError> {
+        let pem = match &self.ca_bundle {
+            Some(b) => b.clone(),
+            None => std::fs::read(SYSTEM_CA_FILE).unwrap_or_default(),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| WebhookError::Config(format!("invalid caBundle: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| WebhookError::Config(format!("invalid caBundle: {e}")))?;
+        }
+        if self.ca_bundle.is_some() && roots.is_empty() {
+            return Err(WebhookError::Config(
+                "invalid caBundle: no certificate in it".into(),
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| WebhookError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    /// The address to dial.
+    async fn resolve(&self, state: &AppState) -> Result<(String, u16), WebhookError> {
+        let (namespace, name, port) = match &self.target {
+            Target::Url(u) => {
+                let host = match u.host() {
+                    Some(url::Host::Domain(d)) => d.to_string(),
+                    Some(url::Host::Ipv4(ip)) => ip.to_string(),
+                    Some(url::Host::Ipv6(ip)) => ip.to_string(),
+                    None => return Err(WebhookError::Config(format!("url {u} has no host"))),
+                };
+                return Ok((host, u.port_or_known_default().unwrap_or(443)));
+            }
+            Target::Service {
+                namespace,
+                name,
+                port,
+                ..
+            } => (namespace, name, *port),
+        };
+        let service = get(state, "services", namespace, name)
+            .await?
+            .ok_or_else(|| WebhookError::Resolve(format!("service \"{name}\" not found")))?;
+        if service.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
+            let host = service
+                .pointer("/spec/externalName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Ok((host.to_string(), port));
+        }
+        let port_name = service
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|p| p.get("port").and_then(Value::as_i64) == Some(i64::from(port)))
+            .map(|p| {
+                p.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .ok_or_else(|| {
+                WebhookError::Resolve(format!("service \"{name}\" does not have port {port}"))
+            })?;
+        let endpoints = get(state, "endpoints", namespace, name)
+            .await?
+            .ok_or_else(|| WebhookError::Resolve(format!("endpoints \"{name}\" not found")))?;
+        let mut candidates: Vec<(String, u16)> = Vec::new();
+        for subset in endpoints
+            .get("subsets")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(target_port) = subset
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|p| p.get("name").and_then(Value::as_str).unwrap_or_default() == port_name)
+                .and_then(|p| p.get("port").and_then(Value::as_i64))
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for a in subset
+                .get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(ip) = a.get("ip").and_then(Value::as_str)
+                    && address_allowed(ip, state.proxy_loopback)
+                {
+                    candidates.push((ip.to_string(), target_port));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Err(WebhookError::Resolve(format!(
+                "no endpoints available for service \"{name}\""
+            )));
+        }
+        let pick = rand::rng().random_range(0..candidates.len());
+        Ok(candidates.swap_remove(pick))
+    }
+}
+
+/// Go's `IP.IsGlobalUnicast` (loopback allowed only when the server is configured for it).
+fn address_allowed(ip: &str, loopback_ok: bool) -> bool {
+    match ip.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => loopback_ok,
+        Ok(IpAddr::V4(v4)) => {
+            !v4.is_broadcast() && !v4.is_unspecified() && !v4.is_multicast() && !v4.is_link_local()
+        }
+        Ok(IpAddr::V6(v6)) => {
+            !v6.is_unspecified() && !v6.is_multicast() && (v6.segments()[0] & 0xffc0) != 0xfe80
+        }
+        Err(_) => false,
+    }
+}
+
+/// A core/v1 object from the store, if it exists.
+async fn get(
+    state: &AppState,
+    plural: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Value>, WebhookError> {
+    let info = REGISTRY
+        .find("", "v1", plural)
+        .ok_or_else(|| WebhookError::Resolve(format!("{plural} are not registered")))?;
+    let (_, kv) = state
+        .store
+        .get(&info.key(Some(namespace), name), 0)
+        .await
+        .map_err(|e| WebhookError::Resolve(e.to_string()))?;
+    kv.map(|kv| decode_stored(&kv).map_err(|e| WebhookError::Resolve(e.message)))
+        .transpose()
+}
+
+/// One `POST` over a new TLS connection: the status and the body.
+async fn post(
+    tls: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    host: &str,
+    port: u16,
+    path_and_query: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
+    let authority = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{host}:{port}"),
+    };
+    let tcp = TcpStream::connect(&authority)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                format!("dial tcp {authority}: connect: connection refused")
+            }
+            _ => format!("dial tcp {authority}: {e}"),
+        })?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("tls: failed to verify certificate: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "webhook connection ended");
+        }
+    });
+    let request = Request::builder()
+        .method("POST")
+        .uri(path_and_query)
+        .header(header::HOST, &authority)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, */*")
+        .body(Body::from(body))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(Body::new(response.into_body()), MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?;
+    driver.abort();
+    Ok((status, bytes.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_service_config_defaults_its_port_and_path_and_shows_upstreams_url() {
+        let c = ClientConfig::parse(&json!({
+            "service": {"namespace": "webhooks", "name": "guard"}
+        }))
+        .unwrap();
+        assert_eq!(
+            c.display_url(Duration::from_secs(10)),
+            "https://guard.webhooks.svc:443/?timeout=10s"
+        );
+        let c = ClientConfig::parse(&json!({
+            "service": {"namespace": "w", "name": "g", "path": "/validate", "port": 8443}
+        }))
+        .unwrap();
+        assert_eq!(
+            c.display_url(Duration::from_secs(5)),
+            "https://g.w.svc:8443/validate?timeout=5s"
+        );
+        assert_eq!(
+            c.server_name().unwrap(),
+            ServerName::try_from("g.w.svc").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_url_config_keeps_its_query_and_must_be_https() {
+        let c = ClientConfig::parse(&json!({"url": "https://127.0.0.1:9443/convert?x=1"})).unwrap();
+        assert_eq!(
+            c.display_url(Duration::from_secs(30)),
+            "https://127.0.0.1:9443/convert?x=1&timeout=30s"
+        );
+        assert!(matches!(c.server_name().unwrap(), ServerName::IpAddress(_)));
+        let e = ClientConfig::parse(&json!({"url": "http://example.com/"})).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'https' is the only allowed URL scheme"),
+            "{e}"
+        );
+        let e = ClientConfig::parse(&json!({})).unwrap_err();
+        assert!(e.to_string().contains("neither url nor service"), "{e}");
+        let e = ClientConfig::parse(&json!({"url": "https://a/", "caBundle": "%%"})).unwrap_err();
+        assert!(e.to_string().starts_with("invalid caBundle"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_refused() {
+        let bundle = base64::engine::general_purpose::STANDARD.encode("not a certificate");
+        let c = ClientConfig::parse(&json!({"url": "https://a/", "caBundle": bundle})).unwrap();
+        let e = c.tls().unwrap_err();
+        assert!(e.to_string().contains("no certificate"), "{e}");
+    }
+
+    #[test]
+    fn only_global_unicast_endpoints_are_dialled() {
+        assert!(address_allowed("10.42.0.5", false));
+        assert!(!address_allowed("127.0.0.1", false));
+        assert!(address_allowed("127.0.0.1", true));
+        assert!(!address_allowed("169.254.1.1", true));
+        assert!(!address_allowed("not-an-ip", true));
+    }
+}
