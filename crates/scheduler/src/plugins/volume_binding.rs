@@ -365,13 +365,11 @@ impl State {
                     c.name
                 ));
             }
-            if c.ephemeral {
-                if !created_for(pvc, pod) {
-                    return rejected(format!(
-                        "PVC {}/{} was not created for pod {}/{} (pod is not owner)",
-                        pod.namespace, c.name, pod.namespace, pod.name
-                    ));
-                }
+            if c.ephemeral && !created_for(pvc, pod) {
+                return rejected(format!(
+                    "PVC {}/{} was not created for pod {}/{} (pod is not owner)",
+                    pod.namespace, c.name, pod.namespace, pod.name
+                ));
             }
             pvcs.push(pvc.clone());
         }
