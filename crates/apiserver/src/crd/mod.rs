@@ -133,7 +133,7 @@ fn intern(s: &str) -> &'static str {
 }
 
 /// Like [`intern`], for lists of names (short names, categories).
-fn intern_list(items: &[String]) -> &'static [&'static str] {
+pub(crate) fn intern_list(items: &[String]) -> &'static [&'static str] {
     static SET: LazyLock<Mutex<HashSet<&'static [&'static str]>>> = LazyLock::new(Default::default);
     let interned: Vec<&'static str> = items.iter().map(|s| intern(s)).collect();
     let mut set = SET.lock().unwrap_or_else(PoisonError::into_inner);
