@@ -222,10 +222,13 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         _ => (info.prefix(ctx.ns()), false),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    // A watch that requires one node name (a kubelet's) is offered only the changes of pods
+    // that are or were on that node.
+    let value = crate::watch_cache::index_value(info, &spec.selectors.fields);
     let sub = ctx
         .state
         .watch_cache
-        .subscribe(info, &scope, exact, start, spec.bookmarks)
+        .subscribe(info, &scope, exact, value, start, spec.bookmarks)
         .await;
     let mut sub = match sub {
         Ok(sub) => sub,
