@@ -328,6 +328,10 @@ pub(crate) enum Start {
 pub(crate) struct Subscription {
     /// For [`Start::State`]: the objects, in key order.
     pub(crate) objects: Vec<Arc<CachedObject>>,
+    /// For [`Start::State`], when asked for (`share`): for each object of `objects`, the
+    /// change in the ring that made it what it is, if the ring still has it — its `encoded`
+    /// is where the watches that decode objects share the object's encodings.
+    pub(crate) latest: Vec<Option<Arc<CachedEvent>>>,
     /// For [`Start::After`]: the ring's changes after the revision.
     pub(crate) events: Vec<Arc<CachedEvent>>,
     /// The revision `objects`/`events` bring the watcher to.
@@ -365,7 +369,8 @@ impl WatchCaches {
     /// storage prefix, or all of it; `exact`: of the one key `key_prefix`), served by the cache
     /// of `info`'s storage prefix. `value`: the value of the type's indexed field its selector
     /// requires ([`index_value`]): it is offered only the changes of objects that have (or had)
-    /// that value.
+    /// that value. `share`: fill [`Subscription::latest`] (for a watch that decodes objects).
+    #[allow(clippy::too_many_arguments)]
     #[tracing::instrument(level = "debug", skip_all, fields(resource = info.plural, ?start))]
     pub(crate) async fn subscribe(
         &self,
@@ -375,6 +380,7 @@ impl WatchCaches {
         value: Option<&str>,
         start: Start,
         bookmarks: bool,
+        share: bool,
     ) -> Result<Subscription, ApiError> {
         let hint = match start {
             Start::After(rv) => rv,
@@ -386,7 +392,7 @@ impl WatchCaches {
             Start::State { min_revision } => min_revision,
         };
         cache.wait_fresh(needed).await?;
-        cache.register_indexed(key_prefix, exact, value, start, bookmarks)
+        cache.register_indexed(key_prefix, exact, value, start, bookmarks, share)
     }
 
     /// A list from the cache of `info`'s storage prefix: the objects whose keys start with
@@ -837,13 +843,13 @@ impl Cache {
         start: Start,
         bookmarks: bool,
     ) -> Result<Subscription, ApiError> {
-        self.register_indexed(key_prefix, exact, None, start, bookmarks)
+        self.register_indexed(key_prefix, exact, None, start, bookmarks, false)
     }
 
     /// The watcher's starting point and its channel, registered in one step with respect to
     /// dispatch: nothing is missed or sent twice between the two. `value`: the value of the
     /// indexed field the watcher's selector requires (ignored for `exact` watchers and caches
-    /// without an index).
+    /// without an index). `share`: fill [`Subscription::latest`].
     fn register_indexed(
         &self,
         key_prefix: &[u8],
@@ -851,6 +857,7 @@ impl Cache {
         value: Option<&str>,
         start: Start,
         bookmarks: bool,
+        share: bool,
     ) -> Result<Subscription, ApiError> {
         let mut st = self.lock();
         let value = value.filter(|_| !exact && st.index.is_some());
@@ -864,17 +871,32 @@ impl Cache {
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
         let mut sub = Subscription {
             objects: Vec::new(),
+            latest: Vec::new(),
             events: Vec::new(),
             revision: st.revision,
             rx,
         };
         match start {
             Start::State { .. } => {
-                sub.objects = st
-                    .select(key_prefix, exact, value)
-                    .into_iter()
-                    .map(|(_, o)| o.clone())
-                    .collect();
+                let selected = st.select(key_prefix, exact, value);
+                if share && !st.ring.is_empty() {
+                    // The last change of each key in the ring, if the object is still its.
+                    let mut last: HashMap<&[u8], &Arc<CachedEvent>> = HashMap::new();
+                    for ev in st.ring.iter().rev() {
+                        if ev.key.starts_with(key_prefix) {
+                            last.entry(&ev.key[..]).or_insert(ev);
+                        }
+                    }
+                    sub.latest = selected
+                        .iter()
+                        .map(|(k, o)| {
+                            last.get(&k[..])
+                                .filter(|ev| Arc::ptr_eq(&ev.object, o))
+                                .map(|ev| Arc::clone(ev))
+                        })
+                        .collect();
+                }
+                sub.objects = selected.into_iter().map(|(_, o)| o.clone()).collect();
             }
             Start::After(rv) => {
                 if rv < st.oldest {
@@ -1520,13 +1542,13 @@ mod tests {
             .map(|i| {
                 let node = format!("n{i}");
                 cache
-                    .register_indexed(PODS, false, Some(&node), Start::After(1), false)
+                    .register_indexed(PODS, false, Some(&node), Start::After(1), false, false)
                     .expect("kubelet")
             })
             .collect();
         // The scheduler's view of unscheduled pods (`spec.nodeName=`) and a watcher of all.
         let mut unscheduled = cache
-            .register_indexed(PODS, false, Some(""), Start::After(1), false)
+            .register_indexed(PODS, false, Some(""), Start::After(1), false, false)
             .expect("unscheduled");
         let mut all = cache
             .register(PODS, false, Start::After(1), false)
@@ -1538,6 +1560,7 @@ mod tests {
                 false,
                 Some("n7"),
                 Start::After(1),
+                false,
                 false,
             )
             .expect("namespace b");
@@ -1605,9 +1628,17 @@ mod tests {
                 Some("n9"),
                 Start::State { min_revision: 0 },
                 false,
+                true,
             )
             .expect("state");
         assert_eq!(names(&sub.objects), ["s", "r"]);
+        // With the changes that made them (still in the ring), for shared encodings.
+        let made: Vec<Option<i64>> = sub
+            .latest
+            .iter()
+            .map(|e| e.as_ref().map(|e| e.revision))
+            .collect();
+        assert_eq!(made, [Some(9), Some(8)]);
         // Gone watchers leave the index.
         drop((kubelets, unscheduled, all, ns_b, sub));
         cache
@@ -1620,6 +1651,69 @@ mod tests {
         let st = cache.lock();
         assert!(!st.value_watchers.contains_key("n1") && !st.value_watchers.contains_key(""));
         assert_eq!(st.watchers.len(), NODES + 4 - 3);
+    }
+
+    /// Time per pod change with 1000 kubelets watching `spec.nodeName=<their node>`: the
+    /// dispatch and each offered watcher's selector check (what its watch task does with it;
+    /// not the task's wake-ups),
+    /// with the node index and with every kubelet as a watcher of all pods (before it).
+    /// `cargo test -p rk3s-apiserver --lib -- --ignored --exact --nocapture
+    /// watch_cache::tests::time_of_a_pod_change_with_1000_kubelets`.
+    #[tokio::test]
+    #[ignore = "a measurement: run alone"]
+    async fn time_of_a_pod_change_with_1000_kubelets() {
+        const NODES: usize = 1000;
+        const CHANGES: i64 = 2000;
+        let info = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        for indexed in [true, false] {
+            let cache = pod_cache_at(1);
+            let mut kubelets: Vec<(Subscription, FieldSelector)> = (0..NODES)
+                .map(|i| {
+                    let selectors =
+                        FieldSelector::parse(&format!("spec.nodeName=n{i}"), info.fields)
+                            .expect("selector");
+                    let value = indexed.then(|| format!("n{i}"));
+                    let sub = cache
+                        .register_indexed(
+                            PODS,
+                            false,
+                            value.as_deref(),
+                            Start::After(1),
+                            false,
+                            false,
+                        )
+                        .expect("kubelet");
+                    (sub, selectors)
+                })
+                .collect();
+            let started = Instant::now();
+            let mut seen = 0;
+            for i in 0..CHANGES {
+                let node = format!("n{}", i as usize % NODES);
+                cache
+                    .dispatch(vec![pod("a", &format!("p{i}"), Some(&node), 2 + i)], 2 + i)
+                    .await;
+                // Each watcher's task takes what it was sent (here: every 100 changes, within
+                // the channels' buffers; an idle one costs nothing then).
+                if (i + 1) % 100 != 0 {
+                    continue;
+                }
+                for (sub, selectors) in &mut kubelets {
+                    while let Ok(Message::Event(ev)) = sub.rx.try_recv() {
+                        if selectors.matches(&*ev.object) {
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+            let per_change = started.elapsed() / CHANGES as u32;
+            println!(
+                "{NODES} kubelets, index {indexed}: {per_change:?} per pod change ({seen} seen)"
+            );
+            assert_eq!(seen, CHANGES);
+        }
     }
 
     /// The index follows the objects through a re-list.
@@ -1908,12 +2002,12 @@ mod tests {
         let state = Start::State { min_revision: 0 };
         let prefix = widgets.prefix(None);
         let mut watcher = caches
-            .subscribe(&widgets, &prefix, false, None, state, false)
+            .subscribe(&widgets, &prefix, false, None, state, false, false)
             .await
             .expect("widget watcher");
         assert_eq!(names(&watcher.objects), ["w"]);
         let pod_watcher = caches
-            .subscribe(pods, PODS, false, None, state, false)
+            .subscribe(pods, PODS, false, None, state, false, false)
             .await
             .expect("pod watcher");
         assert_eq!(caches.running(), 2);
@@ -1940,7 +2034,7 @@ mod tests {
         assert!(!pod_watcher.rx.is_closed());
         // The next use starts a new cache, from the store.
         let again = caches
-            .subscribe(&widgets, &prefix, false, None, state, false)
+            .subscribe(&widgets, &prefix, false, None, state, false, false)
             .await
             .expect("a new cache");
         assert_eq!(names(&again.objects), ["w"]);
