@@ -1075,10 +1075,15 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
     )
 }
 
-/// A CRD must pass upstream's CRD validation (see [`crate::crd::validate_crd`]); a custom
-/// resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
+/// A built-in object must pass upstream's validation of its type
+/// ([`crate::validation::validate_builtin`]), a CRD upstream's CRD validation (see
+/// [`crate::crd::validate_crd`]); a custom resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
 /// on updates for ratcheting and transition rules).
 fn check_crd(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let causes = crate::validation::validate_builtin(info, obj, old);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, meta_str(obj, "name"), causes));
+    }
     if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
         let causes = crate::crd::validate_custom_resource(schema, obj, old);
         if !causes.is_empty() {
