@@ -1,11 +1,1593 @@
-//! core/v1 objects: `ValidatePod`, `ValidatePodUpdate`, ConfigMap and Secret keys, ... (not yet written).
+//! core/v1 objects as upstream v1.33's `pkg/apis/core/validation`: `ValidatePodSpec`
+//! ([`validate_pod_spec`], also for the pod templates of workloads), `ValidatePod`,
+//! `ValidatePodUpdate`, `ValidateConfigMap(Update)` and `ValidateSecret(Update)`, with
+//! upstream's field paths, reasons and messages. Values in `Invalid value:` messages are
+//! written as Go's `%q`/`%v` shows them. Services are validated by `services/validation.rs`.
 
-use serde_json::Value;
+use std::collections::BTreeSet;
 
+use serde_json::{Map, Value};
+
+use super::{
+    NameRule, dns_problems, label_value_problems, port_name_problems, port_num_problems,
+    qualified_name_problems,
+};
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 
+/// Upstream's `ValidatePodSpec` of the pod spec `spec` at `path` (`spec`,
+/// `spec.template.spec`): containers, init and ephemeral containers (names, images, ports,
+/// env, envFrom, volume mounts, resources, probes, pull policies), volumes, restart and DNS
+/// policies, node selector, tolerations, host network ports, `activeDeadlineSeconds`, and the
+/// DNS-label and name fields. Defaults (`restartPolicy`, `dnsPolicy`, protocols, pull
+/// policies, termination message policy) are expected to have been applied.
+pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let volumes = validate_volumes(spec, &format!("{path}.volumes"), &mut causes);
+    let containers = list(spec, "containers");
+    let cpath = format!("{path}.containers");
+    if containers.is_empty() {
+        causes.push(required(&cpath, ""));
+    }
+    let mut names = BTreeSet::new();
+    for (i, c) in containers.iter().enumerate() {
+        let p = format!("{cpath}[{i}]");
+        causes.extend(container_common(c, &volumes, &p));
+        let name = str_of(c, "name");
+        if !names.insert(name.to_string()) {
+            causes.push(duplicate(format!("{p}.name"), &q(name)));
+        }
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            if let Some(pr) = c.get(probe).filter(|v| !v.is_null()) {
+                causes.extend(validate_probe(probe, pr, &format!("{p}.{probe}")));
+            }
+        }
+        if let Some(lc) = c.get("lifecycle").filter(|v| v.is_object()) {
+            for hook in ["postStart", "preStop"] {
+                if let Some(h) = lc.get(hook).filter(|v| !v.is_null()) {
+                    causes.extend(validate_handler(h, &format!("{p}.lifecycle.{hook}")));
+                }
+            }
+        }
+        if c.get("restartPolicy").is_some_and(|v| !v.is_null()) {
+            causes.push(forbidden(
+                format!("{p}.restartPolicy"),
+                "may not be set for non-init containers",
+            ));
+        }
+    }
+    causes.extend(host_port_conflicts(&containers, &cpath));
+    let ipath = format!("{path}.initContainers");
+    for (i, c) in list(spec, "initContainers").iter().enumerate() {
+        let p = format!("{ipath}[{i}]");
+        causes.extend(container_common(c, &volumes, &p));
+        let restart = c.get("restartPolicy").and_then(Value::as_str);
+        if let Some(r) = restart
+            && r != "Always"
+        {
+            causes.push(not_supported(
+                format!("{p}.restartPolicy"),
+                &q(r),
+                &["Always"],
+            ));
+        }
+        let name = str_of(c, "name");
+        if names.contains(name) {
+            causes.push(duplicate(format!("{p}.name"), &q(name)));
+        } else if !name.is_empty() {
+            names.insert(name.to_string());
+        }
+        for probe in [
+            "lifecycle",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+        ] {
+            let Some(v) = c.get(probe).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            if restart == Some("Always") {
+                if probe != "lifecycle" {
+                    causes.extend(validate_probe(probe, v, &format!("{p}.{probe}")));
+                }
+            } else {
+                causes.push(forbidden(
+                    format!("{p}.{probe}"),
+                    "may not be set for init containers without restartPolicy=Always",
+                ));
+            }
+        }
+    }
+    let epath = format!("{path}.ephemeralContainers");
+    for (i, c) in list(spec, "ephemeralContainers").iter().enumerate() {
+        let p = format!("{epath}[{i}]");
+        causes.extend(container_common(c, &volumes, &p));
+        let name = str_of(c, "name");
+        if names.contains(name) {
+            causes.push(duplicate(format!("{p}.name"), &q(name)));
+        } else if !name.is_empty() {
+            names.insert(name.to_string());
+        }
+    }
+    causes.extend(host_network_ports(spec, path));
+    causes.extend(one_of(
+        spec,
+        "restartPolicy",
+        &format!("{path}.restartPolicy"),
+        &["Always", "OnFailure", "Never"],
+    ));
+    causes.extend(one_of(
+        spec,
+        "dnsPolicy",
+        &format!("{path}.dnsPolicy"),
+        &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+    ));
+    causes.extend(validate_labels(
+        spec.get("nodeSelector"),
+        &format!("{path}.nodeSelector"),
+    ));
+    for (field, rule) in [
+        ("serviceAccountName", NameRule::Subdomain),
+        ("nodeName", NameRule::Subdomain),
+        ("priorityClassName", NameRule::Subdomain),
+        ("hostname", NameRule::Label),
+        ("subdomain", NameRule::Label),
+    ] {
+        let v = str_of(spec, field);
+        if !v.is_empty() {
+            for m in dns_problems(rule, v) {
+                causes.push(invalid(format!("{path}.{field}"), &q(v), &m));
+            }
+        }
+    }
+    if let Some(ads) = spec.get("activeDeadlineSeconds").and_then(Value::as_i64)
+        && !(1..=i64::from(i32::MAX)).contains(&ads)
+    {
+        causes.push(invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            &ads.to_string(),
+            &format!("must be between 1 and {}, inclusive", i32::MAX),
+        ));
+    }
+    causes.extend(validate_tolerations(
+        &list(spec, "tolerations"),
+        &format!("{path}.tolerations"),
+    ));
+    if spec.get("preemptionPolicy").is_some_and(|v| !v.is_null()) {
+        causes.extend(one_of(
+            spec,
+            "preemptionPolicy",
+            &format!("{path}.preemptionPolicy"),
+            &["PreemptLowerPriority", "Never"],
+        ));
+    }
+    causes
+}
+
 /// The causes of `obj` (with the stored `old` on update).
-pub(super) fn validate(_info: &ResourceInfo, _obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
-    Vec::new()
+pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    match info.kind {
+        "Pod" => {
+            let mut causes = validate_pod_spec(obj.get("spec").unwrap_or(&Value::Null), "spec");
+            match old {
+                None => {
+                    if !list(
+                        obj.get("spec").unwrap_or(&Value::Null),
+                        "ephemeralContainers",
+                    )
+                    .is_empty()
+                    {
+                        causes.push(forbidden(
+                            "spec.ephemeralContainers",
+                            "cannot be set on create",
+                        ));
+                    }
+                }
+                Some(old) => causes.extend(validate_pod_update(obj, old)),
+            }
+            causes
+        }
+        "ConfigMap" => validate_config_map(obj, old),
+        "Secret" => validate_secret(obj, old),
+        _ => Vec::new(),
+    }
+}
+
+// ---- causes, as apimachinery's `field.Error`s -----------------------------------------------
+
+pub(super) fn required(field: impl Into<String>, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired",
+        message: if detail.is_empty() {
+            "Required value".into()
+        } else {
+            format!("Required value: {detail}")
+        },
+        field: field.into(),
+    }
+}
+
+pub(super) fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueForbidden",
+        message: format!("Forbidden: {detail}"),
+        field: field.into(),
+    }
+}
+
+pub(super) fn invalid(field: impl Into<String>, shown: &str, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {shown}: {detail}"),
+        field: field.into(),
+    }
+}
+
+pub(super) fn not_supported(field: impl Into<String>, shown: &str, valid: &[&str]) -> Cause {
+    let list: Vec<String> = valid.iter().map(|v| q(v)).collect();
+    Cause {
+        reason: "FieldValueNotSupported",
+        message: format!(
+            "Unsupported value: {shown}: supported values: {}",
+            list.join(", ")
+        ),
+        field: field.into(),
+    }
+}
+
+pub(super) fn duplicate(field: impl Into<String>, shown: &str) -> Cause {
+    Cause {
+        reason: "FieldValueDuplicate",
+        message: format!("Duplicate value: {shown}"),
+        field: field.into(),
+    }
+}
+
+fn not_found(field: impl Into<String>, shown: &str) -> Cause {
+    Cause {
+        reason: "FieldValueNotFound",
+        message: format!("Not found: {shown}"),
+        field: field.into(),
+    }
+}
+
+/// `field.TooLong` with a byte limit (its value is not shown).
+pub(super) fn too_long(field: impl Into<String>, max: usize) -> Cause {
+    Cause {
+        reason: "FieldValueTooLong",
+        message: format!("Too long: may not be more than {max} bytes"),
+        field: field.into(),
+    }
+}
+
+/// A string as Go's `%q` shows it.
+pub(super) fn q(s: &str) -> String {
+    format!("{s:?}")
+}
+
+pub(super) fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+fn list<'a>(v: &'a Value, field: &str) -> Vec<&'a Value> {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+fn obj_of<'a>(v: &'a Value, field: &str) -> Option<&'a Map<String, Value>> {
+    v.get(field).and_then(Value::as_object)
+}
+
+/// A string field with a fixed set of values: `Required` when empty, `Unsupported` otherwise.
+fn one_of(v: &Value, field: &str, path: &str, valid: &[&str]) -> Vec<Cause> {
+    let s = str_of(v, field);
+    if s.is_empty() {
+        vec![required(path, "")]
+    } else if !valid.contains(&s) {
+        vec![not_supported(path, &q(s), valid)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `ValidateLabels`: keys qualified names, values label values (the field is the map's).
+pub(super) fn validate_labels(labels: Option<&Value>, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let Some(labels) = labels.and_then(Value::as_object) else {
+        return causes;
+    };
+    for (k, v) in labels {
+        for m in qualified_name_problems(k) {
+            causes.push(invalid(path, &q(k), &m));
+        }
+        let v = v.as_str().unwrap_or("");
+        for m in label_value_problems(v) {
+            causes.push(invalid(path, &q(v), &m));
+        }
+    }
+    causes
+}
+
+// ---- containers ------------------------------------------------------------------------------
+
+/// The printable-ASCII rule of env names (`RelaxedEnvironmentVariableValidation`, on in v1.33).
+fn env_name_problems(name: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if name.is_empty() {
+        errs.push("environment variable name must be non-empty".to_string());
+    }
+    if name.chars().any(|c| !(' '..='~').contains(&c) || c == '=') {
+        errs.push(
+            "a valid environment variable name must consist only of printable ASCII characters \
+             other than '='"
+                .into(),
+        );
+    }
+    errs
+}
+
+/// Upstream's `IsConfigMapKey` (ConfigMap and Secret keys, key selectors).
+pub(super) fn config_key_problems(key: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if key.len() > 253 {
+        errs.push("must be no more than 253 characters".to_string());
+    }
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
+        errs.push(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' \
+             (e.g. 'key.name',  or 'KEY_NAME',  or 'key_name', regex used for validation is \
+             '[-._a-zA-Z0-9]+')"
+                .into(),
+        );
+    }
+    if key == "." {
+        errs.push("must not be '.'".into());
+    } else if key == ".." {
+        errs.push("must not be '..'".into());
+    } else if key.starts_with("..") {
+        errs.push("must not start with '..'".into());
+    }
+    errs
+}
+
+/// `validateContainerCommon`: what every kind of container must satisfy.
+fn container_common(c: &Value, volumes: &BTreeSet<String>, p: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let name = str_of(c, "name");
+    if name.is_empty() {
+        causes.push(required(format!("{p}.name"), ""));
+    } else {
+        for m in dns_problems(NameRule::Label, name) {
+            causes.push(invalid(format!("{p}.name"), &q(name), &m));
+        }
+    }
+    if str_of(c, "image").is_empty() {
+        causes.push(required(format!("{p}.image"), ""));
+    }
+    causes.extend(one_of(
+        c,
+        "terminationMessagePolicy",
+        &format!("{p}.terminationMessagePolicy"),
+        &["File", "FallbackToLogsOnError"],
+    ));
+    causes.extend(container_ports(&list(c, "ports"), &format!("{p}.ports")));
+    for (i, e) in list(c, "env").iter().enumerate() {
+        let ep = format!("{p}.env[{i}]");
+        let n = str_of(e, "name");
+        if n.is_empty() {
+            causes.push(required(format!("{ep}.name"), ""));
+        }
+        for m in env_name_problems(n) {
+            causes.push(invalid(format!("{ep}.name"), &q(n), &m));
+        }
+        if let Some(from) = e.get("valueFrom").filter(|v| !v.is_null()) {
+            causes.extend(env_value_from(e, from, &format!("{ep}.valueFrom")));
+        }
+    }
+    let fpath = format!("{p}.envFrom");
+    for (i, e) in list(c, "envFrom").iter().enumerate() {
+        let ep = format!("{fpath}[{i}]");
+        let prefix = str_of(e, "prefix");
+        if !prefix.is_empty() {
+            for m in env_name_problems(prefix) {
+                causes.push(invalid(format!("{ep}.prefix"), &q(prefix), &m));
+            }
+        }
+        let mut n = 0;
+        for src in ["configMapRef", "secretRef"] {
+            if let Some(r) = e.get(src).filter(|v| !v.is_null()) {
+                n += 1;
+                let name = str_of(r, "name");
+                if name.is_empty() {
+                    causes.push(required(format!("{ep}.{src}.name"), ""));
+                } else {
+                    for m in dns_problems(NameRule::Subdomain, name) {
+                        causes.push(invalid(format!("{ep}.{src}.name"), &q(name), &m));
+                    }
+                }
+            }
+        }
+        if n == 0 {
+            causes.push(invalid(
+                &fpath,
+                "\"\"",
+                "must specify one of: `configMapRef` or `secretRef`",
+            ));
+        } else if n > 1 {
+            causes.push(invalid(
+                &fpath,
+                "\"\"",
+                "may not have more than one field specified at a time",
+            ));
+        }
+    }
+    let mut mount_paths = BTreeSet::new();
+    for (i, m) in list(c, "volumeMounts").iter().enumerate() {
+        let mp = format!("{p}.volumeMounts[{i}]");
+        let name = str_of(m, "name");
+        if name.is_empty() {
+            causes.push(required(format!("{mp}.name"), ""));
+        }
+        if !volumes.contains(name) {
+            causes.push(not_found(format!("{mp}.name"), &q(name)));
+        }
+        let path = str_of(m, "mountPath");
+        if path.is_empty() {
+            causes.push(required(format!("{mp}.mountPath"), ""));
+        }
+        if !mount_paths.insert(path.to_string()) {
+            causes.push(invalid(
+                format!("{mp}.mountPath"),
+                &q(path),
+                "must be unique",
+            ));
+        }
+        if !str_of(m, "subPathExpr").is_empty() && !str_of(m, "subPath").is_empty() {
+            causes.push(invalid(
+                format!("{mp}.subPathExpr"),
+                &q(str_of(m, "subPathExpr")),
+                "subPathExpr and subPath are mutually exclusive",
+            ));
+        }
+    }
+    if c.get("imagePullPolicy").is_some_and(|v| !v.is_null()) {
+        causes.extend(one_of(
+            c,
+            "imagePullPolicy",
+            &format!("{p}.imagePullPolicy"),
+            &["Always", "IfNotPresent", "Never"],
+        ));
+    }
+    causes.extend(resources(
+        c.get("resources").unwrap_or(&Value::Null),
+        &format!("{p}.resources"),
+    ));
+    causes
+}
+
+/// `validateContainerPorts`.
+fn container_ports(ports: &[&Value], path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let name = str_of(port, "name");
+        if !name.is_empty() {
+            let problems = port_name_problems(name);
+            if !problems.is_empty() {
+                for m in problems {
+                    causes.push(invalid(format!("{p}.name"), &q(name), &m));
+                }
+            } else if !names.insert(name.to_string()) {
+                causes.push(duplicate(format!("{p}.name"), &q(name)));
+            }
+        }
+        let cp = port
+            .get("containerPort")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if cp == 0 {
+            causes.push(required(format!("{p}.containerPort"), ""));
+        } else {
+            for m in port_num_problems(cp) {
+                causes.push(invalid(format!("{p}.containerPort"), &cp.to_string(), &m));
+            }
+        }
+        let hp = port.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
+        if hp != 0 {
+            for m in port_num_problems(hp) {
+                causes.push(invalid(format!("{p}.hostPort"), &hp.to_string(), &m));
+            }
+        }
+        let proto = str_of(port, "protocol");
+        if proto.is_empty() {
+            causes.push(required(format!("{p}.protocol"), ""));
+        } else if !["SCTP", "TCP", "UDP"].contains(&proto) {
+            causes.push(not_supported(
+                format!("{p}.protocol"),
+                &q(proto),
+                &["SCTP", "TCP", "UDP"],
+            ));
+        }
+    }
+    causes
+}
+
+/// `checkHostPortConflicts`: a host port (IP, protocol) once per pod's containers.
+fn host_port_conflicts(containers: &[&Value], path: &str) -> Vec<Cause> {
+    let mut seen = BTreeSet::new();
+    let mut causes = Vec::new();
+    for (ci, c) in containers.iter().enumerate() {
+        for (pi, port) in list(c, "ports").iter().enumerate() {
+            let hp = port.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
+            if hp == 0 {
+                continue;
+            }
+            let key = format!(
+                "{}/{}/{hp}",
+                str_of(port, "hostIP"),
+                str_of(port, "protocol")
+            );
+            if !seen.insert(key.clone()) {
+                causes.push(duplicate(
+                    format!("{path}[{ci}].ports[{pi}].hostPort"),
+                    &q(&key),
+                ));
+            }
+        }
+    }
+    causes
+}
+
+/// `validatePodHostNetworkDeps`: with `hostNetwork`, a host port is the container port.
+/// (A missing host port is upstream's default, the container port: not refused.)
+fn host_network_ports(spec: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if spec.get("hostNetwork").and_then(Value::as_bool) != Some(true) {
+        return causes;
+    }
+    for (ci, c) in list(spec, "containers").iter().enumerate() {
+        for (pi, port) in list(c, "ports").iter().enumerate() {
+            let hp = port.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
+            let cp = port
+                .get("containerPort")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if hp != 0 && hp != cp {
+                causes.push(invalid(
+                    format!("{path}.containers[{ci}].ports[{pi}].hostPort"),
+                    &hp.to_string(),
+                    "must match `containerPort` when `hostNetwork` is true",
+                ));
+            }
+        }
+    }
+    causes
+}
+
+/// `validateEnvVarValueFrom` (the key selectors' names and keys; not the field paths).
+fn env_value_from(env: &Value, from: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut n = 0;
+    for src in [
+        "fieldRef",
+        "resourceFieldRef",
+        "configMapKeyRef",
+        "secretKeyRef",
+    ] {
+        let Some(r) = from.get(src).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        n += 1;
+        match src {
+            "fieldRef" => {
+                if str_of(r, "fieldPath").is_empty() {
+                    causes.push(required(format!("{path}.fieldRef.fieldPath"), ""));
+                }
+            }
+            "resourceFieldRef" => {
+                if str_of(r, "resource").is_empty() {
+                    causes.push(required(format!("{path}.resourceFieldRef.resource"), ""));
+                }
+            }
+            _ => {
+                let name = str_of(r, "name");
+                for m in dns_problems(NameRule::Subdomain, name) {
+                    causes.push(invalid(format!("{path}.{src}.name"), &q(name), &m));
+                }
+                let key = str_of(r, "key");
+                if key.is_empty() {
+                    causes.push(required(format!("{path}.{src}.key"), ""));
+                } else {
+                    for m in config_key_problems(key) {
+                        causes.push(invalid(format!("{path}.{src}.key"), &q(key), &m));
+                    }
+                }
+            }
+        }
+    }
+    if n == 0 {
+        causes.push(invalid(
+            path,
+            "\"\"",
+            "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or \
+             `secretKeyRef`",
+        ));
+    } else if !str_of(env, "value").is_empty() {
+        causes.push(invalid(
+            path,
+            "\"\"",
+            "may not be specified when `value` is not empty",
+        ));
+    } else if n > 1 {
+        causes.push(invalid(
+            path,
+            "\"\"",
+            "may not have more than one field specified at a time",
+        ));
+    }
+    causes
+}
+
+/// A quantity field's text (clients send strings; numbers are accepted too).
+fn quantity_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+const CONTAINER_RESOURCES: &[&str] = &["cpu", "memory", "ephemeral-storage"];
+const OTHER_STANDARD_RESOURCES: &[&str] = &[
+    "pods",
+    "services",
+    "replicationcontrollers",
+    "resourcequotas",
+    "secrets",
+    "configmaps",
+    "persistentvolumeclaims",
+    "storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.storage",
+    "requests.ephemeral-storage",
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "services.nodeports",
+    "services.loadbalancers",
+];
+
+fn is_native(name: &str) -> bool {
+    !name.contains('/') || name.contains("kubernetes.io/")
+}
+
+/// Hugepages and extended resources may not be overcommitted (`IsOvercommitAllowed`).
+fn overcommit_allowed(name: &str) -> bool {
+    is_native(name) && !name.starts_with("hugepages-")
+}
+
+/// `ValidateContainerResourceName`.
+fn resource_name_problems(name: &str) -> Vec<String> {
+    let errs = qualified_name_problems(name);
+    if !errs.is_empty() || name.contains('/') {
+        return errs;
+    }
+    if CONTAINER_RESOURCES.contains(&name) || name.starts_with("hugepages-") {
+        Vec::new()
+    } else if OTHER_STANDARD_RESOURCES.contains(&name) {
+        vec!["must be a standard resource for containers".into()]
+    } else {
+        vec!["must be a standard resource type or fully qualified".into()]
+    }
+}
+
+/// `ValidateContainerResourceRequirements`: names, non-negative quantities, requests ≤ limits
+/// (= for resources that cannot be overcommitted).
+fn resources(r: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let parse = |v: &Value| quantity_text(v).and_then(|t| rk3s_quota::parse(&t));
+    let limits = obj_of(r, "limits");
+    let zero = rk3s_quota::Quantity::default();
+    for (name, v) in limits.into_iter().flatten() {
+        let fp = format!("{path}.limits[{name}]");
+        for m in resource_name_problems(name) {
+            causes.push(invalid(&fp, &q(name), &m));
+        }
+        if let Some(qty) = parse(v)
+            && qty.0 < zero
+        {
+            causes.push(invalid(
+                &fp,
+                &q(&rk3s_quota::text(qty)),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    for (name, v) in obj_of(r, "requests").into_iter().flatten() {
+        let fp = format!("{path}.requests[{name}]");
+        for m in resource_name_problems(name) {
+            causes.push(invalid(&fp, &q(name), &m));
+        }
+        let Some(qty) = parse(v) else { continue };
+        if qty.0 < zero {
+            causes.push(invalid(
+                &fp,
+                &q(&rk3s_quota::text(qty)),
+                "must be greater than or equal to 0",
+            ));
+        }
+        match limits.and_then(|l| l.get(name)).and_then(parse) {
+            Some(limit) => {
+                let req_text = q(&rk3s_quota::text(qty));
+                let limit_text = rk3s_quota::text(limit);
+                if qty.0 != limit.0 && !overcommit_allowed(name) {
+                    causes.push(invalid(
+                        format!("{path}.requests"),
+                        &req_text,
+                        &format!("must be equal to {name} limit of {limit_text}"),
+                    ));
+                } else if qty.0 > limit.0 {
+                    causes.push(invalid(
+                        format!("{path}.requests"),
+                        &req_text,
+                        &format!("must be less than or equal to {name} limit of {limit_text}"),
+                    ));
+                }
+            }
+            None if !overcommit_allowed(name) => causes.push(required(
+                format!("{path}.limits"),
+                "Limit must be set for non overcommitable resources",
+            )),
+            None => {}
+        }
+    }
+    causes
+}
+
+/// `validateProbe` with the liveness/readiness/startup rules.
+fn validate_probe(kind: &str, probe: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = validate_handler(probe, path);
+    for f in [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
+        if let Some(n) = probe.get(f).and_then(Value::as_i64)
+            && n < 0
+        {
+            causes.push(invalid(
+                format!("{path}.{f}"),
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if let Some(t) = probe
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+    {
+        if kind == "readinessProbe" {
+            causes.push(invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &t.to_string(),
+                "must not be set for readinessProbes",
+            ));
+        } else if t <= 0 {
+            causes.push(invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &t.to_string(),
+                "must be greater than 0",
+            ));
+        }
+    }
+    if kind != "readinessProbe"
+        && let Some(s) = probe.get("successThreshold").and_then(Value::as_i64)
+        && s != 1
+    {
+        causes.push(invalid(
+            format!("{path}.successThreshold"),
+            &s.to_string(),
+            "must be 1",
+        ));
+    }
+    causes
+}
+
+/// `validateHandler`: exactly one of exec, httpGet, tcpSocket, grpc, sleep.
+fn validate_handler(h: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut n = 0;
+    for kind in ["exec", "httpGet", "tcpSocket", "grpc", "sleep"] {
+        let Some(a) = h.get(kind).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        if n > 0 {
+            causes.push(forbidden(
+                format!("{path}.{kind}"),
+                "may not specify more than 1 handler type",
+            ));
+            continue;
+        }
+        n += 1;
+        let p = format!("{path}.{kind}");
+        match kind {
+            "exec" => {
+                if list(a, "command").is_empty() {
+                    causes.push(required(format!("{p}.command"), ""));
+                }
+            }
+            "httpGet" | "tcpSocket" => causes.extend(port_num_or_name(a.get("port"), &p)),
+            "grpc" => {
+                let port = a.get("port").and_then(Value::as_i64).unwrap_or(0);
+                for m in port_num_problems(port) {
+                    causes.push(invalid(format!("{p}.port"), &port.to_string(), &m));
+                }
+            }
+            _ => {}
+        }
+    }
+    if n == 0 {
+        causes.push(required(path, "must specify a handler type"));
+    }
+    causes
+}
+
+fn port_num_or_name(port: Option<&Value>, p: &str) -> Vec<Cause> {
+    let field = format!("{p}.port");
+    match port {
+        Some(Value::String(s)) => port_name_problems(s)
+            .into_iter()
+            .map(|m| invalid(&field, &q(s), &m))
+            .collect(),
+        Some(v) => {
+            let n = v.as_i64().unwrap_or(0);
+            port_num_problems(n)
+                .into_iter()
+                .map(|m| invalid(&field, &n.to_string(), &m))
+                .collect()
+        }
+        None => port_num_problems(0)
+            .into_iter()
+            .map(|m| invalid(&field, "0", &m))
+            .collect(),
+    }
+}
+
+// ---- volumes ---------------------------------------------------------------------------------
+
+/// Upstream's volume sources, in the order `validateVolumeSource` checks them.
+const VOLUME_SOURCES: &[&str] = &[
+    "hostPath",
+    "emptyDir",
+    "gitRepo",
+    "gcePersistentDisk",
+    "awsElasticBlockStore",
+    "secret",
+    "nfs",
+    "iscsi",
+    "glusterfs",
+    "flocker",
+    "persistentVolumeClaim",
+    "rbd",
+    "quobyte",
+    "cinder",
+    "cephfs",
+    "downwardAPI",
+    "fc",
+    "azureFile",
+    "vsphereVolume",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "azureDisk",
+    "configMap",
+    "scaleIO",
+    "projected",
+    "storageos",
+    "csi",
+    "ephemeral",
+    "image",
+];
+
+/// `ValidateVolumes`: names (DNS labels, unique), exactly one source, the required field of
+/// the common sources. Returns the names of the valid volumes (what mounts may reference).
+fn validate_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (i, vol) in list(spec, "volumes").iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let mut errs = Vec::new();
+        let mut n = 0;
+        for src in VOLUME_SOURCES {
+            let Some(s) = vol.get(*src).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            if n > 0 {
+                errs.push(forbidden(
+                    format!("{p}.{src}"),
+                    "may not specify more than 1 volume type",
+                ));
+                continue;
+            }
+            n += 1;
+            let needed = match *src {
+                "hostPath" => Some("path"),
+                "secret" => Some("secretName"),
+                "configMap" => Some("name"),
+                "persistentVolumeClaim" => Some("claimName"),
+                "nfs" => Some("server"),
+                _ => None,
+            };
+            if let Some(f) = needed
+                && str_of(s, f).is_empty()
+            {
+                errs.push(required(format!("{p}.{src}.{f}"), ""));
+            }
+            if matches!(*src, "secret" | "configMap")
+                && let Some(mode) = s.get("defaultMode").and_then(Value::as_i64)
+                && !(0..=0o777).contains(&mode)
+            {
+                errs.push(invalid(
+                    format!("{p}.{src}.defaultMode"),
+                    &mode.to_string(),
+                    "must be a number between 0 and 0777 (octal), both inclusive",
+                ));
+            }
+        }
+        if n == 0 {
+            errs.push(required(&p, "must specify a volume type"));
+        }
+        let name = str_of(vol, "name");
+        if name.is_empty() {
+            errs.push(required(format!("{p}.name"), ""));
+        } else {
+            for m in dns_problems(NameRule::Label, name) {
+                errs.push(invalid(format!("{p}.name"), &q(name), &m));
+            }
+        }
+        if names.contains(name) {
+            errs.push(duplicate(format!("{p}.name"), &q(name)));
+        }
+        if errs.is_empty() {
+            names.insert(name.to_string());
+        } else {
+            causes.extend(errs);
+        }
+    }
+    names
+}
+
+// ---- tolerations -----------------------------------------------------------------------------
+
+/// `ValidateTolerations`.
+fn validate_tolerations(tolerations: &[&Value], path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    for (i, t) in tolerations.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let key = str_of(t, "key");
+        let op = str_of(t, "operator");
+        let effect = str_of(t, "effect");
+        if !key.is_empty() {
+            for m in qualified_name_problems(key) {
+                causes.push(invalid(format!("{p}.key"), &q(key), &m));
+            }
+        }
+        if key.is_empty() && op != "Exists" {
+            causes.push(invalid(
+                format!("{p}.operator"),
+                &q(op),
+                "operator must be Exists when `key` is empty, which means \"match all values \
+                 and all keys\"",
+            ));
+        }
+        if t.get("tolerationSeconds").is_some_and(|v| !v.is_null()) && effect != "NoExecute" {
+            causes.push(invalid(
+                format!("{p}.effect"),
+                &q(effect),
+                "effect must be 'NoExecute' when `tolerationSeconds` is set",
+            ));
+        }
+        let value = str_of(t, "value");
+        match op {
+            "Equal" | "" => {
+                let errs = label_value_problems(value);
+                if !errs.is_empty() {
+                    causes.push(invalid(format!("{p}.operator"), &q(value), &errs.join(";")));
+                }
+            }
+            "Exists" => {
+                if !value.is_empty() {
+                    causes.push(invalid(
+                        format!("{p}.operator"),
+                        &toleration_struct(t),
+                        "value must be empty when `operator` is 'Exists'",
+                    ));
+                }
+            }
+            _ => causes.push(not_supported(
+                format!("{p}.operator"),
+                &q(op),
+                &["Equal", "Exists"],
+            )),
+        }
+        if !effect.is_empty() && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect)
+        {
+            causes.push(not_supported(
+                format!("{p}.effect"),
+                &q(effect),
+                &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            ));
+        }
+    }
+    causes
+}
+
+/// A toleration as Go's `%#v` shows `core.Toleration` (the seconds pointer as its value).
+fn toleration_struct(t: &Value) -> String {
+    let secs = match t.get("tolerationSeconds").and_then(Value::as_i64) {
+        Some(s) => format!("(*int64)({s})"),
+        None => "(*int64)(nil)".into(),
+    };
+    format!(
+        "core.Toleration{{Key:{}, Operator:{}, Value:{}, Effect:{}, TolerationSeconds:{secs}}}",
+        q(str_of(t, "key")),
+        q(str_of(t, "operator")),
+        q(str_of(t, "value")),
+        q(str_of(t, "effect")),
+    )
+}
+
+// ---- pod update ------------------------------------------------------------------------------
+
+const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than \
+    `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,\
+    `spec.tolerations` (only additions to existing tolerations),\
+    `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// `ValidatePodUpdate`: only container images, `activeDeadlineSeconds` (set, or lowered),
+/// added tolerations (or changed `tolerationSeconds`), removed scheduling gates and a negative
+/// `terminationGracePeriodSeconds` set to 1 may change in a pod's spec.
+fn validate_pod_update(new: &Value, old: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let null = Value::Null;
+    let (ns, os) = (
+        new.get("spec").unwrap_or(&null),
+        old.get("spec").unwrap_or(&null),
+    );
+    for key in ["containers", "initContainers"] {
+        let (nc, oc) = (list(ns, key), list(os, key));
+        let path = format!("spec.{key}");
+        if nc.len() != oc.len() {
+            causes.push(forbidden(
+                path,
+                "pod updates may not add or remove containers",
+            ));
+            return causes;
+        }
+        for (i, c) in nc.iter().enumerate() {
+            let image = str_of(c, "image");
+            if image.is_empty() {
+                causes.push(required(format!("{path}[{i}].image"), ""));
+            }
+            if image.trim() != image {
+                causes.push(invalid(
+                    format!("{path}[{i}].image"),
+                    &q(image),
+                    "must not have leading or trailing whitespace",
+                ));
+            }
+        }
+    }
+    let new_ads = ns.get("activeDeadlineSeconds").and_then(Value::as_i64);
+    let old_ads = os.get("activeDeadlineSeconds").and_then(Value::as_i64);
+    match (new_ads, old_ads) {
+        (Some(n), _) if !(0..=i64::from(i32::MAX)).contains(&n) => {
+            causes.push(invalid(
+                "spec.activeDeadlineSeconds",
+                &n.to_string(),
+                &format!("must be between 0 and {}, inclusive", i32::MAX),
+            ));
+            return causes;
+        }
+        (Some(n), Some(o)) if o < n => {
+            causes.push(invalid(
+                "spec.activeDeadlineSeconds",
+                &n.to_string(),
+                "must be less than or equal to previous value",
+            ));
+            return causes;
+        }
+        (None, Some(_)) => causes.push(invalid(
+            "spec.activeDeadlineSeconds",
+            "null",
+            "must not update from a positive integer to nil value",
+        )),
+        _ => {}
+    }
+    // Only additions to tolerations (an existing one may change its tolerationSeconds).
+    let new_tols = list(ns, "tolerations");
+    for o in list(os, "tolerations") {
+        let found = new_tols.iter().any(|n| {
+            let mut o = o.clone();
+            let mut n = (*n).clone();
+            if let (Some(o), Some(n)) = (o.as_object_mut(), n.as_object_mut()) {
+                o.remove("tolerationSeconds");
+                n.remove("tolerationSeconds");
+            }
+            normalized(&o) == normalized(&n)
+        });
+        if !found {
+            causes.push(forbidden(
+                "spec.tolerations",
+                "existing toleration can not be modified except its tolerationSeconds",
+            ));
+            break;
+        }
+    }
+    // Only deletions of scheduling gates.
+    let old_gates: BTreeSet<&str> = list(os, "schedulingGates")
+        .iter()
+        .map(|g| str_of(g, "name"))
+        .collect();
+    for (i, g) in list(ns, "schedulingGates").iter().enumerate() {
+        let name = str_of(g, "name");
+        if !old_gates.contains(name) {
+            causes.push(forbidden(
+                format!("spec.schedulingGates[{i}].name"),
+                &format!("only deletion is allowed, but found new scheduling gate '{name}'"),
+            ));
+        }
+    }
+    // The rest of the spec must be unchanged.
+    let mut munged = ns.clone();
+    if let Some(m) = munged.as_object_mut() {
+        for key in ["containers", "initContainers"] {
+            if let Some(cs) = m.get_mut(key).and_then(Value::as_array_mut) {
+                for (c, o) in cs.iter_mut().zip(list(os, key)) {
+                    if let Some(c) = c.as_object_mut() {
+                        match o.get("image") {
+                            Some(img) => c.insert("image".into(), img.clone()),
+                            None => c.remove("image"),
+                        };
+                    }
+                }
+            }
+        }
+        for key in ["activeDeadlineSeconds", "schedulingGates", "tolerations"] {
+            match os.get(key) {
+                Some(v) => m.insert(key.into(), v.clone()),
+                None => m.remove(key),
+            };
+        }
+        let old_grace = os
+            .get("terminationGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if old_grace.is_some_and(|g| g < 0)
+            && m.get("terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                == Some(1)
+            && let Some(g) = os.get("terminationGracePeriodSeconds")
+        {
+            m.insert("terminationGracePeriodSeconds".into(), g.clone());
+        }
+    }
+    let (munged, old_spec) = (normalized(&munged), normalized(os));
+    if munged != old_spec {
+        let mut diff = Vec::new();
+        json_diff("", &old_spec, &munged, &mut diff);
+        causes.push(forbidden(
+            "spec",
+            &format!("{POD_UPDATE_FORBIDDEN}\n{}", diff.join("\n")),
+        ));
+    }
+    causes
+}
+
+/// A JSON value with nulls and empty lists left out (as upstream's semantic equality treats
+/// a nil list as an empty one).
+fn normalized(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null() && !v.as_array().is_some_and(Vec::is_empty))
+                .map(|(k, v)| (k.clone(), normalized(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalized).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The changed leaves between `old` and `new`, as `-path: old` / `+path: new` lines (upstream
+/// prints a `cmp.Diff` of the Go structs here).
+fn json_diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let keys: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                json_diff(
+                    &p,
+                    o.get(k).unwrap_or(&Value::Null),
+                    n.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(o), Value::Array(n)) if o.len() == n.len() => {
+            for (i, (a, b)) in o.iter().zip(n).enumerate() {
+                json_diff(&format!("{path}[{i}]"), a, b, out);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => {
+            if !a.is_null() {
+                out.push(format!("- {path}: {a}"));
+            }
+            if !b.is_null() {
+                out.push(format!("+ {path}: {b}"));
+            }
+        }
+    }
+}
+
+// ---- ConfigMap and Secret --------------------------------------------------------------------
+
+/// Upstream's `MaxSecretSize` (also a ConfigMap's limit).
+const MAX_DATA_SIZE: usize = 1024 * 1024;
+
+/// `ValidateConfigMap` / `ValidateConfigMapUpdate`.
+fn validate_config_map(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if let Some(old) = old {
+        causes.extend(immutable_data(obj, old, &["data", "binaryData"]));
+    }
+    let data = obj_of(obj, "data");
+    let binary = obj_of(obj, "binaryData");
+    let mut total = 0;
+    for (k, v) in data.into_iter().flatten() {
+        for m in config_key_problems(k) {
+            causes.push(invalid(format!("data[{k}]"), &q(k), &m));
+        }
+        if binary.is_some_and(|b| b.contains_key(k)) {
+            causes.push(invalid(
+                format!("data[{k}]"),
+                &q(k),
+                "duplicate of key present in binaryData",
+            ));
+        }
+        total += v.as_str().map_or(0, str::len);
+    }
+    for (k, v) in binary.into_iter().flatten() {
+        for m in config_key_problems(k) {
+            causes.push(invalid(format!("binaryData[{k}]"), &q(k), &m));
+        }
+        if data.is_some_and(|d| d.contains_key(k)) {
+            causes.push(invalid(
+                format!("binaryData[{k}]"),
+                &q(k),
+                "duplicate of key present in data",
+            ));
+        }
+        total += decoded(v).map_or(0, |b| b.len());
+    }
+    if total > MAX_DATA_SIZE {
+        causes.push(too_long("", MAX_DATA_SIZE));
+    }
+    causes
+}
+
+fn decoded(v: &Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    v.as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+}
+
+/// An `immutable: true` object refuses to become mutable and changes to its data.
+fn immutable_data(obj: &Value, old: &Value, fields: &[&str]) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if old.get("immutable").and_then(Value::as_bool) != Some(true) {
+        return causes;
+    }
+    const MSG: &str = "field is immutable when `immutable` is set";
+    if obj.get("immutable").and_then(Value::as_bool) != Some(true) {
+        causes.push(forbidden("immutable", MSG));
+    }
+    let empty = Value::Object(Map::new());
+    for f in fields {
+        let n = obj.get(*f).filter(|v| !v.is_null()).unwrap_or(&empty);
+        let o = old.get(*f).filter(|v| !v.is_null()).unwrap_or(&empty);
+        if n != o {
+            causes.push(forbidden(*f, MSG));
+        }
+    }
+    causes
+}
+
+/// Go's `json.Unmarshal` error for `bytes` decoded into a `map[string]interface{}` (the
+/// common cases; `None` when it decodes).
+fn go_json_object_error(bytes: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(_)) => None,
+        Ok(v) => {
+            let kind = match v {
+                Value::Array(_) => "array",
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                _ => return None,
+            };
+            Some(format!(
+                "json: cannot unmarshal {kind} into Go value of type map[string]interface {{}}"
+            ))
+        }
+        Err(e) if e.is_eof() => Some("unexpected end of JSON input".into()),
+        Err(e) => {
+            let first = bytes
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .map(|&b| char::from(b));
+            match first {
+                Some(c) if !matches!(c, '{' | '[' | '"' | '-' | '0'..='9' | 't' | 'f' | 'n') => {
+                    Some(format!(
+                        "invalid character '{c}' looking for beginning of value"
+                    ))
+                }
+                _ => Some(e.to_string()),
+            }
+        }
+    }
+}
+
+/// `ValidateSecret` / `ValidateSecretUpdate` (the service-account-token annotation is checked
+/// by the token code, not here).
+fn validate_secret(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let type_of = |v: &Value| match str_of(v, "type") {
+        "" => "Opaque".to_string(),
+        t => t.to_string(),
+    };
+    let ty = type_of(obj);
+    if let Some(old) = old {
+        if type_of(old) != ty {
+            causes.push(invalid("type", &q(&ty), "field is immutable"));
+        }
+        causes.extend(immutable_data(obj, old, &["data"]));
+    }
+    let data = obj_of(obj, "data");
+    let mut total = 0;
+    for (k, v) in data.into_iter().flatten() {
+        for m in config_key_problems(k) {
+            causes.push(invalid(format!("data[{k}]"), &q(k), &m));
+        }
+        total += decoded(v).map_or(0, |b| b.len());
+    }
+    if total > MAX_DATA_SIZE {
+        causes.push(too_long("data", MAX_DATA_SIZE));
+    }
+    let has = |k: &str| data.is_some_and(|d| d.contains_key(k));
+    match ty.as_str() {
+        "kubernetes.io/dockercfg" | "kubernetes.io/dockerconfigjson" => {
+            let key = if ty == "kubernetes.io/dockercfg" {
+                ".dockercfg"
+            } else {
+                ".dockerconfigjson"
+            };
+            match data.and_then(|d| d.get(key)) {
+                None => causes.push(required(format!("data[{key}]"), "")),
+                Some(v) => {
+                    if let Some(err) = go_json_object_error(&decoded(v).unwrap_or_default()) {
+                        causes.push(invalid(
+                            format!("data[{key}]"),
+                            "\"<secret contents redacted>\"",
+                            &err,
+                        ));
+                    }
+                }
+            }
+        }
+        "kubernetes.io/basic-auth" => {
+            if !has("username") && !has("password") {
+                causes.push(required("data[username]", ""));
+                causes.push(required("data[password]", ""));
+            }
+        }
+        "kubernetes.io/ssh-auth" => {
+            let empty = data
+                .and_then(|d| d.get("ssh-privatekey"))
+                .and_then(decoded)
+                .is_none_or(|b| b.is_empty());
+            if empty {
+                causes.push(required("data[ssh-privatekey]", ""));
+            }
+        }
+        "kubernetes.io/tls" => {
+            for key in ["tls.crt", "tls.key"] {
+                if !has(key) {
+                    causes.push(required(format!("data[{key}]"), ""));
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(causes: &[Cause]) -> Vec<String> {
+        causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    fn pod_spec(containers: Value) -> Value {
+        json!({
+            "containers": containers,
+            "restartPolicy": "Always",
+            "dnsPolicy": "ClusterFirst",
+        })
+    }
+
+    fn container(name: &str, image: &str) -> Value {
+        json!({
+            "name": name, "image": image, "imagePullPolicy": "IfNotPresent",
+            "terminationMessagePolicy": "File",
+        })
+    }
+
+    #[test]
+    fn a_typical_pod_spec_is_valid() {
+        let mut c = container("web", "nginx:1.27");
+        c["ports"] = json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
+        c["env"] = json!([{"name": "A", "value": "1"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]);
+        c["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+        c["resources"] =
+            json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "1", "memory": "1Gi"}});
+        c["livenessProbe"] =
+            json!({"httpGet": {"port": "http", "path": "/"}, "successThreshold": 1});
+        let mut spec = pod_spec(json!([c]));
+        spec["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+        spec["tolerations"] = json!([{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 300}]);
+        spec["nodeSelector"] = json!({"kubernetes.io/os": "linux"});
+        assert_eq!(
+            fields(&validate_pod_spec(&spec, "spec")),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn bad_containers() {
+        let spec = pod_spec(json!([container("C_bad", ""), container("C_bad", "x")]));
+        let got = fields(&validate_pod_spec(&spec, "spec"));
+        assert!(got[0].starts_with(
+            "spec.containers[0].name: Invalid value: \"C_bad\": a lowercase RFC 1123 label"
+        ));
+        assert!(got.contains(&"spec.containers[0].image: Required value".to_string()));
+        assert!(got.contains(&"spec.containers[1].name: Duplicate value: \"C_bad\"".to_string()));
+        let empty = fields(&validate_pod_spec(&pod_spec(json!([])), "spec"));
+        assert_eq!(empty, vec!["spec.containers: Required value".to_string()]);
+    }
+
+    #[test]
+    fn ports_env_mounts_resources_probes() {
+        let mut c = container("a", "x");
+        c["ports"] = json!([{"containerPort": 70000, "protocol": "HTTP"}]);
+        c["env"] = json!([{"name": "A=B"}]);
+        c["volumeMounts"] = json!([{"name": "nope", "mountPath": "/x"}]);
+        c["resources"] = json!({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}});
+        c["readinessProbe"] = json!({"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}});
+        let got = fields(&validate_pod_spec(&pod_spec(json!([c])), "spec"));
+        let want = [
+            "spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            "spec.containers[0].ports[0].protocol: Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+            "spec.containers[0].env[0].name: Invalid value: \"A=B\": a valid environment variable name must consist only of printable ASCII characters other than '='",
+            "spec.containers[0].volumeMounts[0].name: Not found: \"nope\"",
+            "spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1",
+            "spec.containers[0].readinessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn volumes_policies_tolerations() {
+        let mut spec = pod_spec(json!([container("a", "x")]));
+        spec["volumes"] =
+            json!([{"name": "v"}, {"name": "w", "emptyDir": {}, "hostPath": {"path": "/"}}]);
+        spec["restartPolicy"] = json!("Sometimes");
+        spec["tolerations"] = json!([{"operator": "Equal", "value": "x"}, {"key": "k", "operator": "Maybe", "effect": "Never"}]);
+        let got = fields(&validate_pod_spec(&spec, "spec"));
+        let want = [
+            "spec.volumes[0]: Required value: must specify a volume type",
+            "spec.volumes[1].emptyDir: Forbidden: may not specify more than 1 volume type",
+            "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
+            "spec.tolerations[0].operator: Invalid value: \"Equal\": operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+            "spec.tolerations[1].operator: Unsupported value: \"Maybe\": supported values: \"Equal\", \"Exists\"",
+            "spec.tolerations[1].effect: Unsupported value: \"Never\": supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\"",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn pod_updates() {
+        let old = json!({"spec": pod_spec(json!([container("a", "x")]))});
+        let mut image = old.clone();
+        image["spec"]["containers"][0]["image"] = json!("y");
+        image["spec"]["activeDeadlineSeconds"] = json!(30);
+        assert!(validate_pod_update(&image, &old).is_empty());
+        let mut args = old.clone();
+        args["spec"]["containers"][0]["args"] = json!(["--x"]);
+        let got = validate_pod_update(&args, &old);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].field, "spec");
+        assert!(
+            got[0]
+                .message
+                .starts_with(&format!("Forbidden: {POD_UPDATE_FORBIDDEN}\n"))
+        );
+        let mut more = old.clone();
+        more["spec"]["containers"] = json!([container("a", "x"), container("b", "x")]);
+        assert_eq!(
+            fields(&validate_pod_update(&more, &old)),
+            vec!["spec.containers: Forbidden: pod updates may not add or remove containers"]
+        );
+    }
+
+    #[test]
+    fn config_maps_and_secrets() {
+        let cm = json!({"data": {"bad key!": "v", "k": "v"}, "binaryData": {"k": "dg=="}});
+        let got = fields(&validate_config_map(&cm, None));
+        assert!(got[0].starts_with("data[bad key!]: Invalid value: \"bad key!\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name'"));
+        assert_eq!(
+            got[1],
+            "data[k]: Invalid value: \"k\": duplicate of key present in binaryData"
+        );
+        assert_eq!(
+            got[2],
+            "binaryData[k]: Invalid value: \"k\": duplicate of key present in data"
+        );
+        let old = json!({"immutable": true, "data": {"a": "1"}});
+        let new = json!({"immutable": true, "data": {"a": "2"}});
+        assert_eq!(
+            fields(&validate_config_map(&new, Some(&old))),
+            vec!["data: Forbidden: field is immutable when `immutable` is set"]
+        );
+        let tls = json!({"type": "kubernetes.io/tls", "data": {"tls.crt": ""}});
+        assert_eq!(
+            fields(&validate_secret(&tls, None)),
+            vec!["data[tls.key]: Required value"]
+        );
+        // "[]" in base64.
+        let docker = json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "W10="}});
+        assert_eq!(
+            fields(&validate_secret(&docker, None)),
+            vec![
+                "data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": json: cannot unmarshal array into Go value of type map[string]interface {}"
+            ]
+        );
+        let changed = json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}});
+        let opaque = json!({"type": "Opaque"});
+        assert_eq!(
+            fields(&validate_secret(&changed, Some(&opaque))),
+            vec!["type: Invalid value: \"kubernetes.io/tls\": field is immutable"]
+        );
+    }
 }

@@ -1,0 +1,603 @@
+//! Upstream v1.33's validation of built-in objects (`ValidateObjectMeta`, `ValidatePod`,
+//! `ValidatePodUpdate`, ConfigMaps and Secrets) through kubectl (its stderr, as users see it)
+//! and kube-rs (422 `Invalid` with upstream's causes); typical manifests are still accepted.
+
+mod common;
+
+use common::TestServer;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+/// `field: message` of each cause of a 422, after checking it is one.
+fn causes(err: kube::Error) -> Vec<String> {
+    let status = match err {
+        kube::Error::Api(status) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (422, "Invalid"),
+        "{}",
+        status.message
+    );
+    status
+        .details
+        .expect("details")
+        .causes
+        .into_iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "kubectl succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const GOOD_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web, app.kubernetes.io/part-of: shop}
+  annotations: {example.com/owner: team-a}
+spec:
+  initContainers:
+  - name: init
+    image: busybox:1.36
+    command: [sh, -c, "true"]
+  containers:
+  - name: web
+    image: nginx:1.27
+    args: [--port, "80"]
+    ports:
+    - {name: http, containerPort: 80}
+    - {containerPort: 9090, protocol: UDP}
+    env:
+    - {name: MODE, value: prod}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: SETTING
+      valueFrom: {configMapKeyRef: {name: settings, key: setting.value, optional: true}}
+    envFrom:
+    - configMapRef: {name: settings, optional: true}
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: config, mountPath: /etc/config, readOnly: true}
+    resources:
+      requests: {cpu: 100m, memory: 64Mi}
+      limits: {cpu: "1", memory: 128Mi}
+    livenessProbe:
+      httpGet: {path: /healthz, port: http}
+    readinessProbe:
+      tcpSocket: {port: 80}
+      periodSeconds: 5
+    lifecycle:
+      preStop:
+        exec: {command: [sleep, "1"]}
+  volumes:
+  - name: data
+    emptyDir: {}
+  - name: config
+    configMap: {name: settings, optional: true}
+  nodeSelector: {kubernetes.io/os: linux}
+  tolerations:
+  - {key: dedicated, operator: Equal, value: web, effect: NoSchedule}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_pods_are_refused_as_upstream() {
+    let t = TestServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+
+    // The task's example: a container named C_bad with no image.
+    let bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "spec": {"containers": [{"name": "C_bad", "image": ""}]},
+    }))
+    .expect("pod");
+    let got = causes(
+        pods.create(&PostParams::default(), &bad)
+            .await
+            .expect_err("refused"),
+    );
+    assert_eq!(
+        got,
+        [
+            "spec.containers[0].name: Invalid value: \"C_bad\": a lowercase RFC 1123 label must \
+             consist of lower case alphanumeric characters or '-', and must start and end with \
+             an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for \
+             validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+            "spec.containers[0].image: Required value",
+        ]
+    );
+
+    // Ports, env, mounts, resources, probes, volumes, policies, tolerations.
+    let bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "spec": {
+            "containers": [{
+                "name": "a", "image": "x",
+                "ports": [{"containerPort": 0}, {"name": "http", "containerPort": 80, "protocol": "HTTP"}],
+                "env": [{"name": "A=B", "value": "1"}],
+                "volumeMounts": [{"name": "missing", "mountPath": "/m"}],
+                "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}},
+                "livenessProbe": {"exec": {"command": ["true"]}, "httpGet": {"port": 80}},
+                "imagePullPolicy": "Sometimes",
+            }, {"name": "a", "image": "x"}],
+            "volumes": [{"name": "v"}],
+            "restartPolicy": "Sometimes",
+            "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}],
+        },
+    }))
+    .expect("pod");
+    let got = causes(
+        pods.create(&PostParams::default(), &bad)
+            .await
+            .expect_err("refused"),
+    );
+    let want = [
+        "spec.volumes[0]: Required value: must specify a volume type",
+        "spec.containers[0].ports[0].containerPort: Required value",
+        "spec.containers[0].ports[1].protocol: Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+        "spec.containers[0].env[0].name: Invalid value: \"A=B\": a valid environment variable name must consist only of printable ASCII characters other than '='",
+        "spec.containers[0].volumeMounts[0].name: Not found: \"missing\"",
+        "spec.containers[0].imagePullPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"IfNotPresent\", \"Never\"",
+        "spec.containers[0].resources.requests: Invalid value: \"2Gi\": must be less than or equal to memory limit of 1Gi",
+        "spec.containers[0].livenessProbe.httpGet: Forbidden: may not specify more than 1 handler type",
+        "spec.containers[1].name: Duplicate value: \"a\"",
+        "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
+    ];
+    for w in want {
+        assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+    }
+    assert!(
+        got.iter().any(
+            |g| g.starts_with("spec.tolerations[0].operator: Invalid value: ")
+                && g.ends_with("value must be empty when `operator` is 'Exists'")
+        ),
+        "{got:#?}"
+    );
+
+    // kubectl shows the message as upstream's: a bad label on a pod.
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: labelled\n  labels: {\"bad label\": x}\n\
+             spec:\n  containers:\n  - {name: c, image: nginx}\n",
+        )
+        .await;
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "The Pod \"labelled\" is invalid: metadata.labels: Invalid value: \"bad label\": \
+             name part must consist of alphanumeric characters, '-', '_' or '.', and must start \
+             and end with an alphanumeric character"
+        ),
+        "{err}"
+    );
+
+    // A typical pod manifest is accepted, and nothing was created by the refusals.
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], GOOD_POD).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = pods
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names, ["web"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_updates_may_change_only_what_upstream_allows() {
+    let t = TestServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+    // Without tolerations in the manifest: kubectl apply replaces the whole list (no merge
+    // key) with the manifest's, dropping the ones admission added, which upstream refuses too.
+    let manifest = GOOD_POD.replace(
+        "  tolerations:\n  - {key: dedicated, operator: Equal, value: web, effect: NoSchedule}\n",
+        "",
+    );
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &manifest).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A changed image, a new label and a deadline are allowed.
+    let changed = manifest
+        .replace("image: nginx:1.27", "image: nginx:1.28")
+        .replace("app: web,", "app: web, tier: front,")
+        .replace(
+            "  nodeSelector:",
+            "  activeDeadlineSeconds: 600\n  nodeSelector:",
+        );
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &changed).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pod = pods.get("web").await.expect("get");
+    let spec = pod.spec.as_mut().expect("spec");
+    assert_eq!(spec.containers[0].image.as_deref(), Some("nginx:1.28"));
+    assert_eq!(spec.active_deadline_seconds, Some(600));
+    // An added toleration (kubectl apply replaces the list, dropping the ones admission
+    // added: refused, as upstream), and a changed `tolerationSeconds`.
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for tol in tolerations.iter_mut() {
+        if tol.toleration_seconds.is_some() {
+            tol.toleration_seconds = Some(60);
+        }
+    }
+    tolerations.push(
+        serde_json::from_value(json!({"key": "extra", "operator": "Exists"})).expect("toleration"),
+    );
+    pods.replace("web", &PostParams::default(), &pod)
+        .await
+        .expect("toleration added");
+
+    // Changed args: upstream's Forbidden on `spec`, as kubectl prints it.
+    let args = changed.replace("args: [--port, \"80\"]", "args: [--port, \"81\"]");
+    let err = stderr(&t.kubectl_stdin(&["apply", "-f", "-"], &args).await);
+    assert!(
+        err.contains(
+            "The Pod \"web\" is invalid: spec: Forbidden: pod updates may not change fields \
+             other than `spec.containers[*].image`,`spec.initContainers[*].image`,\
+             `spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing \
+             tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it \
+             was previously negative)"
+        ),
+        "{err}"
+    );
+
+    // A raised deadline, a removed container, an emptied image (kube-rs, JSON merge patch).
+    let patch = |v: serde_json::Value| Patch::Merge(v);
+    let got = causes(
+        pods.patch(
+            "web",
+            &PatchParams::default(),
+            &patch(json!({"spec": {"activeDeadlineSeconds": 900}})),
+        )
+        .await
+        .expect_err("raised deadline"),
+    );
+    assert_eq!(
+        got,
+        [
+            "spec.activeDeadlineSeconds: Invalid value: 900: must be less than or equal to previous value"
+        ]
+    );
+    let got = causes(
+        pods.patch(
+            "web",
+            &PatchParams::default(),
+            &patch(json!({"spec": {"containers": [{"name": "web", "image": "nginx"}, {"name": "two", "image": "x"}]}})),
+        )
+        .await
+        .expect_err("added container"),
+    );
+    assert_eq!(
+        got,
+        ["spec.containers: Forbidden: pod updates may not add or remove containers"]
+    );
+    // Removing a toleration.
+    let got = causes(
+        pods.patch(
+            "web",
+            &PatchParams::default(),
+            &patch(json!({"spec": {"tolerations": []}})),
+        )
+        .await
+        .expect_err("removed toleration"),
+    );
+    assert_eq!(
+        got,
+        [
+            "spec.tolerations: Forbidden: existing toleration can not be modified except its tolerationSeconds"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_metadata_is_validated_on_every_built_in_object() {
+    let t = TestServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(t.client().await, "default");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "meta",
+            "labels": {"ok": "bad value!"},
+            "annotations": {"a b": "x"},
+            "finalizers": ["example.com/bad finalizer"],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": ""}],
+        },
+    }))
+    .expect("configmap");
+    let got = causes(
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect_err("refused"),
+    );
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(got[0].starts_with(
+        "metadata.labels: Invalid value: \"bad value!\": a valid label must be an empty string"
+    ));
+    assert!(
+        got[1].starts_with("metadata.annotations: Invalid value: \"a b\": name part must consist")
+    );
+    assert_eq!(
+        got[2],
+        "metadata.ownerReferences.uid: Invalid value: \"\": uid must not be empty"
+    );
+    assert!(got[3].starts_with(
+        "metadata.finalizers: Invalid value: \"example.com/bad finalizer\": name part must consist"
+    ));
+
+    // Too many annotation bytes.
+    let big = "x".repeat(256 * 1024);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "big", "annotations": {"a": big}},
+    }))
+    .expect("configmap");
+    let got = causes(
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect_err("too big"),
+    );
+    assert_eq!(
+        got,
+        ["metadata.annotations: Too long: may not be more than 262144 bytes"]
+    );
+
+    // No new finalizers on an object being deleted.
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "held", "finalizers": ["example.com/hold"]},
+    }))
+    .expect("configmap");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("created");
+    cms.delete("held", &DeleteParams::default())
+        .await
+        .expect("deleting");
+    let got = causes(
+        cms.patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": ["example.com/hold", "example.com/more"]}}),
+            ),
+        )
+        .await
+        .expect_err("new finalizer"),
+    );
+    assert_eq!(
+        got,
+        [
+            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"example.com/more\"}"
+        ]
+    );
+    // Removing it is fine (and deletes the object).
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("finalizer removed");
+
+    // A label patched in with kubectl (its `label` command checks keys itself).
+    t.kubectl_ok(&["create", "configmap", "plain"]).await;
+    let err = stderr(
+        &t.kubectl(&[
+            "patch",
+            "configmap",
+            "plain",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"a/b/c":"x"}}}"#,
+        ])
+        .await,
+    );
+    assert!(
+        err.contains("metadata.labels: Invalid value: \"a/b/c\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_maps_and_secrets_are_validated_as_upstream() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+
+    // A bad data key through kubectl apply (kubectl create configmap checks keys itself).
+    let err = stderr(
+        &t.kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keys}\ndata: {\"bad key!\": v}\n",
+        )
+        .await,
+    );
+    assert!(
+        err.contains(
+            "The ConfigMap \"keys\" is invalid: data[bad key!]: Invalid value: \"bad key!\": a \
+             valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. \
+             'key.name',  or 'KEY_NAME',  or 'key_name', regex used for validation is \
+             '[-._a-zA-Z0-9]+')"
+        ),
+        "{err}"
+    );
+    // A key in both data and binaryData.
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "both"}, "data": {"k": "v"}, "binaryData": {"k": "dg=="},
+    }))
+    .expect("configmap");
+    assert_eq!(
+        causes(
+            cms.create(&PostParams::default(), &cm)
+                .await
+                .expect_err("both")
+        ),
+        [
+            "data[k]: Invalid value: \"k\": duplicate of key present in binaryData",
+            "binaryData[k]: Invalid value: \"k\": duplicate of key present in data",
+        ]
+    );
+
+    // Immutable ConfigMaps keep their data and stay immutable.
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "frozen"}, "data": {"k": "v"}, "immutable": true,
+    }))
+    .expect("configmap");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("created");
+    assert_eq!(
+        causes(
+            cms.patch(
+                "frozen",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"k": "w"}}))
+            )
+            .await
+            .expect_err("changed data"),
+        ),
+        ["data: Forbidden: field is immutable when `immutable` is set"]
+    );
+    let err = stderr(
+        &t.kubectl(&[
+            "patch",
+            "configmap",
+            "frozen",
+            "-p",
+            r#"{"immutable":false}"#,
+        ])
+        .await,
+    );
+    assert!(
+        err.contains("immutable: Forbidden: field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    // Labels may still change.
+    cms.patch(
+        "frozen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+    )
+    .await
+    .expect("labels change");
+
+    // Secret types.
+    let secret = |v: serde_json::Value| -> Secret { serde_json::from_value(v).expect("secret") };
+    assert_eq!(
+        causes(
+            secrets
+                .create(
+                    &PostParams::default(),
+                    &secret(
+                        json!({"metadata": {"name": "tls"}, "type": "kubernetes.io/tls",
+                                   "data": {"tls.crt": ""}})
+                    ),
+                )
+                .await
+                .expect_err("no key"),
+        ),
+        ["data[tls.key]: Required value"]
+    );
+    let err = stderr(
+        &t.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "docker",
+            "--type=kubernetes.io/dockerconfigjson",
+            "--from-literal=.dockerconfigjson=[1]",
+        ])
+        .await,
+    );
+    assert!(
+        err.contains(
+            "data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": json: \
+             cannot unmarshal array into Go value of type map[string]interface {}"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        causes(
+            secrets
+                .create(
+                    &PostParams::default(),
+                    &secret(
+                        json!({"metadata": {"name": "basic"}, "type": "kubernetes.io/basic-auth"})
+                    ),
+                )
+                .await
+                .expect_err("no user"),
+        ),
+        [
+            "data[username]: Required value",
+            "data[password]: Required value"
+        ]
+    );
+    // The type never changes.
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(json!({"metadata": {"name": "plain"}, "stringData": {"a": "b"}})),
+        )
+        .await
+        .expect("created");
+    assert_eq!(
+        causes(
+            secrets
+                .patch(
+                    "plain",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"type": "kubernetes.io/basic-auth", "data": {"username": "dQ=="}})
+                    ),
+                )
+                .await
+                .expect_err("type changed"),
+        ),
+        ["type: Invalid value: \"kubernetes.io/basic-auth\": field is immutable"]
+    );
+    // Typical ones pass.
+    t.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "--docker-server=r.example.com",
+        "--docker-username=u",
+        "--docker-password=p",
+    ])
+    .await;
+    t.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "g",
+        "--from-literal=user.name=x",
+    ])
+    .await;
+    t.kubectl_ok(&[
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=a.b=1",
+        "--from-literal=C_D=2",
+    ])
+    .await;
+}
