@@ -821,10 +821,8 @@ fn validate_handler(h: &Value, path: &str) -> Vec<Cause> {
         n += 1;
         let p = format!("{path}.{kind}");
         match kind {
-            "exec" => {
-                if list(a, "command").is_empty() {
-                    causes.push(required(format!("{p}.command"), ""));
-                }
+            "exec" if list(a, "command").is_empty() => {
+                causes.push(required(format!("{p}.command"), ""));
             }
             "httpGet" | "tcpSocket" => causes.extend(port_num_or_name(a.get("port"), &p)),
             "grpc" => {
@@ -1398,11 +1396,9 @@ fn validate_secret(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
                 }
             }
         }
-        "kubernetes.io/basic-auth" => {
-            if !has("username") && !has("password") {
-                causes.push(required("data[username]", ""));
-                causes.push(required("data[password]", ""));
-            }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            causes.push(required("data[username]", ""));
+            causes.push(required("data[password]", ""));
         }
         "kubernetes.io/ssh-auth" => {
             let empty = data
