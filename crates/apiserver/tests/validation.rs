@@ -601,3 +601,82 @@ async fn config_maps_and_secrets_are_validated_as_upstream() {
     ])
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_namespaces_and_pod_templates_are_validated() {
+    let t = TestServer::start().await;
+    // A claim without access modes or a storage request.
+    let err = stderr(
+        &t.kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec: {}\n",
+        )
+        .await,
+    );
+    assert!(
+        err.contains(
+            "The PersistentVolumeClaim \"data\" is invalid: \n* spec.accessModes: Required \
+             value: at least 1 access mode is required\n* spec.resources[storage]: Required value"
+        ),
+        "{err}"
+    );
+    t.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  \
+         accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    )
+    .await;
+    t.kubectl_ok(&["get", "pvc", "data"]).await;
+
+    // A namespace finalizer that is neither standard nor qualified.
+    let err = stderr(
+        &t.kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: fin}\nspec: {finalizers: [custom]}\n",
+        )
+        .await,
+    );
+    assert!(
+        err.contains(
+            "spec.finalizers: Invalid value: \"custom\": name is neither a standard finalizer \
+             name nor is it fully qualified"
+        ),
+        "{err}"
+    );
+
+    // A replication controller's template: the pod spec rules, restartPolicy Always.
+    let err = stderr(
+        &t.kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc}\nspec:\n  \
+             selector: {app: rc}\n  template:\n    metadata: {labels: {app: rc}}\n    spec:\n      \
+             restartPolicy: OnFailure\n      containers: [{name: C_bad, image: nginx}]\n",
+        )
+        .await,
+    );
+    assert!(
+        err.contains("spec.template.spec.containers[0].name: Invalid value: \"C_bad\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported \
+             values: \"Always\""
+        ),
+        "{err}"
+    );
+    let err = stderr(
+        &t.kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: PodTemplate\nmetadata: {name: pt}\ntemplate:\n  spec:\n    \
+             containers: [{name: c, image: \"\"}]\n",
+        )
+        .await,
+    );
+    assert!(
+        err.contains(
+            "The PodTemplate \"pt\" is invalid: template.spec.containers[0].image: Required value"
+        ),
+        "{err}"
+    );
+}

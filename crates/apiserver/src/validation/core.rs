@@ -189,8 +189,146 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
         }
         "ConfigMap" => validate_config_map(obj, old),
         "Secret" => validate_secret(obj, old),
+        "PodTemplate" => template_spec(obj.get("template"), "template", false),
+        "ReplicationController" => template_spec(
+            obj.get("spec").and_then(|s| s.get("template")),
+            "spec.template",
+            true,
+        ),
+        "Namespace" => namespace_finalizers(obj),
+        "PersistentVolumeClaim" => claim_spec(obj.get("spec").unwrap_or(&Value::Null), "spec"),
         _ => Vec::new(),
     }
+}
+
+/// The pod template of a PodTemplate or ReplicationController (`ValidatePodTemplateSpec`'s
+/// spec part; a controller's template also as `ValidatePodTemplateSpecForRC`).
+fn template_spec(template: Option<&Value>, path: &str, controller: bool) -> Vec<Cause> {
+    let Some(t) = template.filter(|t| !t.is_null()) else {
+        return if controller {
+            vec![required(path, "")]
+        } else {
+            Vec::new()
+        };
+    };
+    let spec = t.get("spec").unwrap_or(&Value::Null);
+    let spath = format!("{path}.spec");
+    let mut causes = validate_pod_spec(spec, &spath);
+    if !list(spec, "ephemeralContainers").is_empty() {
+        causes.push(forbidden(
+            format!("{spath}.ephemeralContainers"),
+            "ephemeral containers not allowed in pod template",
+        ));
+    }
+    if controller {
+        let policy = str_of(spec, "restartPolicy");
+        if policy != "Always" {
+            causes.push(not_supported(
+                format!("{spath}.restartPolicy"),
+                &q(policy),
+                &["Always"],
+            ));
+        }
+        if let Some(ads) = spec.get("activeDeadlineSeconds").and_then(Value::as_i64) {
+            causes.push(invalid(
+                format!("{spath}.activeDeadlineSeconds"),
+                &ads.to_string(),
+                "activeDeadlineSeconds in ReplicationController is not Supported",
+            ));
+        }
+    }
+    causes
+}
+
+/// `ValidateNamespace`: `spec.finalizers` are qualified names, standard ones if unprefixed.
+fn namespace_finalizers(obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    for f in list(spec, "finalizers") {
+        let f = f.as_str().unwrap_or("");
+        for m in qualified_name_problems(f) {
+            causes.push(invalid("spec.finalizers", &q(f), &m));
+        }
+        if !f.contains('/') && !["kubernetes", "orphan", "foregroundDeletion"].contains(&f) {
+            causes.push(invalid(
+                "spec.finalizers",
+                &q(f),
+                "name is neither a standard finalizer name nor is it fully qualified",
+            ));
+        }
+    }
+    causes
+}
+
+/// `ValidatePersistentVolumeClaimSpec`: access modes, the storage request, the class name,
+/// the volume mode.
+fn claim_spec(spec: &Value, path: &str) -> Vec<Cause> {
+    const MODES: &[&str] = &[
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOnce",
+        "ReadWriteOncePod",
+    ];
+    let mut causes = Vec::new();
+    let modes = list(spec, "accessModes");
+    if modes.is_empty() {
+        causes.push(required(
+            format!("{path}.accessModes"),
+            "at least 1 access mode is required",
+        ));
+    }
+    let (mut once_pod, mut other) = (false, false);
+    for m in modes {
+        let m = m.as_str().unwrap_or("");
+        if !MODES.contains(&m) {
+            causes.push(not_supported(format!("{path}.accessModes"), &q(m), MODES));
+        } else if m == "ReadWriteOncePod" {
+            once_pod = true;
+        } else {
+            other = true;
+        }
+    }
+    if once_pod && other {
+        causes.push(forbidden(
+            format!("{path}.accessModes"),
+            "may not use ReadWriteOncePod with other access modes",
+        ));
+    }
+    let storage_path = format!("{path}.resources[storage]");
+    match spec
+        .get("resources")
+        .and_then(|r| r.get("requests"))
+        .and_then(|r| r.get("storage"))
+    {
+        None => causes.push(required(storage_path, "")),
+        Some(v) => {
+            if let Some(qty) = quantity_text(v).and_then(|t| rk3s_quota::parse(&t))
+                && qty.0 <= rk3s_quota::Quantity::default()
+            {
+                causes.push(invalid(
+                    storage_path,
+                    &q(&rk3s_quota::text(qty)),
+                    "must be greater than zero",
+                ));
+            }
+        }
+    }
+    let class = str_of(spec, "storageClassName");
+    if !class.is_empty() {
+        for m in dns_problems(NameRule::Subdomain, class) {
+            causes.push(invalid(format!("{path}.storageClassName"), &q(class), &m));
+        }
+    }
+    if let Some(mode) = spec.get("volumeMode").and_then(Value::as_str)
+        && !["Block", "Filesystem"].contains(&mode)
+    {
+        causes.push(not_supported(
+            format!("{path}.volumeMode"),
+            &q(mode),
+            &["Block", "Filesystem"],
+        ));
+    }
+    causes
 }
 
 // ---- causes, as apimachinery's `field.Error`s -----------------------------------------------
@@ -1544,6 +1682,47 @@ mod tests {
         assert_eq!(
             fields(&validate_pod_update(&more, &old)),
             vec!["spec.containers: Forbidden: pod updates may not add or remove containers"]
+        );
+    }
+
+    #[test]
+    fn templates_namespaces_and_claims() {
+        let rc = json!({"spec": {"template": {"spec": {
+            "containers": [container("a", "x")], "restartPolicy": "Never", "dnsPolicy": "ClusterFirst",
+        }}}});
+        assert_eq!(
+            fields(&template_spec(
+                rc["spec"].get("template"),
+                "spec.template",
+                true
+            )),
+            vec![
+                "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""
+            ]
+        );
+        let ns = json!({"spec": {"finalizers": ["kubernetes", "custom"]}});
+        assert_eq!(
+            fields(&namespace_finalizers(&ns)),
+            vec![
+                "spec.finalizers: Invalid value: \"custom\": name is neither a standard finalizer name nor is it fully qualified"
+            ]
+        );
+        let claim = json!({"accessModes": ["ReadWriteOnce", "ReadWriteOncePod", "Sometimes"],
+            "resources": {"requests": {"storage": "0"}}});
+        assert_eq!(
+            fields(&claim_spec(&claim, "spec")),
+            vec![
+                "spec.accessModes: Unsupported value: \"Sometimes\": supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\"",
+                "spec.accessModes: Forbidden: may not use ReadWriteOncePod with other access modes",
+                "spec.resources[storage]: Invalid value: \"0\": must be greater than zero",
+            ]
+        );
+        assert_eq!(
+            fields(&claim_spec(&json!({}), "spec")),
+            vec![
+                "spec.accessModes: Required value: at least 1 access mode is required",
+                "spec.resources[storage]: Required value"
+            ]
         );
     }
 
