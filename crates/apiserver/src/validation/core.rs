@@ -211,9 +211,16 @@ fn template_spec(template: Option<&Value>, path: &str, controller: bool) -> Vec<
             Vec::new()
         };
     };
+    // Upstream's paths of the template's metadata leave `metadata` out (`spec.template.labels`).
+    let meta = t.get("metadata").unwrap_or(&Value::Null);
+    let mut causes = validate_labels(meta.get("labels"), &format!("{path}.labels"));
+    causes.extend(super::meta::annotations(
+        meta.get("annotations"),
+        &format!("{path}.annotations"),
+    ));
     let spec = t.get("spec").unwrap_or(&Value::Null);
     let spath = format!("{path}.spec");
-    let mut causes = validate_pod_spec(spec, &spath);
+    causes.extend(validate_pod_spec(spec, &spath));
     if !list(spec, "ephemeralContainers").is_empty() {
         causes.push(forbidden(
             format!("{spath}.ephemeralContainers"),
@@ -1687,15 +1694,17 @@ mod tests {
 
     #[test]
     fn templates_namespaces_and_claims() {
-        let rc = json!({"spec": {"template": {"spec": {
+        let rc = json!({"spec": {"template": {"metadata": {"labels": {"app": "bad value!"}}, "spec": {
             "containers": [container("a", "x")], "restartPolicy": "Never", "dnsPolicy": "ClusterFirst",
         }}}});
+        let got = fields(&template_spec(
+            rc["spec"].get("template"),
+            "spec.template",
+            true,
+        ));
+        assert!(got[0].starts_with("spec.template.labels: Invalid value: \"bad value!\""));
         assert_eq!(
-            fields(&template_spec(
-                rc["spec"].get("template"),
-                "spec.template",
-                true
-            )),
+            got[1..],
             vec![
                 "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""
             ]

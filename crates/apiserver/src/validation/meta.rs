@@ -30,7 +30,7 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
     let null = Value::Null;
     let meta = obj.get("metadata").unwrap_or(&null);
     let mut causes = validate_labels(meta.get("labels"), "metadata.labels");
-    causes.extend(annotations(meta.get("annotations")));
+    causes.extend(annotations(meta.get("annotations"), "metadata.annotations"));
     causes.extend(owner_references(meta));
     let finalizers = strings(meta, "finalizers");
     causes.extend(finalizer_names(&finalizers));
@@ -66,7 +66,7 @@ fn strings(v: &Value, field: &str) -> Vec<String> {
 }
 
 /// `ValidateAnnotations`: keys are qualified names (case-insensitively), at most 256 KiB in all.
-fn annotations(annotations: Option<&Value>) -> Vec<Cause> {
+pub(super) fn annotations(annotations: Option<&Value>, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     let Some(map) = annotations.and_then(Value::as_object) else {
         return causes;
@@ -74,12 +74,12 @@ fn annotations(annotations: Option<&Value>) -> Vec<Cause> {
     let mut size = 0;
     for (k, v) in map {
         for m in qualified_name_problems(&k.to_lowercase()) {
-            causes.push(invalid("metadata.annotations", &q(k), &m));
+            causes.push(invalid(path, &q(k), &m));
         }
         size += k.len() + v.as_str().map_or(0, str::len);
     }
     if size > ANNOTATIONS_MAX {
-        causes.push(too_long("metadata.annotations", ANNOTATIONS_MAX));
+        causes.push(too_long(path, ANNOTATIONS_MAX));
     }
     causes
 }
