@@ -12,6 +12,7 @@ use super::object::{
     typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
+use crate::admission_webhook::Operation;
 use crate::apply::Writer;
 use crate::certificates::is_csr;
 use crate::registry::{REGISTRY, ResourceInfo};
@@ -876,6 +877,11 @@ pub(crate) async fn create_object_as(
     let ns =
         (!meta_str(&obj, "namespace").is_empty()).then(|| meta_str(&obj, "namespace").to_string());
     crate::admission::admit_create(state, info, ns.as_deref(), &mut obj).await?;
+    if crate::admission_webhook::mutate(state, info, Operation::Create, Some(&mut obj), None)
+        .await?
+    {
+        obj = after_create_mutation(info, path_ns, obj)?;
+    }
     crate::certificates::admit_subject(info, &obj)?;
     let name = meta_str(&obj, "name").to_string();
     let generate = meta_str(&obj, "generateName").to_string();
@@ -930,6 +936,7 @@ pub(crate) async fn create_object_as(
         crate::services::prepare_create(info, &mut obj)?;
     }
     set_system_fields(info, &mut obj);
+    crate::admission_webhook::validate(state, info, Operation::Create, Some(&obj), None).await?;
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         // Last, as upstream's validating admission: charges the namespace's quotas.
         crate::quota::admit_create(state, info, ns, &obj, dry_run).await?;
@@ -970,6 +977,52 @@ pub(crate) async fn create_object_as(
         }
     }
     Err(ApiError::already_exists(info, &generate))
+}
+
+/// A created object that mutating webhooks changed, decoded, defaulted and checked again (as
+/// upstream decodes and defaults a patched object).
+fn after_create_mutation(
+    info: &ResourceInfo,
+    path_ns: Option<&str>,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
+    check_type(&mut obj, info)?;
+    let (mut obj, _) = typed_roundtrip_checked(obj, info, FieldValidation::Ignore)?;
+    crate::defaults::apply(info, &mut obj, true);
+    check_crd(info, &obj, None)?;
+    namespace_of(info, path_ns, &mut obj)?;
+    Ok(obj)
+}
+
+/// An update that mutating webhooks changed (`mutated`; `before`: what the request made of
+/// `old`), decoded, defaulted and merged with `old` again as the request's subresource
+/// allows; its managed fields stay the request's (webhooks' changes are not tracked).
+fn after_update_mutation(
+    info: &ResourceInfo,
+    old: &Value,
+    before: &Value,
+    mut mutated: Value,
+    subresource: Option<&str>,
+) -> Result<Value, ApiError> {
+    check_type(&mut mutated, info)?;
+    let (mut mutated, _) = typed_roundtrip_checked(mutated, info, FieldValidation::Ignore)?;
+    let mut new = match subresource {
+        None => {
+            crate::defaults::apply(info, &mut mutated, false);
+            merge_update(info, old, &mutated, false)?
+        }
+        Some("status") => merge_update(info, old, &mutated, true)?,
+        Some("finalize") => merge_part(info, old, &mutated, Part::Finalize)?,
+        Some("approval") => merge_part(info, old, &mutated, Part::Approval)?,
+        Some(_) => return Ok(before.clone()),
+    };
+    if let Some(meta) = metadata_mut(&mut new) {
+        match before.pointer("/metadata/managedFields") {
+            Some(m) => meta.insert("managedFields".into(), m.clone()),
+            None => meta.remove("managedFields"),
+        };
+    }
+    Ok(new)
 }
 
 fn is_pod(info: &ResourceInfo) -> bool {
@@ -1236,6 +1289,15 @@ where
         let old = decode_as(info, &kv)?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
+        if let Some(admit) = admit {
+            let mut mutated = new.clone();
+            let op = Operation::Update;
+            if crate::admission_webhook::mutate(state, info, op, Some(&mut mutated), Some(&old))
+                .await?
+            {
+                new = after_update_mutation(info, &old, &new, mutated, admit.subresource)?;
+            }
+        }
         // A Service's node ports: kept, taken over, dropped or drawn (upstream's service REST).
         let drawn = if is_service(info) && old.get("spec") != new.get("spec") {
             crate::services::prepare_update(info, &state.service_cidr, &old, &mut new)?
@@ -1255,6 +1317,8 @@ where
                     _ => {}
                 }
             }
+            let op = Operation::Update;
+            crate::admission_webhook::validate(state, info, op, Some(&new), Some(&old)).await?;
             // What the update adds to quota usage (a resize, a type change). Usage is
             // computed from the spec alone, so metadata-only writes cannot change it.
             if admit.subresource.is_none()
@@ -2150,6 +2214,8 @@ pub(crate) async fn delete(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
         return Err(ApiError::method_not_allowed());
     }
     let opts = delete_options(ctx, body)?;
+    // Upstream gives mutating webhooks no object on deletes (validating ones get the stored one).
+    crate::admission_webhook::mutate(ctx.state, info, Operation::Delete, None, None).await?;
     let Some(name) = ctx.target.name.as_deref() else {
         return delete_collection(ctx, &opts).await;
     };
@@ -2232,6 +2298,8 @@ pub(crate) async fn delete_object(
                 });
             }
         }
+        crate::admission_webhook::validate(state, info, Operation::Delete, None, Some(&obj))
+            .await?;
         if info.group.is_empty() && info.kind == "Namespace" {
             match namespace_delete_step(info, name, &mut obj, opts)? {
                 NamespaceStep::Delete => {}
