@@ -57,7 +57,7 @@ use crate::webhook::{ClientConfig, WebhookError};
 const GROUP: &str = "admissionregistration.k8s.io";
 /// `timeoutSeconds` when a webhook does not say.
 const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
-/// The `AdmissionReview` versions rk3s sends, preferred first.
+/// The `AdmissionReview` versions rk3s speaks.
 const REVIEW_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 /// An admission operation.
@@ -334,8 +334,10 @@ pub(crate) async fn validate(
         let (state, hook) = (state.clone(), hook.clone());
         let req = req.clone();
         calls.push(tokio::spawn(async move {
-            let prepared = prepared?;
-            finish(&state, &hook, &req, prepared, false).await
+            match prepared? {
+                Some(prepared) => finish(&state, &hook, &req, prepared, false).await,
+                None => Ok(None),
+            }
         }));
     }
     let mut first = None;
@@ -387,6 +389,8 @@ struct Hook {
     review_versions: Vec<String>,
     /// `reinvocationPolicy: IfNeeded` (mutating only).
     reinvoke: bool,
+    /// `matchConditions`: (name, CEL expression).
+    match_conditions: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -444,6 +448,16 @@ impl Hook {
             ),
             review_versions: strings(w.get("admissionReviewVersions")),
             reinvoke: mutating && text("reinvocationPolicy") == Some("IfNeeded"),
+            match_conditions: w
+                .get("matchConditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    (f("name"), f("expression"))
+                })
+                .collect(),
         }
     }
 }
@@ -714,16 +728,36 @@ struct Prepared {
 }
 
 /// Builds the review for `hook`, or the error that stops the request (dry run without
-/// side-effect safety) or that `failurePolicy` decides about (`Ok(Err(reason))`).
+/// side-effect safety) or that `failurePolicy` decides about (`Ok(Some(Err(reason)))`).
+/// `Ok(None)`: a match condition is false, the webhook is not called.
 fn prepare(
     hook: &Hook,
     attrs: &Attrs<'_>,
     target: &ResourceInfo,
-) -> Result<Result<Prepared, String>, ApiError> {
+) -> Result<Option<Result<Prepared, String>>, ApiError> {
+    // The first of the webhook's versions that rk3s speaks (upstream goes by its order).
+    let Some(version) = hook
+        .review_versions
+        .iter()
+        .find_map(|w| REVIEW_VERSIONS.iter().find(|v| **v == w.as_str()))
+    else {
+        return Ok(Some(Err(
+            "could not create admission objects: webhook does not accept known \
+             AdmissionReview versions"
+                .into(),
+        )));
+    };
+    let uid = crate::rest::new_uid();
+    let review = review(version, &uid, attrs, target);
+    match match_conditions(&hook.match_conditions, &review["request"]) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => return Ok(Some(Err(e))),
+    }
     if attrs.req.dry_run {
         match hook.side_effects.as_deref() {
             Some("None" | "NoneOnDryRun") => {}
-            None => return Ok(Err("Webhook SideEffects is nil".into())),
+            None => return Ok(Some(Err("Webhook SideEffects is nil".into()))),
             Some(_) => {
                 return Err(ApiError::bad_request(format!(
                     "admission webhook {:?} does not support dry run",
@@ -734,26 +768,48 @@ fn prepare(
     }
     let client = match &hook.client {
         Ok(c) => c.clone(),
-        Err(e) => return Ok(Err(format!("could not get REST client: {e}"))),
+        Err(e) => return Ok(Some(Err(format!("could not get REST client: {e}")))),
     };
-    let Some(version) = REVIEW_VERSIONS
-        .iter()
-        .find(|v| hook.review_versions.iter().any(|w| w == *v))
-    else {
-        return Ok(Err(
-            "could not create admission objects: webhook does not accept known \
-             AdmissionReview versions"
-                .into(),
-        ));
-    };
-    let uid = crate::rest::new_uid();
-    let review = review(version, &uid, attrs, target);
-    Ok(Ok(Prepared {
+    Ok(Some(Ok(Prepared {
         client,
         version,
         uid,
         review,
-    }))
+    })))
+}
+
+/// Upstream's `matchConditions`: CEL expressions over `object`, `oldObject` and `request`
+/// (the review's request). `Ok(false)` as soon as one is false; otherwise the errors of those
+/// that failed (for `failurePolicy`), else `Ok(true)`.
+fn match_conditions(conditions: &[(String, String)], request: &Value) -> Result<bool, String> {
+    if conditions.is_empty() {
+        return Ok(true);
+    }
+    let mut ctx = cel::Context::with_env(crate::crd::cel::ENV.clone());
+    ctx.add_variable_from_value("object", crate::crd::cel::to_cel(&request["object"]));
+    ctx.add_variable_from_value("oldObject", crate::crd::cel::to_cel(&request["oldObject"]));
+    ctx.add_variable_from_value("request", crate::crd::cel::to_cel(request));
+    let mut errors = Vec::new();
+    for (_, expression) in conditions {
+        let result = crate::crd::cel::ENV
+            .compile(expression)
+            .map_err(|e| e.to_string())
+            .and_then(|p| p.execute(&ctx).map_err(|e| e.to_string()));
+        match result {
+            Ok(cel::Value::Bool(true)) => {}
+            Ok(cel::Value::Bool(false)) => return Ok(false),
+            Ok(other) => errors.push(format!(
+                "expression '{expression}' resulted in error: no such overload: {other:?} is not \
+                 a bool"
+            )),
+            Err(e) => errors.push(format!("expression '{expression}' resulted in error: {e}")),
+        }
+    }
+    match errors.len() {
+        0 => Ok(true),
+        1 => Err(errors.concat()),
+        _ => Err(format!("[{}]", errors.join(", "))),
+    }
 }
 
 /// The `AdmissionReview` upstream's `CreateAdmissionObjects` builds.
@@ -818,7 +874,9 @@ async fn call(
     target: &ResourceInfo,
     mutating: bool,
 ) -> Result<Option<Answer>, ApiError> {
-    let prepared = prepare(hook, attrs, target)?;
+    let Some(prepared) = prepare(hook, attrs, target)? else {
+        return Ok(None);
+    };
     finish(state, hook, attrs.req, prepared, mutating).await
 }
 

@@ -874,3 +874,219 @@ async fn a_webhook_behind_a_service_is_reached_through_its_endpoints() {
         .collect();
     assert!(paths.iter().all(|p| p == "/check?timeout=10s"), "{paths:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_conditions_decide_which_requests_are_sent() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |_, review| {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "response": {"uid": review["request"]["uid"], "allowed": false,
+                "status": {"message": "checked"}}})
+    })
+    .await;
+    validating(
+        &client,
+        "conditional",
+        vec![
+            hook(
+                "checked.example.com",
+                url_config(&w, "/checked"),
+                configmap_rules(&["CREATE"]),
+                json!({"matchConditions": [
+                    {"name": "labelled", "expression":
+                        "has(object.metadata.labels) && 'check' in object.metadata.labels"},
+                    {"name": "not-admin-namespace", "expression":
+                        "request.namespace != 'kube-system'"},
+                ]}),
+            ),
+            hook(
+                "broken-condition.example.com",
+                url_config(&w, "/broken"),
+                json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                        "resources": ["secrets"]}]),
+                json!({"matchConditions": [
+                    {"name": "broken", "expression": "object.nothing.here == 'x'"}]}),
+            ),
+        ],
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let start = tokio::time::Instant::now();
+    let mut n = 0;
+    let message = loop {
+        n += 1;
+        let r = cms
+            .create(
+                &PostParams::default(),
+                &configmap(&format!("labelled-{n}"), json!({"check": "yes"})),
+            )
+            .await;
+        if r.is_err() {
+            break api_error(r).2;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the webhook never refused a create"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        message,
+        "admission webhook \"checked.example.com\" denied the request: checked"
+    );
+    // Conditions false: not sent.
+    cms.create(&PostParams::default(), &configmap("plain", json!({})))
+        .await
+        .expect("created");
+    let system: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    system
+        .create(
+            &PostParams::default(),
+            &configmap("system", json!({"check": "yes"})),
+        )
+        .await
+        .expect("created");
+    assert!(seen_for(&w, "plain").is_empty() && seen_for(&w, "system").is_empty());
+    // A condition that cannot be evaluated: failurePolicy (Fail).
+    let out = t
+        .kubectl(&["create", "secret", "generic", "s", "--from-literal=a=b"])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "Internal error occurred: failed calling webhook \"broken-condition.example.com\": \
+             expression 'object.nothing.here == 'x'' resulted in error: "
+        ),
+        "{stderr}"
+    );
+    assert!(seen_for(&w, "s").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_needed_webhooks_are_reinvoked_after_a_later_change() {
+    use base64::Engine as _;
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], move |path, review| {
+        let obj = &review["request"]["object"];
+        let mut labels = obj["metadata"]["labels"].clone();
+        if !labels.is_object() {
+            labels = json!({});
+        }
+        if path.starts_with("/first") {
+            let saw = obj["metadata"]["labels"]["second"].as_str().unwrap_or("no");
+            labels["first-saw-second"] = json!(saw);
+        } else {
+            labels["second"] = json!("yes");
+        }
+        let patch = json!([{"op": "add", "path": "/metadata/labels", "value": labels}]);
+        let patch = base64::engine::general_purpose::STANDARD
+            .encode(serde_json::to_vec(&patch).expect("json"));
+        answer(review, json!({"patchType": "JSONPatch", "patch": patch}))
+    })
+    .await;
+    mutating(
+        &client,
+        "a-first",
+        vec![hook(
+            "first.example.com",
+            url_config(&w, "/first"),
+            configmap_rules(&["CREATE"]),
+            json!({"reinvocationPolicy": "IfNeeded"}),
+        )],
+    )
+    .await;
+    mutating(
+        &client,
+        "b-second",
+        vec![hook(
+            "second.example.com",
+            url_config(&w, "/second"),
+            configmap_rules(&["CREATE"]),
+            json!({}),
+        )],
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let probe = wait_for(&cms, |r| {
+        r.as_ref().is_ok_and(|c| {
+            c.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("second") && l.contains_key("first-saw-second"))
+        })
+    })
+    .await
+    .expect("probe");
+    let labels = probe.metadata.labels.expect("labels");
+    assert_eq!(labels["first-saw-second"], "yes", "{labels:?}");
+    let name = probe.metadata.name.expect("name");
+    let calls: Vec<String> = w
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, r)| r["request"]["object"]["metadata"]["name"] == name.as_str())
+        .map(|(p, _)| p.split('?').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(calls, ["/first", "/second", "/first"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_versions_and_answers_are_checked_as_upstream() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |path, _| {
+        if path.starts_with("/beta") {
+            // v1beta1 answers need neither uid nor kind.
+            json!({"response": {"allowed": true}})
+        } else {
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "response": {"uid": "not-the-request's", "allowed": true}})
+        }
+    })
+    .await;
+    validating(
+        &client,
+        "versions",
+        vec![
+            hook(
+                "beta.example.com",
+                url_config(&w, "/beta"),
+                configmap_rules(&["CREATE"]),
+                json!({"admissionReviewVersions": ["v1beta1", "v1"]}),
+            ),
+            hook(
+                "wrong-uid.example.com",
+                url_config(&w, "/uid"),
+                json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                        "resources": ["secrets"]}]),
+                json!({}),
+            ),
+        ],
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    wait_for(&cms, |_| !w.seen.lock().expect("lock").is_empty())
+        .await
+        .expect("allowed");
+    let beta = w.seen.lock().expect("lock")[0].1.clone();
+    assert_eq!(beta["apiVersion"], "admission.k8s.io/v1beta1");
+    assert_eq!(beta["request"]["operation"], "CREATE");
+    let out = t
+        .kubectl(&["create", "secret", "generic", "s", "--from-literal=a=b"])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let uid = seen_for(&w, "s")[0]["request"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    assert!(
+        stderr.contains(&format!(
+            "Internal error occurred: failed calling webhook \"wrong-uid.example.com\": received \
+             invalid webhook response: expected response.uid=\"{uid}\", got \"not-the-request's\""
+        )),
+        "{stderr}"
+    );
+}
