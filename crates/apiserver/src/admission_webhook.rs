@@ -696,17 +696,20 @@ async fn namespace_labels(
         .find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
     let key = info.key(None, name);
-    let cached = match state.watch_cache.list(info, &key, true, 0).await? {
-        Some(list) => list.objects.first().map(|(_, o)| o.to_value()),
-        None => None,
+    let (running, cached) = match state.watch_cache.list(info, &key, true, 0).await? {
+        Some(list) => (true, list.objects.first().map(|(_, o)| o.to_value())),
+        None => (false, None),
     };
     let ns = match cached {
         Some(ns) => Some(ns),
         // Not cached (yet): the store decides, as upstream's live lookup.
-        None => match state.store.get(&key, 0).await?.1 {
-            Some(kv) => Some(decode_stored(&kv)?),
-            None => None,
-        },
+        None => {
+            let (revision, kv) = state.store.get(&key, 0).await?;
+            if !running {
+                state.watch_cache.start(info, revision);
+            }
+            kv.map(|kv| decode_stored(&kv)).transpose()?
+        }
     };
     let ns = ns.ok_or_else(|| ApiError::not_found(info, name))?;
     Ok(crate::rest::object_labels(&ns))
