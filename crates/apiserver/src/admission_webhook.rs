@@ -528,15 +528,19 @@ impl Attrs<'_> {
         self.req.namespace.clone()
     }
 
-    /// The object's name (empty for a create with `generateName`).
+    /// The object's name: empty for a create with `generateName` (upstream names the request
+    /// before the name is generated, though validating webhooks see the generated one in the
+    /// object).
     fn name(&self) -> String {
         if !self.req.name.is_empty() {
             return self.req.name.clone();
         }
-        self.obj
-            .or(self.old)
-            .map(|o| object_meta_str(o, "name").to_string())
-            .unwrap_or_default()
+        match self.obj.or(self.old) {
+            Some(o) if object_meta_str(o, "generateName").is_empty() => {
+                object_meta_str(o, "name").to_string()
+            }
+            _ => String::new(),
+        }
     }
 }
 

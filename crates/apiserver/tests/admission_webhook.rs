@@ -175,6 +175,29 @@ async fn validating_webhook_denies_with_its_message_and_code_and_warns() {
     );
     assert!(cms.get_opt("refused").await.expect("get").is_none());
 
+    // A generated name is drawn before validating webhooks see the object, and kept.
+    let generated = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"generateName": "gen-"}}))
+                .expect("configmap"),
+        )
+        .await
+        .expect("created")
+        .metadata
+        .name
+        .expect("name");
+    let sent = w
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, r)| r["request"].clone())
+        .find(|r| r["object"]["metadata"]["generateName"] == "gen-")
+        .expect("sent");
+    assert_eq!(sent["object"]["metadata"]["name"], generated.as_str());
+    assert!(sent.get("name").is_none(), "{sent}");
+
     // kubectl: the same on stderr; an allowed create shows the webhook's warning.
     let out = t
         .kubectl(&["create", "configmap", "ok-one", "--from-literal=a=b"])

@@ -936,7 +936,25 @@ pub(crate) async fn create_object_as(
         crate::services::prepare_create(info, &mut obj)?;
     }
     set_system_fields(info, &mut obj);
-    crate::admission_webhook::validate(state, info, Operation::Create, Some(&obj), None).await?;
+    // The generated name the write tries first: validating webhooks see it, as upstream
+    // generates it before validation.
+    let mut first_generated = name
+        .is_empty()
+        .then(|| crate::validation::generate_name(&generate));
+    match &first_generated {
+        Some(g) => {
+            let mut named = obj.clone();
+            if let Some(meta) = metadata_mut(&mut named) {
+                meta.insert("name".into(), json!(g));
+            }
+            crate::admission_webhook::validate(state, info, Operation::Create, Some(&named), None)
+                .await?;
+        }
+        None => {
+            crate::admission_webhook::validate(state, info, Operation::Create, Some(&obj), None)
+                .await?
+        }
+    }
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         // Last, as upstream's validating admission: charges the namespace's quotas.
         crate::quota::admit_create(state, info, ns, &obj, dry_run).await?;
@@ -948,7 +966,9 @@ pub(crate) async fn create_object_as(
     let attempts = if name.is_empty() { 8 } else { 1 };
     for _ in 0..attempts {
         let this_name = if name.is_empty() {
-            crate::validation::generate_name(&generate)
+            first_generated
+                .take()
+                .unwrap_or_else(|| crate::validation::generate_name(&generate))
         } else {
             name.clone()
         };
