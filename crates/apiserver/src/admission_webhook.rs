@@ -107,7 +107,7 @@ impl Request {
         query: &Query,
         body: &[u8],
     ) -> Option<Request> {
-        let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+        let mut dry_run = query.get("dryRun").is_some_and(|v| v == "All");
         let mut options = match *method {
             Method::POST => json!({"kind": "CreateOptions"}),
             Method::PUT => json!({"kind": "UpdateOptions"}),
@@ -127,6 +127,10 @@ impl Request {
                     }
                 }
                 o["kind"] = json!("DeleteOptions");
+                dry_run |= o
+                    .get("dryRun")
+                    .and_then(Value::as_array)
+                    .is_some_and(|d| d.iter().any(|v| v == "All"));
                 o
             }
             _ => return None,
@@ -163,7 +167,9 @@ impl Request {
     /// delete an eviction makes, or a subresource whose object is not the resource's).
     fn admits(&self, info: &ResourceInfo, op: Operation) -> bool {
         let op_ok = match (&self.method, op) {
-            (&Method::POST, Operation::Create) => self.subresource.is_empty(),
+            (&Method::POST, Operation::Create) => {
+                self.subresource.is_empty() || self.subresource == "eviction"
+            }
             (&Method::PUT | &Method::PATCH, Operation::Create) => self.subresource.is_empty(),
             (&Method::PUT | &Method::PATCH, Operation::Update) => {
                 matches!(
@@ -204,6 +210,17 @@ pub(crate) async fn scope<F: Future<Output = Response>>(
         }
     }
     response
+}
+
+/// The kind of the object a subresource takes when it is not the resource's own (upstream
+/// sends `pods/eviction` creates as `policy/v1` `Eviction`s).
+fn subresource_kind(info: &ResourceInfo, subresource: &str) -> Option<Value> {
+    match (info.group, info.plural, subresource) {
+        ("", "pods", "eviction") => {
+            Some(json!({"group": "policy", "version": "v1", "kind": "Eviction"}))
+        }
+        _ => None,
+    }
 }
 
 /// The request being served, if `op` on `info` is its own admission.
@@ -276,6 +293,8 @@ pub(crate) async fn mutate(
             if patched != before {
                 *o = served_as(&target, info, patched);
                 changed_any = true;
+                // A namespace's own labels may have changed.
+                ns_labels = NamespaceLabels::default();
                 for (j, c) in changed_after.iter_mut().enumerate() {
                     if j != i && called[j] {
                         *c = true;
@@ -840,6 +859,7 @@ fn review(version: &str, uid: &str, attrs: &Attrs<'_>, target: &ResourceInfo) ->
     if !req.user.extra.is_empty() {
         user["extra"] = json!(req.user.extra);
     }
+    let own_kind = subresource_kind(info, &req.subresource);
     let mut request = json!({
         "uid": uid,
         "kind": {"group": target.group, "version": target.version, "kind": target.kind},
@@ -853,6 +873,10 @@ fn review(version: &str, uid: &str, attrs: &Attrs<'_>, target: &ResourceInfo) ->
         "dryRun": req.dry_run,
         "options": req.options,
     });
+    if let Some(kind) = own_kind {
+        request["kind"] = kind.clone();
+        request["requestKind"] = kind;
+    }
     if !req.subresource.is_empty() {
         request["subResource"] = json!(req.subresource);
         request["requestSubResource"] = json!(req.subresource);

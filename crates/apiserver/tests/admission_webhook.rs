@@ -1113,3 +1113,97 @@ async fn review_versions_and_answers_are_checked_as_upstream() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_are_sent_as_eviction_creates() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |_, review| {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "response": {"uid": review["request"]["uid"], "allowed": false,
+                "status": {"code": 403, "reason": "Forbidden", "message": "not now"}}})
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .expect("pod"),
+    )
+    .await
+    .expect("pod created");
+    validating(
+        &client,
+        "evictions",
+        vec![hook(
+            "evictions.example.com",
+            url_config(&w, "/evictions"),
+            json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                    "resources": ["pods/eviction"]}]),
+            json!({}),
+        )],
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    let (code, reason, message) = loop {
+        // Until the configuration takes effect the eviction deletes the pod: recreate it.
+        if pods.get_opt("p").await.expect("get").is_none() {
+            pods.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+                .expect("pod"),
+            )
+            .await
+            .expect("pod created");
+        }
+        let r = pods
+            .evict(
+                "p",
+                &kube::api::EvictParams {
+                    delete_options: Some(DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..DeleteParams::default()
+                    }),
+                    ..kube::api::EvictParams::default()
+                },
+            )
+            .await;
+        if r.is_err() {
+            break api_error(r);
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the webhook never refused an eviction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        message,
+        "admission webhook \"evictions.example.com\" denied the request: not now"
+    );
+    assert!(pods.get_opt("p").await.expect("get").is_some());
+    let r = &seen_for(&w, "p")[0]["request"];
+    assert_eq!(
+        r["kind"],
+        json!({"group": "policy", "version": "v1", "kind": "Eviction"})
+    );
+    assert_eq!(
+        r["resource"],
+        json!({"group": "", "version": "v1", "resource": "pods"})
+    );
+    assert_eq!(r["subResource"], "eviction");
+    assert_eq!(r["operation"], "CREATE");
+    assert_eq!(r["object"]["kind"], "Eviction");
+    // The pod's own deletion by an eviction is not a DELETE admission of its own: only the
+    // eviction was sent.
+    assert!(
+        w.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(_, r)| r["request"]["operation"] == "CREATE")
+    );
+}

@@ -730,6 +730,37 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
         if let Some(pod) = ctx.stored_for_node(name).await? {
             ctx.node_restriction(crate::node_restriction::Operation::Create, Some(&pod), None)?;
         }
+        // Admission webhooks see the Eviction (a CREATE of `pods/eviction`).
+        let mut eviction = body_json(ctx.headers, body)?;
+        if let Some(o) = eviction.as_object_mut() {
+            // As the decoded, typed Eviction is encoded for webhooks.
+            o.entry("apiVersion").or_insert_with(|| json!("policy/v1"));
+            o.entry("kind").or_insert_with(|| json!("Eviction"));
+        }
+        let state = ctx.state;
+        let changed = crate::admission_webhook::mutate(
+            state,
+            info,
+            Operation::Create,
+            Some(&mut eviction),
+            None,
+        )
+        .await?;
+        crate::admission_webhook::validate(state, info, Operation::Create, Some(&eviction), None)
+            .await?;
+        if changed {
+            let mut headers = ctx.headers.clone();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            let body = serde_json::to_vec(&eviction).map_err(ApiError::internal)?;
+            let ctx = Ctx {
+                headers: &headers,
+                ..ctx
+            };
+            return super::eviction::evict(ctx, name, &body).await;
+        }
         return super::eviction::evict(ctx, name, body).await;
     }
     if ctx.target.name.is_some() || ctx.target.subresource.is_some() {
