@@ -475,6 +475,52 @@ async fn failure_policy_decides_when_the_webhook_is_down() {
              127.0.0.1:{port}: connect: connection refused"
         )
     );
+    // A webhook slower than its timeoutSeconds fails the call the same way.
+    let slow = TestWebhook::start(&[], |_, review| {
+        std::thread::sleep(Duration::from_secs(3));
+        answer(review, json!({}))
+    })
+    .await;
+    validating(
+        &client,
+        "slow",
+        vec![hook(
+            "slow.example.com",
+            url_config(&slow, "/slow"),
+            json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                    "resources": ["serviceaccounts"]}]),
+            json!({"timeoutSeconds": 1}),
+        )],
+    )
+    .await;
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    let start = tokio::time::Instant::now();
+    let message = loop {
+        let r = accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"generateName": "sa-"}}))
+                    .expect("service account"),
+            )
+            .await;
+        if r.is_err() {
+            break api_error(r).2;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the slow webhook never failed a create"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        message,
+        format!(
+            "Internal error occurred: failed calling webhook \"slow.example.com\": failed to call \
+             webhook: Post \"{}?timeout=1s\": context deadline exceeded",
+            slow.url("/slow")
+        )
+    );
     // Ignore: the create goes on.
     let out = t
         .kubectl(&["create", "configmap", "despite", "--from-literal=a=b"])
