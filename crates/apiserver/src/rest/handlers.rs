@@ -7,9 +7,9 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_as, decode_stored, encode_as, meta_str, metadata_mut,
-    new_uid, request_resource_version, served_form, set_resource_version, spec_part,
-    typed_roundtrip_checked,
+    FieldValidation, check_type, decode_served, decode_stored, encode_stored, meta_str,
+    metadata_mut, new_uid, request_resource_version, served_form, served_objects,
+    set_resource_version, spec_part, typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
 use crate::apply::Writer;
@@ -200,7 +200,7 @@ pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     }
     let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-    let obj = decode_as(info, &kv)?;
+    let obj = decode_served(ctx.state, info, &kv).await?;
     respond_object(ctx, StatusCode::OK, &obj)
 }
 
@@ -282,15 +282,20 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
 /// ten times that).
 pub(crate) enum Listed {
     /// Shared with the watch cache (serialized once for every list and watch that sends it),
-    /// in the stored form: a custom resource gets its served `apiVersion` when written.
+    /// in the stored form: a custom resource gets its served `apiVersion` when written (a
+    /// custom resource read from the store is held so too: see [`convert_listed`]).
     Cached(Arc<CachedObject>),
     /// Read from the store (or converted from the cache's object), in the served form.
     Served(Arc<CachedObject>),
 }
 
 impl Listed {
-    /// A decoded stored object, in the form `info` serves, encoded.
+    /// A decoded stored object, in the form `info` serves, encoded. A custom resource keeps
+    /// its stored form, which its CRD's webhook may have to convert ([`convert_listed`]).
     fn served(info: &ResourceInfo, stored: Value) -> Listed {
+        if info.custom.is_some() {
+            return Listed::Cached(CachedObject::new(stored, &[]));
+        }
         Listed::Served(CachedObject::new(served_form(info, stored), &[]))
     }
 
@@ -307,6 +312,32 @@ impl Listed {
             Listed::Served(o) => o.to_value(),
         }
     }
+}
+
+/// A list's items in the served form when their CRD converts by webhook: every item stored in
+/// another version than the one listed is converted in one review, as upstream converts a
+/// list. Other lists are returned as they are.
+async fn convert_listed(
+    state: &AppState,
+    info: &ResourceInfo,
+    items: Vec<Listed>,
+) -> Result<Vec<Listed>, ApiError> {
+    if !crate::crd::conversion::by_webhook(state, info) {
+        return Ok(items);
+    }
+    let stored = items
+        .iter()
+        .map(|i| match i {
+            Listed::Cached(o) => o.to_value(),
+            // Already served (not made for custom resources): nothing to convert.
+            Listed::Served(o) => o.to_value(),
+        })
+        .collect();
+    Ok(served_objects(state, info, stored)
+        .await?
+        .into_iter()
+        .map(|o| Listed::Served(CachedObject::new(o, &[])))
+        .collect())
 }
 
 /// A page of a list.
@@ -652,7 +683,8 @@ async fn list_from_store(
 async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     let info = ctx.info();
     let selectors = Selectors::from_query(info, ctx.query)?;
-    let page = list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    let mut page = list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    page.items = convert_listed(ctx.state, info, page.items).await?;
     let mut meta = json!({ "resourceVersion": page.revision.to_string() });
     if let Some(t) = &page.token {
         meta["continue"] = json!(t);
@@ -955,7 +987,8 @@ pub(crate) async fn create_object_as(
         let outcome = if is_service(info) {
             crate::services::create(state, info, &key, &mut obj).await?
         } else {
-            state.store.create(&key, encode_as(info, &obj)?, 0).await?
+            let value = encode_stored(state, info, &obj).await?;
+            state.store.create(&key, value, 0).await?
         };
         match outcome {
             WriteOutcome::Written { revision } => {
@@ -1233,7 +1266,7 @@ where
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let old = decode_as(info, &kv)?;
+        let old = decode_served(state, info, &kv).await?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
         // A Service's node ports: kept, taken over, dropped or drawn (upstream's service REST).
@@ -1294,7 +1327,7 @@ where
         if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
             return Ok(new);
         }
-        let value = encode_as(info, &new)?;
+        let value = encode_stored(state, info, &new).await?;
         let outcome = if is_service(info) {
             match crate::services::update(state, key, kv.mod_revision, value, &old, &new).await? {
                 crate::services::UpdateOutcome::Written { revision } => {
@@ -2201,7 +2234,7 @@ pub(crate) async fn delete_object(
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(&key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let mut obj = decode_as(info, &kv)?;
+        let mut obj = decode_served(state, info, &kv).await?;
         if let Some(p) = &opts.preconditions {
             let uid = meta_str(&obj, "uid");
             if let Some(want) = p.uid.as_deref().filter(|w| *w != uid) {
@@ -2240,7 +2273,12 @@ pub(crate) async fn delete_object(
                 NamespaceStep::Write => {
                     match state
                         .store
-                        .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
+                        .update(
+                            &key,
+                            encode_stored(state, info, &obj).await?,
+                            kv.mod_revision,
+                            0,
+                        )
                         .await?
                     {
                         WriteOutcome::Written { revision } => {
@@ -2291,7 +2329,12 @@ pub(crate) async fn delete_object(
             }
             match state
                 .store
-                .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
+                .update(
+                    &key,
+                    encode_stored(state, info, &obj).await?,
+                    kv.mod_revision,
+                    0,
+                )
                 .await?
             {
                 WriteOutcome::Written { revision } => {
