@@ -35,16 +35,28 @@ const FAILURE: u8 = 3;
 fn convert_object(obj: &Value, desired: &str) -> Value {
     let mut out = obj.clone();
     out["apiVersion"] = json!(desired);
-    let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
-    out["spec"] = if desired.ends_with("/v1") {
-        let host = spec["host"].as_str().unwrap_or_default();
-        let port = spec["port"].as_i64().unwrap_or_default();
-        json!({ "hostPort": format!("{host}:{port}") })
+    // Everything but the address (replicas) is the same in both versions.
+    let mut spec = obj
+        .get("spec")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if desired.ends_with("/v1") {
+        let host = spec.remove("host").unwrap_or_default();
+        let port = spec.remove("port").unwrap_or_default();
+        let host_port = format!("{}:{}", host.as_str().unwrap_or_default(), port);
+        spec.insert("hostPort".into(), json!(host_port));
     } else {
-        let hp = spec["hostPort"].as_str().unwrap_or_default();
+        let hp = spec.remove("hostPort").unwrap_or_default();
+        let hp = hp.as_str().unwrap_or_default();
         let (host, port) = hp.split_once(':').unwrap_or((hp, "0"));
-        json!({ "host": host, "port": port.parse::<i64>().unwrap_or_default() })
-    };
+        spec.insert("host".into(), json!(host));
+        spec.insert(
+            "port".into(),
+            json!(port.parse::<i64>().unwrap_or_default()),
+        );
+    }
+    out["spec"] = Value::Object(spec);
     out
 }
 
@@ -91,13 +103,23 @@ async fn converter() -> (TestWebhook, Arc<AtomicU8>) {
     (hook, mode)
 }
 
+/// The CronTab CRD converting through `client_config`, with v1 reviews (and v1beta1).
 fn crd(client_config: Value) -> CustomResourceDefinition {
-    let version = |name: &str, storage: bool, spec: Value, column: (&str, &str)| {
+    crd_reviewed(client_config, json!(["v1", "v1beta1"]))
+}
+
+fn crd_reviewed(client_config: Value, review_versions: Value) -> CustomResourceDefinition {
+    let version = |name: &str, storage: bool, mut spec: Value, column: (&str, &str)| {
+        spec["replicas"] = json!({"type": "integer"});
         json!({
             "name": name, "served": true, "storage": storage,
             "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                 "spec": {"type": "object", "properties": spec},
+                "status": {"type": "object", "properties": {"replicas": {"type": "integer"}}},
             }}},
+            "subresources": {"status": {}, "scale": {
+                "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+            }},
             "additionalPrinterColumns": [{"name": column.0, "type": "string", "jsonPath": column.1}],
         })
     };
@@ -112,7 +134,7 @@ fn crd(client_config: Value) -> CustomResourceDefinition {
                 version("v2", true, json!({"host": {"type": "string"}, "port": {"type": "integer"}}), ("Host", ".spec.host")),
             ],
             "conversion": {"strategy": "Webhook", "webhook": {
-                "clientConfig": client_config, "conversionReviewVersions": ["v1", "v1beta1"],
+                "clientConfig": client_config, "conversionReviewVersions": review_versions,
             }},
         },
     }))
@@ -371,6 +393,40 @@ async fn objects_are_converted_by_the_webhook_on_writes_and_reads() {
         stored(&t, "db").await["spec"],
         json!({"host": "pg.example", "port": 6432})
     );
+    // Server-side and client-side apply through v1.
+    let manifest = json!({
+        "apiVersion": "stable.example.com/v1", "kind": "CronTab",
+        "metadata": {"name": "ssa", "namespace": "default"},
+        "spec": {"hostPort": "ssa.example:1"},
+    })
+    .to_string();
+    let out = t
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], &manifest)
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stored(&t, "ssa").await["spec"],
+        json!({"host": "ssa.example", "port": 1})
+    );
+    let manifest = manifest.replace("ssa.example:1", "ssa.example:2");
+    let out = t
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], &manifest)
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stored(&t, "ssa").await["spec"],
+        json!({"host": "ssa.example", "port": 2})
+    );
+    let manifest = manifest.replace("\"ssa\"", "\"csa\"");
+    for hp in ["csa.example:1", "csa.example:2"] {
+        let m = manifest.replace("ssa.example:2", hp);
+        let out = t.kubectl_stdin(&["apply", "-f", "-"], &m).await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(
+        stored(&t, "csa").await["spec"],
+        json!({"host": "csa.example", "port": 2})
+    );
     // A delete through v1 (its object is read through v1 first, as upstream's).
     v1.delete("db", &Default::default())
         .await
@@ -483,6 +539,22 @@ async fn watches_through_another_version_see_converted_objects() {
         .expect("kubectl runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("old.example:1"), "{text}");
+    // And as a Table (kubectl's default output), with v1's printer column.
+    let mut cmd = t.kubectl_cmd(&[
+        "get",
+        "crontabs.v1.stable.example.com",
+        "--watch",
+        "--request-timeout=5s",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("kubectl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("HOSTPORT") && text.contains("old.example:1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,15 +715,21 @@ async fn a_service_client_config_reaches_the_webhook_through_its_endpoints() {
                      "ports": [{"name": "https", "port": hook.addr.port()}]}],
     });
     for obj in [service, endpoints] {
-        t.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
+        let out = t
+            .kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
             .await;
+        assert!(out.status.success(), "{out:?}");
     }
+    // This webhook speaks only v1beta1 reviews.
     install(
         &client,
-        &crd(json!({
-            "service": {"namespace": "webhooks", "name": "conv", "path": "/convert", "port": 443},
-            "caBundle": hook.ca_bundle,
-        })),
+        &crd_reviewed(
+            json!({
+                "service": {"namespace": "webhooks", "name": "conv", "path": "/convert", "port": 443},
+                "caBundle": hook.ca_bundle,
+            }),
+            json!(["v2", "v1beta1", "v1"]),
+        ),
     )
     .await;
     let v1 = crontabs(&client, "v1");
@@ -673,7 +751,79 @@ async fn a_service_client_config_reaches_the_webhook_through_its_endpoints() {
     let seen = hook.seen.lock().expect("lock").clone();
     assert!(!seen.is_empty());
     assert!(
-        seen.iter().all(|(at, _)| at == "/convert?timeout=30s"),
+        seen.iter().all(|(at, review)| at == "/convert?timeout=30s"
+            && review["apiVersion"] == "apiextensions.k8s.io/v1beta1"),
         "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_scale_writes_through_another_version_are_converted() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let (hook, _) = converter().await;
+    install(
+        &client,
+        &crd(json!({"url": hook.url("/convert"), "caBundle": hook.ca_bundle})),
+    )
+    .await;
+    let v1 = crontabs(&client, "v1");
+    let mut obj = v1_crontab("st", "st.example:7");
+    obj.data["spec"]["replicas"] = json!(1);
+    v1.create(&PostParams::default(), &obj)
+        .await
+        .expect("create through v1");
+
+    // `/status` through v1.
+    let patched = v1
+        .patch_status(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 1}})),
+        )
+        .await
+        .expect("status through v1");
+    assert_eq!(patched.data["status"], json!({"replicas": 1}));
+    assert_eq!(
+        spec(&patched),
+        json!({"hostPort": "st.example:7", "replicas": 1})
+    );
+    let at_rest = stored(&t, "st").await;
+    assert_eq!(at_rest["apiVersion"], "stable.example.com/v2");
+    assert_eq!(at_rest["status"], json!({"replicas": 1}));
+    assert_eq!(
+        at_rest["spec"],
+        json!({"host": "st.example", "port": 7, "replicas": 1})
+    );
+
+    // `/scale` through v1: read and written converted.
+    let scale = v1.get_scale("st").await.expect("scale through v1");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(1));
+    assert_eq!(scale.status.map(|s| s.replicas), Some(1));
+    v1.patch_scale(
+        "st",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .expect("scale patch through v1");
+    assert_eq!(
+        stored(&t, "st").await["spec"],
+        json!({"host": "st.example", "port": 7, "replicas": 3})
+    );
+    t.kubectl_ok(&[
+        "scale",
+        "crontabs.v1.stable.example.com",
+        "st",
+        "--replicas=5",
+    ])
+    .await;
+    assert_eq!(
+        stored(&t, "st").await["spec"],
+        json!({"host": "st.example", "port": 7, "replicas": 5})
+    );
+    assert_eq!(
+        spec(&v1.get("st").await.expect("get v1")),
+        json!({"hostPort": "st.example:7", "replicas": 5})
     );
 }
