@@ -268,6 +268,18 @@ async fn objects_are_converted_by_the_webhook_on_writes_and_reads() {
             .ends_with("/convert?timeout=30s"),
         "upstream's timeout query"
     );
+    // The answer is what was stored, converted back (upstream decodes what it stored).
+    let desired: Vec<&Value> = seen
+        .iter()
+        .map(|r| &r["request"]["desiredAPIVersion"])
+        .collect();
+    assert_eq!(
+        desired,
+        [
+            &json!("stable.example.com/v2"),
+            &json!("stable.example.com/v1")
+        ]
+    );
 
     // Read through v2 (no conversion) and v1 (converted back).
     let before = reviews(&hook).len();

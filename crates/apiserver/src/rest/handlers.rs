@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::object::{
     FieldValidation, check_type, decode_served, decode_stored, encode_stored, meta_str,
-    metadata_mut, new_uid, request_resource_version, served_form, served_objects,
+    metadata_mut, new_uid, read_back, request_resource_version, served_form, served_objects,
     set_resource_version, spec_part, typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
@@ -971,6 +971,7 @@ pub(crate) async fn create_object_as(
     }
     // A generated name that collides is generated again, as upstream does.
     let attempts = if name.is_empty() { 8 } else { 1 };
+    let webhook = crate::crd::conversion::by_webhook(state, info);
     for _ in 0..attempts {
         let this_name = if name.is_empty() {
             crate::validation::generate_name(&generate)
@@ -984,15 +985,21 @@ pub(crate) async fn create_object_as(
             return Ok((obj, warnings));
         }
         let key = info.key(path_ns, &this_name);
+        // What a webhook-converted create answers is read back from what it stored.
+        let mut written = None;
         let outcome = if is_service(info) {
             crate::services::create(state, info, &key, &mut obj).await?
         } else {
             let value = encode_stored(state, info, &obj).await?;
+            written = webhook.then(|| value.clone());
             state.store.create(&key, value, 0).await?
         };
         match outcome {
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut obj, revision);
+                if let Some(bytes) = &written {
+                    obj = read_back(state, info, bytes, revision).await?;
+                }
                 tracing::debug!(name = %this_name, revision, "created");
                 return Ok((obj, warnings));
             }
@@ -1328,6 +1335,8 @@ where
             return Ok(new);
         }
         let value = encode_stored(state, info, &new).await?;
+        // What a webhook-converted update answers is read back from what it stored.
+        let written = crate::crd::conversion::by_webhook(state, info).then(|| value.clone());
         let outcome = if is_service(info) {
             match crate::services::update(state, key, kv.mod_revision, value, &old, &new).await? {
                 crate::services::UpdateOutcome::Written { revision } => {
@@ -1362,6 +1371,9 @@ where
         match outcome {
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
+                if let Some(bytes) = &written {
+                    new = read_back(state, info, bytes, revision).await?;
+                }
                 tracing::debug!(name, revision, "updated");
                 return Ok(new);
             }

@@ -87,6 +87,20 @@ pub(crate) async fn served_object(
         .ok_or_else(|| ApiError::internal("conversion lost the object"))
 }
 
+/// What a write of `bytes` at `revision` answers when its CRD converts by webhook: what was
+/// stored, converted again to the version written through (upstream decodes what it stored
+/// through the same conversion: a lossy webhook shows).
+pub(crate) async fn read_back(
+    state: &AppState,
+    info: &ResourceInfo,
+    bytes: &[u8],
+    revision: i64,
+) -> Result<Value, ApiError> {
+    let mut stored: Value = serde_json::from_slice(bytes).map_err(ApiError::internal)?;
+    set_resource_version(&mut stored, revision);
+    served_object(state, info, stored).await
+}
+
 /// Stored objects (as [`decode_stored`] returns them) in the form `info` serves, the items of
 /// one list: by webhook in one review for all those stored in another version, or
 /// [`served_form`].
