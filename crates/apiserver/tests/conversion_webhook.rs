@@ -700,6 +700,32 @@ async fn bad_webhook_answers_are_refused_as_upstream() {
         err.message,
         "conversion webhook for stable.example.com/v2, Kind=CronTab failed: cannot convert today"
     );
+    // A list is converted as one: its error names the list.
+    let err = api_error(v1.list(&ListParams::default()).await.expect_err("list"));
+    assert_eq!(err.code, 500);
+    assert_eq!(
+        err.message,
+        "conversion webhook for stable.example.com/v1, Kind=CronTabList failed: cannot convert \
+         today"
+    );
+    // A watch whose objects cannot be converted ends with an ERROR event.
+    let mut watch = v1
+        .watch(&WatchParams::default().timeout(30), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("an event in time")
+        .expect("an event")
+        .expect("decoded");
+    match ev {
+        WatchEvent::Error(e) => {
+            assert_eq!(e.code, 500);
+            assert!(e.message.ends_with("failed: cannot convert today"), "{e:?}");
+        }
+        other => panic!("expected an ERROR event, got {other:?}"),
+    }
     // Nothing was stored by the refused create.
     assert!(v2.get_opt("b").await.expect("get").is_none());
     mode.store(CONVERT, Ordering::SeqCst);

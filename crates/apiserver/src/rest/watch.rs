@@ -330,12 +330,13 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
                     return;
                 }
             }
-        }
-        for obj in objects.iter().filter(|_| !webhook) {
-            if spec.selectors.matches(&**obj)
-                && tx.send(Ok(spec.object_line("ADDED", obj))).await.is_err()
-            {
-                return;
+        } else {
+            for obj in &objects {
+                if spec.selectors.matches(&**obj)
+                    && tx.send(Ok(spec.object_line("ADDED", obj))).await.is_err()
+                {
+                    return;
+                }
             }
         }
         if send_initial && spec.bookmarks {
