@@ -391,6 +391,22 @@ async fn objects_are_converted_by_the_webhook_on_writes_and_reads() {
         spec(&v2.get("web").await.expect("get v2")),
         json!({"host": "www.example", "port": 443})
     );
+    // A dry run converts (both ways) and stores nothing.
+    let before = reviews(&hook).len();
+    let dry = v1
+        .patch(
+            "web",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(json!({"spec": {"hostPort": "dry.example:1"}})),
+        )
+        .await
+        .expect("dry-run patch through v1");
+    assert_eq!(spec(&dry), json!({"hostPort": "dry.example:1"}));
+    assert_eq!(
+        stored(&t, "web").await["spec"],
+        json!({"host": "www.example", "port": 443})
+    );
+    assert_eq!(reviews(&hook).len(), before + 3, "read, to storage, back");
     // kubectl writes through v1 too.
     t.kubectl_ok(&[
         "patch",
@@ -726,6 +742,22 @@ async fn bad_webhook_answers_are_refused_as_upstream() {
         }
         other => panic!("expected an ERROR event, got {other:?}"),
     }
+    // Dry runs convert as writes do (upstream's dry-run storage encodes).
+    let err = api_error(
+        v1.create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &v1_crontab("c", "c:3"),
+        )
+        .await
+        .expect_err("dry-run create"),
+    );
+    assert_eq!(
+        err.message,
+        "conversion webhook for stable.example.com/v1, Kind=CronTab failed: cannot convert today"
+    );
     // Nothing was stored by the refused create.
     assert!(v2.get_opt("b").await.expect("get").is_none());
     mode.store(CONVERT, Ordering::SeqCst);

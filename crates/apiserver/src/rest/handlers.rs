@@ -982,6 +982,11 @@ pub(crate) async fn create_object_as(
             meta.insert("name".into(), json!(this_name));
         }
         if dry_run {
+            // Converted as a write would be (upstream's dry-run storage encodes and decodes).
+            if webhook {
+                let value = encode_stored(state, info, &obj).await?;
+                obj = read_back(state, info, &value, None).await?;
+            }
             return Ok((obj, warnings));
         }
         let key = info.key(path_ns, &this_name);
@@ -998,7 +1003,7 @@ pub(crate) async fn create_object_as(
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut obj, revision);
                 if let Some(bytes) = &written {
-                    obj = read_back(state, info, bytes, revision).await?;
+                    obj = read_back(state, info, bytes, Some(revision)).await?;
                 }
                 tracing::debug!(name = %this_name, revision, "created");
                 return Ok((obj, warnings));
@@ -1331,6 +1336,11 @@ where
         }
         // An unchanged object is written anyway if it is stored with an old encryption key
         // (upstream's stale read: how `kubectl replace` re-encrypts).
+        if dry_run && crate::crd::conversion::by_webhook(state, info) {
+            // Converted as a write would be (upstream's dry-run storage encodes and decodes).
+            let value = encode_stored(state, info, &new).await?;
+            return read_back(state, info, &value, Some(kv.mod_revision)).await;
+        }
         if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
             return Ok(new);
         }
@@ -1372,7 +1382,7 @@ where
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
                 if let Some(bytes) = &written {
-                    new = read_back(state, info, bytes, revision).await?;
+                    new = read_back(state, info, bytes, Some(revision)).await?;
                 }
                 tracing::debug!(name, revision, "updated");
                 return Ok(new);

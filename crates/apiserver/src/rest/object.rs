@@ -87,17 +87,19 @@ pub(crate) async fn served_object(
         .ok_or_else(|| ApiError::internal("conversion lost the object"))
 }
 
-/// What a write of `bytes` at `revision` answers when its CRD converts by webhook: what was
-/// stored, converted again to the version written through (upstream decodes what it stored
-/// through the same conversion: a lossy webhook shows).
+/// What a write of `bytes` at `revision` (`None`: a dry run) answers when its CRD converts by
+/// webhook: what was stored, converted again to the version written through (upstream
+/// decodes what it stored through the same conversion: a lossy webhook shows).
 pub(crate) async fn read_back(
     state: &AppState,
     info: &ResourceInfo,
     bytes: &[u8],
-    revision: i64,
+    revision: Option<i64>,
 ) -> Result<Value, ApiError> {
     let mut stored: Value = serde_json::from_slice(bytes).map_err(ApiError::internal)?;
-    set_resource_version(&mut stored, revision);
+    if let Some(revision) = revision {
+        set_resource_version(&mut stored, revision);
+    }
     served_object(state, info, stored).await
 }
 
