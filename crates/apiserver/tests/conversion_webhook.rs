@@ -308,6 +308,21 @@ async fn objects_are_converted_by_the_webhook_on_writes_and_reads() {
         "stable.example.com/v1"
     );
 
+    // A get with a resourceVersion (served from the watch cache) is converted too.
+    let _ = v1
+        .list(&ListParams::default())
+        .await
+        .expect("list starts the cache");
+    let raw = t
+        .kubectl_ok(&[
+            "get",
+            "--raw",
+            "/apis/stable.example.com/v1/namespaces/default/crontabs/db?resourceVersion=0",
+        ])
+        .await;
+    let cached: Value = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(cached["apiVersion"], "stable.example.com/v1");
+    assert_eq!(cached["spec"], json!({"hostPort": "db.example:5432"}));
     // kubectl through v1: the object and its v1 printer column.
     let out = t
         .kubectl_ok(&["get", "crontabs.v1.stable.example.com", "db", "-o", "json"])
