@@ -287,11 +287,11 @@ pub(crate) async fn mutate(
                     hook.name
                 )));
             };
-            let before = served_as(info, &target, o.clone());
+            let before = served_as(state, info, &target, o.clone()).await?;
             let patched = apply_patch(PatchKind::Json, &before, &patch, None)
                 .map_err(|e| ApiError::internal(e.message))?;
             if patched != before {
-                *o = served_as(&target, info, patched);
+                *o = served_as(state, &target, info, patched).await?;
                 changed_any = true;
                 // A namespace's own labels may have changed.
                 ns_labels = NamespaceLabels::default();
@@ -349,7 +349,7 @@ pub(crate) async fn validate(
     // Each call on its own task; answers are taken in webhook order.
     let mut calls = Vec::new();
     for (hook, target) in relevant {
-        let prepared = prepare(hook, &attrs, &target);
+        let prepared = prepare(state, hook, &attrs, &target).await;
         let (state, hook) = (state.clone(), hook.clone());
         let req = req.clone();
         calls.push(tokio::spawn(async move {
@@ -493,7 +493,11 @@ async fn hooks(state: &AppState, mutating: bool) -> Result<Arc<Vec<Hook>>, ApiEr
         .find(GROUP, "v1", plural)
         .ok_or_else(|| ApiError::internal(format!("{plural} are not registered")))?;
     let prefix = info.prefix(None);
-    let configs: Vec<Value> = match state.watch_cache.list(info, &prefix, false, 0).await? {
+    let configs: Vec<Value> = match state
+        .watch_cache
+        .list(info, &prefix, false, None, 0)
+        .await?
+    {
         Some(list) => list.objects.iter().map(|(_, o)| o.to_value()).collect(),
         None => {
             let listed = state.store.list(&prefix, ListOptions::default()).await?;
@@ -662,16 +666,26 @@ fn equivalents(state: &AppState, info: &ResourceInfo) -> Vec<ResourceInfo> {
     out
 }
 
-/// `obj`, in `from`'s form, converted to `to`'s (the same storage).
-fn served_as(from: &ResourceInfo, to: &ResourceInfo, obj: Value) -> Value {
+/// `obj`, in `from`'s form, converted to `to`'s (the same storage): a custom resource by its
+/// CRD's conversion (its webhook, or the `apiVersion` alone), a built-in through its stored
+/// form.
+async fn served_as(
+    state: &AppState,
+    from: &ResourceInfo,
+    to: &ResourceInfo,
+    obj: Value,
+) -> Result<Value, ApiError> {
     if from.group == to.group && from.version == to.version {
-        return obj;
+        return Ok(obj);
+    }
+    if to.custom.is_some() {
+        return crate::rest::served_object(state, to, obj).await;
     }
     let stored = match from.conversion {
         Some(c) => (c.to_storage)(obj),
         None => obj,
     };
-    crate::rest::served_form(to, stored)
+    Ok(crate::rest::served_form(to, stored))
 }
 
 async fn namespace_matches(
@@ -719,7 +733,7 @@ async fn namespace_labels(
         .find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
     let key = info.key(None, name);
-    let (running, cached) = match state.watch_cache.list(info, &key, true, 0).await? {
+    let (running, cached) = match state.watch_cache.list(info, &key, true, None, 0).await? {
         Some(list) => (true, list.objects.first().map(|(_, o)| o.to_value())),
         None => (false, None),
     };
@@ -756,7 +770,8 @@ struct Prepared {
 /// Builds the review for `hook`, or the error that stops the request (dry run without
 /// side-effect safety) or that `failurePolicy` decides about (`Ok(Some(Err(reason)))`).
 /// `Ok(None)`: a match condition is false, the webhook is not called.
-fn prepare(
+async fn prepare(
+    state: &AppState,
     hook: &Hook,
     attrs: &Attrs<'_>,
     target: &ResourceInfo,
@@ -774,7 +789,14 @@ fn prepare(
         )));
     };
     let uid = crate::rest::new_uid();
-    let review = review(version, &uid, attrs, target);
+    let mut objects = [Value::Null, Value::Null];
+    for (slot, o) in objects.iter_mut().zip([attrs.obj, attrs.old]) {
+        if let Some(o) = o {
+            *slot = served_as(state, attrs.info, target, o.clone()).await?;
+        }
+    }
+    let [object, old_object] = objects;
+    let review = review(version, &uid, attrs, target, object, old_object);
     match match_conditions(&hook.match_conditions, &review["request"]) {
         Ok(true) => {}
         Ok(false) => return Ok(None),
@@ -838,14 +860,18 @@ fn match_conditions(conditions: &[(String, String)], request: &Value) -> Result<
     }
 }
 
-/// The `AdmissionReview` upstream's `CreateAdmissionObjects` builds.
-fn review(version: &str, uid: &str, attrs: &Attrs<'_>, target: &ResourceInfo) -> Value {
+/// The `AdmissionReview` upstream's `CreateAdmissionObjects` builds (`object`,
+/// `old_object`: in `target`'s version, `null` when absent).
+fn review(
+    version: &str,
+    uid: &str,
+    attrs: &Attrs<'_>,
+    target: &ResourceInfo,
+    object: Value,
+    old_object: Value,
+) -> Value {
     let req = attrs.req;
     let info = attrs.info;
-    let conv = |o: Option<&Value>| match o {
-        Some(o) => served_as(info, target, o.clone()),
-        None => Value::Null,
-    };
     let mut user = json!({});
     if !req.user.name.is_empty() {
         user["username"] = json!(req.user.name);
@@ -868,8 +894,8 @@ fn review(version: &str, uid: &str, attrs: &Attrs<'_>, target: &ResourceInfo) ->
         "requestResource": {"group": info.group, "version": info.version, "resource": info.plural},
         "operation": attrs.op.as_str(),
         "userInfo": user,
-        "object": conv(attrs.obj),
-        "oldObject": conv(attrs.old),
+        "object": object,
+        "oldObject": old_object,
         "dryRun": req.dry_run,
         "options": req.options,
     });
@@ -905,7 +931,7 @@ async fn call(
     target: &ResourceInfo,
     mutating: bool,
 ) -> Result<Option<Answer>, ApiError> {
-    let Some(prepared) = prepare(hook, attrs, target)? else {
+    let Some(prepared) = prepare(state, hook, attrs, target).await? else {
         return Ok(None);
     };
     finish(state, hook, attrs.req, prepared, mutating).await

@@ -15,8 +15,10 @@
 //! - [`schema`]: structural schema validation, pruning and defaulting of custom resources
 //!   ([`formats`]: the string formats it checks); [`cel`]: `x-kubernetes-validations` rules;
 //! - [`validation`]: upstream's validation of the CRD itself.
+//! - [`conversion`]: the `Webhook` conversion strategy (`ConversionReview`s).
 
 pub(crate) mod cel;
+pub(crate) mod conversion;
 mod formats;
 pub(crate) mod schema;
 mod validation;
@@ -82,6 +84,9 @@ pub(crate) struct Snapshot {
     /// One entry per served group version, groups sorted by name, versions by upstream's
     /// version priority (the first of a group is its preferred version).
     pub(crate) groups: Vec<GroupVersion>,
+    /// The conversion webhooks of the CRDs whose strategy is `Webhook`, by storage
+    /// (`<group>/<plural>`, [`ResourceInfo::storage`]).
+    webhooks: BTreeMap<&'static str, Arc<conversion::Webhook>>,
 }
 
 impl Snapshot {
@@ -96,6 +101,11 @@ impl Snapshot {
             .resources
             .iter()
             .find(|r| r.plural == plural)
+    }
+
+    /// The conversion webhook of the custom resources stored under `storage`, if any.
+    pub(crate) fn webhook(&self, storage: &str) -> Option<Arc<conversion::Webhook>> {
+        self.webhooks.get(storage).cloned()
     }
 }
 
@@ -133,7 +143,7 @@ fn intern(s: &str) -> &'static str {
 }
 
 /// Like [`intern`], for lists of names (short names, categories).
-fn intern_list(items: &[String]) -> &'static [&'static str] {
+pub(crate) fn intern_list(items: &[String]) -> &'static [&'static str] {
     static SET: LazyLock<Mutex<HashSet<&'static [&'static str]>>> = LazyLock::new(Default::default);
     let interned: Vec<&'static str> = items.iter().map(|s| intern(s)).collect();
     let mut set = SET.lock().unwrap_or_else(PoisonError::into_inner);
@@ -344,8 +354,13 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
 /// The snapshot serving `crds`.
 pub(crate) fn build_snapshot(crds: &BTreeMap<String, Value>) -> Snapshot {
     let mut by_gv: BTreeMap<(String, String), Vec<ResourceInfo>> = BTreeMap::new();
+    let mut webhooks = BTreeMap::new();
     for crd in crds.values() {
-        for info in entries_of(crd) {
+        let entries = entries_of(crd);
+        if let (Some(first), Some(webhook)) = (entries.first(), conversion::Webhook::of(crd)) {
+            webhooks.insert(first.storage, Arc::new(webhook));
+        }
+        for info in entries {
             // A built-in group version is never shadowed.
             if REGISTRY.group_version(info.group, info.version).is_some() {
                 continue;
@@ -373,7 +388,7 @@ pub(crate) fn build_snapshot(crds: &BTreeMap<String, Value>) -> Snapshot {
             .cmp(b.group)
             .then_with(|| version_priority(a.version).cmp(&version_priority(b.version)))
     });
-    Snapshot { groups }
+    Snapshot { groups, webhooks }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -656,8 +671,22 @@ async fn load(state: &AppState) -> Result<(BTreeMap<String, Value>, i64), ApiErr
         let obj = decode_stored(kv)?;
         crds.insert(crate::rest::object_meta_str(&obj, "name").to_string(), obj);
     }
-    state.crds.publish(build_snapshot(&crds));
+    publish(state, &crds, resp.revision);
     Ok((crds, resp.revision))
+}
+
+/// Serves `crds` (as of `revision`), and stops the watch caches of the custom resources they
+/// no longer serve (upstream tears down a removed CRD's storage and its cacher).
+fn publish(state: &AppState, crds: &BTreeMap<String, Value>, revision: i64) {
+    let snapshot = build_snapshot(crds);
+    let served: HashSet<Vec<u8>> = snapshot
+        .groups
+        .iter()
+        .flat_map(|g| &g.resources)
+        .map(|r| r.prefix(None))
+        .collect();
+    state.crds.publish(snapshot);
+    state.watch_cache.stop_unserved(&served, revision);
 }
 
 /// Serves the CRDs already in the store right away (called before the listener opens).
@@ -720,8 +749,8 @@ async fn run_once(state: &AppState) -> Result<(), ApiError> {
         let Some(next) = next else {
             return Ok(());
         };
-        let events = match next? {
-            WatchResponse::Events { events, .. } => events,
+        let (events, revision) = match next? {
+            WatchResponse::Events { events, revision } => (events, revision),
             WatchResponse::Progress { .. } => continue,
             WatchResponse::Compacted { .. } => {
                 return Err(ApiError::internal("CRD watch compacted"));
@@ -741,7 +770,7 @@ async fn run_once(state: &AppState) -> Result<(), ApiError> {
             }
             touched.push(name);
         }
-        state.crds.publish(build_snapshot(&crds));
+        publish(state, &crds, revision);
         // A name freed by a deleted CRD may let another one's names be accepted.
         let names: Vec<String> = crds.keys().cloned().collect();
         for name in names {

@@ -7,9 +7,9 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_as, decode_stored, encode_as, meta_str, metadata_mut,
-    new_uid, request_resource_version, served_form, set_resource_version, spec_part,
-    typed_roundtrip_checked,
+    FieldValidation, check_type, decode_served, decode_stored, encode_stored, meta_str,
+    metadata_mut, new_uid, read_back, request_resource_version, served_form, served_object,
+    served_objects, set_resource_version, spec_part, typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
 use crate::admission_webhook::Operation;
@@ -199,9 +199,31 @@ pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     if Part::of(ctx.target) != Some(Part::Approval) {
         check_subresource(ctx.target)?;
     }
-    let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
+    let key = info.key(ctx.ns(), name);
+    // With a resourceVersion, the watch cache answers once it is at least that fresh, if the
+    // type's cache is running (upstream's `Cacher.Get`; 504 "Too large resource version" as
+    // for lists); without one, or while the cache is not ready, the store.
+    let rv = ctx.query.get("resourceVersion").map_or("", String::as_str);
+    if !rv.is_empty() {
+        let min_revision = parse_resource_version(rv)?;
+        let cached = ctx
+            .state
+            .watch_cache
+            .list(info, &key, true, None, min_revision)
+            .await?;
+        if let Some(list) = cached {
+            let (_, obj) = list
+                .objects
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApiError::not_found(info, name))?;
+            let obj = served_object(ctx.state, info, obj.to_value()).await?;
+            return respond_object(ctx, StatusCode::OK, &obj);
+        }
+    }
+    let (_, kv) = ctx.state.store.get(&key, 0).await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-    let obj = decode_as(info, &kv)?;
+    let obj = decode_served(ctx.state, info, &kv).await?;
     respond_object(ctx, StatusCode::OK, &obj)
 }
 
@@ -283,15 +305,20 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
 /// ten times that).
 pub(crate) enum Listed {
     /// Shared with the watch cache (serialized once for every list and watch that sends it),
-    /// in the stored form: a custom resource gets its served `apiVersion` when written.
+    /// in the stored form: a custom resource gets its served `apiVersion` when written (a
+    /// custom resource read from the store is held so too: see [`convert_listed`]).
     Cached(Arc<CachedObject>),
     /// Read from the store (or converted from the cache's object), in the served form.
     Served(Arc<CachedObject>),
 }
 
 impl Listed {
-    /// A decoded stored object, in the form `info` serves, encoded.
+    /// A decoded stored object, in the form `info` serves, encoded. A custom resource keeps
+    /// its stored form, which its CRD's webhook may have to convert ([`convert_listed`]).
     fn served(info: &ResourceInfo, stored: Value) -> Listed {
+        if info.custom.is_some() {
+            return Listed::Cached(CachedObject::new(stored, &[]));
+        }
         Listed::Served(CachedObject::new(served_form(info, stored), &[]))
     }
 
@@ -308,6 +335,32 @@ impl Listed {
             Listed::Served(o) => o.to_value(),
         }
     }
+}
+
+/// A list's items in the served form when their CRD converts by webhook: every item stored in
+/// another version than the one listed is converted in one review, as upstream converts a
+/// list. Other lists are returned as they are.
+async fn convert_listed(
+    state: &AppState,
+    info: &ResourceInfo,
+    items: Vec<Listed>,
+) -> Result<Vec<Listed>, ApiError> {
+    if !crate::crd::conversion::by_webhook(state, info) {
+        return Ok(items);
+    }
+    let stored = items
+        .iter()
+        .map(|i| match i {
+            Listed::Cached(o) => o.to_value(),
+            // Already served (not made for custom resources): nothing to convert.
+            Listed::Served(o) => o.to_value(),
+        })
+        .collect();
+    Ok(served_objects(state, info, stored)
+        .await?
+        .into_iter()
+        .map(|o| Listed::Served(CachedObject::new(o, &[])))
+        .collect())
 }
 
 /// A page of a list.
@@ -477,9 +530,11 @@ pub(crate) async fn list_items(
             Some(key) => (key.clone(), true),
             None => (info.prefix(namespace), false),
         };
+        // A selector requiring one node name reads the cache's index of pods by node.
+        let value = crate::watch_cache::index_value(info, &selectors.fields);
         let cached = state
             .watch_cache
-            .list(info, &key_prefix, exact, min_revision)
+            .list(info, &key_prefix, exact, value, min_revision)
             .await;
         match cached {
             Ok(Some(list)) => {
@@ -653,7 +708,8 @@ async fn list_from_store(
 async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     let info = ctx.info();
     let selectors = Selectors::from_query(info, ctx.query)?;
-    let page = list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    let mut page = list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    page.items = convert_listed(ctx.state, info, page.items).await?;
     let mut meta = json!({ "resourceVersion": page.revision.to_string() });
     if let Some(t) = &page.token {
         meta["continue"] = json!(t);
@@ -995,6 +1051,7 @@ pub(crate) async fn create_object_as(
     }
     // A generated name that collides is generated again, as upstream does.
     let attempts = if name.is_empty() { 8 } else { 1 };
+    let webhook = crate::crd::conversion::by_webhook(state, info);
     for _ in 0..attempts {
         let this_name = if name.is_empty() {
             first_generated
@@ -1007,17 +1064,29 @@ pub(crate) async fn create_object_as(
             meta.insert("name".into(), json!(this_name));
         }
         if dry_run {
+            // Converted as a write would be (upstream's dry-run storage encodes and decodes).
+            if webhook {
+                let value = encode_stored(state, info, &obj).await?;
+                obj = read_back(state, info, &value, None).await?;
+            }
             return Ok((obj, warnings));
         }
         let key = info.key(path_ns, &this_name);
+        // What a webhook-converted create answers is read back from what it stored.
+        let mut written = None;
         let outcome = if is_service(info) {
             crate::services::create(state, info, &key, &mut obj).await?
         } else {
-            state.store.create(&key, encode_as(info, &obj)?, 0).await?
+            let value = encode_stored(state, info, &obj).await?;
+            written = webhook.then(|| value.clone());
+            state.store.create(&key, value, 0).await?
         };
         match outcome {
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut obj, revision);
+                if let Some(bytes) = &written {
+                    obj = read_back(state, info, bytes, Some(revision)).await?;
+                }
                 tracing::debug!(name = %this_name, revision, "created");
                 return Ok((obj, warnings));
             }
@@ -1156,10 +1225,15 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
     )
 }
 
-/// A CRD must pass upstream's CRD validation (see [`crate::crd::validate_crd`]); a custom
-/// resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
+/// A built-in object must pass upstream's validation of its type
+/// ([`crate::validation::validate_builtin`]), a CRD upstream's CRD validation (see
+/// [`crate::crd::validate_crd`]); a custom resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
 /// on updates for ratcheting and transition rules).
 fn check_crd(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let causes = crate::validation::validate_builtin(info, obj, old);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, meta_str(obj, "name"), causes));
+    }
     if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
         let causes = crate::crd::validate_custom_resource(schema, obj, old);
         if !causes.is_empty() {
@@ -1337,7 +1411,7 @@ where
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let old = decode_as(info, &kv)?;
+        let old = decode_served(state, info, &kv).await?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
         if let Some(admit) = admit {
@@ -1406,10 +1480,17 @@ where
         }
         // An unchanged object is written anyway if it is stored with an old encryption key
         // (upstream's stale read: how `kubectl replace` re-encrypts).
+        if dry_run && crate::crd::conversion::by_webhook(state, info) {
+            // Converted as a write would be (upstream's dry-run storage encodes and decodes).
+            let value = encode_stored(state, info, &new).await?;
+            return read_back(state, info, &value, Some(kv.mod_revision)).await;
+        }
         if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
             return Ok(new);
         }
-        let value = encode_as(info, &new)?;
+        let value = encode_stored(state, info, &new).await?;
+        // What a webhook-converted update answers is read back from what it stored.
+        let written = crate::crd::conversion::by_webhook(state, info).then(|| value.clone());
         let outcome = if is_service(info) {
             match crate::services::update(state, key, kv.mod_revision, value, &old, &new).await? {
                 crate::services::UpdateOutcome::Written { revision } => {
@@ -1444,6 +1525,9 @@ where
         match outcome {
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
+                if let Some(bytes) = &written {
+                    new = read_back(state, info, bytes, Some(revision)).await?;
+                }
                 tracing::debug!(name, revision, "updated");
                 return Ok(new);
             }
@@ -2318,7 +2402,7 @@ pub(crate) async fn delete_object(
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(&key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let mut obj = decode_as(info, &kv)?;
+        let mut obj = decode_served(state, info, &kv).await?;
         if let Some(p) = &opts.preconditions {
             let uid = meta_str(&obj, "uid");
             if let Some(want) = p.uid.as_deref().filter(|w| *w != uid) {
@@ -2359,7 +2443,12 @@ pub(crate) async fn delete_object(
                 NamespaceStep::Write => {
                     match state
                         .store
-                        .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
+                        .update(
+                            &key,
+                            encode_stored(state, info, &obj).await?,
+                            kv.mod_revision,
+                            0,
+                        )
                         .await?
                     {
                         WriteOutcome::Written { revision } => {
@@ -2410,7 +2499,12 @@ pub(crate) async fn delete_object(
             }
             match state
                 .store
-                .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
+                .update(
+                    &key,
+                    encode_stored(state, info, &obj).await?,
+                    kv.mod_revision,
+                    0,
+                )
                 .await?
             {
                 WriteOutcome::Written { revision } => {

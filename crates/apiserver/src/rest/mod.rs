@@ -33,7 +33,8 @@ use crate::status::ApiError;
 pub(crate) use handlers::{DeleteOptions, create_object, delete_object, guaranteed_update};
 pub(crate) use object::{
     FieldValidation, decode_stored, encode_for_store, labels as object_labels,
-    meta_str as object_meta_str, metadata_mut, new_uid, served_form, set_resource_version,
+    meta_str as object_meta_str, metadata_mut, new_uid, served_form, served_object,
+    set_resource_version,
 };
 pub(crate) use patch::{PatchKind, apply as apply_patch};
 

@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::handlers::{Ctx, Selectors};
-use super::object::set_resource_version;
+use super::object::{served_object, served_objects, set_resource_version};
 use super::table::{to_table, wants_table};
 use super::{Query, flag, stream_response};
 use crate::registry::ResourceInfo;
+use crate::server::AppState;
 use crate::status::ApiError;
 use crate::watch_cache::{CachedEvent, CachedObject, Message, Start};
 
@@ -55,14 +56,18 @@ impl WatchSpec {
         Bytes::from(serde_json::to_vec(&object).unwrap_or_default())
     }
 
+    /// Whether this watch decodes the objects it sends (a table, a version served by
+    /// conversion): their encodings are shared through the events' `encoded`.
+    fn decodes(&self) -> bool {
+        self.table || self.info.conversion.is_some()
+    }
+
     /// What the encoding of an event's object for this watch depends on (`which`: the new
     /// state or the previous one at the event's revision), when it decodes objects: the
-    /// served version and, for tables, `includeObject`. Tables of custom resources are not
-    /// shared (their columns come from the CRD snapshot the watch started with).
+    /// served version and, for tables, `includeObject` and, for custom resources, the columns
+    /// of the CRD snapshot the watch started with.
     fn encoded_key(&self, which: &str) -> Option<String> {
-        if !(self.table || self.info.conversion.is_some())
-            || (self.table && self.info.custom.is_some())
-        {
+        if !self.decodes() {
             return None;
         }
         let include = self.table.then(|| {
@@ -70,11 +75,29 @@ impl WatchSpec {
                 .get("includeObject")
                 .map_or("Metadata", String::as_str)
         });
+        let columns = match &self.info.custom {
+            Some(custom) if self.table => format!(" {:?}", custom.columns),
+            _ => String::new(),
+        };
         Some(format!(
-            "{which} {} {} {include:?}",
+            "{which} {} {} {include:?}{columns}",
             self.info.api_version(),
             self.info.plural
         ))
+    }
+
+    /// The initial ADDED line of `obj`; `latest`: the change that made it (see
+    /// `Subscription::latest`), whose encodings watches that decode objects share.
+    fn initial_line(&self, obj: &CachedObject, latest: Option<&CachedEvent>) -> Bytes {
+        match (latest, self.encoded_key("object")) {
+            (Some(ev), Some(key)) => {
+                let object = ev
+                    .encoded
+                    .get_or_encode(&key, || self.object_json(self.served(obj.to_value())));
+                wrap("ADDED", &object)
+            }
+            _ => self.object_line("ADDED", obj),
+        }
     }
 
     /// [`object_line`](Self::object_line) of an event's object, encoded once per event for
@@ -158,6 +181,68 @@ impl WatchSpec {
     }
 }
 
+impl WatchSpec {
+    /// The line for one change of a custom resource whose CRD converts by webhook, if this
+    /// watcher sees it (the events of [`convert`](Self::convert)): its object converted once
+    /// per event and served version for all the watchers of that version.
+    async fn webhook_line(
+        &self,
+        state: &AppState,
+        ev: &Arc<CachedEvent>,
+    ) -> Result<Option<Bytes>, ApiError> {
+        let prev_matches = ev
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.selectors.matches(&**p));
+        let (kind, previous) = match ev.kind {
+            EventKind::Put => match (&ev.prev, prev_matches, self.selectors.matches(&*ev.object)) {
+                (_, true, true) => ("MODIFIED", false),
+                (_, false, true) => ("ADDED", false),
+                (Some(_), true, false) => ("DELETED", true),
+                _ => return Ok(None),
+            },
+            EventKind::Delete if prev_matches => ("DELETED", false),
+            EventKind::Delete => return Ok(None),
+        };
+        let which = if previous { "previous" } else { "object" };
+        let key = format!("webhook {which} {}", self.info.api_version());
+        let object = crate::crd::conversion::once_per_event(ev, &key, async {
+            let stored = match (previous, &ev.prev) {
+                (true, Some(prev)) => {
+                    let mut old = prev.to_value();
+                    set_resource_version(&mut old, ev.revision);
+                    old
+                }
+                _ => ev.object.to_value(),
+            };
+            let served = served_object(state, &self.info, stored).await?;
+            serde_json::to_vec(&served)
+                .map(Bytes::from)
+                .map_err(ApiError::internal)
+        })
+        .await?;
+        if !self.table {
+            return Ok(Some(wrap(kind, &object)));
+        }
+        let served: Value = serde_json::from_slice(&object).map_err(ApiError::internal)?;
+        Ok(Some(wrap(kind, &self.object_json(served))))
+    }
+
+    /// The line for one change: [`convert`](Self::convert), or [`webhook_line`](Self::webhook_line).
+    async fn event_line(
+        &self,
+        state: &AppState,
+        webhook: bool,
+        ev: &Arc<CachedEvent>,
+    ) -> Result<Option<Bytes>, ApiError> {
+        if webhook {
+            self.webhook_line(state, ev).await
+        } else {
+            Ok(self.convert(ev))
+        }
+    }
+}
+
 /// A watch event line around an encoded object.
 fn wrap(kind: &str, object: &[u8]) -> Bytes {
     let mut bytes = Vec::with_capacity(object.len() + 32);
@@ -222,10 +307,21 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         _ => (info.prefix(ctx.ns()), false),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    // A watch that requires one node name (a kubelet's) is offered only the changes of pods
+    // that are or were on that node.
+    let value = crate::watch_cache::index_value(info, &spec.selectors.fields);
     let sub = ctx
         .state
         .watch_cache
-        .subscribe(info, &scope, exact, start, spec.bookmarks)
+        .subscribe(
+            info,
+            &scope,
+            exact,
+            value,
+            start,
+            spec.bookmarks,
+            spec.decodes(),
+        )
         .await;
     let mut sub = match sub {
         Ok(sub) => sub,
@@ -241,21 +337,60 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         }
     };
     let mut shutdown = ctx.state.shutdown.clone();
+    // A CRD converting by webhook: objects are converted by calling it (a failure ends the
+    // watch with an ERROR event).
+    let webhook = crate::crd::conversion::by_webhook(ctx.state, info);
+    let state = ctx.state.clone();
     tokio::spawn(async move {
-        for obj in std::mem::take(&mut sub.objects) {
-            if spec.selectors.matches(&*obj)
-                && tx.send(Ok(spec.object_line("ADDED", &obj))).await.is_err()
-            {
-                return;
+        let objects = std::mem::take(&mut sub.objects);
+        let latest = std::mem::take(&mut sub.latest);
+        if webhook {
+            // The initial state in one review, as a list.
+            let stored: Vec<Value> = objects
+                .iter()
+                .filter(|o| spec.selectors.matches(&***o))
+                .map(|o| o.to_value())
+                .collect();
+            match served_objects(&state, &spec.info, stored).await {
+                Ok(served) => {
+                    for obj in served {
+                        if tx.send(Ok(spec.line("ADDED", obj))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Ok(error_line(&e))).await;
+                    return;
+                }
+            }
+        } else {
+            let mut latest = latest.into_iter();
+            for obj in objects {
+                let made_by = latest.next().flatten();
+                if spec.selectors.matches(&*obj)
+                    && tx
+                        .send(Ok(spec.initial_line(&obj, made_by.as_deref())))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
             }
         }
         if send_initial && spec.bookmarks {
             let _ = tx.send(Ok(spec.bookmark(sub.revision, true))).await;
         }
         for ev in std::mem::take(&mut sub.events) {
-            if let Some(line) = spec.convert(&ev)
-                && tx.send(Ok(line)).await.is_err()
-            {
+            let line = match spec.event_line(&state, webhook, &ev).await {
+                Ok(Some(line)) => line,
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = tx.send(Ok(error_line(&e))).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -269,9 +404,13 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
                 msg = sub.rx.recv() => match msg {
                     // Terminated (too slow) or the cache stopped: the client watches again.
                     None => return,
-                    Some(Message::Event(ev)) => match spec.convert(&ev) {
-                        Some(line) => line,
-                        None => continue,
+                    Some(Message::Event(ev)) => match spec.event_line(&state, webhook, &ev).await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Ok(error_line(&e))).await;
+                            return;
+                        }
                     },
                     Some(Message::Bookmark(revision)) if spec.bookmarks => {
                         spec.bookmark(revision, false)
@@ -380,6 +519,100 @@ mod tests {
             ..del
         };
         assert_eq!(event_type(&spec, &del_other), None);
+    }
+
+    /// A watch that decodes objects writes an initial ADDED with the encoding of the change
+    /// that made the object (shared with the other such watches, and with that change's own
+    /// line), and without one as before.
+    #[test]
+    fn initial_added_lines_share_the_encoding_of_the_latest_change() {
+        let info = REGISTRY.find("", "v1", "configmaps").expect("cm");
+        let table = || WatchSpec {
+            info: info.clone(),
+            selectors: Selectors::from_query(info, &Query::new()).expect("selector"),
+            table: true,
+            query: Query::new(),
+            bookmarks: false,
+        };
+        let object = obj("a", json!({"app": "web"}), 5);
+        let ev = put(None, object.clone(), 5);
+        let lines: Vec<Bytes> = (0..3)
+            .map(|_| table().initial_line(&object, Some(&ev)))
+            .collect();
+        assert_eq!(ev.encoded.len(), 1, "one encoding for three watches");
+        assert!(lines.iter().all(|l| *l == lines[0]));
+        assert_eq!(lines[0], table().object_line("ADDED", &object));
+        // The change's own ADDED line is that encoding too.
+        assert_eq!(table().convert(&ev).as_ref(), Some(&lines[0]));
+        assert_eq!(ev.encoded.len(), 1);
+        // Without the change (no longer in the ring): encoded for the watch alone.
+        assert_eq!(table().initial_line(&object, None), lines[0]);
+        // A plain watch writes the cached JSON and keeps no encoding.
+        let plain = WatchSpec {
+            table: false,
+            ..table()
+        };
+        let other = put(None, object.clone(), 5);
+        let line = plain.initial_line(&object, Some(&other));
+        assert_eq!(other.encoded.len(), 0);
+        assert_eq!(line, plain.object_line("ADDED", &object));
+    }
+
+    /// Table watches of a custom resource share an event's Table while their CRD's columns are
+    /// the same; a watch that started with other columns gets its own.
+    #[test]
+    fn custom_resource_tables_are_shared_by_watches_with_the_same_columns() {
+        let crd = |column: &str| {
+            let crd = json!({
+                "metadata": {"name": "widgets.example.com"},
+                "spec": {"group": "example.com", "scope": "Namespaced",
+                         "names": {"plural": "widgets", "kind": "Widget"},
+                         "versions": [{"name": "v1", "served": true, "storage": true,
+                             "additionalPrinterColumns": [
+                                 {"name": column, "type": "string", "jsonPath": ".spec.size"}]}]},
+                "status": {"acceptedNames": {"plural": "widgets", "kind": "Widget"},
+                           "conditions": [{"type": "Established", "status": "True"}]},
+            });
+            let snapshot = crate::crd::build_snapshot(&std::collections::BTreeMap::from([(
+                "widgets.example.com".into(),
+                crd,
+            )]));
+            snapshot
+                .find("example.com", "v1", "widgets")
+                .expect("served")
+                .clone()
+        };
+        let table = |info: &ResourceInfo| WatchSpec {
+            info: info.clone(),
+            selectors: Selectors::from_query(info, &Query::new()).expect("selector"),
+            table: true,
+            query: Query::new(),
+            bookmarks: false,
+        };
+        let size = crd("Size");
+        let widget = CachedObject::new(
+            json!({
+                "apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w", "namespace": "default", "resourceVersion": "7"},
+                "spec": {"size": "big"},
+            }),
+            &[],
+        );
+        let ev = put(None, widget, 7);
+        let lines: Vec<Bytes> = (0..3).filter_map(|_| table(&size).convert(&ev)).collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| *l == lines[0]));
+        assert_eq!(ev.encoded.len(), 1, "one Table for the three watches");
+        // Another snapshot with the same columns shares it too.
+        assert_eq!(table(&crd("Size")).convert(&ev).as_ref(), Some(&lines[0]));
+        assert_eq!(ev.encoded.len(), 1);
+        let other = table(&crd("Bigness")).convert(&ev).expect("line");
+        assert_eq!(ev.encoded.len(), 2, "other columns: another Table");
+        let v: Value = serde_json::from_slice(&other).expect("json");
+        assert_eq!(v["object"]["columnDefinitions"][1]["name"], "Bigness");
+        assert_eq!(v["object"]["rows"][0]["cells"], json!(["w", "big"]));
+        let v: Value = serde_json::from_slice(&lines[0]).expect("json");
+        assert_eq!(v["object"]["columnDefinitions"][1]["name"], "Size");
     }
 
     /// Watches that decode objects (tables, versions served by conversion) share one encoding
