@@ -806,3 +806,82 @@ async fn service_metadata_is_validated_on_create_and_every_update() {
     .expect("the last finalizer removed");
     assert!(svcs.get_opt("m").await.expect("get").is_none());
 }
+
+/// An update retried after a compare-and-swap conflict is charged to the namespace's quotas
+/// once: a Service turned into a `NodePort` one while other writers change its labels (its
+/// write loses compare-and-swaps and is admitted again against the object it then replaces)
+/// adds one node port to `status.used`, however many attempts it took. A race: each round
+/// gives the retry a chance; with the double charge, some round shows two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_update_charges_the_quota_once() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "default");
+    let hard = serde_json::json!({"services.nodeports": "1000"});
+    quotas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "q"}, "spec": {"hard": hard},
+            }))
+            .expect("quota"),
+        )
+        .await
+        .expect("create quota");
+    // What the resourcequota controller would write (there is none here).
+    quotas
+        .patch_status(
+            "q",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"hard": hard,
+                "used": {"services.nodeports": "0"}}})),
+        )
+        .await
+        .expect("quota status");
+    let svcs: Api<Service> = Api::namespaced(client, "default");
+    svcs.create(
+        &PostParams::default(),
+        &service(serde_json::json!({"metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80}]}})),
+    )
+    .await
+    .expect("create");
+    let set_type = |ty: &str| Patch::Merge(serde_json::json!({"spec": {"type": ty}}));
+    for round in 1..=15 {
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let svcs = svcs.clone();
+                let mut labels = serde_json::Map::new();
+                labels.insert(format!("w{i}"), round.to_string().into());
+                tokio::spawn(async move {
+                    svcs.patch(
+                        "s",
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"metadata": {"labels": labels}})),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        svcs.patch("s", &PatchParams::default(), &set_type("NodePort"))
+            .await
+            .expect("to NodePort");
+        for w in writers {
+            w.await.expect("writer").expect("label");
+        }
+        // Back to ClusterIP: nothing is given back (the controller's recount would).
+        svcs.patch("s", &PatchParams::default(), &set_type("ClusterIP"))
+            .await
+            .expect("to ClusterIP");
+        let used = quotas
+            .get("q")
+            .await
+            .expect("quota")
+            .status
+            .and_then(|s| s.used)
+            .and_then(|u| u.get("services.nodeports").cloned())
+            .expect("used");
+        assert_eq!(used.0, round.to_string(), "round {round}");
+    }
+}

@@ -1231,6 +1231,8 @@ pub(crate) async fn guaranteed_update_admitted<F>(
 where
     F: FnMut(&Value) -> Result<Value, ApiError>,
 {
+    // What the quotas were charged by the attempts that lost a compare-and-swap.
+    let mut quota_charged = crate::quota::Charged::default();
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
@@ -1264,7 +1266,8 @@ where
                 && crate::quota::handles_update(info)
                 && old.get("spec") != new.get("spec")
             {
-                crate::quota::admit_update(state, info, &old, &new, dry_run).await?;
+                crate::quota::admit_update(state, info, &old, &new, dry_run, &mut quota_charged)
+                    .await?;
             }
         }
         // The update that leaves an object being deleted without finalizers deletes it
