@@ -1,6 +1,7 @@
-//! `/version`, `/healthz`, `/livez`, `/readyz` and `/metrics`.
+//! `/version`, `/healthz`, `/livez`, `/readyz` (and each check alone, `/readyz/etcd`) and
+//! `/metrics`.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -51,8 +52,9 @@ async fn checks(state: &AppState, ready: bool) -> Vec<Check> {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
+        // Upstream's name for the storage check (K3s' kine answers to it too).
         out.push(Check {
-            name: "datastore",
+            name: "etcd",
             error: datastore,
         });
         let bootstrap = (!state.bootstrapped()).then(|| "not finished".to_string());
@@ -127,6 +129,46 @@ pub(crate) async fn livez(State(s): State<AppState>, uri: Uri) -> Response {
 
 pub(crate) async fn readyz(State(s): State<AppState>, uri: Uri) -> Response {
     health(&s, &uri, "readyz", true).await
+}
+
+/// One check alone (`/readyz/etcd`, `/livez/ping`), as upstream: `ok`, 500 `internal server
+/// error: <why>` when it fails, 404 for a check the endpoint does not have.
+async fn single(state: &AppState, check: &str, ready: bool) -> Response {
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    match checks(state, ready)
+        .await
+        .into_iter()
+        .find(|c| c.name == check)
+    {
+        None => (
+            StatusCode::NOT_FOUND,
+            text,
+            "404 page not found\n".to_string(),
+        )
+            .into_response(),
+        Some(Check { error: None, .. }) => (StatusCode::OK, text, "ok".to_string()).into_response(),
+        Some(Check { error: Some(e), .. }) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            text,
+            format!("internal server error: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+pub(crate) async fn healthz_check(
+    State(s): State<AppState>,
+    Path(check): Path<String>,
+) -> Response {
+    single(&s, &check, true).await
+}
+
+pub(crate) async fn livez_check(State(s): State<AppState>, Path(check): Path<String>) -> Response {
+    single(&s, &check, false).await
+}
+
+pub(crate) async fn readyz_check(State(s): State<AppState>, Path(check): Path<String>) -> Response {
+    single(&s, &check, true).await
 }
 
 pub(crate) async fn metrics(State(s): State<AppState>) -> Response {

@@ -69,10 +69,16 @@ impl AppState {
 
 fn router(state: AppState) -> Router {
     Router::new()
+        // go-restful serves these roots with and without the trailing slash (the Python
+        // client asks for `/version/`, `/api/`, `/apis/`).
         .route("/version", get(crate::health::version))
+        .route("/version/", get(crate::health::version))
         .route("/healthz", get(crate::health::healthz))
+        .route("/healthz/{*check}", get(crate::health::healthz_check))
         .route("/livez", get(crate::health::livez))
+        .route("/livez/{*check}", get(crate::health::livez_check))
         .route("/readyz", get(crate::health::readyz))
+        .route("/readyz/{*check}", get(crate::health::readyz_check))
         .route("/metrics", get(crate::health::metrics))
         .route(
             crate::auth::serviceaccount::OPENID_CONFIG_PATH,
@@ -86,8 +92,10 @@ fn router(state: AppState) -> Router {
         .route("/openapi/v3", get(crate::openapi::index))
         .route("/openapi/v3/{*path}", get(crate::openapi::group_version))
         .route("/api", any(crate::rest::serve))
+        .route("/api/", any(crate::rest::serve))
         .route("/api/{*rest}", any(crate::rest::serve))
         .route("/apis", any(crate::rest::serve))
+        .route("/apis/", any(crate::rest::serve))
         .route("/apis/{*rest}", any(crate::rest::serve))
         .fallback(|| async {
             (

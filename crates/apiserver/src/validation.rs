@@ -1,4 +1,39 @@
-//! Name validation as upstream (`k8s.io/apimachinery/pkg/util/validation`), with its messages.
+//! Validation as upstream: names and the other rules of `k8s.io/apimachinery/pkg/util/validation`
+//! with their messages (this file), and the per-type validation of built-in objects
+//! (`pkg/apis/*/validation`: [`validate_builtin`]) — `metadata` of every object ([`meta`]),
+//! core/v1 ([`core`]), the workload groups apps/v1 and batch/v1 ([`apps`]), CSRs
+//! ([`certificates`]).
+
+mod apps;
+mod certificates;
+mod core;
+mod meta;
+
+use serde_json::Value;
+
+use crate::registry::ResourceInfo;
+use crate::status::Cause;
+
+/// Upstream's validation of a built-in object as it will be stored (`ValidateXxx` on create,
+/// `ValidateXxxUpdate` with the stored `old` on update of the main resource), as 422 causes.
+/// Custom resources are validated by their schema instead (`crd`).
+pub(crate) fn validate_builtin(
+    info: &ResourceInfo,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Vec<Cause> {
+    if info.custom.is_some() {
+        return Vec::new();
+    }
+    let mut causes = meta::validate(info, obj, old);
+    causes.extend(match info.group {
+        "" => core::validate(info, obj, old),
+        "apps" | "batch" => apps::validate(info, obj, old),
+        "certificates.k8s.io" => certificates::validate(info, obj, old),
+        _ => Vec::new(),
+    });
+    causes
+}
 
 /// Which rule an object's name follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,10 +17,17 @@
 //! - If the datastore watch fails it is re-established from the cache's revision; if that
 //!   history is compacted, the cache lists again, replaces its state, empties its ring and
 //!   terminates every watcher (upstream does the same on a re-list).
-//! - The cache stops with the server (`AppState.shutdown`) or when the store closes.
+//! - Pods are indexed by `spec.nodeName` (upstream's trigger and indexer of pods): a watch
+//!   whose field selector requires one node name (a kubelet's) is offered only the changes of
+//!   pods whose old or new node name is that one, and a list with that selector reads the
+//!   index instead of scanning ([`indexed_field`]). Upstream indexes nothing else (no labels).
+//! - The cache stops with the server (`AppState.shutdown`) or when the store closes; a custom
+//!   resource's cache also when its CRD is deleted or no longer served
+//!   ([`WatchCaches::stop_unserved`]), giving its memory back (a re-created CRD starts a new
+//!   one). Built-in types' caches are never stopped, as upstream's.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::registry::ResourceInfo;
 use crate::rest::decode_stored;
-use crate::selectors::{Selectable, field_at, field_text};
+use crate::selectors::{FieldSelector, Selectable, field_at, field_text};
 use crate::status::ApiError;
 
 /// How many recent changes a prefix's cache keeps for watches that resume from a revision.
@@ -104,6 +111,26 @@ pub(crate) fn selectable_fields(info: &ResourceInfo) -> Vec<&'static str> {
         .map(|f| info.conversion.map_or(*f, |c| c.field_label(f)))
         .filter(|f| *f != "metadata.name" && *f != "metadata.namespace")
         .collect()
+}
+
+/// The field a cache of `info`'s storage indexes its objects and watchers by, as upstream's
+/// `TriggerFunc`/`Indexers`: pods by `spec.nodeName` (what each kubelet watches). Upstream
+/// indexes no other type this way (nodes by `metadata.name`, which the exact-key scope of a
+/// watch already covers).
+pub(crate) fn indexed_field(info: &ResourceInfo) -> Option<&'static str> {
+    (info.storage == "pods" && info.custom.is_none() && info.fields.contains(&"spec.nodeName"))
+        .then_some("spec.nodeName")
+}
+
+/// The value of `info`'s indexed field that `fields` requires (`spec.nodeName=<node>`, also
+/// an empty one), if it requires one: upstream's `RequiresExactMatch` on the trigger field.
+pub(crate) fn index_value<'a>(info: &ResourceInfo, fields: &'a FieldSelector) -> Option<&'a str> {
+    let field = indexed_field(info)?;
+    fields
+        .terms
+        .iter()
+        .find(|t| t.equal && t.field == field)
+        .map(|t| t.value.as_str())
 }
 
 impl CachedObject {
@@ -301,6 +328,10 @@ pub(crate) enum Start {
 pub(crate) struct Subscription {
     /// For [`Start::State`]: the objects, in key order.
     pub(crate) objects: Vec<Arc<CachedObject>>,
+    /// For [`Start::State`], when asked for (`share`): for each object of `objects`, the
+    /// change in the ring that made it what it is, if the ring still has it — its `encoded`
+    /// is where the watches that decode objects share the object's encodings.
+    pub(crate) latest: Vec<Option<Arc<CachedEvent>>>,
     /// For [`Start::After`]: the ring's changes after the revision.
     pub(crate) events: Vec<Arc<CachedEvent>>,
     /// The revision `objects`/`events` bring the watcher to.
@@ -336,15 +367,20 @@ impl WatchCaches {
 
     /// Registers a watch of the keys under `key_prefix` (a namespace's part of `info`'s
     /// storage prefix, or all of it; `exact`: of the one key `key_prefix`), served by the cache
-    /// of `info`'s storage prefix.
+    /// of `info`'s storage prefix. `value`: the value of the type's indexed field its selector
+    /// requires ([`index_value`]): it is offered only the changes of objects that have (or had)
+    /// that value. `share`: fill [`Subscription::latest`] (for a watch that decodes objects).
+    #[allow(clippy::too_many_arguments)]
     #[tracing::instrument(level = "debug", skip_all, fields(resource = info.plural, ?start))]
     pub(crate) async fn subscribe(
         &self,
         info: &ResourceInfo,
         key_prefix: &[u8],
         exact: bool,
+        value: Option<&str>,
         start: Start,
         bookmarks: bool,
+        share: bool,
     ) -> Result<Subscription, ApiError> {
         let hint = match start {
             Start::After(rv) => rv,
@@ -356,13 +392,14 @@ impl WatchCaches {
             Start::State { min_revision } => min_revision,
         };
         cache.wait_fresh(needed).await?;
-        cache.register(key_prefix, exact, start, bookmarks)
+        cache.register_indexed(key_prefix, exact, value, start, bookmarks, share)
     }
 
     /// A list from the cache of `info`'s storage prefix: the objects whose keys start with
-    /// `key_prefix` (or, `exact`, the one object
-    /// with that key), in key order, at the cache's revision once it has reached
-    /// `min_revision` (0: whatever it has). Waits at most [`FRESH_TIMEOUT`] for that revision,
+    /// `key_prefix` (or, `exact`, the one object with that key; `value`: only those whose
+    /// indexed field has that value, read from the index), in key order, at the cache's
+    /// revision once it has reached `min_revision` (0: whatever it has). A `get` with a
+    /// resourceVersion is the `exact` list of its key (upstream's `Cacher.Get`). Waits at most [`FRESH_TIMEOUT`] for that revision,
     /// then 504 (upstream's "Too large resource version"). `None` while the cache is not
     /// running or has not finished its initial list (or has stopped): the caller reads the
     /// store, as upstream does while its cacher initializes, and starts the cache
@@ -373,6 +410,7 @@ impl WatchCaches {
         info: &ResourceInfo,
         key_prefix: &[u8],
         exact: bool,
+        value: Option<&str>,
         min_revision: i64,
     ) -> Result<Option<CachedList>, ApiError> {
         let running = self
@@ -389,19 +427,11 @@ impl WatchCaches {
         if st.stopped {
             return Ok(None);
         }
-        let objects = if exact {
-            st.objects
-                .get_key_value(key_prefix)
-                .map(|(k, o)| (k.clone(), o.clone()))
-                .into_iter()
-                .collect()
-        } else {
-            st.objects
-                .range(key_prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(key_prefix))
-                .map(|(k, o)| (k.clone(), o.clone()))
-                .collect()
-        };
+        let objects = st
+            .select(key_prefix, exact, value)
+            .into_iter()
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
         Ok(Some(CachedList {
             objects,
             revision: st.revision,
@@ -423,7 +453,10 @@ impl WatchCaches {
         if let Some(c) = caches.get(&prefix) {
             return c.clone();
         }
-        let cache = Arc::new(Cache::new(prefix.clone(), selectable_fields(info)));
+        let mut cache = Cache::new(prefix.clone(), selectable_fields(info));
+        cache.custom = info.custom.is_some();
+        cache.lock().set_index(indexed_field(info));
+        let cache = Arc::new(cache);
         caches.insert(prefix, cache.clone());
         tokio::spawn(
             cache
@@ -431,6 +464,44 @@ impl WatchCaches {
                 .run(self.store.clone(), self.shutdown.clone(), hint),
         );
         cache
+    }
+
+    /// Stops the caches of custom resources whose storage prefix is not in `served` (their
+    /// CRD was deleted or no longer serves them), as upstream tears down a removed CRD's
+    /// storage: their memory is given back, their watchers' streams end, and the next use of
+    /// the prefix (a re-created CRD) starts a new cache from the store. Each stops once it has
+    /// applied the changes up to `revision` (the CRD change's: the deletes of the custom
+    /// resources reach its watchers first), or after [`FRESH_TIMEOUT`]. Built-in types'
+    /// caches are never stopped.
+    pub(crate) fn stop_unserved(&self, served: &HashSet<Vec<u8>>, revision: i64) {
+        let mut stopping = Vec::new();
+        self.caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|prefix, cache| {
+                let keep = !cache.custom || served.contains(prefix);
+                if !keep {
+                    stopping.push(cache.clone());
+                }
+                keep
+            });
+        for cache in stopping {
+            tracing::info!(
+                prefix = %String::from_utf8_lossy(&cache.prefix),
+                "watch cache: stopping (the custom resource is no longer served)"
+            );
+            tokio::spawn(async move {
+                // Too large (it did not catch up in time): stop all the same.
+                let _ = cache.wait_fresh(revision).await;
+                cache.stop.send_replace(true);
+            });
+        }
+    }
+
+    /// How many caches are running.
+    #[cfg(test)]
+    fn running(&self) -> usize {
+        self.caches.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -440,6 +511,9 @@ struct Slot {
     /// The keys it sees: those starting with `scope`, or (`exact`) that one key.
     scope: Vec<u8>,
     exact: bool,
+    /// The value of the cache's indexed field its selector requires (never with `exact`):
+    /// it is in `State.value_watchers` instead of `State.by_scope`.
+    value: Option<Box<str>>,
     tx: mpsc::Sender<Message>,
     /// When the next bookmark is due, if the watcher wants them.
     next_bookmark: Option<Instant>,
@@ -459,6 +533,13 @@ struct State {
     /// The watchers by `Slot.scope`: a change is offered to those of the storage prefix, of
     /// its key's namespace and of its key only, not to every watcher of the prefix.
     by_scope: HashMap<Vec<u8>, Vec<u64>>,
+    /// The field objects and watchers are indexed by ([`indexed_field`]), if any.
+    index: Option<&'static str>,
+    /// The keys of the objects by the value of their indexed field.
+    by_value: HashMap<Box<str>, BTreeSet<Vec<u8>>>,
+    /// The watchers that require a value of the indexed field (`Slot.value`), by that value:
+    /// a change is offered to those of its object's new and previous values only.
+    value_watchers: HashMap<Box<str>, Vec<u64>>,
     next_id: u64,
     stopped: bool,
     /// The field paths each object keeps the values of ([`selectable_fields`]).
@@ -480,6 +561,7 @@ impl State {
                     }
                 };
                 let prev = self.objects.insert(key.clone(), obj.clone());
+                self.reindex(&key, prev.as_deref(), Some(&obj));
                 CachedEvent {
                     key,
                     revision,
@@ -490,9 +572,9 @@ impl State {
                 }
             }
             EventKind::Delete => {
-                let prev = self
-                    .objects
-                    .remove(&key)
+                let removed = self.objects.remove(&key);
+                self.reindex(&key, removed.as_deref(), None);
+                let prev = removed
                     .or_else(|| {
                         let kv = ev.prev_kv.as_ref()?;
                         decode_stored(kv)
@@ -540,17 +622,97 @@ impl State {
                 }
             })
             .collect();
+        self.by_value.clear();
+        if let Some(field) = self.index {
+            for (key, obj) in &self.objects {
+                self.by_value
+                    .entry(obj.field(field).into())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
         self.ring.clear();
         self.oldest = revision;
         self.revision = revision;
         self.clear_watchers();
     }
 
+    /// Indexes objects and watchers by `index` (set before the initial list).
+    fn set_index(&mut self, index: Option<&'static str>) {
+        self.index = index;
+    }
+
+    /// Moves `key` in the index from its value in `before` to its value in `after`.
+    fn reindex(&mut self, key: &[u8], before: Option<&CachedObject>, after: Option<&CachedObject>) {
+        let Some(field) = self.index else {
+            return;
+        };
+        let old = before.map(|o| o.field(field));
+        let new = after.map(|o| o.field(field));
+        if old == new {
+            return;
+        }
+        if let Some(old) = old
+            && let Some(keys) = self.by_value.get_mut(&*old)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_value.remove(&*old);
+            }
+        }
+        if let Some(new) = new {
+            match self.by_value.get_mut(&*new) {
+                Some(keys) => {
+                    keys.insert(key.to_vec());
+                }
+                None => {
+                    self.by_value
+                        .insert(new.into(), BTreeSet::from([key.to_vec()]));
+                }
+            }
+        }
+    }
+
+    /// The objects under `key_prefix` (`exact`: the one with that key; `value`: those whose
+    /// indexed field has that value, read from the index), in key order.
+    fn select(
+        &self,
+        key_prefix: &[u8],
+        exact: bool,
+        value: Option<&str>,
+    ) -> Vec<(&Vec<u8>, &Arc<CachedObject>)> {
+        if exact {
+            return self.objects.get_key_value(key_prefix).into_iter().collect();
+        }
+        if let (Some(value), Some(_)) = (value, self.index) {
+            return self
+                .by_value
+                .get(value)
+                .into_iter()
+                .flatten()
+                .filter(|k| k.starts_with(key_prefix))
+                .filter_map(|k| self.objects.get_key_value(k))
+                .collect();
+        }
+        self.objects
+            .range(key_prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(key_prefix))
+            .collect()
+    }
+
     fn add_watcher(&mut self, id: u64, slot: Slot) {
-        self.by_scope
-            .entry(slot.scope.clone())
-            .or_default()
-            .push(id);
+        match &slot.value {
+            Some(value) => self
+                .value_watchers
+                .entry(value.clone())
+                .or_default()
+                .push(id),
+            None => self
+                .by_scope
+                .entry(slot.scope.clone())
+                .or_default()
+                .push(id),
+        }
         self.watchers.insert(id, slot);
     }
 
@@ -558,10 +720,20 @@ impl State {
         let Some(slot) = self.watchers.remove(&id) else {
             return;
         };
-        if let Some(ids) = self.by_scope.get_mut(&slot.scope) {
+        let remove = |ids: &mut Vec<u64>| {
             ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                self.by_scope.remove(&slot.scope);
+            ids.is_empty()
+        };
+        match &slot.value {
+            Some(value) => {
+                if self.value_watchers.get_mut(value).is_some_and(remove) {
+                    self.value_watchers.remove(value);
+                }
+            }
+            None => {
+                if self.by_scope.get_mut(&slot.scope).is_some_and(remove) {
+                    self.by_scope.remove(&slot.scope);
+                }
             }
         }
     }
@@ -569,10 +741,39 @@ impl State {
     fn clear_watchers(&mut self) {
         self.watchers.clear();
         self.by_scope.clear();
+        self.value_watchers.clear();
     }
 
-    /// The watchers that see a change of `key` under the storage prefix `prefix`.
-    fn watchers_of(&self, prefix: &[u8], key: &[u8]) -> Vec<u64> {
+    /// The watchers that see the change `ev` under the storage prefix `prefix`: those of the
+    /// prefix, of the key's namespace and of the key, and those requiring the new or the
+    /// previous value of the indexed field (upstream's trigger values of an event) whose
+    /// scope holds the key.
+    fn watchers_of(&self, prefix: &[u8], ev: &CachedEvent) -> Vec<u64> {
+        let mut ids = self.scope_watchers_of(prefix, &ev.key);
+        if let Some(field) = self.index
+            && !self.value_watchers.is_empty()
+        {
+            let new = ev.object.field(field);
+            let old = ev.prev.as_ref().map(|p| p.field(field));
+            let values = std::iter::once(&new).chain(old.as_ref().filter(|o| **o != new));
+            for value in values {
+                for id in self.value_watchers.get(&**value).into_iter().flatten() {
+                    if self
+                        .watchers
+                        .get(id)
+                        .is_some_and(|s| ev.key.starts_with(&s.scope))
+                    {
+                        ids.push(*id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    /// The watchers (not indexed by value) that see a change of `key` under the storage
+    /// prefix `prefix`.
+    fn scope_watchers_of(&self, prefix: &[u8], key: &[u8]) -> Vec<u64> {
         let namespace = key
             .get(prefix.len()..)
             .and_then(|rest| rest.iter().position(|b| *b == b'/'))
@@ -602,6 +803,10 @@ struct Cache {
     revision: watch::Sender<Option<i64>>,
     /// Wakes the cache task to ask the store for progress (a watch waits for a revision).
     progress: Notify,
+    /// A custom resource's cache ([`WatchCaches::stop_unserved`] may stop it).
+    custom: bool,
+    /// Set to stop the cache before the server stops.
+    stop: watch::Sender<bool>,
 }
 
 /// Why the datastore watch loop ended.
@@ -624,11 +829,13 @@ impl Cache {
             }),
             revision: watch::Sender::new(None),
             progress: Notify::new(),
+            custom: false,
+            stop: watch::Sender::new(false),
         }
     }
 
-    /// The watcher's starting point and its channel, registered in one step with respect to
-    /// dispatch: nothing is missed or sent twice between the two.
+    /// [`Cache::register_indexed`] of a watcher that requires no value of the indexed field.
+    #[cfg(test)]
     fn register(
         &self,
         key_prefix: &[u8],
@@ -636,7 +843,24 @@ impl Cache {
         start: Start,
         bookmarks: bool,
     ) -> Result<Subscription, ApiError> {
+        self.register_indexed(key_prefix, exact, None, start, bookmarks, false)
+    }
+
+    /// The watcher's starting point and its channel, registered in one step with respect to
+    /// dispatch: nothing is missed or sent twice between the two. `value`: the value of the
+    /// indexed field the watcher's selector requires (ignored for `exact` watchers and caches
+    /// without an index). `share`: fill [`Subscription::latest`].
+    fn register_indexed(
+        &self,
+        key_prefix: &[u8],
+        exact: bool,
+        value: Option<&str>,
+        start: Start,
+        bookmarks: bool,
+        share: bool,
+    ) -> Result<Subscription, ApiError> {
         let mut st = self.lock();
+        let value = value.filter(|_| !exact && st.index.is_some());
         if st.stopped {
             return Err(ApiError::new(
                 503,
@@ -647,21 +871,32 @@ impl Cache {
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
         let mut sub = Subscription {
             objects: Vec::new(),
+            latest: Vec::new(),
             events: Vec::new(),
             revision: st.revision,
             rx,
         };
         match start {
             Start::State { .. } => {
-                sub.objects = if exact {
-                    st.objects.get(key_prefix).cloned().into_iter().collect()
-                } else {
-                    st.objects
-                        .range(key_prefix.to_vec()..)
-                        .take_while(|(k, _)| k.starts_with(key_prefix))
-                        .map(|(_, o)| o.clone())
-                        .collect()
-                };
+                let selected = st.select(key_prefix, exact, value);
+                if share && !st.ring.is_empty() {
+                    // The last change of each key in the ring, if the object is still its.
+                    let mut last: HashMap<&[u8], &Arc<CachedEvent>> = HashMap::new();
+                    for ev in st.ring.iter().rev() {
+                        if ev.key.starts_with(key_prefix) {
+                            last.entry(&ev.key[..]).or_insert(ev);
+                        }
+                    }
+                    sub.latest = selected
+                        .iter()
+                        .map(|(k, o)| {
+                            last.get(&k[..])
+                                .filter(|ev| Arc::ptr_eq(&ev.object, o))
+                                .map(|ev| Arc::clone(ev))
+                        })
+                        .collect();
+                }
+                sub.objects = selected.into_iter().map(|(_, o)| o.clone()).collect();
             }
             Start::After(rv) => {
                 if rv < st.oldest {
@@ -693,6 +928,7 @@ impl Cache {
             Slot {
                 scope: key_prefix.to_vec(),
                 exact,
+                value: value.map(Into::into),
                 tx,
                 next_bookmark: bookmarks.then(|| Instant::now() + BOOKMARK_INTERVAL),
             },
@@ -749,7 +985,28 @@ impl Cache {
 
     #[tracing::instrument(name = "watch_cache", skip_all, fields(prefix = %String::from_utf8_lossy(&self.prefix)))]
     async fn run(self: Arc<Self>, store: Store, shutdown: watch::Receiver<bool>, hint: i64) {
-        self.follow_store(store, shutdown, hint, false).await
+        let mut stop = self.stop.subscribe();
+        tokio::select! {
+            _ = self.clone().follow_store(store, shutdown, hint, false) => {}
+            _ = stop.wait_for(|s| *s) => {
+                tracing::debug!("watch cache stopped");
+                self.finish();
+            }
+        }
+    }
+
+    /// Marks the cache stopped: its watchers' streams end (after what they were sent), and
+    /// whoever waits for a revision is woken.
+    fn finish(&self) {
+        let mut st = self.lock();
+        st.stopped = true;
+        st.clear_watchers();
+        // Nothing reads a stopped cache: its memory goes back now, whoever still holds it.
+        st.objects = BTreeMap::new();
+        st.by_value = HashMap::new();
+        st.ring = VecDeque::new();
+        drop(st);
+        self.revision.send_modify(|_| {});
     }
 
     /// The cache's task: list (unless `listed`: the state is already at the cache's
@@ -809,12 +1066,7 @@ impl Cache {
                 Ended::Stop => break,
             }
         }
-        let mut st = self.lock();
-        st.stopped = true;
-        st.clear_watchers();
-        drop(st);
-        // Wake anyone waiting for a revision: they will see `stopped`.
-        self.revision.send_modify(|_| {});
+        self.finish();
     }
 
     /// Follows the datastore watch from `from` until it ends.
@@ -904,7 +1156,7 @@ impl Cache {
             let mut closed = Vec::new();
             for ev in events {
                 let Some(ev) = st.apply(ev) else { continue };
-                for id in st.watchers_of(&self.prefix, &ev.key) {
+                for id in st.watchers_of(&self.prefix, &ev) {
                     let Some(slot) = st.watchers.get(&id) else {
                         continue;
                     };
@@ -1224,6 +1476,265 @@ mod tests {
         assert!(st.watchers.is_empty() && st.by_scope.is_empty());
     }
 
+    const PODS: &[u8] = b"/registry/pods/";
+
+    /// A pod's change: `node` its `spec.nodeName` (`None`: not scheduled).
+    fn pod(ns: &str, name: &str, node: Option<&str>, rev: i64) -> Event {
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox"}]});
+        if let Some(node) = node {
+            spec["nodeName"] = json!(node);
+        }
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: format!("/registry/pods/{ns}/{name}").into_bytes(),
+                value: serde_json::to_vec(&json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": ns}, "spec": spec,
+                }))
+                .expect("json"),
+                mod_revision: rev,
+                create_revision: rev,
+                version: 1,
+                lease: 0,
+            },
+            prev_kv: None,
+        }
+    }
+
+    fn pod_delete(ns: &str, name: &str, rev: i64) -> Event {
+        Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: format!("/registry/pods/{ns}/{name}").into_bytes(),
+                mod_revision: rev,
+                ..KeyValue::default()
+            },
+            prev_kv: None,
+        }
+    }
+
+    /// A cache of pods, as `WatchCaches` starts it, listed at `revision` with nothing in it.
+    fn pod_cache_at(revision: i64) -> Cache {
+        let info = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        assert_eq!(indexed_field(info), Some("spec.nodeName"));
+        let cache = Cache::new(PODS.to_vec(), selectable_fields(info));
+        cache.lock().set_index(indexed_field(info));
+        cache.lock().replace(Vec::new(), revision);
+        cache.revision.send_replace(Some(revision));
+        cache
+    }
+
+    fn names(objects: &[Arc<CachedObject>]) -> Vec<&str> {
+        objects.iter().map(|o| &*o.name).collect()
+    }
+
+    /// 1000 kubelets, each watching the pods of its node: a pod's change is offered to the
+    /// watcher of its node (and, when it moves, of the node it leaves) and to the watchers of
+    /// all pods, never to the other 999 (upstream's trigger index of pods by node).
+    #[tokio::test]
+    async fn a_pod_change_is_offered_to_the_watchers_of_its_old_and_new_node_only() {
+        const NODES: usize = 1000;
+        let cache = pod_cache_at(1);
+        let mut kubelets: Vec<Subscription> = (0..NODES)
+            .map(|i| {
+                let node = format!("n{i}");
+                cache
+                    .register_indexed(PODS, false, Some(&node), Start::After(1), false, false)
+                    .expect("kubelet")
+            })
+            .collect();
+        // The scheduler's view of unscheduled pods (`spec.nodeName=`) and a watcher of all.
+        let mut unscheduled = cache
+            .register_indexed(PODS, false, Some(""), Start::After(1), false, false)
+            .expect("unscheduled");
+        let mut all = cache
+            .register(PODS, false, Start::After(1), false)
+            .expect("all");
+        // A kubelet's watch of one namespace sees only that namespace's pods of its node.
+        let mut ns_b = cache
+            .register_indexed(
+                b"/registry/pods/b/",
+                false,
+                Some("n7"),
+                Start::After(1),
+                false,
+                false,
+            )
+            .expect("namespace b");
+        let offered = |ev: Event| {
+            let mut st = cache.lock();
+            let ev = st.apply(ev).expect("applied");
+            st.watchers_of(PODS, &ev).len()
+        };
+        // Created unscheduled: the unscheduled watcher and the watcher of all.
+        assert_eq!(offered(pod("a", "p", None, 2)), 2);
+        // Bound to n7: n7's kubelet, the unscheduled watcher (it leaves ""), all.
+        assert_eq!(offered(pod("a", "p", Some("n7"), 3)), 3);
+        // Changed on n7: n7's kubelet and all.
+        assert_eq!(offered(pod("a", "p", Some("n7"), 4)), 2);
+        // Moved to n8: both kubelets and all.
+        assert_eq!(offered(pod("a", "p", Some("n8"), 5)), 3);
+        // Deleted: n8's kubelet and all.
+        assert_eq!(offered(pod_delete("a", "p", 6)), 2);
+        // In namespace b on n7: n7's kubelets (all namespaces, and b's) and all.
+        assert_eq!(offered(pod("b", "q", Some("n7"), 7)), 3);
+
+        // Through dispatch: each watcher gets what it is offered, nobody else anything.
+        cache.dispatch(vec![pod("b", "r", Some("n9"), 8)], 8).await;
+        let count = |sub: &mut Subscription| {
+            let mut n = 0;
+            while sub.rx.try_recv().is_ok() {
+                n += 1;
+            }
+            n
+        };
+        assert_eq!(count(&mut kubelets[9]), 1);
+        assert_eq!(count(&mut all), 1);
+        assert_eq!(count(&mut unscheduled), 0);
+        assert_eq!(count(&mut ns_b), 0);
+        assert_eq!(
+            kubelets.iter_mut().map(count).sum::<usize>(),
+            0,
+            "no other kubelet is offered the change"
+        );
+
+        // Lists and initial states of one node read the index, in key order, within the
+        // scope asked for.
+        cache.dispatch(vec![pod("a", "s", Some("n9"), 9)], 9).await;
+        {
+            let st = cache.lock();
+            let listed: Vec<&str> = st
+                .select(PODS, false, Some("n9"))
+                .iter()
+                .map(|(_, o)| &*o.name)
+                .collect();
+            assert_eq!(listed, ["s", "r"]);
+            let in_b: Vec<&str> = st
+                .select(b"/registry/pods/b/", false, Some("n9"))
+                .iter()
+                .map(|(_, o)| &*o.name)
+                .collect();
+            assert_eq!(in_b, ["r"]);
+            assert_eq!(st.select(PODS, false, Some("n8")).len(), 0);
+            assert_eq!(st.by_value.get("n7").map(BTreeSet::len), Some(1));
+        }
+        let sub = cache
+            .register_indexed(
+                PODS,
+                false,
+                Some("n9"),
+                Start::State { min_revision: 0 },
+                false,
+                true,
+            )
+            .expect("state");
+        assert_eq!(names(&sub.objects), ["s", "r"]);
+        // With the changes that made them (still in the ring), for shared encodings.
+        let made: Vec<Option<i64>> = sub
+            .latest
+            .iter()
+            .map(|e| e.as_ref().map(|e| e.revision))
+            .collect();
+        assert_eq!(made, [Some(9), Some(8)]);
+        // Gone watchers leave the index.
+        drop((kubelets, unscheduled, all, ns_b, sub));
+        cache
+            .dispatch(
+                vec![pod("a", "t", Some("n1"), 10), pod("a", "t", None, 11)],
+                11,
+            )
+            .await;
+        // (Offered: n1's kubelet and all, then the unscheduled watcher.)
+        let st = cache.lock();
+        assert!(!st.value_watchers.contains_key("n1") && !st.value_watchers.contains_key(""));
+        assert_eq!(st.watchers.len(), NODES + 4 - 3);
+    }
+
+    /// Time per pod change with 1000 kubelets watching `spec.nodeName=<their node>`: the
+    /// dispatch and each offered watcher's selector check (what its watch task does with it;
+    /// not the task's wake-ups),
+    /// with the node index and with every kubelet as a watcher of all pods (before it).
+    /// `cargo test -p rk3s-apiserver --lib -- --ignored --exact --nocapture
+    /// watch_cache::tests::time_of_a_pod_change_with_1000_kubelets`.
+    #[tokio::test]
+    #[ignore = "a measurement: run alone"]
+    async fn time_of_a_pod_change_with_1000_kubelets() {
+        const NODES: usize = 1000;
+        const CHANGES: i64 = 2000;
+        let info = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        for indexed in [true, false] {
+            let cache = pod_cache_at(1);
+            let mut kubelets: Vec<(Subscription, FieldSelector)> = (0..NODES)
+                .map(|i| {
+                    let selectors =
+                        FieldSelector::parse(&format!("spec.nodeName=n{i}"), info.fields)
+                            .expect("selector");
+                    let value = indexed.then(|| format!("n{i}"));
+                    let sub = cache
+                        .register_indexed(
+                            PODS,
+                            false,
+                            value.as_deref(),
+                            Start::After(1),
+                            false,
+                            false,
+                        )
+                        .expect("kubelet");
+                    (sub, selectors)
+                })
+                .collect();
+            let started = Instant::now();
+            let mut seen = 0;
+            for i in 0..CHANGES {
+                let node = format!("n{}", i as usize % NODES);
+                cache
+                    .dispatch(vec![pod("a", &format!("p{i}"), Some(&node), 2 + i)], 2 + i)
+                    .await;
+                // Each watcher's task takes what it was sent (here: every 100 changes, within
+                // the channels' buffers; an idle one costs nothing then).
+                if (i + 1) % 100 != 0 {
+                    continue;
+                }
+                for (sub, selectors) in &mut kubelets {
+                    while let Ok(Message::Event(ev)) = sub.rx.try_recv() {
+                        if selectors.matches(&*ev.object) {
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+            let per_change = started.elapsed() / CHANGES as u32;
+            println!(
+                "{NODES} kubelets, index {indexed}: {per_change:?} per pod change ({seen} seen)"
+            );
+            assert_eq!(seen, CHANGES);
+        }
+    }
+
+    /// The index follows the objects through a re-list.
+    #[test]
+    fn a_relist_rebuilds_the_index() {
+        let cache = pod_cache_at(1);
+        let mut st = cache.lock();
+        st.apply(pod("a", "old", Some("n1"), 2));
+        let kvs = vec![pod("a", "p", Some("n1"), 3).kv, pod("a", "q", None, 4).kv];
+        st.replace(kvs, 4);
+        let on = |st: &State, node: &str| -> Vec<String> {
+            st.select(PODS, false, Some(node))
+                .iter()
+                .map(|(_, o)| o.name.to_string())
+                .collect()
+        };
+        assert_eq!(on(&st, "n1"), ["p"]);
+        assert_eq!(on(&st, ""), ["q"]);
+        assert_eq!(st.by_value.len(), 2);
+    }
+
     fn revs_of(events: &[Arc<CachedEvent>]) -> Vec<i64> {
         revs(events)
     }
@@ -1410,6 +1921,7 @@ mod tests {
         let per_pod = rss_per_pod("cached", |kvs| {
             let mut st = State {
                 fields: selectable_fields(pods),
+                index: indexed_field(pods),
                 ..State::default()
             };
             st.replace(kvs, 10 + MEASURED_PODS as i64);
@@ -1437,6 +1949,96 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         });
+    }
+
+    /// A custom resource's cache stops when its type is no longer served: it leaves the
+    /// running caches, its watchers' streams end, lists read the store, and the next use
+    /// starts a new cache. Built-in types' caches stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unserved_custom_resource_cache_stops_and_a_new_one_starts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner = rk3s_datastore::connect(&rk3s_datastore::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..rk3s_datastore::Config::for_endpoint(format!(
+                "sqlite://{}",
+                dir.path().join("state.db").display()
+            ))
+        })
+        .await
+        .expect("SQLite store");
+        let store = Store::new(inner, crate::storage::SharedTransformer::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let caches = WatchCaches::new(store.clone(), shutdown);
+        let crd = json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                     "names": {"plural": "widgets", "kind": "Widget"},
+                     "versions": [{"name": "v1", "served": true, "storage": true}]},
+            "status": {"acceptedNames": {"plural": "widgets", "kind": "Widget"},
+                       "conditions": [{"type": "Established", "status": "True"}]},
+        });
+        let snapshot =
+            crate::crd::build_snapshot(&BTreeMap::from([("widgets.example.com".into(), crd)]));
+        let widgets = snapshot
+            .find("example.com", "v1", "widgets")
+            .expect("served")
+            .clone();
+        let pods = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        let key = b"/registry/example.com/widgets/a/w";
+        store
+            .create(
+                key,
+                serde_json::to_vec(&json!({
+                    "apiVersion": "example.com/v1", "kind": "Widget",
+                    "metadata": {"name": "w", "namespace": "a"},
+                }))
+                .expect("json"),
+                0,
+            )
+            .await
+            .expect("create");
+        let state = Start::State { min_revision: 0 };
+        let prefix = widgets.prefix(None);
+        let mut watcher = caches
+            .subscribe(&widgets, &prefix, false, None, state, false, false)
+            .await
+            .expect("widget watcher");
+        assert_eq!(names(&watcher.objects), ["w"]);
+        let pod_watcher = caches
+            .subscribe(pods, PODS, false, None, state, false, false)
+            .await
+            .expect("pod watcher");
+        assert_eq!(caches.running(), 2);
+        let caches = &caches;
+        let list = || {
+            let prefix = widgets.prefix(None);
+            let widgets = widgets.clone();
+            async move { caches.list(&widgets, &prefix, false, None, 0).await }
+        };
+        assert!(list().await.expect("list").is_some());
+
+        // Still served: nothing stops.
+        caches.stop_unserved(&HashSet::from([prefix.clone()]), 0);
+        assert_eq!(caches.running(), 2);
+        // No longer served: the widgets' cache stops, the pods' stays.
+        let revision = store.current_revision().await.expect("revision");
+        caches.stop_unserved(&HashSet::new(), revision);
+        assert_eq!(caches.running(), 1);
+        let ended = tokio::time::timeout(Duration::from_secs(60), watcher.rx.recv())
+            .await
+            .expect("the watcher's stream ends");
+        assert!(ended.is_none(), "{ended:?}");
+        assert!(list().await.expect("list").is_none(), "read the store");
+        assert!(!pod_watcher.rx.is_closed());
+        // The next use starts a new cache, from the store.
+        let again = caches
+            .subscribe(&widgets, &prefix, false, None, state, false, false)
+            .await
+            .expect("a new cache");
+        assert_eq!(names(&again.objects), ["w"]);
+        assert_eq!(caches.running(), 2);
     }
 
     /// A cache whose datastore watch cannot be re-established because the history after its

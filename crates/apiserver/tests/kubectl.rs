@@ -41,9 +41,32 @@ async fn readyz_verbose_lists_checks() {
     let t = TestServer::start().await;
     let out = t.kubectl_ok(&["get", "--raw", "/readyz?verbose"]).await;
     assert!(out.contains("[+]ping ok"), "{out}");
-    assert!(out.contains("[+]datastore ok"), "{out}");
+    assert!(out.contains("[+]etcd ok"), "{out}");
     assert!(out.contains("readyz check passed"), "{out}");
     assert_eq!(t.kubectl_ok(&["get", "--raw", "/livez"]).await, "ok");
+    // Each check alone, as monitoring asks for them.
+    assert_eq!(t.kubectl_ok(&["get", "--raw", "/readyz/etcd"]).await, "ok");
+    assert_eq!(t.kubectl_ok(&["get", "--raw", "/livez/ping"]).await, "ok");
+    let missing = t.kubectl(&["get", "--raw", "/readyz/no-such-check"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("NotFound"),
+        "{missing:?}"
+    );
+}
+
+/// The roots go-restful serves with a trailing slash too (the Python client's paths).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_answer_with_a_trailing_slash() {
+    let t = TestServer::start().await;
+    for (path, kind) in [("/api/", "APIVersions"), ("/apis/", "APIGroupList")] {
+        let out = t.kubectl_ok(&["get", "--raw", path]).await;
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(v["kind"], kind, "{path}: {out}");
+    }
+    let out = t.kubectl_ok(&["get", "--raw", "/version/"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["major"], "1", "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -595,3 +595,154 @@ async fn status_apply_is_its_own_manager() {
             .is_none()
     );
 }
+
+/// Custom resources merge as their structural schema says: a `map` list by its keys, a `set`
+/// by value, an atomic list as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_apply_by_their_schemas_list_types() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gateways.net.example.com"},
+        "spec": {
+            "group": "net.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {
+                        "type": "object",
+                        "properties": {
+                            "listeners": {
+                                "type": "array",
+                                "x-kubernetes-list-type": "map",
+                                "x-kubernetes-list-map-keys": ["name"],
+                                "items": {"type": "object", "required": ["name"], "properties": {
+                                    "name": {"type": "string"},
+                                    "port": {"type": "integer"}
+                                }}
+                            },
+                            "hosts": {
+                                "type": "array",
+                                "x-kubernetes-list-type": "set",
+                                "items": {"type": "string"}
+                            },
+                            "args": {"type": "array", "items": {"type": "string"}}
+                        }
+                    }}
+                }}
+            }]
+        }
+    }))
+    .expect("CRD");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create CRD");
+    let gvk = GroupVersionKind::gvk("net.example.com", "v1", "Gateway");
+    let gateways: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        "default",
+        &ApiResource::from_gvk_with_plural(&gvk, "gateways"),
+    );
+    let gateway = |spec: Value| {
+        json!({
+            "apiVersion": "net.example.com/v1", "kind": "Gateway",
+            "metadata": {"name": "gw"}, "spec": spec,
+        })
+    };
+    let mut applied = None;
+    for _ in 0..200 {
+        match gateways
+            .patch(
+                "gw",
+                &PatchParams::apply("alice"),
+                &Patch::Apply(gateway(json!({
+                    "listeners": [{"name": "http", "port": 80}],
+                    "hosts": ["a.example.com"],
+                    "args": ["--alice"],
+                }))),
+            )
+            .await
+        {
+            Ok(o) => {
+                applied = Some(o);
+                break;
+            }
+            // The CRD is not served yet.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("alice applies: {e}"),
+        }
+    }
+    let first = serde_json::to_value(applied.expect("served in time")).expect("json");
+    assert_eq!(
+        first["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:listeners"]["k:{\"name\":\"http\"}"]
+            ["f:port"],
+        json!({}),
+        "{first}"
+    );
+
+    // Bob adds a listener and a host: merged with alice's, not replacing them.
+    let merged = gateways
+        .patch(
+            "gw",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(gateway(json!({
+                "listeners": [{"name": "https", "port": 443}],
+                "hosts": ["b.example.com"],
+            }))),
+        )
+        .await
+        .expect("bob applies");
+    let spec = &merged.data["spec"];
+    assert_eq!(
+        spec["listeners"],
+        json!([{"name": "http", "port": 80}, {"name": "https", "port": 443}]),
+        "{spec}"
+    );
+    assert_eq!(spec["hosts"], json!(["a.example.com", "b.example.com"]));
+
+    // An atomic list is one field: bob's different args conflict with alice's.
+    let err = gateways
+        .patch(
+            "gw",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(gateway(json!({"args": ["--bob"]}))),
+        )
+        .await
+        .expect_err("args conflict");
+    let status = api_error(err);
+    assert_eq!(status.code, 409, "{status:?}");
+    assert!(status.message.contains(".spec.args"), "{}", status.message);
+
+    // Bob changing alice's listener's port conflicts on that item's field only.
+    let err = gateways
+        .patch(
+            "gw",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(gateway(json!({
+                "listeners": [{"name": "https", "port": 443}, {"name": "http", "port": 8080}],
+            }))),
+        )
+        .await
+        .expect_err("port conflict");
+    let status = api_error(err);
+    assert_eq!(status.code, 409, "{status:?}");
+    assert!(
+        status
+            .message
+            .contains(".spec.listeners[name=\"http\"].port"),
+        "{}",
+        status.message
+    );
+}

@@ -1,5 +1,7 @@
 //! The watch cache through kube-rs: fan-out to many watchers, replay from a cached
-//! resourceVersion, 410 for one the cache no longer has, slow watchers, many resource types.
+//! resourceVersion, 410 for one the cache no longer has, slow watchers, many resource types,
+//! lists and gets served from it, watches of one node's pods, custom resources' caches
+//! stopped with their CRD.
 
 mod common;
 
@@ -9,10 +11,13 @@ use std::time::Duration;
 use common::TestServer;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
 };
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 
@@ -580,4 +585,406 @@ async fn lists_are_served_from_the_watch_cache_as_upstream() {
         status["message"],
         "specifying resource version is not allowed when using continue"
     );
+}
+
+/// `spec.nodeName=<node>` watches (a kubelet's): a pod bound to the node is ADDED, one that
+/// leaves it (moved by a write straight to the datastore, as nothing in the API moves a pod)
+/// or is deleted is DELETED, and other nodes' pods are never seen. The cache offers each
+/// change only to the watchers of the pod's old and new node (`watch_cache`'s unit tests
+/// count that); this checks that those watchers get what upstream sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_name_watches_see_the_pods_of_their_node() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let all: Api<Pod> = Api::all(client.clone());
+    let pod = |name: &str, node: Option<&str>| -> Pod {
+        let mut spec = serde_json::json!({"containers": [{"name": "c", "image": "busybox"}]});
+        if let Some(node) = node {
+            spec["nodeName"] = serde_json::json!(node);
+        }
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+            .expect("pod")
+    };
+    // Already on n1 before the watches: its initial ADDED.
+    pods.create(&PostParams::default(), &pod("early", Some("n1")))
+        .await
+        .expect("create");
+    let rv = list_rv(&all).await;
+    let wp = |node: &str| {
+        WatchParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .timeout(120)
+    };
+    let n1 = tokio::spawn(collect(all.watch(&wp("n1"), &rv).await.expect("watch"), 4));
+    let n2 = tokio::spawn(collect(all.watch(&wp("n2"), &rv).await.expect("watch"), 2));
+    let initial = tokio::spawn(collect(all.watch(&wp("n1"), "0").await.expect("watch"), 1));
+    // Another kubelet's watches: they must see none of this (checked at the end).
+    let n3 = all.watch(&wp("n3"), &rv).await.expect("watch");
+
+    pods.create(&PostParams::default(), &pod("a", Some("n1")))
+        .await
+        .expect("create a");
+    // Created unscheduled, then bound to n1 (what the scheduler does).
+    pods.create(&PostParams::default(), &pod("b", None))
+        .await
+        .expect("create b");
+    let binding = serde_json::json!({
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": "b"},
+        "target": {"kind": "Node", "name": "n1"},
+    });
+    let _: serde_json::Value = pods
+        .create_subresource("binding", "b", &PostParams::default(), &binding)
+        .await
+        .expect("bind b");
+    pods.create(&PostParams::default(), &pod("c", Some("n2")))
+        .await
+        .expect("create c");
+    // b moves from n1 to n2.
+    let key = b"/registry/pods/default/b";
+    let (_, kv) = t.store.get(key, 0).await.expect("get b");
+    let kv = kv.expect("b stored");
+    let mut moved: serde_json::Value = serde_json::from_slice(&kv.value).expect("stored json");
+    moved["spec"]["nodeName"] = serde_json::json!("n2");
+    t.store
+        .update(
+            key,
+            serde_json::to_vec(&moved).expect("json"),
+            kv.mod_revision,
+            0,
+        )
+        .await
+        .expect("move b");
+    pods.delete("a", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete a");
+    let kinds = |evs: Vec<(String, String, String)>| -> Vec<(String, String)> {
+        evs.into_iter().map(|e| (e.0, e.1)).collect()
+    };
+    let ev = |kind: &str, name: &str| (kind.to_string(), name.to_string());
+    assert_eq!(
+        kinds(n1.await.expect("n1")),
+        [
+            ev("ADDED", "a"),
+            ev("ADDED", "b"),
+            ev("DELETED", "b"),
+            ev("DELETED", "a"),
+        ]
+    );
+    assert_eq!(
+        kinds(n2.await.expect("n2")),
+        [ev("ADDED", "c"), ev("ADDED", "b")]
+    );
+    assert_eq!(
+        kinds(initial.await.expect("initial")),
+        [ev("ADDED", "early")]
+    );
+    // The lists of one node (read from the cache's index).
+    for (node, want) in [
+        ("n1", vec!["early"]),
+        ("n2", vec!["b", "c"]),
+        ("n3", vec![]),
+    ] {
+        let (code, _, list) = get_raw(
+            &client,
+            &format!("/api/v1/pods?resourceVersion=0&fieldSelector=spec.nodeName%3D{node}"),
+        )
+        .await;
+        assert_eq!(code, 200, "{list}");
+        assert_eq!(names_of(&list), want, "{node}");
+    }
+    // n3's kubelet saw nothing: a change on its node now is the first thing it gets.
+    pods.create(&PostParams::default(), &pod("d", Some("n3")))
+        .await
+        .expect("create d");
+    assert_eq!(kinds(collect(n3, 1).await), [ev("ADDED", "d")]);
+}
+
+/// A client that does not retry (kube-rs' default client retries 5xx answers), to read the
+/// server's own answer.
+async fn client_without_retries(t: &TestServer) -> kube::Client {
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&t.kubeconfig).expect("kubeconfig"),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kube config");
+    config.default_retry = false;
+    kube::Client::try_from(config).expect("kube client")
+}
+
+/// A get with a resourceVersion is answered by the type's watch cache once it is at least
+/// that fresh (upstream's `Cacher.Get`); without one it reads the store. A value written
+/// straight to the datastore that cannot be decoded shows which answered: the store fails on
+/// it, the cache skipped it and still has the object's last readable state (or, for a key it
+/// never had, answers 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_with_a_resource_version_are_served_from_the_watch_cache() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let once = client_without_retries(&t).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let created = cms
+        .create(&PostParams::default(), &cm("g", "1"))
+        .await
+        .expect("create");
+    let base = "/api/v1/namespaces/default/configmaps";
+    // No cache yet: a get with a resourceVersion reads the store (and starts nothing).
+    let (code, _, obj) = get_raw(&once, &format!("{base}/g?resourceVersion=0")).await;
+    assert_eq!((code, obj["data"]["v"].as_str()), (200, Some("1")), "{obj}");
+    // A watch starts the cache; once its ADDED is in, the cache is serving.
+    let watch = cms
+        .watch(&WatchParams::default().timeout(60), "0")
+        .await
+        .expect("watch");
+    assert_eq!(collect(watch, 1).await.len(), 1);
+
+    // Unreadable values for g and for a key the cache never had.
+    let key = b"/registry/configmaps/default/g";
+    let (_, kv) = t.store.get(key, 0).await.expect("get g");
+    let kv = kv.expect("g stored");
+    t.store
+        .update(key, b"not json".to_vec(), kv.mod_revision, 0)
+        .await
+        .expect("garble g");
+    t.store
+        .create(
+            b"/registry/configmaps/default/ghost",
+            b"not json".to_vec(),
+            0,
+        )
+        .await
+        .expect("garble ghost");
+    let garbled = t.store.current_revision().await.expect("revision");
+
+    // The store: an unreadable value is a 500.
+    let (code, _, status) = get_raw(&once, &format!("{base}/g")).await;
+    assert_eq!(code, 500, "{status}");
+    let (code, _, status) = get_raw(&once, &format!("{base}/ghost")).await;
+    assert_eq!(code, 500, "{status}");
+    // The cache: "0" (whatever it has) and a revision it has reached (it waits for it).
+    for rv in ["0".to_string(), garbled.to_string()] {
+        let (code, _, obj) = get_raw(&once, &format!("{base}/g?resourceVersion={rv}")).await;
+        assert_eq!(code, 200, "{rv}: {obj}");
+        assert_eq!(obj["kind"], "ConfigMap");
+        assert_eq!(obj["apiVersion"], "v1");
+        assert_eq!(obj["data"]["v"], "1", "{obj}");
+        assert_eq!(
+            obj["metadata"]["resourceVersion"].as_str(),
+            created.resource_version().as_deref()
+        );
+        let (code, _, status) = get_raw(&once, &format!("{base}/ghost?resourceVersion={rv}")).await;
+        assert_eq!(code, 404, "{rv}: {status}");
+        assert_eq!(status["reason"], "NotFound");
+        assert_eq!(status["message"], "configmaps \"ghost\" not found");
+    }
+    // Through kube-rs' "any" get (resourceVersion=0).
+    let any = cms
+        .get_with("g", &kube::api::GetParams::any())
+        .await
+        .expect("get from the cache");
+    assert_eq!(
+        any.data.and_then(|d| d.get("v").cloned()).as_deref(),
+        Some("1")
+    );
+
+    // A revision the cache does not reach: 504 after its wait, as a list.
+    let future = garbled + 1000;
+    let (code, retry, status) = get_raw(&once, &format!("{base}/g?resourceVersion={future}")).await;
+    assert_eq!(code, 504, "{status}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    let message = status["message"].as_str().expect("message");
+    assert!(
+        message.starts_with(&format!(
+            "Timeout: Too large resource version: {future}, current: "
+        )),
+        "{message}"
+    );
+    // A resourceVersion that is not one.
+    let (code, _, status) = get_raw(&once, &format!("{base}/g?resourceVersion=abc")).await;
+    assert_eq!(code, 400, "{status}");
+}
+
+/// The CRD of `widgets.wc.example.com` with `spec.properties` as its spec's schema.
+fn widget_crd(properties: serde_json::Value) -> CustomResourceDefinition {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.wc.example.com"},
+        "spec": {
+            "group": "wc.example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget",
+                      "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {
+                "openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": properties}}}}}],
+        },
+    }))
+    .expect("CRD")
+}
+
+/// Polls `f` until it holds (generous deadline).
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A deleted CRD stops its custom resources' watch cache (upstream tears down its storage):
+/// the watches of the old type end after the deletions of its objects, and a CRD re-created
+/// with another schema is served by a new cache, started from the store — the old objects
+/// are not resurrected, and a watch from a resourceVersion of the old cache's history is too
+/// old for the new one (410).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_crd_stops_its_watch_cache_and_a_recreated_one_starts_fresh() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let gvk = GroupVersionKind::gvk("wc.example.com", "v1", "Widget");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "widgets");
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let widget = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        let mut w = DynamicObject::new(name, &resource);
+        w.data = serde_json::json!({ "spec": spec });
+        w
+    };
+    let install = |crd: CustomResourceDefinition| {
+        let crds = crds.clone();
+        let widgets = widgets.clone();
+        async move {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("create CRD");
+            eventually("widgets served", || {
+                let widgets = widgets.clone();
+                async move { widgets.list(&ListParams::default()).await.is_ok() }
+            })
+            .await;
+        }
+    };
+    install(widget_crd(serde_json::json!({"size": {"type": "integer"}}))).await;
+    for (name, size) in [("w1", 1), ("w2", 2)] {
+        widgets
+            .create(
+                &PostParams::default(),
+                &widget(name, serde_json::json!({ "size": size })),
+            )
+            .await
+            .expect("create widget");
+    }
+    // A list starts the cache at its revision; a watch from it is served by the cache.
+    let rv = list_rv(&widgets).await;
+    let mut old_watch = widgets
+        .watch(&WatchParams::default().timeout(600), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    // The cache is serving: a list at the latest revision is answered.
+    widgets
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"size": 10}})),
+        )
+        .await
+        .expect("patch");
+    let first = tokio::time::timeout(Duration::from_secs(120), old_watch.try_next())
+        .await
+        .expect("an event in time")
+        .expect("watch event");
+    assert!(
+        matches!(&first, Some(WatchEvent::Modified(w)) if w.name_any() == "w1"),
+        "{first:?}"
+    );
+
+    crds.delete("widgets.wc.example.com", &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    // The old watch gets the deletions of the widgets, then its stream ends (long before its
+    // 600 s timeout): its cache stopped.
+    let mut deleted = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(ev) = old_watch.try_next().await.expect("watch event") {
+            match ev {
+                WatchEvent::Deleted(w) => deleted.push(w.name_any()),
+                WatchEvent::Bookmark(_) => {}
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the old type's watch did not end");
+    deleted.sort();
+    assert_eq!(deleted, ["w1", "w2"]);
+    eventually("CRD gone", || {
+        let crds = crds.clone();
+        async move {
+            crds.get_opt("widgets.wc.example.com")
+                .await
+                .expect("get")
+                .is_none()
+        }
+    })
+    .await;
+
+    // Re-created with another schema.
+    install(widget_crd(serde_json::json!({"color": {"type": "string"}}))).await;
+    let (code, _, list) = get_raw(
+        &client,
+        "/apis/wc.example.com/v1/namespaces/default/widgets?resourceVersion=0",
+    )
+    .await;
+    assert_eq!(code, 200, "{list}");
+    assert!(names_of(&list).is_empty(), "{list}");
+    let w3 = widgets
+        .create(
+            &PostParams::default(),
+            &widget("w3", serde_json::json!({"color": "red"})),
+        )
+        .await
+        .expect("create under the new schema");
+    let mut new_watch = widgets
+        .watch(&WatchParams::default().timeout(60), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let added = tokio::time::timeout(Duration::from_secs(120), new_watch.try_next())
+        .await
+        .expect("an event in time")
+        .expect("watch event");
+    match added {
+        Some(WatchEvent::Added(w)) => {
+            assert_eq!(w.name_any(), "w3");
+            assert_eq!(w.data["spec"], serde_json::json!({"color": "red"}));
+        }
+        other => panic!("expected w3's ADDED, got {other:?}"),
+    }
+    let (code, _, list) = get_raw(
+        &client,
+        "/apis/wc.example.com/v1/namespaces/default/widgets?resourceVersion=0",
+    )
+    .await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(names_of(&list), ["w3"]);
+    // The old cache's history is not the new cache's: a watch from before the re-creation
+    // is too old.
+    let mut stale = widgets
+        .watch(&WatchParams::default().timeout(60), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match stale.try_next().await.expect("watch event") {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"), "{e:?}");
+        }
+        other => panic!("expected a 410 error event, got {other:?}"),
+    }
+    drop(w3);
 }

@@ -502,33 +502,15 @@ async fn sync(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ReconcileError> {
         });
 
     // Claim pods.
-    let mut pods: Vec<Pod> = Vec::new();
-    for pod in pods_api.list(&ListParams::default()).await?.items {
-        let matches = util::selects(selector, pod.metadata.labels.as_ref())?;
-        match util::controller_of(&pod.metadata) {
-            Some(r) if r.uid == uid => {
-                if matches {
-                    pods.push(pod);
-                } else if pod.metadata.deletion_timestamp.is_none() {
-                    crate::util::set_pod_owner(&pods_api, &pod, &uid, None).await?;
-                }
-            }
-            Some(_) => {}
-            None if matches && can_adopt && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(p) = crate::util::set_pod_owner(
-                    &pods_api,
-                    &pod,
-                    &uid,
-                    Some(util::controller_ref(ds)),
-                )
-                .await?
-                {
-                    pods.push(p);
-                }
-            }
-            None => {}
-        }
-    }
+    let candidates = pods_api.list(&ListParams::default()).await?.items;
+    let pods = util::claim_pods(
+        &pods_api,
+        candidates,
+        util::controller_ref(ds),
+        can_adopt,
+        |pod| util::selects(selector, pod.metadata.labels.as_ref()),
+    )
+    .await?;
 
     // History: the revision holding the current template (made if missing), the rest old.
     let (cur, old) = construct_history(ds, spec, &revs_api, &pods_api, &pods, can_adopt).await?;

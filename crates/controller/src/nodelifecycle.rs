@@ -55,7 +55,7 @@ use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::events::{EventType, Recorder};
-use crate::util::Shared;
+use crate::util::{self, Shared};
 
 /// The component name of the lifecycle loop's events (upstream's `node-controller`).
 const COMPONENT: &str = "node-controller";
@@ -86,29 +86,6 @@ const NO_SCHEDULE_KEYS: &[&str] = &[
 
 /// Conditions set to Unknown when the kubelet stops posting status.
 const KUBELET_CONDITIONS: &[&str] = &["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"];
-
-/// A reflector's store and the future that keeps it filled.
-fn reflect<K>(api: Api<K>) -> (Store<K>, impl std::future::Future<Output = ()> + Send)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .for_each(|r| {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "node lifecycle: watch failed; retrying");
-            }
-            futures::future::ready(())
-        });
-    (store, stream)
-}
 
 /// What the lifecycle loop remembers of a node between passes.
 #[derive(Debug)]
@@ -232,12 +209,12 @@ struct Lifecycle {
 
 pub(crate) async fn run(shared: Arc<Shared>, config: NodeConfig, stop: watch::Receiver<bool>) {
     let client = shared.client.clone();
-    let (nodes, nodes_fill) = reflect(Api::<Node>::all(client.clone()));
-    let (leases, leases_fill) = reflect(Api::<Lease>::namespaced(
+    let (nodes, nodes_fill) = util::reflect(Api::<Node>::all(client.clone()));
+    let (leases, leases_fill) = util::reflect(Api::<Lease>::namespaced(
         client.clone(),
         NODE_LEASE_NAMESPACE,
     ));
-    let (pods, pods_fill) = reflect(Api::<Pod>::all(client.clone()));
+    let (pods, pods_fill) = util::reflect(Api::<Pod>::all(client.clone()));
     let period = Duration::from_secs(config.node_monitor_period);
     let mut lc = Lifecycle {
         client,

@@ -24,9 +24,6 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -38,33 +35,10 @@ const FIELD_MANAGER: &str = "PodGC";
 /// The taint that lets PodGC delete terminating pods of a shut-down node.
 const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
 
-/// A watch cache and the future that fills it.
-pub(crate) fn reflect<K>(api: Api<K>) -> (Store<K>, impl std::future::Future<Output = ()> + Send)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .for_each(|r| {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "watch failed; retrying");
-            }
-            futures::future::ready(())
-        });
-    (store, stream)
-}
-
 pub(crate) async fn run(shared: Arc<Shared>, config: LoopConfig, stop: watch::Receiver<bool>) {
     let client = shared.client.clone();
-    let (pods, pods_fill) = reflect(Api::<Pod>::all(client.clone()));
-    let (nodes, nodes_fill) = reflect(Api::<Node>::all(client.clone()));
+    let (pods, pods_fill) = util::reflect(Api::<Pod>::all(client.clone()));
+    let (nodes, nodes_fill) = util::reflect(Api::<Node>::all(client.clone()));
     let mut gc = PodGc {
         shared,
         threshold: config.terminated_pod_gc_threshold as usize,

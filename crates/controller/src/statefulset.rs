@@ -398,34 +398,18 @@ async fn sync(set: &StatefulSet, shared: &Shared) -> Result<Action, ReconcileErr
             });
 
     // Claim pods: members (by name) matching the selector.
-    let mut pods: Vec<Pod> = Vec::new();
-    for pod in pods_api.list(&ListParams::default()).await?.items {
-        let member = parent_and_ordinal(&pod.name_any()).0 == name;
-        let matches = member && util::selects(selector, pod.metadata.labels.as_ref())?;
-        match util::controller_of(&pod.metadata) {
-            Some(r) if r.uid == uid => {
-                if matches {
-                    pods.push(pod);
-                } else if pod.metadata.deletion_timestamp.is_none() {
-                    crate::util::set_pod_owner(&pods_api, &pod, &uid, None).await?;
-                }
-            }
-            Some(_) => {}
-            None if matches && can_adopt && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(p) = crate::util::set_pod_owner(
-                    &pods_api,
-                    &pod,
-                    &uid,
-                    Some(util::controller_ref(set)),
-                )
-                .await?
-                {
-                    pods.push(p);
-                }
-            }
-            None => {}
-        }
-    }
+    let candidates = pods_api.list(&ListParams::default()).await?.items;
+    let pods = util::claim_pods(
+        &pods_api,
+        candidates,
+        util::controller_ref(set),
+        can_adopt,
+        |pod| {
+            Ok(parent_and_ordinal(&pod.name_any()).0 == name
+                && util::selects(selector, pod.metadata.labels.as_ref())?)
+        },
+    )
+    .await?;
 
     // Revisions: the update revision is the current template's; an older revision with the
     // same template is brought forward (a rollback); the current revision is the status's.

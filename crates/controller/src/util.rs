@@ -294,11 +294,11 @@ pub(crate) fn error_action(backoff: &Backoff, key: &str) -> Action {
 
 /// Adopts (`Some(owner)`) or releases (`None`) a pod, guarded by its uid.
 pub(crate) async fn set_pod_owner(
-    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
-    pod: &k8s_openapi::api::core::v1::Pod,
+    api: &kube::Api<Pod>,
+    pod: &Pod,
     owner_uid: &str,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> Result<Option<k8s_openapi::api::core::v1::Pod>, ReconcileError> {
+) -> Result<Option<Pod>, ReconcileError> {
     let mut refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> = pod
         .metadata
         .owner_references
@@ -328,6 +328,72 @@ pub(crate) async fn set_pod_owner(
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Upstream's `ClaimPods`: of `candidates`, the pods `owner` controls and still `selects`.
+/// Owned pods it no longer selects are released; selected orphans that are not being deleted
+/// are adopted when `can_adopt` (the owner re-read, still there and not being deleted).
+pub(crate) async fn claim_pods(
+    api: &kube::Api<Pod>,
+    candidates: Vec<Pod>,
+    owner: OwnerReference,
+    can_adopt: bool,
+    selects: impl Fn(&Pod) -> Result<bool, ReconcileError>,
+) -> Result<Vec<Pod>, ReconcileError> {
+    let mut pods = Vec::new();
+    for pod in candidates {
+        let matches = selects(&pod)?;
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        match controller_of(&pod.metadata) {
+            Some(r) if r.uid == owner.uid => {
+                if matches {
+                    pods.push(pod);
+                } else if !terminating {
+                    set_pod_owner(api, &pod, &owner.uid, None).await?;
+                }
+            }
+            None if matches && can_adopt && !terminating => {
+                if let Some(p) = set_pod_owner(api, &pod, &owner.uid, Some(owner.clone())).await? {
+                    pods.push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(pods)
+}
+
+/// A reflector's store and the future that keeps it filled (errors logged, retried with
+/// backoff).
+pub(crate) fn reflect<K>(
+    api: kube::Api<K>,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl std::future::Future<Output = ()> + Send,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::WatchStreamExt as _;
+    let (store, writer) = kube::runtime::reflector::store::<K>();
+    let stream = kube::runtime::reflector::reflector(
+        writer,
+        kube::runtime::watcher(api, kube::runtime::watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|r| {
+        if let Err(e) = r {
+            tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+        }
+        futures::future::ready(())
+    });
+    (store, stream)
 }
 
 #[cfg(test)]

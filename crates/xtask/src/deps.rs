@@ -7,6 +7,9 @@
 //!   installed here (their authentication is part of that set-up); `RK3S_TEST_POSTGRES` and
 //!   `RK3S_TEST_MYSQL` point the tests at other servers, which this command leaves alone.
 //! - etcd is not started: tests start their own, on loopback, in a temp dir.
+//! - The official Kubernetes Python client (`kubernetes` from PyPI, pinned), in a virtualenv
+//!   under the target directory made with Debian's `python3`: the apiserver's Python client
+//!   tests run it (`RK3S_PYTHON`, which `cargo xtask test` sets to the venv's interpreter).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -36,6 +39,10 @@ pub(crate) const PACKAGES: &[(&str, &str)] = &[
         "etcdctl, which the etcd-endpoint tests drive",
     ),
     ("sqlite3", "the sqlite3 shell, to look into SQLite stores"),
+    (
+        "python3-venv",
+        "a virtualenv for the Kubernetes Python client the apiserver tests drive",
+    ),
     ("curl", "HTTP checks of the apiserver tests"),
     ("kubectl", "the first client of the apiserver tests"),
     (
@@ -66,6 +73,69 @@ pub(crate) fn ensure() -> anyhow::Result<()> {
     println!("== deps: database servers");
     ensure_postgres()?;
     ensure_mariadb()?;
+    println!("== deps: the Kubernetes Python client");
+    ensure_python_client()?;
+    Ok(())
+}
+
+/// The `kubernetes` package the Python client tests use (pinned: the newest release when the
+/// tests were written).
+const PYTHON_CLIENT: &str = "kubernetes==37.0.2";
+
+/// The interpreter of the Python client's virtualenv (`<target dir>/python-client`).
+pub(crate) fn python_client() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    target.join("python-client").join("bin").join("python")
+}
+
+/// Makes the virtualenv and installs the pinned client into it unless it is there already.
+fn ensure_python_client() -> anyhow::Result<()> {
+    let python = python_client();
+    let has_client = || {
+        Command::new(&python)
+            .args([
+                "-c",
+                "import kubernetes, sys; sys.exit(kubernetes.__version__ != sys.argv[1])",
+            ])
+            .arg(PYTHON_CLIENT.trim_start_matches("kubernetes=="))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has_client() {
+        println!("{PYTHON_CLIENT} present in {}", python.display());
+        return Ok(());
+    }
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .context("the virtualenv's directory")?;
+    cmd::run(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(venv),
+    )?;
+    cmd::run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(PYTHON_CLIENT),
+    )?;
+    if !has_client() {
+        bail!(
+            "pip installed {PYTHON_CLIENT} into {} but it does not import",
+            venv.display()
+        );
+    }
     Ok(())
 }
 

@@ -76,6 +76,8 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         for args in tier.commands {
             let mut command = cmd::cargo();
             command.args(*args);
+            // The apiserver's Python client tests run this interpreter (see `deps`).
+            command.env("RK3S_PYTHON", deps::python_client());
             let status = cmd::status(&mut command)?;
             if !status.success() && outcome == Outcome::Passed {
                 outcome = Outcome::Failed(format!("`{}` {status}", cmd::display(&command)));

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 pub(crate) use fieldset::FieldSet;
 use fieldset::{Elem, path_string};
 use managed::{Entry, Managed, Operation};
-use schema::TypedSchema;
+use schema::{Schema, StructuralSchema, TypedSchema};
 use walk::KeyError;
 
 use crate::registry::ResourceInfo;
@@ -64,8 +64,12 @@ pub(crate) struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn schema(&self) -> TypedSchema {
-        TypedSchema::of(self.info)
+    /// The type's merge facts: the built-in type's, or a custom resource's structural schema.
+    fn schema(&self) -> Box<dyn Schema + '_> {
+        match self.info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+            Some(root) => Box::new(StructuralSchema::new(root)),
+            None => Box::new(TypedSchema::of(self.info)),
+        }
     }
 
     fn api_version(&self) -> String {
@@ -158,7 +162,7 @@ pub(crate) fn track_update(writer: &Writer<'_>, old: Option<&Value>, new: &mut V
     let new_t = tracked(writer, new);
     let (mut changed, mut removed) = (FieldSet::default(), FieldSet::default());
     walk::diff(
-        &schema,
+        schema.as_ref(),
         &mut Vec::new(),
         old_t.as_ref(),
         Some(&new_t),
@@ -301,8 +305,14 @@ pub(crate) fn apply(
         .unwrap_or("");
     let config_t = tracked(writer, config);
     let mut applied = FieldSet::default();
-    walk::field_set(&schema, &mut Vec::new(), &config_t, &mut applied, true)
-        .map_err(|e| key_error(writer.info, name, e))?;
+    walk::field_set(
+        schema.as_ref(),
+        &mut Vec::new(),
+        &config_t,
+        &mut applied,
+        true,
+    )
+    .map_err(|e| key_error(writer.info, name, e))?;
     applied.member = false;
     applied.prune();
 
@@ -330,7 +340,13 @@ pub(crate) fn apply(
     // changes them.
     if live.is_some() && entries.is_empty() {
         let mut fields = FieldSet::default();
-        let _ = walk::field_set(&schema, &mut Vec::new(), &live_t, &mut fields, false);
+        let _ = walk::field_set(
+            schema.as_ref(),
+            &mut Vec::new(),
+            &live_t,
+            &mut fields,
+            false,
+        );
         fields.member = false;
         fields.prune();
         entries.push(Entry {
@@ -382,7 +398,7 @@ pub(crate) fn apply(
     }
 
     let mut merged = live_obj.clone();
-    walk::merge(&schema, &mut Vec::new(), &mut merged, &config_t)
+    walk::merge(schema.as_ref(), &mut Vec::new(), &mut merged, &config_t)
         .map_err(|e| key_error(writer.info, name, e))?;
 
     // What this manager applied before, omits now, and nobody else owns goes away.

@@ -6,7 +6,10 @@
 //! Built-in types answer from [`crate::patch_meta`] (upstream's markers joined to k8s-openapi's
 //! type graph). Paths are field names from the root; list items and map values do not count,
 //! so `spec.template.spec.containers.ports` names the ports of every container. Custom
-//! resources will answer from their structural schema by implementing [`Schema`].
+//! resources answer from their version's structural schema ([`StructuralSchema`]): the
+//! `x-kubernetes-list-type`/`-list-map-keys`/`-map-type` extensions (a list without a list
+//! type is atomic, as upstream treats CRD schemas), with `metadata` answered as every
+//! object's `ObjectMeta`.
 
 use serde_json::Value;
 
@@ -115,6 +118,109 @@ impl Schema for TypedSchema {
     }
 }
 
+/// A custom resource's version, from its structural schema (`openAPIV3Schema`).
+pub(crate) struct StructuralSchema<'a> {
+    root: &'a Value,
+    /// `metadata` is `ObjectMeta` whatever the schema says of it (upstream merges it in).
+    meta: TypedSchema,
+}
+
+impl<'a> StructuralSchema<'a> {
+    pub(crate) fn new(root: &'a Value) -> Self {
+        let meta = crate::registry::REGISTRY
+            .find("", "v1", "configmaps")
+            .map(TypedSchema::of)
+            .unwrap_or(TypedSchema { root: None });
+        StructuralSchema { root, meta }
+    }
+
+    /// The schema node of the value at `path` (through list items and map values).
+    fn resolve(&self, path: &[String]) -> Option<&'a Value> {
+        let mut node = self.root;
+        for name in path {
+            node = Self::item(node);
+            node = node
+                .get("properties")
+                .and_then(|p| p.get(name))
+                .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))?;
+        }
+        Some(node)
+    }
+
+    /// A list's item schema (the node itself for anything else).
+    fn item(node: &'a Value) -> &'a Value {
+        match node.get("type").and_then(Value::as_str) {
+            Some("array") => node.get("items").unwrap_or(node),
+            _ => node,
+        }
+    }
+
+    fn is_meta(path: &[String]) -> bool {
+        path.first().is_some_and(|f| f == "metadata")
+    }
+}
+
+impl Schema for StructuralSchema<'_> {
+    fn list_type(&self, path: &[String]) -> ListType {
+        if Self::is_meta(path) {
+            return self.meta.list_type(path);
+        }
+        let Some(node) = self.resolve(path) else {
+            return ListType::Atomic;
+        };
+        match node.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("set") => ListType::Set,
+            Some("map") => {
+                let keys: Vec<String> = node
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect();
+                if keys.is_empty() {
+                    ListType::Atomic
+                } else {
+                    ListType::Map(crate::crd::intern_list(&keys))
+                }
+            }
+            _ => ListType::Atomic,
+        }
+    }
+
+    fn atomic_object(&self, path: &[String]) -> bool {
+        if Self::is_meta(path) {
+            return self.meta.atomic_object(path);
+        }
+        self.resolve(path).is_some_and(|n| {
+            Self::item(n)
+                .get("x-kubernetes-map-type")
+                .and_then(Value::as_str)
+                == Some("atomic")
+        })
+    }
+
+    fn is_map(&self, path: &[String]) -> bool {
+        if Self::is_meta(path) {
+            return self.meta.is_map(path);
+        }
+        self.resolve(path).is_some_and(|n| {
+            let n = Self::item(n);
+            n.get("additionalProperties").is_some_and(Value::is_object)
+                && n.get("properties").is_none()
+                && n.get("x-kubernetes-map-type").and_then(Value::as_str) != Some("atomic")
+        })
+    }
+
+    fn key_default(&self, path: &[String], key: &str) -> Option<Value> {
+        if Self::is_meta(path) {
+            return self.meta.key_default(path, key);
+        }
+        let node = Self::item(self.resolve(path)?);
+        node.get("properties")?.get(key)?.get("default").cloned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +264,70 @@ mod tests {
         assert!(deploy.is_map(&p("metadata.labels")));
         assert!(deploy.is_map(&p("spec.template.spec.containers.resources.limits")));
         assert!(!deploy.is_map(&p("spec.template.spec")));
+    }
+
+    #[test]
+    fn custom_resources_merge_as_their_structural_schema_says() {
+        let root = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "properties": {
+                        "ports": {
+                            "type": "array",
+                            "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["port", "protocol"],
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "port": {"type": "integer"},
+                                    "protocol": {"type": "string", "default": "UDP"},
+                                    "hosts": {
+                                        "type": "array",
+                                        "x-kubernetes-list-type": "set",
+                                        "items": {"type": "string"}
+                                    }
+                                }
+                            }
+                        },
+                        "args": {"type": "array", "items": {"type": "string"}},
+                        "selector": {
+                            "type": "object",
+                            "x-kubernetes-map-type": "atomic",
+                            "properties": {"app": {"type": "string"}}
+                        },
+                        "env": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"}
+                        }
+                    }
+                }
+            }
+        });
+        let s = StructuralSchema::new(&root);
+        assert_eq!(
+            s.list_type(&p("spec.ports")),
+            ListType::Map(&["port", "protocol"])
+        );
+        assert_eq!(s.list_type(&p("spec.ports.hosts")), ListType::Set);
+        assert_eq!(s.list_type(&p("spec.args")), ListType::Atomic);
+        assert_eq!(s.list_type(&p("spec.unknown")), ListType::Atomic);
+        assert!(s.atomic_object(&p("spec.selector")));
+        assert!(!s.atomic_object(&p("spec")));
+        assert!(s.is_map(&p("spec.env")));
+        assert!(!s.is_map(&p("spec")));
+        assert_eq!(
+            s.key_default(&p("spec.ports"), "protocol"),
+            Some(Value::String("UDP".into()))
+        );
+        assert_eq!(s.key_default(&p("spec.ports"), "port"), None);
+        // metadata is ObjectMeta's, whatever the schema says.
+        assert_eq!(s.list_type(&p("metadata.finalizers")), ListType::Set);
+        assert!(s.is_map(&p("metadata.labels")));
+        assert_eq!(
+            s.list_type(&p("metadata.ownerReferences")),
+            ListType::Map(&["uid"])
+        );
     }
 }

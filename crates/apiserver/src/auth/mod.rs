@@ -40,7 +40,8 @@ use crate::status::ApiError;
 
 /// Paths an anonymous request may reach (upstream's anonymous-authentication conditions as
 /// K3s-like servers configure them); RBAC's `system:public-info-viewer` then allows them.
-pub(crate) const ANONYMOUS_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+pub(crate) const ANONYMOUS_PATHS: &[&str] =
+    &["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
 pub(crate) const SYSTEM_AUTHENTICATED: &str = "system:authenticated";
 pub(crate) const SYSTEM_UNAUTHENTICATED: &str = "system:unauthenticated";

@@ -133,7 +133,7 @@ fn intern(s: &str) -> &'static str {
 }
 
 /// Like [`intern`], for lists of names (short names, categories).
-fn intern_list(items: &[String]) -> &'static [&'static str] {
+pub(crate) fn intern_list(items: &[String]) -> &'static [&'static str] {
     static SET: LazyLock<Mutex<HashSet<&'static [&'static str]>>> = LazyLock::new(Default::default);
     let interned: Vec<&'static str> = items.iter().map(|s| intern(s)).collect();
     let mut set = SET.lock().unwrap_or_else(PoisonError::into_inner);
@@ -656,8 +656,22 @@ async fn load(state: &AppState) -> Result<(BTreeMap<String, Value>, i64), ApiErr
         let obj = decode_stored(kv)?;
         crds.insert(crate::rest::object_meta_str(&obj, "name").to_string(), obj);
     }
-    state.crds.publish(build_snapshot(&crds));
+    publish(state, &crds, resp.revision);
     Ok((crds, resp.revision))
+}
+
+/// Serves `crds` (as of `revision`), and stops the watch caches of the custom resources they
+/// no longer serve (upstream tears down a removed CRD's storage and its cacher).
+fn publish(state: &AppState, crds: &BTreeMap<String, Value>, revision: i64) {
+    let snapshot = build_snapshot(crds);
+    let served: HashSet<Vec<u8>> = snapshot
+        .groups
+        .iter()
+        .flat_map(|g| &g.resources)
+        .map(|r| r.prefix(None))
+        .collect();
+    state.crds.publish(snapshot);
+    state.watch_cache.stop_unserved(&served, revision);
 }
 
 /// Serves the CRDs already in the store right away (called before the listener opens).
@@ -720,8 +734,8 @@ async fn run_once(state: &AppState) -> Result<(), ApiError> {
         let Some(next) = next else {
             return Ok(());
         };
-        let events = match next? {
-            WatchResponse::Events { events, .. } => events,
+        let (events, revision) = match next? {
+            WatchResponse::Events { events, revision } => (events, revision),
             WatchResponse::Progress { .. } => continue,
             WatchResponse::Compacted { .. } => {
                 return Err(ApiError::internal("CRD watch compacted"));
@@ -741,7 +755,7 @@ async fn run_once(state: &AppState) -> Result<(), ApiError> {
             }
             touched.push(name);
         }
-        state.crds.publish(build_snapshot(&crds));
+        publish(state, &crds, revision);
         // A name freed by a deleted CRD may let another one's names be accepted.
         let names: Vec<String> = crds.keys().cloned().collect();
         for name in names {

@@ -198,7 +198,28 @@ pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     if Part::of(ctx.target) != Some(Part::Approval) {
         check_subresource(ctx.target)?;
     }
-    let (_, kv) = ctx.state.store.get(&info.key(ctx.ns(), name), 0).await?;
+    let key = info.key(ctx.ns(), name);
+    // With a resourceVersion, the watch cache answers once it is at least that fresh, if the
+    // type's cache is running (upstream's `Cacher.Get`; 504 "Too large resource version" as
+    // for lists); without one, or while the cache is not ready, the store.
+    let rv = ctx.query.get("resourceVersion").map_or("", String::as_str);
+    if !rv.is_empty() {
+        let min_revision = parse_resource_version(rv)?;
+        let cached = ctx
+            .state
+            .watch_cache
+            .list(info, &key, true, None, min_revision)
+            .await?;
+        if let Some(list) = cached {
+            let (_, obj) = list
+                .objects
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApiError::not_found(info, name))?;
+            return respond_object(ctx, StatusCode::OK, &served_form(info, obj.to_value()));
+        }
+    }
+    let (_, kv) = ctx.state.store.get(&key, 0).await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
     let obj = decode_as(info, &kv)?;
     respond_object(ctx, StatusCode::OK, &obj)
@@ -476,9 +497,11 @@ pub(crate) async fn list_items(
             Some(key) => (key.clone(), true),
             None => (info.prefix(namespace), false),
         };
+        // A selector requiring one node name reads the cache's index of pods by node.
+        let value = crate::watch_cache::index_value(info, &selectors.fields);
         let cached = state
             .watch_cache
-            .list(info, &key_prefix, exact, min_revision)
+            .list(info, &key_prefix, exact, value, min_revision)
             .await;
         match cached {
             Ok(Some(list)) => {
@@ -1053,10 +1076,15 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
     )
 }
 
-/// A CRD must pass upstream's CRD validation (see [`crate::crd::validate_crd`]); a custom
-/// resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
+/// A built-in object must pass upstream's validation of its type
+/// ([`crate::validation::validate_builtin`]), a CRD upstream's CRD validation (see
+/// [`crate::crd::validate_crd`]); a custom resource its schema and CEL rules ([`crate::crd::validate_custom_resource`], with `old`
 /// on updates for ratcheting and transition rules).
 fn check_crd(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let causes = crate::validation::validate_builtin(info, obj, old);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, meta_str(obj, "name"), causes));
+    }
     if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
         let causes = crate::crd::validate_custom_resource(schema, obj, old);
         if !causes.is_empty() {

@@ -55,14 +55,18 @@ impl WatchSpec {
         Bytes::from(serde_json::to_vec(&object).unwrap_or_default())
     }
 
+    /// Whether this watch decodes the objects it sends (a table, a version served by
+    /// conversion): their encodings are shared through the events' `encoded`.
+    fn decodes(&self) -> bool {
+        self.table || self.info.conversion.is_some()
+    }
+
     /// What the encoding of an event's object for this watch depends on (`which`: the new
     /// state or the previous one at the event's revision), when it decodes objects: the
-    /// served version and, for tables, `includeObject`. Tables of custom resources are not
-    /// shared (their columns come from the CRD snapshot the watch started with).
+    /// served version and, for tables, `includeObject` and, for custom resources, the columns
+    /// of the CRD snapshot the watch started with.
     fn encoded_key(&self, which: &str) -> Option<String> {
-        if !(self.table || self.info.conversion.is_some())
-            || (self.table && self.info.custom.is_some())
-        {
+        if !self.decodes() {
             return None;
         }
         let include = self.table.then(|| {
@@ -70,11 +74,29 @@ impl WatchSpec {
                 .get("includeObject")
                 .map_or("Metadata", String::as_str)
         });
+        let columns = match &self.info.custom {
+            Some(custom) if self.table => format!(" {:?}", custom.columns),
+            _ => String::new(),
+        };
         Some(format!(
-            "{which} {} {} {include:?}",
+            "{which} {} {} {include:?}{columns}",
             self.info.api_version(),
             self.info.plural
         ))
+    }
+
+    /// The initial ADDED line of `obj`; `latest`: the change that made it (see
+    /// `Subscription::latest`), whose encodings watches that decode objects share.
+    fn initial_line(&self, obj: &CachedObject, latest: Option<&CachedEvent>) -> Bytes {
+        match (latest, self.encoded_key("object")) {
+            (Some(ev), Some(key)) => {
+                let object = ev
+                    .encoded
+                    .get_or_encode(&key, || self.object_json(self.served(obj.to_value())));
+                wrap("ADDED", &object)
+            }
+            _ => self.object_line("ADDED", obj),
+        }
     }
 
     /// [`object_line`](Self::object_line) of an event's object, encoded once per event for
@@ -222,10 +244,21 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         _ => (info.prefix(ctx.ns()), false),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    // A watch that requires one node name (a kubelet's) is offered only the changes of pods
+    // that are or were on that node.
+    let value = crate::watch_cache::index_value(info, &spec.selectors.fields);
     let sub = ctx
         .state
         .watch_cache
-        .subscribe(info, &scope, exact, start, spec.bookmarks)
+        .subscribe(
+            info,
+            &scope,
+            exact,
+            value,
+            start,
+            spec.bookmarks,
+            spec.decodes(),
+        )
         .await;
     let mut sub = match sub {
         Ok(sub) => sub,
@@ -242,9 +275,14 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     };
     let mut shutdown = ctx.state.shutdown.clone();
     tokio::spawn(async move {
+        let mut latest = std::mem::take(&mut sub.latest).into_iter();
         for obj in std::mem::take(&mut sub.objects) {
+            let made_by = latest.next().flatten();
             if spec.selectors.matches(&*obj)
-                && tx.send(Ok(spec.object_line("ADDED", &obj))).await.is_err()
+                && tx
+                    .send(Ok(spec.initial_line(&obj, made_by.as_deref())))
+                    .await
+                    .is_err()
             {
                 return;
             }
@@ -380,6 +418,100 @@ mod tests {
             ..del
         };
         assert_eq!(event_type(&spec, &del_other), None);
+    }
+
+    /// A watch that decodes objects writes an initial ADDED with the encoding of the change
+    /// that made the object (shared with the other such watches, and with that change's own
+    /// line), and without one as before.
+    #[test]
+    fn initial_added_lines_share_the_encoding_of_the_latest_change() {
+        let info = REGISTRY.find("", "v1", "configmaps").expect("cm");
+        let table = || WatchSpec {
+            info: info.clone(),
+            selectors: Selectors::from_query(info, &Query::new()).expect("selector"),
+            table: true,
+            query: Query::new(),
+            bookmarks: false,
+        };
+        let object = obj("a", json!({"app": "web"}), 5);
+        let ev = put(None, object.clone(), 5);
+        let lines: Vec<Bytes> = (0..3)
+            .map(|_| table().initial_line(&object, Some(&ev)))
+            .collect();
+        assert_eq!(ev.encoded.len(), 1, "one encoding for three watches");
+        assert!(lines.iter().all(|l| *l == lines[0]));
+        assert_eq!(lines[0], table().object_line("ADDED", &object));
+        // The change's own ADDED line is that encoding too.
+        assert_eq!(table().convert(&ev).as_ref(), Some(&lines[0]));
+        assert_eq!(ev.encoded.len(), 1);
+        // Without the change (no longer in the ring): encoded for the watch alone.
+        assert_eq!(table().initial_line(&object, None), lines[0]);
+        // A plain watch writes the cached JSON and keeps no encoding.
+        let plain = WatchSpec {
+            table: false,
+            ..table()
+        };
+        let other = put(None, object.clone(), 5);
+        let line = plain.initial_line(&object, Some(&other));
+        assert_eq!(other.encoded.len(), 0);
+        assert_eq!(line, plain.object_line("ADDED", &object));
+    }
+
+    /// Table watches of a custom resource share an event's Table while their CRD's columns are
+    /// the same; a watch that started with other columns gets its own.
+    #[test]
+    fn custom_resource_tables_are_shared_by_watches_with_the_same_columns() {
+        let crd = |column: &str| {
+            let crd = json!({
+                "metadata": {"name": "widgets.example.com"},
+                "spec": {"group": "example.com", "scope": "Namespaced",
+                         "names": {"plural": "widgets", "kind": "Widget"},
+                         "versions": [{"name": "v1", "served": true, "storage": true,
+                             "additionalPrinterColumns": [
+                                 {"name": column, "type": "string", "jsonPath": ".spec.size"}]}]},
+                "status": {"acceptedNames": {"plural": "widgets", "kind": "Widget"},
+                           "conditions": [{"type": "Established", "status": "True"}]},
+            });
+            let snapshot = crate::crd::build_snapshot(&std::collections::BTreeMap::from([(
+                "widgets.example.com".into(),
+                crd,
+            )]));
+            snapshot
+                .find("example.com", "v1", "widgets")
+                .expect("served")
+                .clone()
+        };
+        let table = |info: &ResourceInfo| WatchSpec {
+            info: info.clone(),
+            selectors: Selectors::from_query(info, &Query::new()).expect("selector"),
+            table: true,
+            query: Query::new(),
+            bookmarks: false,
+        };
+        let size = crd("Size");
+        let widget = CachedObject::new(
+            json!({
+                "apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w", "namespace": "default", "resourceVersion": "7"},
+                "spec": {"size": "big"},
+            }),
+            &[],
+        );
+        let ev = put(None, widget, 7);
+        let lines: Vec<Bytes> = (0..3).filter_map(|_| table(&size).convert(&ev)).collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| *l == lines[0]));
+        assert_eq!(ev.encoded.len(), 1, "one Table for the three watches");
+        // Another snapshot with the same columns shares it too.
+        assert_eq!(table(&crd("Size")).convert(&ev).as_ref(), Some(&lines[0]));
+        assert_eq!(ev.encoded.len(), 1);
+        let other = table(&crd("Bigness")).convert(&ev).expect("line");
+        assert_eq!(ev.encoded.len(), 2, "other columns: another Table");
+        let v: Value = serde_json::from_slice(&other).expect("json");
+        assert_eq!(v["object"]["columnDefinitions"][1]["name"], "Bigness");
+        assert_eq!(v["object"]["rows"][0]["cells"], json!(["w", "big"]));
+        let v: Value = serde_json::from_slice(&lines[0]).expect("json");
+        assert_eq!(v["object"]["columnDefinitions"][1]["name"], "Size");
     }
 
     /// Watches that decode objects (tables, versions served by conversion) share one encoding

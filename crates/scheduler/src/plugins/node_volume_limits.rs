@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use rand::Rng as _;
 
-use super::volume_binding::{Volumes, claim_class, volume_name};
+use super::volume_binding::{Volumes, claim_class, created_for, volume_name};
 use super::{Failure, FilterResult};
 use crate::cache::{Cache, NodeInfo, PodInfo, PodKey};
 
@@ -95,13 +95,7 @@ fn attachable(
         if c.ephemeral {
             // The claim of an ephemeral volume must be the pod's own (VolumeBinding's
             // PreFilter rejects the pod to schedule otherwise).
-            let owned = pvc
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|r| r.controller == Some(true) && r.uid == pod.uid);
-            if !owned {
+            if !created_for(pvc, pod) {
                 continue;
             }
         }

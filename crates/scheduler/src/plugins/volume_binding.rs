@@ -365,19 +365,11 @@ impl State {
                     c.name
                 ));
             }
-            if c.ephemeral {
-                let owned = pvc
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .any(|r| r.controller == Some(true) && r.uid == pod.uid);
-                if !owned {
-                    return rejected(format!(
-                        "PVC {}/{} was not created for pod {}/{} (pod is not owner)",
-                        pod.namespace, c.name, pod.namespace, pod.name
-                    ));
-                }
+            if c.ephemeral && !created_for(pvc, pod) {
+                return rejected(format!(
+                    "PVC {}/{} was not created for pod {}/{} (pod is not owner)",
+                    pod.namespace, c.name, pod.namespace, pod.name
+                ));
             }
             pvcs.push(pvc.clone());
         }
@@ -757,6 +749,16 @@ impl Volumes {
         }
         Ok(true)
     }
+}
+
+/// Whether a generic ephemeral volume's claim is the pod's own (its controller owner is the
+/// pod): a claim of that name made for another pod must not be used.
+pub(crate) fn created_for(pvc: &PersistentVolumeClaim, pod: &PodInfo) -> bool {
+    pvc.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == pod.uid)
 }
 
 #[cfg(test)]
