@@ -56,7 +56,6 @@ mod storage;
 mod time;
 mod validation;
 mod watch_cache;
-#[allow(dead_code)] // its callers (admission and conversion webhooks) land next
 mod webhook;
 
 use std::future::Future;

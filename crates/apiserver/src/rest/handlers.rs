@@ -1019,8 +1019,9 @@ pub(crate) async fn create_object_as(
         check_namespace(state, info, ns, &name).await?;
     }
     if is_service(info) {
-        // Upstream's `ValidateService`, dry runs included; allocation comes with the write.
-        crate::services::prepare_create(info, &mut obj)?;
+        // Allocation checked, then upstream's `ValidateService`, dry runs included; what is
+        // allocated is taken with the write.
+        crate::services::prepare_create(state, info, &mut obj, dry_run).await?;
     }
     set_system_fields(info, &mut obj);
     // The generated name the write tries first: validating webhooks see it, as upstream
@@ -1408,6 +1409,8 @@ pub(crate) async fn guaranteed_update_admitted<F>(
 where
     F: FnMut(&Value) -> Result<Value, ApiError>,
 {
+    // What the quotas were charged by the attempts that lost a compare-and-swap.
+    let mut quota_charged = crate::quota::Charged::default();
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
@@ -1423,9 +1426,11 @@ where
                 new = after_update_mutation(info, &old, &new, mutated, admit.subresource)?;
             }
         }
-        // A Service's node ports: kept, taken over, dropped or drawn (upstream's service REST).
-        let drawn = if is_service(info) && old.get("spec") != new.get("spec") {
-            crate::services::prepare_update(info, &state.service_cidr, &old, &mut new)?
+        // A Service's allocations and validation, on every update of the main resource
+        // (upstream's service REST); `/status` writes keep the spec.
+        let status_write = admit.is_some_and(|a| a.subresource.is_some());
+        let drawn = if is_service(info) && (old.get("spec") != new.get("spec") || !status_write) {
+            crate::services::prepare_update(state, info, &old, &mut new).await?
         } else {
             crate::services::Drawn::default()
         };
@@ -1450,7 +1455,8 @@ where
                 && crate::quota::handles_update(info)
                 && old.get("spec") != new.get("spec")
             {
-                crate::quota::admit_update(state, info, &old, &new, dry_run).await?;
+                crate::quota::admit_update(state, info, &old, &new, dry_run, &mut quota_charged)
+                    .await?;
             }
         }
         // The update that leaves an object being deleted without finalizers deletes it
@@ -1538,13 +1544,12 @@ where
 }
 
 /// Whether an update of `old` to `new` deletes the object instead (upstream's
-/// `shouldDeleteDuringUpdate`): `old` is being deleted, `new` has no finalizers — for a
-/// namespace, neither `metadata.finalizers` nor `spec.finalizers` — and no grace period holds
-/// it: a pod in its graceful termination is deleted by its kubelet's DELETE, not by a status
-/// write. Unlike upstream, the update removing a pod's last finalizer deletes it even within
-/// its grace period (rk3s' DELETE shortens a pending grace period, but does not record a
-/// grace 0 on a pod that still has finalizers, so a pod whose kubelet has deleted it with
-/// grace 0 would otherwise stay).
+/// `shouldDeleteDuringUpdate`): `old` is being deleted with no grace period left to wait
+/// (`deletionGracePeriodSeconds` absent or 0), `new` has no finalizers — for a namespace,
+/// neither `metadata.finalizers` nor `spec.finalizers`. A pod in its graceful termination is
+/// deleted by its kubelet's grace-0 DELETE, not by a write, even the one removing its last
+/// finalizer; a DELETE of a pod with finalizers records the grace 0 it asks for, so the
+/// finalizer's removal deletes it after that (see [`delete_object`]).
 fn deletes_during_update(info: &ResourceInfo, old: &Value, new: &Value) -> bool {
     let grace = old
         .get("metadata")
@@ -1553,7 +1558,7 @@ fn deletes_during_update(info: &ResourceInfo, old: &Value, new: &Value) -> bool 
         .unwrap_or(0);
     !meta_str(old, "deletionTimestamp").is_empty()
         && finalizers(new).is_empty()
-        && (grace == 0 || !finalizers(old).is_empty())
+        && grace == 0
         && !(info.group.is_empty() && info.kind == "Namespace" && has_spec_finalizers(new))
 }
 
@@ -2472,9 +2477,10 @@ pub(crate) async fn delete_object(
         if !new_finalizers.is_empty() || grace.is_some() {
             let deleting = !meta_str(&obj, "deletionTimestamp").is_empty();
             if deleting && new_finalizers == old_finalizers {
-                // Upstream's BeforeDelete: a pending graceful deletion may only be shortened
-                // (a kubelet's grace 0 has no grace period here and deletes below).
-                match grace.zip(deletion_grace_period(&obj)) {
+                // Upstream's BeforeDelete: a pending graceful deletion may only be shortened,
+                // to 0 too (a pod its finalizers still hold records the kubelet's grace 0;
+                // without finalizers, grace 0 deletes below).
+                match pod_grace_period(info, &obj, opts).zip(deletion_grace_period(&obj)) {
                     Some((g, current)) if g < current => shorten_deletion(&mut obj, g, current),
                     _ => return Ok((obj, false)),
                 }
@@ -2562,7 +2568,14 @@ fn shorten_deletion(obj: &mut Value, grace: i64, current: i64) {
 
 /// The grace period of a pod's deletion: only a pod bound to a node waits for its kubelet.
 fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
-    if info.kind != "Pod" {
+    pod_grace_period(info, obj, opts).filter(|g| *g > 0)
+}
+
+/// The grace period a DELETE asks of a pod (upstream's pod `CheckGracefulDelete`): the
+/// request's, else the pod's `terminationGracePeriodSeconds` (30 by default); 0 for a pod not
+/// bound to a node or finished. `None` for other kinds.
+fn pod_grace_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
+    if info.kind != "Pod" || !info.group.is_empty() {
         return None;
     }
     let node = obj
@@ -2576,15 +2589,16 @@ fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Op
         .and_then(Value::as_str)
         .unwrap_or("");
     if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
-        return None;
+        return Some(0);
     }
     let default = obj
         .get("spec")
         .and_then(|s| s.get("terminationGracePeriodSeconds"))
         .and_then(Value::as_i64)
         .unwrap_or(30);
-    let grace = opts.grace_period_seconds.unwrap_or(default);
-    (grace > 0).then_some(grace)
+    // A negative request counts as 1 s, as upstream's BeforeDelete.
+    let asked = opts.grace_period_seconds.map(|g| if g < 0 { 1 } else { g });
+    Some(asked.unwrap_or(default).max(0))
 }
 
 /// What a DELETE does to a namespace (upstream's namespace REST `Delete`).
