@@ -98,6 +98,14 @@ async fn ensure(state: &AppState, plural: &str, ns: Option<&str>, obj: Value) ->
             Ok(true)
         }
         Err(e) if e.reason == "AlreadyExists" => Ok(false),
-        Err(e) => Err(Error::Bootstrap(format!("{plural} {name}: {}", e.message))),
+        Err(e) => {
+            // A Service that exists is refused by the allocation check of its cluster IP (held
+            // by itself) before the write could say AlreadyExists, as upstream's.
+            let key = info.key(ns, &name);
+            if matches!(state.store.get(&key, 0).await, Ok((_, Some(_)))) {
+                return Ok(false);
+            }
+            Err(Error::Bootstrap(format!("{plural} {name}: {}", e.message)))
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! See `ARCHITECTURE.md` in this crate for the invariants.
 
 mod admission;
+mod admission_webhook;
 mod apply;
 pub mod audit;
 mod auth;
@@ -55,7 +56,6 @@ mod storage;
 mod time;
 mod validation;
 mod watch_cache;
-#[allow(dead_code)] // its callers (admission and conversion webhooks) land next
 mod webhook;
 
 use std::future::Future;

@@ -150,14 +150,22 @@ pub(crate) fn handles_update(info: &ResourceInfo) -> bool {
     info.group.is_empty() && matches!(info.plural, "services" | "persistentvolumeclaims")
 }
 
+/// What one update request has charged so far, across the compare-and-swap retries of its
+/// write.
+#[derive(Debug, Default)]
+pub(crate) struct Charged(Usage);
+
 /// Admits an update of `old` to `new` (main resource only; upstream ignores subresources),
-/// charging what `new` uses beyond `old`.
+/// charging what `new` uses beyond `old`, less what this request has already charged
+/// (`charged`: an update retried after a compare-and-swap conflict is admitted again, against
+/// the object it then replaces, but pays only for what it adds beyond its earlier attempts).
 pub(crate) async fn admit_update(
     state: &AppState,
     info: &ResourceInfo,
     old: &Value,
     new: &Value,
     dry_run: bool,
+    charged: &mut Charged,
 ) -> Result<(), ApiError> {
     let ns = object_meta_str(new, "namespace");
     if !handles_update(info) || ns.is_empty() {
@@ -165,7 +173,14 @@ pub(crate) async fn admit_update(
     }
     let usage = usage(resource(info), new);
     let growth = rk3s_quota::growth(&usage, &rk3s_quota::usage(resource(info), old));
-    admit(state, info, ns, new, &usage, &growth, dry_run).await
+    let charge = rk3s_quota::growth(&growth, &charged.0);
+    admit(state, info, ns, new, &usage, &charge, dry_run).await?;
+    if !dry_run {
+        for (name, amount) in charge {
+            rk3s_quota::add(&mut charged.0, &name, amount);
+        }
+    }
+    Ok(())
 }
 
 async fn admit(

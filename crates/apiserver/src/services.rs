@@ -371,22 +371,145 @@ fn init_ip_families(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError
     Ok(())
 }
 
-/// What a new Service goes through before anything is allocated (also on dry runs): IP
-/// fields normalized and their families initialized, then upstream's `ValidateService`
-/// (a health-check node port still to be allocated counts as given).
-pub(crate) fn prepare_create(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+/// What a new Service goes through before it is written (also on dry runs), in upstream's
+/// order — the generic store's `BeginCreate` (the service REST's allocation) before the
+/// strategy's validation, so that a request failing both gets the allocation's error: IP
+/// fields normalized and their families initialized, then the cluster IP, node ports and
+/// health-check node port asked for checked as their allocation would (in range, not held by
+/// another Service: the same errors), then core's `ValidateObjectMeta` and upstream's
+/// `ValidateService` (a health-check node port still to be drawn counts as given). Nothing is
+/// taken here: the write takes everything in one transaction ([`create`]), which checks again.
+/// A dry run gets what a real create would draw (free when looked at), as upstream's dry-run
+/// allocators fill them in.
+pub(crate) async fn prepare_create(
+    state: &AppState,
+    info: &ResourceInfo,
+    obj: &mut Value,
+    dry_run: bool,
+) -> Result<(), ApiError> {
     normalize_cluster_ips_create(obj);
     init_ip_families(info, obj)?;
+    check_create_allocations(state, info, obj, dry_run).await?;
     let mut checked = obj.clone();
     if needs_health_check(&checked) && health_check_port(&checked).is_none() {
         checked["spec"]["healthCheckNodePort"] = json!(*NODE_PORTS.start());
     }
-    let causes = validation::validate(&checked);
+    let mut causes = validation::object_meta(&checked);
+    causes.extend(validation::validate(&checked));
     if causes.is_empty() {
         Ok(())
     } else {
         Err(ApiError::invalid(info, meta_str(obj, "name"), causes))
     }
+}
+
+/// Whether an allocation record (`ip_key`, `port_key`) is held.
+async fn is_held(state: &AppState, key: &[u8]) -> Result<bool, ApiError> {
+    Ok(state.store.get(key, 0).await?.1.is_some())
+}
+
+/// A random node port neither in `exclude` nor held, as upstream's `AllocateNext`.
+async fn free_port(state: &AppState, exclude: &[i64]) -> Result<i64, ApiError> {
+    for _ in 0..64 {
+        let n = rand::random_range(NODE_PORTS);
+        if !exclude.contains(&n) && !is_held(state, &port_key(n)).await? {
+            return Ok(n);
+        }
+    }
+    Err(ApiError::internal(
+        "failed to allocate a nodePort: range is full",
+    ))
+}
+
+/// A random cluster IP not held, as upstream's `AllocateNext`.
+async fn free_ip(state: &AppState) -> Result<Ipv4Addr, ApiError> {
+    for _ in 0..64 {
+        let ip = state.service_cidr.random();
+        if !is_held(state, &ip_key(ip)).await? {
+            return Ok(ip);
+        }
+    }
+    Err(ApiError::internal(
+        "failed to allocate a serviceIP: range is full",
+    ))
+}
+
+/// The allocation checks of a create (upstream's `allocateCreate` after the IP families): the
+/// cluster IP, then node ports in port order, then the health-check node port. A dry run has
+/// the values to draw filled in.
+async fn check_create_allocations(
+    state: &AppState,
+    info: &ResourceInfo,
+    obj: &mut Value,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    let name = meta_str(obj, "name").to_string();
+    let ip = match wanted(obj) {
+        Some(Some(ip)) => {
+            let ip = check_requested_ip(info, &state.service_cidr, &name, &ip)?;
+            if is_held(state, &ip_key(ip)).await? {
+                return Err(ip_taken(info, &name, ip));
+            }
+            None
+        }
+        Some(None) if dry_run => Some(free_ip(state).await?),
+        _ => None,
+    };
+    let requested = wanted_ports(obj);
+    let mut taken: Vec<i64> = Vec::new();
+    for (i, p) in &requested {
+        if let Some(p) = p {
+            if !NODE_PORTS.contains(p) {
+                return Err(out_of_range(info, &name, *i, *p));
+            }
+            if is_held(state, &port_key(*p)).await? {
+                return Err(invalid_port(info, &name, *i, *p, PORT_TAKEN));
+            }
+            taken.push(*p);
+        }
+    }
+    let mut drawn = Vec::new();
+    if dry_run {
+        for (i, p) in &requested {
+            if p.is_none() {
+                let n = free_port(state, &taken).await?;
+                taken.push(n);
+                drawn.push((*i, n));
+            }
+        }
+    }
+    let mut health_check = None;
+    if needs_health_check(obj) {
+        match health_check_port(obj) {
+            Some(p) => {
+                if !NODE_PORTS.contains(&p) {
+                    return Err(health_check_error(p, PORT_OUT_OF_RANGE));
+                }
+                if taken.contains(&p) || is_held(state, &port_key(p)).await? {
+                    return Err(health_check_error(p, PORT_TAKEN));
+                }
+            }
+            None if dry_run => health_check = Some(free_port(state, &taken).await?),
+            None => {}
+        }
+    }
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    if let Some(ip) = ip {
+        set_cluster_ip(spec, ip);
+    }
+    if let Some(list) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for (i, n) in drawn {
+            if let Some(p) = list.get_mut(i) {
+                p["nodePort"] = json!(n);
+            }
+        }
+    }
+    if let Some(hc) = health_check {
+        spec.insert("healthCheckNodePort".into(), json!(hc));
+    }
+    Ok(())
 }
 
 /// A requested cluster IP, checked: an IPv4 address in the service CIDR.
@@ -696,37 +819,105 @@ fn prepare_cluster_ip(
 /// A Service's allocations on update, as upstream's service REST: the cluster IP (see
 /// [`prepare_cluster_ip`]), then node ports: values the request leaves out are
 /// taken from the stored service by port name (`patchAllocatedValues`), a service that stops
-/// needing node ports loses the ones it kept unchanged (`dropTypeDependentFields`), then the
-/// validation; ports still without one get a random pick. Returns what was drawn at random
-/// (drawn again if the write finds it taken).
+/// needing node ports loses the ones it kept unchanged (`dropTypeDependentFields`); ports still
+/// without one get a random pick. Returns what was drawn at random (drawn again if the write
+/// finds it taken).
 ///
 /// Before that the IP fields are normalized and their families initialized (see
 /// [`init_ip_families`]), and the type-dependent fields the service no longer uses and kept
 /// unchanged are dropped; after, the health-check node port (see [`prepare_health_check`]),
-/// then upstream's `ValidateServiceUpdate`.
-pub(crate) fn prepare_update(
+/// then what the update takes is checked as its allocation would (upstream's `BeginUpdate`,
+/// before the validation: held by another Service → the allocation's error, a random pick
+/// held → drawn again), then core's `ValidateObjectMetaUpdate` and upstream's
+/// `ValidateServiceUpdate`. Runs on every update of the main resource, dry runs included;
+/// nothing is taken here ([`update`] does, in the write's transaction).
+pub(crate) async fn prepare_update(
+    state: &AppState,
     info: &ResourceInfo,
-    cidr: &ServiceCidr,
     old: &Value,
     new: &mut Value,
 ) -> Result<Drawn, ApiError> {
     normalize_cluster_ips_update(old, new);
-    let ip = prepare_cluster_ip(info, cidr, old, new)?;
+    let ip = prepare_cluster_ip(info, &state.service_cidr, old, new)?;
     if needs_cluster_ip(new) {
         init_ip_families(info, new)?;
     }
     drop_type_dependent_fields(old, new);
     let ports = prepare_node_ports(info, old, new)?;
     let health_check = prepare_health_check(old, new)?;
-    let causes = validation::validate_update(old, new);
-    if !causes.is_empty() {
-        return Err(ApiError::invalid(info, meta_str(new, "name"), causes));
-    }
-    Ok(Drawn {
+    let drawn = Drawn {
         ports,
         ip,
         health_check,
-    })
+    };
+    check_update_allocations(state, info, old, new, &drawn).await?;
+    let mut causes = validation::object_meta_update(old, new);
+    causes.extend(validation::validate_update(old, new));
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(info, meta_str(new, "name"), causes));
+    }
+    Ok(drawn)
+}
+
+/// What an update takes that its stored Service does not hold, checked against the records
+/// as upstream's `allocateUpdate` allocates: the cluster IP, node ports in port order, the
+/// health-check node port. One asked for and held by another Service is the allocation's
+/// error; a random pick held is drawn again.
+async fn check_update_allocations(
+    state: &AppState,
+    info: &ResourceInfo,
+    old: &Value,
+    new: &mut Value,
+    drawn: &Drawn,
+) -> Result<(), ApiError> {
+    let name = meta_str(new, "name").to_string();
+    let ip_before = held_ip(old);
+    if let Some(ip) = held_ip(new).filter(|ip| ip_before != Some(*ip))
+        && is_held(state, &ip_key(ip)).await?
+    {
+        if !drawn.ip {
+            return Err(ip_taken(info, &name, ip));
+        }
+        let fresh = free_ip(state).await?;
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("clusterIP".into(), json!(fresh.to_string()));
+            spec.insert("clusterIPs".into(), json!([fresh.to_string()]));
+        }
+    }
+    let before = held_ports(old);
+    let mut own = held_ports(new);
+    let mut seen = Vec::new();
+    for (i, port) in wanted_ports(new) {
+        let Some(n) = port.filter(|n| !before.contains(n) && !seen.contains(n)) else {
+            continue;
+        };
+        seen.push(n);
+        if !is_held(state, &port_key(n)).await? {
+            continue;
+        }
+        if !drawn.ports.contains(&i) {
+            return Err(port_taken(info, &name, i, n));
+        }
+        let fresh = free_port(state, &own).await?;
+        own.push(fresh);
+        if let Some(p) = new
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("ports"))
+            .and_then(|l| l.get_mut(i))
+        {
+            p["nodePort"] = json!(fresh);
+        }
+    }
+    if let Some(hc) = health_check_port(new).filter(|p| !before.contains(p))
+        && is_held(state, &port_key(hc)).await?
+    {
+        if !drawn.health_check {
+            return Err(health_check_taken(hc));
+        }
+        let fresh = free_port(state, &own).await?;
+        new["spec"]["healthCheckNodePort"] = json!(fresh);
+    }
+    Ok(())
 }
 
 /// Upstream's `dropTypeDependentFields` beyond IPs and node ports: `allocateLoadBalancerNodePorts`

@@ -1,9 +1,11 @@
 //! Validation as upstream: names and the other rules of `k8s.io/apimachinery/pkg/util/validation`
 //! with their messages (this file), and the per-type validation of built-in objects
 //! (`pkg/apis/*/validation`: [`validate_builtin`]) — `metadata` of every object ([`meta`]),
-//! core/v1 ([`core`]), the workload groups apps/v1 and batch/v1 ([`apps`]).
+//! core/v1 ([`core`]), the workload groups apps/v1 and batch/v1 ([`apps`]), CSRs
+//! ([`certificates`]).
 
 mod apps;
+mod certificates;
 mod core;
 mod meta;
 
@@ -27,6 +29,7 @@ pub(crate) fn validate_builtin(
     causes.extend(match info.group {
         "" => core::validate(info, obj, old),
         "apps" | "batch" => apps::validate(info, obj, old),
+        "certificates.k8s.io" => certificates::validate(info, obj, old),
         _ => Vec::new(),
     });
     causes

@@ -419,7 +419,7 @@ mod tests {
         let c = ClientConfig::parse(&json!({
             "service": {"namespace": "webhooks", "name": "guard"}
         }))
-        .unwrap();
+        .expect("valid");
         assert_eq!(
             c.display_url(Duration::from_secs(10)),
             "https://guard.webhooks.svc:443/?timeout=10s"
@@ -427,42 +427,48 @@ mod tests {
         let c = ClientConfig::parse(&json!({
             "service": {"namespace": "w", "name": "g", "path": "/validate", "port": 8443}
         }))
-        .unwrap();
+        .expect("valid");
         assert_eq!(
             c.display_url(Duration::from_secs(5)),
             "https://g.w.svc:8443/validate?timeout=5s"
         );
         assert_eq!(
-            c.server_name().unwrap(),
-            ServerName::try_from("g.w.svc").unwrap()
+            c.server_name().expect("valid"),
+            ServerName::try_from("g.w.svc").expect("valid")
         );
     }
 
     #[test]
     fn a_url_config_keeps_its_query_and_must_be_https() {
-        let c = ClientConfig::parse(&json!({"url": "https://127.0.0.1:9443/convert?x=1"})).unwrap();
+        let c = ClientConfig::parse(&json!({"url": "https://127.0.0.1:9443/convert?x=1"}))
+            .expect("valid");
         assert_eq!(
             c.display_url(Duration::from_secs(30)),
             "https://127.0.0.1:9443/convert?x=1&timeout=30s"
         );
-        assert!(matches!(c.server_name().unwrap(), ServerName::IpAddress(_)));
-        let e = ClientConfig::parse(&json!({"url": "http://example.com/"})).unwrap_err();
+        assert!(matches!(
+            c.server_name().expect("valid"),
+            ServerName::IpAddress(_)
+        ));
+        let e = ClientConfig::parse(&json!({"url": "http://example.com/"})).expect_err("refused");
         assert!(
             e.to_string()
                 .contains("'https' is the only allowed URL scheme"),
             "{e}"
         );
-        let e = ClientConfig::parse(&json!({})).unwrap_err();
+        let e = ClientConfig::parse(&json!({})).expect_err("refused");
         assert!(e.to_string().contains("neither url nor service"), "{e}");
-        let e = ClientConfig::parse(&json!({"url": "https://a/", "caBundle": "%%"})).unwrap_err();
+        let e = ClientConfig::parse(&json!({"url": "https://a/", "caBundle": "%%"}))
+            .expect_err("refused");
         assert!(e.to_string().starts_with("invalid caBundle"), "{e}");
     }
 
     #[test]
     fn a_ca_bundle_without_certificates_is_refused() {
         let bundle = base64::engine::general_purpose::STANDARD.encode("not a certificate");
-        let c = ClientConfig::parse(&json!({"url": "https://a/", "caBundle": bundle})).unwrap();
-        let e = c.tls().unwrap_err();
+        let c =
+            ClientConfig::parse(&json!({"url": "https://a/", "caBundle": bundle})).expect("valid");
+        let e = c.tls().expect_err("refused");
         assert!(e.to_string().contains("no certificate"), "{e}");
     }
 

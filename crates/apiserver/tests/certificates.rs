@@ -225,3 +225,68 @@ async fn approving_and_signing_need_the_signer_verbs() {
         cert.as_bytes()
     );
 }
+
+/// `ValidateCertificateSigningRequestCreate`: a request that is not a signed PKCS#10 PEM
+/// block, unknown or repeated usages, a bad signer name and a too short duration are 422
+/// before any admission plugin looks at the request.
+#[tokio::test]
+async fn malformed_requests_are_invalid() {
+    let t = TestServer::start().await;
+    let api: Api<CertificateSigningRequest> = Api::all(t.client().await);
+    let mut bad = csr("bad", "not a PEM block");
+    bad.spec.signer_name = "signer".into();
+    bad.spec.usages = Some(vec![
+        "client auth".into(),
+        "teleport".into(),
+        "client auth".into(),
+    ]);
+    bad.spec.expiration_seconds = Some(60);
+    let err = match api.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(s)) => s,
+        other => panic!("expected 422, got {other:?}"),
+    };
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"), "{err:?}");
+    let causes: Vec<(String, String)> = err
+        .details
+        .map(|d| d.causes)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.field, c.reason))
+        .collect();
+    let expect = |f: &str, r: &str| (f.to_string(), r.to_string());
+    assert_eq!(
+        causes,
+        [
+            expect("spec.request", "FieldValueInvalid"),
+            expect("spec.usages[1]", "FieldValueNotSupported"),
+            expect("spec.usages[2]", "FieldValueDuplicate"),
+            expect("spec.signerName", "FieldValueInvalid"),
+            expect("spec.expirationSeconds", "FieldValueInvalid"),
+        ]
+    );
+    // A request whose signature does not match its content is refused too.
+    let pem = request_pem("alice", &["dev"]);
+    let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, der_b64).unwrap();
+    let last = der.len() - 1;
+    der[last] ^= 0xff;
+    let tampered = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+    );
+    let out = t
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            &serde_json::to_string(&csr("tampered", &tampered)).unwrap(),
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "The CertificateSigningRequest \"tampered\" is invalid: spec.request: Invalid value: []byte{0x2d, 0x2d"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("signature"), "{stderr}");
+}

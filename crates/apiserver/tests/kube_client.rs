@@ -857,6 +857,70 @@ async fn a_pending_graceful_pod_deletion_may_only_be_shortened() {
     assert_eq!(status.code, 404);
 }
 
+/// A pod its finalizer holds, as upstream's store: the update removing the finalizer within
+/// the pod's grace period leaves it terminating (the kubelet's final grace-0 DELETE deletes
+/// it); a grace-0 DELETE while the finalizer is still there records the grace 0, and then the
+/// finalizer's removal deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_held_by_a_finalizer_waits_for_the_kubelets_final_delete() {
+    use k8s_openapi::api::core::v1::Pod;
+    let t = TestServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+    let held = |name: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "finalizers": ["example.com/hold"]},
+            "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 60,
+                     "containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .expect("pod")
+    };
+    let grace = |g: u32| DeleteParams {
+        grace_period_seconds: Some(g),
+        ..DeleteParams::default()
+    };
+    let release = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+
+    // Graceful delete, finalizer removed within the grace period: still there, terminating.
+    pods.create(&PostParams::default(), &held("first"))
+        .await
+        .expect("create");
+    pods.delete("first", &DeleteParams::default())
+        .await
+        .expect("graceful delete");
+    pods.patch("first", &PatchParams::default(), &release)
+        .await
+        .expect("finalizer removed");
+    let p = pods.get("first").await.expect("still there");
+    assert!(p.metadata.deletion_timestamp.is_some());
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(60));
+    assert_eq!(p.metadata.finalizers, None);
+    // The kubelet's final delete.
+    pods.delete("first", &grace(0)).await.expect("delete");
+    assert_eq!(
+        api_error(pods.get("first").await.expect_err("gone")).code,
+        404
+    );
+
+    // The other order: grace 0 while the finalizer holds the pod is recorded...
+    pods.create(&PostParams::default(), &held("second"))
+        .await
+        .expect("create");
+    pods.delete("second", &DeleteParams::default())
+        .await
+        .expect("graceful delete");
+    pods.delete("second", &grace(0)).await.expect("delete");
+    let p = pods.get("second").await.expect("held by its finalizer");
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(0));
+    // ...and the finalizer's removal deletes it.
+    pods.patch("second", &PatchParams::default(), &release)
+        .await
+        .expect("finalizer removed");
+    assert_eq!(
+        api_error(pods.get("second").await.expect_err("gone")).code,
+        404
+    );
+}
+
 /// The update that removes the last finalizer of an object being deleted deletes it: a watch
 /// sees exactly one DELETED event (with the object's last stored state, at the deletion's
 /// resourceVersion), and no MODIFIED for that write, as upstream's `deleteWithoutFinalizers`;

@@ -201,6 +201,17 @@ async fn handle(
                 .body(full(""))
                 .expect("response")
         }
+        ["links"] => Response::builder()
+            .header("content-type", "text/html")
+            .body(full(
+                r#"<a href="/logs/">logs</a> <a href="stats">stats</a>"#,
+            ))
+            .expect("response"),
+        ["moved"] => Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", "/landing")
+            .body(full(""))
+            .expect("response"),
         _ => Response::builder()
             .header("content-type", "application/json")
             .body(full(json!({"path": path, "query": query}).to_string()))
@@ -616,4 +627,29 @@ async fn nodes_proxy_forwards_the_path_and_query() {
     ] {
         assert!(names.contains(&sub), "{sub} in {names:?}");
     }
+}
+
+/// `nodes/proxy` answers go through upstream's proxy transport: links of HTML pages and
+/// redirects on the kubelet come back under the proxy path.
+#[tokio::test]
+async fn nodes_proxy_rewrites_links_and_redirects() {
+    let (server, _seen) = cluster_with_kubelet().await;
+    let out = server
+        .kubectl_ok(&["get", "--raw", "/api/v1/nodes/node-a/proxy/links"])
+        .await;
+    assert_eq!(
+        out.trim(),
+        r#"<a href="/api/v1/nodes/node-a/proxy/logs/">logs</a> <a href="stats">stats</a>"#
+    );
+    let client = server.client().await;
+    let req = http::Request::builder()
+        .uri("/api/v1/nodes/node-a/proxy/moved")
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let res = client.send(req).await.expect("response");
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert_eq!(
+        res.headers().get("location").and_then(|l| l.to_str().ok()),
+        Some("/api/v1/nodes/node-a/proxy/landing")
+    );
 }

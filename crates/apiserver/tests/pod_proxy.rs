@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 const POD_IP: &str = "127.0.0.2";
 
 /// The pod stand-in: echoes the request as JSON; `/redirect` answers 302 to `/landing`;
+/// `/links` is an HTML page of links ([`html_page`]);
 /// a WebSocket upgrade echoes every message.
 async fn start_pod() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind((POD_IP, 0))
@@ -79,6 +80,12 @@ async fn handle(
             .body(axum::body::Body::empty())
             .expect("response"));
     }
+    if req.uri().path() == "/links" {
+        return Ok(html_page(
+            req.uri().query().unwrap_or(""),
+            &header("host").unwrap_or_default(),
+        ));
+    }
     if req.uri().path() == "/redirect" {
         return Ok(Response::builder()
             .status(StatusCode::FOUND)
@@ -105,6 +112,56 @@ async fn handle(
         .header("x-pod", "web")
         .body(axum::body::Body::from(seen.to_string()))
         .expect("response"))
+}
+
+/// An HTML page with links of every kind: absolute paths, the stand-in's own address (the
+/// `Host` it was sent), relative, another host; `enc=gzip|deflate|br` encodes it (`br`: only
+/// labelled), `type=` sets another content type.
+fn html_page(query: &str, host: &str) -> Response<axum::body::Body> {
+    use std::io::Write as _;
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    let html = html_links(&format!("http://{host}"));
+    let body = match param("enc").as_str() {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(html.as_bytes()).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        "deflate" => {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(html.as_bytes()).expect("deflate");
+            e.finish().expect("deflate")
+        }
+        _ => html.into_bytes(),
+    };
+    let content_type = match param("type").as_str() {
+        "" => "text/html; charset=utf-8".to_string(),
+        t => t.replace("%2F", "/"),
+    };
+    let mut res = Response::builder()
+        .header("content-type", content_type)
+        .header("content-length", body.len());
+    if !param("enc").is_empty() {
+        res = res.header("content-encoding", param("enc"));
+    }
+    res.body(axum::body::Body::from(body)).expect("response")
+}
+
+/// The page [`html_page`] serves, its backend links on `backend` (`http://host:port`).
+fn html_links(backend: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html><head><link rel=\"stylesheet\" href=\"/style.css\"></head>\n\
+         <body><a href=\"/abs/page?x=1&amp;y=2\">abs</a> <a href=\"rel/page\">rel</a>\n\
+         <a href=\"{backend}/backend/\">backend</a> <a href=\"https://example.com/x\">other</a>\n\
+         <img src=\"/img.png\" alt=\"/alt\"><p data-href=\"/not\">/text</p>\n\
+         <form action=\"/submit\"><input formaction=\"/go\"></form></body></html>"
+    )
 }
 
 /// A server that may dial loopback pod IPs, a pod `web` on the stand-in (its one declared
@@ -511,4 +568,82 @@ async fn kubectl_proxy_serves_service_paths() {
         (Some("/page"), Some("q=1"))
     );
     child.kill().await.expect("kill kubectl proxy");
+}
+
+/// HTML answers have their links on the backend rewritten under the proxy path, as upstream's
+/// proxy transport (`atomsToAttrs`): plain, gzip and deflate bodies (sent encoded as they
+/// came); other content types, unknown encodings and relative or foreign links untouched.
+#[tokio::test]
+async fn html_links_are_rewritten_under_the_proxy_path() {
+    use std::io::Read as _;
+    let (server, pod) = cluster().await;
+    let client = server.client().await;
+    let backend = format!("http://{pod}");
+    let expected = |p: &str| {
+        format!(
+            "<!DOCTYPE html><html><head><link rel=\"stylesheet\" href=\"{p}/style.css\"></head>\n\
+             <body><a href=\"{p}/abs/page?x=1&amp;y=2\">abs</a> <a href=\"rel/page\">rel</a>\n\
+             <a href=\"{p}/backend/\">backend</a> <a href=\"https://example.com/x\">other</a>\n\
+             <img src=\"{p}/img.png\" alt=\"/alt\"><p data-href=\"/not\">/text</p>\n\
+             <form action=\"{p}/submit\"><input formaction=\"{p}/go\"></form></body></html>"
+        )
+    };
+    let raw = |client: kube::Client, path: String| async move {
+        let req = http::Request::builder()
+            .uri(&path)
+            .body(kube::client::Body::empty())
+            .expect("request");
+        let res = client.send(req).await.expect("response");
+        let (parts, body) = res.into_parts();
+        let bytes = axum::body::to_bytes(axum::body::Body::new(body), 1 << 20)
+            .await
+            .expect("body");
+        assert_eq!(parts.status, StatusCode::OK, "{path}");
+        (parts.headers, bytes.to_vec())
+    };
+    for prefix in [
+        "/api/v1/namespaces/default/pods/web/proxy",
+        "/api/v1/namespaces/default/services/web:http/proxy",
+    ] {
+        let (headers, body) = raw(client.clone(), format!("{prefix}/links")).await;
+        assert_eq!(String::from_utf8_lossy(&body), expected(prefix));
+        assert_ne!(
+            headers.get("content-length").and_then(|v| v.to_str().ok()),
+            Some(html_links(&backend).len().to_string().as_str()),
+            "the backend's length is not passed on"
+        );
+        for enc in ["gzip", "deflate"] {
+            let (headers, body) = raw(client.clone(), format!("{prefix}/links?enc={enc}")).await;
+            assert_eq!(
+                headers
+                    .get("content-encoding")
+                    .and_then(|v| v.to_str().ok()),
+                Some(enc)
+            );
+            let mut html = String::new();
+            match enc {
+                "gzip" => flate2::read::GzDecoder::new(&body[..])
+                    .read_to_string(&mut html)
+                    .expect("gzip"),
+                _ => flate2::read::DeflateDecoder::new(&body[..])
+                    .read_to_string(&mut html)
+                    .expect("deflate"),
+            };
+            assert_eq!(html, expected(prefix), "{enc}");
+        }
+    }
+    // Not HTML, or in an encoding the proxy does not understand: as the backend sent it.
+    let prefix = "/api/v1/namespaces/default/pods/web/proxy";
+    for query in [
+        "type=text%2Fplain",
+        "enc=br",
+        "type=application%2Fxhtml%2Bxml",
+    ] {
+        let (_, body) = raw(client.clone(), format!("{prefix}/links?{query}")).await;
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            html_links(&backend),
+            "{query}"
+        );
+    }
 }

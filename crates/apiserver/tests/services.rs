@@ -509,3 +509,379 @@ async fn health_check_node_ports_are_allocated_and_released() {
         .expect("released by the delete");
     assert_eq!(a.spec.and_then(|s| s.health_check_node_port), Some(hc));
 }
+
+/// Cluster IPs, node ports and health-check node ports are checked as upstream's allocation
+/// (the generic store's `BeginCreate`/`BeginUpdate`) checks them: before the validation, so a
+/// request failing both gets the allocation's error, and on dry runs too, which take nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_are_checked_before_validation_and_on_dry_runs() {
+    let t = TestServer::start().await;
+    let svcs: Api<Service> = Api::namespaced(t.client().await, "default");
+    svcs.create(
+        &PostParams::default(),
+        &service(serde_json::json!({"metadata": {"name": "holder"}, "spec": {
+            "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "clusterIP": "10.43.0.100", "healthCheckNodePort": 30101,
+            "ports": [{"port": 80, "nodePort": 30100}],
+        }})),
+    )
+    .await
+    .expect("create");
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let port_taken =
+        "spec.ports[0].nodePort: Invalid value: 30100: provided port is already allocated";
+    let ip_taken = "spec.clusterIPs: Invalid value: []string{\"10.43.0.100\"}: failed to allocate IP 10.43.0.100: provided IP is already allocated";
+
+    // Dry runs: what a real create would find taken is refused with the same error.
+    let node_port = serde_json::json!({"metadata": {"name": "b"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30100}]}});
+    for params in [&dry, &PostParams::default()] {
+        let err = svcs
+            .create(params, &service(node_port.clone()))
+            .await
+            .expect_err("node port taken");
+        assert_eq!(causes(err), [port_taken]);
+    }
+    let err = svcs
+        .create(
+            &dry,
+            &service(serde_json::json!({"metadata": {"name": "b"},
+                "spec": {"clusterIP": "10.43.0.100", "ports": [{"port": 80}]}})),
+        )
+        .await
+        .expect_err("cluster IP taken");
+    assert_eq!(causes(err), [ip_taken]);
+    let status = api_error(
+        svcs.create(
+            &dry,
+            &service(serde_json::json!({"metadata": {"name": "b"}, "spec": {
+                "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 30101, "ports": [{"port": 80}],
+            }})),
+        )
+        .await
+        .expect_err("health-check port taken"),
+    );
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (
+            500,
+            "Internal error occurred: failed to allocate requested HealthCheck NodePort 30101: provided port is already allocated"
+        )
+    );
+
+    // Taken and invalid (a bad protocol, a bad label): the allocation's error comes first.
+    let err = svcs
+        .create(
+            &PostParams::default(),
+            &service(
+                serde_json::json!({"metadata": {"name": "b", "labels": {"a b": "c"}},
+                "spec": {"type": "NodePort", "ports": [
+                    {"name": "x", "port": 80, "nodePort": 30100},
+                    {"name": "y", "port": 81, "protocol": "HTTP"},
+                ]}}),
+            ),
+        )
+        .await
+        .expect_err("taken and invalid");
+    assert_eq!(causes(err), [port_taken]);
+
+    // A dry run gets what a real create would allocate, and takes none of it.
+    let drawn = svcs
+        .create(
+            &dry,
+            &service(serde_json::json!({"metadata": {"name": "b"}, "spec": {
+                "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                "ports": [{"port": 80}],
+            }})),
+        )
+        .await
+        .expect("dry run");
+    let spec = drawn.spec.expect("spec");
+    let ip = spec.cluster_ip.clone().expect("a cluster IP");
+    let np = spec.ports.expect("ports")[0]
+        .node_port
+        .expect("a node port");
+    let hc = spec.health_check_node_port.expect("a health-check port");
+    assert!(ip.starts_with("10.43.") && ip != "10.43.0.100", "{ip}");
+    assert!((30000..=32767).contains(&np) && (30000..=32767).contains(&hc) && np != hc);
+    assert_eq!(spec.ip_families, Some(vec!["IPv4".to_string()]));
+    assert!(svcs.get_opt("b").await.expect("get").is_none());
+    svcs.create(
+        &PostParams::default(),
+        &service(serde_json::json!({"metadata": {"name": "b"}, "spec": {
+            "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "clusterIP": ip, "healthCheckNodePort": hc,
+            "ports": [{"port": 80, "nodePort": np}],
+        }})),
+    )
+    .await
+    .expect("what the dry run showed is still free");
+
+    // Updates: the same checks before the validation, dry runs included.
+    svcs.create(
+        &PostParams::default(),
+        &service(serde_json::json!({"metadata": {"name": "c"},
+            "spec": {"ports": [{"port": 80}]}})),
+    )
+    .await
+    .expect("create");
+    let to_node_port = serde_json::json!({"spec": {"type": "NodePort",
+        "ports": [{"port": 80, "nodePort": 30100}]}});
+    let dry_patch = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    for params in [&dry_patch, &PatchParams::default()] {
+        let err = svcs
+            .patch("c", params, &Patch::Merge(to_node_port.clone()))
+            .await
+            .expect_err("taken");
+        assert_eq!(causes(err), [port_taken]);
+    }
+    let err = svcs
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"a b": "c"}},
+                "spec": {"type": "NodePort", "sessionAffinity": "Sticky",
+                         "ports": [{"port": 80, "nodePort": 30100}]}})),
+        )
+        .await
+        .expect_err("taken and invalid");
+    assert_eq!(causes(err), [port_taken]);
+    let free = svcs
+        .patch(
+            "c",
+            &dry_patch,
+            &Patch::Merge(serde_json::json!({"spec": {"type": "NodePort"}})),
+        )
+        .await
+        .expect("dry run");
+    let np = free.spec.and_then(|s| s.ports).expect("ports")[0]
+        .node_port
+        .expect("a node port drawn");
+    let c = svcs.get("c").await.expect("get");
+    assert_eq!(c.spec.and_then(|s| s.type_).as_deref(), Some("ClusterIP"));
+    svcs.create(
+        &PostParams::default(),
+        &service(serde_json::json!({"metadata": {"name": "d"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": np}]}})),
+    )
+    .await
+    .expect("the dry run took nothing");
+}
+
+/// A Service's `metadata` is validated as core's `ValidateObjectMeta`/`ValidateObjectMetaUpdate`
+/// (labels, annotations, owner references, finalizer names), on every update — one that
+/// changes only the metadata too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_metadata_is_validated_on_create_and_every_update() {
+    let t = TestServer::start().await;
+    let svcs: Api<Service> = Api::namespaced(t.client().await, "default");
+    let got = refused(
+        &svcs,
+        serde_json::json!({"metadata": {"name": "m",
+            "labels": {"a b": "ok", "k": "-bad"},
+            "annotations": {"Example.com/OK": "x", "bad key": "y"},
+            "finalizers": ["plain", "example.com/f"],
+            "ownerReferences": [{"apiVersion": "", "kind": "K", "name": "o", "uid": "u"}],
+        }, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .await;
+    let fields: Vec<&str> = got
+        .iter()
+        .map(|c| c.split(": ").next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "metadata.labels",
+            "metadata.labels",
+            "metadata.annotations",
+            "metadata.ownerReferences.apiVersion",
+            "metadata.finalizers[0]",
+        ],
+        "{got:?}"
+    );
+    assert!(got[0].starts_with("metadata.labels: Invalid value: \"a b\": name part must consist of alphanumeric characters"), "{got:?}");
+    assert!(
+        got[1].starts_with(
+            "metadata.labels: Invalid value: \"-bad\": a valid label must be an empty string"
+        ),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[3..],
+        [
+            "metadata.ownerReferences.apiVersion: Invalid value: \"\": version must not be empty",
+            "metadata.finalizers[0]: Invalid value: \"plain\": name is neither a standard finalizer name nor is it fully qualified",
+        ]
+    );
+
+    svcs.create(
+        &PostParams::default(),
+        &service(
+            serde_json::json!({"metadata": {"name": "m", "labels": {"app": "m"}},
+            "spec": {"ports": [{"port": 80}]}}),
+        ),
+    )
+    .await
+    .expect("create");
+    // Metadata-only updates: the good ones pass, the bad ones are refused.
+    let patch = |v: serde_json::Value| Patch::Merge(v);
+    svcs.patch(
+        "m",
+        &PatchParams::default(),
+        &patch(serde_json::json!({"metadata": {"labels": {"tier": "web"},
+            "annotations": {"example.com/note": "x"}}})),
+    )
+    .await
+    .expect("valid metadata");
+    let err = svcs
+        .patch(
+            "m",
+            &PatchParams::default(),
+            &patch(serde_json::json!({"metadata": {"annotations": {"bad key": "x"}}})),
+        )
+        .await
+        .expect_err("bad annotation");
+    let got = causes(err);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "metadata.annotations: Invalid value: \"bad key\": name part must consist"
+        ),
+        "{got:?}"
+    );
+    let big = "x".repeat(256 * 1024);
+    let err = svcs
+        .patch(
+            "m",
+            &PatchParams::default(),
+            &patch(serde_json::json!({"metadata": {"annotations": {"example.com/big": big}}})),
+        )
+        .await
+        .expect_err("annotations too large");
+    assert_eq!(
+        causes(err),
+        ["metadata.annotations: Too long: may not be more than 262144 bytes"]
+    );
+    // No finalizer may be added while the service is being deleted.
+    svcs.patch(
+        "m",
+        &PatchParams::default(),
+        &patch(serde_json::json!({"metadata": {"finalizers": ["example.com/a"]}})),
+    )
+    .await
+    .expect("a finalizer");
+    svcs.delete("m", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let err = svcs
+        .patch(
+            "m",
+            &PatchParams::default(),
+            &patch(
+                serde_json::json!({"metadata": {"finalizers": ["example.com/a", "example.com/b"]}}),
+            ),
+        )
+        .await
+        .expect_err("new finalizer while deleting");
+    assert_eq!(
+        causes(err),
+        [
+            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"example.com/b\"}"
+        ]
+    );
+    svcs.patch(
+        "m",
+        &PatchParams::default(),
+        &patch(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("the last finalizer removed");
+    assert!(svcs.get_opt("m").await.expect("get").is_none());
+}
+
+/// An update retried after a compare-and-swap conflict is charged to the namespace's quotas
+/// once: a Service turned into a `NodePort` one while other writers change its labels (its
+/// write loses compare-and-swaps and is admitted again against the object it then replaces)
+/// adds one node port to `status.used`, however many attempts it took. A race: each round
+/// gives the retry a chance; with the double charge, some round shows two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_update_charges_the_quota_once() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "default");
+    let hard = serde_json::json!({"services.nodeports": "1000"});
+    quotas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "q"}, "spec": {"hard": hard},
+            }))
+            .expect("quota"),
+        )
+        .await
+        .expect("create quota");
+    // What the resourcequota controller would write (there is none here).
+    quotas
+        .patch_status(
+            "q",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"hard": hard,
+                "used": {"services.nodeports": "0"}}})),
+        )
+        .await
+        .expect("quota status");
+    let svcs: Api<Service> = Api::namespaced(client, "default");
+    svcs.create(
+        &PostParams::default(),
+        &service(serde_json::json!({"metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80}]}})),
+    )
+    .await
+    .expect("create");
+    let set_type = |ty: &str| Patch::Merge(serde_json::json!({"spec": {"type": ty}}));
+    for round in 1..=15 {
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let svcs = svcs.clone();
+                let mut labels = serde_json::Map::new();
+                labels.insert(format!("w{i}"), round.to_string().into());
+                tokio::spawn(async move {
+                    svcs.patch(
+                        "s",
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"metadata": {"labels": labels}})),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        svcs.patch("s", &PatchParams::default(), &set_type("NodePort"))
+            .await
+            .expect("to NodePort");
+        for w in writers {
+            w.await.expect("writer").expect("label");
+        }
+        // Back to ClusterIP: nothing is given back (the controller's recount would).
+        svcs.patch("s", &PatchParams::default(), &set_type("ClusterIP"))
+            .await
+            .expect("to ClusterIP");
+        let used = quotas
+            .get("q")
+            .await
+            .expect("quota")
+            .status
+            .and_then(|s| s.used)
+            .and_then(|u| u.get("services.nodeports").cloned())
+            .expect("used");
+        assert_eq!(used.0, round.to_string(), "round {round}");
+    }
+}

@@ -35,7 +35,7 @@ use serde_json::Value;
 use crate::status::Cause;
 
 /// The environment rules are compiled and run in.
-static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
+pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
     for ext in [
         cel::extensions::strings as fn(&mut Env) -> Result<(), cel::DeclarationError>,
@@ -467,7 +467,7 @@ pub(crate) fn check_schema(schema: &Value, path: &str, out: &mut Vec<Cause>) {
 }
 
 /// JSON → CEL: objects are maps with string keys, integers `int`, other numbers `double`.
-fn to_cel(v: &Value) -> Cel {
+pub(crate) fn to_cel(v: &Value) -> Cel {
     match v {
         Value::Null => Cel::Null,
         Value::Bool(b) => Cel::Bool(*b),

@@ -15,8 +15,10 @@
 //! - [`schema`]: structural schema validation, pruning and defaulting of custom resources
 //!   ([`formats`]: the string formats it checks); [`cel`]: `x-kubernetes-validations` rules;
 //! - [`validation`]: upstream's validation of the CRD itself.
+//! - [`conversion`]: the `Webhook` conversion strategy (`ConversionReview`s).
 
 pub(crate) mod cel;
+pub(crate) mod conversion;
 mod formats;
 pub(crate) mod schema;
 mod validation;
@@ -82,6 +84,9 @@ pub(crate) struct Snapshot {
     /// One entry per served group version, groups sorted by name, versions by upstream's
     /// version priority (the first of a group is its preferred version).
     pub(crate) groups: Vec<GroupVersion>,
+    /// The conversion webhooks of the CRDs whose strategy is `Webhook`, by storage
+    /// (`<group>/<plural>`, [`ResourceInfo::storage`]).
+    webhooks: BTreeMap<&'static str, Arc<conversion::Webhook>>,
 }
 
 impl Snapshot {
@@ -96,6 +101,11 @@ impl Snapshot {
             .resources
             .iter()
             .find(|r| r.plural == plural)
+    }
+
+    /// The conversion webhook of the custom resources stored under `storage`, if any.
+    pub(crate) fn webhook(&self, storage: &str) -> Option<Arc<conversion::Webhook>> {
+        self.webhooks.get(storage).cloned()
     }
 }
 
@@ -344,8 +354,13 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
 /// The snapshot serving `crds`.
 pub(crate) fn build_snapshot(crds: &BTreeMap<String, Value>) -> Snapshot {
     let mut by_gv: BTreeMap<(String, String), Vec<ResourceInfo>> = BTreeMap::new();
+    let mut webhooks = BTreeMap::new();
     for crd in crds.values() {
-        for info in entries_of(crd) {
+        let entries = entries_of(crd);
+        if let (Some(first), Some(webhook)) = (entries.first(), conversion::Webhook::of(crd)) {
+            webhooks.insert(first.storage, Arc::new(webhook));
+        }
+        for info in entries {
             // A built-in group version is never shadowed.
             if REGISTRY.group_version(info.group, info.version).is_some() {
                 continue;
@@ -373,7 +388,7 @@ pub(crate) fn build_snapshot(crds: &BTreeMap<String, Value>) -> Snapshot {
             .cmp(b.group)
             .then_with(|| version_priority(a.version).cmp(&version_priority(b.version)))
     });
-    Snapshot { groups }
+    Snapshot { groups, webhooks }
 }
 
 // ---------------------------------------------------------------------------------------------

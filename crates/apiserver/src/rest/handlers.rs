@@ -7,11 +7,12 @@ use rk3s_datastore::{ListOptions, WriteOutcome};
 use serde_json::{Value, json};
 
 use super::object::{
-    FieldValidation, check_type, decode_as, decode_stored, encode_as, meta_str, metadata_mut,
-    new_uid, request_resource_version, served_form, set_resource_version, spec_part,
-    typed_roundtrip_checked,
+    FieldValidation, check_type, decode_served, decode_stored, encode_stored, meta_str,
+    metadata_mut, new_uid, read_back, request_resource_version, served_form, served_object,
+    served_objects, set_resource_version, spec_part, typed_roundtrip_checked,
 };
 use super::{Query, Target, flag, ok};
+use crate::admission_webhook::Operation;
 use crate::apply::Writer;
 use crate::certificates::is_csr;
 use crate::registry::{REGISTRY, ResourceInfo};
@@ -216,12 +217,13 @@ pub(crate) async fn get_or_list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
                 .into_iter()
                 .next()
                 .ok_or_else(|| ApiError::not_found(info, name))?;
-            return respond_object(ctx, StatusCode::OK, &served_form(info, obj.to_value()));
+            let obj = served_object(ctx.state, info, obj.to_value()).await?;
+            return respond_object(ctx, StatusCode::OK, &obj);
         }
     }
     let (_, kv) = ctx.state.store.get(&key, 0).await?;
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-    let obj = decode_as(info, &kv)?;
+    let obj = decode_served(ctx.state, info, &kv).await?;
     respond_object(ctx, StatusCode::OK, &obj)
 }
 
@@ -303,15 +305,20 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
 /// ten times that).
 pub(crate) enum Listed {
     /// Shared with the watch cache (serialized once for every list and watch that sends it),
-    /// in the stored form: a custom resource gets its served `apiVersion` when written.
+    /// in the stored form: a custom resource gets its served `apiVersion` when written (a
+    /// custom resource read from the store is held so too: see [`convert_listed`]).
     Cached(Arc<CachedObject>),
     /// Read from the store (or converted from the cache's object), in the served form.
     Served(Arc<CachedObject>),
 }
 
 impl Listed {
-    /// A decoded stored object, in the form `info` serves, encoded.
+    /// A decoded stored object, in the form `info` serves, encoded. A custom resource keeps
+    /// its stored form, which its CRD's webhook may have to convert ([`convert_listed`]).
     fn served(info: &ResourceInfo, stored: Value) -> Listed {
+        if info.custom.is_some() {
+            return Listed::Cached(CachedObject::new(stored, &[]));
+        }
         Listed::Served(CachedObject::new(served_form(info, stored), &[]))
     }
 
@@ -328,6 +335,32 @@ impl Listed {
             Listed::Served(o) => o.to_value(),
         }
     }
+}
+
+/// A list's items in the served form when their CRD converts by webhook: every item stored in
+/// another version than the one listed is converted in one review, as upstream converts a
+/// list. Other lists are returned as they are.
+async fn convert_listed(
+    state: &AppState,
+    info: &ResourceInfo,
+    items: Vec<Listed>,
+) -> Result<Vec<Listed>, ApiError> {
+    if !crate::crd::conversion::by_webhook(state, info) {
+        return Ok(items);
+    }
+    let stored = items
+        .iter()
+        .map(|i| match i {
+            Listed::Cached(o) => o.to_value(),
+            // Already served (not made for custom resources): nothing to convert.
+            Listed::Served(o) => o.to_value(),
+        })
+        .collect();
+    Ok(served_objects(state, info, stored)
+        .await?
+        .into_iter()
+        .map(|o| Listed::Served(CachedObject::new(o, &[])))
+        .collect())
 }
 
 /// A page of a list.
@@ -675,7 +708,8 @@ async fn list_from_store(
 async fn list(ctx: Ctx<'_>) -> Result<Response, ApiError> {
     let info = ctx.info();
     let selectors = Selectors::from_query(info, ctx.query)?;
-    let page = list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    let mut page = list_items(ctx.state, info, ctx.ns(), &selectors, ctx.query).await?;
+    page.items = convert_listed(ctx.state, info, page.items).await?;
     let mut meta = json!({ "resourceVersion": page.revision.to_string() });
     if let Some(t) = &page.token {
         meta["continue"] = json!(t);
@@ -751,6 +785,37 @@ pub(crate) async fn create(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
     {
         if let Some(pod) = ctx.stored_for_node(name).await? {
             ctx.node_restriction(crate::node_restriction::Operation::Create, Some(&pod), None)?;
+        }
+        // Admission webhooks see the Eviction (a CREATE of `pods/eviction`).
+        let mut eviction = body_json(ctx.headers, body)?;
+        if let Some(o) = eviction.as_object_mut() {
+            // As the decoded, typed Eviction is encoded for webhooks.
+            o.entry("apiVersion").or_insert_with(|| json!("policy/v1"));
+            o.entry("kind").or_insert_with(|| json!("Eviction"));
+        }
+        let state = ctx.state;
+        let changed = crate::admission_webhook::mutate(
+            state,
+            info,
+            Operation::Create,
+            Some(&mut eviction),
+            None,
+        )
+        .await?;
+        crate::admission_webhook::validate(state, info, Operation::Create, Some(&eviction), None)
+            .await?;
+        if changed {
+            let mut headers = ctx.headers.clone();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            let body = serde_json::to_vec(&eviction).map_err(ApiError::internal)?;
+            let ctx = Ctx {
+                headers: &headers,
+                ..ctx
+            };
+            return super::eviction::evict(ctx, name, &body).await;
         }
         return super::eviction::evict(ctx, name, body).await;
     }
@@ -899,6 +964,11 @@ pub(crate) async fn create_object_as(
     let ns =
         (!meta_str(&obj, "namespace").is_empty()).then(|| meta_str(&obj, "namespace").to_string());
     crate::admission::admit_create(state, info, ns.as_deref(), &mut obj).await?;
+    if crate::admission_webhook::mutate(state, info, Operation::Create, Some(&mut obj), None)
+        .await?
+    {
+        obj = after_create_mutation(info, path_ns, obj)?;
+    }
     crate::certificates::admit_subject(info, &obj)?;
     let name = meta_str(&obj, "name").to_string();
     let generate = meta_str(&obj, "generateName").to_string();
@@ -949,10 +1019,30 @@ pub(crate) async fn create_object_as(
         check_namespace(state, info, ns, &name).await?;
     }
     if is_service(info) {
-        // Upstream's `ValidateService`, dry runs included; allocation comes with the write.
-        crate::services::prepare_create(info, &mut obj)?;
+        // Allocation checked, then upstream's `ValidateService`, dry runs included; what is
+        // allocated is taken with the write.
+        crate::services::prepare_create(state, info, &mut obj, dry_run).await?;
     }
     set_system_fields(info, &mut obj);
+    // The generated name the write tries first: validating webhooks see it, as upstream
+    // generates it before validation.
+    let mut first_generated = name
+        .is_empty()
+        .then(|| crate::validation::generate_name(&generate));
+    match &first_generated {
+        Some(g) => {
+            let mut named = obj.clone();
+            if let Some(meta) = metadata_mut(&mut named) {
+                meta.insert("name".into(), json!(g));
+            }
+            crate::admission_webhook::validate(state, info, Operation::Create, Some(&named), None)
+                .await?;
+        }
+        None => {
+            crate::admission_webhook::validate(state, info, Operation::Create, Some(&obj), None)
+                .await?
+        }
+    }
     if let Some(ns) = path_ns.filter(|_| info.namespaced) {
         // Last, as upstream's validating admission: charges the namespace's quotas.
         crate::quota::admit_create(state, info, ns, &obj, dry_run).await?;
@@ -962,9 +1052,12 @@ pub(crate) async fn create_object_as(
     }
     // A generated name that collides is generated again, as upstream does.
     let attempts = if name.is_empty() { 8 } else { 1 };
+    let webhook = crate::crd::conversion::by_webhook(state, info);
     for _ in 0..attempts {
         let this_name = if name.is_empty() {
-            crate::validation::generate_name(&generate)
+            first_generated
+                .take()
+                .unwrap_or_else(|| crate::validation::generate_name(&generate))
         } else {
             name.clone()
         };
@@ -972,17 +1065,29 @@ pub(crate) async fn create_object_as(
             meta.insert("name".into(), json!(this_name));
         }
         if dry_run {
+            // Converted as a write would be (upstream's dry-run storage encodes and decodes).
+            if webhook {
+                let value = encode_stored(state, info, &obj).await?;
+                obj = read_back(state, info, &value, None).await?;
+            }
             return Ok((obj, warnings));
         }
         let key = info.key(path_ns, &this_name);
+        // What a webhook-converted create answers is read back from what it stored.
+        let mut written = None;
         let outcome = if is_service(info) {
             crate::services::create(state, info, &key, &mut obj).await?
         } else {
-            state.store.create(&key, encode_as(info, &obj)?, 0).await?
+            let value = encode_stored(state, info, &obj).await?;
+            written = webhook.then(|| value.clone());
+            state.store.create(&key, value, 0).await?
         };
         match outcome {
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut obj, revision);
+                if let Some(bytes) = &written {
+                    obj = read_back(state, info, bytes, Some(revision)).await?;
+                }
                 tracing::debug!(name = %this_name, revision, "created");
                 return Ok((obj, warnings));
             }
@@ -993,6 +1098,52 @@ pub(crate) async fn create_object_as(
         }
     }
     Err(ApiError::already_exists(info, &generate))
+}
+
+/// A created object that mutating webhooks changed, decoded, defaulted and checked again (as
+/// upstream decodes and defaults a patched object).
+fn after_create_mutation(
+    info: &ResourceInfo,
+    path_ns: Option<&str>,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
+    check_type(&mut obj, info)?;
+    let (mut obj, _) = typed_roundtrip_checked(obj, info, FieldValidation::Ignore)?;
+    crate::defaults::apply(info, &mut obj, true);
+    check_crd(info, &obj, None)?;
+    namespace_of(info, path_ns, &mut obj)?;
+    Ok(obj)
+}
+
+/// An update that mutating webhooks changed (`mutated`; `before`: what the request made of
+/// `old`), decoded, defaulted and merged with `old` again as the request's subresource
+/// allows; its managed fields stay the request's (webhooks' changes are not tracked).
+fn after_update_mutation(
+    info: &ResourceInfo,
+    old: &Value,
+    before: &Value,
+    mut mutated: Value,
+    subresource: Option<&str>,
+) -> Result<Value, ApiError> {
+    check_type(&mut mutated, info)?;
+    let (mut mutated, _) = typed_roundtrip_checked(mutated, info, FieldValidation::Ignore)?;
+    let mut new = match subresource {
+        None => {
+            crate::defaults::apply(info, &mut mutated, false);
+            merge_update(info, old, &mutated, false)?
+        }
+        Some("status") => merge_update(info, old, &mutated, true)?,
+        Some("finalize") => merge_part(info, old, &mutated, Part::Finalize)?,
+        Some("approval") => merge_part(info, old, &mutated, Part::Approval)?,
+        Some(_) => return Ok(before.clone()),
+    };
+    if let Some(meta) = metadata_mut(&mut new) {
+        match before.pointer("/metadata/managedFields") {
+            Some(m) => meta.insert("managedFields".into(), m.clone()),
+            None => meta.remove("managedFields"),
+        };
+    }
+    Ok(new)
 }
 
 fn is_pod(info: &ResourceInfo) -> bool {
@@ -1258,15 +1409,28 @@ pub(crate) async fn guaranteed_update_admitted<F>(
 where
     F: FnMut(&Value) -> Result<Value, ApiError>,
 {
+    // What the quotas were charged by the attempts that lost a compare-and-swap.
+    let mut quota_charged = crate::quota::Charged::default();
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let old = decode_as(info, &kv)?;
+        let old = decode_served(state, info, &kv).await?;
         let mut new = f(&old)?;
         set_resource_version(&mut new, kv.mod_revision);
-        // A Service's node ports: kept, taken over, dropped or drawn (upstream's service REST).
-        let drawn = if is_service(info) && old.get("spec") != new.get("spec") {
-            crate::services::prepare_update(info, &state.service_cidr, &old, &mut new)?
+        if let Some(admit) = admit {
+            let mut mutated = new.clone();
+            let op = Operation::Update;
+            if crate::admission_webhook::mutate(state, info, op, Some(&mut mutated), Some(&old))
+                .await?
+            {
+                new = after_update_mutation(info, &old, &new, mutated, admit.subresource)?;
+            }
+        }
+        // A Service's allocations and validation, on every update of the main resource
+        // (upstream's service REST); `/status` writes keep the spec.
+        let status_write = admit.is_some_and(|a| a.subresource.is_some());
+        let drawn = if is_service(info) && (old.get("spec") != new.get("spec") || !status_write) {
+            crate::services::prepare_update(state, info, &old, &mut new).await?
         } else {
             crate::services::Drawn::default()
         };
@@ -1283,13 +1447,16 @@ where
                     _ => {}
                 }
             }
+            let op = Operation::Update;
+            crate::admission_webhook::validate(state, info, op, Some(&new), Some(&old)).await?;
             // What the update adds to quota usage (a resize, a type change). Usage is
             // computed from the spec alone, so metadata-only writes cannot change it.
             if admit.subresource.is_none()
                 && crate::quota::handles_update(info)
                 && old.get("spec") != new.get("spec")
             {
-                crate::quota::admit_update(state, info, &old, &new, dry_run).await?;
+                crate::quota::admit_update(state, info, &old, &new, dry_run, &mut quota_charged)
+                    .await?;
             }
         }
         // The update that leaves an object being deleted without finalizers deletes it
@@ -1319,10 +1486,17 @@ where
         }
         // An unchanged object is written anyway if it is stored with an old encryption key
         // (upstream's stale read: how `kubectl replace` re-encrypts).
+        if dry_run && crate::crd::conversion::by_webhook(state, info) {
+            // Converted as a write would be (upstream's dry-run storage encodes and decodes).
+            let value = encode_stored(state, info, &new).await?;
+            return read_back(state, info, &value, Some(kv.mod_revision)).await;
+        }
         if dry_run || (new == old && !state.store.needs_rewrite(key, kv.mod_revision).await) {
             return Ok(new);
         }
-        let value = encode_as(info, &new)?;
+        let value = encode_stored(state, info, &new).await?;
+        // What a webhook-converted update answers is read back from what it stored.
+        let written = crate::crd::conversion::by_webhook(state, info).then(|| value.clone());
         let outcome = if is_service(info) {
             match crate::services::update(state, key, kv.mod_revision, value, &old, &new).await? {
                 crate::services::UpdateOutcome::Written { revision } => {
@@ -1357,6 +1531,9 @@ where
         match outcome {
             WriteOutcome::Written { revision } => {
                 set_resource_version(&mut new, revision);
+                if let Some(bytes) = &written {
+                    new = read_back(state, info, bytes, Some(revision)).await?;
+                }
                 tracing::debug!(name, revision, "updated");
                 return Ok(new);
             }
@@ -1367,13 +1544,12 @@ where
 }
 
 /// Whether an update of `old` to `new` deletes the object instead (upstream's
-/// `shouldDeleteDuringUpdate`): `old` is being deleted, `new` has no finalizers — for a
-/// namespace, neither `metadata.finalizers` nor `spec.finalizers` — and no grace period holds
-/// it: a pod in its graceful termination is deleted by its kubelet's DELETE, not by a status
-/// write. Unlike upstream, the update removing a pod's last finalizer deletes it even within
-/// its grace period (rk3s' DELETE shortens a pending grace period, but does not record a
-/// grace 0 on a pod that still has finalizers, so a pod whose kubelet has deleted it with
-/// grace 0 would otherwise stay).
+/// `shouldDeleteDuringUpdate`): `old` is being deleted with no grace period left to wait
+/// (`deletionGracePeriodSeconds` absent or 0), `new` has no finalizers — for a namespace,
+/// neither `metadata.finalizers` nor `spec.finalizers`. A pod in its graceful termination is
+/// deleted by its kubelet's grace-0 DELETE, not by a write, even the one removing its last
+/// finalizer; a DELETE of a pod with finalizers records the grace 0 it asks for, so the
+/// finalizer's removal deletes it after that (see [`delete_object`]).
 fn deletes_during_update(info: &ResourceInfo, old: &Value, new: &Value) -> bool {
     let grace = old
         .get("metadata")
@@ -1382,7 +1558,7 @@ fn deletes_during_update(info: &ResourceInfo, old: &Value, new: &Value) -> bool 
         .unwrap_or(0);
     !meta_str(old, "deletionTimestamp").is_empty()
         && finalizers(new).is_empty()
-        && (grace == 0 || !finalizers(old).is_empty())
+        && grace == 0
         && !(info.group.is_empty() && info.kind == "Namespace" && has_spec_finalizers(new))
 }
 
@@ -2178,6 +2354,8 @@ pub(crate) async fn delete(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
         return Err(ApiError::method_not_allowed());
     }
     let opts = delete_options(ctx, body)?;
+    // Upstream gives mutating webhooks no object on deletes (validating ones get the stored one).
+    crate::admission_webhook::mutate(ctx.state, info, Operation::Delete, None, None).await?;
     let Some(name) = ctx.target.name.as_deref() else {
         return delete_collection(ctx, &opts).await;
     };
@@ -2229,7 +2407,7 @@ pub(crate) async fn delete_object(
     for _ in 0..MAX_RETRIES {
         let (_, kv) = state.store.get(&key, 0).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
-        let mut obj = decode_as(info, &kv)?;
+        let mut obj = decode_served(state, info, &kv).await?;
         if let Some(p) = &opts.preconditions {
             let uid = meta_str(&obj, "uid");
             if let Some(want) = p.uid.as_deref().filter(|w| *w != uid) {
@@ -2260,6 +2438,8 @@ pub(crate) async fn delete_object(
                 });
             }
         }
+        crate::admission_webhook::validate(state, info, Operation::Delete, None, Some(&obj))
+            .await?;
         if info.group.is_empty() && info.kind == "Namespace" {
             match namespace_delete_step(info, name, &mut obj, opts)? {
                 NamespaceStep::Delete => {}
@@ -2268,7 +2448,12 @@ pub(crate) async fn delete_object(
                 NamespaceStep::Write => {
                     match state
                         .store
-                        .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
+                        .update(
+                            &key,
+                            encode_stored(state, info, &obj).await?,
+                            kv.mod_revision,
+                            0,
+                        )
                         .await?
                     {
                         WriteOutcome::Written { revision } => {
@@ -2292,9 +2477,10 @@ pub(crate) async fn delete_object(
         if !new_finalizers.is_empty() || grace.is_some() {
             let deleting = !meta_str(&obj, "deletionTimestamp").is_empty();
             if deleting && new_finalizers == old_finalizers {
-                // Upstream's BeforeDelete: a pending graceful deletion may only be shortened
-                // (a kubelet's grace 0 has no grace period here and deletes below).
-                match grace.zip(deletion_grace_period(&obj)) {
+                // Upstream's BeforeDelete: a pending graceful deletion may only be shortened,
+                // to 0 too (a pod its finalizers still hold records the kubelet's grace 0;
+                // without finalizers, grace 0 deletes below).
+                match pod_grace_period(info, &obj, opts).zip(deletion_grace_period(&obj)) {
                     Some((g, current)) if g < current => shorten_deletion(&mut obj, g, current),
                     _ => return Ok((obj, false)),
                 }
@@ -2319,7 +2505,12 @@ pub(crate) async fn delete_object(
             }
             match state
                 .store
-                .update(&key, encode_as(info, &obj)?, kv.mod_revision, 0)
+                .update(
+                    &key,
+                    encode_stored(state, info, &obj).await?,
+                    kv.mod_revision,
+                    0,
+                )
                 .await?
             {
                 WriteOutcome::Written { revision } => {
@@ -2377,7 +2568,14 @@ fn shorten_deletion(obj: &mut Value, grace: i64, current: i64) {
 
 /// The grace period of a pod's deletion: only a pod bound to a node waits for its kubelet.
 fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
-    if info.kind != "Pod" {
+    pod_grace_period(info, obj, opts).filter(|g| *g > 0)
+}
+
+/// The grace period a DELETE asks of a pod (upstream's pod `CheckGracefulDelete`): the
+/// request's, else the pod's `terminationGracePeriodSeconds` (30 by default); 0 for a pod not
+/// bound to a node or finished. `None` for other kinds.
+fn pod_grace_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
+    if info.kind != "Pod" || !info.group.is_empty() {
         return None;
     }
     let node = obj
@@ -2391,15 +2589,16 @@ fn graceful_period(info: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> Op
         .and_then(Value::as_str)
         .unwrap_or("");
     if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
-        return None;
+        return Some(0);
     }
     let default = obj
         .get("spec")
         .and_then(|s| s.get("terminationGracePeriodSeconds"))
         .and_then(Value::as_i64)
         .unwrap_or(30);
-    let grace = opts.grace_period_seconds.unwrap_or(default);
-    (grace > 0).then_some(grace)
+    // A negative request counts as 1 s, as upstream's BeforeDelete.
+    let asked = opts.grace_period_seconds.map(|g| if g < 0 { 1 } else { g });
+    Some(asked.unwrap_or(default).max(0))
 }
 
 /// What a DELETE does to a namespace (upstream's namespace REST `Delete`).

@@ -32,8 +32,9 @@ use crate::status::ApiError;
 
 pub(crate) use handlers::{DeleteOptions, create_object, delete_object, guaranteed_update};
 pub(crate) use object::{
-    FieldValidation, decode_stored, encode_for_store, meta_str as object_meta_str, metadata_mut,
-    new_uid, set_resource_version,
+    FieldValidation, decode_stored, encode_for_store, labels as object_labels,
+    meta_str as object_meta_str, metadata_mut, new_uid, served_form, served_object,
+    set_resource_version,
 };
 pub(crate) use patch::{PatchKind, apply as apply_patch};
 
@@ -243,6 +244,7 @@ pub(crate) async fn serve(
         user: &user,
         node: crate::auth::node::node_of(&user),
     };
+    let admission = crate::admission_webhook::Request::new(&method, &target, &user, &q, &body);
     let response = async {
         let result = match method {
             Method::GET => handlers::get_or_list(ctx).await,
@@ -257,8 +259,8 @@ pub(crate) async fn serve(
             e.into_response()
         })
     }
-    .instrument(span)
-    .await;
+    .instrument(span);
+    let response = crate::admission_webhook::scope(admission, response).await;
     state.metrics.record(
         verb,
         &target.info,

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use rk3s_datastore::KeyValue;
 use serde_json::{Map, Value, json};
 
+use crate::crd::conversion;
 use crate::registry::ResourceInfo;
+use crate::server::AppState;
 use crate::status::ApiError;
 
 /// An object as read from the store, with `metadata.resourceVersion` set to the key's mod
@@ -21,14 +23,9 @@ pub(crate) fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(obj)
 }
 
-/// An object of `info` as read from the store. A custom resource is shown in the version it
-/// is read through (conversion strategy `None`: only `apiVersion` changes).
-pub(crate) fn decode_as(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
-    Ok(served_form(info, decode_stored(kv)?))
-}
-
 /// A stored object (as [`decode_stored`] returns it) in the form `info` serves: converted
-/// for a built-in served by conversion, with the served `apiVersion` for a custom resource.
+/// for a built-in served by conversion, with the served `apiVersion` for a custom resource
+/// (conversion `None`; a CRD converting by webhook needs [`served_object`]).
 pub(crate) fn served_form(info: &ResourceInfo, mut obj: Value) -> Value {
     if let Some(conversion) = info.conversion {
         return (conversion.from_storage)(obj);
@@ -42,7 +39,8 @@ pub(crate) fn served_form(info: &ResourceInfo, mut obj: Value) -> Value {
 }
 
 /// The bytes stored for an object of `info`: a custom resource is stored in its CRD's storage
-/// version (conversion `None`: only `apiVersion` changes), as upstream.
+/// version (conversion `None`: only `apiVersion` changes; a CRD converting by webhook needs
+/// [`encode_stored`]), as upstream.
 pub(crate) fn encode_as(info: &ResourceInfo, obj: &Value) -> Result<Vec<u8>, ApiError> {
     if let Some(conversion) = info.conversion {
         return encode_for_store(&(conversion.to_storage)(obj.clone()));
@@ -60,6 +58,91 @@ pub(crate) fn encode_as(info: &ResourceInfo, obj: &Value) -> Result<Vec<u8>, Api
         }
         _ => encode_for_store(obj),
     }
+}
+
+/// An object of `info` as read from the store, in the form `info` serves ([`served_object`]):
+/// a custom resource is shown in the version it is read through (conversion `None`: only
+/// `apiVersion` changes; a CRD converting by webhook is called, see `crate::crd::conversion`).
+pub(crate) async fn decode_served(
+    state: &AppState,
+    info: &ResourceInfo,
+    kv: &KeyValue,
+) -> Result<Value, ApiError> {
+    served_object(state, info, decode_stored(kv)?).await
+}
+
+/// One stored object (as [`decode_stored`] returns it) in the form `info` serves: by webhook,
+/// or [`served_form`].
+pub(crate) async fn served_object(
+    state: &AppState,
+    info: &ResourceInfo,
+    stored: Value,
+) -> Result<Value, ApiError> {
+    if !conversion::by_webhook(state, info) {
+        return Ok(served_form(info, stored));
+    }
+    let mut served = conversion::convert(state, info, vec![stored], info.version, false).await?;
+    served
+        .pop()
+        .ok_or_else(|| ApiError::internal("conversion lost the object"))
+}
+
+/// What a write of `bytes` at `revision` (`None`: a dry run) answers when its CRD converts by
+/// webhook: what was stored, converted again to the version written through (upstream
+/// decodes what it stored through the same conversion: a lossy webhook shows).
+pub(crate) async fn read_back(
+    state: &AppState,
+    info: &ResourceInfo,
+    bytes: &[u8],
+    revision: Option<i64>,
+) -> Result<Value, ApiError> {
+    let mut stored: Value = serde_json::from_slice(bytes).map_err(ApiError::internal)?;
+    if let Some(revision) = revision {
+        set_resource_version(&mut stored, revision);
+    }
+    served_object(state, info, stored).await
+}
+
+/// Stored objects (as [`decode_stored`] returns them) in the form `info` serves, the items of
+/// one list: by webhook in one review for all those stored in another version, or
+/// [`served_form`].
+pub(crate) async fn served_objects(
+    state: &AppState,
+    info: &ResourceInfo,
+    stored: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    if !conversion::by_webhook(state, info) {
+        return Ok(stored.into_iter().map(|o| served_form(info, o)).collect());
+    }
+    conversion::convert(state, info, stored, info.version, true).await
+}
+
+/// [`encode_as`] for any conversion strategy: a custom resource whose CRD converts by webhook
+/// is converted to the storage version by calling it.
+pub(crate) async fn encode_stored(
+    state: &AppState,
+    info: &ResourceInfo,
+    obj: &Value,
+) -> Result<Vec<u8>, ApiError> {
+    let Some(custom) = info
+        .custom
+        .as_ref()
+        .filter(|_| conversion::by_webhook(state, info))
+    else {
+        return encode_as(info, obj);
+    };
+    let mut stored = conversion::convert(
+        state,
+        info,
+        vec![obj.clone()],
+        custom.storage_version,
+        false,
+    )
+    .await?;
+    let stored = stored
+        .pop()
+        .ok_or_else(|| ApiError::internal("conversion lost the object"))?;
+    encode_for_store(&stored)
 }
 
 /// The bytes stored for an object: without `metadata.resourceVersion`, which the store owns.

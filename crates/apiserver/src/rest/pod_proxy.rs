@@ -18,8 +18,10 @@
 //! it), the query, the client's headers but its credentials and the hop-by-hop ones, plus
 //! `X-Forwarded-Uri`; `https` backends are not verified (upstream's proxy transport skips
 //! verification: pods are reached by IP). Upgrades are passed through. From the answer, the
-//! CORS headers are dropped and a `Location` on the backend is rewritten under the proxy
-//! path; an unreachable backend is 503 `error trying to reach service: <dial error>`.
+//! CORS headers are dropped, and a `Location` on the backend and the links of HTML bodies
+//! are rewritten under the proxy path (upstream's proxy transport: see
+//! [`super::proxy::rewrite`]); an unreachable backend is 503 `error trying to reach service:
+//! <dial error>`.
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -33,6 +35,7 @@ use tracing::Instrument as _;
 
 use super::Target;
 use super::object::decode_stored;
+use super::proxy::rewrite::{UrlRewriter, rewrite_response};
 use super::proxy::{Hop, forward};
 use crate::registry::REGISTRY;
 use crate::server::AppState;
@@ -152,14 +155,22 @@ pub(crate) async fn serve(
         out.remove(*h);
     }
     let backend_authority = super::proxy::authority(&backend.ip, backend.port);
-    let rewritten = out
-        .get(header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|l| rewrite_location(l, &backend_authority, headers, &prefix));
-    if let Some(l) = rewritten.and_then(|l| HeaderValue::from_str(&l).ok()) {
-        out.insert(header::LOCATION, l);
-    }
-    Ok(response)
+    let urls = UrlRewriter {
+        backend: &backend_authority,
+        request_host: request_host(headers, uri),
+        prefix: &prefix,
+    };
+    rewrite_response(response, urls).await
+}
+
+/// The host the client asked for: its `Host` header, else the authority of an HTTP/2
+/// request (what Go's `Request.Host` holds).
+pub(super) fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> &'a str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default()
 }
 
 /// The request path up to and including `/proxy`, and the cleaned rest (`""` when the path
@@ -512,41 +523,6 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
     }
 }
 
-/// Upstream's `rewriteURL` for a `Location` answer: a redirect on the backend itself (same
-/// host, or a path without host) goes back under the proxy path; anything else is left.
-fn rewrite_location(
-    location: &str,
-    backend_authority: &str,
-    request_headers: &HeaderMap,
-    prefix: &str,
-) -> Option<String> {
-    let request_host = request_headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let (host, rest) = if let Some(after) = location
-        .strip_prefix("http://")
-        .or_else(|| location.strip_prefix("https://"))
-    {
-        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-        (&after[..end], &after[end..])
-    } else if location.starts_with("//") {
-        return None;
-    } else {
-        ("", location)
-    };
-    if !host.is_empty() && host != backend_authority && host != request_host {
-        return None;
-    }
-    if !rest.starts_with('/') {
-        return None; // relative: the client resolves it against the proxy path
-    }
-    if rest.starts_with(prefix) {
-        return Some(rest.to_string());
-    }
-    Some(format!("{prefix}{rest}"))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -601,24 +577,5 @@ mod tests {
             assert!(!address_allowed(ip, false), "{ip}");
         }
         assert!(address_allowed("127.0.0.9", true));
-    }
-
-    #[test]
-    fn redirects_on_the_backend_stay_under_the_proxy() {
-        let prefix = "/api/v1/namespaces/d/pods/web/proxy";
-        let h = HeaderMap::new();
-        assert_eq!(
-            rewrite_location("/login?x=1", "10.0.0.1:80", &h, prefix).as_deref(),
-            Some("/api/v1/namespaces/d/pods/web/proxy/login?x=1")
-        );
-        assert_eq!(
-            rewrite_location("http://10.0.0.1:80/a/", "10.0.0.1:80", &h, prefix).as_deref(),
-            Some("/api/v1/namespaces/d/pods/web/proxy/a/")
-        );
-        assert_eq!(
-            rewrite_location("https://example.com/a", "10.0.0.1:80", &h, prefix),
-            None
-        );
-        assert_eq!(rewrite_location("next", "10.0.0.1:80", &h, prefix), None);
     }
 }

@@ -16,7 +16,9 @@
 //!
 //! The client's own credentials never reach the kubelet: `Authorization` and the
 //! `Impersonate-*` headers are dropped, with the hop-by-hop headers (but `Connection` and
-//! `Upgrade` when upgrading).
+//! `Upgrade` when upgrading). `nodes/proxy` answers go through upstream's proxy transport
+//! ([`rewrite`]): a `Location` and the links of HTML bodies on the kubelet are rewritten
+//! under the proxy path.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ use tracing::Instrument as _;
 
 use super::Target;
 use super::object::decode_stored;
+
+pub(super) mod rewrite;
 use crate::registry::REGISTRY;
 use crate::server::AppState;
 use crate::status::ApiError;
@@ -155,7 +159,7 @@ pub(crate) async fn serve(
         location.path_and_query
     );
     let fail = |what: String| ApiError::internal(format!("{} {url:?}: {what}", title(method)));
-    forward(
+    let response = forward(
         Hop {
             tls: Some(state.kubelet_tls.clone()),
             host: &host,
@@ -170,7 +174,23 @@ pub(crate) async fn serve(
         &fail,
     )
     .instrument(span)
-    .await
+    .await?;
+    if target.info.plural != "nodes" {
+        return Ok(response);
+    }
+    // `nodes/proxy` goes through upstream's proxy transport: links back under the proxy path.
+    let backend = authority(&host, port);
+    let path = uri.path();
+    let marker = format!("/nodes/{name}/proxy");
+    let prefix = path
+        .find(&marker)
+        .map_or(path, |i| &path[..i + marker.len()]);
+    let urls = rewrite::UrlRewriter {
+        backend: &backend,
+        request_host: super::pod_proxy::request_host(headers, uri),
+        prefix,
+    };
+    rewrite::rewrite_response(response, urls).await
 }
 
 fn check_method(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {

@@ -93,7 +93,10 @@ pub(crate) async fn get(ctx: Ctx<'_>, name: &str) -> Result<Response, ApiError> 
     let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
     ok(
         StatusCode::OK,
-        &to_scale_of(info, &super::object::decode_as(info, &kv)?),
+        &to_scale_of(
+            info,
+            &super::object::decode_served(ctx.state, info, &kv).await?,
+        ),
     )
 }
 

@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::handlers::{Ctx, Selectors};
-use super::object::set_resource_version;
+use super::object::{served_object, served_objects, set_resource_version};
 use super::table::{to_table, wants_table};
 use super::{Query, flag, stream_response};
 use crate::registry::ResourceInfo;
+use crate::server::AppState;
 use crate::status::ApiError;
 use crate::watch_cache::{CachedEvent, CachedObject, Message, Start};
 
@@ -180,6 +181,68 @@ impl WatchSpec {
     }
 }
 
+impl WatchSpec {
+    /// The line for one change of a custom resource whose CRD converts by webhook, if this
+    /// watcher sees it (the events of [`convert`](Self::convert)): its object converted once
+    /// per event and served version for all the watchers of that version.
+    async fn webhook_line(
+        &self,
+        state: &AppState,
+        ev: &Arc<CachedEvent>,
+    ) -> Result<Option<Bytes>, ApiError> {
+        let prev_matches = ev
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.selectors.matches(&**p));
+        let (kind, previous) = match ev.kind {
+            EventKind::Put => match (&ev.prev, prev_matches, self.selectors.matches(&*ev.object)) {
+                (_, true, true) => ("MODIFIED", false),
+                (_, false, true) => ("ADDED", false),
+                (Some(_), true, false) => ("DELETED", true),
+                _ => return Ok(None),
+            },
+            EventKind::Delete if prev_matches => ("DELETED", false),
+            EventKind::Delete => return Ok(None),
+        };
+        let which = if previous { "previous" } else { "object" };
+        let key = format!("webhook {which} {}", self.info.api_version());
+        let object = crate::crd::conversion::once_per_event(ev, &key, async {
+            let stored = match (previous, &ev.prev) {
+                (true, Some(prev)) => {
+                    let mut old = prev.to_value();
+                    set_resource_version(&mut old, ev.revision);
+                    old
+                }
+                _ => ev.object.to_value(),
+            };
+            let served = served_object(state, &self.info, stored).await?;
+            serde_json::to_vec(&served)
+                .map(Bytes::from)
+                .map_err(ApiError::internal)
+        })
+        .await?;
+        if !self.table {
+            return Ok(Some(wrap(kind, &object)));
+        }
+        let served: Value = serde_json::from_slice(&object).map_err(ApiError::internal)?;
+        Ok(Some(wrap(kind, &self.object_json(served))))
+    }
+
+    /// The line for one change: [`convert`](Self::convert), or [`webhook_line`](Self::webhook_line).
+    async fn event_line(
+        &self,
+        state: &AppState,
+        webhook: bool,
+        ev: &Arc<CachedEvent>,
+    ) -> Result<Option<Bytes>, ApiError> {
+        if webhook {
+            self.webhook_line(state, ev).await
+        } else {
+            Ok(self.convert(ev))
+        }
+    }
+}
+
 /// A watch event line around an encoded object.
 fn wrap(kind: &str, object: &[u8]) -> Bytes {
     let mut bytes = Vec::with_capacity(object.len() + 32);
@@ -274,26 +337,60 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
         }
     };
     let mut shutdown = ctx.state.shutdown.clone();
+    // A CRD converting by webhook: objects are converted by calling it (a failure ends the
+    // watch with an ERROR event).
+    let webhook = crate::crd::conversion::by_webhook(ctx.state, info);
+    let state = ctx.state.clone();
     tokio::spawn(async move {
-        let mut latest = std::mem::take(&mut sub.latest).into_iter();
-        for obj in std::mem::take(&mut sub.objects) {
-            let made_by = latest.next().flatten();
-            if spec.selectors.matches(&*obj)
-                && tx
-                    .send(Ok(spec.initial_line(&obj, made_by.as_deref())))
-                    .await
-                    .is_err()
-            {
-                return;
+        let objects = std::mem::take(&mut sub.objects);
+        let latest = std::mem::take(&mut sub.latest);
+        if webhook {
+            // The initial state in one review, as a list.
+            let stored: Vec<Value> = objects
+                .iter()
+                .filter(|o| spec.selectors.matches(&***o))
+                .map(|o| o.to_value())
+                .collect();
+            match served_objects(&state, &spec.info, stored).await {
+                Ok(served) => {
+                    for obj in served {
+                        if tx.send(Ok(spec.line("ADDED", obj))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Ok(error_line(&e))).await;
+                    return;
+                }
+            }
+        } else {
+            let mut latest = latest.into_iter();
+            for obj in objects {
+                let made_by = latest.next().flatten();
+                if spec.selectors.matches(&*obj)
+                    && tx
+                        .send(Ok(spec.initial_line(&obj, made_by.as_deref())))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
             }
         }
         if send_initial && spec.bookmarks {
             let _ = tx.send(Ok(spec.bookmark(sub.revision, true))).await;
         }
         for ev in std::mem::take(&mut sub.events) {
-            if let Some(line) = spec.convert(&ev)
-                && tx.send(Ok(line)).await.is_err()
-            {
+            let line = match spec.event_line(&state, webhook, &ev).await {
+                Ok(Some(line)) => line,
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = tx.send(Ok(error_line(&e))).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -307,9 +404,13 @@ pub(crate) async fn serve(ctx: Ctx<'_>) -> Result<Response, ApiError> {
                 msg = sub.rx.recv() => match msg {
                     // Terminated (too slow) or the cache stopped: the client watches again.
                     None => return,
-                    Some(Message::Event(ev)) => match spec.convert(&ev) {
-                        Some(line) => line,
-                        None => continue,
+                    Some(Message::Event(ev)) => match spec.event_line(&state, webhook, &ev).await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Ok(error_line(&e))).await;
+                            return;
+                        }
                     },
                     Some(Message::Bookmark(revision)) if spec.bookmarks => {
                         spec.bookmark(revision, false)

@@ -437,7 +437,8 @@ pub(super) fn cluster_ips_related(obj: &Value) -> Vec<Cause> {
     causes
 }
 
-/// Upstream's `ValidateService` on a defaulted Service (what create and update check).
+/// Upstream's `ValidateService` on a defaulted Service (what create and update check),
+/// without the metadata rules ([`object_meta`]).
 pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
     let spec = spec(obj);
     let ty = type_of(obj);
@@ -831,7 +832,7 @@ fn ip_families_update_causes(old: &Value, new: &Value) -> Vec<Cause> {
     causes
 }
 
-/// Upstream's `ValidateServiceUpdate` (without the metadata rules, checked elsewhere).
+/// Upstream's `ValidateServiceUpdate` without the metadata rules ([`object_meta_update`]).
 pub(crate) fn validate_update(old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = cluster_ips_update_causes(old, new);
     causes.extend(ip_families_update_causes(old, new));
@@ -846,6 +847,219 @@ pub(crate) fn validate_update(old: &Value, new: &Value) -> Vec<Cause> {
     let mut all = validate(new);
     all.retain(|c| !(c.field == "spec.loadBalancerClass" && causes.contains(c)));
     causes.extend(all);
+    causes
+}
+
+/// Upstream's `TotalAnnotationSizeLimitB`.
+const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
+/// The finalizer names core objects may carry without a `/` (upstream's `standardFinalizers`).
+const STANDARD_FINALIZERS: &[&str] = &["kubernetes", "orphan", "foregroundDeletion"];
+
+fn too_long(field: impl Into<String>, max: usize) -> Cause {
+    Cause {
+        reason: "FieldValueTooLong",
+        message: format!("Too long: may not be more than {max} bytes"),
+        field: field.into(),
+    }
+}
+
+/// A string map of `metadata` (labels, annotations), sorted by key.
+fn string_map<'a>(meta: &'a Value, field: &str) -> Vec<(&'a str, &'a str)> {
+    meta.get(field)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Go `*bool` of an owner reference as `%#v` shows it.
+fn go_bool_ptr(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_bool) {
+        Some(b) => format!("(*bool)({b})"),
+        None => "(*bool)(nil)".into(),
+    }
+}
+
+/// An owner reference as Go's `%#v` shows a `v1.OwnerReference` (pointers by their value:
+/// Go prints their addresses).
+fn go_owner_reference(r: &Value) -> String {
+    format!(
+        "v1.OwnerReference{{APIVersion:{}, Kind:{}, Name:{}, UID:{}, Controller:{}, \
+         BlockOwnerDeletion:{}}}",
+        q(str_of(r, "apiVersion").unwrap_or_default()),
+        q(str_of(r, "kind").unwrap_or_default()),
+        q(str_of(r, "name").unwrap_or_default()),
+        q(str_of(r, "uid").unwrap_or_default()),
+        go_bool_ptr(r.get("controller")),
+        go_bool_ptr(r.get("blockOwnerDeletion")),
+    )
+}
+
+/// The version of an `apiVersion` as upstream's `schema.FromAPIVersionAndKind` parses it
+/// (empty when it does not parse).
+fn api_version_version(api_version: &str) -> &str {
+    match api_version.split('/').collect::<Vec<_>>().as_slice() {
+        [version] => version,
+        [_, version] => version,
+        _ => "",
+    }
+}
+
+/// Upstream's `ValidateOwnerReferences`.
+fn owner_reference_causes(meta: &Value) -> Vec<Cause> {
+    const FIELD: &str = "metadata.ownerReferences";
+    let refs: Vec<Value> = meta
+        .get("ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut causes = Vec::new();
+    let mut first_controller: Option<String> = None;
+    for r in &refs {
+        let api_version = str_of(r, "apiVersion").unwrap_or_default();
+        let kind = str_of(r, "kind").unwrap_or_default();
+        let version = api_version_version(api_version);
+        if version.is_empty() {
+            causes.push(invalid(
+                format!("{FIELD}.apiVersion"),
+                &q(api_version),
+                "version must not be empty",
+            ));
+        }
+        for f in ["kind", "name", "uid"] {
+            let v = str_of(r, f).unwrap_or_default();
+            if v.is_empty() {
+                causes.push(invalid(format!("{FIELD}.{f}"), &q(v), "must not be empty"));
+            }
+        }
+        let group = if api_version.contains('/') {
+            api_version.split('/').next().unwrap_or_default()
+        } else {
+            ""
+        };
+        if group.is_empty() && version == "v1" && kind == "Event" {
+            causes.push(invalid(
+                FIELD,
+                &go_owner_reference(r),
+                "/v1, Kind=Event is disallowed from being an owner",
+            ));
+        }
+        if r.get("controller").and_then(Value::as_bool) == Some(true) {
+            let this = format!("{kind}/{}", str_of(r, "name").unwrap_or_default());
+            match &first_controller {
+                Some(first) => {
+                    let all: Vec<String> = refs.iter().map(go_owner_reference).collect();
+                    causes.push(invalid(
+                        FIELD,
+                        &format!("[]v1.OwnerReference{{{}}}", all.join(", ")),
+                        &format!(
+                            "Only one reference can have Controller set to true. Found \
+                             \"true\" in references for {first} and {this}"
+                        ),
+                    ));
+                }
+                None => first_controller = Some(this),
+            }
+        }
+    }
+    causes
+}
+
+/// The checks of core's `ValidateObjectMeta` and `ValidateObjectMetaUpdate` on the object as
+/// it will be stored: labels, annotations (keys, total size), owner references and finalizer
+/// names (apimachinery's, then core's per-index "standard or fully qualified" rule). The name
+/// and namespace are checked where every object's are; managed fields are the server's.
+pub(crate) fn object_meta(obj: &Value) -> Vec<Cause> {
+    let meta = obj.get("metadata").unwrap_or(&Value::Null);
+    let mut causes = Vec::new();
+    for (k, v) in string_map(meta, "labels") {
+        for m in qualified_name_problems(k) {
+            causes.push(invalid("metadata.labels", &q(k), &m));
+        }
+        for m in label_value_problems(v) {
+            causes.push(invalid("metadata.labels", &q(v), &m));
+        }
+    }
+    let annotations = string_map(meta, "annotations");
+    for (k, _) in &annotations {
+        for m in qualified_name_problems(&k.to_lowercase()) {
+            causes.push(invalid("metadata.annotations", &q(k), &m));
+        }
+    }
+    let size: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > ANNOTATIONS_MAX_BYTES {
+        causes.push(too_long("metadata.annotations", ANNOTATIONS_MAX_BYTES));
+    }
+    causes.extend(owner_reference_causes(meta));
+    let finalizers = strings_of(meta, "finalizers").unwrap_or_default();
+    for f in &finalizers {
+        for m in qualified_name_problems(f) {
+            causes.push(invalid("metadata.finalizers", &q(f), &m));
+        }
+    }
+    if finalizers.iter().any(|f| f == "orphan")
+        && finalizers.iter().any(|f| f == "foregroundDeletion")
+    {
+        causes.push(invalid(
+            "metadata.finalizers",
+            &go_list("string", Some(&finalizers)),
+            "finalizer orphan and foregroundDeletion cannot be both set",
+        ));
+    }
+    for (i, f) in finalizers.iter().enumerate() {
+        if !f.contains('/') && !STANDARD_FINALIZERS.contains(&f.as_str()) {
+            causes.push(invalid(
+                format!("metadata.finalizers[{i}]"),
+                &q(f),
+                "name is neither a standard finalizer name nor is it fully qualified",
+            ));
+        }
+    }
+    causes
+}
+
+/// Core's `ValidateObjectMetaUpdate` beyond the fields the update keeps from the stored object
+/// (name, namespace, uid, timestamps, generation): no finalizer may be added to an object
+/// being deleted, then [`object_meta`] without apimachinery's finalizer checks (upstream's
+/// update leaves them out).
+pub(crate) fn object_meta_update(old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let deleting = old
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null());
+    if deleting {
+        let finalizers = |v: &Value| {
+            v.get("metadata")
+                .and_then(|m| strings_of(m, "finalizers"))
+                .unwrap_or_default()
+        };
+        let old_finalizers = finalizers(old);
+        let mut extra: Vec<String> = finalizers(new)
+            .into_iter()
+            .filter(|f| !old_finalizers.contains(f))
+            .collect();
+        extra.sort();
+        extra.dedup();
+        if !extra.is_empty() {
+            causes.push(forbidden(
+                "metadata.finalizers",
+                &format!(
+                    "no new finalizers can be added if the object is being deleted, found new \
+                     finalizers {}",
+                    go_list("string", Some(&extra))
+                ),
+            ));
+        }
+    }
+    // apimachinery's update checks leave finalizer names out; core's per-index rule stays.
+    causes.extend(
+        object_meta(new)
+            .into_iter()
+            .filter(|c| c.field != "metadata.finalizers"),
+    );
     causes
 }
 

@@ -1,0 +1,326 @@
+//! certificates.k8s.io/v1: upstream's `ValidateCertificateSigningRequestCreate` (the spec; the
+//! status is the approval and signing paths' business, see `crate::certificates`).
+
+use base64::Engine as _;
+use serde_json::Value;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer as _;
+
+use super::{NameRule, dns_problems};
+use crate::registry::ResourceInfo;
+use crate::status::Cause;
+
+/// The key usages a CSR may ask for (upstream's `allValidUsages`).
+const USAGES: &[&str] = &[
+    "any",
+    "cert sign",
+    "client auth",
+    "code signing",
+    "content commitment",
+    "crl sign",
+    "data encipherment",
+    "decipher only",
+    "digital signature",
+    "email protection",
+    "encipher only",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "key agreement",
+    "key encipherment",
+    "microsoft sgc",
+    "netscape sgc",
+    "ocsp signing",
+    "s/mime",
+    "server auth",
+    "signing",
+    "timestamping",
+];
+
+/// The signer v1beta1 defaulted to, refused by v1.
+const LEGACY_SIGNER: &str = "kubernetes.io/legacy-unknown";
+
+/// The shortest certificate a CSR may ask for.
+const MIN_EXPIRATION_SECONDS: i64 = 600;
+
+pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    // The spec never changes after create (the update path keeps the stored one).
+    if info.kind != "CertificateSigningRequest" || old.is_some() {
+        return Vec::new();
+    }
+    let mut causes = Vec::new();
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let request = spec.get("request").and_then(Value::as_str).unwrap_or("");
+    if let Err(e) = check_request(request) {
+        causes.push(invalid("spec.request", &go_bytes(request), &e));
+    }
+    let usages: Vec<&str> = spec
+        .get("usages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if usages.is_empty() {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            message: "Required value: usages must be provided".into(),
+            field: "spec.usages".into(),
+        });
+    }
+    let supported = USAGES
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (i, u) in usages.iter().enumerate() {
+        if !USAGES.contains(u) {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                message: format!("Unsupported value: {u:?}: supported values: {supported}"),
+                field: format!("spec.usages[{i}]"),
+            });
+        }
+    }
+    for (i, u) in usages.iter().enumerate() {
+        if usages[..i].contains(u) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                message: format!("Duplicate value: {u:?}"),
+                field: format!("spec.usages[{i}]"),
+            });
+        }
+    }
+    let signer = spec.get("signerName").and_then(Value::as_str).unwrap_or("");
+    if signer == LEGACY_SIGNER {
+        causes.push(invalid(
+            "spec.signerName",
+            &format!("{signer:?}"),
+            "the legacy signerName is not allowed via this API version",
+        ));
+    } else {
+        causes.extend(signer_name(signer));
+    }
+    if let Some(s) = spec.get("expirationSeconds").and_then(Value::as_i64)
+        && s < MIN_EXPIRATION_SECONDS
+    {
+        causes.push(invalid(
+            "spec.expirationSeconds",
+            &s.to_string(),
+            "may not specify a duration less than 600 seconds (10 minutes)",
+        ));
+    }
+    causes
+}
+
+fn invalid(field: &str, shown: &str, why: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {shown}: {why}"),
+        field: field.into(),
+    }
+}
+
+/// The PKCS#10 request must be the first PEM block, parse, and carry a valid self-signature
+/// (upstream's `validateCSR`).
+fn check_request(encoded: &str) -> Result<(), String> {
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap_or_default();
+    let block = x509_parser::pem::parse_x509_pem(&pem)
+        .ok()
+        .map(|(_, p)| p)
+        .filter(|p| p.label == "CERTIFICATE REQUEST")
+        .ok_or("PEM block type must be CERTIFICATE REQUEST")?;
+    let (_, request) = X509CertificationRequest::from_der(&block.contents)
+        .map_err(|e| format!("x509: malformed certificate request: {e}"))?;
+    request
+        .verify_signature()
+        .map_err(|e| format!("x509: signature verification failed: {e}"))
+}
+
+/// Go's `%#v` of a byte slice (how upstream shows an invalid `spec.request`).
+fn go_bytes(encoded: &str) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap_or_default();
+    let items: Vec<String> = bytes.iter().map(|b| format!("{b:#04x}")).collect();
+    format!("[]byte{{{}}}", items.join(", "))
+}
+
+/// Upstream's `ValidateSignerName`: `<domain with at least two labels>/<path>`.
+fn signer_name(signer: &str) -> Vec<Cause> {
+    const FIELD: &str = "spec.signerName";
+    const PATH_MAX: usize = 253 + 63 + 1;
+    let mut causes = Vec::new();
+    if signer.is_empty() {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+            field: FIELD.into(),
+        });
+        return causes;
+    }
+    let Some((domain, path)) = signer.split_once('/').filter(|(_, p)| !p.contains('/')) else {
+        causes.push(invalid(
+            FIELD,
+            &format!("{signer:?}"),
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'",
+        ));
+        return causes;
+    };
+    if domain.len() > 253 {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            message: "Too long: may not be more than 253 bytes".into(),
+            field: FIELD.into(),
+        });
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if let Some((label, errs)) = labels
+        .iter()
+        .map(|l| (l, dns_problems(NameRule::Label, l)))
+        .find(|(_, e)| !e.is_empty())
+    {
+        for e in errs {
+            causes.push(invalid(
+                FIELD,
+                &format!("{domain:?}"),
+                &format!("validating label {label:?}: {e}"),
+            ));
+        }
+    }
+    if labels.len() < 2 {
+        causes.push(invalid(
+            FIELD,
+            &format!("{domain:?}"),
+            "should be a domain with at least two segments separated by dots",
+        ));
+    }
+    if path.len() > PATH_MAX {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            message: format!("Too long: may not be more than {PATH_MAX} bytes"),
+            field: FIELD.into(),
+        });
+    }
+    if let Some((segment, errs)) = path
+        .split('.')
+        .map(|s| (s, dns_problems(NameRule::Subdomain, s)))
+        .find(|(_, e)| !e.is_empty())
+    {
+        for e in errs {
+            causes.push(invalid(
+                FIELD,
+                &format!("{path:?}"),
+                &format!("validating component {segment:?}: {e}"),
+            ));
+        }
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn csr_info() -> &'static ResourceInfo {
+        crate::registry::REGISTRY
+            .find("certificates.k8s.io", "v1", "certificatesigningrequests")
+            .expect("registered")
+    }
+
+    fn request_pem() -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        let csr = params.serialize_request(&key).expect("csr");
+        base64::engine::general_purpose::STANDARD.encode(csr.pem().expect("pem"))
+    }
+
+    fn fields(causes: &[Cause]) -> Vec<(&str, &str)> {
+        causes
+            .iter()
+            .map(|c| (c.field.as_str(), c.reason))
+            .collect()
+    }
+
+    #[test]
+    fn a_good_request_passes() {
+        let csr = json!({"spec": {
+            "request": request_pem(),
+            "signerName": "example.com/my-signer",
+            "usages": ["client auth", "digital signature"],
+            "expirationSeconds": 3600,
+        }});
+        assert!(validate(csr_info(), &csr, None).is_empty());
+    }
+
+    #[test]
+    fn bad_requests_get_upstreams_causes() {
+        let csr = json!({"spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode("hi"),
+            "signerName": "signer",
+            "usages": ["client auth", "bogus", "client auth"],
+            "expirationSeconds": 60,
+        }});
+        let causes = validate(csr_info(), &csr, None);
+        assert_eq!(
+            fields(&causes),
+            [
+                ("spec.request", "FieldValueInvalid"),
+                ("spec.usages[1]", "FieldValueNotSupported"),
+                ("spec.usages[2]", "FieldValueDuplicate"),
+                ("spec.signerName", "FieldValueInvalid"),
+                ("spec.expirationSeconds", "FieldValueInvalid"),
+            ],
+            "{causes:?}"
+        );
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: []byte{0x68, 0x69}: PEM block type must be CERTIFICATE REQUEST"
+        );
+        assert!(
+            causes[3]
+                .message
+                .contains("of the form 'example.com/signer-name'")
+        );
+        let empty = validate(
+            csr_info(),
+            &json!({"spec": {"request": request_pem()}}),
+            None,
+        );
+        assert_eq!(
+            fields(&empty),
+            [
+                ("spec.usages", "FieldValueRequired"),
+                ("spec.signerName", "FieldValueRequired"),
+            ]
+        );
+    }
+
+    #[test]
+    fn signer_names_need_a_dotted_domain_and_a_path() {
+        assert!(signer_name("kubernetes.io/kube-apiserver-client").is_empty());
+        assert!(signer_name("example.com/ns.name").is_empty());
+        let one_label = signer_name("example/x");
+        assert!(
+            one_label[0]
+                .message
+                .contains("should be a domain with at least two segments"),
+            "{one_label:?}"
+        );
+        let bad_path = signer_name("example.com/Bad_Path");
+        assert!(
+            bad_path[0]
+                .message
+                .starts_with("Invalid value: \"Bad_Path\": validating component \"Bad_Path\""),
+            "{bad_path:?}"
+        );
+        assert_eq!(
+            signer_name(LEGACY_SIGNER),
+            Vec::new(),
+            "the legacy signer is refused by validate, not by the name rules"
+        );
+    }
+}
