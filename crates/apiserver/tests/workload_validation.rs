@@ -204,8 +204,9 @@ async fn invalid_workloads_are_422_with_upstreams_causes() {
             ),
         ]
     );
+    // Upstream writes the kind with its group (`Deployment.apps`); see status.rs.
     assert!(
-        message.starts_with("Deployment \"neg\" is invalid: [spec.replicas: "),
+        message.contains(" \"neg\" is invalid: [spec.replicas: Invalid value: -1: "),
         "{message}"
     );
 
