@@ -287,9 +287,9 @@ async fn invalid_workloads_are_422_with_upstreams_causes() {
                 "Invalid value: -2: must be greater than or equal to 0"
             ),
             cause(
-                "FieldValueNotSupported",
+                "FieldValueRequired",
                 "spec.template.spec.restartPolicy",
-                "Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+                "Required value: valid values: \"OnFailure\", \"Never\""
             ),
         ]
     );

@@ -22,6 +22,10 @@ const NULL: Value = Value::Null;
 const MAX_INDEXED_PARALLELISM: i64 = 100_000;
 /// CronJob names leave room for the 11-character suffix of their jobs' names.
 const CRONJOB_NAME_MAX: usize = 52;
+/// Upstream's `completionsSoftLimit`: above it, per-index backoff has tighter limits.
+const COMPLETIONS_SOFT_LIMIT: i64 = 100_000;
+/// Upstream's `parallelismLimitForHighCompletions` and `maxFailedIndexesLimitForHighCompletions`.
+const HIGH_COMPLETIONS_LIMIT: i64 = 10_000;
 
 /// The causes of `obj` (with the stored `old` on update).
 pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
@@ -824,6 +828,20 @@ fn job_spec_common(e: &mut Errs, spec: &Value, path: &str) {
         "ttlSecondsAfterFinished",
         &f("ttlSecondsAfterFinished"),
     );
+    e.nonnegative(spec, "backoffLimitPerIndex", &f("backoffLimitPerIndex"));
+    let per_index = int(spec, "backoffLimitPerIndex");
+    let max_failed = int(spec, "maxFailedIndexes");
+    let completions = int(spec, "completions");
+    let parallelism = int(spec, "parallelism");
+    if max_failed.is_some() {
+        e.nonnegative(spec, "maxFailedIndexes", &f("maxFailedIndexes"));
+        if per_index.is_none() {
+            e.required(
+                &f("backoffLimitPerIndex"),
+                "when maxFailedIndexes is specified",
+            );
+        }
+    }
     let mode = string(spec, "completionMode");
     let indexed = mode == Some("Indexed");
     if let Some(mode) = mode {
@@ -831,10 +849,10 @@ fn job_spec_common(e: &mut Errs, spec: &Value, path: &str) {
             e.not_supported(&f("completionMode"), &q(mode), &["NonIndexed", "Indexed"]);
         }
         if indexed {
-            if !set(spec, "completions") {
+            if completions.is_none() {
                 e.required(&f("completions"), "when completion mode is Indexed");
             }
-            if let Some(p) = int(spec, "parallelism")
+            if let Some(p) = parallelism
                 && p > MAX_INDEXED_PARALLELISM
             {
                 e.invalid(
@@ -843,26 +861,106 @@ fn job_spec_common(e: &mut Errs, spec: &Value, path: &str) {
                     "must be less than or equal to 100000 when completion mode is Indexed",
                 );
             }
+            if let (Some(c), Some(m)) = (completions, max_failed)
+                && m > c
+            {
+                e.invalid(
+                    &f("maxFailedIndexes"),
+                    &m.to_string(),
+                    "must be less than or equal to completions",
+                );
+            }
+            if let Some(m) = max_failed
+                && m > MAX_INDEXED_PARALLELISM
+            {
+                e.invalid(
+                    &f("maxFailedIndexes"),
+                    &m.to_string(),
+                    "must be less than or equal to 100000",
+                );
+            }
+            if completions.is_some_and(|c| c > COMPLETIONS_SOFT_LIMIT) && per_index.is_some() {
+                let high =
+                    "when completions are above 100000 and used with backoff limit per index";
+                if max_failed.is_none() {
+                    e.required(
+                        &f("maxFailedIndexes"),
+                        "must be specified when completions is above 100000",
+                    );
+                }
+                if let Some(p) = parallelism
+                    && p > HIGH_COMPLETIONS_LIMIT
+                {
+                    e.invalid(
+                        &f("parallelism"),
+                        &p.to_string(),
+                        &format!("must be less than or equal to 10000 {high}"),
+                    );
+                }
+                if let Some(m) = max_failed
+                    && m > HIGH_COMPLETIONS_LIMIT
+                {
+                    e.invalid(
+                        &f("maxFailedIndexes"),
+                        &m.to_string(),
+                        &format!("must be less than or equal to 10000 {high}"),
+                    );
+                }
+            }
         }
     }
-    if set(spec, "backoffLimitPerIndex") {
-        e.nonnegative(spec, "backoffLimitPerIndex", &f("backoffLimitPerIndex"));
+    if mode.is_none() || mode == Some("NonIndexed") {
+        for (v, key) in [
+            (per_index, "backoffLimitPerIndex"),
+            (max_failed, "maxFailedIndexes"),
+        ] {
+            if let Some(v) = v {
+                e.invalid(&f(key), &v.to_string(), "requires indexed completion mode");
+            }
+        }
+    }
+    let pfp = spec.get("podFailurePolicy").filter(|v| !v.is_null());
+    if let Some(pfp) = pfp {
+        pod_failure_policy(e, spec, pfp, &f("podFailurePolicy"));
+    }
+    if let Some(sp) = spec.get("successPolicy").filter(|v| !v.is_null()) {
+        let rules = sp
+            .get("rules")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if !indexed {
-            e.forbidden(
-                &f("backoffLimitPerIndex"),
+            e.invalid(
+                &f("successPolicy"),
+                match sp.get("rules").and_then(Value::as_array) {
+                    None => "batch.SuccessPolicy{Rules:[]batch.SuccessPolicyRule(nil)}",
+                    Some(r) if r.is_empty() => {
+                        "batch.SuccessPolicy{Rules:[]batch.SuccessPolicyRule{}}"
+                    }
+                    // Upstream prints the rules' pointers; abbreviated.
+                    Some(_) => "batch.SuccessPolicy{Rules:[]batch.SuccessPolicyRule{...}}",
+                },
                 "requires indexed completion mode",
             );
+        } else {
+            if rules.is_empty() {
+                e.required(
+                    &f("successPolicy.rules"),
+                    "at least one rules must be specified when the successPolicy is specified",
+                );
+            }
+            for (i, rule) in rules.iter().enumerate() {
+                if !set(rule, "succeededIndexes") && !set(rule, "succeededCount") {
+                    e.required(
+                        &format!("{path}.successPolicy.rules[{i}]"),
+                        "at least one of succeededCount or succeededIndexes must be specified",
+                    );
+                }
+            }
         }
     }
-    if set(spec, "maxFailedIndexes") {
-        e.nonnegative(spec, "maxFailedIndexes", &f("maxFailedIndexes"));
-        if !set(spec, "backoffLimitPerIndex") {
-            e.required(
-                &f("backoffLimitPerIndex"),
-                "when maxFailedIndexes is specified",
-            );
-        }
-    }
+    // (podReplacementPolicy: see the module's known gaps — our defaulting sets
+    // `TerminatingOrFailed` even with a podFailurePolicy, where upstream's sets `Failed`.)
     if let Some(policy) = string(spec, "podReplacementPolicy")
         && policy != "Failed"
         && policy != "TerminatingOrFailed"
@@ -873,54 +971,50 @@ fn job_spec_common(e: &mut Errs, spec: &Value, path: &str) {
             &["Failed", "TerminatingOrFailed"],
         );
     }
-    let pfp = spec.get("podFailurePolicy").filter(|v| !v.is_null());
-    if let Some(pfp) = pfp {
-        pod_failure_policy(e, spec, pfp, &f("podFailurePolicy"));
-    }
-    if let Some(sp) = spec.get("successPolicy").filter(|v| !v.is_null()) {
-        if !indexed {
-            e.invalid(
-                &f("completionMode"),
-                &q(mode.unwrap_or_default()),
-                "requires indexed completion mode",
-            );
-        }
-        for (i, rule) in sp
-            .get("rules")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let rp = format!("{path}.successPolicy.rules[{i}]");
-            if !set(rule, "succeededIndexes") && !set(rule, "succeededCount") {
-                e.required(
-                    &rp,
-                    "at least one of succeededCount or succeededIndexes must be specified",
-                );
-            }
-            e.nonnegative(rule, "succeededCount", &format!("{rp}.succeededCount"));
-        }
-    }
     let template = spec.get("template").unwrap_or(&NULL);
     pod_template_spec(e, template, &f("template"));
     let policy = restart_policy(template);
     let rp = f("template.spec.restartPolicy");
-    if pfp.is_some() && policy != "Never" {
+    if policy == "Always" || policy.is_empty() {
+        e.required(&rp, "valid values: \"OnFailure\", \"Never\"");
+    } else if policy != "OnFailure" && policy != "Never" {
+        e.not_supported(&rp, &q(policy), &["OnFailure", "Never"]);
+    } else if pfp.is_some() && policy != "Never" {
         e.invalid(
             &rp,
             &q(policy),
             "only \"Never\" is supported when podFailurePolicy is specified",
         );
-    } else if policy != "OnFailure" && policy != "Never" {
-        e.not_supported(&rp, &q(policy), &["OnFailure", "Never"]);
     }
 }
 
-/// The basic rules of `validatePodFailurePolicy`.
+/// A `[]int32` as Go's `%#v` shows it.
+fn show_int32s(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_array) {
+        None => "[]int32(nil)".into(),
+        Some(a) => {
+            let items: Vec<String> = a
+                .iter()
+                .map(|n| n.as_i64().unwrap_or(0).to_string())
+                .collect();
+            format!("[]int32{{{}}}", items.join(", "))
+        }
+    }
+}
+
+/// `validatePodFailurePolicy` (not the limits on the number of rules and values).
 fn pod_failure_policy(e: &mut Errs, spec: &Value, pfp: &Value, path: &str) {
     const ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
+    let template_spec = spec
+        .get("template")
+        .and_then(|t| t.get("spec"))
+        .unwrap_or(&NULL);
+    let names: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| template_spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| string(c, "name"))
+        .collect();
     for (i, rule) in pfp
         .get("rules")
         .and_then(Value::as_array)
@@ -952,28 +1046,66 @@ fn pod_failure_policy(e: &mut Errs, spec: &Value, pfp: &Value, path: &str) {
         let conditions = rule
             .get("onPodConditions")
             .and_then(Value::as_array)
-            .map_or(0, Vec::len);
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if let Some(codes) = codes {
+            let cp = format!("{rp}.onExitCodes");
             let op = string(codes, "operator").unwrap_or_default();
-            if op != "In" && op != "NotIn" {
-                e.not_supported(
-                    &format!("{rp}.onExitCodes.operator"),
-                    &q(op),
-                    &["In", "NotIn"],
+            if op.is_empty() {
+                e.required(
+                    &format!("{cp}.operator"),
+                    "valid values: [\"In\" \"NotIn\"]",
+                );
+            } else if op != "In" && op != "NotIn" {
+                e.not_supported(&format!("{cp}.operator"), &q(op), &["In", "NotIn"]);
+            }
+            if let Some(name) = string(codes, "containerName")
+                && !names.contains(&name)
+            {
+                e.invalid(
+                    &format!("{cp}.containerName"),
+                    &q(name),
+                    "must be one of the container or initContainer names in the pod template",
                 );
             }
-            if codes
+            let values: Vec<i64> = codes
                 .get("values")
                 .and_then(Value::as_array)
-                .is_none_or(Vec::is_empty)
-            {
-                e.required(
-                    &format!("{rp}.onExitCodes.values"),
+                .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(0)).collect())
+                .unwrap_or_default();
+            if values.is_empty() {
+                e.invalid(
+                    &format!("{cp}.values"),
+                    &show_int32s(codes.get("values")),
                     "at least one value is required",
                 );
             }
+            for (j, v) in values.iter().enumerate() {
+                let vp = format!("{cp}.values[{j}]");
+                if op == "In" && *v == 0 {
+                    e.invalid(&vp, "0", "must not be 0 for the In operator");
+                }
+                if values[..j].contains(v) {
+                    e.push("FieldValueDuplicate", &vp, format!("Duplicate value: {v}"));
+                }
+            }
+            if values.windows(2).any(|w| w[0] > w[1]) {
+                e.invalid(
+                    &format!("{cp}.values"),
+                    &show_int32s(codes.get("values")),
+                    "must be ordered",
+                );
+            }
         }
-        if codes.is_some() && conditions > 0 {
+        for (j, pattern) in conditions.iter().enumerate() {
+            let sp = format!("{rp}.onPodConditions[{j}].status");
+            match string(pattern, "status").unwrap_or_default() {
+                "" => e.required(&sp, "valid values: [\"False\" \"True\" \"Unknown\"]"),
+                "False" | "True" | "Unknown" => {}
+                other => e.not_supported(&sp, &q(other), &["False", "True", "Unknown"]),
+            }
+        }
+        if codes.is_some() && !conditions.is_empty() {
             e.push(
                 "FieldValueInvalid",
                 &rp,
@@ -981,7 +1113,7 @@ fn pod_failure_policy(e: &mut Errs, spec: &Value, pfp: &Value, path: &str) {
                     .into(),
             );
         }
-        if codes.is_none() && conditions == 0 {
+        if codes.is_none() && conditions.is_empty() {
             e.push(
                 "FieldValueInvalid",
                 &rp,
@@ -1748,7 +1880,7 @@ mod tests {
             c,
             [
                 "spec.parallelism: Invalid value: -1: must be greater than or equal to 0",
-                "spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\"",
+                "spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"",
             ]
         );
         let c = fields(&validate(
@@ -1815,6 +1947,46 @@ mod tests {
         assert_eq!(
             c,
             ["spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`"]
+        );
+    }
+
+    #[test]
+    fn job_failure_and_success_policies() {
+        let i = info("batch", "jobs");
+        let c = fields(&validate(
+            i,
+            &job_obj(
+                json!({"backoffLimitPerIndex": 1, "successPolicy": {"rules": []},
+                "podFailurePolicy": {"rules": [
+                    {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [0, 3, 2, 2]}},
+                    {"action": "Explode", "onPodConditions": [{"type": "DisruptionTarget"}]}]}}),
+            ),
+            None,
+        ));
+        assert_eq!(
+            c,
+            [
+                "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[0]: Invalid value: 0: must not be 0 for the In operator",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[3]: Duplicate value: 2",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values: Invalid value: []int32{0, 3, 2, 2}: must be ordered",
+                "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Explode\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+                "spec.podFailurePolicy.rules[1].onPodConditions[0].status: Required value: valid values: [\"False\" \"True\" \"Unknown\"]",
+                "spec.successPolicy: Invalid value: batch.SuccessPolicy{Rules:[]batch.SuccessPolicyRule{}}: requires indexed completion mode",
+            ]
+        );
+        let c = fields(&validate(
+            i,
+            &job_obj(json!({"podFailurePolicy": {"rules": [{"action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+                "template": {"spec": {"restartPolicy": "OnFailure"}}})),
+            None,
+        ));
+        assert_eq!(
+            c,
+            [
+                "spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified"
+            ]
         );
     }
 
