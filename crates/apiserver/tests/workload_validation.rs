@@ -204,9 +204,10 @@ async fn invalid_workloads_are_422_with_upstreams_causes() {
             ),
         ]
     );
-    // Upstream writes the kind with its group (`Deployment.apps`); see status.rs.
+    // Upstream writes the kind with its group (`Deployment.apps`).
     assert!(
-        message.contains(" \"neg\" is invalid: [spec.replicas: Invalid value: -1: "),
+        message
+            .starts_with("Deployment.apps \"neg\" is invalid: [spec.replicas: Invalid value: -1: "),
         "{message}"
     );
 
