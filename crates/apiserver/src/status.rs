@@ -112,11 +112,13 @@ impl ApiError {
             .iter()
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect();
-        // Upstream names the kind with its group (`Foo.example.com`); custom resources do.
-        let kind = if info.custom.is_some() {
-            format!("{}.{}", info.kind, info.group)
-        } else {
+        // Upstream names the kind with the group of its stored (internal) type:
+        // `Deployment.apps`, `Foo.example.com`, `Pod`; `events.k8s.io` Events are core's.
+        let group = info.conversion.map_or(info.group, |c| c.storage_group);
+        let kind = if group.is_empty() {
             info.kind.to_string()
+        } else {
+            format!("{}.{group}", info.kind)
         };
         let message = if list.len() == 1 {
             format!("{kind} \"{name}\" is invalid: {}", list[0])

@@ -28,7 +28,7 @@ pub(crate) fn validate_builtin(
     let mut causes = meta::validate(info, obj, old);
     causes.extend(match info.group {
         "" => core::validate(info, obj, old),
-        "apps" | "batch" => apps::validate(info, obj, old),
+        "apps" | "batch" | "policy" | "autoscaling" => apps::validate(info, obj, old),
         "certificates.k8s.io" => certificates::validate(info, obj, old),
         _ => Vec::new(),
     });
