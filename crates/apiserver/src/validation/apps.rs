@@ -394,10 +394,11 @@ fn template_matches(e: &mut Errs, sel: &Value, template: &Value, field: &str) {
     }
 }
 
-/// The pod template's own spec: core/v1's `ValidatePodTemplateSpec`.
-fn pod_template_spec(_e: &mut Errs, _template: &Value, _field: &str) {
-    // TODO(podval): call `core::validate_pod_spec(&template["spec"], "<field>.spec")` here and
-    // extend `_e` with its causes once `validation/core.rs` has it (the lead wires this in).
+/// The pod template itself: core/v1's `ValidatePodTemplateSpec` (labels, annotations, the pod
+/// spec); the workload's own template rules (restart policy, selector match) are checked by
+/// the callers.
+fn pod_template_spec(e: &mut Errs, template: &Value, field: &str) {
+    e.0.extend(super::core::template_spec(Some(template), field, false));
 }
 
 fn restart_policy(template: &Value) -> &str {
@@ -1674,6 +1675,17 @@ mod tests {
             .unwrap_or_else(|| panic!("{group}/{plural}"))
     }
 
+    /// What the server validates: the object after upstream's defaulting (the pod template's
+    /// policies and paths are then set, as core's pod spec checks expect).
+    fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+        let defaulted = |o: &Value| {
+            let mut o = o.clone();
+            crate::defaults::apply(info, &mut o, true);
+            o
+        };
+        super::validate(info, &defaulted(obj), old.map(defaulted).as_ref())
+    }
+
     fn fields(causes: &[Cause]) -> Vec<String> {
         causes
             .iter()
@@ -1770,7 +1782,7 @@ mod tests {
         let new = deployment(
             json!({"selector": {"matchLabels": {"app": "web", "x": "y"}},
             "template": {"metadata": {"labels": {"app": "web", "x": "y"}},
-                "spec": {"restartPolicy": "Always"}}}),
+                "spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "i"}]}}}),
         );
         let c = fields(&validate(i, &new, Some(&old)));
         assert_eq!(
@@ -1843,7 +1855,8 @@ mod tests {
             "selector": {"matchLabels": {"app": "x"}},
             "updateStrategy": {"type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}},
-            "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"restartPolicy": "Never"}},
+            "template": {"metadata": {"labels": {"app": "x"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}},
         }});
         let c = fields(&validate(i, &ds, None));
         assert_eq!(
@@ -1859,7 +1872,7 @@ mod tests {
         let mut j = json!({"metadata": {"name": "j", "uid": "u1"}, "spec": {
             "parallelism": 1, "completions": 1, "backoffLimit": 6, "completionMode": "NonIndexed",
             "suspend": false, "podReplacementPolicy": "TerminatingOrFailed",
-            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c"}]}},
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}},
         }});
         for (k, v) in spec.as_object().cloned().unwrap_or_default() {
             j["spec"][k] = v;
@@ -1873,7 +1886,10 @@ mod tests {
         assert!(validate(i, &job_obj(json!({})), None).is_empty());
         let c = fields(&validate(
             i,
-            &job_obj(json!({"parallelism": -1, "template": {"spec": {"restartPolicy": "Always"}}})),
+            &job_obj(
+                json!({"parallelism": -1, "template": {"spec": {"restartPolicy": "Always",
+                "containers": [{"name": "c", "image": "i"}]}}}),
+            ),
             None,
         ));
         assert_eq!(
@@ -1895,7 +1911,7 @@ mod tests {
         // On update, with the generated selector.
         let generated = json!({"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}},
             "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "u1"}},
-                "spec": {"restartPolicy": "Never", "containers": [{"name": "c"}]}}});
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}});
         let old = job_obj(generated);
         assert!(validate(i, &old, Some(&old)).is_empty());
         let mut new = old.clone();
@@ -1979,7 +1995,8 @@ mod tests {
             i,
             &job_obj(json!({"podFailurePolicy": {"rules": [{"action": "Ignore",
                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
-                "template": {"spec": {"restartPolicy": "OnFailure"}}})),
+                "template": {"spec": {"restartPolicy": "OnFailure",
+                    "containers": [{"name": "c", "image": "i"}]}}})),
             None,
         ));
         assert_eq!(

@@ -203,7 +203,7 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
 
 /// The pod template of a PodTemplate or ReplicationController (`ValidatePodTemplateSpec`'s
 /// spec part; a controller's template also as `ValidatePodTemplateSpecForRC`).
-fn template_spec(template: Option<&Value>, path: &str, controller: bool) -> Vec<Cause> {
+pub(super) fn template_spec(template: Option<&Value>, path: &str, controller: bool) -> Vec<Cause> {
     let Some(t) = template.filter(|t| !t.is_null()) else {
         return if controller {
             vec![required(path, "")]
