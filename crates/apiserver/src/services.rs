@@ -330,7 +330,7 @@ fn init_ip_families(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError
         let family = validation::family_of(ip);
         if i >= families.len() {
             if family == "IPv6" {
-                causes.push(validation::invalid(
+                causes.push(crate::validation::invalid(
                     format!("spec.clusterIPs[{i}]"),
                     &validation::go_list("string", Some(&ips)),
                     "IPv6 is not configured on this cluster",
@@ -345,17 +345,17 @@ fn init_ip_families(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError
     }
     if !headless_selectorless {
         if spec.get("ipFamilyPolicy").and_then(Value::as_str) == Some("RequireDualStack") {
-            causes.push(validation::invalid(
+            causes.push(crate::validation::invalid(
                 "spec.ipFamilyPolicy",
-                &validation::q("RequireDualStack"),
+                &crate::validation::q("RequireDualStack"),
                 "this cluster is not configured for dual-stack services",
             ));
         }
         for (i, family) in families.iter().enumerate() {
             if family != "IPv4" {
-                causes.push(validation::invalid(
+                causes.push(crate::validation::invalid(
                     format!("spec.ipFamilies[{i}]"),
-                    &validation::q(family),
+                    &crate::validation::q(family),
                     "not configured on this cluster",
                 ));
             }

@@ -271,6 +271,78 @@ pub(crate) fn generate_name(prefix: &str) -> String {
     name
 }
 
+// ---- causes, as apimachinery's `field.Error`s -----------------------------------------------
+
+pub(crate) fn required(field: impl Into<String>, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired",
+        message: if detail.is_empty() {
+            "Required value".into()
+        } else {
+            format!("Required value: {detail}")
+        },
+        field: field.into(),
+    }
+}
+
+pub(crate) fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueForbidden",
+        message: format!("Forbidden: {detail}"),
+        field: field.into(),
+    }
+}
+
+pub(crate) fn invalid(field: impl Into<String>, shown: &str, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {shown}: {detail}"),
+        field: field.into(),
+    }
+}
+
+pub(crate) fn not_supported(field: impl Into<String>, shown: &str, valid: &[&str]) -> Cause {
+    let list: Vec<String> = valid.iter().map(|v| q(v)).collect();
+    Cause {
+        reason: "FieldValueNotSupported",
+        message: format!(
+            "Unsupported value: {shown}: supported values: {}",
+            list.join(", ")
+        ),
+        field: field.into(),
+    }
+}
+
+pub(crate) fn duplicate(field: impl Into<String>, shown: &str) -> Cause {
+    Cause {
+        reason: "FieldValueDuplicate",
+        message: format!("Duplicate value: {shown}"),
+        field: field.into(),
+    }
+}
+
+pub(crate) fn not_found(field: impl Into<String>, shown: &str) -> Cause {
+    Cause {
+        reason: "FieldValueNotFound",
+        message: format!("Not found: {shown}"),
+        field: field.into(),
+    }
+}
+
+/// `field.TooLong` with a byte limit (its value is not shown).
+pub(crate) fn too_long(field: impl Into<String>, max: usize) -> Cause {
+    Cause {
+        reason: "FieldValueTooLong",
+        message: format!("Too long: may not be more than {max} bytes"),
+        field: field.into(),
+    }
+}
+
+/// A string as Go's `%q` shows it.
+pub(crate) fn q(s: &str) -> String {
+    format!("{s:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

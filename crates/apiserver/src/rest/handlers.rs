@@ -2781,11 +2781,19 @@ mod tests {
         let deploy = REGISTRY
             .find("apps", "v1", "deployments")
             .expect("deployments");
+        let mut spec = json!({"replicas": 1, "selector": {"matchLabels": {"app": "d"}},
+            "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [
+                {"name": "c", "image": "nginx"}]}}});
         let old = json!({"metadata": {"name": "d", "namespace": "n", "uid": "u",
             "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 1, "resourceVersion": "5"},
-            "spec": {"replicas": 1}, "status": {"replicas": 1}});
-        let req = json!({"metadata": {"name": "d", "namespace": "n", "resourceVersion": "5"},
-            "spec": {"replicas": 2}, "status": {"replicas": 9}});
+            "spec": spec.clone(), "status": {"replicas": 1}});
+        spec["replicas"] = json!(2);
+        let mut req = json!({"metadata": {"name": "d", "namespace": "n", "resourceVersion": "5"},
+            "spec": spec, "status": {"replicas": 9}});
+        // As requests reach it: defaulted (the stored object was, too).
+        let mut old = old;
+        crate::defaults::apply(deploy, &mut old, true);
+        crate::defaults::apply(deploy, &mut req, false);
         let new = merge_update(deploy, &old, &req, false).expect("update");
         assert_eq!(new["metadata"]["uid"], "u");
         assert_eq!(new["metadata"]["generation"], 2);

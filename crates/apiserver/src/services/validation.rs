@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::status::Cause;
 use crate::validation::{
-    NameRule, dns_problems, label_value_problems, port_name_problems, port_num_problems,
-    qualified_name_problems,
+    NameRule, dns_problems, duplicate, forbidden, invalid, label_value_problems, not_supported,
+    port_name_problems, port_num_problems, q, qualified_name_problems, required,
 };
 
 const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
@@ -25,55 +25,6 @@ const MAX_AFFINITY_SECONDS: i64 = 86400;
 const TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 const TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
 const SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
-
-pub(super) fn required(field: impl Into<String>) -> Cause {
-    Cause {
-        reason: "FieldValueRequired",
-        message: "Required value".into(),
-        field: field.into(),
-    }
-}
-
-pub(super) fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
-    Cause {
-        reason: "FieldValueForbidden",
-        message: format!("Forbidden: {detail}"),
-        field: field.into(),
-    }
-}
-
-pub(super) fn invalid(field: impl Into<String>, shown: &str, detail: &str) -> Cause {
-    Cause {
-        reason: "FieldValueInvalid",
-        message: format!("Invalid value: {shown}: {detail}"),
-        field: field.into(),
-    }
-}
-
-fn not_supported(field: impl Into<String>, shown: &str, valid: &[&str]) -> Cause {
-    let list: Vec<String> = valid.iter().map(|v| format!("{v:?}")).collect();
-    Cause {
-        reason: "FieldValueNotSupported",
-        message: format!(
-            "Unsupported value: {shown}: supported values: {}",
-            list.join(", ")
-        ),
-        field: field.into(),
-    }
-}
-
-fn duplicate(field: impl Into<String>, shown: &str) -> Cause {
-    Cause {
-        reason: "FieldValueDuplicate",
-        message: format!("Duplicate value: {shown}"),
-        field: field.into(),
-    }
-}
-
-/// A string as Go's `%q` shows it.
-pub(super) fn q(s: &str) -> String {
-    format!("{s:?}")
-}
 
 /// A string list as Go's `%#v` shows a `[]<type>`.
 pub(super) fn go_list(type_name: &str, items: Option<&[String]>) -> String {
@@ -240,7 +191,7 @@ fn port_causes(
     let mut causes = Vec::new();
     let name = str_of(port, "name").unwrap_or("");
     if require_name && name.is_empty() {
-        causes.push(required(format!("{path}.name")));
+        causes.push(required(format!("{path}.name"), ""));
     } else if !name.is_empty() {
         for m in dns_problems(NameRule::Label, name) {
             causes.push(invalid(format!("{path}.name"), &q(name), &m));
@@ -254,7 +205,7 @@ fn port_causes(
         causes.push(invalid(format!("{path}.port"), &number.to_string(), &m));
     }
     match str_of(port, "protocol").unwrap_or("") {
-        "" => causes.push(required(format!("{path}.protocol"))),
+        "" => causes.push(required(format!("{path}.protocol"), "")),
         p if !PROTOCOLS.contains(&p) => {
             causes.push(not_supported(format!("{path}.protocol"), &q(p), PROTOCOLS))
         }
@@ -307,19 +258,19 @@ fn client_ip_affinity_causes(config: Option<&Value>) -> Vec<Cause> {
     let Some(config) = config.filter(|c| !c.is_null()) else {
         return vec![Cause {
             message: format!("Required value: {DETAIL}"),
-            ..required(path)
+            ..required(path, "")
         }];
     };
     let Some(client_ip) = config.get("clientIP").filter(|c| !c.is_null()) else {
         return vec![Cause {
             message: format!("Required value: {DETAIL}"),
-            ..required(format!("{path}.clientIP"))
+            ..required(format!("{path}.clientIP"), "")
         }];
     };
     let Some(timeout) = client_ip.get("timeoutSeconds").and_then(Value::as_i64) else {
         return vec![Cause {
             message: format!("Required value: {DETAIL}"),
-            ..required(format!("{path}.clientIP.timeoutSeconds"))
+            ..required(format!("{path}.clientIP.timeoutSeconds"), "")
         }];
     };
     if timeout <= 0 || timeout > MAX_AFFINITY_SECONDS {
@@ -348,7 +299,7 @@ pub(super) fn cluster_ips_related(obj: &Value) -> Vec<Cause> {
     let families = strings_of(spec, "ipFamilies").unwrap_or_default();
     if !cluster_ip.is_empty() {
         if ips.is_empty() {
-            causes.push(required("spec.clusterIPs"));
+            causes.push(required("spec.clusterIPs", ""));
         } else if ips[0] != cluster_ip {
             causes.push(invalid(
                 "spec.clusterIPs",
@@ -465,7 +416,7 @@ pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
         .cloned()
         .unwrap_or_default();
     if ports.is_empty() && !headless && ty != "ExternalName" {
-        causes.push(required("spec.ports"));
+        causes.push(required("spec.ports", ""));
     }
     match ty {
         "LoadBalancer" | "NodePort" if headless => causes.push(invalid(
@@ -495,7 +446,7 @@ pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
             let name = str_of(spec, "externalName").unwrap_or("");
             let cname = name.strip_suffix('.').unwrap_or(name);
             if cname.is_empty() {
-                causes.push(required("spec.externalName"));
+                causes.push(required("spec.externalName", ""));
             } else {
                 for m in dns_problems(NameRule::Subdomain, cname) {
                     causes.push(invalid("spec.externalName", &q(cname), &m));
@@ -526,7 +477,7 @@ pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
     }
     let affinity = str_of(spec, "sessionAffinity").unwrap_or("");
     match affinity {
-        "" => causes.push(required("spec.sessionAffinity")),
+        "" => causes.push(required("spec.sessionAffinity", "")),
         a if !SESSION_AFFINITIES.contains(&a) => causes.push(not_supported(
             "spec.sessionAffinity",
             &q(a),
@@ -557,7 +508,7 @@ pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
         }
     }
     match ty {
-        "" => causes.push(required("spec.type")),
+        "" => causes.push(required("spec.type", "")),
         t if !TYPES.contains(&t) => causes.push(not_supported("spec.type", &q(t), TYPES)),
         _ => {}
     }
@@ -627,7 +578,7 @@ pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
     }
     if ty == "LoadBalancer" && !set(spec, "allocateLoadBalancerNodePorts") {
         // Upstream's path (sic: without `spec.`); defaulting makes it unreachable.
-        causes.push(required("allocateLoadBalancerNodePorts"));
+        causes.push(required("allocateLoadBalancerNodePorts", ""));
     }
     causes.extend(load_balancer_class_causes(None, obj));
     causes.extend(external_traffic_causes(obj));
@@ -666,7 +617,7 @@ fn external_traffic_causes(obj: &Value) -> Vec<Cause> {
             ));
         }
     } else if policy.is_empty() {
-        causes.push(required("spec.externalTrafficPolicy"));
+        causes.push(required("spec.externalTrafficPolicy", ""));
     } else if !TRAFFIC_POLICIES.contains(&policy) {
         causes.push(not_supported(
             "spec.externalTrafficPolicy",
@@ -684,7 +635,7 @@ fn external_traffic_causes(obj: &Value) -> Vec<Cause> {
             ));
         }
     } else if port == 0 {
-        causes.push(required("spec.healthCheckNodePort"));
+        causes.push(required("spec.healthCheckNodePort", ""));
     } else {
         for m in port_num_problems(port) {
             causes.push(invalid("spec.healthCheckNodePort", &port.to_string(), &m));

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value};
 
 use super::{
-    NameRule, dns_problems, label_value_problems, port_name_problems, port_num_problems,
-    qualified_name_problems,
+    NameRule, dns_problems, duplicate, forbidden, invalid, label_value_problems, not_found,
+    not_supported, port_name_problems, port_num_problems, q, qualified_name_problems, required,
+    too_long,
 };
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
@@ -336,78 +337,6 @@ fn claim_spec(spec: &Value, path: &str) -> Vec<Cause> {
         ));
     }
     causes
-}
-
-// ---- causes, as apimachinery's `field.Error`s -----------------------------------------------
-
-pub(super) fn required(field: impl Into<String>, detail: &str) -> Cause {
-    Cause {
-        reason: "FieldValueRequired",
-        message: if detail.is_empty() {
-            "Required value".into()
-        } else {
-            format!("Required value: {detail}")
-        },
-        field: field.into(),
-    }
-}
-
-pub(super) fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
-    Cause {
-        reason: "FieldValueForbidden",
-        message: format!("Forbidden: {detail}"),
-        field: field.into(),
-    }
-}
-
-pub(super) fn invalid(field: impl Into<String>, shown: &str, detail: &str) -> Cause {
-    Cause {
-        reason: "FieldValueInvalid",
-        message: format!("Invalid value: {shown}: {detail}"),
-        field: field.into(),
-    }
-}
-
-pub(super) fn not_supported(field: impl Into<String>, shown: &str, valid: &[&str]) -> Cause {
-    let list: Vec<String> = valid.iter().map(|v| q(v)).collect();
-    Cause {
-        reason: "FieldValueNotSupported",
-        message: format!(
-            "Unsupported value: {shown}: supported values: {}",
-            list.join(", ")
-        ),
-        field: field.into(),
-    }
-}
-
-pub(super) fn duplicate(field: impl Into<String>, shown: &str) -> Cause {
-    Cause {
-        reason: "FieldValueDuplicate",
-        message: format!("Duplicate value: {shown}"),
-        field: field.into(),
-    }
-}
-
-fn not_found(field: impl Into<String>, shown: &str) -> Cause {
-    Cause {
-        reason: "FieldValueNotFound",
-        message: format!("Not found: {shown}"),
-        field: field.into(),
-    }
-}
-
-/// `field.TooLong` with a byte limit (its value is not shown).
-pub(super) fn too_long(field: impl Into<String>, max: usize) -> Cause {
-    Cause {
-        reason: "FieldValueTooLong",
-        message: format!("Too long: may not be more than {max} bytes"),
-        field: field.into(),
-    }
-}
-
-/// A string as Go's `%q` shows it.
-pub(super) fn q(s: &str) -> String {
-    format!("{s:?}")
 }
 
 pub(super) fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
