@@ -35,7 +35,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 use crate::registry::REGISTRY;
-use crate::rest::decode_stored;
+use crate::rest::{address_allowed, decode_stored};
 use crate::server::AppState;
 
 /// Where the system keeps its trusted CAs (Debian's `ca-certificates`).
@@ -320,20 +320,6 @@ impl ClientConfig {
         }
         let pick = rand::rng().random_range(0..candidates.len());
         Ok(candidates.swap_remove(pick))
-    }
-}
-
-/// Go's `IP.IsGlobalUnicast` (loopback allowed only when the server is configured for it).
-fn address_allowed(ip: &str, loopback_ok: bool) -> bool {
-    match ip.parse::<IpAddr>() {
-        Ok(ip) if ip.is_loopback() => loopback_ok,
-        Ok(IpAddr::V4(v4)) => {
-            !v4.is_broadcast() && !v4.is_unspecified() && !v4.is_multicast() && !v4.is_link_local()
-        }
-        Ok(IpAddr::V6(v6)) => {
-            !v6.is_unspecified() && !v6.is_multicast() && (v6.segments()[0] & 0xffc0) != 0xfe80
-        }
-        Err(_) => false,
     }
 }
 

@@ -37,6 +37,7 @@ pub(crate) use object::{
     set_resource_version,
 };
 pub(crate) use patch::{PatchKind, apply as apply_patch};
+pub(crate) use pod_proxy::address_allowed;
 
 /// What a request path names.
 #[derive(Debug, Clone)]

@@ -246,7 +246,7 @@ fn pod_ips(pod: &Value) -> Vec<&str> {
 
 /// Go's `IP.IsGlobalUnicast` (loopback let through when the server is configured for
 /// stand-in pods on loopback).
-fn address_allowed(ip: &str, loopback_ok: bool) -> bool {
+pub(crate) fn address_allowed(ip: &str, loopback_ok: bool) -> bool {
     let Ok(ip) = ip.parse::<IpAddr>() else {
         return false;
     };
