@@ -208,6 +208,23 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 }
             }
         }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            // `SetDefaults_Subject`: users and groups are RBAC's, service accounts core's.
+            for subject in each(o, "subjects") {
+                let kind = subject.get("kind").and_then(Value::as_str).unwrap_or("");
+                let group = match kind {
+                    "User" | "Group" => "rbac.authorization.k8s.io",
+                    _ => "",
+                };
+                if subject
+                    .get("apiGroup")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    subject.insert("apiGroup".into(), json!(group));
+                }
+            }
+        }
         _ => {}
     }
 }

@@ -2,12 +2,13 @@
 //! with their messages (this file), and the per-type validation of built-in objects
 //! (`pkg/apis/*/validation`: [`validate_builtin`]) — `metadata` of every object ([`meta`]),
 //! core/v1 ([`core`]), the workload groups apps/v1 and batch/v1 ([`apps`]), CSRs
-//! ([`certificates`]).
+//! ([`certificates`]), RBAC ([`rbac`]).
 
 mod apps;
 mod certificates;
 mod core;
 mod meta;
+mod rbac;
 
 use serde_json::Value;
 
@@ -30,6 +31,7 @@ pub(crate) fn validate_builtin(
         "" => core::validate(info, obj, old),
         "apps" | "batch" | "policy" | "autoscaling" => apps::validate(info, obj, old),
         "certificates.k8s.io" => certificates::validate(info, obj, old),
+        "rbac.authorization.k8s.io" => rbac::validate(info, obj, old),
         _ => Vec::new(),
     });
     causes

@@ -680,3 +680,65 @@ async fn claims_namespaces_and_pod_templates_are_validated() {
         "{err}"
     );
 }
+
+/// RBAC objects as upstream validates them: rules need verbs, groups and resources (or
+/// non-resource URLs, cluster-wide only); bindings a valid role reference that never changes,
+/// and subjects of the known kinds (a user's or group's `apiGroup` is defaulted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_objects_are_validated_as_upstream() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let roles: Api<Role> = Api::namespaced(client.clone(), "default");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"]},
+                  {"verbs": ["get"], "nonResourceURLs": ["/healthz"]}],
+    }))
+    .expect("role");
+    let err = roles
+        .create(&PostParams::default(), &role)
+        .await
+        .expect_err("invalid role");
+    assert_eq!(
+        causes(err),
+        [
+            "rules[0].verbs: Required value: verbs must contain at least one value",
+            "rules[1].nonResourceURLs: Invalid value: []string{\"/healthz\"}: namespaced rules cannot apply to non-resource URLs",
+        ]
+    );
+
+    // A binding written as people write them (no apiGroup on the user) is accepted...
+    let binding = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: readers, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects:
+- {kind: User, name: alice}
+- {kind: ServiceAccount, name: default, namespace: default}
+"#;
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], binding).await;
+    assert!(out.status.success(), "{out:?}");
+    let bindings: Api<RoleBinding> = Api::namespaced(client, "default");
+    let stored = bindings.get("readers").await.expect("stored");
+    let subjects = stored.subjects.expect("subjects");
+    assert_eq!(
+        subjects[0].api_group.as_deref(),
+        Some("rbac.authorization.k8s.io")
+    );
+    // ...and its role reference never changes, as kubectl users see it.
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &binding.replace("name: view}", "name: edit}"),
+        )
+        .await;
+    assert!(
+        stderr(&out).contains(
+            "roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"edit\"}: cannot change roleRef"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
