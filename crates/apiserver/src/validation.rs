@@ -2,12 +2,13 @@
 //! with their messages (this file), and the per-type validation of built-in objects
 //! (`pkg/apis/*/validation`: [`validate_builtin`]) — `metadata` of every object ([`meta`]),
 //! core/v1 ([`core`]), the workload groups apps/v1 and batch/v1 ([`apps`]), CSRs
-//! ([`certificates`]), RBAC ([`rbac`]).
+//! ([`certificates`]), RBAC ([`rbac`]), Ingresses and IngressClasses ([`networking`]).
 
 mod apps;
 mod certificates;
 mod core;
 mod meta;
+mod networking;
 mod rbac;
 
 use serde_json::Value;
@@ -32,6 +33,7 @@ pub(crate) fn validate_builtin(
         "apps" | "batch" | "policy" | "autoscaling" => apps::validate(info, obj, old),
         "certificates.k8s.io" => certificates::validate(info, obj, old),
         "rbac.authorization.k8s.io" => rbac::validate(info, obj, old),
+        "networking.k8s.io" => networking::validate(info, obj, old),
         _ => Vec::new(),
     });
     causes

@@ -742,3 +742,38 @@ subjects:
         stderr(&out)
     );
 }
+
+/// Ingresses as upstream validates them, as a kubectl user sees it; a typical one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingresses_are_validated_as_upstream() {
+    let t = TestServer::start().await;
+    let good = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: default}
+spec:
+  ingressClassName: traefik
+  tls: [{hosts: [web.example.com], secretName: web-tls}]
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+"#;
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], good).await;
+    assert!(out.status.success(), "{out:?}");
+    let bad = good
+        .replace("host: web.example.com", "host: 10.0.0.1")
+        .replace("path: /, pathType: Prefix,", "path: /,")
+        .replace("name: web, namespace", "name: bad, namespace");
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &bad).await;
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "The Ingress \"bad\" is invalid: \n\
+             * spec.rules[0].host: Invalid value: \"10.0.0.1\": must be a DNS name, not an IP address\n\
+             * spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified"
+        ),
+        "{err}"
+    );
+}
