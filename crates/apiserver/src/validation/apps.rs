@@ -401,6 +401,25 @@ fn pod_template_spec(e: &mut Errs, template: &Value, field: &str) {
     e.0.extend(super::core::template_spec(Some(template), field, false));
 }
 
+/// A template of pods that always restart (ReplicaSets, StatefulSets, DaemonSets):
+/// `restartPolicy: Always`, no `activeDeadlineSeconds` (`deadline` words the refusal).
+fn always_restarting(e: &mut Errs, template: &Value, deadline: &str) {
+    let policy = restart_policy(template);
+    if policy != "Always" {
+        e.not_supported("spec.template.spec.restartPolicy", &q(policy), &["Always"]);
+    }
+    if let Some(ads) = template
+        .get("spec")
+        .and_then(|s| int(s, "activeDeadlineSeconds"))
+    {
+        e.invalid(
+            "spec.template.spec.activeDeadlineSeconds",
+            &ads.to_string(),
+            deadline,
+        );
+    }
+}
+
 fn restart_policy(template: &Value) -> &str {
     template
         .get("spec")
@@ -435,20 +454,11 @@ fn replica_set_like(e: &mut Errs, spec: &Value, what: &str, deployment: bool) {
     if parses {
         template_matches(e, sel, template, "spec.template");
         pod_template_spec(e, template, "spec.template");
-        let policy = restart_policy(template);
-        if policy != "Always" {
-            e.not_supported("spec.template.spec.restartPolicy", &q(policy), &["Always"]);
-        }
-        if let Some(ads) = template
-            .get("spec")
-            .and_then(|s| int(s, "activeDeadlineSeconds"))
-        {
-            e.invalid(
-                "spec.template.spec.activeDeadlineSeconds",
-                &ads.to_string(),
-                "activeDeadlineSeconds in ReplicaSet is not Supported",
-            );
-        }
+        always_restarting(
+            e,
+            template,
+            "activeDeadlineSeconds in ReplicaSet is not Supported",
+        );
     } else {
         e.invalid(
             "spec.selector",
@@ -664,20 +674,7 @@ fn stateful_set(e: &mut Errs, spec: &Value) {
     } else {
         e.invalid("spec.selector", &show_selector(sel), "");
     }
-    let policy = restart_policy(template);
-    if policy != "Always" {
-        e.not_supported("spec.template.spec.restartPolicy", &q(policy), &["Always"]);
-    }
-    if let Some(ads) = template
-        .get("spec")
-        .and_then(|s| int(s, "activeDeadlineSeconds"))
-    {
-        e.invalid(
-            "spec.template.spec.activeDeadlineSeconds",
-            &ads.to_string(),
-            "must not be specified",
-        );
-    }
+    always_restarting(e, template, "must not be specified");
     for (i, pvc) in spec
         .get("volumeClaimTemplates")
         .and_then(Value::as_array)
@@ -758,20 +755,11 @@ fn daemon_set(e: &mut Errs, spec: &Value) {
         );
     }
     pod_template_spec(e, template, "spec.template");
-    let policy = restart_policy(template);
-    if policy != "Always" {
-        e.not_supported("spec.template.spec.restartPolicy", &q(policy), &["Always"]);
-    }
-    if let Some(ads) = template
-        .get("spec")
-        .and_then(|s| int(s, "activeDeadlineSeconds"))
-    {
-        e.invalid(
-            "spec.template.spec.activeDeadlineSeconds",
-            &ads.to_string(),
-            "activeDeadlineSeconds in DaemonSet is not Supported",
-        );
-    }
+    always_restarting(
+        e,
+        template,
+        "activeDeadlineSeconds in DaemonSet is not Supported",
+    );
     e.nonnegative(spec, "minReadySeconds", "spec.minReadySeconds");
     e.nonnegative(spec, "templateGeneration", "spec.templateGeneration");
     let us = spec.get("updateStrategy").unwrap_or(&NULL);
