@@ -69,7 +69,7 @@ pub(crate) enum Operation {
 }
 
 impl Operation {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Operation::Create => "CREATE",
             Operation::Update => "UPDATE",
@@ -81,21 +81,21 @@ impl Operation {
 /// The attributes of the write request being served that do not depend on the object.
 #[derive(Debug)]
 pub(crate) struct Request {
-    user: crate::auth::UserInfo,
-    method: Method,
-    group: String,
-    version: String,
-    plural: String,
-    subresource: String,
+    pub(crate) user: crate::auth::UserInfo,
+    pub(crate) method: Method,
+    pub(crate) group: String,
+    pub(crate) version: String,
+    pub(crate) plural: String,
+    pub(crate) subresource: String,
     /// The namespace in the path.
-    namespace: String,
+    pub(crate) namespace: String,
     /// The name in the path (empty on creates and collections).
-    name: String,
-    dry_run: bool,
+    pub(crate) name: String,
+    pub(crate) dry_run: bool,
     /// The request's `CreateOptions`/`UpdateOptions`/`PatchOptions`/`DeleteOptions`.
-    options: Value,
+    pub(crate) options: Value,
     /// What the webhooks answered in `warnings`.
-    warnings: Mutex<Vec<String>>,
+    pub(crate) warnings: Mutex<Vec<String>>,
 }
 
 impl Request {
@@ -328,6 +328,7 @@ pub(crate) async fn validate(
     if exempt(info) {
         return Ok(());
     }
+    crate::admission_policy::validate(state, &req, info, op, obj, old).await?;
     let hooks = hooks(state, false).await?;
     if hooks.is_empty() {
         return Ok(());

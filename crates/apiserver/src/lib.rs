@@ -19,6 +19,7 @@
 //! See `ARCHITECTURE.md` in this crate for the invariants.
 
 mod admission;
+mod admission_policy;
 mod admission_webhook;
 mod apply;
 pub mod audit;

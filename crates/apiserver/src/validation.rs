@@ -1,15 +1,26 @@
 //! Validation as upstream: names and the other rules of `k8s.io/apimachinery/pkg/util/validation`
 //! with their messages (this file), and the per-type validation of built-in objects
 //! (`pkg/apis/*/validation`: [`validate_builtin`]) — `metadata` of every object ([`meta`]),
-//! core/v1 ([`core`]), the workload groups apps/v1 and batch/v1 ([`apps`]), CSRs
-//! ([`certificates`]), RBAC ([`rbac`]), Ingresses and IngressClasses ([`networking`]).
+//! core/v1 pods, pod templates, ConfigMaps and Secrets ([`core`]) and its other objects
+//! ([`core_objects`]), the workload groups apps/v1 and batch/v1 ([`apps`]), CSRs
+//! ([`certificates`]), RBAC ([`rbac`]), networking.k8s.io ([`networking`]), storage.k8s.io
+//! ([`storage`]), admission configuration ([`admissionregistration`]), and the small groups
+//! scheduling, node, coordination and discovery ([`scheduling`], [`node`], [`coordination`],
+//! [`discovery`]).
 
+mod admissionregistration;
 mod apps;
 mod certificates;
+mod coordination;
 mod core;
+mod core_objects;
+mod discovery;
 mod meta;
 mod networking;
+mod node;
 mod rbac;
+mod scheduling;
+mod storage;
 
 use serde_json::Value;
 
@@ -29,14 +40,57 @@ pub(crate) fn validate_builtin(
     }
     let mut causes = meta::validate(info, obj, old);
     causes.extend(match info.group {
-        "" => core::validate(info, obj, old),
+        "" => {
+            let mut causes = core::validate(info, obj, old);
+            causes.extend(core_objects::validate(info, obj, old));
+            causes
+        }
+        "events.k8s.io" => core_objects::validate(info, obj, old),
         "apps" | "batch" | "policy" | "autoscaling" => apps::validate(info, obj, old),
         "certificates.k8s.io" => certificates::validate(info, obj, old),
         "rbac.authorization.k8s.io" => rbac::validate(info, obj, old),
         "networking.k8s.io" => networking::validate(info, obj, old),
+        "storage.k8s.io" => storage::validate(info, obj, old),
+        "admissionregistration.k8s.io" => admissionregistration::validate(info, obj, old),
+        "scheduling.k8s.io" => scheduling::validate(info, obj, old),
+        "node.k8s.io" => node::validate(info, obj, old),
+        "coordination.k8s.io" => coordination::validate(info, obj, old),
+        "discovery.k8s.io" => discovery::validate(info, obj, old),
         _ => Vec::new(),
     });
     causes
+}
+
+// ---- reading JSON objects -------------------------------------------------------------------
+
+/// The string at `field` of `v`, `""` when absent or not a string (k8s-openapi writes a
+/// missing required string as `""`, so the two are one case).
+pub(crate) fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The items of the list at `field` of `v` (none when absent or not a list).
+pub(crate) fn items<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The object at `field` of `v`, if it is one.
+pub(crate) fn obj_of<'a>(v: &'a Value, field: &str) -> Option<&'a serde_json::Map<String, Value>> {
+    v.get(field).and_then(Value::as_object)
+}
+
+/// A string field with a fixed set of values: `Required` when empty, `Unsupported` otherwise.
+pub(crate) fn one_of(v: &Value, field: &str, path: &str, valid: &[&str]) -> Vec<Cause> {
+    let s = str_of(v, field);
+    if s.is_empty() {
+        vec![required(path, "")]
+    } else if !valid.contains(&s) {
+        vec![not_supported(path, &q(s), valid)]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Which rule an object's name follows.

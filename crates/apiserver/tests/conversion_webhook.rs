@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, TestWebhook};
+use common::{TestServer, TestWebhook, api_status};
 use futures::StreamExt as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -213,13 +213,6 @@ fn reviews(hook: &TestWebhook) -> Vec<Value> {
         .iter()
         .map(|(_, r)| r.clone())
         .collect()
-}
-
-fn api_error(err: kube::Error) -> kube::core::Status {
-    match err {
-        kube::Error::Api(status) => *status,
-        other => panic!("expected an API error, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,7 +614,7 @@ async fn an_unreachable_webhook_fails_requests_as_upstream() {
     let v2 = crontabs(&client, "v2");
     let url = format!("https://127.0.0.1:{port}/convert?timeout=30s");
 
-    let err = api_error(
+    let err = api_status(
         v1.create(&PostParams::default(), &v1_crontab("a", "a:1"))
             .await
             .expect_err("create through v1 needs the webhook"),
@@ -639,7 +632,7 @@ async fn an_unreachable_webhook_fails_requests_as_upstream() {
     v2.create(&PostParams::default(), &v2_crontab("b", "b", 2))
         .await
         .expect("create through v2");
-    let err = api_error(v1.get("b").await.expect_err("get through v1"));
+    let err = api_status(v1.get("b").await.expect_err("get through v1"));
     assert_eq!(err.code, 500);
     assert!(
         err.message.starts_with(
@@ -659,7 +652,7 @@ async fn an_unreachable_webhook_fails_requests_as_upstream() {
         ),
         "{stderr}"
     );
-    let err = api_error(
+    let err = api_status(
         v1.list(&ListParams::default())
             .await
             .expect_err("list through v1"),
@@ -690,7 +683,7 @@ async fn bad_webhook_answers_are_refused_as_upstream() {
         .expect("create through v2");
 
     mode.store(WRONG_UID, Ordering::SeqCst);
-    let err = api_error(v1.get("a").await.expect_err("wrong uid"));
+    let err = api_status(v1.get("a").await.expect_err("wrong uid"));
     assert_eq!(err.code, 500);
     let uid = reviews(&hook).last().expect("review")["request"]["uid"]
         .as_str()
@@ -705,7 +698,7 @@ async fn bad_webhook_answers_are_refused_as_upstream() {
     );
 
     mode.store(WRONG_VERSION, Ordering::SeqCst);
-    let err = api_error(v1.get("a").await.expect_err("wrong apiVersion"));
+    let err = api_status(v1.get("a").await.expect_err("wrong apiVersion"));
     assert_eq!(err.code, 500);
     assert_eq!(
         err.message,
@@ -713,7 +706,7 @@ async fn bad_webhook_answers_are_refused_as_upstream() {
          index 0: invalid groupVersion (expected stable.example.com/v1, received \
          stable.example.com/v3)"
     );
-    let err = api_error(
+    let err = api_status(
         v1.create(&PostParams::default(), &v1_crontab("b", "b:2"))
             .await
             .expect_err("wrong apiVersion on create"),
@@ -726,13 +719,13 @@ async fn bad_webhook_answers_are_refused_as_upstream() {
     );
 
     mode.store(FAILURE, Ordering::SeqCst);
-    let err = api_error(v1.get("a").await.expect_err("failure"));
+    let err = api_status(v1.get("a").await.expect_err("failure"));
     assert_eq!(
         err.message,
         "conversion webhook for stable.example.com/v2, Kind=CronTab failed: cannot convert today"
     );
     // A list is converted as one: its error names the list.
-    let err = api_error(v1.list(&ListParams::default()).await.expect_err("list"));
+    let err = api_status(v1.list(&ListParams::default()).await.expect_err("list"));
     assert_eq!(err.code, 500);
     assert_eq!(
         err.message,
@@ -758,7 +751,7 @@ async fn bad_webhook_answers_are_refused_as_upstream() {
         other => panic!("expected an ERROR event, got {other:?}"),
     }
     // Dry runs convert as writes do (upstream's dry-run storage encodes).
-    let err = api_error(
+    let err = api_status(
         v1.create(
             &PostParams {
                 dry_run: true,

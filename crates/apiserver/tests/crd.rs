@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, api_status};
 use futures::StreamExt as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -54,13 +54,6 @@ pub struct CronTabStatus {
     replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     label_selector: Option<String>,
-}
-
-fn api_error(err: kube::Error) -> kube::core::Status {
-    match err {
-        kube::Error::Api(status) => *status,
-        other => panic!("expected an API error, got {other:?}"),
-    }
 }
 
 /// Creates a CRD and waits until its custom resources are served.
@@ -155,7 +148,7 @@ async fn crd_status_and_custom_resource_crud() {
         .create(&PostParams::default(), &crontab("a", "x", 1))
         .await
         .expect_err("exists");
-    let dup = api_error(dup);
+    let dup = api_status(dup);
     assert_eq!((dup.code, dup.reason.as_str()), (409, "AlreadyExists"));
     assert_eq!(
         dup.message,
@@ -188,7 +181,7 @@ async fn crd_status_and_custom_resource_crud() {
         .list(&ListParams::default().fields("spec.cronSpec=x"))
         .await
         .expect_err("unknown field selector");
-    assert_eq!(api_error(bad).code, 400);
+    assert_eq!(api_status(bad).code, 400);
 
     // Replace: spec change bumps the generation.
     let mut changed = got.clone();
@@ -227,7 +220,7 @@ async fn crd_status_and_custom_resource_crud() {
         )
         .await
         .expect_err("strategic merge patch");
-    let smp = api_error(smp);
+    let smp = api_status(smp);
     assert_eq!(
         (smp.code, smp.reason.as_str()),
         (415, "UnsupportedMediaType")
@@ -289,7 +282,7 @@ async fn crd_status_and_custom_resource_crud() {
     cts.delete("b", &DeleteParams::default())
         .await
         .expect("delete");
-    let gone = api_error(cts.get("b").await.expect_err("gone"));
+    let gone = api_status(cts.get("b").await.expect_err("gone"));
     assert_eq!(gone.code, 404);
     assert_eq!(gone.message, "crontabs.stable.example.com \"b\" not found");
 }
@@ -413,7 +406,7 @@ async fn schema_validation_pruning_defaults_and_versions() {
         )
         .await
         .expect_err("type error");
-    let status = api_error(err);
+    let status = api_status(err);
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     assert_eq!(
         status.message,
@@ -438,7 +431,7 @@ async fn schema_validation_pruning_defaults_and_versions() {
         )
         .await
         .expect_err("invalid");
-    let causes = api_error(err).details.expect("details").causes;
+    let causes = api_status(err).details.expect("details").causes;
     let fields: Vec<(&str, &str)> = causes
         .iter()
         .map(|c| (c.field.as_str(), c.reason.as_str()))
@@ -459,7 +452,7 @@ async fn schema_validation_pruning_defaults_and_versions() {
         fields.contains(&("spec.tags", "FieldValueTooMany")),
         "{fields:?}"
     );
-    let missing = api_error(
+    let missing = api_status(
         v1.create(&PostParams::default(), &widget("bad", json!({})))
             .await
             .expect_err("required"),
@@ -495,7 +488,7 @@ async fn schema_validation_pruning_defaults_and_versions() {
         .request::<DynamicObject>(strict)
         .await
         .expect_err("strict");
-    let err = api_error(err);
+    let err = api_status(err);
     assert_eq!(err.code, 400);
     assert!(
         err.message.contains("unknown field \"spec.bogus\""),
@@ -641,12 +634,12 @@ async fn name_conflicts_are_not_accepted() {
         .list(&ListParams::default())
         .await
         .expect_err("not served");
-    assert_eq!(api_error(err).code, 404);
+    assert_eq!(api_status(err).code, 404);
 
     // A CRD whose name is not <plural>.<group> is refused.
     other.metadata.name = Some("wrong.stable.example.com".into());
     other.spec.names.short_names = None;
-    let err = api_error(
+    let err = api_status(
         crds.create(&PostParams::default(), &other)
             .await
             .expect_err("invalid"),
@@ -746,7 +739,7 @@ async fn crd_deletion_passes_through_terminating() {
             )
             .await
         {
-            Err(e) => break api_error(e),
+            Err(e) => break api_status(e),
             Ok(_) if attempt < 100 => tokio::time::sleep(Duration::from_millis(50)).await,
             Ok(created) => panic!("create while terminating: {created:?}"),
         }
@@ -1099,7 +1092,7 @@ fn gizmo(name: &str, spec: Value) -> DynamicObject {
 
 /// The `field: message` of every cause of a refused write.
 async fn refused(api: &Api<DynamicObject>, obj: &DynamicObject) -> Vec<String> {
-    let status = api_error(
+    let status = api_status(
         api.create(&PostParams::default(), obj)
             .await
             .expect_err("refused"),
@@ -1223,7 +1216,7 @@ async fn schema_junctors_formats_list_types_and_cel_rules() {
         )
         .await
         .expect_err("level went down");
-    let status = api_error(err);
+    let status = api_status(err);
     assert_eq!(
         status.message,
         "Gizmo.example.io \"g1\" is invalid: spec: Invalid value: \"object\": level may not go down from 2"
@@ -1241,7 +1234,7 @@ async fn schema_junctors_formats_list_types_and_cel_rules() {
         .replace("g1", &PostParams::default(), &current)
         .await
         .expect_err("update refused too");
-    assert_eq!(api_error(err).code, 422);
+    assert_eq!(api_status(err).code, 422);
     let applied = api
         .patch(
             "g1",
@@ -1251,7 +1244,7 @@ async fn schema_junctors_formats_list_types_and_cel_rules() {
         )
         .await
         .expect_err("apply refused too");
-    assert_eq!(api_error(applied).code, 422);
+    assert_eq!(api_status(applied).code, 422);
 
     // Rules on the status are checked through /status.
     let err = api
@@ -1263,7 +1256,7 @@ async fn schema_junctors_formats_list_types_and_cel_rules() {
         .await
         .expect_err("status rule");
     assert_eq!(
-        api_error(err).message,
+        api_status(err).message,
         "Gizmo.example.io \"g1\" is invalid: status: Invalid value: \"object\": a forced status must be ready"
     );
     api.patch_status(
@@ -1284,7 +1277,7 @@ async fn crd_specs_are_validated_as_upstream() {
         let crds = crds.clone();
         async move {
             let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("CRD");
-            let status = api_error(
+            let status = api_status(
                 crds.create(&PostParams::default(), &crd)
                     .await
                     .expect_err("refused"),
@@ -1369,7 +1362,7 @@ async fn crd_specs_are_validated_as_upstream() {
     install(&client, &gizmo_crd()).await;
     let mut current = crds.get("gizmos.example.io").await.expect("get");
     current.spec.group = "example.com".into();
-    let status = api_error(
+    let status = api_status(
         crds.replace("gizmos.example.io", &PostParams::default(), &current)
             .await
             .expect_err("immutable"),
@@ -1440,7 +1433,7 @@ async fn validation_ratchets_values_an_update_does_not_change() {
         .await
         .expect_err("changed value validated");
     assert_eq!(
-        api_error(err).message,
+        api_status(err).message,
         "Gizmo.example.io \"g1\" is invalid: [spec.phone: Too long: may not be more than 3 bytes, \
          <nil>: Invalid value: \"null\": some validation rules were not checked because the \
          object was invalid; correct the existing errors to complete validation]"

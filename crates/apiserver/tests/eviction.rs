@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, api_status};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -23,13 +23,6 @@ async fn client(t: &TestServer) -> kube::Client {
     .expect("kube config");
     config.default_retry = false;
     kube::Client::try_from(config).expect("kube client")
-}
-
-fn api_error(err: kube::Error) -> kube::core::Status {
-    match err {
-        kube::Error::Api(s) => *s,
-        other => panic!("not an API error: {other:?}"),
-    }
 }
 
 /// Evicts a pod with immediate deletion (there is no kubelet to finish a graceful one).
@@ -106,7 +99,7 @@ async fn evictions_respect_disruption_budgets() {
     pdb(&pdbs, "web", "web").await;
 
     // The budget has not been processed by a disruption controller yet.
-    let s = api_error(evict(&client, "web-a").await.expect_err("refused"));
+    let s = api_status(evict(&client, "web-a").await.expect_err("refused"));
     assert_eq!((s.code, s.reason.as_str()), (429, "TooManyRequests"));
     assert_eq!(
         s.message,
@@ -130,7 +123,7 @@ async fn evictions_respect_disruption_budgets() {
             .disrupted_pods
             .is_some_and(|d| d.contains_key("web-a"))
     );
-    let s = api_error(evict(&client, "web-b").await.expect_err("refused"));
+    let s = api_status(evict(&client, "web-b").await.expect_err("refused"));
     assert_eq!(s.code, 429);
     assert_eq!(
         s.details.expect("details").causes[0].message,
@@ -152,7 +145,7 @@ async fn evictions_respect_disruption_budgets() {
     // Two budgets over one pod: upstream refuses.
     pdb(&pdbs, "web-2", "web").await;
     pdb_status(&pdbs, "web", 1, 2).await;
-    let s = api_error(evict(&client, "web-b").await.expect_err("refused"));
+    let s = api_status(evict(&client, "web-b").await.expect_err("refused"));
     assert_eq!((s.code, s.reason.as_str()), (500, "InternalError"));
     assert!(
         s.message.contains("more than one PodDisruptionBudget"),
@@ -161,7 +154,7 @@ async fn evictions_respect_disruption_budgets() {
     );
 
     // Missing pod: 404.
-    let s = api_error(evict(&client, "nope").await.expect_err("missing"));
+    let s = api_status(evict(&client, "nope").await.expect_err("missing"));
     assert_eq!(s.code, 404);
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::TestServer;
+use common::{TestServer, api_status};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -25,13 +25,6 @@ fn cm(name: &str, data: &[(&str, &str)]) -> ConfigMap {
                 .collect::<BTreeMap<_, _>>(),
         ),
         ..Default::default()
-    }
-}
-
-fn api_error(err: kube::Error) -> kube::core::Status {
-    match err {
-        kube::Error::Api(status) => *status,
-        other => panic!("expected an API error, got {other:?}"),
     }
 }
 
@@ -83,7 +76,7 @@ async fn typed_crud_with_optimistic_concurrency() {
     );
 
     // The stale copy is refused with upstream's Conflict.
-    let status = api_error(
+    let status = api_status(
         cms.replace("a", &PostParams::default(), &got)
             .await
             .expect_err("stale"),
@@ -114,7 +107,7 @@ async fn typed_crud_with_optimistic_concurrency() {
     );
     assert_eq!(patched.data, updated.data);
 
-    let status = api_error(
+    let status = api_status(
         cms.create(&PostParams::default(), &cm("a", &[]))
             .await
             .expect_err("dup"),
@@ -127,7 +120,7 @@ async fn typed_crud_with_optimistic_concurrency() {
     cms.delete("a", &DeleteParams::default())
         .await
         .expect("delete");
-    let status = api_error(cms.get("a").await.expect_err("gone"));
+    let status = api_status(cms.get("a").await.expect_err("gone"));
     assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
     assert_eq!(status.message, "configmaps \"a\" not found");
 }
@@ -252,7 +245,7 @@ async fn list_pages_with_continue_tokens() {
             .collect::<Vec<_>>(),
         ["p5"]
     );
-    let status = api_error(
+    let status = api_status(
         cms.list(&ListParams::default().fields("spec.nodeName=x"))
             .await
             .expect_err("unknown field"),
@@ -316,7 +309,7 @@ async fn expired_continue_token_and_watch_after_compaction() {
     let now = t.store.current_revision().await.expect("revision");
     t.store.compact(now).await.expect("compact");
 
-    let status = api_error(
+    let status = api_status(
         cms.list(&ListParams::default().limit(2).continue_token(&token))
             .await
             .expect_err("expired"),
@@ -497,7 +490,7 @@ async fn services_get_unique_cluster_ips_and_defaults() {
         .spec
         .and_then(|s| s.cluster_ip)
         .expect("ip");
-    let status = api_error(
+    let status = api_status(
         default_svcs
             .create(&PostParams::default(), &svc("dup", Some(&taken)))
             .await
@@ -529,7 +522,7 @@ async fn services_get_unique_cluster_ips_and_defaults() {
         .await
         .expect("replace");
     assert_eq!(kept.spec.and_then(|s| s.cluster_ip), Some(taken));
-    let status = api_error(
+    let status = api_status(
         default_svcs
             .patch(
                 "dup",
@@ -567,7 +560,7 @@ async fn services_get_unique_cluster_ips_and_defaults() {
         "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": ports[1]}]},
     }))
     .expect("service");
-    let status = api_error(
+    let status = api_status(
         default_svcs
             .create(&PostParams::default(), &clash)
             .await
@@ -633,7 +626,7 @@ async fn services_release_on_finalizer_removal_and_follow_external_name_changes(
         .await
         .expect("delete");
     // Being deleted, it still holds both.
-    let status = api_error(
+    let status = api_status(
         svcs.create(&PostParams::default(), &wants("again"))
             .await
             .expect_err("still held"),
@@ -652,7 +645,7 @@ async fn services_release_on_finalizer_removal_and_follow_external_name_changes(
     .await
     .expect("remove the finalizer");
     assert_eq!(
-        api_error(svcs.get("held").await.expect_err("gone")).code,
+        api_status(svcs.get("held").await.expect_err("gone")).code,
         404
     );
     let again = svcs
@@ -693,7 +686,7 @@ async fn services_release_on_finalizer_removal_and_follow_external_name_changes(
             "spec": {"clusterIP": ext_ip, "ports": [{"port": 80}]},
         }))
     };
-    let status = api_error(
+    let status = api_status(
         svcs.create(&PostParams::default(), &asks_for("other"))
             .await
             .expect_err("held by ext"),
@@ -719,7 +712,7 @@ async fn services_release_on_finalizer_removal_and_follow_external_name_changes(
         .await
         .expect("the IP was released");
     // An ExternalName service may not carry a cluster IP of its own.
-    let status = api_error(
+    let status = api_status(
         svcs.patch(
             "ext",
             &PatchParams::default(),
@@ -795,7 +788,7 @@ async fn finalizers_defer_deletion_until_removed() {
     )
     .await
     .expect("remove finalizers");
-    let status = api_error(cms.get("held").await.expect_err("gone"));
+    let status = api_status(cms.get("held").await.expect_err("gone"));
     assert_eq!(status.code, 404);
 }
 
@@ -853,7 +846,7 @@ async fn a_pending_graceful_pod_deletion_may_only_be_shortened() {
     pods.delete("slow", &pending(Some(0)))
         .await
         .expect("delete");
-    let status = api_error(pods.get("slow").await.expect_err("gone"));
+    let status = api_status(pods.get("slow").await.expect_err("gone"));
     assert_eq!(status.code, 404);
 }
 
@@ -897,7 +890,7 @@ async fn a_pod_held_by_a_finalizer_waits_for_the_kubelets_final_delete() {
     // The kubelet's final delete.
     pods.delete("first", &grace(0)).await.expect("delete");
     assert_eq!(
-        api_error(pods.get("first").await.expect_err("gone")).code,
+        api_status(pods.get("first").await.expect_err("gone")).code,
         404
     );
 
@@ -916,7 +909,7 @@ async fn a_pod_held_by_a_finalizer_waits_for_the_kubelets_final_delete() {
         .await
         .expect("finalizer removed");
     assert_eq!(
-        api_error(pods.get("second").await.expect_err("gone")).code,
+        api_status(pods.get("second").await.expect_err("gone")).code,
         404
     );
 }
@@ -1001,7 +994,10 @@ async fn removing_the_last_finalizer_is_one_deleted_event() {
                 .parse::<i64>()
                 .expect("rv")
     );
-    assert_eq!(api_error(cms.get("two").await.expect_err("gone")).code, 404);
+    assert_eq!(
+        api_status(cms.get("two").await.expect_err("gone")).code,
+        404
+    );
     // A JSON patch removing the only finalizer: the next event is its DELETED.
     cms.patch(
         "one",
@@ -1157,7 +1153,7 @@ async fn binding_assigns_a_pod_to_a_node_once() {
         .request::<kube::core::Status>(again)
         .await
         .expect_err("already bound");
-    let status = api_error(err);
+    let status = api_status(err);
     assert_eq!(status.code, 409);
     assert!(
         status

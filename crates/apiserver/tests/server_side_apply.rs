@@ -3,18 +3,11 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, api_status};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-fn api_error(err: kube::Error) -> kube::core::Status {
-    match err {
-        kube::Error::Api(status) => *status,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
 
 fn deployment(replicas: i32, containers: Value) -> Value {
     json!({
@@ -112,7 +105,7 @@ async fn apply_creates_updates_conflicts_and_forces() {
         )
         .await
         .map(|_| ())
-        .map_err(api_error)
+        .map_err(api_status)
         .expect_err("conflict");
     assert_eq!(err.code, 409);
     assert_eq!(err.reason, "Conflict");
@@ -198,7 +191,7 @@ async fn apply_creates_updates_conflicts_and_forces() {
         )
         .await
         .map(|_| ())
-        .map_err(api_error)
+        .map_err(api_status)
         .expect_err("conflict with the scaler");
     assert!(
         err.message.starts_with(
@@ -287,7 +280,7 @@ async fn apply_options_are_checked_like_upstream() {
         .patch("c", &PatchParams::default(), &Patch::Apply(&cm))
         .await
         .map(|_| ())
-        .map_err(api_error)
+        .map_err(api_status)
         .expect_err("fieldManager required");
     assert_eq!(err.code, 422);
     assert_eq!(
@@ -304,7 +297,7 @@ async fn apply_options_are_checked_like_upstream() {
         .request::<ConfigMap>(req)
         .await
         .map(|_| ())
-        .map_err(api_error)
+        .map_err(api_status)
         .expect_err("force forbidden");
     assert_eq!(err.code, 422);
     assert_eq!(
@@ -329,7 +322,7 @@ async fn apply_options_are_checked_like_upstream() {
         .patch("c", &strict, &Patch::Apply(&unknown))
         .await
         .map(|_| ())
-        .map_err(api_error)
+        .map_err(api_status)
         .expect_err("strict");
     assert_eq!(err.code, 400);
     assert!(
@@ -345,7 +338,7 @@ async fn apply_options_are_checked_like_upstream() {
         .patch("c", &PatchParams::apply("m"), &Patch::Apply(&with_managed))
         .await
         .map(|_| ())
-        .map_err(api_error)
+        .map_err(api_status)
         .expect_err("managedFields in the config");
     assert_eq!(err.code, 400);
     assert_eq!(err.message, "metadata.managedFields must be nil");
@@ -424,7 +417,7 @@ async fn plain_writes_record_update_managers() {
         )
         .await
         .map(|_| ())
-        .map_err(api_error)
+        .map_err(api_status)
         .expect_err("conflict with an updater");
     assert!(
         err.message
@@ -721,7 +714,7 @@ async fn custom_resources_apply_by_their_schemas_list_types() {
         )
         .await
         .expect_err("args conflict");
-    let status = api_error(err);
+    let status = api_status(err);
     assert_eq!(status.code, 409, "{status:?}");
     assert!(status.message.contains(".spec.args"), "{}", status.message);
 
@@ -736,7 +729,7 @@ async fn custom_resources_apply_by_their_schemas_list_types() {
         )
         .await
         .expect_err("port conflict");
-    let status = api_error(err);
+    let status = api_status(err);
     assert_eq!(status.code, 409, "{status:?}");
     assert!(
         status

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, api_status, invalid_causes};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
@@ -11,33 +11,8 @@ fn service(value: serde_json::Value) -> Service {
     serde_json::from_value(value).expect("service")
 }
 
-fn api_error(err: kube::Error) -> kube::core::Status {
-    match err {
-        kube::Error::Api(status) => *status,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-/// `field: message` of each cause of a 422, after checking it is one.
-fn causes(err: kube::Error) -> Vec<String> {
-    let status = api_error(err);
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (422, "Invalid"),
-        "{}",
-        status.message
-    );
-    status
-        .details
-        .expect("details")
-        .causes
-        .into_iter()
-        .map(|c| format!("{}: {}", c.field, c.message))
-        .collect()
-}
-
 async fn refused(svcs: &Api<Service>, value: serde_json::Value) -> Vec<String> {
-    causes(
+    invalid_causes(
         svcs.create(&PostParams::default(), &service(value))
             .await
             .expect_err("refused"),
@@ -50,7 +25,7 @@ async fn service_creates_are_validated_as_upstream() {
     let svcs: Api<Service> = Api::namespaced(t.client().await, "default");
 
     // An ExternalName service with a cluster IP: the whole upstream message.
-    let status = api_error(
+    let status = api_status(
         svcs.create(
             &PostParams::default(),
             &service(serde_json::json!({
@@ -84,7 +59,7 @@ async fn service_creates_are_validated_as_upstream() {
         .await
         .expect_err("dry run refused");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         ["spec.clusterIPs: Forbidden: may not be set for ExternalName services"]
     );
     assert_eq!(
@@ -289,7 +264,7 @@ async fn service_updates_are_validated_as_upstream() {
         .await
         .expect_err("cluster IP changed");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         ["spec.clusterIPs[0]: Invalid value: []string{\"10.43.9.9\"}: may not change once set"]
     );
     let err = svcs
@@ -301,7 +276,7 @@ async fn service_updates_are_validated_as_upstream() {
         .await
         .expect_err("class changed");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         ["spec.loadBalancerClass: Invalid value: \"example.com/b\": may not change once set"]
     );
     // Becoming ClusterIP drops what only a LoadBalancer has (unchanged fields, its status).
@@ -346,7 +321,7 @@ async fn service_updates_are_validated_as_upstream() {
         )
         .await
         .expect_err("ExternalName with an IP");
-    assert!(causes(err).contains(
+    assert!(invalid_causes(err).contains(
         &"spec.clusterIPs: Forbidden: may not be set for ExternalName services".to_string()
     ));
 }
@@ -375,7 +350,7 @@ async fn health_check_node_ports_are_allocated_and_released() {
 
     // Taken (by a's health check, or by a's node port): upstream's internal error.
     for taken in [hc, node_port] {
-        let status = api_error(
+        let status = api_status(
             svcs.create(&PostParams::default(), &local("b", Some(taken)))
                 .await
                 .expect_err("taken"),
@@ -392,7 +367,7 @@ async fn health_check_node_ports_are_allocated_and_released() {
         );
     }
     // …and a node port may not take a's health-check port either.
-    let status = api_error(
+    let status = api_status(
         svcs.create(
             &PostParams::default(),
             &service(serde_json::json!({"metadata": {"name": "np"},
@@ -413,7 +388,7 @@ async fn health_check_node_ports_are_allocated_and_released() {
         .await
         .expect_err("Cluster policy");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         [
             "spec.healthCheckNodePort: Invalid value: 31000: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
         ]
@@ -427,7 +402,7 @@ async fn health_check_node_ports_are_allocated_and_released() {
         .await
         .expect_err("immutable");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         ["spec.healthCheckNodePort: Forbidden: field is immutable"]
     );
     // An update that leaves it out keeps it.
@@ -478,7 +453,7 @@ async fn health_check_node_ports_are_allocated_and_released() {
     )
     .await
     .expect("to Cluster");
-    let status = api_error(
+    let status = api_status(
         svcs.patch(
             "a",
             &PatchParams::default(),
@@ -543,7 +518,7 @@ async fn allocations_are_checked_before_validation_and_on_dry_runs() {
             .create(params, &service(node_port.clone()))
             .await
             .expect_err("node port taken");
-        assert_eq!(causes(err), [port_taken]);
+        assert_eq!(invalid_causes(err), [port_taken]);
     }
     let err = svcs
         .create(
@@ -553,8 +528,8 @@ async fn allocations_are_checked_before_validation_and_on_dry_runs() {
         )
         .await
         .expect_err("cluster IP taken");
-    assert_eq!(causes(err), [ip_taken]);
-    let status = api_error(
+    assert_eq!(invalid_causes(err), [ip_taken]);
+    let status = api_status(
         svcs.create(
             &dry,
             &service(serde_json::json!({"metadata": {"name": "b"}, "spec": {
@@ -587,7 +562,7 @@ async fn allocations_are_checked_before_validation_and_on_dry_runs() {
         )
         .await
         .expect_err("taken and invalid");
-    assert_eq!(causes(err), [port_taken]);
+    assert_eq!(invalid_causes(err), [port_taken]);
 
     // A dry run gets what a real create would allocate, and takes none of it.
     let drawn = svcs
@@ -640,7 +615,7 @@ async fn allocations_are_checked_before_validation_and_on_dry_runs() {
             .patch("c", params, &Patch::Merge(to_node_port.clone()))
             .await
             .expect_err("taken");
-        assert_eq!(causes(err), [port_taken]);
+        assert_eq!(invalid_causes(err), [port_taken]);
     }
     let err = svcs
         .patch(
@@ -652,7 +627,7 @@ async fn allocations_are_checked_before_validation_and_on_dry_runs() {
         )
         .await
         .expect_err("taken and invalid");
-    assert_eq!(causes(err), [port_taken]);
+    assert_eq!(invalid_causes(err), [port_taken]);
     let free = svcs
         .patch(
             "c",
@@ -749,7 +724,7 @@ async fn service_metadata_is_validated_on_create_and_every_update() {
         )
         .await
         .expect_err("bad annotation");
-    let got = causes(err);
+    let got = invalid_causes(err);
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
         got[0].starts_with(
@@ -767,7 +742,7 @@ async fn service_metadata_is_validated_on_create_and_every_update() {
         .await
         .expect_err("annotations too large");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         ["metadata.annotations: Too long: may not be more than 262144 bytes"]
     );
     // No finalizer may be added while the service is being deleted.
@@ -792,7 +767,7 @@ async fn service_metadata_is_validated_on_create_and_every_update() {
         .await
         .expect_err("new finalizer while deleting");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         [
             "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"example.com/b\"}"
         ]

@@ -4,31 +4,10 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, invalid_causes};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-
-/// `field: message` of each cause of a 422, after checking it is one.
-fn causes(err: kube::Error) -> Vec<String> {
-    let status = match err {
-        kube::Error::Api(status) => *status,
-        other => panic!("expected an API error, got {other:?}"),
-    };
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (422, "Invalid"),
-        "{}",
-        status.message
-    );
-    status
-        .details
-        .expect("details")
-        .causes
-        .into_iter()
-        .map(|c| format!("{}: {}", c.field, c.message))
-        .collect()
-}
 
 fn stderr(out: &std::process::Output) -> String {
     assert!(!out.status.success(), "kubectl succeeded");
@@ -97,7 +76,7 @@ async fn invalid_pods_are_refused_as_upstream() {
         "spec": {"containers": [{"name": "C_bad", "image": ""}]},
     }))
     .expect("pod");
-    let got = causes(
+    let got = invalid_causes(
         pods.create(&PostParams::default(), &bad)
             .await
             .expect_err("refused"),
@@ -132,7 +111,7 @@ async fn invalid_pods_are_refused_as_upstream() {
         },
     }))
     .expect("pod");
-    let got = causes(
+    let got = invalid_causes(
         pods.create(&PostParams::default(), &bad)
             .await
             .expect_err("refused"),
@@ -262,7 +241,7 @@ async fn pod_updates_may_change_only_what_upstream_allows() {
 
     // A raised deadline, a removed container, an emptied image (kube-rs, JSON merge patch).
     let patch = |v: serde_json::Value| Patch::Merge(v);
-    let got = causes(
+    let got = invalid_causes(
         pods.patch(
             "web",
             &PatchParams::default(),
@@ -277,7 +256,7 @@ async fn pod_updates_may_change_only_what_upstream_allows() {
             "spec.activeDeadlineSeconds: Invalid value: 900: must be less than or equal to previous value"
         ]
     );
-    let got = causes(
+    let got = invalid_causes(
         pods.patch(
             "web",
             &PatchParams::default(),
@@ -291,7 +270,7 @@ async fn pod_updates_may_change_only_what_upstream_allows() {
         ["spec.containers: Forbidden: pod updates may not add or remove containers"]
     );
     // Removing a toleration.
-    let got = causes(
+    let got = invalid_causes(
         pods.patch(
             "web",
             &PatchParams::default(),
@@ -322,7 +301,7 @@ async fn object_metadata_is_validated_on_every_built_in_object() {
         },
     }))
     .expect("configmap");
-    let got = causes(
+    let got = invalid_causes(
         cms.create(&PostParams::default(), &cm)
             .await
             .expect_err("refused"),
@@ -348,7 +327,7 @@ async fn object_metadata_is_validated_on_every_built_in_object() {
         "metadata": {"name": "big", "annotations": {"a": big}},
     }))
     .expect("configmap");
-    let got = causes(
+    let got = invalid_causes(
         cms.create(&PostParams::default(), &cm)
             .await
             .expect_err("too big"),
@@ -369,7 +348,7 @@ async fn object_metadata_is_validated_on_every_built_in_object() {
     cms.delete("held", &DeleteParams::default())
         .await
         .expect("deleting");
-    let got = causes(
+    let got = invalid_causes(
         cms.patch(
             "held",
             &PatchParams::default(),
@@ -444,7 +423,7 @@ async fn config_maps_and_secrets_are_validated_as_upstream() {
     }))
     .expect("configmap");
     assert_eq!(
-        causes(
+        invalid_causes(
             cms.create(&PostParams::default(), &cm)
                 .await
                 .expect_err("both")
@@ -464,7 +443,7 @@ async fn config_maps_and_secrets_are_validated_as_upstream() {
         .await
         .expect("created");
     assert_eq!(
-        causes(
+        invalid_causes(
             cms.patch(
                 "frozen",
                 &PatchParams::default(),
@@ -501,7 +480,7 @@ async fn config_maps_and_secrets_are_validated_as_upstream() {
     // Secret types.
     let secret = |v: serde_json::Value| -> Secret { serde_json::from_value(v).expect("secret") };
     assert_eq!(
-        causes(
+        invalid_causes(
             secrets
                 .create(
                     &PostParams::default(),
@@ -534,7 +513,7 @@ async fn config_maps_and_secrets_are_validated_as_upstream() {
         "{err}"
     );
     assert_eq!(
-        causes(
+        invalid_causes(
             secrets
                 .create(
                     &PostParams::default(),
@@ -559,7 +538,7 @@ async fn config_maps_and_secrets_are_validated_as_upstream() {
         .await
         .expect("created");
     assert_eq!(
-        causes(
+        invalid_causes(
             secrets
                 .patch(
                     "plain",
@@ -701,7 +680,7 @@ async fn rbac_objects_are_validated_as_upstream() {
         .await
         .expect_err("invalid role");
     assert_eq!(
-        causes(err),
+        invalid_causes(err),
         [
             "rules[0].verbs: Required value: verbs must contain at least one value",
             "rules[1].nonResourceURLs: Invalid value: []string{\"/healthz\"}: namespaced rules cannot apply to non-resource URLs",

@@ -6,12 +6,12 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
-    NameRule, dns_problems, duplicate, forbidden, invalid, label_value_problems, not_found,
-    not_supported, port_name_problems, port_num_problems, q, qualified_name_problems, required,
-    too_long,
+    NameRule, dns_problems, duplicate, forbidden, invalid, items, label_value_problems, not_found,
+    not_supported, obj_of, one_of, port_name_problems, port_num_problems, q,
+    qualified_name_problems, required, str_of, too_long,
 };
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
@@ -339,31 +339,8 @@ fn claim_spec(spec: &Value, path: &str) -> Vec<Cause> {
     causes
 }
 
-pub(super) fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
-    v.get(field).and_then(Value::as_str).unwrap_or("")
-}
-
 fn list<'a>(v: &'a Value, field: &str) -> Vec<&'a Value> {
-    v.get(field)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn obj_of<'a>(v: &'a Value, field: &str) -> Option<&'a Map<String, Value>> {
-    v.get(field).and_then(Value::as_object)
-}
-
-/// A string field with a fixed set of values: `Required` when empty, `Unsupported` otherwise.
-fn one_of(v: &Value, field: &str, path: &str, valid: &[&str]) -> Vec<Cause> {
-    let s = str_of(v, field);
-    if s.is_empty() {
-        vec![required(path, "")]
-    } else if !valid.contains(&s) {
-        vec![not_supported(path, &q(s), valid)]
-    } else {
-        Vec::new()
-    }
+    items(v, field).iter().collect()
 }
 
 /// `ValidateLabels`: keys qualified names, values label values (the field is the map's).
@@ -1377,7 +1354,7 @@ fn immutable_data(obj: &Value, old: &Value, fields: &[&str]) -> Vec<Cause> {
     if obj.get("immutable").and_then(Value::as_bool) != Some(true) {
         causes.push(forbidden("immutable", MSG));
     }
-    let empty = Value::Object(Map::new());
+    let empty = Value::Object(serde_json::Map::new());
     for f in fields {
         let n = obj.get(*f).filter(|v| !v.is_null()).unwrap_or(&empty);
         let o = old.get(*f).filter(|v| !v.is_null()).unwrap_or(&empty);

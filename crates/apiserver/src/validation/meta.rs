@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::core::{str_of, validate_labels};
+use super::core::validate_labels;
 use super::qualified_name_problems;
+use super::str_of;
 use super::{forbidden, invalid, q, too_long};
 use crate::registry::ResourceInfo;
 use crate::status::Cause;

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    NameRule, dns_problems, forbidden, invalid, not_supported, port_name_problems,
-    port_num_problems, q, required, too_long, validate_name,
+    NameRule, dns_problems, forbidden, invalid, items, not_supported, port_name_problems,
+    port_num_problems, q, required, str_of, too_long, validate_name,
 };
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
@@ -23,16 +23,6 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
         "IngressClass" => ingress_class(obj, old),
         _ => Vec::new(),
     }
-}
-
-fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
 }
 
 fn ingress(obj: &Value) -> Vec<Cause> {
@@ -56,7 +46,7 @@ fn ingress(obj: &Value) -> Vec<Cause> {
     }
     for (i, rule) in rules.into_iter().flatten().enumerate() {
         let path = format!("spec.rules[{i}]");
-        let host = str_at(rule, "host");
+        let host = str_of(rule, "host");
         if !host.is_empty() {
             if host.parse::<std::net::IpAddr>().is_ok() {
                 causes.push(invalid(
@@ -70,7 +60,7 @@ fn ingress(obj: &Value) -> Vec<Cause> {
             }
         }
         if let Some(http) = rule.get("http").filter(|h| !h.is_null()) {
-            let paths = list(http, "paths");
+            let paths = items(http, "paths");
             if paths.is_empty() {
                 causes.push(required(format!("{path}.http.paths"), ""));
             }
@@ -79,8 +69,8 @@ fn ingress(obj: &Value) -> Vec<Cause> {
             }
         }
     }
-    for (i, tls) in list(spec, "tls").iter().enumerate() {
-        for (j, host) in list(tls, "hosts")
+    for (i, tls) in items(spec, "tls").iter().enumerate() {
+        for (j, host) in items(tls, "hosts")
             .iter()
             .filter_map(Value::as_str)
             .enumerate()
@@ -89,7 +79,7 @@ fn ingress(obj: &Value) -> Vec<Cause> {
                 causes.push(invalid(format!("spec.tls[{i}].hosts[{j}]"), &q(host), &msg));
             }
         }
-        let secret = str_at(tls, "secretName");
+        let secret = str_of(tls, "secretName");
         if !secret.is_empty() {
             for msg in validate_name(NameRule::Subdomain, secret) {
                 causes.push(invalid(
@@ -152,7 +142,7 @@ fn http_path(p: &Value, path: &str) -> Vec<Cause> {
         ));
         return causes;
     };
-    let value = str_at(p, "path");
+    let value = str_of(p, "path");
     let field = format!("{path}.path");
     match kind {
         "Exact" | "Prefix" => {
@@ -207,7 +197,7 @@ fn ingress_backend(b: &Value, path: &str) -> Vec<Cause> {
         )),
         (Some(r), None) => causes.extend(typed_reference(r, &format!("{path}.resource"))),
         (None, Some(s)) => {
-            let name = str_at(s, "name");
+            let name = str_of(s, "name");
             if name.is_empty() {
                 causes.push(required(format!("{path}.service.name"), ""));
             } else {
@@ -216,7 +206,7 @@ fn ingress_backend(b: &Value, path: &str) -> Vec<Cause> {
                 }
             }
             let port = s.get("port").unwrap_or(&Value::Null);
-            let port_name = str_at(port, "name");
+            let port_name = str_of(port, "name");
             let number = port.get("number").and_then(Value::as_i64).unwrap_or(0);
             match (port_name.is_empty(), number == 0) {
                 (false, false) => causes.push(invalid(
@@ -263,7 +253,7 @@ fn typed_reference(r: &Value, path: &str) -> Vec<Cause> {
         }
     }
     for (key, what) in [("kind", "kind is required"), ("name", "name is required")] {
-        let value = str_at(r, key);
+        let value = str_of(r, key);
         if value.is_empty() {
             causes.push(required(format!("{path}.{key}"), what));
         } else {
@@ -278,7 +268,7 @@ fn typed_reference(r: &Value, path: &str) -> Vec<Cause> {
 fn ingress_class(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let spec = obj.get("spec").unwrap_or(&Value::Null);
-    let controller = str_at(spec, "controller");
+    let controller = str_of(spec, "controller");
     if let Some(old) = old {
         let before = old
             .pointer("/spec/controller")
@@ -299,7 +289,7 @@ fn ingress_class(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     if let Some(params) = spec.get("parameters").filter(|p| !p.is_null()) {
         causes.extend(typed_reference(params, "spec.parameters"));
         if let Some(scope) = params.get("scope").and_then(Value::as_str) {
-            let namespace = str_at(params, "namespace");
+            let namespace = str_of(params, "namespace");
             match scope {
                 "Namespace" if namespace.is_empty() => causes.push(required(
                     "spec.parameters.namespace",

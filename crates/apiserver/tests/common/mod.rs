@@ -334,3 +334,29 @@ impl TestWebhook {
         format!("https://{}{path}", self.addr)
     }
 }
+
+/// The Status of a failed API call (panics on any other error).
+pub fn api_status(err: kube::Error) -> kube::core::Status {
+    match err {
+        kube::Error::Api(status) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// `field: message` of each cause of a 422 `Invalid`, after checking it is one.
+pub fn invalid_causes(err: kube::Error) -> Vec<String> {
+    let status = api_status(err);
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (422, "Invalid"),
+        "{}",
+        status.message
+    );
+    status
+        .details
+        .expect("details")
+        .causes
+        .into_iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect()
+}
