@@ -129,13 +129,12 @@ pub(crate) fn admit_subject(info: &ResourceInfo, csr: &Value) -> Result<(), ApiE
     Ok(())
 }
 
-/// The subject organizations (groups) of the PKCS#10 request in `spec.request`, as
-/// upstream's `ParseCSR` reads it: the first PEM block must be a `CERTIFICATE REQUEST`.
-fn request_organizations(csr: &Value) -> Result<Vec<String>, String> {
-    let encoded = csr
-        .pointer("/spec/request")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+/// Runs `f` on the PKCS#10 request of a CSR's base64 `spec.request`, read as upstream's
+/// `ParseCSR` reads it: the first PEM block must be a `CERTIFICATE REQUEST`.
+pub(crate) fn with_request<T>(
+    encoded: &str,
+    f: impl FnOnce(&X509CertificationRequest<'_>) -> Result<T, String>,
+) -> Result<T, String> {
     let pem = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|e| e.to_string())?;
@@ -146,13 +145,24 @@ fn request_organizations(csr: &Value) -> Result<Vec<String>, String> {
         .ok_or("PEM block type must be CERTIFICATE REQUEST")?;
     let (_, request) = X509CertificationRequest::from_der(&block.contents)
         .map_err(|e| format!("x509: malformed certificate request: {e}"))?;
-    Ok(request
-        .certification_request_info
-        .subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok())
-        .map(str::to_string)
-        .collect())
+    f(&request)
+}
+
+/// The subject organizations (groups) of the PKCS#10 request in `spec.request`.
+fn request_organizations(csr: &Value) -> Result<Vec<String>, String> {
+    let encoded = csr
+        .pointer("/spec/request")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    with_request(encoded, |request| {
+        Ok(request
+            .certification_request_info
+            .subject
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .map(str::to_string)
+            .collect())
+    })
 }
 
 #[cfg(test)]

@@ -248,7 +248,18 @@ fn job_spec(spec: &mut Map<String, Value>) {
     );
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
-    default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    // Upstream: replacements wait for a pod to be `Failed` when a podFailurePolicy decides on
+    // the pod's final state.
+    let failure_policy = spec.get("podFailurePolicy").is_some_and(|v| !v.is_null());
+    default(
+        spec,
+        "podReplacementPolicy",
+        json!(if failure_policy {
+            "Failed"
+        } else {
+            "TerminatingOrFailed"
+        }),
+    );
     if let Some(t) = existing(spec, "template") {
         pod_template(t);
     }
@@ -553,6 +564,20 @@ mod tests {
         assert_eq!(pull_policy("registry:5000/busybox"), "Always");
         assert_eq!(pull_policy("registry:5000/busybox:1"), "IfNotPresent");
         assert_eq!(pull_policy("busybox@sha256:abc"), "IfNotPresent");
+    }
+
+    #[test]
+    fn jobs_with_a_pod_failure_policy_replace_failed_pods_only() {
+        let jobs = REGISTRY.find("batch", "v1", "jobs").expect("jobs");
+        let template = json!({"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox:1.36"}]}});
+        let mut plain = json!({"spec": {"template": template.clone()}});
+        apply(jobs, &mut plain, true);
+        assert_eq!(plain["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        let mut with_policy = json!({"spec": {"template": template, "podFailurePolicy":
+            {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}}});
+        apply(jobs, &mut with_policy, true);
+        assert_eq!(with_policy["spec"]["podReplacementPolicy"], "Failed");
     }
 
     #[test]

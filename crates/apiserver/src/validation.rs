@@ -351,10 +351,15 @@ pub(crate) fn forbidden(field: impl Into<String>, detail: &str) -> Cause {
     }
 }
 
+/// `field.Invalid`: `Invalid value: <shown>: <detail>` (no detail: no colon after the value).
 pub(crate) fn invalid(field: impl Into<String>, shown: &str, detail: &str) -> Cause {
     Cause {
         reason: "FieldValueInvalid",
-        message: format!("Invalid value: {shown}: {detail}"),
+        message: if detail.is_empty() {
+            format!("Invalid value: {shown}")
+        } else {
+            format!("Invalid value: {shown}: {detail}")
+        },
         field: field.into(),
     }
 }

@@ -14,7 +14,10 @@ use serde_json::Value;
 
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
-use crate::validation::{NameRule, label_value_problems, qualified_name_problems, validate_name};
+use crate::validation::{
+    NameRule, duplicate, forbidden, invalid, label_value_problems, not_supported, q,
+    qualified_name_problems, required, validate_name,
+};
 
 const NULL: Value = Value::Null;
 
@@ -94,47 +97,20 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
 struct Errs(Vec<Cause>);
 
 impl Errs {
-    fn push(&mut self, reason: &'static str, field: &str, message: String) {
-        self.0.push(Cause {
-            reason,
-            message,
-            field: field.to_string(),
-        });
-    }
-
-    /// `field.Invalid`: `Invalid value: <shown>: <detail>` (no detail: no colon after the value).
     fn invalid(&mut self, field: &str, shown: &str, detail: &str) {
-        let message = if detail.is_empty() {
-            format!("Invalid value: {shown}")
-        } else {
-            format!("Invalid value: {shown}: {detail}")
-        };
-        self.push("FieldValueInvalid", field, message);
+        self.0.push(invalid(field, shown, detail));
     }
 
     fn required(&mut self, field: &str, detail: &str) {
-        let message = if detail.is_empty() {
-            "Required value".to_string()
-        } else {
-            format!("Required value: {detail}")
-        };
-        self.push("FieldValueRequired", field, message);
+        self.0.push(required(field, detail));
     }
 
     fn forbidden(&mut self, field: &str, detail: &str) {
-        self.push("FieldValueForbidden", field, format!("Forbidden: {detail}"));
+        self.0.push(forbidden(field, detail));
     }
 
     fn not_supported(&mut self, field: &str, shown: &str, valid: &[&str]) {
-        let list: Vec<String> = valid.iter().map(|v| q(v)).collect();
-        self.push(
-            "FieldValueNotSupported",
-            field,
-            format!(
-                "Unsupported value: {shown}: supported values: {}",
-                list.join(", ")
-            ),
-        );
+        self.0.push(not_supported(field, shown, valid));
     }
 
     /// `ValidateNonnegativeField` of an integer field, when set.
@@ -145,11 +121,6 @@ impl Errs {
             self.invalid(field, &n.to_string(), "must be greater than or equal to 0");
         }
     }
-}
-
-/// A string as Go's `%q` shows it.
-fn q(s: &str) -> String {
-    format!("{s:?}")
 }
 
 fn int(v: &Value, key: &str) -> Option<i64> {
@@ -948,17 +919,18 @@ fn job_spec_common(e: &mut Errs, spec: &Value, path: &str) {
             }
         }
     }
-    // (podReplacementPolicy: see the module's known gaps — our defaulting sets
-    // `TerminatingOrFailed` even with a podFailurePolicy, where upstream's sets `Failed`.)
-    if let Some(policy) = string(spec, "podReplacementPolicy")
-        && policy != "Failed"
-        && policy != "TerminatingOrFailed"
-    {
-        e.not_supported(
-            &f("podReplacementPolicy"),
-            &q(policy),
-            &["Failed", "TerminatingOrFailed"],
-        );
+    if let Some(policy) = string(spec, "podReplacementPolicy") {
+        if set(spec, "podFailurePolicy") {
+            if policy != "Failed" {
+                e.not_supported(&f("podReplacementPolicy"), &q(policy), &["Failed"]);
+            }
+        } else if policy != "Failed" && policy != "TerminatingOrFailed" {
+            e.not_supported(
+                &f("podReplacementPolicy"),
+                &q(policy),
+                &["Failed", "TerminatingOrFailed"],
+            );
+        }
     }
     let template = spec.get("template").unwrap_or(&NULL);
     pod_template_spec(e, template, &f("template"));
@@ -1075,7 +1047,7 @@ fn pod_failure_policy(e: &mut Errs, spec: &Value, pfp: &Value, path: &str) {
                     e.invalid(&vp, "0", "must not be 0 for the In operator");
                 }
                 if values[..j].contains(v) {
-                    e.push("FieldValueDuplicate", &vp, format!("Duplicate value: {v}"));
+                    e.0.push(duplicate(vp.as_str(), &v.to_string()));
                 }
             }
             if values.windows(2).any(|w| w[0] > w[1]) {
@@ -1095,19 +1067,17 @@ fn pod_failure_policy(e: &mut Errs, spec: &Value, pfp: &Value, path: &str) {
             }
         }
         if codes.is_some() && !conditions.is_empty() {
-            e.push(
-                "FieldValueInvalid",
+            e.invalid(
                 &rp,
-                "Invalid value: specifying both OnExitCodes and OnPodConditions is not supported"
-                    .into(),
+                "specifying both OnExitCodes and OnPodConditions is not supported",
+                "",
             );
         }
         if codes.is_none() && conditions.is_empty() {
-            e.push(
-                "FieldValueInvalid",
+            e.invalid(
                 &rp,
-                "Invalid value: specifying one of OnExitCodes and OnPodConditions is required"
-                    .into(),
+                "specifying one of OnExitCodes and OnPodConditions is required",
+                "",
             );
         }
     }
@@ -1862,6 +1832,10 @@ mod tests {
             "suspend": false, "podReplacementPolicy": "TerminatingOrFailed",
             "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}},
         }});
+        // As defaulted: replacements wait for `Failed` pods under a podFailurePolicy.
+        if spec.get("podFailurePolicy").is_some() {
+            j["spec"]["podReplacementPolicy"] = json!("Failed");
+        }
         for (k, v) in spec.as_object().cloned().unwrap_or_default() {
             j["spec"][k] = v;
         }
@@ -1896,6 +1870,23 @@ mod tests {
             c,
             ["spec.completions: Required value: when completion mode is Indexed"]
         );
+        // With a podFailurePolicy replacements must wait for `Failed` pods.
+        let pfp = json!({"rules": [{"action": "FailJob",
+            "onExitCodes": {"operator": "In", "values": [42]}}]});
+        let c = fields(&validate(
+            i,
+            &job_obj(json!({"podFailurePolicy": pfp.clone(),
+                "podReplacementPolicy": "TerminatingOrFailed"})),
+            None,
+        ));
+        assert_eq!(
+            c,
+            [
+                "spec.podReplacementPolicy: Unsupported value: \"TerminatingOrFailed\": supported values: \"Failed\""
+            ]
+        );
+        let ok = job_obj(json!({"podFailurePolicy": pfp}));
+        assert!(validate(i, &ok, None).is_empty());
         // On update, with the generated selector.
         let generated = json!({"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}},
             "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "u1"}},

@@ -3,10 +3,8 @@
 
 use base64::Engine as _;
 use serde_json::Value;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::prelude::FromDer as _;
 
-use super::{NameRule, dns_problems};
+use super::{NameRule, dns_problems, duplicate, invalid, not_supported, q, required, too_long};
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 
@@ -62,40 +60,23 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
         .filter_map(Value::as_str)
         .collect();
     if usages.is_empty() {
-        causes.push(Cause {
-            reason: "FieldValueRequired",
-            message: "Required value: usages must be provided".into(),
-            field: "spec.usages".into(),
-        });
+        causes.push(required("spec.usages", "usages must be provided"));
     }
-    let supported = USAGES
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     for (i, u) in usages.iter().enumerate() {
         if !USAGES.contains(u) {
-            causes.push(Cause {
-                reason: "FieldValueNotSupported",
-                message: format!("Unsupported value: {u:?}: supported values: {supported}"),
-                field: format!("spec.usages[{i}]"),
-            });
+            causes.push(not_supported(format!("spec.usages[{i}]"), &q(u), USAGES));
         }
     }
     for (i, u) in usages.iter().enumerate() {
         if usages[..i].contains(u) {
-            causes.push(Cause {
-                reason: "FieldValueDuplicate",
-                message: format!("Duplicate value: {u:?}"),
-                field: format!("spec.usages[{i}]"),
-            });
+            causes.push(duplicate(format!("spec.usages[{i}]"), &q(u)));
         }
     }
     let signer = spec.get("signerName").and_then(Value::as_str).unwrap_or("");
     if signer == LEGACY_SIGNER {
         causes.push(invalid(
             "spec.signerName",
-            &format!("{signer:?}"),
+            &q(signer),
             "the legacy signerName is not allowed via this API version",
         ));
     } else {
@@ -113,30 +94,14 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
     causes
 }
 
-fn invalid(field: &str, shown: &str, why: &str) -> Cause {
-    Cause {
-        reason: "FieldValueInvalid",
-        message: format!("Invalid value: {shown}: {why}"),
-        field: field.into(),
-    }
-}
-
 /// The PKCS#10 request must be the first PEM block, parse, and carry a valid self-signature
 /// (upstream's `validateCSR`).
 fn check_request(encoded: &str) -> Result<(), String> {
-    let pem = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .unwrap_or_default();
-    let block = x509_parser::pem::parse_x509_pem(&pem)
-        .ok()
-        .map(|(_, p)| p)
-        .filter(|p| p.label == "CERTIFICATE REQUEST")
-        .ok_or("PEM block type must be CERTIFICATE REQUEST")?;
-    let (_, request) = X509CertificationRequest::from_der(&block.contents)
-        .map_err(|e| format!("x509: malformed certificate request: {e}"))?;
-    request
-        .verify_signature()
-        .map_err(|e| format!("x509: signature verification failed: {e}"))
+    crate::certificates::with_request(encoded, |request| {
+        request
+            .verify_signature()
+            .map_err(|e| format!("x509: signature verification failed: {e}"))
+    })
 }
 
 /// Go's `%#v` of a byte slice (how upstream shows an invalid `spec.request`).
@@ -154,27 +119,19 @@ fn signer_name(signer: &str) -> Vec<Cause> {
     const PATH_MAX: usize = 253 + 63 + 1;
     let mut causes = Vec::new();
     if signer.is_empty() {
-        causes.push(Cause {
-            reason: "FieldValueRequired",
-            message: "Required value".into(),
-            field: FIELD.into(),
-        });
+        causes.push(required(FIELD, ""));
         return causes;
     }
     let Some((domain, path)) = signer.split_once('/').filter(|(_, p)| !p.contains('/')) else {
         causes.push(invalid(
             FIELD,
-            &format!("{signer:?}"),
+            &q(signer),
             "must be a fully qualified domain and path of the form 'example.com/signer-name'",
         ));
         return causes;
     };
     if domain.len() > 253 {
-        causes.push(Cause {
-            reason: "FieldValueTooLong",
-            message: "Too long: may not be more than 253 bytes".into(),
-            field: FIELD.into(),
-        });
+        causes.push(too_long(FIELD, 253));
     }
     let labels: Vec<&str> = domain.split('.').collect();
     if let Some((label, errs)) = labels
@@ -185,7 +142,7 @@ fn signer_name(signer: &str) -> Vec<Cause> {
         for e in errs {
             causes.push(invalid(
                 FIELD,
-                &format!("{domain:?}"),
+                &q(domain),
                 &format!("validating label {label:?}: {e}"),
             ));
         }
@@ -193,16 +150,12 @@ fn signer_name(signer: &str) -> Vec<Cause> {
     if labels.len() < 2 {
         causes.push(invalid(
             FIELD,
-            &format!("{domain:?}"),
+            &q(domain),
             "should be a domain with at least two segments separated by dots",
         ));
     }
     if path.len() > PATH_MAX {
-        causes.push(Cause {
-            reason: "FieldValueTooLong",
-            message: format!("Too long: may not be more than {PATH_MAX} bytes"),
-            field: FIELD.into(),
-        });
+        causes.push(too_long(FIELD, PATH_MAX));
     }
     if let Some((segment, errs)) = path
         .split('.')
@@ -212,7 +165,7 @@ fn signer_name(signer: &str) -> Vec<Cause> {
         for e in errs {
             causes.push(invalid(
                 FIELD,
-                &format!("{path:?}"),
+                &q(path),
                 &format!("validating component {segment:?}: {e}"),
             ));
         }
