@@ -1715,3 +1715,62 @@ async fn audit_annotations_of_answers_reach_the_audit_log() {
         "{\"configuration\":\"annotating-m\",\"webhook\":\"m.example.com\",\"mutated\":false}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_webhooks_patch_the_scale() {
+    use base64::Engine as _;
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    // At most two replicas: a JSON patch of the Scale.
+    let w = TestWebhook::start(&[], |_, review| {
+        let patch = json!([{"op": "replace", "path": "/spec/replicas", "value": 2}]);
+        answer(
+            review,
+            json!({"patchType": "JSONPatch", "patch":
+                base64::engine::general_purpose::STANDARD.encode(patch.to_string())}),
+        )
+    })
+    .await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {"replicas": 1,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {"metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))
+            .expect("deployment"),
+        )
+        .await
+        .expect("deployment created");
+    mutating(
+        &client,
+        "capped",
+        vec![hook(
+            "capped.example.com",
+            url_config(&w, "/cap"),
+            json!([{"operations": ["UPDATE"], "apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "resources": ["deployments/*"]}]),
+            json!({}),
+        )],
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    loop {
+        t.kubectl_ok(&["scale", "deployment", "d", "-n", "default", "--replicas=5"])
+            .await;
+        let d = deployments.get("d").await.expect("deployment");
+        if d.spec.expect("spec").replicas == Some(2) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the webhook never capped a scale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = requests_of(&w, "UPDATE").pop().expect("sent");
+    assert_eq!(r["kind"]["kind"], "Scale");
+    assert_eq!(r["object"]["spec"]["replicas"], 5);
+}
