@@ -230,7 +230,7 @@ fn compile(source: &str) -> Arc<Compiled> {
     }
     let program = ENV
         .compile(source)
-        .map_err(|e| e.to_string())
+        .map_err(|e| parse_errors(source, &e))
         .and_then(|p| match undeclared(p.expression(), source) {
             Some(e) => Err(e),
             None => Ok(p),
@@ -247,6 +247,39 @@ fn compile(source: &str) -> Arc<Compiled> {
     }
     cache.insert(source.to_string(), c.clone());
     c
+}
+
+/// cel-rust's parse errors in cel-go's frame: `ERROR: <input>:L:C: <message>`, the source
+/// line and a caret, one error a line group (the messages are cel-rust's words).
+fn parse_errors(source: &str, errors: &cel::ParseErrors) -> String {
+    errors
+        .errors
+        .iter()
+        .map(|e| {
+            let (line, col) = e.pos;
+            let start = usize::try_from(line - 1)
+                .ok()
+                .and_then(|l| {
+                    if l == 0 {
+                        return Some(0);
+                    }
+                    source.match_indices('\n').nth(l - 1).map(|(i, _)| i + 1)
+                })
+                .filter(|_| col >= 1);
+            match start {
+                Some(start) => {
+                    let col = usize::try_from(col - 1).unwrap_or(0);
+                    let offset = source[start..]
+                        .char_indices()
+                        .nth(col)
+                        .map_or(source.len(), |(i, _)| start + i);
+                    typed::at(source, offset, &e.msg)
+                }
+                None => e.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The first undeclared reference of `expr` as cel-go reports it, if any.
@@ -1133,6 +1166,10 @@ mod tests {
             "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations";
         assert_eq!(got.len(), 5, "{got:?}");
         assert!(got[0].starts_with(&format!("FieldValueInvalid {at}[0].rule: Invalid value: apiextensions.ValidationRule{{Rule:\"self.x >\", Message:\"\", MessageExpression:\"\", Reason:(*apiextensions.FieldValueErrorReason)(nil), FieldPath:\"\", OptionalOldSelf:(*bool)(nil)}}: compilation failed: ERROR: <input>:1:")), "{got:?}");
+        assert!(
+            got[0].contains("\n | self.x >\n | ") && got[0].ends_with('^'),
+            "{got:?}"
+        );
         assert!(got[1].ends_with("compilation failed: ERROR: <input>:1:1: undeclared reference to 'foo' (in container '')\n | foo == 1\n | ^"), "{got:?}");
         assert_eq!(
             got[2],
