@@ -631,8 +631,11 @@ impl Binding {
 }
 
 /// Compiled policies by (uid, resourceVersion): a policy is compiled once per version.
-static COMPILED: LazyLock<Mutex<HashMap<(String, String), Arc<Policy>>>> =
+static COMPILED: LazyLock<Mutex<HashMap<PolicyVersion, Arc<Policy>>>> =
     LazyLock::new(Default::default);
+
+/// A policy's `uid` and `resourceVersion`.
+type PolicyVersion = (String, String);
 
 /// Every policy, compiled, in name order.
 async fn policies(state: &AppState) -> Result<Vec<Arc<Policy>>, ApiError> {
@@ -805,8 +808,7 @@ fn rules_match(
     let name = attrs.name();
     let hit = |target: &ResourceInfo| {
         rules.iter().any(|r| {
-            rule_matches(&r.rule, attrs, target)
-                && (r.names.is_empty() || r.names.iter().any(|n| *n == name))
+            rule_matches(&r.rule, attrs, target) && (r.names.is_empty() || r.names.contains(&name))
         })
     };
     if rules.is_empty() {
