@@ -34,13 +34,12 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::apps::label_selector_causes;
 use crate::admission_policy::{ExpressionKind, compile_error};
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 use crate::validation::{
-    NameRule, dns_problems, duplicate, forbidden, invalid, items, not_supported, port_num_problems,
-    q, qualified_name_problems, required, str_of, validate_name,
+    NameRule, dns_problems, duplicate, forbidden, invalid, items, label_selector_causes,
+    not_supported, port_num_problems, q, qualified_name_problems, required, str_of, validate_name,
 };
 
 pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {

@@ -235,13 +235,6 @@ fn immutable(
 // ---------------------------------------------------------------------------------------------
 // label selectors
 
-/// `ValidateLabelSelector` (values strict) of `sel` at `field`, for the other groups' objects.
-pub(super) fn label_selector_causes(sel: &Value, field: &str) -> Vec<Cause> {
-    let mut e = Errs(Vec::new());
-    label_selector(&mut e, sel, field);
-    e.0
-}
-
 /// `ValidateLabelSelector` (values strict, as the workload strategies ask); true when the
 /// selector also converts to a `labels.Selector` (`LabelSelectorAsSelector` would not fail).
 fn label_selector(e: &mut Errs, sel: &Value, field: &str) -> bool {
