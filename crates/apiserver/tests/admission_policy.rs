@@ -2,8 +2,9 @@
 //! from kubectl and kube-rs: the Kubernetes docs' `replicas <= 5` policy denying with
 //! upstream's message and allowing what it should (namespace selector of the binding),
 //! `Warn` as kubectl's `Warning:` line, a ConfigMap param (found, and missing with `Deny`),
-//! match conditions and variables with a `Forbidden` reason, and invalid policies and
-//! bindings refused with upstream's 422 causes.
+//! match conditions and variables with a `Forbidden` reason, deletes judged on the old object
+//! with `resourceNames` narrowing the rule, and invalid policies and bindings refused with
+//! upstream's 422 causes.
 
 mod common;
 
@@ -411,4 +412,57 @@ async fn invalid_policies_and_bindings_are_refused_with_upstreams_causes() {
         ),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn deletes_see_the_old_object_and_resource_names_narrow_the_rule() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["keep-me", "free"] {
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name,
+                "labels": {"protected": "true"}}}))
+            .expect("configmap"),
+        )
+        .await
+        .expect("created");
+    }
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "protect.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["DELETE"], "resources": ["configmaps"],
+                "resourceNames": ["keep-me"]}]},
+            "validations": [{"expression": "object == null && oldObject.metadata.labels.protected != 'true'",
+                "message": "protected"}],
+        }}),
+        json!({"metadata": {"name": "protect-binding"}, "spec": {
+            "policyName": "protect.example.com", "validationActions": ["Deny"]}}),
+    )
+    .await;
+    let dry = kube::api::DeleteParams {
+        dry_run: true,
+        ..kube::api::DeleteParams::default()
+    };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Err(e) = cms.delete("keep-me", &dry).await {
+            break api_status(e);
+        }
+        assert!(start.elapsed() < DEADLINE, "the policy never denied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (
+            422,
+            "configmaps \"keep-me\" is forbidden: ValidatingAdmissionPolicy \
+             'protect.example.com' with binding 'protect-binding' denied request: protected"
+        )
+    );
+    cms.delete("free", &kube::api::DeleteParams::default())
+        .await
+        .expect("not named by the rule");
 }
