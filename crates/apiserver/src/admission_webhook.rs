@@ -714,12 +714,12 @@ struct Hook {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Rule {
-    operations: Vec<String>,
-    groups: Vec<String>,
-    versions: Vec<String>,
-    resources: Vec<String>,
-    scope: String,
+pub(crate) struct Rule {
+    pub(crate) operations: Vec<String>,
+    pub(crate) groups: Vec<String>,
+    pub(crate) versions: Vec<String>,
+    pub(crate) resources: Vec<String>,
+    pub(crate) scope: String,
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -828,22 +828,22 @@ async fn hooks(state: &AppState, mutating: bool) -> Result<Arc<Vec<Hook>>, ApiEr
 }
 
 /// What one admission is about.
-struct Attrs<'a> {
-    req: &'a Request,
+pub(crate) struct Attrs<'a> {
+    pub(crate) req: &'a Request,
     /// The resource as the request names it.
-    info: &'a ResourceInfo,
-    op: Operation,
-    obj: Option<&'a Value>,
-    old: Option<&'a Value>,
+    pub(crate) info: &'a ResourceInfo,
+    pub(crate) op: Operation,
+    pub(crate) obj: Option<&'a Value>,
+    pub(crate) old: Option<&'a Value>,
 }
 
 impl Attrs<'_> {
-    fn is_namespace(&self) -> bool {
+    pub(crate) fn is_namespace(&self) -> bool {
         self.info.group.is_empty() && self.info.plural == "namespaces"
     }
 
     /// Upstream's attribute namespace: a namespace's own name for a namespace.
-    fn namespace(&self) -> String {
+    pub(crate) fn namespace(&self) -> String {
         if self.is_namespace() {
             let named = self.obj.or(self.old).map(|o| object_meta_str(o, "name"));
             return match named {
@@ -857,7 +857,7 @@ impl Attrs<'_> {
     /// The object's name: empty for a create with `generateName` (upstream names the request
     /// before the name is generated, though validating webhooks see the generated one in the
     /// object).
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         if !self.req.name.is_empty() {
             return self.req.name.clone();
         }
@@ -875,7 +875,7 @@ impl Attrs<'_> {
 struct NamespaceLabels(Option<BTreeMap<String, String>>);
 
 /// Whether `rule` covers the request in resource (group, version, plural) at `subresource`.
-fn rule_matches(rule: &Rule, attrs: &Attrs<'_>, target: &ResourceInfo) -> bool {
+pub(crate) fn rule_matches(rule: &Rule, attrs: &Attrs<'_>, target: &ResourceInfo) -> bool {
     let any = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
     if !any(&rule.operations, attrs.op.as_str())
         || !any(&rule.groups, target.group)
@@ -943,7 +943,7 @@ async fn matches(
 
 /// The other served versions of `info`'s resource: the same storage (upstream's equivalent
 /// resources for `matchPolicy: Equivalent`).
-fn equivalents(state: &AppState, info: &ResourceInfo) -> Vec<ResourceInfo> {
+pub(crate) fn equivalents(state: &AppState, info: &ResourceInfo) -> Vec<ResourceInfo> {
     let prefix = info.prefix(None);
     let same = |r: &&ResourceInfo| {
         r.prefix(None) == prefix && !(r.group == info.group && r.version == info.version)
@@ -987,7 +987,7 @@ async fn object_as(
 /// `obj`, in `from`'s form, converted to `to`'s (the same storage): a custom resource by its
 /// CRD's conversion (its webhook, or the `apiVersion` alone), a built-in through its stored
 /// form.
-async fn served_as(
+pub(crate) async fn served_as(
     state: &AppState,
     from: &ResourceInfo,
     to: &ResourceInfo,
@@ -1295,7 +1295,7 @@ fn match_conditions(conditions: &[(String, String)], request: &Value) -> Result<
 
 /// The `AdmissionReview` upstream's `CreateAdmissionObjects` builds (`object`,
 /// `old_object`: in `target`'s version, `null` when absent).
-fn review(
+pub(crate) fn review(
     version: &str,
     uid: &str,
     attrs: &Attrs<'_>,
