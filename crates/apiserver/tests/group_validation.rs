@@ -509,8 +509,9 @@ spec:
     );
     assert!(
         err.contains(
-            "The PriorityClass \"too-high\" is invalid: value: Forbidden: maximum allowed value \
-             of a user defined priority is 1000000000"
+            "error: failed to create priorityclass: PriorityClass.scheduling.k8s.io \"too-high\" \
+             is invalid: value: Forbidden: maximum allowed value of a user defined priority is \
+             1000000000"
         ),
         "{err}"
     );
