@@ -158,7 +158,7 @@ fn show_map(m: Option<&BTreeMap<String, String>>) -> String {
     }
 }
 
-fn show_strings(v: Option<&Value>) -> String {
+pub(super) fn show_strings(v: Option<&Value>) -> String {
     match v.and_then(Value::as_array) {
         None => "[]string(nil)".into(),
         Some(a) => {
@@ -172,7 +172,7 @@ fn show_strings(v: Option<&Value>) -> String {
 }
 
 /// A `metav1.LabelSelector` as Go's `%#v` shows it.
-fn show_selector(sel: &Value) -> String {
+pub(super) fn show_selector(sel: &Value) -> String {
     if sel.is_null() {
         return "null".into();
     }
@@ -234,6 +234,14 @@ fn immutable(
 
 // ---------------------------------------------------------------------------------------------
 // label selectors
+
+/// `ValidateLabelSelector` (values strict) of another group's selector at `field`
+/// (NetworkPolicy peers, CSIStorageCapacity's `nodeTopology`).
+pub(super) fn label_selector_causes(sel: &Value, field: &str) -> Vec<Cause> {
+    let mut e = Errs::default();
+    label_selector(&mut e, sel, field);
+    e.0
+}
 
 /// `ValidateLabelSelector` (values strict, as the workload strategies ask); true when the
 /// selector also converts to a `labels.Selector` (`LabelSelectorAsSelector` would not fail).
