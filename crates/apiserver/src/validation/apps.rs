@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 use crate::validation::{
-    NameRule, duplicate, forbidden, invalid, label_selector_causes, label_value_problems,
-    not_supported, q, qualified_name_problems, required, validate_name,
+    NameRule, duplicate, forbidden, invalid, label_selector_causes, not_supported, q, required,
+    validate_name,
 };
 
 const NULL: Value = Value::Null;
@@ -237,12 +237,6 @@ fn immutable(
 
 /// `ValidateLabelSelector` (values strict) of another group's selector at `field`
 /// (NetworkPolicy peers, CSIStorageCapacity's `nodeTopology`).
-pub(super) fn label_selector_causes(sel: &Value, field: &str) -> Vec<Cause> {
-    let mut e = Errs::default();
-    label_selector(&mut e, sel, field);
-    e.0
-}
-
 /// `ValidateLabelSelector` (values strict, as the workload strategies ask); true when the
 /// selector also converts to a `labels.Selector` (`LabelSelectorAsSelector` would not fail).
 fn label_selector(e: &mut Errs, sel: &Value, field: &str) -> bool {

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 
-use super::apps::label_selector_causes;
+use super::label_selector_causes;
 use super::{
     NameRule, dns_problems, forbidden, invalid, items, not_supported, port_name_problems,
     port_num_problems, q, required, str_of, too_long, validate_name,

@@ -35,7 +35,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::apps::{label_selector_causes, show_selector, show_strings};
+use super::apps::{show_selector, show_strings};
+use super::label_selector_causes;
 use super::{
     NameRule, dns_problems, duplicate, forbidden, invalid, items, not_supported, obj_of, q,
     qualified_name_problems, required, str_of, too_long,
