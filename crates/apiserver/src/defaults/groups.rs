@@ -6,12 +6,17 @@
 //! `fsGroupPolicy` `ReadWriteOnceWithFSType`; `volumeLifecycleModes` `[Persistent]`),
 //! NetworkPolicy (`policyTypes` `[Ingress]`, plus `Egress` when egress rules are given; port
 //! `protocol` `TCP`), PriorityClass (`preemptionPolicy` `PreemptLowerPriority`) and
-//! EndpointSlice ports (`name` `""`, `protocol` `TCP`). RuntimeClass, Lease, CSINode,
-//! CSIStorageCapacity and VolumeAttachment have no defaults upstream.
+//! EndpointSlice ports (`name` `""`, `protocol` `TCP`), and admissionregistration.k8s.io's
+//! webhook configurations (per webhook `failurePolicy` `Fail`, `matchPolicy` `Equivalent`,
+//! empty `namespaceSelector`/`objectSelector`, `timeoutSeconds` 10, a mutating webhook's
+//! `reinvocationPolicy` `Never`, rule `scope` `*`, service `port` 443) and admission policies
+//! and bindings (`failurePolicy` `Fail`; `matchConstraints`/`matchResources` with
+//! `matchPolicy` `Equivalent`, empty selectors, rule `scope` `*`). RuntimeClass, Lease,
+//! CSINode, CSIStorageCapacity and VolumeAttachment have no defaults upstream.
 
 use serde_json::{Map, Value, json};
 
-use super::{child, default, each};
+use super::{child, default, each, existing};
 
 /// Applies the defaults of `group`/`kind` (nothing for other kinds).
 pub(super) fn apply(group: &str, kind: &str, o: &mut Map<String, Value>) {
@@ -73,8 +78,58 @@ pub(super) fn apply(group: &str, kind: &str, o: &mut Map<String, Value>) {
                 default(port, "protocol", json!("TCP"));
             }
         }
+        (ADMISSION, "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration") => {
+            let mutating = kind == "MutatingWebhookConfiguration";
+            for hook in each(o, "webhooks") {
+                default(hook, "failurePolicy", json!("Fail"));
+                default(hook, "matchPolicy", json!("Equivalent"));
+                default(hook, "namespaceSelector", json!({}));
+                default(hook, "objectSelector", json!({}));
+                default(hook, "timeoutSeconds", json!(10));
+                if mutating {
+                    default(hook, "reinvocationPolicy", json!("Never"));
+                }
+                rule_scopes(hook, "rules");
+                if let Some(service) =
+                    existing(hook, "clientConfig").and_then(|c| existing(c, "service"))
+                {
+                    default(service, "port", json!(443));
+                }
+            }
+        }
+        (ADMISSION, "ValidatingAdmissionPolicy") => {
+            if let Some(spec) = child(o, "spec") {
+                default(spec, "failurePolicy", json!("Fail"));
+                if let Some(m) = existing(spec, "matchConstraints") {
+                    match_resources(m);
+                }
+            }
+        }
+        (ADMISSION, "ValidatingAdmissionPolicyBinding") => {
+            if let Some(m) = existing(o, "spec").and_then(|s| existing(s, "matchResources")) {
+                match_resources(m);
+            }
+        }
         _ => {}
     }
+}
+
+const ADMISSION: &str = "admissionregistration.k8s.io";
+
+/// Upstream's `SetDefaults_Rule` of each rule in `key`: `scope` `*`.
+fn rule_scopes(o: &mut Map<String, Value>, key: &str) {
+    for rule in each(o, key) {
+        default(rule, "scope", json!("*"));
+    }
+}
+
+/// Upstream's `SetDefaults_MatchResources`.
+fn match_resources(m: &mut Map<String, Value>) {
+    default(m, "matchPolicy", json!("Equivalent"));
+    default(m, "namespaceSelector", json!({}));
+    default(m, "objectSelector", json!({}));
+    rule_scopes(m, "resourceRules");
+    rule_scopes(m, "excludeResourceRules");
 }
 
 #[cfg(test)]
@@ -121,5 +176,42 @@ mod tests {
             eps["ports"][0],
             json!({"port": 80, "name": "", "protocol": "TCP"})
         );
+        let hooks = defaulted(
+            ADMISSION,
+            "MutatingWebhookConfiguration",
+            json!({"webhooks": [{"name": "a.b.c", "rules": [{"operations": ["CREATE"]}],
+                "clientConfig": {"service": {"namespace": "n", "name": "s"}}}]}),
+        );
+        let hook = &hooks["webhooks"][0];
+        assert_eq!(
+            (
+                &hook["failurePolicy"],
+                &hook["matchPolicy"],
+                &hook["timeoutSeconds"]
+            ),
+            (&json!("Fail"), &json!("Equivalent"), &json!(10))
+        );
+        assert_eq!(hook["reinvocationPolicy"], "Never");
+        assert_eq!(hook["rules"][0]["scope"], "*");
+        assert_eq!(hook["clientConfig"]["service"]["port"], 443);
+        assert_eq!(hook["namespaceSelector"], json!({}));
+        let by_url = defaulted(
+            ADMISSION,
+            "ValidatingWebhookConfiguration",
+            json!({"webhooks": [{"name": "a.b.c", "clientConfig": {"url": "https://x"}}]}),
+        );
+        assert_eq!(
+            by_url["webhooks"][0]["clientConfig"],
+            json!({"url": "https://x"})
+        );
+        let policy = defaulted(
+            ADMISSION,
+            "ValidatingAdmissionPolicy",
+            json!({"spec": {"matchConstraints": {"resourceRules": [{"operations": ["*"]}]}}}),
+        );
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+        let m = &policy["spec"]["matchConstraints"];
+        assert_eq!(m["matchPolicy"], "Equivalent");
+        assert_eq!(m["resourceRules"][0]["scope"], "*");
     }
 }
