@@ -34,15 +34,16 @@
 //!   `true` is a violation whose message is `messageExpression`'s string, else `message`,
 //!   else `failed expression: <expression>`, with `reason` (default `Invalid`); an
 //!   evaluation error is a violation under `failurePolicy: Fail` (the default) and ignored
-//!   under `Ignore`. `auditAnnotations` are evaluated only for their errors (same rule).
+//!   under `Ignore`. `auditAnnotations`: a string value is the request's audit annotation
+//!   `<policy>/<key>`, an error follows the same rule.
 //! - **Actions** (the binding's `validationActions`): `Deny` → the first violation is the
 //!   answer: upstream's `<resource> "<name>" is forbidden: ValidatingAdmissionPolicy '<p>'
 //!   with binding '<b>' denied request: <message>` with the violation's reason (`Invalid`
 //!   422 by default, `Forbidden` 403, `RequestEntityTooLarge` 413) and the inner message as
 //!   a cause; `Warn` → a `Warning` header `Validation failed for ValidatingAdmissionPolicy
-//!   '<p>' with binding '<b>': <message>`; `Audit` → logged only (rk3s' audit log has no
-//!   per-request annotations, so neither `validation.policy.admission.k8s.io/
-//!   validation_failure` nor the `auditAnnotations` values are written).
+//!   '<p>' with binding '<b>': <message>`; `Audit` → the request's audit annotation
+//!   `validation.policy.admission.k8s.io/validation_failure`, upstream's JSON list of
+//!   `{message, policy, binding, expressionIndex, validationActions}`.
 //! - Configuration errors (an unknown `paramKind`, params that cannot be read, `Deny` with
 //!   no params) are violations `failed to configure policy: ...` / `failed to configure
 //!   binding: ...` under `failurePolicy: Fail`, ignored under `Ignore`.
@@ -70,6 +71,8 @@ use crate::server::AppState;
 use crate::status::{ApiError, qualified};
 
 const GROUP: &str = "admissionregistration.k8s.io";
+/// The audit annotation of the `Audit` action's failures.
+const AUDIT_FAILURE_KEY: &str = "validation.policy.admission.k8s.io/validation_failure";
 
 /// Runs the validating admission policies bound to a create or update (`obj`, and `old` for
 /// updates) or a delete (`old`: the object being deleted) of the request `req`.
@@ -95,6 +98,7 @@ pub(crate) async fn validate(
     };
     let mut namespace = NamespaceCache::default();
     let mut denied: Vec<Violation> = Vec::new();
+    let mut audits: Vec<Value> = Vec::new();
     for policy in &policies {
         let bound: Vec<&Binding> = bindings
             .iter()
@@ -175,10 +179,20 @@ pub(crate) async fn validate(
                     namespace: namespace_object.as_ref().unwrap_or(&Value::Null),
                 };
                 for decision in evaluate(policy, &input) {
-                    act(req, policy, binding, decision, &mut denied);
+                    act(req, policy, binding, decision, &mut denied, &mut audits);
                 }
             }
         }
+    }
+    // Upstream's `Audit` action: every failure of the request in one annotation.
+    if !audits.is_empty()
+        && let Some(slot) = crate::audit::current()
+    {
+        slot.annotate(
+            AUDIT_FAILURE_KEY.to_string(),
+            Value::Array(audits).to_string(),
+            crate::audit::Level::Metadata,
+        );
     }
     match denied.into_iter().next() {
         Some(v) => Err(denial(&attrs, v)),
@@ -983,6 +997,8 @@ struct Decision {
     message: String,
     /// `None`: an evaluation error (reason `Invalid`).
     reason: Option<String>,
+    /// The index of the failed validation, if one failed.
+    index: Option<usize>,
 }
 
 /// One evaluation's variables and base values.
@@ -1066,6 +1082,7 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
     let error = |message: String| Decision {
         message,
         reason: None,
+        index: None,
     };
     // Match conditions: one false skips; otherwise errors follow failurePolicy.
     let mut errors = Vec::new();
@@ -1093,7 +1110,7 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
         return vec![error(message)];
     }
     let mut out = Vec::new();
-    for v in &policy.validations {
+    for (index, v) in policy.validations.iter().enumerate() {
         match ev.run(&v.expression) {
             Ok(Cel::Bool(true)) => {}
             Ok(_) => {
@@ -1113,6 +1130,7 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
                 out.push(Decision {
                     message,
                     reason: Some(v.reason.clone().unwrap_or_else(|| "Invalid".into())),
+                    index: Some(index),
                 });
             }
             Err(e) if policy.fail => out.push(error(format!(
@@ -1124,7 +1142,18 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
     }
     for (key, a) in &policy.audit_annotations {
         let failure = match ev.run(a) {
-            Ok(Cel::String(_) | Cel::Null) => None,
+            Ok(Cel::String(value)) => {
+                // Upstream's audit annotation `<policy>/<key>` on the request's event.
+                if let Some(slot) = crate::audit::current() {
+                    slot.annotate(
+                        format!("{}/{key}", policy.name),
+                        value.to_string(),
+                        crate::audit::Level::Metadata,
+                    );
+                }
+                None
+            }
+            Ok(Cel::Null) => None,
             Ok(other) => Some(format!(
                 "valueExpression '{}' resulted in unsupported return type: {:?}. Return type \
                  must be either string or null.",
@@ -1166,6 +1195,7 @@ fn config_error(
         decision: Decision {
             message,
             reason: None,
+            index: None,
         },
     });
 }
@@ -1177,6 +1207,7 @@ fn act(
     binding: &Binding,
     decision: Decision,
     denied: &mut Vec<Violation>,
+    audits: &mut Vec<Value>,
 ) {
     for action in &binding.actions {
         match action.as_str() {
@@ -1193,12 +1224,13 @@ fn act(
                     "Validation failed for ValidatingAdmissionPolicy '{}' with binding '{}': {}",
                     policy.name, binding.name, decision.message
                 )),
-            "Audit" => tracing::info!(
-                policy = %policy.name,
-                binding = %binding.name,
-                message = %decision.message,
-                "validation failure (Audit)"
-            ),
+            "Audit" => audits.push(json!({
+                "message": decision.message,
+                "policy": policy.name,
+                "binding": binding.name,
+                "expressionIndex": decision.index.unwrap_or(0),
+                "validationActions": binding.actions,
+            })),
             _ => {}
         }
     }
@@ -1281,15 +1313,18 @@ mod tests {
             vec![
                 Decision {
                     message: "failed expression: object.spec.replicas <= 5".into(),
-                    reason: Some("Invalid".into())
+                    reason: Some("Invalid".into()),
+                    index: Some(0),
                 },
                 Decision {
                     message: "too many".into(),
-                    reason: Some("Forbidden".into())
+                    reason: Some("Forbidden".into()),
+                    index: Some(1),
                 },
                 Decision {
                     message: "replicas: 6".into(),
-                    reason: Some("Invalid".into())
+                    reason: Some("Invalid".into()),
+                    index: Some(2),
                 },
             ]
         );

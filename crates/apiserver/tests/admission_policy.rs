@@ -466,3 +466,88 @@ async fn deletes_see_the_old_object_and_resource_names_narrow_the_rule() {
         .await
         .expect("not named by the rule");
 }
+
+#[tokio::test]
+async fn audit_actions_and_annotations_reach_the_audit_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  resources: [{group: \"\", resources: [configmaps]}]\n",
+    )
+    .expect("policy written");
+    let log = dir.path().join("audit.log");
+    let audit = rk3s_apiserver::audit::Audit::from_config(&rk3s_apiserver::audit::AuditConfig {
+        policy_file: Some(policy),
+        log_path: Some(log.clone()),
+        ..rk3s_apiserver::audit::AuditConfig::default()
+    })
+    .expect("audit configuration")
+    .expect("audit on");
+    let t = TestServer::start_configured(|a| a.audit(Some(audit))).await;
+    let client = t.client().await;
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "audit.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["configmaps"]}]},
+            "validations": [
+                {"expression": "true"},
+                {"expression": "!('forbidden' in object.data)", "message": "no forbidden key"}],
+            "auditAnnotations": [{"key": "keys",
+                "valueExpression": "'keys-' + string(size(object.data))"}],
+        }}),
+        json!({"metadata": {"name": "audit-binding"}, "spec": {
+            "policyName": "audit.example.com", "validationActions": ["Audit", "Warn"]}}),
+    )
+    .await;
+    // In force once the Warn action shows.
+    let start = std::time::Instant::now();
+    loop {
+        let out = t
+            .kubectl(&[
+                "create",
+                "configmap",
+                "probe",
+                "--from-literal=forbidden=1",
+                "--dry-run=server",
+            ])
+            .await;
+        if String::from_utf8_lossy(&out.stderr).contains("no forbidden key") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "never in force");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = t
+        .kubectl(&[
+            "create",
+            "configmap",
+            "audited",
+            "--from-literal=forbidden=1",
+            "--from-literal=b=2",
+        ])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let events = std::fs::read_to_string(&log).expect("audit log");
+    let event: Value = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .find(|e| e["objectRef"]["name"] == "audited" && e["verb"] == "create")
+        .expect("the create's event");
+    let notes = &event["annotations"];
+    assert_eq!(notes["audit.example.com/keys"], "keys-2", "{event}");
+    let failures: Value = serde_json::from_str(
+        notes["validation.policy.admission.k8s.io/validation_failure"]
+            .as_str()
+            .expect("the Audit action's annotation"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        failures,
+        json!([{"message": "no forbidden key", "policy": "audit.example.com",
+            "binding": "audit-binding", "expressionIndex": 1,
+            "validationActions": ["Audit", "Warn"]}])
+    );
+}
