@@ -1632,30 +1632,27 @@ fn pv_source(name: &str, src: &Value, path: &str) -> Vec<Cause> {
         }
     };
     match name {
-        "hostPath" => {
-            if !req(&mut causes, "path") {
-                causes.extend(no_backsteps(str_of(src, "path"), &format!("{path}.path")));
-                const TYPES: &[&str] = &[
-                    "",
-                    "BlockDevice",
-                    "CharDevice",
-                    "Directory",
-                    "DirectoryOrCreate",
-                    "File",
-                    "FileOrCreate",
-                    "Socket",
-                ];
-                if let Some(t) = src.get("type").and_then(Value::as_str)
-                    && !TYPES.contains(&t)
-                {
-                    causes.push(not_supported(format!("{path}.type"), &q(t), TYPES));
-                }
+        // (`req` records a missing path; the rest is checked only with one.)
+        "hostPath" if !req(&mut causes, "path") => {
+            causes.extend(no_backsteps(str_of(src, "path"), &format!("{path}.path")));
+            const TYPES: &[&str] = &[
+                "",
+                "BlockDevice",
+                "CharDevice",
+                "Directory",
+                "DirectoryOrCreate",
+                "File",
+                "FileOrCreate",
+                "Socket",
+            ];
+            if let Some(t) = src.get("type").and_then(Value::as_str)
+                && !TYPES.contains(&t)
+            {
+                causes.push(not_supported(format!("{path}.type"), &q(t), TYPES));
             }
         }
-        "local" => {
-            if !req(&mut causes, "path") {
-                causes.extend(no_backsteps(str_of(src, "path"), &format!("{path}.path")));
-            }
+        "local" if !req(&mut causes, "path") => {
+            causes.extend(no_backsteps(str_of(src, "path"), &format!("{path}.path")));
         }
         "nfs" => {
             req(&mut causes, "server");
