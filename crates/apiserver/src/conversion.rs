@@ -124,105 +124,6 @@ fn events_v1_to_core_event(obj: Value) -> Value {
     rename(obj, "v1", false)
 }
 
-/// Upstream's strict checks of an Event created through `events.k8s.io/v1` (core `v1` creates
-/// stay lenient, as upstream's `ValidateEventCreate`): the reporting fields, action, reason and
-/// `eventTime` are required, `type` is Normal or Warning, the deprecated fields are unset and
-/// `regarding.namespace` is the event's.
-pub(crate) fn validate_events_v1_create(obj: &Value) -> Vec<crate::status::Cause> {
-    use crate::status::Cause;
-    let s = |field: &str| obj.get(field).and_then(Value::as_str).unwrap_or("");
-    let mut causes = Vec::new();
-    let required = |causes: &mut Vec<Cause>, field: &str| {
-        causes.push(Cause {
-            reason: "FieldValueRequired",
-            message: "Required value".into(),
-            field: field.into(),
-        })
-    };
-    let ns = obj
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let regarding_ns = obj
-        .pointer("/regarding/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if (regarding_ns.is_empty() && !ns.is_empty() && ns != "default")
-        || (!regarding_ns.is_empty() && regarding_ns != ns)
-    {
-        causes.push(Cause {
-            reason: "FieldValueInvalid",
-            message: format!("Invalid value: {regarding_ns:?}: does not match event.namespace"),
-            field: "regarding.namespace".into(),
-        });
-    }
-    for field in [
-        "reportingController",
-        "reportingInstance",
-        "action",
-        "reason",
-    ] {
-        if s(field).is_empty() {
-            required(&mut causes, field);
-        } else if field != "reportingInstance" && s(field).len() > 128 {
-            causes.push(Cause {
-                reason: "FieldValueTooLong",
-                message: "Too long: may not be more than 128 bytes".into(),
-                field: field.into(),
-            });
-        }
-    }
-    if s("note").len() > 1024 {
-        causes.push(Cause {
-            reason: "FieldValueTooLong",
-            message: "Too long: may not be more than 1024 bytes".into(),
-            field: "note".into(),
-        });
-    }
-    if s("eventTime").is_empty() {
-        required(&mut causes, "eventTime");
-    }
-    let type_ = s("type");
-    if type_ != "Normal" && type_ != "Warning" {
-        causes.push(Cause {
-            reason: "FieldValueInvalid",
-            message: format!("Invalid value: \"\": has invalid value: {type_}"),
-            field: "type".into(),
-        });
-    }
-    for field in [
-        "deprecatedFirstTimestamp",
-        "deprecatedLastTimestamp",
-        "deprecatedCount",
-    ] {
-        if obj
-            .get(field)
-            .is_some_and(|v| !v.is_null() && *v != json!(0))
-        {
-            causes.push(Cause {
-                reason: "FieldValueInvalid",
-                message: "Invalid value: \"\": needs to be unset".into(),
-                field: field.into(),
-            });
-        }
-    }
-    let source = obj.get("deprecatedSource");
-    let set = |f: &str| {
-        source
-            .and_then(|s| s.get(f))
-            .and_then(Value::as_str)
-            .is_some_and(|v| !v.is_empty())
-    };
-    if set("component") || set("host") {
-        causes.push(Cause {
-            reason: "FieldValueInvalid",
-            message: "Invalid value: \"\": needs to be unset".into(),
-            field: "deprecatedSource".into(),
-        });
-    }
-    causes
-}
-
 // ---------------------------------------------------------------------------------------------
 // autoscaling/v1 ↔ autoscaling/v2
 
@@ -711,33 +612,6 @@ mod tests {
             "involvedObject.name"
         );
         assert_eq!(EVENTS_V1.field_label("type"), "type");
-    }
-
-    #[test]
-    fn events_v1_creates_are_strict() {
-        let good = json!({"metadata": {"name": "e", "namespace": "default"},
-            "regarding": {"kind": "Pod", "name": "p", "namespace": "default"},
-            "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "c",
-            "reportingInstance": "i", "action": "A", "reason": "R", "type": "Normal"});
-        assert!(validate_events_v1_create(&good).is_empty());
-        let bad = json!({"metadata": {"name": "e", "namespace": "default"},
-            "type": "Odd", "deprecatedCount": 2});
-        let fields: Vec<String> = validate_events_v1_create(&bad)
-            .into_iter()
-            .map(|c| c.field)
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                "reportingController",
-                "reportingInstance",
-                "action",
-                "reason",
-                "eventTime",
-                "type",
-                "deprecatedCount"
-            ]
-        );
     }
 
     #[test]

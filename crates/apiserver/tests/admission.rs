@@ -289,6 +289,17 @@ async fn resource_quota_charges_what_updates_add() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Only a bound claim may grow (upstream's `ValidatePersistentVolumeClaimUpdate`).
+    t.kubectl_ok(&[
+        "patch",
+        "pvc",
+        "data",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Bound","capacity":{"storage":"1Gi"}}}"#,
+    ])
+    .await;
     let resize =
         |size: &str| json!({"spec": {"resources": {"requests": {"storage": size}}}}).to_string();
     t.kubectl_ok(&["patch", "pvc", "data", "-p", &resize("3Gi")])

@@ -104,10 +104,20 @@ async fn kube_recorder_events_are_readable_through_both_apis() {
     match v1.create(&PostParams::default(), &sloppy).await {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 422);
-            assert_eq!(
-                s.message,
-                "Event \"sloppy\" is invalid: [reportingController: Required value, \
-                 reportingInstance: Required value, action: Required value]"
+            // Upstream's legacy rules also check the empty controller as a qualified name.
+            assert!(
+                s.message.starts_with(
+                    "Event \"sloppy\" is invalid: [reportingController: Required value, \
+                     reportingController: Invalid value: \"\": name part must be non-empty, "
+                ),
+                "{}",
+                s.message
+            );
+            assert!(
+                s.message
+                    .ends_with(", reportingInstance: Required value, action: Required value]"),
+                "{}",
+                s.message
             );
         }
         other => panic!("must be refused: {other:?}"),
@@ -177,14 +187,34 @@ async fn kube_recorder_events_are_readable_through_both_apis() {
         Some("node-1")
     );
 
-    // An update through events.k8s.io shows through core.
+    // An update through events.k8s.io shows through core; there, as upstream's
+    // `ValidateEventUpdate`, only the series and metadata may change.
     let mut fetched = v1.get("legacy.1").await.expect("get through events.k8s.io");
-    fetched.note = Some("image pulled again".into());
+    let mut changed = fetched.clone();
+    changed.note = Some("image pulled again".into());
+    let err = v1
+        .replace("legacy.1", &PostParams::default(), &changed)
+        .await
+        .expect_err("the note is immutable through events.k8s.io");
+    assert_eq!(
+        common::invalid_causes(err),
+        ["message: Invalid value: \"image pulled again\": field is immutable"]
+    );
+    fetched.metadata.labels = Some([("seen".to_string(), "again".to_string())].into());
     v1.replace("legacy.1", &PostParams::default(), &fetched)
         .await
         .expect("replace through events.k8s.io");
     let again = core.get("legacy.1").await.expect("core get");
-    assert_eq!(again.message.as_deref(), Some("image pulled again"));
+    assert_eq!(
+        again
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("seen"))
+            .map(String::as_str),
+        Some("again")
+    );
+    assert_eq!(again.message.as_deref(), Some("image pulled"));
     assert_eq!(again.count, Some(3));
 
     // kubectl: the default `events` resource, the events.k8s.io one, and `kubectl events`.

@@ -69,7 +69,7 @@ async fn make_pv(c: &kube::Client, name: &str, size: &str, extra: Value) {
     let mut v = json!({
         "metadata": {"name": name},
         "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
-                 "local": {"path": "/mnt/disks/vol"}},
+                 "hostPath": {"path": "/mnt/disks/vol"}},
     });
     merge(&mut v, extra);
     let pv: PersistentVolume = serde_json::from_value(v).unwrap();
@@ -559,7 +559,7 @@ async fn csi_volumes_per_node_stay_within_the_csinode_count() {
             c,
             v,
             "1Gi",
-            json!({"spec": {"local": null,
+            json!({"spec": {"hostPath": null,
                             "csi": {"driver": "disk.csi.example.com", "volumeHandle": v}}}),
         )
         .await;

@@ -955,12 +955,6 @@ pub(crate) async fn create_object_as(
     crate::defaults::apply(info, &mut obj, true);
     check_crd(info, &obj, None)?;
     namespace_of(info, path_ns, &mut obj)?;
-    if info.group == "events.k8s.io" {
-        let causes = crate::conversion::validate_events_v1_create(&obj);
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(info, meta_str(&obj, "name"), causes));
-        }
-    }
     let ns =
         (!meta_str(&obj, "namespace").is_empty()).then(|| meta_str(&obj, "namespace").to_string());
     crate::admission::admit_create(state, info, ns.as_deref(), &mut obj).await?;

@@ -1242,7 +1242,7 @@ fn validate_pod_update(new: &Value, old: &Value) -> Vec<Cause> {
 
 /// A JSON value with nulls and empty lists left out (as upstream's semantic equality treats
 /// a nil list as an empty one).
-fn normalized(v: &Value) -> Value {
+pub(super) fn normalized(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
@@ -1257,7 +1257,7 @@ fn normalized(v: &Value) -> Value {
 
 /// The changed leaves between `old` and `new`, as `-path: old` / `+path: new` lines (upstream
 /// prints a `cmp.Diff` of the Go structs here).
-fn json_diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+pub(super) fn json_diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => {
             let keys: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
