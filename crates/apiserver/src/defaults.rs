@@ -63,6 +63,7 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             if let Some(spec) = child(o, "spec") {
                 pod_spec(spec);
                 pod_requests_from_limits(spec);
+                host_network_ports(spec);
                 if creating {
                     pod_admission(spec, !mirror);
                 }
@@ -287,6 +288,7 @@ fn pod_spec(spec: &mut Map<String, Value>) {
         }
     }
     for v in each(spec, "volumes") {
+        volume_source(v);
         for (kind, mode) in [
             ("configMap", 420),
             ("secret", 420),
@@ -319,6 +321,14 @@ fn container(c: &mut Map<String, Value>) {
             default(p, "periodSeconds", json!(10));
             default(p, "successThreshold", json!(1));
             default(p, "failureThreshold", json!(3));
+            http_get(p);
+        }
+    }
+    if let Some(lc) = existing(c, "lifecycle") {
+        for hook in ["postStart", "preStop"] {
+            if let Some(h) = existing(lc, hook) {
+                http_get(h);
+            }
         }
     }
     for e in each(c, "env") {
@@ -326,6 +336,67 @@ fn container(c: &mut Map<String, Value>) {
             && let Some(fr) = existing(vf, "fieldRef")
         {
             default(fr, "apiVersion", json!("v1"));
+        }
+    }
+}
+
+/// `SetDefaults_HTTPGetAction` of a probe's or lifecycle hook's `httpGet`: path `/`, scheme
+/// `HTTP`.
+fn http_get(handler: &mut Map<String, Value>) {
+    if let Some(h) = existing(handler, "httpGet") {
+        default(h, "path", json!("/"));
+        default(h, "scheme", json!("HTTP"));
+    }
+}
+
+/// The defaults inside a volume's source: the downward API's field references
+/// (`SetDefaults_ObjectFieldSelector`), a projected token's lifetime
+/// (`SetDefaults_ServiceAccountTokenProjection`: an hour), an image volume's pull policy.
+fn volume_source(v: &mut Map<String, Value>) {
+    fn field_refs(d: &mut Map<String, Value>) {
+        for item in each(d, "items") {
+            if let Some(fr) = existing(item, "fieldRef") {
+                default(fr, "apiVersion", json!("v1"));
+            }
+        }
+    }
+    if let Some(d) = existing(v, "downwardAPI") {
+        field_refs(d);
+    }
+    if let Some(p) = existing(v, "projected") {
+        for src in each(p, "sources") {
+            if let Some(d) = existing(src, "downwardAPI") {
+                field_refs(d);
+            }
+            if let Some(t) = existing(src, "serviceAccountToken") {
+                default(t, "expirationSeconds", json!(3600));
+            }
+        }
+    }
+    if let Some(image) = existing(v, "image") {
+        let reference = image
+            .get("reference")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        default(image, "pullPolicy", json!(pull_policy(&reference)));
+    }
+}
+
+/// `SetDefaults_Pod`: a host-network pod's container ports without a host port get the
+/// container port (pods only: pod templates keep theirs unset, as upstream).
+fn host_network_ports(spec: &mut Map<String, Value>) {
+    if spec.get("hostNetwork").and_then(Value::as_bool) != Some(true) {
+        return;
+    }
+    for key in ["containers", "initContainers"] {
+        for c in each(spec, key) {
+            for p in each(c, "ports") {
+                let unset = p.get("hostPort").is_none_or(|h| h.is_null() || h == 0);
+                if unset && let Some(cp) = p.get("containerPort").cloned() {
+                    p.insert("hostPort".into(), cp);
+                }
+            }
         }
     }
 }
@@ -622,6 +693,46 @@ mod tests {
         assert_eq!(s["spec"]["type"], "ClusterIP");
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["sessionAffinity"], "None");
+    }
+
+    #[test]
+    fn host_network_ports_and_http_handlers() {
+        let spec = json!({"hostNetwork": true, "containers": [{"name": "c", "image": "nginx",
+            "ports": [{"containerPort": 8080}, {"containerPort": 53, "hostPort": 53, "protocol": "UDP"}],
+            "readinessProbe": {"httpGet": {"port": 8080}},
+            "lifecycle": {"postStart": {"httpGet": {"port": 8080, "path": "/up", "scheme": "HTTPS"}}}}],
+            "volumes": [{"name": "t", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "t"}},
+                {"downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}},
+                {"name": "img", "image": {"reference": "quay.io/x/y:1.0"}}]});
+        let pods = REGISTRY.find("", "v1", "pods").expect("pods");
+        let mut p = json!({ "spec": spec.clone() });
+        apply(pods, &mut p, false);
+        let c = &p["spec"]["containers"][0];
+        assert_eq!(c["ports"][0]["hostPort"], 8080);
+        assert_eq!(c["ports"][1]["hostPort"], 53);
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/");
+        assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+        assert_eq!(c["lifecycle"]["postStart"]["httpGet"]["scheme"], "HTTPS");
+        let sources = &p["spec"]["volumes"][0]["projected"]["sources"];
+        assert_eq!(sources[0]["serviceAccountToken"]["expirationSeconds"], 3600);
+        assert_eq!(
+            sources[1]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"],
+            "v1"
+        );
+        assert_eq!(
+            p["spec"]["volumes"][1]["image"]["pullPolicy"],
+            "IfNotPresent"
+        );
+        // A pod template's host ports stay unset (upstream defaults them on the pod).
+        let deployments = REGISTRY
+            .find("apps", "v1", "deployments")
+            .expect("deployments");
+        let mut d = json!({"spec": {"selector": {}, "template": {"spec": spec}}});
+        apply(deployments, &mut d, true);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert!(c["ports"][0].get("hostPort").is_none());
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/");
     }
 
     #[test]

@@ -756,3 +756,470 @@ spec:
         "{err}"
     );
 }
+
+/// A pod from a JSON spec (named `name`).
+fn pod(name: &str, spec: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("pod")
+}
+
+/// The causes of creating `p`, which must be refused with 422.
+async fn refused(pods: &Api<Pod>, p: &Pod) -> Vec<String> {
+    invalid_causes(
+        pods.create(&PostParams::default(), p)
+            .await
+            .expect_err("refused"),
+    )
+}
+
+fn assert_has(got: &[String], want: &[&str]) {
+    for w in want {
+        assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
+    }
+}
+
+/// The restricted Pod Security profile's pod: every security field set as the profile asks.
+const RESTRICTED_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: restricted}
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    runAsGroup: 3000
+    fsGroup: 2000
+    fsGroupChangePolicy: OnRootMismatch
+    supplementalGroups: [4000]
+    seccompProfile: {type: RuntimeDefault}
+    sysctls:
+    - {name: net.ipv4.ip_unprivileged_port_start, value: "0"}
+  containers:
+  - name: app
+    image: nginx:1.27
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}
+      seccompProfile: {type: RuntimeDefault}
+      appArmorProfile: {type: RuntimeDefault}
+"#;
+
+/// Pod and container security contexts, sysctls, `hostUsers` and `os` as upstream checks them;
+/// the restricted profile's pod is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_contexts_are_validated_as_upstream() {
+    let t = TestServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+    let bad = pod(
+        "bad",
+        json!({
+            "hostNetwork": true,
+            "securityContext": {
+                "runAsUser": -1,
+                "fsGroupChangePolicy": "Sometimes",
+                "supplementalGroupsPolicy": "Loose",
+                "seccompProfile": {"type": "Localhost"},
+                "sysctls": [{"name": "net.core.somaxconn", "value": "1"},
+                            {"name": "kernel.msgmax", "value": "1"},
+                            {"name": "kernel.msgmax", "value": "2"}],
+            },
+            "containers": [{
+                "name": "c", "image": "nginx",
+                "securityContext": {
+                    "allowPrivilegeEscalation": false, "privileged": true,
+                    "procMount": "Unmasked",
+                    "appArmorProfile": {"type": "Custom"},
+                },
+            }],
+            "os": {"name": "plan9"},
+        }),
+    );
+    let got = refused(&pods, &bad).await;
+    assert_has(
+        &got,
+        &[
+            "spec.securityContext.runAsUser: Invalid value: -1: must be between 0 and 2147483647, inclusive",
+            "spec.securityContext.sysctls[0].name: Invalid value: \"net.core.somaxconn\": may not be specified when 'hostNetwork' is true",
+            "spec.securityContext.sysctls[2].name: Duplicate value: \"kernel.msgmax\"",
+            "spec.securityContext.fsGroupChangePolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnRootMismatch\"",
+            "spec.securityContext.supplementalGroupsPolicy: Unsupported value: \"Loose\": supported values: \"Merge\", \"Strict\"",
+            "spec.securityContext.seccompProfile.localhostProfile: Required value: must be set when seccomp type is Localhost",
+            "spec.containers[0].securityContext.procMount: Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`",
+            "spec.containers[0].securityContext.appArmorProfile.type: Unsupported value: \"Custom\": supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\"",
+            "spec.os: Unsupported value: \"plan9\": supported values: \"linux\", \"windows\"",
+        ],
+    );
+    assert!(
+        got.iter().any(
+            |g| g.starts_with("spec.containers[0].securityContext: Invalid value: ")
+                && g.ends_with(
+                    ": cannot set `allowPrivilegeEscalation` to false and `privileged` to true"
+                )
+        ),
+        "{got:#?}"
+    );
+
+    // A Windows pod may not set Linux fields; kubectl shows upstream's message.
+    let windows = RESTRICTED_POD
+        .replace("name: restricted", "name: win")
+        .replace(
+            "  securityContext:\n    runAsNonRoot",
+            "  os: {name: windows}\n  securityContext:\n    runAsNonRoot",
+        );
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], &windows).await;
+    let err = stderr(&out);
+    for line in [
+        "spec.securityContext.seccompProfile: Forbidden: cannot be set for a windows pod",
+        "spec.securityContext.runAsUser: Forbidden: cannot be set for a windows pod",
+        "spec.containers[0].securityContext.capabilities: Forbidden: cannot be set for a windows pod",
+    ] {
+        assert!(err.contains(line), "{line} not in {err}");
+    }
+
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], RESTRICTED_POD).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Affinity and topology spread constraints as upstream checks them; the documentation's
+/// pod with node affinity, pod anti-affinity and a spread constraint is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_and_spread_constraints_are_validated_as_upstream() {
+    let t = TestServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+    let bad = pod(
+        "bad",
+        json!({
+            "containers": [{"name": "c", "image": "nginx"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+                        "matchExpressions": [{"key": "zone", "operator": "In"},
+                                             {"key": "cores", "operator": "Gt", "values": ["1", "2"]}],
+                        "matchFields": [{"key": "metadata.labels", "operator": "In", "values": ["n1"]}],
+                    }]},
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": 101, "preference": {"matchExpressions": [
+                            {"key": "disk", "operator": "Exists"}]}}],
+                },
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": ""}]},
+            },
+            "topologySpreadConstraints": [
+                {"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway",
+                 "minDomains": 2},
+                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway",
+                 "labelSelector": {"matchLabels": {"app": "web"}}},
+                {"maxSkew": 1, "topologyKey": "", "whenUnsatisfiable": "Never",
+                 "nodeTaintsPolicy": "Sometimes"},
+            ],
+        }),
+    );
+    let got = refused(&pods, &bad).await;
+    let term = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]";
+    let tsc = "spec.topologySpreadConstraints";
+    assert_has(
+        &got,
+        &[
+            &format!(
+                "{term}.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'"
+            ),
+            &format!(
+                "{term}.matchExpressions[1].values: Required value: must be specified single value when `operator` is 'Lt' or 'Gt'"
+            ),
+            &format!(
+                "{term}.matchFields[0].key: Invalid value: \"metadata.labels\": not a valid field selector key"
+            ),
+            "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight: Invalid value: 101: must be in the range 1-100",
+            "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey: Required value: can not be empty",
+            &format!("{tsc}[0].maxSkew: Invalid value: 0: must be greater than zero"),
+            &format!(
+                "{tsc}[0].{{topologyKey, whenUnsatisfiable}}: Duplicate value: \"{{zone, ScheduleAnyway}}\""
+            ),
+            &format!(
+                "{tsc}[0].minDomains: Invalid value: 2: can only use minDomains if whenUnsatisfiable=DoNotSchedule, not ScheduleAnyway"
+            ),
+            &format!("{tsc}[2].topologyKey: Required value: can not be empty"),
+            &format!(
+                "{tsc}[2].whenUnsatisfiable: Unsupported value: \"Never\": supported values: \"DoNotSchedule\", \"ScheduleAnyway\""
+            ),
+            &format!(
+                "{tsc}[2].nodeTaintsPolicy: Unsupported value: \"Sometimes\": supported values: \"Honor\", \"Ignore\""
+            ),
+        ],
+    );
+
+    let good = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: with-affinity, labels: {app: web}}
+spec:
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+        - matchExpressions:
+          - {key: topology.kubernetes.io/zone, operator: In, values: [antarctica-east1, antarctica-west1]}
+      preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 1
+        preference:
+          matchExpressions:
+          - {key: another-node-label-key, operator: In, values: [another-node-label-value]}
+    podAntiAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          labelSelector:
+            matchExpressions:
+            - {key: app, operator: In, values: [web]}
+          topologyKey: kubernetes.io/hostname
+  topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: DoNotSchedule
+    minDomains: 2
+    nodeAffinityPolicy: Honor
+    labelSelector: {matchLabels: {app: web}}
+  containers:
+  - {name: web, image: registry.k8s.io/pause:3.8}
+"#;
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], good).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl shows the refusal as upstream words it.
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &good
+                .replace("name: with-affinity", "name: bad-weight")
+                .replace("weight: 100", "weight: 0"),
+        )
+        .await;
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "The Pod \"bad-weight\" is invalid: spec.affinity.podAntiAffinity.\
+             preferredDuringSchedulingIgnoredDuringExecution[0].weight: Invalid value: 0: \
+             must be in the range 1-100"
+        ),
+        "{err}"
+    );
+}
+
+/// DNS config, host aliases, gates, env downward API references and volume sources as
+/// upstream checks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_gates_env_references_and_volumes_are_validated_as_upstream() {
+    let t = TestServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+    let got = refused(
+        &pods,
+        &pod(
+            "dns",
+            json!({"dnsPolicy": "None", "containers": [{"name": "c", "image": "nginx"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        got,
+        ["spec.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None"]
+    );
+    let bad = pod(
+        "bad",
+        json!({
+            "nodeName": "node-1",
+            "dnsConfig": {"nameservers": ["1.1.1.1", "8.8.8.8", "9.9.9.9", "nope"],
+                          "options": [{"value": "2"}]},
+            "hostAliases": [{"ip": "10.0.0.256", "hostnames": ["web.local"]}],
+            "readinessGates": [{"conditionType": "bad type"}],
+            "schedulingGates": [{"name": "example.com/wait"}, {"name": "example.com/wait"}],
+            "containers": [{
+                "name": "c", "image": "nginx",
+                "env": [
+                    {"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels"}}},
+                    {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "spec.bogus"}}},
+                    {"name": "C", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1Mi"}}},
+                ],
+            }],
+            "volumes": [
+                {"name": "host", "hostPath": {"path": "/var/../etc", "type": "Dir"}},
+                {"name": "cm", "configMap": {"name": "c", "items": [{"key": "k", "path": "/abs"}]}},
+                {"name": "nfs", "nfs": {"server": "nfs", "path": "exports"}},
+                {"name": "token", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 60}}]}},
+                {"name": "api", "downwardAPI": {"items": [
+                    {"path": "phase", "fieldRef": {"fieldPath": "status.phase"}}]}},
+            ],
+        }),
+    );
+    let got = refused(&pods, &bad).await;
+    assert_has(
+        &got,
+        &[
+            "spec.dnsConfig.nameservers: Invalid value: []string{\"1.1.1.1\", \"8.8.8.8\", \"9.9.9.9\", \"nope\"}: must not have more than 3 nameservers",
+            "spec.dnsConfig.nameservers[3]: Invalid value: \"nope\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            "spec.dnsConfig.options[0]: Required value: must not be empty",
+            "spec.hostAliases[0].ip: Invalid value: \"10.0.0.256\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            "spec.schedulingGates[1]: Duplicate value: \"example.com/wait\"",
+            "spec.nodeName: Forbidden: cannot be set until all schedulingGates have been cleared",
+            "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: Unsupported value: \"metadata.labels\": supported values: \"metadata.name\", \"metadata.namespace\", \"metadata.uid\", \"spec.nodeName\", \"spec.serviceAccountName\", \"status.hostIP\", \"status.hostIPs\", \"status.podIP\", \"status.podIPs\"",
+            "spec.containers[0].env[1].valueFrom.fieldRef.fieldPath: Invalid value: \"spec.bogus\": error converting fieldPath: field label not supported: spec.bogus",
+            "spec.containers[0].env[2].valueFrom.resourceFieldRef.divisor: Invalid value: \"limits.cpu\": only divisor's values 1m and 1 are supported with the cpu resource",
+            "spec.volumes[0].hostPath.path: Invalid value: \"/var/../etc\": must not contain '..'",
+            "spec.volumes[0].hostPath.type: Unsupported value: \"Dir\": supported values: \"\", \"BlockDevice\", \"CharDevice\", \"Directory\", \"DirectoryOrCreate\", \"File\", \"FileOrCreate\", \"Socket\"",
+            "spec.volumes[1].configMap.items[0].path: Invalid value: \"/abs\": must be a relative path",
+            "spec.volumes[2].nfs.path: Invalid value: \"exports\": must be an absolute path",
+            "spec.volumes[3].projected.sources[0].serviceAccountToken.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes",
+            "spec.volumes[4].downwardAPI.fieldRef.fieldPath: Unsupported value: \"status.phase\": supported values: \"metadata.annotations\", \"metadata.labels\", \"metadata.name\", \"metadata.namespace\", \"metadata.uid\"",
+        ],
+    );
+    assert!(
+        got.iter().any(|g| g.starts_with(
+            "spec.readinessGates[0].conditionType: Invalid value: \"bad type\": name part must consist of"
+        )),
+        "{got:#?}"
+    );
+
+    // The same kinds of fields, valid, are accepted (with their defaults filled in).
+    let good = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-and-volumes, labels: {app: web}}
+spec:
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [10.43.0.10]
+    searches: [default.svc.cluster.local, svc.cluster.local., _srv.example.com]
+    options: [{name: ndots, value: "2"}]
+  hostAliases: [{ip: 127.0.0.1, hostnames: [foo.local, bar.local]}]
+  readinessGates: [{conditionType: example.com/feature-1}]
+  schedulingGates: [{name: example.com/quota}]
+  containers:
+  - name: c
+    image: nginx
+    env:
+    - name: APP
+      valueFrom: {fieldRef: {fieldPath: "metadata.labels['app']"}}
+    - name: MEM
+      valueFrom: {resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}
+    volumeMounts:
+    - {name: info, mountPath: /etc/podinfo}
+    - {name: token, mountPath: /var/run/token}
+    - {name: host, mountPath: /host/log, readOnly: true, recursiveReadOnly: Enabled}
+  volumes:
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: cpu, resourceFieldRef: {containerName: c, resource: requests.cpu, divisor: 1m}}
+  - name: token
+    projected:
+      sources:
+      - serviceAccountToken: {audience: vault, path: vault-token}
+      - configMap: {name: ca, items: [{key: ca.crt, path: ca.crt}]}
+  - name: host
+    hostPath: {path: /var/log, type: Directory}
+"#;
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], good).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = pods.get("dns-and-volumes").await.expect("get");
+    let volumes = stored.spec.expect("spec").volumes.expect("volumes");
+    let token = volumes[1]
+        .projected
+        .as_ref()
+        .expect("projected")
+        .sources
+        .as_ref()
+        .expect("sources");
+    assert_eq!(
+        token[0]
+            .service_account_token
+            .as_ref()
+            .and_then(|t| t.expiration_seconds),
+        Some(3600)
+    );
+}
+
+/// The pod defaults upstream applies before its strict checks: a host-network pod's ports
+/// get `hostPort = containerPort`, and `httpGet` handlers get path `/` and scheme `HTTP`;
+/// a host port that differs from the container port is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_ports_and_http_probes_are_defaulted_then_checked() {
+    let t = TestServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(t.client().await, "default");
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: host-net}
+spec:
+  hostNetwork: true
+  containers:
+  - name: c
+    image: nginx
+    ports: [{containerPort: 8080}]
+    livenessProbe:
+      httpGet: {port: 8080}
+    lifecycle:
+      preStop:
+        httpGet: {port: 8080, path: /quit}
+"#;
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], manifest).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = pods
+        .get("host-net")
+        .await
+        .expect("get")
+        .spec
+        .expect("spec")
+        .containers
+        .remove(0);
+    let ports = c.ports.expect("ports");
+    assert_eq!(ports[0].host_port, Some(8080));
+    let probe = c.liveness_probe.expect("probe").http_get.expect("httpGet");
+    assert_eq!(
+        (probe.path.as_deref(), probe.scheme.as_deref()),
+        (Some("/"), Some("HTTP"))
+    );
+    let hook = c
+        .lifecycle
+        .expect("lifecycle")
+        .pre_stop
+        .expect("preStop")
+        .http_get
+        .expect("httpGet");
+    assert_eq!(
+        (hook.path.as_deref(), hook.scheme.as_deref()),
+        (Some("/quit"), Some("HTTP"))
+    );
+
+    let bad = pod(
+        "bad",
+        json!({"hostNetwork": true, "containers": [{
+            "name": "c", "image": "nginx",
+            "ports": [{"containerPort": 8080, "hostPort": 9090}],
+            "readinessProbe": {"httpGet": {"port": 8080, "scheme": "FTP"}},
+        }]}),
+    );
+    let got = refused(&pods, &bad).await;
+    assert_eq!(
+        got,
+        [
+            "spec.containers[0].readinessProbe.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\"",
+            "spec.containers[0].ports[0].hostPort: Invalid value: 9090: must match `containerPort` when `hostNetwork` is true",
+        ]
+    );
+}

@@ -3,8 +3,18 @@
 //! `ValidatePodUpdate`, `ValidateConfigMap(Update)` and `ValidateSecret(Update)`, with
 //! upstream's field paths, reasons and messages. Values in `Invalid value:` messages are
 //! written as Go's `%q`/`%v` shows them. Services are validated by `services/validation.rs`.
+//! The pod spec's security contexts and OS rules are in [`security`], its scheduling and DNS
+//! fields in [`placement`], volume sources and downward API references in [`volumes`].
+//!
+//! Not covered: `volumeDevices`, `resizePolicy`, pod-level `resources`, `imagePullSecrets`
+//! fields beyond the name, the seccomp/AppArmor annotations' agreement with the fields, and
+//! what the pod strategy adds before validating (the selectors `matchLabelKeys` stand for).
 
-use std::collections::BTreeSet;
+mod placement;
+mod security;
+mod volumes;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -16,15 +26,42 @@ use super::{
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 
-/// Upstream's `ValidatePodSpec` of the pod spec `spec` at `path` (`spec`,
-/// `spec.template.spec`): containers, init and ephemeral containers (names, images, ports,
-/// env, envFrom, volume mounts, resources, probes, pull policies), volumes, restart and DNS
-/// policies, node selector, tolerations, host network ports, `activeDeadlineSeconds`, and the
-/// DNS-label and name fields. Defaults (`restartPolicy`, `dnsPolicy`, protocols, pull
-/// policies, termination message policy) are expected to have been applied.
+/// Upstream's `ValidatePodSpec` of a pod template's spec `spec` at `path`
+/// (`spec.template.spec`): see [`pod_spec`].
 pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
+    pod_spec(spec, path, false)
+}
+
+/// Upstream's `ValidatePodSpec` of the pod spec `spec` at `path`, `is_pod` for a Pod's own
+/// (`opts.ResourceIsPod`): containers, init and ephemeral containers (names, images, ports,
+/// env and its downward API references, envFrom, volume mounts, resources, probes and
+/// handlers, pull policies, security contexts), volumes and their sources, restart and DNS
+/// policies, DNS config, node selector, pod security context, affinity, topology spread,
+/// readiness and scheduling gates, resource claims, tolerations, host aliases, host network
+/// ports, `hostUsers`, `os`, `overhead`, `activeDeadlineSeconds`, and the DNS-label and name
+/// fields. Defaults (`restartPolicy`, `dnsPolicy`, `terminationGracePeriodSeconds`,
+/// protocols, pull policies, termination message policy, `httpGet` path and scheme, a host
+/// network pod's host ports) are expected to have been applied.
+fn pod_spec(spec: &Value, path: &str, is_pod: bool) -> Vec<Cause> {
     let mut causes = Vec::new();
-    let volumes = validate_volumes(spec, &format!("{path}.volumes"), &mut causes);
+    if spec
+        .get("terminationGracePeriodSeconds")
+        .is_none_or(Value::is_null)
+    {
+        causes.push(required(
+            format!("{path}.terminationGracePeriodSeconds"),
+            "",
+        ));
+    }
+    let grace = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    let host_users = security::host_users_on(spec);
+    let volumes = validate_volumes(spec, &format!("{path}.volumes"), is_pod, &mut causes);
+    let ctx = Ctx {
+        volumes: &volumes,
+        host_users,
+    };
     let containers = list(spec, "containers");
     let cpath = format!("{path}.containers");
     if containers.is_empty() {
@@ -33,21 +70,15 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
     let mut names = BTreeSet::new();
     for (i, c) in containers.iter().enumerate() {
         let p = format!("{cpath}[{i}]");
-        causes.extend(container_common(c, &volumes, &p));
+        causes.extend(container_common(c, &ctx, &p));
         let name = str_of(c, "name");
         if !names.insert(name.to_string()) {
             causes.push(duplicate(format!("{p}.name"), &q(name)));
         }
+        causes.extend(lifecycle(c, &p, grace));
         for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
             if let Some(pr) = c.get(probe).filter(|v| !v.is_null()) {
                 causes.extend(validate_probe(probe, pr, &format!("{p}.{probe}")));
-            }
-        }
-        if let Some(lc) = c.get("lifecycle").filter(|v| v.is_object()) {
-            for hook in ["postStart", "preStop"] {
-                if let Some(h) = lc.get(hook).filter(|v| !v.is_null()) {
-                    causes.extend(validate_handler(h, &format!("{p}.lifecycle.{hook}")));
-                }
             }
         }
         if c.get("restartPolicy").is_some_and(|v| !v.is_null()) {
@@ -61,7 +92,9 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
     let ipath = format!("{path}.initContainers");
     for (i, c) in list(spec, "initContainers").iter().enumerate() {
         let p = format!("{ipath}[{i}]");
-        causes.extend(container_common(c, &volumes, &p));
+        causes.extend(container_common(c, &ctx, &p));
+        // Init containers run one by one: each one's host ports alone.
+        causes.extend(host_port_conflicts(&[*c], &ipath));
         let restart = c.get("restartPolicy").and_then(Value::as_str);
         if let Some(r) = restart
             && r != "Always"
@@ -88,7 +121,9 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
                 continue;
             };
             if restart == Some("Always") {
-                if probe != "lifecycle" {
+                if probe == "lifecycle" {
+                    causes.extend(lifecycle(c, &p, grace));
+                } else {
                     causes.extend(validate_probe(probe, v, &format!("{p}.{probe}")));
                 }
             } else {
@@ -102,7 +137,7 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
     let epath = format!("{path}.ephemeralContainers");
     for (i, c) in list(spec, "ephemeralContainers").iter().enumerate() {
         let p = format!("{epath}[{i}]");
-        causes.extend(container_common(c, &volumes, &p));
+        causes.extend(container_common(c, &ctx, &p));
         let name = str_of(c, "name");
         if names.contains(name) {
             causes.push(duplicate(format!("{p}.name"), &q(name)));
@@ -110,7 +145,7 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
             names.insert(name.to_string());
         }
     }
-    causes.extend(host_network_ports(spec, path));
+    causes.extend(host_network_ports(spec, path, is_pod));
     causes.extend(one_of(
         spec,
         "restartPolicy",
@@ -127,10 +162,16 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
         spec.get("nodeSelector"),
         &format!("{path}.nodeSelector"),
     ));
+    causes.extend(security::pod_security(spec, path));
+    causes.extend(placement::affinity(spec, path));
+    causes.extend(placement::dns_config(spec, path));
+    causes.extend(placement::names_and_gates(spec, path));
+    causes.extend(placement::topology_spread(spec, path));
     for (field, rule) in [
         ("serviceAccountName", NameRule::Subdomain),
         ("nodeName", NameRule::Subdomain),
         ("priorityClassName", NameRule::Subdomain),
+        ("runtimeClassName", NameRule::Subdomain),
         ("hostname", NameRule::Label),
         ("subdomain", NameRule::Label),
     ] {
@@ -162,6 +203,51 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
             &["PreemptLowerPriority", "Never"],
         ));
     }
+    if let Some(overhead) = spec.get("overhead").filter(|v| v.is_object()) {
+        causes.extend(resources(
+            &serde_json::json!({ "limits": overhead }),
+            &format!("{path}.overhead"),
+        ));
+    }
+    causes.extend(security::pod_os(spec, path));
+    causes
+}
+
+/// What the containers' checks need to know of their pod.
+struct Ctx<'a> {
+    /// The valid volumes by name, with their source's kind.
+    volumes: &'a BTreeMap<String, Option<&'static str>>,
+    /// The pod shares the host's user namespace.
+    host_users: bool,
+}
+
+/// `validateLifecycle`: the `postStart`/`preStop` handlers (a sleep within the grace period).
+fn lifecycle(c: &Value, p: &str, grace: Option<i64>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if let Some(lc) = c.get("lifecycle").filter(|v| v.is_object()) {
+        for hook in ["postStart", "preStop"] {
+            if let Some(h) = lc.get(hook).filter(|v| !v.is_null()) {
+                let hp = format!("{p}.lifecycle.{hook}");
+                causes.extend(validate_handler(h, &hp));
+                if let (Some(secs), Some(grace)) = (
+                    h.get("sleep")
+                        .and_then(|s| s.get("seconds"))
+                        .and_then(Value::as_i64),
+                    grace,
+                ) && (secs < 0 || secs > grace)
+                {
+                    causes.push(invalid(
+                        format!("{hp}.sleep"),
+                        &secs.to_string(),
+                        &format!(
+                            "must be non-negative and less than terminationGracePeriodSeconds \
+                             ({grace})"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     causes
 }
 
@@ -169,18 +255,22 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
 pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     match info.kind {
         "Pod" => {
-            let mut causes = validate_pod_spec(obj.get("spec").unwrap_or(&Value::Null), "spec");
+            let spec = obj.get("spec").unwrap_or(&Value::Null);
+            let mut causes = pod_spec(spec, "spec", true);
             match old {
                 None => {
-                    if !list(
-                        obj.get("spec").unwrap_or(&Value::Null),
-                        "ephemeralContainers",
-                    )
-                    .is_empty()
-                    {
+                    if !list(spec, "ephemeralContainers").is_empty() {
                         causes.push(forbidden(
                             "spec.ephemeralContainers",
                             "cannot be set on create",
+                        ));
+                    }
+                    if !str_of(spec, "nodeName").is_empty()
+                        && !list(spec, "schedulingGates").is_empty()
+                    {
+                        causes.push(forbidden(
+                            "spec.nodeName",
+                            "cannot be set until all schedulingGates have been cleared",
                         ));
                     }
                 }
@@ -408,7 +498,7 @@ pub(super) fn config_key_problems(key: &str) -> Vec<String> {
 }
 
 /// `validateContainerCommon`: what every kind of container must satisfy.
-fn container_common(c: &Value, volumes: &BTreeSet<String>, p: &str) -> Vec<Cause> {
+fn container_common(c: &Value, ctx: &Ctx<'_>, p: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = str_of(c, "name");
     if name.is_empty() {
@@ -485,7 +575,7 @@ fn container_common(c: &Value, volumes: &BTreeSet<String>, p: &str) -> Vec<Cause
         if name.is_empty() {
             causes.push(required(format!("{mp}.name"), ""));
         }
-        if !volumes.contains(name) {
+        if !ctx.volumes.contains_key(name) {
             causes.push(not_found(format!("{mp}.name"), &q(name)));
         }
         let path = str_of(m, "mountPath");
@@ -499,26 +589,30 @@ fn container_common(c: &Value, volumes: &BTreeSet<String>, p: &str) -> Vec<Cause
                 "must be unique",
             ));
         }
-        if !str_of(m, "subPathExpr").is_empty() && !str_of(m, "subPath").is_empty() {
-            causes.push(invalid(
-                format!("{mp}.subPathExpr"),
-                &q(str_of(m, "subPathExpr")),
-                "subPathExpr and subPath are mutually exclusive",
-            ));
-        }
-    }
-    if c.get("imagePullPolicy").is_some_and(|v| !v.is_null()) {
-        causes.extend(one_of(
-            c,
-            "imagePullPolicy",
-            &format!("{p}.imagePullPolicy"),
-            &["Always", "IfNotPresent", "Never"],
+        let privileged = c
+            .get("securityContext")
+            .and_then(|s| s.get("privileged"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        causes.extend(volumes::mount_extras(
+            m,
+            ctx.volumes.get(name).copied().flatten(),
+            privileged,
+            &mp,
+            &format!("{p}.volumeMounts"),
         ));
     }
+    causes.extend(one_of(
+        c,
+        "imagePullPolicy",
+        &format!("{p}.imagePullPolicy"),
+        &["Always", "IfNotPresent", "Never"],
+    ));
     causes.extend(resources(
         c.get("resources").unwrap_or(&Value::Null),
         &format!("{p}.resources"),
     ));
+    causes.extend(security::container_security(c, p, ctx.host_users));
     causes
 }
 
@@ -582,8 +676,8 @@ fn host_port_conflicts(containers: &[&Value], path: &str) -> Vec<Cause> {
             }
             let key = format!(
                 "{}/{}/{hp}",
-                str_of(port, "hostIP"),
-                str_of(port, "protocol")
+                str_of(port, "protocol"),
+                str_of(port, "hostIP")
             );
             if !seen.insert(key.clone()) {
                 causes.push(duplicate(
@@ -596,9 +690,9 @@ fn host_port_conflicts(containers: &[&Value], path: &str) -> Vec<Cause> {
     causes
 }
 
-/// `validatePodHostNetworkDeps`: with `hostNetwork`, a host port is the container port.
-/// (A missing host port is upstream's default, the container port: not refused.)
-fn host_network_ports(spec: &Value, path: &str) -> Vec<Cause> {
+/// `validatePodHostNetworkDeps`: with `hostNetwork`, a host port is the container port (in a
+/// pod template it may be left out: the pod's defaulting fills it in).
+fn host_network_ports(spec: &Value, path: &str, is_pod: bool) -> Vec<Cause> {
     let mut causes = Vec::new();
     if spec.get("hostNetwork").and_then(Value::as_bool) != Some(true) {
         return causes;
@@ -610,7 +704,7 @@ fn host_network_ports(spec: &Value, path: &str) -> Vec<Cause> {
                 .get("containerPort")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
-            if hp != 0 && hp != cp {
+            if (is_pod || hp != 0) && hp != cp {
                 causes.push(invalid(
                     format!("{path}.containers[{ci}].ports[{pi}].hostPort"),
                     &hp.to_string(),
@@ -622,7 +716,7 @@ fn host_network_ports(spec: &Value, path: &str) -> Vec<Cause> {
     causes
 }
 
-/// `validateEnvVarValueFrom` (the key selectors' names and keys; not the field paths).
+/// `validateEnvVarValueFrom`.
 fn env_value_from(env: &Value, from: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     let mut n = 0;
@@ -637,16 +731,16 @@ fn env_value_from(env: &Value, from: &Value, path: &str) -> Vec<Cause> {
         };
         n += 1;
         match src {
-            "fieldRef" => {
-                if str_of(r, "fieldPath").is_empty() {
-                    causes.push(required(format!("{path}.fieldRef.fieldPath"), ""));
-                }
-            }
-            "resourceFieldRef" => {
-                if str_of(r, "resource").is_empty() {
-                    causes.push(required(format!("{path}.resourceFieldRef.resource"), ""));
-                }
-            }
+            "fieldRef" => causes.extend(volumes::object_field_selector(
+                r,
+                volumes::ENV_FIELD_PATHS,
+                &format!("{path}.fieldRef"),
+            )),
+            "resourceFieldRef" => causes.extend(volumes::resource_field_selector(
+                r,
+                &format!("{path}.resourceFieldRef"),
+                false,
+            )),
             _ => {
                 let name = str_of(r, "name");
                 for m in dns_problems(NameRule::Subdomain, name) {
@@ -875,7 +969,35 @@ fn validate_handler(h: &Value, path: &str) -> Vec<Cause> {
             "exec" if list(a, "command").is_empty() => {
                 causes.push(required(format!("{p}.command"), ""));
             }
-            "httpGet" | "tcpSocket" => causes.extend(port_num_or_name(a.get("port"), &p)),
+            "httpGet" => {
+                if str_of(a, "path").is_empty() {
+                    causes.push(required(format!("{p}.path"), ""));
+                }
+                causes.extend(port_num_or_name(a.get("port"), &p));
+                let scheme = str_of(a, "scheme");
+                if !["HTTP", "HTTPS"].contains(&scheme) {
+                    causes.push(not_supported(
+                        format!("{p}.scheme"),
+                        &q(scheme),
+                        &["HTTP", "HTTPS"],
+                    ));
+                }
+                for h in list(a, "httpHeaders") {
+                    let name = str_of(h, "name");
+                    let ok = !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    if !ok {
+                        causes.push(invalid(
+                            format!("{p}.httpHeaders"),
+                            &q(name),
+                            "a valid HTTP header must consist of alphanumeric characters or \
+                             '-' (e.g. 'X-Header-Name', regex used for validation is \
+                             '[-A-Za-z0-9]+')",
+                        ));
+                    }
+                }
+            }
+            "tcpSocket" => causes.extend(port_num_or_name(a.get("port"), &p)),
             "grpc" => {
                 let port = a.get("port").and_then(Value::as_i64).unwrap_or(0);
                 for m in port_num_problems(port) {
@@ -914,86 +1036,19 @@ fn port_num_or_name(port: Option<&Value>, p: &str) -> Vec<Cause> {
 
 // ---- volumes ---------------------------------------------------------------------------------
 
-/// Upstream's volume sources, in the order `validateVolumeSource` checks them.
-const VOLUME_SOURCES: &[&str] = &[
-    "hostPath",
-    "emptyDir",
-    "gitRepo",
-    "gcePersistentDisk",
-    "awsElasticBlockStore",
-    "secret",
-    "nfs",
-    "iscsi",
-    "glusterfs",
-    "flocker",
-    "persistentVolumeClaim",
-    "rbd",
-    "quobyte",
-    "cinder",
-    "cephfs",
-    "downwardAPI",
-    "fc",
-    "azureFile",
-    "vsphereVolume",
-    "photonPersistentDisk",
-    "portworxVolume",
-    "azureDisk",
-    "configMap",
-    "scaleIO",
-    "projected",
-    "storageos",
-    "csi",
-    "ephemeral",
-    "image",
-];
-
-/// `ValidateVolumes`: names (DNS labels, unique), exactly one source, the required field of
-/// the common sources. Returns the names of the valid volumes (what mounts may reference).
-fn validate_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+/// `ValidateVolumes`: names (DNS labels, unique), exactly one source and its fields
+/// ([`volumes::volume_source`]). Returns the valid volumes (what mounts may reference) with
+/// their source's kind.
+fn validate_volumes(
+    spec: &Value,
+    path: &str,
+    is_pod: bool,
+    causes: &mut Vec<Cause>,
+) -> BTreeMap<String, Option<&'static str>> {
+    let mut names = BTreeMap::new();
     for (i, vol) in list(spec, "volumes").iter().enumerate() {
         let p = format!("{path}[{i}]");
-        let mut errs = Vec::new();
-        let mut n = 0;
-        for src in VOLUME_SOURCES {
-            let Some(s) = vol.get(*src).filter(|v| !v.is_null()) else {
-                continue;
-            };
-            if n > 0 {
-                errs.push(forbidden(
-                    format!("{p}.{src}"),
-                    "may not specify more than 1 volume type",
-                ));
-                continue;
-            }
-            n += 1;
-            let needed = match *src {
-                "hostPath" => Some("path"),
-                "secret" => Some("secretName"),
-                "configMap" => Some("name"),
-                "persistentVolumeClaim" => Some("claimName"),
-                "nfs" => Some("server"),
-                _ => None,
-            };
-            if let Some(f) = needed
-                && str_of(s, f).is_empty()
-            {
-                errs.push(required(format!("{p}.{src}.{f}"), ""));
-            }
-            if matches!(*src, "secret" | "configMap")
-                && let Some(mode) = s.get("defaultMode").and_then(Value::as_i64)
-                && !(0..=0o777).contains(&mode)
-            {
-                errs.push(invalid(
-                    format!("{p}.{src}.defaultMode"),
-                    &mode.to_string(),
-                    "must be a number between 0 and 0777 (octal), both inclusive",
-                ));
-            }
-        }
-        if n == 0 {
-            errs.push(required(&p, "must specify a volume type"));
-        }
+        let (kind, mut errs) = volumes::volume_source(vol, &p, is_pod);
         let name = str_of(vol, "name");
         if name.is_empty() {
             errs.push(required(format!("{p}.name"), ""));
@@ -1002,11 +1057,11 @@ fn validate_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) -> BTreeS
                 errs.push(invalid(format!("{p}.name"), &q(name), &m));
             }
         }
-        if names.contains(name) {
+        if names.contains_key(name) {
             errs.push(duplicate(format!("{p}.name"), &q(name)));
         }
         if errs.is_empty() {
-            names.insert(name.to_string());
+            names.insert(name.to_string(), kind);
         } else {
             causes.extend(errs);
         }
@@ -1489,6 +1544,7 @@ mod tests {
             "containers": containers,
             "restartPolicy": "Always",
             "dnsPolicy": "ClusterFirst",
+            "terminationGracePeriodSeconds": 30,
         })
     }
 
@@ -1504,12 +1560,11 @@ mod tests {
         let mut c = container("web", "nginx:1.27");
         c["ports"] = json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
         c["env"] = json!([{"name": "A", "value": "1"},
-            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]);
+            {"name": "POD", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}]);
         c["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
         c["resources"] =
             json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "1", "memory": "1Gi"}});
-        c["livenessProbe"] =
-            json!({"httpGet": {"port": "http", "path": "/"}, "successThreshold": 1});
+        c["livenessProbe"] = json!({"httpGet": {"port": "http", "path": "/", "scheme": "HTTP"}, "successThreshold": 1});
         let mut spec = pod_spec(json!([c]));
         spec["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
         spec["tolerations"] = json!([{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
@@ -1564,7 +1619,7 @@ mod tests {
         let got = fields(&validate_pod_spec(&spec, "spec"));
         let want = [
             "spec.volumes[0]: Required value: must specify a volume type",
-            "spec.volumes[1].emptyDir: Forbidden: may not specify more than 1 volume type",
+            "spec.volumes[1].hostPath: Forbidden: may not specify more than 1 volume type",
             "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
             "spec.tolerations[0].operator: Invalid value: \"Equal\": operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
             "spec.tolerations[1].operator: Unsupported value: \"Maybe\": supported values: \"Equal\", \"Exists\"",
@@ -1602,6 +1657,7 @@ mod tests {
     fn templates_namespaces_and_claims() {
         let rc = json!({"spec": {"template": {"metadata": {"labels": {"app": "bad value!"}}, "spec": {
             "containers": [container("a", "x")], "restartPolicy": "Never", "dnsPolicy": "ClusterFirst",
+            "terminationGracePeriodSeconds": 30,
         }}}});
         let got = fields(&template_spec(
             rc["spec"].get("template"),
