@@ -246,14 +246,6 @@ fn label_selector(e: &mut Errs, sel: &Value, field: &str) -> bool {
     ok
 }
 
-/// `ValidateLabelSelector` (strict values) as causes: for core's pod affinity terms and
-/// topology spread constraints.
-pub(super) fn label_selector_causes(sel: &Value, field: &str) -> Vec<Cause> {
-    let mut e = Errs(Vec::new());
-    label_selector(&mut e, sel, field);
-    e.0
-}
-
 /// Whether a selector selects nothing in particular (`{}`: everything).
 fn selector_is_empty(sel: &Value) -> bool {
     let n = |k: &str| {

@@ -201,7 +201,7 @@ fn pod_affinity_term(term: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     for sel in ["labelSelector", "namespaceSelector"] {
         if let Some(s) = term.get(sel).filter(|v| v.is_object()) {
-            causes.extend(super::super::apps::label_selector_causes(
+            causes.extend(crate::validation::label_selector_causes(
                 s,
                 &format!("{path}.{sel}"),
             ));
@@ -389,7 +389,7 @@ pub(super) fn topology_spread(spec: &Value, path: &str) -> Vec<Cause> {
             }
         }
         if let Some(sel) = selector {
-            causes.extend(super::super::apps::label_selector_causes(
+            causes.extend(crate::validation::label_selector_causes(
                 sel,
                 &format!("{p}.labelSelector"),
             ));
