@@ -93,6 +93,25 @@ pub(crate) fn one_of(v: &Value, field: &str, path: &str, valid: &[&str]) -> Vec<
     }
 }
 
+tokio::task_local! {
+    static LOOPBACK_ENDPOINTS: bool;
+}
+
+/// Serves `f` with Endpoints and EndpointSlices allowed to hold loopback addresses when
+/// `allow` (a server built with `Apiserver::proxy_to_loopback`, for tests and embedding: its
+/// proxies and webhook client dial loopback endpoints; upstream refuses them).
+pub(crate) async fn with_loopback_endpoints<F: std::future::Future>(
+    allow: bool,
+    f: F,
+) -> F::Output {
+    LOOPBACK_ENDPOINTS.scope(allow, f).await
+}
+
+/// Whether the request being served may write loopback endpoint addresses.
+pub(crate) fn loopback_endpoints_allowed() -> bool {
+    LOOPBACK_ENDPOINTS.try_with(|a| *a).unwrap_or(false)
+}
+
 /// Which rule an object's name follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NameRule {

@@ -160,6 +160,23 @@ pub(crate) async fn serve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let loopback = state.proxy_loopback;
+    crate::validation::with_loopback_endpoints(
+        loopback,
+        serve_resource(state, user, upgrade, method, uri, headers, body),
+    )
+    .await
+}
+
+async fn serve_resource(
+    state: AppState,
+    user: crate::auth::UserInfo,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {

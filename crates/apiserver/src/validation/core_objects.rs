@@ -770,8 +770,10 @@ fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::from(octets)))
 }
 
-/// `ValidateNonSpecialIP` (the checks of `ValidateEndpointIP`).
-fn non_special_ip(ip: &str, path: &str) -> Vec<Cause> {
+/// `ValidateNonSpecialIP` (the checks of `ValidateEndpointIP`, also for EndpointSlices). A
+/// server that dials loopback endpoints (`Apiserver::proxy_to_loopback`, tests and
+/// embedding) accepts loopback addresses ([`super::loopback_endpoints_allowed`]).
+pub(super) fn non_special_ip(ip: &str, path: &str) -> Vec<Cause> {
     let Some(addr) = parse_ip_sloppy(ip) else {
         return vec![invalid(path, &q(ip), "must be a valid IP address")];
     };
@@ -808,7 +810,7 @@ fn non_special_ip(ip: &str, path: &str) -> Vec<Cause> {
             &format!("may not be unspecified ({ip})"),
         ));
     }
-    if loopback {
+    if loopback && !super::loopback_endpoints_allowed() {
         causes.push(invalid(
             path,
             &q(ip),
@@ -836,7 +838,7 @@ const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
 
 /// `ValidateEndpoints` (create and update). The apiserver's own `default/kubernetes`
 /// Endpoints may hold a loopback address: rk3s serves on 127.0.0.1 by default, an address
-/// upstream's apiserver would not advertise.
+/// upstream's apiserver would not advertise (and see [`non_special_ip`]).
 fn endpoints(obj: &Value) -> Vec<Cause> {
     let own = meta_str(obj, "namespace") == "default" && meta_str(obj, "name") == "kubernetes";
     let mut causes = Vec::new();

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::core_objects::non_special_ip;
 use super::networking::{parse_ip_sloppy, to4};
 use super::{
     NameRule, dns_problems, duplicate, invalid, items, label_value_problems, not_supported, q,
@@ -90,7 +91,7 @@ fn endpoints(endpoints: &[Value], address_type: &str) -> Vec<Cause> {
             match address_type {
                 "IPv4" | "IPv6" => {
                     causes.extend(ip_of_family(address, address_type, &field));
-                    causes.extend(endpoint_ip(address, &field));
+                    causes.extend(non_special_ip(address, &field));
                 }
                 "FQDN" => causes.extend(fqdn(address, &field)),
                 // Unknown types are reported above and their addresses left alone.
@@ -145,65 +146,6 @@ fn ip_of_family(address: &str, family: &str, field: &str) -> Vec<Cause> {
             &format!("must be a valid {family} address"),
         )]
     }
-}
-
-/// Core's `ValidateEndpointIP`: no unspecified, loopback, link-local or link-local multicast
-/// addresses.
-fn endpoint_ip(address: &str, field: &str) -> Vec<Cause> {
-    let Some(ip) = parse_ip_sloppy(address) else {
-        return vec![invalid(field, &q(address), "must be a valid IP address")];
-    };
-    let (unspecified, loopback, link_local, link_local_multicast) = match to4(&ip) {
-        Some(v4) => {
-            let o = v4.octets();
-            (
-                v4.is_unspecified(),
-                v4.is_loopback(),
-                o[0] == 169 && o[1] == 254,
-                o[0] == 224 && o[1] == 0 && o[2] == 0,
-            )
-        }
-        None => {
-            let all_zero = ip.iter().all(|b| *b == 0);
-            let loopback = ip[..15].iter().all(|b| *b == 0) && ip[15] == 1;
-            (
-                all_zero,
-                loopback,
-                ip[0] == 0xfe && ip[1] & 0xc0 == 0x80,
-                ip[0] == 0xff && ip[1] & 0x0f == 0x02,
-            )
-        }
-    };
-    let mut causes = Vec::new();
-    if unspecified {
-        causes.push(invalid(
-            field,
-            &q(address),
-            &format!("may not be unspecified ({address})"),
-        ));
-    }
-    if loopback {
-        causes.push(invalid(
-            field,
-            &q(address),
-            "may not be in the loopback range (127.0.0.0/8, ::1/128)",
-        ));
-    }
-    if link_local {
-        causes.push(invalid(
-            field,
-            &q(address),
-            "may not be in the link-local range (169.254.0.0/16, fe80::/10)",
-        ));
-    }
-    if link_local_multicast {
-        causes.push(invalid(
-            field,
-            &q(address),
-            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)",
-        ));
-    }
-    causes
 }
 
 /// apimachinery's `IsFullyQualifiedDomainName` (a trailing dot allowed).
