@@ -21,6 +21,8 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
     match info.kind {
         "Ingress" => ingress(obj),
         "IngressClass" => ingress_class(obj, old),
+        "IPAddress" => super::servicecidr::ip_address(obj, old),
+        "ServiceCIDR" => super::servicecidr::service_cidr(obj, old),
         _ => Vec::new(),
     }
 }
