@@ -13,8 +13,19 @@
 //!   main resource, `/status`, `/finalize` and `/approval` (inside the compare-and-swap loop
 //!   of `guaranteed_update_admitted`, on the object it replaces), and on deletes (mutating
 //!   once per request without an object, validating per object with the stored one as
-//!   `oldObject`, as upstream). Writes the server makes itself (bootstrap, controllers in
-//!   this process) have no [`Request`] and are not intercepted.
+//!   `oldObject`, as upstream). Subresources whose object is of their own kind are sent
+//!   with that kind (`kind` and `requestKind`), as upstream: `pods/eviction` (CREATE of a
+//!   `policy/v1` `Eviction`), `pods/binding` (CREATE of a `v1` `Binding`, validating webhooks
+//!   after its checks), `serviceaccounts/token` ([`admit_token_request`]: CREATE of an
+//!   `authentication.k8s.io/v1` `TokenRequest`), every `scale` (UPDATE of an `autoscaling/v1`
+//!   `Scale`, the old one made from the stored object; `rest::scale` admits it again when the
+//!   object changed meanwhile); and CONNECTs ([`Request::connect`], [`admit_connect`]:
+//!   `pods/exec`, `attach`, `portforward`, `pods`/`services`/`nodes` `proxy`, with the `v1`
+//!   options upstream decodes from the query — `PodExecOptions`, ... — as the object, no
+//!   `oldObject` or `options`; options a mutating webhook changes are connected with, but
+//!   for a proxy `path`). `pods/ephemeralcontainers` and `pods/resize` are not served. Writes
+//!   the server makes itself (bootstrap, controllers in this process) have no [`Request`]
+//!   and are not intercepted.
 //! - **Configurations** are read from the watch cache (resourceVersion 0; the store only
 //!   until the cache of their prefix has started), sorted by name; webhooks in configuration
 //!   order. Objects of the admission configuration kinds themselves are never intercepted.
@@ -35,13 +46,23 @@
 //!   Mutating webhooks run one by one and their `JSONPatch`es are applied in turn;
 //!   `reinvocationPolicy: IfNeeded` webhooks run once more when a later webhook changed the
 //!   object. Validating webhooks run in parallel; the first error (in webhook order) wins.
+//! - **Metrics and audit**: every call is recorded in upstream's
+//!   `apiserver_admission_webhook_admission_duration_seconds`, `_request_total` and
+//!   `_rejection_count` ([`crate::metrics`]; codes as upstream's dispatchers give them: 200,
+//!   the denial's code, the failed call's — the webhook's HTTP status, else 400 validating /
+//!   503 mutating, 503 for an answer that does not verify —, 0 for internal errors; a match
+//!   condition that fails to evaluate is not a call). The answers' `auditAnnotations` go on
+//!   the request's audit event as `<webhook>/<key>`, with upstream's
+//!   `mutation.webhook.admission.k8s.io/round_<r>_index_<i>`,
+//!   `patch.webhook.admission.k8s.io/...` (level Request) and `failed-open.{mutation,
+//!   validating}.webhook.admission.k8s.io/...` annotations ([`crate::audit::current`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::http::{Method, header};
+use axum::http::{Method, Uri, header};
 use axum::response::Response;
 use base64::Engine as _;
 use rk3s_datastore::ListOptions;
@@ -66,6 +87,8 @@ pub(crate) enum Operation {
     Create,
     Update,
     Delete,
+    /// `pods/exec`, `attach`, `portforward` and the `proxy` subresources.
+    Connect,
 }
 
 impl Operation {
@@ -74,6 +97,7 @@ impl Operation {
             Operation::Create => "CREATE",
             Operation::Update => "UPDATE",
             Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
         }
     }
 }
@@ -163,21 +187,41 @@ impl Request {
         })
     }
 
+    /// The attributes of a CONNECT (`pods/exec`, `pods/attach`, `pods/portforward`, the
+    /// `proxy` subresources; `None` for `pods/log`, a read). Its method is `CONNECT`, whatever
+    /// the HTTP method, and it has no operation options (upstream's are nil).
+    pub(crate) fn connect(target: &Target, user: &crate::auth::UserInfo) -> Option<Request> {
+        connect_kind(target)?;
+        let info = &target.info;
+        Some(Request {
+            user: user.clone(),
+            method: Method::CONNECT,
+            group: info.group.to_string(),
+            version: info.version.to_string(),
+            plural: info.plural.to_string(),
+            subresource: target.subresource.clone().unwrap_or_default(),
+            namespace: target.namespace.clone().unwrap_or_default(),
+            name: target.name.clone().unwrap_or_default(),
+            dry_run: false,
+            options: Value::Null,
+            warnings: Mutex::new(Vec::new()),
+        })
+    }
+
     /// Whether an admission of `op` on `info` is this request's own (and not, say, the
-    /// delete an eviction makes, or a subresource whose object is not the resource's).
+    /// delete an eviction makes, or the update of the pod a binding makes).
     fn admits(&self, info: &ResourceInfo, op: Operation) -> bool {
+        let sub = self.subresource.as_str();
         let op_ok = match (&self.method, op) {
             (&Method::POST, Operation::Create) => {
-                self.subresource.is_empty() || self.subresource == "eviction"
+                matches!(sub, "" | "eviction" | "binding" | "token")
             }
-            (&Method::PUT | &Method::PATCH, Operation::Create) => self.subresource.is_empty(),
+            (&Method::PUT | &Method::PATCH, Operation::Create) => sub.is_empty(),
             (&Method::PUT | &Method::PATCH, Operation::Update) => {
-                matches!(
-                    self.subresource.as_str(),
-                    "" | "status" | "finalize" | "approval"
-                )
+                matches!(sub, "" | "status" | "finalize" | "approval" | "scale")
             }
-            (&Method::DELETE, Operation::Delete) => self.subresource.is_empty(),
+            (&Method::DELETE, Operation::Delete) => sub.is_empty(),
+            (&Method::CONNECT, Operation::Connect) => true,
             _ => false,
         };
         op_ok
@@ -212,15 +256,249 @@ pub(crate) async fn scope<F: Future<Output = Response>>(
     response
 }
 
-/// The kind of the object a subresource takes when it is not the resource's own (upstream
-/// sends `pods/eviction` creates as `policy/v1` `Eviction`s).
+/// The kind of the object a subresource takes when it is not the resource's own, as the
+/// REST storage of the subresource tells upstream: `pods/eviction` a `policy/v1` `Eviction`,
+/// `pods/binding` a `Binding`, `serviceaccounts/token` an `authentication.k8s.io/v1`
+/// `TokenRequest`, every `scale` an `autoscaling/v1` `Scale`, and CONNECT subresources their
+/// options (`PodExecOptions`, ...).
 fn subresource_kind(info: &ResourceInfo, subresource: &str) -> Option<Value> {
-    match (info.group, info.plural, subresource) {
-        ("", "pods", "eviction") => {
-            Some(json!({"group": "policy", "version": "v1", "kind": "Eviction"}))
-        }
-        _ => None,
+    let (group, kind) = match (info.group, info.plural, subresource) {
+        ("", "pods", "eviction") => ("policy", "Eviction"),
+        ("", "pods", "binding") => ("", "Binding"),
+        ("", "serviceaccounts", "token") => ("authentication.k8s.io", "TokenRequest"),
+        (_, _, "scale") => ("autoscaling", "Scale"),
+        (group, plural, sub) => ("", options_kind(group, plural, sub)?),
+    };
+    Some(json!({"group": group, "version": "v1", "kind": kind}))
+}
+
+/// The `v1` options kind of a CONNECT subresource.
+fn options_kind(group: &str, plural: &str, subresource: &str) -> Option<&'static str> {
+    if !group.is_empty() {
+        return None;
     }
+    Some(match (plural, subresource) {
+        ("pods", "exec") => "PodExecOptions",
+        ("pods", "attach") => "PodAttachOptions",
+        ("pods", "portforward") => "PodPortForwardOptions",
+        ("pods", "proxy") => "PodProxyOptions",
+        ("services", "proxy") => "ServiceProxyOptions",
+        ("nodes", "proxy") => "NodeProxyOptions",
+        _ => return None,
+    })
+}
+
+/// The options kind of a CONNECT `target` (`None`: not a CONNECT).
+fn connect_kind(target: &Target) -> Option<&'static str> {
+    target.name.as_ref()?;
+    options_kind(
+        target.info.group,
+        target.info.plural,
+        target.subresource.as_deref()?,
+    )
+}
+
+/// The options upstream decodes from a CONNECT's query (its parameter codec: a flag is true
+/// unless absent, empty-listed, `0` or `false`) and, for `proxy`, the path after `proxy`.
+fn connect_options(target: &Target, uri: &Uri) -> Option<Value> {
+    let kind = connect_kind(target)?;
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let all = |k: &str| -> Vec<&str> {
+        pairs
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let mut o = json!({"kind": kind, "apiVersion": "v1"});
+    match kind {
+        "PodExecOptions" | "PodAttachOptions" => {
+            for k in ["stdin", "stdout", "stderr", "tty"] {
+                if all(k)
+                    .first()
+                    .is_some_and(|v| *v != "0" && !v.eq_ignore_ascii_case("false"))
+                {
+                    o[k] = json!(true);
+                }
+            }
+            if let Some(c) = all("container").first().filter(|c| !c.is_empty()) {
+                o["container"] = json!(c);
+            }
+            if kind == "PodExecOptions" {
+                // `command` has no `omitempty` upstream.
+                let command = all("command");
+                o["command"] = if command.is_empty() {
+                    Value::Null
+                } else {
+                    json!(command)
+                };
+            }
+        }
+        "PodPortForwardOptions" => {
+            let ports: Vec<i64> = all("ports")
+                .iter()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .map(i64::from)
+                .collect();
+            if !ports.is_empty() {
+                o["ports"] = json!(ports);
+            }
+        }
+        _ => {
+            // The subpath after `<name>/proxy`, with a leading slash and the request's
+            // trailing slash (upstream's `getRequestOptions`).
+            let name = target.name.as_deref().unwrap_or_default();
+            let segs: Vec<&str> = uri.path().split('/').collect();
+            let at = segs
+                .windows(3)
+                .position(|w| w[0] == target.info.plural && w[1] == name && w[2] == "proxy");
+            let mut path = at.map(|i| segs[i + 3..].join("/")).unwrap_or_default();
+            if !path.is_empty() && !path.starts_with('/') {
+                path.insert(0, '/');
+            }
+            if uri.path().ends_with('/') && !path.ends_with('/') {
+                path.push('/');
+            }
+            if !path.is_empty() {
+                o["path"] = json!(path);
+            }
+        }
+    }
+    Some(o)
+}
+
+/// The query a CONNECT goes on with after a mutating webhook changed its options (upstream
+/// connects with the options as patched). The `path` of proxy options is not taken over.
+fn connect_query(options: &Value) -> String {
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for k in ["stdin", "stdout", "stderr", "tty"] {
+        if options.get(k).and_then(Value::as_bool) == Some(true) {
+            out.append_pair(k, "true");
+        }
+    }
+    if let Some(c) = options.get("container").and_then(Value::as_str) {
+        out.append_pair("container", c);
+    }
+    for c in strings(options.get("command")) {
+        out.append_pair("command", &c);
+    }
+    for p in options
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+    {
+        out.append_pair("ports", &p.to_string());
+    }
+    out.finish()
+}
+
+/// Admits a CONNECT to `target` (upstream's connect handler: mutating, then validating
+/// admission of its options; run inside [`scope`] with [`Request::connect`]). Returns the URI
+/// to connect with: `uri`, or its query rebuilt from options a mutating webhook changed.
+pub(crate) async fn admit_connect(
+    state: &AppState,
+    target: &Target,
+    uri: &Uri,
+) -> Result<Uri, ApiError> {
+    let Some(mut options) = connect_options(target, uri) else {
+        return Ok(uri.clone());
+    };
+    let info = target.info.as_ref();
+    let changed = mutate(state, info, Operation::Connect, Some(&mut options), None).await?;
+    validate(state, info, Operation::Connect, Some(&options), None).await?;
+    if !changed {
+        return Ok(uri.clone());
+    }
+    let query = connect_query(&options);
+    let rebuilt = if query.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{query}", uri.path())
+    };
+    rebuilt
+        .parse()
+        .map_err(|e| ApiError::internal(format!("the patched options make no URI: {e}")))
+}
+
+/// `obj` as the typed object upstream decodes from a subresource's body: its `apiVersion`
+/// and `kind` when the body leaves them out, and the request's namespace
+/// (`EnsureObjectNamespaceMatchesRequestNamespace`).
+pub(crate) fn typed_body(obj: &mut Value, api_version: &str, kind: &str, namespace: Option<&str>) {
+    let Some(o) = obj.as_object_mut() else {
+        return;
+    };
+    o.entry("apiVersion").or_insert_with(|| json!(api_version));
+    o.entry("kind").or_insert_with(|| json!(kind));
+    if let Some(ns) = namespace {
+        let meta = o.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut()
+            && m.get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+        {
+            m.insert("namespace".into(), json!(ns));
+        }
+    }
+}
+
+/// Admits a TokenRequest (`serviceaccounts/token`, CREATE of an `authentication.k8s.io/v1`
+/// `TokenRequest`; run inside [`scope`]): mutating webhooks see the request as decoded
+/// (`spec.expirationSeconds` defaulted to 3600), validating ones as upstream's TokenREST
+/// hands it to them (name, audiences defaulted to the server's, `creationTimestamp`).
+/// Returns the body to go on with when a mutating webhook changed it (JSON). A body that
+/// does not decode is left to the token handler to refuse.
+pub(crate) async fn admit_token_request(
+    state: &AppState,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if current(info, Operation::Create).is_none() || exempt(info) {
+        return Ok(None);
+    }
+    let Ok(mut request) = crate::auth::body_json(headers, body, "TokenRequest") else {
+        return Ok(None);
+    };
+    if !request.is_object() {
+        return Ok(None);
+    }
+    typed_body(
+        &mut request,
+        "authentication.k8s.io/v1",
+        "TokenRequest",
+        Some(namespace),
+    );
+    if !request.get("spec").is_some_and(Value::is_object) {
+        request["spec"] = json!({});
+    }
+    if request["spec"].get("expirationSeconds").is_none() {
+        request["spec"]["expirationSeconds"] = json!(3600);
+    }
+    let changed = mutate(state, info, Operation::Create, Some(&mut request), None).await?;
+    let mut seen = request.clone();
+    if object_meta_str(&seen, "name").is_empty() {
+        seen["metadata"]["name"] = json!(name);
+    }
+    if strings(seen["spec"].get("audiences")).is_empty() {
+        seen["spec"]["audiences"] = json!(state.auth.service_accounts.audiences);
+    }
+    seen["metadata"]["creationTimestamp"] = json!(crate::time::now_rfc3339());
+    seen["status"] = json!({});
+    validate(state, info, Operation::Create, Some(&seen), None).await?;
+    if !changed {
+        return Ok(None);
+    }
+    serde_json::to_vec(&request)
+        .map(Some)
+        .map_err(ApiError::internal)
 }
 
 /// The request being served, if `op` on `info` is its own admission.
@@ -252,6 +530,7 @@ pub(crate) async fn mutate(
     if hooks.is_empty() {
         return Ok(false);
     }
+    let audit = crate::audit::current();
     let mut ns_labels = NamespaceLabels::default();
     let mut changed_any = false;
     // Per webhook: whether it was called, and whether the object changed after its call.
@@ -272,14 +551,25 @@ pub(crate) async fn mutate(
             let Some(target) = matches(state, hook, &attrs, &mut ns_labels).await? else {
                 continue;
             };
-            let Some(answer) = call(state, hook, &attrs, &target, true).await? else {
+            let at = Invocation {
+                round,
+                index: i,
+                audit: audit.as_ref(),
+            };
+            let started = Instant::now();
+            let prepared = prepare(state, hook, &attrs, &target).await?;
+            let Some(answer) = finish(state, hook, &req, op, prepared, true, at, started).await?
+            else {
                 continue;
             };
             called[i] = true;
             if round == 1 {
                 changed_after[i] = false;
             }
-            let Some(patch) = answer.patch else { continue };
+            let Some(patch) = answer.patch else {
+                at.mutated(hook, false);
+                continue;
+            };
             let Some(o) = obj.as_deref_mut() else {
                 return Err(ApiError::bad_request(format!(
                     "admission webhook {:?} attempted to modify the object, which is not \
@@ -287,11 +577,13 @@ pub(crate) async fn mutate(
                     hook.name
                 )));
             };
-            let before = served_as(state, info, &target, o.clone()).await?;
+            let before = object_as(state, &req, info, &target, o.clone()).await?;
             let patched = apply_patch(PatchKind::Json, &before, &patch, None)
                 .map_err(|e| ApiError::internal(e.message))?;
+            at.mutated(hook, patched != before);
+            at.patched(hook, &patch);
             if patched != before {
-                *o = served_as(state, &target, info, patched).await?;
+                *o = object_as(state, &req, &target, info, patched).await?;
                 changed_any = true;
                 // A namespace's own labels may have changed.
                 ns_labels = NamespaceLabels::default();
@@ -348,16 +640,20 @@ pub(crate) async fn validate(
         }
     }
     // Each call on its own task; answers are taken in webhook order.
+    let audit = crate::audit::current();
     let mut calls = Vec::new();
-    for (hook, target) in relevant {
+    for (index, (hook, target)) in relevant.into_iter().enumerate() {
+        let started = Instant::now();
         let prepared = prepare(state, hook, &attrs, &target).await;
         let (state, hook) = (state.clone(), hook.clone());
-        let req = req.clone();
+        let (req, audit) = (req.clone(), audit.clone());
         calls.push(tokio::spawn(async move {
-            match prepared? {
-                Some(prepared) => finish(&state, &hook, &req, prepared, false).await,
-                None => Ok(None),
-            }
+            let at = Invocation {
+                round: 0,
+                index,
+                audit: audit.as_ref(),
+            };
+            finish(&state, &hook, &req, op, prepared?, false, at, started).await
         }));
     }
     let mut first = None;
@@ -396,6 +692,10 @@ fn exempt(info: &ResourceInfo) -> bool {
 #[derive(Debug, Clone)]
 struct Hook {
     name: String,
+    /// The name of its configuration.
+    configuration: String,
+    /// Of a `MutatingWebhookConfiguration`.
+    mutating: bool,
     client: Result<ClientConfig, String>,
     rules: Vec<Rule>,
     /// `matchPolicy: Exact`.
@@ -414,12 +714,12 @@ struct Hook {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Rule {
-    operations: Vec<String>,
-    groups: Vec<String>,
-    versions: Vec<String>,
-    resources: Vec<String>,
-    scope: String,
+pub(crate) struct Rule {
+    pub(crate) operations: Vec<String>,
+    pub(crate) groups: Vec<String>,
+    pub(crate) versions: Vec<String>,
+    pub(crate) resources: Vec<String>,
+    pub(crate) scope: String,
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -432,11 +732,13 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 }
 
 impl Hook {
-    fn parse(w: &Value, mutating: bool) -> Hook {
+    fn parse(w: &Value, configuration: &str, mutating: bool) -> Hook {
         let text = |k: &str| w.get(k).and_then(Value::as_str);
         let selector = |k: &str| LabelSelector::parse(&selector_text(w.get(k)));
         Hook {
             name: text("name").unwrap_or_default().to_string(),
+            configuration: configuration.to_string(),
+            mutating,
             client: ClientConfig::parse(w.get("clientConfig").unwrap_or(&Value::Null))
                 .map_err(|e| e.to_string()),
             rules: w
@@ -519,29 +821,29 @@ async fn hooks(state: &AppState, mutating: bool) -> Result<Arc<Vec<Hook>>, ApiEr
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .map(|w| Hook::parse(w, mutating))
+                    .map(|w| Hook::parse(w, object_meta_str(c, "name"), mutating))
             })
             .collect(),
     ))
 }
 
 /// What one admission is about.
-struct Attrs<'a> {
-    req: &'a Request,
+pub(crate) struct Attrs<'a> {
+    pub(crate) req: &'a Request,
     /// The resource as the request names it.
-    info: &'a ResourceInfo,
-    op: Operation,
-    obj: Option<&'a Value>,
-    old: Option<&'a Value>,
+    pub(crate) info: &'a ResourceInfo,
+    pub(crate) op: Operation,
+    pub(crate) obj: Option<&'a Value>,
+    pub(crate) old: Option<&'a Value>,
 }
 
 impl Attrs<'_> {
-    fn is_namespace(&self) -> bool {
+    pub(crate) fn is_namespace(&self) -> bool {
         self.info.group.is_empty() && self.info.plural == "namespaces"
     }
 
     /// Upstream's attribute namespace: a namespace's own name for a namespace.
-    fn namespace(&self) -> String {
+    pub(crate) fn namespace(&self) -> String {
         if self.is_namespace() {
             let named = self.obj.or(self.old).map(|o| object_meta_str(o, "name"));
             return match named {
@@ -555,7 +857,7 @@ impl Attrs<'_> {
     /// The object's name: empty for a create with `generateName` (upstream names the request
     /// before the name is generated, though validating webhooks see the generated one in the
     /// object).
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         if !self.req.name.is_empty() {
             return self.req.name.clone();
         }
@@ -573,7 +875,7 @@ impl Attrs<'_> {
 struct NamespaceLabels(Option<BTreeMap<String, String>>);
 
 /// Whether `rule` covers the request in resource (group, version, plural) at `subresource`.
-fn rule_matches(rule: &Rule, attrs: &Attrs<'_>, target: &ResourceInfo) -> bool {
+pub(crate) fn rule_matches(rule: &Rule, attrs: &Attrs<'_>, target: &ResourceInfo) -> bool {
     let any = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
     if !any(&rule.operations, attrs.op.as_str())
         || !any(&rule.groups, target.group)
@@ -641,7 +943,7 @@ async fn matches(
 
 /// The other served versions of `info`'s resource: the same storage (upstream's equivalent
 /// resources for `matchPolicy: Equivalent`).
-fn equivalents(state: &AppState, info: &ResourceInfo) -> Vec<ResourceInfo> {
+pub(crate) fn equivalents(state: &AppState, info: &ResourceInfo) -> Vec<ResourceInfo> {
     let prefix = info.prefix(None);
     let same = |r: &&ResourceInfo| {
         r.prefix(None) == prefix && !(r.group == info.group && r.version == info.version)
@@ -667,10 +969,25 @@ fn equivalents(state: &AppState, info: &ResourceInfo) -> Vec<ResourceInfo> {
     out
 }
 
+/// [`served_as`], but for the object of a subresource of its own kind (a `Scale`, a
+/// `Binding`, ...), which is the same in every version of the resource.
+async fn object_as(
+    state: &AppState,
+    req: &Request,
+    from: &ResourceInfo,
+    to: &ResourceInfo,
+    obj: Value,
+) -> Result<Value, ApiError> {
+    if subresource_kind(from, &req.subresource).is_some() {
+        return Ok(obj);
+    }
+    served_as(state, from, to, obj).await
+}
+
 /// `obj`, in `from`'s form, converted to `to`'s (the same storage): a custom resource by its
 /// CRD's conversion (its webhook, or the `apiVersion` alone), a built-in through its stored
 /// form.
-async fn served_as(
+pub(crate) async fn served_as(
     state: &AppState,
     from: &ResourceInfo,
     to: &ResourceInfo,
@@ -760,71 +1077,186 @@ struct Answer {
     patch: Option<Value>,
 }
 
-/// A review ready to send.
-struct Prepared {
+/// A failed call (upstream's `ErrCallingWebhook`), for `failurePolicy` to decide about: the
+/// reason, and the status code upstream's metrics record for it (`None`: not a call, no
+/// metrics, as a match condition that fails to evaluate).
+#[derive(Debug)]
+struct Failure {
+    reason: String,
+    code: Option<u16>,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>, code: u16) -> Failure {
+        Failure {
+            reason: reason.into(),
+            code: Some(code),
+        }
+    }
+}
+
+/// What calling one webhook came to.
+#[derive(Debug)]
+enum Outcome {
+    Allowed(Answer),
+    /// `allowed: false` (upstream's `ErrWebhookRejection`): its Status.
+    Denied(ApiError),
+    Failed(Failure),
+    /// Any other error (upstream's apiserver-internal errors, such as the dry-run refusal).
+    Internal(ApiError),
+}
+
+/// A review ready to send, or why none is sent.
+enum Prepared {
+    /// A match condition is false: the webhook is not called.
+    Skip,
+    Ready(Ready),
+    Done(Outcome),
+}
+
+struct Ready {
     client: ClientConfig,
     version: &'static str,
     uid: String,
     review: Value,
 }
 
-/// Builds the review for `hook`, or the error that stops the request (dry run without
-/// side-effect safety) or that `failurePolicy` decides about (`Ok(Some(Err(reason)))`).
-/// `Ok(None)`: a match condition is false, the webhook is not called.
+/// Which call of a webhook this is, for the audit annotations upstream keys by round and
+/// index (`mutation.webhook.admission.k8s.io/round_0_index_2`).
+#[derive(Clone, Copy)]
+struct Invocation<'a> {
+    round: usize,
+    /// Mutating: the webhook's index among all; validating: among those that matched.
+    index: usize,
+    audit: Option<&'a crate::audit::Slot>,
+}
+
+impl Invocation<'_> {
+    fn annotate(&self, key: String, value: String, level: crate::audit::Level) {
+        if let Some(slot) = self.audit {
+            slot.annotate(key, value, level);
+        }
+    }
+
+    /// `mutation.webhook.admission.k8s.io/round_<r>_index_<i>`.
+    fn mutated(&self, hook: &Hook, mutated: bool) {
+        let value = format!(
+            "{{\"configuration\":{},\"webhook\":{},\"mutated\":{mutated}}}",
+            Value::String(hook.configuration.clone()),
+            Value::String(hook.name.clone())
+        );
+        self.annotate(
+            format!(
+                "mutation.webhook.admission.k8s.io/round_{}_index_{}",
+                self.round, self.index
+            ),
+            value,
+            crate::audit::Level::Metadata,
+        );
+    }
+
+    /// `patch.webhook.admission.k8s.io/round_<r>_index_<i>` (at level Request).
+    fn patched(&self, hook: &Hook, patch: &Value) {
+        let value = format!(
+            "{{\"configuration\":{},\"webhook\":{},\"patch\":{patch},\"patchType\":\"JSONPatch\"}}",
+            Value::String(hook.configuration.clone()),
+            Value::String(hook.name.clone())
+        );
+        self.annotate(
+            format!(
+                "patch.webhook.admission.k8s.io/round_{}_index_{}",
+                self.round, self.index
+            ),
+            value,
+            crate::audit::Level::Request,
+        );
+    }
+
+    /// `failed-open.{mutation,validating}.webhook.admission.k8s.io/round_<r>_index_<i>`.
+    fn failed_open(&self, hook: &Hook, mutating: bool) {
+        let kind = if mutating { "mutation" } else { "validating" };
+        self.annotate(
+            format!(
+                "failed-open.{kind}.webhook.admission.k8s.io/round_{}_index_{}",
+                self.round, self.index
+            ),
+            hook.name.clone(),
+            crate::audit::Level::Metadata,
+        );
+    }
+}
+
+/// Builds the review for `hook`, or the error that stops the request (upstream's
+/// `ErrCallingWebhook` for `failurePolicy`, the dry-run refusal). A conversion of the
+/// object that fails is the request's error (no call was made).
 async fn prepare(
     state: &AppState,
     hook: &Hook,
     attrs: &Attrs<'_>,
     target: &ResourceInfo,
-) -> Result<Option<Result<Prepared, String>>, ApiError> {
+) -> Result<Prepared, ApiError> {
     // The first of the webhook's versions that rk3s speaks (upstream goes by its order).
     let Some(version) = hook
         .review_versions
         .iter()
         .find_map(|w| REVIEW_VERSIONS.iter().find(|v| **v == w.as_str()))
     else {
-        return Ok(Some(Err(
+        return Ok(Prepared::Done(Outcome::Failed(Failure::new(
             "could not create admission objects: webhook does not accept known \
-             AdmissionReview versions"
-                .into(),
-        )));
+             AdmissionReview versions",
+            400,
+        ))));
     };
     let uid = crate::rest::new_uid();
     let mut objects = [Value::Null, Value::Null];
     for (slot, o) in objects.iter_mut().zip([attrs.obj, attrs.old]) {
         if let Some(o) = o {
-            *slot = served_as(state, attrs.info, target, o.clone()).await?;
+            *slot = object_as(state, attrs.req, attrs.info, target, o.clone()).await?;
         }
     }
     let [object, old_object] = objects;
     let review = review(version, &uid, attrs, target, object, old_object);
     match match_conditions(&hook.match_conditions, &review["request"]) {
         Ok(true) => {}
-        Ok(false) => return Ok(None),
-        Err(e) => return Ok(Some(Err(e))),
+        Ok(false) => return Ok(Prepared::Skip),
+        Err(reason) => {
+            return Ok(Prepared::Done(Outcome::Failed(Failure {
+                reason,
+                code: None,
+            })));
+        }
     }
     if attrs.req.dry_run {
         match hook.side_effects.as_deref() {
             Some("None" | "NoneOnDryRun") => {}
-            None => return Ok(Some(Err("Webhook SideEffects is nil".into()))),
+            None => {
+                return Ok(Prepared::Done(Outcome::Failed(Failure::new(
+                    "Webhook SideEffects is nil",
+                    400,
+                ))));
+            }
             Some(_) => {
-                return Err(ApiError::bad_request(format!(
-                    "admission webhook {:?} does not support dry run",
-                    hook.name
-                )));
+                return Ok(Prepared::Done(Outcome::Internal(ApiError::bad_request(
+                    format!("admission webhook {:?} does not support dry run", hook.name),
+                ))));
             }
         }
     }
     let client = match &hook.client {
         Ok(c) => c.clone(),
-        Err(e) => return Ok(Some(Err(format!("could not get REST client: {e}")))),
+        Err(e) => {
+            return Ok(Prepared::Done(Outcome::Failed(Failure::new(
+                format!("could not get REST client: {e}"),
+                if hook.mutating { 500 } else { 400 },
+            ))));
+        }
     };
-    Ok(Some(Ok(Prepared {
+    Ok(Prepared::Ready(Ready {
         client,
         version,
         uid,
         review,
-    })))
+    }))
 }
 
 /// Upstream's `matchConditions`: CEL expressions over `object`, `oldObject` and `request`
@@ -863,7 +1295,7 @@ fn match_conditions(conditions: &[(String, String)], request: &Value) -> Result<
 
 /// The `AdmissionReview` upstream's `CreateAdmissionObjects` builds (`object`,
 /// `old_object`: in `target`'s version, `null` when absent).
-fn review(
+pub(crate) fn review(
     version: &str,
     uid: &str,
     attrs: &Attrs<'_>,
@@ -923,73 +1355,126 @@ fn review(
     })
 }
 
-/// Calls `hook` (mutating: one at a time, in the request's task). `None`: nothing to apply
-/// (an `Ignore` webhook that failed).
-async fn call(
-    state: &AppState,
-    hook: &Hook,
-    attrs: &Attrs<'_>,
-    target: &ResourceInfo,
-    mutating: bool,
-) -> Result<Option<Answer>, ApiError> {
-    let Some(prepared) = prepare(state, hook, attrs, target).await? else {
-        return Ok(None);
-    };
-    finish(state, hook, attrs.req, prepared, mutating).await
-}
-
-/// Sends a prepared review and reads the answer, applying `failurePolicy` to failures.
+/// Sends a prepared review and reads the answer; records upstream's metrics of the call
+/// (`apiserver_admission_webhook_*`) and applies `failurePolicy` to failures. `Ok(None)`:
+/// nothing to apply (not called, or an `Ignore` webhook that failed).
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     state: &AppState,
     hook: &Hook,
     req: &Request,
-    prepared: Result<Prepared, String>,
+    op: Operation,
+    prepared: Prepared,
     mutating: bool,
+    at: Invocation<'_>,
+    started: Instant,
 ) -> Result<Option<Answer>, ApiError> {
     let outcome = match prepared {
-        Err(reason) => Err(reason),
-        Ok(p) => send(state, hook, req, p, mutating).await?,
+        Prepared::Skip => return Ok(None),
+        Prepared::Done(outcome) => outcome,
+        Prepared::Ready(ready) => send(state, hook, req, ready, mutating, at).await,
     };
+    let step = if mutating { "admit" } else { "validating" };
+    let (name, operation) = (hook.name.as_str(), op.as_str());
+    let metrics = &state.metrics;
+    let elapsed = started.elapsed();
+    match &outcome {
+        Outcome::Allowed(_) => {
+            metrics.observe_webhook(name, step, operation, false, 200, elapsed);
+        }
+        Outcome::Denied(e) => {
+            metrics.observe_webhook_rejection(name, step, operation, "no_error", e.code);
+            metrics.observe_webhook(name, step, operation, true, e.code, elapsed);
+        }
+        Outcome::Failed(Failure {
+            code: Some(code), ..
+        }) => {
+            if hook.fail {
+                metrics.observe_webhook_rejection(
+                    name,
+                    step,
+                    operation,
+                    "calling_webhook_error",
+                    *code,
+                );
+            }
+            metrics.observe_webhook(name, step, operation, hook.fail, *code, elapsed);
+        }
+        Outcome::Failed(_) => {}
+        Outcome::Internal(_) => {
+            metrics.observe_webhook_rejection(name, step, operation, "apiserver_internal_error", 0);
+            metrics.observe_webhook(name, step, operation, true, 0, elapsed);
+        }
+    }
+    if mutating && !matches!(outcome, Outcome::Allowed(_)) {
+        at.mutated(hook, false);
+    }
     match outcome {
-        Ok(answer) => Ok(Some(answer)),
-        Err(reason) if hook.fail => {
+        Outcome::Allowed(answer) => Ok(Some(answer)),
+        Outcome::Denied(e) | Outcome::Internal(e) => Err(e),
+        Outcome::Failed(Failure { reason, .. }) if hook.fail => {
             tracing::warn!(webhook = %hook.name, %reason, "failed calling webhook, failing closed");
             Err(ApiError::internal(format!(
                 "failed calling webhook {:?}: {reason}",
                 hook.name
             )))
         }
-        Err(reason) => {
+        Outcome::Failed(Failure { reason, .. }) => {
             tracing::warn!(webhook = %hook.name, %reason, "failed calling webhook, failing open");
+            at.failed_open(hook, mutating);
             Ok(None)
         }
     }
 }
 
-/// One call: `Ok(Ok(answer))` allowed, `Err(status)` denied, `Ok(Err(reason))` a failure
-/// for `failurePolicy` (upstream's `ErrCallingWebhook`).
+/// One call, its answer verified (upstream's `callHook`). The status codes of failures are
+/// upstream's: the webhook's own HTTP status, else 400 (validating) or 503 (mutating) for a
+/// call that failed on the way, 503 for an answer that does not verify.
 async fn send(
     state: &AppState,
     hook: &Hook,
     req: &Request,
-    p: Prepared,
+    ready: Ready,
     mutating: bool,
-) -> Result<Result<Answer, String>, ApiError> {
-    let answer = match p.client.call(state, &p.review, hook.timeout).await {
+    at: Invocation<'_>,
+) -> Outcome {
+    let on_the_way = if mutating { 503 } else { 400 };
+    let answer = match ready.client.call(state, &ready.review, hook.timeout).await {
         Ok(a) => a,
         Err(WebhookError::Resolve(why)) => {
             // Resolving the service happens while dialling upstream: Go's `url.Error`.
-            let url = p.client.display_url(hook.timeout);
-            return Ok(Err(format!(
-                "failed to call webhook: Post \"{url}\": {why}"
-            )));
+            let url = ready.client.display_url(hook.timeout);
+            return Outcome::Failed(Failure::new(
+                format!("failed to call webhook: Post \"{url}\": {why}"),
+                on_the_way,
+            ));
         }
-        Err(e) => return Ok(Err(format!("failed to call webhook: {e}"))),
+        Err(e) => {
+            let code = e.status().unwrap_or(on_the_way);
+            return Outcome::Failed(Failure::new(format!("failed to call webhook: {e}"), code));
+        }
     };
-    let response = match verify(p.version, &p.uid, mutating, &answer) {
+    let response = match verify(ready.version, &ready.uid, mutating, &answer) {
         Ok(r) => r,
-        Err(why) => return Ok(Err(format!("received invalid webhook response: {why}"))),
+        Err(why) => {
+            return Outcome::Failed(Failure::new(
+                format!("received invalid webhook response: {why}"),
+                503,
+            ));
+        }
     };
+    // `auditAnnotations`: on the request's audit event as `<webhook name>/<key>`.
+    if let Some(notes) = response.get("auditAnnotations").and_then(Value::as_object) {
+        for (k, v) in notes {
+            if let Some(v) = v.as_str() {
+                at.annotate(
+                    format!("{}/{k}", hook.name),
+                    v.to_string(),
+                    crate::audit::Level::Metadata,
+                );
+            }
+        }
+    }
     let warnings: Vec<String> = strings(response.get("warnings"));
     if !warnings.is_empty() {
         req.warnings
@@ -998,14 +1483,14 @@ async fn send(
             .extend(warnings);
     }
     if response.get("allowed").and_then(Value::as_bool) != Some(true) {
-        return Err(denied(&hook.name, response.get("status")));
+        return Outcome::Denied(denied(&hook.name, response.get("status")));
     }
     let Some(patch) = response
         .get("patch")
         .and_then(Value::as_str)
         .filter(|p| !p.is_empty())
     else {
-        return Ok(Ok(Answer { patch: None }));
+        return Outcome::Allowed(Answer { patch: None });
     };
     let patch_type = response
         .get("patchType")
@@ -1014,24 +1499,31 @@ async fn send(
     let bytes = match base64::engine::general_purpose::STANDARD.decode(patch) {
         Ok(b) => b,
         Err(e) => {
-            return Ok(Err(format!(
-                "received invalid webhook response: response.patch: {e}"
-            )));
+            return Outcome::Failed(Failure::new(
+                format!("received invalid webhook response: response.patch: {e}"),
+                503,
+            ));
         }
     };
-    let patch: Value = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+    let patch: Value = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Internal(ApiError::internal(e)),
+    };
     if !patch.is_array() {
-        return Err(ApiError::internal(
+        return Outcome::Internal(ApiError::internal(
             "json: cannot unmarshal object into Go value of type jsonpatch.Patch",
         ));
     }
     if patch.as_array().is_some_and(Vec::is_empty) {
-        return Ok(Ok(Answer { patch: None }));
+        return Outcome::Allowed(Answer { patch: None });
     }
     if patch_type != "JSONPatch" {
-        return Ok(Err(format!("unsupported patch type {patch_type:?}")));
+        return Outcome::Failed(Failure::new(
+            format!("unsupported patch type {patch_type:?}"),
+            400,
+        ));
     }
-    Ok(Ok(Answer { patch: Some(patch) }))
+    Outcome::Allowed(Answer { patch: Some(patch) })
 }
 
 /// Upstream's `VerifyAdmissionResponse`: the `response` of a well-formed answer.
@@ -1193,6 +1685,131 @@ mod tests {
             assert_eq!(rule_matches(&r, &attrs(&main), pods), on_main, "{r:?}");
             assert_eq!(rule_matches(&r, &attrs(&status), pods), on_status, "{r:?}");
         }
+    }
+
+    fn target(plural: &str, ns: Option<&str>, name: &str, sub: &str) -> Target {
+        let info = REGISTRY.find("", "v1", plural).expect("registered");
+        Target {
+            info: std::borrow::Cow::Borrowed(info),
+            namespace: ns.map(str::to_string),
+            name: Some(name.into()),
+            subresource: Some(sub.into()),
+            watch_path: false,
+        }
+    }
+
+    #[test]
+    fn connects_carry_upstreams_options_and_match_subresource_rules() {
+        let uri = |s: &str| s.parse::<Uri>().expect("uri");
+        let exec = target("pods", Some("ns"), "p", "exec");
+        let o = connect_options(
+            &exec,
+            &uri("/api/v1/namespaces/ns/pods/p/exec?command=ls&command=-l&container=c&stdin=false&stdout=true&stderr=1&tty="),
+        )
+        .expect("options");
+        assert_eq!(
+            o,
+            json!({"kind": "PodExecOptions", "apiVersion": "v1", "command": ["ls", "-l"],
+                "container": "c", "stdout": true, "stderr": true, "tty": true})
+        );
+        assert_eq!(
+            connect_query(&o),
+            "stdout=true&stderr=true&tty=true&container=c&command=ls&command=-l"
+        );
+        let attach = target("pods", Some("ns"), "p", "attach");
+        let o =
+            connect_options(&attach, &uri("/api/v1/namespaces/ns/pods/p/attach")).expect("options");
+        assert_eq!(o, json!({"kind": "PodAttachOptions", "apiVersion": "v1"}));
+        let proxy = target("pods", Some("ns"), "p:80", "proxy");
+        let o = connect_options(&proxy, &uri("/api/v1/namespaces/ns/pods/p:80/proxy/a/b/"))
+            .expect("options");
+        assert_eq!(
+            o,
+            json!({"kind": "PodProxyOptions", "apiVersion": "v1", "path": "/a/b/"})
+        );
+        let node = target("nodes", None, "n", "proxy");
+        let o = connect_options(&node, &uri("/api/v1/nodes/n/proxy")).expect("options");
+        assert_eq!(o, json!({"kind": "NodeProxyOptions", "apiVersion": "v1"}));
+        let log = target("pods", Some("ns"), "p", "log");
+        assert!(connect_options(&log, &uri("/api/v1/namespaces/ns/pods/p/log")).is_none());
+        let user = crate::auth::UserInfo::new("alice", vec![]);
+        assert!(Request::connect(&log, &user).is_none());
+
+        // `pods/*` and `*/*` rules match a CONNECT of `pods/exec`; `pods` does not.
+        let req = Request::connect(&exec, &user).expect("a connect");
+        let pods = REGISTRY.find("", "v1", "pods").expect("ok");
+        assert!(req.admits(pods, Operation::Connect));
+        assert!(!req.admits(pods, Operation::Create));
+        let attrs = Attrs {
+            req: &req,
+            info: pods,
+            op: Operation::Connect,
+            obj: None,
+            old: None,
+        };
+        assert!(rule_matches(
+            &rule(&["CONNECT"], &["pods/*"], "*"),
+            &attrs,
+            pods
+        ));
+        assert!(rule_matches(&rule(&["*"], &["*/*"], "*"), &attrs, pods));
+        assert!(rule_matches(
+            &rule(&["CONNECT"], &["pods/exec"], "*"),
+            &attrs,
+            pods
+        ));
+        assert!(!rule_matches(
+            &rule(&["CONNECT"], &["pods"], "*"),
+            &attrs,
+            pods
+        ));
+        assert!(!rule_matches(
+            &rule(&["CREATE"], &["pods/*"], "*"),
+            &attrs,
+            pods
+        ));
+        assert_eq!(
+            subresource_kind(pods, "exec"),
+            Some(json!({"group": "", "version": "v1", "kind": "PodExecOptions"}))
+        );
+    }
+
+    #[test]
+    fn subresources_of_their_own_kind_are_admitted_as_upstream() {
+        let pods = REGISTRY.find("", "v1", "pods").expect("ok");
+        let binding = request(Method::POST, "binding", "ns");
+        assert!(binding.admits(pods, Operation::Create));
+        assert!(!binding.admits(pods, Operation::Update));
+        assert_eq!(
+            subresource_kind(pods, "binding"),
+            Some(json!({"group": "", "version": "v1", "kind": "Binding"}))
+        );
+        let deployments = REGISTRY.find("apps", "v1", "deployments").expect("ok");
+        let mut scale = request(Method::PATCH, "scale", "ns");
+        scale.group = "apps".into();
+        scale.plural = "deployments".into();
+        assert!(scale.admits(deployments, Operation::Update));
+        assert_eq!(
+            subresource_kind(deployments, "scale"),
+            Some(json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}))
+        );
+        let sas = REGISTRY.find("", "v1", "serviceaccounts").expect("ok");
+        let mut token = request(Method::POST, "token", "ns");
+        token.plural = "serviceaccounts".into();
+        assert!(token.admits(sas, Operation::Create));
+        assert_eq!(
+            subresource_kind(sas, "token"),
+            Some(
+                json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"})
+            )
+        );
+        let mut obj = json!({"target": {"name": "n"}});
+        typed_body(&mut obj, "v1", "Binding", Some("ns"));
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"namespace": "ns"},
+                "target": {"name": "n"}})
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! from (and whom it impersonated) and the authorization decision in the request's
 //! [`Slot`]; this one, once the handler answered, evaluates the policy and writes the
 //! `RequestReceived` and `ResponseComplete` events (watches: `ResponseStarted` when the
-//! response starts, `ResponseComplete` when its stream ends). Requests that fail
+//! response starts, `ResponseComplete` when its stream ends). Handlers add annotations
+//! through [`current`] (admission webhooks: their `auditAnnotations`, the mutation, patch and
+//! failed-open annotations), each kept on events of its level and above. Requests that fail
 //! authentication are logged too (stage `ResponseStarted`, code 401, no user), as upstream's
 //! failed-authentication audit does.
 
@@ -411,6 +413,9 @@ pub(crate) struct Record {
     pub(crate) impersonated: Option<UserInfo>,
     /// The authorization decision, once made.
     pub(crate) allowed: Option<bool>,
+    /// Annotations admission added (key, value, the lowest level whose events carry it); the
+    /// first value of a key stays, as upstream's `AddAnnotation`.
+    pub(crate) annotations: Vec<(String, String, Level)>,
 }
 
 /// Shared between the audit and authentication middlewares of one request.
@@ -421,6 +426,25 @@ impl Slot {
     pub(crate) fn update(&self, f: impl FnOnce(&mut Record)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
     }
+
+    /// Adds an annotation to the request's event (kept when the key has none yet).
+    pub(crate) fn annotate(&self, key: String, value: String, level: Level) {
+        self.update(|r| {
+            if !r.annotations.iter().any(|(k, _, _)| *k == key) {
+                r.annotations.push((key, value, level));
+            }
+        });
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Slot;
+}
+
+/// The audit record of the request being served (`None` when audit is off): what the
+/// handlers (admission webhooks) annotate. Tasks they spawn must take it along.
+pub(crate) fn current() -> Option<Slot> {
+    CURRENT.try_with(Slot::clone).ok()
 }
 
 /// The peer's address, put in each request's extensions by the server.
@@ -569,7 +593,7 @@ pub(crate) async fn middleware(
         req = Request::from_parts(parts, Body::from(request_body.clone()));
     }
 
-    let response = next.run(req).await;
+    let response = CURRENT.scope(slot.clone(), next.run(req)).await;
 
     let record = std::mem::take(&mut *slot.0.lock().unwrap_or_else(|e| e.into_inner()));
     let acting = record.impersonated.as_ref().or(record.user.as_ref());
@@ -640,6 +664,11 @@ pub(crate) async fn middleware(
             "authorization.k8s.io/decision": if allowed { "allow" } else { "forbid" },
             "authorization.k8s.io/reason": "",
         });
+    }
+    for (key, value, at) in &record.annotations {
+        if *at <= level {
+            event["annotations"][key] = json!(value);
+        }
     }
     let ev = Event { audit, event, omit };
     if record.user.is_none() {

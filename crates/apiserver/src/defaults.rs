@@ -7,6 +7,8 @@ use serde_json::{Map, Value, json};
 
 use crate::registry::ResourceInfo;
 
+mod groups;
+
 /// Sets `key` in `obj` when it is absent or null.
 fn default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     match obj.get(key) {
@@ -225,7 +227,7 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 }
             }
         }
-        _ => {}
+        (group, kind) => groups::apply(group, kind, o),
     }
 }
 

@@ -487,6 +487,11 @@ impl Registry {
         ];
         let admissionregistration = vec![
             ResourceInfo::of::<admissionregistration::MutatingWebhookConfiguration>(),
+            ResourceInfo::of::<admissionregistration::ValidatingAdmissionPolicy>()
+                .status()
+                .generation(),
+            ResourceInfo::of::<admissionregistration::ValidatingAdmissionPolicyBinding>()
+                .generation(),
             ResourceInfo::of::<admissionregistration::ValidatingWebhookConfiguration>(),
         ];
         let apiextensions = vec![

@@ -264,6 +264,67 @@ pub(crate) fn label_value_problems(value: &str) -> Vec<String> {
     errs
 }
 
+/// Upstream's `ValidateLabelSelector` (`metav1validation`) of the `LabelSelector` `sel` at
+/// `field`: `matchLabels` keys and values, `matchExpressions` operators, keys and values.
+/// A null selector is valid.
+pub(crate) fn label_selector_causes(sel: &Value, field: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if sel.is_null() {
+        return causes;
+    }
+    if let Some(labels) = obj_of(sel, "matchLabels") {
+        let path = format!("{field}.matchLabels");
+        for (k, v) in labels {
+            let v = v.as_str().unwrap_or_default();
+            for m in qualified_name_problems(k) {
+                causes.push(invalid(path.as_str(), &q(k), &m));
+            }
+            for m in label_value_problems(v) {
+                causes.push(invalid(path.as_str(), &q(v), &m));
+            }
+        }
+    }
+    for (i, r) in items(sel, "matchExpressions").iter().enumerate() {
+        let path = format!("{field}.matchExpressions[{i}]");
+        let values = items(r, "values");
+        let op = str_of(r, "operator");
+        match op {
+            "In" | "NotIn" => {
+                if values.is_empty() {
+                    causes.push(required(
+                        format!("{path}.values"),
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    ));
+                }
+            }
+            "Exists" | "DoesNotExist" => {
+                if !values.is_empty() {
+                    causes.push(forbidden(
+                        format!("{path}.values"),
+                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    ));
+                }
+            }
+            _ => causes.push(invalid(
+                format!("{path}.operator"),
+                &q(op),
+                "not a valid selector operator",
+            )),
+        }
+        let key = str_of(r, "key");
+        for m in qualified_name_problems(key) {
+            causes.push(invalid(format!("{path}.key"), &q(key), &m));
+        }
+        for (j, v) in values.iter().enumerate() {
+            let v = v.as_str().unwrap_or_default();
+            for m in label_value_problems(v) {
+                causes.push(invalid(format!("{path}.values[{j}]"), &q(v), &m));
+            }
+        }
+    }
+    causes
+}
+
 /// Upstream's `IsValidPortNum`.
 pub(crate) fn port_num_problems(port: i64) -> Vec<String> {
     if (1..=65535).contains(&port) {

@@ -17,16 +17,27 @@
 //! - Upstream adds `?timeout=<n>s` to the request so the webhook knows its deadline; so does
 //!   this. Errors are worded as Go's `url.Error`: `Post "<url>?timeout=10s": <cause>`.
 //!
-//! Connections are not pooled: each call dials, handshakes and closes (upstream keeps a
-//! client per configuration with keep-alive).
+//! - **Connections are pooled** (upstream keeps a client per configuration with keep-alive):
+//!   HTTP/1.1 over TLS, kept idle after a call per destination — the CA bundle, the name the
+//!   certificate is checked against and the address dialled — for the next call (at most 25
+//!   per destination, 90 s idle, as Go's transport defaults that upstream's client uses); a
+//!   changed `clientConfig` is another destination, so its calls never reuse a connection
+//!   made for the old one, whose idle connections expire. A request that an idle connection
+//!   could not take (the webhook closed it) goes on a new connection. The TLS configuration
+//!   is built once per CA bundle (the system's CAs: read once), so new connections resume
+//!   TLS sessions. The pool is the process's, shared by the apiservers it runs and by
+//!   admission and CRD conversion webhooks. HTTP/2 is not used (upstream's Go client
+//!   negotiates it).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, header};
 use base64::Engine as _;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rand::Rng as _;
 use rustls::pki_types::pem::PemObject as _;
@@ -56,9 +67,22 @@ pub(crate) enum WebhookError {
     /// The request failed on the way: dial, TLS, HTTP, deadline (`Post "<url>": <cause>`).
     #[error("Post \"{url}\": {cause}")]
     Call { url: String, cause: String },
-    /// The webhook answered with a status other than 2xx, or with a body that is not JSON.
+    /// The webhook answered with a status other than 2xx.
+    #[error("{message}")]
+    Status { code: u16, message: String },
+    /// The webhook answered with a body that is not JSON.
     #[error("{0}")]
     Response(String),
+}
+
+impl WebhookError {
+    /// The webhook's own HTTP status, when it answered with an error.
+    pub(crate) fn status(&self) -> Option<u16> {
+        match self {
+            WebhookError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
 }
 
 /// A webhook's `clientConfig` (`admissionregistration.k8s.io/v1` `WebhookClientConfig` and
@@ -155,7 +179,7 @@ impl ClientConfig {
         tracing::Span::current().record("url", url.as_str());
         let (host, port) = self.resolve(state).await?;
         let server_name = self.server_name()?;
-        let tls = self.tls()?;
+        let tls = self.tls_cached()?;
         let path_and_query = match url::Url::parse(&url) {
             Ok(u) => match u.query() {
                 Some(q) => format!("{}?{q}", u.path()),
@@ -167,7 +191,12 @@ impl ClientConfig {
             url: url.clone(),
             cause: e.to_string(),
         })?;
-        let call = post(tls, server_name, &host, port, &path_and_query, body);
+        let destination = Destination {
+            ca_bundle: self.ca_bundle.clone(),
+            server_name,
+            authority: authority(&host, port),
+        };
+        let call = post(tls, destination, &path_and_query, body);
         let answer = match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
             Err(_) => Err("context deadline exceeded".to_string()),
@@ -177,10 +206,13 @@ impl ClientConfig {
             cause,
         })?;
         if !(200..300).contains(&status) {
-            return Err(WebhookError::Response(format!(
-                "the server responded with status {status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(256)])
-            )));
+            return Err(WebhookError::Status {
+                code: status,
+                message: format!(
+                    "the server responded with status {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(256)])
+                ),
+            });
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             WebhookError::Response(format!("failed to decode the webhook's response: {e}"))
@@ -206,6 +238,21 @@ impl ClientConfig {
         };
         ServerName::try_from(host.clone())
             .map_err(|e| WebhookError::Config(format!("invalid host {host:?}: {e}")))
+    }
+
+    /// [`ClientConfig::tls`], built once per CA bundle (and so with one TLS session cache
+    /// per bundle: new connections resume sessions).
+    fn tls_cached(&self) -> Result<Arc<rustls::ClientConfig>, WebhookError> {
+        if let Some(tls) = lock(&POOL.tls).get(&self.ca_bundle) {
+            return Ok(tls.clone());
+        }
+        let tls = self.tls()?;
+        let mut cache = lock(&POOL.tls);
+        if cache.len() >= MAX_TLS_CONFIGS {
+            cache.clear();
+        }
+        cache.insert(self.ca_bundle.clone(), tls.clone());
+        Ok(tls)
     }
 
     /// TLS trusting the `caBundle`, else the system's CAs.
@@ -342,20 +389,96 @@ async fn get(
         .transpose()
 }
 
-/// One `POST` over a new TLS connection: the status and the body.
-async fn post(
-    tls: Arc<rustls::ClientConfig>,
-    server_name: ServerName<'static>,
-    host: &str,
-    port: u16,
-    path_and_query: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Vec<u8>), String> {
-    let authority = match host.parse::<IpAddr>() {
+/// `host:port`, IPv6 addresses in brackets.
+fn authority(host: &str, port: u16) -> String {
+    match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
         _ => format!("{host}:{port}"),
-    };
-    let tcp = TcpStream::connect(&authority)
+    }
+}
+
+/// How long an idle connection is kept (Go's `http.Transport` `IdleConnTimeout` default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per destination (upstream's `utilnet.SetTransportDefaults`).
+const MAX_IDLE_PER_DESTINATION: usize = 25;
+/// TLS configurations kept; the cache starts over beyond (configurations come and go).
+const MAX_TLS_CONFIGS: usize = 256;
+
+/// What a connection can be reused for: the same trust, the same name checked in the
+/// certificate and the same address. A changed `clientConfig` is another destination.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Destination {
+    ca_bundle: Option<Vec<u8>>,
+    server_name: ServerName<'static>,
+    authority: String,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// The connections and TLS configurations of this process's webhook calls.
+#[derive(Default)]
+struct Pool {
+    tls: Mutex<HashMap<Option<Vec<u8>>, Arc<rustls::ClientConfig>>>,
+    idle: Mutex<HashMap<Destination, Vec<Idle>>>,
+}
+
+static POOL: LazyLock<Pool> = LazyLock::new(Pool::default);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// An idle connection to `to` that is still open (the newest first); drops the idle
+    /// connections that are closed or expired, of every destination.
+    async fn checkout(&self, to: &Destination) -> Option<SendRequest<Body>> {
+        loop {
+            let candidate = {
+                let mut idle = lock(&self.idle);
+                let now = Instant::now();
+                idle.retain(|_, conns| {
+                    conns.retain(|c| {
+                        !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT
+                    });
+                    !conns.is_empty()
+                });
+                idle.get_mut(to).and_then(Vec::pop)
+            }?;
+            let mut sender = candidate.sender;
+            // Ready once the connection has finished the previous exchange.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Keeps a connection whose exchange is complete for the next call to `to`.
+    fn checkin(&self, to: Destination, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let conns = idle.entry(to).or_default();
+        if conns.len() < MAX_IDLE_PER_DESTINATION {
+            conns.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A new TLS connection to `to`, its HTTP/1.1 exchange driven by its own task until the
+/// last sender is dropped or the webhook closes it.
+async fn dial(
+    tls: Arc<rustls::ClientConfig>,
+    to: &Destination,
+) -> Result<SendRequest<Body>, String> {
+    let authority = &to.authority;
+    let tcp = TcpStream::connect(authority)
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionRefused => {
@@ -364,34 +487,66 @@ async fn post(
             _ => format!("dial tcp {authority}: {e}"),
         })?;
     let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
+        .connect(to.server_name.clone(), tcp)
         .await
         .map_err(|e| format!("tls: failed to verify certificate: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "webhook connection ended");
         }
     });
-    let request = Request::builder()
+    Ok(sender)
+}
+
+/// One `POST` to `to`, over an idle connection of the pool if there is one (a request that
+/// an idle connection closed by the webhook could not take is sent again on a new one),
+/// else a new one, kept for the next call once the answer is read: the status and the body.
+async fn post(
+    tls: Arc<rustls::ClientConfig>,
+    to: Destination,
+    path_and_query: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut request = Request::builder()
         .method("POST")
         .uri(path_and_query)
-        .header(header::HOST, &authority)
+        .header(header::HOST, &to.authority)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json, */*")
         .body(Body::from(body))
         .map_err(|e| e.to_string())?;
+    if let Some(mut sender) = POOL.checkout(&to).await {
+        match sender.try_send_request(request).await {
+            Ok(response) => return read(to, sender, response).await,
+            Err(mut e) => match e.take_message() {
+                // Never sent: a new connection takes it.
+                Some(unsent) => request = unsent,
+                None => return Err(e.into_error().to_string()),
+            },
+        }
+    }
+    let mut sender = dial(tls, &to).await?;
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| e.to_string())?;
+    read(to, sender, response).await
+}
+
+/// Reads the answer, then keeps the connection for the next call.
+async fn read(
+    to: Destination,
+    sender: SendRequest<Body>,
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<(u16, Vec<u8>), String> {
     let status = response.status().as_u16();
     let bytes = axum::body::to_bytes(Body::new(response.into_body()), MAX_RESPONSE_BYTES)
         .await
         .map_err(|e| format!("reading the response: {e}"))?;
-    driver.abort();
+    POOL.checkin(to, sender);
     Ok((status, bytes.to_vec()))
 }
 

@@ -552,24 +552,37 @@ async fn dry_runs_reach_only_webhooks_without_side_effects() {
     let t = TestServer::start().await;
     let client = t.client().await;
     let w = TestWebhook::start(&[], |_, review| answer(review, json!({}))).await;
+    // Webhooks with side effects are refused by v1's validation (upstream's
+    // `ValidateValidatingWebhookConfiguration`): only `None`/`NoneOnDryRun` can be created.
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let effects = serde_json::from_value(json!({"metadata": {"name": "effects"}, "webhooks": [
+        hook(
+            "effects.example.com",
+            url_config(&w, "/effects"),
+            configmap_rules(&["CREATE"]),
+            json!({"sideEffects": "Some"}),
+        ),
+    ]}))
+    .expect("configuration");
+    let e = configs
+        .create(&PostParams::default(), &effects)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        common::invalid_causes(e),
+        vec![
+            "webhooks[0].sideEffects: Unsupported value: \"Some\": supported values: \"None\", \"NoneOnDryRun\""
+        ]
+    );
     validating(
         &client,
         "dry",
-        vec![
-            hook(
-                "pure.example.com",
-                url_config(&w, "/pure"),
-                configmap_rules(&["CREATE"]),
-                json!({"sideEffects": "None"}),
-            ),
-            hook(
-                "effects.example.com",
-                url_config(&w, "/effects"),
-                json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                        "resources": ["secrets"]}]),
-                json!({"sideEffects": "Some"}),
-            ),
-        ],
+        vec![hook(
+            "pure.example.com",
+            url_config(&w, "/pure"),
+            configmap_rules(&["CREATE"]),
+            json!({"sideEffects": "None"}),
+        )],
     )
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -589,53 +602,6 @@ async fn dry_runs_reach_only_webhooks_without_side_effects() {
     assert_eq!(seen[0]["request"]["dryRun"], true);
     assert_eq!(seen[0]["request"]["options"]["dryRun"], json!(["All"]));
     assert!(cms.get_opt("dry-cm").await.expect("get").is_none());
-
-    let out = t
-        .kubectl(&[
-            "create",
-            "secret",
-            "generic",
-            "dry-secret",
-            "--from-literal=a=b",
-            "--dry-run=server",
-        ])
-        .await;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("admission webhook \"effects.example.com\" does not support dry run"),
-        "{stderr}"
-    );
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), "default");
-    let (code, reason, message) = api_error(
-        secrets
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..PostParams::default()
-                },
-                &serde_json::from_value(json!({"metadata": {"name": "dry-secret"}}))
-                    .expect("secret"),
-            )
-            .await,
-    );
-    assert_eq!((code, reason.as_str()), (400, "BadRequest"));
-    assert_eq!(
-        message,
-        "admission webhook \"effects.example.com\" does not support dry run"
-    );
-    assert!(seen_for(&w, "dry-secret").is_empty());
-    // Not a dry run: called.
-    t.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
-        "wet-secret",
-        "--from-literal=a=b",
-    ])
-    .await;
-    assert_eq!(seen_for(&w, "wet-secret").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1252,4 +1218,525 @@ async fn evictions_are_sent_as_eviction_creates() {
             .iter()
             .all(|(_, r)| r["request"]["operation"] == "CREATE")
     );
+}
+
+/// A refusing answer to `review` with `message` and `code`.
+fn refusal(review: &Value, code: u16, message: &str) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": {"uid": review["request"]["uid"], "allowed": false,
+            "status": {"code": code, "message": message}}})
+}
+
+/// A `POST` of `body` to `path` through kube-rs: the answer, or the API error.
+async fn post(client: &kube::Client, path: &str, body: Value) -> Result<Value, kube::Error> {
+    let request = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).expect("body"))
+        .expect("request");
+    client.request::<Value>(request).await
+}
+
+fn requests_of(w: &TestWebhook, operation: &str) -> Vec<Value> {
+    w.seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, r)| r["request"].clone())
+        .filter(|r| r["operation"] == operation)
+        .collect()
+}
+
+async fn create_pod(client: &kube::Client, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .expect("pod"),
+    )
+    .await
+    .expect("pod created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_are_sent_as_scale_updates_and_can_be_denied() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |_, review| refusal(review, 403, "scaling is frozen")).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {"replicas": 1,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {"metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))
+            .expect("deployment"),
+        )
+        .await
+        .expect("deployment created");
+    validating(
+        &client,
+        "frozen",
+        vec![hook(
+            "frozen.example.com",
+            url_config(&w, "/scale"),
+            json!([{"operations": ["UPDATE"], "apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "resources": ["deployments/scale"]}]),
+            json!({}),
+        )],
+    )
+    .await;
+    // kubectl scale (a patch of the Scale) until the configuration takes effect.
+    let start = tokio::time::Instant::now();
+    let stderr = loop {
+        let out = t
+            .kubectl(&["scale", "deployment", "d", "-n", "default", "--replicas=3"])
+            .await;
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        // Back to one replica while the webhook is not called yet.
+        t.kubectl_ok(&["scale", "deployment", "d", "-n", "default", "--replicas=1"])
+            .await;
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the webhook never refused a scale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        stderr.contains(
+            "admission webhook \"frozen.example.com\" denied the request: scaling is frozen"
+        ),
+        "{stderr}"
+    );
+    let d = deployments.get("d").await.expect("deployment");
+    assert_eq!(d.spec.expect("spec").replicas, Some(1));
+    let r = requests_of(&w, "UPDATE").pop().expect("sent");
+    assert_eq!(
+        r["kind"],
+        json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+    );
+    assert_eq!(r["requestKind"], r["kind"]);
+    assert_eq!(
+        r["resource"],
+        json!({"group": "apps", "version": "v1", "resource": "deployments"})
+    );
+    assert_eq!(r["subResource"], "scale");
+    assert_eq!(r["name"], "d");
+    assert_eq!(r["object"]["kind"], "Scale");
+    assert_eq!(r["object"]["apiVersion"], "autoscaling/v1");
+    assert_eq!(r["object"]["spec"]["replicas"], 3);
+    assert_eq!(r["oldObject"]["spec"]["replicas"], 1);
+    assert_eq!(r["options"]["kind"], "PatchOptions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_and_token_requests_are_sent_as_creates() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |_, review| {
+        let kind = review["request"]["kind"]["kind"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        refusal(review, 403, &format!("no {kind} today"))
+    })
+    .await;
+    create_pod(&client, "p").await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "sa"}})).expect("sa"),
+    )
+    .await
+    .expect("service account created");
+    validating(
+        &client,
+        "creates",
+        vec![hook(
+            "creates.example.com",
+            url_config(&w, "/creates"),
+            json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                    "resources": ["pods/binding", "serviceaccounts/token"]}]),
+            json!({}),
+        )],
+    )
+    .await;
+    // Token requests (harmless when allowed) until the configuration takes effect.
+    let token_path = "/api/v1/namespaces/default/serviceaccounts/sa/token";
+    let start = tokio::time::Instant::now();
+    let (code, _, message) = loop {
+        let r = post(&client, token_path, json!({"spec": {"audiences": ["a"]}})).await;
+        if r.is_err() {
+            break api_error(r);
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the webhook never refused a token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        "admission webhook \"creates.example.com\" denied the request: no TokenRequest today"
+    );
+    let r = requests_of(&w, "CREATE").pop().expect("sent");
+    assert_eq!(
+        r["kind"],
+        json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"})
+    );
+    assert_eq!(
+        r["resource"],
+        json!({"group": "", "version": "v1", "resource": "serviceaccounts"})
+    );
+    assert_eq!(
+        (r["subResource"].as_str(), r["name"].as_str()),
+        (Some("token"), Some("sa"))
+    );
+    assert_eq!(r["object"]["kind"], "TokenRequest");
+    assert_eq!(r["object"]["spec"]["audiences"], json!(["a"]));
+    assert_eq!(r["object"]["spec"]["expirationSeconds"], 3600);
+
+    // The binding is refused with the webhook's message, and the pod stays unbound.
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+    let (code, _, message) = api_error(
+        post(
+            &client,
+            "/api/v1/namespaces/default/pods/p/binding",
+            binding,
+        )
+        .await,
+    );
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        "admission webhook \"creates.example.com\" denied the request: no Binding today"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod = pods.get("p").await.expect("pod");
+    assert_eq!(pod.spec.expect("spec").node_name, None);
+    let r = requests_of(&w, "CREATE").pop().expect("sent");
+    assert_eq!(
+        r["kind"],
+        json!({"group": "", "version": "v1", "kind": "Binding"})
+    );
+    assert_eq!(
+        (r["subResource"].as_str(), r["name"].as_str()),
+        (Some("binding"), Some("p"))
+    );
+    assert_eq!(r["object"]["target"]["name"], "n1");
+    assert_eq!(r["object"]["metadata"]["namespace"], "default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_connects_are_sent_and_can_be_denied() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |_, review| {
+        refusal(review, 403, "no shells in production")
+    })
+    .await;
+    create_pod(&client, "p").await;
+    validating(
+        &client,
+        "no-exec",
+        vec![hook(
+            "no-exec.example.com",
+            url_config(&w, "/connect"),
+            json!([{"operations": ["CONNECT"], "apiGroups": [""], "apiVersions": ["v1"],
+                    "resources": ["pods/*"]}]),
+            json!({}),
+        )],
+    )
+    .await;
+    // Without a kubelet the exec fails anyway: until the configuration takes effect, with
+    // another message.
+    let denial = "admission webhook \"no-exec.example.com\" denied the request: no shells in \
+                  production";
+    let start = tokio::time::Instant::now();
+    loop {
+        let out = t
+            .kubectl(&["exec", "p", "-n", "default", "--", "ls", "-l"])
+            .await;
+        assert!(!out.status.success());
+        if String::from_utf8_lossy(&out.stderr).contains(denial) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the webhook never refused the exec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = requests_of(&w, "CONNECT").pop().expect("sent");
+    assert_eq!(
+        r["kind"],
+        json!({"group": "", "version": "v1", "kind": "PodExecOptions"})
+    );
+    assert_eq!(
+        r["resource"],
+        json!({"group": "", "version": "v1", "resource": "pods"})
+    );
+    assert_eq!(
+        (r["subResource"].as_str(), r["name"].as_str()),
+        (Some("exec"), Some("p"))
+    );
+    assert_eq!(r["namespace"], "default");
+    assert_eq!(r["object"]["kind"], "PodExecOptions");
+    assert_eq!(r["object"]["command"], json!(["ls", "-l"]));
+    assert_eq!(r["object"]["container"], "c");
+    assert_eq!(r["object"]["stdout"], true);
+    assert_eq!(r["oldObject"], Value::Null);
+    assert_eq!(r["options"], Value::Null);
+
+    // kube-rs sees the webhook's code and message on a port-forward's CONNECT too.
+    let path = "/api/v1/namespaces/default/pods/p/portforward?ports=8080";
+    let (code, _, message) = api_error(post(&client, path, json!({})).await);
+    assert_eq!(code, 403);
+    assert!(message.ends_with("no shells in production"), "{message}");
+    let r = requests_of(&w, "CONNECT").pop().expect("sent");
+    assert_eq!(r["object"]["kind"], "PodPortForwardOptions");
+    assert_eq!(r["object"]["ports"], json!([8080]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_calls_are_counted_in_metrics() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |_, review| {
+        let obj = &review["request"]["object"];
+        if obj["metadata"]["labels"]["deny"] == "yes" {
+            refusal(review, 403, "denied")
+        } else {
+            answer(review, json!({}))
+        }
+    })
+    .await;
+    validating(
+        &client,
+        "counted",
+        vec![hook(
+            "counted.example.com",
+            url_config(&w, "/count"),
+            configmap_rules(&["CREATE"]),
+            json!({}),
+        )],
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    wait_for(&cms, |_| !w.seen.lock().expect("lock").is_empty())
+        .await
+        .expect("allowed");
+    let r = cms
+        .create(
+            &PostParams::default(),
+            &configmap("refused", json!({"deny": "yes"})),
+        )
+        .await;
+    assert_eq!(api_error(r).0, 403);
+    let text = t.kubectl_ok(&["get", "--raw", "/metrics"]).await;
+    let has = |prefix: &str| text.lines().any(|l| l.starts_with(prefix));
+    let labels = "name=\"counted.example.com\",operation=\"CREATE\"";
+    for line in [
+        "# TYPE apiserver_admission_webhook_admission_duration_seconds histogram".to_string(),
+        format!(
+            "apiserver_admission_webhook_request_total{{code=\"200\",{labels},rejected=\"false\",type=\"validating\"}} "
+        ),
+        format!(
+            "apiserver_admission_webhook_request_total{{code=\"403\",{labels},rejected=\"true\",type=\"validating\"}} 1"
+        ),
+        format!(
+            "apiserver_admission_webhook_rejection_count{{error_type=\"no_error\",{labels},rejection_code=\"403\",type=\"validating\"}} 1"
+        ),
+        format!(
+            "apiserver_admission_webhook_admission_duration_seconds_count{{{labels},rejected=\"true\",type=\"validating\"}} 1"
+        ),
+        format!(
+            "apiserver_admission_webhook_admission_duration_seconds_bucket{{{labels},rejected=\"true\",type=\"validating\",le=\"+Inf\"}} 1"
+        ),
+    ] {
+        assert!(has(&line), "{line} not in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_a_webhook_are_reused() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |_, review| answer(review, json!({}))).await;
+    validating(
+        &client,
+        "pooled",
+        vec![hook(
+            "pooled.example.com",
+            url_config(&w, "/pooled"),
+            configmap_rules(&["CREATE"]),
+            json!({}),
+        )],
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    wait_for(&cms, |_| !w.seen.lock().expect("lock").is_empty())
+        .await
+        .expect("allowed");
+    let connections = || w.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let (calls, dialled) = (w.seen.lock().expect("lock").len(), connections());
+    for n in 0..10 {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("pooled-{n}"), json!({})),
+        )
+        .await
+        .expect("created");
+    }
+    assert_eq!(w.seen.lock().expect("lock").len(), calls + 10);
+    // Ten calls in a row on the connection of the first (at most one new one).
+    assert!(
+        connections() <= dialled + 1,
+        "{} connections for 10 calls",
+        connections() - dialled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_annotations_of_answers_reach_the_audit_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  resources: [{group: \"\", resources: [configmaps]}]\n",
+    )
+    .expect("policy written");
+    let log = dir.path().join("audit.log");
+    let audit = rk3s_apiserver::audit::Audit::from_config(&rk3s_apiserver::audit::AuditConfig {
+        policy_file: Some(policy),
+        log_path: Some(log.clone()),
+        ..rk3s_apiserver::audit::AuditConfig::default()
+    })
+    .expect("audit configuration")
+    .expect("audit on");
+    let t = TestServer::start_configured(|a| a.audit(Some(audit))).await;
+    let client = t.client().await;
+    let w = TestWebhook::start(&[], |path, review| {
+        let note = if path.starts_with("/m") {
+            "mutated"
+        } else {
+            "checked"
+        };
+        answer(review, json!({"auditAnnotations": {"verdict": note}}))
+    })
+    .await;
+    mutating(
+        &client,
+        "annotating-m",
+        vec![hook(
+            "m.example.com",
+            url_config(&w, "/m"),
+            configmap_rules(&["CREATE"]),
+            json!({}),
+        )],
+    )
+    .await;
+    validating(
+        &client,
+        "annotating-v",
+        vec![hook(
+            "v.example.com",
+            url_config(&w, "/v"),
+            configmap_rules(&["CREATE"]),
+            json!({}),
+        )],
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    wait_for(&cms, |_| {
+        let seen = w.seen.lock().expect("lock");
+        seen.iter().any(|(p, _)| p.starts_with("/m"))
+            && seen.iter().any(|(p, _)| p.starts_with("/v"))
+    })
+    .await
+    .expect("allowed");
+    cms.create(&PostParams::default(), &configmap("noted", json!({})))
+        .await
+        .expect("created");
+    let events = std::fs::read_to_string(&log).expect("audit log");
+    let event: Value = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .find(|e| e["objectRef"]["name"] == "noted" && e["verb"] == "create")
+        .expect("the create's event");
+    let notes = &event["annotations"];
+    assert_eq!(notes["m.example.com/verdict"], "mutated", "{event}");
+    assert_eq!(notes["v.example.com/verdict"], "checked", "{event}");
+    assert_eq!(
+        notes["mutation.webhook.admission.k8s.io/round_0_index_0"],
+        "{\"configuration\":\"annotating-m\",\"webhook\":\"m.example.com\",\"mutated\":false}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_webhooks_patch_the_scale() {
+    use base64::Engine as _;
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    // At most two replicas: a JSON patch of the Scale.
+    let w = TestWebhook::start(&[], |_, review| {
+        let patch = json!([{"op": "replace", "path": "/spec/replicas", "value": 2}]);
+        answer(
+            review,
+            json!({"patchType": "JSONPatch", "patch":
+                base64::engine::general_purpose::STANDARD.encode(patch.to_string())}),
+        )
+    })
+    .await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {"replicas": 1,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {"metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))
+            .expect("deployment"),
+        )
+        .await
+        .expect("deployment created");
+    mutating(
+        &client,
+        "capped",
+        vec![hook(
+            "capped.example.com",
+            url_config(&w, "/cap"),
+            json!([{"operations": ["UPDATE"], "apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "resources": ["deployments/*"]}]),
+            json!({}),
+        )],
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    loop {
+        t.kubectl_ok(&["scale", "deployment", "d", "-n", "default", "--replicas=5"])
+            .await;
+        let d = deployments.get("d").await.expect("deployment");
+        if d.spec.expect("spec").replicas == Some(2) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the webhook never capped a scale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = requests_of(&w, "UPDATE").pop().expect("sent");
+    assert_eq!(r["kind"]["kind"], "Scale");
+    assert_eq!(r["object"]["spec"]["replicas"], 5);
 }

@@ -1333,7 +1333,7 @@ async fn crd_specs_are_validated_as_upstream() {
         got[0].contains("compilation failed: ERROR: <input>:1:"),
         "{got:?}"
     );
-    assert!(got[1].ends_with("compilation failed: ERROR: <input>:1:1: undeclared reference to 'nosuch' (in container '')"), "{got:?}");
+    assert!(got[1].ends_with("compilation failed: ERROR: <input>:1:1: undeclared reference to 'nosuch' (in container '')\n | nosuch > 1\n | ^"), "{got:?}");
 
     let mut c = base.clone();
     c["spec"]["versions"] = json!([

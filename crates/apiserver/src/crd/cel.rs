@@ -2,37 +2,51 @@
 //!
 //! - [`check_schema`] is what the CRD's own validation runs (create and update of a CRD):
 //!   every rule must be well-formed (`rule` present, `message` one line, `reason` one of
-//!   upstream's four) and compile. A rule compiles when it parses and references only `self`,
-//!   `oldSelf`, its own comprehension variables and functions of Kubernetes' CEL environment;
-//!   anything else is upstream's `compilation failed: ERROR: <input>:L:C: undeclared reference
-//!   to 'x' (in container '')`. There is no type checker: a rule that parses but is ill-typed
-//!   (`self.name > 1`) is accepted here and fails when evaluated.
+//!   upstream's four) and compile. A rule compiles when it parses, references only `self`,
+//!   `oldSelf`, its own comprehension variables and functions of Kubernetes' CEL environment
+//!   (else upstream's `compilation failed: ERROR: <input>:L:C: undeclared reference to 'x'
+//!   (in container '')` with cel-go's source line and caret), and selects from `self` only
+//!   properties its schema declares (`undefined field 'x'`, see [`typed::undefined_field`]).
+//!   There is no type checker: a rule that parses but is ill-typed (`self.name > 1`) is
+//!   accepted here and fails when evaluated; parse errors are cel-rust's words.
 //! - [`validate`] evaluates the rules against a custom resource on create (`old` = `None`) and
 //!   on update/patch/apply (`old` = the stored object): `self` is the value at the rule's
-//!   schema node, `oldSelf` the correlated old value (by property name, map key, or
+//!   schema node, typed by the schema ([`typed`]: `date-time`/`date` strings are timestamps,
+//!   `duration` strings durations, `byte` strings bytes, numbers doubles, property names
+//!   escaped), `oldSelf` the correlated old value (by property name, map key, or
 //!   `x-kubernetes-list-map-keys` for `map` lists). Transition rules (rules that mention
-//!   `oldSelf`) run only when an old value exists (also with `optionalOldSelf`, whose
-//!   `optional.none()` form is not supported). Failures are upstream's field errors:
-//!   `spec: Invalid value: "object": <message>` (or `failed rule: <rule>`), `reason` and
-//!   `fieldPath` honoured, `messageExpression` evaluated (falling back to the message).
+//!   `oldSelf`) run only when an old value exists, except with `optionalOldSelf: true`, where
+//!   they also run on create and `oldSelf` is `optional.of(old)` or `optional.none()`.
+//!   Failures are upstream's field errors: `spec: Invalid value: "object": <message>` (or
+//!   `failed rule: <rule>`), `reason` and `fieldPath` honoured, `messageExpression` evaluated
+//!   (falling back to the message); an evaluation error is `<error> evaluating rule: <rule>`
+//!   with cel-go's words ([`error_text`]).
 //!
 //! Library coverage: the CEL standard library, macros, `matches`, timestamps and durations,
-//! and the `cel` crate's string (`lowerAscii`, `split`, `join`, ...), list and math
-//! extensions. Kubernetes' own libraries (`quantity`, `url`, `ip`, `cidr`, `semver`, `format`,
-//! `isSorted`, `sets.*`, `optional.*`, ...) are accepted at compile time but not implemented:
-//! a rule that calls one fails its evaluation with an `Invalid` error saying so — never a
-//! silent pass. Values are plain JSON (no `date-time` strings as timestamps, no
-//! int-or-string typing); no cost estimation or runtime cost limit.
+//! optional values (`?.`, `[?]`, `optional.*`, `hasValue`, `value`, `orValue`, `or`), the
+//! `cel` crate's string (`lowerAscii`, `split`, `join`, `format`, ...), list and math
+//! extensions, and Kubernetes' libraries: [`library`] (`quantity`, `ip`, `cidr`, `isSorted`,
+//! `sum`, `min`, `max`, `indexOf`/`lastIndexOf` on lists, `sets.*`, regex `find`/`findAll`,
+//! `semver`) and [`url`]. A function this environment declares but does not implement fails
+//! its evaluation with an `Invalid` error saying so — never a silent pass. Not reproduced: the
+//! equality of `set`/`map` lists ignoring order, `x-kubernetes-int-or-string` and
+//! preserved-unknown values as their own CEL types (they are plain values), cost estimation
+//! and the runtime cost limit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::types::CelOptional;
 use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Env, Program, Value as Cel};
 use serde_json::Value;
 
 use crate::status::Cause;
+
+mod library;
+mod typed;
+mod url;
 
 /// The environment rules are compiled and run in.
 pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
@@ -42,6 +56,8 @@ pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
         cel::extensions::lists,
         cel::extensions::math,
         cel::extensions::encoders,
+        library::register,
+        url::register,
     ] {
         if let Err(e) = env.add_extension(ext) {
             tracing::warn!(error = %e, "CEL extension not loaded");
@@ -214,7 +230,7 @@ fn compile(source: &str) -> Arc<Compiled> {
     }
     let program = ENV
         .compile(source)
-        .map_err(|e| e.to_string())
+        .map_err(|e| parse_errors(source, &e))
         .and_then(|p| match undeclared(p.expression(), source) {
             Some(e) => Err(e),
             None => Ok(p),
@@ -231,6 +247,39 @@ fn compile(source: &str) -> Arc<Compiled> {
     }
     cache.insert(source.to_string(), c.clone());
     c
+}
+
+/// cel-rust's parse errors in cel-go's frame: `ERROR: <input>:L:C: <message>`, the source
+/// line and a caret, one error a line group (the messages are cel-rust's words).
+fn parse_errors(source: &str, errors: &cel::ParseErrors) -> String {
+    errors
+        .errors
+        .iter()
+        .map(|e| {
+            let (line, col) = e.pos;
+            let start = usize::try_from(line - 1)
+                .ok()
+                .and_then(|l| {
+                    if l == 0 {
+                        return Some(0);
+                    }
+                    source.match_indices('\n').nth(l - 1).map(|(i, _)| i + 1)
+                })
+                .filter(|_| col >= 1);
+            match start {
+                Some(start) => {
+                    let col = usize::try_from(col - 1).unwrap_or(0);
+                    let offset = source[start..]
+                        .char_indices()
+                        .nth(col)
+                        .map_or(source.len(), |(i, _)| start + i);
+                    typed::at(source, offset, &e.msg)
+                }
+                None => e.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The first undeclared reference of `expr` as cel-go reports it, if any.
@@ -251,9 +300,15 @@ fn undeclared(expr: &IdedExpr, source: &str) -> Option<String> {
                 *found = Some((false, name.clone()));
             }
             Expr::Call(call) => {
+                // `sets.contains(..)`, `ip.isCanonical(..)`: a namespaced function.
+                let namespaced = call.target.as_ref().is_some_and(|t| {
+                    matches!(&t.expr, Expr::Ident(n)
+                        if KNOWN_FUNCTIONS.contains(&format!("{n}.{}", call.func_name).as_str()))
+                });
                 let known = call.func_name.starts_with('_')
                     || call.func_name.starts_with('@')
                     || call.func_name.starts_with('!')
+                    || namespaced
                     || KNOWN_FUNCTIONS.contains(&call.func_name.as_str());
                 if !known {
                     *found = Some((true, call.func_name.clone()));
@@ -304,20 +359,12 @@ fn undeclared(expr: &IdedExpr, source: &str) -> Option<String> {
     let mut found = None;
     walk(expr, &mut Vec::new(), &mut found);
     let (_, name) = found?;
-    // Where the name first appears (1-based line and column, as cel-go prints them).
-    let (mut line, mut col) = (1, 1);
-    if let Some(at) = find_word(source, &name) {
-        for c in source[..at].chars() {
-            if c == '\n' {
-                line += 1;
-                col = 1;
-            } else {
-                col += 1;
-            }
-        }
-    }
-    Some(format!(
-        "ERROR: <input>:{line}:{col}: undeclared reference to '{name}' (in container '')"
+    // Where the name first appears, as cel-go shows it.
+    let offset = find_word(source, &name).unwrap_or(0);
+    Some(typed::at(
+        source,
+        offset,
+        &format!("undeclared reference to '{name}' (in container '')"),
     ))
 }
 
@@ -364,6 +411,10 @@ fn rules(schema: &Value) -> &[Value] {
 /// The CRD-side checks of every `x-kubernetes-validations` in `schema` (a CRD version's
 /// `openAPIV3Schema`, at field path `path`).
 pub(crate) fn check_schema(schema: &Value, path: &str, out: &mut Vec<Cause>) {
+    check_node(schema, path, true, out);
+}
+
+fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
     for (i, rule) in rules(schema).iter().enumerate() {
         let at = format!("{path}.x-kubernetes-validations[{i}]");
         let text = rule.get("rule").and_then(Value::as_str).unwrap_or("");
@@ -429,7 +480,12 @@ pub(crate) fn check_schema(schema: &Value, path: &str, out: &mut Vec<Cause>) {
                 field: format!("{at}.fieldPath"),
             });
         }
-        if let Err(e) = &compile(text).program {
+        let compiled = compile(text);
+        let error = match &compiled.program {
+            Ok(p) => typed::undefined_field(p, schema, root, text),
+            Err(e) => Some(e.clone()),
+        };
+        if let Some(e) = error {
             out.push(Cause {
                 reason: "FieldValueInvalid",
                 message: format!(
@@ -455,14 +511,14 @@ pub(crate) fn check_schema(schema: &Value, path: &str, out: &mut Vec<Cause>) {
     }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (k, s) in props {
-            check_schema(s, &join_key(&format!("{path}.properties"), k), out);
+            check_node(s, &join_key(&format!("{path}.properties"), k), false, out);
         }
     }
     if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
-        check_schema(items, &format!("{path}.items"), out);
+        check_node(items, &format!("{path}.items"), false, out);
     }
     if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-        check_schema(extra, &format!("{path}.additionalProperties"), out);
+        check_node(extra, &format!("{path}.additionalProperties"), false, out);
     }
 }
 
@@ -490,26 +546,55 @@ pub(crate) fn to_cel(v: &Value) -> Cel {
     }
 }
 
-/// Evaluates `program` with `self` (and `oldSelf`).
-fn run(program: &Program, new: &Value, old: Option<&Value>) -> Result<Cel, String> {
-    let mut ctx = Context::with_env(ENV.clone());
-    ctx.add_variable_from_value("self", to_cel(new));
-    if let Some(old) = old {
-        ctx.add_variable_from_value("oldSelf", to_cel(old));
+/// What `oldSelf` is in an evaluation.
+#[derive(Clone, Copy)]
+enum OldSelf<'a> {
+    /// The rule does not mention it.
+    Absent,
+    /// The correlated old value (a transition rule on update).
+    Plain(&'a Value),
+    /// `optionalOldSelf: true`: `optional.of(old)` or `optional.none()`.
+    Optional(Option<&'a Value>),
+}
+
+/// An evaluation error as cel-go words it (what upstream puts before ` evaluating rule: `).
+pub(crate) fn error_text(e: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    match e {
+        E::FunctionError { message, .. } => message.clone(),
+        E::NoSuchOverload(_) | E::ValuesNotComparable(..) => "no such overload".into(),
+        E::NoSuchKey(key) => format!("no such key: {key}"),
+        E::UndeclaredReference(name) => format!(
+            "undeclared reference to '{name}': rk3s does not implement this function of the \
+             Kubernetes CEL library"
+        ),
+        E::DivisionByZero(_) => "division by zero".into(),
+        E::RemainderByZero(_) => "modulus by zero".into(),
+        other => other.to_string(),
     }
-    program.execute(&ctx).map_err(|e| {
-        let text = e.to_string();
-        match text.strip_prefix("Undeclared reference to '") {
-            Some(rest) => {
-                let name = rest.trim_end_matches('\'');
-                format!(
-                    "undeclared reference to '{name}': rk3s does not implement this function \
-                     of the Kubernetes CEL library"
-                )
-            }
-            None => text,
+}
+
+/// Evaluates `program` with `self` (and `oldSelf`), typed by `schema`.
+fn run(program: &Program, schema: &Value, new: &Value, old: OldSelf<'_>) -> Result<Cel, String> {
+    let mut ctx = Context::with_env(ENV.clone());
+    ctx.add_variable_from_value("self", typed::to_typed(new, schema));
+    match old {
+        OldSelf::Absent => {}
+        OldSelf::Plain(old) => ctx.add_variable_from_value("oldSelf", typed::to_typed(old, schema)),
+        OldSelf::Optional(old) => {
+            let value = match old {
+                Some(old) => {
+                    let inner: Box<dyn cel::common::value::Val> = typed::to_typed(old, schema)
+                        .try_into()
+                        .map_err(|e| error_text(&e))?;
+                    CelOptional::of(inner)
+                }
+                None => CelOptional::none(),
+            };
+            ctx.add_variable_as_val("oldSelf", Box::new(value));
         }
-    })
+    }
+    program.execute(&ctx).map_err(|e| error_text(&e))
 }
 
 /// Evaluates the CEL rules of `schema` against `new` (and, on update, `old`).
@@ -611,14 +696,19 @@ fn evaluate(
             return;
         }
     };
-    if compiled.uses_old_self && old.is_none() {
-        return;
-    }
+    let optional_old = rule.get("optionalOldSelf").and_then(Value::as_bool) == Some(true);
     // Ratcheting: a rule without `oldSelf` is not evaluated again on an unchanged value.
     if !compiled.uses_old_self && old == Some(v) {
         return;
     }
-    let result = run(program, v, if compiled.uses_old_self { old } else { None });
+    let old_self = match (compiled.uses_old_self, optional_old, old) {
+        (false, _, _) => OldSelf::Absent,
+        (true, true, old) => OldSelf::Optional(old),
+        (true, false, Some(old)) => OldSelf::Plain(old),
+        // A transition rule runs only on updates with a correlated old value.
+        (true, false, None) => return,
+    };
+    let result = run(program, schema, v, old_self);
     match result {
         Ok(Cel::Bool(true)) => {}
         Ok(Cel::Bool(false)) => {
@@ -641,7 +731,7 @@ fn evaluate(
             if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
                 && !expr.is_empty()
                 && let Ok(p) = &compile(expr).program
-                && let Ok(Cel::String(s)) = run(p, v, old)
+                && let Ok(Cel::String(s)) = run(p, schema, v, old_self)
                 && !s.trim().is_empty()
                 && !s.contains(['\n', '\r'])
             {
@@ -683,7 +773,7 @@ fn evaluate(
             field: here.to_string(),
         }),
         Err(e) => {
-            let detail = if e.starts_with("No such overload") || e.contains("no such overload") {
+            let detail = if e.starts_with("no such overload") {
                 format!(
                     "'{e}': call arguments did not match a supported operator, function or macro signature for rule: {error_string}"
                 )
@@ -794,14 +884,268 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_library_functions_fail_loudly() {
-        let obj = json!({"spec": {"replicas": 1, "maxReplicas": 1, "name": "a", "size": "1Mi"}});
-        let got = messages(&validate(&schema(), &obj, None));
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert!(
-            got[0].starts_with("FieldValueInvalid spec.size: Invalid value: \"string\": undeclared reference to 'quantity': rk3s does not implement"),
-            "{got:?}"
+    fn library_calls_pass_fail_and_error_like_upstream() {
+        let obj = |size: &str| json!({"spec": {"replicas": 1, "maxReplicas": 1, "name": "a", "size": size}});
+        assert!(validate(&schema(), &obj("1Mi"), None).is_empty());
+        assert_eq!(
+            messages(&validate(&schema(), &obj("2Gi"), None)),
+            [
+                "FieldValueInvalid spec.size: Invalid value: \"string\": failed rule: quantity(self).isLessThan(quantity('1Gi'))"
+            ]
         );
+        assert_eq!(
+            messages(&validate(&schema(), &obj("x"), None)),
+            [
+                "FieldValueInvalid spec.size: Invalid value: \"string\": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' evaluating rule: quantity(self).isLessThan(quantity('1Gi'))"
+            ]
+        );
+    }
+
+    /// Evaluates `rule` with `self` = `value` (typed by `schema`).
+    fn eval_with(rule: &str, schema: &Value, value: &Value) -> Result<Cel, String> {
+        let c = compile(rule);
+        let p = c.program.as_ref().map_err(|e| e.clone())?;
+        run(p, schema, value, OldSelf::Absent)
+    }
+
+    fn eval(rule: &str) -> Result<Cel, String> {
+        eval_with(rule, &json!({}), &json!({}))
+    }
+
+    fn all_true(rules: &[&str]) {
+        for rule in rules {
+            assert_eq!(eval(rule), Ok(Cel::Bool(true)), "{rule}");
+        }
+    }
+
+    #[test]
+    fn quantity_library() {
+        all_true(&[
+            "quantity('1Gi').isGreaterThan(quantity('1G'))",
+            "quantity('200M').compareTo(quantity('0.2G')) == 0",
+            "quantity('50M').compareTo(quantity('50Mi')) == -1",
+            "quantity('50Mi').compareTo(quantity('50M')) == 1",
+            "quantity('50M').isLessThan(quantity('100M'))",
+            "quantity('1000m') == quantity('1')",
+            "!quantity('1.5').isInteger() && quantity('2k').isInteger()",
+            "quantity('2k').asInteger() == 2000",
+            "quantity('500m').asApproximateFloat() == 0.5",
+            "quantity('-1').sign() == -1 && sign(quantity('0')) == 0 && quantity('3m').sign() == 1",
+            "quantity('1Gi').add(quantity('1Gi')) == quantity('2Gi')",
+            "quantity('1').add(1) == quantity('2') && quantity('1').sub(2) == quantity('-1')",
+            "quantity('1').sub(quantity('500m')) == quantity('500m')",
+            "isQuantity('1.5Gi') && !isQuantity('x') && !isQuantity('1Gb')",
+        ]);
+        assert_eq!(
+            eval("quantity('x')"),
+            Err("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'".into())
+        );
+        assert_eq!(
+            eval("quantity('1.5').asInteger() == 1"),
+            Err("cannot convert value to integer".into())
+        );
+    }
+
+    #[test]
+    fn url_library() {
+        all_true(&[
+            "url('https://example.com:80/').getHost() == 'example.com:80'",
+            "url('https://example.com:80/').getHostname() == 'example.com'",
+            "url('https://example.com:80/').getPort() == '80'",
+            "url('https://example.com/').getPort() == ''",
+            "url('https://[::1]:80/').getHostname() == '::1'",
+            "url('/path').getScheme() == '' && url('/path').getHost() == ''",
+            "url('https://example.com/path with spaces/').getEscapedPath() == '/path%20with%20spaces/'",
+            "url('https://example.com').getEscapedPath() == ''",
+            "url('https://example.com/path?k1=a&k2=b&k2=c').getQuery() == {'k1': ['a'], 'k2': ['b', 'c']}",
+            "url('https://example.com/path?key with spaces=value with spaces').getQuery()['key with spaces'] == ['value with spaces']",
+            "url('https://example.com/path?').getQuery() == {}",
+            "isURL('https://user:pass@example.com/#frag') && isURL('/absolute-path')",
+            "!isURL('example.com') && !isURL('https://exa mple.com/') && !isURL('')",
+            "url('HTTPS://example.com').getScheme() == 'https'",
+        ]);
+        assert_eq!(
+            eval("url('../relative')"),
+            Err("URL parse error during conversion from string: parse \"../relative\": invalid URI for request".into())
+        );
+    }
+
+    #[test]
+    fn ip_and_cidr_libraries() {
+        all_true(&[
+            "ip('192.168.0.1').family() == 4 && ip('::1').family() == 6",
+            "ip('127.0.0.1').isLoopback() && ip('::1').isLoopback() && !ip('10.0.0.1').isLoopback()",
+            "ip('0.0.0.0').isUnspecified() && ip('::').isUnspecified()",
+            "ip('224.0.0.1').isLinkLocalMulticast() && ip('ff02::1').isLinkLocalMulticast()",
+            "ip('169.254.1.1').isLinkLocalUnicast() && ip('fe80::1').isLinkLocalUnicast()",
+            "ip('10.0.0.1').isGlobalUnicast() && ip('2001:db8::1').isGlobalUnicast()",
+            "!ip('255.255.255.255').isGlobalUnicast() && !ip('224.0.0.1').isGlobalUnicast()",
+            "ip.isCanonical('2001:db8::1') && !ip.isCanonical('2001:DB8::1') && !ip.isCanonical('2001:db8:0:0:0:0:0:1')",
+            "string(ip('2001:db8:0::1')) == '2001:db8::1'",
+            "ip('10.0.0.1') == ip('10.0.0.1') && ip('10.0.0.1') != ip('10.0.0.2')",
+            "isIP('1.2.3.4') && !isIP('1.2.3') && !isIP('fe80::1%eth0') && !isIP('::ffff:1.2.3.4')",
+            "cidr('10.0.0.0/8').containsIP('10.1.2.3') && !cidr('10.0.0.0/8').containsIP(ip('11.0.0.1'))",
+            "!cidr('10.0.0.0/8').containsIP('::1')",
+            "cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16') && !cidr('10.0.0.0/16').containsCIDR(cidr('10.0.0.0/8'))",
+            "cidr('10.1.2.3/8').masked() == cidr('10.0.0.0/8') && cidr('10.1.2.3/8').ip() == ip('10.1.2.3')",
+            "cidr('::/0').prefixLength() == 0 && cidr('2001:db8::/32').containsIP('2001:db8::1')",
+            "string(cidr('10.1.2.3/8')) == '10.1.2.3/8'",
+            "isCIDR('10.0.0.0/8') && !isCIDR('10.0.0.0') && !isCIDR('10.0.0.0/33') && !isCIDR('10.0.0.0/08')",
+        ]);
+        assert_eq!(
+            eval("ip('1.2.3')"),
+            Err("IP Address \"1.2.3\" parse error during conversion from string: ParseAddr(\"1.2.3\"): IPv4 address too short".into())
+        );
+        assert_eq!(
+            eval("ip('01.2.3.4')"),
+            Err("IP Address \"01.2.3.4\" parse error during conversion from string: ParseAddr(\"01.2.3.4\"): IPv4 field has octet with leading zero".into())
+        );
+        assert_eq!(
+            eval("ip('::ffff:1.2.3.4')"),
+            Err("IPv4-mapped IPv6 address \"::ffff:1.2.3.4\" is not allowed".into())
+        );
+        assert_eq!(
+            eval("ip('fe80::1%eth0')"),
+            Err("IP address \"fe80::1%eth0\" with zone value is not allowed".into())
+        );
+        assert_eq!(
+            eval("cidr('10.0.0.0/33')"),
+            Err("network address parse error during conversion from string: network address parse error during conversion from string: netip.ParsePrefix(\"10.0.0.0/33\"): prefix length out of range".into())
+        );
+        assert_eq!(
+            eval("cidr('10.0.0.0')"),
+            Err("network address parse error during conversion from string: network address parse error during conversion from string: netip.ParsePrefix(\"10.0.0.0\"): no '/'".into())
+        );
+    }
+
+    #[test]
+    fn lists_sets_regex_and_format() {
+        all_true(&[
+            "[1, 2, 2, 3].isSorted() && !['b', 'a'].isSorted() && [].isSorted()",
+            "[1, 2, 3].sum() == 6 && [1.5, 2.5].sum() == 4.0 && [].sum() == 0",
+            "[duration('1s'), duration('2s')].sum() == duration('3s')",
+            "[3, 1, 2].min() == 1 && [3, 1, 2].max() == 3 && ['b', 'c', 'a'].max() == 'c'",
+            "[1, 2, 1].indexOf(1) == 0 && [1, 2, 1].lastIndexOf(1) == 2 && [1].indexOf(5) == -1",
+            "'abcb'.indexOf('b') == 1 && 'abcb'.lastIndexOf('b') == 3",
+            "sets.contains([1, 2, 3], [1, 2]) && !sets.contains([1], [2]) && sets.contains([1], [])",
+            "sets.equivalent([1, 2], [2, 1, 1]) && !sets.equivalent([1], [1, 2])",
+            "sets.intersects([1, 2], [2, 3]) && !sets.intersects([1], [2])",
+            "'abc 123 def 456'.find('[0-9]+') == '123' && 'abc'.find('[0-9]+') == ''",
+            "'a1b2c3'.findAll('[0-9]') == ['1', '2', '3'] && 'a1b2c3'.findAll('[0-9]', 2) == ['1', '2']",
+            "'%s is %d'.format(['x', 1]) == 'x is 1'",
+        ]);
+        assert_eq!(eval("[].min()"), Err("min called on empty list".into()));
+        assert_eq!(eval("[1, 'a'].isSorted()"), Err("no such overload".into()));
+    }
+
+    #[test]
+    fn semver_library() {
+        all_true(&[
+            "semver('1.2.3').major() == 1 && semver('1.2.3').minor() == 2 && semver('1.2.3').patch() == 3",
+            "semver('1.2.3-alpha').isLessThan(semver('1.2.3'))",
+            "semver('1.10.0').isGreaterThan(semver('1.9.0'))",
+            "semver('1.0.0-alpha.1').compareTo(semver('1.0.0-alpha.beta')) == -1",
+            "semver('1.0.0+build.1') == semver('1.0.0')",
+            "isSemver('1.2.3') && !isSemver('1.2') && !isSemver('v1.2.3') && isSemver('v1.2', true)",
+            "semver('v01.2', true) == semver('1.2.0')",
+        ]);
+        assert_eq!(
+            eval("semver('01.2.3')"),
+            Err("Major number must not contain leading zeroes \"01\"".into())
+        );
+    }
+
+    #[test]
+    fn schema_formats_are_typed_values() {
+        let schema = json!({"type": "object", "properties": {
+            "start": {"type": "string", "format": "date-time"},
+            "end": {"type": "string", "format": "date-time"},
+            "day": {"type": "string", "format": "date"},
+            "grace": {"type": "string", "format": "duration"},
+            "data": {"type": "string", "format": "byte"},
+            "port": {"x-kubernetes-int-or-string": true},
+            "x-y": {"type": "integer"},
+            "namespace": {"type": "string"},
+        }});
+        let v = json!({"start": "2024-02-29T10:00:00Z", "end": "2024-02-29T12:30:00+01:00",
+                       "day": "2024-03-01", "grace": "90m", "data": "aGk=", "port": "http",
+                       "x-y": 3, "namespace": "ns"});
+        for rule in [
+            "self.end > self.start",
+            "self.end - self.start == duration('1h30m')",
+            "self.grace == duration('1h30m') && self.grace > duration('1h')",
+            "self.day == timestamp('2024-03-01T00:00:00Z')",
+            "self.start.getFullYear() == 2024",
+            "self.data == b'hi'",
+            "self.port == 'http'",
+            "self.x__dash__y == 3 && self.__namespace__ == 'ns'",
+        ] {
+            assert_eq!(eval_with(rule, &schema, &v), Ok(Cel::Bool(true)), "{rule}");
+        }
+        let v = json!({"port": 8080, "grace": "3 days"});
+        assert_eq!(
+            eval_with(
+                "self.port == 8080 && self.grace == duration('72h')",
+                &schema,
+                &v
+            ),
+            Ok(Cel::Bool(true))
+        );
+    }
+
+    #[test]
+    fn optional_old_self_runs_on_create_too() {
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object",
+        "properties": {"owner": {"type": "string", "x-kubernetes-validations": [
+            {"rule": "oldSelf.hasValue() ? self == oldSelf.value() : self != 'root'",
+             "optionalOldSelf": true, "message": "no"},
+            {"rule": "oldSelf.orValue('') != 'x'", "optionalOldSelf": true},
+        ]}}}}});
+        let obj = |o: &str| json!({"spec": {"owner": o}});
+        assert!(validate(&s, &obj("alice"), None).is_empty());
+        assert_eq!(
+            messages(&validate(&s, &obj("root"), None)),
+            ["FieldValueInvalid spec.owner: Invalid value: \"string\": no"]
+        );
+        assert!(validate(&s, &obj("alice"), Some(&obj("alice"))).is_empty());
+        assert_eq!(
+            messages(&validate(&s, &obj("bob"), Some(&obj("x")))),
+            [
+                "FieldValueInvalid spec.owner: Invalid value: \"string\": no",
+                "FieldValueInvalid spec.owner: Invalid value: \"string\": failed rule: oldSelf.orValue('') != 'x'",
+            ]
+        );
+        // `?.` selections of absent fields are `optional.none()`.
+        assert_eq!(
+            eval_with("self.?missing.orValue('d') == 'd'", &json!({}), &json!({})),
+            Ok(Cel::Bool(true))
+        );
+    }
+
+    #[test]
+    fn undefined_fields_do_not_compile() {
+        let mut out = Vec::new();
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object",
+        "x-kubernetes-validations": [
+            {"rule": "self.nosuch == 1"},
+            {"rule": "has(self.inner.gone)"},
+            {"rule": "self.inner.a == 1 && self.free.anything == 1 && self.list.all(x, x.b == 1)"},
+        ],
+        "properties": {
+            "inner": {"type": "object", "properties": {"a": {"type": "integer"}}},
+            "free": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "list": {"type": "array", "items": {"type": "object"}},
+        }}},
+        "x-kubernetes-validations": [
+            {"rule": "self.metadata.name.size() < 10 && self.kind == 'K' && self.spec.inner.a > 0"},
+            {"rule": "self.spce.inner.a > 0"},
+        ]});
+        check_schema(&s, "spec.versions[0].schema.openAPIV3Schema", &mut out);
+        let got = messages(&out);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].ends_with("compilation failed: ERROR: <input>:1:5: undefined field 'spce'\n | self.spce.inner.a > 0\n | ....^"), "{got:?}");
+        assert!(got[1].ends_with("compilation failed: ERROR: <input>:1:5: undefined field 'nosuch'\n | self.nosuch == 1\n | ....^"), "{got:?}");
+        assert!(got[2].contains("undefined field 'gone'"), "{got:?}");
     }
 
     #[test]
@@ -822,7 +1166,11 @@ mod tests {
             "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations";
         assert_eq!(got.len(), 5, "{got:?}");
         assert!(got[0].starts_with(&format!("FieldValueInvalid {at}[0].rule: Invalid value: apiextensions.ValidationRule{{Rule:\"self.x >\", Message:\"\", MessageExpression:\"\", Reason:(*apiextensions.FieldValueErrorReason)(nil), FieldPath:\"\", OptionalOldSelf:(*bool)(nil)}}: compilation failed: ERROR: <input>:1:")), "{got:?}");
-        assert!(got[1].ends_with("compilation failed: ERROR: <input>:1:1: undeclared reference to 'foo' (in container '')"), "{got:?}");
+        assert!(
+            got[0].contains("\n | self.x >\n | ") && got[0].ends_with('^'),
+            "{got:?}"
+        );
+        assert!(got[1].ends_with("compilation failed: ERROR: <input>:1:1: undeclared reference to 'foo' (in container '')\n | foo == 1\n | ^"), "{got:?}");
         assert_eq!(
             got[2],
             format!("FieldValueRequired {at}[3].rule: Required value: rule is not specified")

@@ -1154,7 +1154,13 @@ fn is_pod(info: &ResourceInfo) -> bool {
 /// `spec.nodeName` and the `PodScheduled` condition; answers a `Success` Status.
 async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiError> {
     let info = ctx.info();
-    let binding = body_json(ctx.headers, body)?;
+    let mut binding = body_json(ctx.headers, body)?;
+    // Admission webhooks see the Binding (a CREATE of `pods/binding`): mutating ones first,
+    // validating ones after its checks, as upstream's BindingREST.
+    crate::admission_webhook::typed_body(&mut binding, "v1", "Binding", ctx.ns());
+    let state = ctx.state;
+    crate::admission_webhook::mutate(state, info, Operation::Create, Some(&mut binding), None)
+        .await?;
     if let Some(n) = binding
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -1172,6 +1178,8 @@ async fn bind(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiErro
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("a binding needs target.name, the node"))?
         .to_string();
+    crate::admission_webhook::validate(state, info, Operation::Create, Some(&binding), None)
+        .await?;
     let key = info.key(ctx.ns(), name);
     guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
         if !meta_str(old, "deletionTimestamp").is_empty() {

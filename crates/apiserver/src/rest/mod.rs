@@ -179,10 +179,19 @@ pub(crate) async fn serve(
         Parsed::Resource(t) => *t,
     };
     if proxy::is_proxied(&target) {
-        // The kubelet answers in its own media types (text logs, upgraded streams).
-        let response = proxy::serve(&state, &target, &method, &uri, &headers, body, upgrade)
-            .await
-            .unwrap_or_else(IntoResponse::into_response);
+        // The kubelet answers in its own media types (text logs, upgraded streams). Admission
+        // sees the CONNECTs (exec, attach, portforward, proxy) first.
+        let admission = crate::admission_webhook::Request::connect(&target, &user);
+        let connect = async {
+            let uri = match crate::admission_webhook::admit_connect(&state, &target, &uri).await {
+                Ok(uri) => uri,
+                Err(e) => return e.into_response(),
+            };
+            proxy::serve(&state, &target, &method, &uri, &headers, body, upgrade)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        };
+        let response = crate::admission_webhook::scope(admission, connect).await;
         state.metrics.record(
             verb_of(&method, &target, &Query::new()),
             &target.info,
@@ -219,9 +228,32 @@ pub(crate) async fn serve(
                 return e.into_response();
             }
         }
-        return crate::auth::serviceaccount::token_request(&state, ns, name, &headers, &body)
-            .await
-            .unwrap_or_else(IntoResponse::into_response);
+        // Admission webhooks see the TokenRequest (a CREATE of `serviceaccounts/token`).
+        let q = parse_query(&uri);
+        let admission = crate::admission_webhook::Request::new(&method, &target, &user, &q, &body);
+        let info = target.info.as_ref();
+        let request = async {
+            let admitted = crate::admission_webhook::admit_token_request(
+                &state, info, ns, name, &headers, &body,
+            )
+            .await;
+            let (headers, body) = match admitted {
+                Ok(None) => (headers.clone(), body.to_vec()),
+                Ok(Some(changed)) => {
+                    let mut headers = headers.clone();
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    (headers, changed)
+                }
+                Err(e) => return e.into_response(),
+            };
+            crate::auth::serviceaccount::token_request(&state, ns, name, &headers, &body)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        };
+        return crate::admission_webhook::scope(admission, request).await;
     }
     if target.info.group == crate::auth::rbac::GROUP
         && let Err(e) = check_rbac_write(&state, &user, &method, &target, &headers, &body).await

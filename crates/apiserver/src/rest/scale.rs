@@ -1,5 +1,6 @@
 //! The `scale` subresource (`autoscaling/v1` `Scale`) of deployments, replicasets,
-//! statefulsets and replicationcontrollers: what `kubectl scale` and autoscalers use.
+//! statefulsets and replicationcontrollers: what `kubectl scale` and autoscalers use. Writes
+//! are admitted by the admission webhooks as UPDATEs of the Scale (see [`write`]).
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 use super::handlers::{Ctx, body_json, content_type, guaranteed_update, merge_update};
 use super::object::{meta_str, request_resource_version};
 use super::ok;
+use crate::admission_webhook::Operation;
 use crate::registry::ResourceInfo;
 use crate::status::ApiError;
 
@@ -106,6 +108,43 @@ enum Change {
     Patch(super::patch::PatchKind, Value),
 }
 
+/// How often the Scale is admitted again when the object changed under the admission.
+const MAX_ADMISSIONS: usize = 16;
+
+impl Change {
+    /// The Scale the request makes of the `current` one.
+    fn apply(&self, current: &Value) -> Result<Value, ApiError> {
+        match self {
+            Change::Replace(s) => Ok(s.clone()),
+            Change::Patch(kind, p) => {
+                super::patch::apply(*kind, current, p, Some(crate::patch_meta::Node::any()))
+            }
+        }
+    }
+}
+
+/// `spec.replicas` of a Scale, refused when negative (upstream's `ValidateScale`).
+fn replicas_of(scale: &Value, name: &str) -> Result<i64, ApiError> {
+    let replicas = scale
+        .get("spec")
+        .and_then(|s| s.get("replicas"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if replicas < 0 {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+            ),
+        ));
+    }
+    Ok(replicas)
+}
+
+/// Writes a Scale. Admission webhooks see it as upstream sends it: an UPDATE of the
+/// `autoscaling/v1` `Scale` (old: the current object's Scale), mutating ones before its
+/// validation, validating ones after; when the object changed since, it is admitted again.
 async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, ApiError> {
     let info = ctx.info();
     let key = info.key(ctx.ns(), name);
@@ -113,54 +152,59 @@ async fn write(ctx: Ctx<'_>, name: &str, change: Change) -> Result<Response, Api
         subresource: "scale",
         ..ctx.writer()
     };
-    let obj = guaranteed_update(ctx.state, info, &key, name, ctx.dry_run(), |old| {
-        let current = to_scale_of(info, old);
-        let scale = match &change {
-            Change::Replace(s) => s.clone(),
-            Change::Patch(kind, p) => {
-                super::patch::apply(*kind, &current, p, Some(crate::patch_meta::Node::any()))?
+    let state = ctx.state;
+    for _ in 0..MAX_ADMISSIONS {
+        let (_, kv) = state.store.get(&key, 0).await?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+        let read = super::object::decode_served(state, info, &kv).await?;
+        let old_scale = to_scale_of(info, &read);
+        let mut scale = change.apply(&old_scale)?;
+        let update = Operation::Update;
+        crate::admission_webhook::mutate(state, info, update, Some(&mut scale), Some(&old_scale))
+            .await?;
+        replicas_of(&scale, name)?;
+        crate::admission_webhook::validate(state, info, update, Some(&scale), Some(&old_scale))
+            .await?;
+        let read_version = meta_str(&read, "resourceVersion").to_string();
+        let mut moved = false;
+        let result = guaranteed_update(state, info, &key, name, ctx.dry_run(), |old| {
+            if meta_str(old, "resourceVersion") != read_version {
+                moved = true;
+                return Err(ApiError::conflict(info, name));
             }
-        };
-        if let Some(rv) = request_resource_version(&scale)?
-            && meta_str(old, "resourceVersion") != rv.to_string()
-        {
-            return Err(ApiError::conflict(info, name));
-        }
-        let replicas = scale
-            .get("spec")
-            .and_then(|s| s.get("replicas"))
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        if replicas < 0 {
-            return Err(ApiError::new(
-                422,
-                "Invalid",
-                format!(
-                    "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
-                ),
-            ));
-        }
-        let mut new = old.clone();
-        let path = info
-            .custom
-            .as_ref()
-            .and_then(|c| c.scale.as_ref())
-            .map_or(".spec.replicas", |s| s.spec_replicas.as_str());
-        set_at(&mut new, path, json!(replicas));
-        // A custom resource's schema still holds (e.g. a `maximum` on the replicas field).
-        if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
-            let causes = crate::crd::schema::validate(schema, &new);
-            if !causes.is_empty() {
-                return Err(ApiError::invalid(info, name, causes));
+            if let Some(rv) = request_resource_version(&scale)?
+                && meta_str(old, "resourceVersion") != rv.to_string()
+            {
+                return Err(ApiError::conflict(info, name));
             }
+            let replicas = replicas_of(&scale, name)?;
+            let mut new = old.clone();
+            let path = info
+                .custom
+                .as_ref()
+                .and_then(|c| c.scale.as_ref())
+                .map_or(".spec.replicas", |s| s.spec_replicas.as_str());
+            set_at(&mut new, path, json!(replicas));
+            // A custom resource's schema still holds (e.g. a `maximum` on the replicas field).
+            if let Some(schema) = info.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+                let causes = crate::crd::schema::validate(schema, &new);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid(info, name, causes));
+                }
+            }
+            let mut new = merge_update(info, old, &new, false)?;
+            // Recorded on the parent, as upstream does: `spec.replicas` with subresource `scale`.
+            crate::apply::track_update(&writer, Some(old), &mut new);
+            Ok(new)
+        })
+        .await;
+        if moved {
+            // Changed since the admission: admitted again on what it is now.
+            continue;
         }
-        let mut new = merge_update(info, old, &new, false)?;
-        // Recorded on the parent, as upstream does: `spec.replicas` with subresource `scale`.
-        crate::apply::track_update(&writer, Some(old), &mut new);
-        Ok(new)
-    })
-    .await?;
-    ok(StatusCode::OK, &to_scale_of(info, &obj))
+        return ok(StatusCode::OK, &to_scale_of(info, &result?));
+    }
+    Err(ApiError::conflict(info, name))
 }
 
 pub(crate) async fn update(ctx: Ctx<'_>, name: &str, body: &[u8]) -> Result<Response, ApiError> {

@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 use crate::validation::{
-    NameRule, duplicate, forbidden, invalid, label_value_problems, not_supported, q,
-    qualified_name_problems, required, validate_name,
+    NameRule, duplicate, forbidden, invalid, label_selector_causes, not_supported, q, required,
+    validate_name,
 };
 
 const NULL: Value = Value::Null;
@@ -158,7 +158,7 @@ fn show_map(m: Option<&BTreeMap<String, String>>) -> String {
     }
 }
 
-fn show_strings(v: Option<&Value>) -> String {
+pub(super) fn show_strings(v: Option<&Value>) -> String {
     match v.and_then(Value::as_array) {
         None => "[]string(nil)".into(),
         Some(a) => {
@@ -172,7 +172,7 @@ fn show_strings(v: Option<&Value>) -> String {
 }
 
 /// A `metav1.LabelSelector` as Go's `%#v` shows it.
-fn show_selector(sel: &Value) -> String {
+pub(super) fn show_selector(sel: &Value) -> String {
     if sel.is_null() {
         return "null".into();
     }
@@ -235,76 +235,15 @@ fn immutable(
 // ---------------------------------------------------------------------------------------------
 // label selectors
 
+/// `ValidateLabelSelector` (values strict) of another group's selector at `field`
+/// (NetworkPolicy peers, CSIStorageCapacity's `nodeTopology`).
 /// `ValidateLabelSelector` (values strict, as the workload strategies ask); true when the
 /// selector also converts to a `labels.Selector` (`LabelSelectorAsSelector` would not fail).
 fn label_selector(e: &mut Errs, sel: &Value, field: &str) -> bool {
-    let before = e.0.len();
-    if sel.is_null() {
-        return true;
-    }
-    if let Some(labels) = string_map(sel.get("matchLabels")) {
-        let path = format!("{field}.matchLabels");
-        for (k, v) in &labels {
-            for m in qualified_name_problems(k) {
-                e.invalid(&path, &q(k), &m);
-            }
-            for m in label_value_problems(v) {
-                e.invalid(&path, &q(v), &m);
-            }
-        }
-    }
-    for (i, r) in sel
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let path = format!("{field}.matchExpressions[{i}]");
-        let values = r.get("values").and_then(Value::as_array);
-        let count = values.map_or(0, Vec::len);
-        let op = string(r, "operator").unwrap_or_default();
-        match op {
-            "In" | "NotIn" => {
-                if count == 0 {
-                    e.required(
-                        &format!("{path}.values"),
-                        "must be specified when `operator` is 'In' or 'NotIn'",
-                    );
-                }
-            }
-            "Exists" | "DoesNotExist" => {
-                if count > 0 {
-                    e.forbidden(
-                        &format!("{path}.values"),
-                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
-                    );
-                }
-            }
-            _ => e.invalid(
-                &format!("{path}.operator"),
-                &q(op),
-                "not a valid selector operator",
-            ),
-        }
-        let key = string(r, "key").unwrap_or_default();
-        for m in qualified_name_problems(key) {
-            e.invalid(&format!("{path}.key"), &q(key), &m);
-        }
-        for (j, v) in values
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let v = v.as_str().unwrap_or_default();
-            for m in label_value_problems(v) {
-                e.invalid(&format!("{path}.values[{j}]"), &q(v), &m);
-            }
-        }
-    }
-    e.0.len() == before
+    let causes = label_selector_causes(sel, field);
+    let ok = causes.is_empty();
+    e.0.extend(causes);
+    ok
 }
 
 /// Whether a selector selects nothing in particular (`{}`: everything).

@@ -742,7 +742,7 @@ fn resource_name_problems(name: &str) -> Vec<String> {
 
 /// `ValidateContainerResourceRequirements`: names, non-negative quantities, requests ≤ limits
 /// (= for resources that cannot be overcommitted).
-fn resources(r: &Value, path: &str) -> Vec<Cause> {
+pub(super) fn resources(r: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     let parse = |v: &Value| quantity_text(v).and_then(|t| rk3s_quota::parse(&t));
     let limits = obj_of(r, "limits");
@@ -1017,7 +1017,7 @@ fn validate_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) -> BTreeS
 // ---- tolerations -----------------------------------------------------------------------------
 
 /// `ValidateTolerations`.
-fn validate_tolerations(tolerations: &[&Value], path: &str) -> Vec<Cause> {
+pub(super) fn validate_tolerations(tolerations: &[&Value], path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     for (i, t) in tolerations.iter().enumerate() {
         let p = format!("{path}[{i}]");
@@ -1080,7 +1080,7 @@ fn validate_tolerations(tolerations: &[&Value], path: &str) -> Vec<Cause> {
 }
 
 /// A toleration as Go's `%#v` shows `core.Toleration` (the seconds pointer as its value).
-fn toleration_struct(t: &Value) -> String {
+pub(super) fn toleration_struct(t: &Value) -> String {
     let secs = match t.get("tolerationSeconds").and_then(Value::as_i64) {
         Some(s) => format!("(*int64)({s})"),
         None => "(*int64)(nil)".into(),

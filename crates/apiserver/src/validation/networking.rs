@@ -1,9 +1,19 @@
 //! networking.k8s.io/v1: upstream's `ValidateIngressCreate`/`ValidateIngressUpdate` (rules,
-//! paths, backends, TLS hosts and secrets, the class name and the legacy class annotation)
-//! and `ValidateIngressClass`/`ValidateIngressClassUpdate`.
+//! paths, backends, TLS hosts and secrets, the class name and the legacy class annotation),
+//! `ValidateIngressClass`/`ValidateIngressClassUpdate`, and v1.33's
+//! `ValidateNetworkPolicy`/`ValidateNetworkPolicyUpdate`: the pod selector, ports (protocol,
+//! port number or name, `endPort` only after a numeric `port` and not below it), peers (a
+//! pod and/or namespace selector, or an `ipBlock` alone, whose `cidr` and `except` entries are
+//! CIDRs parsed as Go's sloppy parser does — leading zeros and host bits allowed, the
+//! `StrictIPCIDRValidation` gate being off — each `except` strictly inside the `cidr`) and
+//! `policyTypes`. Not covered: on update, upstream lets an already invalid label value in the
+//! stored pod selector stay (`AllowInvalidLabelValueInSelector`); here it is refused.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 
+use super::label_selector_causes;
 use super::{
     NameRule, dns_problems, forbidden, invalid, items, not_supported, port_name_problems,
     port_num_problems, q, required, str_of, too_long, validate_name,
@@ -21,6 +31,7 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
     match info.kind {
         "Ingress" => ingress(obj),
         "IngressClass" => ingress_class(obj, old),
+        "NetworkPolicy" => network_policy(obj),
         "IPAddress" => super::servicecidr::ip_address(obj, old),
         "ServiceCIDR" => super::servicecidr::service_cidr(obj, old),
         _ => Vec::new(),
@@ -341,6 +352,263 @@ fn domain_prefixed_path(field: &str, value: &str) -> Vec<Cause> {
     causes
 }
 
+// ---- NetworkPolicy ---------------------------------------------------------------------------
+
+const CIDR_INVALID: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
+
+/// `ValidateNetworkPolicySpec` (create and update alike).
+fn network_policy(obj: &Value) -> Vec<Cause> {
+    let null = Value::Null;
+    let spec = obj.get("spec").unwrap_or(&null);
+    let empty = Value::Object(serde_json::Map::new());
+    let pod_selector = spec
+        .get("podSelector")
+        .filter(|s| !s.is_null())
+        .unwrap_or(&empty);
+    let mut causes = label_selector_causes(pod_selector, "spec.podSelector");
+    for (direction, peers) in [("ingress", "from"), ("egress", "to")] {
+        for (i, rule) in items(spec, direction).iter().enumerate() {
+            let path = format!("spec.{direction}[{i}]");
+            for (j, port) in items(rule, "ports").iter().enumerate() {
+                causes.extend(network_policy_port(port, &format!("{path}.ports[{j}]")));
+            }
+            for (j, peer) in items(rule, peers).iter().enumerate() {
+                causes.extend(network_policy_peer(peer, &format!("{path}.{peers}[{j}]")));
+            }
+        }
+    }
+    let types = items(spec, "policyTypes");
+    if types.len() > 2 {
+        let shown: Vec<String> = types
+            .iter()
+            .map(|t| q(t.as_str().unwrap_or_default()))
+            .collect();
+        causes.push(invalid(
+            "spec.policyTypes",
+            &format!("[]networking.PolicyType{{{}}}", shown.join(", ")),
+            "may not specify more than two policyTypes",
+        ));
+        return causes;
+    }
+    for (i, t) in types.iter().enumerate() {
+        let t = t.as_str().unwrap_or_default();
+        if !["Ingress", "Egress"].contains(&t) {
+            causes.push(not_supported(
+                format!("spec.policyTypes[{i}]"),
+                &q(t),
+                &["Ingress", "Egress"],
+            ));
+        }
+    }
+    causes
+}
+
+/// `ValidateNetworkPolicyPort`.
+fn network_policy_port(port: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if let Some(protocol) = port.get("protocol").and_then(Value::as_str)
+        && !["TCP", "UDP", "SCTP"].contains(&protocol)
+    {
+        causes.push(not_supported(
+            format!("{path}.protocol"),
+            &q(protocol),
+            &["TCP", "UDP", "SCTP"],
+        ));
+    }
+    let end = port.get("endPort").and_then(Value::as_i64);
+    let end_path = format!("{path}.endPort");
+    match port.get("port").filter(|p| !p.is_null()) {
+        Some(Value::String(name)) => {
+            if let Some(end) = end {
+                causes.push(invalid(
+                    &end_path,
+                    &end.to_string(),
+                    "may not be specified when `port` is non-numeric",
+                ));
+            }
+            for m in port_name_problems(name) {
+                causes.push(invalid(format!("{path}.port"), &q(name), &m));
+            }
+        }
+        Some(number) => {
+            let number = number.as_i64().unwrap_or(0);
+            for m in port_num_problems(number) {
+                causes.push(invalid(format!("{path}.port"), &number.to_string(), &m));
+            }
+            if let Some(end) = end {
+                if end < number {
+                    // Upstream shows the port, not the end port.
+                    causes.push(invalid(
+                        &end_path,
+                        &number.to_string(),
+                        "must be greater than or equal to `port`",
+                    ));
+                }
+                for m in port_num_problems(end) {
+                    causes.push(invalid(&end_path, &end.to_string(), &m));
+                }
+            }
+        }
+        None => {
+            if let Some(end) = end {
+                causes.push(invalid(
+                    &end_path,
+                    &end.to_string(),
+                    "may not be specified when `port` is not specified",
+                ));
+            }
+        }
+    }
+    causes
+}
+
+/// `ValidateNetworkPolicyPeer`: selectors, or an `ipBlock` alone.
+fn network_policy_peer(peer: &Value, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut peers = 0;
+    for selector in ["podSelector", "namespaceSelector"] {
+        if let Some(sel) = peer.get(selector).filter(|s| !s.is_null()) {
+            peers += 1;
+            causes.extend(label_selector_causes(sel, &format!("{path}.{selector}")));
+        }
+    }
+    let block = peer.get("ipBlock").filter(|b| !b.is_null());
+    if let Some(block) = block {
+        peers += 1;
+        causes.extend(ip_block(block, &format!("{path}.ipBlock")));
+    }
+    if peers == 0 {
+        causes.push(required(path, "must specify a peer"));
+    } else if peers > 1 && block.is_some() {
+        causes.push(forbidden(
+            path,
+            "may not specify both ipBlock and another peer",
+        ));
+    }
+    causes
+}
+
+/// `ValidateIPBlock`.
+fn ip_block(block: &Value, path: &str) -> Vec<Cause> {
+    let cidr = str_of(block, "cidr");
+    if cidr.is_empty() {
+        return vec![required(format!("{path}.cidr"), "")];
+    }
+    let Some(net) = Cidr::parse_sloppy(cidr) else {
+        return vec![invalid(format!("{path}.cidr"), &q(cidr), CIDR_INVALID)];
+    };
+    let mut causes = Vec::new();
+    for (i, except) in items(block, "except").iter().enumerate() {
+        let except = except.as_str().unwrap_or_default();
+        let field = format!("{path}.except[{i}]");
+        let Some(inner) = Cidr::parse_sloppy(except) else {
+            causes.push(invalid(&field, &q(except), CIDR_INVALID));
+            continue;
+        };
+        if !net.contains(&inner.ip) || net.prefix >= inner.prefix {
+            causes.push(invalid(
+                &field,
+                &q(except),
+                "must be a strict subset of `cidr`",
+            ));
+        }
+    }
+    causes
+}
+
+/// An IP as Go's `net.IP` holds it: 4 bytes for an IPv4 address, 16 for an IPv6 one.
+/// IPv4 octets may have leading zeros, as `netutils.ParseIPSloppy` allows.
+pub(super) fn parse_ip_sloppy(s: &str) -> Option<Vec<u8>> {
+    if s.contains(':') {
+        return s.parse::<Ipv6Addr>().ok().map(|a| a.octets().to_vec());
+    }
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() != 4 {
+        return None;
+    }
+    let mut octets = Vec::with_capacity(4);
+    for part in parts {
+        if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let digits = part.trim_start_matches('0');
+        if digits.len() > 3 {
+            return None;
+        }
+        let n: u16 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().ok()?
+        };
+        octets.push(u8::try_from(n).ok()?);
+    }
+    Some(octets)
+}
+
+/// Go's `IP.To4`: the IPv4 address of a 4-byte IP or an IPv4-mapped IPv6 one.
+pub(super) fn to4(ip: &[u8]) -> Option<Ipv4Addr> {
+    match ip.len() {
+        4 => Some(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3])),
+        16 if ip[..10].iter().all(|b| *b == 0) && ip[10] == 0xff && ip[11] == 0xff => {
+            Some(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))
+        }
+        _ => None,
+    }
+}
+
+/// A CIDR as Go's `ParseCIDR` gives it: the network (address masked) and prefix length.
+struct Cidr {
+    ip: Vec<u8>,
+    prefix: u32,
+}
+
+impl Cidr {
+    fn parse_sloppy(s: &str) -> Option<Self> {
+        let (addr, len) = s.split_once('/')?;
+        let ip = parse_ip_sloppy(addr)?;
+        if len.is_empty() || !len.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let digits = len.trim_start_matches('0');
+        let prefix: u32 = if digits.is_empty() {
+            0
+        } else if digits.len() > 3 {
+            return None;
+        } else {
+            digits.parse().ok()?
+        };
+        let bits = u32::try_from(ip.len() * 8).ok()?;
+        if prefix > bits {
+            return None;
+        }
+        let ip = masked(&ip, prefix);
+        Some(Self { ip, prefix })
+    }
+
+    /// Go's `IPNet.Contains`.
+    fn contains(&self, ip: &[u8]) -> bool {
+        let ip = match to4(ip) {
+            Some(v4) => v4.octets().to_vec(),
+            None => ip.to_vec(),
+        };
+        ip.len() == self.ip.len() && masked(&ip, self.prefix) == self.ip
+    }
+}
+
+fn masked(ip: &[u8], prefix: u32) -> Vec<u8> {
+    ip.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let start = u32::try_from(i * 8).unwrap_or(u32::MAX);
+            match prefix.saturating_sub(start) {
+                0 => 0,
+                n if n >= 8 => *b,
+                n => b & (0xffu8 << (8 - n)),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +683,50 @@ mod tests {
             fields(&validate(info("ingressclasses"), &moved, Some(&good))),
             ["spec.controller: Invalid value: \"example.com/other\": field is immutable"]
         );
+    }
+
+    #[test]
+    fn network_policies() {
+        let i = info("networkpolicies");
+        let defaulted = |v: Value| {
+            let mut v = v;
+            crate::defaults::apply(i, &mut v, true);
+            v
+        };
+        let good = defaulted(
+            json!({"spec": {"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"podSelector": {}, "namespaceSelector": {}},
+                                  {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.1.0/24"]}}],
+                         "ports": [{"port": 80}, {"port": "http"}, {"port": 8000, "endPort": 9000}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "UDP", "port": 53}]}]}}),
+        );
+        assert!(validate(i, &good, None).is_empty());
+        let bad = defaulted(json!({"spec": {"podSelector": {},
+            "ingress": [{"from": [{}, {"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/16"}},
+                                  {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24", "10.0.0.0/16", "x"]}},
+                                  {"ipBlock": {"cidr": "10.0.0.0/33"}}],
+                         "ports": [{"protocol": "ICMP", "port": 0}, {"port": 90, "endPort": 80},
+                                   {"port": "http", "endPort": 90}, {"endPort": 90}]}],
+            "policyTypes": ["Ingress", "Sideways"]}}));
+        assert_eq!(
+            fields(&validate(i, &bad, None)),
+            [
+                "spec.ingress[0].ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"TCP\", \"UDP\", \"SCTP\"",
+                "spec.ingress[0].ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.ingress[0].ports[1].endPort: Invalid value: 90: must be greater than or equal to `port`",
+                "spec.ingress[0].ports[2].endPort: Invalid value: 90: may not be specified when `port` is non-numeric",
+                "spec.ingress[0].ports[3].endPort: Invalid value: 90: may not be specified when `port` is not specified",
+                "spec.ingress[0].from[0]: Required value: must specify a peer",
+                "spec.ingress[0].from[1]: Forbidden: may not specify both ipBlock and another peer",
+                "spec.ingress[0].from[2].ipBlock.except[0]: Invalid value: \"10.1.0.0/24\": must be a strict subset of `cidr`",
+                "spec.ingress[0].from[2].ipBlock.except[1]: Invalid value: \"10.0.0.0/16\": must be a strict subset of `cidr`",
+                "spec.ingress[0].from[2].ipBlock.except[2]: Invalid value: \"x\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                "spec.ingress[0].from[3].ipBlock.cidr: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                "spec.policyTypes[1]: Unsupported value: \"Sideways\": supported values: \"Ingress\", \"Egress\"",
+            ]
+        );
+        // Go's sloppy parsing: host bits and leading zeros are accepted.
+        assert!(Cidr::parse_sloppy("010.0.0.1/8").is_some_and(|c| c.ip == [10, 0, 0, 0]));
+        assert!(Cidr::parse_sloppy("2001:db8::/64").is_some_and(|c| c.prefix == 64));
     }
 }

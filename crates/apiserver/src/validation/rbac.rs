@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 
-use super::{NameRule, invalid, not_supported, q, required, validate_name};
+use super::{
+    NameRule, invalid, items, label_selector_causes, not_supported, q, required, validate_name,
+};
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 
@@ -104,21 +106,25 @@ fn rules(obj: &Value, namespaced: bool) -> Vec<Cause> {
     causes
 }
 
-/// A ClusterRole's `aggregationRule`: at least one selector when present.
+/// A ClusterRole's `aggregationRule`: at least one selector when present, each a valid
+/// label selector.
 fn aggregation(obj: &Value) -> Vec<Cause> {
-    match obj.get("aggregationRule") {
-        Some(rule) if !rule.is_null() => {
-            let selectors = rule.get("clusterRoleSelectors").and_then(Value::as_array);
-            if selectors.is_none_or(Vec::is_empty) {
-                return vec![required(
-                    "aggregationRule.clusterRoleSelectors",
-                    "at least one clusterRoleSelector required if aggregationRule is non-nil",
-                )];
-            }
-            Vec::new()
-        }
-        _ => Vec::new(),
+    const FIELD: &str = "aggregationRule.clusterRoleSelectors";
+    let Some(rule) = obj.get("aggregationRule").filter(|r| !r.is_null()) else {
+        return Vec::new();
+    };
+    let selectors = items(rule, "clusterRoleSelectors");
+    if selectors.is_empty() {
+        return vec![required(
+            FIELD,
+            "at least one clusterRoleSelector required if aggregationRule is non-nil",
+        )];
     }
+    selectors
+        .iter()
+        .enumerate()
+        .flat_map(|(i, sel)| label_selector_causes(sel, &format!("{FIELD}[{i}]")))
+        .collect()
 }
 
 /// `ValidateRoleBinding` / `ValidateClusterRoleBinding`: the role reference and subjects.
@@ -263,6 +269,16 @@ mod tests {
             fields(&validate(info("ClusterRole"), &cluster, None)),
             [
                 "aggregationRule.clusterRoleSelectors: Required value: at least one clusterRoleSelector required if aggregationRule is non-nil"
+            ]
+        );
+        let cluster = json!({"aggregationRule": {"clusterRoleSelectors": [
+            {"matchLabels": {"rbac.example.com/aggregate-to-monitoring": "true"}},
+            {"matchExpressions": [{"key": "bad key", "operator": "Near"}]}]}});
+        assert_eq!(
+            fields(&validate(info("ClusterRole"), &cluster, None)),
+            [
+                "aggregationRule.clusterRoleSelectors[1].matchExpressions[0].operator: Invalid value: \"Near\": not a valid selector operator",
+                "aggregationRule.clusterRoleSelectors[1].matchExpressions[0].key: Invalid value: \"bad key\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
             ]
         );
     }

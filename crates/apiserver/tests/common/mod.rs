@@ -234,6 +234,8 @@ pub struct TestWebhook {
     pub ca_bundle: String,
     /// Every request seen: path and query, and body.
     pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    /// TLS connections accepted so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type WebhookReply = dyn Fn(&str, &serde_json::Value) -> serde_json::Value + Send + Sync;
@@ -278,16 +280,20 @@ impl TestWebhook {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let reply: Arc<WebhookReply> = Arc::new(reply);
         let seen2 = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 let (acceptor, seen, reply) = (acceptor.clone(), seen2.clone(), reply.clone());
+                let accepted = accepted.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let service = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
                             let (seen, reply) = (seen.clone(), reply.clone());
@@ -326,6 +332,7 @@ impl TestWebhook {
             addr,
             ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca_cert.pem()),
             seen,
+            connections,
         }
     }
 

@@ -1,0 +1,468 @@
+//! ValidatingAdmissionPolicies and their bindings (`admissionregistration.k8s.io/v1`) seen
+//! from kubectl and kube-rs: the Kubernetes docs' `replicas <= 5` policy denying with
+//! upstream's message and allowing what it should (namespace selector of the binding),
+//! `Warn` as kubectl's `Warning:` line, a ConfigMap param (found, and missing with `Deny`),
+//! match conditions and variables with a `Forbidden` reason, deletes judged on the old object
+//! with `resourceNames` narrowing the rule, and invalid policies and bindings refused with
+//! upstream's 422 causes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, api_status, invalid_causes};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+/// Polling deadline: policies reach the admission through the watch cache.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const DOCS_POLICY: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: "demo-policy.example.com"
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups:   ["apps"]
+      apiVersions: ["v1"]
+      operations:  ["CREATE", "UPDATE"]
+      resources:   ["deployments"]
+  validations:
+    - expression: "object.spec.replicas <= 5"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: "demo-binding-test.example.com"
+spec:
+  policyName: "demo-policy.example.com"
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        environment: test
+"#;
+
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+            },
+        },
+    }))
+    .expect("deployment")
+}
+
+async fn namespace(client: &kube::Client, name: &str, labels: Value) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+        .expect("namespace");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace created");
+}
+
+async fn create_policy(client: &kube::Client, policy: Value, binding: Value) {
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(policy).expect("policy"),
+        )
+        .await
+        .expect("policy created");
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(binding).expect("binding"),
+        )
+        .await
+        .expect("binding created");
+}
+
+/// Dry-run creates of `make()` until one fails (the policy is in force), returning its Status.
+async fn first_denial<K>(api: &Api<K>, make: impl Fn() -> K) -> kube::core::Status
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let start = std::time::Instant::now();
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    loop {
+        if let Err(e) = api.create(&dry, &make()).await {
+            return api_status(e);
+        }
+        assert!(start.elapsed() < DEADLINE, "the policy never denied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_docs_replicas_policy_denies_six_replicas_and_allows_three() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    namespace(&client, "test", json!({"environment": "test"})).await;
+    namespace(&client, "other", json!({})).await;
+    let applied = t.kubectl_stdin(&["apply", "-f", "-"], DOCS_POLICY).await;
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let listed = t
+        .kubectl_ok(&["get", "validatingadmissionpolicies", "-o", "name"])
+        .await;
+    assert_eq!(
+        listed.trim(),
+        "validatingadmissionpolicy.admissionregistration.k8s.io/demo-policy.example.com"
+    );
+    let explained = t
+        .kubectl_ok(&["explain", "validatingadmissionpolicy.spec.validations"])
+        .await;
+    assert!(explained.contains("expression"), "{explained}");
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let p = policies
+        .get("demo-policy.example.com")
+        .await
+        .expect("policy");
+    assert_eq!(p.metadata.generation, Some(1));
+
+    let test: Api<Deployment> = Api::namespaced(client.clone(), "test");
+    let status = first_denial(&test, || deployment("nginx", 6)).await;
+    let inner = "ValidatingAdmissionPolicy 'demo-policy.example.com' with binding \
+                 'demo-binding-test.example.com' denied request: failed expression: \
+                 object.spec.replicas <= 5";
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        format!("deployments.apps \"nginx\" is forbidden: {inner}")
+    );
+    let causes: Vec<String> = status
+        .details
+        .expect("details")
+        .causes
+        .into_iter()
+        .map(|c| c.message)
+        .collect();
+    assert_eq!(causes, vec![inner.to_string()]);
+
+    // kubectl shows it as upstream's does.
+    let manifest = serde_json::to_string(&deployment("nginx", 6)).expect("json");
+    let out = t
+        .kubectl_stdin(&["apply", "-n", "test", "-f", "-"], &manifest)
+        .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("The deployments \"nginx\" is invalid: : {inner}")),
+        "{stderr}"
+    );
+
+    // Three replicas pass; six pass where the binding does not select the namespace.
+    test.create(&PostParams::default(), &deployment("nginx", 3))
+        .await
+        .expect("three replicas allowed");
+    let other: Api<Deployment> = Api::namespaced(client.clone(), "other");
+    other
+        .create(&PostParams::default(), &deployment("nginx", 6))
+        .await
+        .expect("another namespace is not bound");
+    // An update to six is denied too.
+    let out = t
+        .kubectl(&[
+            "patch",
+            "deployment/nginx",
+            "-n",
+            "test",
+            "-p",
+            r#"{"spec":{"replicas":6}}"#,
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(inner), "{stderr}");
+}
+
+#[tokio::test]
+async fn warn_gives_kubectl_a_warning_line() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "warn.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["configmaps"]}]},
+            "validations": [{"expression": "!has(object.data) || !('forbidden' in object.data)",
+                "message": "no forbidden key"}],
+        }}),
+        json!({"metadata": {"name": "warn-binding"}, "spec": {
+            "policyName": "warn.example.com", "validationActions": ["Warn"]}}),
+    )
+    .await;
+    let warning = "Warning: Validation failed for ValidatingAdmissionPolicy 'warn.example.com' \
+                   with binding 'warn-binding': no forbidden key";
+    let start = std::time::Instant::now();
+    loop {
+        let out = t
+            .kubectl(&[
+                "create",
+                "configmap",
+                "probe",
+                "--from-literal=forbidden=1",
+                "--dry-run=server",
+            ])
+            .await;
+        assert!(out.status.success(), "{out:?}");
+        if String::from_utf8_lossy(&out.stderr).contains(warning) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "never warned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = t
+        .kubectl(&["create", "configmap", "c", "--from-literal=forbidden=1"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), warning);
+    let out = t
+        .kubectl(&["create", "configmap", "fine", "--from-literal=a=1"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "");
+}
+
+#[tokio::test]
+async fn a_configmap_param_limits_replicas_and_a_missing_one_denies() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    namespace(&client, "p1", json!({})).await;
+    namespace(&client, "p2", json!({})).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "p1");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "limits"},
+            "data": {"maxReplicas": "2"}}))
+        .expect("configmap"),
+    )
+    .await
+    .expect("param created");
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "param.example.com"}, "spec": {
+            "failurePolicy": "Fail",
+            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"],
+                "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                "resources": ["deployments"]}]},
+            "validations": [{"expression": "object.spec.replicas <= int(params.data.maxReplicas)",
+                "messageExpression": "'replicas ' + string(object.spec.replicas) + ' above ' + params.data.maxReplicas"}],
+        }}),
+        json!({"metadata": {"name": "param-binding"}, "spec": {
+            "policyName": "param.example.com", "validationActions": ["Deny"],
+            "paramRef": {"name": "limits", "parameterNotFoundAction": "Deny"}}}),
+    )
+    .await;
+    let p1: Api<Deployment> = Api::namespaced(client.clone(), "p1");
+    let status = first_denial(&p1, || deployment("d", 3)).await;
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (
+            422,
+            "deployments.apps \"d\" is forbidden: ValidatingAdmissionPolicy \
+             'param.example.com' with binding 'param-binding' denied request: replicas 3 \
+             above 2"
+        )
+    );
+    p1.create(&PostParams::default(), &deployment("d", 2))
+        .await
+        .expect("within the param's limit");
+    let p2: Api<Deployment> = Api::namespaced(client.clone(), "p2");
+    let e = p2
+        .create(&PostParams::default(), &deployment("d", 1))
+        .await
+        .expect_err("no param in p2");
+    assert_eq!(
+        api_status(e).message,
+        "deployments.apps \"d\" is forbidden: ValidatingAdmissionPolicy 'param.example.com' \
+         with binding 'param-binding' denied request: failed to configure binding: no params \
+         found for policy binding with `Deny` parameterNotFoundAction"
+    );
+}
+
+#[tokio::test]
+async fn match_conditions_and_variables_with_a_forbidden_reason() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "keys.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
+            "matchConditions": [{"name": "not-skipped",
+                "expression": "object.metadata.name != 'skip-me'"}],
+            "variables": [{"name": "keys",
+                "expression": "has(object.data) ? size(object.data) : 0"}],
+            "validations": [{"expression": "variables.keys <= 1",
+                "message": "at most one key", "reason": "Forbidden"}],
+        }}),
+        json!({"metadata": {"name": "keys-binding"}, "spec": {
+            "policyName": "keys.example.com", "validationActions": ["Deny"]}}),
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let two = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": {"a": "1", "b": "2"}}))
+            .expect("configmap")
+    };
+    let status = first_denial(&cms, || two("two")).await;
+    assert_eq!(
+        (status.code, status.reason.as_str(), status.message.as_str()),
+        (
+            403,
+            "Forbidden",
+            "configmaps \"two\" is forbidden: ValidatingAdmissionPolicy 'keys.example.com' \
+             with binding 'keys-binding' denied request: at most one key"
+        )
+    );
+    cms.create(&PostParams::default(), &two("skip-me"))
+        .await
+        .expect("a false match condition skips the policy");
+    let out = t
+        .kubectl(&["create", "configmap", "one", "--from-literal=a=1"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test]
+async fn invalid_policies_and_bindings_are_refused_with_upstreams_causes() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bad: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "spec": {"validations": [{"expression": "object.spec.replicas <="}]},
+    }))
+    .expect("policy");
+    let causes = invalid_causes(
+        policies
+            .create(&PostParams::default(), &bad)
+            .await
+            .expect_err("refused"),
+    );
+    assert_eq!(causes.len(), 2, "{causes:?}");
+    assert_eq!(causes[0], "spec.matchConstraints: Required value");
+    assert!(
+        causes[1].starts_with(
+            "spec.validations[0].expression: Invalid value: \"object.spec.replicas <=\": \
+             compilation failed: ERROR: <input>:1:"
+        ),
+        "{causes:?}"
+    );
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let bad: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "spec": {"policyName": "p", "validationActions": ["Deny", "Deny"],
+                 "paramRef": {"parameterNotFoundAction": "Deny"}},
+    }))
+    .expect("binding");
+    assert_eq!(
+        invalid_causes(
+            bindings
+                .create(&PostParams::default(), &bad)
+                .await
+                .expect_err("refused")
+        ),
+        vec![
+            "spec.paramRef: Required value: one of name or selector must be specified",
+            "spec.validationActions[1]: Duplicate value: \"Deny\"",
+        ]
+    );
+    // A webhook configuration is validated too.
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            r#"{"apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "w"},
+                "webhooks": [{"name": "w.example.com", "sideEffects": "None",
+                  "admissionReviewVersions": ["v1"], "timeoutSeconds": 60,
+                  "clientConfig": {"url": "https://example.com/x"}}]}"#,
+        )
+        .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "webhooks[0].timeoutSeconds: Invalid value: 60: the timeout value must be between 1 \
+             and 30 seconds"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn deletes_see_the_old_object_and_resource_names_narrow_the_rule() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["keep-me", "free"] {
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name,
+                "labels": {"protected": "true"}}}))
+            .expect("configmap"),
+        )
+        .await
+        .expect("created");
+    }
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "protect.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["DELETE"], "resources": ["configmaps"],
+                "resourceNames": ["keep-me"]}]},
+            "validations": [{"expression": "object == null && oldObject.metadata.labels.protected != 'true'",
+                "message": "protected"}],
+        }}),
+        json!({"metadata": {"name": "protect-binding"}, "spec": {
+            "policyName": "protect.example.com", "validationActions": ["Deny"]}}),
+    )
+    .await;
+    let dry = kube::api::DeleteParams {
+        dry_run: true,
+        ..kube::api::DeleteParams::default()
+    };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Err(e) = cms.delete("keep-me", &dry).await {
+            break api_status(e);
+        }
+        assert!(start.elapsed() < DEADLINE, "the policy never denied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (
+            422,
+            "configmaps \"keep-me\" is forbidden: ValidatingAdmissionPolicy \
+             'protect.example.com' with binding 'protect-binding' denied request: protected"
+        )
+    );
+    cms.delete("free", &kube::api::DeleteParams::default())
+        .await
+        .expect("not named by the rule");
+}
