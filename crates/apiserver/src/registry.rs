@@ -450,6 +450,10 @@ impl Registry {
             ResourceInfo::of::<networking::NetworkPolicy>()
                 .short(&["netpol"])
                 .generation(),
+            ResourceInfo::of::<networking::IPAddress>()
+                .short(&["ip"])
+                .names(PathSegment),
+            ResourceInfo::of::<networking::ServiceCIDR>().status(),
         ];
         let policy = vec![
             ResourceInfo::of::<policy::PodDisruptionBudget>()

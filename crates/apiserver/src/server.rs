@@ -363,6 +363,7 @@ impl Apiserver {
             .await
             .map_err(|e| Error::Bootstrap(e.message))?;
         crate::crd::spawn(state.clone());
+        crate::services::spawn_cidr_controller(state.clone());
         if let (Some((shared, revision)), Some(path)) = (shared, self.encryption_file) {
             shared.spawn(state.store.clone(), path, revision, shutdown_rx.clone());
         }

@@ -1,8 +1,29 @@
 //! Service cluster IPs and node ports: cluster IPs from the service CIDR (K3s default
 //! 10.43.0.0/16), node ports from 30000-32767, with no duplicates. Each allocation is a key
-//! (`/registry/rk3s/serviceips/<ip>`, `/registry/rk3s/nodeports/<port>`) written in the same
-//! transaction as its Service and removed in the same transaction as the Service's deletion, so
-//! two Services can never hold one IP or port, whatever the number of apiservers.
+//! written in the same transaction as its Service and removed in the same transaction as the
+//! Service's deletion, so two Services can never hold one IP or port, whatever the number of
+//! apiservers. A cluster IP's record is an `IPAddress` object at `/registry/ipaddresses/<ip>`
+//! (networking.k8s.io/v1, upstream's KEP-1880 allocator: name = the IP, labels
+//! `ipaddress.kubernetes.io/ip-family` and `ipaddress.kubernetes.io/managed-by:
+//! ipallocator.k8s.io`, `spec.parentRef` naming the Service), served like any stored object;
+//! an `IPAddress` a user creates reserves its IP the same way. A node port's record is the bare
+//! key `/registry/rk3s/nodeports/<port>` (upstream keeps a bitmap). [`migrate_legacy_ips`]
+//! moves the bare IP keys older rk3s wrote (`/registry/rk3s/serviceips/<ip>`) to `IPAddress`
+//! objects at start.
+//!
+//! Cluster IPs are drawn from the union of the ServiceCIDRs ([`service_ranges`]: upstream's
+//! MultiCIDR allocator, the default `kubernetes` ServiceCIDR first — created by
+//! [`crate::bootstrap`] from `--service-cidr` —, then the others by name; a range is used up
+//! before the next is tried); a requested IP must lie in one of them. `cidr_controller` is
+//! upstream's ServiceCIDR controller (finalizer, `Ready` condition, deletion blocked while
+//! IPs would be orphaned).
+//!
+//! Not as upstream: IPv4 only (IPv6 CIDRs are served and validated but never drawn from); with
+//! no usable ServiceCIDR left, the `--service-cidr` range is used (upstream's default
+//! ServiceCIDR controller would re-create `kubernetes`); within each range, the network,
+//! broadcast and first addresses are never drawn (upstream reserves the first only for the
+//! `kubernetes` Service's range); no repair loop re-creates an `IPAddress` a user deletes from
+//! under its Service.
 
 use std::net::Ipv4Addr;
 
@@ -17,12 +38,23 @@ use crate::rest::object_meta_str as meta_str;
 use crate::server::AppState;
 use crate::status::{ApiError, Cause};
 
+mod cidr_controller;
 mod validation;
+
+pub(crate) use cidr_controller::spawn as spawn_cidr_controller;
 
 use validation::{needs_health_check, strings_of};
 
-/// Where allocated IPs are recorded.
-const IP_PREFIX: &str = "/registry/rk3s/serviceips/";
+/// Where allocated IPs are recorded: `IPAddress` objects (upstream's storage prefix).
+const IP_PREFIX: &str = "/registry/ipaddresses/";
+/// Where rk3s recorded allocated IPs before `IPAddress` objects (value `<namespace>/<name>`).
+const LEGACY_IP_PREFIX: &str = "/registry/rk3s/serviceips/";
+/// The `IPAddress` label naming the IP family (upstream's `LabelIPAddressFamily`).
+const FAMILY_LABEL: &str = "ipaddress.kubernetes.io/ip-family";
+/// The `IPAddress` label naming the allocator (upstream's `LabelManagedBy`).
+const MANAGED_BY_LABEL: &str = "ipaddress.kubernetes.io/managed-by";
+/// The cluster IP allocator's name (upstream's `ipallocator.ControllerName`).
+const ALLOCATOR_NAME: &str = "ipallocator.k8s.io";
 /// Where allocated node ports are recorded.
 const PORT_PREFIX: &str = "/registry/rk3s/nodeports/";
 /// The node port range, as upstream's default `--service-node-port-range`.
@@ -182,9 +214,20 @@ impl std::str::FromStr for ServiceCidr {
     }
 }
 
+impl std::fmt::Display for ServiceCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
 impl ServiceCidr {
     fn size(&self) -> u32 {
         1u32 << (32 - self.prefix)
+    }
+
+    /// Whether `other` lies wholly inside this range.
+    fn covers(&self, other: &ServiceCidr) -> bool {
+        other.prefix >= self.prefix && self.contains(Ipv4Addr::from(other.base))
     }
 
     pub(crate) fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -201,10 +244,95 @@ impl ServiceCidr {
     fn random(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 2 + rand::random_range(0..self.size() - 3))
     }
+
+    /// The addresses [`Self::random`] draws from, in order.
+    fn usable(&self) -> impl Iterator<Item = Ipv4Addr> + use<> {
+        (self.base + 2..self.base + self.size() - 1).map(Ipv4Addr::from)
+    }
 }
 
 fn ip_key(ip: Ipv4Addr) -> Vec<u8> {
     format!("{IP_PREFIX}{ip}").into_bytes()
+}
+
+/// The `IPAddress` object recording that the Service `namespace/name` holds `ip`, as upstream's
+/// allocator creates it (`createIPAddress`), encoded for the store.
+fn ip_record(ip: Ipv4Addr, namespace: &str, name: &str) -> Result<Vec<u8>, ApiError> {
+    let obj = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IPAddress",
+        "metadata": {
+            "name": ip.to_string(),
+            "uid": crate::rest::new_uid(),
+            "creationTimestamp": crate::time::now_rfc3339(),
+            "labels": { FAMILY_LABEL: "IPv4", MANAGED_BY_LABEL: ALLOCATOR_NAME },
+        },
+        "spec": {
+            "parentRef": { "group": "", "resource": "services", "namespace": namespace, "name": name },
+        },
+    });
+    crate::rest::encode_for_store(&obj)
+}
+
+/// Moves the bare IP records of older rk3s (`/registry/rk3s/serviceips/<ip>`, value
+/// `<namespace>/<name>`) to `IPAddress` objects, each in one transaction (the object created
+/// unless one exists, the old key deleted), so that an upgraded cluster keeps its allocations.
+/// Idempotent: a second run finds nothing to move.
+pub(crate) async fn migrate_legacy_ips(state: &AppState) -> Result<usize, ApiError> {
+    let listed = state
+        .store
+        .list(
+            LEGACY_IP_PREFIX.as_bytes(),
+            rk3s_datastore::ListOptions::default(),
+        )
+        .await?;
+    let mut moved = 0;
+    for kv in listed.kvs {
+        let key = String::from_utf8_lossy(&kv.key).to_string();
+        let Some(ip) = key
+            .strip_prefix(LEGACY_IP_PREFIX)
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            tracing::warn!(key, "leaving an unreadable legacy service IP record");
+            continue;
+        };
+        let owner = String::from_utf8_lossy(&kv.value).to_string();
+        let (namespace, name) = owner.split_once('/').unwrap_or(("", owner.as_str()));
+        let new_key = ip_key(ip);
+        state
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare::new(
+                    new_key.clone(),
+                    CompareOp::Equal,
+                    CompareTarget::ModRevision(0),
+                )],
+                success: vec![
+                    TxnOp::Put(PutRequest {
+                        key: new_key,
+                        value: ip_record(ip, namespace, name)?,
+                        ..PutRequest::default()
+                    }),
+                    TxnOp::Delete(DeleteRequest {
+                        key: kv.key.clone(),
+                        ..DeleteRequest::default()
+                    }),
+                ],
+                failure: vec![TxnOp::Delete(DeleteRequest {
+                    key: kv.key.clone(),
+                    ..DeleteRequest::default()
+                })],
+            })
+            .await?;
+        moved += 1;
+    }
+    if moved > 0 {
+        tracing::info!(
+            moved,
+            "moved legacy service IP records to IPAddress objects"
+        );
+    }
+    Ok(moved)
 }
 
 /// Whether a service type has a cluster IP field at all (upstream's `needsClusterIP`:
@@ -421,17 +549,109 @@ async fn free_port(state: &AppState, exclude: &[i64]) -> Result<i64, ApiError> {
     ))
 }
 
-/// A random cluster IP not held, as upstream's `AllocateNext`.
-async fn free_ip(state: &AppState) -> Result<Ipv4Addr, ApiError> {
-    for _ in 0..64 {
-        let ip = state.service_cidr.random();
-        if !is_held(state, &ip_key(ip)).await? {
+/// A cluster IP not held, as upstream's MultiCIDR `AllocateNext`: the ranges in order (see
+/// [`service_ranges`]), in each a few random picks, then a scan of the range for the first
+/// free address (what tells a full range from an unlucky draw).
+async fn free_ip(state: &AppState, ranges: &[ServiceCidr]) -> Result<Ipv4Addr, ApiError> {
+    let mut held: Option<std::collections::BTreeSet<Ipv4Addr>> = None;
+    for range in ranges {
+        for _ in 0..16 {
+            let ip = range.random();
+            if !is_held(state, &ip_key(ip)).await? {
+                return Ok(ip);
+            }
+        }
+        if held.is_none() {
+            held = Some(held_ips(state).await?);
+        }
+        if let Some(ip) = range
+            .usable()
+            .find(|ip| !held.as_ref().is_some_and(|h| h.contains(ip)))
+        {
             return Ok(ip);
         }
     }
     Err(ApiError::internal(
         "failed to allocate a serviceIP: range is full",
     ))
+}
+
+/// Every IPv4 address recorded by an `IPAddress` object.
+async fn held_ips(state: &AppState) -> Result<std::collections::BTreeSet<Ipv4Addr>, ApiError> {
+    let listed = state
+        .store
+        .list(
+            IP_PREFIX.as_bytes(),
+            rk3s_datastore::ListOptions {
+                keys_only: true,
+                ..rk3s_datastore::ListOptions::default()
+            },
+        )
+        .await?;
+    Ok(listed
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            std::str::from_utf8(&kv.key)
+                .ok()?
+                .strip_prefix(IP_PREFIX)?
+                .parse()
+                .ok()
+        })
+        .collect())
+}
+
+/// The IPv4 ranges cluster IPs come from (upstream's MultiCIDR allocator): the CIDRs of the
+/// ServiceCIDRs that are not being deleted and are Ready (no Ready condition counts as Ready,
+/// as upstream's allocator assumes when no controller has looked at them yet), the default
+/// `kubernetes` one first, then by name. CIDRs rk3s cannot allocate from (IPv6, prefixes
+/// outside 8–30) are left out. With none left, the `--service-cidr` range.
+pub(crate) async fn service_ranges(state: &AppState) -> Result<Vec<ServiceCidr>, ApiError> {
+    let listed = state
+        .store
+        .list(
+            b"/registry/servicecidrs/",
+            rk3s_datastore::ListOptions::default(),
+        )
+        .await?;
+    let mut ranges: Vec<(bool, String, ServiceCidr)> = Vec::new();
+    for kv in &listed.kvs {
+        let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        if obj
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+        {
+            continue;
+        }
+        let ready =
+            crate::validation::items(obj.get("status").unwrap_or(&Value::Null), "conditions")
+                .iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+                .and_then(|c| c.get("status").and_then(Value::as_str))
+                .is_none_or(|s| s == "True");
+        if !ready {
+            continue;
+        }
+        let name = meta_str(&obj, "name").to_string();
+        for cidr in crate::validation::items(obj.get("spec").unwrap_or(&Value::Null), "cidrs") {
+            if let Some(c) = cidr.as_str().and_then(|c| c.parse::<ServiceCidr>().ok()) {
+                ranges.push((
+                    name != crate::bootstrap::DEFAULT_SERVICE_CIDR,
+                    name.clone(),
+                    c,
+                ));
+            }
+        }
+    }
+    ranges.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut out: Vec<ServiceCidr> = ranges.into_iter().map(|(_, _, c)| c).collect();
+    out.dedup();
+    if out.is_empty() {
+        out.push(state.service_cidr);
+    }
+    Ok(out)
 }
 
 /// The allocation checks of a create (upstream's `allocateCreate` after the IP families): the
@@ -446,13 +666,14 @@ async fn check_create_allocations(
     let name = meta_str(obj, "name").to_string();
     let ip = match wanted(obj) {
         Some(Some(ip)) => {
-            let ip = check_requested_ip(info, &state.service_cidr, &name, &ip)?;
+            let ranges = service_ranges(state).await?;
+            let ip = check_requested_ip(info, &ranges, &name, &ip)?;
             if is_held(state, &ip_key(ip)).await? {
                 return Err(ip_taken(info, &name, ip));
             }
             None
         }
-        Some(None) if dry_run => Some(free_ip(state).await?),
+        Some(None) if dry_run => Some(free_ip(state, &service_ranges(state).await?).await?),
         _ => None,
     };
     let requested = wanted_ports(obj);
@@ -512,17 +733,17 @@ async fn check_create_allocations(
     Ok(())
 }
 
-/// A requested cluster IP, checked: an IPv4 address in the service CIDR.
+/// A requested cluster IP, checked: an IPv4 address in one of the service ranges.
 fn check_requested_ip(
     info: &ResourceInfo,
-    cidr: &ServiceCidr,
+    ranges: &[ServiceCidr],
     name: &str,
     ip: &str,
 ) -> Result<Ipv4Addr, ApiError> {
     let parsed: Ipv4Addr = ip
         .parse()
         .map_err(|_| invalid_ip(info, name, ip, "must be a valid IP address"))?;
-    if !cidr.contains(parsed) {
+    if !ranges.iter().any(|c| c.contains(parsed)) {
         return Err(invalid_ip(
             info,
             name,
@@ -568,13 +789,9 @@ pub(crate) async fn create(
     obj: &mut Value,
 ) -> Result<WriteOutcome, ApiError> {
     let name = meta_str(obj, "name").to_string();
+    let ranges = service_ranges(state).await?;
     let requested_ip = match wanted(obj) {
-        Some(Some(ip)) => Some(Some(check_requested_ip(
-            info,
-            &state.service_cidr,
-            &name,
-            &ip,
-        )?)),
+        Some(Some(ip)) => Some(Some(check_requested_ip(info, &ranges, &name, &ip)?)),
         Some(None) => Some(None),
         None => None,
     };
@@ -601,7 +818,11 @@ pub(crate) async fn create(
         && requested_hc.is_none_or(|p| p.is_some());
     let attempts = if all_requested { 1 } else { 64 };
     for _ in 0..attempts {
-        let ip = requested_ip.map(|r| r.unwrap_or_else(|| state.service_cidr.random()));
+        let ip = match requested_ip {
+            Some(Some(ip)) => Some(ip),
+            Some(None) => Some(free_ip(state, &ranges).await?),
+            None => None,
+        };
         let mut asked: Vec<i64> = requested_ports.iter().filter_map(|(_, p)| *p).collect();
         asked.extend(requested_hc.flatten());
         let drawn: Vec<(usize, i64)> = requested_ports
@@ -633,10 +854,14 @@ pub(crate) async fn create(
                 spec.insert("healthCheckNodePort".into(), json!(hc));
             }
         }
-        let owner = format!("{}/{name}", meta_str(obj, "namespace")).into_bytes();
-        let mut reserved: Vec<Vec<u8>> = held_ports(obj).into_iter().map(port_key).collect();
+        let namespace = meta_str(obj, "namespace").to_string();
+        let owner = format!("{namespace}/{name}").into_bytes();
+        let mut reserved: Vec<(Vec<u8>, Vec<u8>)> = held_ports(obj)
+            .into_iter()
+            .map(|p| (port_key(p), owner.clone()))
+            .collect();
         if let Some(ip) = ip {
-            reserved.push(ip_key(ip));
+            reserved.push((ip_key(ip), ip_record(ip, &namespace, &name)?));
         }
         let mut compare = vec![Compare::new(
             key,
@@ -648,15 +873,15 @@ pub(crate) async fn create(
             value: crate::rest::encode_for_store(obj)?,
             ..PutRequest::default()
         })];
-        for k in &reserved {
+        for (k, value) in reserved {
             compare.push(Compare::new(
                 k.clone(),
                 CompareOp::Equal,
                 CompareTarget::ModRevision(0),
             ));
             success.push(TxnOp::Put(PutRequest {
-                key: k.clone(),
-                value: owner.clone(),
+                key: k,
+                value,
                 ..PutRequest::default()
             }));
         }
@@ -772,7 +997,7 @@ pub(crate) struct Drawn {
 /// one, taken by [`update`]. Returns whether the IP was drawn.
 fn prepare_cluster_ip(
     info: &ResourceInfo,
-    cidr: &ServiceCidr,
+    ranges: &[ServiceCidr],
     old: &Value,
     new: &mut Value,
 ) -> Result<bool, ApiError> {
@@ -807,8 +1032,11 @@ fn prepare_cluster_ip(
     }
     let (ip, drawn) = match wanted(new) {
         None => return Ok(false),
-        Some(Some(ip)) => (check_requested_ip(info, cidr, &name, &ip)?, false),
-        Some(None) => (cidr.random(), true),
+        Some(Some(ip)) => (check_requested_ip(info, ranges, &name, &ip)?, false),
+        Some(None) => match ranges.first() {
+            Some(range) => (range.random(), true),
+            None => return Ok(false),
+        },
     };
     if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
         set_cluster_ip(spec, ip);
@@ -838,7 +1066,12 @@ pub(crate) async fn prepare_update(
     new: &mut Value,
 ) -> Result<Drawn, ApiError> {
     normalize_cluster_ips_update(old, new);
-    let ip = prepare_cluster_ip(info, &state.service_cidr, old, new)?;
+    let ranges = if needs_cluster_ip(new) && !needs_cluster_ip(old) {
+        service_ranges(state).await?
+    } else {
+        Vec::new()
+    };
+    let ip = prepare_cluster_ip(info, &ranges, old, new)?;
     if needs_cluster_ip(new) {
         init_ip_families(info, new)?;
     }
@@ -878,7 +1111,7 @@ async fn check_update_allocations(
         if !drawn.ip {
             return Err(ip_taken(info, &name, ip));
         }
-        let fresh = free_ip(state).await?;
+        let fresh = free_ip(state, &service_ranges(state).await?).await?;
         if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
             spec.insert("clusterIP".into(), json!(fresh.to_string()));
             spec.insert("clusterIPs".into(), json!([fresh.to_string()]));
@@ -1149,7 +1382,7 @@ pub(crate) async fn update(
         ));
         success.push(TxnOp::Put(PutRequest {
             key: ip_key(ip),
-            value: owner.clone(),
+            value: ip_record(ip, meta_str(new, "namespace"), meta_str(new, "name"))?,
             ..PutRequest::default()
         }));
     }
@@ -1275,6 +1508,40 @@ mod tests {
         assert!("10.43.0.0".parse::<ServiceCidr>().is_err());
         assert!("10.43.0.0/31".parse::<ServiceCidr>().is_err());
         assert!("x/16".parse::<ServiceCidr>().is_err());
+    }
+
+    #[test]
+    fn ranges_and_ip_records() {
+        let c: ServiceCidr = "10.0.0.0/29".parse().expect("cidr");
+        assert_eq!(c.to_string(), "10.0.0.0/29");
+        let usable: Vec<String> = c.usable().map(|ip| ip.to_string()).collect();
+        assert_eq!(
+            usable,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
+        let wide: ServiceCidr = "10.0.0.0/24".parse().expect("cidr");
+        assert!(wide.covers(&c) && !c.covers(&wide));
+        let record: Value = serde_json::from_slice(
+            &ip_record(Ipv4Addr::new(10, 0, 0, 2), "ns", "web").expect("record"),
+        )
+        .expect("json");
+        assert_eq!(record["kind"], "IPAddress");
+        assert_eq!(record["metadata"]["name"], "10.0.0.2");
+        assert_eq!(
+            record["metadata"]["labels"],
+            json!({"ipaddress.kubernetes.io/ip-family": "IPv4",
+                   "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io"})
+        );
+        assert_eq!(
+            record["spec"]["parentRef"],
+            json!({"group": "", "resource": "services", "namespace": "ns", "name": "web"})
+        );
+        assert!(record["metadata"].get("resourceVersion").is_none());
+        assert!(
+            record["metadata"]["uid"]
+                .as_str()
+                .is_some_and(|u| !u.is_empty())
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod networking;
 mod node;
 mod rbac;
 mod scheduling;
+mod servicecidr;
 mod storage;
 
 use serde_json::Value;

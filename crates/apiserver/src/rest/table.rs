@@ -844,6 +844,38 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             }),
             AGE,
         ],
+        ("networking.k8s.io", "ServiceCIDR") => vec![
+            NAME,
+            col("CIDRs", "string", 0, |o| {
+                let cidrs: Vec<&str> = arr(o, &["spec", "cidrs"])
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                json!(cidrs.join(","))
+            }),
+            AGE,
+        ],
+        // Upstream's printer also computes an age cell, but defines these two columns only.
+        ("networking.k8s.io", "IPAddress") => vec![
+            NAME,
+            col("ParentRef", "string", 0, |o| {
+                let Some(p) = o.pointer("/spec/parentRef").filter(|p| !p.is_null()) else {
+                    return json!("<none>");
+                };
+                let (group, resource) = (str_at(p, &["group"]), str_at(p, &["resource"]));
+                let mut shown = if group.is_empty() {
+                    resource
+                } else {
+                    format!("{resource}.{group}")
+                }
+                .to_lowercase();
+                let namespace = str_at(p, &["namespace"]);
+                if !namespace.is_empty() {
+                    shown = format!("{shown}/{namespace}");
+                }
+                json!(format!("{shown}/{}", str_at(p, &["name"])))
+            }),
+        ],
         ("networking.k8s.io", "NetworkPolicy") => vec![
             NAME,
             col("Pod-Selector", "string", 0, |o| {

@@ -32,6 +32,8 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
         "Ingress" => ingress(obj),
         "IngressClass" => ingress_class(obj, old),
         "NetworkPolicy" => network_policy(obj),
+        "IPAddress" => super::servicecidr::ip_address(obj, old),
+        "ServiceCIDR" => super::servicecidr::service_cidr(obj, old),
         _ => Vec::new(),
     }
 }
