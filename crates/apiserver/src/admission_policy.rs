@@ -61,7 +61,7 @@ use rk3s_datastore::ListOptions;
 use serde_json::{Value, json};
 
 use crate::admission_webhook::{
-    Attrs, Operation, Request, Rule, equivalents, review, rule_matches, served_as,
+    Attrs, Operation, Request, Rule, equivalents, review, rule_matches, served_as, strings,
 };
 use crate::crd::cel::{ENV, to_cel};
 use crate::registry::{REGISTRY, ResourceInfo};
@@ -279,15 +279,6 @@ struct Binding {
     actions: Vec<String>,
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect()
-}
-
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -297,17 +288,7 @@ fn parse_rules(v: Option<&Value>) -> Vec<NamedRule> {
         .into_iter()
         .flatten()
         .map(|r| NamedRule {
-            rule: Rule {
-                operations: strings(r.get("operations")),
-                groups: strings(r.get("apiGroups")),
-                versions: strings(r.get("apiVersions")),
-                resources: strings(r.get("resources")),
-                scope: r
-                    .get("scope")
-                    .and_then(Value::as_str)
-                    .unwrap_or("*")
-                    .to_string(),
-            },
+            rule: Rule::parse(r),
             names: strings(r.get("resourceNames")),
         })
         .collect()

@@ -722,7 +722,26 @@ pub(crate) struct Rule {
     pub(crate) scope: String,
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
+impl Rule {
+    /// A `RuleWithOperations` (or a policy's `NamedRuleWithOperations`) as written; `scope`
+    /// defaults to `*`.
+    pub(crate) fn parse(r: &Value) -> Rule {
+        Rule {
+            operations: strings(r.get("operations")),
+            groups: strings(r.get("apiGroups")),
+            versions: strings(r.get("apiVersions")),
+            resources: strings(r.get("resources")),
+            scope: r
+                .get("scope")
+                .and_then(Value::as_str)
+                .unwrap_or("*")
+                .to_string(),
+        }
+    }
+}
+
+/// The strings of a JSON list (none when absent).
+pub(crate) fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -746,17 +765,7 @@ impl Hook {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .map(|r| Rule {
-                    operations: strings(r.get("operations")),
-                    groups: strings(r.get("apiGroups")),
-                    versions: strings(r.get("apiVersions")),
-                    resources: strings(r.get("resources")),
-                    scope: r
-                        .get("scope")
-                        .and_then(Value::as_str)
-                        .unwrap_or("*")
-                        .to_string(),
-                })
+                .map(Rule::parse)
                 .collect(),
             exact: text("matchPolicy") == Some("Exact"),
             namespace_selector: selector("namespaceSelector"),

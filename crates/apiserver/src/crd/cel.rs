@@ -46,6 +46,8 @@ use crate::status::Cause;
 
 mod library;
 mod typed;
+
+pub(crate) use typed::RESERVED;
 mod url;
 
 /// The environment rules are compiled and run in.

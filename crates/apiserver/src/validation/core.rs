@@ -11,6 +11,8 @@
 //! what the pod strategy adds before validating (the selectors `matchLabelKeys` stand for).
 
 mod placement;
+
+pub(super) use placement::node_selector;
 mod security;
 mod volumes;
 

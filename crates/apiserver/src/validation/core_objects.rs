@@ -1685,87 +1685,6 @@ fn pv_source(name: &str, src: &Value, path: &str) -> Vec<Cause> {
     causes
 }
 
-/// `ValidateNodeSelector` of a volume's required node affinity.
-fn node_selector(sel: &Value, path: &str) -> Vec<Cause> {
-    let mut causes = Vec::new();
-    let terms_path = format!("{path}.nodeSelectorTerms");
-    let terms = items(sel, "nodeSelectorTerms");
-    if terms.is_empty() {
-        return vec![required(
-            terms_path,
-            "must have at least one node selector term",
-        )];
-    }
-    for (i, term) in terms.iter().enumerate() {
-        let tp = format!("{terms_path}[{i}]");
-        for (j, r) in items(term, "matchExpressions").iter().enumerate() {
-            let rp = format!("{tp}.matchExpressions[{j}]");
-            let values = items(r, "values");
-            let op = str_of(r, "operator");
-            match op {
-                "In" | "NotIn" if values.is_empty() => causes.push(required(
-                    format!("{rp}.values"),
-                    "must be specified when `operator` is 'In' or 'NotIn'",
-                )),
-                "Exists" | "DoesNotExist" if !values.is_empty() => causes.push(forbidden(
-                    format!("{rp}.values"),
-                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
-                )),
-                "Gt" | "Lt" if values.len() != 1 => causes.push(required(
-                    format!("{rp}.values"),
-                    "must be specified single value when `operator` is 'Lt' or 'Gt'",
-                )),
-                "In" | "NotIn" | "Exists" | "DoesNotExist" | "Gt" | "Lt" => {}
-                _ => causes.push(invalid(
-                    format!("{rp}.operator"),
-                    &q(op),
-                    "not a valid selector operator",
-                )),
-            }
-            let key = str_of(r, "key");
-            for m in qualified_name_problems(key) {
-                causes.push(invalid(format!("{rp}.key"), &q(key), &m));
-            }
-            for (k, v) in values.iter().enumerate() {
-                let v = v.as_str().unwrap_or("");
-                for m in label_value_problems(v) {
-                    causes.push(invalid(format!("{rp}.values[{k}]"), &q(v), &m));
-                }
-            }
-        }
-        for (j, r) in items(term, "matchFields").iter().enumerate() {
-            let rp = format!("{tp}.matchFields[{j}]");
-            let op = str_of(r, "operator");
-            let values = items(r, "values");
-            match op {
-                "In" | "NotIn" => {
-                    if values.len() != 1 {
-                        causes.push(required(
-                            format!("{rp}.values"),
-                            "must be only one value when `operator` is 'In' or 'NotIn' for node \
-                             field selector",
-                        ));
-                    }
-                }
-                _ => causes.push(invalid(
-                    format!("{rp}.operator"),
-                    &q(op),
-                    "not a valid selector operator",
-                )),
-            }
-            let key = str_of(r, "key");
-            if key != "metadata.name" {
-                causes.push(invalid(
-                    format!("{rp}.key"),
-                    &q(key),
-                    "not a valid field selector key",
-                ));
-            }
-        }
-    }
-    causes
-}
-
 /// `ValidatePersistentVolume` (and `...Update` with `old`).
 fn persistent_volume(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let spec = child(obj, "spec");
@@ -1835,7 +1754,7 @@ fn persistent_volume(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let affinity = spec.get("nodeAffinity").filter(|a| !a.is_null());
     if let Some(a) = affinity {
         match a.get("required").filter(|r| !r.is_null()) {
-            Some(r) => causes.extend(node_selector(r, "spec.nodeAffinity.required")),
+            Some(r) => causes.extend(super::core::node_selector(r, "spec.nodeAffinity.required")),
             None => causes.push(required(
                 "spec.nodeAffinity.required",
                 "must specify required node constraints",

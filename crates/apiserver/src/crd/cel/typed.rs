@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{ENV, to_cel};
 
 /// CEL's reserved words a property name is escaped from (upstream's `celReservedSymbols`).
-const RESERVED: &[&str] = &[
+pub(crate) const RESERVED: &[&str] = &[
     "true",
     "false",
     "null",

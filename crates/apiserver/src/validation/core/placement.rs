@@ -108,8 +108,8 @@ fn weight(term: &Value, path: &str) -> Vec<Cause> {
     }
 }
 
-/// `ValidateNodeSelector`.
-fn node_selector(sel: &Value, path: &str) -> Vec<Cause> {
+/// `ValidateNodeSelector` (pods' required node affinity, PersistentVolumes' node affinity).
+pub(crate) fn node_selector(sel: &Value, path: &str) -> Vec<Cause> {
     let terms = list(sel, "nodeSelectorTerms");
     let tp = format!("{path}.nodeSelectorTerms");
     if terms.is_empty() {
