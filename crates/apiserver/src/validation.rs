@@ -15,12 +15,14 @@ mod coordination;
 mod core;
 mod core_objects;
 mod discovery;
+pub(crate) mod ip;
 mod meta;
 mod networking;
 mod node;
 mod rbac;
 mod scheduling;
 mod servicecidr;
+mod status;
 mod storage;
 
 use serde_json::Value;
@@ -60,6 +62,16 @@ pub(crate) fn validate_builtin(
         _ => Vec::new(),
     });
     causes
+}
+
+/// Upstream's validation of a write through `/status` of a built-in object
+/// (`ValidateXxxStatusUpdate`): `obj` is the stored `old` with the request's status, as 422
+/// causes. Custom resources are validated by their schema instead.
+pub(crate) fn validate_status_update(info: &ResourceInfo, obj: &Value, old: &Value) -> Vec<Cause> {
+    if info.custom.is_some() {
+        return Vec::new();
+    }
+    status::validate(info, obj, old)
 }
 
 // ---- reading JSON objects -------------------------------------------------------------------

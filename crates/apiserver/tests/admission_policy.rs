@@ -469,23 +469,7 @@ async fn deletes_see_the_old_object_and_resource_names_narrow_the_rule() {
 
 #[tokio::test]
 async fn audit_actions_and_annotations_reach_the_audit_log() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
-         - level: Metadata\n  resources: [{group: \"\", resources: [configmaps]}]\n",
-    )
-    .expect("policy written");
-    let log = dir.path().join("audit.log");
-    let audit = rk3s_apiserver::audit::Audit::from_config(&rk3s_apiserver::audit::AuditConfig {
-        policy_file: Some(policy),
-        log_path: Some(log.clone()),
-        ..rk3s_apiserver::audit::AuditConfig::default()
-    })
-    .expect("audit configuration")
-    .expect("audit on");
-    let t = TestServer::start_configured(|a| a.audit(Some(audit))).await;
+    let t = TestServer::start_audited().await;
     let client = t.client().await;
     create_policy(
         &client,
@@ -530,12 +514,7 @@ async fn audit_actions_and_annotations_reach_the_audit_log() {
         ])
         .await;
     assert!(out.status.success(), "{out:?}");
-    let events = std::fs::read_to_string(&log).expect("audit log");
-    let event: Value = events
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
-        .find(|e| e["objectRef"]["name"] == "audited" && e["verb"] == "create")
-        .expect("the create's event");
+    let event = t.audit_event("create", "audited");
     let notes = &event["annotations"];
     assert_eq!(notes["audit.example.com/keys"], "keys-2", "{event}");
     let failures: Value = serde_json::from_str(

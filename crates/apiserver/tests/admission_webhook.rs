@@ -1607,23 +1607,7 @@ async fn connections_to_a_webhook_are_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_annotations_of_answers_reach_the_audit_log() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
-         - level: Metadata\n  resources: [{group: \"\", resources: [configmaps]}]\n",
-    )
-    .expect("policy written");
-    let log = dir.path().join("audit.log");
-    let audit = rk3s_apiserver::audit::Audit::from_config(&rk3s_apiserver::audit::AuditConfig {
-        policy_file: Some(policy),
-        log_path: Some(log.clone()),
-        ..rk3s_apiserver::audit::AuditConfig::default()
-    })
-    .expect("audit configuration")
-    .expect("audit on");
-    let t = TestServer::start_configured(|a| a.audit(Some(audit))).await;
+    let t = TestServer::start_audited().await;
     let client = t.client().await;
     let w = TestWebhook::start(&[], |path, review| {
         let note = if path.starts_with("/m") {
@@ -1667,12 +1651,7 @@ async fn audit_annotations_of_answers_reach_the_audit_log() {
     cms.create(&PostParams::default(), &configmap("noted", json!({})))
         .await
         .expect("created");
-    let events = std::fs::read_to_string(&log).expect("audit log");
-    let event: Value = events
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
-        .find(|e| e["objectRef"]["name"] == "noted" && e["verb"] == "create")
-        .expect("the create's event");
+    let event = t.audit_event("create", "noted");
     let notes = &event["annotations"];
     assert_eq!(notes["m.example.com/verdict"], "mutated", "{event}");
     assert_eq!(notes["v.example.com/verdict"], "checked", "{event}");

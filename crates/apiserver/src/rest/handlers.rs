@@ -1620,6 +1620,11 @@ pub(crate) fn merge_update(
         }
         if info.custom.is_some() {
             check_crd(info, &new, Some(old))?;
+        } else {
+            let causes = crate::validation::validate_status_update(info, &new, old);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(info, &name, causes));
+            }
         }
         return Ok(new);
     }

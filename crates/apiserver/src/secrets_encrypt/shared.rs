@@ -254,9 +254,15 @@ impl Shared {
         rev: i64,
     ) -> Result<(), SecretsEncryptError> {
         let transformer = Transformer::new(&state.config)?;
-        let changed = adopt_files(path, &state)?;
-        if changed || store.transformer().current().config() != Some(&state.config) {
+        let reload = store.transformer().current().config() != Some(&state.config);
+        if reload {
             store.transformer().replace(transformer);
+        }
+        // The record before the files: `status` reads the stage from the files, so a status
+        // that shows the new stage finds this server's new hash already recorded.
+        self.report(store.raw(), &state.config.hash()).await;
+        let changed = adopt_files(path, &state)?;
+        if changed || reload {
             tracing::info!(
                 stage = %state.stage,
                 hash = %state.config.hash(),
@@ -264,7 +270,6 @@ impl Shared {
             );
         }
         self.set_rev(rev);
-        self.report(store.raw(), &state.config.hash()).await;
         Ok(())
     }
 

@@ -96,20 +96,18 @@ pub(super) fn family_of(ip: &str) -> &'static str {
     if ip.contains(':') { "IPv6" } else { "IPv4" }
 }
 
-/// Upstream's `IsValidIP`.
+/// Upstream's `IsValidIP`, without the leading zeros `ParseIPSloppy` accepts in IPv4 octets:
+/// the allocator, the IPAddress objects and the proxy read service addresses in their plain
+/// form (a deliberate difference from v1.33's lenient legacy fields).
 fn ip_causes(field: String, ip: &str) -> Vec<Cause> {
     if ip.parse::<IpAddr>().is_ok() {
         Vec::new()
     } else {
-        vec![invalid(
-            field,
-            &q(ip),
-            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-        )]
+        vec![invalid(field, &q(ip), crate::validation::ip::IP_INVALID)]
     }
 }
 
-/// Upstream's `IsValidCIDR`.
+/// Upstream's `IsValidCIDR`, as strict as [`ip_causes`].
 fn cidr_causes(field: String, cidr: &str) -> Vec<Cause> {
     let ok = cidr.split_once('/').is_some_and(|(ip, bits)| {
         ip.parse::<IpAddr>().is_ok_and(|ip| {
@@ -125,60 +123,9 @@ fn cidr_causes(field: String, cidr: &str) -> Vec<Cause> {
         vec![invalid(
             field,
             &q(cidr),
-            "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+            crate::validation::ip::CIDR_INVALID,
         )]
     }
-}
-
-/// Upstream's `ValidateNonSpecialIP` (external IPs).
-fn non_special_ip_causes(field: &str, value: &str) -> Vec<Cause> {
-    let Ok(ip) = value.parse::<IpAddr>() else {
-        return vec![invalid(field, &q(value), "must be a valid IP address")];
-    };
-    let mut causes = Vec::new();
-    let (unspecified, loopback, link_local, link_local_multicast) = match ip {
-        IpAddr::V4(v4) => (
-            v4.is_unspecified(),
-            v4.is_loopback(),
-            v4.is_link_local(),
-            v4.octets()[..3] == [224, 0, 0],
-        ),
-        IpAddr::V6(v6) => (
-            v6.is_unspecified(),
-            v6.is_loopback(),
-            v6.segments()[0] & 0xffc0 == 0xfe80,
-            v6.segments()[0] & 0xff0f == 0xff02,
-        ),
-    };
-    if unspecified {
-        causes.push(invalid(
-            field,
-            &q(value),
-            &format!("may not be unspecified ({value})"),
-        ));
-    }
-    if loopback {
-        causes.push(invalid(
-            field,
-            &q(value),
-            "may not be in the loopback range (127.0.0.0/8, ::1/128)",
-        ));
-    }
-    if link_local {
-        causes.push(invalid(
-            field,
-            &q(value),
-            "may not be in the link-local range (169.254.0.0/16, fe80::/10)",
-        ));
-    }
-    if link_local_multicast {
-        causes.push(invalid(
-            field,
-            &q(value),
-            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)",
-        ));
-    }
-    causes
 }
 
 /// Upstream's `validateServicePort`.
@@ -502,7 +449,7 @@ pub(crate) fn validate(obj: &Value) -> Vec<Cause> {
         let field = format!("spec.externalIPs[{i}]");
         let bad = ip_causes(field.clone(), ip);
         if bad.is_empty() {
-            causes.extend(non_special_ip_causes(&field, ip));
+            causes.extend(crate::validation::ip::non_special_ip(&field, ip, false));
         } else {
             causes.extend(bad);
         }

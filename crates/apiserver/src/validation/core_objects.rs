@@ -44,12 +44,11 @@
 //! that upstream keeps as `inf.Dec` (shown by their value, not Go's pointer).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 
 use super::{
-    NameRule, dns_problems, duplicate, forbidden, invalid, items, label_value_problems,
+    NameRule, dns_problems, duplicate, forbidden, invalid, ip, items, label_value_problems,
     not_supported, obj_of, port_num_problems, q, qualified_name_problems, required, str_of,
 };
 use crate::registry::ResourceInfo;
@@ -751,87 +750,11 @@ fn events_v1_update(e: &Value, old: &Value) -> Vec<Cause> {
 
 // ---- Endpoints ------------------------------------------------------------------------------
 
-/// `netutils.ParseIPSloppy`: IPv4 octets may have leading zeros (read as decimal).
-fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
-    if s.contains(':') {
-        return s.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
-    }
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() != 4 {
-        return None;
-    }
-    let mut octets = [0u8; 4];
-    for (o, p) in octets.iter_mut().zip(&parts) {
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        *o = p.parse().ok()?;
-    }
-    Some(IpAddr::V4(Ipv4Addr::from(octets)))
-}
-
-/// `ValidateNonSpecialIP` (the checks of `ValidateEndpointIP`, also for EndpointSlices). A
-/// server that dials loopback endpoints (`Apiserver::proxy_to_loopback`, tests and
-/// embedding) accepts loopback addresses ([`super::loopback_endpoints_allowed`]).
+/// `ValidateNonSpecialIP` for an endpoint address (Endpoints and EndpointSlices). A server
+/// that dials loopback endpoints (`Apiserver::proxy_to_loopback`, tests and embedding) accepts
+/// loopback addresses ([`super::loopback_endpoints_allowed`]).
 pub(super) fn non_special_ip(ip: &str, path: &str) -> Vec<Cause> {
-    let Some(addr) = parse_ip_sloppy(ip) else {
-        return vec![invalid(path, &q(ip), "must be a valid IP address")];
-    };
-    // Go treats IPv4-mapped IPv6 addresses as IPv4 ones.
-    let addr = match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
-    };
-    let (unspecified, loopback, link_local, link_local_multicast) = match addr {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            (
-                a.is_unspecified(),
-                a.is_loopback(),
-                o[0] == 169 && o[1] == 254,
-                o[0] == 224 && o[1] == 0 && o[2] == 0,
-            )
-        }
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            (
-                a.is_unspecified(),
-                a.is_loopback(),
-                s[0] & 0xffc0 == 0xfe80,
-                s[0] & 0xff0f == 0xff02,
-            )
-        }
-    };
-    let mut causes = Vec::new();
-    if unspecified {
-        causes.push(invalid(
-            path,
-            &q(ip),
-            &format!("may not be unspecified ({ip})"),
-        ));
-    }
-    if loopback && !super::loopback_endpoints_allowed() {
-        causes.push(invalid(
-            path,
-            &q(ip),
-            "may not be in the loopback range (127.0.0.0/8, ::1/128)",
-        ));
-    }
-    if link_local {
-        causes.push(invalid(
-            path,
-            &q(ip),
-            "may not be in the link-local range (169.254.0.0/16, fe80::/10)",
-        ));
-    }
-    if link_local_multicast {
-        causes.push(invalid(
-            path,
-            &q(ip),
-            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)",
-        ));
-    }
-    causes
+    ip::non_special_ip(path, ip, super::loopback_endpoints_allowed())
 }
 
 const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
@@ -875,13 +798,7 @@ fn endpoint_address(a: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     let ip = str_of(a, "ip");
     let ip_path = format!("{path}.ip");
-    if parse_ip_sloppy(ip).is_none() {
-        causes.push(invalid(
-            &ip_path,
-            &q(ip),
-            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-        ));
-    }
+    causes.extend(ip::legacy_ip_causes(&ip_path, ip));
     let hostname = str_of(a, "hostname");
     if !hostname.is_empty() {
         for m in dns_problems(NameRule::Label, hostname) {
@@ -1007,20 +924,9 @@ fn pod_cidrs(spec: &Value) -> Vec<String> {
     list
 }
 
-/// `netutils.ParseCIDRSloppy`: the address family of a valid CIDR.
+/// `netutils.ParseCIDRSloppy`: the address family of a valid CIDR (IPv6: `true`).
 fn cidr_family(c: &str) -> Option<bool> {
-    let (ip, bits) = c.split_once('/')?;
-    let bits: u8 =
-        if !bits.is_empty() && bits.len() <= 3 && bits.bytes().all(|b| b.is_ascii_digit()) {
-            bits.parse().ok()?
-        } else {
-            return None;
-        };
-    match parse_ip_sloppy(ip)? {
-        IpAddr::V4(_) if bits <= 32 => Some(false),
-        IpAddr::V6(_) if bits <= 128 => Some(true),
-        _ => None,
-    }
+    ip::parse_cidr_sloppy(c).map(|(ip, _)| ip.is_ipv6())
 }
 
 fn node(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
@@ -1250,80 +1156,37 @@ fn limit_bounds(item: &Value, ty: &str, k: &str, p: &str) -> Vec<Cause> {
             &detail,
         ));
     };
-    use std::cmp::Ordering::Greater;
-    if let (Some(min), Some(max)) = (&min, &max)
-        && cmp(min, max) == Greater
-    {
-        push(
-            "min",
-            min,
-            format!("min value {} is greater than max value {}", s(min), s(max)),
-        );
-    }
-    if let (Some(req), Some(min)) = (&req, &min)
-        && cmp(min, req) == Greater
-    {
-        push(
+    // (greater name, greater, lesser name, lesser, field reported, value shown): the value
+    // named first may not exceed the second.
+    let orderings = [
+        ("min", &min, "max", &max, "min", &min),
+        ("min", &min, "default request", &req, "defaultRequest", &req),
+        ("default request", &req, "max", &max, "defaultRequest", &req),
+        (
+            "default request",
+            &req,
+            "default limit",
+            &def,
             "defaultRequest",
-            req,
-            format!(
-                "min value {} is greater than default request value {}",
-                s(min),
-                s(req)
-            ),
-        );
-    }
-    if let (Some(req), Some(max)) = (&req, &max)
-        && cmp(req, max) == Greater
-    {
-        push(
-            "defaultRequest",
-            req,
-            format!(
-                "default request value {} is greater than max value {}",
-                s(req),
-                s(max)
-            ),
-        );
-    }
-    if let (Some(req), Some(def)) = (&req, &def)
-        && cmp(req, def) == Greater
-    {
-        push(
-            "defaultRequest",
-            req,
-            format!(
-                "default request value {} is greater than default limit value {}",
-                s(req),
-                s(def)
-            ),
-        );
-    }
-    if let (Some(def), Some(min)) = (&def, &min)
-        && cmp(min, def) == Greater
-    {
-        push(
-            "default",
-            min,
-            format!(
-                "min value {} is greater than default value {}",
-                s(min),
-                s(def)
-            ),
-        );
-    }
-    if let (Some(def), Some(max)) = (&def, &max)
-        && cmp(def, max) == Greater
-    {
-        push(
-            "default",
-            max,
-            format!(
-                "default value {} is greater than max value {}",
-                s(def),
-                s(max)
-            ),
-        );
+            &req,
+        ),
+        ("min", &min, "default", &def, "default", &min),
+        ("default", &def, "max", &max, "default", &max),
+    ];
+    for (a_name, a, b_name, b, field, shown) in orderings {
+        if let (Some(a), Some(b), Some(shown)) = (a, b, shown)
+            && cmp(a, b) == std::cmp::Ordering::Greater
+        {
+            push(
+                field,
+                shown,
+                format!(
+                    "{a_name} value {} is greater than {b_name} value {}",
+                    s(a),
+                    s(b)
+                ),
+            );
+        }
     }
     if let Some(ratio) = &ratio {
         if ratio.milli_value() < 1000 {

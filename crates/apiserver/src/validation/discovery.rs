@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::core_objects::non_special_ip;
-use super::networking::{parse_ip_sloppy, to4};
 use super::{
     NameRule, dns_problems, duplicate, invalid, items, label_value_problems, not_supported, q,
     qualified_name_problems, required, str_of,
@@ -131,8 +130,8 @@ fn endpoints(endpoints: &[Value], address_type: &str) -> Vec<Cause> {
 /// `IsValidIPv4Address` / `IsValidIPv6Address`: an IPv4-mapped IPv6 address is IPv4 (Go's
 /// `To4`).
 fn ip_of_family(address: &str, family: &str, field: &str) -> Vec<Cause> {
-    let ip = parse_ip_sloppy(address);
-    let v4 = ip.as_deref().and_then(to4).is_some();
+    let ip = super::ip::parse_sloppy(address);
+    let v4 = ip.and_then(super::ip::to4).is_some();
     let ok = match family {
         "IPv4" => v4,
         _ => ip.is_some() && !v4,

@@ -9,13 +9,13 @@
 //! `policyTypes`. Not covered: on update, upstream lets an already invalid label value in the
 //! stored pod selector stay (`AllowInvalidLabelValueInSelector`); here it is refused.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use serde_json::Value;
 
 use super::label_selector_causes;
 use super::{
-    NameRule, dns_problems, forbidden, invalid, items, not_supported, port_name_problems,
+    NameRule, dns_problems, forbidden, invalid, ip, items, not_supported, port_name_problems,
     port_num_problems, q, required, str_of, too_long, validate_name,
 };
 use crate::registry::ResourceInfo;
@@ -354,8 +354,6 @@ fn domain_prefixed_path(field: &str, value: &str) -> Vec<Cause> {
 
 // ---- NetworkPolicy ---------------------------------------------------------------------------
 
-const CIDR_INVALID: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
-
 /// `ValidateNetworkPolicySpec` (create and update alike).
 fn network_policy(obj: &Value) -> Vec<Cause> {
     let null = Value::Null;
@@ -488,24 +486,29 @@ fn network_policy_peer(peer: &Value, path: &str) -> Vec<Cause> {
     causes
 }
 
-/// `ValidateIPBlock`.
+/// `ValidateIPBlock`: CIDRs parsed sloppily (host bits and leading zeros accepted).
 fn ip_block(block: &Value, path: &str) -> Vec<Cause> {
     let cidr = str_of(block, "cidr");
     if cidr.is_empty() {
         return vec![required(format!("{path}.cidr"), "")];
     }
-    let Some(net) = Cidr::parse_sloppy(cidr) else {
-        return vec![invalid(format!("{path}.cidr"), &q(cidr), CIDR_INVALID)];
+    let Some((net, prefix)) = ip::parse_cidr_sloppy(cidr) else {
+        return vec![invalid(format!("{path}.cidr"), &q(cidr), ip::CIDR_INVALID)];
     };
+    let net = ip::masked(net, prefix);
     let mut causes = Vec::new();
     for (i, except) in items(block, "except").iter().enumerate() {
         let except = except.as_str().unwrap_or_default();
         let field = format!("{path}.except[{i}]");
-        let Some(inner) = Cidr::parse_sloppy(except) else {
-            causes.push(invalid(&field, &q(except), CIDR_INVALID));
+        let Some((inner, inner_prefix)) = ip::parse_cidr_sloppy(except) else {
+            causes.push(invalid(&field, &q(except), ip::CIDR_INVALID));
             continue;
         };
-        if !net.contains(&inner.ip) || net.prefix >= inner.prefix {
+        // Go's `IPNet.Contains`: an IPv4-mapped address is matched as IPv4.
+        let inner = ip::masked(inner, inner_prefix);
+        let inner = ip::to4(inner).map_or(inner, IpAddr::V4);
+        let contained = inner.is_ipv4() == net.is_ipv4() && ip::masked(inner, prefix) == net;
+        if !contained || prefix >= inner_prefix {
             causes.push(invalid(
                 &field,
                 &q(except),
@@ -514,99 +517,6 @@ fn ip_block(block: &Value, path: &str) -> Vec<Cause> {
         }
     }
     causes
-}
-
-/// An IP as Go's `net.IP` holds it: 4 bytes for an IPv4 address, 16 for an IPv6 one.
-/// IPv4 octets may have leading zeros, as `netutils.ParseIPSloppy` allows.
-pub(super) fn parse_ip_sloppy(s: &str) -> Option<Vec<u8>> {
-    if s.contains(':') {
-        return s.parse::<Ipv6Addr>().ok().map(|a| a.octets().to_vec());
-    }
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() != 4 {
-        return None;
-    }
-    let mut octets = Vec::with_capacity(4);
-    for part in parts {
-        if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        let digits = part.trim_start_matches('0');
-        if digits.len() > 3 {
-            return None;
-        }
-        let n: u16 = if digits.is_empty() {
-            0
-        } else {
-            digits.parse().ok()?
-        };
-        octets.push(u8::try_from(n).ok()?);
-    }
-    Some(octets)
-}
-
-/// Go's `IP.To4`: the IPv4 address of a 4-byte IP or an IPv4-mapped IPv6 one.
-pub(super) fn to4(ip: &[u8]) -> Option<Ipv4Addr> {
-    match ip.len() {
-        4 => Some(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3])),
-        16 if ip[..10].iter().all(|b| *b == 0) && ip[10] == 0xff && ip[11] == 0xff => {
-            Some(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]))
-        }
-        _ => None,
-    }
-}
-
-/// A CIDR as Go's `ParseCIDR` gives it: the network (address masked) and prefix length.
-struct Cidr {
-    ip: Vec<u8>,
-    prefix: u32,
-}
-
-impl Cidr {
-    fn parse_sloppy(s: &str) -> Option<Self> {
-        let (addr, len) = s.split_once('/')?;
-        let ip = parse_ip_sloppy(addr)?;
-        if len.is_empty() || !len.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        let digits = len.trim_start_matches('0');
-        let prefix: u32 = if digits.is_empty() {
-            0
-        } else if digits.len() > 3 {
-            return None;
-        } else {
-            digits.parse().ok()?
-        };
-        let bits = u32::try_from(ip.len() * 8).ok()?;
-        if prefix > bits {
-            return None;
-        }
-        let ip = masked(&ip, prefix);
-        Some(Self { ip, prefix })
-    }
-
-    /// Go's `IPNet.Contains`.
-    fn contains(&self, ip: &[u8]) -> bool {
-        let ip = match to4(ip) {
-            Some(v4) => v4.octets().to_vec(),
-            None => ip.to_vec(),
-        };
-        ip.len() == self.ip.len() && masked(&ip, self.prefix) == self.ip
-    }
-}
-
-fn masked(ip: &[u8], prefix: u32) -> Vec<u8> {
-    ip.iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let start = u32::try_from(i * 8).unwrap_or(u32::MAX);
-            match prefix.saturating_sub(start) {
-                0 => 0,
-                n if n >= 8 => *b,
-                n => b & (0xffu8 << (8 - n)),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -726,7 +636,13 @@ mod tests {
             ]
         );
         // Go's sloppy parsing: host bits and leading zeros are accepted.
-        assert!(Cidr::parse_sloppy("010.0.0.1/8").is_some_and(|c| c.ip == [10, 0, 0, 0]));
-        assert!(Cidr::parse_sloppy("2001:db8::/64").is_some_and(|c| c.prefix == 64));
+        let block = json!({"cidr": "010.0.0.1/8", "except": ["10.1.0.0/16", "2001:db8::/64"]});
+        assert_eq!(
+            ip_block(&block, "b")
+                .iter()
+                .map(|c| c.field.as_str())
+                .collect::<Vec<_>>(),
+            ["b.except[1]"]
+        );
     }
 }

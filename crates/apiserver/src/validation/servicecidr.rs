@@ -8,10 +8,9 @@
 //! metadata only, as upstream. Values upstream prints as Go structs (`%#v` of the spec) are
 //! spelled in Go syntax here.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use serde_json::Value;
 
+use super::ip::{cidr_problems, ip_problems, parse_cidr_sloppy};
 use super::{NameRule, invalid, q, required, str_of, validate_name};
 use crate::status::Cause;
 
@@ -156,7 +155,7 @@ fn cidrs_problems(cidrs: &[String]) -> Vec<Cause> {
     if cidrs.len() == 2 {
         let families: Vec<Option<bool>> = cidrs
             .iter()
-            .map(|c| sloppy_cidr(c).map(|(ip, _)| ip.is_ipv4()))
+            .map(|c| parse_cidr_sloppy(c).map(|(ip, _)| ip.is_ipv4()))
             .collect();
         let dual = matches!(
             (families[0], families[1]),
@@ -180,102 +179,6 @@ fn cidrs_problems(cidrs: &[String]) -> Vec<Cause> {
                 .map(move |p| invalid(format!("{path}[{i}]"), &q(c), &p))
         })
         .collect()
-}
-
-/// An IPv4 address as Go's `ParseIPSloppy` reads it: leading zeros in octets allowed.
-fn sloppy_ipv4(s: &str) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() != 4 {
-        return None;
-    }
-    let mut octets = [0u8; 4];
-    for (o, p) in octets.iter_mut().zip(&parts) {
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        *o = p.parse().ok()?;
-    }
-    Some(Ipv4Addr::from(octets))
-}
-
-/// An address as Go's `ParseIPSloppy` reads it (an IPv4-mapped IPv6 address stays IPv6 here).
-fn sloppy_ip(s: &str) -> Option<IpAddr> {
-    if s.contains(':') {
-        return s.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
-    }
-    sloppy_ipv4(s).map(IpAddr::V4)
-}
-
-/// A CIDR as Go's `ParseCIDRSloppy` reads it: the address and the prefix length.
-fn sloppy_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, bits) = s.split_once('/')?;
-    let ip = sloppy_ip(ip)?;
-    if bits.is_empty() || bits.len() > 3 || !bits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let bits: u8 = bits.parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (bits <= max).then_some((ip, bits))
-}
-
-/// The problems apimachinery's `IsValidIP` finds (strict: no leading zeros, no IPv4-mapped
-/// IPv6, canonical form).
-pub(crate) fn ip_problems(s: &str) -> Vec<String> {
-    let Some(ip) = sloppy_ip(s) else {
-        return vec!["must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)".into()];
-    };
-    if s.parse::<IpAddr>().is_err() {
-        return vec!["must not have leading 0s".into()];
-    }
-    if let IpAddr::V6(v6) = ip
-        && v6.to_ipv4_mapped().is_some()
-    {
-        return vec!["must not be an IPv4-mapped IPv6 address".into()];
-    }
-    let canonical = ip.to_string();
-    if canonical != s {
-        return vec![format!("must be in canonical form ({})", q(&canonical))];
-    }
-    Vec::new()
-}
-
-/// The network of `ip/bits`.
-fn masked(ip: IpAddr, bits: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
-}
-
-/// The problems apimachinery's `IsValidCIDR` finds (strict parsing, then canonical form).
-pub(crate) fn cidr_problems(s: &str) -> Vec<String> {
-    let Some((ip, bits)) = sloppy_cidr(s) else {
-        return vec!["must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)".into()];
-    };
-    let (ip_part, bits_part) = s.split_once('/').unwrap_or((s, ""));
-    if ip_part.parse::<IpAddr>().is_err() || (bits_part.len() > 1 && bits_part.starts_with('0')) {
-        return vec!["must not have leading 0s in IP or prefix length".into()];
-    }
-    if let IpAddr::V6(v6) = ip
-        && v6.to_ipv4_mapped().is_some()
-    {
-        return vec!["must not have an IPv4-mapped IPv6 address".into()];
-    }
-    let network = masked(ip, bits);
-    if network != ip {
-        return vec!["must not have bits set beyond the prefix length".into()];
-    }
-    let canonical = format!("{network}/{bits}");
-    if canonical != s {
-        return vec![format!("must be in canonical form ({})", q(&canonical))];
-    }
-    Vec::new()
 }
 
 #[cfg(test)]

@@ -10,6 +10,9 @@ use std::process::{Command, Output};
 use rk3s_apiserver::{Apiserver, RunningApiserver};
 use rk3s_datastore::Store;
 
+/// The audit log's file name in a [`TestServer::start_audited`] server's directory.
+const AUDIT_LOG: &str = "audit.log";
+
 /// A running apiserver and what clients need to reach it.
 pub struct TestServer {
     pub server: RunningApiserver,
@@ -44,7 +47,13 @@ impl TestServer {
     /// Like [`TestServer::start`], with the apiserver configured by `configure` (encryption,
     /// audit, ...).
     pub async fn start_configured(configure: impl FnOnce(Apiserver) -> Apiserver) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), configure).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(Apiserver) -> Apiserver,
+    ) -> TestServer {
         let db = dir.path().join("state.db");
         let store = rk3s_datastore::connect(&rk3s_datastore::Config {
             data_dir: dir.path().to_path_buf(),
@@ -66,6 +75,39 @@ impl TestServer {
             kubeconfig,
             dir,
         }
+    }
+
+    /// Like [`TestServer::start`], writing an audit log of ConfigMap requests at level
+    /// `Metadata` (stage `RequestReceived` omitted); read with [`TestServer::audit_event`].
+    pub async fn start_audited() -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let policy = dir.path().join("audit-policy.yaml");
+        std::fs::write(
+            &policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: Metadata\n  resources: [{group: \"\", resources: [configmaps]}]\n",
+        )
+        .expect("policy written");
+        let audit =
+            rk3s_apiserver::audit::Audit::from_config(&rk3s_apiserver::audit::AuditConfig {
+                policy_file: Some(policy),
+                log_path: Some(dir.path().join(AUDIT_LOG)),
+                ..rk3s_apiserver::audit::AuditConfig::default()
+            })
+            .expect("audit configuration")
+            .expect("audit on");
+        Self::start_in(dir, |a| a.audit(Some(audit))).await
+    }
+
+    /// The audit event of the `verb` request on the object `name` (a server from
+    /// [`TestServer::start_audited`]).
+    pub fn audit_event(&self, verb: &str, name: &str) -> serde_json::Value {
+        let events = std::fs::read_to_string(self.dir.path().join(AUDIT_LOG)).expect("audit log");
+        events
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+            .find(|e| e["objectRef"]["name"] == name && e["verb"] == verb)
+            .unwrap_or_else(|| panic!("no audit event of {verb} {name} in {events}"))
     }
 
     /// Stops this apiserver and starts another, configured by `configure`, on the same store

@@ -398,29 +398,6 @@ pub(super) fn topology_spread(spec: &Value, path: &str) -> Vec<Cause> {
     causes
 }
 
-/// Upstream's `IsValidIP` (`ParseIPSloppy`: IPv4 parts may have leading zeros).
-fn ip_causes(path: &str, ip: &str) -> Vec<Cause> {
-    let sloppy_v4 = || {
-        let parts: Vec<&str> = ip.split('.').collect();
-        parts.len() == 4
-            && parts.iter().all(|p| {
-                !p.is_empty()
-                    && p.len() <= 3
-                    && p.bytes().all(|b| b.is_ascii_digit())
-                    && p.parse::<u16>().is_ok_and(|n| n <= 255)
-            })
-    };
-    if ip.parse::<std::net::IpAddr>().is_ok() || sloppy_v4() {
-        Vec::new()
-    } else {
-        vec![invalid(
-            path,
-            &q(ip),
-            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-        )]
-    }
-}
-
 /// `IsDNS1123SubdomainWithUnderscore`.
 fn subdomain_with_underscore_problems(v: &str) -> Vec<String> {
     const FMT: &str = r"_?[a-z0-9]([-_a-z0-9]*[a-z0-9])?(\._?[a-z0-9]([-_a-z0-9]*[a-z0-9])?)*";
@@ -478,7 +455,10 @@ pub(super) fn dns_config(spec: &Value, path: &str) -> Vec<Cause> {
         ));
     }
     for (i, ns) in servers.iter().enumerate() {
-        causes.extend(ip_causes(&format!("{path}.nameservers[{i}]"), ns));
+        causes.extend(crate::validation::ip::legacy_ip_causes(
+            &format!("{path}.nameservers[{i}]"),
+            ns,
+        ));
     }
     let searches = strings(c, "searches");
     if searches.len() > 32 {
@@ -521,7 +501,10 @@ pub(super) fn names_and_gates(spec: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     for (i, alias) in list(spec, "hostAliases").iter().enumerate() {
         let p = format!("{path}.hostAliases[{i}]");
-        causes.extend(ip_causes(&format!("{p}.ip"), str_of(alias, "ip")));
+        causes.extend(crate::validation::ip::legacy_ip_causes(
+            &format!("{p}.ip"),
+            str_of(alias, "ip"),
+        ));
         for (j, h) in strings(alias, "hostnames").iter().enumerate() {
             for m in dns_problems(NameRule::Subdomain, h) {
                 causes.push(invalid(format!("{p}.hostnames[{j}]"), &q(h), &m));
