@@ -76,6 +76,7 @@ pub use pki::{
     CertKey, Pki, PkiOptions, RENEW_BEFORE, SYSTEM_MASTERS, SYSTEM_NODES, kubeconfig,
     new_key_and_csr,
 };
+pub use rest::components::ComponentHealth;
 pub use server::{Apiserver, RunningApiserver};
 pub use services::ServiceCidr;
 pub use storage::{Reencrypted, reencrypt};

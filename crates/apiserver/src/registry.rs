@@ -346,6 +346,10 @@ impl Registry {
                 .short(&["ep"])
                 .storage("services/endpoints")
                 .create_on_update(),
+            // Not stored: the health of the components (`rest::components`).
+            ResourceInfo::of::<core::ComponentStatus>()
+                .short(&["cs"])
+                .verbs(&["get", "list"]),
             ResourceInfo::of::<core::Event>()
                 .short(&["ev"])
                 .names(PathSegment)

@@ -58,6 +58,8 @@ pub(crate) struct AppState {
     /// `pods/proxy` and `services/proxy` may dial loopback pod IPs (stand-in pods in tests;
     /// upstream refuses them: see [`Apiserver::proxy_to_loopback`]).
     pub(crate) proxy_loopback: bool,
+    /// What the embedder reports of the components beside this server (componentstatuses).
+    pub(crate) components: crate::ComponentHealth,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -169,6 +171,7 @@ pub struct Apiserver {
     shared_encryption: Option<crate::secrets_encrypt::SharedEncryption>,
     audit: Option<Arc<crate::audit::Audit>>,
     proxy_loopback: bool,
+    components: crate::ComponentHealth,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
@@ -202,7 +205,16 @@ impl Apiserver {
             shared_encryption: None,
             audit: None,
             proxy_loopback: false,
+            components: crate::ComponentHealth::default(),
         }
+    }
+
+    /// The health of the components that run beside this server (the scheduler and the
+    /// controller manager of `rk3s server`), which `/api/v1/componentstatuses` lists with the
+    /// datastore; the embedder keeps reporting into it.
+    pub fn component_health(mut self, health: crate::ComponentHealth) -> Self {
+        self.components = health;
+        self
     }
 
     /// Let `pods/proxy` and `services/proxy` reach pods whose IP is a loopback address
@@ -355,6 +367,7 @@ impl Apiserver {
                 }),
             }),
             proxy_loopback: self.proxy_loopback,
+            components: self.components,
             bootstrapped: Arc::new(AtomicBool::new(false)),
         };
         crate::bootstrap::run(&state, addr).await?;

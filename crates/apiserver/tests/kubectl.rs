@@ -55,6 +55,86 @@ async fn readyz_verbose_lists_checks() {
     );
 }
 
+/// `kubectl get componentstatuses`: what the embedder reports of its components (a failing
+/// one with its error) and the datastore as `etcd-0`; read-only, deprecated as upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn componentstatuses_report_the_embedders_components_and_the_datastore() {
+    let health = rk3s_apiserver::ComponentHealth::new();
+    let t = TestServer::start_configured({
+        let health = health.clone();
+        move |a| a.component_health(health)
+    })
+    .await;
+    // A standalone apiserver (nothing reported): the datastore only.
+    let rows = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let out = t.kubectl(&["get", "cs"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Warning: v1 ComponentStatus is deprecated in v1.19+"),
+        "{out:?}"
+    );
+    assert_eq!(
+        rows(&String::from_utf8_lossy(&out.stdout)),
+        ["NAME STATUS MESSAGE ERROR", "etcd-0 Healthy ok"]
+    );
+
+    health.report("scheduler", Ok(()));
+    health.report(
+        "controller-manager",
+        Err("failed: lost its lease; restarting".into()),
+    );
+    let out = t.kubectl_ok(&["get", "componentstatuses"]).await;
+    assert_eq!(
+        rows(&out),
+        [
+            "NAME STATUS MESSAGE ERROR",
+            "controller-manager Unhealthy failed: lost its lease; restarting",
+            "scheduler Healthy ok",
+            "etcd-0 Healthy ok",
+        ]
+    );
+    let one = t
+        .kubectl_ok(&["get", "cs", "controller-manager", "-o", "json"])
+        .await;
+    let one: serde_json::Value = serde_json::from_str(&one).expect("JSON");
+    assert_eq!(
+        one,
+        serde_json::json!({"kind": "ComponentStatus", "apiVersion": "v1",
+            "metadata": {"name": "controller-manager"},
+            "conditions": [{"type": "Healthy", "status": "False",
+                "error": "failed: lost its lease; restarting"}]})
+    );
+    let names = t
+        .kubectl_ok(&[
+            "get",
+            "cs",
+            "--field-selector=metadata.name=scheduler",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(names.trim(), "componentstatus/scheduler");
+
+    // Unknown names are 404; writes are not allowed (405), as upstream.
+    let missing = t.kubectl(&["get", "cs", "kubelet"]).await;
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains(r#"componentstatuses "kubelet" not found"#),
+        "{missing:?}"
+    );
+    let delete = t.kubectl(&["delete", "cs", "scheduler"]).await;
+    assert!(
+        String::from_utf8_lossy(&delete.stderr)
+            .contains("the server does not allow this method on the requested resource"),
+        "{delete:?}"
+    );
+}
+
 /// The roots go-restful serves with a trailing slash too (the Python client's paths).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roots_answer_with_a_trailing_slash() {

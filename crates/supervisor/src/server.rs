@@ -207,7 +207,11 @@ async fn run_with_store(
         secret: token.password.clone(),
         server: node_name(config),
     };
+    // The scheduler's and controller manager's state, as their supervisor reports it, for
+    // `kubectl get componentstatuses`.
+    let component_health = rk3s_apiserver::ComponentHealth::new();
     components.push(apiserver(ApiserverSettings {
+        component_health: component_health.clone(),
         store,
         pki,
         token,
@@ -258,7 +262,11 @@ async fn run_with_store(
         clients.push(controller(controller_kubeconfig, identity, &tls_dir));
     }
     let clients = tokio::select! {
-        started = Supervisor::start(clients, Backoff::default()) => started,
+        started = Supervisor::start_reporting(
+            clients,
+            Backoff::default(),
+            std::sync::Arc::new(move |name, health| component_health.report(name, health)),
+        ) => started,
         _ = &mut shutdown => {
             supervisor.shutdown().await;
             return Ok(());
@@ -477,6 +485,8 @@ struct ApiserverSettings {
     cidr: ServiceCidr,
     listen: SocketAddr,
     local: SocketAddr,
+    /// The other components' health, for componentstatuses.
+    component_health: rk3s_apiserver::ComponentHealth,
 }
 
 /// The apiserver on the shared store. While it runs, its `/livez` is asked every
@@ -493,6 +503,7 @@ fn apiserver(settings: ApiserverSettings) -> Component {
         cidr,
         listen,
         local,
+        component_health,
     } = settings;
     Component::new("apiserver", move |stop: Stop| {
         let ca_pem = pki.server_ca.cert_pem.clone();
@@ -500,7 +511,8 @@ fn apiserver(settings: ApiserverSettings) -> Component {
             .pki(pki.clone())
             .join_token(token.clone())
             .auth(extra.auth.clone())
-            .service_cidr(cidr);
+            .service_cidr(cidr)
+            .component_health(component_health.clone());
         if let Some(agent) = &agent_token {
             server = server.agent_token(agent.clone());
         }

@@ -21,6 +21,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// The future that runs a started component until `stop` turns true (then it finishes its
 /// work and returns `Ok`) or until it fails.
 pub type Running = BoxFuture<Result<(), BoxError>>;
+/// Told each component's state as it changes: `Ok` once it runs, `Err(reason)` while it is
+/// failed and waiting to restart (what `kubectl get componentstatuses` shows).
+pub type Report = std::sync::Arc<dyn Fn(&'static str, Result<(), String>) + Send + Sync>;
 /// Starts a component: resolves when it is up, with the future that runs it.
 pub type StartFn = Box<dyn FnMut(Stop) -> BoxFuture<Result<Running, BoxError>> + Send + 'static>;
 
@@ -112,6 +115,15 @@ impl Supervisor {
     /// Starts `components` in order. If one fails to start, those already started are stopped
     /// and its error is returned.
     pub async fn start(components: Vec<Component>, backoff: Backoff) -> Result<Self, StartError> {
+        Self::start_reporting(components, backoff, std::sync::Arc::new(|_, _| {})).await
+    }
+
+    /// [`Supervisor::start`], telling `report` each component's state as it changes.
+    pub async fn start_reporting(
+        components: Vec<Component>,
+        backoff: Backoff,
+        report: Report,
+    ) -> Result<Self, StartError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut supervisor = Supervisor {
             stop_tx,
@@ -123,7 +135,9 @@ impl Supervisor {
                 Ok(running) => {
                     tracing::debug!(component = component.name, "started");
                     let name = component.name;
-                    let task = tokio::spawn(supervise(component, running, stop, backoff));
+                    report(name, Ok(()));
+                    let task =
+                        tokio::spawn(supervise(component, running, stop, backoff, report.clone()));
                     supervisor.tasks.push((name, task));
                 }
                 Err(error) => {
@@ -172,7 +186,13 @@ impl Supervisor {
 }
 
 /// Runs `running`, and restarts the component whenever it ends before `stop`.
-async fn supervise(mut component: Component, running: Running, stop: Stop, backoff: Backoff) {
+async fn supervise(
+    mut component: Component,
+    running: Running,
+    stop: Stop,
+    backoff: Backoff,
+    report: Report,
+) {
     let name = component.name;
     let mut running = Some(running);
     let mut delay = backoff.initial;
@@ -192,17 +212,22 @@ async fn supervise(mut component: Component, running: Running, stop: Stop, backo
             if started.elapsed() >= backoff.reset_after {
                 delay = backoff.initial;
             }
-            match outcome {
+            let failure = match outcome {
                 Ok(Ok(())) => {
                     tracing::error!(component = name, retry_in = ?delay, "component stopped unexpectedly; restarting");
+                    "stopped unexpectedly".to_string()
                 }
                 Ok(Err(err)) => {
                     tracing::error!(component = name, %err, retry_in = ?delay, "component failed; restarting");
+                    format!("failed: {err}")
                 }
                 Err(err) => {
+                    let err = panic_message(err);
                     tracing::error!(component = name, %err, retry_in = ?delay, "component panicked; restarting");
+                    format!("panicked: {err}")
                 }
-            }
+            };
+            report(name, Err(format!("{failure}; restarting")));
         }
         tokio::select! {
             _ = stop.clone().stopped() => return,
@@ -212,6 +237,7 @@ async fn supervise(mut component: Component, running: Running, stop: Stop, backo
         match (component.start)(stop.clone()).await {
             Ok(run) => {
                 tracing::warn!(component = name, "component restarted");
+                report(name, Ok(()));
                 running = Some(run);
             }
             Err(err) => {
@@ -219,8 +245,21 @@ async fn supervise(mut component: Component, running: Running, stop: Stop, backo
                     return;
                 }
                 tracing::error!(component = name, %err, retry_in = ?delay, "component failed to restart");
+                report(name, Err(format!("cannot start: {err}; restarting")));
             }
         }
+    }
+}
+
+/// What a component's task panicked with (its message, when it is text).
+fn panic_message(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-text panic".to_string()),
+        Err(err) => err.to_string(),
     }
 }
 
@@ -276,7 +315,14 @@ mod tests {
                 Ok(run)
             }
         });
-        let supervisor = Supervisor::start(vec![component], fast())
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let report: Report = {
+            let reports = reports.clone();
+            Arc::new(move |name, health| {
+                reports.lock().expect("reports").push((name, health));
+            })
+        };
+        let supervisor = Supervisor::start_reporting(vec![component], fast(), report)
             .await
             .expect("first start works");
         let mut seen = Vec::new();
@@ -286,6 +332,27 @@ mod tests {
         assert_eq!(seen, vec![0, 2, 3, 4]);
         supervisor.shutdown().await;
         assert_eq!(starts.load(Ordering::SeqCst), 5, "no restart after stop");
+        // Each state as the component went through it; the stop itself is no failure.
+        let reports = reports.lock().expect("reports").clone();
+        assert_eq!(
+            reports,
+            [
+                ("flaky", Ok(())),
+                ("flaky", Err("failed: broken; restarting".to_string())),
+                (
+                    "flaky",
+                    Err("cannot start: cannot start now; restarting".to_string())
+                ),
+                ("flaky", Ok(())),
+                (
+                    "flaky",
+                    Err("panicked: component panics; restarting".to_string())
+                ),
+                ("flaky", Ok(())),
+                ("flaky", Err("stopped unexpectedly; restarting".to_string())),
+                ("flaky", Ok(())),
+            ]
+        );
     }
 
     /// A component that ignores the stop signal is cancelled after the timeout, its inner

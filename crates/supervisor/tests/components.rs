@@ -23,6 +23,32 @@ fn scheduler_and_controller_run_with_their_own_identities() {
     let setup = Setup::new("");
     let server = start(&setup, "server-a", &[]);
 
+    // `kubectl get componentstatuses` (deprecated upstream, still served): the components this
+    // process runs, as their supervisor reports them, and the datastore.
+    let rows = setup.wait_until("the scheduler and controller manager to be listed", || {
+        let out = setup.kubectl(&["get", "componentstatuses"], "");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("Warning: v1 ComponentStatus is deprecated in v1.19+"),
+            "{out:?}"
+        );
+        let rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        (rows.len() == 4).then_some(rows)
+    });
+    assert_eq!(
+        rows,
+        [
+            "NAME STATUS MESSAGE ERROR",
+            "controller-manager Healthy ok",
+            "scheduler Healthy ok",
+            "etcd-0 Healthy ok",
+        ]
+    );
+
     // K3s' layout: one kubeconfig per component, readable by root only.
     let cred = setup.data_dir().join("server/cred");
     for (file, user) in [

@@ -6,6 +6,7 @@
 //! the upstream keys, without `metadata.resourceVersion`: that is the key's mod revision,
 //! filled in on every read.
 
+pub(crate) mod components;
 mod eviction;
 mod handlers;
 mod object;
@@ -219,6 +220,12 @@ async fn serve_resource(
     }
     if !accepts_json(&headers) {
         return ApiError::not_acceptable().into_response();
+    }
+    if target.info.group.is_empty() && target.info.plural == "componentstatuses" {
+        let q = parse_query(&uri);
+        return components::serve(&state, &method, &target, &headers, &q)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
     }
     if matches!(
         target.info.group,

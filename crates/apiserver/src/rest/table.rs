@@ -642,6 +642,31 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             }),
             AGE,
         ],
+        ("", "ComponentStatus") => {
+            /// The `Healthy` condition of a ComponentStatus.
+            fn healthy(o: &Value) -> &Value {
+                arr(o, &["conditions"])
+                    .iter()
+                    .find(|c| c["type"] == "Healthy")
+                    .unwrap_or(&Value::Null)
+            }
+            vec![
+                NAME,
+                col("Status", "string", 0, |o| {
+                    json!(match healthy(o)["status"].as_str() {
+                        Some("True") => "Healthy",
+                        Some("False") => "Unhealthy",
+                        _ => "Unknown",
+                    })
+                }),
+                col("Message", "string", 0, |o| {
+                    json!(healthy(o)["message"].as_str().unwrap_or(""))
+                }),
+                col("Error", "string", 0, |o| {
+                    json!(healthy(o)["error"].as_str().unwrap_or(""))
+                }),
+            ]
+        }
         ("coordination.k8s.io", "Lease") => vec![
             NAME,
             col("Holder", "string", 0, |o| {
