@@ -522,7 +522,7 @@ pub(crate) async fn prepare_create(
     if needs_health_check(&checked) && health_check_port(&checked).is_none() {
         checked["spec"]["healthCheckNodePort"] = json!(*NODE_PORTS.start());
     }
-    let mut causes = validation::object_meta(&checked);
+    let mut causes = crate::validation::object_meta(&checked, None);
     causes.extend(validation::validate(&checked));
     if causes.is_empty() {
         Ok(())
@@ -1084,7 +1084,7 @@ pub(crate) async fn prepare_update(
         health_check,
     };
     check_update_allocations(state, info, old, new, &drawn).await?;
-    let mut causes = validation::object_meta_update(old, new);
+    let mut causes = crate::validation::object_meta(new, Some(old));
     causes.extend(validation::validate_update(old, new));
     if !causes.is_empty() {
         return Err(ApiError::invalid(info, meta_str(new, "name"), causes));

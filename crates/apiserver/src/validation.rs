@@ -64,6 +64,12 @@ pub(crate) fn validate_builtin(
     causes
 }
 
+/// Core's `ValidateObjectMeta` (`ValidateObjectMetaUpdate` with the stored `old`) of a
+/// built-in object's metadata, for flows that validate outside [`validate_builtin`] (Services).
+pub(crate) fn object_meta(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    meta::object_meta(obj, old)
+}
+
 /// Upstream's validation of a write through `/status` of a built-in object
 /// (`ValidateXxxStatusUpdate`): `obj` is the stored `old` with the request's status, as 422
 /// causes. Custom resources are validated by their schema instead.

@@ -306,7 +306,11 @@ async fn object_metadata_is_validated_on_every_built_in_object() {
             .await
             .expect_err("refused"),
     );
-    assert_eq!(got.len(), 4, "{got:#?}");
+    // The finalizer's name twice: apimachinery's check, then core's per-index one.
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert!(got[4].starts_with(
+        "metadata.finalizers[0]: Invalid value: \"example.com/bad finalizer\": name part must"
+    ));
     assert!(got[0].starts_with(
         "metadata.labels: Invalid value: \"bad value!\": a valid label must be an empty string"
     ));

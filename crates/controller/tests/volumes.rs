@@ -362,10 +362,12 @@ async fn pre_bound_claims_and_volumes() {
         e.message.as_deref(),
         Some("Cannot bind to requested volume \"tiny\": requested PV is too small")
     );
-    assert_eq!(
-        claim_phase(&claims.get("named").await.unwrap()).as_deref(),
-        Some("Pending")
-    );
+    // The event comes before the claim's status write, as upstream's order.
+    eventually(30, "claim \"named\" Pending", || async {
+        (claim_phase(&claims.get("named").await.unwrap()).as_deref() == Some("Pending"))
+            .then_some(())
+    })
+    .await;
     assert_eq!(
         pv_phase(&pvs.get("tiny").await.unwrap()).as_deref(),
         Some("Available")

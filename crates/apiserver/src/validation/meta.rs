@@ -22,20 +22,28 @@ const ANNOTATIONS_MAX: usize = 256 * 1024;
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
 
-/// The causes of `obj` (with the stored `old` on update).
+/// The finalizer names a built-in object may carry without a `/` (upstream's
+/// `standardFinalizers`).
+const STANDARD_FINALIZERS: &[&str] = &["kubernetes", ORPHAN, FOREGROUND];
+
+/// The causes of `obj` (with the stored `old` on update). Services' metadata is checked with
+/// the rest of their validation, in the Service flow (`services`), through [`object_meta`].
 pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
-    // Services validate their metadata in `services/validation.rs` (not yet: labels and
-    // annotations of Services are left to that module, to be folded in here later).
     if info.group.is_empty() && info.kind == "Service" {
         return Vec::new();
     }
+    object_meta(obj, old)
+}
+
+/// Core's `ValidateObjectMeta` (create) or `ValidateObjectMetaUpdate` (`old` given), in
+/// upstream's order: on update first no new finalizers on an object being deleted; labels,
+/// annotations, owner references; on create apimachinery's finalizer checks; then core's
+/// per-index rule that an unprefixed finalizer is a standard one.
+pub(crate) fn object_meta(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let null = Value::Null;
     let meta = obj.get("metadata").unwrap_or(&null);
-    let mut causes = validate_labels(meta.get("labels"), "metadata.labels");
-    causes.extend(annotations(meta.get("annotations"), "metadata.annotations"));
-    causes.extend(owner_references(meta));
     let finalizers = strings(meta, "finalizers");
-    causes.extend(finalizer_names(&finalizers));
+    let mut causes = Vec::new();
     if let Some(old_meta) = old.and_then(|o| o.get("metadata"))
         && !str_of(old_meta, "deletionTimestamp").is_empty()
     {
@@ -50,6 +58,25 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
                          new finalizers []string{{{}}}",
                     shown.join(", ")
                 ),
+            ));
+        }
+    }
+    causes.extend(validate_labels(meta.get("labels"), "metadata.labels"));
+    causes.extend(annotations(meta.get("annotations"), "metadata.annotations"));
+    causes.extend(owner_references(meta));
+    if old.is_none() {
+        causes.extend(finalizer_names(&finalizers));
+    }
+    for (i, f) in finalizers.iter().enumerate() {
+        let path = format!("metadata.finalizers[{i}]");
+        for m in qualified_name_problems(f) {
+            causes.push(invalid(&path, &q(f), &m));
+        }
+        if !f.contains('/') && !STANDARD_FINALIZERS.contains(&f.as_str()) {
+            causes.push(invalid(
+                &path,
+                &q(f),
+                "name is neither a standard finalizer name nor is it fully qualified",
             ));
         }
     }
@@ -99,7 +126,11 @@ fn owner_references(meta: &Value) -> Vec<Cause> {
     let mut controller: Option<String> = None;
     for r in &refs {
         let api_version = str_of(r, "apiVersion");
-        let version = api_version.rsplit('/').next().unwrap_or("");
+        // `schema.FromAPIVersionAndKind`: `version` or `group/version`, else no version.
+        let version = match api_version.split('/').collect::<Vec<_>>().as_slice() {
+            [version] | [_, version] => *version,
+            _ => "",
+        };
         if version.is_empty() {
             causes.push(invalid(
                 format!("{path}.apiVersion"),
@@ -212,7 +243,7 @@ mod tests {
             .iter()
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect();
-        assert_eq!(got.len(), 6, "{got:#?}");
+        assert_eq!(got.len(), 8, "{got:#?}");
         assert!(got[0].starts_with(
             "metadata.labels: Invalid value: \"bad label\": name part must consist of"
         ));
@@ -233,6 +264,33 @@ mod tests {
         );
         assert!(got[4].ends_with("Only one reference can have Controller set to true. Found \"true\" in references for ReplicaSet/a and ReplicaSet/b"));
         assert!(got[5].starts_with("metadata.finalizers: Invalid value: \"bad finalizer\""));
+        // Core's per-index rule repeats the name check, then wants a standard name or a prefix.
+        assert!(got[6].starts_with("metadata.finalizers[1]: Invalid value: \"bad finalizer\""));
+        assert_eq!(
+            got[7],
+            "metadata.finalizers[1]: Invalid value: \"bad finalizer\": name is neither a \
+             standard finalizer name nor is it fully qualified"
+        );
+        // On update apimachinery's finalizer checks are left out; the per-index rule stays.
+        let old = json!({"metadata": {"finalizers": []}});
+        let obj = json!({"metadata": {"finalizers": ["kubernetes", "custom"]}});
+        let got: Vec<String> = validate(configmaps(), &obj, Some(&old))
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "metadata.finalizers[1]: Invalid value: \"custom\": name is neither a standard \
+              finalizer name nor is it fully qualified"
+            ]
+        );
+        // `schema.FromAPIVersionAndKind`: three parts are no version at all.
+        let obj = json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "a/b/v1", "kind": "K", "name": "n", "uid": "u"}]}});
+        let got = validate(configmaps(), &obj, None);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].field, "metadata.ownerReferences.apiVersion");
     }
 
     #[test]
