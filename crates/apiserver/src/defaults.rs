@@ -149,6 +149,16 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 if let Some(h) = existing(spec, "hostPath") {
                     default(h, "type", json!(""));
                 }
+                in_tree_sources(spec);
+            }
+        }
+        ("", "Node") => {
+            // `SetDefaults_NodeStatus`: what is allocatable is the capacity unless said.
+            if let Some(status) = existing(o, "status")
+                && status.get("allocatable").is_none_or(Value::is_null)
+                && let Some(capacity) = status.get("capacity").filter(|c| c.is_object()).cloned()
+            {
+                status.insert("allocatable".into(), capacity);
             }
         }
         ("apps", "Deployment") => {
@@ -404,6 +414,7 @@ fn volume_source(v: &mut Map<String, Value>) {
     if let Some(h) = existing(v, "hostPath") {
         default(h, "type", json!(""));
     }
+    in_tree_sources(v);
     if let Some(e) = existing(v, "ephemeral")
         && let Some(t) = existing(e, "volumeClaimTemplate")
         && let Some(cs) = child(t, "spec")
@@ -437,6 +448,31 @@ fn volume_source(v: &mut Map<String, Value>) {
             .unwrap_or("")
             .to_string();
         default(image, "pullPolicy", json!(pull_policy(&reference)));
+    }
+}
+
+/// The declarative defaults (`+default` markers of `k8s.io/api/core/v1`) of the in-tree volume
+/// sources a pod volume or a PersistentVolume (`v`) may have: iSCSI's interface, RBD's pool,
+/// user and keyring, Azure Disk's caching mode, filesystem, read-only and kind, ScaleIO's
+/// storage mode and filesystem. String fields are unset when empty (Go's zero value).
+fn in_tree_sources(v: &mut Map<String, Value>) {
+    if let Some(s) = existing(v, "iscsi") {
+        default_empty(s, "iscsiInterface", json!("default"));
+    }
+    if let Some(s) = existing(v, "rbd") {
+        default_empty(s, "pool", json!("rbd"));
+        default_empty(s, "user", json!("admin"));
+        default_empty(s, "keyring", json!("/etc/ceph/keyring"));
+    }
+    if let Some(s) = existing(v, "azureDisk") {
+        default(s, "cachingMode", json!("ReadWrite"));
+        default(s, "fsType", json!("ext4"));
+        default(s, "readOnly", json!(false));
+        default(s, "kind", json!("Shared"));
+    }
+    if let Some(s) = existing(v, "scaleIO") {
+        default_empty(s, "storageMode", json!("ThinProvisioned"));
+        default_empty(s, "fsType", json!("xfs"));
     }
 }
 
@@ -881,6 +917,20 @@ mod tests {
         let mut pv = json!({"spec": {"hostPath": {"path": "/data"}}});
         apply(pvs, &mut pv, true);
         assert_eq!(pv["spec"]["hostPath"]["type"], "");
+        let mut pv = json!({"spec": {"rbd": {"monitors": ["m"], "image": "i", "pool": ""}}});
+        apply(pvs, &mut pv, true);
+        assert_eq!(
+            pv["spec"]["rbd"],
+            json!({"monitors": ["m"], "image": "i", "pool": "rbd", "user": "admin",
+                "keyring": "/etc/ceph/keyring"})
+        );
+        let nodes = REGISTRY.find("", "v1", "nodes").expect("nodes");
+        let mut node = json!({"status": {"capacity": {"cpu": "4", "pods": "110"}}});
+        apply(nodes, &mut node, true);
+        assert_eq!(
+            node["status"]["allocatable"],
+            json!({"cpu": "4", "pods": "110"})
+        );
     }
 
     #[test]
@@ -891,7 +941,11 @@ mod tests {
                 {"name": "host", "hostPath": {"path": "/var/log"}},
                 {"name": "typed", "hostPath": {"path": "/run", "type": "Directory"}},
                 {"name": "claim", "ephemeral": {"volumeClaimTemplate": {"spec":
-                    {"accessModes": ["ReadWriteOnce"]}}}}]});
+                    {"accessModes": ["ReadWriteOnce"]}}}},
+                {"name": "disk", "azureDisk": {"diskName": "d", "diskURI": "u"}},
+                {"name": "iscsi", "iscsi": {"targetPortal": "t", "iqn": "q", "lun": 0}},
+                {"name": "sio", "scaleIO": {"gateway": "g", "system": "s",
+                    "secretRef": {"name": "x"}, "fsType": "ext4"}}]});
         let pods = REGISTRY.find("", "v1", "pods").expect("pods");
         let mut p = json!({ "spec": spec.clone() });
         apply(pods, &mut p, false);
@@ -903,6 +957,14 @@ mod tests {
             vols[3]["ephemeral"]["volumeClaimTemplate"]["spec"]["volumeMode"],
             "Filesystem"
         );
+        assert_eq!(
+            vols[4]["azureDisk"],
+            json!({"diskName": "d", "diskURI": "u", "cachingMode": "ReadWrite",
+                "fsType": "ext4", "readOnly": false, "kind": "Shared"})
+        );
+        assert_eq!(vols[5]["iscsi"]["iscsiInterface"], "default");
+        assert_eq!(vols[6]["scaleIO"]["storageMode"], "ThinProvisioned");
+        assert_eq!(vols[6]["scaleIO"]["fsType"], "ext4");
         assert!(p["spec"].get("resources").is_none());
         assert_eq!(p["spec"]["enableServiceLinks"], true);
         // Templates get the same, but not the pod's own `enableServiceLinks`.
