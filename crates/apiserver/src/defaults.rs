@@ -19,6 +19,18 @@ fn default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     }
 }
 
+/// Sets the string `key` in `obj` when it is absent, null or empty (a Go string field's zero
+/// value).
+fn default_empty(obj: &mut Map<String, Value>, key: &str, value: Value) {
+    if obj
+        .get(key)
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        obj.insert(key.to_string(), value);
+    }
+}
+
 /// The object at `key` in `obj`, created empty if absent.
 fn child<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
     let v = obj
@@ -63,6 +75,7 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             if let Some(spec) = child(o, "spec") {
                 pod_spec(spec);
                 pod_requests_from_limits(spec);
+                default(spec, "enableServiceLinks", json!(true));
                 host_network_ports(spec);
                 if creating {
                     pod_admission(spec, !mirror);
@@ -82,11 +95,19 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             }
         }
         ("", "ReplicationController") => {
+            replication_controller_labels(o);
             if let Some(spec) = child(o, "spec") {
                 default(spec, "replicas", json!(1));
-                default(spec, "minReadySeconds", json!(0));
                 if let Some(t) = existing(spec, "template") {
                     pod_template(t);
+                }
+            }
+        }
+        ("", "Endpoints") => {
+            // `SetDefaults_Endpoints`.
+            for subset in each(o, "subsets") {
+                for port in each(subset, "ports") {
+                    default_empty(port, "protocol", json!("TCP"));
                 }
             }
         }
@@ -125,6 +146,19 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             if let Some(spec) = child(o, "spec") {
                 default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
                 default(spec, "volumeMode", json!("Filesystem"));
+                if let Some(h) = existing(spec, "hostPath") {
+                    default(h, "type", json!(""));
+                }
+                in_tree_sources(spec);
+            }
+        }
+        ("", "Node") => {
+            // `SetDefaults_NodeStatus`: what is allocatable is the capacity unless said.
+            if let Some(status) = existing(o, "status")
+                && status.get("allocatable").is_none_or(Value::is_null)
+                && let Some(capacity) = status.get("capacity").filter(|c| c.is_object()).cloned()
+            {
+                status.insert("allocatable".into(), capacity);
             }
         }
         ("apps", "Deployment") => {
@@ -170,6 +204,16 @@ pub(crate) fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 if let Some(p) = child(spec, "persistentVolumeClaimRetentionPolicy") {
                     default(p, "whenDeleted", json!("Retain"));
                     default(p, "whenScaled", json!("Retain"));
+                }
+                // The claim templates get a claim's defaults (`SetDefaults_PersistentVolumeClaim`
+                // and `SetDefaults_PersistentVolumeClaimSpec`), status included.
+                for claim in each(spec, "volumeClaimTemplates") {
+                    if let Some(cs) = child(claim, "spec") {
+                        default(cs, "volumeMode", json!("Filesystem"));
+                    }
+                    if let Some(status) = child(claim, "status") {
+                        default_empty(status, "phase", json!("Pending"));
+                    }
                 }
                 if let Some(t) = existing(spec, "template") {
                     pod_template(t);
@@ -274,14 +318,19 @@ fn pod_template(t: &mut Map<String, Value>) {
     }
 }
 
-/// `SetDefaults_PodSpec` and the container, probe and volume defaults under it.
+/// `SetDefaults_PodSpec` and the container, probe and volume defaults under it (of pods and
+/// pod templates; `enableServiceLinks` is a pod's only, `SetDefaults_Pod`).
+///
+/// Also what the pod strategies' `dropDisabledPodFields` does with v1.33's default feature
+/// gates before validating: pod-level `resources` (`PodLevelResources`, alpha) are dropped
+/// (upstream keeps them on an update of an object that has them, which rk3s never stores).
 fn pod_spec(spec: &mut Map<String, Value>) {
+    spec.remove("resources");
     default(spec, "restartPolicy", json!("Always"));
     default(spec, "terminationGracePeriodSeconds", json!(30));
     default(spec, "dnsPolicy", json!("ClusterFirst"));
     default(spec, "securityContext", json!({}));
     default(spec, "schedulerName", json!("default-scheduler"));
-    default(spec, "enableServiceLinks", json!(true));
     for key in ["containers", "initContainers", "ephemeralContainers"] {
         for c in each(spec, key) {
             container(c);
@@ -349,10 +398,29 @@ fn http_get(handler: &mut Map<String, Value>) {
     }
 }
 
-/// The defaults inside a volume's source: the downward API's field references
+/// The defaults of a volume and inside its source: no source is an `emptyDir`
+/// (`SetDefaults_Volume`), the downward API's field references
 /// (`SetDefaults_ObjectFieldSelector`), a projected token's lifetime
-/// (`SetDefaults_ServiceAccountTokenProjection`: an hour), an image volume's pull policy.
+/// (`SetDefaults_ServiceAccountTokenProjection`: an hour), a host path's `type` (`""`,
+/// `SetDefaults_HostPathVolumeSource`), an ephemeral volume's claim `volumeMode`
+/// (`Filesystem`), an image volume's pull policy.
 fn volume_source(v: &mut Map<String, Value>) {
+    let sourceless = v
+        .iter()
+        .all(|(k, val)| k == "name" || val.is_null() || !crate::validation::is_volume_source(k));
+    if sourceless {
+        v.insert("emptyDir".into(), json!({}));
+    }
+    if let Some(h) = existing(v, "hostPath") {
+        default(h, "type", json!(""));
+    }
+    in_tree_sources(v);
+    if let Some(e) = existing(v, "ephemeral")
+        && let Some(t) = existing(e, "volumeClaimTemplate")
+        && let Some(cs) = child(t, "spec")
+    {
+        default(cs, "volumeMode", json!("Filesystem"));
+    }
     fn field_refs(d: &mut Map<String, Value>) {
         for item in each(d, "items") {
             if let Some(fr) = existing(item, "fieldRef") {
@@ -380,6 +448,56 @@ fn volume_source(v: &mut Map<String, Value>) {
             .unwrap_or("")
             .to_string();
         default(image, "pullPolicy", json!(pull_policy(&reference)));
+    }
+}
+
+/// The declarative defaults (`+default` markers of `k8s.io/api/core/v1`) of the in-tree volume
+/// sources a pod volume or a PersistentVolume (`v`) may have: iSCSI's interface, RBD's pool,
+/// user and keyring, Azure Disk's caching mode, filesystem, read-only and kind, ScaleIO's
+/// storage mode and filesystem. String fields are unset when empty (Go's zero value).
+fn in_tree_sources(v: &mut Map<String, Value>) {
+    if let Some(s) = existing(v, "iscsi") {
+        default_empty(s, "iscsiInterface", json!("default"));
+    }
+    if let Some(s) = existing(v, "rbd") {
+        default_empty(s, "pool", json!("rbd"));
+        default_empty(s, "user", json!("admin"));
+        default_empty(s, "keyring", json!("/etc/ceph/keyring"));
+    }
+    if let Some(s) = existing(v, "azureDisk") {
+        default(s, "cachingMode", json!("ReadWrite"));
+        default(s, "fsType", json!("ext4"));
+        default(s, "readOnly", json!(false));
+        default(s, "kind", json!("Shared"));
+    }
+    if let Some(s) = existing(v, "scaleIO") {
+        default_empty(s, "storageMode", json!("ThinProvisioned"));
+        default_empty(s, "fsType", json!("xfs"));
+    }
+}
+
+/// `SetDefaults_ReplicationController`: a controller whose template has labels selects them
+/// when it has no selector, and has them when it has no labels of its own.
+fn replication_controller_labels(o: &mut Map<String, Value>) {
+    let labels = o
+        .get("spec")
+        .and_then(|s| s.get("template"))
+        .and_then(|t| t.get("metadata"))
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .filter(|l| !l.is_empty())
+        .cloned();
+    let Some(labels) = labels else { return };
+    let empty = |v: Option<&Value>| v.and_then(Value::as_object).is_none_or(Map::is_empty);
+    if let Some(spec) = child(o, "spec")
+        && empty(spec.get("selector"))
+    {
+        spec.insert("selector".into(), Value::Object(labels.clone()));
+    }
+    if let Some(meta) = child(o, "metadata")
+        && empty(meta.get("labels"))
+    {
+        meta.insert("labels".into(), Value::Object(labels));
     }
 }
 
@@ -559,6 +677,9 @@ fn service_account_token_volume(spec: &mut Map<String, Value>) {
 fn service_spec(spec: &mut Map<String, Value>) {
     default(spec, "type", json!("ClusterIP"));
     default(spec, "sessionAffinity", json!("None"));
+    if spec.get("sessionAffinity").and_then(Value::as_str) == Some("None") {
+        spec.remove("sessionAffinityConfig");
+    }
     let ty = spec
         .get("type")
         .and_then(Value::as_str)
@@ -733,6 +854,129 @@ mod tests {
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert!(c["ports"][0].get("hostPort").is_none());
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/");
+    }
+
+    #[test]
+    fn replication_controllers_select_their_template_labels() {
+        let rcs = REGISTRY
+            .find("", "v1", "replicationcontrollers")
+            .expect("replicationcontrollers");
+        let template = json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}});
+        let mut rc = json!({"metadata": {"name": "web"}, "spec": {"template": template.clone()}});
+        apply(rcs, &mut rc, true);
+        assert_eq!(rc["spec"]["selector"], json!({"app": "web"}));
+        assert_eq!(rc["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(rc["spec"]["replicas"], 1);
+        assert!(rc["spec"].get("minReadySeconds").is_none());
+        // Its own selector and labels stay; no template labels, nothing to copy.
+        let mut own = json!({"metadata": {"labels": {"tier": "x"}},
+            "spec": {"selector": {"app": "other"}, "template": template}});
+        apply(rcs, &mut own, true);
+        assert_eq!(own["spec"]["selector"], json!({"app": "other"}));
+        assert_eq!(own["metadata"]["labels"], json!({"tier": "x"}));
+        let mut bare = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        apply(rcs, &mut bare, true);
+        assert!(bare["spec"].get("selector").is_none());
+        assert!(bare.get("metadata").is_none());
+    }
+
+    #[test]
+    fn endpoints_services_and_claim_templates() {
+        let eps = REGISTRY.find("", "v1", "endpoints").expect("endpoints");
+        let mut e = json!({"subsets": [{"addresses": [{"ip": "10.0.0.1"}],
+            "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}, {"port": 81, "protocol": ""}]}]});
+        apply(eps, &mut e, true);
+        let ports = &e["subsets"][0]["ports"];
+        assert_eq!(
+            [
+                &ports[0]["protocol"],
+                &ports[1]["protocol"],
+                &ports[2]["protocol"]
+            ],
+            ["TCP", "UDP", "TCP"]
+        );
+        let svcs = REGISTRY.find("", "v1", "services").expect("services");
+        let mut s = json!({"spec": {"ports": [{"port": 80}],
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}});
+        apply(svcs, &mut s, true);
+        assert!(s["spec"].get("sessionAffinityConfig").is_none(), "{s}");
+        let sts = REGISTRY
+            .find("apps", "v1", "statefulsets")
+            .expect("statefulsets");
+        let mut set = json!({"spec": {"selector": {}, "template": {"spec": {"containers": []}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"]}}]}});
+        apply(sts, &mut set, true);
+        let claim = &set["spec"]["volumeClaimTemplates"][0];
+        assert_eq!(claim["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(claim["status"], json!({"phase": "Pending"}));
+        let pvs = REGISTRY
+            .find("", "v1", "persistentvolumes")
+            .expect("persistentvolumes");
+        let mut pv = json!({"spec": {"hostPath": {"path": "/data"}}});
+        apply(pvs, &mut pv, true);
+        assert_eq!(pv["spec"]["hostPath"]["type"], "");
+        let mut pv = json!({"spec": {"rbd": {"monitors": ["m"], "image": "i", "pool": ""}}});
+        apply(pvs, &mut pv, true);
+        assert_eq!(
+            pv["spec"]["rbd"],
+            json!({"monitors": ["m"], "image": "i", "pool": "rbd", "user": "admin",
+                "keyring": "/etc/ceph/keyring"})
+        );
+        let nodes = REGISTRY.find("", "v1", "nodes").expect("nodes");
+        let mut node = json!({"status": {"capacity": {"cpu": "4", "pods": "110"}}});
+        apply(nodes, &mut node, true);
+        assert_eq!(
+            node["status"]["allocatable"],
+            json!({"cpu": "4", "pods": "110"})
+        );
+    }
+
+    #[test]
+    fn volumes_without_a_source_are_empty_dirs_and_pod_resources_are_dropped() {
+        let spec = json!({"resources": {"limits": {"cpu": "1"}},
+            "containers": [{"name": "c", "image": "nginx:1.27"}],
+            "volumes": [{"name": "scratch"},
+                {"name": "host", "hostPath": {"path": "/var/log"}},
+                {"name": "typed", "hostPath": {"path": "/run", "type": "Directory"}},
+                {"name": "claim", "ephemeral": {"volumeClaimTemplate": {"spec":
+                    {"accessModes": ["ReadWriteOnce"]}}}},
+                {"name": "disk", "azureDisk": {"diskName": "d", "diskURI": "u"}},
+                {"name": "iscsi", "iscsi": {"targetPortal": "t", "iqn": "q", "lun": 0}},
+                {"name": "sio", "scaleIO": {"gateway": "g", "system": "s",
+                    "secretRef": {"name": "x"}, "fsType": "ext4"}}]});
+        let pods = REGISTRY.find("", "v1", "pods").expect("pods");
+        let mut p = json!({ "spec": spec.clone() });
+        apply(pods, &mut p, false);
+        let vols = &p["spec"]["volumes"];
+        assert_eq!(vols[0], json!({"name": "scratch", "emptyDir": {}}));
+        assert_eq!(vols[1]["hostPath"]["type"], "");
+        assert_eq!(vols[2]["hostPath"]["type"], "Directory");
+        assert_eq!(
+            vols[3]["ephemeral"]["volumeClaimTemplate"]["spec"]["volumeMode"],
+            "Filesystem"
+        );
+        assert_eq!(
+            vols[4]["azureDisk"],
+            json!({"diskName": "d", "diskURI": "u", "cachingMode": "ReadWrite",
+                "fsType": "ext4", "readOnly": false, "kind": "Shared"})
+        );
+        assert_eq!(vols[5]["iscsi"]["iscsiInterface"], "default");
+        assert_eq!(vols[6]["scaleIO"]["storageMode"], "ThinProvisioned");
+        assert_eq!(vols[6]["scaleIO"]["fsType"], "ext4");
+        assert!(p["spec"].get("resources").is_none());
+        assert_eq!(p["spec"]["enableServiceLinks"], true);
+        // Templates get the same, but not the pod's own `enableServiceLinks`.
+        let deployments = REGISTRY
+            .find("apps", "v1", "deployments")
+            .expect("deployments");
+        let mut d = json!({"spec": {"selector": {}, "template": {"spec": spec}}});
+        apply(deployments, &mut d, true);
+        let t = &d["spec"]["template"]["spec"];
+        assert_eq!(t["volumes"][0]["emptyDir"], json!({}));
+        assert!(t.get("resources").is_none());
+        assert!(t.get("enableServiceLinks").is_none());
     }
 
     #[test]

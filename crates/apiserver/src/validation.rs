@@ -25,6 +25,7 @@ mod servicecidr;
 mod status;
 mod storage;
 
+pub(crate) use core::is_volume_source;
 use serde_json::Value;
 
 use crate::registry::ResourceInfo;

@@ -105,7 +105,7 @@ async fn invalid_pods_are_refused_as_upstream() {
                 "livenessProbe": {"exec": {"command": ["true"]}, "httpGet": {"port": 80}},
                 "imagePullPolicy": "Sometimes",
             }, {"name": "a", "image": "x"}],
-            "volumes": [{"name": "v"}],
+            "volumes": [{"name": "v", "emptyDir": {}, "hostPath": {"path": "/v"}}],
             "restartPolicy": "Sometimes",
             "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}],
         },
@@ -117,7 +117,7 @@ async fn invalid_pods_are_refused_as_upstream() {
             .expect_err("refused"),
     );
     let want = [
-        "spec.volumes[0]: Required value: must specify a volume type",
+        "spec.volumes[0].hostPath: Forbidden: may not specify more than 1 volume type",
         "spec.containers[0].ports[0].containerPort: Required value",
         "spec.containers[0].ports[1].protocol: Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
         "spec.containers[0].env[0].name: Invalid value: \"A=B\": a valid environment variable name must consist only of printable ASCII characters other than '='",

@@ -6,15 +6,22 @@
 //! The pod spec's security contexts and OS rules are in [`security`], its scheduling and DNS
 //! fields in [`placement`], volume sources and downward API references in [`volumes`].
 //!
-//! Not covered: `volumeDevices`, `resizePolicy`, pod-level `resources`, `imagePullSecrets`
-//! fields beyond the name, the seccomp/AppArmor annotations' agreement with the fields, and
-//! what the pod strategy adds before validating (the selectors `matchLabelKeys` stand for).
+//! Volume devices, resize policies and what ephemeral containers may not set are in
+//! [`containers`]. Pod-level `resources` are not validated: the `PodLevelResources` gate is off
+//! in v1.33, so upstream drops the field before validating (rk3s drops it when defaulting,
+//! `defaults::pod_spec`).
+//!
+//! Not covered: `imagePullSecrets` fields beyond the name, the seccomp/AppArmor annotations'
+//! agreement with the fields, and what the pod strategy adds before validating (the selectors
+//! `matchLabelKeys` stand for).
 
+mod containers;
 mod placement;
 
 pub(super) use placement::node_selector;
 mod security;
 mod volumes;
+pub(crate) use volumes::is_volume_source;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,8 +43,9 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
 
 /// Upstream's `ValidatePodSpec` of the pod spec `spec` at `path`, `is_pod` for a Pod's own
 /// (`opts.ResourceIsPod`): containers, init and ephemeral containers (names, images, ports,
-/// env and its downward API references, envFrom, volume mounts, resources, probes and
-/// handlers, pull policies, security contexts), volumes and their sources, restart and DNS
+/// env and its downward API references, envFrom, volume mounts and devices, resources, resize
+/// policies, probes and handlers, pull policies, security contexts; what ephemeral containers
+/// may not set and their targets), volumes and their sources, restart and DNS
 /// policies, DNS config, node selector, pod security context, affinity, topology spread,
 /// readiness and scheduling gates, resource claims, tolerations, host aliases, host network
 /// ports, `hostUsers`, `os`, `overhead`, `activeDeadlineSeconds`, and the DNS-label and name
@@ -63,6 +71,7 @@ fn pod_spec(spec: &Value, path: &str, is_pod: bool) -> Vec<Cause> {
     let ctx = Ctx {
         volumes: &volumes,
         host_users,
+        restart_policy: str_of(spec, "restartPolicy"),
     };
     let containers = list(spec, "containers");
     let cpath = format!("{path}.containers");
@@ -137,15 +146,22 @@ fn pod_spec(spec: &Value, path: &str, is_pod: bool) -> Vec<Cause> {
         }
     }
     let epath = format!("{path}.ephemeralContainers");
+    let others: BTreeSet<&str> = list(spec, "containers")
+        .iter()
+        .chain(list(spec, "initContainers").iter())
+        .map(|c| str_of(c, "name"))
+        .collect();
     for (i, c) in list(spec, "ephemeralContainers").iter().enumerate() {
         let p = format!("{epath}[{i}]");
         causes.extend(container_common(c, &ctx, &p));
+        causes.extend(containers::image_whitespace(c, &p));
         let name = str_of(c, "name");
         if names.contains(name) {
             causes.push(duplicate(format!("{p}.name"), &q(name)));
         } else if !name.is_empty() {
             names.insert(name.to_string());
         }
+        causes.extend(containers::ephemeral_rules(c, &others, &p));
     }
     causes.extend(host_network_ports(spec, path, is_pod));
     causes.extend(one_of(
@@ -221,6 +237,8 @@ struct Ctx<'a> {
     volumes: &'a BTreeMap<String, Option<&'static str>>,
     /// The pod shares the host's user namespace.
     host_users: bool,
+    /// The pod's `restartPolicy` (what a container's `resizePolicy` may say depends on it).
+    restart_policy: &'a str,
 }
 
 /// `validateLifecycle`: the `postStart`/`preStop` handlers (a sleep within the grace period).
@@ -259,6 +277,12 @@ pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) ->
         "Pod" => {
             let spec = obj.get("spec").unwrap_or(&Value::Null);
             let mut causes = pod_spec(spec, "spec", true);
+            // `validatePodMetadataAndSpec`'s pod-only part (ephemeral containers had theirs).
+            for key in ["containers", "initContainers"] {
+                for (i, c) in list(spec, key).iter().enumerate() {
+                    causes.extend(containers::image_whitespace(c, &format!("spec.{key}[{i}]")));
+                }
+            }
             match old {
                 None => {
                     if !list(spec, "ephemeralContainers").is_empty() {
@@ -329,10 +353,12 @@ pub(super) fn template_spec(template: Option<&Value>, path: &str, controller: bo
                 &["Always"],
             ));
         }
-        if let Some(ads) = spec.get("activeDeadlineSeconds").and_then(Value::as_i64) {
-            causes.push(invalid(
+        if spec
+            .get("activeDeadlineSeconds")
+            .is_some_and(|v| !v.is_null())
+        {
+            causes.push(forbidden(
                 format!("{spath}.activeDeadlineSeconds"),
-                &ads.to_string(),
                 "activeDeadlineSeconds in ReplicationController is not Supported",
             ));
         }
@@ -570,6 +596,8 @@ fn container_common(c: &Value, ctx: &Ctx<'_>, p: &str) -> Vec<Cause> {
             ));
         }
     }
+    let mounts = containers::path_map(c, "volumeMounts", "mountPath");
+    let devices = containers::path_map(c, "volumeDevices", "devicePath");
     let mut mount_paths = BTreeSet::new();
     for (i, m) in list(c, "volumeMounts").iter().enumerate() {
         let mp = format!("{p}.volumeMounts[{i}]");
@@ -591,6 +619,7 @@ fn container_common(c: &Value, ctx: &Ctx<'_>, p: &str) -> Vec<Cause> {
                 "must be unique",
             ));
         }
+        causes.extend(containers::mount_device_overlap(m, &devices, &mp));
         let privileged = c
             .get("securityContext")
             .and_then(|s| s.get("privileged"))
@@ -604,6 +633,12 @@ fn container_common(c: &Value, ctx: &Ctx<'_>, p: &str) -> Vec<Cause> {
             &format!("{p}.volumeMounts"),
         ));
     }
+    causes.extend(containers::volume_devices(
+        c,
+        ctx.volumes,
+        &mounts,
+        &format!("{p}.volumeDevices"),
+    ));
     causes.extend(one_of(
         c,
         "imagePullPolicy",
@@ -613,6 +648,11 @@ fn container_common(c: &Value, ctx: &Ctx<'_>, p: &str) -> Vec<Cause> {
     causes.extend(resources(
         c.get("resources").unwrap_or(&Value::Null),
         &format!("{p}.resources"),
+    ));
+    causes.extend(containers::resize_policy(
+        c,
+        ctx.restart_policy,
+        &format!("{p}.resizePolicy"),
     ));
     causes.extend(security::container_security(c, p, ctx.host_users));
     causes
@@ -1695,6 +1735,60 @@ mod tests {
             vec![
                 "spec.accessModes: Required value: at least 1 access mode is required",
                 "spec.resources[storage]: Required value"
+            ]
+        );
+    }
+
+    #[test]
+    fn devices_resize_policies_and_ephemeral_containers_in_a_pod() {
+        let mut c = container("app", "nginx");
+        c["volumeDevices"] = json!([{"name": "cache", "devicePath": "/dev/xvda"}]);
+        c["volumeMounts"] = json!([{"name": "data", "mountPath": "/dev/xvda"}]);
+        c["resizePolicy"] = json!([{"resourceName": "cpu", "restartPolicy": "RestartContainer"}]);
+        let mut init = container("init", "busybox");
+        init["resizePolicy"] = json!([{"resourceName": "memory", "restartPolicy": "NotRequired"}]);
+        let mut debug = container("debug", " busybox");
+        debug["targetContainerName"] = json!("init");
+        debug["ports"] = json!([{"containerPort": 80, "protocol": "TCP"}]);
+        debug["resources"] = json!({});
+        let mut spec = pod_spec(json!([c]));
+        spec["restartPolicy"] = json!("Never");
+        spec["initContainers"] = json!([init]);
+        spec["ephemeralContainers"] = json!([debug]);
+        spec["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "d"}},
+            {"name": "cache", "emptyDir": {}}]);
+        let pod = json!({ "spec": spec });
+        let pods = crate::registry::REGISTRY
+            .find("", "v1", "pods")
+            .expect("pods");
+        let got = fields(&validate(pods, &pod, None));
+        let want = [
+            "spec.containers[0].volumeMounts[0].mountPath: Invalid value: \"/dev/xvda\": must not already exist as a path in volumeDevices",
+            "spec.containers[0].volumeDevices[0].name: Invalid value: \"cache\": can only use volume source type of PersistentVolumeClaim or Ephemeral for block mode",
+            "spec.containers[0].volumeDevices[0].devicePath: Invalid value: \"/dev/xvda\": must not already exist as a path in volumeMounts",
+            "spec.containers[0].resizePolicy: Invalid value: \"RestartContainer\": must be 'NotRequired' when `restartPolicy` is 'Never'",
+            "spec.ephemeralContainers[0].image: Invalid value: \" busybox\": must not have leading or trailing whitespace",
+            "spec.ephemeralContainers[0].ports: Forbidden: cannot be set for an Ephemeral Container",
+            "spec.ephemeralContainers: Forbidden: cannot be set on create",
+        ];
+        assert_eq!(got, want);
+        // A pod's own containers' images are checked too (a template's are not).
+        let mut spec = pod_spec(json!([container("app", "nginx ")]));
+        assert_eq!(
+            fields(&validate(pods, &json!({ "spec": spec.clone() }), None)),
+            [
+                "spec.containers[0].image: Invalid value: \"nginx \": must not have leading or trailing whitespace"
+            ]
+        );
+        spec["activeDeadlineSeconds"] = json!(30);
+        let rc = crate::registry::REGISTRY
+            .find("", "v1", "replicationcontrollers")
+            .expect("replicationcontrollers");
+        let obj = json!({"spec": {"template": {"metadata": {"labels": {"a": "b"}}, "spec": spec}}});
+        assert_eq!(
+            fields(&validate(rc, &obj, None)),
+            [
+                "spec.template.spec.activeDeadlineSeconds: Forbidden: activeDeadlineSeconds in ReplicationController is not Supported"
             ]
         );
     }

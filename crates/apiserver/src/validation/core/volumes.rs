@@ -60,6 +60,12 @@ pub(super) const VOLUME_SOURCES: &[(&str, &str)] = &[
     ("image", "image"),
 ];
 
+/// Whether `key` names one of a volume's sources (`SetDefaults_Volume` makes a volume without
+/// one an `emptyDir`).
+pub(crate) fn is_volume_source(key: &str) -> bool {
+    VOLUME_SOURCES.iter().any(|(k, _)| *k == key)
+}
+
 const FILE_MODE: &str = "must be a number between 0 and 0777 (octal), both inclusive";
 
 /// `validateVolumeSource` of the volume `vol` at `p`; the source's kind (first one set).
