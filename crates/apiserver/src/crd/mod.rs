@@ -523,7 +523,7 @@ fn check_names(
     Ok(())
 }
 
-pub(crate) use validation::validate_crd;
+pub(crate) use validation::{validate_crd, validate_names};
 
 /// What upstream's custom resource strategy validates, on the object as it will be stored:
 /// the structural schema (ratcheting against `old` on updates), then, unless that found a

@@ -229,8 +229,8 @@ pub(crate) fn validate_crd(crd: &Value, old: Option<&Value>) -> Vec<Cause> {
     out
 }
 
-/// `ValidateCustomResourceDefinitionNames`.
-fn validate_names(names: &Value, at: &str, out: &mut Vec<Cause>) {
+/// `ValidateCustomResourceDefinitionNames` (also of `status.acceptedNames`).
+pub(crate) fn validate_names(names: &Value, at: &str, out: &mut Vec<Cause>) {
     for f in ["plural", "singular"] {
         let v = s(names, f);
         let errs = dns1035(v);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::core::validate_labels;
 use super::qualified_name_problems;
 use super::str_of;
-use super::{forbidden, invalid, q, too_long};
+use super::{duplicate, forbidden, invalid, not_supported, q, required, too_long};
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
 
@@ -218,6 +218,88 @@ fn finalizer_names(finalizers: &[String]) -> Vec<Cause> {
     causes
 }
 
+/// The longest metav1 condition `reason` and `message` (upstream's `maxReasonLen`,
+/// `maxMessageLen`).
+const CONDITION_REASON_MAX: usize = 1024;
+const CONDITION_MESSAGE_MAX: usize = 32 * 1024;
+const CONDITION_STATUSES: &[&str] = &["False", "True", "Unknown"];
+const CONDITION_REASON_FMT: &str = "[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?";
+
+/// Upstream's `metav1validation.ValidateConditions` of a list of `metav1.Condition`s at
+/// `path` (the status of many kinds): unique types, each a qualified name, a known status, no
+/// negative `observedGeneration`, a `lastTransitionTime`, a `reason` of the condition-reason
+/// form and length, a `message` of at most 32 KiB.
+pub(crate) fn metav1_conditions(conditions: &[Value], path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, c) in conditions.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let ty = str_of(c, "type");
+        if !seen.insert(ty) {
+            causes.push(duplicate(format!("{at}.type"), &q(ty)));
+        }
+        for m in qualified_name_problems(ty) {
+            causes.push(invalid(format!("{at}.type"), &q(ty), &m));
+        }
+        let status = str_of(c, "status");
+        if !CONDITION_STATUSES.contains(&status) {
+            causes.push(not_supported(
+                format!("{at}.status"),
+                &q(status),
+                CONDITION_STATUSES,
+            ));
+        }
+        if let Some(g) = c.get("observedGeneration").and_then(Value::as_i64)
+            && g < 0
+        {
+            causes.push(invalid(
+                format!("{at}.observedGeneration"),
+                &g.to_string(),
+                "must be greater than or equal to zero",
+            ));
+        }
+        let transition = str_of(c, "lastTransitionTime");
+        if transition.is_empty() || transition.starts_with("0001-01-01T00:00:00") {
+            causes.push(required(format!("{at}.lastTransitionTime"), "must be set"));
+        }
+        let reason = str_of(c, "reason");
+        if reason.is_empty() {
+            causes.push(required(format!("{at}.reason"), "must be set"));
+        } else {
+            if !is_condition_reason(reason) {
+                causes.push(invalid(
+                    format!("{at}.reason"),
+                    &q(reason),
+                    &format!(
+                        "a condition reason must start with alphabetic character, optionally \
+                         followed by a string of alphanumeric characters or '_,:', and must end \
+                         with an alphanumeric character or '_' (e.g. 'my_name',  or 'MY_NAME',  \
+                         or 'MyName',  or 'ReasonA,ReasonB',  or 'ReasonA:ReasonB', regex used \
+                         for validation is '{CONDITION_REASON_FMT}')"
+                    ),
+                ));
+            }
+            if reason.len() > CONDITION_REASON_MAX {
+                causes.push(too_long(format!("{at}.reason"), CONDITION_REASON_MAX));
+            }
+        }
+        if str_of(c, "message").len() > CONDITION_MESSAGE_MAX {
+            causes.push(too_long(format!("{at}.message"), CONDITION_MESSAGE_MAX));
+        }
+    }
+    causes
+}
+
+/// `[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?`
+fn is_condition_reason(reason: &str) -> bool {
+    let b = reason.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':');
+    let last = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
+    b.first().is_some_and(u8::is_ascii_alphabetic)
+        && b.last().is_some_and(last)
+        && b.iter().all(inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +397,53 @@ mod tests {
         let services = REGISTRY.find("", "v1", "services").expect("services");
         let bad = json!({"metadata": {"labels": {"bad label": "x"}}});
         assert!(validate(services, &bad, None).is_empty());
+    }
+
+    #[test]
+    fn metav1_conditions_as_upstream() {
+        let good = json!([{"type": "example.com/Ready", "status": "True", "reason": "A_b,c:D",
+                           "message": "", "observedGeneration": 3,
+                           "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+        assert!(metav1_conditions(good.as_array().expect("list"), "status.conditions").is_empty());
+        let bad = json!([
+            {"type": "", "status": "", "reason": "x".repeat(1025), "message": "m".repeat(32 * 1024 + 1),
+             "lastTransitionTime": "0001-01-01T00:00:00Z"},
+            {"type": "", "status": "False", "reason": "Ends,", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ]);
+        let got: Vec<String> = metav1_conditions(bad.as_array().expect("list"), "c")
+            .iter()
+            .map(|c| format!("{} {}: {}", c.reason, c.field, c.message))
+            .collect();
+        assert_eq!(got.len(), 10, "{got:#?}");
+        assert_eq!(
+            got[0],
+            "FieldValueInvalid c[0].type: Invalid value: \"\": name part must be non-empty"
+        );
+        assert!(got[1].starts_with(
+            "FieldValueInvalid c[0].type: Invalid value: \"\": name part must consist of"
+        ));
+        assert_eq!(
+            got[2],
+            "FieldValueNotSupported c[0].status: Unsupported value: \"\": supported values: \"False\", \"True\", \"Unknown\""
+        );
+        assert_eq!(
+            got[3],
+            "FieldValueRequired c[0].lastTransitionTime: Required value: must be set"
+        );
+        assert_eq!(
+            got[4],
+            "FieldValueTooLong c[0].reason: Too long: may not be more than 1024 bytes"
+        );
+        assert_eq!(
+            got[5],
+            "FieldValueTooLong c[0].message: Too long: may not be more than 32768 bytes"
+        );
+        assert_eq!(
+            got[6],
+            "FieldValueDuplicate c[1].type: Duplicate value: \"\""
+        );
+        assert!(got[9].starts_with(
+            "FieldValueInvalid c[1].reason: Invalid value: \"Ends,\": a condition reason must start"
+        ));
     }
 }
