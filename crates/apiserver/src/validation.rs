@@ -64,6 +64,15 @@ pub(crate) fn validate_builtin(
     causes
 }
 
+/// What upstream's decoding (v1 defaults, conversion) and status strategy do to a write through
+/// `/status` of a built-in object before it is validated: `new` is the stored `old` with the
+/// request's status.
+pub(crate) fn prepare_status_update(info: &ResourceInfo, new: &mut Value, old: &Value) {
+    if info.custom.is_none() {
+        status::prepare(info, new, old);
+    }
+}
+
 /// Upstream's validation of a write through `/status` of a built-in object
 /// (`ValidateXxxStatusUpdate`): `obj` is the stored `old` with the request's status, as 422
 /// causes. Custom resources are validated by their schema instead.

@@ -1621,6 +1621,7 @@ pub(crate) fn merge_update(
         if info.custom.is_some() {
             check_crd(info, &new, Some(old))?;
         } else {
+            crate::validation::prepare_status_update(info, &mut new, old);
             let causes = crate::validation::validate_status_update(info, &new, old);
             if !causes.is_empty() {
                 return Err(ApiError::invalid(info, &name, causes));

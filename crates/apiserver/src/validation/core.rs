@@ -14,6 +14,7 @@ mod placement;
 
 pub(super) use placement::node_selector;
 mod security;
+pub(super) use security::id_problems;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
