@@ -23,6 +23,7 @@ mod rbac;
 mod scheduling;
 mod servicecidr;
 mod status;
+pub(crate) use status::qos_class as pod_qos_class;
 mod storage;
 
 use serde_json::Value;

@@ -54,9 +54,13 @@ async fn pod_status_is_validated_as_upstream() {
         "spec": {"nodeName": "node-1", "restartPolicy": "Never",
                  "containers": [{"name": "main", "image": "busybox"}]},
     }));
-    pods.create(&PostParams::default(), &pod)
+    let created = pods
+        .create(&PostParams::default(), &pod)
         .await
         .expect("create");
+    // The QoS class is set on create, as upstream's pod strategy does.
+    let status = created.status.expect("status");
+    assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
 
     // What a kubelet reports once the pod runs: accepted; podIP is podIPs[0].
     let running = patch_status(
@@ -240,6 +244,28 @@ async fn namespace_and_service_status() {
             "status.Phase: Invalid value: \"Terminating\": may only be 'Active' if \
           `deletionTimestamp` is empty"
         ]
+    );
+
+    // As kubectl users see it.
+    let out = t
+        .kubectl(&[
+            "patch",
+            "namespace",
+            "team",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Terminating"}}"#,
+        ])
+        .await;
+    assert!(!out.status.success(), "kubectl succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "The Namespace \"team\" is invalid: status.Phase: Invalid value: \"Terminating\": \
+             may only be 'Active' if `deletionTimestamp` is empty"
+        ),
+        "{stderr}"
     );
 
     let svcs: Api<Service> = Api::namespaced(client, "default");

@@ -1356,7 +1356,11 @@ fn set_system_fields(info: &ResourceInfo, obj: &mut Value) {
             o.insert("status".into(), json!({ "phase": "Active" }));
         }
         "Pod" => {
-            o.insert("status".into(), json!({ "phase": "Pending" }));
+            let qos = crate::validation::pod_qos_class(o.get("spec").unwrap_or(&Value::Null));
+            o.insert(
+                "status".into(),
+                json!({ "phase": "Pending", "qosClass": qos }),
+            );
         }
         "Service" => {
             o.insert("status".into(), json!({ "loadBalancer": {} }));

@@ -22,6 +22,8 @@
 
 mod pod;
 
+pub(crate) use pod::qos_class;
+
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
