@@ -23,6 +23,7 @@ mod rbac;
 mod scheduling;
 mod servicecidr;
 mod status;
+pub(crate) use status::qos_class as pod_qos_class;
 mod storage;
 
 pub(crate) use core::is_volume_source;
@@ -69,6 +70,15 @@ pub(crate) fn validate_builtin(
 /// built-in object's metadata, for flows that validate outside [`validate_builtin`] (Services).
 pub(crate) fn object_meta(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     meta::object_meta(obj, old)
+}
+
+/// What upstream's decoding (v1 defaults, conversion) and status strategy do to a write through
+/// `/status` of a built-in object before it is validated: `new` is the stored `old` with the
+/// request's status.
+pub(crate) fn prepare_status_update(info: &ResourceInfo, new: &mut Value, old: &Value) {
+    if info.custom.is_none() {
+        status::prepare(info, new, old);
+    }
 }
 
 /// Upstream's validation of a write through `/status` of a built-in object

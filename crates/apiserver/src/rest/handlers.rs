@@ -1356,7 +1356,11 @@ fn set_system_fields(info: &ResourceInfo, obj: &mut Value) {
             o.insert("status".into(), json!({ "phase": "Active" }));
         }
         "Pod" => {
-            o.insert("status".into(), json!({ "phase": "Pending" }));
+            let qos = crate::validation::pod_qos_class(o.get("spec").unwrap_or(&Value::Null));
+            o.insert(
+                "status".into(),
+                json!({ "phase": "Pending", "qosClass": qos }),
+            );
         }
         "Service" => {
             o.insert("status".into(), json!({ "loadBalancer": {} }));
@@ -1621,6 +1625,7 @@ pub(crate) fn merge_update(
         if info.custom.is_some() {
             check_crd(info, &new, Some(old))?;
         } else {
+            crate::validation::prepare_status_update(info, &mut new, old);
             let causes = crate::validation::validate_status_update(info, &new, old);
             if !causes.is_empty() {
                 return Err(ApiError::invalid(info, &name, causes));

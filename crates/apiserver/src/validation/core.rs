@@ -20,6 +20,7 @@ mod placement;
 
 pub(super) use placement::node_selector;
 mod security;
+pub(super) use security::id_problems;
 mod volumes;
 pub(crate) use volumes::is_volume_source;
 

@@ -153,7 +153,7 @@ impl Format {
 /// `int64Amount` (`value × 10^scale`), its format, and the text it keeps (`s`: the input
 /// when already canonical, else empty).
 #[derive(Debug, Clone)]
-struct GoQuantity {
+pub(super) struct GoQuantity {
     value: i128,
     scale: i32,
     format: Format,
@@ -163,7 +163,7 @@ struct GoQuantity {
 impl GoQuantity {
     /// Upstream's `ParseQuantity` (the `int64Amount` path) and `SetDefaults_ResourceList`'s
     /// rounding up to milli-units. `None` when not a quantity or outside that path.
-    fn parse(v: &Value) -> Option<GoQuantity> {
+    pub(super) fn parse(v: &Value) -> Option<GoQuantity> {
         let text = match v {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -278,14 +278,22 @@ impl GoQuantity {
         } else {
             let d = 10i128.pow(exp.unsigned_abs());
             let v = self.value / d;
-            if self.value % d > 0 { v + 1 } else { v }
+            if self.value % d != 0 {
+                v + self.value.signum()
+            } else {
+                v
+            }
         }
     }
 
-    /// Upstream's `Value()`: whole units, rounded up.
-    fn int_value(&self) -> i128 {
+    /// Upstream's `Value()`: whole units, rounded away from zero.
+    pub(super) fn int_value(&self) -> i128 {
         let m = self.milli_value();
-        if m % 1000 > 0 { m / 1000 + 1 } else { m / 1000 }
+        if m % 1000 != 0 {
+            m / 1000 + m.signum()
+        } else {
+            m / 1000
+        }
     }
 
     /// Upstream's `String()`: the canonical text.
@@ -437,7 +445,7 @@ fn is_standard_quota_resource(name: &str) -> bool {
     (STANDARD_RESOURCES.contains(&name) && name != "storage") || is_quota_hugepages(name)
 }
 
-fn is_native(name: &str) -> bool {
+pub(super) fn is_native(name: &str) -> bool {
     !name.contains('/') || name.contains("kubernetes.io/")
 }
 
@@ -495,7 +503,7 @@ fn container_resource_name(name: &str, path: &str) -> Vec<Cause> {
 }
 
 /// `ValidateResourceQuotaResourceName`.
-fn quota_resource_name(name: &str, path: &str) -> Vec<Cause> {
+pub(super) fn quota_resource_name(name: &str, path: &str) -> Vec<Cause> {
     let mut causes = resource_name(name, path);
     if !name.contains('/') && !is_standard_quota_resource(name) {
         causes.push(invalid(path, name, "must be a standard resource for quota"));
@@ -504,7 +512,7 @@ fn quota_resource_name(name: &str, path: &str) -> Vec<Cause> {
 }
 
 /// `ValidateResourceQuantityValue`: not negative, whole for integer resources.
-fn resource_quantity_value(name: &str, v: &Value, path: &str) -> Vec<Cause> {
+pub(super) fn resource_quantity_value(name: &str, v: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
     let Some(qty) = GoQuantity::parse(v) else {
         return causes;
@@ -929,7 +937,7 @@ fn cidr_family(c: &str) -> Option<bool> {
     ip::parse_cidr_sloppy(c).map(|(ip, _)| ip.is_ipv6())
 }
 
-fn node(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+pub(super) fn node(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let spec = child(obj, "spec");
     let mut causes = Vec::new();
     if old.is_none() {
@@ -1002,7 +1010,7 @@ fn node(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         ));
     }
     if let Some(source) = spec.get("configSource").filter(|s| !s.is_null()) {
-        causes.extend(node_config_source(source, "spec.configSource"));
+        causes.extend(node_config_source(source, "spec.configSource", false));
     }
     causes.extend(node_taints(items(spec, "taints"), "metadata.taints"));
     if str_of(spec, "externalID") != str_of(old_spec, "externalID") {
@@ -1011,8 +1019,10 @@ fn node(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     causes
 }
 
-/// `validateNodeConfigSourceSpec` (the deprecated dynamic kubelet configuration).
-fn node_config_source(source: &Value, path: &str) -> Vec<Cause> {
+/// `validateNodeConfigSourceSpec` (the deprecated dynamic kubelet configuration), or with
+/// `in_status` `validateNodeConfigSourceStatus` (of `status.config`'s sources, which carry the
+/// ConfigMap's `uid` and `resourceVersion`).
+pub(super) fn node_config_source(source: &Value, path: &str, in_status: bool) -> Vec<Cause> {
     let mut causes = Vec::new();
     let Some(cm) = source.get("configMap").filter(|c| !c.is_null()) else {
         causes.push(invalid(
@@ -1023,14 +1033,18 @@ fn node_config_source(source: &Value, path: &str) -> Vec<Cause> {
         return causes;
     };
     let p = format!("{path}.configMap");
-    if !str_of(cm, "uid").is_empty() {
-        causes.push(forbidden(format!("{p}.uid"), "uid must not be set in spec"));
-    }
-    if !str_of(cm, "resourceVersion").is_empty() {
-        causes.push(forbidden(
-            format!("{p}.resourceVersion"),
-            "resourceVersion must not be set in spec",
-        ));
+    for field in ["uid", "resourceVersion"] {
+        match (in_status, str_of(cm, field).is_empty()) {
+            (true, true) => causes.push(required(
+                format!("{p}.{field}"),
+                &format!("{field} must be set in status"),
+            )),
+            (false, false) => causes.push(forbidden(
+                format!("{p}.{field}"),
+                &format!("{field} must not be set in spec"),
+            )),
+            _ => {}
+        }
     }
     for (field, rule, msg) in [
         ("namespace", NameRule::Label, "namespace must be set"),

@@ -7,10 +7,21 @@
 mod core;
 mod groups;
 
+pub(crate) use self::core::qos_class;
+
 use serde_json::Value;
 
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
+
+/// What upstream does to a `/status` write before validating it: the v1 defaults of the status
+/// and the status strategy's `PrepareForUpdate` (`new` is the stored `old` with the request's
+/// status).
+pub(super) fn prepare(info: &ResourceInfo, new: &mut Value, old: &Value) {
+    if info.group.is_empty() {
+        core::prepare(info, new, old);
+    }
+}
 
 /// The causes of the status update of `obj` from `old`.
 pub(super) fn validate(info: &ResourceInfo, obj: &Value, old: &Value) -> Vec<Cause> {

@@ -22,7 +22,7 @@ use super::volumes::local_descending_path;
 use crate::status::Cause;
 
 /// Upstream's `IsValidUserID`/`IsValidGroupID`.
-fn id_problems(id: i64) -> Option<String> {
+pub(in crate::validation) fn id_problems(id: i64) -> Option<String> {
     (!(0..=i64::from(i32::MAX)).contains(&id))
         .then(|| format!("must be between 0 and {}, inclusive", i32::MAX))
 }
