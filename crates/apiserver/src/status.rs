@@ -15,6 +15,24 @@ pub(crate) struct Cause {
     pub(crate) field: String,
 }
 
+/// Causes as `field: message` lines, the form unit tests compare.
+#[cfg(test)]
+pub(crate) fn cause_lines(causes: &[Cause]) -> Vec<String> {
+    causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect()
+}
+
+/// Causes as `reason field: message` lines.
+#[cfg(test)]
+pub(crate) fn cause_lines_with_reasons(causes: &[Cause]) -> Vec<String> {
+    causes
+        .iter()
+        .map(|c| format!("{} {}: {}", c.reason, c.field, c.message))
+        .collect()
+}
+
 /// A failed request: the HTTP code and the `Status` body upstream answers with.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ApiError {

@@ -845,12 +845,7 @@ mod tests {
         })
     }
 
-    fn messages(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{} {}: {}", c.reason, c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines_with_reasons as messages;
 
     #[test]
     fn rules_pass_and_fail_like_upstream() {

@@ -847,12 +847,7 @@ mod tests {
         })
     }
 
-    fn messages(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{} {}: {}", c.reason, c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines_with_reasons as messages;
 
     #[test]
     fn type_errors_read_like_upstream() {

@@ -1206,12 +1206,7 @@ mod tests {
         })
     }
 
-    fn messages(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as messages;
 
     #[test]
     fn a_good_crd_passes() {

@@ -1583,12 +1583,7 @@ mod tests {
         super::validate(info, &defaulted(obj), old.map(defaulted).as_ref())
     }
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     fn deployment(spec: Value) -> Value {
         let mut d = json!({"metadata": {"name": "d"}, "spec": {

@@ -1575,12 +1575,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     fn pod_spec(containers: Value) -> Value {
         json!({

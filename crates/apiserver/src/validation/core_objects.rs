@@ -1950,12 +1950,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     #[test]
     fn quantities_print_as_go() {

@@ -530,12 +530,7 @@ mod tests {
             .expect("registered")
     }
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     #[test]
     fn ingresses_need_rules_or_a_backend_and_valid_paths_and_backends() {

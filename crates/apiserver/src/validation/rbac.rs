@@ -238,12 +238,7 @@ mod tests {
             .expect("registered")
     }
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     #[test]
     fn rules_need_verbs_and_groups_and_resources_or_urls() {

@@ -187,12 +187,7 @@ mod tests {
 
     use super::*;
 
-    fn messages(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as messages;
 
     #[test]
     fn ip_names() {

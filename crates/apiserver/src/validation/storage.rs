@@ -25,8 +25,9 @@
 //!   status metadata size and error messages/codes; on update the spec is immutable (and,
 //!   as upstream's strategy, the object's own errors are reported twice).
 //!
-//! Not covered: the `inlineVolumeSpec` itself (core's `ValidatePersistentVolumeSpec`), the
-//! `/status` subresource (not validated for built-ins), and the v1.33 feature-gated field
+//! `/status` writes of VolumeAttachments run the same update validation
+//! (`validation::status`). Not covered: the `inlineVolumeSpec` itself (core's
+//! `ValidatePersistentVolumeSpec`) and the v1.33 feature-gated field
 //! dropping of the strategies (`nodeAllocatableUpdatePeriodSeconds` is kept and validated).
 //! Values of a whole struct in `Invalid value:` are Go's `%#v` layout, with a pointer
 //! shown by its value (`(*int32)(5)`, `&T{...}`) where Go would print an address.

@@ -245,12 +245,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     fn volumes() -> BTreeMap<String, Option<&'static str>> {
         [

@@ -898,12 +898,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     fn check(vol: Value) -> Vec<String> {
         fields(&volume_source(&vol, "spec.volumes[0]", true).1)

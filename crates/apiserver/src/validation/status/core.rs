@@ -391,12 +391,7 @@ fn resource_quota(quota: &Value) -> Vec<Cause> {
 mod tests {
     use super::*;
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     /// `/status` of `plural` writing `status` over the stored `old`: the prepared object and
     /// its causes.

@@ -474,12 +474,7 @@ fn linux_user(linux: &Value, path: &str) -> Vec<Cause> {
 mod tests {
     use super::*;
 
-    fn fields(causes: &[Cause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
-    }
+    use crate::status::cause_lines as fields;
 
     fn pod(spec: Value, status: Value) -> Value {
         json!({"metadata": {"name": "p", "namespace": "default"}, "spec": spec, "status": status})
