@@ -23,7 +23,6 @@ mod rbac;
 mod scheduling;
 mod servicecidr;
 mod status;
-pub(crate) use status::qos_class as pod_qos_class;
 mod storage;
 
 pub(crate) use core::is_volume_source;

@@ -1,7 +1,8 @@
 //! ResourceQuota accounting shared by the apiserver's `ResourceQuota` admission and the
 //! controller manager's `resourcequota` controller, so that both count an object the same
 //! way (upstream's quota evaluators): [`usage`] of one object, [`matches_scopes`] of a quota,
-//! [`missing_compute`] (the pod constraints), and exact [`Quantity`] arithmetic.
+//! [`missing_compute`] (the pod constraints), and exact [`Quantity`] arithmetic; and a pod's
+//! QoS class ([`qos`]), which the apiserver stores on create and the `BestEffort` scopes use.
 //!
 //! Usage of one object: every resource counts as `count/<plural>` (core) or
 //! `count/<plural>.<group>`, and the core kinds also by their legacy names (`pods`,
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+pub mod qos;
 pub mod quantity;
 
 pub use quantity::Quantity;
@@ -150,21 +152,9 @@ fn pod_amounts(spec: &Value, kind: &str) -> Usage {
     total
 }
 
-/// Whether a pod has no cpu or memory requests or limits in any container (QoS BestEffort).
+/// Whether a pod is of QoS class BestEffort (no positive cpu or memory request or limit).
 fn best_effort(spec: &Value) -> bool {
-    ["containers", "initContainers"].iter().all(|list| {
-        spec.get(*list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .all(|c| {
-                ["requests", "limits"].iter().all(|k| {
-                    c.pointer(&format!("/resources/{k}"))
-                        .and_then(Value::as_object)
-                        .is_none_or(|m| !m.contains_key("cpu") && !m.contains_key("memory"))
-                })
-            })
-    })
+    qos::qos_class(spec) == "BestEffort"
 }
 
 /// The quota usage of one object.

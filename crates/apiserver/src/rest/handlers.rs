@@ -1356,7 +1356,7 @@ fn set_system_fields(info: &ResourceInfo, obj: &mut Value) {
             o.insert("status".into(), json!({ "phase": "Active" }));
         }
         "Pod" => {
-            let qos = crate::validation::pod_qos_class(o.get("spec").unwrap_or(&Value::Null));
+            let qos = rk3s_quota::qos::qos_class(o.get("spec").unwrap_or(&Value::Null));
             o.insert(
                 "status".into(),
                 json!({ "phase": "Pending", "qosClass": qos }),

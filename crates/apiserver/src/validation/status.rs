@@ -7,8 +7,6 @@
 mod core;
 mod groups;
 
-pub(crate) use self::core::qos_class;
-
 use serde_json::Value;
 
 use crate::registry::ResourceInfo;

@@ -22,8 +22,6 @@
 
 mod pod;
 
-pub(crate) use pod::qos_class;
-
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};

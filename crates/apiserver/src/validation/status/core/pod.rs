@@ -1,11 +1,10 @@
 //! `pods/status`: upstream v1.33's `ValidatePodStatusUpdate`, and what the pod status strategy
 //! and the v1 → internal conversion do to the request's status before it (see [`prepare`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::quantity::Quantity;
 use crate::status::Cause;
 use crate::validation::core::id_problems;
 use crate::validation::ip::{legacy_ip_causes, parse_sloppy, to4};
@@ -18,67 +17,6 @@ static NULL: Value = Value::Null;
 
 fn child<'a>(v: &'a Value, field: &str) -> &'a Value {
     v.get(field).unwrap_or(&NULL)
-}
-
-/// QoS compute resources (`isSupportedQoSComputeResource`).
-const QOS_RESOURCES: &[&str] = &["cpu", "memory"];
-
-/// The positive cpu and memory quantities of a requests or limits map.
-fn qos_quantities(list: &Value) -> Vec<(&str, Quantity)> {
-    list.as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(name, _)| QOS_RESOURCES.contains(&name.as_str()))
-        .filter_map(|(name, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return None,
-            };
-            let q = Quantity::parse(&text).ok()?;
-            (q > 0).then_some((name.as_str(), q))
-        })
-        .collect()
-}
-
-/// Upstream's `qos.ComputePodQOS`, what the pod strategy stores in `status.qosClass` on create:
-/// `BestEffort` without cpu or memory requests and limits in any (init) container,
-/// `Guaranteed` when every container limits both and the summed requests equal the summed
-/// limits, `Burstable` otherwise.
-pub(crate) fn qos_class(spec: &Value) -> &'static str {
-    let mut requests: BTreeMap<&str, Quantity> = BTreeMap::new();
-    let mut limits: BTreeMap<&str, Quantity> = BTreeMap::new();
-    let mut guaranteed = true;
-    let containers = items(spec, "containers").iter();
-    for c in containers.chain(items(spec, "initContainers")) {
-        let resources = child(c, "resources");
-        for (name, q) in qos_quantities(child(resources, "requests")) {
-            let sum = requests.entry(name).or_default();
-            *sum = *sum + q;
-        }
-        let found = qos_quantities(child(resources, "limits"));
-        for (name, q) in &found {
-            let sum = limits.entry(name).or_default();
-            *sum = *sum + *q;
-        }
-        if !QOS_RESOURCES
-            .iter()
-            .all(|r| found.iter().any(|(name, _)| name == r))
-        {
-            guaranteed = false;
-        }
-    }
-    if requests.is_empty() && limits.is_empty() {
-        return "BestEffort";
-    }
-    if guaranteed
-        && requests.len() == limits.len()
-        && requests.iter().all(|(name, r)| limits.get(name) == Some(r))
-    {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
 }
 
 /// The condition types the kubelet and scheduler own (`validatePodConditions` skips them).
@@ -168,7 +106,7 @@ pub(super) fn validate(pod: &Value, old: &Value) -> Vec<Cause> {
         }
     }
 
-    // Immutable (set on create: `qos_class`); pods stored without one may get a first value.
+    // Immutable (set on create: `rk3s_quota::qos::qos_class`); pods stored without one may get a first value.
     let (qos, old_qos) = (str_of(status, "qosClass"), str_of(old_status, "qosClass"));
     if !old_qos.is_empty() && qos != old_qos {
         causes.push(invalid("status.qosClass", &q(qos), "field is immutable"));
@@ -495,41 +433,6 @@ mod tests {
                    "containers": [{"name": "app", "image": "nginx"}]}),
             json!({"phase": "Pending", "qosClass": "BestEffort"}),
         )
-    }
-
-    #[test]
-    fn qos_classes() {
-        let spec = |containers: Value| json!({"containers": containers});
-        let c = |requests: Value, limits: Value| json!({"name": "c", "resources": {"requests": requests, "limits": limits}});
-        assert_eq!(qos_class(&spec(json!([{"name": "c"}]))), "BestEffort");
-        // Zero and non-QoS resources do not count.
-        assert_eq!(
-            qos_class(&spec(json!([c(
-                json!({"cpu": "0", "example.com/gpu": "1"}),
-                json!({})
-            )]))),
-            "BestEffort"
-        );
-        let both = json!({"cpu": "500m", "memory": "1Gi"});
-        assert_eq!(
-            qos_class(&spec(json!([c(both.clone(), both.clone())]))),
-            "Guaranteed"
-        );
-        // Equal sums across containers, but one container does not limit memory.
-        assert_eq!(
-            qos_class(&spec(json!([
-                c(both.clone(), both.clone()),
-                c(json!({"cpu": "1"}), json!({"cpu": "1"}))
-            ]))),
-            "Burstable"
-        );
-        assert_eq!(
-            qos_class(&spec(json!([c(json!({"cpu": "250m"}), both.clone())]))),
-            "Burstable"
-        );
-        let mut init = spec(json!([c(both.clone(), both.clone())]));
-        init["initContainers"] = json!([c(json!({"memory": "64Mi"}), json!({}))]);
-        assert_eq!(qos_class(&init), "Burstable");
     }
 
     #[test]
