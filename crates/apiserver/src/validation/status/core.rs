@@ -330,44 +330,9 @@ fn claim(pvc: &Value) -> Vec<Cause> {
     causes
 }
 
-/// `ValidateReplicationControllerStatus`.
+/// `ValidateReplicationControllerStatusUpdate`: a ReplicaSet's rules on the same fields.
 fn replication_controller(rc: &Value) -> Vec<Cause> {
-    let status = child(rc, "status");
-    let n = |f: &str| status.get(f).and_then(Value::as_i64).unwrap_or(0);
-    let mut causes = Vec::new();
-    for f in [
-        "replicas",
-        "fullyLabeledReplicas",
-        "readyReplicas",
-        "availableReplicas",
-        "observedGeneration",
-    ] {
-        if n(f) < 0 {
-            causes.push(invalid(
-                format!("status.{f}"),
-                &n(f).to_string(),
-                "must be greater than or equal to 0",
-            ));
-        }
-    }
-    let replicas = n("replicas");
-    for f in ["fullyLabeledReplicas", "readyReplicas", "availableReplicas"] {
-        if n(f) > replicas {
-            causes.push(invalid(
-                format!("status.{f}"),
-                &n(f).to_string(),
-                "cannot be greater than status.replicas",
-            ));
-        }
-    }
-    if n("availableReplicas") > n("readyReplicas") {
-        causes.push(invalid(
-            "status.availableReplicas",
-            &n("availableReplicas").to_string(),
-            "cannot be greater than readyReplicas",
-        ));
-    }
-    causes
+    super::groups::replica_set(rc)
 }
 
 /// `ValidateResourceQuotaStatusUpdate`: `hard` and `used` name quota resources with valid

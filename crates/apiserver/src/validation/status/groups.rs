@@ -32,6 +32,8 @@ mod apps;
 mod batch;
 mod certificates;
 
+pub(super) use apps::replica_set;
+
 use serde_json::Value;
 
 use crate::registry::ResourceInfo;

@@ -59,8 +59,9 @@ pub(super) fn deployment(obj: &Value, old: &Value) -> Vec<Cause> {
     causes
 }
 
-/// `ValidateReplicaSetStatusUpdate`.
-pub(super) fn replica_set(obj: &Value) -> Vec<Cause> {
+/// `ValidateReplicaSetStatusUpdate` (and core's `ValidateReplicationControllerStatusUpdate`,
+/// the same rules on the same fields).
+pub(in crate::validation::status) fn replica_set(obj: &Value) -> Vec<Cause> {
     let s = status(obj);
     let mut causes = Vec::new();
     counts(
