@@ -8,12 +8,12 @@
 
 mod common;
 
-use common::{TestServer, api_status, invalid_causes};
+use common::{TestServer, api_status, invalid_causes, patch_status};
 use k8s_openapi::api::core::v1::{
     Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController,
     ResourceQuota, Service,
 };
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -31,18 +31,6 @@ where
     let object: K = serde_json::from_value(current).expect("object");
     api.replace_status(name, &PostParams::default(), &object)
         .await
-}
-
-async fn patch_status<K>(api: &Api<K>, name: &str, status: Value) -> Result<K, kube::Error>
-where
-    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

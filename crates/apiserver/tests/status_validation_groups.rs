@@ -7,7 +7,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{TestServer, api_status};
+use common::{TestServer, invalid_status, patch_status};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::{v1 as autoscaling_v1, v2 as autoscaling_v2};
@@ -16,7 +16,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -33,29 +33,10 @@ where
         .expect("created")
 }
 
-/// Merge-patches `status` through `/status`.
-async fn patch_status<K>(api: &Api<K>, name: &str, status: Value) -> Result<K, kube::Error>
-where
-    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-}
-
 /// `reason field: message` of each cause of a 422 `Invalid` Status (checked to be one, with
 /// upstream's message naming the object).
 fn causes(err: kube::Error, object: &str) -> Vec<String> {
-    let status = api_status(err);
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (422, "Invalid"),
-        "{}",
-        status.message
-    );
+    let status = invalid_status(err);
     assert!(
         status
             .message

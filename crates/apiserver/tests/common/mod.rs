@@ -392,8 +392,8 @@ pub fn api_status(err: kube::Error) -> kube::core::Status {
     }
 }
 
-/// `field: message` of each cause of a 422 `Invalid`, after checking it is one.
-pub fn invalid_causes(err: kube::Error) -> Vec<String> {
+/// The Status of a 422 `Invalid`, after checking it is one.
+pub fn invalid_status(err: kube::Error) -> kube::core::Status {
     let status = api_status(err);
     assert_eq!(
         (status.code, status.reason.as_str()),
@@ -402,10 +402,32 @@ pub fn invalid_causes(err: kube::Error) -> Vec<String> {
         status.message
     );
     status
+}
+
+/// `field: message` of each cause of a 422 `Invalid`, after checking it is one.
+pub fn invalid_causes(err: kube::Error) -> Vec<String> {
+    invalid_status(err)
         .details
         .expect("details")
         .causes
         .into_iter()
         .map(|c| format!("{}: {}", c.field, c.message))
         .collect()
+}
+
+/// Merge-patches `status` through the object's `/status`.
+pub async fn patch_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
 }
