@@ -343,8 +343,10 @@ fn agent_joins_with_the_server_token_and_authenticates_as_its_node() {
     assert!(server.terminate());
 }
 
-/// A TLS server that records every request and answers `/cacerts` with a CA of its own.
-fn fake_server(port: u16, seen: Arc<Mutex<Vec<String>>>) -> String {
+/// A TLS server on a port of the kernel's choosing (bound here, so no other test can take it
+/// between choosing and binding) that records every request and answers `/cacerts` with a CA
+/// of its own. Returns its port and that CA.
+fn fake_server(seen: Arc<Mutex<Vec<String>>>) -> (u16, String) {
     let pki = rk3s_apiserver::Pki::generate(&rk3s_apiserver::PkiOptions {
         node_ips: vec!["127.0.0.1".parse().expect("ip")],
         ..rk3s_apiserver::PkiOptions::default()
@@ -352,7 +354,8 @@ fn fake_server(port: u16, seen: Arc<Mutex<Vec<String>>>) -> String {
     .expect("PKI");
     let ca = pki.server_ca.cert_pem.clone();
     let config = pki.server_config().expect("TLS config");
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let port = listener.local_addr().expect("local address").port();
     let answer = ca.clone();
     std::thread::spawn(move || {
         for tcp in listener.incoming() {
@@ -385,15 +388,14 @@ fn fake_server(port: u16, seen: Arc<Mutex<Vec<String>>>) -> String {
             let _ = tls.flush();
         }
     });
-    ca
+    (port, ca)
 }
 
 #[test]
 fn agent_refuses_a_ca_that_does_not_match_before_sending_the_secret() {
     let dirs = Dirs::new();
-    let port = free_port().expect("free port");
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let served_ca = fake_server(port, seen.clone());
+    let (port, served_ca) = fake_server(seen.clone());
     let pinned = rk3s_apiserver::ca_hash("a different CA");
     let token = format!("K10{pinned}::server:topsecret");
     let out = dirs
