@@ -110,6 +110,10 @@ pub(crate) struct ResourceInfo {
     pub(crate) generation: bool,
     /// Whether PUT on a missing object creates it.
     pub(crate) create_on_update: bool,
+    /// Whether a PUT without `metadata.resourceVersion` overwrites whatever is stored
+    /// (upstream's `AllowUnconditionalUpdate`); when not, it is a 422 (see
+    /// [`crate::rest::handlers::merge_update`]).
+    pub(crate) unconditional_update: bool,
     /// The storage prefix, without the trailing slash: `/registry/<this>/<ns>/<name>`.
     pub(crate) storage: &'static str,
     pub(crate) name_rule: NameRule,
@@ -171,6 +175,7 @@ impl ResourceInfo {
             scale_subresource: false,
             generation: false,
             create_on_update: false,
+            unconditional_update: true,
             storage: T::URL_PATH_SEGMENT,
             name_rule: NameRule::Subdomain,
             fields: &[],
@@ -215,6 +220,11 @@ impl ResourceInfo {
     }
     fn create_on_update(mut self) -> Self {
         self.create_on_update = true;
+        self
+    }
+    /// An update must name the resourceVersion it replaces.
+    fn conditional_updates(mut self) -> Self {
+        self.unconditional_update = false;
         self
     }
     fn fields(mut self, fields: &'static [&'static str]) -> Self {
@@ -425,7 +435,11 @@ impl Registry {
                 .fields(crate::conversion::EVENTS_V1_SELECTABLE)
                 .converted("events", &crate::conversion::EVENTS_V1),
         ];
-        let coordination = vec![ResourceInfo::of::<coordination::Lease>().create_on_update()];
+        let coordination = vec![
+            ResourceInfo::of::<coordination::Lease>()
+                .create_on_update()
+                .conditional_updates(),
+        ];
         let autoscaling = vec![
             ResourceInfo::of::<autoscaling::HorizontalPodAutoscaler>()
                 .short(&["hpa"])
@@ -463,7 +477,8 @@ impl Registry {
             ResourceInfo::of::<policy::PodDisruptionBudget>()
                 .short(&["pdb"])
                 .status()
-                .generation(),
+                .generation()
+                .conditional_updates(),
         ];
         // The review APIs: create-only, nothing stored (served by `auth::review`).
         let authentication = vec![
@@ -477,36 +492,55 @@ impl Registry {
             ResourceInfo::create_only::<authorization::SubjectAccessReview>(),
         ];
         let rbac = vec![
-            ResourceInfo::of::<rbac::ClusterRoleBinding>().names(PathSegment),
-            ResourceInfo::of::<rbac::ClusterRole>().names(PathSegment),
-            ResourceInfo::of::<rbac::RoleBinding>().names(PathSegment),
-            ResourceInfo::of::<rbac::Role>().names(PathSegment),
+            ResourceInfo::of::<rbac::ClusterRoleBinding>()
+                .names(PathSegment)
+                .create_on_update(),
+            ResourceInfo::of::<rbac::ClusterRole>()
+                .names(PathSegment)
+                .create_on_update(),
+            ResourceInfo::of::<rbac::RoleBinding>()
+                .names(PathSegment)
+                .create_on_update(),
+            ResourceInfo::of::<rbac::Role>()
+                .names(PathSegment)
+                .create_on_update(),
         ];
         let storage = vec![
-            ResourceInfo::of::<storage::CSIDriver>(),
-            ResourceInfo::of::<storage::CSINode>(),
-            ResourceInfo::of::<storage::CSIStorageCapacity>(),
+            ResourceInfo::of::<storage::CSIDriver>().conditional_updates(),
+            ResourceInfo::of::<storage::CSINode>().conditional_updates(),
+            ResourceInfo::of::<storage::CSIStorageCapacity>().conditional_updates(),
             ResourceInfo::of::<storage::StorageClass>().short(&["sc"]),
-            ResourceInfo::of::<storage::VolumeAttachment>().status(),
+            ResourceInfo::of::<storage::VolumeAttachment>()
+                .status()
+                .conditional_updates(),
         ];
         let admissionregistration = vec![
-            ResourceInfo::of::<admissionregistration::MutatingWebhookConfiguration>(),
+            ResourceInfo::of::<admissionregistration::MutatingWebhookConfiguration>()
+                .conditional_updates(),
             ResourceInfo::of::<admissionregistration::ValidatingAdmissionPolicy>()
                 .status()
-                .generation(),
+                .generation()
+                .conditional_updates(),
             ResourceInfo::of::<admissionregistration::ValidatingAdmissionPolicyBinding>()
-                .generation(),
-            ResourceInfo::of::<admissionregistration::ValidatingWebhookConfiguration>(),
+                .generation()
+                .conditional_updates(),
+            ResourceInfo::of::<admissionregistration::ValidatingWebhookConfiguration>()
+                .conditional_updates(),
         ];
         let apiextensions = vec![
             ResourceInfo::of::<apiextensions::CustomResourceDefinition>()
                 .short(&["crd", "crds"])
                 .status()
                 .generation()
-                .storage("apiextensions.k8s.io/customresourcedefinitions"),
+                .storage("apiextensions.k8s.io/customresourcedefinitions")
+                .conditional_updates(),
         ];
         let scheduling = vec![ResourceInfo::of::<scheduling::PriorityClass>().short(&["pc"])];
-        let node = vec![ResourceInfo::of::<node::RuntimeClass>()];
+        let node = vec![
+            ResourceInfo::of::<node::RuntimeClass>()
+                .create_on_update()
+                .conditional_updates(),
+        ];
         let discovery = vec![ResourceInfo::of::<discovery::EndpointSlice>()];
         // The named groups in upstream's discovery order.
         let groups = [

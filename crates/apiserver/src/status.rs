@@ -126,37 +126,72 @@ impl ApiError {
 
     /// 422: the object is invalid, with one cause per problem.
     pub(crate) fn invalid(info: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
+        // Upstream names the kind with the group of its stored (internal) type:
+        // `Deployment.apps`, `Foo.example.com`, `Pod`; `events.k8s.io` Events are core's.
+        let group = info.conversion.map_or(info.group, |c| c.storage_group);
+        let mut e = Self::invalid_of(group, info.kind, name, causes);
+        // ... while the details carry the served group.
+        if let Some(d) = e.details.as_mut().and_then(Value::as_object_mut) {
+            match info.group {
+                "" => d.remove("group"),
+                g => d.insert("group".into(), json!(g)),
+            };
+        }
+        e
+    }
+
+    /// 422 `Invalid` of a `group`/`kind` (upstream's `NewInvalid(GroupKind, name, errs)`):
+    /// `<kind>.<group> "<name>" is invalid: <field>: <message>` (several in brackets), one
+    /// cause per error.
+    pub(crate) fn invalid_of(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let list: Vec<String> = causes
             .iter()
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect();
-        // Upstream names the kind with the group of its stored (internal) type:
-        // `Deployment.apps`, `Foo.example.com`, `Pod`; `events.k8s.io` Events are core's.
-        let group = info.conversion.map_or(info.group, |c| c.storage_group);
-        let kind = if group.is_empty() {
-            info.kind.to_string()
+        let qualified = if group.is_empty() {
+            kind.to_string()
         } else {
-            format!("{}.{group}", info.kind)
+            format!("{kind}.{group}")
         };
         let message = if list.len() == 1 {
-            format!("{kind} \"{name}\" is invalid: {}", list[0])
+            format!("{qualified} \"{name}\" is invalid: {}", list[0])
         } else {
-            format!("{kind} \"{name}\" is invalid: [{}]", list.join(", "))
+            format!("{qualified} \"{name}\" is invalid: [{}]", list.join(", "))
         };
-        let mut d = json!({
-            "name": name,
-            "kind": info.kind,
-            "causes": causes.iter().map(|c| json!({
-                "reason": c.reason, "message": c.message, "field": c.field,
-            })).collect::<Vec<_>>(),
-        });
-        if !info.group.is_empty() {
-            d["group"] = json!(info.group);
+        let mut d = serde_json::Map::new();
+        if !name.is_empty() {
+            d.insert("name".into(), json!(name));
         }
+        if !group.is_empty() {
+            d.insert("group".into(), json!(group));
+        }
+        d.insert("kind".into(), json!(kind));
+        d.insert(
+            "causes".into(),
+            causes
+                .iter()
+                .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                .collect(),
+        );
         ApiError {
-            details: Some(d),
+            details: Some(Value::Object(d)),
             ..Self::new(422, "Invalid", message)
         }
+    }
+
+    /// 422 for a PUT without `metadata.resourceVersion` of a resource that does not allow
+    /// unconditional updates. Upstream builds this error with the resource (plural) as kind.
+    pub(crate) fn resource_version_required(info: &ResourceInfo, name: &str) -> Self {
+        Self::invalid_of(
+            info.group,
+            info.plural,
+            name,
+            vec![Cause {
+                reason: "FieldValueInvalid",
+                message: "Invalid value: 0x0: must be specified for an update".into(),
+                field: "metadata.resourceVersion".into(),
+            }],
+        )
     }
 
     pub(crate) fn method_not_allowed() -> Self {
@@ -228,28 +263,7 @@ impl ApiError {
 
     /// 422 `Invalid` list options (upstream validates `ListOptions` of `meta.k8s.io`).
     pub(crate) fn invalid_list_options(causes: Vec<Cause>) -> Self {
-        let list: Vec<String> = causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect();
-        let message = if list.len() == 1 {
-            format!("ListOptions.meta.k8s.io \"\" is invalid: {}", list[0])
-        } else {
-            format!(
-                "ListOptions.meta.k8s.io \"\" is invalid: [{}]",
-                list.join(", ")
-            )
-        };
-        ApiError {
-            details: Some(json!({
-                "group": "meta.k8s.io",
-                "kind": "ListOptions",
-                "causes": causes.iter().map(|c| json!({
-                    "reason": c.reason, "message": c.message, "field": c.field,
-                })).collect::<Vec<_>>(),
-            })),
-            ..Self::new(422, "Invalid", message)
-        }
+        Self::invalid_of("meta.k8s.io", "ListOptions", "", causes)
     }
 
     pub(crate) fn forbidden(info: &ResourceInfo, name: &str, why: &str) -> Self {

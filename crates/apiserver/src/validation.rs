@@ -26,6 +26,7 @@ mod status;
 mod storage;
 
 pub(crate) use core::is_volume_source;
+pub(crate) use meta::{field_manager, go_unicode, managed_fields};
 use serde_json::Value;
 
 use crate::registry::ResourceInfo;
@@ -510,14 +511,76 @@ pub(crate) fn too_long(field: impl Into<String>, max: usize) -> Cause {
     }
 }
 
-/// A string as Go's `%q` shows it.
+/// A string as Go's `%q` (`strconv.Quote`) shows it: printable characters as they are,
+/// `\a \b \f \n \r \t \v`, other control bytes as `\xNN`, other unprintable characters as
+/// `\uNNNN` or `\UNNNNNNNN`.
 pub(crate) fn q(s: &str) -> String {
-    format!("{s:?}")
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if is_go_printable(c) => out.push(c),
+            c if (c as u32) < 0x10000 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", c as u32);
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `unicode.IsPrint`, closely enough for messages: no control, format, separator
+/// (other than the ASCII space) or private-use characters.
+pub(crate) fn is_go_printable(c: char) -> bool {
+    if c == ' ' {
+        return true;
+    }
+    !(c.is_control()
+        || c.is_whitespace()
+        || matches!(c as u32,
+            0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x180e | 0x200b..=0x200f
+            | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb
+            | 0xe000..=0xf8ff | 0xf0000..=0x10ffff)
+        || (0xd800..=0xdfff).contains(&(c as u32)))
+}
+
+/// Go's `%#v` of a `[]string`.
+pub(crate) fn go_strings<S: AsRef<str>>(items: &[S]) -> String {
+    let shown: Vec<String> = items.iter().map(|s| q(s.as_ref())).collect();
+    format!("[]string{{{}}}", shown.join(", "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_quoted_as_go_quotes_them() {
+        assert_eq!(q("plain"), r#""plain""#);
+        assert_eq!(q("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(q("a\u{1}b\tc\u{7f}"), r#""a\x01b\tc\x7f""#);
+        assert_eq!(q("é ü 日本"), r#""é ü 日本""#);
+        assert_eq!(q("a\u{200b}b\u{a0}"), r#""a\u200bb\u00a0""#);
+        assert_eq!(q("\u{f0000}"), r#""\U000f0000""#);
+        assert_eq!(go_strings(&["a", "b"]), r#"[]string{"a", "b"}"#);
+        assert_eq!(go_strings::<&str>(&[]), "[]string{}");
+    }
 
     #[test]
     fn subdomains() {

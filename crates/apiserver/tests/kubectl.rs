@@ -330,6 +330,123 @@ async fn errors_are_shown_as_upstream() {
     assert!(err.contains("this namespace may not be deleted"), "{err}");
 }
 
+/// A PUT without `metadata.resourceVersion` overwrites a ConfigMap but is refused for a Lease
+/// (upstream's `AllowUnconditionalUpdate`); RBAC objects are created by a PUT; write options
+/// that are not upstream's (a misspelt `dryRun`) are refused before anything is written.
+/// (`kubectl replace -f` fills in the resourceVersion it reads first, hence `--raw`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_and_write_options_follow_each_resources_policy() {
+    let t = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = |verb: &'static str, path: &'static str, body: &str| {
+        let file = dir.path().join("body.json");
+        std::fs::write(&file, body).expect("write body");
+        let mut args = vec![verb.to_string(), "--raw".into(), path.into()];
+        if !body.is_empty() {
+            args.extend(["-f".into(), file.display().to_string()]);
+        }
+        args
+    };
+    async fn run(t: &TestServer, args: Vec<String>) -> (bool, String) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = t.kubectl(&args).await;
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    t.kubectl_ok(&["create", "configmap", "c", "--from-literal=v=1"])
+        .await;
+    let (ok, err) = run(
+        &t,
+        raw(
+            "replace",
+            "/api/v1/namespaces/default/configmaps/c",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"v":"2"}}"#,
+        ),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        t.kubectl_ok(&["get", "cm", "c", "-o", "jsonpath={.data.v}"])
+            .await,
+        "2"
+    );
+
+    t.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: l\n\
+         spec:\n  holderIdentity: a\n",
+    )
+    .await;
+    let (ok, err) = run(
+        &t,
+        raw(
+            "replace",
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/l",
+            r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"l"},"spec":{"holderIdentity":"b"}}"#,
+        ),
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains(r#"The leases "l" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"#),
+        "{err}"
+    );
+    assert_eq!(
+        t.kubectl_ok(&["get", "lease", "l", "-o", "jsonpath={.spec.holderIdentity}"])
+            .await,
+        "a"
+    );
+
+    let (ok, err) = run(
+        &t,
+        raw(
+            "replace",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/r",
+            r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{"name":"r"},"rules":[{"apiGroups":[""],"resources":["pods"],"verbs":["get"]}]}"#,
+        ),
+    )
+    .await;
+    assert!(ok, "a PUT creates a Role: {err}");
+    t.kubectl_ok(&["get", "role", "r"]).await;
+
+    let (ok, err) = run(
+        &t,
+        raw(
+            "create",
+            "/api/v1/namespaces/default/configmaps?dryRun=true",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d"}}"#,
+        ),
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains(r#"The CreateOptions "" is invalid: dryRun: Unsupported value: []string{"true"}: supported values: "All""#),
+        "{err}"
+    );
+    let (exists, _) = run(&t, vec!["get".into(), "cm".into(), "d".into()]).await;
+    assert!(!exists, "the refused create wrote nothing");
+    let (ok, err) = run(
+        &t,
+        raw(
+            "delete",
+            "/api/v1/namespaces/default/configmaps/c?dryRun=yes",
+            "",
+        ),
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains(
+            r#"The DeleteOptions "" is invalid: dryRun: Unsupported value: []string{"yes"}"#
+        ),
+        "{err}"
+    );
+    t.kubectl_ok(&["get", "cm", "c"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_with_stale_resource_version_conflicts() {
     let t = TestServer::start().await;

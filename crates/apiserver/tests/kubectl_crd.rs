@@ -147,6 +147,31 @@ async fn kubectl_serves_custom_resources() {
         .await;
     assert_eq!(got, "4");
 
+    // Custom resources are replaced only at a known version, as upstream's (`kubectl
+    // replace -f` would fill in the version it reads first).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = dir.path().join("cr.json");
+    std::fs::write(
+        &body,
+        r#"{"apiVersion":"stable.example.com/v1","kind":"CronTab","metadata":{"name":"my-cron"},"spec":{"replicas":5}}"#,
+    )
+    .expect("write");
+    let out = t
+        .kubectl(&[
+            "replace",
+            "--raw",
+            "/apis/stable.example.com/v1/namespaces/default/crontabs/my-cron",
+            "-f",
+            body.to_str().expect("utf-8 path"),
+        ])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"The crontabs "my-cron" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"#),
+        "{err}"
+    );
+
     // kubectl scale goes through the scale subresource.
     t.kubectl_ok(&["scale", "ct", "my-cron", "--replicas=6"])
         .await;

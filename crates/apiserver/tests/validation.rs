@@ -378,6 +378,29 @@ async fn object_metadata_is_validated_on_every_built_in_object() {
     .await
     .expect("finalizer removed");
 
+    // Managed fields a client writes are checked once the field manager has kept them.
+    t.kubectl_ok(&["create", "configmap", "plain-mf", "--from-literal=k=v"])
+        .await;
+    let got = invalid_causes(
+        cms.patch(
+            "plain-mf",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"managedFields": [{
+                "manager": "m".repeat(129),
+                "operation": "Update",
+                "apiVersion": "v1",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:data": {"f:k": {}}},
+            }]}})),
+        )
+        .await
+        .expect_err("long manager"),
+    );
+    assert_eq!(
+        got,
+        ["metadata.managedFields[0].manager: Too long: may not be more than 128 bytes"]
+    );
+
     // A label patched in with kubectl (its `label` command checks keys itself).
     t.kubectl_ok(&["create", "configmap", "plain"]).await;
     let err = stderr(

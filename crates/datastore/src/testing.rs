@@ -41,8 +41,26 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestServerE
     move |source| TestServerError::Io { what, source }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server the caller starts
+/// later. It is chosen at random below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), where neither the outgoing connections nor the
+/// `bind(0)`s of tests running in parallel can take it before the server binds it (a port
+/// the kernel hands out can be handed out again in that window); only another `free_port`
+/// drawing the same number could, one chance in thousands.
 pub fn free_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(10_000);
+    if ephemeral_low > low {
+        for _ in 0..64 {
+            let port = rand::random_range(low..ephemeral_low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -168,6 +186,21 @@ fn replace_db(url: &str, db: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_bindable_and_outside_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .expect("port range")
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("low end");
+        for _ in 0..20 {
+            let port = free_port().expect("free port");
+            assert!(port < low, "{port} is in the ephemeral range from {low}");
+            TcpListener::bind(("127.0.0.1", port)).expect("bindable");
+        }
+    }
 
     #[test]
     fn replace_db_swaps_the_path() {

@@ -137,6 +137,26 @@ fn restore(new: &mut Value, from: Option<&Value>) {
     }
 }
 
+/// [`track_update`] of a client's write, whose `managedFields` may be the client's: then
+/// the entries kept must be valid (upstream validates them after its field manager ran).
+pub(crate) fn track_client_update(
+    writer: &Writer<'_>,
+    old: Option<&Value>,
+    new: &mut Value,
+) -> Result<(), crate::status::ApiError> {
+    track_update(writer, old, new);
+    let causes = crate::validation::managed_fields(new);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        let name = new
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Err(crate::status::ApiError::invalid(writer.info, name, causes))
+    }
+}
+
 /// Records an `Update` of `old` (`None` for a create) into `new` by `writer`: sets
 /// `new.metadata.managedFields`.
 ///

@@ -333,6 +333,8 @@ fn entries_of(crd: &Value) -> Vec<ResourceInfo> {
                 // metadata, and outside status when the status subresource is on).
                 generation: true,
                 create_on_update: false,
+                // A PUT must name the version it replaces, as upstream's custom resources.
+                unconditional_update: false,
                 storage: intern(&format!("{group}/{plural}")),
                 name_rule: NameRule::Subdomain,
                 fields: intern_list(&selectable),

@@ -11,6 +11,7 @@ use super::object::{
     metadata_mut, new_uid, read_back, request_resource_version, served_form, served_object,
     served_objects, set_resource_version, spec_part, typed_roundtrip_checked,
 };
+use super::options;
 use super::{Query, Target, flag, ok};
 use crate::admission_webhook::Operation;
 use crate::apply::Writer;
@@ -1042,7 +1043,7 @@ pub(crate) async fn create_object_as(
         crate::quota::admit_create(state, info, ns, &obj, dry_run).await?;
     }
     if let Some(w) = writer {
-        crate::apply::track_update(w, None, &mut obj);
+        crate::apply::track_client_update(w, None, &mut obj)?;
     }
     // A generated name that collides is generated again, as upstream does.
     let attempts = if name.is_empty() { 8 } else { 1 };
@@ -1593,10 +1594,14 @@ pub(crate) fn merge_update(
     status_only: bool,
 ) -> Result<Value, ApiError> {
     let name = meta_str(old, "name").to_string();
-    if let Some(rv) = request_resource_version(req)?
-        && meta_str(old, "resourceVersion") != rv.to_string()
-    {
-        return Err(ApiError::conflict(info, &name));
+    match request_resource_version(req)? {
+        Some(rv) if meta_str(old, "resourceVersion") != rv.to_string() => {
+            return Err(ApiError::conflict(info, &name));
+        }
+        None if !info.unconditional_update => {
+            return Err(ApiError::resource_version_required(info, &name));
+        }
+        _ => {}
     }
     if status_only {
         let mut new = old.clone();
@@ -1793,10 +1798,14 @@ fn merge_part(
     part: Part,
 ) -> Result<Value, ApiError> {
     let name = meta_str(old, "name").to_string();
-    if let Some(rv) = request_resource_version(req)?
-        && meta_str(old, "resourceVersion") != rv.to_string()
-    {
-        return Err(ApiError::conflict(info, &name));
+    match request_resource_version(req)? {
+        Some(rv) if meta_str(old, "resourceVersion") != rv.to_string() => {
+            return Err(ApiError::conflict(info, &name));
+        }
+        None if !info.unconditional_update => {
+            return Err(ApiError::resource_version_required(info, &name));
+        }
+        _ => {}
     }
     let mut new = old.clone();
     match part {
@@ -1886,7 +1895,7 @@ async fn update_part(
         ctx.admit(),
         |old| {
             let mut new = merge_part(info, old, &req, part)?;
-            crate::apply::track_update(&writer, Some(old), &mut new);
+            crate::apply::track_client_update(&writer, Some(old), &mut new)?;
             Ok(new)
         },
     )
@@ -1946,7 +1955,7 @@ pub(crate) async fn update(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErr
                 Some(old),
                 Some(&new),
             )?;
-            crate::apply::track_update(&writer, Some(old), &mut new);
+            crate::apply::track_client_update(&writer, Some(old), &mut new)?;
             Ok(new)
         },
     )
@@ -1987,13 +1996,6 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
     let ct = content_type(ctx.headers);
     if ct == APPLY_PATCH {
         return apply_patch(ctx, name, status_only, body).await;
-    }
-    if ctx.query.contains_key("force") {
-        return Err(patch_options_invalid(
-            "force",
-            "FieldValueForbidden",
-            "Forbidden: may not be specified for non-apply patch",
-        ));
     }
     let kind = super::patch::PatchKind::from_media_type(&ct)
         .ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
@@ -2047,7 +2049,7 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
                 Some(old),
                 Some(&new),
             )?;
-            crate::apply::track_update(&writer, Some(old), &mut new);
+            crate::apply::track_client_update(&writer, Some(old), &mut new)?;
             Ok(new)
         },
     )
@@ -2057,22 +2059,6 @@ pub(crate) async fn patch(ctx: Ctx<'_>, body: &[u8]) -> Result<Response, ApiErro
 
 /// The media type of server-side apply.
 pub(crate) const APPLY_PATCH: &str = "application/apply-patch+yaml";
-
-/// 422 about a `PatchOptions` query parameter, as upstream words it.
-fn patch_options_invalid(field: &str, reason: &'static str, detail: &str) -> ApiError {
-    ApiError {
-        details: Some(json!({
-            "group": "meta.k8s.io",
-            "kind": "PatchOptions",
-            "causes": [{"reason": reason, "message": detail, "field": field}],
-        })),
-        ..ApiError::new(
-            422,
-            "Invalid",
-            format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {detail}"),
-        )
-    }
-}
 
 /// The body of an apply patch: YAML, of which JSON is a subset, holding an object.
 pub(crate) fn apply_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -2098,28 +2084,8 @@ async fn apply_patch(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let info = ctx.info();
-    let manager = ctx
-        .query
-        .get("fieldManager")
-        .map(String::as_str)
-        .unwrap_or("");
-    if manager.is_empty() {
-        return Err(patch_options_invalid(
-            "fieldManager",
-            "FieldValueRequired",
-            "Required value: is required for apply patch",
-        ));
-    }
-    if manager.len() > crate::apply::FIELD_MANAGER_MAX {
-        return Err(patch_options_invalid(
-            "fieldManager",
-            "FieldValueTooLong",
-            &format!(
-                "Too long: may not be more than {} bytes",
-                crate::apply::FIELD_MANAGER_MAX
-            ),
-        ));
-    }
+    // `fieldManager` is present and well-formed: checked with the other options
+    // (`super::options`).
     let force = flag(ctx.query, "force");
     let validation = FieldValidation::from_query(ctx.query)?;
     let mut config = apply_body(body)?;
@@ -2291,21 +2257,25 @@ impl DeleteOptions {
     /// keeps what is there.
     fn gc_finalizers(&self, current: Vec<Value>) -> Result<Vec<Value>, ApiError> {
         let policy = match (self.propagation_policy.as_deref(), self.orphan_dependents) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::new(
-                    422,
-                    "Invalid",
-                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Invalid value: \"null\": orphanDependents and deletionPropagation cannot be both set",
+            (Some(p), Some(_)) => {
+                return Err(options::invalid_options(
+                    options::Write::Delete,
+                    vec![crate::validation::invalid(
+                        "propagationPolicy",
+                        &crate::validation::q(p),
+                        "orphanDependents and deletionPropagation cannot be both set",
+                    )],
                 ));
             }
             (Some(p @ ("Orphan" | "Background" | "Foreground")), None) => Some(p),
             (Some(p), None) => {
-                return Err(ApiError::new(
-                    422,
-                    "Invalid",
-                    format!(
-                        "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
-                    ),
+                return Err(options::invalid_options(
+                    options::Write::Delete,
+                    vec![crate::validation::not_supported(
+                        "propagationPolicy",
+                        &crate::validation::q(p),
+                        &["Foreground", "Background", "Orphan", "nil"],
+                    )],
                 ));
             }
             (None, Some(true)) => Some("Orphan"),
@@ -2356,6 +2326,12 @@ fn delete_options(ctx: Ctx<'_>, body: &[u8]) -> Result<DeleteOptions, ApiError> 
     }
     if ctx.dry_run() {
         opts.dry_run = Some(vec!["All".into()]);
+    }
+    if let Some(cause) = opts.dry_run.as_deref().and_then(options::dry_run_values) {
+        return Err(options::invalid_options(
+            options::Write::Delete,
+            vec![cause],
+        ));
     }
     Ok(opts)
 }

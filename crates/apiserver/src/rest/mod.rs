@@ -10,6 +10,7 @@ pub(crate) mod components;
 mod eviction;
 mod handlers;
 mod object;
+mod options;
 mod patch;
 mod pod_proxy;
 mod proxy;
@@ -302,6 +303,20 @@ async fn serve_resource(
         node: crate::auth::node::node_of(&user),
     };
     let admission = crate::admission_webhook::Request::new(&method, &target, &user, &q, &body);
+    let write = match method {
+        Method::POST => Some(options::Write::Create),
+        Method::PUT => Some(options::Write::Update),
+        Method::PATCH => Some(options::Write::Patch {
+            apply: handlers::content_type(&headers) == handlers::APPLY_PATCH,
+        }),
+        Method::DELETE => Some(options::Write::Delete),
+        _ => None,
+    };
+    if let Some(write) = write
+        && let Err(e) = options::validate(write, &q)
+    {
+        return e.into_response();
+    }
     let response = async {
         let result = match method {
             Method::GET => handlers::get_or_list(ctx).await,

@@ -105,8 +105,8 @@ fn go_strings(v: Option<&Value>, type_name: &str) -> String {
     match v.and_then(Value::as_array) {
         None => format!("[]{type_name}(nil)"),
         Some(a) => {
-            let items: Vec<String> = a.iter().map(|s| q(s.as_str().unwrap_or(""))).collect();
-            format!("[]{type_name}{{{}}}", items.join(", "))
+            let items: Vec<&str> = a.iter().map(|s| s.as_str().unwrap_or("")).collect();
+            super::go_strings(&items).replacen("string", type_name, 1)
         }
     }
 }

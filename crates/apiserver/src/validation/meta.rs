@@ -1,6 +1,7 @@
 //! `ValidateObjectMeta` / `ValidateObjectMetaUpdate` of every built-in object (apimachinery's
 //! `pkg/api/validation/objectmeta.go`): labels, annotations (keys and total size), owner
-//! references, finalizers, and on update no new finalizers on an object being deleted. The
+//! references, finalizers, and on update no new finalizers on an object being deleted;
+//! [`managed_fields`] checks what the field manager keeps of the entries a client sent. The
 //! name, `generateName` and namespace are checked by the handlers; the system fields (uid,
 //! creation and deletion timestamps, generation, resourceVersion) are kept from the stored
 //! object by the update handlers, so their update rules cannot fail here.
@@ -81,6 +82,70 @@ pub(crate) fn object_meta(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         }
     }
     causes
+}
+
+/// `ValidateManagedFields` of `obj`: each entry's operation, fields type, manager and
+/// subresource. Part of upstream's `ValidateObjectMeta`, but run on what the field manager
+/// keeps (see [`crate::apply::track_client_update`]), not on what the client sent.
+pub(crate) fn managed_fields(obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let entries = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array);
+    for (i, entry) in entries.into_iter().flatten().enumerate() {
+        let path = format!("metadata.managedFields[{i}]");
+        let operation = str_of(entry, "operation");
+        if !matches!(operation, "Apply" | "Update") {
+            causes.push(invalid(
+                format!("{path}.operation"),
+                &q(operation),
+                "must be `Apply` or `Update`",
+            ));
+        }
+        let fields_type = str_of(entry, "fieldsType");
+        if !fields_type.is_empty() && fields_type != "FieldsV1" {
+            causes.push(invalid(
+                format!("{path}.fieldsType"),
+                &q(fields_type),
+                "must be `FieldsV1`",
+            ));
+        }
+        causes.extend(field_manager(
+            str_of(entry, "manager"),
+            &format!("{path}.manager"),
+        ));
+        if str_of(entry, "subresource").len() > 256 {
+            causes.push(too_long(format!("{path}.subresource"), 256));
+        }
+    }
+    causes
+}
+
+/// `ValidateFieldManager`: at most 128 bytes, printable characters only.
+pub(crate) fn field_manager(manager: &str, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if manager.len() > crate::apply::FIELD_MANAGER_MAX {
+        causes.push(too_long(path, crate::apply::FIELD_MANAGER_MAX));
+    }
+    for (i, c) in manager.char_indices() {
+        if !super::is_go_printable(c) {
+            causes.push(invalid(
+                path,
+                &q(manager),
+                &format!("invalid character {} (at position {i})", go_unicode(c)),
+            ));
+        }
+    }
+    causes
+}
+
+/// Go's `%#U`: `U+0021 '!'`, the character itself only when printable.
+pub(crate) fn go_unicode(c: char) -> String {
+    if super::is_go_printable(c) {
+        format!("U+{:04X} '{c}'", u32::from(c))
+    } else {
+        format!("U+{:04X}", u32::from(c))
+    }
 }
 
 fn strings(v: &Value, field: &str) -> Vec<String> {
@@ -308,6 +373,31 @@ mod tests {
 
     fn configmaps() -> &'static ResourceInfo {
         REGISTRY.find("", "v1", "configmaps").expect("configmaps")
+    }
+
+    #[test]
+    fn managed_fields_entries() {
+        let long = "m".repeat(129);
+        let obj = json!({"metadata": {"managedFields": [
+            {"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1"},
+            {"manager": long, "operation": "Replace", "fieldsType": "FieldsV2",
+             "subresource": "s".repeat(257)},
+            {"manager": "a\tb", "operation": "Apply"},
+        ]}});
+        assert_eq!(
+            crate::status::cause_lines(&managed_fields(&obj)),
+            [
+                "metadata.managedFields[1].operation: Invalid value: \"Replace\": must be \
+                 `Apply` or `Update`",
+                "metadata.managedFields[1].fieldsType: Invalid value: \"FieldsV2\": must be \
+                 `FieldsV1`",
+                "metadata.managedFields[1].manager: Too long: may not be more than 128 bytes",
+                "metadata.managedFields[1].subresource: Too long: may not be more than 256 \
+                 bytes",
+                "metadata.managedFields[2].manager: Invalid value: \"a\\tb\": invalid \
+                 character U+0009 (at position 1)",
+            ]
+        );
     }
 
     #[test]

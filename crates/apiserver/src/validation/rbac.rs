@@ -5,7 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    NameRule, invalid, items, label_selector_causes, not_supported, q, required, validate_name,
+    NameRule, go_strings, invalid, items, label_selector_causes, not_supported, q, required,
+    validate_name,
 };
 use crate::registry::ResourceInfo;
 use crate::status::Cause;
@@ -44,12 +45,6 @@ fn strings<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
         .flatten()
         .filter_map(Value::as_str)
         .collect()
-}
-
-/// Go's `%#v` of a `[]string`.
-fn go_strings(items: &[&str]) -> String {
-    let list: Vec<String> = items.iter().map(|s| q(s)).collect();
-    format!("[]string{{{}}}", list.join(", "))
 }
 
 /// `ValidatePolicyRule` of every rule.

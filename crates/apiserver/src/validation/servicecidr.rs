@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 use super::ip::{cidr_problems, ip_problems, parse_cidr_sloppy};
-use super::{NameRule, invalid, q, required, str_of, validate_name};
+use super::{NameRule, go_strings, invalid, q, required, str_of, validate_name};
 use crate::status::Cause;
 
 /// Upstream's `FieldImmutableErrorMsg`.
@@ -122,12 +122,6 @@ fn cidrs_of(obj: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Go's `%#v` of a `[]string`.
-fn go_strings(list: &[String]) -> String {
-    let shown: Vec<String> = list.iter().map(|s| q(s)).collect();
-    format!("[]string{{{}}}", shown.join(", "))
 }
 
 /// Go's `%#v` of the internal `networking.ServiceCIDRSpec`.

@@ -41,6 +41,8 @@ pub(super) fn policy(obj: &Value) -> Vec<Cause> {
 /// template's text and `{...}` actions (fields, `[...]` indexes, slices, unions and `?()`
 /// filters, quoted strings, numbers, identifiers, `..`).
 mod jsonpath {
+    use crate::validation::go_unicode;
+
     /// A parse position in the template.
     struct Parser<'a> {
         input: &'a str,
@@ -329,15 +331,6 @@ mod jsonpath {
             return None;
         }
         Some((&text[..op], right))
-    }
-
-    /// Go's `%#U`: `U+0021 '!'` (the quoted character only when printable).
-    fn go_unicode(c: char) -> String {
-        if c.is_control() {
-            format!("U+{:04X}", u32::from(c))
-        } else {
-            format!("U+{:04X} '{c}'", u32::from(c))
-        }
     }
 
     /// `UnquoteExtend`: a single- or double-quoted string with Go's escapes.
