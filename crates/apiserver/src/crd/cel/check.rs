@@ -991,14 +991,20 @@ mod tests {
                 "{rule}: {got}"
             );
         }
-        assert!(
-            refused("self.name.all(c, c == 'a')").contains(
-                "expression of type 'string' cannot be the range of a comprehension (must be list, map, or dynamic)"
-            )
+        assert_eq!(
+            refused("self.replicas.size() > 0"),
+            "ERROR: <input>:1:19: found no matching overload for 'size' applied to 'int.()'\n | self.replicas.size() > 0\n | ..................^"
         );
-        assert!(
-            refused("self.name.x == 1").contains("type 'string' does not support field selection")
+        assert_eq!(
+            refused("self.name.all(c, c == 'a')"),
+            "ERROR: <input>:1:5: expression of type 'string' cannot be the range of a comprehension (must be list, map, or dynamic)\n | self.name.all(c, c == 'a')\n | ....^"
         );
+        assert_eq!(
+            refused("self.name.x == 1"),
+            "ERROR: <input>:1:10: type 'string' does not support field selection\n | self.name.x == 1\n | .........^"
+        );
+        // A comprehension's predicate must be a bool.
+        assert!(refused("self.items.all(x, x.size())").contains("'_&&_' applied to '(bool, int)'"));
         assert_eq!(
             refused("self.ports.all(p, p.nosuch > 0)"),
             "ERROR: <input>:1:20: undefined field 'nosuch'\n | self.ports.all(p, p.nosuch > 0)\n | ...................^"
