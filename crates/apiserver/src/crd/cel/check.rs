@@ -11,8 +11,14 @@
 //! fields, int-or-string, functions it does not know, opaque library types, mixed branches)
 //! is `dyn`, which matches everything, and an error is reported only when every operand
 //! involved has a definite type for which the standard library (or the Kubernetes library)
-//! has no overload. Cross-type numeric equality and ordering (`1 < 1.5`, `1 == 1.0`) are
-//! accepted; mixed numeric arithmetic (`1 + 1.5`) is not, as in CEL.
+//! has no overload. Cross-type numeric ordering (`1 < 1.5`, cel-go's cross-type comparisons)
+//! and equality (`1 == 1.0`, which cel-go's checker may refuse) are accepted; mixed numeric
+//! arithmetic (`1 + 1.5`) is not, as in CEL.
+//!
+//! Not checked: operators on schema objects and library types (their cel-go type names are
+//! generated upstream), arguments of global functions and conversions, the arguments of the
+//! library types' methods, and a result of type `dyn` (upstream refuses a rule whose type
+//! is `dyn`, e.g. an int-or-string `self`; here it is accepted).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
