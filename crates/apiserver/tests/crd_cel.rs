@@ -1,7 +1,8 @@
 //! Kubernetes' CEL libraries in CRD validation rules, through kube-rs: `quantity`, `url`,
 //! `ip`/`cidr`, the lists library (`isSorted`), `date-time`/`duration`-formatted strings as
-//! timestamps and durations, `optionalOldSelf`, and the compile-time `undefined field` check —
-//! objects accepted and refused with upstream's messages.
+//! timestamps and durations, `optionalOldSelf`, and the compile-time checks (`undefined field`,
+//! ill-typed rules, result types) — objects and CRDs accepted and refused with upstream's
+//! messages.
 
 mod common;
 
@@ -208,4 +209,99 @@ async fn rules_selecting_undeclared_fields_do_not_compile() {
         got[0],
         "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.window.nosuch == 1\", Message:\"\", MessageExpression:\"\", Reason:(*apiextensions.FieldValueErrorReason)(nil), FieldPath:\"\", OptionalOldSelf:(*bool)(nil)}: compilation failed: ERROR: <input>:1:12: undefined field 'nosuch'\n | self.window.nosuch == 1\n | ...........^"
     );
+}
+
+/// A CRD whose `spec` carries `rules` (with `replicas` an integer, `name` a string, `items`
+/// a list of strings and `window` timestamps and a duration).
+fn typed_crd(name: &str, rules: Value) -> CustomResourceDefinition {
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{}s.typed.example.com", name.to_lowercase())},
+        "spec": {
+            "group": "typed.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": format!("{}s", name.to_lowercase()), "kind": name},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {"spec": {"type": "object",
+                    "x-kubernetes-validations": rules,
+                    "properties": {
+                        "replicas": {"type": "integer"},
+                        "ratio": {"type": "number"},
+                        "name": {"type": "string"},
+                        "items": {"type": "array", "items": {"type": "string"}},
+                        "start": {"type": "string", "format": "date-time"},
+                        "grace": {"type": "string", "format": "duration"},
+                        "port": {"x-kubernetes-int-or-string": true},
+                }}},
+            }}}],
+        },
+    }))
+    .expect("CRD")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ill_typed_rules_do_not_compile_and_well_typed_ones_do() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = typed_crd(
+        "Sprocket",
+        json!([
+            {"rule": "self.replicas > 'a'"},
+            {"rule": "self.items.all(x, x > 1)"},
+            {"rule": "self.name.size()"},
+            {"rule": "self.replicas > 0", "messageExpression": "self.replicas"},
+        ]),
+    );
+    let err = crds
+        .create(&PostParams::default(), &crd)
+        .await
+        .expect_err("refused");
+    let at = "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations";
+    let repr = |rule: &str, message_expression: &str| {
+        format!(
+            "apiextensions.ValidationRule{{Rule:{rule:?}, Message:\"\", MessageExpression:{message_expression:?}, Reason:(*apiextensions.FieldValueErrorReason)(nil), FieldPath:\"\", OptionalOldSelf:(*bool)(nil)}}"
+        )
+    };
+    assert_eq!(
+        invalid_causes(err),
+        [
+            format!(
+                "{at}[0].rule: Invalid value: {}: compilation failed: ERROR: <input>:1:15: found no matching overload for '_>_' applied to '(int, string)'\n | self.replicas > 'a'\n | ..............^",
+                repr("self.replicas > 'a'", "")
+            ),
+            format!(
+                "{at}[1].rule: Invalid value: {}: compilation failed: ERROR: <input>:1:21: found no matching overload for '_>_' applied to '(string, int)'\n | self.items.all(x, x > 1)\n | ....................^",
+                repr("self.items.all(x, x > 1)", "")
+            ),
+            format!(
+                "{at}[2].rule: Invalid value: {}: cel expression must evaluate to a bool",
+                repr("self.name.size()", "")
+            ),
+            format!(
+                "{at}[3].messageExpression: Invalid value: {}: messageExpression must evaluate to a string",
+                repr("self.replicas > 0", "self.replicas")
+            ),
+        ]
+    );
+
+    let crd = typed_crd(
+        "Cog",
+        json!([
+            {"rule": "self.replicas < 1.5 && self.ratio > 1 && self.replicas * 2 <= 10"},
+            {"rule": "self.items.all(x, x.size() > 1) && self.items.map(x, x.size()).sum() < 100"},
+            {"rule": "self.start + self.grace > self.start && self.grace > duration('1s')"},
+            {"rule": "self.port == 80 || self.port == 'http'"},
+            {"rule": "self.?name.orValue('') != 'root' && has(self.items)",
+             "messageExpression": "'bad name: ' + self.name"},
+            {"rule": "oldSelf.hasValue() ? self.replicas >= oldSelf.value().replicas : true",
+             "optionalOldSelf": true},
+        ]),
+    );
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("well-typed rules are accepted");
 }

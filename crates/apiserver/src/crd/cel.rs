@@ -7,8 +7,10 @@
 //!   (else upstream's `compilation failed: ERROR: <input>:L:C: undeclared reference to 'x'
 //!   (in container '')` with cel-go's source line and caret), and selects from `self` only
 //!   properties its schema declares (`undefined field 'x'`, see [`typed::undefined_field`]).
-//!   There is no type checker: a rule that parses but is ill-typed (`self.name > 1`) is
-//!   accepted here and fails when evaluated; parse errors are cel-rust's words.
+//!   Then [`check`] type-checks it with `self`/`oldSelf` typed by the schema (cel-go's
+//!   `found no matching overload for '_>_' applied to '(int, string)'`, ...), conservatively
+//!   (what it cannot type is `dyn` and accepted), and requires a bool result (a message
+//!   expression: a string) in upstream's words. Parse errors are cel-rust's words.
 //! - [`validate`] evaluates the rules against a custom resource on create (`old` = `None`) and
 //!   on update/patch/apply (`old` = the stored object): `self` is the value at the rule's
 //!   schema node, typed by the schema ([`typed`]: `date-time`/`date` strings are timestamps,
@@ -44,6 +46,7 @@ use serde_json::Value;
 
 use crate::status::Cause;
 
+mod check;
 mod library;
 mod typed;
 
@@ -483,32 +486,42 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
             });
         }
         let compiled = compile(text);
+        let self_ty = check::schema_type(schema, root);
+        let optional_old_self = rule.get("optionalOldSelf").and_then(Value::as_bool) == Some(true);
+        // A compilation error (parse, undeclared reference, undefined field, type) is
+        // `compilation failed: <cel-go's errors>`; a well-typed rule of another result type
+        // is upstream's bare `cel expression must evaluate to a bool`.
         let error = match &compiled.program {
-            Ok(p) => typed::undefined_field(p, schema, root, text),
-            Err(e) => Some(e.clone()),
+            Ok(p) => typed::undefined_field(p, schema, root, text)
+                .map(|e| format!("compilation failed: {e}"))
+                .or_else(|| {
+                    check::check(p, text, &self_ty, optional_old_self, check::Want::Bool)
+                        .map(|f| f.detail("compilation failed: "))
+                }),
+            Err(e) => Some(format!("compilation failed: {e}")),
         };
         if let Some(e) = error {
             out.push(Cause {
                 reason: "FieldValueInvalid",
-                message: format!(
-                    "Invalid value: {}: compilation failed: {e}",
-                    rule_repr(rule)
-                ),
+                message: format!("Invalid value: {}: {e}", rule_repr(rule)),
                 field: format!("{at}.rule"),
             });
         }
         if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
             && !expr.is_empty()
-            && let Err(e) = &compile(expr).program
         {
-            out.push(Cause {
-                reason: "FieldValueInvalid",
-                message: format!(
-                    "Invalid value: {}: messageExpression compilation failed: {e}",
-                    rule_repr(rule)
-                ),
-                field: format!("{at}.messageExpression"),
-            });
+            let error = match &compile(expr).program {
+                Ok(p) => check::check(p, expr, &self_ty, optional_old_self, check::Want::String)
+                    .map(|f| f.detail("messageExpression compilation failed: ")),
+                Err(e) => Some(format!("messageExpression compilation failed: {e}")),
+            };
+            if let Some(e) = error {
+                out.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!("Invalid value: {}: {e}", rule_repr(rule)),
+                    field: format!("{at}.messageExpression"),
+                });
+            }
         }
     }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
