@@ -191,6 +191,8 @@ const KNOWN_FUNCTIONS: &[&str] = &[
     "sets.equivalent",
     "sets.intersects",
     "math.greatest",
+    "strings.quote",
+    "lists.range",
     "math.least",
     "math.ceil",
     "math.floor",
@@ -209,6 +211,21 @@ const KNOWN_FUNCTIONS: &[&str] = &[
     "math.bitShiftRight",
     "base64.encode",
     "base64.decode",
+];
+
+/// CEL's type names, which are values too (`type(x) == string`).
+const TYPE_NAMES: &[&str] = &[
+    "bool",
+    "bytes",
+    "double",
+    "dyn",
+    "int",
+    "list",
+    "map",
+    "null_type",
+    "string",
+    "type",
+    "uint",
 ];
 
 /// Upstream's `reason`s.
@@ -300,6 +317,7 @@ fn undeclared(expr: &IdedExpr, source: &str) -> Option<String> {
                         name.as_str(),
                         "self" | "oldSelf" | "null" | "true" | "false"
                     )
+                    && !TYPE_NAMES.contains(&name.as_str())
                     && !scope.iter().any(|s| s == name) =>
             {
                 *found = Some((false, name.clone()));
@@ -310,9 +328,10 @@ fn undeclared(expr: &IdedExpr, source: &str) -> Option<String> {
                     matches!(&t.expr, Expr::Ident(n)
                         if KNOWN_FUNCTIONS.contains(&format!("{n}.{}", call.func_name).as_str()))
                 });
-                let known = call.func_name.starts_with('_')
-                    || call.func_name.starts_with('@')
-                    || call.func_name.starts_with('!')
+                // Operators (`_+_`, `-_`, `!_`) and the parser's macro helpers (`@in`,
+                // `math.@max` of `math.greatest`).
+                let known = call.func_name.starts_with(['_', '@', '!', '-'])
+                    || call.func_name.contains(".@")
                     || namespaced
                     || KNOWN_FUNCTIONS.contains(&call.func_name.as_str());
                 if !known {
@@ -920,6 +939,37 @@ mod tests {
 
     fn eval(rule: &str) -> Result<Cel, String> {
         eval_with(rule, &json!({}), &json!({}))
+    }
+
+    /// Unary minus, `math.greatest`/`least` (the parser's `math.@max`/`@min`),
+    /// `strings.quote`, `lists.range` and type names as values compile (type checker
+    /// included) and hold.
+    #[test]
+    fn operators_namespaced_functions_and_type_names() {
+        let rules = [
+            "-(self.a + 2) == -3",
+            "math.greatest(self.a, 2) == 2",
+            "math.least([self.a, 2]) == 1",
+            "strings.quote('a') == '\"a\"'",
+            "lists.range(3) == [0, 1, 2]",
+            "type(self.a) == int",
+            "type('a') == string && type(self) != string",
+        ];
+        let schema = json!({
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "x-kubernetes-validations": rules.iter().map(|r| json!({"rule": r})).collect::<Vec<_>>(),
+        });
+        let mut causes = Vec::new();
+        check_schema(&schema, "openAPIV3Schema", &mut causes);
+        assert!(
+            causes.is_empty(),
+            "{:?}",
+            crate::status::cause_lines(&causes)
+        );
+        assert!(validate(&schema, &json!({"a": 1}), None).is_empty());
+        // The first three rules fail for 5.
+        assert_eq!(validate(&schema, &json!({"a": 5}), None).len(), 3);
     }
 
     fn all_true(rules: &[&str]) {
