@@ -58,8 +58,9 @@ pub(crate) struct AppState {
     /// `pods/proxy` and `services/proxy` may dial loopback pod IPs (stand-in pods in tests;
     /// upstream refuses them: see [`Apiserver::proxy_to_loopback`]).
     pub(crate) proxy_loopback: bool,
-    /// What the embedder reports of the components beside this server (componentstatuses).
-    pub(crate) components: crate::ComponentHealth,
+    /// Where componentstatuses learns the components' health: the embedder's reports, or
+    /// probes of their secure ports.
+    pub(crate) components: crate::rest::components::Components,
     bootstrapped: Arc<AtomicBool>,
 }
 
@@ -171,7 +172,7 @@ pub struct Apiserver {
     shared_encryption: Option<crate::secrets_encrypt::SharedEncryption>,
     audit: Option<Arc<crate::audit::Audit>>,
     proxy_loopback: bool,
-    components: crate::ComponentHealth,
+    components: crate::rest::components::Components,
 }
 
 /// A running apiserver. Dropping it stops it too, without waiting.
@@ -205,7 +206,7 @@ impl Apiserver {
             shared_encryption: None,
             audit: None,
             proxy_loopback: false,
-            components: crate::ComponentHealth::default(),
+            components: crate::rest::components::Components::default(),
         }
     }
 
@@ -213,7 +214,16 @@ impl Apiserver {
     /// controller manager of `rk3s server`), which `/api/v1/componentstatuses` lists with the
     /// datastore; the embedder keeps reporting into it.
     pub fn component_health(mut self, health: crate::ComponentHealth) -> Self {
-        self.components = health;
+        self.components = crate::rest::components::Components::Reported(health);
+        self
+    }
+
+    /// Without [`component_health`](Apiserver::component_health), componentstatuses probes
+    /// `https://<addr>/healthz` of each named component, as upstream does; by default the
+    /// scheduler on 127.0.0.1:10259 and the controller manager on 127.0.0.1:10257. This sets
+    /// other names and addresses (tests).
+    pub fn component_probes(mut self, probes: Vec<(String, SocketAddr)>) -> Self {
+        self.components = crate::rest::components::Components::Probed(probes);
         self
     }
 

@@ -16,6 +16,7 @@
 //! Every write is an update guarded by the read `resourceVersion`, so two candidates racing
 //! for the Lease cannot both win: the loser gets a conflict and stays a candidate.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -56,12 +57,49 @@ struct Observed {
     since: Instant,
 }
 
+/// Whether this process leads, and when it last renewed its Lease: shared by the elector with
+/// a component's health check (`leaderElection`) and metrics (`leader_election_master_status`).
+/// Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderStatus(Arc<Mutex<Option<Instant>>>);
+
+/// How long past its lease duration a leader may go without renewing before its
+/// `leaderElection` check fails (upstream's scheduler and controller manager allow 20 s).
+pub const HEALTH_TOLERANCE: Duration = Duration::from_secs(20);
+
+impl LeaderStatus {
+    fn set(&self, renewed: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
+    }
+
+    fn renewed(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.renewed().is_some()
+    }
+
+    /// The `leaderElection` health check, as upstream's: healthy unless this process leads
+    /// and has not renewed `lease` for its duration plus `tolerance`.
+    pub fn check(&self, lease: &LeaseConfig, tolerance: Duration) -> Result<(), String> {
+        match self.renewed() {
+            Some(at) if at.elapsed() > lease.lease_duration + tolerance => Err(format!(
+                "failed election to renew leadership on lease {}",
+                lease.name
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One candidate for one Lease.
 #[derive(Debug)]
 pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<Observed>,
+    status: LeaderStatus,
 }
 
 impl LeaderElector {
@@ -70,7 +108,18 @@ impl LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: None,
+            status: LeaderStatus::default(),
         }
+    }
+
+    /// Reports into `status` (shared with health checks and metrics).
+    pub fn with_status(mut self, status: LeaderStatus) -> LeaderElector {
+        self.status = status;
+        self
+    }
+
+    pub fn status(&self) -> &LeaderStatus {
+        &self.status
     }
 
     pub fn identity(&self) -> &str {
@@ -115,11 +164,13 @@ impl LeaderElector {
                 Ok(true) => last_renew = Instant::now(),
                 Ok(false) => {
                     tracing::warn!(lease = %self.config.name, "another holder took the lease");
+                    self.status.set(None);
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, lease = %self.config.name, "renewing the lease failed");
                     if last_renew.elapsed() >= self.config.renew_deadline {
+                        self.status.set(None);
                         return;
                     }
                 }
@@ -130,6 +181,7 @@ impl LeaderElector {
     /// Gives the Lease up (empty holder, a one-second duration) if this candidate holds it, so
     /// that another candidate need not wait for it to expire.
     pub async fn release(&mut self) {
+        self.status.set(None);
         let mut lease = match self.api.get_opt(&self.config.name).await {
             Ok(Some(lease)) => lease,
             Ok(None) => return,
@@ -159,6 +211,17 @@ impl LeaderElector {
     /// One round: create, take over or renew the Lease if this candidate may. `Ok(true)` if it
     /// holds the Lease afterwards; `Ok(false)` if another holder has it (or won a race).
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let held = self.round().await;
+        match held {
+            Ok(true) => self.status.set(Some(Instant::now())),
+            Ok(false) => self.status.set(None),
+            // Unknown: a leader stays one until its renew deadline (`keep`).
+            Err(_) => {}
+        }
+        held
+    }
+
+    async fn round(&mut self) -> Result<bool, kube::Error> {
         let now = MicroTime(Timestamp::now());
         let duration = seconds(self.config.lease_duration);
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {

@@ -5,7 +5,10 @@
 //! [`notify`] (systemd's readiness protocol), and, for the component binaries, [`cli`]
 //! (logging and configuration from flags, file and environment; feature `cli`); and
 //! [`volume`] (feature `volume`), the PersistentVolume ↔ claim matching of the scheduler's
-//! VolumeBinding and the PV binder.
+//! VolumeBinding and the PV binder; and, for the scheduler and the controller manager, their
+//! secure port (feature `health`): [`health`] checks, a [`metrics`] registry, and [`serving`]
+//! (HTTPS with a self-signed certificate, and the insecure probe the apiserver's
+//! componentstatuses asks them with).
 //!
 //! Invariant: this crate knows the Kubernetes API only as a client (kube-rs); it depends on no
 //! rk3s component (only on the shared `rk3s-quota`, for quantities, with `volume`), so any
@@ -16,9 +19,15 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "health")]
+pub mod health;
 #[cfg(feature = "leader")]
 pub mod leader;
+#[cfg(feature = "health")]
+pub mod metrics;
 pub mod notify;
+#[cfg(feature = "health")]
+pub mod serving;
 pub mod signal;
 #[cfg(feature = "volume")]
 pub mod volume;

@@ -51,6 +51,7 @@ async fn bench(n_deployments: usize, replicas: usize) -> anyhow::Result<()> {
 
     let controller_config = rk3s_controller::Config {
         leader_elect: false,
+        secure_port: 0,
         ..rk3s_controller::Config::default()
     };
     let controller_client = client.clone();

@@ -1,5 +1,6 @@
 //! The controller manager's configuration: serde defaults, validation without side effects.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,6 +70,14 @@ pub struct Config {
     /// `--root-ca-file`: the CA bundle put in token Secrets as `ca.crt` (K3s:
     /// `server/tls/server-ca.crt`).
     pub root_ca_file: Option<PathBuf>,
+    /// HTTPS port of `/healthz`, `/livez`, `/readyz` and `/metrics` (upstream's 10257); 0:
+    /// not served.
+    pub secure_port: u16,
+    /// Address the secure port listens on (127.0.0.1, as K3s sets it).
+    pub bind_address: IpAddr,
+    /// The secure port's certificate (PEM); unset: a self-signed one made at start.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
     /// Node lifecycle, node IPAM and CSR signing settings (upstream's flag names).
     #[serde(flatten)]
     pub nodes: NodeConfig,
@@ -156,6 +165,9 @@ impl Default for NodeConfig {
     }
 }
 
+/// kube-controller-manager's secure port.
+pub const DEFAULT_SECURE_PORT: u16 = 10257;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -169,6 +181,10 @@ impl Default for Config {
             use_service_account_credentials: false,
             service_account_private_key_file: None,
             root_ca_file: None,
+            secure_port: DEFAULT_SECURE_PORT,
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tls_cert_file: None,
+            tls_private_key_file: None,
             nodes: NodeConfig::default(),
             loops: crate::settings::LoopConfig::default(),
         }
@@ -199,6 +215,9 @@ pub enum ConfigError {
     /// A node controller setting that cannot work.
     #[error("{0}")]
     Nodes(String),
+    /// The secure port's settings do not go together.
+    #[error("{0}")]
+    Serving(String),
 }
 
 impl Config {
@@ -225,6 +244,7 @@ impl Config {
         if self.concurrent_syncs == 0 {
             return Err(ConfigError::ZeroConcurrency);
         }
+        self.serving().validate().map_err(ConfigError::Serving)?;
         self.nodes.validate().map_err(ConfigError::Nodes)?;
         self.loops.validate().map_err(ConfigError::Nodes)
     }
@@ -299,6 +319,16 @@ impl Config {
             return false;
         }
         self.controllers.iter().any(|c| c == name || c == "*")
+    }
+
+    /// The secure port's settings.
+    pub fn serving(&self) -> rk3s_common::serving::ServingConfig {
+        rk3s_common::serving::ServingConfig {
+            bind_address: self.bind_address,
+            secure_port: self.secure_port,
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_private_key_file: self.tls_private_key_file.clone(),
+        }
     }
 
     /// The `kube-system/kube-controller-manager` Lease, timed by the `leader-elect-*` keys,

@@ -9,9 +9,14 @@
 //! writes status only when it changes. Watches reconnect with backoff, so the controllers
 //! survive the apiserver going away and coming back.
 //!
+//! The secure port (`secure-port`, 10257) serves `/healthz`, `/livez`, `/readyz` (checks `ping`
+//! and, with leader election, `leaderElection`) and `/metrics`
+//! (`leader_election_master_status{name="kube-controller-manager"}`).
+//!
 //! See `ARCHITECTURE.md` (the `crates/controller` section) for the code map.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -49,7 +54,7 @@ mod tokens;
 mod ttl;
 mod util;
 
-pub use config::{CONTROLLERS, Config, ConfigError, NodeConfig};
+pub use config::{CONTROLLERS, Config, ConfigError, DEFAULT_SECURE_PORT, NodeConfig};
 pub use credentials::{Account, account_of};
 pub use settings::LoopConfig;
 pub use util::{Clock, SystemClock};
@@ -63,6 +68,10 @@ pub enum Error {
     /// The configuration does not validate.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The secure port cannot be bound (the message names the address) or its certificate
+    /// cannot be made.
+    #[error(transparent)]
+    Serve(#[from] rk3s_common::serving::ServeError),
     /// `use-service-account-credentials` without the manager's kube config (a [`Connection`]
     /// made from a bare client).
     #[error(
@@ -147,11 +156,79 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()> + Send,
     clock: Arc<dyn Clock>,
 ) -> Result<(), Error> {
+    start(config)
+        .await?
+        .run_with_clock(connection, shutdown, clock)
+        .await
+}
+
+/// Checks the configuration and binds the secure port (unless `secure-port` is 0), so that a
+/// taken port is an error before anything runs.
+pub async fn start(config: Config) -> Result<Started, Error> {
     config.validate()?;
+    let serving = rk3s_common::serving::SecureServing::bind(&config.serving()).await?;
+    Ok(Started {
+        config,
+        serving,
+        metrics: rk3s_common::metrics::Registry::new(),
+    })
+}
+
+/// A controller manager whose secure port is bound, not running yet.
+#[derive(Debug)]
+pub struct Started {
+    config: Config,
+    serving: Option<rk3s_common::serving::SecureServing>,
+    metrics: rk3s_common::metrics::Registry,
+}
+
+impl Started {
+    /// Where the secure port listens, if it does.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.serving
+            .as_ref()
+            .map(rk3s_common::serving::SecureServing::local_addr)
+    }
+
+    /// Serves the secure port and runs the enabled controllers until `shutdown` completes
+    /// (see [`run`]).
+    pub async fn run(
+        self,
+        connection: impl Into<Connection>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        self.run_with_clock(connection, shutdown, Arc::new(SystemClock))
+            .await
+    }
+
+    /// [`Started::run`] with the time-driven controllers reading `clock`.
+    pub async fn run_with_clock(
+        self,
+        connection: impl Into<Connection>,
+        shutdown: impl Future<Output = ()> + Send,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(), Error> {
+        let Started {
+            config,
+            serving,
+            metrics,
+        } = self;
+        run_started(config, serving, metrics, connection.into(), shutdown, clock).await
+    }
+}
+
+async fn run_started(
+    config: Config,
+    serving: Option<rk3s_common::serving::SecureServing>,
+    metrics: rk3s_common::metrics::Registry,
+    connection: Connection,
+    shutdown: impl Future<Output = ()> + Send,
+    clock: Arc<dyn Clock>,
+) -> Result<(), Error> {
     let Connection {
         client,
         config: kube_config,
-    } = connection.into();
+    } = connection;
     if config.use_service_account_credentials && kube_config.is_none() {
         return Err(Error::NoKubeConfig);
     }
@@ -160,8 +237,29 @@ pub async fn run_with_clock(
         .clone()
         .unwrap_or_else(rk3s_common::leader::default_identity);
     tracing::info!(component = COMPONENT, %identity, "starting");
+    let lease = config.lease_config(identity);
+    let status = rk3s_common::leader::LeaderStatus::default();
+    let checks = rk3s_common::health::Checks::new();
+    if config.leader_elect {
+        let (check, checked) = (status.clone(), lease.clone());
+        checks.add("leaderElection", move || {
+            check.check(&checked, rk3s_common::leader::HEALTH_TOLERANCE)
+        });
+        let gauge = metrics.gauge(
+            "leader_election_master_status",
+            "[ALPHA] 1 while this process holds the leader-election lease 'name', else 0.",
+            &["name"],
+        );
+        let (status, name) = (status.clone(), lease.name.clone());
+        gauge.set(&[&name], 0.0);
+        metrics.on_render(move || {
+            gauge.set(&[&name], if status.is_leader() { 1.0 } else { 0.0 });
+        });
+    }
+    // Stops serving when dropped, however this returns.
+    let _serving = serving.map(|s| s.serve(checks, metrics.clone()));
     let mut elector = config.leader_elect.then(|| {
-        rk3s_common::leader::LeaderElector::new(client.clone(), config.lease_config(identity))
+        rk3s_common::leader::LeaderElector::new(client.clone(), lease).with_status(status)
     });
     tokio::pin!(shutdown);
     loop {

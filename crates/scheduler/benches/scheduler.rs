@@ -174,6 +174,7 @@ impl Scheduler {
     fn start(client: &kube::Client) -> Scheduler {
         let config = rk3s_scheduler::Config {
             leader_elect: false,
+            secure_port: 0,
             ..rk3s_scheduler::Config::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,9 @@
 //! Scheduler configuration: serde with defaults (kebab-case keys, like the flags), validated
 //! without side effects.
 
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -30,7 +33,18 @@ pub struct Config {
     /// How long PreBind waits for the PV controller to bind a pod's claims (upstream's
     /// VolumeBinding `bindTimeoutSeconds`).
     pub bind_timeout_seconds: u64,
+    /// HTTPS port of `/healthz`, `/livez`, `/readyz` and `/metrics` (upstream's 10259); 0:
+    /// not served.
+    pub secure_port: u16,
+    /// Address the secure port listens on (127.0.0.1, as K3s sets it).
+    pub bind_address: IpAddr,
+    /// The secure port's certificate (PEM); unset: a self-signed one made at start.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
 }
+
+/// kube-scheduler's secure port.
+pub const DEFAULT_SECURE_PORT: u16 = 10259;
 
 impl Default for Config {
     fn default() -> Config {
@@ -48,6 +62,10 @@ impl Default for Config {
             pod_initial_backoff_seconds: 1,
             pod_max_backoff_seconds: 10,
             bind_timeout_seconds: 600,
+            secure_port: DEFAULT_SECURE_PORT,
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tls_cert_file: None,
+            tls_private_key_file: None,
         }
     }
 }
@@ -73,8 +91,19 @@ impl Config {
         }
     }
 
+    /// The secure port's settings.
+    pub fn serving(&self) -> rk3s_common::serving::ServingConfig {
+        rk3s_common::serving::ServingConfig {
+            bind_address: self.bind_address,
+            secure_port: self.secure_port,
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_private_key_file: self.tls_private_key_file.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
+        self.serving().validate().map_err(Error::Config)?;
         if self.scheduler_name.is_empty() {
             return bad("scheduler-name must not be empty");
         }
@@ -153,6 +182,19 @@ mod tests {
         let c: Config = serde_json::from_str(r#"{"scheduler-name": "mine"}"#).unwrap();
         assert_eq!(c.scheduler_name, "mine");
         assert!(c.leader_elect);
+        assert_eq!(
+            (c.secure_port, c.bind_address.to_string().as_str()),
+            (10259, "127.0.0.1")
+        );
+        let c: Config =
+            serde_json::from_str(r#"{"secure-port": 0, "bind-address": "0.0.0.0"}"#).unwrap();
+        assert_eq!(c.serving().secure_port, 0);
+        assert!(c.bind_address.is_unspecified());
+        let c = Config {
+            tls_cert_file: Some("/x.crt".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -191,6 +191,21 @@ impl Queue {
         self.entries.is_empty()
     }
 
+    /// How many pods wait in the active queue, in backoff and as unschedulable (popped pods,
+    /// being scheduled, in none): `scheduler_pending_pods`.
+    pub fn counts(&self) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for e in self.entries.values() {
+            match e.place {
+                Where::Active => counts[0] += 1,
+                Where::Backoff => counts[1] += 1,
+                Where::Unschedulable => counts[2] += 1,
+                Where::InFlight => {}
+            }
+        }
+        counts
+    }
+
     /// Moves pods whose backoff is over to the active queue, and long-unschedulable pods back.
     pub fn flush(&mut self, now: Instant) {
         while let Some(Reverse((until, seq, key))) = self.backoff.peek().cloned() {
@@ -343,6 +358,19 @@ mod tests {
         let order: Vec<String> =
             std::iter::from_fn(|| q.pop(now).map(|p| p.info.name.clone())).collect();
         assert_eq!(order, vec!["high", "low", "low2"]);
+    }
+
+    #[test]
+    fn counts_by_queue() {
+        let now = Instant::now();
+        let mut q = q();
+        q.add_or_update(pod("a", json!({}), json!({})), now);
+        q.add_or_update(pod("b", json!({}), json!({})), now);
+        assert_eq!(q.counts(), [2, 0, 0]);
+        let p = q.pop(now).unwrap();
+        assert_eq!(q.counts(), [1, 0, 0]);
+        q.failed(&p.info.key, HashSet::from(["NodeResourcesFit"]), now);
+        assert_eq!(q.counts(), [1, 0, 1]);
     }
 
     #[test]

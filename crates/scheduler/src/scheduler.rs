@@ -26,6 +26,7 @@ use tracing::Instrument as _;
 use crate::Result;
 use crate::cache::{Cache, NodeInfo, PodInfo, pod_key};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::plugins::volume_binding::{self, PodVolumes, pvc_key};
 use crate::plugins::{CycleState, Failure, fit_error_message};
 use crate::preemption::{self, Candidate};
@@ -54,6 +55,7 @@ struct Shared {
     config: Config,
     client: kube::Client,
     events: mpsc::Sender<EventRecord>,
+    metrics: Metrics,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ struct EventRecord {
 pub struct Scheduler {
     config: Config,
     client: kube::Client,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -112,7 +115,17 @@ enum Outcome {
 
 impl Scheduler {
     pub fn new(config: Config, client: kube::Client) -> Scheduler {
-        Scheduler { config, client }
+        Scheduler {
+            config,
+            client,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Counts into `metrics` (those the secure port serves) instead of its own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Scheduler {
+        self.metrics = metrics;
+        self
     }
 
     /// Watches, schedules and binds until `shutdown` completes.
@@ -136,7 +149,13 @@ impl Scheduler {
             config: self.config,
             client: self.client,
             events: events_tx,
+            metrics: self.metrics,
         });
+        // The queue's lengths when scraped, while this scheduler runs.
+        let weak = Arc::downgrade(&shared);
+        shared.metrics.set_pending_source(Some(Box::new(move || {
+            weak.upgrade().map(|s| s.lock().queue.counts())
+        })));
         // Dropping the set (on shutdown or lost leadership) aborts watches and bindings.
         let mut tasks = JoinSet::new();
         tasks.spawn(watch_nodes(shared.clone()));
@@ -212,6 +231,9 @@ impl Scheduler {
                     message, nominate, ..
                 } => {
                     tracing::debug!(parent: &span, %message, "unschedulable");
+                    shared
+                        .metrics
+                        .attempt("unschedulable", &shared.config.scheduler_name);
                     tasks.spawn(
                         record_failure(
                             shared.clone(),
@@ -444,6 +466,9 @@ async fn bind(
             shared.wake.notify_one();
             // Upstream's handleBindingCycleError: an Error status (reason SchedulerError),
             // the nominated node cleared.
+            shared
+                .metrics
+                .attempt("error", &shared.config.scheduler_name);
             let message = format!("running PreBind plugin \"{}\": {e}", volume_binding::NAME);
             update_scheduled_condition(&shared, pod, "SchedulerError", &message, Nominate::Clear)
                 .await;
@@ -469,6 +494,9 @@ async fn bind(
     {
         Ok(_) => {
             tracing::debug!(%node, "bound");
+            shared
+                .metrics
+                .attempt("scheduled", &shared.config.scheduler_name);
             shared.event(
                 &pod.pod,
                 "Normal",
@@ -478,6 +506,9 @@ async fn bind(
         }
         Err(e) => {
             tracing::warn!(%node, error = %e, "binding failed");
+            shared
+                .metrics
+                .attempt("error", &shared.config.scheduler_name);
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 404);
             {
                 let mut inner = shared.lock();

@@ -66,6 +66,7 @@ async fn run_with_leader_election_schedules() {
     common::make_node(&c, "n1", "4", serde_json::json!({}), serde_json::json!([])).await;
     let config = rk3s_scheduler::Config {
         leader_elect_retry_period_seconds: 1,
+        secure_port: 0,
         ..rk3s_scheduler::Config::default()
     };
     let client = c.clone();

@@ -38,6 +38,7 @@ async fn start(nodes: &[(&str, Value)]) -> Cluster {
     let config = rk3s_controller::Config {
         controllers: vec!["persistentvolume-binder".into()],
         leader_elect: false,
+        secure_port: 0,
         ..rk3s_controller::Config::default()
     };
     let cc = c.clone();

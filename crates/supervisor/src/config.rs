@@ -136,6 +136,20 @@ pub struct ServerArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kube_apiserver_arg: Vec<String>,
 
+    /// A flag for the scheduler, `key=value` (repeatable), as K3s' --kube-scheduler-arg:
+    /// secure-port (default 10259, 0: no health/metrics port), bind-address (default
+    /// 127.0.0.1)
+    #[arg(long = "kube-scheduler-arg", value_name = "KEY=VALUE")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kube_scheduler_arg: Vec<String>,
+
+    /// A flag for the controller manager, `key=value` (repeatable), as K3s'
+    /// --kube-controller-manager-arg: secure-port (default 10257, 0: no health/metrics port),
+    /// bind-address (default 127.0.0.1)
+    #[arg(long = "kube-controller-manager-arg", value_name = "KEY=VALUE")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kube_controller_manager_arg: Vec<String>,
+
     /// Server to join as another server (K3S_URL; refused: embedded-datastore HA is not built —
     /// HA servers share an external --datastore-endpoint and --token; nodes join with
     /// `rk3s agent`)
@@ -197,6 +211,12 @@ pub struct ServerConfig {
     /// A list, or (from the environment) one comma-separated string.
     #[serde(deserialize_with = "deserialize_list")]
     pub kube_apiserver_arg: Vec<String>,
+    /// A list, or (from the environment) one comma-separated string.
+    #[serde(deserialize_with = "deserialize_list")]
+    pub kube_scheduler_arg: Vec<String>,
+    /// A list, or (from the environment) one comma-separated string.
+    #[serde(deserialize_with = "deserialize_list")]
+    pub kube_controller_manager_arg: Vec<String>,
     pub server: Option<String>,
     pub secrets_encryption: bool,
     pub disable_agent: bool,
@@ -226,6 +246,8 @@ impl Default for ServerConfig {
             token: None,
             agent_token: None,
             kube_apiserver_arg: Vec::new(),
+            kube_scheduler_arg: Vec::new(),
+            kube_controller_manager_arg: Vec::new(),
             server: None,
             secrets_encryption: false,
             disable_agent: false,
@@ -256,6 +278,8 @@ const KEYS: &[&str] = &[
     "token",
     "agent-token",
     "kube-apiserver-arg",
+    "kube-scheduler-arg",
+    "kube-controller-manager-arg",
     "server",
     "secrets-encryption",
     "disable-agent",
@@ -441,6 +465,8 @@ impl ServerConfig {
             .map_err(|e| invalid("service-cidr", e))?;
         parse_cidr("cluster-cidr", &self.cluster_cidr)?;
         self.cluster_dns()?;
+        self.scheduler_args()?;
+        self.controller_manager_args()?;
         if !is_dns_subdomain(&self.cluster_domain) {
             return Err(invalid(
                 "cluster-domain",
@@ -538,6 +564,68 @@ impl ServerConfig {
         out.auth.api_audiences = audiences;
         Ok(out)
     }
+}
+
+/// What `--kube-scheduler-arg` and `--kube-controller-manager-arg` set: the component's
+/// secure port and its address (unset: the component's defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ComponentArgs {
+    pub secure_port: Option<u16>,
+    pub bind_address: Option<IpAddr>,
+}
+
+impl ServerConfig {
+    /// `--kube-scheduler-arg`, checked.
+    pub fn scheduler_args(&self) -> Result<ComponentArgs, ConfigError> {
+        component_args("kube-scheduler-arg", "scheduler", &self.kube_scheduler_arg)
+    }
+
+    /// `--kube-controller-manager-arg`, checked.
+    pub fn controller_manager_args(&self) -> Result<ComponentArgs, ConfigError> {
+        component_args(
+            "kube-controller-manager-arg",
+            "controller manager",
+            &self.kube_controller_manager_arg,
+        )
+    }
+}
+
+/// `key=value` values (an optional leading `--`) of a component flag list; a key rk3s' component
+/// does not have, or a bad value, is an error naming it.
+fn component_args(
+    key: &'static str,
+    component: &str,
+    args: &[String],
+) -> Result<ComponentArgs, ConfigError> {
+    let mut out = ComponentArgs::default();
+    for arg in args {
+        let arg = arg.trim().trim_start_matches("--");
+        let Some((name, value)) = arg.split_once('=') else {
+            return Err(invalid(key, format!("{arg:?} is not key=value")));
+        };
+        match name {
+            "secure-port" => {
+                out.secure_port = Some(value.parse().map_err(|_| {
+                    invalid(key, format!("secure-port: {value:?} is not a port number"))
+                })?)
+            }
+            "bind-address" => {
+                out.bind_address = Some(value.parse().map_err(|_| {
+                    invalid(key, format!("bind-address: {value:?} is not an IP address"))
+                })?)
+            }
+            other => {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{other:?} is not a flag rk3s' {component} takes from rk3s server (it \
+                         takes secure-port, bind-address)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// An IPv4 CIDR: the network address and prefix length.
@@ -685,6 +773,58 @@ mod tests {
             };
             let err = c.validate().expect_err(bad).to_string();
             assert!(err.contains("kube-apiserver-arg"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn kube_scheduler_and_controller_manager_args_set_the_secure_ports() {
+        let c = ServerConfig {
+            kube_scheduler_arg: vec!["secure-port=0".into(), "--bind-address=0.0.0.0".into()],
+            kube_controller_manager_arg: vec!["secure-port=20257".into()],
+            ..ServerConfig::default()
+        };
+        c.validate().expect("valid");
+        assert_eq!(
+            c.scheduler_args().expect("valid"),
+            ComponentArgs {
+                secure_port: Some(0),
+                bind_address: Some("0.0.0.0".parse().expect("IP")),
+            }
+        );
+        assert_eq!(
+            c.controller_manager_args().expect("valid"),
+            ComponentArgs {
+                secure_port: Some(20257),
+                bind_address: None,
+            }
+        );
+        for (bad, named) in [
+            ("profiling=false", "\"profiling\" is not a flag"),
+            (
+                "secure-port=many",
+                "secure-port: \"many\" is not a port number",
+            ),
+            ("bind-address=here", "bind-address: \"here\""),
+            ("secure-port", "is not key=value"),
+        ] {
+            let c = ServerConfig {
+                kube_scheduler_arg: vec![bad.into()],
+                ..ServerConfig::default()
+            };
+            let err = c.validate().expect_err(bad).to_string();
+            assert!(
+                err.contains("kube-scheduler-arg") && err.contains(named),
+                "{bad}: {err}"
+            );
+            let c = ServerConfig {
+                kube_controller_manager_arg: vec![bad.into()],
+                ..ServerConfig::default()
+            };
+            let err = c.validate().expect_err(bad).to_string();
+            assert!(
+                err.contains("kube-controller-manager-arg") && err.contains(named),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -838,6 +978,18 @@ mod tests {
                     "audit-log-maxage=3",
                 ],
                 |c| c.kube_apiserver_arg.join(","),
+            ),
+            (
+                "kube-scheduler-arg",
+                ["secure-port=1", "secure-port=2", "secure-port=3"],
+                ["secure-port=1", "secure-port=2", "secure-port=3"],
+                |c| c.kube_scheduler_arg.join(","),
+            ),
+            (
+                "kube-controller-manager-arg",
+                ["secure-port=1", "secure-port=2", "secure-port=3"],
+                ["secure-port=1", "secure-port=2", "secure-port=3"],
+                |c| c.kube_controller_manager_arg.join(","),
             ),
         ];
         for (key, [file, env, flag], want, get) in cases {

@@ -18,7 +18,7 @@ use rk3s_apiserver::{Apiserver, Pki, PkiOptions, ServiceCidr};
 use rk3s_datastore::Store;
 
 use crate::bootstrap;
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{ComponentArgs, ConfigError, ServerConfig};
 use crate::kubeconfig;
 use crate::supervise::{Backoff, BoxError, Component, Running, StartError, Stop, Supervisor};
 
@@ -256,10 +256,19 @@ async fn run_with_store(
     let identity = leader_identity(config);
     let mut clients = Vec::new();
     if !config.disable_scheduler {
-        clients.push(scheduler(scheduler_kubeconfig, identity.clone()));
+        clients.push(scheduler(
+            scheduler_kubeconfig,
+            identity.clone(),
+            config.scheduler_args()?,
+        ));
     }
     if !config.disable_controller_manager {
-        clients.push(controller(controller_kubeconfig, identity, &tls_dir));
+        clients.push(controller(
+            controller_kubeconfig,
+            identity,
+            &tls_dir,
+            config.controller_manager_args()?,
+        ));
     }
     let clients = tokio::select! {
         started = Supervisor::start_reporting(
@@ -341,18 +350,25 @@ async fn kube_config(kubeconfig: &str) -> Result<kube::Config, BoxError> {
 }
 
 /// The scheduler, as `system:kube-scheduler`, electing a leader through
-/// `kube-system/kube-scheduler`.
-fn scheduler(kubeconfig: String, identity: String) -> Component {
+/// `kube-system/kube-scheduler`; its secure port (10259 on 127.0.0.1 unless
+/// `--kube-scheduler-arg` says otherwise) is bound when it starts, so a taken port is a
+/// startup error.
+fn scheduler(kubeconfig: String, identity: String, args: ComponentArgs) -> Component {
     Component::new("scheduler", move |stop: Stop| {
         let kubeconfig = kubeconfig.clone();
+        let defaults = rk3s_scheduler::Config::default();
         let config = rk3s_scheduler::Config {
             leader_elect_identity: Some(identity.clone()),
-            ..rk3s_scheduler::Config::default()
+            secure_port: args.secure_port.unwrap_or(defaults.secure_port),
+            bind_address: args.bind_address.unwrap_or(defaults.bind_address),
+            ..defaults
         };
         async move {
+            let started = rk3s_scheduler::start(config).await?;
             let client = client(&kubeconfig).await?;
             let run: Running = Box::pin(async move {
-                rk3s_scheduler::run(config, client, stop.stopped())
+                started
+                    .run(client, stop.stopped())
                     .await
                     .map_err(BoxError::from)
             });
@@ -362,25 +378,36 @@ fn scheduler(kubeconfig: String, identity: String) -> Component {
 }
 
 /// The controller manager, as `system:kube-controller-manager`, electing a leader through
-/// `kube-system/kube-controller-manager`; each loop runs as its own service account
+/// `kube-system/kube-controller-manager` (its secure port, 10257 on 127.0.0.1 unless
+/// `--kube-controller-manager-arg` says otherwise, bound when it starts); each loop runs as its own service account
 /// (`--use-service-account-credentials`, which K3s sets). As K3s: legacy service-account
 /// tokens are signed with `server/tls/service.key` and carry `server/tls/server-ca.crt`.
-fn controller(kubeconfig: String, identity: String, tls_dir: &std::path::Path) -> Component {
+fn controller(
+    kubeconfig: String,
+    identity: String,
+    tls_dir: &std::path::Path,
+    args: ComponentArgs,
+) -> Component {
     let key = tls_dir.join("service.key");
     let root_ca = tls_dir.join("server-ca.crt");
     Component::new("controller-manager", move |stop: Stop| {
         let kubeconfig = kubeconfig.clone();
+        let defaults = rk3s_controller::Config::default();
         let config = rk3s_controller::Config {
             identity: Some(identity.clone()),
             use_service_account_credentials: true,
             service_account_private_key_file: Some(key.clone()),
             root_ca_file: Some(root_ca.clone()),
-            ..rk3s_controller::Config::default()
+            secure_port: args.secure_port.unwrap_or(defaults.secure_port),
+            bind_address: args.bind_address.unwrap_or(defaults.bind_address),
+            ..defaults
         };
         async move {
+            let started = rk3s_controller::start(config).await?;
             let connection = rk3s_controller::Connection::new(kube_config(&kubeconfig).await?)?;
             let run: Running = Box::pin(async move {
-                rk3s_controller::run(config, connection, stop.stopped())
+                started
+                    .run(connection, stop.stopped())
                     .await
                     .map_err(BoxError::from)
             });

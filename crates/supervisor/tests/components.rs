@@ -356,6 +356,112 @@ fn scheduler_and_controller_run_with_their_own_identities() {
     assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
 }
 
+/// `GET https://127.0.0.1:<port><path>` without verifying the self-signed certificate.
+fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    runtime
+        .block_on(rk3s_common::serving::probe(
+            addr,
+            path,
+            std::time::Duration::from_secs(10),
+        ))
+        .map_err(|e| e.to_string())
+}
+
+/// The scheduler and controller manager serve `/healthz` (and the rest of their secure port)
+/// on the ports `--kube-scheduler-arg` and `--kube-controller-manager-arg` give them.
+#[test]
+fn scheduler_and_controller_serve_health_on_the_ports_given() {
+    let setup = Setup::new("");
+    let (scheduler, controller) = (
+        free_port().expect("free port"),
+        free_port().expect("free port"),
+    );
+    let scheduler_arg = format!("secure-port={scheduler}");
+    // The `=` form, with the component's own flag spelling.
+    let controller_arg = format!("--kube-controller-manager-arg=--secure-port={controller}");
+    let server = start(
+        &setup,
+        "server-h",
+        &[
+            "--kube-scheduler-arg",
+            &scheduler_arg,
+            "--kube-scheduler-arg",
+            "bind-address=127.0.0.1",
+            &controller_arg,
+        ],
+    );
+    for port in [scheduler, controller] {
+        let ok = setup.wait_until("the secure port", || get(port, "/healthz").ok());
+        assert_eq!(ok, (200, "ok".to_string()), "port {port}");
+        // Both lead (one server): their Lease check is listed.
+        let verbose = setup.wait_until("the lease held", || {
+            get(port, "/metrics")
+                .ok()
+                .filter(|(_, m)| m.contains("leader_election_master_status{name=\"kube-"))
+                .filter(|(_, m)| m.contains("} 1\n"))
+                .and_then(|_| get(port, "/healthz?verbose").ok())
+        });
+        assert_eq!(
+            verbose,
+            (
+                200,
+                "[+]ping ok\n[+]leaderElection ok\nhealthz check passed\n".to_string()
+            ),
+            "port {port}"
+        );
+    }
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+    // Stopped with the server.
+    assert!(get(scheduler, "/healthz").is_err());
+}
+
+/// A key the component does not take is refused before anything starts, naming the flag; a
+/// taken secure port stops the server with an error naming the address.
+#[test]
+fn bad_component_args_and_taken_ports_are_clear_errors() {
+    let setup = Setup::new("");
+    for (flag, value) in [
+        ("--kube-scheduler-arg", "profiling=false"),
+        ("--kube-controller-manager-arg", "secure-port=many"),
+    ] {
+        let out = setup
+            .server_cmd(&[flag, value])
+            .output()
+            .expect("rk3s runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "should fail: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid configuration: {}", &flag[2..])),
+            "{stderr}"
+        );
+        assert!(!setup.kubeconfig().exists(), "nothing started: {stderr}");
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let arg = format!("secure-port={port}");
+    let api = port_arg(free_port().expect("free port"));
+    let mut server = Server::spawn(setup.server_cmd(&[
+        "--https-listen-port",
+        &api,
+        "--kube-scheduler-arg",
+        &arg,
+    ]));
+    let line = server.wait_for("cannot start scheduler");
+    assert!(
+        line.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{line}"
+    );
+    let status = server.child.wait().expect("exits");
+    assert!(!status.success());
+}
+
 #[test]
 fn disabled_components_do_not_run() {
     let setup = Setup::new("disable-controller-manager: true\n");

@@ -26,6 +26,10 @@ fn rk3s_cmd(dir: &Path) -> Command {
     cmd.env("RUST_LOG", "info")
         .env("RUST_BACKTRACE", "0")
         .env("HOME", dir);
+    // Servers of parallel tests share the host: no scheduler or controller manager secure
+    // port unless a test asks for one with the flags (which win over the environment).
+    cmd.env("RK3S_KUBE_SCHEDULER_ARG", "secure-port=0")
+        .env("RK3S_KUBE_CONTROLLER_MANAGER_ARG", "secure-port=0");
     cmd
 }
 

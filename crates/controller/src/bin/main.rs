@@ -107,6 +107,25 @@ struct Args {
         skip_serializing_if = "Option::is_none"
     )]
     horizontal_pod_autoscaler_sync_period: Option<u64>,
+    /// HTTPS port of /healthz, /livez, /readyz and /metrics [default: 10257; 0: none].
+    #[arg(long)]
+    #[serde(rename = "secure-port", skip_serializing_if = "Option::is_none")]
+    secure_port: Option<u16>,
+    /// Address the secure port listens on [default: 127.0.0.1].
+    #[arg(long)]
+    #[serde(rename = "bind-address", skip_serializing_if = "Option::is_none")]
+    bind_address: Option<std::net::IpAddr>,
+    /// The secure port's certificate, PEM [default: a self-signed one made at start].
+    #[arg(long)]
+    #[serde(rename = "tls-cert-file", skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file, PEM.
+    #[arg(long)]
+    #[serde(
+        rename = "tls-private-key-file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    tls_private_key_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,8 +143,12 @@ fn main() -> anyhow::Result<()> {
         let shutdown =
             rk3s_common::signal::shutdown_signal().context("installing the signal handlers")?;
         let connection = connection(args.kubeconfig.as_deref()).await?;
+        let started = rk3s_controller::start(config)
+            .await
+            .context("starting the controller manager")?;
         rk3s_common::notify::ready("running (leader election first)");
-        rk3s_controller::run(config, connection, shutdown)
+        started
+            .run(connection, shutdown)
             .await
             .context("running the controller manager")
     })

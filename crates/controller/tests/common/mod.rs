@@ -208,10 +208,13 @@ fn tracing_subscriber_init() -> Option<()> {
         .ok()
 }
 
-/// `config` as the harness runs every controller manager: with per-loop service accounts.
+/// `config` as the harness runs every controller manager: with per-loop service accounts,
+/// without a secure port.
 pub fn manager_config(config: rk3s_controller::Config) -> rk3s_controller::Config {
     rk3s_controller::Config {
         use_service_account_credentials: true,
+        // Tests run in parallel: no secure port (tests/serving.rs serves one).
+        secure_port: 0,
         ..config
     }
 }

@@ -36,6 +36,25 @@ struct Args {
     #[arg(long)]
     #[serde(rename = "parallel-binds", skip_serializing_if = "Option::is_none")]
     parallel_binds: Option<usize>,
+    /// HTTPS port of /healthz, /livez, /readyz and /metrics [default: 10259; 0: none].
+    #[arg(long)]
+    #[serde(rename = "secure-port", skip_serializing_if = "Option::is_none")]
+    secure_port: Option<u16>,
+    /// Address the secure port listens on [default: 127.0.0.1].
+    #[arg(long)]
+    #[serde(rename = "bind-address", skip_serializing_if = "Option::is_none")]
+    bind_address: Option<std::net::IpAddr>,
+    /// The secure port's certificate, PEM [default: a self-signed one made at start].
+    #[arg(long)]
+    #[serde(rename = "tls-cert-file", skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file, PEM.
+    #[arg(long)]
+    #[serde(
+        rename = "tls-private-key-file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    tls_private_key_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,8 +84,12 @@ fn main() -> anyhow::Result<()> {
                 .context("finding a kubeconfig")?,
         };
         let client = kube::Client::try_from(kube_config).context("building the API client")?;
+        let started = rk3s_scheduler::start(config)
+            .await
+            .context("starting the scheduler")?;
         rk3s_common::notify::ready("running (leader election first)");
-        rk3s_scheduler::run(config, client, shutdown)
+        started
+            .run(client, shutdown)
             .await
             .context("running the scheduler")
     })

@@ -111,6 +111,8 @@ impl Drop for RunningScheduler {
 pub fn start_scheduler(client: &kube::Client) -> RunningScheduler {
     let config = rk3s_scheduler::Config {
         leader_elect: false,
+        // Tests run in parallel: no secure port (tests/serving.rs serves one).
+        secure_port: 0,
         ..rk3s_scheduler::Config::default()
     };
     let client = client.clone();
