@@ -255,6 +255,10 @@ async fn components_alone_run_a_deployment() {
     let controller_config = dir.path().join("controller.yaml");
     std::fs::write(&controller_config, "identity: e2e-controller-1\n").expect("config");
     let cred = data.join("server/cred");
+    // Their secure ports on free ports, not upstream's 10259/10257 a cluster on this machine
+    // may hold.
+    let scheduler_port = free_port().expect("free port");
+    let controller_port = free_port().expect("free port");
     let mut scheduler = Process::spawn(
         "rk3s-scheduler",
         dir.path(),
@@ -263,6 +267,8 @@ async fn components_alone_run_a_deployment() {
             scheduler_config.display().to_string(),
             "--kubeconfig".into(),
             cred.join("scheduler.kubeconfig").display().to_string(),
+            "--secure-port".into(),
+            scheduler_port.to_string(),
         ],
     );
     let mut controller = Process::spawn(
@@ -273,6 +279,8 @@ async fn components_alone_run_a_deployment() {
             controller_config.display().to_string(),
             "--kubeconfig".into(),
             cred.join("controller.kubeconfig").display().to_string(),
+            "--secure-port".into(),
+            controller_port.to_string(),
         ],
     );
 
@@ -340,6 +348,15 @@ async fn components_alone_run_a_deployment() {
         let got = leases.get(lease).await.expect("lease");
         let identity = got.spec.and_then(|s| s.holder_identity).unwrap_or_default();
         assert!(identity.starts_with(holder), "{lease} held by {identity:?}");
+    }
+
+    // Each answers its health check on its secure port (HTTPS, self-signed).
+    for port in [scheduler_port, controller_port] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let got = rk3s_common::serving::probe(addr, "/healthz", WAIT)
+            .await
+            .expect("health probe");
+        assert_eq!(got, (200, "ok".to_string()), "port {port}");
     }
 
     // SIGTERM stops each cleanly, last started first, each telling systemd STOPPING=1.
