@@ -1912,12 +1912,9 @@ fn replication_controller(obj: &Value) -> Vec<Cause> {
     }
     let template = spec.get("template").filter(|t| !t.is_null());
     let labels = template.and_then(|t| child(t, "metadata").get("labels"));
-    // Upstream's defaulting gives an RC without a selector its template's labels.
-    let selector = match obj_of(spec, "selector") {
-        Some(s) if !s.is_empty() => Some(s),
-        _ => labels.and_then(Value::as_object),
-    };
-    let selector = selector.filter(|s| !s.is_empty());
+    // Defaulting (`defaults.rs`) has given a controller without a selector its template's
+    // labels, as upstream's.
+    let selector = obj_of(spec, "selector").filter(|s| !s.is_empty());
     if selector.is_none() {
         causes.push(required("spec.selector", ""));
     }
@@ -2306,10 +2303,9 @@ mod tests {
                 "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"api\"}: `selector` does not match template `labels`",
             ]
         );
-        // The selector defaults to the template's labels.
-        let defaulted =
-            json!({"spec": {"replicas": 1, "template": {"metadata": {"labels": {"app": "web"}}}}});
-        assert!(replication_controller(&defaulted).is_empty());
+        let selected = json!({"spec": {"replicas": 1, "selector": {"app": "web"},
+            "template": {"metadata": {"labels": {"app": "web"}}}}});
+        assert!(replication_controller(&selected).is_empty());
         let none = json!({"spec": {"replicas": 1, "template": {"metadata": {}}}});
         assert_eq!(
             fields(&replication_controller(&none)),
