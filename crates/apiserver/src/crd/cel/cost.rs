@@ -9,6 +9,7 @@
 //! under lists without `maxItems` runs as many times as its node fits in a request.
 //!
 //! [`estimate`] walks cel-rust's AST with cel-go's cost model (identifiers and selections 1,
+//! presence tests free as Kubernetes configures them,
 //! comprehensions `range × (condition + step)`, `matches` `string length × 0.1 × regex length
 //! × 0.25`, `contains`, comparisons and concatenations of strings by length, list and map
 //! literals 10 and 30, ...) and sizes from the schema as upstream's declarations give them
@@ -291,8 +292,9 @@ impl Estimator {
             },
             Expr::Select(s) => {
                 let (c, operand) = self.cost(&s.operand);
+                // Kubernetes makes presence tests (`has`) free.
                 if s.test {
-                    return (c.saturating_add(1), Shape::Scalar(1));
+                    return (c, Shape::Scalar(1));
                 }
                 match operand {
                     Shape::Object(fields) => (
@@ -668,7 +670,7 @@ mod tests {
         // Scalars, selections, literals and `has`.
         let obj = json!({"type": "object", "properties": {
             "a": {"type": "integer"}, "s": {"type": "string", "maxLength": 5}}});
-        assert_eq!(cost_of("self.a > 1 && has(self.s)", &obj), 3 + 2);
+        assert_eq!(cost_of("self.a > 1 && has(self.s)", &obj), 3 + 1);
         assert_eq!(cost_of("self.s == 'abc'", &obj), 2 + 1);
         // The items of a literal list have no size cel-go knows of: `x == 1` costs its operands.
         assert_eq!(
@@ -743,6 +745,51 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn message_expressions_are_estimated_without_cardinality() {
+        let schema = |items: Value| {
+            json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+                "names": {"type": "array", "items": items, "maxItems": 100, "x-kubernetes-validations": [{
+                    "rule": "self.size() < 50",
+                    "messageExpression": "self.all(x, x.matches('^a$')) ? 'only a' : 'too many'"}]}}}}})
+        };
+        let at = format!("{AT}.properties[spec].properties[names].x-kubernetes-validations[0]");
+        // 100 strings of 3 MiB: 2 + 100 × (2 + 1 + 1 + 314573 × 1) + 0 = 31457702.
+        assert_eq!(
+            causes(&schema(json!({"type": "string"}))),
+            [format!(
+                "FieldValueForbidden {at}.messageExpression: Forbidden: estimated messageExpression cost exceeds budget by factor of 3.1x {HINT}"
+            )]
+        );
+        assert_eq!(
+            causes(&schema(json!({"type": "string", "maxLength": 1000}))),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn thresholds_match_upstream_measurements() {
+        // The largest `maxItems` a real API server accepts for this rule, by `maxLength` of
+        // the items (measured against upstream's CRD validation).
+        for (max_length, max_items) in [(16, 909_090), (63, 333_333), (253, 94_339), (1024, 24_154)]
+        {
+            let schema = |n: u64| {
+                json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+                    "tags": {"type": "array", "maxItems": n,
+                        "items": {"type": "string", "maxLength": max_length},
+                        "x-kubernetes-validations": [{"rule": "self.all(x, x.contains('gpu'))"}]}}}}})
+            };
+            assert_eq!(
+                causes(&schema(max_items)),
+                Vec::<String>::new(),
+                "{max_length}"
+            );
+            let got = causes(&schema(max_items + 1));
+            assert_eq!(got.len(), 1, "{max_length}: {got:?}");
+            assert!(got[0].contains("by factor of 1.000"), "{got:?}");
+        }
     }
 
     #[test]
