@@ -38,8 +38,11 @@
 //! `semver`) and [`url`]. A function this environment declares but does not implement fails
 //! its evaluation with an `Invalid` error saying so — never a silent pass. Not reproduced: the
 //! equality of `set`/`map` lists ignoring order, `x-kubernetes-int-or-string` and
-//! preserved-unknown values as their own CEL types (they are plain values), and the runtime
-//! cost limits (the per-call limit and the per-object budget).
+//! preserved-unknown values as their own CEL types (they are plain values). The runtime cost
+//! limits (1M per evaluation, 10M per object) are approximated: cel-rust counts no cost, so
+//! each evaluation is charged beforehand a lower bound of its cel-go cost computed from the
+//! values' actual sizes ([`cost::runtime_lower_bound`]); over the limit it is upstream's
+//! `call cost exceeds limit` or `running out of cost budget` error, and no further rule runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -704,8 +707,19 @@ fn run(program: &Program, schema: &Value, new: &Value, old: OldSelf<'_>) -> Resu
 /// Evaluates the CEL rules of `schema` against `new` (and, on update, `old`).
 pub(crate) fn validate(schema: &Value, new: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
-    walk(schema, new, old, "", true, &mut out);
+    let mut budget = Budget {
+        remaining: cost::RUNTIME_CEL_COST_BUDGET,
+        exhausted: false,
+    };
+    walk(schema, new, old, "", true, &mut budget, &mut out);
     out
+}
+
+/// What is left of upstream's runtime cost budget of one object; once exhausted (or a
+/// rule over the per-call limit), no further rule runs.
+struct Budget {
+    remaining: u64,
+    exhausted: bool,
 }
 
 fn walk(
@@ -714,13 +728,27 @@ fn walk(
     old: Option<&Value>,
     path: &str,
     root: bool,
+    budget: &mut Budget,
     out: &mut Vec<Cause>,
 ) {
-    if v.is_null() {
+    if v.is_null() || budget.exhausted {
+        return;
+    }
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+    if !rules(schema).is_empty() && budget.remaining == 0 {
+        out.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {ty:?}: {OUT_OF_BUDGET}"),
+            field: if path.is_empty() { "<root>" } else { path }.to_string(),
+        });
+        budget.exhausted = true;
         return;
     }
     for rule in rules(schema) {
-        evaluate(schema, rule, v, old, path, out);
+        evaluate(schema, rule, v, old, path, root, budget, out);
+        if budget.exhausted {
+            return;
+        }
     }
     match v {
         Value::Object(map) => {
@@ -737,9 +765,9 @@ fn walk(
                     } else {
                         format!("{path}.{k}")
                     };
-                    walk(s, child, old_child, &p, false, out);
+                    walk(s, child, old_child, &p, false, budget, out);
                 } else if let Some(s) = extra {
-                    walk(s, child, old_child, &join_key(path, k), false, out);
+                    walk(s, child, old_child, &join_key(path, k), false, budget, out);
                 }
             }
         }
@@ -756,6 +784,7 @@ fn walk(
                     old_item,
                     &format!("{path}[{i}]"),
                     false,
+                    budget,
                     out,
                 );
             }
@@ -764,12 +793,18 @@ fn walk(
     }
 }
 
+const OUT_OF_BUDGET: &str =
+    "validation failed due to running out of cost budget, no further validation rules will be run";
+
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     schema: &Value,
     rule: &Value,
     v: &Value,
     old: Option<&Value>,
     path: &str,
+    root: bool,
+    budget: &mut Budget,
     out: &mut Vec<Cause>,
 ) {
     let text = rule
@@ -812,6 +847,31 @@ fn evaluate(
         // A transition rule runs only on updates with a correlated old value.
         (true, false, None) => return,
     };
+    // cel-rust does not count costs: what the evaluation costs at least in cel-go is charged
+    // before it runs, against the per-call limit and the object's budget.
+    let old_value = match old_self {
+        OldSelf::Plain(o) => Some(o),
+        _ => None,
+    };
+    let spent = cost::runtime_lower_bound(program.expression(), schema, root, v, old_value);
+    if spent > cost::PER_CALL_LIMIT || spent > budget.remaining {
+        // cel-go stops at the limit, having spent it.
+        let detail = if budget.remaining < cost::PER_CALL_LIMIT || spent <= cost::PER_CALL_LIMIT {
+            OUT_OF_BUDGET.to_string()
+        } else {
+            format!(
+                "'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: {error_string}"
+            )
+        };
+        out.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {ty:?}: {detail}"),
+            field: here.to_string(),
+        });
+        budget.exhausted = true;
+        return;
+    }
+    budget.remaining -= spent;
     let result = run(program, schema, v, old_self);
     match result {
         Ok(Cel::Bool(true)) => {}

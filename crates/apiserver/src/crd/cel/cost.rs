@@ -20,11 +20,18 @@
 //! result whose size it cannot tell is 0. A rule this module refuses is refused upstream; a
 //! rule upstream refuses for a reason not modelled here (an unknown size, a library function's
 //! own cost) may be accepted.
+//!
+//! At runtime upstream counts what each evaluation actually costs (cel-go tracks it), stops an
+//! evaluation past [`PER_CALL_LIMIT`] and an object's validation past
+//! [`RUNTIME_CEL_COST_BUDGET`]. cel-rust tracks nothing, so [`runtime_lower_bound`] runs the
+//! same estimator on the actual values: sizes are the values' own, and only what is sure to be
+//! evaluated counts (the left operand of `&&`/`||`, the cheaper branch, one iteration of
+//! `all`/`exists`), so that an object is never refused for a cost it would not reach upstream.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use serde_json::Value;
 
 use super::typed::escape;
@@ -34,6 +41,10 @@ use crate::status::Cause;
 pub(super) const STATIC_ESTIMATED_COST_LIMIT: u64 = 10_000_000;
 /// Upstream's largest estimated cost of all the rules of a CRD version's schema.
 pub(super) const STATIC_ESTIMATED_CRD_COST_LIMIT: u64 = 100_000_000;
+/// Upstream's cost limit of one evaluation of an expression.
+pub(super) const PER_CALL_LIMIT: u64 = 1_000_000;
+/// Upstream's cost budget of all the evaluations for one object.
+pub(super) const RUNTIME_CEL_COST_BUDGET: u64 = 10_000_000;
 /// The largest request the API server takes, which bounds what the schema leaves unbounded.
 const MAX_REQUEST_SIZE_BYTES: u64 = 3 * 1024 * 1024;
 /// Cost per character of traversing a string.
@@ -88,6 +99,22 @@ impl Shape {
             (Shape::Str(a), Shape::Str(b)) => Shape::Str(*a.max(b)),
             (Shape::List(a, x), Shape::List(b, y)) => Shape::List(*a.max(b), Rc::new(x.union(y))),
             (Shape::Map(a, x), Shape::Map(b, y)) => Shape::Map(*a.max(b), Rc::new(x.union(y))),
+            _ => Shape::Unknown,
+        }
+    }
+
+    /// A shape no larger than either (the smaller size); different kinds are `Unknown`.
+    fn meet(&self, other: &Shape) -> Shape {
+        match (self, other) {
+            (Shape::Scalar(a), Shape::Scalar(b)) => Shape::Scalar(*a.min(b)),
+            (Shape::Str(a), Shape::Str(b)) => Shape::Str(*a.min(b)),
+            (Shape::List(a, x), Shape::List(b, y)) => Shape::List(*a.min(b), Rc::new(x.meet(y))),
+            (Shape::Map(a, x), Shape::Map(b, y)) => Shape::Map(*a.min(b), Rc::new(x.meet(y))),
+            (Shape::Object(a), Shape::Object(b)) => Shape::Object(Rc::new(
+                a.iter()
+                    .filter_map(|(k, x)| b.get(k).map(|y| (k.clone(), x.meet(y))))
+                    .collect(),
+            )),
             _ => Shape::Unknown,
         }
     }
@@ -237,14 +264,92 @@ pub(super) fn estimate(expr: &IdedExpr, schema: &Value, root: bool) -> u64 {
             ("self".into(), shape.clone(), true),
             ("oldSelf".into(), shape, true),
         ],
+        lower: false,
     };
     e.cost(expr).0
+}
+
+/// A lower bound of what evaluating `expr` with `self` = `new` (and `oldSelf` = `old`)
+/// costs in cel-go: the estimate with the values' actual sizes (a list's items as small as
+/// its smallest), only the left operand of `&&`/`||`, the cheaper branch of `?:`, and one
+/// iteration of the comprehensions that can stop early (`all`, `exists`).
+pub(super) fn runtime_lower_bound(
+    expr: &IdedExpr,
+    schema: &Value,
+    root: bool,
+    new: &Value,
+    old: Option<&Value>,
+) -> u64 {
+    let old = old.map_or(Shape::Unknown, |o| actual(o, schema, root));
+    let mut e = Estimator {
+        scope: vec![
+            ("self".into(), actual(new, schema, root), true),
+            ("oldSelf".into(), old, true),
+        ],
+        lower: true,
+    };
+    e.cost(expr).0
+}
+
+/// The shape of an actual value of `schema`.
+fn actual(v: &Value, schema: &Value, root: bool) -> Shape {
+    let embedded = |s: &Value| flag(s, "x-kubernetes-embedded-resource");
+    match v {
+        Value::String(s) => match schema.get("format").and_then(Value::as_str) {
+            Some("byte" | "date" | "date-time" | "duration")
+                if !flag(schema, "x-kubernetes-int-or-string") =>
+            {
+                Shape::Scalar(0)
+            }
+            _ => Shape::Str(s.chars().count() as u64),
+        },
+        Value::Bool(_) | Value::Number(_) => Shape::Scalar(0),
+        Value::Array(items) => {
+            let item_schema = schema.get("items").unwrap_or(&Value::Null);
+            let elem = items
+                .iter()
+                .map(|i| actual(i, item_schema, embedded(item_schema)))
+                .reduce(|a, b| a.meet(&b))
+                .unwrap_or(Shape::Unknown);
+            Shape::List(items.len() as u64, Rc::new(elem))
+        }
+        Value::Object(map) => {
+            if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                let value = map
+                    .values()
+                    .map(|x| actual(x, extra, embedded(extra)))
+                    .reduce(|a, b| a.meet(&b))
+                    .unwrap_or(Shape::Unknown);
+                return Shape::Map(map.len() as u64, Rc::new(value));
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let type_meta = root || embedded(schema);
+            let mut fields = BTreeMap::new();
+            for (k, x) in map {
+                let field_schema = match props.and_then(|p| p.get(k)) {
+                    Some(s) => s,
+                    None if type_meta && matches!(k.as_str(), "apiVersion" | "kind") => {
+                        &Value::Null
+                    }
+                    None if type_meta && k == "metadata" => &Value::Null,
+                    None => continue,
+                };
+                if let Some(name) = escape(k) {
+                    fields.insert(name, actual(x, field_schema, embedded(field_schema)));
+                }
+            }
+            Shape::Object(Rc::new(fields))
+        }
+        Value::Null => Shape::Unknown,
+    }
 }
 
 /// Variables in scope: name, shape, and whether the value is reached from `self` or
 /// `oldSelf` (cel-go sizes only those from the schema).
 struct Estimator {
     scope: Vec<(String, Shape, bool)>,
+    /// A lower bound of the runtime cost rather than the worst case.
+    lower: bool,
 }
 
 impl Estimator {
@@ -379,7 +484,13 @@ impl Estimator {
                 self.scope.truncate(depth + 1);
                 let (result_cost, _) = self.cost(&c.result);
                 self.scope.truncate(depth);
-                let count = range.size();
+                let mut count = range.size();
+                // `all` and `exists` may stop after their first item.
+                let always_true = matches!(&c.loop_cond.expr,
+                    Expr::Literal(LiteralValue::Boolean(b)) if *b.inner());
+                if self.lower && !always_true {
+                    count = count.min(1);
+                }
                 let total = range_cost
                     .saturating_add(init_cost)
                     .saturating_add(result_cost)
@@ -392,26 +503,70 @@ impl Estimator {
                 };
                 (total, shape)
             }
-            Expr::Call(call) => {
-                let mut args_cost = 0u64;
-                let mut args = Vec::with_capacity(call.args.len());
-                for a in &call.args {
-                    let (c, s) = self.cost(a);
-                    args_cost = args_cost.saturating_add(c);
-                    args.push(s);
+            Expr::Call(call) if self.lower && call.target.is_none() => {
+                match (call.func_name.as_str(), call.args.as_slice()) {
+                    // Only the left operand is sure to be evaluated.
+                    ("_&&_" | "_||_", [lhs, rhs]) => {
+                        let (c, _) = self.cost(lhs);
+                        self.cost(rhs);
+                        (c, Shape::Scalar(1))
+                    }
+                    ("_?_:_", [cond, t, f]) => {
+                        let (c, _) = self.cost(cond);
+                        let (tc, ts) = self.cost(t);
+                        let (fc, fs) = self.cost(f);
+                        (c.saturating_add(tc.min(fc)), ts.meet(&fs))
+                    }
+                    _ => self.call(call),
                 }
-                let target = call.target.as_ref().map(|t| self.cost(t));
-                if let Some((c, _)) = &target {
-                    args_cost = args_cost.saturating_add(*c);
-                }
-                let target = target.map(|(_, s)| s);
-                let (cost, shape) = call_cost(&call.func_name, target.as_ref(), &args);
-                (args_cost.saturating_add(cost), shape)
             }
+            Expr::Call(call) => self.call(call),
             _ => (0, Shape::Unknown),
         }
     }
+
+    /// A call: its arguments, its target and the call itself.
+    fn call(&mut self, call: &CallExpr) -> (u64, Shape) {
+        let mut args_cost = 0u64;
+        let mut args = Vec::with_capacity(call.args.len());
+        for a in &call.args {
+            let (c, s) = self.cost(a);
+            args_cost = args_cost.saturating_add(c);
+            args.push(s);
+        }
+        let target = call.target.as_ref().map(|t| self.cost(t));
+        if let Some((c, _)) = &target {
+            args_cost = args_cost.saturating_add(*c);
+        }
+        let target = target.map(|(_, s)| s);
+        let (mut cost, shape) = call_cost(&call.func_name, target.as_ref(), &args);
+        // Calls whose runtime cost is computed otherwise (Kubernetes' library traverses a
+        // list by its items' actual lengths; cel-go versions differ on which string of
+        // `startsWith` they count): not counted in a lower bound.
+        if self.lower && NOT_IN_LOWER_BOUND.contains(&call.func_name.as_str()) {
+            cost = 0;
+        }
+        (args_cost.saturating_add(cost), shape)
+    }
 }
+
+/// The functions [`call_cost`] charges for that a runtime lower bound does not count.
+const NOT_IN_LOWER_BOUND: &[&str] = &[
+    "startsWith",
+    "endsWith",
+    "lowerAscii",
+    "upperAscii",
+    "trim",
+    "substring",
+    "replace",
+    "url",
+    "isSorted",
+    "sum",
+    "max",
+    "min",
+    "indexOf",
+    "lastIndexOf",
+];
 
 /// The cost of a call itself (its arguments and target excluded) and the shape of its result.
 fn call_cost(function: &str, target: Option<&Shape>, args: &[Shape]) -> (u64, Shape) {
@@ -457,7 +612,12 @@ fn call_cost(function: &str, target: Option<&Shape>, args: &[Shape]) -> (u64, Sh
             (Shape::Scalar(_), Shape::Scalar(_)) => (1, Shape::Scalar(1)),
             _ => (0, Shape::Unknown),
         },
-        ("@in", None) => (arg(1).size(), Shape::Scalar(1)),
+        // Membership is linear in a list, constant in a map.
+        ("@in", None) => match arg(1) {
+            Shape::List(n, _) => (n, Shape::Scalar(1)),
+            Shape::Map(..) => (1, Shape::Scalar(1)),
+            _ => (0, Shape::Scalar(1)),
+        },
         ("_[_]", None) => match arg(0) {
             Shape::List(_, e) | Shape::Map(_, e) => (1, (*e).clone()),
             _ => (0, Shape::Unknown),
@@ -677,6 +837,12 @@ mod tests {
             cost_of("self.s.startsWith('ab') || [1, 2].exists(x, x == 1)", &obj),
             3 + 10 + 1 + 2 * (3 + 2)
         );
+        // Membership: linear in a list, constant in a map.
+        let m = json!({"type": "object", "properties": {
+            "l": {"type": "array", "maxItems": 50, "items": {"type": "string"}},
+            "m": {"type": "object", "maxProperties": 50, "additionalProperties": {"type": "string"}}}});
+        assert_eq!(cost_of("'a' in self.l", &m), 2 + 50);
+        assert_eq!(cost_of("'a' in self.m", &m), 2 + 1);
         // `self` and `oldSelf` alike.
         assert_eq!(cost_of("self.s.contains(oldSelf.s)", &obj), 4 + 4);
     }
@@ -790,6 +956,75 @@ mod tests {
             assert_eq!(got.len(), 1, "{max_length}: {got:?}");
             assert!(got[0].contains("by factor of 1.000"), "{got:?}");
         }
+    }
+
+    /// A schema whose `spec.names` (100 strings of at most `max_length`) has `rules` copies
+    /// of a rule matching every name against a regular expression (of cost 9 per 40 chars).
+    fn regex_rules(max_length: u64, rules: usize) -> Value {
+        let rule = "self.map(x, x.matches('^[a-z0-9]+([-._][a-z0-9]+)*[a-z]$')).size() >= 0";
+        let rules: Vec<Value> = (0..rules).map(|_| json!({"rule": rule})).collect();
+        json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "names": {"type": "array", "maxItems": 100,
+                "items": {"type": "string", "maxLength": max_length},
+                "x-kubernetes-validations": rules}}}}})
+    }
+
+    fn names(n: usize, len: usize) -> Value {
+        json!({"spec": {"names": vec!["a".repeat(len); n]}})
+    }
+
+    fn runtime_causes(schema: &Value, object: &Value) -> Vec<String> {
+        super::super::validate(schema, object, None)
+            .iter()
+            .map(|c| format!("{} {}: {}", c.reason, c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn an_evaluation_over_the_per_call_limit_stops_validation() {
+        let schema = regex_rules(20_000, 1);
+        assert_eq!(causes(&schema), Vec::<String>::new(), "the CRD is accepted");
+        // 100 × (⌈15001 × 0.1⌉ × 9 + 12) + 14 = 1352114 > 1M.
+        assert_eq!(
+            runtime_causes(&schema, &names(100, 15_000)),
+            [
+                "FieldValueInvalid spec.names: Invalid value: \"array\": 'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: self.map(x, x.matches('^[a-z0-9]+([-._][a-z0-9]+)*[a-z]$')).size() >= 0"
+            ]
+        );
+        assert_eq!(
+            runtime_causes(&schema, &names(100, 1_000)),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            runtime_causes(&schema, &names(60, 15_000)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn evaluations_share_the_objects_budget() {
+        // 632114 each: 15 fit in the 10M budget, the 16th does not.
+        let object = names(100, 7_000);
+        let schema = regex_rules(8_000, 16);
+        assert_eq!(causes(&schema), Vec::<String>::new(), "the CRD is accepted");
+        assert_eq!(
+            runtime_causes(&schema, &object),
+            [
+                "FieldValueInvalid spec.names: Invalid value: \"array\": validation failed due to running out of cost budget, no further validation rules will be run"
+            ]
+        );
+        assert_eq!(
+            runtime_causes(&regex_rules(8_000, 15), &object),
+            Vec::<String>::new()
+        );
+        // What may stop early counts once: `exists` over 100 long names is cheap.
+        let exists = json!({"type": "object", "properties": {"names": {"type": "array",
+            "maxItems": 100, "items": {"type": "string", "maxLength": 20_000},
+            "x-kubernetes-validations": [{"rule": "self.exists(x, x.matches('^a+$'))"}]}}});
+        assert_eq!(
+            runtime_causes(&exists, &json!({"names": vec!["a".repeat(20_000); 100]})),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
