@@ -10,7 +10,13 @@
 //!   Then [`check`] type-checks it with `self`/`oldSelf` typed by the schema (cel-go's
 //!   `found no matching overload for '_>_' applied to '(int, string)'`, ...), conservatively
 //!   (what it cannot type is `dyn` and accepted), and requires a bool result (a message
-//!   expression: a string) in upstream's words. Parse errors are cel-rust's words.
+//!   expression: a string) in upstream's words. Parse errors are cel-rust's words. Finally
+//!   [`cost`] estimates each rule's worst-case cost as cel-go does, times the number of
+//!   times the rule can run in one object (the product of the enclosing lists' `maxItems`
+//!   and maps' `maxProperties`, or as many of the node as fit in a 3 MiB request): over
+//!   10M it is upstream's `Forbidden: estimated rule cost exceeds budget by factor of ...`,
+//!   and over 100M for the whole schema the `contributed to ...` causes and the schema's
+//!   own `Forbidden`. The estimate is an under-estimate where unsure (see [`cost`]).
 //! - [`validate`] evaluates the rules against a custom resource on create (`old` = `None`) and
 //!   on update/patch/apply (`old` = the stored object): `self` is the value at the rule's
 //!   schema node, typed by the schema ([`typed`]: `date-time`/`date` strings are timestamps,
@@ -32,8 +38,11 @@
 //! `semver`) and [`url`]. A function this environment declares but does not implement fails
 //! its evaluation with an `Invalid` error saying so — never a silent pass. Not reproduced: the
 //! equality of `set`/`map` lists ignoring order, `x-kubernetes-int-or-string` and
-//! preserved-unknown values as their own CEL types (they are plain values), cost estimation
-//! and the runtime cost limit.
+//! preserved-unknown values as their own CEL types (they are plain values). The runtime cost
+//! limits (1M per evaluation, 10M per object) are approximated: cel-rust counts no cost, so
+//! each evaluation is charged beforehand a lower bound of its cel-go cost computed from the
+//! values' actual sizes ([`cost::runtime_lower_bound`]); over the limit it is upstream's
+//! `call cost exceeds limit` or `running out of cost budget` error, and no further rule runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -47,6 +56,7 @@ use serde_json::Value;
 use crate::status::Cause;
 
 mod check;
+mod cost;
 mod library;
 mod typed;
 
@@ -435,10 +445,22 @@ fn rules(schema: &Value) -> &[Value] {
 /// The CRD-side checks of every `x-kubernetes-validations` in `schema` (a CRD version's
 /// `openAPIV3Schema`, at field path `path`).
 pub(crate) fn check_schema(schema: &Value, path: &str, out: &mut Vec<Cause>) {
-    check_node(schema, path, true, out);
+    let mut total = cost::Total::default();
+    check_node(schema, path, true, Some(1), &mut total, out);
+    total.finish(path, out);
 }
 
-fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
+/// The CRD-side checks of the rules at `schema` and below; `cardinality` is how many times
+/// the node can occur in one object (`None`: unbounded, an enclosing list or map has no
+/// `maxItems`/`maxProperties`), `total` the estimated cost of the schema's rules so far.
+fn check_node(
+    schema: &Value,
+    path: &str,
+    root: bool,
+    cardinality: Option<u64>,
+    total: &mut cost::Total,
+    out: &mut Vec<Cause>,
+) {
     for (i, rule) in rules(schema).iter().enumerate() {
         let at = format!("{path}.x-kubernetes-validations[{i}]");
         let text = rule.get("rule").and_then(Value::as_str).unwrap_or("");
@@ -519,6 +541,10 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
                 }),
             Err(e) => Some(format!("compilation failed: {e}")),
         };
+        let compiled_ok = match (&compiled.program, &error) {
+            (Ok(p), None) => Some(p),
+            _ => None,
+        };
         if let Some(e) = error {
             out.push(Cause {
                 reason: "FieldValueInvalid",
@@ -526,10 +552,32 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
                 field: format!("{at}.rule"),
             });
         }
+        // The estimated cost of a rule that compiles, times the number of times it can run
+        // in one object.
+        if let Some(p) = compiled_ok {
+            let times = cardinality.unwrap_or_else(|| cost::unbounded_cardinality(schema, root));
+            let estimated = cost::estimate(p.expression(), schema, root).saturating_mul(times);
+            if estimated > cost::STATIC_ESTIMATED_COST_LIMIT {
+                out.push(Cause {
+                    reason: "FieldValueForbidden",
+                    message: format!(
+                        "Forbidden: {}",
+                        cost::cost_error(
+                            "estimated rule cost",
+                            estimated,
+                            cost::STATIC_ESTIMATED_COST_LIMIT
+                        )
+                    ),
+                    field: format!("{at}.rule"),
+                });
+            }
+            total.observe(format!("{at}.rule"), estimated);
+        }
         if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
             && !expr.is_empty()
         {
-            let error = match &compile(expr).program {
+            let message_program = compile(expr);
+            let error = match &message_program.program {
                 Ok(p) => check::check(p, expr, &self_ty, optional_old_self, check::Want::String)
                     .map(|f| f.detail("messageExpression compilation failed: ")),
                 Err(e) => Some(format!("messageExpression compilation failed: {e}")),
@@ -540,19 +588,44 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
                     message: format!("Invalid value: {}: {e}", rule_repr(rule)),
                     field: format!("{at}.messageExpression"),
                 });
+            } else if let (Some(_), Ok(p)) = (compiled_ok, &message_program.program) {
+                // Upstream does not multiply a message expression's cost by the cardinality.
+                let estimated = cost::estimate(p.expression(), schema, root);
+                if estimated > cost::STATIC_ESTIMATED_COST_LIMIT {
+                    out.push(Cause {
+                        reason: "FieldValueForbidden",
+                        message: format!(
+                            "Forbidden: {}",
+                            cost::cost_error(
+                                "estimated messageExpression cost",
+                                estimated,
+                                cost::STATIC_ESTIMATED_COST_LIMIT
+                            )
+                        ),
+                        field: format!("{at}.messageExpression"),
+                    });
+                }
+                total.observe(format!("{at}.messageExpression"), estimated);
             }
         }
     }
+    // Children occur as many times as this node, times its `maxItems`/`maxProperties`.
+    let child_cardinality = cardinality
+        .zip(cost::child_factor(schema))
+        .map(|(a, b)| a.saturating_mul(b));
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (k, s) in props {
-            check_node(s, &join_key(&format!("{path}.properties"), k), false, out);
+            let p = join_key(&format!("{path}.properties"), k);
+            check_node(s, &p, false, child_cardinality, total, out);
         }
     }
     if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
-        check_node(items, &format!("{path}.items"), false, out);
+        let p = format!("{path}.items");
+        check_node(items, &p, false, child_cardinality, total, out);
     }
     if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-        check_node(extra, &format!("{path}.additionalProperties"), false, out);
+        let p = format!("{path}.additionalProperties");
+        check_node(extra, &p, false, child_cardinality, total, out);
     }
 }
 
@@ -634,8 +707,19 @@ fn run(program: &Program, schema: &Value, new: &Value, old: OldSelf<'_>) -> Resu
 /// Evaluates the CEL rules of `schema` against `new` (and, on update, `old`).
 pub(crate) fn validate(schema: &Value, new: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
-    walk(schema, new, old, "", true, &mut out);
+    let mut budget = Budget {
+        remaining: cost::RUNTIME_CEL_COST_BUDGET,
+        exhausted: false,
+    };
+    walk(schema, new, old, "", true, &mut budget, &mut out);
     out
+}
+
+/// What is left of upstream's runtime cost budget of one object; once exhausted (or a
+/// rule over the per-call limit), no further rule runs.
+struct Budget {
+    remaining: u64,
+    exhausted: bool,
 }
 
 fn walk(
@@ -644,13 +728,27 @@ fn walk(
     old: Option<&Value>,
     path: &str,
     root: bool,
+    budget: &mut Budget,
     out: &mut Vec<Cause>,
 ) {
-    if v.is_null() {
+    if v.is_null() || budget.exhausted {
+        return;
+    }
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+    if !rules(schema).is_empty() && budget.remaining == 0 {
+        out.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {ty:?}: {OUT_OF_BUDGET}"),
+            field: if path.is_empty() { "<root>" } else { path }.to_string(),
+        });
+        budget.exhausted = true;
         return;
     }
     for rule in rules(schema) {
-        evaluate(schema, rule, v, old, path, out);
+        evaluate(schema, rule, v, old, path, root, budget, out);
+        if budget.exhausted {
+            return;
+        }
     }
     match v {
         Value::Object(map) => {
@@ -667,9 +765,9 @@ fn walk(
                     } else {
                         format!("{path}.{k}")
                     };
-                    walk(s, child, old_child, &p, false, out);
+                    walk(s, child, old_child, &p, false, budget, out);
                 } else if let Some(s) = extra {
-                    walk(s, child, old_child, &join_key(path, k), false, out);
+                    walk(s, child, old_child, &join_key(path, k), false, budget, out);
                 }
             }
         }
@@ -686,6 +784,7 @@ fn walk(
                     old_item,
                     &format!("{path}[{i}]"),
                     false,
+                    budget,
                     out,
                 );
             }
@@ -694,12 +793,18 @@ fn walk(
     }
 }
 
+const OUT_OF_BUDGET: &str =
+    "validation failed due to running out of cost budget, no further validation rules will be run";
+
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     schema: &Value,
     rule: &Value,
     v: &Value,
     old: Option<&Value>,
     path: &str,
+    root: bool,
+    budget: &mut Budget,
     out: &mut Vec<Cause>,
 ) {
     let text = rule
@@ -742,6 +847,31 @@ fn evaluate(
         // A transition rule runs only on updates with a correlated old value.
         (true, false, None) => return,
     };
+    // cel-rust does not count costs: what the evaluation costs at least in cel-go is charged
+    // before it runs, against the per-call limit and the object's budget.
+    let old_value = match old_self {
+        OldSelf::Plain(o) => Some(o),
+        _ => None,
+    };
+    let spent = cost::runtime_lower_bound(program.expression(), schema, root, v, old_value);
+    if spent > cost::PER_CALL_LIMIT || spent > budget.remaining {
+        // cel-go stops at the limit, having spent it.
+        let detail = if budget.remaining < cost::PER_CALL_LIMIT || spent <= cost::PER_CALL_LIMIT {
+            OUT_OF_BUDGET.to_string()
+        } else {
+            format!(
+                "'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: {error_string}"
+            )
+        };
+        out.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {ty:?}: {detail}"),
+            field: here.to_string(),
+        });
+        budget.exhausted = true;
+        return;
+    }
+    budget.remaining -= spent;
     let result = run(program, schema, v, old_self);
     match result {
         Ok(Cel::Bool(true)) => {}
