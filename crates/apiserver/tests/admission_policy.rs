@@ -5,7 +5,8 @@
 //! match conditions and variables with a `Forbidden` reason, deletes judged on the old object
 //! with `resourceNames` narrowing the rule, invalid policies and bindings refused with
 //! upstream's 422 causes, and `authorizer` checks (a resource in the object's namespace,
-//! `requestResource`, a service account) decided by RBAC for the requesting user.
+//! `requestResource`, a service account) decided by RBAC for the requesting user, and by the
+//! node authorizer for a kubelet.
 
 mod common;
 
@@ -702,5 +703,85 @@ async fn authorizer_checks_are_decided_by_rbac_for_the_requesting_user() {
             .ends_with("resulted in error: Invalid service account name"),
         "{}",
         status.message
+    );
+}
+
+/// A kubelet's checks go through the node authorizer, which reads the pods on its node: the
+/// kubelet of the node running a pod that uses the secret may get it, another not.
+#[tokio::test]
+async fn a_kubelets_checks_go_through_the_node_authorizer() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let objects = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1, namespace: default}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: busybox}]
+  volumes: [{name: v, secret: {secretName: s1}}]
+";
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], objects).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "node-secret.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["UPDATE"], "resources": ["nodes"]}]},
+            "validations": [{"expression": "authorizer.group('').resource('secrets')\
+                .namespace('default').name('s1').check('get').allowed()",
+                "message": "may not read s1"}],
+        }}),
+        json!({"metadata": {"name": "node-secret-binding"}, "spec": {
+            "policyName": "node-secret.example.com", "validationActions": ["Deny"]}}),
+    )
+    .await;
+    let label = |node: &'static str, n: usize| {
+        let kubeconfig = t.user_kubeconfig(&format!("system:node:{node}"), &["system:nodes"]);
+        let t = &t;
+        async move {
+            t.kubectl_as(
+                &kubeconfig,
+                &["label", "--overwrite", "node", node, &format!("a=v{n}")],
+            )
+            .await
+        }
+    };
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let out = label("n2", n).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            assert!(
+                stderr.contains(
+                    "ValidatingAdmissionPolicy 'node-secret.example.com' with binding \
+                     'node-secret-binding' denied request: may not read s1"
+                ),
+                "{stderr}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the policy never denied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = label("n1", n).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
