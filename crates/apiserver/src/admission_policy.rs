@@ -69,15 +69,14 @@ use crate::admission_webhook::{
     Attrs, Operation, Request, Rule, equivalents, review, rule_matches, served_as, strings,
 };
 use crate::crd::cel::to_cel;
-
-mod authorizer;
-
 use crate::registry::{REGISTRY, ResourceInfo};
 use crate::rest::{decode_stored, object_meta_str};
 use crate::selectors::{LabelSelector, selector_text};
 use crate::server::AppState;
 use crate::status::{ApiError, qualified};
 use authorizer::{ENV, RequestResource, Session};
+
+mod authorizer;
 
 const GROUP: &str = "admissionregistration.k8s.io";
 /// The audit annotation of the `Audit` action's failures.
