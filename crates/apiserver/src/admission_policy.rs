@@ -22,19 +22,24 @@
 //!   `paramRef`: by `name` or `selector`, in `namespace` (else the request's namespace; a
 //!   cluster-scoped request then fails the binding), each param evaluated in turn; none
 //!   found: `parameterNotFoundAction: Deny` fails the binding, `Allow` skips it.
-//! - **CEL** (with `crate::crd::cel::ENV`): `object`, `oldObject` (`null` when absent),
-//!   `request` (the `AdmissionRequest` as webhooks get it, without `uid`/objects), `params`,
+//! - **CEL** (with [`authorizer::ENV`]: `crate::crd::cel::ENV`'s functions and the authz
+//!   library): `object`, `oldObject` (`null` when absent), `request` (the
+//!   `AdmissionRequest` as webhooks get it, without `uid`/objects), `params`,
 //!   `namespaceObject` (the request's Namespace with upstream's fields; `null` for
 //!   cluster-scoped requests), `variables` (`spec.variables`, evaluated at most once per
 //!   evaluation and only those an expression references — eagerly before it, not lazily
 //!   inside it: a variable that fails fails every expression referencing it, also in a
-//!   branch that would not be taken). `authorizer` is not provided: an expression using it
-//!   fails its evaluation. `matchConditions` (false: the policy is skipped for that binding
-//!   and param; errors follow `failurePolicy`), then `validations`: a result other than
-//!   `true` is a violation whose message is `messageExpression`'s string, else `message`,
-//!   else `failed expression: <expression>`, with `reason` (default `Invalid`); an
-//!   evaluation error is a violation under `failurePolicy: Fail` (the default) and ignored
-//!   under `Ignore`. `auditAnnotations`: a string value is the request's audit annotation
+//!   branch that would not be taken), and — except in `messageExpression`s — `authorizer`
+//!   and `authorizer.requestResource` ([`authorizer`]: checks decided by the authorizer
+//!   chain for the request's user; an evaluation whose checks need I/O is repeated with
+//!   their answers, so an evaluation has no effects: its audit annotations are applied
+//!   after the last). A library function's error is its message, as cel-go's.
+//!   `matchConditions` (false: the policy is skipped for that binding and param; errors
+//!   follow `failurePolicy`), then `validations`: a result other than `true` is a
+//!   violation whose message is `messageExpression`'s string, else `message`, else
+//!   `failed expression: <expression>`, with `reason` (default `Invalid`); an evaluation
+//!   error is a violation under `failurePolicy: Fail` (the default) and ignored under
+//!   `Ignore`. `auditAnnotations`: a string value is the request's audit annotation
 //!   `<policy>/<key>`, an error follows the same rule.
 //! - **Actions** (the binding's `validationActions`): `Deny` → the first violation is the
 //!   answer: upstream's `<resource> "<name>" is forbidden: ValidatingAdmissionPolicy '<p>'
@@ -49,7 +54,7 @@
 //!   binding: ...` under `failurePolicy: Fail`, ignored under `Ignore`.
 //!
 //! Not done: type checking (`status.typeChecking` is never written, nor
-//! `status.observedGeneration`), cost limits, the `authorizer` variable, metrics.
+//! `status.observedGeneration`), cost limits, metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -63,12 +68,15 @@ use serde_json::{Value, json};
 use crate::admission_webhook::{
     Attrs, Operation, Request, Rule, equivalents, review, rule_matches, served_as, strings,
 };
-use crate::crd::cel::{ENV, to_cel};
+use crate::crd::cel::to_cel;
 use crate::registry::{REGISTRY, ResourceInfo};
 use crate::rest::{decode_stored, object_meta_str};
 use crate::selectors::{LabelSelector, selector_text};
 use crate::server::AppState;
 use crate::status::{ApiError, qualified};
+use authorizer::{ENV, RequestResource, Session};
+
+mod authorizer;
 
 const GROUP: &str = "admissionregistration.k8s.io";
 /// The audit annotation of the `Audit` action's failures.
@@ -97,6 +105,7 @@ pub(crate) async fn validate(
         old,
     };
     let mut namespace = NamespaceCache::default();
+    let session = Session::new(state);
     let mut denied: Vec<Violation> = Vec::new();
     let mut audits: Vec<Value> = Vec::new();
     for policy in &policies {
@@ -146,6 +155,13 @@ pub(crate) async fn validate(
         }
         let [object, old_object] = objects;
         let request = admission_request(&attrs, &target);
+        let request_resource = RequestResource {
+            group: target.group.to_string(),
+            resource: target.plural.to_string(),
+            subresource: req.subresource.clone(),
+            namespace: attrs.namespace(),
+            name: attrs.name(),
+        };
         for binding in bound {
             if let Some(m) = &binding.matcher {
                 match matches(state, m, &attrs, &mut namespace).await {
@@ -177,8 +193,20 @@ pub(crate) async fn validate(
                     request: &request,
                     params: param.as_ref().unwrap_or(&Value::Null),
                     namespace: namespace_object.as_ref().unwrap_or(&Value::Null),
+                    authorizer: Some(Authz {
+                        session: &session,
+                        user: &req.user,
+                        request: &request_resource,
+                    }),
                 };
-                for decision in evaluate(policy, &input) {
+                let outcome = session.resolve(state, || evaluate(policy, &input)).await;
+                // Upstream's audit annotation `<policy>/<key>` on the request's event.
+                if let Some(slot) = crate::audit::current() {
+                    for (key, value) in outcome.annotations {
+                        slot.annotate(key, value, crate::audit::Level::Metadata);
+                    }
+                }
+                for decision in outcome.decisions {
                     act(req, policy, binding, decision, &mut denied, &mut audits);
                 }
             }
@@ -481,9 +509,12 @@ impl Refs<'_> {
             }
             Expr::Call(c) => {
                 if let Some(t) = &c.target {
-                    // `math.greatest(..)`, `optional.of(..)`: a namespace, not a variable.
+                    // `math.greatest(..)`, `optional.of(..)`: a namespace, not a variable
+                    // (`authorizer.group(..)` where `authorizer` is not declared: undeclared).
                     let namespace = matches!(&t.expr, Expr::Ident(n)
-                        if !self.names.contains(&n.as_str()) && !bound.iter().any(|b| b == n));
+                        if !self.names.contains(&n.as_str())
+                            && !VALIDATION_NAMES.contains(&n.as_str())
+                            && !bound.iter().any(|b| b == n));
                     if !namespace {
                         self.walk(t, bound);
                     }
@@ -970,6 +1001,16 @@ struct Input<'a> {
     request: &'a Value,
     params: &'a Value,
     namespace: &'a Value,
+    /// `authorizer` and `authorizer.requestResource` (absent: expressions using them fail).
+    authorizer: Option<Authz<'a>>,
+}
+
+/// What the `authorizer` of an evaluation checks with and for whom.
+#[derive(Clone, Copy)]
+struct Authz<'a> {
+    session: &'a Arc<Session>,
+    user: &'a crate::auth::UserInfo,
+    request: &'a RequestResource,
 }
 
 /// A violation (or a failure counted as one).
@@ -986,11 +1027,12 @@ struct Decision {
 struct Evaluation<'a> {
     policy: &'a Policy,
     base: Vec<(&'static str, Cel)>,
+    authorizer: Option<Authz<'a>>,
     variables: Vec<Option<Result<Cel, String>>>,
 }
 
 impl<'a> Evaluation<'a> {
-    fn new(policy: &'a Policy, input: &Input<'_>) -> Self {
+    fn new(policy: &'a Policy, input: &Input<'a>) -> Self {
         let base = vec![
             ("object", to_cel(input.object)),
             ("oldObject", to_cel(input.old_object)),
@@ -1001,6 +1043,7 @@ impl<'a> Evaluation<'a> {
         Evaluation {
             policy,
             base,
+            authorizer: input.authorizer,
             variables: (0..policy.variables.len()).map(|_| None).collect(),
         }
     }
@@ -1036,6 +1079,11 @@ impl<'a> Evaluation<'a> {
         for (name, value) in &self.base {
             ctx.add_variable_from_value(*name, value.clone());
         }
+        if let Some(a) = &self.authorizer {
+            for (name, value) in authorizer::variables(a.session, a.user, a.request) {
+                ctx.add_variable_as_val(name, value);
+            }
+        }
         let vars = self
             .policy
             .variables
@@ -1052,13 +1100,26 @@ impl<'a> Evaluation<'a> {
                 map: Arc::new(vars),
             }),
         );
-        program.execute(&ctx).map_err(|e| e.to_string())
+        program.execute(&ctx).map_err(|e| match e {
+            // A library function's error is its message, as cel-go's.
+            cel::ExecutionError::FunctionError { message, .. } => message,
+            other => other.to_string(),
+        })
     }
 }
 
-/// Upstream's `validator.Validate`: the violations of one evaluation (match conditions,
-/// validations, audit annotation errors).
-fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
+/// What one evaluation of a policy found.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// The violations (match conditions, validations, audit annotation errors).
+    decisions: Vec<Decision>,
+    /// The audit annotations (`<policy>/<key>`, value).
+    annotations: Vec<(String, String)>,
+}
+
+/// Upstream's `validator.Validate`: the violations and audit annotations of one evaluation.
+/// It has no effects: an evaluation may be repeated (see [`Session::resolve`]).
+fn evaluate(policy: &Policy, input: &Input<'_>) -> Outcome {
     let mut ev = Evaluation::new(policy, input);
     let error = |message: String| Decision {
         message,
@@ -1070,7 +1131,7 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
     for (_, c) in &policy.match_conditions {
         match ev.run(c) {
             Ok(Cel::Bool(true)) => {}
-            Ok(Cel::Bool(false)) => return Vec::new(),
+            Ok(Cel::Bool(false)) => return Outcome::default(),
             Ok(other) => errors.push(format!(
                 "expression '{}' resulted in error: no such overload: {:?} is not a bool",
                 c.source,
@@ -1081,16 +1142,20 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
     }
     if !errors.is_empty() {
         if !policy.fail {
-            return Vec::new();
+            return Outcome::default();
         }
         let message = if errors.len() == 1 {
             errors.concat()
         } else {
             format!("[{}]", errors.join(", "))
         };
-        return vec![error(message)];
+        return Outcome {
+            decisions: vec![error(message)],
+            annotations: Vec::new(),
+        };
     }
     let mut out = Vec::new();
+    let mut annotations = Vec::new();
     for (index, v) in policy.validations.iter().enumerate() {
         match ev.run(&v.expression) {
             Ok(Cel::Bool(true)) => {}
@@ -1124,14 +1189,7 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
     for (key, a) in &policy.audit_annotations {
         let failure = match ev.run(a) {
             Ok(Cel::String(value)) => {
-                // Upstream's audit annotation `<policy>/<key>` on the request's event.
-                if let Some(slot) = crate::audit::current() {
-                    slot.annotate(
-                        format!("{}/{key}", policy.name),
-                        value.to_string(),
-                        crate::audit::Level::Metadata,
-                    );
-                }
+                annotations.push((format!("{}/{key}", policy.name), value.to_string()));
                 None
             }
             Ok(Cel::Null) => None,
@@ -1150,7 +1208,10 @@ fn evaluate(policy: &Policy, input: &Input<'_>) -> Vec<Decision> {
             }
         }
     }
-    out
+    Outcome {
+        decisions: out,
+        annotations,
+    }
 }
 
 /// A violation to deny with.
@@ -1276,6 +1337,7 @@ mod tests {
             request: &Value::Null,
             params,
             namespace: &Value::Null,
+            authorizer: None,
         }
     }
 
@@ -1288,7 +1350,7 @@ mod tests {
              "messageExpression": "'replicas: ' + string(object.spec.replicas)"},
         ]}));
         let obj = json!({"spec": {"replicas": 6}});
-        let d = evaluate(&p, &input(&obj, &Value::Null));
+        let d = evaluate(&p, &input(&obj, &Value::Null)).decisions;
         assert_eq!(
             d,
             vec![
@@ -1310,7 +1372,7 @@ mod tests {
             ]
         );
         let ok = json!({"spec": {"replicas": 3}});
-        assert!(evaluate(&p, &input(&ok, &Value::Null)).is_empty());
+        assert!(evaluate(&p, &input(&ok, &Value::Null)).decisions.is_empty());
     }
 
     #[test]
@@ -1325,9 +1387,13 @@ mod tests {
         }));
         assert_eq!(p.validations[0].expression.needs, vec![0, 1]);
         let obj = json!({"spec": {"replicas": 6}});
-        assert_eq!(evaluate(&p, &input(&obj, &Value::Null)).len(), 1);
+        assert_eq!(evaluate(&p, &input(&obj, &Value::Null)).decisions.len(), 1);
         let obj = json!({"spec": {"replicas": 2}});
-        assert!(evaluate(&p, &input(&obj, &Value::Null)).is_empty());
+        assert!(
+            evaluate(&p, &input(&obj, &Value::Null))
+                .decisions
+                .is_empty()
+        );
     }
 
     #[test]
@@ -1339,12 +1405,19 @@ mod tests {
         };
         let p = policy(spec("Fail"));
         let skip = json!({"metadata": {"name": "skip"}});
-        assert!(evaluate(&p, &input(&skip, &Value::Null)).is_empty());
+        assert!(
+            evaluate(&p, &input(&skip, &Value::Null))
+                .decisions
+                .is_empty()
+        );
         let other = json!({"metadata": {"name": "a"}, "x": 2});
-        assert_eq!(evaluate(&p, &input(&other, &Value::Null)).len(), 1);
+        assert_eq!(
+            evaluate(&p, &input(&other, &Value::Null)).decisions.len(),
+            1
+        );
         // `object.x` missing: an evaluation error, a violation only with `Fail`.
         let missing = json!({"metadata": {"name": "a"}});
-        let d = evaluate(&p, &input(&missing, &Value::Null));
+        let d = evaluate(&p, &input(&missing, &Value::Null)).decisions;
         assert_eq!(d.len(), 1);
         assert!(
             d[0].message
@@ -1353,7 +1426,11 @@ mod tests {
         );
         assert_eq!(d[0].reason, None);
         let p = policy(spec("Ignore"));
-        assert!(evaluate(&p, &input(&missing, &Value::Null)).is_empty());
+        assert!(
+            evaluate(&p, &input(&missing, &Value::Null))
+                .decisions
+                .is_empty()
+        );
     }
 
     #[test]
@@ -1364,9 +1441,9 @@ mod tests {
         }));
         let params = json!({"data": {"max": "3"}});
         let obj = json!({"spec": {"replicas": 4}});
-        assert_eq!(evaluate(&p, &input(&obj, &params)).len(), 1);
+        assert_eq!(evaluate(&p, &input(&obj, &params)).decisions.len(), 1);
         let obj = json!({"spec": {"replicas": 3}});
-        assert!(evaluate(&p, &input(&obj, &params)).is_empty());
+        assert!(evaluate(&p, &input(&obj, &params)).decisions.is_empty());
     }
 
     #[test]

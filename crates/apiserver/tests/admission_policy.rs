@@ -3,8 +3,10 @@
 //! upstream's message and allowing what it should (namespace selector of the binding),
 //! `Warn` as kubectl's `Warning:` line, a ConfigMap param (found, and missing with `Deny`),
 //! match conditions and variables with a `Forbidden` reason, deletes judged on the old object
-//! with `resourceNames` narrowing the rule, and invalid policies and bindings refused with
-//! upstream's 422 causes.
+//! with `resourceNames` narrowing the rule, invalid policies and bindings refused with
+//! upstream's 422 causes, and `authorizer` checks (a resource in the object's namespace,
+//! `requestResource`, a service account) decided by RBAC for the requesting user, and by the
+//! node authorizer for a kubelet.
 
 mod common;
 
@@ -528,5 +530,258 @@ async fn audit_actions_and_annotations_reach_the_audit_log() {
         json!([{"message": "no forbidden key", "policy": "audit.example.com",
             "binding": "audit-binding", "expressionIndex": 1,
             "validationActions": ["Audit", "Warn"]}])
+    );
+}
+
+const AUTHZ_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: writer, namespace: vault}
+rules:
+- {apiGroups: [""], resources: [configmaps], verbs: [create, delete]}
+- {apiGroups: [""], resources: [secrets], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: creator, namespace: vault}
+rules:
+- {apiGroups: [""], resources: [configmaps], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: creator-reader, namespace: vault}
+rules:
+- {apiGroups: [""], resources: [configmaps], verbs: [create]}
+- {apiGroups: [""], resources: [secrets], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-lister, namespace: vault}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice, namespace: vault}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: writer}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob, namespace: vault}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: creator}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: carol, namespace: vault}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: creator-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: robot, namespace: vault}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-lister}
+subjects: [{kind: ServiceAccount, name: robot, namespace: vault}]
+"#;
+
+fn configmap(name: &str, data: Value) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).expect("configmap")
+}
+
+/// Dry-run creates of a ConfigMap (`data`) in `vault` as `client` until `done` accepts the
+/// result (RBAC and the policy reach the server through watches).
+async fn create_until(
+    client: &kube::Client,
+    data: Value,
+    done: impl Fn(&Result<ConfigMap, kube::Error>) -> bool,
+) -> Result<ConfigMap, kube::Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "vault");
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let result = api.create(&dry, &configmap("c", data.clone())).await;
+        if done(&result) {
+            return result;
+        }
+        assert!(start.elapsed() < DEADLINE, "never settled: {result:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn authorizer_checks_are_decided_by_rbac_for_the_requesting_user() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    namespace(&client, "vault", json!({})).await;
+    let applied = t.kubectl_stdin(&["apply", "-f", "-"], AUTHZ_RBAC).await;
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let secrets = "authorizer.group('').resource('secrets')\
+                   .namespace(object.metadata.namespace).check('get').allowed()";
+    let sa = "!has(object.data) || !('sa' in object.data) || \
+              authorizer.serviceAccount(object.metadata.namespace, object.data.sa)\
+              .group('').resource('pods').namespace(object.metadata.namespace)\
+              .check('list').allowed()";
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "authz.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["configmaps"]}]},
+            "variables": [{"name": "mayDelete",
+                "expression": "authorizer.requestResource.check('delete').allowed()"}],
+            "validations": [
+                {"expression": secrets, "message": "only secret readers", "reason": "Forbidden"},
+                {"expression": "variables.mayDelete", "message": "only deleters",
+                 "reason": "Forbidden"},
+                {"expression": sa, "message": "the service account cannot list pods",
+                 "reason": "Forbidden"},
+            ],
+        }}),
+        json!({"metadata": {"name": "authz-binding"}, "spec": {
+            "policyName": "authz.example.com", "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels":
+                {"kubernetes.io/metadata.name": "vault"}}}}}),
+    )
+    .await;
+    let denied = |message: &str| {
+        format!(
+            "configmaps \"c\" is forbidden: ValidatingAdmissionPolicy 'authz.example.com' with \
+             binding 'authz-binding' denied request: {message}"
+        )
+    };
+    let is_denial = |r: &Result<ConfigMap, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.message.contains("ValidatingAdmissionPolicy"));
+
+    // bob may create configmaps, but not get secrets (nor delete configmaps).
+    let bob = t.client_from(&t.user_kubeconfig("bob", &[])).await;
+    let status = api_status(
+        create_until(&bob, json!({}), is_denial)
+            .await
+            .expect_err("bob denied"),
+    );
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(status.message, denied("only secret readers"));
+
+    // carol may get secrets: only `authorizer.requestResource` (delete configmaps) fails.
+    let carol = t.client_from(&t.user_kubeconfig("carol", &[])).await;
+    let status = api_status(
+        create_until(&carol, json!({}), is_denial)
+            .await
+            .expect_err("carol denied"),
+    );
+    assert_eq!(status.message, denied("only deleters"));
+
+    // alice passes every check; the service account `robot` may list pods, `nobody` not.
+    let alice = t.client_from(&t.user_kubeconfig("alice", &[])).await;
+    create_until(&alice, json!({"sa": "robot"}), Result::is_ok)
+        .await
+        .expect("alice allowed");
+    let status = api_status(
+        create_until(&alice, json!({"sa": "nobody"}), |r| r.is_err())
+            .await
+            .expect_err("nobody cannot list pods"),
+    );
+    assert_eq!(
+        status.message,
+        denied("the service account cannot list pods")
+    );
+    // An invalid service account name is an evaluation error (failurePolicy Fail).
+    let status = api_status(
+        create_until(&alice, json!({"sa": "Not_Valid"}), |r| r.is_err())
+            .await
+            .expect_err("invalid name"),
+    );
+    assert!(
+        status
+            .message
+            .ends_with("resulted in error: Invalid service account name"),
+        "{}",
+        status.message
+    );
+}
+
+/// A kubelet's checks go through the node authorizer, which reads the pods on its node: the
+/// kubelet of the node running a pod that uses the secret may get it, another not.
+#[tokio::test]
+async fn a_kubelets_checks_go_through_the_node_authorizer() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let objects = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1, namespace: default}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: busybox}]
+  volumes: [{name: v, secret: {secretName: s1}}]
+";
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], objects).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    create_policy(
+        &client,
+        json!({"metadata": {"name": "node-secret.example.com"}, "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["UPDATE"], "resources": ["nodes"]}]},
+            "validations": [{"expression": "authorizer.group('').resource('secrets')\
+                .namespace('default').name('s1').check('get').allowed()",
+                "message": "may not read s1"}],
+        }}),
+        json!({"metadata": {"name": "node-secret-binding"}, "spec": {
+            "policyName": "node-secret.example.com", "validationActions": ["Deny"]}}),
+    )
+    .await;
+    let label = |node: &'static str, n: usize| {
+        let kubeconfig = t.user_kubeconfig(&format!("system:node:{node}"), &["system:nodes"]);
+        let t = &t;
+        async move {
+            t.kubectl_as(
+                &kubeconfig,
+                &["label", "--overwrite", "node", node, &format!("a=v{n}")],
+            )
+            .await
+        }
+    };
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let out = label("n2", n).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            assert!(
+                stderr.contains(
+                    "ValidatingAdmissionPolicy 'node-secret.example.com' with binding \
+                     'node-secret-binding' denied request: may not read s1"
+                ),
+                "{stderr}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the policy never denied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = label("n1", n).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

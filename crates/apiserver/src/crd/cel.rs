@@ -64,7 +64,11 @@ pub(crate) use typed::RESERVED;
 mod url;
 
 /// The environment rules are compiled and run in.
-pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
+pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(environment()));
+
+/// A new environment with [`ENV`]'s functions, for environments that add their own (the
+/// admission policies' `authorizer` library).
+pub(crate) fn environment() -> Env {
     let mut env = Env::stdlib();
     for ext in [
         cel::extensions::strings as fn(&mut Env) -> Result<(), cel::DeclarationError>,
@@ -78,8 +82,8 @@ pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
             tracing::warn!(error = %e, "CEL extension not loaded");
         }
     }
-    Arc::new(env)
-});
+    env
+}
 
 /// The functions of upstream's CRD validation environment (the CEL standard library, the
 /// cel-go extensions Kubernetes loads and Kubernetes' own libraries), plus the operators and

@@ -1059,4 +1059,36 @@ mod tests {
             "validationActions": ["Deny"]}});
         assert!(causes("ValidatingAdmissionPolicyBinding", ok).is_empty());
     }
+
+    #[test]
+    fn policies_may_use_the_authorizer_except_in_message_expressions() {
+        let check = "authorizer.group('').resource('secrets').namespace('ns').check('get')";
+        let policy = |message_expression: &str| {
+            json!({"metadata": {"name": "p"}, "spec": {
+                "matchConstraints": {"resourceRules": [{"apiGroups": [""],
+                    "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
+                "matchConditions": [{"name": "m",
+                    "expression": "authorizer.path('/healthz').check('get').allowed()"}],
+                "variables": [{"name": "d", "expression": check}],
+                "validations": [{
+                    "expression": "variables.d.allowed() && \
+                        authorizer.requestResource.check('create').allowed() && \
+                        authorizer.serviceAccount('ns', 'sa').group('apps')\
+                        .resource('deployments').check('list').allowed()",
+                    "messageExpression": message_expression}],
+                "auditAnnotations": [{"key": "k", "valueExpression":
+                    format!("{check}.reason()")}],
+            }})
+        };
+        assert!(causes("ValidatingAdmissionPolicy", policy("'denied'")).is_empty());
+        assert_eq!(
+            causes(
+                "ValidatingAdmissionPolicy",
+                policy("authorizer.path('/x').check('get').reason()")
+            ),
+            vec![
+                "spec.validations[0].messageExpression: Invalid value: \"authorizer.path('/x').check('get').reason()\": compilation failed: ERROR: <input>:1:1: undeclared reference to 'authorizer' (in container '')\n | authorizer.path('/x').check('get').reason()\n | ^"
+            ]
+        );
+    }
 }
