@@ -303,7 +303,7 @@ async fn probe_inner(addr: SocketAddr, path: &str, url: &str) -> Result<(u16, St
         .with_safe_default_protocol_versions()
         .map_err(|e| request_error(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert::new(provider)))
         .with_no_client_auth();
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -330,11 +330,21 @@ async fn probe_inner(addr: SocketAddr, path: &str, url: &str) -> Result<(u16, St
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Accepts any server certificate (signatures are still checked).
+/// A TLS client's verifier that accepts any server certificate (the handshake's signatures
+/// are still checked against the certificate's key): for probes and proxies that, as
+/// upstream's, do not verify whom they talk to, and for fetching a CA to pin by its hash
+/// before trusting it.
 #[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
 
-impl rustls::client::danger::ServerCertVerifier for NoVerification {
+impl AnyServerCert {
+    /// The verifier, checking signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        AnyServerCert(provider)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,

@@ -33,11 +33,12 @@
 
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use cel::common::types::{CelBool, CelString, Type};
-use cel::common::value::{StaticVal, Val};
+use cel::common::types::{CelBool, CelString};
+use cel::common::value::Val;
 use cel::{DeclarationError, Env, ExecutionError};
 
 use crate::auth::{Attributes, Auth, UserInfo, node};
+use crate::crd::cel::opaque_val;
 use crate::server::AppState;
 use crate::validation::{NameRule, validate_name};
 
@@ -223,31 +224,6 @@ pub(crate) fn variables(
 
 // ---- the CEL types ---------------------------------------------------------------------
 
-/// Implements `Val` for a type of this library, equal by `PartialEq`.
-macro_rules! authz_val {
-    ($t:ty, $ty:ident, $name:literal) => {
-        static $ty: Type = Type::new_unspecified_type($name);
-        impl Val for $t {
-            fn get_type(&self) -> &Type {
-                &$ty
-            }
-            fn cel_type() -> &'static Type {
-                &$ty
-            }
-            fn equals(&self, other: &dyn Val) -> bool {
-                other.downcast_ref::<$t>().is_some_and(|o| o == self)
-            }
-            fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v> {
-                Box::new(self.clone())
-            }
-            fn as_any(&self) -> Option<&dyn std::any::Any> {
-                Some(self)
-            }
-        }
-        impl StaticVal for $t {}
-    };
-}
-
 /// `kubernetes.authorization.Authorizer`: who the checks are made for.
 #[derive(Debug, Clone)]
 struct Authorizer {
@@ -260,7 +236,7 @@ impl PartialEq for Authorizer {
         Arc::ptr_eq(&self.session, &other.session) && self.user == other.user
     }
 }
-authz_val!(
+opaque_val!(
     Authorizer,
     AUTHORIZER_TYPE,
     "kubernetes.authorization.Authorizer"
@@ -271,7 +247,7 @@ struct PathCheck {
     authorizer: Authorizer,
     path: String,
 }
-authz_val!(
+opaque_val!(
     PathCheck,
     PATH_CHECK_TYPE,
     "kubernetes.authorization.PathCheck"
@@ -282,7 +258,7 @@ struct GroupCheck {
     authorizer: Authorizer,
     group: String,
 }
-authz_val!(
+opaque_val!(
     GroupCheck,
     GROUP_CHECK_TYPE,
     "kubernetes.authorization.GroupCheck"
@@ -298,7 +274,7 @@ struct ResourceCheck {
     field_selector: String,
     label_selector: String,
 }
-authz_val!(
+opaque_val!(
     ResourceCheck,
     RESOURCE_CHECK_TYPE,
     "kubernetes.authorization.ResourceCheck"
@@ -306,7 +282,7 @@ authz_val!(
 
 #[derive(Debug, Clone, PartialEq)]
 struct Decision(Answer);
-authz_val!(Decision, DECISION_TYPE, "kubernetes.authorization.Decision");
+opaque_val!(Decision, DECISION_TYPE, "kubernetes.authorization.Decision");
 
 // ---- the functions ---------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ use crate::status::Cause;
 mod check;
 mod cost;
 mod library;
+pub(crate) use library::opaque_val;
 mod typed;
 
 pub(crate) use typed::RESERVED;
@@ -561,20 +562,11 @@ fn check_node(
         if let Some(p) = compiled_ok {
             let times = cardinality.unwrap_or_else(|| cost::unbounded_cardinality(schema, root));
             let estimated = cost::estimate(p.expression(), schema, root).saturating_mul(times);
-            if estimated > cost::STATIC_ESTIMATED_COST_LIMIT {
-                out.push(Cause {
-                    reason: "FieldValueForbidden",
-                    message: format!(
-                        "Forbidden: {}",
-                        cost::cost_error(
-                            "estimated rule cost",
-                            estimated,
-                            cost::STATIC_ESTIMATED_COST_LIMIT
-                        )
-                    ),
-                    field: format!("{at}.rule"),
-                });
-            }
+            out.extend(cost::over_expression_limit(
+                "estimated rule cost",
+                estimated,
+                format!("{at}.rule"),
+            ));
             total.observe(format!("{at}.rule"), estimated);
         }
         if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
@@ -595,20 +587,11 @@ fn check_node(
             } else if let (Some(_), Ok(p)) = (compiled_ok, &message_program.program) {
                 // Upstream does not multiply a message expression's cost by the cardinality.
                 let estimated = cost::estimate(p.expression(), schema, root);
-                if estimated > cost::STATIC_ESTIMATED_COST_LIMIT {
-                    out.push(Cause {
-                        reason: "FieldValueForbidden",
-                        message: format!(
-                            "Forbidden: {}",
-                            cost::cost_error(
-                                "estimated messageExpression cost",
-                                estimated,
-                                cost::STATIC_ESTIMATED_COST_LIMIT
-                            )
-                        ),
-                        field: format!("{at}.messageExpression"),
-                    });
-                }
+                out.extend(cost::over_expression_limit(
+                    "estimated messageExpression cost",
+                    estimated,
+                    format!("{at}.messageExpression"),
+                ));
                 total.observe(format!("{at}.messageExpression"), estimated);
             }
         }

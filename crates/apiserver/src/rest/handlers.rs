@@ -1585,6 +1585,24 @@ fn finalizers(obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The optimistic concurrency of an update of `old` with `req`: a resourceVersion in `req`
+/// must be the stored one (409), and one is required where the resource does not allow
+/// unconditional updates (422).
+fn check_resource_version(
+    info: &ResourceInfo,
+    name: &str,
+    old: &Value,
+    req: &Value,
+) -> Result<(), ApiError> {
+    match request_resource_version(req)? {
+        Some(rv) if meta_str(old, "resourceVersion") != rv.to_string() => {
+            Err(ApiError::conflict(info, name))
+        }
+        None if !info.unconditional_update => Err(ApiError::resource_version_required(info, name)),
+        _ => Ok(()),
+    }
+}
+
 /// The object an update of `old` with `req` stores: the system fields of `old` are kept; on the
 /// main resource a status subresource's status is kept; on `/status` only the status changes.
 pub(crate) fn merge_update(
@@ -1594,15 +1612,7 @@ pub(crate) fn merge_update(
     status_only: bool,
 ) -> Result<Value, ApiError> {
     let name = meta_str(old, "name").to_string();
-    match request_resource_version(req)? {
-        Some(rv) if meta_str(old, "resourceVersion") != rv.to_string() => {
-            return Err(ApiError::conflict(info, &name));
-        }
-        None if !info.unconditional_update => {
-            return Err(ApiError::resource_version_required(info, &name));
-        }
-        _ => {}
-    }
+    check_resource_version(info, &name, old, req)?;
     if status_only {
         let mut new = old.clone();
         if let Some(o) = new.as_object_mut() {
@@ -1798,15 +1808,7 @@ fn merge_part(
     part: Part,
 ) -> Result<Value, ApiError> {
     let name = meta_str(old, "name").to_string();
-    match request_resource_version(req)? {
-        Some(rv) if meta_str(old, "resourceVersion") != rv.to_string() => {
-            return Err(ApiError::conflict(info, &name));
-        }
-        None if !info.unconditional_update => {
-            return Err(ApiError::resource_version_required(info, &name));
-        }
-        _ => {}
-    }
+    check_resource_version(info, &name, old, req)?;
     let mut new = old.clone();
     match part {
         Part::Finalize => {

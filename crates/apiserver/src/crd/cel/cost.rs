@@ -676,6 +676,19 @@ fn call_cost(function: &str, target: Option<&Shape>, args: &[Shape]) -> (u64, Sh
 }
 
 /// Upstream's `getCostErrorMessage`.
+/// Upstream's `Forbidden` cause on `field` when the `estimated` cost of a rule or message
+/// expression (`what`: "estimated rule cost", ...) exceeds the per-expression limit.
+pub(super) fn over_expression_limit(what: &str, estimated: u64, field: String) -> Option<Cause> {
+    (estimated > STATIC_ESTIMATED_COST_LIMIT).then(|| Cause {
+        reason: "FieldValueForbidden",
+        message: format!(
+            "Forbidden: {}",
+            cost_error(what, estimated, STATIC_ESTIMATED_COST_LIMIT)
+        ),
+        field,
+    })
+}
+
 pub(super) fn cost_error(what: &str, cost: u64, limit: u64) -> String {
     let factor = cost as f64 / limit as f64;
     let factor = if factor > 100.0 {

@@ -18,39 +18,40 @@
 use std::cmp::Ordering;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelString, DYN_TYPE, LIST_TYPE, Type,
-};
-use cel::common::value::{CowVal, StaticVal, Val};
+use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelString, DYN_TYPE, LIST_TYPE};
+use cel::common::value::{CowVal, Val};
 use cel::{DeclarationError, Env, ExecutionError};
 
 use crate::quantity::Quantity;
 use crate::validation::q;
 
-/// Implements `Val` for an application type compared with `PartialEq`.
+/// Implements `Val` for an application type compared with `PartialEq` (a CEL type named
+/// `$name`, its `Type` in the static `$ty`). Also the admission policies' authorizer types.
 macro_rules! opaque_val {
     ($t:ty, $ty:ident, $name:literal) => {
-        static $ty: Type = Type::new_unspecified_type($name);
-        impl Val for $t {
-            fn get_type(&self) -> &Type {
+        static $ty: ::cel::common::types::Type =
+            ::cel::common::types::Type::new_unspecified_type($name);
+        impl ::cel::common::value::Val for $t {
+            fn get_type(&self) -> &::cel::common::types::Type {
                 &$ty
             }
-            fn cel_type() -> &'static Type {
+            fn cel_type() -> &'static ::cel::common::types::Type {
                 &$ty
             }
-            fn equals(&self, other: &dyn Val) -> bool {
+            fn equals(&self, other: &dyn ::cel::common::value::Val) -> bool {
                 other.downcast_ref::<$t>().is_some_and(|o| o == self)
             }
-            fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v> {
+            fn clone_as_boxed<'v>(&self) -> Box<dyn ::cel::common::value::Val + 'v> {
                 Box::new(self.clone())
             }
             fn as_any(&self) -> Option<&dyn std::any::Any> {
                 Some(self)
             }
         }
-        impl StaticVal for $t {}
+        impl ::cel::common::value::StaticVal for $t {}
     };
 }
+pub(crate) use opaque_val;
 
 /// A `kubernetes.Quantity`.
 #[derive(Debug, Clone, PartialEq)]
