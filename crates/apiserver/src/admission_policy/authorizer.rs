@@ -397,18 +397,11 @@ fn resource_label_selector(r: &ResourceCheck, s: &CelString<'_>) -> ResourceChec
 }
 
 fn path_check(p: &PathCheck, verb: &CelString<'_>) -> Decision {
-    let a = Attributes {
-        user: (*p.authorizer.user).clone(),
-        verb: verb.inner().to_string(),
-        resource_request: false,
-        api_group: String::new(),
-        api_version: String::new(),
-        namespace: String::new(),
-        resource: String::new(),
-        subresource: String::new(),
-        name: String::new(),
-        path: p.path.clone(),
-    };
+    let a = Attributes::non_resource(
+        (*p.authorizer.user).clone(),
+        verb.inner().to_string(),
+        p.path.clone(),
+    );
     Decision(p.authorizer.session.decide(a))
 }
 

@@ -26,11 +26,11 @@ pub(crate) struct Attributes {
 }
 
 impl Attributes {
-    pub(crate) fn from_request(user: &UserInfo, method: &Method, uri: &Uri) -> Self {
-        let path = uri.path().to_string();
-        let mut attrs = Attributes {
-            user: user.clone(),
-            verb: method.as_str().to_ascii_lowercase(),
+    /// A non-resource request of `user`: `verb` on URL `path`.
+    pub(crate) fn non_resource(user: UserInfo, verb: String, path: String) -> Self {
+        Attributes {
+            user,
+            verb,
             resource_request: false,
             api_group: String::new(),
             api_version: String::new(),
@@ -38,8 +38,17 @@ impl Attributes {
             resource: String::new(),
             subresource: String::new(),
             name: String::new(),
-            path: path.clone(),
-        };
+            path,
+        }
+    }
+
+    pub(crate) fn from_request(user: &UserInfo, method: &Method, uri: &Uri) -> Self {
+        let path = uri.path().to_string();
+        let mut attrs = Attributes::non_resource(
+            user.clone(),
+            method.as_str().to_ascii_lowercase(),
+            path.clone(),
+        );
         let segs: Vec<&str> = path
             .trim_matches('/')
             .split('/')
